@@ -1,0 +1,195 @@
+import COpenSSL
+import Foundation
+
+/// A signature scheme as attestation evidence names it.
+public enum SignatureScheme: Sendable, Equatable, CustomStringConvertible {
+    case rsassaPKCS1v15(HashAlgorithm)
+    /// RSASSA-PSS; the salt length is recovered from the signature (TPMs use the digest size or
+    /// the maximum, depending on the implementation).
+    case rsaPSS(HashAlgorithm)
+    /// ECDSA over the curve of the key, signature as raw `r ‖ s` or DER.
+    case ecdsa(HashAlgorithm)
+
+    public var hash: HashAlgorithm {
+        switch self {
+        case .rsassaPKCS1v15(let h), .rsaPSS(let h), .ecdsa(let h): h
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .rsassaPKCS1v15(let h): "RSASSA-\(h.rawValue.uppercased())"
+        case .rsaPSS(let h): "RSAPSS-\(h.rawValue.uppercased())"
+        case .ecdsa(let h): "ECDSA-\(h.rawValue.uppercased())"
+        }
+    }
+}
+
+/// Elliptic curves accepted for attestation keys.
+public enum ECCurve: String, Sendable {
+    case p256 = "P-256", p384 = "P-384", p521 = "P-521"
+
+    public var coordinateSize: Int {
+        switch self {
+        case .p256: 32
+        case .p384: 48
+        case .p521: 66
+        }
+    }
+
+    var oid: [UInt8] {
+        switch self {
+        case .p256: DER.oidP256
+        case .p384: DER.oidP384
+        case .p521: DER.oidP521
+        }
+    }
+}
+
+/// Why a public key could not be used.
+public enum PublicKeyError: Error, Equatable, CustomStringConvertible {
+    case unparsable(String)
+    case unsupported(String)
+
+    public var description: String {
+        switch self {
+        case .unparsable(let s): "unparsable public key: \(s)"
+        case .unsupported(let s): "unsupported public key: \(s)"
+        }
+    }
+}
+
+/// A verified-usable signature public key (RSA ≥ 2048 bits, or ECDSA on P-256/384/521).
+///
+/// Threat: a weak key (short RSA modulus, odd curve) lets an attacker forge quotes; such keys are
+/// refused at construction, so no verification ever runs under one.
+public final class PublicKey: @unchecked Sendable {
+    // An EVP_PKEY is immutable after construction and OpenSSL allows concurrent verification
+    // with one key, hence @unchecked Sendable.
+    let pkey: OpaquePointer
+    public let spkiDER: Data
+    public let kind: Kind
+
+    public enum Kind: Sendable, Equatable, CustomStringConvertible {
+        case rsa(bits: Int)
+        case ec(ECCurve)
+
+        public var description: String {
+            switch self {
+            case .rsa(let bits): "RSA-\(bits)"
+            case .ec(let curve): "EC \(curve.rawValue)"
+            }
+        }
+    }
+
+    /// Maximum accepted SPKI size: an RSA-16384 key is about 2 KiB; anything near the cap is hostile.
+    static let maxSPKISize = 8192
+
+    public convenience init(spkiDER der: Data) throws(PublicKeyError) {
+        guard der.count <= Self.maxSPKISize else { throw .unparsable("\(der.count) bytes") }
+        let parsed: OpaquePointer? = der.withUnsafeBytes { raw -> OpaquePointer? in
+            guard let base = raw.bindMemory(to: UInt8.self).baseAddress else { return nil }
+            var cursor: UnsafePointer<UInt8>? = base
+            let key = d2i_PUBKEY(nil, &cursor, raw.count)
+            if key != nil, let end = cursor, end != base + raw.count {
+                EVP_PKEY_free(key)
+                return nil
+            }
+            return key
+        }
+        ERR_clear_error()
+        guard let pkey = parsed else { throw .unparsable("not a DER SubjectPublicKeyInfo") }
+        try self.init(taking: pkey)
+    }
+
+    /// An RSA key from its big-endian modulus and exponent (TPM2B_PUBLIC form).
+    public convenience init(rsaModulus n: [UInt8], exponent e: UInt32) throws(PublicKeyError) {
+        var eBytes = withUnsafeBytes(of: e.bigEndian) { Array($0) }
+        eBytes = Array(eBytes.drop(while: { $0 == 0 }))
+        let rsaKey = DER.sequence(DER.unsignedInteger(n), DER.unsignedInteger(eBytes))
+        let spki = DER.sequence(DER.sequence(DER.oidRSAEncryption, DER.null), DER.bitString(rsaKey))
+        try self.init(spkiDER: Data(spki))
+    }
+
+    /// An EC key from its affine coordinates (TPM2B_PUBLIC form).
+    public convenience init(curve: ECCurve, x: [UInt8], y: [UInt8]) throws(PublicKeyError) {
+        let size = curve.coordinateSize
+        guard x.count <= size, y.count <= size else { throw .unparsable("coordinate longer than the curve") }
+        let pad = { (v: [UInt8]) in [UInt8](repeating: 0, count: size - v.count) + v }
+        let point = [0x04] + pad(x) + pad(y)
+        let spki = DER.sequence(DER.sequence(DER.oidECPublicKey, curve.oid), DER.bitString(point))
+        try self.init(spkiDER: Data(spki))
+    }
+
+    private init(taking pkey: OpaquePointer) throws(PublicKeyError) {
+        self.pkey = pkey
+        let bits = Int(EVP_PKEY_get_bits(pkey))
+        switch EVP_PKEY_get_base_id(pkey) {
+        case EVP_PKEY_RSA:
+            guard bits >= 2048 else {
+                EVP_PKEY_free(pkey)
+                throw .unsupported("RSA-\(bits) is below the 2048-bit minimum")
+            }
+            kind = .rsa(bits: bits)
+        case EVP_PKEY_EC:
+            switch bits {
+            case 256: kind = .ec(.p256)
+            case 384: kind = .ec(.p384)
+            case 521: kind = .ec(.p521)
+            default:
+                EVP_PKEY_free(pkey)
+                throw .unsupported("EC key of \(bits) bits")
+            }
+        default:
+            EVP_PKEY_free(pkey)
+            throw .unsupported("key type \(EVP_PKEY_get_base_id(pkey))")
+        }
+        var out: UnsafeMutablePointer<UInt8>? = nil
+        let len = i2d_PUBKEY(pkey, &out)
+        if len > 0, let out {
+            spkiDER = Data(bytes: out, count: Int(len))
+            CRYPTO_free(out, #fileID, #line)
+        } else {
+            spkiDER = Data()
+        }
+    }
+
+    deinit { EVP_PKEY_free(pkey) }
+
+    /// SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex: the key's stable name.
+    public var fingerprint: String { HashAlgorithm.sha256.hash(spkiDER).hex }
+
+    /// Verifies `signature` over `message` (the message is hashed here with the scheme's hash).
+    /// Returns false for any failure, including a scheme that does not fit the key.
+    public func verify(signature: [UInt8], message: [UInt8], scheme: SignatureScheme) -> Bool {
+        defer { ERR_clear_error() }
+        var sig = signature
+        switch (scheme, kind) {
+        case (.rsassaPKCS1v15, .rsa), (.rsaPSS, .rsa):
+            break
+        case (.ecdsa, .ec(let curve)):
+            if signature.count == 2 * curve.coordinateSize {
+                let r = Array(signature[0..<curve.coordinateSize])
+                let s = Array(signature[curve.coordinateSize...])
+                sig = DER.sequence(DER.unsignedInteger(r), DER.unsignedInteger(s))
+            }
+        default:
+            return false
+        }
+        guard let mdctx = EVP_MD_CTX_new() else { return false }
+        defer { EVP_MD_CTX_free(mdctx) }
+        var pctx: OpaquePointer? = nil
+        guard EVP_DigestVerifyInit(mdctx, &pctx, scheme.hash.evpMD, nil, pkey) == 1 else { return false }
+        switch scheme {
+        case .rsassaPKCS1v15:
+            guard EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) == 1 else { return false }
+        case .rsaPSS:
+            guard EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1,
+                EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_AUTO) == 1
+            else { return false }
+        case .ecdsa:
+            break
+        }
+        return EVP_DigestVerify(mdctx, sig, sig.count, message, message.count) == 1
+    }
+}

@@ -1,0 +1,55 @@
+/// A stable reason code for a rejected piece of evidence.
+///
+/// The strings are a contract shared by the audit log, metrics and the admin CLI; they never
+/// change meaning. Equality is by code only.
+public struct ReasonCode: RawRepresentable, Hashable, Sendable, CustomStringConvertible, Codable {
+    public let rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+    public var description: String { rawValue }
+
+    public static let evidenceMalformed = ReasonCode(rawValue: "evidence.malformed")
+    public static let evidenceUnsupported = ReasonCode(rawValue: "evidence.unsupported")
+    public static let quoteSignatureInvalid = ReasonCode(rawValue: "quote.signature-invalid")
+    public static let qeReportSignatureInvalid = ReasonCode(rawValue: "qe-report.signature-invalid")
+    public static let qeReportBindingMismatch = ReasonCode(rawValue: "qe-report.binding-mismatch")
+    public static let qeIdentityMismatch = ReasonCode(rawValue: "qe-identity.mismatch")
+    public static let chainUntrustedRoot = ReasonCode(rawValue: "chain.untrusted-root")
+    public static let chainInvalid = ReasonCode(rawValue: "chain.invalid")
+    public static let chainRevoked = ReasonCode(rawValue: "chain.revoked")
+    public static let collateralMissing = ReasonCode(rawValue: "collateral.missing")
+    public static let collateralSignatureInvalid = ReasonCode(rawValue: "collateral.signature-invalid")
+    public static let collateralExpired = ReasonCode(rawValue: "collateral.expired")
+    public static let collateralMismatch = ReasonCode(rawValue: "collateral.mismatch")
+    public static let tcbNoMatchingLevel = ReasonCode(rawValue: "tcb.no-matching-level")
+    public static let tcbStatusNotAllowed = ReasonCode(rawValue: "tcb.status-not-allowed")
+    public static let nonceMismatch = ReasonCode(rawValue: "nonce.mismatch")
+    public static let pcrDigestMismatch = ReasonCode(rawValue: "pcr.digest-mismatch")
+    public static let eventLogReplayMismatch = ReasonCode(rawValue: "eventlog.replay-mismatch")
+    public static let policyMeasurementNotAllowed = ReasonCode(rawValue: "policy.measurement-not-allowed")
+    public static let policyDebugNotAllowed = ReasonCode(rawValue: "policy.debug-not-allowed")
+
+    /// Every code the verifiers may report.
+    public static let all: [ReasonCode] = [
+        .evidenceMalformed, .evidenceUnsupported, .quoteSignatureInvalid, .qeReportSignatureInvalid,
+        .qeReportBindingMismatch, .qeIdentityMismatch, .chainUntrustedRoot, .chainInvalid, .chainRevoked,
+        .collateralMissing, .collateralSignatureInvalid, .collateralExpired, .collateralMismatch,
+        .tcbNoMatchingLevel, .tcbStatusNotAllowed, .nonceMismatch, .pcrDigestMismatch,
+        .eventLogReplayMismatch, .policyMeasurementNotAllowed, .policyDebugNotAllowed,
+    ]
+}
+
+/// One reason a check failed: a stable code, the check that failed, and human text.
+public struct Reason: Hashable, Sendable, CustomStringConvertible, Error {
+    public let code: ReasonCode
+    /// Name of the check or policy that produced the reason (`tpm.signature`, `policy.allowlist`).
+    public let source: String
+    public let message: String
+
+    public init(_ code: ReasonCode, _ source: String, _ message: String) {
+        self.code = code
+        self.source = source
+        self.message = message
+    }
+
+    public var description: String { "\(code) [\(source)]: \(message)" }
+}

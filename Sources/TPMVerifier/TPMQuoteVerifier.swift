@@ -1,0 +1,276 @@
+import AttestationCore
+import EventLog
+import Foundation
+
+/// Verifies `tpm2-quote` evidence: a TPMS_ATTEST quote, its signature under an attestation key,
+/// the freshness value, the quoted PCR digest against the supplied PCR values, and any TCG
+/// firmware event log and IMA `ima-ng` runtime log against the quoted PCRs.
+///
+/// The algorithm is fixed and runs in this order, so the first reason is stable:
+/// parse → signature algorithm → signature → nonce → PCR digest → event log → IMA log.
+/// It never throws for bad evidence and never reads the clock: bad evidence is a reject.
+///
+/// Threats covered: forged quotes (signature under the AK), replayed quotes (nonce in
+/// `extraData`), PCR values swapped after quoting (PCR digest), and logs that lie about what was
+/// measured (replay to the quoted values). The AK itself is trusted as presented unless a caller
+/// binds it (the gateway binds it to the worker's identity; EK certificate checks come later).
+public struct TPMQuoteVerifier: Sendable {
+    public static let format = "tpm2-quote"
+
+    public struct Options: Sendable, Equatable {
+        /// SHA-1 signatures and PCR banks are collision-prone; accepted only when a policy says so.
+        public var allowSHA1: Bool
+        /// Require the AK to be a restricted signing key (a key the TPM only lets sign TPM-made
+        /// structures). Off by default: real-world AKs in the vectors are presented as bare SPKIs.
+        public var requireRestrictedAK: Bool
+
+        public init(allowSHA1: Bool = false, requireRestrictedAK: Bool = false) {
+            self.allowSHA1 = allowSHA1
+            self.requireRestrictedAK = requireRestrictedAK
+        }
+    }
+
+    public let options: Options
+
+    public init(options: Options = Options()) { self.options = options }
+
+    /// Verifies an envelope. `expectedNonce` nil skips the freshness check (hand verification of
+    /// a file); the gateway always passes one. `time` is the instant of verification.
+    public func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?, at time: Date) -> Verdict {
+        var passed = [String]()
+        func reject(_ reasons: [Reason]) -> Verdict { .reject(format: Self.format, reasons: reasons, passed: passed) }
+        func reject(_ reason: Reason) -> Verdict { reject([reason]) }
+
+        guard envelope.format == Self.format else {
+            return reject(Reason(.evidenceUnsupported, "tpm.envelope", "format '\(envelope.format)' is not \(Self.format)"))
+        }
+        guard envelope.version == 1 else {
+            return reject(Reason(.evidenceMalformed, "tpm.envelope", "unknown \(Self.format) version \(envelope.version)"))
+        }
+
+        let evidence: TPMEvidence
+        switch TPMEvidence.read(envelope) {
+        case .success(let e): evidence = e
+        case .failure(let reason): return reject(reason)
+        }
+        passed.append("parsed: TPMS_ATTEST quote, TPMT_SIGNATURE, \(evidence.ak.key.kind) attestation key")
+
+        if options.requireRestrictedAK, let restricted = evidence.ak.restricted, !restricted {
+            return reject(Reason(.evidenceUnsupported, "tpm.ak", "the attestation key is not a restricted signing key"))
+        }
+
+        // Signature algorithm.
+        let sig = evidence.signature
+        guard let hash = HashAlgorithm(tpmAlgorithmID: sig.hashAlgorithmID) else {
+            return reject(TPMParse.unsupported("signature hash algorithm 0x\(String(sig.hashAlgorithmID, radix: 16))"))
+        }
+        if hash == .sha1, !options.allowSHA1 {
+            return reject(Reason(.evidenceUnsupported, "tpm.signature", "SHA-1 quote signatures are not allowed by policy"))
+        }
+        let scheme: SignatureScheme
+        switch sig.algorithmID {
+        case TPMConstant.algRSASSA: scheme = .rsassaPKCS1v15(hash)
+        case TPMConstant.algRSAPSS: scheme = .rsaPSS(hash)
+        default: scheme = .ecdsa(hash)
+        }
+
+        var reasons = [Reason]()
+        // Signature over the exact TPMS_ATTEST bytes.
+        if evidence.ak.key.verify(signature: sig.bytes, message: evidence.quote.raw, scheme: scheme) {
+            passed.append("signature: \(scheme) verifies under AK \(evidence.ak.key.fingerprint.prefix(16))…")
+        } else {
+            reasons.append(Reason(.quoteSignatureInvalid, "tpm.signature",
+                                  "\(scheme) signature does not verify under the \(evidence.ak.key.kind) attestation key"))
+        }
+
+        // Freshness.
+        if let expectedNonce {
+            if Data(evidence.quote.extraData) == expectedNonce {
+                passed.append("nonce: extraData matches the expected \(expectedNonce.count)-byte value")
+            } else {
+                reasons.append(Reason(.nonceMismatch, "tpm.nonce",
+                                      "extraData \(Data(evidence.quote.extraData).hex) ≠ expected \(expectedNonce.hex)"))
+            }
+        }
+
+        // PCR digest over the supplied values, in selection order.
+        var quoted = [String: [Int: Data]]()
+        var concatenated = Data()
+        for bank in evidence.quote.selection.banks where !bank.indices.isEmpty {
+            guard let bankHash = HashAlgorithm(tpmAlgorithmID: bank.algorithmID) else {
+                return reject(reasons + [TPMParse.unsupported("PCR bank 0x\(String(bank.algorithmID, radix: 16))")])
+            }
+            if bankHash == .sha1, !options.allowSHA1 {
+                return reject(reasons + [Reason(.evidenceUnsupported, "tpm.pcrs", "SHA-1 PCR banks are not allowed by policy")])
+            }
+            for index in bank.indices {
+                guard let value = evidence.pcrs[bankHash]?[index] else {
+                    return reject(reasons + [Reason(.evidenceMalformed, "tpm.pcrs",
+                                                    "the quote selects \(bankHash.rawValue) PCR \(index) but no value is supplied")])
+                }
+                quoted[bankHash.rawValue, default: [:]][index] = value
+                concatenated.append(value)
+            }
+        }
+        if hash.hash(concatenated) == Data(evidence.quote.pcrDigest) {
+            passed.append("pcr digest: matches \(quoted.values.map(\.count).reduce(0, +)) supplied PCR values")
+        } else {
+            reasons.append(Reason(.pcrDigestMismatch, "tpm.pcrs",
+                                  "the quoted PCR digest does not match the supplied PCR values"))
+        }
+
+        // Firmware event log replay.
+        if let log = evidence.eventLog {
+            let replayed = log.replay()
+            var compared = 0
+            var mismatches = [String]()
+            for (bank, values) in replayed {
+                for (index, value) in values.sorted(by: { $0.key < $1.key }) {
+                    guard let quotedValue = quoted[bank.rawValue]?[index] else { continue }
+                    compared += 1
+                    if quotedValue != value { mismatches.append("\(bank.rawValue)[\(index)]") }
+                }
+            }
+            if mismatches.isEmpty {
+                passed.append("event log: \(log.events.count) events (\(log.layout.rawValue)) replay to \(compared) quoted PCRs")
+            } else {
+                reasons.append(Reason(.eventLogReplayMismatch, "tpm.eventlog",
+                                      "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
+            }
+        }
+
+        // Runtime measurement (IMA) log replay: every register it extends must be quoted.
+        var measured = [MeasuredFile]()
+        if let ima = evidence.imaLog {
+            var problems = [String]()
+            let registers = Set(ima.entries.map(\.pcr))
+            for register in registers.sorted() {
+                let banks = quoted.filter { $0.value[register] != nil }
+                if banks.isEmpty {
+                    problems.append("PCR \(register) is not quoted")
+                    continue
+                }
+                for (bankName, values) in banks {
+                    guard let bank = HashAlgorithm(rawValue: bankName) else { continue }
+                    if ima.replay(bank: bank)[register] != values[register] { problems.append("\(bankName)[\(register)]") }
+                }
+            }
+            if problems.isEmpty {
+                measured = ima.entries.filter { !$0.isViolation }.map {
+                    MeasuredFile(path: $0.path, algorithm: $0.fileAlgorithm, digestHex: $0.fileDigest.hex, pcr: $0.pcr)
+                }
+                passed.append("ima log: \(ima.entries.count) entries replay to quoted PCR \(registers.sorted().map(String.init).joined(separator: ","))")
+            } else {
+                reasons.append(Reason(.eventLogReplayMismatch, "tpm.ima",
+                                      "replaying the IMA log does not give quoted " + problems.joined(separator: ", ")))
+            }
+        }
+
+        guard reasons.isEmpty else { return reject(reasons) }
+        var fields: [String: String] = [
+            "ak.sha256": evidence.ak.key.fingerprint,
+            "ak.type": evidence.ak.key.kind.description,
+            "signature.scheme": scheme.description,
+            "tpm.clock": String(evidence.quote.clock),
+            "tpm.reset_count": String(evidence.quote.resetCount),
+            "tpm.restart_count": String(evidence.quote.restartCount),
+            "tpm.safe": String(evidence.quote.safe),
+            "tpm.firmware_version": String(format: "%016llx", evidence.quote.firmwareVersion),
+            "extra_data": Data(evidence.quote.extraData).hex,
+        ]
+        if let restricted = evidence.ak.restricted { fields["ak.restricted"] = String(restricted) }
+        let claims = VerifiedClaims(pcrs: quoted.mapValues { $0.mapValues(\.hex) }, measuredFiles: measured, fields: fields)
+        return .accept(format: Self.format, claims: claims, passed: passed)
+    }
+
+    /// Parses and verifies envelope bytes.
+    public func verify(envelopeData: Data, expectedNonce: Data?, at time: Date) -> Verdict {
+        switch EvidenceEnvelope.parse(envelopeData) {
+        case .success(let envelope): verify(envelope, expectedNonce: expectedNonce, at: time)
+        case .failure(let reason): .reject(format: Self.format, reasons: [reason])
+        }
+    }
+}
+
+/// The decoded contents of a `tpm2-quote` envelope.
+struct TPMEvidence {
+    struct AttestationKey {
+        let key: PublicKey
+        /// Known only when the AK came as a TPM2B_PUBLIC.
+        let restricted: Bool?
+    }
+
+    let ak: AttestationKey
+    let quote: TPMQuoteInfo
+    let signature: TPMSignature
+    let pcrs: [HashAlgorithm: [Int: Data]]
+    let eventLog: TCGEventLog?
+    let imaLog: IMALog?
+
+    static func read(_ envelope: EvidenceEnvelope) -> Result<TPMEvidence, Reason> {
+        Result { () throws(Reason) -> TPMEvidence in
+            let ak = try readAK(envelope)
+            let quote = try TPMParse.quote([UInt8](envelope.base64("quote").get())).get()
+            let signature = try TPMParse.signature([UInt8](envelope.base64("signature").get())).get()
+            let pcrs = try readPCRs(envelope)
+            var eventLog: TCGEventLog?
+            if let bytes = try envelope.optionalBase64("event_log").get() {
+                do throws(TCGEventLog.ParseError) { eventLog = try TCGEventLog.parse(bytes) } catch {
+                    throw Reason(.evidenceMalformed, "tpm.eventlog", error.description)
+                }
+            }
+            var imaLog: IMALog?
+            if let bytes = try envelope.optionalBase64("ima_log").get() {
+                do throws(IMALog.ParseError) { imaLog = try IMALog.parse(bytes) } catch {
+                    if case .unsupportedTemplate = error { throw Reason(.evidenceUnsupported, "tpm.ima", error.description) }
+                    throw Reason(.evidenceMalformed, "tpm.ima", error.description)
+                }
+            }
+            return TPMEvidence(ak: ak, quote: quote, signature: signature, pcrs: pcrs, eventLog: eventLog, imaLog: imaLog)
+        }
+    }
+
+    private static func readAK(_ envelope: EvidenceEnvelope) throws(Reason) -> AttestationKey {
+        let spki = try envelope.optionalBase64("ak_public").get()
+        let tpm2b = try envelope.optionalBase64("ak_tpm2b_public").get()
+        switch (spki, tpm2b) {
+        case (let der?, nil):
+            do throws(PublicKeyError) { return AttestationKey(key: try PublicKey(spkiDER: der), restricted: nil) } catch {
+                switch error {
+                case .unparsable(let s): throw TPMParse.malformed("ak_public: \(s)")
+                case .unsupported(let s): throw TPMParse.unsupported("ak_public: \(s)")
+                }
+            }
+        case (nil, let bytes?):
+            let area = try TPMParse.publicArea([UInt8](bytes)).get()
+            return AttestationKey(key: area.key, restricted: area.isRestrictedSigningKey)
+        case (nil, nil):
+            throw TPMParse.malformed("neither ak_public nor ak_tpm2b_public is present")
+        case (.some, .some):
+            throw TPMParse.malformed("both ak_public and ak_tpm2b_public are present")
+        }
+    }
+
+    /// Bounds: 24 PCRs per bank in a PC Client TPM; indices beyond that are refused.
+    private static func readPCRs(_ envelope: EvidenceEnvelope) throws(Reason) -> [HashAlgorithm: [Int: Data]] {
+        guard let table = try envelope.stringTable("pcrs").get() else {
+            throw TPMParse.malformed("missing field 'pcrs'")
+        }
+        var pcrs = [HashAlgorithm: [Int: Data]]()
+        for (bankName, values) in table {
+            guard let bank = HashAlgorithm(rawValue: bankName) else {
+                throw TPMParse.unsupported("PCR bank '\(bankName)'")
+            }
+            for (indexText, hexValue) in values {
+                guard let index = Int(indexText), (0..<32).contains(index), String(index) == indexText else {
+                    throw TPMParse.malformed("PCR index '\(indexText)' in bank \(bankName)")
+                }
+                guard let value = Data(hex: hexValue), value.count == bank.digestSize else {
+                    throw TPMParse.malformed("\(bankName) PCR \(index) is not a \(bank.digestSize)-byte hex value")
+                }
+                pcrs[bank, default: [:]][index] = value
+            }
+        }
+        return pcrs
+    }
+}

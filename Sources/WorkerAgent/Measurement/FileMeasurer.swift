@@ -1,0 +1,34 @@
+import AttestationCore
+import EventLog
+import Foundation
+
+/// Measures files into an `ima-ng` log and a TPM PCR, the way the kernel's IMA would: the file's
+/// SHA-256 goes into the entry, the entry's template hash is extended into the PCR of every bank.
+public struct FileMeasurer {
+    public let pcr: Int
+    public let banks: [HashAlgorithm]
+
+    public init(pcr: Int = 23, banks: [HashAlgorithm] = [.sha1, .sha256]) {
+        self.pcr = pcr
+        self.banks = banks
+    }
+
+    /// SHA-256 of a file, read in 1 MiB chunks (model files are hundreds of MiB).
+    public static func digest(of url: URL, algorithm: HashAlgorithm = .sha256) throws -> Data {
+        let handle = try FileHandle(forReadingFrom: url)
+        defer { try? handle.close() }
+        let hasher = IncrementalHash(algorithm)
+        while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+            chunk.withUnsafeBytes { hasher.update($0) }
+        }
+        return hasher.finalize()
+    }
+
+    /// Measures `url` into `device` and returns the log entry to append.
+    public func measure(_ url: URL, into device: TPMDevice) throws -> IMALog.Entry {
+        let digest = try Self.digest(of: url)
+        let entry = IMALog.Entry(pcr: pcr, fileAlgorithm: .sha256, fileDigest: digest, path: url.path)
+        try device.extend(pcr: pcr, digests: Dictionary(uniqueKeysWithValues: banks.map { ($0, entry.extendValue(for: $0)) }))
+        return entry
+    }
+}

@@ -1,0 +1,32 @@
+import AttestationCore
+import EventLog
+import Foundation
+
+/// Builds `tpm2-quote` envelopes (the evidence a worker presents) from a live TPM.
+public struct QuoteEnvelopeBuilder {
+    public let device: TPMDevice
+    public let key: AttestationKey
+
+    public init(device: TPMDevice, key: AttestationKey) {
+        self.device = device
+        self.key = key
+    }
+
+    /// Quotes `indices` of `bank` bound to `qualifyingData`, reads the same PCRs, and returns the
+    /// envelope JSON. The IMA log, when given, is carried as `ima_log`.
+    public func envelope(qualifyingData: Data, bank: HashAlgorithm = .sha256, indices: [Int],
+                         imaLog: IMALog? = nil) throws -> Data {
+        let quote = try device.quote(key: key, qualifyingData: qualifyingData, bank: bank, indices: indices)
+        let values = try device.readPCRs(bank: bank, indices: indices)
+        var object: [String: Any] = [
+            "format": "tpm2-quote",
+            "version": 1,
+            "ak_tpm2b_public": key.tpm2bPublic.base64EncodedString(),
+            "quote": quote.attest.base64EncodedString(),
+            "signature": quote.signature.base64EncodedString(),
+            "pcrs": [bank.rawValue: Dictionary(uniqueKeysWithValues: values.map { (String($0.key), $0.value.hex) })],
+        ]
+        if let imaLog { object["ima_log"] = Data(imaLog.text.utf8).base64EncodedString() }
+        return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
+    }
+}
