@@ -91,6 +91,8 @@ public struct TPMQuoteVerifier: Sendable {
                 reasons.append(Reason(.nonceMismatch, "tpm.nonce",
                                       "extraData \(Data(evidence.quote.extraData).hex) ≠ expected \(expectedNonce.hex)"))
             }
+        } else {
+            passed.append("nonce: not checked (no expected value given)")
         }
 
         // PCR digest over the supplied values, in selection order.

@@ -113,6 +113,7 @@ import WorkerAgent
         let nonce = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
 
         let device = try TPMDevice(tcti: tpm.tcti)
+        defer { withExtendedLifetime(device) {} }
         let key = try device.createAttestationKey()
         let measurer = FileMeasurer(pcr: 23)
         let log = IMALog(entries: [try measurer.measure(engine, into: device), try measurer.measure(model, into: device)])
@@ -148,6 +149,56 @@ import WorkerAgent
         // A log whose register was not quoted proves nothing.
         let unquoted = try builder.envelope(qualifyingData: nonce, indices: [0], imaLog: log)
         #expect(verifier.verify(envelopeData: unquoted, expectedNonce: nonce, at: Self.now).reason == .eventLogReplayMismatch)
+    }
+
+    /// Mutations of a genuine ECDSA quote with an IMA log, made on swtpm: every change to a
+    /// signed field or to the log is rejected with a known code (an emptied log proves nothing
+    /// and so yields no measured files).
+    @Test func mutatedSwtpmEvidenceIsRejected() throws {
+        let tpm = try Swtpm.start()
+        defer { tpm.stop() }
+        let dir = try TemporaryDirectory()
+        try Data("engine".utf8).write(to: dir.file("engine"))
+        let nonce = Data(repeating: 0x42, count: 32)
+        let good: Data
+        do {
+            let device = try TPMDevice(tcti: tpm.tcti)
+            let key = try device.createAttestationKey(.eccP256)
+            let entry = try FileMeasurer(pcr: 23).measure(dir.file("engine"), into: device)
+            good = try QuoteEnvelopeBuilder(device: device, key: key)
+                .envelope(qualifyingData: nonce, indices: [0, 23], imaLog: IMALog(entries: [entry]))
+        }
+        let object = try #require(try JSONSerialization.jsonObject(with: good) as? [String: Any])
+        let verifier = TPMQuoteVerifier()
+        let baseline = verifier.verify(envelopeData: good, expectedNonce: nonce, at: Self.now)
+        #expect(baseline.isAccepted)
+        let originalFiles = baseline.claims?.measuredFiles ?? []
+        #expect(originalFiles.count == 1)
+        var rng = SeededRandom(seed: 0x7A7)
+        var count = 0
+        for field in ["quote", "signature", "ak_tpm2b_public", "ima_log"] {
+            let bytes = [UInt8](Data(base64Encoded: object[field] as! String)!)
+            for mutation in Mutation.allCases {
+                for _ in 0..<15 {
+                    var mutated = object
+                    mutated[field] = Data(mutation.apply(bytes, &rng)).base64EncodedString()
+                    let verdict = verifier.verify(envelopeData: try JSONSerialization.data(withJSONObject: mutated),
+                                                  expectedNonce: nonce, at: Self.now)
+                    count += 1
+                    if verdict.isAccepted {
+                        // Only changes that leave the proven facts as they were can keep an accept:
+                        // attributes of the AK's public area outside the key, hex case in the log,
+                        // or an emptied log (which proves no measured files).
+                        let files = verdict.claims?.measuredFiles ?? []
+                        #expect(field == "ak_tpm2b_public" || (field == "ima_log" && (files.isEmpty || files == originalFiles)),
+                                "mutated \(field) was accepted")
+                    } else {
+                        #expect(ReasonCode.all.contains(verdict.reason!))
+                    }
+                }
+            }
+        }
+        #expect(count == 420)
     }
 
     /// `tpm2_pcrread` prints `  16: 0xABCD…` lines under `sha256:`.

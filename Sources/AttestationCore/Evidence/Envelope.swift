@@ -10,6 +10,10 @@ public struct EvidenceEnvelope: Sendable {
     /// a few MiB. Anything larger is refused before JSON parsing to bound memory.
     public static let maxSize = 16 << 20
 
+    /// Envelopes are two levels deep (`pcrs` → bank → index); deep nesting only serves to exhaust
+    /// the parser's stack, so it is refused before parsing.
+    static let maxDepth = 16
+
     public let format: String
     public let version: Int
     private let fields: [String: FieldValue]
@@ -24,6 +28,9 @@ public struct EvidenceEnvelope: Sendable {
     public static func parse(_ data: Data) -> Result<EvidenceEnvelope, Reason> {
         guard data.count <= maxSize else {
             return .failure(Reason(.evidenceMalformed, "envelope", "envelope is \(data.count) bytes; limit \(maxSize)"))
+        }
+        guard Self.nestingDepth(data) <= maxDepth else {
+            return .failure(Reason(.evidenceMalformed, "envelope", "JSON nested deeper than \(maxDepth) levels"))
         }
         let json: JSONValue
         do {
@@ -41,6 +48,35 @@ public struct EvidenceEnvelope: Sendable {
             return .failure(Reason(.evidenceMalformed, "envelope", "missing integer field 'version'"))
         }
         return .success(EvidenceEnvelope(format: format, version: Int(version), fields: object.mapValues(Self.convert)))
+    }
+
+    /// The deepest array/object nesting in JSON text, ignoring brackets inside strings.
+    static func nestingDepth(_ data: Data) -> Int {
+        var depth = 0
+        var deepest = 0
+        var inString = false
+        var escaped = false
+        for byte in data {
+            if inString {
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: "\""): inString = true
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                deepest = max(deepest, depth)
+            case UInt8(ascii: "]"), UInt8(ascii: "}"): depth -= 1
+            default: break
+            }
+        }
+        return deepest
     }
 
     private static func convert(_ value: JSONValue) -> FieldValue {

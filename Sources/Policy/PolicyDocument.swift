@@ -1,0 +1,260 @@
+import AttestationCore
+import Foundation
+import Yams
+
+/// An allowlisted artifact: an inference binary or a model file, pinned by SHA-256.
+public struct AllowedArtifact: Sendable, Equatable {
+    public let name: String
+    public let version: String?
+    /// Lowercase hex SHA-256.
+    public let sha256: String
+    public let size: Int?
+}
+
+/// A policy document (`Policies/*.yaml`, schema `ccgate.policy/v1`): what evidence is accepted
+/// and which measurements may run.
+///
+/// Documents are value types; loading checks every key against the schema and refuses anything
+/// it does not understand, so a typo can never silently weaken a policy.
+public struct PolicyDocument: Sendable, Equatable {
+    public static let schema = "ccgate.policy/v1"
+
+    public var name: String
+    public var formats: [String]
+    public var tpm: TPMRules
+    public var tdx: TDXRules
+    public var binaries: [AllowedArtifact]
+    public var models: [AllowedArtifact]
+    /// Require at least one allowlisted binary and one allowlisted model among the measured files.
+    public var requireMeasurements: Bool
+
+    public struct TPMRules: Sendable, Equatable {
+        public var allowSHA1 = false
+        public var requireRestrictedAK = false
+        /// bank → PCR index → accepted lowercase hex values.
+        public var pcrs: [String: [Int: [String]]] = [:]
+    }
+
+    public struct TDXRules: Sendable, Equatable {
+        public var acceptedTCBStatuses: [String] = ["UpToDate"]
+        public var allowDebug = false
+    }
+
+    /// The built-in default used when no policy file is named: accept `UpToDate` TDX only, no
+    /// debug TDs, no SHA-1 TPM quotes, no measurement requirements.
+    public static let builtinDefault = PolicyDocument(
+        name: "builtin-default", formats: ["tpm2-quote", "tdx-quote", "sgx-quote"], tpm: TPMRules(), tdx: TDXRules(),
+        binaries: [], models: [], requireMeasurements: false)
+}
+
+/// A problem in a policy document, with its position.
+public struct PolicyLoadError: Error, CustomStringConvertible, Equatable {
+    public let file: String
+    public let line: Int
+    public let column: Int
+    public let message: String
+
+    public var description: String { "\(file):\(line):\(column): \(message)" }
+}
+
+extension PolicyDocument {
+    /// Loads and checks a policy file. Every problem found is reported, not just the first.
+    public static func load(contentsOf url: URL) throws(PolicyLoadErrors) -> PolicyDocument {
+        let text: String
+        do { text = try String(contentsOf: url, encoding: .utf8) } catch {
+            throw PolicyLoadErrors([PolicyLoadError(file: url.path, line: 0, column: 0, message: "cannot read: \(error.localizedDescription)")])
+        }
+        return try parse(text, file: url.path)
+    }
+
+    public static func parse(_ text: String, file: String = "<policy>") throws(PolicyLoadErrors) -> PolicyDocument {
+        // Cap: policy documents are a few KiB; a multi-megabyte one is a mistake or an attack on the parser.
+        guard text.utf8.count <= 1 << 20 else {
+            throw PolicyLoadErrors([PolicyLoadError(file: file, line: 0, column: 0, message: "policy is larger than 1 MiB")])
+        }
+        let composed: Node?
+        do {
+            composed = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            let (line, column) = Self.position(of: error)
+            throw PolicyLoadErrors([PolicyLoadError(file: file, line: line, column: column, message: "YAML: \(error)")])
+        } catch {
+            throw PolicyLoadErrors([PolicyLoadError(file: file, line: 0, column: 0, message: "YAML: \(error)")])
+        }
+        guard let root = composed else {
+            throw PolicyLoadErrors([PolicyLoadError(file: file, line: 1, column: 1, message: "empty document")])
+        }
+        var reader = NodeReader(file: file)
+        let doc = reader.document(root)
+        if !reader.errors.isEmpty { throw PolicyLoadErrors(reader.errors) }
+        return doc!
+    }
+
+    private static func position(of error: YamlError) -> (Int, Int) {
+        switch error {
+        case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _):
+            return (mark.line, mark.column)
+        default:
+            return (0, 0)
+        }
+    }
+}
+
+/// All problems found while loading one policy.
+public struct PolicyLoadErrors: Error, CustomStringConvertible, ExpressibleByArrayLiteral {
+    public let errors: [PolicyLoadError]
+    public init(_ errors: [PolicyLoadError]) { self.errors = errors }
+    public init(arrayLiteral elements: PolicyLoadError...) { self.errors = elements }
+    public var description: String { errors.map(\.description).joined(separator: "\n") }
+}
+
+/// Walks the YAML node tree, checking keys and types against the schema and collecting errors.
+struct NodeReader {
+    let file: String
+    var errors = [PolicyLoadError]()
+
+    mutating func fail(_ node: Node?, _ message: String) {
+        errors.append(PolicyLoadError(file: file, line: node?.mark?.line ?? 0, column: node?.mark?.column ?? 0, message: message))
+    }
+
+    /// The mapping's entries, after refusing keys outside `allowed`.
+    mutating func mapping(_ node: Node, _ path: String, allowed: Set<String>) -> [String: Node] {
+        guard let map = node.mapping else {
+            fail(node, "\(path) must be a mapping")
+            return [:]
+        }
+        var out = [String: Node]()
+        for (key, value) in map {
+            guard let k = key.string else {
+                fail(key, "\(path) has a non-string key")
+                continue
+            }
+            if !allowed.contains(k) {
+                fail(key, "unknown key '\(k)' in \(path) (known: \(allowed.sorted().joined(separator: ", ")))")
+                continue
+            }
+            out[k] = value
+        }
+        return out
+    }
+
+    mutating func string(_ node: Node?, _ path: String) -> String? {
+        guard let node else { return nil }
+        guard let s = node.scalar?.string else {
+            fail(node, "\(path) must be a string")
+            return nil
+        }
+        return s
+    }
+
+    mutating func bool(_ node: Node?, _ path: String, default value: Bool) -> Bool {
+        guard let node else { return value }
+        guard let b = node.bool else {
+            fail(node, "\(path) must be true or false")
+            return value
+        }
+        return b
+    }
+
+    mutating func strings(_ node: Node?, _ path: String) -> [String]? {
+        guard let node else { return nil }
+        guard let seq = node.sequence else {
+            fail(node, "\(path) must be a list")
+            return nil
+        }
+        return seq.compactMap { string($0, path + "[]") }
+    }
+
+    mutating func hex(_ node: Node?, _ path: String, bytes: Int) -> String? {
+        guard let text = string(node, path) else { return nil }
+        guard let data = Data(hex: text), data.count == bytes else {
+            fail(node, "\(path) must be \(bytes * 2) hex digits")
+            return nil
+        }
+        return data.hex
+    }
+
+    mutating func document(_ root: Node) -> PolicyDocument? {
+        let top = mapping(root, "policy", allowed: ["schema", "name", "evidence", "measurements"])
+        let schema = string(top["schema"], "schema")
+        if top["schema"] == nil { fail(root, "missing 'schema: \(PolicyDocument.schema)'") }
+        if let schema, schema != PolicyDocument.schema {
+            fail(top["schema"], "schema '\(schema)' is not \(PolicyDocument.schema)")
+        }
+        guard let name = string(top["name"], "name") else {
+            if top["name"] == nil { fail(root, "missing 'name'") }
+            return nil
+        }
+        var doc = PolicyDocument.builtinDefault
+        doc.name = name
+        if let evidence = top["evidence"] {
+            let ev = mapping(evidence, "evidence", allowed: ["formats", "tpm", "tdx"])
+            if let formats = strings(ev["formats"], "evidence.formats") {
+                for f in formats where !["tpm2-quote", "tdx-quote", "sgx-quote"].contains(f) {
+                    fail(ev["formats"], "evidence.formats: unknown format '\(f)'")
+                }
+                doc.formats = formats
+            }
+            if let tpmNode = ev["tpm"] {
+                let tpm = mapping(tpmNode, "evidence.tpm", allowed: ["allow_sha1", "require_restricted_ak", "pcrs"])
+                doc.tpm.allowSHA1 = bool(tpm["allow_sha1"], "evidence.tpm.allow_sha1", default: false)
+                doc.tpm.requireRestrictedAK = bool(tpm["require_restricted_ak"], "evidence.tpm.require_restricted_ak", default: false)
+                if let pcrsNode = tpm["pcrs"] {
+                    let banks = mapping(pcrsNode, "evidence.tpm.pcrs", allowed: ["sha1", "sha256", "sha384", "sha512"])
+                    for (bankName, bankNode) in banks {
+                        let size = HashAlgorithm(rawValue: bankName)!.digestSize
+                        let indices = mapping(bankNode, "evidence.tpm.pcrs.\(bankName)", allowed: Set((0..<24).map(String.init)))
+                        for (indexText, valuesNode) in indices {
+                            let path = "evidence.tpm.pcrs.\(bankName).\(indexText)"
+                            guard let seq = valuesNode.sequence, !seq.isEmpty else {
+                                fail(valuesNode, "\(path) must be a non-empty list of accepted values")
+                                continue
+                            }
+                            doc.tpm.pcrs[bankName, default: [:]][Int(indexText)!] = seq.compactMap { hex($0, path, bytes: size) }
+                        }
+                    }
+                }
+            }
+            if let tdxNode = ev["tdx"] {
+                let tdx = mapping(tdxNode, "evidence.tdx", allowed: ["accepted_tcb_statuses", "allow_debug"])
+                if let statuses = strings(tdx["accepted_tcb_statuses"], "evidence.tdx.accepted_tcb_statuses") {
+                    doc.tdx.acceptedTCBStatuses = statuses
+                }
+                doc.tdx.allowDebug = bool(tdx["allow_debug"], "evidence.tdx.allow_debug", default: false)
+            }
+        }
+        if let measurementsNode = top["measurements"] {
+            let m = mapping(measurementsNode, "measurements", allowed: ["require", "binaries", "models"])
+            doc.requireMeasurements = bool(m["require"], "measurements.require", default: true)
+            doc.binaries = artifacts(m["binaries"], "measurements.binaries")
+            doc.models = artifacts(m["models"], "measurements.models")
+        }
+        return doc
+    }
+
+    mutating func artifacts(_ node: Node?, _ path: String) -> [AllowedArtifact] {
+        guard let node else { return [] }
+        guard let seq = node.sequence else {
+            fail(node, "\(path) must be a list")
+            return []
+        }
+        var out = [AllowedArtifact]()
+        for (i, item) in seq.enumerated() {
+            let p = "\(path)[\(i)]"
+            let fields = mapping(item, p, allowed: ["name", "version", "sha256", "size"])
+            let name = string(fields["name"], p + ".name")
+            let digest = hex(fields["sha256"], p + ".sha256", bytes: 32)
+            if fields["name"] == nil { fail(item, "\(p) is missing 'name'") }
+            if fields["sha256"] == nil { fail(item, "\(p) is missing 'sha256'") }
+            var size: Int?
+            if let sizeNode = fields["size"] {
+                size = sizeNode.int
+                if size == nil || size! < 0 { fail(sizeNode, "\(p).size must be a non-negative integer") }
+            }
+            if let name, let digest {
+                out.append(AllowedArtifact(name: name, version: string(fields["version"], p + ".version"), sha256: digest, size: size))
+            }
+        }
+        return out
+    }
+}

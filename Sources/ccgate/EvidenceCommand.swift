@@ -1,0 +1,92 @@
+import ArgumentParser
+import AttestationCore
+import Foundation
+import Policy
+
+struct EvidenceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "evidence", abstract: "Work with attestation evidence by hand.", subcommands: [Verify.self])
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Verify an evidence envelope and print the verdict.",
+            discussion: """
+                ENVELOPE is a JSON evidence envelope (format tpm2-quote, tdx-quote or sgx-quote), or - for
+                standard input. Without --policy the built-in default applies (UpToDate TDX only, no debug TDs,
+                no SHA-1 TPM quotes); with --policy the file's evidence rules and its measurement allowlists apply.
+
+                Examples:
+                  ccgate evidence verify quote.json --nonce 4169354d35536a59
+                  ccgate evidence verify quote.json --at 2026-03-01T00:00:00Z --json
+                  ccgate evidence verify quote.json --policy Policies/default.yaml
+
+                Exit status: 0 accept, 1 reject, 2 unreadable input or bad usage.
+                """)
+
+        @Argument(help: ArgumentHelp("The evidence envelope file, or - for standard input.", valueName: "ENVELOPE"))
+        var envelope: String
+
+        @Option(help: ArgumentHelp("The expected freshness value in hex (TPM extraData, TDX report_data).", valueName: "HEX"))
+        var nonce: String?
+
+        @Option(help: ArgumentHelp("Verify as of this instant (RFC 3339); default: now.", valueName: "RFC3339"))
+        var at: String?
+
+        @Option(name: .customLong("root"),
+                help: ArgumentHelp("A PEM trust root replacing the pinned production roots for this run; repeatable.", valueName: "PEM"))
+        var roots: [String] = []
+
+        @Option(help: ArgumentHelp("A policy document (YAML) to apply.", valueName: "FILE"))
+        var policy: String?
+
+        @Flag(help: "Print exactly one JSON object instead of the readable report.")
+        var json = false
+
+        func validate() throws {
+            if let nonce, Data(hex: nonce) == nil { throw ValidationError("--nonce must be hexadecimal") }
+            if let at, Date.rfc3339(at) == nil { throw ValidationError("--at must be an RFC 3339 time, e.g. 2026-03-01T00:00:00Z") }
+        }
+
+        func run() throws {
+            try exiting {
+                let data = try readInput(envelope)
+                for root in roots {
+                    let loaded = try TrustRoots.load(pemFile: root)
+                    if loaded.isEmpty { throw Failure("\(root): no PEM certificate found") }
+                }
+                var document = PolicyDocument.builtinDefault
+                if let policy {
+                    do { document = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: policy)) } catch {
+                        throw Failure("policy \(policy) is invalid:\n\(error)")
+                    }
+                }
+                let time = at.flatMap(Date.rfc3339) ?? SystemClock().now()
+                let verification = EvidenceVerification(policy: document, applyMeasurementRules: policy != nil)
+                let verdict = verification.verify(envelopeData: data, expectedNonce: nonce.flatMap { Data(hex: $0) }, at: time)
+                if json {
+                    print(VerdictRendering.json(verdict))
+                } else {
+                    let color = isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
+                    print(VerdictRendering.human(verdict, source: envelope == "-" ? "(stdin)" : envelope, color: color))
+                }
+                return verdict.isAccepted ? 0 : 1
+            }
+        }
+    }
+}
+
+/// Reads a file, or standard input for `-`, refusing anything larger than an envelope may be.
+func readInput(_ path: String) throws -> Data {
+    let limit = EvidenceEnvelope.maxSize + 1
+    if path == "-" {
+        let data = FileHandle.standardInput.readData(ofLength: limit)
+        if data.count >= limit { throw Failure("standard input is larger than \(EvidenceEnvelope.maxSize) bytes") }
+        return data
+    }
+    guard let handle = FileHandle(forReadingAtPath: path) else { throw Failure("\(path): cannot open") }
+    defer { try? handle.close() }
+    let data: Data
+    do { data = try handle.read(upToCount: limit) ?? Data() } catch { throw Failure("\(path): \(error.localizedDescription)") }
+    if data.count >= limit { throw Failure("\(path) is larger than \(EvidenceEnvelope.maxSize) bytes") }
+    return data
+}
