@@ -1,0 +1,29 @@
+# ccgate — the two commands a fresh machine needs are `make run` and `make test`.
+SWIFT ?= swift
+BIN := .build/debug
+
+.PHONY: setup build run demo test bench fuzz format clean
+
+setup:
+	@scripts/setup
+
+build: setup
+	$(SWIFT) build
+
+run: build
+	@scripts/demo
+
+demo: run
+
+test: setup
+	@scripts/test
+
+bench: setup
+	$(SWIFT) build -c release --product ccgate-bench
+	.build/release/ccgate-bench
+
+format:
+	swift format --in-place --recursive Sources Tests Benchmarks Package.swift
+
+clean:
+	rm -rf .build

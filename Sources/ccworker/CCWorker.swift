@@ -1,0 +1,112 @@
+import ArgumentParser
+import AttestationCore
+import EventLog
+import Foundation
+import WorkerAgent
+
+@main
+struct CCWorker: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ccworker",
+        abstract: "The ccgate worker agent: measures the inference engine and model, and attests with the TPM.",
+        subcommands: [Quote.self])
+
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                Foundation.exit(0)
+            }
+            FileHandle.standardError.write(Data(("ccworker: " + fullMessage(for: error) + "\n").utf8))
+            Foundation.exit(code == .validationFailure ? 2 : 1)
+        }
+    }
+}
+
+struct Quote: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure files into a PCR and write a tpm2-quote evidence envelope.",
+        discussion: """
+            Each --measure FILE is hashed (SHA-256), recorded in an ima-ng log and extended into the
+            measurement PCR of the sha1 and sha256 banks; then the TPM quotes the selected PCRs with an
+            attestation key bound to --nonce. The envelope goes to --out or standard output.
+
+            Examples:
+              ccworker quote --tpm swtpm:host=127.0.0.1,port=2321 --nonce 00112233 --measure ./ccinfer
+              ccworker quote --tpm device:/dev/tpmrm0 --pcrs 0,7,10 --out evidence.json
+            """)
+
+    @Option(help: ArgumentHelp("TPM to use, as a TCTI string (device:/dev/tpmrm0, swtpm:host=H,port=P).", valueName: "TCTI"))
+    var tpm = "device:/dev/tpmrm0"
+
+    @Option(help: ArgumentHelp("Attestation key algorithm: ecc (P-256) or rsa (2048).", valueName: "ALG"))
+    var ak: String = "ecc"
+
+    @Option(help: ArgumentHelp("Qualifying data to bind into the quote, hex, at most 64 bytes.", valueName: "HEX"))
+    var nonce: String = ""
+
+    @Option(help: ArgumentHelp("PCRs to quote, comma-separated.", valueName: "LIST"))
+    var pcrs: String = "0,1,2,3,4,5,6,7,23"
+
+    @Option(help: ArgumentHelp("PCR bank to quote: sha256, sha384 or sha1.", valueName: "BANK"))
+    var bank: String = "sha256"
+
+    @Option(name: .customLong("measure"), help: ArgumentHelp("A file to measure before quoting; repeatable.", valueName: "FILE"))
+    var files: [String] = []
+
+    @Option(help: ArgumentHelp("The PCR that measurements are extended into.", valueName: "N"))
+    var measurePCR: Int = 23
+
+    @Option(help: ArgumentHelp("Write the envelope here instead of standard output.", valueName: "FILE"))
+    var out: String?
+
+    func validate() throws {
+        guard let n = Data(hex: nonce), n.count <= 64 else { throw ValidationError("--nonce must be hex, at most 64 bytes") }
+        guard AttestationKeyAlgorithm(rawValue: ak) != nil else { throw ValidationError("--ak must be ecc or rsa") }
+        guard HashAlgorithm(rawValue: bank) != nil, bank != "sha512" else { throw ValidationError("--bank must be sha1, sha256 or sha384") }
+        guard !parsedPCRs.isEmpty, parsedPCRs.allSatisfy({ (0..<24).contains($0) }) else {
+            throw ValidationError("--pcrs must list PCR numbers 0-23, e.g. 0,7,23")
+        }
+        guard (0..<24).contains(measurePCR) else { throw ValidationError("--measure-pcr must be 0-23") }
+        for file in files where !FileManager.default.isReadableFile(atPath: file) {
+            throw ValidationError("--measure \(file): not a readable file")
+        }
+    }
+
+    var parsedPCRs: [Int] { pcrs.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func run() throws {
+        do {
+            let device = try TPMDevice(tcti: tpm)
+            let key = try device.createAttestationKey(AttestationKeyAlgorithm(rawValue: ak)!)
+            let measurer = FileMeasurer(pcr: measurePCR)
+            var entries = [IMALog.Entry]()
+            for file in files {
+                let url = URL(fileURLWithPath: file).standardizedFileURL
+                entries.append(try measurer.measure(url, into: device))
+            }
+            var indices = parsedPCRs
+            if !entries.isEmpty, !indices.contains(measurePCR) { indices.append(measurePCR) }
+            let envelope = try QuoteEnvelopeBuilder(device: device, key: key).envelope(
+                qualifyingData: Data(hex: nonce)!, bank: HashAlgorithm(rawValue: bank)!, indices: indices.sorted(),
+                imaLog: entries.isEmpty ? nil : IMALog(entries: entries))
+            if let out {
+                try envelope.write(to: URL(fileURLWithPath: out), options: .atomic)
+                FileHandle.standardError.write(Data("ccworker: wrote \(out) (\(envelope.count) bytes, \(entries.count) measurements)\n".utf8))
+            } else {
+                FileHandle.standardOutput.write(envelope + Data("\n".utf8))
+            }
+        } catch let error as TPMError {
+            throw RuntimeError(error.description)
+        }
+    }
+}
+
+struct RuntimeError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,114 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// The `ccgate evidence verify` contract: verdicts, the single JSON object, and exit statuses.
+@Suite struct EvidenceVerifyCLITests {
+    static var binDirectory: URL {
+        if let dir = ProcessInfo.processInfo.environment["CCGATE_BIN_DIR"] { return URL(fileURLWithPath: dir) }
+        return Bundle.main.executableURL!.deletingLastPathComponent()
+    }
+    static var ccgate: String { binDirectory.appendingPathComponent("ccgate").path }
+    static let tpmCases = (try? SharedTestData.cases(kind: "tpm")) ?? []
+
+    func json(_ result: ProcessResult) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: result.stdoutData) as? [String: Any], "stdout: \(result.stdout)")
+    }
+
+    @Test(arguments: tpmCases)
+    func sharedCasesThroughTheCLI(_ c: SharedTestData.Case) throws {
+        var args = ["evidence", "verify", SharedTestData.url(c.envelope).path, "--at", c.verify_at, "--json"]
+        if let nonce = c.nonce_hex { args += ["--nonce", nonce] }
+        let result = try ProcessRunner.run(Self.ccgate, args)
+        let object = try json(result)
+        #expect(object["verdict"] as? String == c.expect.verdict)
+        #expect(result.status == (c.expect.verdict == "accept" ? 0 : 1))
+        if let reason = c.expect.reason { #expect(object["reason"] as? String == reason) }
+        if c.expect.verdict == "accept" { #expect(object["reason"] is NSNull) }
+        #expect(object["format"] as? String == "tpm2-quote")
+        #expect(object["advisory_ids"] as? [String] == [])
+        #expect(object["tcb_status"] is NSNull)
+        if let pcrs = c.expect.claims?.pcrs {
+            let claimed = (object["claims"] as? [String: Any])?["pcrs"] as? [String: [String: String]]
+            for (bank, values) in pcrs { for (i, v) in values { #expect(claimed?[bank]?[i] == v) } }
+        }
+    }
+
+    @Test func readableReportNamesTheReason() throws {
+        let result = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", SharedTestData.url("tpm/keylime-checkquote-flip.json").path])
+        #expect(result.status == 1)
+        #expect(result.stdout.contains("REJECT"))
+        #expect(result.stdout.contains("quote.signature-invalid"))
+    }
+
+    @Test func standardInputIsAccepted() throws {
+        let data = try SharedTestData.data("tpm/keylime-checkquote.json")
+        let result = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", "-", "--json"], stdin: data)
+        #expect(result.status == 0)
+        #expect(try json(result)["verdict"] as? String == "accept")
+    }
+
+    @Test func malformedEvidenceIsARejectNotACrash() throws {
+        let dir = try TemporaryDirectory()
+        try Data("{\"format\": \"tpm2-quote\", \"version\": 1, \"quote\": 5".utf8).write(to: dir.file("bad.json"))
+        let result = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", dir.file("bad.json").path, "--json"])
+        #expect(result.status == 1)
+        #expect(try json(result)["reason"] as? String == "evidence.malformed")
+    }
+
+    @Test(arguments: [
+        ["evidence", "verify", "/nonexistent/evidence.json"],
+        ["evidence", "verify", "x.json", "--nonce", "xyz"],
+        ["evidence", "verify", "x.json", "--at", "tomorrow"],
+        ["evidence", "verify"],
+        ["evidence", "frobnicate"],
+        ["evidence", "verify", "x.json", "--unknown-flag"],
+    ])
+    func badUsageExitsTwo(_ args: [String]) throws {
+        let result = try ProcessRunner.run(Self.ccgate, args)
+        #expect(result.status == 2, "\(args): \(result.stderr)")
+        #expect(!result.stderr.isEmpty)
+    }
+
+    @Test func rootsMustBeCertificates() throws {
+        let dir = try TemporaryDirectory()
+        try Data("not a certificate".utf8).write(to: dir.file("root.pem"))
+        let envelope = SharedTestData.url("tpm/keylime-checkquote.json").path
+        let bad = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", envelope, "--root", dir.file("root.pem").path])
+        #expect(bad.status == 2)
+        let good = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", envelope, "--root", SharedTestData.url("roots/intel-sgx-root-ca.pem").path])
+        #expect(good.status == 0, "\(good.stderr)")
+    }
+
+    @Test func policyFileApplies() throws {
+        let envelope = SharedTestData.url("tpm/keylime-checkquote.json").path
+        let policy = SharedTestData.packageRoot.appendingPathComponent("Policies/default.yaml").path
+        let result = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", envelope, "--policy", policy, "--json"])
+        #expect(result.status == 1)
+        #expect(try json(result)["reason"] as? String == "policy.measurement-not-allowed")
+
+        let dir = try TemporaryDirectory()
+        try Data("schema: ccgate.policy/v1\nname: loose\nevidence:\n  tpm:\n    allow_sha1: true\n".utf8).write(to: dir.file("loose.yaml"))
+        let windows = SharedTestData.url("tpm/goattestation-windows-gcp-shielded-vm.json").path
+        #expect(try ProcessRunner.run(Self.ccgate, ["evidence", "verify", windows]).status == 1)
+        let loose = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", windows, "--policy", dir.file("loose.yaml").path])
+        #expect(loose.status == 0, "\(loose.stdout)")
+    }
+
+    @Test func policyLintReportsPositions() throws {
+        let dir = try TemporaryDirectory()
+        try Data("schema: ccgate.policy/v1\nname: x\nevidence:\n  tpmm: {}\n".utf8).write(to: dir.file("p.yaml"))
+        let result = try ProcessRunner.run(Self.ccgate, ["policy", "lint", dir.file("p.yaml").path])
+        #expect(result.status == 2)
+        #expect(result.stderr.contains("p.yaml:4:3: unknown key 'tpmm'"))
+        let ok = try ProcessRunner.run(Self.ccgate, ["policy", "lint", SharedTestData.packageRoot.appendingPathComponent("Policies/default.yaml").path])
+        #expect(ok.status == 0)
+    }
+
+    @Test func helpTeaches() throws {
+        let result = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", "--help"])
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("Exit status: 0 accept, 1 reject, 2"))
+        #expect(result.stdout.contains("Examples:"))
+    }
+}
