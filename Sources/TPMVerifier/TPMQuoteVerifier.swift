@@ -237,7 +237,7 @@ struct TPMEvidence {
         let tpm2b = try envelope.optionalBase64("ak_tpm2b_public").get()
         switch (spki, tpm2b) {
         case (let der?, nil):
-            do throws(PublicKeyError) { return AttestationKey(key: try PublicKey(spkiDER: der), restricted: nil) } catch {
+            do throws(PublicKeyError) { return AttestationKey(key: try PublicKey.cached(spkiDER: der), restricted: nil) } catch {
                 switch error {
                 case .unparsable(let s): throw TPMParse.malformed("ak_public: \(s)")
                 case .unsupported(let s): throw TPMParse.unsupported("ak_public: \(s)")

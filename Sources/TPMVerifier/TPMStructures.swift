@@ -167,7 +167,7 @@ enum TPMParse {
             case TPMConstant.algRSA:
                 let n = tupleBytes(area.unique.rsa.buffer, count: Int(area.unique.rsa.size))
                 let e = area.parameters.rsaDetail.exponent
-                key = try PublicKey(rsaModulus: n, exponent: e == 0 ? 65537 : e)
+                key = try PublicKey.cached(spkiDER: PublicKey.spki(rsaModulus: n, exponent: e == 0 ? 65537 : e))
             case TPMConstant.algECC:
                 let curve: ECCurve
                 switch area.parameters.eccDetail.curveID {
@@ -177,9 +177,9 @@ enum TPMParse {
                 default:
                     return .failure(unsupported("ECC curve 0x\(String(area.parameters.eccDetail.curveID, radix: 16))"))
                 }
-                key = try PublicKey(curve: curve,
-                                    x: tupleBytes(area.unique.ecc.x.buffer, count: Int(area.unique.ecc.x.size)),
-                                    y: tupleBytes(area.unique.ecc.y.buffer, count: Int(area.unique.ecc.y.size)))
+                key = try PublicKey.cached(spkiDER: PublicKey.spki(
+                    curve: curve, x: tupleBytes(area.unique.ecc.x.buffer, count: Int(area.unique.ecc.x.size)),
+                    y: tupleBytes(area.unique.ecc.y.buffer, count: Int(area.unique.ecc.y.size))))
             default:
                 return .failure(unsupported("key type 0x\(String(area.type, radix: 16))"))
             }

@@ -1,5 +1,6 @@
 import COpenSSL
 import Foundation
+import Synchronization
 
 /// A signature scheme as attestation evidence names it.
 public enum SignatureScheme: Sendable, Equatable, CustomStringConvertible {
@@ -104,21 +105,45 @@ public final class PublicKey: @unchecked Sendable {
 
     /// An RSA key from its big-endian modulus and exponent (TPM2B_PUBLIC form).
     public convenience init(rsaModulus n: [UInt8], exponent e: UInt32) throws(PublicKeyError) {
-        var eBytes = withUnsafeBytes(of: e.bigEndian) { Array($0) }
-        eBytes = Array(eBytes.drop(while: { $0 == 0 }))
-        let rsaKey = DER.sequence(DER.unsignedInteger(n), DER.unsignedInteger(eBytes))
-        let spki = DER.sequence(DER.sequence(DER.oidRSAEncryption, DER.null), DER.bitString(rsaKey))
-        try self.init(spkiDER: Data(spki))
+        try self.init(spkiDER: Self.spki(rsaModulus: n, exponent: e))
     }
+
+    /// The DER SubjectPublicKeyInfo of an RSA key given by modulus and exponent.
+    public static func spki(rsaModulus n: [UInt8], exponent e: UInt32) -> Data {
+        let eBytes = withUnsafeBytes(of: e.bigEndian) { Array($0) }
+        let rsaKey = DER.sequence(DER.unsignedInteger(n), DER.unsignedInteger(eBytes))
+        return Data(DER.sequence(DER.sequence(DER.oidRSAEncryption, DER.null), DER.bitString(rsaKey)))
+    }
+
+    /// Loads a key, reusing an already decoded one with identical DER bytes. Decoding a key costs
+    /// OpenSSL 3 about ten signature checks, and workers present the same AK at every
+    /// re-attestation, so verifiers go through this cache.
+    public static func cached(spkiDER der: Data) throws(PublicKeyError) -> PublicKey {
+        if let hit = cache.withLock({ $0[der] }) { return hit }
+        let key = try PublicKey(spkiDER: der)
+        cache.withLock { entries in
+            if entries.count >= maxCachedKeys { entries.removeAll(keepingCapacity: true) }
+            entries[der] = key
+        }
+        return key
+    }
+
+    /// Bound on the cache: a gateway sees one AK per worker; past this many, it starts over.
+    static let maxCachedKeys = 4096
+    private static let cache = Mutex<[Data: PublicKey]>([:])
 
     /// An EC key from its affine coordinates (TPM2B_PUBLIC form).
     public convenience init(curve: ECCurve, x: [UInt8], y: [UInt8]) throws(PublicKeyError) {
+        try self.init(spkiDER: Self.spki(curve: curve, x: x, y: y))
+    }
+
+    /// The DER SubjectPublicKeyInfo of an EC key given by its affine coordinates.
+    public static func spki(curve: ECCurve, x: [UInt8], y: [UInt8]) throws(PublicKeyError) -> Data {
         let size = curve.coordinateSize
         guard x.count <= size, y.count <= size else { throw .unparsable("coordinate longer than the curve") }
         let pad = { (v: [UInt8]) in [UInt8](repeating: 0, count: size - v.count) + v }
         let point = [0x04] + pad(x) + pad(y)
-        let spki = DER.sequence(DER.sequence(DER.oidECPublicKey, curve.oid), DER.bitString(point))
-        try self.init(spkiDER: Data(spki))
+        return Data(DER.sequence(DER.sequence(DER.oidECPublicKey, curve.oid), DER.bitString(point)))
     }
 
     private init(taking pkey: OpaquePointer) throws(PublicKeyError) {
@@ -152,12 +177,13 @@ public final class PublicKey: @unchecked Sendable {
         } else {
             spkiDER = Data()
         }
+        fingerprint = HashAlgorithm.sha256.hash(spkiDER).hex
     }
 
     deinit { EVP_PKEY_free(pkey) }
 
     /// SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex: the key's stable name.
-    public var fingerprint: String { HashAlgorithm.sha256.hash(spkiDER).hex }
+    public let fingerprint: String
 
     /// Verifies `signature` over `message` (the message is hashed here with the scheme's hash).
     /// Returns false for any failure, including a scheme that does not fit the key.
