@@ -46,7 +46,8 @@ func rawSignatureCheck(_ envelope: Data) -> () -> Bool {
     if let spki = object["ak_public"] as? String {
         key = try! PublicKey(spkiDER: Data(base64Encoded: spki)!)
     } else {
-        key = try! TPMVerifierBenchSupport.key(fromTPM2BPublic: Data(base64Encoded: object["ak_tpm2b_public"] as! String)!)
+        key = try! TPMVerifierBenchSupport.key(
+            fromTPM2BPublic: Data(base64Encoded: object["ak_tpm2b_public"] as! String)!)
     }
     let (scheme, signature) = try! TPMVerifierBenchSupport.signature(sigBytes)
     return { key.verify(signature: signature, message: attest, scheme: scheme) }
@@ -55,7 +56,10 @@ func rawSignatureCheck(_ envelope: Data) -> () -> Bool {
 var subjects = [Subject]()
 let keylime = sharedRoot.appendingPathComponent("tpm/keylime-checkquote.json")
 if let data = try? Data(contentsOf: keylime) {
-    subjects.append(Subject(name: "RSA-2048 (keylime vector)", envelope: data, nonce: Data(hex: "4169354d35536a596a6e6b797634503769744831")))
+    subjects.append(
+        Subject(
+            name: "RSA-2048 (keylime vector)", envelope: data,
+            nonce: Data(hex: "4169354d35536a596a6e6b797634503769744831")))
 } else {
     FileHandle.standardError.write(Data("bench: \(keylime.path) not found; skipping the RSA vector\n".utf8))
 }
@@ -68,9 +72,11 @@ func swtpmSubject() -> Subject? {
     let port = Int.random(in: 30_000..<50_000) & ~1
     let swtpm = Process()
     swtpm.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    swtpm.arguments = ["swtpm", "socket", "--tpm2", "--server", "type=tcp,port=\(port),bindaddr=127.0.0.1",
-                       "--ctrl", "type=tcp,port=\(port + 1),bindaddr=127.0.0.1", "--tpmstate", "dir=\(dir.path)",
-                       "--flags", "not-need-init,startup-clear"]
+    swtpm.arguments = [
+        "swtpm", "socket", "--tpm2", "--server", "type=tcp,port=\(port),bindaddr=127.0.0.1",
+        "--ctrl", "type=tcp,port=\(port + 1),bindaddr=127.0.0.1", "--tpmstate", "dir=\(dir.path)",
+        "--flags", "not-need-init,startup-clear",
+    ]
     swtpm.standardError = FileHandle.nullDevice
     guard (try? swtpm.run()) != nil else { return nil }
     defer {
@@ -104,10 +110,13 @@ let verifier = TPMQuoteVerifier()
 let at = Date(timeIntervalSince1970: 1_772_323_200)
 for subject in subjects {
     precondition(verifier.verify(envelopeData: subject.envelope, expectedNonce: subject.nonce, at: at).isAccepted)
-    let quoteRate = rate { verifier.verify(envelopeData: subject.envelope, expectedNonce: subject.nonce, at: at).isAccepted }
+    let quoteRate = rate {
+        verifier.verify(envelopeData: subject.envelope, expectedNonce: subject.nonce, at: at).isAccepted
+    }
     let rawRate = rate(rawSignatureCheck(subject.envelope))
-    print(subject.name.padding(toLength: 36, withPad: " ", startingAt: 0)
-        + String(format: "%16.0f   %18.0f   %9.3f", quoteRate, rawRate, quoteRate / rawRate))
+    print(
+        subject.name.padding(toLength: 36, withPad: " ", startingAt: 0)
+            + String(format: "%16.0f   %18.0f   %9.3f", quoteRate, rawRate, quoteRate / rawRate))
 }
 
 // Where the time goes: each stage alone, on the first subject.

@@ -45,8 +45,9 @@ public struct IMALog: Sendable {
 
         /// A new measurement; its template hash is computed from the other fields.
         public init(pcr: Int, fileAlgorithm: HashAlgorithm, fileDigest: Data, path: String) {
-            self.init(line: 0, pcr: pcr, templateHash: Data(count: 20), fileAlgorithm: fileAlgorithm.rawValue,
-                      fileDigest: fileDigest, path: path)
+            self.init(
+                line: 0, pcr: pcr, templateHash: Data(count: 20), fileAlgorithm: fileAlgorithm.rawValue,
+                fileDigest: fileDigest, path: path)
             self.templateHash = HashAlgorithm.sha1.hash(templateData)
         }
 
@@ -89,7 +90,9 @@ public struct IMALog: Sendable {
         for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
             if rawLine.isEmpty { continue }
-            guard entries.count < maxEntries else { throw .invalid(line: lineNumber, "more than \(maxEntries) entries") }
+            guard entries.count < maxEntries else {
+                throw .invalid(line: lineNumber, "more than \(maxEntries) entries")
+            }
             // The path may contain spaces: split into at most five fields.
             let parts = rawLine.split(separator: " ", maxSplits: 4, omittingEmptySubsequences: false)
             guard parts.count == 5 else { throw .invalid(line: lineNumber, "expected 5 fields") }
@@ -104,8 +107,9 @@ public struct IMALog: Sendable {
             else { throw .invalid(line: lineNumber, "bad file digest '\(parts[3])'") }
             let path = String(parts[4])
             guard !path.isEmpty, path.utf8.count <= maxPathLength else { throw .invalid(line: lineNumber, "bad path") }
-            let entry = Entry(line: lineNumber, pcr: pcr, templateHash: templateHash, fileAlgorithm: alg.rawValue,
-                              fileDigest: fileDigest, path: path)
+            let entry = Entry(
+                line: lineNumber, pcr: pcr, templateHash: templateHash, fileAlgorithm: alg.rawValue,
+                fileDigest: fileDigest, path: path)
             if !entry.isViolation, HashAlgorithm.sha1.hash(entry.templateData) != templateHash {
                 throw .templateHashMismatch(line: lineNumber)
             }
@@ -121,8 +125,9 @@ public struct IMALog: Sendable {
     public func replay(bank: HashAlgorithm) -> [Int: Data] {
         var pcrs = [Int: Data]()
         for entry in entries {
-            pcrs[entry.pcr] = bank.extend(pcrs[entry.pcr] ?? Data(count: bank.digestSize),
-                                          with: entry.extendValue(for: bank))
+            pcrs[entry.pcr] = bank.extend(
+                pcrs[entry.pcr] ?? Data(count: bank.digestSize),
+                with: entry.extendValue(for: bank))
         }
         return pcrs
     }

@@ -66,7 +66,8 @@ public struct TCGEventLog: Sendable {
                 for _ in 0..<count {
                     guard let alg = r.u16le() else { throw .truncated(event: index) }
                     guard let size = sizes[alg] else {
-                        throw .invalid("event \(index) uses algorithm 0x\(String(alg, radix: 16)) not in the Spec ID header")
+                        throw .invalid(
+                            "event \(index) uses algorithm 0x\(String(alg, radix: 16)) not in the Spec ID header")
                     }
                     guard let digest = r.read(size) else { throw .truncated(event: index) }
                     if let known = HashAlgorithm(tpmAlgorithmID: alg) { digests[known] = Data(digest) }
@@ -77,7 +78,9 @@ public struct TCGEventLog: Sendable {
                 events.append(Event(index: index, pcr: pcr, eventType: type, digests: digests, data: Data(eventData)))
                 index += 1
             }
-            let banks = sizes.keys.compactMap(HashAlgorithm.init(tpmAlgorithmID:)).sorted { $0.digestSize < $1.digestSize }
+            let banks = sizes.keys.compactMap(HashAlgorithm.init(tpmAlgorithmID:)).sorted {
+                $0.digestSize < $1.digestSize
+            }
             return TCGEventLog(layout: .cryptoAgile, events: events, banks: banks)
         }
 
@@ -90,7 +93,8 @@ public struct TCGEventLog: Sendable {
             }
             guard size <= maxEventDataSize else { throw .tooLarge("event \(index) data is \(size) bytes") }
             guard let eventData = r.read(Int(size)) else { throw .truncated(event: index) }
-            events.append(Event(index: index, pcr: pcr, eventType: type, digests: [.sha1: Data(digest)], data: Data(eventData)))
+            events.append(
+                Event(index: index, pcr: pcr, eventType: type, digests: [.sha1: Data(digest)], data: Data(eventData)))
             index += 1
         }
         return TCGEventLog(layout: .sha1, events: events, banks: [.sha1])

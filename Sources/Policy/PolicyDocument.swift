@@ -62,7 +62,10 @@ extension PolicyDocument {
     public static func load(contentsOf url: URL) throws(PolicyLoadErrors) -> PolicyDocument {
         let text: String
         do { text = try String(contentsOf: url, encoding: .utf8) } catch {
-            throw PolicyLoadErrors([PolicyLoadError(file: url.path, line: 0, column: 0, message: "cannot read: \(error.localizedDescription)")])
+            throw PolicyLoadErrors([
+                PolicyLoadError(
+                    file: url.path, line: 0, column: 0, message: "cannot read: \(error.localizedDescription)")
+            ])
         }
         return try parse(text, file: url.path)
     }
@@ -70,7 +73,9 @@ extension PolicyDocument {
     public static func parse(_ text: String, file: String = "<policy>") throws(PolicyLoadErrors) -> PolicyDocument {
         // Cap: policy documents are a few KiB; a multi-megabyte one is a mistake or an attack on the parser.
         guard text.utf8.count <= 1 << 20 else {
-            throw PolicyLoadErrors([PolicyLoadError(file: file, line: 0, column: 0, message: "policy is larger than 1 MiB")])
+            throw PolicyLoadErrors([
+                PolicyLoadError(file: file, line: 0, column: 0, message: "policy is larger than 1 MiB")
+            ])
         }
         let composed: Node?
         do {
@@ -114,7 +119,8 @@ struct NodeReader {
     var errors = [PolicyLoadError]()
 
     mutating func fail(_ node: Node?, _ message: String) {
-        errors.append(PolicyLoadError(file: file, line: node?.mark?.line ?? 0, column: node?.mark?.column ?? 0, message: message))
+        errors.append(
+            PolicyLoadError(file: file, line: node?.mark?.line ?? 0, column: node?.mark?.column ?? 0, message: message))
     }
 
     /// The mapping's entries, after refusing keys outside `allowed`.
@@ -198,19 +204,23 @@ struct NodeReader {
             if let tpmNode = ev["tpm"] {
                 let tpm = mapping(tpmNode, "evidence.tpm", allowed: ["allow_sha1", "require_restricted_ak", "pcrs"])
                 doc.tpm.allowSHA1 = bool(tpm["allow_sha1"], "evidence.tpm.allow_sha1", default: false)
-                doc.tpm.requireRestrictedAK = bool(tpm["require_restricted_ak"], "evidence.tpm.require_restricted_ak", default: false)
+                doc.tpm.requireRestrictedAK = bool(
+                    tpm["require_restricted_ak"], "evidence.tpm.require_restricted_ak", default: false)
                 if let pcrsNode = tpm["pcrs"] {
                     let banks = mapping(pcrsNode, "evidence.tpm.pcrs", allowed: ["sha1", "sha256", "sha384", "sha512"])
                     for (bankName, bankNode) in banks {
                         let size = HashAlgorithm(rawValue: bankName)!.digestSize
-                        let indices = mapping(bankNode, "evidence.tpm.pcrs.\(bankName)", allowed: Set((0..<24).map(String.init)))
+                        let indices = mapping(
+                            bankNode, "evidence.tpm.pcrs.\(bankName)", allowed: Set((0..<24).map(String.init)))
                         for (indexText, valuesNode) in indices {
                             let path = "evidence.tpm.pcrs.\(bankName).\(indexText)"
                             guard let seq = valuesNode.sequence, !seq.isEmpty else {
                                 fail(valuesNode, "\(path) must be a non-empty list of accepted values")
                                 continue
                             }
-                            doc.tpm.pcrs[bankName, default: [:]][Int(indexText)!] = seq.compactMap { hex($0, path, bytes: size) }
+                            doc.tpm.pcrs[bankName, default: [:]][Int(indexText)!] = seq.compactMap {
+                                hex($0, path, bytes: size)
+                            }
                         }
                     }
                 }
@@ -252,7 +262,9 @@ struct NodeReader {
                 if size == nil || size! < 0 { fail(sizeNode, "\(p).size must be a non-negative integer") }
             }
             if let name, let digest {
-                out.append(AllowedArtifact(name: name, version: string(fields["version"], p + ".version"), sha256: digest, size: size))
+                out.append(
+                    AllowedArtifact(
+                        name: name, version: string(fields["version"], p + ".version"), sha256: digest, size: size))
             }
         }
         return out

@@ -14,11 +14,15 @@ extension PolicyDocument {
         for (bank, rules) in tpm.pcrs.sorted(by: { $0.key < $1.key }) {
             for (index, accepted) in rules.sorted(by: { $0.key < $1.key }) {
                 guard let value = claims.pcrs[bank]?[index] else {
-                    reasons.append(Reason(.policyMeasurementNotAllowed, source, "\(bank) PCR \(index) is required but not quoted"))
+                    reasons.append(
+                        Reason(.policyMeasurementNotAllowed, source, "\(bank) PCR \(index) is required but not quoted"))
                     continue
                 }
                 if !accepted.contains(value) {
-                    reasons.append(Reason(.policyMeasurementNotAllowed, source, "\(bank) PCR \(index) = \(value) is not an accepted value"))
+                    reasons.append(
+                        Reason(
+                            .policyMeasurementNotAllowed, source,
+                            "\(bank) PCR \(index) = \(value) is not an accepted value"))
                 }
             }
         }
@@ -29,7 +33,10 @@ extension PolicyDocument {
         var sawModel = false
         for file in claims.measuredFiles {
             guard file.algorithm == "sha256" else {
-                reasons.append(Reason(.policyMeasurementNotAllowed, source, "\(file.path) is measured with \(file.algorithm), not sha256"))
+                reasons.append(
+                    Reason(
+                        .policyMeasurementNotAllowed, source,
+                        "\(file.path) is measured with \(file.algorithm), not sha256"))
                 continue
             }
             if binaryDigests.contains(file.digestHex) {
@@ -37,11 +44,18 @@ extension PolicyDocument {
             } else if modelDigests.contains(file.digestHex) {
                 sawModel = true
             } else {
-                reasons.append(Reason(.policyMeasurementNotAllowed, source, "\(file.path) (sha256 \(file.digestHex)) is not on the allowlist"))
+                reasons.append(
+                    Reason(
+                        .policyMeasurementNotAllowed, source,
+                        "\(file.path) (sha256 \(file.digestHex)) is not on the allowlist"))
             }
         }
-        if !sawBinary { reasons.append(Reason(.policyMeasurementNotAllowed, source, "no allowlisted inference binary was measured")) }
-        if !sawModel { reasons.append(Reason(.policyMeasurementNotAllowed, source, "no allowlisted model was measured")) }
+        if !sawBinary {
+            reasons.append(Reason(.policyMeasurementNotAllowed, source, "no allowlisted inference binary was measured"))
+        }
+        if !sawModel {
+            reasons.append(Reason(.policyMeasurementNotAllowed, source, "no allowlisted model was measured"))
+        }
         return reasons
     }
 }

@@ -42,10 +42,12 @@ public struct TPMQuoteVerifier: Sendable {
         func reject(_ reason: Reason) -> Verdict { reject([reason]) }
 
         guard envelope.format == Self.format else {
-            return reject(Reason(.evidenceUnsupported, "tpm.envelope", "format '\(envelope.format)' is not \(Self.format)"))
+            return reject(
+                Reason(.evidenceUnsupported, "tpm.envelope", "format '\(envelope.format)' is not \(Self.format)"))
         }
         guard envelope.version == 1 else {
-            return reject(Reason(.evidenceMalformed, "tpm.envelope", "unknown \(Self.format) version \(envelope.version)"))
+            return reject(
+                Reason(.evidenceMalformed, "tpm.envelope", "unknown \(Self.format) version \(envelope.version)"))
         }
 
         let evidence: TPMEvidence
@@ -65,7 +67,8 @@ public struct TPMQuoteVerifier: Sendable {
             return reject(TPMParse.unsupported("signature hash algorithm 0x\(String(sig.hashAlgorithmID, radix: 16))"))
         }
         if hash == .sha1, !options.allowSHA1 {
-            return reject(Reason(.evidenceUnsupported, "tpm.signature", "SHA-1 quote signatures are not allowed by policy"))
+            return reject(
+                Reason(.evidenceUnsupported, "tpm.signature", "SHA-1 quote signatures are not allowed by policy"))
         }
         let scheme: SignatureScheme
         switch sig.algorithmID {
@@ -79,8 +82,10 @@ public struct TPMQuoteVerifier: Sendable {
         if evidence.ak.key.verify(signature: sig.bytes, message: evidence.quote.raw, scheme: scheme) {
             passed.append("signature: \(scheme) verifies under AK \(evidence.ak.key.fingerprint.prefix(16))…")
         } else {
-            reasons.append(Reason(.quoteSignatureInvalid, "tpm.signature",
-                                  "\(scheme) signature does not verify under the \(evidence.ak.key.kind) attestation key"))
+            reasons.append(
+                Reason(
+                    .quoteSignatureInvalid, "tpm.signature",
+                    "\(scheme) signature does not verify under the \(evidence.ak.key.kind) attestation key"))
         }
 
         // Freshness.
@@ -88,8 +93,10 @@ public struct TPMQuoteVerifier: Sendable {
             if Data(evidence.quote.extraData) == expectedNonce {
                 passed.append("nonce: extraData matches the expected \(expectedNonce.count)-byte value")
             } else {
-                reasons.append(Reason(.nonceMismatch, "tpm.nonce",
-                                      "extraData \(Data(evidence.quote.extraData).hex) ≠ expected \(expectedNonce.hex)"))
+                reasons.append(
+                    Reason(
+                        .nonceMismatch, "tpm.nonce",
+                        "extraData \(Data(evidence.quote.extraData).hex) ≠ expected \(expectedNonce.hex)"))
             }
         } else {
             passed.append("nonce: not checked (no expected value given)")
@@ -103,12 +110,17 @@ public struct TPMQuoteVerifier: Sendable {
                 return reject(reasons + [TPMParse.unsupported("PCR bank 0x\(String(bank.algorithmID, radix: 16))")])
             }
             if bankHash == .sha1, !options.allowSHA1 {
-                return reject(reasons + [Reason(.evidenceUnsupported, "tpm.pcrs", "SHA-1 PCR banks are not allowed by policy")])
+                return reject(
+                    reasons + [Reason(.evidenceUnsupported, "tpm.pcrs", "SHA-1 PCR banks are not allowed by policy")])
             }
             for index in bank.indices {
                 guard let value = evidence.pcrs[bankHash]?[index] else {
-                    return reject(reasons + [Reason(.evidenceMalformed, "tpm.pcrs",
-                                                    "the quote selects \(bankHash.rawValue) PCR \(index) but no value is supplied")])
+                    return reject(
+                        reasons + [
+                            Reason(
+                                .evidenceMalformed, "tpm.pcrs",
+                                "the quote selects \(bankHash.rawValue) PCR \(index) but no value is supplied")
+                        ])
                 }
                 quoted[bankHash.rawValue, default: [:]][index] = value
                 concatenated.append(value)
@@ -117,8 +129,10 @@ public struct TPMQuoteVerifier: Sendable {
         if hash.hash(concatenated) == Data(evidence.quote.pcrDigest) {
             passed.append("pcr digest: matches \(quoted.values.map(\.count).reduce(0, +)) supplied PCR values")
         } else {
-            reasons.append(Reason(.pcrDigestMismatch, "tpm.pcrs",
-                                  "the quoted PCR digest does not match the supplied PCR values"))
+            reasons.append(
+                Reason(
+                    .pcrDigestMismatch, "tpm.pcrs",
+                    "the quoted PCR digest does not match the supplied PCR values"))
         }
 
         // Firmware event log replay.
@@ -134,10 +148,13 @@ public struct TPMQuoteVerifier: Sendable {
                 }
             }
             if mismatches.isEmpty {
-                passed.append("event log: \(log.events.count) events (\(log.layout.rawValue)) replay to \(compared) quoted PCRs")
+                passed.append(
+                    "event log: \(log.events.count) events (\(log.layout.rawValue)) replay to \(compared) quoted PCRs")
             } else {
-                reasons.append(Reason(.eventLogReplayMismatch, "tpm.eventlog",
-                                      "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
+                reasons.append(
+                    Reason(
+                        .eventLogReplayMismatch, "tpm.eventlog",
+                        "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
             }
         }
 
@@ -154,17 +171,23 @@ public struct TPMQuoteVerifier: Sendable {
                 }
                 for (bankName, values) in banks {
                     guard let bank = HashAlgorithm(rawValue: bankName) else { continue }
-                    if ima.replay(bank: bank)[register] != values[register] { problems.append("\(bankName)[\(register)]") }
+                    if ima.replay(bank: bank)[register] != values[register] {
+                        problems.append("\(bankName)[\(register)]")
+                    }
                 }
             }
             if problems.isEmpty {
                 measured = ima.entries.filter { !$0.isViolation }.map {
                     MeasuredFile(path: $0.path, algorithm: $0.fileAlgorithm, digestHex: $0.fileDigest.hex, pcr: $0.pcr)
                 }
-                passed.append("ima log: \(ima.entries.count) entries replay to quoted PCR \(registers.sorted().map(String.init).joined(separator: ","))")
+                passed.append(
+                    "ima log: \(ima.entries.count) entries replay to quoted PCR \(registers.sorted().map(String.init).joined(separator: ","))"
+                )
             } else {
-                reasons.append(Reason(.eventLogReplayMismatch, "tpm.ima",
-                                      "replaying the IMA log does not give quoted " + problems.joined(separator: ", ")))
+                reasons.append(
+                    Reason(
+                        .eventLogReplayMismatch, "tpm.ima",
+                        "replaying the IMA log does not give quoted " + problems.joined(separator: ", ")))
             }
         }
 
@@ -181,7 +204,8 @@ public struct TPMQuoteVerifier: Sendable {
             "extra_data": Data(evidence.quote.extraData).hex,
         ]
         if let restricted = evidence.ak.restricted { fields["ak.restricted"] = String(restricted) }
-        let claims = VerifiedClaims(pcrs: quoted.mapValues { $0.mapValues(\.hex) }, measuredFiles: measured, fields: fields)
+        let claims = VerifiedClaims(
+            pcrs: quoted.mapValues { $0.mapValues(\.hex) }, measuredFiles: measured, fields: fields)
         return .accept(format: Self.format, claims: claims, passed: passed)
     }
 
@@ -224,11 +248,14 @@ struct TPMEvidence {
             var imaLog: IMALog?
             if let bytes = try envelope.optionalBase64("ima_log").get() {
                 do throws(IMALog.ParseError) { imaLog = try IMALog.parse(bytes) } catch {
-                    if case .unsupportedTemplate = error { throw Reason(.evidenceUnsupported, "tpm.ima", error.description) }
+                    if case .unsupportedTemplate = error {
+                        throw Reason(.evidenceUnsupported, "tpm.ima", error.description)
+                    }
                     throw Reason(.evidenceMalformed, "tpm.ima", error.description)
                 }
             }
-            return TPMEvidence(ak: ak, quote: quote, signature: signature, pcrs: pcrs, eventLog: eventLog, imaLog: imaLog)
+            return TPMEvidence(
+                ak: ak, quote: quote, signature: signature, pcrs: pcrs, eventLog: eventLog, imaLog: imaLog)
         }
     }
 
@@ -237,7 +264,9 @@ struct TPMEvidence {
         let tpm2b = try envelope.optionalBase64("ak_tpm2b_public").get()
         switch (spki, tpm2b) {
         case (let der?, nil):
-            do throws(PublicKeyError) { return AttestationKey(key: try PublicKey.cached(spkiDER: der), restricted: nil) } catch {
+            do throws(PublicKeyError) {
+                return AttestationKey(key: try PublicKey.cached(spkiDER: der), restricted: nil)
+            } catch {
                 switch error {
                 case .unparsable(let s): throw TPMParse.malformed("ak_public: \(s)")
                 case .unsupported(let s): throw TPMParse.unsupported("ak_public: \(s)")

@@ -71,12 +71,16 @@ enum TPMParse {
     static func unsupported(_ message: String) -> Reason { Reason(.evidenceUnsupported, "tpm.parse", message) }
 
     /// Unmarshals with libtss2-mu, requiring the whole buffer to be consumed.
-    static func unmarshal<T>(_ bytes: [UInt8], into value: inout T, what: String,
-                             _ fn: (UnsafePointer<UInt8>?, Int, UnsafeMutablePointer<Int>?, UnsafeMutablePointer<T>?) -> TSS2_RC)
+    static func unmarshal<T>(
+        _ bytes: [UInt8], into value: inout T, what: String,
+        _ fn: (UnsafePointer<UInt8>?, Int, UnsafeMutablePointer<Int>?, UnsafeMutablePointer<T>?) -> TSS2_RC
+    )
         -> Reason?
     {
         // Cap: a marshaled structure is never larger than its C form; larger input is hostile.
-        guard bytes.count <= MemoryLayout<T>.size else { return malformed("\(what) is \(bytes.count) bytes, too large") }
+        guard bytes.count <= MemoryLayout<T>.size else {
+            return malformed("\(what) is \(bytes.count) bytes, too large")
+        }
         var offset = 0
         let rc = bytes.withUnsafeBufferPointer { buf in fn(buf.baseAddress, buf.count, &offset, &value) }
         guard rc == 0 else { return malformed("\(what) does not unmarshal (\(Self.describe(rc)))") }
@@ -94,7 +98,9 @@ enum TPMParse {
     static func quote(_ bytes: [UInt8]) -> Result<TPMQuoteInfo, Reason> {
         // The magic and type are checked before unmarshaling so that a non-quote is named as such.
         var r = ByteReader(bytes)
-        guard let magic = r.u32be(), let type = r.u16be() else { return .failure(malformed("TPMS_ATTEST is truncated")) }
+        guard let magic = r.u32be(), let type = r.u16be() else {
+            return .failure(malformed("TPMS_ATTEST is truncated"))
+        }
         guard magic == TPMConstant.generatedValue else {
             return .failure(malformed("TPMS_ATTEST magic is 0x\(String(magic, radix: 16)), not TPM_GENERATED_VALUE"))
         }
@@ -137,12 +143,16 @@ enum TPMParse {
         switch sig.sigAlg {
         case TPMConstant.algRSASSA:
             let s = sig.signature.rsassa
-            return .success(TPMSignature(algorithmID: sig.sigAlg, hashAlgorithmID: s.hash,
-                                         bytes: tupleBytes(s.sig.buffer, count: Int(s.sig.size))))
+            return .success(
+                TPMSignature(
+                    algorithmID: sig.sigAlg, hashAlgorithmID: s.hash,
+                    bytes: tupleBytes(s.sig.buffer, count: Int(s.sig.size))))
         case TPMConstant.algRSAPSS:
             let s = sig.signature.rsapss
-            return .success(TPMSignature(algorithmID: sig.sigAlg, hashAlgorithmID: s.hash,
-                                         bytes: tupleBytes(s.sig.buffer, count: Int(s.sig.size))))
+            return .success(
+                TPMSignature(
+                    algorithmID: sig.sigAlg, hashAlgorithmID: s.hash,
+                    bytes: tupleBytes(s.sig.buffer, count: Int(s.sig.size))))
         case TPMConstant.algECDSA:
             let s = sig.signature.ecdsa
             let r = tupleBytes(s.signatureR.buffer, count: Int(s.signatureR.size))
@@ -177,13 +187,15 @@ enum TPMParse {
                 default:
                     return .failure(unsupported("ECC curve 0x\(String(area.parameters.eccDetail.curveID, radix: 16))"))
                 }
-                key = try PublicKey.cached(spkiDER: PublicKey.spki(
-                    curve: curve, x: tupleBytes(area.unique.ecc.x.buffer, count: Int(area.unique.ecc.x.size)),
-                    y: tupleBytes(area.unique.ecc.y.buffer, count: Int(area.unique.ecc.y.size))))
+                key = try PublicKey.cached(
+                    spkiDER: PublicKey.spki(
+                        curve: curve, x: tupleBytes(area.unique.ecc.x.buffer, count: Int(area.unique.ecc.x.size)),
+                        y: tupleBytes(area.unique.ecc.y.buffer, count: Int(area.unique.ecc.y.size))))
             default:
                 return .failure(unsupported("key type 0x\(String(area.type, radix: 16))"))
             }
-            return .success(TPMPublicArea(key: key, objectAttributes: area.objectAttributes, nameAlgorithmID: area.nameAlg))
+            return .success(
+                TPMPublicArea(key: key, objectAttributes: area.objectAttributes, nameAlgorithmID: area.nameAlg))
         } catch {
             switch error {
             case .unparsable(let s): return .failure(malformed("attestation key: \(s)"))

@@ -1,6 +1,7 @@
 import ArgumentParser
 import AttestationCore
 import Foundation
+import CommandLineSupport
 import Policy
 
 struct EvidenceCommand: ParsableCommand {
@@ -26,14 +27,18 @@ struct EvidenceCommand: ParsableCommand {
         @Argument(help: ArgumentHelp("The evidence envelope file, or - for standard input.", valueName: "ENVELOPE"))
         var envelope: String
 
-        @Option(help: ArgumentHelp("The expected freshness value in hex (TPM extraData, TDX report_data).", valueName: "HEX"))
+        @Option(
+            help: ArgumentHelp(
+                "The expected freshness value in hex (TPM extraData, TDX report_data).", valueName: "HEX"))
         var nonce: String?
 
         @Option(help: ArgumentHelp("Verify as of this instant (RFC 3339); default: now.", valueName: "RFC3339"))
         var at: String?
 
-        @Option(name: .customLong("root"),
-                help: ArgumentHelp("A PEM trust root replacing the pinned production roots for this run; repeatable.", valueName: "PEM"))
+        @Option(
+            name: .customLong("root"),
+            help: ArgumentHelp(
+                "A PEM trust root replacing the pinned production roots for this run; repeatable.", valueName: "PEM"))
         var roots: [String] = []
 
         @Option(help: ArgumentHelp("A policy document (YAML) to apply.", valueName: "FILE"))
@@ -44,7 +49,9 @@ struct EvidenceCommand: ParsableCommand {
 
         func validate() throws {
             if let nonce, Data(hex: nonce) == nil { throw ValidationError("--nonce must be hexadecimal") }
-            if let at, Date.rfc3339(at) == nil { throw ValidationError("--at must be an RFC 3339 time, e.g. 2026-03-01T00:00:00Z") }
+            if let at, Date.rfc3339(at) == nil {
+                throw ValidationError("--at must be an RFC 3339 time, e.g. 2026-03-01T00:00:00Z")
+            }
         }
 
         func run() throws {
@@ -52,17 +59,18 @@ struct EvidenceCommand: ParsableCommand {
                 let data = try readInput(envelope)
                 for root in roots {
                     let loaded = try TrustRoots.load(pemFile: root)
-                    if loaded.isEmpty { throw Failure("\(root): no PEM certificate found") }
+                    if loaded.isEmpty { throw failure("\(root): no PEM certificate found") }
                 }
                 var document = PolicyDocument.builtinDefault
                 if let policy {
                     do { document = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: policy)) } catch {
-                        throw Failure("policy \(policy) is invalid:\n\(error)")
+                        throw failure("policy \(policy) is invalid:\n\(error)")
                     }
                 }
                 let time = at.flatMap(Date.rfc3339) ?? SystemClock().now()
                 let verification = EvidenceVerification(policy: document, applyMeasurementRules: policy != nil)
-                let verdict = verification.verify(envelopeData: data, expectedNonce: nonce.flatMap { Data(hex: $0) }, at: time)
+                let verdict = verification.verify(
+                    envelopeData: data, expectedNonce: nonce.flatMap { Data(hex: $0) }, at: time)
                 if json {
                     print(VerdictRendering.json(verdict))
                 } else {
@@ -80,13 +88,15 @@ func readInput(_ path: String) throws -> Data {
     let limit = EvidenceEnvelope.maxSize + 1
     if path == "-" {
         let data = FileHandle.standardInput.readData(ofLength: limit)
-        if data.count >= limit { throw Failure("standard input is larger than \(EvidenceEnvelope.maxSize) bytes") }
+        if data.count >= limit { throw failure("standard input is larger than \(EvidenceEnvelope.maxSize) bytes") }
         return data
     }
-    guard let handle = FileHandle(forReadingAtPath: path) else { throw Failure("\(path): cannot open") }
+    guard let handle = FileHandle(forReadingAtPath: path) else { throw failure("\(path): cannot open") }
     defer { try? handle.close() }
     let data: Data
-    do { data = try handle.read(upToCount: limit) ?? Data() } catch { throw Failure("\(path): \(error.localizedDescription)") }
-    if data.count >= limit { throw Failure("\(path) is larger than \(EvidenceEnvelope.maxSize) bytes") }
+    do { data = try handle.read(upToCount: limit) ?? Data() } catch {
+        throw failure("\(path): \(error.localizedDescription)")
+    }
+    if data.count >= limit { throw failure("\(path) is larger than \(EvidenceEnvelope.maxSize) bytes") }
     return data
 }

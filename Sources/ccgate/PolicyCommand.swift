@@ -1,6 +1,7 @@
 import ArgumentParser
 import AttestationCore
 import Foundation
+import CommandLineSupport
 import Policy
 
 struct PolicyCommand: ParsableCommand {
@@ -19,8 +20,9 @@ struct PolicyCommand: ParsableCommand {
             try exiting {
                 do throws(PolicyLoadErrors) {
                     let doc = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: file))
-                    print("\(file): ok — policy '\(doc.name)', formats \(doc.formats.joined(separator: ", ")), "
-                        + "\(doc.binaries.count) binaries, \(doc.models.count) models")
+                    print(
+                        "\(file): ok — policy '\(doc.name)', formats \(doc.formats.joined(separator: ", ")), "
+                            + "\(doc.binaries.count) binaries, \(doc.models.count) models")
                     return 0
                 } catch {
                     FileHandle.standardError.write(Data((error.description + "\n").utf8))

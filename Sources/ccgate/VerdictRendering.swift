@@ -26,7 +26,9 @@ enum VerdictRendering {
     }
 
     static func json(_ verdict: Verdict) -> String {
-        let data = (try? JSONSerialization.data(withJSONObject: jsonObject(verdict), options: [.sortedKeys])) ?? Data("{}".utf8)
+        let data =
+            (try? JSONSerialization.data(withJSONObject: jsonObject(verdict), options: [.sortedKeys]))
+            ?? Data("{}".utf8)
         return String(decoding: data, as: UTF8.self)
     }
 
@@ -37,12 +39,17 @@ enum VerdictRendering {
             lines.append("\(paint("ACCEPT", "1;32"))  \(verdict.format)  \(source)")
         } else {
             lines.append("\(paint("REJECT", "1;31"))  \(verdict.format)  \(source)")
-            lines.append("  reason: \(paint(verdict.reason?.rawValue ?? "?", "1")) — \(verdict.reasons.first?.message ?? "")")
+            lines.append(
+                "  reason: \(paint(verdict.reason?.rawValue ?? "?", "1")) — \(verdict.reasons.first?.message ?? "")")
         }
         for check in verdict.passedChecks { lines.append("  \(paint("✓", "32")) \(check)") }
-        for reason in verdict.reasons { lines.append("  \(paint("✗", "31")) \(reason.code) [\(reason.source)] \(reason.message)") }
+        for reason in verdict.reasons {
+            lines.append("  \(paint("✗", "31")) \(reason.code) [\(reason.source)] \(reason.message)")
+        }
         if let status = verdict.tcbStatus {
-            lines.append("  TCB status: \(status)" + (verdict.advisoryIDs.isEmpty ? "" : " (\(verdict.advisoryIDs.joined(separator: ", ")))"))
+            lines.append(
+                "  TCB status: \(status)"
+                    + (verdict.advisoryIDs.isEmpty ? "" : " (\(verdict.advisoryIDs.joined(separator: ", ")))"))
         }
         if let claims = verdict.claims {
             if !claims.pcrs.isEmpty {

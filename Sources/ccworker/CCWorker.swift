@@ -1,5 +1,6 @@
 import ArgumentParser
 import AttestationCore
+import CommandLineSupport
 import EventLog
 import Foundation
 import WorkerAgent
@@ -11,20 +12,7 @@ struct CCWorker: ParsableCommand {
         abstract: "The ccgate worker agent: measures the inference engine and model, and attests with the TPM.",
         subcommands: [Quote.self])
 
-    static func main() {
-        do {
-            var command = try parseAsRoot()
-            try command.run()
-        } catch {
-            let code = exitCode(for: error)
-            if code == .success {
-                print(fullMessage(for: error))
-                Foundation.exit(0)
-            }
-            FileHandle.standardError.write(Data(("ccworker: " + fullMessage(for: error) + "\n").utf8))
-            Foundation.exit(code == .validationFailure ? 2 : 1)
-        }
-    }
+    static func main() { runWithProjectExitCodes() }
 }
 
 struct Quote: ParsableCommand {
@@ -40,7 +28,9 @@ struct Quote: ParsableCommand {
               ccworker quote --tpm device:/dev/tpmrm0 --pcrs 0,7,10 --out evidence.json
             """)
 
-    @Option(help: ArgumentHelp("TPM to use, as a TCTI string (device:/dev/tpmrm0, swtpm:host=H,port=P).", valueName: "TCTI"))
+    @Option(
+        help: ArgumentHelp("TPM to use, as a TCTI string (device:/dev/tpmrm0, swtpm:host=H,port=P).", valueName: "TCTI")
+    )
     var tpm = "device:/dev/tpmrm0"
 
     @Option(help: ArgumentHelp("Attestation key algorithm: ecc (P-256) or rsa (2048).", valueName: "ALG"))
@@ -55,7 +45,9 @@ struct Quote: ParsableCommand {
     @Option(help: ArgumentHelp("PCR bank to quote: sha256, sha384 or sha1.", valueName: "BANK"))
     var bank: String = "sha256"
 
-    @Option(name: .customLong("measure"), help: ArgumentHelp("A file to measure before quoting; repeatable.", valueName: "FILE"))
+    @Option(
+        name: .customLong("measure"),
+        help: ArgumentHelp("A file to measure before quoting; repeatable.", valueName: "FILE"))
     var files: [String] = []
 
     @Option(help: ArgumentHelp("The PCR that measurements are extended into.", valueName: "N"))
@@ -65,9 +57,13 @@ struct Quote: ParsableCommand {
     var out: String?
 
     func validate() throws {
-        guard let n = Data(hex: nonce), n.count <= 64 else { throw ValidationError("--nonce must be hex, at most 64 bytes") }
+        guard let n = Data(hex: nonce), n.count <= 64 else {
+            throw ValidationError("--nonce must be hex, at most 64 bytes")
+        }
         guard AttestationKeyAlgorithm(rawValue: ak) != nil else { throw ValidationError("--ak must be ecc or rsa") }
-        guard HashAlgorithm(rawValue: bank) != nil, bank != "sha512" else { throw ValidationError("--bank must be sha1, sha256 or sha384") }
+        guard HashAlgorithm(rawValue: bank) != nil, bank != "sha512" else {
+            throw ValidationError("--bank must be sha1, sha256 or sha384")
+        }
         guard !parsedPCRs.isEmpty, parsedPCRs.allSatisfy({ (0..<24).contains($0) }) else {
             throw ValidationError("--pcrs must list PCR numbers 0-23, e.g. 0,7,23")
         }
@@ -96,17 +92,13 @@ struct Quote: ParsableCommand {
                 imaLog: entries.isEmpty ? nil : IMALog(entries: entries))
             if let out {
                 try envelope.write(to: URL(fileURLWithPath: out), options: .atomic)
-                FileHandle.standardError.write(Data("ccworker: wrote \(out) (\(envelope.count) bytes, \(entries.count) measurements)\n".utf8))
+                FileHandle.standardError.write(
+                    Data("ccworker: wrote \(out) (\(envelope.count) bytes, \(entries.count) measurements)\n".utf8))
             } else {
                 FileHandle.standardOutput.write(envelope + Data("\n".utf8))
             }
         } catch let error as TPMError {
-            throw RuntimeError(error.description)
+            throw ReportedFailure("ccworker", error.description, status: 1)
         }
     }
-}
-
-struct RuntimeError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }

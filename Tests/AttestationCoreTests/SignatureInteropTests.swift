@@ -14,14 +14,26 @@ import Testing
     }
 
     static let cases = [
-        KeyCase(genArgs: ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"], signArgs: ["-sha256"], scheme: .rsassaPKCS1v15(.sha256)),
-        KeyCase(genArgs: ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"], signArgs: ["-sha384"], scheme: .rsassaPKCS1v15(.sha384)),
-        KeyCase(genArgs: ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-                signArgs: ["-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"], scheme: .rsaPSS(.sha256)),
-        KeyCase(genArgs: ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-                signArgs: ["-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:max"], scheme: .rsaPSS(.sha256)),
-        KeyCase(genArgs: ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"], signArgs: ["-sha256"], scheme: .ecdsa(.sha256)),
-        KeyCase(genArgs: ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"], signArgs: ["-sha384"], scheme: .ecdsa(.sha384)),
+        KeyCase(
+            genArgs: ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"], signArgs: ["-sha256"],
+            scheme: .rsassaPKCS1v15(.sha256)),
+        KeyCase(
+            genArgs: ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"], signArgs: ["-sha384"],
+            scheme: .rsassaPKCS1v15(.sha384)),
+        KeyCase(
+            genArgs: ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            signArgs: ["-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"],
+            scheme: .rsaPSS(.sha256)),
+        KeyCase(
+            genArgs: ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            signArgs: ["-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:max"],
+            scheme: .rsaPSS(.sha256)),
+        KeyCase(
+            genArgs: ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"], signArgs: ["-sha256"],
+            scheme: .ecdsa(.sha256)),
+        KeyCase(
+            genArgs: ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"], signArgs: ["-sha384"],
+            scheme: .ecdsa(.sha384)),
     ]
 
     @Test(arguments: cases)
@@ -29,11 +41,19 @@ import Testing
         let dir = try TemporaryDirectory()
         let message = Data("TPMS_ATTEST stand-in \(c)".utf8)
         try message.write(to: dir.file("msg"))
-        try #require(try ProcessRunner.run("openssl", ["genpkey"] + c.genArgs + ["-out", "key.pem"], currentDirectory: dir.url).status == 0)
-        try #require(try ProcessRunner.run("openssl", ["pkey", "-in", "key.pem", "-pubout", "-outform", "DER", "-out", "pub.der"],
-                                           currentDirectory: dir.url).status == 0)
-        try #require(try ProcessRunner.run("openssl", ["dgst"] + c.signArgs + ["-sign", "key.pem", "-out", "sig", "msg"],
-                                           currentDirectory: dir.url).status == 0)
+        try #require(
+            try ProcessRunner.run("openssl", ["genpkey"] + c.genArgs + ["-out", "key.pem"], currentDirectory: dir.url)
+                .status == 0)
+        try #require(
+            try ProcessRunner.run(
+                "openssl", ["pkey", "-in", "key.pem", "-pubout", "-outform", "DER", "-out", "pub.der"],
+                currentDirectory: dir.url
+            ).status == 0)
+        try #require(
+            try ProcessRunner.run(
+                "openssl", ["dgst"] + c.signArgs + ["-sign", "key.pem", "-out", "sig", "msg"],
+                currentDirectory: dir.url
+            ).status == 0)
         let key = try PublicKey(spkiDER: Data(contentsOf: dir.file("pub.der")))
         let sig = [UInt8](try Data(contentsOf: dir.file("sig")))
         #expect(key.verify(signature: sig, message: [UInt8](message), scheme: c.scheme))
@@ -57,26 +77,40 @@ import Testing
     /// Threat: forging under a factorable key. RSA below 2048 bits is refused outright.
     @Test func shortRSAKeysAreRefused() throws {
         let dir = try TemporaryDirectory()
-        try #require(try ProcessRunner.run("openssl", ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", "k.pem"],
-                                           currentDirectory: dir.url).status == 0)
-        try #require(try ProcessRunner.run("openssl", ["pkey", "-in", "k.pem", "-pubout", "-outform", "DER", "-out", "p.der"],
-                                           currentDirectory: dir.url).status == 0)
+        try #require(
+            try ProcessRunner.run(
+                "openssl", ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", "k.pem"],
+                currentDirectory: dir.url
+            ).status == 0)
+        try #require(
+            try ProcessRunner.run(
+                "openssl", ["pkey", "-in", "k.pem", "-pubout", "-outform", "DER", "-out", "p.der"],
+                currentDirectory: dir.url
+            ).status == 0)
         #expect(throws: PublicKeyError.self) { try PublicKey(spkiDER: Data(contentsOf: dir.file("p.der"))) }
     }
 
     /// A key rebuilt from its raw parts (as TPM structures carry it) equals the DER original.
     @Test func rawPartsRebuildTheSameKey() throws {
         let dir = try TemporaryDirectory()
-        try #require(try ProcessRunner.run("openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "k.pem"],
-                                           currentDirectory: dir.url).status == 0)
-        try #require(try ProcessRunner.run("openssl", ["pkey", "-in", "k.pem", "-pubout", "-outform", "DER", "-out", "p.der"],
-                                           currentDirectory: dir.url).status == 0)
+        try #require(
+            try ProcessRunner.run(
+                "openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "k.pem"],
+                currentDirectory: dir.url
+            ).status == 0)
+        try #require(
+            try ProcessRunner.run(
+                "openssl", ["pkey", "-in", "k.pem", "-pubout", "-outform", "DER", "-out", "p.der"],
+                currentDirectory: dir.url
+            ).status == 0)
         let der = try Data(contentsOf: dir.file("p.der"))
         let point = [UInt8](der.suffix(65))
         #expect(point[0] == 0x04)
         let rebuilt = try PublicKey(curve: .p256, x: Array(point[1...32]), y: Array(point[33...64]))
         #expect(rebuilt.spkiDER == der)
-        #expect(throws: PublicKeyError.self) { try PublicKey(curve: .p256, x: Array(point[1...32]), y: Array(repeating: 1, count: 32)) }
+        #expect(throws: PublicKeyError.self) {
+            try PublicKey(curve: .p256, x: Array(point[1...32]), y: Array(repeating: 1, count: 32))
+        }
         #expect(throws: PublicKeyError.self) { try PublicKey(spkiDER: der + Data([0])) }
         #expect(throws: PublicKeyError.self) { try PublicKey(spkiDER: Data(der.prefix(40))) }
     }
@@ -95,7 +129,8 @@ import Testing
         // FIPS 180 "abc" test vectors.
         let abc = Data("abc".utf8)
         #expect(HashAlgorithm.sha1.hash(abc).hex == "a9993e364706816aba3e25717850c26c9cd0d89d")
-        #expect(HashAlgorithm.sha256.hash(abc).hex == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(
+            HashAlgorithm.sha256.hash(abc).hex == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         #expect(HashAlgorithm.sha384.hash(abc).hex.hasPrefix("cb00753f45a35e8bb5a03d699ac65007272c32ab0eded163"))
     }
 
@@ -106,7 +141,9 @@ import Testing
     }
 
     @Test func envelopeFieldsAreTyped() throws {
-        let env = try EvidenceEnvelope.parse(Data(#"{"format":"tpm2-quote","version":1,"quote":"AAEC","pcrs":{"sha256":{"0":"00"}}}"#.utf8)).get()
+        let env = try EvidenceEnvelope.parse(
+            Data(#"{"format":"tpm2-quote","version":1,"quote":"AAEC","pcrs":{"sha256":{"0":"00"}}}"#.utf8)
+        ).get()
         #expect(try env.base64("quote").get() == Data([0, 1, 2]))
         #expect(throws: Reason.self) { try env.base64("signature").get() }
         #expect(try env.stringTable("pcrs").get()?["sha256"]?["0"] == "00")

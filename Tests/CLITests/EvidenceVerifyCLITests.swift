@@ -12,7 +12,8 @@ import Testing
     static let tpmCases = (try? SharedTestData.cases(kind: "tpm")) ?? []
 
     func json(_ result: ProcessResult) throws -> [String: Any] {
-        try #require(try JSONSerialization.jsonObject(with: result.stdoutData) as? [String: Any], "stdout: \(result.stdout)")
+        try #require(
+            try JSONSerialization.jsonObject(with: result.stdoutData) as? [String: Any], "stdout: \(result.stdout)")
     }
 
     @Test(arguments: tpmCases)
@@ -35,7 +36,8 @@ import Testing
     }
 
     @Test func readableReportNamesTheReason() throws {
-        let result = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", SharedTestData.url("tpm/keylime-checkquote-flip.json").path])
+        let result = try ProcessRunner.run(
+            Self.ccgate, ["evidence", "verify", SharedTestData.url("tpm/keylime-checkquote-flip.json").path])
         #expect(result.status == 1)
         #expect(result.stdout.contains("REJECT"))
         #expect(result.stdout.contains("quote.signature-invalid"))
@@ -74,9 +76,12 @@ import Testing
         let dir = try TemporaryDirectory()
         try Data("not a certificate".utf8).write(to: dir.file("root.pem"))
         let envelope = SharedTestData.url("tpm/keylime-checkquote.json").path
-        let bad = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", envelope, "--root", dir.file("root.pem").path])
+        let bad = try ProcessRunner.run(
+            Self.ccgate, ["evidence", "verify", envelope, "--root", dir.file("root.pem").path])
         #expect(bad.status == 2)
-        let good = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", envelope, "--root", SharedTestData.url("roots/intel-sgx-root-ca.pem").path])
+        let good = try ProcessRunner.run(
+            Self.ccgate,
+            ["evidence", "verify", envelope, "--root", SharedTestData.url("roots/intel-sgx-root-ca.pem").path])
         #expect(good.status == 0, "\(good.stderr)")
     }
 
@@ -88,10 +93,12 @@ import Testing
         #expect(try json(result)["reason"] as? String == "policy.measurement-not-allowed")
 
         let dir = try TemporaryDirectory()
-        try Data("schema: ccgate.policy/v1\nname: loose\nevidence:\n  tpm:\n    allow_sha1: true\n".utf8).write(to: dir.file("loose.yaml"))
+        try Data("schema: ccgate.policy/v1\nname: loose\nevidence:\n  tpm:\n    allow_sha1: true\n".utf8).write(
+            to: dir.file("loose.yaml"))
         let windows = SharedTestData.url("tpm/goattestation-windows-gcp-shielded-vm.json").path
         #expect(try ProcessRunner.run(Self.ccgate, ["evidence", "verify", windows]).status == 1)
-        let loose = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", windows, "--policy", dir.file("loose.yaml").path])
+        let loose = try ProcessRunner.run(
+            Self.ccgate, ["evidence", "verify", windows, "--policy", dir.file("loose.yaml").path])
         #expect(loose.status == 0, "\(loose.stdout)")
     }
 
@@ -101,7 +108,9 @@ import Testing
         let result = try ProcessRunner.run(Self.ccgate, ["policy", "lint", dir.file("p.yaml").path])
         #expect(result.status == 2)
         #expect(result.stderr.contains("p.yaml:4:3: unknown key 'tpmm'"))
-        let ok = try ProcessRunner.run(Self.ccgate, ["policy", "lint", SharedTestData.packageRoot.appendingPathComponent("Policies/default.yaml").path])
+        let ok = try ProcessRunner.run(
+            Self.ccgate,
+            ["policy", "lint", SharedTestData.packageRoot.appendingPathComponent("Policies/default.yaml").path])
         #expect(ok.status == 0)
     }
 

@@ -51,7 +51,9 @@ import Testing
 
     @Test func startupLocalitySetsTheInitialPCR0() throws {
         let log = try TCGEventLog.parse(SharedTestData.data("eventlog/glinux-alex.bin"))
-        let startup = log.events.first { $0.eventType == TCGEventLog.evNoAction && $0.data.starts(with: Array("StartupLocality".utf8)) }
+        let startup = log.events.first {
+            $0.eventType == TCGEventLog.evNoAction && $0.data.starts(with: Array("StartupLocality".utf8))
+        }
         #expect(startup != nil)
     }
 }
@@ -89,7 +91,8 @@ import Testing
     }
 
     @Test func pathsWithSpacesSurvive() throws {
-        let entry = IMALog.Entry(pcr: 23, fileAlgorithm: .sha256, fileDigest: Self.digest, path: "/models/my model.gguf")
+        let entry = IMALog.Entry(
+            pcr: 23, fileAlgorithm: .sha256, fileDigest: Self.digest, path: "/models/my model.gguf")
         let parsed = try IMALog.parse(Data(entry.text.utf8))
         #expect(parsed.entries[0].path == "/models/my model.gguf")
     }

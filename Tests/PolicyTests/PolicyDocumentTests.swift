@@ -48,21 +48,26 @@ import Testing
         }
     }
 
-    @Test(arguments: ["", "name: x", "schema: ccgate.policy/v2\nname: x", "schema: ccgate.policy/v1\nname: x\nevidence: [1", "- a\n- b"])
+    @Test(arguments: [
+        "", "name: x", "schema: ccgate.policy/v2\nname: x", "schema: ccgate.policy/v1\nname: x\nevidence: [1",
+        "- a\n- b",
+    ])
     func brokenDocumentsAreRefused(_ text: String) {
         #expect(throws: PolicyLoadErrors.self) { try PolicyDocument.parse(text) }
     }
 
     static func claims(files: [(String, String)], pcr16: String? = nil) -> VerifiedClaims {
         // VerifiedClaims is made by verifiers only; tests in this package may use the package init.
-        VerifiedClaims(pcrs: pcr16.map { ["sha256": [16: $0]] } ?? [:],
-                       measuredFiles: files.map { MeasuredFile(path: $0.0, algorithm: "sha256", digestHex: $0.1, pcr: 23) })
+        VerifiedClaims(
+            pcrs: pcr16.map { ["sha256": [16: $0]] } ?? [:],
+            measuredFiles: files.map { MeasuredFile(path: $0.0, algorithm: "sha256", digestHex: $0.1, pcr: 23) })
     }
 
     @Test func measurementsMustBeAllowlisted() throws {
         let engine = String(repeating: "aa", count: 32)
         let model = String(repeating: "bb", count: 32)
-        let doc = try PolicyDocument.parse("""
+        let doc = try PolicyDocument.parse(
+            """
             schema: ccgate.policy/v1
             name: t
             measurements:
@@ -74,12 +79,16 @@ import Testing
         let reasons = doc.evaluate(Self.claims(files: [("/e", oneByteOff), ("/m", model)]))
         #expect(reasons.first?.code == .policyMeasurementNotAllowed)
         #expect(!doc.evaluate(Self.claims(files: [("/m", model)])).isEmpty)
-        #expect(!doc.evaluate(Self.claims(files: [("/e", engine), ("/m", model), ("/x", String(repeating: "cc", count: 32))])).isEmpty)
+        #expect(
+            !doc.evaluate(
+                Self.claims(files: [("/e", engine), ("/m", model), ("/x", String(repeating: "cc", count: 32))])
+            ).isEmpty)
     }
 
     @Test func pcrRulesAreEnforced() throws {
         let good = String(repeating: "11", count: 32)
-        let doc = try PolicyDocument.parse("""
+        let doc = try PolicyDocument.parse(
+            """
             schema: ccgate.policy/v1
             name: t
             evidence:
@@ -89,7 +98,9 @@ import Testing
                     "16": [\(good)]
             """)
         #expect(doc.evaluate(Self.claims(files: [], pcr16: good)).isEmpty)
-        #expect(doc.evaluate(Self.claims(files: [], pcr16: String(repeating: "12", count: 32))).first?.code == .policyMeasurementNotAllowed)
+        #expect(
+            doc.evaluate(Self.claims(files: [], pcr16: String(repeating: "12", count: 32))).first?.code
+                == .policyMeasurementNotAllowed)
         #expect(doc.evaluate(Self.claims(files: [])).first?.code == .policyMeasurementNotAllowed)
     }
 }

@@ -18,24 +18,32 @@ import Testing
 
     static let seeds = [
         Seed(file: "tpm/keylime-checkquote.json", nonce: "4169354d35536a596a6e6b797634503769744831", allowSHA1: false),
-        Seed(file: "tpm/trustee-tpm-evidence.json",
-             nonce: "a04182b506878d4f29b91ee606a71a0d3361ccf1b22db20c98adcaa537bea393ef0e41a18b3569ab678f1497fbc5c12000000000000000000000000000000000",
-             allowSHA1: false),
+        Seed(
+            file: "tpm/trustee-tpm-evidence.json",
+            nonce:
+                "a04182b506878d4f29b91ee606a71a0d3361ccf1b22db20c98adcaa537bea393ef0e41a18b3569ab678f1497fbc5c12000000000000000000000000000000000",
+            allowSHA1: false),
         Seed(file: "tpm/goattestation-windows-gcp-shielded-vm.json", nonce: "", allowSHA1: true),
     ]
     static let at = Date.rfc3339("2026-03-01T00:00:00Z")!
     static let known = Set(ReasonCode.all)
 
     func load(_ seed: Seed) throws -> (object: [String: Any], verifier: TPMQuoteVerifier, nonce: Data?) {
-        let object = try #require(try JSONSerialization.jsonObject(with: SharedTestData.data(seed.file)) as? [String: Any])
-        return (object, TPMQuoteVerifier(options: .init(allowSHA1: seed.allowSHA1)), seed.nonce.flatMap { Data(hex: $0) })
+        let object = try #require(
+            try JSONSerialization.jsonObject(with: SharedTestData.data(seed.file)) as? [String: Any])
+        return (
+            object, TPMQuoteVerifier(options: .init(allowSHA1: seed.allowSHA1)), seed.nonce.flatMap { Data(hex: $0) }
+        )
     }
 
     /// Every mutation of a signed or key field must be rejected.
     @Test(arguments: seeds)
     func mutatedSignedFieldsAreRejected(_ seed: Seed) throws {
         let (object, verifier, nonce) = try load(seed)
-        #expect(verifier.verify(envelopeData: try JSONSerialization.data(withJSONObject: object), expectedNonce: nonce, at: Self.at).isAccepted)
+        #expect(
+            verifier.verify(
+                envelopeData: try JSONSerialization.data(withJSONObject: object), expectedNonce: nonce, at: Self.at
+            ).isAccepted)
         var rng = SeededRandom(seed: 0xCC6A7E)
         var count = 0
         var codes = [ReasonCode: Int]()
@@ -46,8 +54,9 @@ import Testing
                 for _ in 0..<20 {
                     var mutated = object
                     mutated[field] = Data(mutation.apply(original, &rng)).base64EncodedString()
-                    let verdict = verifier.verify(envelopeData: try JSONSerialization.data(withJSONObject: mutated),
-                                                  expectedNonce: nonce, at: Self.at)
+                    let verdict = verifier.verify(
+                        envelopeData: try JSONSerialization.data(withJSONObject: mutated),
+                        expectedNonce: nonce, at: Self.at)
                     count += 1
                     #expect(!verdict.isAccepted, "\(seed) \(field) \(mutation) was accepted")
                     if let code = verdict.reason {
@@ -67,8 +76,9 @@ import Testing
                 var newPCRs = pcrs
                 newPCRs[bank]![index] = Data(bytes).hex
                 mutated["pcrs"] = newPCRs
-                let verdict = verifier.verify(envelopeData: try JSONSerialization.data(withJSONObject: mutated),
-                                              expectedNonce: nonce, at: Self.at)
+                let verdict = verifier.verify(
+                    envelopeData: try JSONSerialization.data(withJSONObject: mutated),
+                    expectedNonce: nonce, at: Self.at)
                 count += 1
                 // A PCR value outside the quoted selection is not covered by the quote and is
                 // not reported as a claim; one inside must break the digest.
@@ -114,13 +124,15 @@ import Testing
             ("pcrs", ["sha256": ["016": String(repeating: "00", count: 32)]]),
             ("pcrs", ["sha256": ["99999999999999999999": String(repeating: "00", count: 32)]]),
             ("format", "tpm3-quote"), ("version", 2), ("version", "1"), ("version", 1.5), ("version", true),
-            ("ak_tpm2b_public", "AAAA"), ("event_log", "AAAAAAAAAAA="), ("ima_log", Data("10 x ima-ng".utf8).base64EncodedString()),
+            ("ak_tpm2b_public", "AAAA"), ("event_log", "AAAAAAAAAAA="),
+            ("ima_log", Data("10 x ima-ng".utf8).base64EncodedString()),
             ("event_log", 7), ("ima_log", Data([0xff, 0xfe]).base64EncodedString()),
         ]
         for (field, value) in shapes {
             var mutated = object
             mutated[field] = value
-            let verdict = verifier.verify(envelopeData: try JSONSerialization.data(withJSONObject: mutated), expectedNonce: nonce, at: Self.at)
+            let verdict = verifier.verify(
+                envelopeData: try JSONSerialization.data(withJSONObject: mutated), expectedNonce: nonce, at: Self.at)
             count += 1
             #expect(!verdict.isAccepted, "\(field)=\(value) was accepted")
             if let code = verdict.reason { #expect(Self.known.contains(code)) }
@@ -137,7 +149,9 @@ import Testing
         let huge = Data(count: EvidenceEnvelope.maxSize + 1)
         #expect(verifier.verify(envelopeData: huge, expectedNonce: nil, at: Self.at).reason == .evidenceMalformed)
         for text in ["", "null", "[]", "\"tpm2-quote\"", "{\"format\":\"tpm2-quote\"}", "{\"version\":1}"] {
-            #expect(verifier.verify(envelopeData: Data(text.utf8), expectedNonce: nil, at: Self.at).reason == .evidenceMalformed)
+            #expect(
+                verifier.verify(envelopeData: Data(text.utf8), expectedNonce: nil, at: Self.at).reason
+                    == .evidenceMalformed)
         }
     }
 }

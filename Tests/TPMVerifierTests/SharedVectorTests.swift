@@ -41,7 +41,8 @@ import Testing
         let at = Date.rfc3339("2026-03-01T00:00:00Z")!
         let strict = TPMQuoteVerifier().verify(envelopeData: data, expectedNonce: nil, at: at)
         #expect(strict.reason == .evidenceUnsupported)
-        let loose = TPMQuoteVerifier(options: .init(allowSHA1: true)).verify(envelopeData: data, expectedNonce: Data(), at: at)
+        let loose = TPMQuoteVerifier(options: .init(allowSHA1: true)).verify(
+            envelopeData: data, expectedNonce: Data(), at: at)
         #expect(loose.isAccepted, "\(loose.reasons)")
         #expect(loose.passedChecks.contains { $0.hasPrefix("event log:") })
     }

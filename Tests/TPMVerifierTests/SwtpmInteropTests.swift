@@ -22,13 +22,21 @@ import WorkerAgent
         let nonce = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
         try tpm.tool("tpm2_createek", ["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"], in: dir.url)
         try tpm.tool("tpm2_flushcontext", ["-t"], in: dir.url)
-        try tpm.tool("tpm2_createak", ["-C", "ek.ctx", "-c", "ak.ctx", "-G", keyAlg, "-g", "sha256",
-                                       "-s", keyAlg == "ecc" ? "ecdsa" : "rsassa", "-u", "ak.pem", "-f", "pem", "-n", "ak.name"],
-                     in: dir.url)
+        try tpm.tool(
+            "tpm2_createak",
+            [
+                "-C", "ek.ctx", "-c", "ak.ctx", "-G", keyAlg, "-g", "sha256",
+                "-s", keyAlg == "ecc" ? "ecdsa" : "rsassa", "-u", "ak.pem", "-f", "pem", "-n", "ak.name",
+            ],
+            in: dir.url)
         try tpm.tool("tpm2_flushcontext", ["-t"], in: dir.url)
         try tpm.tool("tpm2_pcrextend", ["16:sha256=" + String(repeating: "ab", count: 32)], in: dir.url)
-        try tpm.tool("tpm2_quote", ["-c", "ak.ctx", "-l", "sha256:0,1,2,16", "-q", nonce.hex, "-m", "quote.msg",
-                                    "-s", "quote.sig", "-g", "sha256"], in: dir.url)
+        try tpm.tool(
+            "tpm2_quote",
+            [
+                "-c", "ak.ctx", "-l", "sha256:0,1,2,16", "-q", nonce.hex, "-m", "quote.msg",
+                "-s", "quote.sig", "-g", "sha256",
+            ], in: dir.url)
         try tpm.tool("tpm2_flushcontext", ["-t"], in: dir.url)
         let pcrText = try tpm.tool("tpm2_pcrread", ["sha256:0,1,2,16"], in: dir.url).stdout
         let pcrs = Self.parsePCRRead(pcrText)
@@ -48,7 +56,8 @@ import WorkerAgent
         #expect(verdict.claims?.pcrs["sha256"]?[16] == pcrs["16"])
 
         // The same quote presented with an old nonce is a replay.
-        let replay = TPMQuoteVerifier().verify(envelopeData: data, expectedNonce: Data(repeating: 7, count: 32), at: Self.now)
+        let replay = TPMQuoteVerifier().verify(
+            envelopeData: data, expectedNonce: Data(repeating: 7, count: 32), at: Self.now)
         #expect(replay.reason == .nonceMismatch)
     }
 
@@ -76,17 +85,21 @@ import WorkerAgent
         try quote.attest.write(to: dir.file("quote.msg"))
         try quote.signature.write(to: dir.file("quote.sig"))
         try Data(indices.flatMap { pcrValues[$0]! }).write(to: dir.file("pcrs.bin"))
-        let check = try ProcessRunner.run("tpm2_checkquote", [
-            "-u", "ak.tss", "-m", "quote.msg", "-s", "quote.sig", "-f", "pcrs.bin", "-l", "sha256:0,7,16,23",
-            "-g", "sha256", "-q", nonce.hex,
-        ], currentDirectory: dir.url)
+        let check = try ProcessRunner.run(
+            "tpm2_checkquote",
+            [
+                "-u", "ak.tss", "-m", "quote.msg", "-s", "quote.sig", "-f", "pcrs.bin", "-l", "sha256:0,7,16,23",
+                "-g", "sha256", "-q", nonce.hex,
+            ], currentDirectory: dir.url)
         #expect(check.status == 0, "tpm2_checkquote: \(check.stderr)")
 
         // Independent check of a negative: tpm2_checkquote refuses a wrong nonce too.
-        let wrong = try ProcessRunner.run("tpm2_checkquote", [
-            "-u", "ak.tss", "-m", "quote.msg", "-s", "quote.sig", "-f", "pcrs.bin", "-l", "sha256:0,7,16,23",
-            "-g", "sha256", "-q", String(repeating: "00", count: 32),
-        ], currentDirectory: dir.url)
+        let wrong = try ProcessRunner.run(
+            "tpm2_checkquote",
+            [
+                "-u", "ak.tss", "-m", "quote.msg", "-s", "quote.sig", "-f", "pcrs.bin", "-l", "sha256:0,7,16,23",
+                "-g", "sha256", "-q", String(repeating: "00", count: 32),
+            ], currentDirectory: dir.url)
         #expect(wrong.status != 0)
 
         let envelope: [String: Any] = [
@@ -95,7 +108,8 @@ import WorkerAgent
             "pcrs": ["sha256": Dictionary(uniqueKeysWithValues: pcrValues.map { (String($0.key), $0.value.hex) })],
         ]
         let verdict = TPMQuoteVerifier(options: .init(requireRestrictedAK: true))
-            .verify(envelopeData: try JSONSerialization.data(withJSONObject: envelope), expectedNonce: nonce, at: Self.now)
+            .verify(
+                envelopeData: try JSONSerialization.data(withJSONObject: envelope), expectedNonce: nonce, at: Self.now)
         #expect(verdict.isAccepted, "\(verdict.reasons)")
         #expect(verdict.claims?.fields["ak.restricted"] == "true")
     }
@@ -116,7 +130,9 @@ import WorkerAgent
         defer { withExtendedLifetime(device) {} }
         let key = try device.createAttestationKey()
         let measurer = FileMeasurer(pcr: 23)
-        let log = IMALog(entries: [try measurer.measure(engine, into: device), try measurer.measure(model, into: device)])
+        let log = IMALog(entries: [
+            try measurer.measure(engine, into: device), try measurer.measure(model, into: device),
+        ])
         let builder = QuoteEnvelopeBuilder(device: device, key: key)
         let good = try builder.envelope(qualifyingData: nonce, indices: [0, 23], imaLog: log)
 
@@ -124,7 +140,9 @@ import WorkerAgent
         let accepted = verifier.verify(envelopeData: good, expectedNonce: nonce, at: Self.now)
         #expect(accepted.isAccepted, "\(accepted.reasons)")
         #expect(accepted.claims?.measuredFiles.map(\.path) == [engine.path, model.path])
-        #expect(accepted.claims?.measuredFiles.first?.digestHex == HashAlgorithm.sha256.hash(Data("engine build 1".utf8)).hex)
+        #expect(
+            accepted.claims?.measuredFiles.first?.digestHex
+                == HashAlgorithm.sha256.hash(Data("engine build 1".utf8)).hex)
 
         // Old nonce: a replayed quote.
         let oldNonce = verifier.verify(envelopeData: good, expectedNonce: Data(repeating: 0, count: 32), at: Self.now)
@@ -135,20 +153,25 @@ import WorkerAgent
         var pcrs = object["pcrs"] as! [String: [String: String]]
         pcrs["sha256"]!["23"] = String(repeating: "00", count: 32)
         object["pcrs"] = pcrs
-        let altered = verifier.verify(envelopeData: try JSONSerialization.data(withJSONObject: object), expectedNonce: nonce, at: Self.now)
+        let altered = verifier.verify(
+            envelopeData: try JSONSerialization.data(withJSONObject: object), expectedNonce: nonce, at: Self.now)
         #expect(altered.reason == .pcrDigestMismatch)
 
         // Altered log entry: a different engine digest, with a consistent template hash.
-        let forged = IMALog.Entry(pcr: 23, fileAlgorithm: .sha256, fileDigest: HashAlgorithm.sha256.hash(Data("engine build 2".utf8)),
-                                  path: engine.path)
+        let forged = IMALog.Entry(
+            pcr: 23, fileAlgorithm: .sha256, fileDigest: HashAlgorithm.sha256.hash(Data("engine build 2".utf8)),
+            path: engine.path)
         var object2 = try #require(try JSONSerialization.jsonObject(with: good) as? [String: Any])
         object2["ima_log"] = Data(IMALog(entries: [forged, log.entries[1]]).text.utf8).base64EncodedString()
-        let forgedVerdict = verifier.verify(envelopeData: try JSONSerialization.data(withJSONObject: object2), expectedNonce: nonce, at: Self.now)
+        let forgedVerdict = verifier.verify(
+            envelopeData: try JSONSerialization.data(withJSONObject: object2), expectedNonce: nonce, at: Self.now)
         #expect(forgedVerdict.reason == .eventLogReplayMismatch)
 
         // A log whose register was not quoted proves nothing.
         let unquoted = try builder.envelope(qualifyingData: nonce, indices: [0], imaLog: log)
-        #expect(verifier.verify(envelopeData: unquoted, expectedNonce: nonce, at: Self.now).reason == .eventLogReplayMismatch)
+        #expect(
+            verifier.verify(envelopeData: unquoted, expectedNonce: nonce, at: Self.now).reason
+                == .eventLogReplayMismatch)
     }
 
     /// Mutations of a genuine ECDSA quote with an IMA log, made on swtpm: every change to a
@@ -182,16 +205,19 @@ import WorkerAgent
                 for _ in 0..<15 {
                     var mutated = object
                     mutated[field] = Data(mutation.apply(bytes, &rng)).base64EncodedString()
-                    let verdict = verifier.verify(envelopeData: try JSONSerialization.data(withJSONObject: mutated),
-                                                  expectedNonce: nonce, at: Self.now)
+                    let verdict = verifier.verify(
+                        envelopeData: try JSONSerialization.data(withJSONObject: mutated),
+                        expectedNonce: nonce, at: Self.now)
                     count += 1
                     if verdict.isAccepted {
                         // Only changes that leave the proven facts as they were can keep an accept:
                         // attributes of the AK's public area outside the key, hex case in the log,
                         // or an emptied log (which proves no measured files).
                         let files = verdict.claims?.measuredFiles ?? []
-                        #expect(field == "ak_tpm2b_public" || (field == "ima_log" && (files.isEmpty || files == originalFiles)),
-                                "mutated \(field) was accepted")
+                        #expect(
+                            field == "ak_tpm2b_public"
+                                || (field == "ima_log" && (files.isEmpty || files == originalFiles)),
+                            "mutated \(field) was accepted")
                     } else {
                         #expect(ReasonCode.all.contains(verdict.reason!))
                     }

@@ -12,8 +12,10 @@ public struct ProcessResult: Sendable {
 public enum ProcessRunner {
     /// Runs `executable` (a path, or a name looked up in PATH) with `arguments`.
     @discardableResult
-    public static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
-                           stdin: Data? = nil, currentDirectory: URL? = nil) throws -> ProcessResult {
+    public static func run(
+        _ executable: String, _ arguments: [String], environment: [String: String] = [:],
+        stdin: Data? = nil, currentDirectory: URL? = nil
+    ) throws -> ProcessResult {
         let process = Process()
         if executable.contains("/") {
             process.executableURL = URL(fileURLWithPath: executable)
@@ -46,8 +48,9 @@ public enum ProcessRunner {
         let outData = out.fileHandleForReading.readDataToEndOfFile()
         group.wait()
         process.waitUntilExit()
-        return ProcessResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                             stderr: String(decoding: errData, as: UTF8.self), stdoutData: outData)
+        return ProcessResult(
+            status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: errData, as: UTF8.self), stdoutData: outData)
     }
 
     /// True when `name` is on PATH.

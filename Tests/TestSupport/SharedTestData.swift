@@ -4,7 +4,8 @@ import Foundation
 public enum SharedTestData {
     /// The package root, derived from this file's location.
     public static let packageRoot: URL = {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
     }()
 
     /// `../shared/testdata`, or `$CCGATE_SHARED_TESTDATA` when set.

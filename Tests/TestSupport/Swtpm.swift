@@ -77,7 +77,9 @@ public final class Swtpm: @unchecked Sendable {
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         return rc == 0
     }
@@ -85,9 +87,11 @@ public final class Swtpm: @unchecked Sendable {
     /// Runs a tpm2-tools command against this TPM, throwing with its stderr on failure.
     @discardableResult
     public func tool(_ name: String, _ arguments: [String], in dir: URL) throws -> ProcessResult {
-        let result = try ProcessRunner.run(name, arguments, environment: ["TPM2TOOLS_TCTI": tcti], currentDirectory: dir)
+        let result = try ProcessRunner.run(
+            name, arguments, environment: ["TPM2TOOLS_TCTI": tcti], currentDirectory: dir)
         guard result.status == 0 else {
-            throw StartError.didNotStart("\(name) \(arguments.joined(separator: " ")) exited \(result.status): \(result.stderr)")
+            throw StartError.didNotStart(
+                "\(name) \(arguments.joined(separator: " ")) exited \(result.status): \(result.stderr)")
         }
         return result
     }

@@ -11,7 +11,9 @@ public enum TrustRoots {
     public enum LoadError: Error, CustomStringConvertible {
         case unreadable(String)
         public var description: String {
-            switch self { case .unreadable(let s): s }
+            switch self {
+            case .unreadable(let s): s
+            }
         }
     }
 
@@ -31,7 +33,9 @@ public enum TrustRoots {
             if trimmed == "-----BEGIN CERTIFICATE-----" {
                 body = ""
             } else if trimmed == "-----END CERTIFICATE-----" {
-                guard let b = body, let der = Data(base64Encoded: b) else { throw .unreadable("\(source): bad PEM block") }
+                guard let b = body, let der = Data(base64Encoded: b) else {
+                    throw .unreadable("\(source): bad PEM block")
+                }
                 guard isCertificate(der) else { throw .unreadable("\(source): PEM block is not an X.509 certificate") }
                 roots.append(Root(der: der))
                 body = nil

@@ -31,8 +31,10 @@ public struct VerifiedClaims: Sendable, Equatable {
     /// Other scalar facts (`ak.sha256`, `tpm.firmware`, `mrtd`, ...), lowercase hex or text.
     public let fields: [String: String]
 
-    package init(pcrs: [String: [Int: String]] = [:], measuredFiles: [MeasuredFile] = [],
-                 fields: [String: String] = [:]) {
+    package init(
+        pcrs: [String: [Int: String]] = [:], measuredFiles: [MeasuredFile] = [],
+        fields: [String: String] = [:]
+    ) {
         self.pcrs = pcrs
         self.measuredFiles = measuredFiles
         self.fields = fields
@@ -60,23 +62,30 @@ public struct Verdict: Sendable {
     /// The first reason code, for a reject.
     public var reason: ReasonCode? { reasons.first?.code }
 
-    public static func accept(format: String, claims: VerifiedClaims, passed: [String],
-                              tcbStatus: String? = nil, advisoryIDs: [String] = []) -> Verdict {
-        Verdict(format: format, outcome: .accept, reasons: [], claims: claims, tcbStatus: tcbStatus,
-                advisoryIDs: advisoryIDs, passedChecks: passed)
+    public static func accept(
+        format: String, claims: VerifiedClaims, passed: [String],
+        tcbStatus: String? = nil, advisoryIDs: [String] = []
+    ) -> Verdict {
+        Verdict(
+            format: format, outcome: .accept, reasons: [], claims: claims, tcbStatus: tcbStatus,
+            advisoryIDs: advisoryIDs, passedChecks: passed)
     }
 
-    public static func reject(format: String, reasons: [Reason], passed: [String] = [],
-                              tcbStatus: String? = nil, advisoryIDs: [String] = []) -> Verdict {
+    public static func reject(
+        format: String, reasons: [Reason], passed: [String] = [],
+        tcbStatus: String? = nil, advisoryIDs: [String] = []
+    ) -> Verdict {
         precondition(!reasons.isEmpty, "a reject carries a reason")
-        return Verdict(format: format, outcome: .reject, reasons: reasons, claims: nil, tcbStatus: tcbStatus,
-                       advisoryIDs: advisoryIDs, passedChecks: passed)
+        return Verdict(
+            format: format, outcome: .reject, reasons: reasons, claims: nil, tcbStatus: tcbStatus,
+            advisoryIDs: advisoryIDs, passedChecks: passed)
     }
 
     /// Rejects an accepted verdict for policy reasons, keeping its trace; rejects stay as they are.
     public func adding(policyReasons: [Reason]) -> Verdict {
         guard !policyReasons.isEmpty else { return self }
-        return Verdict(format: format, outcome: .reject, reasons: reasons + policyReasons, claims: nil,
-                       tcbStatus: tcbStatus, advisoryIDs: advisoryIDs, passedChecks: passedChecks)
+        return Verdict(
+            format: format, outcome: .reject, reasons: reasons + policyReasons, claims: nil,
+            tcbStatus: tcbStatus, advisoryIDs: advisoryIDs, passedChecks: passedChecks)
     }
 }

@@ -28,7 +28,8 @@ public struct FileMeasurer {
     public func measure(_ url: URL, into device: TPMDevice) throws -> IMALog.Entry {
         let digest = try Self.digest(of: url)
         let entry = IMALog.Entry(pcr: pcr, fileAlgorithm: .sha256, fileDigest: digest, path: url.path)
-        try device.extend(pcr: pcr, digests: Dictionary(uniqueKeysWithValues: banks.map { ($0, entry.extendValue(for: $0)) }))
+        try device.extend(
+            pcr: pcr, digests: Dictionary(uniqueKeysWithValues: banks.map { ($0, entry.extendValue(for: $0)) }))
         return entry
     }
 }

@@ -14,8 +14,10 @@ public struct QuoteEnvelopeBuilder {
 
     /// Quotes `indices` of `bank` bound to `qualifyingData`, reads the same PCRs, and returns the
     /// envelope JSON. The IMA log, when given, is carried as `ima_log`.
-    public func envelope(qualifyingData: Data, bank: HashAlgorithm = .sha256, indices: [Int],
-                         imaLog: IMALog? = nil) throws -> Data {
+    public func envelope(
+        qualifyingData: Data, bank: HashAlgorithm = .sha256, indices: [Int],
+        imaLog: IMALog? = nil
+    ) throws -> Data {
         let quote = try device.quote(key: key, qualifyingData: qualifyingData, bank: bank, indices: indices)
         let values = try device.readPCRs(bank: bank, indices: indices)
         var object: [String: Any] = [

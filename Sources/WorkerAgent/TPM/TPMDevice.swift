@@ -68,6 +68,9 @@ public final class TPMDevice {
     /// Opens the TPM named by a TCTI configuration string (`name:conf`).
     public init(tcti configuration: String) throws(TPMError) {
         tctiConfiguration = configuration
+        // The TSS libraries log every failure to stderr; errors are reported through TPMError
+        // instead. An operator who wants the TSS trace sets TSS2_LOG themselves.
+        setenv("TSS2_LOG", "all+NONE", 0)
         var tctiContext: OpaquePointer?
         let rc = Tss2_TctiLdr_Initialize(configuration, &tctiContext)
         guard rc == 0, let tctiContext else { throw TPMError("open '\(configuration)'", rc) }
@@ -93,7 +96,8 @@ public final class TPMDevice {
 
     /// Creates an attestation key: a restricted signing primary key in the endorsement hierarchy.
     /// The TPM derives it from its endorsement seed, so the same TPM returns the same key each time.
-    public func createAttestationKey(_ algorithm: AttestationKeyAlgorithm = .eccP256) throws(TPMError) -> AttestationKey {
+    public func createAttestationKey(_ algorithm: AttestationKeyAlgorithm = .eccP256) throws(TPMError) -> AttestationKey
+    {
         var template = TPM2B_PUBLIC()
         // fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign
         template.publicArea.objectAttributes = 0x2 | 0x10 | 0x20 | 0x40 | 0x1_0000 | 0x4_0000
@@ -162,15 +166,17 @@ public final class TPMDevice {
             let typed = raw.bindMemory(to: TPMT_HA.self)
             for (i, ha) in list.enumerated() { typed[i] = ha }
         }
-        let rc = Esys_PCR_Extend(context, ESYS_TR(ESYS_TR_PCR0) + ESYS_TR(pcr), ESYS_TR(ESYS_TR_PASSWORD),
-                                 ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), &values)
+        let rc = Esys_PCR_Extend(
+            context, ESYS_TR(ESYS_TR_PCR0) + ESYS_TR(pcr), ESYS_TR(ESYS_TR_PASSWORD),
+            ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), &values)
         guard rc == 0 else { throw TPMError("extend PCR \(pcr)", rc) }
     }
 
     /// Resets a resettable PCR (16 and 23 at locality 0) to zero.
     public func reset(pcr: Int) throws(TPMError) {
-        let rc = Esys_PCR_Reset(context, ESYS_TR(ESYS_TR_PCR0) + ESYS_TR(pcr), ESYS_TR(ESYS_TR_PASSWORD),
-                                ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE))
+        let rc = Esys_PCR_Reset(
+            context, ESYS_TR(ESYS_TR_PCR0) + ESYS_TR(pcr), ESYS_TR(ESYS_TR_PASSWORD),
+            ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE))
         guard rc == 0 else { throw TPMError("reset PCR \(pcr)", rc) }
     }
 
@@ -179,8 +185,9 @@ public final class TPMDevice {
         sel.count = 1
         var mask: [UInt8] = [0, 0, 0, 0]
         for i in indices where (0..<24).contains(i) { mask[i / 8] |= 1 << (i % 8) }
-        sel.pcrSelections.0 = TPMS_PCR_SELECTION(hash: bank.tpmAlgorithmID, sizeofSelect: 3,
-                                                 pcrSelect: (mask[0], mask[1], mask[2], mask[3]))
+        sel.pcrSelections.0 = TPMS_PCR_SELECTION(
+            hash: bank.tpmAlgorithmID, sizeofSelect: 3,
+            pcrSelect: (mask[0], mask[1], mask[2], mask[3]))
         return sel
     }
 
@@ -194,8 +201,9 @@ public final class TPMDevice {
             var counter: UInt32 = 0
             var selectionOut: UnsafeMutablePointer<TPML_PCR_SELECTION>?
             var values: UnsafeMutablePointer<TPML_DIGEST>?
-            let rc = Esys_PCR_Read(context, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
-                                   &selection, &counter, &selectionOut, &values)
+            let rc = Esys_PCR_Read(
+                context, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
+                &selection, &counter, &selectionOut, &values)
             defer {
                 Esys_Free(selectionOut)
                 Esys_Free(values)
@@ -220,8 +228,12 @@ public final class TPMDevice {
     }
 
     /// Quotes the selected PCRs of one bank with `key`, binding `qualifyingData` (at most 64 bytes).
-    public func quote(key: AttestationKey, qualifyingData: Data, bank: HashAlgorithm, indices: [Int]) throws(TPMError) -> TPMQuote {
-        guard qualifyingData.count <= 64 else { throw TPMError("quote", message: "qualifying data longer than 64 bytes") }
+    public func quote(key: AttestationKey, qualifyingData: Data, bank: HashAlgorithm, indices: [Int]) throws(TPMError)
+        -> TPMQuote
+    {
+        guard qualifyingData.count <= 64 else {
+            throw TPMError("quote", message: "qualifying data longer than 64 bytes")
+        }
         var data = TPM2B_DATA()
         data.size = UInt16(qualifyingData.count)
         withUnsafeMutableBytes(of: &data.buffer) { $0.copyBytes(from: qualifyingData) }
@@ -230,8 +242,9 @@ public final class TPMDevice {
         var selection = Self.selection(bank: bank, indices: indices)
         var quoted: UnsafeMutablePointer<TPM2B_ATTEST>?
         var signature: UnsafeMutablePointer<TPMT_SIGNATURE>?
-        let rc = Esys_Quote(context, key.handle, ESYS_TR(ESYS_TR_PASSWORD), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
-                            &data, &scheme, &selection, &quoted, &signature)
+        let rc = Esys_Quote(
+            context, key.handle, ESYS_TR(ESYS_TR_PASSWORD), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
+            &data, &scheme, &selection, &quoted, &signature)
         defer {
             Esys_Free(quoted)
             Esys_Free(signature)
