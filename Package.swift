@@ -1,11 +1,16 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 let strict: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
 
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+]
+
 let package = Package(
     name: "ccgate",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "ccgate", targets: ["ccgate"]),
         .executable(name: "ccworker", targets: ["ccworker"]),
@@ -15,43 +20,62 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // Traits off: no swift-configuration, no full-Foundation extras.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
     ],
     targets: [
         // System-library shims.
-        .systemLibrary(
-            name: "COpenSSL", pkgConfig: "libcrypto",
-            providers: [.apt(["libssl-dev"])]),
-        .systemLibrary(
-            name: "CTSS2", pkgConfig: "tss2-esys",
-            providers: [.apt(["libtss2-dev"])]),
-        .systemLibrary(
-            name: "CVulkan", pkgConfig: "vulkan",
-            providers: [.apt(["libvulkan-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CTSS2", pkgConfig: "tss2-esys", providers: [.apt(["libtss2-dev"])]),
+        .systemLibrary(name: "CVulkan", pkgConfig: "vulkan", providers: [.apt(["libvulkan-dev"])]),
 
         // Verification core: no I/O.
         .target(name: "AttestationCore", dependencies: ["COpenSSL"], swiftSettings: strict),
         .target(name: "EventLog", dependencies: ["AttestationCore"], swiftSettings: strict),
+        .target(name: "TPMVerifier", dependencies: ["AttestationCore", "EventLog", "CTSS2"], swiftSettings: strict),
         .target(
-            name: "TPMVerifier", dependencies: ["AttestationCore", "EventLog", "CTSS2"],
+            name: "Policy", dependencies: ["AttestationCore", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
-        .target(
-            name: "Policy",
-            dependencies: ["AttestationCore", .product(name: "Yams", package: "Yams")],
-            swiftSettings: strict),
+        .target(name: "Sealing", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
+        .target(name: "WorkerProtocol", dependencies: [.product(name: "NIOCore", package: "swift-nio")], swiftSettings: strict),
+        .target(name: "AuditLog", dependencies: ["AttestationCore"], swiftSettings: strict),
 
         // Adapters.
+        .target(
+            name: "Gateway",
+            dependencies: [
+                "AttestationCore", "TPMVerifier", "Policy", "Sealing", "WorkerProtocol", "AuditLog",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ] + nio,
+            swiftSettings: strict),
+        .target(
+            name: "WorkerAgent",
+            dependencies: [
+                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol",
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ] + nio,
+            swiftSettings: strict),
         .target(
             name: "CommandLineSupport",
             dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
-        .target(
-            name: "WorkerAgent", dependencies: ["AttestationCore", "EventLog", "CTSS2"],
-            swiftSettings: strict),
         .executableTarget(
             name: "ccgate",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "Policy", "CommandLineSupport",
+                "AttestationCore", "TPMVerifier", "Policy", "Gateway", "AuditLog", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         .executableTarget(
@@ -59,6 +83,7 @@ let package = Package(
             dependencies: [
                 "AttestationCore", "WorkerAgent", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
         .executableTarget(
@@ -68,20 +93,18 @@ let package = Package(
             swiftSettings: strict),
 
         // Tests.
-        .target(
-            name: "TestSupport", dependencies: ["AttestationCore"], path: "Tests/TestSupport",
-            swiftSettings: strict),
+        .target(name: "TestSupport", dependencies: ["AttestationCore"], path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "AttestationCoreTests", dependencies: ["AttestationCore", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "EventLogTests", dependencies: ["EventLog", "TestSupport"], swiftSettings: strict),
         .testTarget(
-            name: "AttestationCoreTests", dependencies: ["AttestationCore", "TestSupport"],
-            swiftSettings: strict),
-        .testTarget(
-            name: "EventLogTests", dependencies: ["EventLog", "TestSupport"],
-            swiftSettings: strict),
-        .testTarget(
-            name: "TPMVerifierTests",
-            dependencies: ["TPMVerifier", "Policy", "WorkerAgent", "TestSupport"],
+            name: "TPMVerifierTests", dependencies: ["TPMVerifier", "Policy", "WorkerAgent", "TestSupport"],
             swiftSettings: strict),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
+        .testTarget(
+            name: "GatewayTests",
+            dependencies: ["Gateway", "WorkerAgent", "WorkerProtocol", "AuditLog", "Sealing", "Policy", "TestSupport"] + nio,
+            swiftSettings: strict),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "WorkerAgent"], swiftSettings: strict),
     ]
 )

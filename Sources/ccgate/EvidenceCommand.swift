@@ -2,6 +2,7 @@ import ArgumentParser
 import AttestationCore
 import Foundation
 import CommandLineSupport
+import Gateway
 import Policy
 
 struct EvidenceCommand: ParsableCommand {

@@ -10,7 +10,7 @@ struct CCWorker: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ccworker",
         abstract: "The ccgate worker agent: measures the inference engine and model, and attests with the TPM.",
-        subcommands: [Quote.self])
+        subcommands: [Run.self, Quote.self])
 
     static func main() { runWithProjectExitCodes() }
 }

@@ -3,13 +3,19 @@ import Foundation
 import Policy
 import TPMVerifier
 
-/// Routes evidence to the verifier for its format and applies a policy to the result.
-struct EvidenceVerification {
-    let policy: PolicyDocument
-    /// Policy documents were named explicitly: apply measurement and PCR rules too.
-    let applyMeasurementRules: Bool
+/// Routes evidence to the verifier for its format and applies a policy to the result. The one
+/// place that turns envelope bytes into a verdict, for the gateway and the CLI alike.
+public struct EvidenceVerification: Sendable {
+    public let policy: PolicyDocument
+    /// Apply the policy's measurement and PCR rules too (not only its evidence rules).
+    public let applyMeasurementRules: Bool
 
-    func verify(envelopeData: Data, expectedNonce: Data?, at time: Date) -> Verdict {
+    public init(policy: PolicyDocument, applyMeasurementRules: Bool) {
+        self.policy = policy
+        self.applyMeasurementRules = applyMeasurementRules
+    }
+
+    public func verify(envelopeData: Data, expectedNonce: Data?, at time: Date) -> Verdict {
         let envelope: EvidenceEnvelope
         switch EvidenceEnvelope.parse(envelopeData) {
         case .success(let e): envelope = e

@@ -1,0 +1,28 @@
+import AttestationCore
+import AuditLog
+import Foundation
+import Policy
+import Sealing
+
+/// Decides whether a worker's evidence admits it: verify the evidence bound to this challenge
+/// and this worker's keys, then apply the policy's evidence and measurement rules.
+///
+/// Threats: replayed quotes (the challenge nonce is fresh per connection and per
+/// re-attestation), quotes lifted from another worker (the binding covers the worker's KEM key,
+/// so a quote bound to other keys fails), and workers running unaudited engines or models
+/// (measurement allowlists).
+public struct AdmissionService: Sendable {
+    public let policy: PolicyDocument
+    public let clock: any AttestationClock
+
+    public init(policy: PolicyDocument, clock: any AttestationClock = SystemClock()) {
+        self.policy = policy
+        self.clock = clock
+    }
+
+    public func evaluate(envelope: Data, nonce: Data, workerPublicKeys: Data) -> Verdict {
+        let binding = attestationBinding(nonce: nonce, workerPublicKeys: workerPublicKeys)
+        return EvidenceVerification(policy: policy, applyMeasurementRules: true)
+            .verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
+    }
+}

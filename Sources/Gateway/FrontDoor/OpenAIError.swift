@@ -1,0 +1,86 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import NIOCore
+
+/// An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, so
+/// unchanged OpenAI clients report it properly.
+public struct OpenAIError: HTTPResponseError, Sendable {
+    public let status: HTTPResponse.Status
+    public let message: String
+    public let type: String
+    public let code: String?
+    public let param: String?
+
+    public init(_ status: HTTPResponse.Status, _ message: String, type: String = "invalid_request_error", code: String? = nil,
+                param: String? = nil) {
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+    }
+
+    public static func body(message: String, type: String, code: String?, param: String? = nil) -> Data {
+        let object: [String: Any] = [
+            "error": ["message": message, "type": type, "param": param ?? NSNull(), "code": code ?? NSNull()] as [String: Any]
+        ]
+        return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+    }
+
+    public var json: Data { Self.body(message: message, type: type, code: code, param: param) }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: json)))
+    }
+
+    static let unauthorized = OpenAIError(.unauthorized, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
+                                          code: "invalid_api_key")
+}
+
+/// Maps every error escaping the router to an OpenAI-shaped body: unknown routes, oversized
+/// bodies, and (as a bare 500 whose details go only to the log) anything unexpected.
+struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as OpenAIError {
+            throw error
+        } catch let error as any HTTPResponseError {
+            let message: String
+            switch error.status {
+            case .notFound: message = "Unknown endpoint \(request.method) \(request.uri.path)."
+            case .contentTooLarge: message = "The request body is too large."
+            case .methodNotAllowed: message = "Method \(request.method) is not allowed here."
+            default: message = error.status.reasonPhrase
+            }
+            throw OpenAIError(error.status, message, code: error.status == .notFound ? "unknown_url" : nil)
+        } catch is NIOTooManyBytesError {
+            throw OpenAIError(.contentTooLarge, "The request body is too large.")
+        } catch {
+            context.logger.error("unexpected error", metadata: ["error": "\(error)"])
+            throw OpenAIError(.internalServerError, "Internal error.", type: "server_error")
+        }
+    }
+}
+
+/// Requires `Authorization: Bearer KEY` with one of the configured keys.
+///
+/// Threat: unauthenticated use of paid inference. Keys are compared as SHA-256 digests so the
+/// comparison time does not depend on how much of a guess is right.
+struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
+    let keyDigests: Set<Data>
+
+    init(keys: [String]) {
+        keyDigests = Set(keys.map { Data(SHA256Digest.of(Data($0.utf8))) })
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { throw OpenAIError.unauthorized }
+        let presented = Data(SHA256Digest.of(Data(header.dropFirst(7).utf8)))
+        guard keyDigests.contains(presented) else { throw OpenAIError.unauthorized }
+        return try await next(request, context)
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import Sealing
+import Synchronization
+import WorkerProtocol
+
+/// An error delivered to a request whose worker failed.
+public struct WorkerFailure: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+/// The gateway's side of one admitted worker: its sealed channel, its outbox (drained in order by
+/// one writer), and the requests in flight on it.
+public final class WorkerLink: Sendable {
+    public let workerID: String
+    public let sessionID: String
+    public let models: [String]
+    public let kemPublicKey: Data
+    let sealer: ChannelSealer
+    let opener: ChannelOpener
+    private let outbox: AsyncStream<WireMessage>.Continuation
+
+    private struct State {
+        var nextRequestID: UInt64 = 1
+        var pending: [UInt64: AsyncThrowingStream<ChannelPayload, any Error>.Continuation] = [:]
+        var closed: String?
+    }
+    private let state = Mutex(State())
+
+    init(workerID: String, sessionID: String, models: [String], kemPublicKey: Data, sealer: ChannelSealer,
+         opener: ChannelOpener, outbox: AsyncStream<WireMessage>.Continuation) {
+        self.workerID = workerID
+        self.sessionID = sessionID
+        self.models = models
+        self.kemPublicKey = kemPublicKey
+        self.sealer = sealer
+        self.opener = opener
+        self.outbox = outbox
+    }
+
+    /// Queues an unsealed control message (challenges).
+    func sendControl(_ message: WireMessage) { outbox.yield(message) }
+
+    /// Seals and queues a payload; the sequence order is the queue order.
+    func send(_ payload: ChannelPayload) throws {
+        let json = try JSONEncoder().encode(payload)
+        try sealer.seal(json) { box in outbox.yield(.sealed(box)) }
+    }
+
+    /// Starts a request; the returned stream yields `head`, `data`… and finishes at `end`, or
+    /// throws when the worker fails or goes away.
+    public func startRequest(method: String, path: String, body: Data) throws -> (UInt64, AsyncThrowingStream<ChannelPayload, any Error>) {
+        let (stream, continuation) = AsyncThrowingStream<ChannelPayload, any Error>.makeStream()
+        let id: UInt64 = try state.withLock { s in
+            if let reason = s.closed { throw WorkerFailure(message: reason) }
+            let id = s.nextRequestID
+            s.nextRequestID += 1
+            s.pending[id] = continuation
+            return id
+        }
+        do {
+            try send(.request(id: id, method: method, path: path, body: body))
+        } catch {
+            _ = state.withLock { $0.pending.removeValue(forKey: id) }
+            throw error
+        }
+        return (id, stream)
+    }
+
+    /// Tells the worker a client went away, and forgets the request.
+    public func cancel(_ id: UInt64) {
+        let had = state.withLock { $0.pending.removeValue(forKey: id) } != nil
+        if had { try? send(.cancel(id: id)) }
+    }
+
+    /// Routes a payload from the worker to its request.
+    func deliver(_ payload: ChannelPayload) {
+        let id = payload.id
+        let continuation: AsyncThrowingStream<ChannelPayload, any Error>.Continuation? = state.withLock { s in
+            switch payload {
+            case .end, .failure: s.pending.removeValue(forKey: id)
+            default: s.pending[id]
+            }
+        }
+        guard let continuation else { return }
+        switch payload {
+        case .failure(_, let message): continuation.finish(throwing: WorkerFailure(message: message))
+        case .end:
+            continuation.yield(payload)
+            continuation.finish()
+        default: continuation.yield(payload)
+        }
+    }
+
+    /// Ends the link: every request in flight fails with `reason`, nothing more is sent.
+    func close(reason: String) {
+        let pending = state.withLock { s -> [AsyncThrowingStream<ChannelPayload, any Error>.Continuation] in
+            if s.closed == nil { s.closed = reason }
+            defer { s.pending.removeAll() }
+            return Array(s.pending.values)
+        }
+        for c in pending { c.finish(throwing: WorkerFailure(message: reason)) }
+        outbox.finish()
+    }
+
+    public var inFlight: Int { state.withLock { $0.pending.count } }
+    public var isClosed: Bool { state.withLock { $0.closed != nil } }
+}

@@ -1,0 +1,270 @@
+import AttestationCore
+import AuditLog
+import Crypto
+import Foundation
+import Logging
+import Synchronization
+import NIOCore
+import NIOPosix
+import Sealing
+import WorkerProtocol
+
+/// Timing of the worker protocol.
+public struct WorkerTimings: Sendable {
+    /// Time a new connection has to say hello, and a worker has to answer a challenge.
+    public var handshakeTimeout: Duration = .seconds(30)
+    /// Interval between re-attestations of an admitted worker.
+    public var reattestInterval: Duration = .seconds(60)
+
+    public init(handshakeTimeout: Duration = .seconds(30), reattestInterval: Duration = .seconds(60)) {
+        self.handshakeTimeout = handshakeTimeout
+        self.reattestInterval = reattestInterval
+    }
+}
+
+/// The worker port: workers dial in, are challenged, attest, and once admitted receive a sealed
+/// session key and then sealed requests. Every decision is audited.
+public final class WorkerServer: Sendable {
+    typealias Connection = NIOAsyncChannel<WireMessage, WireMessage>
+
+    let registry: WorkerRegistry
+    let admission: AdmissionService
+    let audit: AuditFile?
+    let timings: WorkerTimings
+    let logger: Logger
+
+    public init(registry: WorkerRegistry, admission: AdmissionService, audit: AuditFile?, timings: WorkerTimings = .init(),
+                logger: Logger = Logger(label: "ccgate.workers")) {
+        self.registry = registry
+        self.admission = admission
+        self.audit = audit
+        self.timings = timings
+        self.logger = logger
+    }
+
+    /// Binds the worker port; `onBound` receives the actual port (useful with port 0). Runs until
+    /// the task is cancelled.
+    public func run(host: String, port: Int, onBound: @Sendable (Int) -> Void = { _ in }) async throws {
+        let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .bind(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(WireFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(WireFrameEncoder()))
+                    return try Connection(wrappingChannelSynchronously: channel)
+                }
+            }
+        onBound(server.channel.localAddress?.port ?? port)
+        logger.info("worker port listening", metadata: ["ccgate.port": "\(server.channel.localAddress?.port ?? port)"])
+        try await withTaskCancellationHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                try await server.executeThenClose { inbound in
+                    for try await connection in inbound {
+                        group.addTask { await self.serve(connection) }
+                    }
+                }
+            }
+        } onCancel: {
+            server.channel.close(promise: nil)
+        }
+    }
+
+    func record(_ event: AuditEvent) {
+        do { try audit?.append(event) } catch { logger.error("audit append failed", metadata: ["error": "\(error)"]) }
+    }
+
+    /// A failure that ends a worker connection with a coded error message.
+    struct SessionEnd: Error {
+        let code: String
+        let message: String
+    }
+
+    func serve(_ connection: Connection) async {
+        let peer = connection.channel.remoteAddress?.description ?? "?"
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var iterator = inbound.makeAsyncIterator()
+                do {
+                    try await self.session(connection, &iterator, outbound)
+                } catch let end as SessionEnd {
+                    try? await outbound.write(.error(.init(code: end.code, message: end.message)))
+                } catch let frame as FrameError {
+                    logger.notice("bad frame from worker connection", metadata: ["ccgate.peer": "\(peer)", "error": "\(frame)"])
+                    record(AuditEvent(event: "protocol-error", decision: "closed", reasons: [frame.code], detail: ["peer": peer, "message": frame.description]))
+                    try? await outbound.write(.error(.init(code: frame.code, message: frame.description)))
+                }
+            }
+        } catch {
+            logger.debug("worker connection ended", metadata: ["ccgate.peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    /// Closes the connection unless `body` finishes within `timeout`.
+    func withDeadline<T>(_ connection: Connection, _ timeout: Duration, _ body: () async throws -> T) async throws -> T {
+        let watchdog = Task {
+            try await Task.sleep(for: timeout)
+            connection.channel.close(promise: nil)
+        }
+        defer { watchdog.cancel() }
+        return try await body()
+    }
+
+    func session(_ connection: Connection, _ inbound: inout NIOAsyncChannelInboundStream<WireMessage>.AsyncIterator,
+                 _ outbound: NIOAsyncChannelOutboundWriter<WireMessage>) async throws {
+        // 1. Hello.
+        let first = try await withDeadline(connection, timings.handshakeTimeout) { try await inbound.next() }
+        guard case .hello(let hello)? = first else {
+            throw SessionEnd(code: first == nil ? ProtocolErrorCode.timeout : ProtocolErrorCode.unexpectedMessage,
+                             message: "expected hello")
+        }
+        try validate(hello)
+
+        // 2. Challenge and evidence.
+        let nonce = Data(SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) })
+        try await outbound.write(.challenge(.init(nonce: nonce)))
+        let answer = try await withDeadline(connection, timings.handshakeTimeout) { try await inbound.next() }
+        guard case .evidence(let evidence)? = answer else {
+            throw SessionEnd(code: answer == nil ? ProtocolErrorCode.timeout : ProtocolErrorCode.unexpectedMessage,
+                             message: "expected evidence")
+        }
+        let verdict = admission.evaluate(envelope: evidence.envelope, nonce: nonce, workerPublicKeys: hello.kemPublicKey)
+        let evidenceDigest = HashAlgorithm.sha256.hash(evidence.envelope).hex
+        guard verdict.isAccepted, let claims = verdict.claims else {
+            let reason = verdict.reasons.first
+            record(AuditEvent(event: "admission", worker: hello.workerID, decision: "reject", reasons: verdict.reasons.map(\.code.rawValue),
+                              detail: ["evidence_sha256": evidenceDigest, "message": reason?.message ?? "", "policy": admission.policy.name]))
+            logger.notice("worker rejected", metadata: ["ccgate.worker.id": "\(hello.workerID)", "ccgate.reason": "\(reason?.code.rawValue ?? "")"])
+            try await outbound.write(.rejected(.init(code: reason?.code.rawValue ?? "evidence.malformed", message: reason?.message ?? "")))
+            return
+        }
+
+        // 3. Admit: a fresh session key, sealed to the key the quote is bound to.
+        let sessionID = UUID().uuidString.lowercased()
+        let sessionKey = SymmetricKey(size: .bits256)
+        let sealed = try SessionKeySealing.seal(sessionKey, to: hello.kemPublicKey, context: Data(sessionID.utf8) + nonce)
+        let (outbox, outboxContinuation) = AsyncStream<WireMessage>.makeStream()
+        let link = WorkerLink(
+            workerID: hello.workerID, sessionID: sessionID, models: hello.models, kemPublicKey: hello.kemPublicKey,
+            sealer: ChannelSealer(sessionKey: sessionKey, sessionID: sessionID, direction: .gatewayToWorker),
+            opener: ChannelOpener(sessionKey: sessionKey, sessionID: sessionID, direction: .workerToGateway),
+            outbox: outboxContinuation)
+        try await outbound.write(.admitted(.init(sessionID: sessionID, encapsulatedKey: sealed.encapsulatedKey,
+                                                 sealedSessionKey: sealed.ciphertext,
+                                                 reattestSeconds: Int(timings.reattestInterval.components.seconds))))
+        if let previous = registry.add(link, at: admission.clock.now()) {
+            previous.close(reason: "replaced by a new session of the same worker")
+        }
+        record(AuditEvent(event: "admission", worker: hello.workerID, decision: "admit", detail: [
+            "evidence_sha256": evidenceDigest, "session": sessionID, "policy": admission.policy.name,
+            "models": hello.models.joined(separator: ","),
+            "measurements": claims.measuredFiles.map { "\($0.path)=\($0.digestHex)" }.joined(separator: ";"),
+        ]))
+        record(AuditEvent(event: "session-key", worker: hello.workerID, decision: "issued", detail: ["session": sessionID, "kem": "X25519-HKDF-SHA256/ChaCha20Poly1305"]))
+        logger.info("worker admitted", metadata: ["ccgate.worker.id": "\(hello.workerID)", "ccgate.session": "\(sessionID)"])
+
+        // 4. Serve: drain the outbox, re-attest on a schedule, route what the worker sends.
+        let reattest = ReattestState()
+        var endReason = "worker disconnected"
+        var endCode = "worker.disconnected"
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await message in outbox { try await outbound.write(message) }
+                }
+                group.addTask {
+                    while true {
+                        try await Task.sleep(for: self.timings.reattestInterval)
+                        let fresh = Data(SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) })
+                        guard reattest.begin(fresh) else {
+                            // The previous challenge is still unanswered: the worker is not answering.
+                            connection.channel.close(promise: nil)
+                            return
+                        }
+                        link.sendControl(.challenge(.init(nonce: fresh)))
+                        try await Task.sleep(for: self.timings.handshakeTimeout)
+                        if reattest.outstanding != nil { connection.channel.close(promise: nil) }
+                    }
+                }
+                defer { group.cancelAll() }
+                while let message = try await inbound.next() {
+                    switch message {
+                    case .sealed(let box):
+                        let plain: Data
+                        do { plain = try link.opener.open(box) } catch {
+                            throw SessionEnd(code: ProtocolErrorCode.channelAuthentication, message: "\(error)")
+                        }
+                        guard let payload = try? JSONDecoder().decode(ChannelPayload.self, from: plain) else {
+                            throw SessionEnd(code: ProtocolErrorCode.malformedFrame, message: "sealed payload is not a channel message")
+                        }
+                        link.deliver(payload)
+                    case .evidence(let fresh):
+                        guard let expected = reattest.finish() else {
+                            throw SessionEnd(code: ProtocolErrorCode.unexpectedMessage, message: "evidence without a challenge")
+                        }
+                        let again = admission.evaluate(envelope: fresh.envelope, nonce: expected, workerPublicKeys: hello.kemPublicKey)
+                        let digest = HashAlgorithm.sha256.hash(fresh.envelope).hex
+                        if again.isAccepted {
+                            record(AuditEvent(event: "reattestation", worker: hello.workerID, decision: "pass", detail: ["evidence_sha256": digest, "session": sessionID]))
+                        } else {
+                            let reason = again.reasons.first
+                            record(AuditEvent(event: "reattestation", worker: hello.workerID, decision: "fail",
+                                              reasons: again.reasons.map(\.code.rawValue), detail: ["evidence_sha256": digest, "message": reason?.message ?? ""]))
+                            endCode = reason?.code.rawValue ?? "evidence.malformed"
+                            endReason = "re-attestation failed: \(reason?.message ?? "")"
+                            throw SessionEnd(code: endCode, message: endReason)
+                        }
+                    default:
+                        throw SessionEnd(code: ProtocolErrorCode.unexpectedMessage, message: "unexpected \(message.typeName) from an admitted worker")
+                    }
+                }
+            }
+        } catch let end as SessionEnd {
+            endCode = end.code
+            endReason = end.message
+            finish(link, code: endCode, reason: endReason)
+            throw end
+        } catch {
+            endReason = "connection error: \(error)"
+            finish(link, code: endCode, reason: endReason)
+            throw error
+        }
+        finish(link, code: endCode, reason: endReason)
+    }
+
+    func finish(_ link: WorkerLink, code: String, reason: String) {
+        link.close(reason: reason)
+        registry.remove(workerID: link.workerID, sessionID: link.sessionID)
+        record(AuditEvent(event: "eviction", worker: link.workerID, decision: "evicted", reasons: [code],
+                          detail: ["session": link.sessionID, "message": reason]))
+        logger.notice("worker evicted", metadata: ["ccgate.worker.id": "\(link.workerID)", "ccgate.reason": "\(reason)"])
+    }
+
+    /// Bounds on hello: ids are names, not payloads; a worker serves a handful of models.
+    func validate(_ hello: WireMessage.Hello) throws {
+        guard hello.protocolVersion == 1 else {
+            throw SessionEnd(code: ProtocolErrorCode.badHello, message: "protocol version \(hello.protocolVersion) is not supported (1)")
+        }
+        let idOK = (1...128).contains(hello.workerID.utf8.count)
+            && hello.workerID.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "-_.:".unicodeScalars.contains($0) }
+        guard idOK else { throw SessionEnd(code: ProtocolErrorCode.badHello, message: "worker id must be 1-128 characters of [A-Za-z0-9-_.:]") }
+        guard hello.kemPublicKey.count == 32 else { throw SessionEnd(code: ProtocolErrorCode.badHello, message: "KEM public key must be 32 bytes") }
+        guard (1...16).contains(hello.models.count), hello.models.allSatisfy({ (1...256).contains($0.utf8.count) }) else {
+            throw SessionEnd(code: ProtocolErrorCode.badHello, message: "a worker serves 1-16 models with names of 1-256 bytes")
+        }
+    }
+}
+
+/// The outstanding re-attestation challenge of one session.
+final class ReattestState: Sendable {
+    private let nonce = Mutex<Data?>(nil)
+    /// Records a new challenge; false if the previous one is still unanswered.
+    func begin(_ fresh: Data) -> Bool {
+        nonce.withLock { n in
+            guard n == nil else { return false }
+            n = fresh
+            return true
+        }
+    }
+    func finish() -> Data? { nonce.withLock { n in defer { n = nil }; return n } }
+    var outstanding: Data? { nonce.withLock { $0 } }
+}

@@ -1,0 +1,181 @@
+import Crypto
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Sealing
+import Synchronization
+import WorkerProtocol
+
+/// The gateway refused this worker (attestation or policy); retrying unchanged will not help.
+public struct WorkerRejected: Error, CustomStringConvertible {
+    public let code: String
+    public let message: String
+    public var description: String { "gateway rejected this worker: \(code): \(message)" }
+}
+
+/// The worker's outbound connection to the gateway: hello, attestation on every challenge,
+/// the sealed session, and requests forwarded to the engine with responses streamed back.
+///
+/// The worker dials out (it may sit behind a home NAT); it never listens.
+public final class GatewayClient: Sendable {
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var workerID: String
+        public var models: [String]
+        public init(host: String, port: Int, workerID: String, models: [String]) {
+            self.host = host
+            self.port = port
+            self.workerID = workerID
+            self.models = models
+        }
+    }
+
+    public enum Event: Sendable, Equatable {
+        case connected
+        case admitted(sessionID: String)
+        case reattested
+    }
+
+    let configuration: Configuration
+    let attestor: Attestor
+    let engine: EngineClient
+    let kem: WorkerKEMKey
+    let logger: Logger
+    let onEvent: @Sendable (Event) -> Void
+
+    public init(configuration: Configuration, attestor: Attestor, engine: EngineClient, kem: WorkerKEMKey = WorkerKEMKey(),
+                logger: Logger = Logger(label: "ccworker"), onEvent: @escaping @Sendable (Event) -> Void = { _ in }) {
+        self.configuration = configuration
+        self.attestor = attestor
+        self.engine = engine
+        self.kem = kem
+        self.logger = logger
+        self.onEvent = onEvent
+    }
+
+    typealias Connection = NIOAsyncChannel<WireMessage, WireMessage>
+
+    /// Session state once admitted.
+    final class Session: Sendable {
+        let id: String
+        let sealer: ChannelSealer
+        let opener: ChannelOpener
+        let outbox: AsyncStream<WireMessage>.Continuation
+        let tasks = Mutex<[UInt64: Task<Void, Never>]>([:])
+
+        init(id: String, key: SymmetricKey, outbox: AsyncStream<WireMessage>.Continuation) {
+            self.id = id
+            sealer = ChannelSealer(sessionKey: key, sessionID: id, direction: .workerToGateway)
+            opener = ChannelOpener(sessionKey: key, sessionID: id, direction: .gatewayToWorker)
+            self.outbox = outbox
+        }
+
+        func send(_ payload: ChannelPayload) throws {
+            let json = try JSONEncoder().encode(payload)
+            try sealer.seal(json) { outbox.yield(.sealed($0)) }
+        }
+    }
+
+    /// Connects once and serves until the connection ends. Throws `WorkerRejected` when the
+    /// gateway refuses the evidence.
+    public func runOnce() async throws {
+        let connection = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.seconds(10))
+            .connect(host: configuration.host, port: configuration.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(WireFrameDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(WireFrameEncoder()))
+                    return try Connection(wrappingChannelSynchronously: channel)
+                }
+            }
+        onEvent(.connected)
+        let (outbox, outboxContinuation) = AsyncStream<WireMessage>.makeStream()
+        try await connection.executeThenClose { inbound, outbound in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await message in outbox { try await outbound.write(message) }
+                }
+                defer {
+                    outboxContinuation.finish()
+                    group.cancelAll()
+                }
+                outboxContinuation.yield(.hello(.init(workerID: configuration.workerID, kemPublicKey: kem.publicKeyBytes,
+                                                      models: configuration.models)))
+                var session: Session?
+                var admissionNonce: Data?
+                for try await message in inbound {
+                    switch message {
+                    case .challenge(let challenge):
+                        if session == nil { admissionNonce = challenge.nonce }
+                        let binding = attestationBinding(nonce: challenge.nonce, workerPublicKeys: kem.publicKeyBytes)
+                        let envelope = try await attestor.evidence(binding: binding)
+                        outboxContinuation.yield(.evidence(.init(envelope: envelope)))
+                        if session != nil { onEvent(.reattested) }
+                    case .admitted(let admitted):
+                        guard session == nil, let nonce = admissionNonce else {
+                            throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage, message: "admitted twice")
+                        }
+                        let key = try SessionKeySealing.open(
+                            .init(encapsulatedKey: admitted.encapsulatedKey, ciphertext: admitted.sealedSessionKey), with: kem,
+                            context: Data(admitted.sessionID.utf8) + nonce)
+                        session = Session(id: admitted.sessionID, key: key, outbox: outboxContinuation)
+                        logger.info("admitted", metadata: ["ccworker.session": "\(admitted.sessionID)"])
+                        onEvent(.admitted(sessionID: admitted.sessionID))
+                    case .rejected(let rejection):
+                        throw WorkerRejected(code: rejection.code, message: rejection.message)
+                    case .error(let error):
+                        throw WorkerRejected(code: error.code, message: error.message)
+                    case .sealed(let box):
+                        guard let session else {
+                            throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage, message: "sealed message before admission")
+                        }
+                        let payload = try JSONDecoder().decode(ChannelPayload.self, from: try session.opener.open(box))
+                        handle(payload, in: session)
+                    case .hello, .evidence:
+                        throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage, message: "unexpected \(message.typeName)")
+                    }
+                }
+                if let session {
+                    for task in session.tasks.withLock({ Array($0.values) }) { task.cancel() }
+                }
+            }
+        }
+    }
+
+    func handle(_ payload: ChannelPayload, in session: Session) {
+        switch payload {
+        case .request(let id, let method, let path, let body):
+            // Only the API the gateway fronts is forwarded; nothing else on the engine is reachable.
+            guard method == "POST", ["/v1/chat/completions", "/v1/completions"].contains(path) else {
+                try? session.send(.failure(id: id, message: "path not forwarded: \(method) \(path)"))
+                return
+            }
+            let task = Task {
+                do {
+                    try await engine.send(
+                        method: method, path: path, body: body,
+                        onHead: { status, type in try session.send(.head(id: id, status: status, contentType: type)) },
+                        onData: { data in
+                            var offset = 0
+                            while offset < data.count {
+                                let end = min(offset + 256 * 1024, data.count)
+                                try session.send(.data(id: id, bytes: data.subdata(in: offset..<end)))
+                                offset = end
+                            }
+                        })
+                    try session.send(.end(id: id))
+                } catch {
+                    try? session.send(.failure(id: id, message: "engine: \(error)"))
+                }
+                _ = session.tasks.withLock { $0.removeValue(forKey: id) }
+            }
+            session.tasks.withLock { $0[id] = task }
+        case .cancel(let id):
+            session.tasks.withLock { $0.removeValue(forKey: id) }?.cancel()
+        default:
+            break
+        }
+    }
+}

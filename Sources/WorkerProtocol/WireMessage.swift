@@ -1,0 +1,146 @@
+import Foundation
+
+/// Messages between a worker and the gateway's worker port. Each travels as one frame:
+/// a 4-byte big-endian length, then that many bytes of JSON (`{"type": …, …}`).
+///
+/// Sequence: worker `hello` → gateway `challenge` → worker `evidence` → gateway `admitted` (or
+/// `rejected`, then close). Then `sealed` messages both ways, and at any time a gateway
+/// `challenge` that the worker answers with fresh `evidence` (re-attestation). `error` ends a
+/// connection with a reason.
+public enum WireMessage: Sendable, Equatable {
+    case hello(Hello)
+    case challenge(Challenge)
+    case evidence(EvidenceMessage)
+    case admitted(Admitted)
+    case rejected(Rejection)
+    case sealed(Data)
+    case error(Rejection)
+
+    public struct Hello: Codable, Sendable, Equatable {
+        public var protocolVersion: Int
+        public var workerID: String
+        /// The worker's X25519 KEM public key (32 bytes): bound into every quote, and the key the
+        /// session key is sealed to.
+        public var kemPublicKey: Data
+        public var models: [String]
+
+        public init(protocolVersion: Int = 1, workerID: String, kemPublicKey: Data, models: [String]) {
+            self.protocolVersion = protocolVersion
+            self.workerID = workerID
+            self.kemPublicKey = kemPublicKey
+            self.models = models
+        }
+    }
+
+    public struct Challenge: Codable, Sendable, Equatable {
+        public var nonce: Data
+        public init(nonce: Data) { self.nonce = nonce }
+    }
+
+    public struct EvidenceMessage: Codable, Sendable, Equatable {
+        /// The evidence envelope's JSON bytes.
+        public var envelope: Data
+        public init(envelope: Data) { self.envelope = envelope }
+    }
+
+    public struct Admitted: Codable, Sendable, Equatable {
+        public var sessionID: String
+        public var encapsulatedKey: Data
+        public var sealedSessionKey: Data
+        public var reattestSeconds: Int
+        public init(sessionID: String, encapsulatedKey: Data, sealedSessionKey: Data, reattestSeconds: Int) {
+            self.sessionID = sessionID
+            self.encapsulatedKey = encapsulatedKey
+            self.sealedSessionKey = sealedSessionKey
+            self.reattestSeconds = reattestSeconds
+        }
+    }
+
+    public struct Rejection: Codable, Sendable, Equatable {
+        public var code: String
+        public var message: String
+        public init(code: String, message: String) {
+            self.code = code
+            self.message = message
+        }
+    }
+
+    public var typeName: String {
+        switch self {
+        case .hello: "hello"
+        case .challenge: "challenge"
+        case .evidence: "evidence"
+        case .admitted: "admitted"
+        case .rejected: "rejected"
+        case .sealed: "sealed"
+        case .error: "error"
+        }
+    }
+}
+
+extension WireMessage: Codable {
+    private enum Keys: String, CodingKey { case type, body }
+    private struct SealedBody: Codable { var box: Data }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: Keys.self)
+        switch try c.decode(String.self, forKey: .type) {
+        case "hello": self = .hello(try c.decode(Hello.self, forKey: .body))
+        case "challenge": self = .challenge(try c.decode(Challenge.self, forKey: .body))
+        case "evidence": self = .evidence(try c.decode(EvidenceMessage.self, forKey: .body))
+        case "admitted": self = .admitted(try c.decode(Admitted.self, forKey: .body))
+        case "rejected": self = .rejected(try c.decode(Rejection.self, forKey: .body))
+        case "sealed": self = .sealed(try c.decode(SealedBody.self, forKey: .body).box)
+        case "error": self = .error(try c.decode(Rejection.self, forKey: .body))
+        case let other:
+            throw DecodingError.dataCorruptedError(forKey: .type, in: c, debugDescription: "unknown message type \(other)")
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(typeName, forKey: .type)
+        switch self {
+        case .hello(let v): try c.encode(v, forKey: .body)
+        case .challenge(let v): try c.encode(v, forKey: .body)
+        case .evidence(let v): try c.encode(v, forKey: .body)
+        case .admitted(let v): try c.encode(v, forKey: .body)
+        case .rejected(let v), .error(let v): try c.encode(v, forKey: .body)
+        case .sealed(let box): try c.encode(SealedBody(box: box), forKey: .body)
+        }
+    }
+}
+
+/// Contents of `sealed` messages, after opening.
+public enum ChannelPayload: Codable, Sendable, Equatable {
+    /// Gateway → worker: an API request to forward to the engine.
+    case request(id: UInt64, method: String, path: String, body: Data)
+    /// Worker → gateway: the engine's response status and content type.
+    case head(id: UInt64, status: Int, contentType: String)
+    /// Worker → gateway: response bytes, forwarded as they arrive.
+    case data(id: UInt64, bytes: Data)
+    /// Worker → gateway: the response is complete.
+    case end(id: UInt64)
+    /// Worker → gateway: the request failed (before or after the head).
+    case failure(id: UInt64, message: String)
+    /// Gateway → worker: the client went away; stop generating.
+    case cancel(id: UInt64)
+
+    public var id: UInt64 {
+        switch self {
+        case .request(let id, _, _, _), .head(let id, _, _), .data(let id, _), .end(let id), .failure(let id, _), .cancel(let id):
+            id
+        }
+    }
+}
+
+/// The protocol's own error codes (attestation failures use the evidence reason codes).
+public enum ProtocolErrorCode {
+    public static let malformedFrame = "protocol.malformed-frame"
+    public static let frameTooLarge = "protocol.frame-too-large"
+    public static let unexpectedMessage = "protocol.unexpected-message"
+    public static let badHello = "protocol.bad-hello"
+    public static let timeout = "protocol.timeout"
+    public static let channelAuthentication = "protocol.channel-authentication"
+    public static let evicted = "worker.evicted"
+}

@@ -1,0 +1,90 @@
+import ArgumentParser
+import AttestationCore
+import CommandLineSupport
+import Foundation
+import Gateway
+import Logging
+import Policy
+
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the gateway: the OpenAI-compatible API and the worker port.",
+        discussion: """
+            Workers dial the worker port, are challenged, attest, and are admitted under the policy; developers
+            call the API with one of the API keys. Every admission, rejection, re-attestation, eviction and key
+            issuance is appended to the audit log (JSON Lines, hash-chained).
+
+            Examples:
+              ccgate serve --api-key-file keys.txt --policy Policies/default.yaml --audit data/audit.jsonl
+              ccgate serve --port 0 --worker-port 0 --api-key demo-key
+            """)
+
+    @Option(help: ArgumentHelp("Address the API listens on.", valueName: "HOST")) var host = "127.0.0.1"
+    @Option(help: ArgumentHelp("API port (0: any free port).", valueName: "N")) var port = 8080
+    @Option(help: ArgumentHelp("Address the worker port listens on.", valueName: "HOST")) var workerHost = "127.0.0.1"
+    @Option(help: ArgumentHelp("Worker port (0: any free port).", valueName: "N")) var workerPort = 8444
+    @Option(name: .customLong("api-key"), help: ArgumentHelp("An accepted API key; repeatable.", valueName: "KEY"))
+    var apiKeys: [String] = []
+    @Option(help: ArgumentHelp("A file with one API key per line.", valueName: "FILE")) var apiKeyFile: String?
+    @Option(help: ArgumentHelp("The admission policy (YAML).", valueName: "FILE")) var policy = "Policies/default.yaml"
+    @Option(help: ArgumentHelp("Append the audit log here.", valueName: "FILE")) var audit = "data/audit.jsonl"
+    @Option(help: ArgumentHelp("Seconds between re-attestations of each worker.", valueName: "S")) var reattestSeconds = 60
+    @Option(help: ArgumentHelp("Write 'api=PORT worker=PORT' here once listening.", valueName: "FILE")) var portsFile: String?
+
+    func validate() throws {
+        guard (0...65535).contains(port), (0...65535).contains(workerPort) else { throw ValidationError("ports are 0-65535") }
+        guard (1...86400).contains(reattestSeconds) else { throw ValidationError("--reattest-seconds must be 1-86400") }
+    }
+
+    func run() throws {
+        var keys = apiKeys
+        if let apiKeyFile {
+            guard let text = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else { throw failure("\(apiKeyFile): cannot read") }
+            keys += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        }
+        guard !keys.isEmpty else { throw failure("no API keys: give --api-key KEY or --api-key-file FILE") }
+        var configuration = GatewayConfiguration()
+        configuration.host = host
+        configuration.port = port
+        configuration.workerHost = workerHost
+        configuration.workerPort = workerPort
+        configuration.apiKeys = keys
+        do { configuration.policy = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: policy)) } catch {
+            throw failure("policy \(policy) is invalid:\n\(error)")
+        }
+        configuration.auditPath = URL(fileURLWithPath: audit)
+        configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))
+        let portsFile = self.portsFile
+        let settings = configuration
+        let server = GatewayServer(configuration: settings)
+        let result = BlockingRun.run {
+            try await server.run { api, worker in
+                FileHandle.standardError.write(Data("ccgate: API on http://\(settings.host):\(api), worker port \(settings.workerHost):\(worker), policy '\(settings.policy.name)'\n".utf8))
+                if let portsFile { try? Data("api=\(api) worker=\(worker)\n".utf8).write(to: URL(fileURLWithPath: portsFile), options: .atomic) }
+            }
+        }
+        if case .failure(let error) = result { throw failure("\(error)", status: 1) }
+    }
+}
+
+/// Runs async work from a synchronous command's `run`.
+enum BlockingRun {
+    static func run(_ body: @escaping @Sendable () async throws -> Void) -> Result<Void, any Error> {
+        let box = ResultBox()
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            do { try await body() } catch { box.set(.failure(error)) }
+            done.signal()
+        }
+        done.wait()
+        return box.get()
+    }
+
+    final class ResultBox: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value: Result<Void, any Error> = .success(())
+        func set(_ v: Result<Void, any Error>) { lock.withLock { value = v } }
+        func get() -> Result<Void, any Error> { lock.withLock { value } }
+    }
+}

@@ -1,0 +1,121 @@
+import ArgumentParser
+import AttestationCore
+import CommandLineSupport
+import Foundation
+import Logging
+import WorkerAgent
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the worker: measure the engine and model, dial the gateway, attest, serve sealed requests.",
+        discussion: """
+            The engine binary and the model file are measured (SHA-256) into an ima-ng log and extended into
+            --measure-pcr; every gateway challenge is answered with a fresh quote bound to SHA-256(nonce ‖ the
+            worker's key). With --engine-command the engine is started and restarted when it exits; give its
+            arguments after --.
+
+            Example:
+              ccworker run --gateway 127.0.0.1:8444 --tpm swtpm:host=127.0.0.1,port=2321 \\
+                --engine ./ccinfer --model ./model.gguf --model-name smollm2 --engine-url http://127.0.0.1:8081 \\
+                --engine-command -- ./ccinfer serve --model ./model.gguf --port 8081
+            """)
+
+    @Option(help: ArgumentHelp("The gateway's worker port.", valueName: "HOST:PORT")) var gateway: String
+    @Option(help: ArgumentHelp("TPM as a TCTI string.", valueName: "TCTI")) var tpm = "device:/dev/tpmrm0"
+    @Option(help: ArgumentHelp("The engine binary to measure.", valueName: "PATH")) var engine: String
+    @Option(help: ArgumentHelp("The model file to measure.", valueName: "PATH")) var model: String
+    @Option(help: ArgumentHelp("Model name this worker serves (as clients request it).", valueName: "NAME")) var modelName: String
+    @Option(help: ArgumentHelp("Where the engine's OpenAI API listens (loopback).", valueName: "URL")) var engineURL = "http://127.0.0.1:8081"
+    @Option(help: ArgumentHelp("This worker's id.", valueName: "ID")) var workerID = ProcessInfo.processInfo.hostName
+    @Option(help: ArgumentHelp("The PCR measurements are extended into.", valueName: "N")) var measurePCR = 23
+    @Option(help: ArgumentHelp("Attestation key algorithm: ecc or rsa.", valueName: "ALG")) var ak = "ecc"
+    @Flag(help: "Start and supervise the engine with the arguments after --.") var engineCommand = false
+    @Argument(parsing: .postTerminator, help: "The engine command (with --engine-command).") var command: [String] = []
+
+    func validate() throws {
+        guard hostPort != nil else { throw ValidationError("--gateway must be HOST:PORT") }
+        guard EngineClient(url: engineURL) != nil else { throw ValidationError("--engine-url must be http://HOST:PORT") }
+        guard AttestationKeyAlgorithm(rawValue: ak) != nil else { throw ValidationError("--ak must be ecc or rsa") }
+        for path in [engine, model] where !FileManager.default.isReadableFile(atPath: path) {
+            throw ValidationError("\(path): not a readable file")
+        }
+        if engineCommand, command.isEmpty { throw ValidationError("--engine-command needs the command after --") }
+    }
+
+    var hostPort: (String, Int)? {
+        guard let colon = gateway.lastIndex(of: ":"), let port = Int(gateway[gateway.index(after: colon)...]) else { return nil }
+        return (String(gateway[..<colon]), port)
+    }
+
+    func run() throws {
+        var logger = Logger(label: "ccworker")
+        logger.logLevel = .info
+        let (host, port) = hostPort!
+        let engineClient = EngineClient(url: engineURL)!
+        let attestor: Attestor
+        do {
+            attestor = try Attestor(tcti: tpm, akAlgorithm: AttestationKeyAlgorithm(rawValue: ak)!,
+                                    files: [URL(fileURLWithPath: engine).standardizedFileURL, URL(fileURLWithPath: model).standardizedFileURL],
+                                    measurePCR: measurePCR)
+        } catch {
+            throw ReportedFailure("ccworker", "\(error)", status: 1)
+        }
+        let supervisor = engineCommand ? EngineSupervisor(command: command, logger: logger) : nil
+        let client = GatewayClient(configuration: .init(host: host, port: port, workerID: workerID, models: [modelName]),
+                                   attestor: attestor, engine: engineClient, logger: logger)
+        let outcome = WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)
+        supervisor?.stop()
+        if let rejected = outcome { throw ReportedFailure("ccworker", rejected.description, status: 1) }
+    }
+}
+
+/// Waits for the engine, then keeps a gateway connection up, reconnecting with backoff, until
+/// the gateway rejects this worker (returned) or the process is stopped.
+enum WorkerLoop {
+    static func run(client: GatewayClient, engine: EngineClient, supervisor: EngineSupervisor?, logger: Logger) -> WorkerRejected? {
+        let done = DispatchSemaphore(value: 0)
+        let result = Box()
+        Task {
+            await withTaskGroup(of: Void.self) { group in
+                if let supervisor { group.addTask { await supervisor.run() } }
+                group.addTask {
+                    var waited = 0
+                    while !(await engine.isReady()) {
+                        if waited % 10 == 0 { logger.info("waiting for the engine", metadata: ["ccworker.engine": "\(engine.host):\(engine.port)"]) }
+                        waited += 1
+                        try? await Task.sleep(for: .seconds(1))
+                    }
+                    var delay: Duration = .seconds(1)
+                    while !Task.isCancelled {
+                        do {
+                            try await client.runOnce()
+                            logger.notice("gateway connection closed; reconnecting")
+                        } catch let rejected as WorkerRejected {
+                            logger.error("rejected", metadata: ["ccworker.reason": "\(rejected.code)", "message": "\(rejected.message)"])
+                            if !rejected.code.hasPrefix("protocol.") && rejected.code != "worker.disconnected" {
+                                result.set(rejected)
+                                return
+                            }
+                        } catch {
+                            logger.warning("gateway connection failed", metadata: ["error": "\(error)"])
+                        }
+                        try? await Task.sleep(for: delay)
+                        delay = min(delay * 2, .seconds(30))
+                    }
+                }
+                await group.next()
+                group.cancelAll()
+            }
+            done.signal()
+        }
+        done.wait()
+        return result.get()
+    }
+
+    final class Box: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value: WorkerRejected?
+        func set(_ v: WorkerRejected) { lock.withLock { value = v } }
+        func get() -> WorkerRejected? { lock.withLock { value } }
+    }
+}
