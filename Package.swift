@@ -103,7 +103,10 @@ let package = Package(
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
         .testTarget(
             name: "GatewayTests",
-            dependencies: ["Gateway", "WorkerAgent", "WorkerProtocol", "AuditLog", "Sealing", "Policy", "TestSupport"] + nio,
+            dependencies: [
+                "Gateway", "WorkerAgent", "WorkerProtocol", "AuditLog", "Sealing", "Policy", "TestSupport",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ] + nio,
             swiftSettings: strict),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "WorkerAgent"], swiftSettings: strict),
     ]

@@ -61,6 +61,19 @@ struct Run: ParsableCommand {
             throw ReportedFailure("ccworker", "\(error)", status: 1)
         }
         let supervisor = engineCommand ? EngineSupervisor(command: command, logger: logger) : nil
+        // Stop the engine with the worker: SIGTERM and SIGINT end both.
+        let signalSources = [SIGTERM, SIGINT].map { sig -> any DispatchSourceSignal in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                logger.notice("stopping", metadata: ["ccworker.signal": "\(sig)"])
+                supervisor?.stop()
+                Foundation.exit(0)
+            }
+            source.resume()
+            return source
+        }
+        defer { signalSources.forEach { $0.cancel() } }
         let client = GatewayClient(configuration: .init(host: host, port: port, workerID: workerID, models: [modelName]),
                                    attestor: attestor, engine: engineClient, logger: logger)
         let outcome = WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)

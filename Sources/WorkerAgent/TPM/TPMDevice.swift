@@ -33,7 +33,8 @@ public enum AttestationKeyAlgorithm: String, Sendable, CaseIterable {
 /// TPM object slots leak (a TPM without a resource manager has only three).
 public final class AttestationKey {
     let handle: ESYS_TR
-    unowned let device: TPMDevice
+    // Strong: the key must be flushed before its TPM connection closes.
+    let device: TPMDevice
     /// TPM2B_PUBLIC bytes, as marshaled by the TPM.
     public let tpm2bPublic: Data
     public let algorithm: AttestationKeyAlgorithm
