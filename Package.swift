@@ -107,6 +107,7 @@ let package = Package(
                 "Gateway", "WorkerAgent", "WorkerProtocol", "AuditLog", "Sealing", "Policy", "TestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
             ] + nio,
+            exclude: ["openai_sdk_check.py"],
             swiftSettings: strict),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "WorkerAgent"], swiftSettings: strict),
     ]

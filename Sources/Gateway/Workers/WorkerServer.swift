@@ -47,11 +47,14 @@ public final class WorkerServer: Sendable {
     public func run(host: String, port: Int, onBound: @Sendable (Int) -> Void = { _ in }) async throws {
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // A peer that stops sending still gets the error that explains why it is dropped.
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
             .bind(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(WireFrameDecoder()))
                     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(WireFrameEncoder()))
-                    return try Connection(wrappingChannelSynchronously: channel)
+                    return try Connection(wrappingChannelSynchronously: channel,
+                                          configuration: .init(isOutboundHalfClosureEnabled: true))
                 }
             }
         onBound(server.channel.localAddress?.port ?? port)

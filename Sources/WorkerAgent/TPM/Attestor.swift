@@ -7,7 +7,8 @@ import Foundation
 public actor Attestor {
     let device: TPMDevice
     let key: AttestationKey
-    public let log: IMALog
+    public private(set) var log: IMALog
+    let measurePCR: Int
     public let pcrs: [Int]
 
     /// Opens the TPM, creates the AK, and measures `files` into `measurePCR`.
@@ -19,7 +20,15 @@ public actor Attestor {
         log = IMALog(entries: try files.map { try measurer.measure($0, into: device) })
         self.device = device
         self.key = key
+        self.measurePCR = measurePCR
         pcrs = Array(Set(quotedPCRs + [measurePCR])).sorted()
+    }
+
+    /// Measures another file (a model loaded later, an engine update) into the log and the PCR;
+    /// the next quote reports it, and the gateway's policy decides on it at re-attestation.
+    public func measure(_ url: URL) throws {
+        let entry = try FileMeasurer(pcr: measurePCR).measure(url, into: device)
+        log = IMALog(entries: log.entries + [entry])
     }
 
     /// A fresh quote bound to `binding` (SHA-256 of the gateway's nonce and this worker's keys).

@@ -1,0 +1,99 @@
+import AttestationCore
+import Foundation
+import Gateway
+import Policy
+import TestSupport
+import Testing
+import WorkerAgent
+
+/// The real thing: llama-cpp-python's server with SmolLM2-135M-Instruct behind an attested
+/// worker, reached through the gateway by curl and by the official openai Python SDK, unchanged.
+/// `scripts/engine-env` provides both (cached under ~/.cache/ccgate).
+@Suite(.serialized) struct RealEngineTests {
+    struct EngineEnvironment {
+        let venv: URL
+        let model: URL
+        let library: URL
+    }
+
+    static func environment() throws -> EngineEnvironment {
+        let result = try ProcessRunner.run(SharedTestData.packageRoot.appendingPathComponent("scripts/engine-env").path, [])
+        guard result.status == 0 else { throw SetupError("scripts/engine-env failed: \(result.stderr)") }
+        var values = [String: String]()
+        for line in result.stdout.split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1)
+            if parts.count == 2 { values[String(parts[0])] = String(parts[1]) }
+        }
+        guard let venv = values["VENV"], let model = values["MODEL"] else { throw SetupError("engine-env printed \(result.stdout)") }
+        let find = try ProcessRunner.run("find", [venv, "-path", "*site-packages/llama_cpp/lib/libllama.so"])
+        guard let library = find.stdout.split(separator: "\n").first else { throw SetupError("libllama.so not found in \(venv)") }
+        return EngineEnvironment(venv: URL(fileURLWithPath: venv), model: URL(fileURLWithPath: model), library: URL(fileURLWithPath: String(library)))
+    }
+
+    struct SetupError: Error, CustomStringConvertible {
+        let description: String
+        init(_ d: String) { description = d }
+    }
+
+    static func freePort() throws -> Int {
+        Int(try ProcessRunner.run("python3", ["-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"])
+            .stdout.trimmingCharacters(in: .whitespacesAndNewlines))!
+    }
+
+    @Test func completionsFromTheRealModelThroughTheGateway() async throws {
+        let env = try Self.environment()
+        let port = try Self.freePort()
+        let engine = EngineSupervisor(command: [env.venv.appendingPathComponent("bin/python").path, "-m", "llama_cpp.server",
+                                                "--model", env.model.path, "--host", "127.0.0.1", "--port", String(port), "--n_ctx", "1024"])
+        let supervision = Task { await engine.run() }
+        defer { engine.stop(); supervision.cancel() }
+        let client = EngineClient(port: port)
+        var ready = false
+        for _ in 0..<240 where !ready {
+            ready = await client.isReady()
+            if !ready { try await Task.sleep(for: .milliseconds(500)) }
+        }
+        try #require(ready, "the engine did not come up")
+
+        let policy = try PolicyDocument.parse("""
+            schema: ccgate.policy/v1
+            name: real
+            evidence: {formats: [tpm2-quote], tpm: {require_restricted_ak: true}}
+            measurements:
+              binaries: [{name: libllama.so, sha256: \(try FileMeasurer.digest(of: env.library).hex)}]
+              models: [{name: smollm2, sha256: b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53}]
+            """)
+        let gateway = try await GatewayHarness(policy: policy)
+        let worker = try await TestWorker(id: "gpu-1", gatewayPort: gateway.workerPort, enginePort: port,
+                                          measured: [env.library, env.model], modelName: "smollm2-135m-instruct")
+        defer { Task { await worker.stop(); await gateway.stop() } }
+        guard case .success = await worker.admitted() else { Issue.record("not admitted"); return }
+
+        let chat = #"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16,"temperature":0}"#
+        let plain = try gateway.request("/v1/chat/completions", method: "POST", body: chat)
+        #expect(plain.status == 200, "\(plain.body)")
+        let object = try JSONSerialization.jsonObject(with: Data(plain.body.utf8)) as? [String: Any]
+        let content = ((object?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String
+        #expect(content?.isEmpty == false)
+        #expect((object?["usage"] as? [String: Any])?["completion_tokens"] as? Int ?? 0 > 0)
+
+        let streaming = chat.replacingOccurrences(of: #""max_tokens":16"#, with: #""max_tokens":16,"stream":true"#)
+        let stream = try gateway.request("/v1/chat/completions", method: "POST", body: streaming)
+        #expect(stream.status == 200)
+        #expect(stream.body.components(separatedBy: "data: ").count > 3)
+        #expect(stream.body.contains("[DONE]"))
+
+        // The official openai SDK, unchanged, against the gateway.
+        let script = SharedTestData.packageRoot.appendingPathComponent("Tests/GatewayTests/openai_sdk_check.py").path
+        let sdk = try ProcessRunner.run(env.venv.appendingPathComponent("bin/python").path,
+                                        [script, gateway.baseURL + "/v1", gateway.apiKey, "smollm2-135m-instruct"])
+        #expect(sdk.status == 0, "\(sdk.stdout)\n\(sdk.stderr)")
+        let report = try JSONSerialization.jsonObject(with: sdk.stdoutData) as? [String: Any]
+        #expect(report?["models"] as? [String] == ["smollm2-135m-instruct"])
+        #expect((report?["chat"] as? String)?.isEmpty == false)
+        #expect(report?["stream_chunks"] as? Int ?? 0 > 1)
+        #expect((report?["completion"] as? String)?.isEmpty == false)
+        #expect(report?["unknown_model_error"] as? String == "NotFoundError")
+        #expect(report?["bad_key_error"] as? String == "AuthenticationError")
+    }
+}
