@@ -46,9 +46,10 @@ public enum SessionKeySealing {
     public struct Sealed: Sendable, Equatable {
         public let encapsulatedKey: Data
         public let ciphertext: Data
+        /// Both fields are stored zero-based, whatever slice they were made from.
         public init(encapsulatedKey: Data, ciphertext: Data) {
-            self.encapsulatedKey = encapsulatedKey
-            self.ciphertext = ciphertext
+            self.encapsulatedKey = Data([UInt8](encapsulatedKey))
+            self.ciphertext = Data([UInt8](ciphertext))
         }
     }
 

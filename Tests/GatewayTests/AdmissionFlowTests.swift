@@ -25,13 +25,13 @@ import WorkerProtocol
         defer { Task { await worker.stop(); await engine.stop(); await gateway.stop() } }
         guard case .success = await worker.admitted() else { Issue.record("not admitted"); return }
 
-        let models = try gateway.request("/v1/models")
+        let models = try await gateway.request("/v1/models")
         #expect(models.status == 200)
         #expect(models.body.contains("\"id\":\"fake\""))
-        let plain = try gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
+        let plain = try await gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
         #expect(plain.status == 200)
         #expect(plain.body.contains("hello from w1"))
-        let stream = try gateway.request("/v1/chat/completions", method: "POST", body: Self.streamingChat)
+        let stream = try await gateway.request("/v1/chat/completions", method: "POST", body: Self.streamingChat)
         #expect(stream.status == 200)
         #expect(stream.body.contains("w1-0") && stream.body.contains("w1-4") && stream.body.contains("[DONE]"))
         #expect(engine.requestCount == 2)
@@ -57,7 +57,7 @@ import WorkerProtocol
             return
         }
         #expect(rejected.code == "policy.measurement-not-allowed")
-        let response = try gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
+        let response = try await gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
         #expect(response.status == 404)
         #expect(engine.requestCount == 0)
         let events = try gateway.auditEvents()
@@ -107,7 +107,7 @@ import WorkerProtocol
         defer { Task { await a.stop(); await slow.stop(); await healthy.stop(); await gateway.stop() } }
 
         // Only worker a is admitted: the stream goes to it; kill a while it streams.
-        async let streamed = Task.detached { try gateway.request("/v1/chat/completions", method: "POST", body: Self.streamingChat) }.value
+        async let streamed = Task.detached { try await gateway.request("/v1/chat/completions", method: "POST", body: Self.streamingChat) }.value
         try await Task.sleep(for: .milliseconds(700))
         a.kill()
         let result = try await streamed
@@ -119,7 +119,7 @@ import WorkerProtocol
         let b = try await TestWorker(id: "b-healthy", gatewayPort: gateway.workerPort, enginePort: healthy.port, engine: Self.engine, model: Self.model)
         defer { Task { await b.stop() } }
         guard case .success = await b.admitted() else { Issue.record("b not admitted"); return }
-        let next = try gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
+        let next = try await gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
         #expect(next.status == 200)
         #expect(next.body.contains("hello from healthy"))
         let events = try gateway.auditEvents()
@@ -138,7 +138,7 @@ import WorkerProtocol
         guard case .success = await dead.admitted(), case .success = await good.admitted() else { Issue.record("not admitted"); return }
         // Least-loaded ties break by id, so "a-dead" is tried first every time.
         for _ in 0..<3 {
-            let response = try gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
+            let response = try await gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
             #expect(response.status == 200)
             #expect(response.body.contains("hello from healthy"))
         }

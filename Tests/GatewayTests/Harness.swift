@@ -62,12 +62,12 @@ final class GatewayHarness: Sendable {
 
     /// A request through curl (an independent HTTP client); returns status and body.
     func request(_ path: String, method: String = "GET", body: String? = nil, key: String? = nil,
-                 extra: [String] = []) throws -> (status: Int, body: String) {
+                 extra: [String] = []) async throws -> (status: Int, body: String) {
         var args = ["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, baseURL + path, "--max-time", "120"]
         if let k = key ?? Optional(apiKey), !k.isEmpty { args += ["-H", "Authorization: Bearer \(k)"] }
         if let body { args += ["-H", "Content-Type: application/json", "--data-binary", body] }
         args += extra
-        let result = try ProcessRunner.run("curl", args)
+        let result = try await ProcessRunner.run("curl", args)
         let text = result.stdout
         guard let cut = text.lastIndex(of: "\n") else { return (0, text) }
         return (Int(text[text.index(after: cut)...]) ?? 0, String(text[..<cut]))

@@ -97,7 +97,7 @@ import WorkerProtocol
                 #expect(Self.frames(answer).allSatisfy { if case .error = $0 { true } else { false } }, "\(name)")
             }
             // The admitted worker keeps serving.
-            let response = try gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat)
+            let response = try await gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat)
             #expect(response.status == 200, "after \(name)")
         }
         // A thousand random frames in a row do not take it down either.
@@ -105,7 +105,7 @@ import WorkerProtocol
             let length = Int.random(in: 1...64, using: &rng)
             _ = try Self.raw(withUnsafeBytes(of: UInt32(length).bigEndian) { Data($0) } + Data(rng.bytes(length)), port: gateway.workerPort)
         }
-        #expect(try gateway.request("/v1/models").status == 200)
+        #expect(try await gateway.request("/v1/models").status == 200)
         #expect(gateway.server.registry.isAdmitted("w"))
     }
 
@@ -133,14 +133,14 @@ import WorkerProtocol
         ]
         for (name, path, body, key, extra, status) in cases {
             let method = (body != nil || !extra.isEmpty) ? "POST" : "GET"
-            let response = try gateway.request(path, method: method, body: body, key: key, extra: extra)
+            let response = try await gateway.request(path, method: method, body: body, key: key, extra: extra)
             #expect(response.status == status, "\(name): \(response.body)")
             let object = try? JSONSerialization.jsonObject(with: Data(response.body.utf8)) as? [String: Any]
             let error = object?["error"] as? [String: Any]
             #expect(error?["message"] is String, "\(name): \(response.body)")
             #expect(error?["type"] is String, "\(name)")
         }
-        #expect(try gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat).status == 200)
+        #expect(try await gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat).status == 200)
         #expect(engine.requestCount == 1)
     }
 
@@ -164,12 +164,12 @@ import WorkerProtocol
         while let event = await iterator.next() {
             if case .reattested = event { break }
         }
-        #expect(try gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat).status == 200)
+        #expect(try await gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat).status == 200)
         try await attestor.measure(dir.file("other-model"))
         let outcome: (any Error)? = await { do { try await task.value; return nil } catch { return error } }()
         #expect((outcome as? WorkerRejected)?.code == "policy.measurement-not-allowed")
         #expect(!gateway.server.registry.isAdmitted("drifter"))
-        let after = try gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat)
+        let after = try await gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat)
         #expect(after.status == 404)
         #expect(engine.requestCount == 1)
         let events2 = try gateway.auditEvents()

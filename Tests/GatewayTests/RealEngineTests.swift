@@ -70,7 +70,7 @@ import WorkerAgent
         guard case .success = await worker.admitted() else { Issue.record("not admitted"); return }
 
         let chat = #"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16,"temperature":0}"#
-        let plain = try gateway.request("/v1/chat/completions", method: "POST", body: chat)
+        let plain = try await gateway.request("/v1/chat/completions", method: "POST", body: chat)
         #expect(plain.status == 200, "\(plain.body)")
         let object = try JSONSerialization.jsonObject(with: Data(plain.body.utf8)) as? [String: Any]
         let content = ((object?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String
@@ -78,14 +78,14 @@ import WorkerAgent
         #expect((object?["usage"] as? [String: Any])?["completion_tokens"] as? Int ?? 0 > 0)
 
         let streaming = chat.replacingOccurrences(of: #""max_tokens":16"#, with: #""max_tokens":16,"stream":true"#)
-        let stream = try gateway.request("/v1/chat/completions", method: "POST", body: streaming)
+        let stream = try await gateway.request("/v1/chat/completions", method: "POST", body: streaming)
         #expect(stream.status == 200)
         #expect(stream.body.components(separatedBy: "data: ").count > 3)
         #expect(stream.body.contains("[DONE]"))
 
         // The official openai SDK, unchanged, against the gateway.
         let script = SharedTestData.packageRoot.appendingPathComponent("Tests/GatewayTests/openai_sdk_check.py").path
-        let sdk = try ProcessRunner.run(env.venv.appendingPathComponent("bin/python").path,
+        let sdk = try await ProcessRunner.run(env.venv.appendingPathComponent("bin/python").path,
                                         [script, gateway.baseURL + "/v1", gateway.apiKey, "smollm2-135m-instruct"])
         #expect(sdk.status == 0, "\(sdk.stdout)\n\(sdk.stderr)")
         let report = try JSONSerialization.jsonObject(with: sdk.stdoutData) as? [String: Any]

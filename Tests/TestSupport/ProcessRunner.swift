@@ -53,6 +53,23 @@ public enum ProcessRunner {
             stderr: String(decoding: errData, as: UTF8.self), stdoutData: outData)
     }
 
+    /// The same, for async code: the wait happens on a thread of its own, never on one of the few
+    /// threads of Swift's cooperative pool (two on a two-core machine). A blocked pool thread
+    /// would starve the in-process servers a test is talking to.
+    @discardableResult
+    public static func run(
+        _ executable: String, _ arguments: [String], environment: [String: String] = [:],
+        stdin: Data? = nil, currentDirectory: URL? = nil
+    ) async throws -> ProcessResult {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(with: Result {
+                    try run(executable, arguments, environment: environment, stdin: stdin, currentDirectory: currentDirectory) as ProcessResult
+                })
+            }
+        }
+    }
+
     /// True when `name` is on PATH.
     public static func available(_ name: String) -> Bool {
         (try? run("sh", ["-c", "command -v \(name)"]).status) == 0
