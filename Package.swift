@@ -88,7 +88,11 @@ let package = Package(
             swiftSettings: strict),
         .executableTarget(
             name: "ccgate-bench",
-            dependencies: ["AttestationCore", "TPMVerifier", "WorkerAgent"],
+            dependencies: [
+                "AttestationCore", "TPMVerifier", "WorkerAgent", "Gateway", "Policy",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Benchmarks/ccgate-bench",
             swiftSettings: strict),
 

@@ -27,7 +27,7 @@ public struct EngineClient: Sendable {
     }
 
     /// Sends one request; `onHead` receives status and content type, `onData` each body chunk.
-    public func send(method: String, path: String, body: Data,
+    public func send(method: String, path: String, body: Data, headers extra: [(String, String)] = [],
                      onHead: (Int, String) async throws -> Void, onData: (Data) async throws -> Void) async throws {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(5))
@@ -43,6 +43,7 @@ public struct EngineClient: Sendable {
             head.headers.add(name: "Content-Type", value: "application/json")
             head.headers.add(name: "Content-Length", value: String(body.count))
             head.headers.add(name: "Connection", value: "close")
+            for (name, value) in extra { head.headers.add(name: name, value: value) }
             try await outbound.write(.head(head))
             if !body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
             try await outbound.write(.end(nil))
