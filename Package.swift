@@ -14,6 +14,7 @@ let package = Package(
     products: [
         .executable(name: "ccgate", targets: ["ccgate"]),
         .executable(name: "ccworker", targets: ["ccworker"]),
+        .executable(name: "ccinfer", targets: ["ccinfer"]),
         .library(name: "AttestationCore", targets: ["AttestationCore"]),
         .library(name: "TPMVerifier", targets: ["TPMVerifier"]),
     ],
@@ -43,6 +44,15 @@ let package = Package(
         .target(name: "Sealing", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         .target(name: "WorkerProtocol", dependencies: [.product(name: "NIOCore", package: "swift-nio")], swiftSettings: strict),
         .target(name: "AuditLog", dependencies: ["AttestationCore"], swiftSettings: strict),
+
+        // The inference engine: GGUF, tokenizer, chat templates, Vulkan kernels, OpenAI server.
+        // Kept free of package dependencies so that its measured binary stays small and its
+        // reproducible build quick.
+        .executableTarget(name: "spirv-embed", swiftSettings: strict),
+        .plugin(name: "SPIRVShaders", capability: .buildTool(), dependencies: ["spirv-embed"]),
+        .target(
+            name: "Inference", dependencies: ["CVulkan"], exclude: ["Shaders"], swiftSettings: strict,
+            plugins: ["SPIRVShaders"]),
 
         // Adapters.
         .target(
@@ -87,6 +97,10 @@ let package = Package(
             ],
             swiftSettings: strict),
         .executableTarget(
+            name: "ccinfer",
+            dependencies: ["Inference", "CommandLineSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        .executableTarget(
             name: "ccgate-bench",
             dependencies: [
                 "AttestationCore", "TPMVerifier", "WorkerAgent", "Gateway", "Policy",
@@ -113,6 +127,8 @@ let package = Package(
             ] + nio,
             exclude: ["openai_sdk_check.py"],
             swiftSettings: strict),
+        .testTarget(
+            name: "InferenceTests", dependencies: ["Inference", "TestSupport"], exclude: ["reference_llama.py"], swiftSettings: strict),
         .testTarget(name: "CLITests", dependencies: ["TestSupport", "WorkerAgent"], swiftSettings: strict),
     ]
 )

@@ -1,0 +1,454 @@
+import Foundation
+
+/// A GGUF model loaded onto a Vulkan device: weights in device memory (device-local where the
+/// device has it), a half-precision KV cache, and the kernels of one forward pass.
+///
+/// Not thread-safe: one `Engine` drives it from one thread at a time.
+public final class Transformer: @unchecked Sendable {
+    public let gguf: GGUFFile
+    public let config: ModelConfig
+    public let tokenizer: Tokenizer
+    public let chatTemplate: ChatTemplate?
+    public let device: VulkanDevice
+    /// Tokens the KV cache can hold.
+    public let contextLength: Int
+    /// Tokens evaluated per command buffer while reading a prompt.
+    public let batchSize: Int
+    /// Tokens whose keys and values are in the cache, in order.
+    public private(set) var cached: [Int] = []
+
+    struct Weight {
+        let name: String
+        let type: GGMLType
+        let rows: Int
+        let k: Int
+        /// Row ranges, each in its own buffers (a tensor may exceed one storage buffer).
+        let chunks: [(quants: VulkanBuffer, scales: VulkanBuffer, rowStart: Int, rowCount: Int)]
+        var quantized: Bool { type != .f16 && type != .f32 }
+    }
+
+    struct Layer {
+        let attnNorm: VulkanBuffer
+        let ffnNorm: VulkanBuffer
+        let wq: Weight, wk: Weight, wv: Weight, wo: Weight
+        let gate: Weight, up: Weight, down: Weight
+        let bq: VulkanBuffer?, bk: VulkanBuffer?, bv: VulkanBuffer?
+        let qNorm: VulkanBuffer?, kNorm: VulkanBuffer?
+        let kCache: VulkanBuffer, vCache: VulkanBuffer
+    }
+
+    let layers: [Layer]
+    let outputNorm: VulkanBuffer
+    let output: Weight
+    let embedding: GGUFTensorInfo
+    let ropeFactors: [Float]?
+
+    struct Kernels {
+        let rmsnorm, quantize, rope, kvstore, attention, swiglu: VulkanKernel
+        /// Matmul per weight type: one token, and a tile of `tile` tokens.
+        let matmul: [GGMLType: (single: VulkanKernel, batch: VulkanKernel)]
+    }
+    let kernels: Kernels
+    static let tile = 8
+    static let workgroup: UInt32 = 64
+    /// Invocations per output row of a matmul: the reference's eight SIMD lanes.
+    static let lanes = 8
+    /// Tokens per reference micro-batch (llama.cpp's default n_ubatch): a micro-batch of two or
+    /// more tokens is summed in the prompt kernels' order, a single token in the one-token order.
+    static let microBatch = 512
+
+    // Scratch, sized for `batchSize` tokens.
+    let x, xn, aq, ad, q, k, v, att, g, u, scores, xLast, logits, ropeTable: VulkanBuffer
+    let input: VulkanBuffer
+    let logitsHost: VulkanBuffer
+    let dummy: VulkanBuffer
+    let commands: VulkanCommands
+    /// Summation order of the step being recorded: 4 for a prompt micro-batch, 0 for one token.
+    var order: UInt32 = 0
+    /// Stops a layer early, for kernel checks (1: after the attention norm, 2: after q, k, v).
+    var debugStage = 0
+
+    /// Loads `url` onto `device`. `contextLength` defaults to the model's, capped at 4096;
+    /// `progress` hears about each stage.
+    public init(url: URL, device: VulkanDevice, contextLength: Int? = nil, batchSize: Int = 32,
+                progress: (String) -> Void = { _ in }) throws(InferenceError) {
+        let gguf = try GGUFFile(url: url)
+        self.gguf = gguf
+        let c = try ModelConfig(gguf: gguf)
+        config = c
+        let tokenizer = try Tokenizer(gguf: gguf)
+        self.tokenizer = tokenizer
+        guard tokenizer.count <= c.vocabularySize else {
+            throw InferenceError(.modelMalformed, "the tokenizer has \(tokenizer.count) tokens, the model \(c.vocabularySize)")
+        }
+        chatTemplate = try gguf.string("tokenizer.chat_template").map { source throws(InferenceError) in try ChatTemplate(source) }
+        self.device = device
+        let context = min(contextLength ?? min(c.contextLength, 4096), c.contextLength)
+        guard context >= 1 else { throw InferenceError(.invalidRequest, "context length must be at least 1") }
+        self.contextLength = context
+        // The scores scratch (batch × heads × context floats) must fit one storage buffer.
+        let scoreRow = c.headCount * context * 4
+        self.batchSize = max(1, min(batchSize, 512, device.maxBufferBytes / scoreRow))
+
+        func tensor(_ name: String) throws(InferenceError) -> GGUFTensorInfo {
+            guard let t = gguf.tensors[name] else { throw InferenceError(.modelMalformed, "tensor '\(name)' is missing") }
+            guard t.type != nil else {
+                throw InferenceError(.modelUnsupported, "tensor '\(name)' has type \(t.typeName), which the engine does not support "
+                                     + "(F32, F16, Q8_0, Q4_0, Q4_1 are)")
+            }
+            return t
+        }
+        func matrix(_ name: String, rows: Int, k: Int) throws(InferenceError) -> Weight {
+            let t = try tensor(name)
+            guard t.dims.count == 2, t.dims[0] == k, t.dims[1] == rows else {
+                throw InferenceError(.modelMalformed, "tensor '\(name)' has shape \(t.dims), expected [\(k), \(rows)]")
+            }
+            guard k % 32 == 0 else { throw InferenceError(.modelUnsupported, "tensor '\(name)' rows of \(k) are not a multiple of 32") }
+            return try Transformer.upload(matrix: t, from: gguf, to: device)
+        }
+        func vector(_ name: String, count: Int) throws(InferenceError) -> VulkanBuffer {
+            let t = try tensor(name)
+            guard t.elementCount == count else { throw InferenceError(.modelMalformed, "tensor '\(name)' has \(t.elementCount) values, expected \(count)") }
+            return try Transformer.upload(vector: t, from: gguf, to: device)
+        }
+        func optionalVector(_ name: String, count: Int) throws(InferenceError) -> VulkanBuffer? {
+            gguf.tensors[name] == nil ? nil : try vector(name, count: count)
+        }
+
+        let embedding = try tensor("token_embd.weight")
+        self.embedding = embedding
+        guard embedding.dims.count == 2, embedding.dims[0] == c.embeddingLength, embedding.dims[1] >= tokenizer.count else {
+            throw InferenceError(.modelMalformed, "token_embd.weight has shape \(embedding.dims) for \(tokenizer.count) tokens of \(c.embeddingLength)")
+        }
+        var layers = [Layer]()
+        for l in 0..<c.layerCount {
+            progress("layer \(l + 1)/\(c.layerCount)")
+            let p = "blk.\(l)."
+            layers.append(Layer(
+                attnNorm: try vector(p + "attn_norm.weight", count: c.embeddingLength),
+                ffnNorm: try vector(p + "ffn_norm.weight", count: c.embeddingLength),
+                wq: try matrix(p + "attn_q.weight", rows: c.qDim, k: c.embeddingLength),
+                wk: try matrix(p + "attn_k.weight", rows: c.kvDim, k: c.embeddingLength),
+                wv: try matrix(p + "attn_v.weight", rows: c.kvDim, k: c.embeddingLength),
+                wo: try matrix(p + "attn_output.weight", rows: c.embeddingLength, k: c.qDim),
+                gate: try matrix(p + "ffn_gate.weight", rows: c.feedForwardLength, k: c.embeddingLength),
+                up: try matrix(p + "ffn_up.weight", rows: c.feedForwardLength, k: c.embeddingLength),
+                down: try matrix(p + "ffn_down.weight", rows: c.embeddingLength, k: c.feedForwardLength),
+                bq: c.hasQKVBias ? try vector(p + "attn_q.bias", count: c.qDim) : try optionalVector(p + "attn_q.bias", count: c.qDim),
+                bk: c.hasQKVBias ? try vector(p + "attn_k.bias", count: c.kvDim) : try optionalVector(p + "attn_k.bias", count: c.kvDim),
+                bv: c.hasQKVBias ? try vector(p + "attn_v.bias", count: c.kvDim) : try optionalVector(p + "attn_v.bias", count: c.kvDim),
+                qNorm: c.hasQKNorm ? try vector(p + "attn_q_norm.weight", count: c.headDim) : nil,
+                kNorm: c.hasQKNorm ? try vector(p + "attn_k_norm.weight", count: c.headDim) : nil,
+                kCache: try device.makeBuffer(bytes: context * c.kvDim * 2, placement: .device),
+                vCache: try device.makeBuffer(bytes: context * c.kvDim * 2, placement: .device)))
+        }
+        self.layers = layers
+        outputNorm = try vector("output_norm.weight", count: c.embeddingLength)
+        let output = gguf.tensors["output.weight"] != nil
+            ? try matrix("output.weight", rows: c.vocabularySize, k: c.embeddingLength)
+            : try matrix("token_embd.weight", rows: embedding.dims[1], k: c.embeddingLength)
+        self.output = output
+        if let factors = gguf.tensors["rope_freqs.weight"] {
+            guard factors.type == .f32, factors.elementCount == c.ropeDimensions / 2 else {
+                throw InferenceError(.modelMalformed, "rope_freqs.weight must hold \(c.ropeDimensions / 2) F32 values")
+            }
+            let raw = gguf.bytes(of: factors)
+            ropeFactors = (0..<factors.elementCount).map { raw.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) }
+        } else {
+            ropeFactors = nil
+        }
+
+        progress("kernels")
+        let f64 = device.hasFloat64 ? "_f64" : ""
+        let spec = [Self.workgroup, UInt32(Self.lanes)]
+        var matmul = [GGMLType: (single: VulkanKernel, batch: VulkanKernel)]()
+        let used = Set(layers.flatMap { [$0.wq.type, $0.wk.type, $0.wv.type, $0.wo.type, $0.gate.type, $0.up.type, $0.down.type] } + [output.type])
+        for type in used {
+            let name = switch type {
+            case .q4_1: "matmul_q4_1"
+            case .q4_0: "matmul_q4_0"
+            case .q8_0: "matmul_q8_0"
+            case .f16: "matmul_f16"
+            case .f32: "matmul_f32"
+            }
+            matmul[type] = (try device.makeKernel(name + f64, bindings: 6, specialization: spec + [1]),
+                            try device.makeKernel(name + f64, bindings: 6, specialization: spec + [UInt32(Self.tile)]))
+        }
+        kernels = Kernels(
+            rmsnorm: try device.makeKernel("rmsnorm" + f64, bindings: 3, specialization: [Self.workgroup]),
+            quantize: try device.makeKernel("quantize_q8" + f64, bindings: 3),
+            rope: try device.makeKernel("rope" + f64, bindings: 3),
+            kvstore: try device.makeKernel("kvstore", bindings: 4),
+            attention: try device.makeKernel("attention" + f64, bindings: 5, specialization: [Self.workgroup]),
+            swiglu: try device.makeKernel("swiglu" + f64, bindings: 3),
+            matmul: matmul)
+
+        let b = self.batchSize
+        let maxK = max(c.embeddingLength, c.qDim, c.feedForwardLength)
+        func scratch(_ floats: Int) throws(InferenceError) -> VulkanBuffer { try device.makeBuffer(bytes: floats * 4, placement: .device) }
+        x = try scratch(b * c.embeddingLength)
+        xn = try scratch(b * c.embeddingLength)
+        aq = try scratch(b * maxK / 4)
+        ad = try scratch(b * maxK / 32 * 2)
+        q = try scratch(b * c.qDim)
+        k = try scratch(b * c.kvDim)
+        v = try scratch(b * c.kvDim)
+        att = try scratch(b * c.qDim)
+        g = try scratch(b * c.feedForwardLength)
+        u = try scratch(b * c.feedForwardLength)
+        scores = try scratch(b * c.headCount * context)
+        xLast = try scratch(c.embeddingLength)
+        logits = try scratch(output.rows)
+        ropeTable = try scratch(b * c.ropeDimensions)
+        input = try device.makeBuffer(bytes: b * (c.embeddingLength + c.ropeDimensions) * 4, placement: .host)
+        logitsHost = try device.makeBuffer(bytes: output.rows * 4, placement: .host)
+        dummy = try device.makeBuffer(bytes: 16, placement: .device)
+        commands = try device.makeCommands()
+    }
+
+    // MARK: Loading
+
+    /// Writes into `buffer` through `fill`: directly into mapped memory, else via host memory
+    /// and a staging copy.
+    static func write(_ buffer: VulkanBuffer, bytes: Int, device: VulkanDevice, _ fill: (UnsafeMutableRawPointer) -> Void) throws(InferenceError) {
+        if let mapped = buffer.mapped {
+            fill(mapped)
+            return
+        }
+        let host = UnsafeMutableRawPointer.allocate(byteCount: max(bytes, 16), alignment: 16)
+        defer { host.deallocate() }
+        fill(host)
+        try device.upload(UnsafeRawBufferPointer(start: host, count: bytes), to: buffer)
+    }
+
+    static func upload(vector t: GGUFTensorInfo, from gguf: GGUFFile, to device: VulkanDevice) throws(InferenceError) -> VulkanBuffer {
+        let buffer = try device.makeBuffer(bytes: t.elementCount * 4, placement: .device)
+        let raw = gguf.bytes(of: t)
+        try write(buffer, bytes: t.elementCount * 4, device: device) { p in
+            TensorData.dequantize(t.type!, raw, start: 0, count: t.elementCount, into: p.bindMemory(to: Float.self, capacity: t.elementCount))
+        }
+        return buffer
+    }
+
+    static func upload(matrix t: GGUFTensorInfo, from gguf: GGUFFile, to device: VulkanDevice) throws(InferenceError) -> Weight {
+        let type = t.type!
+        let k = t.dims[0]
+        let rows = t.dims[1]
+        let blocksPerRow = k / 32
+        let words = TensorData.quantWords(type)
+        let quantBytesPerRow = words == 0 ? k * (type == .f16 ? 2 : 4) : blocksPerRow * words * 4
+        let rowsPerChunk = max(1, device.maxBufferBytes / quantBytesPerRow)
+        let raw = gguf.bytes(of: t)
+        let rowBytes = blocksPerRow * type.block.bytes * (words == 0 ? 32 : 1)
+        var chunks = [(quants: VulkanBuffer, scales: VulkanBuffer, rowStart: Int, rowCount: Int)]()
+        var start = 0
+        while start < rows {
+            let n = min(rowsPerChunk, rows - start)
+            let slice = UnsafeRawBufferPointer(rebasing: raw[(start * rowBytes)..<((start + n) * rowBytes)])
+            let quants = try device.makeBuffer(bytes: n * quantBytesPerRow, placement: .device)
+            let scales = try device.makeBuffer(bytes: words == 0 ? 16 : n * blocksPerRow * 4, placement: .device)
+            if words == 0 {
+                try write(quants, bytes: n * quantBytesPerRow, device: device) { p in p.copyMemory(from: slice.baseAddress!, byteCount: slice.count) }
+            } else {
+                let blocks = n * blocksPerRow
+                let scaleHost = UnsafeMutablePointer<UInt32>.allocate(capacity: blocks)
+                let quantHost = UnsafeMutablePointer<UInt32>.allocate(capacity: blocks * words)
+                defer {
+                    scaleHost.deallocate()
+                    quantHost.deallocate()
+                }
+                TensorData.repack(type, slice, blocks: blocks, scales: scaleHost, quants: quantHost)
+                try write(quants, bytes: blocks * words * 4, device: device) { p in p.copyMemory(from: quantHost, byteCount: blocks * words * 4) }
+                try write(scales, bytes: blocks * 4, device: device) { p in p.copyMemory(from: scaleHost, byteCount: blocks * 4) }
+            }
+            chunks.append((quants, scales, start, n))
+            start += n
+        }
+        return Weight(name: t.name, type: type, rows: rows, k: k, chunks: chunks)
+    }
+
+    // MARK: Evaluation
+
+    /// The residual stream of the last token after `layers` layers (for checking kernels).
+    func hiddenState(_ tokens: [Int], layers: Int) throws(InferenceError) -> [Float] {
+        truncate(to: 0)
+        defer { truncate(to: 0) }
+        var result = [Float]()
+        for start in stride(from: 0, to: tokens.count, by: batchSize) {
+            result = try step(Array(tokens[start..<min(tokens.count, start + batchSize)]), batchOrder: tokens.count > 1, layerLimit: layers)
+        }
+        return result
+    }
+
+    /// Scratch buffers after running `tokens` (one step) through `layers` layers, for checking
+    /// kernels against a reference: residual, normed input, q, k, v, attention, gate, up.
+    func debugBuffers(_ tokens: [Int], layers: Int) throws(InferenceError) -> [String: [Float]] {
+        truncate(to: 0)
+        defer { truncate(to: 0) }
+        _ = try step(tokens, batchOrder: tokens.count > 1, layerLimit: layers)
+        let n = tokens.count
+        let c = config
+        var out = [String: [Float]]()
+        for (name, buffer, count) in [("x", x, n * c.embeddingLength), ("xn", xn, n * c.embeddingLength), ("q", q, n * c.qDim),
+                                      ("k", k, n * c.kvDim), ("v", v, n * c.kvDim), ("att", att, n * c.qDim),
+                                      ("g", g, n * c.feedForwardLength), ("u", u, n * c.feedForwardLength)] {
+            let host = try device.makeBuffer(bytes: count * 4, placement: .host)
+            try commands.begin()
+            commands.copy(buffer, host, bytes: count * 4)
+            try commands.submitAndWait()
+            out[name] = Array(UnsafeBufferPointer(start: host.mapped!.bindMemory(to: Float.self, capacity: count), count: count))
+        }
+        return out
+    }
+
+    /// Drops the cache from `position` on (0 empties it).
+    public func truncate(to position: Int) {
+        cached.removeLast(max(0, cached.count - position))
+    }
+
+    /// Appends `tokens` to the cache and returns the logits after the last of them.
+    public func evaluate(_ tokens: [Int]) throws(InferenceError) -> [Float] {
+        guard !tokens.isEmpty else { throw InferenceError(.invalidRequest, "nothing to evaluate") }
+        guard cached.count + tokens.count <= contextLength else {
+            throw InferenceError(.contextExceeded, "\(cached.count + tokens.count) tokens exceed the context of \(contextLength)")
+        }
+        for t in tokens where t < 0 || t >= tokenizer.count {
+            throw InferenceError(.invalidRequest, "token \(t) is outside the vocabulary of \(tokenizer.count)")
+        }
+        var result = [Float]()
+        for ubatchStart in stride(from: 0, to: tokens.count, by: Self.microBatch) {
+            let ubatch = tokens[ubatchStart..<min(tokens.count, ubatchStart + Self.microBatch)]
+            var done = ubatch.startIndex
+            while done < ubatch.endIndex {
+                let n = min(batchSize, ubatch.endIndex - done)
+                result = try step(Array(tokens[done..<(done + n)]), batchOrder: ubatch.count > 1)
+                done += n
+            }
+        }
+        return result
+    }
+
+    /// One command buffer: `tokens` at positions `cached.count…`.
+    func step(_ tokens: [Int], batchOrder: Bool, layerLimit: Int? = nil) throws(InferenceError) -> [Float] {
+        precondition(!tokens.isEmpty && tokens.count <= batchSize, "a step holds 1-\(batchSize) tokens")
+        let c = config
+        let n = tokens.count
+        let start = cached.count
+        let e = c.embeddingLength
+        // Inputs: embedding rows, then the RoPE table, written on the host.
+        let inputFloats = input.mapped!.bindMemory(to: Float.self, capacity: batchSize * (e + c.ropeDimensions))
+        let raw = gguf.bytes(of: embedding)
+        for (i, token) in tokens.enumerated() {
+            TensorData.dequantize(embedding.type!, raw, start: token * e, count: e, into: inputFloats + i * e)
+        }
+        fillRopeTable(inputFloats + n * e, positions: start..<(start + n))
+
+        let cmd = commands
+        try cmd.begin()
+        cmd.copy(input, x, bytes: n * e * 4)
+        cmd.copy(input, ropeTable, bytes: n * c.ropeDimensions * 4, fromOffset: n * e * 4)
+        order = batchOrder ? 4 : 0
+        let heads = UInt32(c.headCount)
+        let kvHeads = UInt32(c.kvHeadCount)
+        let hd = UInt32(c.headDim)
+        for layer in layers.prefix(layerLimit ?? layers.count) {
+            try norm(x, layer.attnNorm, into: xn, rows: n, width: e)
+            if debugStage == 1 { break }
+            if [layer.wq, layer.wk, layer.wv].contains(where: \.quantized) { try quantize(xn, rows: n, width: e) }
+            try matmul(layer.wq, input: xn, into: q, tokens: n, bias: layer.bq)
+            try matmul(layer.wk, input: xn, into: k, tokens: n, bias: layer.bk, barrier: false)
+            try matmul(layer.wv, input: xn, into: v, tokens: n, bias: layer.bv, barrier: false)
+            if debugStage == 2 { break }
+            if let qNorm = layer.qNorm, let kNorm = layer.kNorm {
+                try norm(q, qNorm, into: q, rows: n * c.headCount, width: c.headDim)
+                try norm(k, kNorm, into: k, rows: n * c.kvHeadCount, width: c.headDim, barrier: false)
+            }
+            let ropeWork = n * (c.headCount + c.kvHeadCount) * (c.ropeDimensions / 2)
+            try cmd.dispatch(kernels.rope, [q, k, ropeTable],
+                             push: [UInt32(n), heads, kvHeads, hd, UInt32(c.ropeDimensions), c.ropeStyle == .neox ? 1 : 0],
+                             groups: ((ropeWork + 63) / 64, 1, 1))
+            try cmd.dispatch(kernels.kvstore, [k, v, layer.kCache, layer.vCache], push: [UInt32(c.kvDim), UInt32(n), UInt32(start)],
+                             groups: ((n * c.kvDim / 2 + 63) / 64, 1, 1))
+            let scale = 1 / Float(c.headDim).squareRoot()
+            try cmd.dispatch(kernels.attention, [q, layer.kCache, layer.vCache, scores, att],
+                             push: [hd, heads, kvHeads, UInt32(start), UInt32(contextLength), scale.bitPattern, order],
+                             groups: (c.headCount, n, 1))
+            if layer.wo.quantized { try quantize(att, rows: n, width: c.qDim) }
+            try matmul(layer.wo, input: att, into: x, tokens: n, accumulate: true)
+            try norm(x, layer.ffnNorm, into: xn, rows: n, width: e)
+            if layer.gate.quantized || layer.up.quantized { try quantize(xn, rows: n, width: e) }
+            try matmul(layer.gate, input: xn, into: g, tokens: n)
+            try matmul(layer.up, input: xn, into: u, tokens: n, barrier: false)
+            let f = n * c.feedForwardLength
+            try cmd.dispatch(kernels.swiglu, [g, u, g], push: [UInt32(f)], groups: ((f + 63) / 64, 1, 1))
+            if layer.down.quantized { try quantize(g, rows: n, width: c.feedForwardLength) }
+            try matmul(layer.down, input: g, into: x, tokens: n, accumulate: true)
+        }
+        if layerLimit != nil {
+            cmd.barrier()
+            cmd.copy(x, logitsHost, bytes: e * 4, fromOffset: (n - 1) * e * 4)
+            cmd.barrier()
+            try cmd.submitAndWait()
+            cached.append(contentsOf: tokens)
+            let values = logitsHost.mapped!.bindMemory(to: Float.self, capacity: e)
+            return Array(UnsafeBufferPointer(start: values, count: e))
+        }
+        // Only the last token's logits are needed.
+        try cmd.dispatch(kernels.rmsnorm, [x, outputNorm, xLast], push: [UInt32(e), UInt32(n - 1), c.rmsEpsilon.bitPattern],
+                         groups: (1, 1, 1))
+        if output.quantized { try quantize(xLast, rows: 1, width: e) }
+        try matmul(output, input: xLast, into: logits, tokens: 1)
+        cmd.barrier()
+        cmd.copy(logits, logitsHost, bytes: output.rows * 4)
+        cmd.barrier()
+        try cmd.submitAndWait()
+        cached.append(contentsOf: tokens)
+        let values = logitsHost.mapped!.bindMemory(to: Float.self, capacity: output.rows)
+        return Array(UnsafeBufferPointer(start: values, count: tokenizer.count))
+    }
+
+    func norm(_ input: VulkanBuffer, _ weight: VulkanBuffer, into out: VulkanBuffer, rows: Int, width: Int, barrier: Bool = true)
+        throws(InferenceError)
+    {
+        try commands.dispatch(kernels.rmsnorm, [input, weight, out], push: [UInt32(width), 0, config.rmsEpsilon.bitPattern],
+                              groups: (rows, 1, 1), barrier: barrier)
+    }
+
+    func quantize(_ input: VulkanBuffer, rows: Int, width: Int) throws(InferenceError) {
+        let blocks = rows * width / 32
+        try commands.dispatch(kernels.quantize, [input, aq, ad], push: [UInt32(width / 32), UInt32(blocks), 0],
+                              groups: ((blocks + 63) / 64, 1, 1))
+    }
+
+    func matmul(_ w: Weight, input: VulkanBuffer, into out: VulkanBuffer, tokens: Int, bias: VulkanBuffer? = nil,
+                accumulate: Bool = false, barrier: Bool = true) throws(InferenceError) {
+        let pair = kernels.matmul[w.type]!
+        let kernel = tokens == 1 ? pair.single : pair.batch
+        let tile = tokens == 1 ? 1 : Self.tile
+        let rowsPerGroup = Int(Self.workgroup) / Self.lanes
+        let flags: UInt32 = (accumulate ? 1 : 0) | (bias != nil ? 2 : 0) | order
+        for (index, chunk) in w.chunks.enumerated() {
+            let activations: [VulkanBuffer] = w.quantized ? [aq, ad] : [input, dummy]
+            try commands.dispatch(kernel, [chunk.quants, chunk.scales] + activations + [out, bias ?? dummy],
+                                  push: [UInt32(w.k / 32), UInt32(chunk.rowCount), UInt32(tokens), UInt32(chunk.rowStart), UInt32(w.rows), flags],
+                                  groups: ((chunk.rowCount + rowsPerGroup - 1) / rowsPerGroup, (tokens + tile - 1) / tile, 1),
+                                  barrier: barrier && index == 0)
+        }
+    }
+
+    /// (cos, sin) for each position and dimension pair, computed as the reference does: the
+    /// angle for pair i is p * base^(-2i/d), advanced by repeated multiplication in float.
+    func fillRopeTable(_ out: UnsafeMutablePointer<Float>, positions: Range<Int>) {
+        let pairs = config.ropeDimensions / 2
+        let thetaScale = powf(config.ropeBase, -2.0 / Float(config.ropeDimensions))
+        for (row, p) in positions.enumerated() {
+            var theta = Float(p)
+            for i in 0..<pairs {
+                let angle = ropeFactors.map { theta / $0[i] } ?? theta
+                out[(row * pairs + i) * 2] = cosf(angle)
+                out[(row * pairs + i) * 2 + 1] = sinf(angle)
+                theta *= thetaScale
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+import ArgumentParser
+import CommandLineSupport
+import Foundation
+import Inference
+
+@main
+struct CCInfer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ccinfer",
+        abstract: "The ccgate inference engine: GGUF Llama-family models on any Vulkan device.",
+        discussion: """
+            Runs Llama, Qwen2 and Qwen3 models (F32, F16, Q8_0, Q4_0, Q4_1 tensors) with compute shaders on a
+            Vulkan 1.1 device, and serves them over an OpenAI-compatible API on loopback. The binary embeds its
+            kernels, so its SHA-256 is the measurement a policy pins.
+
+            Exit status: 0 success, 1 engine failure (no device, bad model), 2 bad usage.
+            """,
+        subcommands: [Serve.self, Generate.self, Devices.self, Version.self])
+
+    static func main() { runWithProjectExitCodes() }
+}
+
+/// Vulkan needs a runtime directory for its caches; without one the loader complains loudly.
+func prepareVulkanEnvironment() {
+    if ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"] == nil {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ccinfer-runtime-\(getuid())")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        setenv("XDG_RUNTIME_DIR", dir.path, 0)
+    }
+}
+
+func fail(_ error: InferenceError) -> ReportedFailure { ReportedFailure("ccinfer", error.description, status: 1) }
+
+struct Devices: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List the Vulkan devices: index, name, type, driver, memory.",
+        discussion: "The index is what --device takes. Example: ccinfer devices")
+
+    func run() throws {
+        prepareVulkanEnvironment()
+        do {
+            let devices = try VulkanInstance().devices()
+            if devices.isEmpty { throw InferenceError(.vulkanNoDevice, "the Vulkan loader reports no devices") }
+            for d in devices { print(d.summary) }
+        } catch let error as InferenceError {
+            throw fail(error)
+        }
+    }
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the shader compiler and kernels this binary embeds.")
+
+    func run() {
+        print("ccinfer 0.1")
+        print("kernels: \(EmbeddedShadersInfo.kernels.joined(separator: " "))")
+        print("shader flags: \(EmbeddedShadersInfo.flags)")
+        print("shader compiler:")
+        for line in EmbeddedShadersInfo.compiler.split(separator: "\n") where !line.isEmpty { print("  \(line)") }
+    }
+}
+
+/// Options shared by commands that load a model.
+struct ModelOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The GGUF model file.", valueName: "PATH")) var model: String
+    @Option(help: ArgumentHelp("Vulkan device index (see `ccinfer devices`); default: the first GPU.", valueName: "N")) var device: Int?
+    @Option(help: ArgumentHelp("Context length in tokens (default: the model's, at most 4096).", valueName: "N")) var context: Int?
+    @Option(help: ArgumentHelp("Prompt tokens evaluated per step.", valueName: "N")) var batch = 32
+
+    func validate() throws {
+        guard FileManager.default.isReadableFile(atPath: model) else { throw ValidationError("--model \(model): not a readable file") }
+        if let context, context < 16 { throw ValidationError("--context must be at least 16") }
+        guard (1...512).contains(batch) else { throw ValidationError("--batch must be 1-512") }
+    }
+
+    func load(progress: Bool) throws(InferenceError) -> Transformer {
+        prepareVulkanEnvironment()
+        let instance = try VulkanInstance()
+        let vulkan = try VulkanDevice(instance: instance, index: device)
+        let say: (String) -> Void = { message in
+            if progress { FileHandle.standardError.write(Data("\rccinfer: loading \(message)…\u{1B}[K".utf8)) }
+        }
+        if progress { FileHandle.standardError.write(Data("ccinfer: device \(vulkan.info.summary)\n".utf8)) }
+        let model = try Transformer(url: URL(fileURLWithPath: self.model), device: vulkan, contextLength: context, batchSize: batch, progress: say)
+        if progress { FileHandle.standardError.write(Data("\rccinfer: loaded \(model.config.architecture.rawValue), \(model.config.layerCount) layers, context \(model.contextLength)\u{1B}[K\n".utf8)) }
+        return model
+    }
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate text for one prompt and print it.",
+        discussion: """
+            With --chat the text is one user message rendered by the model's chat template; otherwise it is
+            the raw prompt. Greedy unless --temperature is above 0.
+
+            Examples:
+              ccinfer generate --model SmolLM2-135M-Instruct.Q4_1.gguf --chat "What is the capital of France?"
+              ccinfer generate --model model.gguf --prompt "Once upon a time" --max-tokens 64 --temperature 0.8 --seed 7
+            """)
+
+    @OptionGroup var options: ModelOptions
+    @Option(help: ArgumentHelp("Raw prompt text.", valueName: "TEXT")) var prompt: String?
+    @Option(help: ArgumentHelp("A user message, rendered with the chat template.", valueName: "TEXT")) var chat: String?
+    @Option(help: ArgumentHelp("Tokens to generate at most.", valueName: "N")) var maxTokens = 128
+    @Option(help: ArgumentHelp("Sampling temperature; 0 is greedy.", valueName: "T")) var temperature: Float = 0
+    @Option(help: ArgumentHelp("Nucleus sampling mass.", valueName: "P")) var topP: Float = 1
+    @Option(help: ArgumentHelp("Sample among the K most likely tokens (0: all).", valueName: "K")) var topK = 0
+    @Option(help: ArgumentHelp("Random seed.", valueName: "N")) var seed: UInt64?
+    @Flag(help: "Print timings to standard error.") var timings = false
+
+    func validate() throws {
+        guard (prompt == nil) != (chat == nil) else { throw ValidationError("give exactly one of --prompt and --chat") }
+        guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
+    }
+
+    func run() throws {
+        do {
+            let model = try options.load(progress: true)
+            let text: String
+            if let chat {
+                guard let template = model.chatTemplate else { throw InferenceError(.modelUnsupported, "the model has no chat template") }
+                text = try template.render(messages: [.object([("role", .string("user")), ("content", .string(chat))])],
+                                           bosToken: model.tokenizer.bos.map { model.tokenizer.tokens[$0] } ?? "",
+                                           eosToken: model.tokenizer.eos.map { model.tokenizer.tokens[$0] } ?? "")
+            } else {
+                text = prompt!
+            }
+            let tokens = model.tokenizer.encode(text, addSpecial: chat == nil, parseSpecial: true)
+            let generator = Generator(model: model)
+            let started = ContinuousClock.now
+            let result = try generator.generate(
+                prompt: tokens, parameters: SamplingParameters(temperature: temperature, topP: topP, topK: topK, seed: seed, maxTokens: maxTokens)
+            ) { piece in
+                FileHandle.standardOutput.write(Data(piece.utf8))
+                return true
+            }
+            print("")
+            if timings {
+                let elapsed = ContinuousClock.now - started
+                let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+                FileHandle.standardError.write(Data("ccinfer: \(tokens.count) prompt tokens, \(result.tokens.count) generated in \(String(format: "%.2f", seconds)) s (\(result.finishReason.rawValue))\n".utf8))
+            }
+        } catch let error as InferenceError {
+            throw fail(error)
+        }
+    }
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve the model over an OpenAI-compatible API.")
+    @OptionGroup var options: ModelOptions
+    func run() throws { throw ReportedFailure("ccinfer", "serve is not ready", status: 1) }
+}
