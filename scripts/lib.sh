@@ -33,8 +33,3 @@ wait_for() {
     sleep 0.5
   done
 }
-
-# engine_library VENV: the llama.cpp shared library the worker measures as its engine binary.
-engine_library() {
-  find "$1" -path '*site-packages/llama_cpp/lib/libllama.so' | head -n 1
-}

@@ -148,7 +148,55 @@ struct Generate: ParsableCommand {
 }
 
 struct Serve: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Serve the model over an OpenAI-compatible API.")
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the model over an OpenAI-compatible API.",
+        discussion: """
+            Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (JSON, or server-sent events
+            with "stream": true), GET /health. One model per process; requests are served one at a time and
+            queue meanwhile (at most --queue waiting, then 503). Listens on loopback by default: the worker
+            agent in front of it is what the network sees.
+
+            Example:
+              ccinfer serve --model SmolLM2-135M-Instruct.Q4_1.gguf --port 8081
+              curl -s http://127.0.0.1:8081/v1/chat/completions -H 'Content-Type: application/json' \\
+                -d '{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'
+            """)
+
     @OptionGroup var options: ModelOptions
-    func run() throws { throw ReportedFailure("ccinfer", "serve is not ready", status: 1) }
+    @Option(help: ArgumentHelp("Address to listen on.", valueName: "HOST")) var host = "127.0.0.1"
+    @Option(help: ArgumentHelp("Port (0: any free port).", valueName: "N")) var port = 8081
+    @Option(help: ArgumentHelp("The model name clients use (default: the file name without .gguf).", valueName: "NAME"))
+    var modelName: String?
+    @Option(help: ArgumentHelp("Requests allowed to wait for the engine.", valueName: "N")) var queue = 32
+    @Option(help: ArgumentHelp("Write the bound port here once listening.", valueName: "FILE")) var portFile: String?
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
+        guard (1...4096).contains(queue) else { throw ValidationError("--queue must be 1-4096") }
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            let model = try options.load(progress: true)
+            let name = modelName ?? URL(fileURLWithPath: options.model).deletingPathExtension().lastPathComponent
+            let api = OpenAIServer(generator: Generator(model: model), modelName: name, maxQueue: queue)
+            let server = HTTPServer { request, writer in api.handle(request, writer) }
+            let bound = try server.bind(host: host, port: port)
+            if let portFile { try? Data("\(bound)\n".utf8).write(to: URL(fileURLWithPath: portFile), options: .atomic) }
+            FileHandle.standardError.write(Data("ccinfer: serving '\(name)' on http://\(host):\(bound)\n".utf8))
+            for sig in [SIGTERM, SIGINT] {
+                signal(sig, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+                source.setEventHandler { Foundation.exit(0) }
+                source.resume()
+                Serve.signalSources.append(source)
+            }
+            server.serve()
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    nonisolated(unsafe) static var signalSources: [any DispatchSourceSignal] = []
 }

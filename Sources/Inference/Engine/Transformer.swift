@@ -258,8 +258,20 @@ public final class Transformer: @unchecked Sendable {
                     quantHost.deallocate()
                 }
                 TensorData.repack(type, slice, blocks: blocks, scales: scaleHost, quants: quantHost)
-                try write(quants, bytes: blocks * words * 4, device: device) { p in p.copyMemory(from: quantHost, byteCount: blocks * words * 4) }
-                try write(scales, bytes: blocks * 4, device: device) { p in p.copyMemory(from: scaleHost, byteCount: blocks * 4) }
+                // Block-major (block b of every row, then block b+1): neighbouring invocations,
+                // which compute neighbouring rows, read neighbouring words.
+                try write(quants, bytes: blocks * words * 4, device: device) { p in
+                    let out = p.bindMemory(to: UInt32.self, capacity: blocks * words)
+                    for r in 0..<n {
+                        for b in 0..<blocksPerRow {
+                            (out + (b * n + r) * words).update(from: quantHost + (r * blocksPerRow + b) * words, count: words)
+                        }
+                    }
+                }
+                try write(scales, bytes: blocks * 4, device: device) { p in
+                    let out = p.bindMemory(to: UInt32.self, capacity: blocks)
+                    for r in 0..<n { for b in 0..<blocksPerRow { out[b * n + r] = scaleHost[r * blocksPerRow + b] } }
+                }
             }
             chunks.append((quants, scales, start, n))
             start += n
@@ -425,7 +437,7 @@ public final class Transformer: @unchecked Sendable {
         let pair = kernels.matmul[w.type]!
         let kernel = tokens == 1 ? pair.single : pair.batch
         let tile = tokens == 1 ? 1 : Self.tile
-        let rowsPerGroup = Int(Self.workgroup) / Self.lanes
+        let rowsPerGroup = w.quantized ? Int(Self.workgroup) : Int(Self.workgroup) / Self.lanes
         let flags: UInt32 = (accumulate ? 1 : 0) | (bias != nil ? 2 : 0) | order
         for (index, chunk) in w.chunks.enumerated() {
             let activations: [VulkanBuffer] = w.quantized ? [aq, ad] : [input, dummy]

@@ -70,8 +70,17 @@ float fmaR(float a, float b, float c) {
     float r = err > 0.0 ? hi : (err < 0.0 ? lo : ((floatBitsToUint(lo) & 1u) == 0u ? lo : hi));
     return s < 0.0 ? -r : r;
 }
+vec4 fmaR4(vec4 a, vec4 b, vec4 c) {
+    precise dvec4 p = dvec4(a) * dvec4(b);
+    precise dvec4 s = p + dvec4(c);
+    vec4 r = vec4(s);
+    uvec4 low = uvec4(unpackDouble2x32(s.x).x, unpackDouble2x32(s.y).x, unpackDouble2x32(s.z).x, unpackDouble2x32(s.w).x);
+    if (all(notEqual(low & 0x1FFFFFFFu, uvec4(0x10000000u)))) return r;
+    return vec4(fmaR(a.x, b.x, c.x), fmaR(a.y, b.y, c.y), fmaR(a.z, b.z, c.z), fmaR(a.w, b.w, c.w));
+}
 #else
 float fmaR(float a, float b, float c) { return fma(a, b, c); }
+vec4 fmaR4(vec4 a, vec4 b, vec4 c) { return fma(a, b, c); }
 #endif
 
 #ifdef HAS_F64

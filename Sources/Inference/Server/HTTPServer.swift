@@ -1,0 +1,316 @@
+import Foundation
+
+/// One parsed HTTP/1.1 request.
+public struct HTTPRequest: Sendable {
+    public var method: String
+    public var path: String
+    public var headers: [(String, String)]
+    public var body: Data
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.0.caseInsensitiveCompare(name) == .orderedSame }?.1
+    }
+}
+
+/// Why a request could not even be parsed; answered with this status and closed.
+struct HTTPParseError: Error {
+    let status: Int
+    let message: String
+}
+
+/// Writes one response: whole (`send`) or streamed in chunks (`start`, `write`, `finish`).
+/// Every write reports whether the client is still there.
+public final class HTTPResponseWriter: @unchecked Sendable {
+    let fd: Int32
+    let keepAlive: Bool
+    private(set) var started = false
+    private(set) var failed = false
+    private var chunked = false
+
+    init(fd: Int32, keepAlive: Bool) {
+        self.fd = fd
+        self.keepAlive = keepAlive
+    }
+
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 200: "OK"
+        case 400: "Bad Request"
+        case 404: "Not Found"
+        case 405: "Method Not Allowed"
+        case 408: "Request Timeout"
+        case 411: "Length Required"
+        case 413: "Content Too Large"
+        case 429: "Too Many Requests"
+        case 431: "Request Header Fields Too Large"
+        case 500: "Internal Server Error"
+        case 501: "Not Implemented"
+        case 503: "Service Unavailable"
+        default: "Status"
+        }
+    }
+
+    @discardableResult
+    func raw(_ data: Data) -> Bool {
+        guard !failed else { return false }
+        var sent = 0
+        let ok = data.withUnsafeBytes { (p: UnsafeRawBufferPointer) -> Bool in
+            while sent < p.count {
+                let n = Foundation.send(fd, p.baseAddress! + sent, p.count - sent, Int32(MSG_NOSIGNAL))
+                if n <= 0 {
+                    if n < 0, errno == EINTR { continue }
+                    return false
+                }
+                sent += n
+            }
+            return true
+        }
+        if !ok { failed = true }
+        return ok
+    }
+
+    /// A complete response with a body.
+    @discardableResult
+    public func send(status: Int, contentType: String = "application/json", body: Data) -> Bool {
+        started = true
+        var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
+        head += keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n"
+        return raw(Data(head.utf8) + body)
+    }
+
+    /// Starts a chunked response (server-sent events by default).
+    @discardableResult
+    public func start(status: Int = 200, contentType: String = "text/event-stream") -> Bool {
+        started = true
+        chunked = true
+        let head = "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\nCache-Control: no-cache\r\n"
+            + "Transfer-Encoding: chunked\r\n" + (keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n")
+        return raw(Data(head.utf8))
+    }
+
+    /// One chunk of a started response.
+    @discardableResult
+    public func write(_ data: Data) -> Bool {
+        guard chunked, !data.isEmpty else { return !failed }
+        return raw(Data(String(data.count, radix: 16).utf8) + Data("\r\n".utf8) + data + Data("\r\n".utf8))
+    }
+
+    @discardableResult
+    public func finish() -> Bool {
+        guard chunked else { return !failed }
+        chunked = false
+        return raw(Data("0\r\n\r\n".utf8))
+    }
+}
+
+/// A small HTTP/1.1 server on POSIX sockets for the engine's loopback API: keep-alive,
+/// Content-Length and chunked request bodies, chunked streaming responses. One thread per
+/// connection, a bounded number of connections.
+///
+/// Caps (the API's bodies are chat histories, tens of KiB): request head 16 KiB, 100 header
+/// lines, body 4 MiB, 64 open connections; an idle or slow client is dropped after 60 s.
+public final class HTTPServer: @unchecked Sendable {
+    public typealias Handler = @Sendable (HTTPRequest, HTTPResponseWriter) -> Void
+
+    static let maxHead = 16 << 10
+    static let maxHeaders = 100
+    public static let maxBody = 4 << 20
+    static let maxConnections = 64
+    static let idleSeconds = 60
+
+    let handler: Handler
+    private var listener: Int32 = -1
+    private let lock = NSLock()
+    private var open = 0
+    private var stopping = false
+    public private(set) var port = 0
+
+    public init(handler: @escaping Handler) { self.handler = handler }
+
+    /// Binds and listens; returns the bound port (useful with port 0).
+    public func bind(host: String, port: Int) throws(InferenceError) -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw InferenceError(.invalidRequest, "socket: \(String(cString: strerror(errno)))") }
+        var yes: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        guard inet_pton(AF_INET, host, &addr.sin_addr) == 1 else {
+            close(fd)
+            throw InferenceError(.invalidRequest, "\(host) is not an IPv4 address")
+        }
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Foundation.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard bound == 0, listen(fd, 128) == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            throw InferenceError(.invalidRequest, "cannot listen on \(host):\(port): \(message)")
+        }
+        var actual = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &actual) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        listener = fd
+        self.port = Int(UInt16(bigEndian: actual.sin_port))
+        return self.port
+    }
+
+    /// Accepts connections until `stop()`.
+    public func serve() {
+        while true {
+            let client = accept(listener, nil, nil)
+            if client < 0 {
+                if errno == EINTR { continue }
+                if lock.withLock({ stopping }) { return }
+                usleep(10_000)
+                continue
+            }
+            let admitted = lock.withLock { () -> Bool in
+                guard open < Self.maxConnections else { return false }
+                open += 1
+                return true
+            }
+            guard admitted else {
+                let writer = HTTPResponseWriter(fd: client, keepAlive: false)
+                writer.send(status: 503, body: OpenAIErrorBody.data("too many connections", type: "server_error", code: "server_busy"))
+                close(client)
+                continue
+            }
+            Thread.detachNewThread { [self] in
+                connection(client)
+                close(client)
+                lock.withLock { open -= 1 }
+            }
+        }
+    }
+
+    public func stop() {
+        lock.withLock { stopping = true }
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+    }
+
+    func connection(_ fd: Int32) {
+        var timeout = timeval(tv_sec: Self.idleSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var reader = SocketReader(fd: fd)
+        while true {
+            let request: HTTPRequest
+            do {
+                guard let r = try reader.readRequest() else { return }
+                request = r
+            } catch let error as HTTPParseError {
+                let writer = HTTPResponseWriter(fd: fd, keepAlive: false)
+                writer.send(status: error.status, body: OpenAIErrorBody.data(error.message, type: "invalid_request_error", code: nil))
+                return
+            } catch {
+                return
+            }
+            let keepAlive = request.header("Connection")?.lowercased() != "close"
+            let writer = HTTPResponseWriter(fd: fd, keepAlive: keepAlive)
+            handler(request, writer)
+            if !writer.started {
+                writer.send(status: 500, body: OpenAIErrorBody.data("no response", type: "server_error", code: nil))
+            }
+            if !keepAlive || writer.failed { return }
+        }
+    }
+}
+
+/// Buffered reads of requests from a socket.
+struct SocketReader {
+    let fd: Int32
+    var buffer = [UInt8]()
+
+    /// Reads more bytes; false at end of stream or error.
+    mutating func fill() -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 64 << 10)
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { return false }
+        buffer.append(contentsOf: chunk[0..<n])
+        return true
+    }
+
+    static let crlfcrlf: [UInt8] = [13, 10, 13, 10]
+
+    /// The next request, or nil when the client closed cleanly between requests.
+    mutating func readRequest() throws -> HTTPRequest? {
+        var headEnd: Int?
+        while headEnd == nil {
+            if let r = find(Self.crlfcrlf, in: buffer) { headEnd = r; break }
+            guard buffer.count <= HTTPServer.maxHead else { throw HTTPParseError(status: 431, message: "request head exceeds 16 KiB") }
+            guard fill() else {
+                if buffer.isEmpty { return nil }
+                throw HTTPParseError(status: 400, message: "incomplete request head")
+            }
+        }
+        guard headEnd! <= HTTPServer.maxHead else { throw HTTPParseError(status: 431, message: "request head exceeds 16 KiB") }
+        guard let head = String(validating: buffer[0..<headEnd!], as: UTF8.self) else {
+            throw HTTPParseError(status: 400, message: "request head is not UTF-8")
+        }
+        buffer.removeFirst(headEnd! + 4)
+        var lines = head.components(separatedBy: "\r\n")
+        let requestLine = lines.removeFirst().split(separator: " ", omittingEmptySubsequences: false)
+        guard requestLine.count == 3, requestLine[2].hasPrefix("HTTP/1.") else { throw HTTPParseError(status: 400, message: "malformed request line") }
+        guard lines.count <= HTTPServer.maxHeaders else { throw HTTPParseError(status: 431, message: "more than 100 header lines") }
+        var headers = [(String, String)]()
+        for line in lines {
+            guard let colon = line.firstIndex(of: ":") else { throw HTTPParseError(status: 400, message: "malformed header line") }
+            headers.append((String(line[..<colon]).trimmingCharacters(in: .whitespaces), String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)))
+        }
+        var request = HTTPRequest(method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: Data())
+        if request.header("Transfer-Encoding")?.lowercased().contains("chunked") == true {
+            request.body = try readChunked()
+        } else if let lengthText = request.header("Content-Length") {
+            guard let length = Int(lengthText), length >= 0 else { throw HTTPParseError(status: 400, message: "bad Content-Length") }
+            guard length <= HTTPServer.maxBody else { throw HTTPParseError(status: 413, message: "request body exceeds 4 MiB") }
+            while buffer.count < length {
+                guard fill() else { throw HTTPParseError(status: 400, message: "request body is shorter than its Content-Length") }
+            }
+            request.body = Data(buffer[0..<length])
+            buffer.removeFirst(length)
+        }
+        return request
+    }
+
+    mutating func readChunked() throws -> Data {
+        var body = Data()
+        while true {
+            var lineEnd = find([13, 10], in: buffer)
+            while lineEnd == nil {
+                guard buffer.count < 1024, fill() else { throw HTTPParseError(status: 400, message: "malformed chunked body") }
+                lineEnd = find([13, 10], in: buffer)
+            }
+            let sizeText = String(decoding: buffer[0..<lineEnd!], as: UTF8.self).split(separator: ";").first.map(String.init) ?? ""
+            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
+                throw HTTPParseError(status: 400, message: "malformed chunk size")
+            }
+            buffer.removeFirst(lineEnd! + 2)
+            guard body.count + size <= HTTPServer.maxBody else { throw HTTPParseError(status: 413, message: "request body exceeds 4 MiB") }
+            while buffer.count < size + 2 {
+                guard fill() else { throw HTTPParseError(status: 400, message: "truncated chunk") }
+            }
+            body.append(contentsOf: buffer[0..<size])
+            buffer.removeFirst(size + 2)
+            if size == 0 { return body }
+        }
+    }
+
+    func find(_ needle: [UInt8], in haystack: [UInt8]) -> Int? {
+        guard haystack.count >= needle.count else { return nil }
+        for i in 0...(haystack.count - needle.count) where haystack[i] == needle[0] {
+            if haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
+        }
+        return nil
+    }
+}
+
+/// OpenAI-shaped error bodies: `{"error": {"message", "type", "param", "code"}}`.
+public enum OpenAIErrorBody {
+    public static func data(_ message: String, type: String, code: String?, param: String? = nil) -> Data {
+        let value: JSONValue = .object([("error", .object([
+            ("message", .string(message)), ("type", .string(type)),
+            ("param", param.map(JSONValue.string) ?? .null), ("code", code.map(JSONValue.string) ?? .null),
+        ]))])
+        return Data(value.serialized.utf8)
+    }
+}
