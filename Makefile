@@ -2,7 +2,7 @@
 SWIFT ?= swift
 BIN := .build/debug
 
-.PHONY: setup build run demo test bench fuzz format clean
+.PHONY: setup build ccinfer run demo test bench fuzz format clean
 
 setup:
 	@scripts/setup
@@ -10,7 +10,11 @@ setup:
 build: setup
 	$(SWIFT) build
 
-run: build
+# The engine binary workers run and policies pin, built reproducibly (scripts/build-ccinfer).
+ccinfer: setup
+	@scripts/build-ccinfer
+
+run: build ccinfer
 	@scripts/demo
 
 demo: run
