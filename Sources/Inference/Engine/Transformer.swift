@@ -58,7 +58,7 @@ public final class Transformer: @unchecked Sendable {
     static let microBatch = 512
 
     // Scratch, sized for `batchSize` tokens.
-    let x, xn, aq, ad, q, k, v, att, g, u, scores, xLast, logits, ropeTable: VulkanBuffer
+    let x, xn, aq, ad, q, k, v, att, g, u, scores, xLast, xFinal, logits, ropeTable: VulkanBuffer
     let input: VulkanBuffer
     let logitsHost: VulkanBuffer
     let dummy: VulkanBuffer
@@ -198,6 +198,7 @@ public final class Transformer: @unchecked Sendable {
         u = try scratch(b * c.feedForwardLength)
         scores = try scratch(b * c.headCount * context)
         xLast = try scratch(c.embeddingLength)
+        xFinal = try scratch(c.embeddingLength)
         logits = try scratch(output.rows)
         ropeTable = try scratch(b * c.ropeDimensions)
         input = try device.makeBuffer(bytes: b * (c.embeddingLength + c.ropeDimensions) * 4, placement: .host)
@@ -363,7 +364,7 @@ public final class Transformer: @unchecked Sendable {
         let heads = UInt32(c.headCount)
         let kvHeads = UInt32(c.kvHeadCount)
         let hd = UInt32(c.headDim)
-        for layer in layers.prefix(layerLimit ?? layers.count) {
+        for (index, layer) in layers.prefix(layerLimit ?? layers.count).enumerated() {
             try norm(x, layer.attnNorm, into: xn, rows: n, width: e)
             if debugStage == 1 { break }
             if [layer.wq, layer.wk, layer.wv].contains(where: \.quantized) { try quantize(xn, rows: n, width: e) }
@@ -387,14 +388,16 @@ public final class Transformer: @unchecked Sendable {
                              groups: (c.headCount, n, 1))
             if layer.wo.quantized { try quantize(att, rows: n, width: c.qDim) }
             try matmul(layer.wo, input: att, into: x, tokens: n, accumulate: true)
-            try norm(x, layer.ffnNorm, into: xn, rows: n, width: e)
-            if layer.gate.quantized || layer.up.quantized { try quantize(xn, rows: n, width: e) }
-            try matmul(layer.gate, input: xn, into: g, tokens: n)
-            try matmul(layer.up, input: xn, into: u, tokens: n, barrier: false)
-            let f = n * c.feedForwardLength
-            try cmd.dispatch(kernels.swiglu, [g, u, g], push: [UInt32(f)], groups: ((f + 63) / 64, 1, 1))
-            if layer.down.quantized { try quantize(g, rows: n, width: c.feedForwardLength) }
-            try matmul(layer.down, input: g, into: x, tokens: n, accumulate: true)
+            if index == layers.count - 1, layerLimit == nil {
+                // The reference computes the last layer's feed-forward only for the rows whose
+                // logits are wanted: the last token, as a one-row product (one-token order).
+                cmd.barrier()
+                cmd.copy(x, xFinal, bytes: e * 4, fromOffset: (n - 1) * e * 4)
+                order = 0
+                try feedForward(layer, residual: xFinal, rows: 1)
+            } else {
+                try feedForward(layer, residual: x, rows: n)
+            }
         }
         if layerLimit != nil {
             cmd.barrier()
@@ -405,8 +408,8 @@ public final class Transformer: @unchecked Sendable {
             let values = logitsHost.mapped!.bindMemory(to: Float.self, capacity: e)
             return Array(UnsafeBufferPointer(start: values, count: e))
         }
-        // Only the last token's logits are needed.
-        try cmd.dispatch(kernels.rmsnorm, [x, outputNorm, xLast], push: [UInt32(e), UInt32(n - 1), c.rmsEpsilon.bitPattern],
+        // Only the last token's logits are needed; its residual is in xFinal.
+        try cmd.dispatch(kernels.rmsnorm, [xFinal, outputNorm, xLast], push: [UInt32(e), 0, c.rmsEpsilon.bitPattern],
                          groups: (1, 1, 1))
         if output.quantized { try quantize(xLast, rows: 1, width: e) }
         try matmul(output, input: xLast, into: logits, tokens: 1)
@@ -417,6 +420,19 @@ public final class Transformer: @unchecked Sendable {
         cached.append(contentsOf: tokens)
         let values = logitsHost.mapped!.bindMemory(to: Float.self, capacity: output.rows)
         return Array(UnsafeBufferPointer(start: values, count: tokenizer.count))
+    }
+
+    /// x += down(silu(gate(norm(x))) * up(norm(x))) for `rows` rows of `residual`.
+    func feedForward(_ layer: Layer, residual: VulkanBuffer, rows n: Int) throws(InferenceError) {
+        let e = config.embeddingLength
+        try norm(residual, layer.ffnNorm, into: xn, rows: n, width: e)
+        if layer.gate.quantized || layer.up.quantized { try quantize(xn, rows: n, width: e) }
+        try matmul(layer.gate, input: xn, into: g, tokens: n)
+        try matmul(layer.up, input: xn, into: u, tokens: n, barrier: false)
+        let f = n * config.feedForwardLength
+        try commands.dispatch(kernels.swiglu, [g, u, g], push: [UInt32(f)], groups: ((f + 63) / 64, 1, 1))
+        if layer.down.quantized { try quantize(g, rows: n, width: config.feedForwardLength) }
+        try matmul(layer.down, input: g, into: residual, tokens: n, accumulate: true)
     }
 
     func norm(_ input: VulkanBuffer, _ weight: VulkanBuffer, into out: VulkanBuffer, rows: Int, width: Int, barrier: Bool = true)
