@@ -6,28 +6,27 @@ import TestSupport
 import Testing
 import WorkerAgent
 
-/// The real thing: llama-cpp-python's server with SmolLM2-135M-Instruct behind an attested
+/// The real thing: ccinfer serving SmolLM2-135M-Instruct (on lavapipe) behind an attested
 /// worker, reached through the gateway by curl and by the official openai Python SDK, unchanged.
-/// `scripts/engine-env` provides both (cached under ~/.cache/ccgate).
+/// `scripts/reference-env` provides the SDK and the model (cached under ~/.cache/ccgate).
 @Suite(.serialized) struct RealEngineTests {
     struct EngineEnvironment {
         let venv: URL
         let model: URL
-        let library: URL
+        let engine: URL
     }
 
     static func environment() throws -> EngineEnvironment {
-        let result = try ProcessRunner.run(SharedTestData.packageRoot.appendingPathComponent("scripts/engine-env").path, [])
-        guard result.status == 0 else { throw SetupError("scripts/engine-env failed: \(result.stderr)") }
+        let result = try ProcessRunner.run(SharedTestData.packageRoot.appendingPathComponent("scripts/reference-env").path, [])
+        guard result.status == 0 else { throw SetupError("scripts/reference-env failed: \(result.stderr)") }
         var values = [String: String]()
         for line in result.stdout.split(separator: "\n") {
             let parts = line.split(separator: "=", maxSplits: 1)
             if parts.count == 2 { values[String(parts[0])] = String(parts[1]) }
         }
-        guard let venv = values["VENV"], let model = values["MODEL"] else { throw SetupError("engine-env printed \(result.stdout)") }
-        let find = try ProcessRunner.run("find", [venv, "-path", "*site-packages/llama_cpp/lib/libllama.so"])
-        guard let library = find.stdout.split(separator: "\n").first else { throw SetupError("libllama.so not found in \(venv)") }
-        return EngineEnvironment(venv: URL(fileURLWithPath: venv), model: URL(fileURLWithPath: model), library: URL(fileURLWithPath: String(library)))
+        guard let venv = values["VENV"], let model = values["MODEL"] else { throw SetupError("reference-env printed \(result.stdout)") }
+        let engine = Bundle.main.executableURL!.deletingLastPathComponent().appendingPathComponent("ccinfer")
+        return EngineEnvironment(venv: URL(fileURLWithPath: venv), model: URL(fileURLWithPath: model), engine: engine)
     }
 
     struct SetupError: Error, CustomStringConvertible {
@@ -43,8 +42,12 @@ import WorkerAgent
     @Test func completionsFromTheRealModelThroughTheGateway() async throws {
         let env = try Self.environment()
         let port = try Self.freePort()
-        let engine = EngineSupervisor(command: [env.venv.appendingPathComponent("bin/python").path, "-m", "llama_cpp.server",
-                                                "--model", env.model.path, "--host", "127.0.0.1", "--port", String(port), "--n_ctx", "1024"])
+        setenv("XDG_RUNTIME_DIR", NSTemporaryDirectory(), 0)
+        if let icd = try? FileManager.default.contentsOfDirectory(atPath: "/usr/share/vulkan/icd.d").first(where: { $0.hasPrefix("lvp_icd") }) {
+            setenv("VK_ICD_FILENAMES", "/usr/share/vulkan/icd.d/\(icd)", 1)
+        }
+        let engine = EngineSupervisor(command: [env.engine.path, "serve", "--model", env.model.path, "--model-name", "smollm2-135m-instruct",
+                                                "--host", "127.0.0.1", "--port", String(port), "--context", "1024"])
         let supervision = Task { await engine.run() }
         defer { engine.stop(); supervision.cancel() }
         let client = EngineClient(port: port)
@@ -60,12 +63,12 @@ import WorkerAgent
             name: real
             evidence: {formats: [tpm2-quote], tpm: {require_restricted_ak: true}}
             measurements:
-              binaries: [{name: libllama.so, sha256: \(try FileMeasurer.digest(of: env.library).hex)}]
+              binaries: [{name: ccinfer, sha256: \(try FileMeasurer.digest(of: env.engine).hex)}]
               models: [{name: smollm2, sha256: b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53}]
             """)
         let gateway = try await GatewayHarness(policy: policy)
         let worker = try await TestWorker(id: "gpu-1", gatewayPort: gateway.workerPort, enginePort: port,
-                                          measured: [env.library, env.model], modelName: "smollm2-135m-instruct")
+                                          measured: [env.engine, env.model], modelName: "smollm2-135m-instruct")
         defer { Task { await worker.stop(); await gateway.stop() } }
         guard case .success = await worker.admitted() else { Issue.record("not admitted"); return }
 
