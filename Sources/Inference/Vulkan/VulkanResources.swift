@@ -34,27 +34,38 @@ public final class VulkanBuffer: @unchecked Sendable {
         vkGetBufferMemoryRequirements(device.handle, handle, &requirements)
         let hostBits = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT.rawValue | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT.rawValue
         let localBit = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT.rawValue
-        let type: UInt32? = switch placement {
+        // Candidates in order of preference. Device buffers fall back to host-visible memory
+        // when device-local memory runs out: slower, but the model still loads.
+        let candidates: [UInt32?] = switch placement {
         case .device:
-            device.memoryType(bits: requirements.memoryTypeBits, required: localBit)
-                ?? device.memoryType(bits: requirements.memoryTypeBits, required: 0)
+            [device.memoryType(bits: requirements.memoryTypeBits, required: localBit),
+             device.memoryType(bits: requirements.memoryTypeBits, required: hostBits),
+             device.memoryType(bits: requirements.memoryTypeBits, required: 0)]
         case .host:
-            device.memoryType(bits: requirements.memoryTypeBits, required: hostBits, preferred: VK_MEMORY_PROPERTY_HOST_CACHED_BIT.rawValue)
+            [device.memoryType(bits: requirements.memoryTypeBits, required: hostBits, preferred: VK_MEMORY_PROPERTY_HOST_CACHED_BIT.rawValue)]
         }
-        guard let type else {
+        var chosen: (type: UInt32, memory: VkDeviceMemory)?
+        var lastFailure = VK_ERROR_OUT_OF_DEVICE_MEMORY
+        var tried = Set<UInt32>()
+        for case let type? in candidates where tried.insert(type).inserted {
+            var alloc = VkMemoryAllocateInfo()
+            alloc.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO
+            alloc.allocationSize = requirements.size
+            alloc.memoryTypeIndex = type
+            var mem: VkDeviceMemory?
+            let allocated = vkAllocateMemory(device.handle, &alloc, nil, &mem)
+            if allocated == VK_SUCCESS, let mem {
+                chosen = (type, mem)
+                break
+            }
+            lastFailure = allocated
+        }
+        guard let chosen else {
             vkDestroyBuffer(device.handle, handle, nil)
-            throw InferenceError(.vulkanFailed, "no memory type for a \(placement) buffer")
+            throw InferenceError(.vulkanFailed, "allocating \(self.size) bytes of \(placement) memory failed: \(vkResultName(lastFailure))")
         }
-        var alloc = VkMemoryAllocateInfo()
-        alloc.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO
-        alloc.allocationSize = requirements.size
-        alloc.memoryTypeIndex = type
-        var mem: VkDeviceMemory?
-        let allocated = vkAllocateMemory(device.handle, &alloc, nil, &mem)
-        guard allocated == VK_SUCCESS else {
-            vkDestroyBuffer(device.handle, handle, nil)
-            throw InferenceError(.vulkanFailed, "allocating \(self.size) bytes of \(placement) memory failed: \(vkResultName(allocated))")
-        }
+        let type = chosen.type
+        let mem: VkDeviceMemory? = chosen.memory
         memory = mem!
         try vkCheck(vkBindBufferMemory(device.handle, handle, memory, 0), "vkBindBufferMemory")
         if device.memoryTypeFlags(type) & hostBits == hostBits {
