@@ -103,11 +103,12 @@ let package = Package(
         .executableTarget(
             name: "ccgate-bench",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "WorkerAgent", "Gateway", "Policy",
+                "AttestationCore", "TPMVerifier", "WorkerAgent", "Gateway", "Policy", "Inference",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/ccgate-bench",
+            exclude: ["llama_bench.py"],
             swiftSettings: strict),
 
         // Tests.

@@ -11,10 +11,14 @@ func print(_ items: Any..., separator: String = " ", terminator: String = "\n") 
 // Figures only: the gateway and worker logs would drown them.
 LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
 
-tpmBench()
+let only = ProcessInfo.processInfo.environment["CCGATE_BENCH_ONLY"]
+if only == nil || only == "tpm" { tpmBench() }
+if only == nil || only == "inference" { inferenceBench() }
 let done = DispatchSemaphore(value: 0)
 Task.detached {
-    do { try await gatewayBench() } catch { print("ccgate bench: gateway failed: \(error)") }
+    if only == nil || only == "gateway" {
+        do { try await gatewayBench() } catch { print("ccgate bench: gateway failed: \(error)") }
+    }
     done.signal()
 }
 done.wait()
