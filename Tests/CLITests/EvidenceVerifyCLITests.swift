@@ -114,6 +114,27 @@ import Testing
         #expect(ok.status == 0)
     }
 
+    /// The entry `policy measure` prints is what sha256sum (an independent tool) computes, and a
+    /// policy built from it admits exactly that file.
+    @Test func policyMeasurePrintsAnEntryThePolicyAccepts() throws {
+        let dir = try TemporaryDirectory()
+        try Data("engine bytes".utf8).write(to: dir.file("engine"))
+        try Data("model bytes".utf8).write(to: dir.file("my model.gguf"))
+        let binary = try ProcessRunner.run(Self.ccgate, ["policy", "measure", dir.file("engine").path])
+        let model = try ProcessRunner.run(Self.ccgate, ["policy", "measure", "--name", "my model", "--version", "1.0", dir.file("my model.gguf").path])
+        #expect(binary.status == 0 && model.status == 0)
+        let independent = try ProcessRunner.run("sha256sum", [dir.file("engine").path]).stdout.prefix(64)
+        #expect(binary.stdout == "- {name: engine, sha256: \(independent), size: 12}\n")
+        #expect(model.stdout.hasPrefix(#"- {name: "my model", version: "1.0", sha256: "#))
+        let policy = "schema: ccgate.policy/v1\nname: measured\nmeasurements:\n  binaries:\n    \(binary.stdout)  models:\n    \(model.stdout)"
+        try Data(policy.utf8).write(to: dir.file("p.yaml"))
+        let lint = try ProcessRunner.run(Self.ccgate, ["policy", "lint", dir.file("p.yaml").path])
+        #expect(lint.status == 0, "\(lint.stderr)\n\(policy)")
+        #expect(lint.stdout.contains("1 binaries, 1 models"))
+        let missing = try ProcessRunner.run(Self.ccgate, ["policy", "measure", dir.file("nope").path])
+        #expect(missing.status == 2 && missing.stderr.contains("not a readable file"))
+    }
+
     @Test func helpTeaches() throws {
         let result = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", "--help"])
         #expect(result.status == 0)
