@@ -17,16 +17,9 @@ import WorkerAgent
     }
 
     static func environment() throws -> EngineEnvironment {
-        let result = try ProcessRunner.run(SharedTestData.packageRoot.appendingPathComponent("scripts/reference-env").path, [])
-        guard result.status == 0 else { throw SetupError("scripts/reference-env failed: \(result.stderr)") }
-        var values = [String: String]()
-        for line in result.stdout.split(separator: "\n") {
-            let parts = line.split(separator: "=", maxSplits: 1)
-            if parts.count == 2 { values[String(parts[0])] = String(parts[1]) }
-        }
-        guard let venv = values["VENV"], let model = values["MODEL"] else { throw SetupError("reference-env printed \(result.stdout)") }
+        let references = try ReferenceEnvironment.shared.get()
         let engine = Bundle.main.executableURL!.deletingLastPathComponent().appendingPathComponent("ccinfer")
-        return EngineEnvironment(venv: URL(fileURLWithPath: venv), model: URL(fileURLWithPath: model), engine: engine)
+        return EngineEnvironment(venv: references.venv, model: references.model, engine: engine)
     }
 
     struct SetupError: Error, CustomStringConvertible {

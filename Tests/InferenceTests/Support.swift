@@ -5,26 +5,7 @@ import TestSupport
 /// The references the engine is checked against (scripts/reference-env): llama-cpp-python in a
 /// virtual environment, and the SmolLM2 model.
 enum References {
-    struct Environment: Sendable {
-        let python: URL
-        let model: URL
-    }
-
-    static let environment: Result<Environment, any Error> = {
-        do {
-            let result = try ProcessRunner.run(SharedTestData.packageRoot.appendingPathComponent("scripts/reference-env").path, [])
-            guard result.status == 0 else { throw SetupError("scripts/reference-env failed: \(result.stderr)") }
-            var values = [String: String]()
-            for line in result.stdout.split(separator: "\n") {
-                let parts = line.split(separator: "=", maxSplits: 1)
-                if parts.count == 2 { values[String(parts[0])] = String(parts[1]) }
-            }
-            guard let venv = values["VENV"], let model = values["MODEL"] else { throw SetupError("reference-env printed \(result.stdout)") }
-            return .success(Environment(python: URL(fileURLWithPath: venv).appendingPathComponent("bin/python"), model: URL(fileURLWithPath: model)))
-        } catch {
-            return .failure(error)
-        }
-    }()
+    static var environment: Result<ReferenceEnvironment, ReferenceEnvironment.SetupError> { ReferenceEnvironment.shared }
 
     static var script: String { SharedTestData.packageRoot.appendingPathComponent("Tests/InferenceTests/reference_llama.py").path }
 

@@ -32,6 +32,27 @@ import Testing
         }
     }
 
+    /// The qwen2 and llama3 pre-tokenizers (and llama3's whole-word vocabulary lookup), on the
+    /// same vocabulary written into small models that declare them.
+    @Test(arguments: ["qwen2", "llama3"])
+    func otherPreTokenizersMatchLlamaCpp(_ pre: String) async throws {
+        let env = try References.environment.get()
+        let dir = try TemporaryDirectory("pre-\(pre)")
+        var w = SyntheticModel.make(architecture: "qwen2", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model),
+                                    shape: .init(embedding: 32, heads: 1, kvHeads: 1, feedForward: 32, layers: 1))
+        let i = w.metadata.firstIndex { $0.0 == "tokenizer.ggml.pre" }!
+        w.metadata[i] = ("tokenizer.ggml.pre", .string(pre == "llama3" ? "llama-bpe" : pre))
+        try w.write(to: dir.file("m.gguf"))
+        try JSONSerialization.data(withJSONObject: Self.texts).write(to: dir.file("texts.json"))
+        try await References.run(["tokenize", dir.file("m.gguf").path, dir.file("texts.json").path, dir.file("out.json").path])
+        let reference = try jsonObject(dir.file("out.json")) as! [[String: [Int]]]
+        let tokenizer = try Tokenizer(gguf: GGUFFile(url: dir.file("m.gguf")))
+        #expect(tokenizer.preTokenizer.rawValue == pre)
+        for (text, ref) in zip(Self.texts, reference) {
+            #expect(tokenizer.encode(text, parseSpecial: true) == ref["special"], "\(pre): \(text.debugDescription)")
+        }
+    }
+
     @Test func decodingRestoresTheText() throws {
         let env = try References.environment.get()
         let tokenizer = try Tokenizer(gguf: GGUFFile(url: env.model))

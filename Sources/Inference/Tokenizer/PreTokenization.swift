@@ -66,154 +66,138 @@ enum PreTokenization {
         }
     }
 
-    /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
-    static func gpt2(_ cpts: [Unicode.Scalar], _ piece: Range<Int>) -> [Range<Int>] {
+    /// Cursor over one piece of text, collecting the words the scanners cut.
+    struct Scanner {
+        let cpts: [Unicode.Scalar]
+        let piece: Range<Int>
         var out = [Range<Int>]()
+        var prevEnd: Int
+
+        init(_ cpts: [Unicode.Scalar], _ piece: Range<Int>) {
+            self.cpts = cpts
+            self.piece = piece
+            prevEnd = piece.lowerBound
+        }
+
         func cpt(_ i: Int) -> UInt32? { piece.contains(i) ? cpts[i].value : nil }
         func fl(_ i: Int) -> Flags { piece.contains(i) ? flags(cpts[i]) : Flags(outside: true) }
-        var prevEnd = piece.lowerBound
-        func add(_ end: Int) -> Int {
+
+        /// Ends the current word at `end`; returns its length.
+        @discardableResult
+        mutating func add(_ end: Int) -> Int {
             let n = end - prevEnd
             if n > 0 { out.append(prevEnd..<end) }
             prevEnd = end
             return n
         }
+
+        /// `'s|'t|'re|'ve|'m|'ll|'d` at `pos` (optionally ignoring case): the length matched, or 0.
+        func contraction(at pos: Int, ignoringCase: Bool) -> Int {
+            guard cpt(pos) == 0x27, pos + 1 < piece.upperBound else { return 0 }
+            func lower(_ v: UInt32?) -> UInt32? { ignoringCase ? v.map { (0x41...0x5A).contains($0) ? $0 + 32 : $0 } : v }
+            let n1 = lower(cpt(pos + 1))
+            if n1 == 0x73 || n1 == 0x74 || n1 == 0x6D || n1 == 0x64 { return 2 }  // s t m d
+            guard pos + 2 < piece.upperBound else { return 0 }
+            let n2 = lower(cpt(pos + 2))
+            return (n1 == 0x72 && n2 == 0x65) || (n1 == 0x76 && n2 == 0x65) || (n1 == 0x6C && n2 == 0x6C) ? 3 : 0  // re ve ll
+        }
+
+        /// `\s+(?!\S)|\s+` at `pos`, else one character: where the word ends.
+        func whitespaceOrOther(at pos: Int) -> Int {
+            var spaces = 0
+            while fl(pos + spaces).whitespace { spaces += 1 }
+            if spaces > 1, cpt(pos + spaces) != nil { return pos + spaces - 1 }
+            return pos + max(spaces, 1)
+        }
+
+        /// `<space>?[^\s\p{L}\p{N}]+` starting at `pos`: where the run ends.
+        func symbols(from pos: Int) -> Int {
+            var end = cpts[pos].value == 0x20 ? pos + 1 : pos
+            var f = fl(end)
+            while !(f.whitespace || f.letter || f.number) && !f.outside {
+                end += 1
+                f = fl(end)
+            }
+            return end
+        }
+    }
+
+    /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+    static func gpt2(_ cpts: [Unicode.Scalar], _ piece: Range<Int>) -> [Range<Int>] {
+        var s = Scanner(cpts, piece)
         var pos = piece.lowerBound
         while pos < piece.upperBound {
             let c = cpts[pos].value
-            let f = fl(pos)
-            if c == 0x27, pos + 1 < piece.upperBound {  // '
-                let n1 = cpt(pos + 1)
-                if n1 == 0x73 || n1 == 0x74 || n1 == 0x6D || n1 == 0x64 {  // s t m d
-                    pos += add(pos + 2)
-                    continue
-                }
-                if pos + 2 < piece.upperBound {
-                    let n2 = cpt(pos + 2)
-                    if (n1 == 0x72 && n2 == 0x65) || (n1 == 0x76 && n2 == 0x65) || (n1 == 0x6C && n2 == 0x6C) {  // re ve ll
-                        pos += add(pos + 3)
-                        continue
-                    }
-                }
+            let n = s.contraction(at: pos, ignoringCase: false)
+            if n > 0 {
+                pos += s.add(pos + n)
+                continue
             }
-            var f2 = c == 0x20 ? fl(pos + 1) : f
-            if f2.letter {
+            let f2 = c == 0x20 ? s.fl(pos + 1) : s.fl(pos)
+            if f2.letter || f2.number {
                 if c == 0x20 { pos += 1 }
-                while f2.letter { pos += 1; f2 = fl(pos) }
-                _ = add(pos)
+                while f2.letter ? s.fl(pos).letter : s.fl(pos).number { pos += 1 }
+                s.add(pos)
                 continue
             }
-            if f2.number {
-                if c == 0x20 { pos += 1 }
-                while f2.number { pos += 1; f2 = fl(pos) }
-                _ = add(pos)
+            if !(f2.whitespace || f2.outside) {
+                pos = s.symbols(from: pos)
+                s.add(pos)
                 continue
             }
-            if !(f2.whitespace || f2.letter || f2.number) && !f2.outside {
-                if c == 0x20 { pos += 1 }
-                while !(f2.whitespace || f2.letter || f2.number) && !f2.outside { pos += 1; f2 = fl(pos) }
-                _ = add(pos)
-                continue
-            }
-            var spaces = 0
-            while fl(pos + spaces).whitespace { spaces += 1 }
-            if spaces > 1, cpt(pos + spaces) != nil {
-                pos += spaces - 1
-                _ = add(pos)
-                continue
-            }
-            if spaces > 0 {
-                pos += spaces
-                _ = add(pos)
-                continue
-            }
-            pos += 1
-            _ = add(pos)
+            pos = s.whitespaceOrOther(at: pos)
+            s.add(pos)
         }
-        return out
+        return s.out
     }
 
     /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,G}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
     static func qwenStyle(_ cpts: [Unicode.Scalar], _ piece: Range<Int>, digitGroup: Int) -> [Range<Int>] {
-        var out = [Range<Int>]()
-        func cpt(_ i: Int) -> UInt32? { piece.contains(i) ? cpts[i].value : nil }
-        func fl(_ i: Int) -> Flags { piece.contains(i) ? flags(cpts[i]) : Flags(outside: true) }
-        func lower(_ v: UInt32?) -> UInt32? { v.map { (0x41...0x5A).contains($0) ? $0 + 32 : $0 } }
-        var prevEnd = piece.lowerBound
-        func add(_ end: Int) -> Int {
-            let n = end - prevEnd
-            if n > 0 { out.append(prevEnd..<end) }
-            prevEnd = end
-            return n
-        }
+        var s = Scanner(cpts, piece)
         var pos = piece.lowerBound
         while pos < piece.upperBound {
             let c = cpts[pos].value
-            let f = fl(pos)
-            if c == 0x27, pos + 1 < piece.upperBound {
-                let n1 = lower(cpt(pos + 1))
-                if n1 == 0x73 || n1 == 0x74 || n1 == 0x6D || n1 == 0x64 {
-                    pos += add(pos + 2)
-                    continue
-                }
-                if pos + 2 < piece.upperBound {
-                    let n2 = lower(cpt(pos + 2))
-                    if (n1 == 0x72 && n2 == 0x65) || (n1 == 0x76 && n2 == 0x65) || (n1 == 0x6C && n2 == 0x6C) {
-                        pos += add(pos + 3)
-                        continue
-                    }
-                }
+            let f = s.fl(pos)
+            let n = s.contraction(at: pos, ignoringCase: true)
+            if n > 0 {
+                pos += s.add(pos + n)
+                continue
             }
-            if !(c == 0x0D || c == 0x0A || f.number), f.letter || fl(pos + 1).letter {
+            if !(c == 0x0D || c == 0x0A || f.number), f.letter || s.fl(pos + 1).letter {
                 pos += 1
-                while fl(pos).letter { pos += 1 }
-                _ = add(pos)
+                while s.fl(pos).letter { pos += 1 }
+                s.add(pos)
                 continue
             }
             if f.number {
                 var start = pos
-                while fl(pos).number {
+                while s.fl(pos).number {
                     pos += 1
                     if pos - start >= digitGroup {
-                        _ = add(pos)
+                        s.add(pos)
                         start = pos
                     }
                 }
-                _ = add(pos)
+                s.add(pos)
                 continue
             }
-            var f2 = c == 0x20 ? fl(pos + 1) : f
+            let f2 = c == 0x20 ? s.fl(pos + 1) : f
             if !(f2.whitespace || f2.letter || f2.number) && !f.outside {
-                if c == 0x20 { pos += 1 }
-                while !(f2.whitespace || f2.letter || f2.number) && !f2.outside { pos += 1; f2 = fl(pos) }
-                while let n = cpt(pos), n == 0x0D || n == 0x0A { pos += 1 }
-                _ = add(pos)
+                pos = s.symbols(from: pos)
+                while let n = s.cpt(pos), n == 0x0D || n == 0x0A { pos += 1 }
+                s.add(pos)
                 continue
             }
+            // \s*[\r\n]+ : whitespace up to and including the last newline of the run.
             var spaces = 0
             var lastNewlineEnd = 0
-            while fl(pos + spaces).whitespace {
-                if let n = cpt(pos + spaces), n == 0x0D || n == 0x0A { lastNewlineEnd = pos + spaces + 1 }
+            while s.fl(pos + spaces).whitespace {
+                if let n = s.cpt(pos + spaces), n == 0x0D || n == 0x0A { lastNewlineEnd = pos + spaces + 1 }
                 spaces += 1
             }
-            if lastNewlineEnd > 0 {
-                pos = lastNewlineEnd
-                _ = add(pos)
-                continue
-            }
-            if spaces > 1, cpt(pos + spaces) != nil {
-                pos += spaces - 1
-                _ = add(pos)
-                continue
-            }
-            if spaces > 0 {
-                pos += spaces
-                _ = add(pos)
-                continue
-            }
-            pos += 1
-            _ = add(pos)
+            pos = lastNewlineEnd > 0 ? lastNewlineEnd : s.whitespaceOrOther(at: pos)
+            s.add(pos)
         }
-        return out
+        return s.out
     }
 }
