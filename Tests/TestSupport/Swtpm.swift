@@ -40,7 +40,10 @@ public final class Swtpm: @unchecked Sendable {
             try process.run()
             let deadline = Date().addingTimeInterval(10)
             while Date() < deadline, process.isRunning {
-                if canConnect(port: port) { return Swtpm(port: port, stateDirectory: dir, process: process) }
+                if canConnect(port: port) {
+                Running.add(process.processIdentifier)
+                return Swtpm(port: port, stateDirectory: dir, process: process)
+            }
                 usleep(20_000)
             }
             if process.isRunning { process.terminate() }
@@ -58,6 +61,7 @@ public final class Swtpm: @unchecked Sendable {
 
     /// Stops the TPM: SIGTERM, then SIGKILL if it is still serving a client after two seconds.
     public func stop() {
+        defer { Running.remove(process.processIdentifier) }
         guard process.isRunning else { return }
         process.terminate()
         let deadline = Date().addingTimeInterval(2)
@@ -67,6 +71,27 @@ public final class Swtpm: @unchecked Sendable {
     }
 
     deinit { stop() }
+
+    /// TPMs still running when the test process exits (a test that never released its TPM) are
+    /// killed then, so no swtpm outlives the run.
+    enum Running {
+        nonisolated(unsafe) static var pids = Set<Int32>()
+        static let lock = NSLock()
+        static let installed: Void = {
+            atexit {
+                Running.lock.lock()
+                for pid in Running.pids { kill(pid, SIGKILL) }
+                Running.lock.unlock()
+            }
+        }()
+
+        static func add(_ pid: Int32) {
+            _ = installed
+            lock.withLock { _ = pids.insert(pid) }
+        }
+
+        static func remove(_ pid: Int32) { lock.withLock { _ = pids.remove(pid) } }
+    }
 
     static func canConnect(port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
