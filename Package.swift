@@ -17,6 +17,7 @@ let package = Package(
         .executable(name: "ccinfer", targets: ["ccinfer"]),
         .library(name: "AttestationCore", targets: ["AttestationCore"]),
         .library(name: "TPMVerifier", targets: ["TPMVerifier"]),
+        .library(name: "TDXVerifier", targets: ["TDXVerifier"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -38,6 +39,7 @@ let package = Package(
         .target(name: "AttestationCore", dependencies: ["COpenSSL"], swiftSettings: strict),
         .target(name: "EventLog", dependencies: ["AttestationCore"], swiftSettings: strict),
         .target(name: "TPMVerifier", dependencies: ["AttestationCore", "EventLog", "CTSS2"], swiftSettings: strict),
+        .target(name: "TDXVerifier", dependencies: ["AttestationCore", "EventLog", "COpenSSL"], swiftSettings: strict),
         .target(
             name: "Policy", dependencies: ["AttestationCore", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
@@ -58,7 +60,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "Policy", "Sealing", "WorkerProtocol", "AuditLog",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "AuditLog",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -82,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "ccgate",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "Policy", "Gateway", "AuditLog", "CommandLineSupport",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AuditLog", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -118,6 +120,7 @@ let package = Package(
         .testTarget(
             name: "TPMVerifierTests", dependencies: ["TPMVerifier", "Policy", "WorkerAgent", "TestSupport"],
             swiftSettings: strict),
+        .testTarget(name: "TDXVerifierTests", dependencies: ["TDXVerifier", "EventLog", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
         .testTarget(

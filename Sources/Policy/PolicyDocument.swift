@@ -38,7 +38,28 @@ public struct PolicyDocument: Sendable, Equatable {
     public struct TDXRules: Sendable, Equatable {
         public var acceptedTCBStatuses: [String] = ["UpToDate"]
         public var allowDebug = false
+        /// Days an `OutOfDate` platform stays acceptable after the tcbDate of its TCB level
+        /// (Intel's `platform_grace_period`); 0: none.
+        public var platformGracePeriodDays = 0
+        /// Days collateral stays acceptable past its `nextUpdate` (Intel's
+        /// `collateral_grace_period`); 0: none.
+        public var collateralGracePeriodDays = 0
+        public var rejectedAdvisoryIDs: [String] = []
+        /// Accepted MRTD values (lowercase hex); empty: any.
+        public var mrtds: [String] = []
+        /// Accepted RTMR sets: each maps a register index (0–3) to its value; a TD meets the rule
+        /// when every register of one set matches. Empty: any.
+        public var rtmrSets: [[Int: String]] = []
+        /// Accepted Cocoon image hashes (SHA-256 over MRTD ‖ MRCONFIGID ‖ MROWNER ‖ MROWNERCONFIG ‖
+        /// RTMR0..3 ‖ 64 zero bytes), as a Cocoon root contract lists them; empty: any.
+        public var imageHashes: [String] = []
     }
+
+    /// Intel's TCB status names, for checking policies.
+    public static let knownTCBStatuses = [
+        "UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded", "OutOfDate",
+        "OutOfDateConfigurationNeeded", "Revoked", "TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded",
+    ]
 
     /// The built-in default used when no policy file is named: accept `UpToDate` TDX only, no
     /// debug TDs, no SHA-1 TPM quotes, no measurement requirements.
@@ -226,11 +247,7 @@ struct NodeReader {
                 }
             }
             if let tdxNode = ev["tdx"] {
-                let tdx = mapping(tdxNode, "evidence.tdx", allowed: ["accepted_tcb_statuses", "allow_debug"])
-                if let statuses = strings(tdx["accepted_tcb_statuses"], "evidence.tdx.accepted_tcb_statuses") {
-                    doc.tdx.acceptedTCBStatuses = statuses
-                }
-                doc.tdx.allowDebug = bool(tdx["allow_debug"], "evidence.tdx.allow_debug", default: false)
+                tdxRules(tdxNode, into: &doc.tdx)
             }
         }
         if let measurementsNode = top["measurements"] {
@@ -240,6 +257,66 @@ struct NodeReader {
             doc.models = artifacts(m["models"], "measurements.models")
         }
         return doc
+    }
+
+    mutating func tdxRules(_ node: Node, into rules: inout PolicyDocument.TDXRules) {
+        let path = "evidence.tdx"
+        let tdx = mapping(
+            node, path,
+            allowed: [
+                "accepted_tcb_statuses", "allow_debug", "platform_grace_period_days", "collateral_grace_period_days",
+                "rejected_advisory_ids", "mrtd", "rtmrs", "image_hashes",
+            ])
+        if let statuses = strings(tdx["accepted_tcb_statuses"], "\(path).accepted_tcb_statuses") {
+            for s in statuses where !PolicyDocument.knownTCBStatuses.contains(s) {
+                fail(tdx["accepted_tcb_statuses"], "\(path).accepted_tcb_statuses: unknown Intel TCB status '\(s)'")
+            }
+            rules.acceptedTCBStatuses = statuses
+        }
+        rules.allowDebug = bool(tdx["allow_debug"], "\(path).allow_debug", default: false)
+        rules.platformGracePeriodDays = days(tdx["platform_grace_period_days"], "\(path).platform_grace_period_days")
+        rules.collateralGracePeriodDays = days(tdx["collateral_grace_period_days"], "\(path).collateral_grace_period_days")
+        if let ids = strings(tdx["rejected_advisory_ids"], "\(path).rejected_advisory_ids") {
+            for id in ids where !id.hasPrefix("INTEL-SA-") {
+                fail(tdx["rejected_advisory_ids"], "\(path).rejected_advisory_ids: '\(id)' is not an INTEL-SA-… id")
+            }
+            rules.rejectedAdvisoryIDs = ids
+        }
+        rules.mrtds = hexList(tdx["mrtd"], "\(path).mrtd", bytes: 48)
+        rules.imageHashes = hexList(tdx["image_hashes"], "\(path).image_hashes", bytes: 32)
+        if let node = tdx["rtmrs"] {
+            guard let seq = node.sequence else {
+                fail(node, "\(path).rtmrs must be a list of RTMR sets")
+                return
+            }
+            for (i, item) in seq.enumerated() {
+                let set = mapping(item, "\(path).rtmrs[\(i)]", allowed: ["rtmr0", "rtmr1", "rtmr2", "rtmr3"])
+                var values = [Int: String]()
+                for (key, valueNode) in set {
+                    if let v = hex(valueNode, "\(path).rtmrs[\(i)].\(key)", bytes: 48) { values[Int(key.dropFirst(4))!] = v }
+                }
+                if set.isEmpty { fail(item, "\(path).rtmrs[\(i)] names no register") }
+                rules.rtmrSets.append(values)
+            }
+        }
+    }
+
+    mutating func days(_ node: Node?, _ path: String) -> Int {
+        guard let node else { return 0 }
+        guard let n = node.int, n >= 0, n <= 3650 else {
+            fail(node, "\(path) must be a whole number of days from 0 to 3650")
+            return 0
+        }
+        return n
+    }
+
+    mutating func hexList(_ node: Node?, _ path: String, bytes: Int) -> [String] {
+        guard let node else { return [] }
+        guard let seq = node.sequence else {
+            fail(node, "\(path) must be a list")
+            return []
+        }
+        return seq.compactMap { hex($0, path + "[]", bytes: bytes) }
     }
 
     mutating func artifacts(_ node: Node?, _ path: String) -> [AllowedArtifact] {

@@ -26,6 +26,7 @@ extension PolicyDocument {
                 }
             }
         }
+        if claims.fields["tee"] == "tdx" { reasons += evaluateTD(claims.fields, source: source) }
         guard requireMeasurements else { return reasons }
         let binaryDigests = Set(binaries.map(\.sha256))
         let modelDigests = Set(models.map(\.sha256))
@@ -55,6 +56,29 @@ extension PolicyDocument {
         }
         if !sawModel {
             reasons.append(Reason(.policyMeasurementNotAllowed, source, "no allowlisted model was measured"))
+        }
+        return reasons
+    }
+
+    /// TD measurement rules: MRTD, RTMR sets and Cocoon image hashes, each an allowlist that
+    /// applies when non-empty.
+    ///
+    /// Threat: a genuine TDX platform running a guest image nobody audited (another firmware,
+    /// kernel or command line changes MRTD and the RTMRs).
+    func evaluateTD(_ fields: [String: String], source: String) -> [Reason] {
+        var reasons = [Reason]()
+        if !tdx.mrtds.isEmpty, !tdx.mrtds.contains(fields["mrtd"] ?? "") {
+            reasons.append(Reason(.policyMeasurementNotAllowed, source, "MRTD \(fields["mrtd"] ?? "?") is not on the allowlist"))
+        }
+        if !tdx.rtmrSets.isEmpty {
+            let met = tdx.rtmrSets.contains { set in set.allSatisfy { fields["rtmr\($0.key)"] == $0.value } }
+            if !met { reasons.append(Reason(.policyMeasurementNotAllowed, source, "the TD's RTMRs match no accepted RTMR set")) }
+        }
+        if !tdx.imageHashes.isEmpty, !tdx.imageHashes.contains(fields["cocoon_image_hash"] ?? "") {
+            reasons.append(
+                Reason(
+                    .policyMeasurementNotAllowed, source,
+                    "image hash \(fields["cocoon_image_hash"] ?? "?") is not among the accepted image hashes"))
         }
         return reasons
     }

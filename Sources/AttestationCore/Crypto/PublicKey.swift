@@ -67,7 +67,7 @@ public enum PublicKeyError: Error, Equatable, CustomStringConvertible {
 public final class PublicKey: @unchecked Sendable {
     // An EVP_PKEY is immutable after construction and OpenSSL allows concurrent verification
     // with one key, hence @unchecked Sendable.
-    let pkey: OpaquePointer
+    package let pkey: OpaquePointer
     public let spkiDER: Data
     public let kind: Kind
 

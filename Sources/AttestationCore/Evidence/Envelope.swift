@@ -125,6 +125,19 @@ public struct EvidenceEnvelope: Sendable {
         return .success(text)
     }
 
+    /// An object of strings (`collateral`); nil when absent.
+    public func stringObject(_ name: String) -> Result<[String: String]?, Reason> {
+        guard let value = fields[name] else { return .success(nil) }
+        let bad = Reason(.evidenceMalformed, "envelope", "field '\(name)' is not an object of strings")
+        guard case .object(let map) = value else { return .failure(bad) }
+        var out = [String: String]()
+        for (k, v) in map {
+            guard case .string(let s) = v else { return .failure(bad) }
+            out[k] = s
+        }
+        return .success(out)
+    }
+
     /// A two-level object of strings (`pcrs`: bank → index → hex); nil when absent.
     public func stringTable(_ name: String) -> Result<[String: [String: String]]?, Reason> {
         guard let value = fields[name] else { return .success(nil) }

@@ -1,6 +1,7 @@
 import AttestationCore
 import Foundation
 import Policy
+import TDXVerifier
 import TPMVerifier
 
 /// Routes evidence to the verifier for its format and applies a policy to the result. The one
@@ -10,9 +11,30 @@ public struct EvidenceVerification: Sendable {
     /// Apply the policy's measurement and PCR rules too (not only its evidence rules).
     public let applyMeasurementRules: Bool
 
-    public init(policy: PolicyDocument, applyMeasurementRules: Bool) {
+    /// SHA-256 fingerprints of the roots DCAP chains must end at: Intel's, unless configured.
+    public let dcapRoots: Set<String>
+    /// Collateral for quotes whose envelope carries none.
+    public let collateralSource: (any CollateralSource)?
+
+    public init(
+        policy: PolicyDocument, applyMeasurementRules: Bool, dcapRoots: Set<String> = PinnedRoots.production,
+        collateralSource: (any CollateralSource)? = nil
+    ) {
         self.policy = policy
         self.applyMeasurementRules = applyMeasurementRules
+        self.dcapRoots = dcapRoots
+        self.collateralSource = collateralSource
+    }
+
+    /// The DCAP verifier options a policy's TDX rules stand for.
+    public static func dcapOptions(_ rules: PolicyDocument.TDXRules, roots: Set<String>) -> TDXQuoteVerifier.Options {
+        var options = TDXQuoteVerifier.Options(pinnedRootFingerprints: roots)
+        options.acceptedStatuses = Set(rules.acceptedTCBStatuses)
+        options.allowDebug = rules.allowDebug
+        options.platformGracePeriod = TimeInterval(rules.platformGracePeriodDays) * 86_400
+        options.collateralGracePeriod = TimeInterval(rules.collateralGracePeriodDays) * 86_400
+        options.rejectedAdvisoryIDs = Set(rules.rejectedAdvisoryIDs)
+        return options
     }
 
     public func verify(envelopeData: Data, expectedNonce: Data?, at time: Date) -> Verdict {
@@ -38,13 +60,9 @@ public struct EvidenceVerification: Sendable {
                 requireRestrictedAK: policy.tpm.requireRestrictedAK)
             verdict = TPMQuoteVerifier(options: options).verify(envelope, expectedNonce: expectedNonce, at: time)
         case "tdx-quote", "sgx-quote":
-            verdict = .reject(
-                format: envelope.format,
-                reasons: [
-                    Reason(
-                        .evidenceUnsupported, "verifier",
-                        "\(envelope.format) verification is not available in this build")
-                ])
+            verdict = TDXQuoteVerifier(
+                options: Self.dcapOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource
+            ).verify(envelope, expectedNonce: expectedNonce, at: time)
         default:
             verdict = .reject(
                 format: envelope.format,

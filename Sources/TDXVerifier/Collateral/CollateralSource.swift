@@ -1,0 +1,31 @@
+import Foundation
+
+/// Names one platform family's collateral: Intel issues TCB info per FMSPC and TEE type, QE
+/// identity per TEE type, and PCK CRLs per CA (platform or processor).
+public struct CollateralKey: Hashable, Sendable, CustomStringConvertible {
+    public let tee: DCAPQuote.TEE
+    public let fmspc: [UInt8]
+    public let pceID: [UInt8]
+    /// Subject of the CA that issued the PCK certificate (the PCK CRL's issuer).
+    public let pckIssuer: String
+
+    public init(tee: DCAPQuote.TEE, fmspc: [UInt8], pceID: [UInt8], pckIssuer: String) {
+        self.tee = tee
+        self.fmspc = fmspc
+        self.pceID = pceID
+        self.pckIssuer = pckIssuer
+    }
+
+    public var description: String {
+        "\(tee == .tdx ? "tdx" : "sgx")/\(Data(fmspc).hex)/\(Data(pceID).hex)/\(pckIssuer.contains("Processor") ? "processor" : "platform")"
+    }
+}
+
+/// Where a verifier finds collateral a quote's envelope does not carry. Lookups are synchronous
+/// and never touch the network: fetching from a PCCS is done ahead of verification, by the caller.
+public protocol CollateralSource: Sendable {
+    /// How verdicts name this source (`cache`, `offline`, `online`).
+    var mode: String { get }
+    /// Collateral for the key that is still current at `time`, if any.
+    func collateral(for key: CollateralKey, at time: Date) -> Collateral?
+}

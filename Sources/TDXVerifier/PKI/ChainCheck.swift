@@ -1,0 +1,43 @@
+import AttestationCore
+import Foundation
+
+/// Checks one Intel certificate chain (leaf first, root last) the way Intel's QVL does: the root
+/// must be one of the pinned roots by fingerprint (names prove nothing: anyone can make a
+/// certificate called "Intel SGX Root CA"), then every signature, CA flag and validity window.
+///
+/// Threat: a forged PCK or collateral signer. Only a chain ending at a pinned key can make the
+/// verifier trust a platform's FMSPC, its TCB SVNs or Intel's TCB levels.
+struct ChainCheck {
+    let pinnedFingerprints: Set<String>
+
+    /// Intel's chains have three certificates (or two for the TCB signer); more is hostile.
+    static let maxLength = 5
+
+    func verify(_ chain: [Certificate], name: String, at time: Date) -> Reason? {
+        let source = "tdx.chain.\(name)"
+        guard let root = chain.last, chain.count >= 2, chain.count <= Self.maxLength else {
+            return Reason(.chainInvalid, source, "\(name) chain has \(chain.count) certificates (2 to \(Self.maxLength) expected)")
+        }
+        guard pinnedFingerprints.contains(root.fingerprint) else {
+            return Reason(
+                .chainUntrustedRoot, source,
+                "\(name) chain ends at '\(root.subject)' (SHA-256 \(root.fingerprint)), which is not a pinned root")
+        }
+        guard root.isIssuer(of: root), root.isSigned(by: root.publicKey) else {
+            return Reason(.chainInvalid, source, "the pinned root is not self-signed")
+        }
+        for i in 0..<(chain.count - 1) {
+            let cert = chain[i]
+            let issuer = chain[i + 1]
+            guard issuer.isIssuer(of: cert), issuer.isCA, cert.isSigned(by: issuer.publicKey) else {
+                return Reason(.chainInvalid, source, "'\(cert.subject)' is not signed by the CA '\(issuer.subject)' above it")
+            }
+        }
+        for cert in chain where !cert.isValid(at: time) {
+            return Reason(
+                .chainInvalid, source,
+                "'\(cert.subject)' is valid \(cert.notBefore.rfc3339) to \(cert.notAfter.rfc3339), not at \(time.rfc3339)")
+        }
+        return nil
+    }
+}

@@ -1,0 +1,162 @@
+import AttestationCore
+import Foundation
+
+/// Intel's TCB status strings.
+public enum TCBStatus {
+    public static let upToDate = "UpToDate"
+    public static let swHardeningNeeded = "SWHardeningNeeded"
+    public static let configurationNeeded = "ConfigurationNeeded"
+    public static let configurationAndSWHardeningNeeded = "ConfigurationAndSWHardeningNeeded"
+    public static let outOfDate = "OutOfDate"
+    public static let outOfDateConfigurationNeeded = "OutOfDateConfigurationNeeded"
+    public static let revoked = "Revoked"
+    public static let tdRelaunchAdvised = "TDRelaunchAdvised"
+    public static let tdRelaunchAdvisedConfigurationNeeded = "TDRelaunchAdvisedConfigurationNeeded"
+
+    public static let all = [
+        upToDate, swHardeningNeeded, configurationNeeded, configurationAndSWHardeningNeeded, outOfDate,
+        outOfDateConfigurationNeeded, revoked, tdRelaunchAdvised, tdRelaunchAdvisedConfigurationNeeded,
+    ]
+
+    /// Statuses that say the platform fell behind Intel's latest TCB (what a grace period covers).
+    static let outOfDateFamily: Set<String> = [outOfDate, outOfDateConfigurationNeeded]
+    /// Statuses of a current module that turn an out-of-date launch into a relaunch advice.
+    static let relaunchable: Set<String> = [upToDate, swHardeningNeeded, configurationNeeded, configurationAndSWHardeningNeeded]
+
+    static func needsConfiguration(_ status: String) -> Bool {
+        [configurationNeeded, configurationAndSWHardeningNeeded, outOfDateConfigurationNeeded, tdRelaunchAdvisedConfigurationNeeded]
+            .contains(status)
+    }
+
+    /// An out-of-date identity (QE or TDX module) drags the platform status down the way Intel's
+    /// QVL converges them: up to date → out of date; configuration needed → out of date with
+    /// configuration needed; a revoked identity revokes.
+    static func converge(platform: String, identity: String) -> String {
+        switch identity {
+        case revoked:
+            return revoked
+        case outOfDate, outOfDateConfigurationNeeded:
+            switch platform {
+            case upToDate, swHardeningNeeded: return outOfDate
+            case configurationNeeded, configurationAndSWHardeningNeeded: return outOfDateConfigurationNeeded
+            default: return platform
+            }
+        default:
+            return platform
+        }
+    }
+}
+
+/// The outcome of matching a platform against TCB info: the status and what it rests on.
+struct TCBResult: Equatable {
+    var status: String
+    var advisoryIDs: [String]
+    /// The earliest tcbDate among the matched platform, module and QE levels: the date Intel's
+    /// appraisal policies measure a platform grace period from.
+    var tcbDate: Date
+    var platformStatus: String
+    var qeStatus: String
+    var moduleStatus: String?
+}
+
+/// Intel's TCB level matching (QVL `TcbLevelCheck`, `TdxModuleCheck`, `TDRelaunchCheck`), as a
+/// pure function of the certified platform TCB, the quote and the collateral.
+enum TCBEvaluation {
+    enum Failure: Error, Equatable {
+        case noMatchingLevel(String)
+        case moduleMismatch(String)
+    }
+
+    /// A platform level with the module level that judged it (TDX), converged.
+    struct Platform {
+        var status: String
+        var advisories: Set<String>
+        var dates: [Date]
+        var platformStatus: String
+        var moduleStatus: String?
+    }
+
+    static func evaluate(
+        platform: SGXExtension, tcbInfo: TCBInfo, td: TDReport?, qe: TCBInfo.IdentityLevel?
+    ) -> Result<TCBResult, Failure> {
+        let levels = canonicalOrder(tcbInfo.levels)
+        var result: Platform
+        switch judge(platform: platform, levels: levels, tcbInfo: tcbInfo, teeTCBSVN: td?.teeTCBSVN) {
+        case .success(let r): result = r
+        case .failure(let f): return .failure(f)
+        }
+        // A TD 1.5 report also carries the SVNs of the module running now (after a TD-preserving
+        // update). When the TD was launched on an out-of-date module but runs on a current one,
+        // Intel advises relaunching rather than calling the platform out of date.
+        if let svn2 = td?.teeTCBSVN2, TCBStatus.outOfDateFamily.contains(result.status),
+            case .success(let current) = judge(platform: platform, levels: levels, tcbInfo: tcbInfo, teeTCBSVN: svn2),
+            TCBStatus.relaunchable.contains(current.status)
+        {
+            let configuration = TCBStatus.needsConfiguration(result.status) || TCBStatus.needsConfiguration(current.status)
+            result.status = configuration ? TCBStatus.tdRelaunchAdvisedConfigurationNeeded : TCBStatus.tdRelaunchAdvised
+        }
+        guard let qe else {
+            return .failure(.noMatchingLevel("the quoting enclave's ISV SVN is below every QE identity TCB level"))
+        }
+        let status = TCBStatus.converge(platform: result.status, identity: qe.status)
+        let advisories = result.advisories.union(qe.advisoryIDs)
+        return .success(
+            TCBResult(
+                status: status, advisoryIDs: advisories.sorted(), tcbDate: (result.dates + [qe.tcbDate]).min()!,
+                platformStatus: result.platformStatus, qeStatus: qe.status, moduleStatus: result.moduleStatus))
+    }
+
+    /// The first level (newest first) the platform meets, converged with its TDX module level.
+    static func judge(
+        platform: SGXExtension, levels: [TCBInfo.Level], tcbInfo: TCBInfo, teeTCBSVN: [UInt8]?
+    ) -> Result<Platform, Failure> {
+        guard let level = levels.first(where: { matches(platform: platform, level: $0, teeTCBSVN: teeTCBSVN) }) else {
+            return .failure(
+                .noMatchingLevel(
+                    "the platform's TCB SVNs are below every TCB level Intel lists for FMSPC \(Data(tcbInfo.fmspc).hex)"))
+        }
+        var out = Platform(
+            status: level.status, advisories: Set(level.advisoryIDs), dates: [level.tcbDate], platformStatus: level.status)
+        guard let svn = teeTCBSVN, svn[1] > 0 else { return .success(out) }
+        let id = String(format: "TDX_%02X", svn[1])
+        guard let module = tcbInfo.tdxModuleIdentities.first(where: { $0.id.uppercased() == id }) else {
+            return .failure(.moduleMismatch("Intel lists no TDX module identity \(id)"))
+        }
+        guard let moduleLevel = module.levels.first(where: { $0.isvSVN <= Int(svn[0]) }) else {
+            return .failure(.noMatchingLevel("TDX module \(id) SVN \(svn[0]) is below every module TCB level"))
+        }
+        out.moduleStatus = moduleLevel.status
+        out.advisories.formUnion(moduleLevel.advisoryIDs)
+        out.dates.append(moduleLevel.tcbDate)
+        out.status = TCBStatus.converge(platform: level.status, identity: moduleLevel.status)
+        return .success(out)
+    }
+
+    static func matches(platform: SGXExtension, level: TCBInfo.Level, teeTCBSVN svn: [UInt8]?) -> Bool {
+        for i in 0..<16 where platform.components[i] < level.sgxComponents[i] { return false }
+        guard platform.pceSVN >= level.pceSVN else { return false }
+        guard let svn else { return true }
+        guard let tdx = level.tdxComponents else { return false }
+        // With a TDX module identity (version byte 1 set), bytes 0 and 1 are judged by the
+        // module's own TCB levels rather than here.
+        let start = svn[1] > 0 ? 2 : 0
+        for i in start..<16 where Int(svn[i]) < tdx[i] { return false }
+        return true
+    }
+
+    /// Intel walks levels highest first (SGX components, then PCE SVN, then TDX components),
+    /// whatever order the JSON lists them in.
+    static func canonicalOrder(_ levels: [TCBInfo.Level]) -> [TCBInfo.Level] {
+        levels.enumerated().sorted { a, b in
+            let ka = a.element.sgxComponents + [a.element.pceSVN] + (a.element.tdxComponents ?? [])
+            let kb = b.element.sgxComponents + [b.element.pceSVN] + (b.element.tdxComponents ?? [])
+            if ka != kb { return ka.lexicographicallyPrecedes(kb) == false }
+            return a.offset < b.offset
+        }.map(\.element)
+    }
+
+    /// The QE's TCB level: the first, in Intel's order, whose ISV SVN the QE meets.
+    static func qeLevel(_ identity: QEIdentity, isvSVN: Int) -> TCBInfo.IdentityLevel? {
+        identity.levels.first { $0.isvSVN <= isvSVN }
+    }
+}

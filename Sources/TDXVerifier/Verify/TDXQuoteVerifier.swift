@@ -1,0 +1,440 @@
+import AttestationCore
+import Foundation
+
+/// Verifies `tdx-quote` and `sgx-quote` evidence: an Intel DCAP ECDSA quote, checked entirely in
+/// this process against Intel's collateral (from the envelope or a `CollateralSource`), with
+/// Intel's TCB semantics and an explicit acceptance policy.
+///
+/// The algorithm is fixed and runs in Intel's order, so the first reason is stable:
+/// parse → PCK chain → CRLs → collateral (TCB info, QE identity) → QE report signature and
+/// binding → QE identity → TCB level → quote signature → freshness → event log → policy.
+/// It never throws for bad evidence and never reads the clock.
+///
+/// Threats covered: quotes not made by a genuine Intel platform (PCK chain to the pinned root,
+/// QE report signed by the PCK key, attestation key bound into the QE report), platforms Intel
+/// revoked (CRLs) or that fell behind on security fixes (TCB level and status), forged or stale
+/// collateral (signatures to the pinned root, validity windows), collateral for another platform
+/// (FMSPC, PCE id, TEE type), a fake quoting enclave (QE identity), altered TD measurements
+/// (quote signature), replays (REPORTDATA nonce) and debug guests whose memory the host can read.
+public struct TDXQuoteVerifier: Sendable {
+    public static let formats = ["tdx-quote", "sgx-quote"]
+
+    public struct Options: Sendable, Equatable {
+        /// Intel statuses accepted without conditions. Intel's advice and the default: `UpToDate` only.
+        public var acceptedStatuses: Set<String> = [TCBStatus.upToDate]
+        /// A platform whose status is `OutOfDate` or `OutOfDateConfigurationNeeded` is still
+        /// accepted until this long after the tcbDate of its matched TCB level (Intel's appraisal
+        /// `platform_grace_period`). Zero: no grace.
+        public var platformGracePeriod: TimeInterval = 0
+        /// Collateral past its `nextUpdate` is still accepted for this long (Intel's
+        /// `collateral_grace_period`). Zero: none.
+        public var collateralGracePeriod: TimeInterval = 0
+        /// Advisories (`INTEL-SA-…`) that make any status unacceptable.
+        public var rejectedAdvisoryIDs: Set<String> = []
+        /// Debug guests (TD attribute DEBUG, enclave ATTRIBUTES.DEBUG) let the host read and change
+        /// guest memory: never accepted unless a policy says so.
+        public var allowDebug = false
+        /// SHA-256 fingerprints of the roots a chain must end at.
+        public var pinnedRootFingerprints: Set<String>
+
+        public init(pinnedRootFingerprints: Set<String>) {
+            self.pinnedRootFingerprints = pinnedRootFingerprints
+        }
+    }
+
+    public let options: Options
+    public let collateralSource: (any CollateralSource)?
+
+    public init(options: Options, collateralSource: (any CollateralSource)? = nil) {
+        self.options = options
+        self.collateralSource = collateralSource
+    }
+
+    /// Verifies an envelope. `expectedNonce` nil skips the freshness check (hand verification of a
+    /// file); a nonce shorter than 64 bytes must equal REPORTDATA's prefix, the rest zero.
+    public func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?, at time: Date) -> Verdict {
+        var run = Run(verifier: self, format: envelope.format, time: time)
+        return run.verify(envelope, expectedNonce: expectedNonce)
+    }
+
+    /// Verifies a raw quote with explicit collateral (benchmarks, tools).
+    public func verify(quote: [UInt8], collateral: Collateral?, expectedNonce: Data?, at time: Date, format: String = "tdx-quote")
+        -> Verdict
+    {
+        var run = Run(verifier: self, format: format, time: time)
+        return run.verify(quoteBytes: quote, envelopeCollateral: collateral, eventLog: nil, expectedNonce: expectedNonce)
+    }
+}
+
+/// One verification: the trace so far and the steps in order.
+private struct Run {
+    let verifier: TDXQuoteVerifier
+    let format: String
+    let time: Date
+    var passed = [String]()
+
+    init(verifier: TDXQuoteVerifier, format: String, time: Date) {
+        self.verifier = verifier
+        self.format = format
+        self.time = time
+    }
+
+    var options: TDXQuoteVerifier.Options { verifier.options }
+
+    func reject(_ reason: Reason, status: String? = nil, advisories: [String] = []) -> Verdict {
+        .reject(format: format, reasons: [reason], passed: passed, tcbStatus: status, advisoryIDs: advisories)
+    }
+
+    mutating func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?) -> Verdict {
+        guard TDXQuoteVerifier.formats.contains(envelope.format) else {
+            return reject(Reason(.evidenceUnsupported, "tdx.envelope", "format '\(envelope.format)' is not tdx-quote or sgx-quote"))
+        }
+        guard envelope.version == 1 else {
+            return reject(Reason(.evidenceMalformed, "tdx.envelope", "unknown \(envelope.format) version \(envelope.version)"))
+        }
+        let quote: Data
+        switch envelope.base64("quote") {
+        case .success(let q): quote = q
+        case .failure(let r): return reject(r)
+        }
+        var collateral: Collateral?
+        switch envelope.stringObject("collateral") {
+        case .failure(let r): return reject(r)
+        case .success(nil): break
+        case .success(let fields?):
+            switch Collateral.read(fields) {
+            case .success(let c): collateral = c
+            case .failure(let r): return reject(r)
+            }
+        }
+        let eventLog: Data?
+        switch envelope.optionalBase64("event_log") {
+        case .success(let e): eventLog = e
+        case .failure(let r): return reject(r)
+        }
+        return verify(quoteBytes: [UInt8](quote), envelopeCollateral: collateral, eventLog: eventLog, expectedNonce: expectedNonce)
+    }
+
+    mutating func verify(quoteBytes: [UInt8], envelopeCollateral: Collateral?, eventLog: Data?, expectedNonce: Data?) -> Verdict {
+        // Parse.
+        let quote: DCAPQuote
+        do { quote = try DCAPQuote.parse(quoteBytes) } catch {
+            switch error {
+            case .malformed(let m): return reject(Reason(.evidenceMalformed, "tdx.quote", m))
+            case .unsupported(let m): return reject(Reason(.evidenceUnsupported, "tdx.quote", m))
+            }
+        }
+        let expectedTEE: DCAPQuote.TEE = format == "sgx-quote" ? .sgx : .tdx
+        guard quote.tee == expectedTEE else {
+            return reject(Reason(.evidenceMalformed, "tdx.quote", "a \(quote.tee) quote in a \(format) envelope"))
+        }
+        passed.append("parsed: DCAP quote v\(quote.version), \(quote.tee == .tdx ? "TD report" : "enclave report"), ECDSA P-256")
+
+        // PCK chain.
+        let chainCheck = ChainCheck(pinnedFingerprints: options.pinnedRootFingerprints)
+        let pckChain: [Certificate]
+        do { pckChain = try Memo.chain(pem: quote.pckChainPEM) } catch {
+            return reject(Reason(.evidenceMalformed, "tdx.chain.pck", "PCK certificate chain: \(error)"))
+        }
+        if let r = chainCheck.verify(pckChain, name: "PCK", at: time) { return reject(r) }
+        guard let pckExtension = pckChain[0].extensionValue(oid: SGXExtension.oid).flatMap(SGXExtension.init(extensionDER:))
+        else {
+            return reject(Reason(.chainInvalid, "tdx.chain.pck", "the leaf is not a PCK certificate (no readable SGX extension)"))
+        }
+        passed.append("PCK chain: \(pckChain.count) certificates to the pinned root; FMSPC \(Data(pckExtension.fmspc).hex)")
+
+        // Collateral: from the envelope, else the cache.
+        let collateralMode: String
+        let collateral: Collateral
+        if let c = envelopeCollateral {
+            collateral = c
+            collateralMode = "envelope"
+        } else if let source = verifier.collateralSource,
+            let c = source.collateral(for: CollateralKey(tee: quote.tee, fmspc: pckExtension.fmspc, pceID: pckExtension.pceID,
+                                                         pckIssuer: pckChain[1].subject), at: time)
+        {
+            collateral = c
+            collateralMode = source.mode
+        } else {
+            return reject(
+                Reason(
+                    .collateralMissing, "tdx.collateral",
+                    "no collateral in the envelope and none cached for FMSPC \(Data(pckExtension.fmspc).hex)"))
+        }
+
+        // CRLs.
+        let rootCRL: RevocationList
+        let pckCRL: RevocationList
+        let pckCRLChain: [Certificate]
+        do {
+            rootCRL = try Memo.crl(der: collateral.rootCACRL)
+            pckCRL = try Memo.crl(der: collateral.pckCRL)
+            pckCRLChain = try Memo.chain(pem: collateral.pckCRLIssuerChain)
+        } catch {
+            return reject(Reason(.evidenceMalformed, "tdx.collateral.crl", "\(error)"))
+        }
+        let root = pckChain[pckChain.count - 1]
+        guard rootCRL.isIssued(by: root), rootCRL.isSigned(by: root.publicKey) else {
+            return reject(Reason(.collateralSignatureInvalid, "tdx.collateral.root-crl", "the root CA CRL is not signed by the pinned root"))
+        }
+        if let r = chainCheck.verify(pckCRLChain, name: "PCK CRL issuer", at: time) { return reject(r) }
+        guard pckCRL.isIssued(by: pckChain[1]) else {
+            return reject(
+                Reason(
+                    .collateralMismatch, "tdx.collateral.pck-crl",
+                    "the PCK CRL is issued by '\(pckCRL.issuer)', not by the PCK's CA '\(pckChain[1].subject)'"))
+        }
+        guard pckCRL.isSigned(by: pckChain[1].publicKey), pckCRL.isSigned(by: pckCRLChain[0].publicKey) else {
+            return reject(Reason(.collateralSignatureInvalid, "tdx.collateral.pck-crl", "the PCK CRL signature does not verify"))
+        }
+        for (name, crl) in [("root CA CRL", rootCRL), ("PCK CRL", pckCRL)] {
+            if let r = window(name, issued: crl.thisUpdate, next: crl.nextUpdate, source: "tdx.collateral.crl") { return reject(r) }
+        }
+        for cert in pckChain.dropFirst().dropLast() + pckCRLChain.dropLast() where rootCRL.revokes(cert) {
+            return reject(Reason(.chainRevoked, "tdx.chain.pck", "'\(cert.subject)' is revoked by the root CA CRL"))
+        }
+        if pckCRL.revokes(pckChain[0]) {
+            return reject(Reason(.chainRevoked, "tdx.chain.pck", "the PCK certificate is revoked by the PCK CRL"))
+        }
+        passed.append("CRLs: root CA and PCK CRLs signed and current; nothing in the chain revoked")
+
+        // Collateral: TCB info and QE identity.
+        let tcbInfo: TCBInfo
+        switch verifySigned(
+            collateral.tcbInfo, signature: collateral.tcbInfoSignature, chainPEM: collateral.tcbInfoIssuerChain, name: "TCB info",
+            rootCRL: rootCRL, chainCheck: chainCheck, parse: { Memo.parsed($0, Memo.tcbInfos, TCBInfo.parse) })
+        {
+        case .success(let t): tcbInfo = t
+        case .failure(let r): return reject(r)
+        }
+        if let r = window("TCB info", issued: tcbInfo.issueDate, next: tcbInfo.nextUpdate, source: "tdx.collateral.tcb-info") {
+            return reject(r)
+        }
+        let expectedKind: TCBInfo.Kind = quote.tee == .tdx ? .tdx : .sgx
+        guard tcbInfo.kind == expectedKind, quote.tee == .sgx || tcbInfo.version >= 3 else {
+            return reject(
+                Reason(.collateralMismatch, "tdx.collateral.tcb-info", "TCB info v\(tcbInfo.version) \(tcbInfo.kind.rawValue) is not for \(quote.tee) quotes"))
+        }
+        guard tcbInfo.fmspc == pckExtension.fmspc else {
+            return reject(
+                Reason(
+                    .collateralMismatch, "tdx.collateral.tcb-info",
+                    "TCB info is for FMSPC \(Data(tcbInfo.fmspc).hex), the platform is \(Data(pckExtension.fmspc).hex)"))
+        }
+        guard tcbInfo.pceID == pckExtension.pceID else {
+            return reject(
+                Reason(
+                    .collateralMismatch, "tdx.collateral.tcb-info",
+                    "TCB info is for PCE id \(Data(tcbInfo.pceID).hex), the platform's is \(Data(pckExtension.pceID).hex)"))
+        }
+        let qeIdentity: QEIdentity
+        switch verifySigned(
+            collateral.qeIdentity, signature: collateral.qeIdentitySignature, chainPEM: collateral.qeIdentityIssuerChain,
+            name: "QE identity", rootCRL: rootCRL, chainCheck: chainCheck, parse: { Memo.parsed($0, Memo.qeIdentities, QEIdentity.parse) })
+        {
+        case .success(let q): qeIdentity = q
+        case .failure(let r): return reject(r)
+        }
+        if let r = window("QE identity", issued: qeIdentity.issueDate, next: qeIdentity.nextUpdate, source: "tdx.collateral.qe-identity") {
+            return reject(r)
+        }
+        let expectedQE = quote.tee == .tdx ? "TD_QE" : "QE"
+        guard qeIdentity.id == expectedQE else {
+            return reject(Reason(.collateralMismatch, "tdx.collateral.qe-identity", "QE identity '\(qeIdentity.id)' is not \(expectedQE)"))
+        }
+        passed.append(
+            "collateral (\(collateralMode)): TCB info \(tcbInfo.kind.rawValue) v\(tcbInfo.version) eval \(tcbInfo.tcbEvaluationDataNumber) and QE identity \(qeIdentity.id) signed by Intel, current, for this platform")
+
+        // QE report.
+        // The QE report is the same in every quote of one platform's QE: remembered once verified.
+        let pck = pckChain[0].publicKey
+        guard
+            Memo.signature("qe-report", key: pck, message: quote.qeReportBytes, signature: quote.qeReportSignature, {
+                pck.verify(signature: quote.qeReportSignature, message: quote.qeReportBytes, scheme: .ecdsa(.sha256))
+            })
+        else {
+            return reject(Reason(.qeReportSignatureInvalid, "tdx.qe-report", "the QE report signature does not verify under the PCK key"))
+        }
+        let binding = [UInt8](HashAlgorithm.sha256.hash(quote.attestationKey + quote.qeAuthData))
+        let reportData = quote.qeReport.reportData
+        guard Array(reportData[0..<32]) == binding, reportData[32...].allSatisfy({ $0 == 0 }) else {
+            return reject(
+                Reason(.qeReportBindingMismatch, "tdx.qe-report", "QE report data is not SHA-256(attestation key ‖ QE authentication data)"))
+        }
+        passed.append("QE report: signed by the PCK key, binds the attestation key")
+
+        // QE identity.
+        let qe = quote.qeReport
+        let maskedAttributes = zip(qe.attributes, qeIdentity.attributesMask).map { $0 & $1 }
+        var mismatches = [String]()
+        if qe.miscSelect & qeIdentity.miscSelectMask != qeIdentity.miscSelect { mismatches.append("MISCSELECT") }
+        if maskedAttributes != qeIdentity.attributes { mismatches.append("ATTRIBUTES") }
+        if qe.mrSigner != qeIdentity.mrSigner { mismatches.append("MRSIGNER") }
+        if Int(qe.isvProdID) != qeIdentity.isvProdID { mismatches.append("ISVPRODID") }
+        guard mismatches.isEmpty else {
+            return reject(
+                Reason(
+                    .qeIdentityMismatch, "tdx.qe-identity",
+                    "the quoting enclave's \(mismatches.joined(separator: ", ")) do not match Intel's QE identity"))
+        }
+        let qeLevel = TCBEvaluation.qeLevel(qeIdentity, isvSVN: Int(qe.isvSVN))
+        passed.append("QE identity: Intel's \(expectedQE), ISV SVN \(qe.isvSVN) → \(qeLevel?.status ?? "not supported")")
+
+        // TCB level.
+        let tcb: TCBResult
+        switch TCBEvaluation.evaluate(platform: pckExtension, tcbInfo: tcbInfo, td: quote.tdReport, qe: qeLevel) {
+        case .success(let t): tcb = t
+        case .failure(.noMatchingLevel(let m)), .failure(.moduleMismatch(let m)):
+            return reject(Reason(.tcbNoMatchingLevel, "tdx.tcb", m))
+        }
+        if let td = quote.tdReport, let r = moduleIdentityCheck(td, tcbInfo: tcbInfo) { return reject(r) }
+        passed.append(
+            "TCB: platform \(tcb.platformStatus)\(tcb.moduleStatus.map { ", TDX module \($0)" } ?? ""), QE \(tcb.qeStatus) → \(tcb.status)")
+
+        // Quote signature.
+        let key: PublicKey
+        do {
+            // Decoded once per attestation key; the signature itself is checked every time.
+            key = try PublicKey.cached(
+                spkiDER: PublicKey.spki(curve: .p256, x: Array(quote.attestationKey[0..<32]), y: Array(quote.attestationKey[32..<64])))
+        } catch {
+            return reject(Reason(.quoteSignatureInvalid, "tdx.quote.signature", "the attestation key is not a P-256 point"))
+        }
+        guard key.verify(signature: quote.signature, message: quote.signedBytes, scheme: .ecdsa(.sha256)) else {
+            return reject(
+                Reason(.quoteSignatureInvalid, "tdx.quote.signature", "the quote signature does not verify under the attestation key"),
+                status: tcb.status, advisories: tcb.advisoryIDs)
+        }
+        passed.append("quote signature: valid under the attestation key")
+
+        // Freshness.
+        if let nonce = expectedNonce {
+            let expected = [UInt8](nonce.prefix(64)) + [UInt8](repeating: 0, count: max(0, 64 - nonce.count))
+            guard nonce.count <= 64, quote.reportData == expected else {
+                return reject(
+                    Reason(.nonceMismatch, "tdx.nonce", "REPORTDATA is not the expected freshness value"), status: tcb.status,
+                    advisories: tcb.advisoryIDs)
+            }
+            passed.append("nonce: REPORTDATA matches")
+        }
+
+        var fields = QuoteClaims.fields(of: quote, platform: pckExtension)
+        fields["tcb_status"] = tcb.status
+        fields["qe_tcb_status"] = tcb.qeStatus
+        fields["tcb_date"] = tcb.tcbDate.rfc3339
+        fields["collateral.source"] = collateralMode
+        fields["tcb_evaluation_data_number"] = String(min(tcbInfo.tcbEvaluationDataNumber, qeIdentity.tcbEvaluationDataNumber))
+
+        // Runtime measurements.
+        var measured = [MeasuredFile]()
+        if let eventLog, let td = quote.tdReport {
+            switch CCELReplay.verify(eventLog, against: td) {
+            case .failure(let r): return reject(r, status: tcb.status, advisories: tcb.advisoryIDs)
+            case .success(let summary):
+                passed.append("event log: \(summary.events) events replay to RTMR0-3")
+                measured = summary.measuredFiles
+            }
+        }
+
+        // Policy.
+        var policy = [Reason]()
+        if quote.isDebug, !options.allowDebug {
+            policy.append(Reason(.policyDebugNotAllowed, "tdx.policy.debug", "the \(quote.tee == .tdx ? "TD" : "enclave") is a debug guest"))
+        }
+        if let r = statusCheck(tcb) { policy.append(r) }
+        let rejected = Set(tcb.advisoryIDs).intersection(options.rejectedAdvisoryIDs).sorted()
+        if !rejected.isEmpty {
+            policy.append(
+                Reason(.tcbStatusNotAllowed, "tdx.policy.advisories", "advisories rejected by policy: \(rejected.joined(separator: ", "))"))
+        }
+        guard policy.isEmpty else {
+            return .reject(format: format, reasons: policy, passed: passed, tcbStatus: tcb.status, advisoryIDs: tcb.advisoryIDs)
+        }
+        return .accept(
+            format: format, claims: VerifiedClaims(measuredFiles: measured, fields: fields), passed: passed, tcbStatus: tcb.status,
+            advisoryIDs: tcb.advisoryIDs)
+    }
+
+    /// A signed collateral document: its issuer chain to the pinned root, not revoked, its
+    /// signature over the exact text, then its contents.
+    func verifySigned<T>(
+        _ text: String, signature: [UInt8], chainPEM: String, name: String, rootCRL: RevocationList, chainCheck: ChainCheck,
+        parse: (String) -> Result<T, Reason>
+    ) -> Result<T, Reason> {
+        let source = "tdx.collateral.\(name.lowercased().replacingOccurrences(of: " ", with: "-"))"
+        let chain: [Certificate]
+        do { chain = try Memo.chain(pem: chainPEM) } catch {
+            return .failure(Reason(.evidenceMalformed, source, "\(name) issuer chain: \(error)"))
+        }
+        if let r = chainCheck.verify(chain, name: "\(name) issuer", at: time) { return .failure(r) }
+        for cert in chain.dropLast() where rootCRL.revokes(cert) {
+            return .failure(Reason(.chainRevoked, source, "the \(name) signer '\(cert.subject)' is revoked by the root CA CRL"))
+        }
+        let signer = chain[0].publicKey
+        let message = Array(text.utf8)
+        guard signature.count == 64,
+            Memo.signature("collateral", key: signer, message: message, signature: signature, {
+                signer.verify(signature: signature, message: message, scheme: .ecdsa(.sha256))
+            })
+        else {
+            return .failure(Reason(.collateralSignatureInvalid, source, "the \(name) signature does not verify under '\(chain[0].subject)'"))
+        }
+        return parse(text)
+    }
+
+    /// A validity window, widened at its end by the collateral grace period.
+    func window(_ name: String, issued: Date, next: Date, source: String) -> Reason? {
+        if time < issued {
+            return Reason(.collateralExpired, source, "\(name) is issued \(issued.rfc3339), after \(time.rfc3339)")
+        }
+        if time > next.addingTimeInterval(options.collateralGracePeriod) {
+            let grace = options.collateralGracePeriod > 0 ? " (grace \(Int(options.collateralGracePeriod)) s)" : ""
+            return Reason(.collateralExpired, source, "\(name) expired at its nextUpdate \(next.rfc3339)\(grace); now \(time.rfc3339)")
+        }
+        return nil
+    }
+
+    /// The SEAM module must be Intel's: MRSIGNERSEAM and SEAM attributes as the TCB info lists
+    /// them for this module version (or the top-level module for version 0).
+    func moduleIdentityCheck(_ td: TDReport, tcbInfo: TCBInfo) -> Reason? {
+        let module: TCBInfo.ModuleIdentity?
+        if td.teeTCBSVN[1] > 0 {
+            let id = String(format: "TDX_%02X", td.teeTCBSVN[1])
+            module = tcbInfo.tdxModuleIdentities.first { $0.id.uppercased() == id }
+        } else {
+            module = tcbInfo.tdxModule
+        }
+        guard let module else { return nil }
+        let masked = zip(td.seamAttributes, module.attributesMask).map { $0 & $1 }
+        let expected = zip(module.attributes, module.attributesMask).map { $0 & $1 }
+        guard td.mrSignerSeam == module.mrSigner, masked == expected else {
+            return Reason(.tcbNoMatchingLevel, "tdx.tcb.module", "the TDX module's MRSIGNERSEAM or attributes are not Intel's \(module.id)")
+        }
+        return nil
+    }
+
+    /// Whether the policy accepts the status: listed, or out of date within the platform grace period.
+    func statusCheck(_ tcb: TCBResult) -> Reason? {
+        if options.acceptedStatuses.contains(tcb.status) { return nil }
+        if options.platformGracePeriod > 0, TCBStatus.outOfDateFamily.contains(tcb.status) {
+            let end = tcb.tcbDate.addingTimeInterval(options.platformGracePeriod)
+            if time <= end { return nil }
+            return Reason(
+                .tcbStatusNotAllowed, "tdx.policy.tcb-status",
+                "TCB status \(tcb.status): the platform grace period ended \(end.rfc3339) (TCB level of \(tcb.tcbDate.rfc3339))")
+        }
+        return Reason(
+            .tcbStatusNotAllowed, "tdx.policy.tcb-status",
+            "TCB status \(tcb.status) is not accepted (accepted: \(options.acceptedStatuses.sorted().joined(separator: ", ")))")
+    }
+}
+
+extension TDXQuoteVerifier {
+    /// Parses envelope bytes and verifies them; unreadable envelopes are a malformed reject.
+    public func verify(envelopeData: Data, expectedNonce: Data?, at time: Date) -> Verdict {
+        switch EvidenceEnvelope.parse(envelopeData) {
+        case .success(let envelope): verify(envelope, expectedNonce: expectedNonce, at: time)
+        case .failure(let reason): .reject(format: "unknown", reasons: [reason])
+        }
+    }
+}
