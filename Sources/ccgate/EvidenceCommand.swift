@@ -4,6 +4,7 @@ import Foundation
 import CommandLineSupport
 import Gateway
 import Policy
+import TDXVerifier
 
 struct EvidenceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,6 +22,10 @@ struct EvidenceCommand: ParsableCommand {
                   ccgate evidence verify quote.json --nonce 4169354d35536a59
                   ccgate evidence verify quote.json --at 2026-03-01T00:00:00Z --json
                   ccgate evidence verify quote.json --policy Policies/default.yaml
+                  ccgate evidence verify tdx.json --root test-root.pem --collateral-dir ./collateral
+
+                TDX and SGX quotes are verified against Intel collateral: the envelope's own `collateral`, or,
+                with --collateral-dir, items imported by `ccgate collateral import` (the verdict names which).
 
                 Exit status: 0 accept, 1 reject, 2 unreadable input or bad usage.
                 """)
@@ -45,6 +50,11 @@ struct EvidenceCommand: ParsableCommand {
         @Option(help: ArgumentHelp("A policy document (YAML) to apply.", valueName: "FILE"))
         var policy: String?
 
+        @Option(
+            help: ArgumentHelp(
+                "Look up Intel collateral missing from a TDX/SGX envelope in this cache directory.", valueName: "DIR"))
+        var collateralDir: String?
+
         @Flag(help: "Print exactly one JSON object instead of the readable report.")
         var json = false
 
@@ -58,9 +68,18 @@ struct EvidenceCommand: ParsableCommand {
         func run() throws {
             try exiting {
                 let data = try readInput(envelope)
+                var dcapRoots = PinnedRoots.production
+                if !roots.isEmpty { dcapRoots = [] }
                 for root in roots {
                     let loaded = try TrustRoots.load(pemFile: root)
                     if loaded.isEmpty { throw failure("\(root): no PEM certificate found") }
+                    for r in loaded { dcapRoots.insert(r.fingerprint) }
+                }
+                var cache: CollateralCache?
+                if let collateralDir {
+                    do { cache = try CollateralCache(directory: URL(fileURLWithPath: collateralDir)) } catch {
+                        throw failure("\(error)")
+                    }
                 }
                 var document = PolicyDocument.builtinDefault
                 if let policy {
@@ -69,7 +88,8 @@ struct EvidenceCommand: ParsableCommand {
                     }
                 }
                 let time = at.flatMap(Date.rfc3339) ?? SystemClock().now()
-                let verification = EvidenceVerification(policy: document, applyMeasurementRules: policy != nil)
+                let verification = EvidenceVerification(
+                    policy: document, applyMeasurementRules: policy != nil, dcapRoots: dcapRoots, collateralSource: cache)
                 let verdict = verification.verify(
                     envelopeData: data, expectedNonce: nonce.flatMap { Data(hex: $0) }, at: time)
                 if json {

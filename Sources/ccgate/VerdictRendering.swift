@@ -69,7 +69,7 @@ enum VerdictRendering {
             if !claims.fields.isEmpty {
                 lines.append("  facts:")
                 for (key, value) in claims.fields.sorted(by: { $0.key < $1.key }) {
-                    lines.append("    \(key.padding(toLength: 20, withPad: " ", startingAt: 0)) \(value)")
+                    lines.append("    \(key.padding(toLength: 28, withPad: " ", startingAt: 0)) \(value)")
                 }
             }
         }

@@ -1,0 +1,104 @@
+import ArgumentParser
+import AttestationCore
+import Foundation
+import Gateway
+import TDXVerifier
+
+struct CollateralCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "collateral", abstract: "Manage the Intel collateral cache used to verify TDX and SGX quotes.",
+        discussion: """
+            Intel collateral (TCB info, QE identity, PCK and root CA CRLs) is what a DCAP quote is judged
+            against. Envelopes may carry it; otherwise verifiers look it up in a cache directory, one file per
+            item, each replaced only by a newer issue. Items are re-verified (signatures to the pinned Intel
+            root, validity windows) every time they are used: the cache is never trusted.
+
+            The cache directory defaults to $CCGATE_COLLATERAL_DIR, else ~/.local/share/ccgate/collateral.
+            """,
+        subcommands: [Import.self, List.self])
+
+    struct DirectoryOption: ParsableArguments {
+        @Option(name: .customLong("dir"), help: ArgumentHelp("The collateral cache directory.", valueName: "DIR"))
+        var directory: String?
+
+        func open() throws -> CollateralCache {
+            let url = directory.map { URL(fileURLWithPath: $0) } ?? CollateralCache.defaultDirectory
+            do { return try CollateralCache(directory: url) } catch { throw failure("\(error)") }
+        }
+    }
+
+    struct Import: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Load offline collateral bundles into the cache.",
+            discussion: """
+                FILE is JSON: one collateral object with Intel's field names (pck_crl_issuer_chain, root_ca_crl,
+                pck_crl, tcb_info_issuer_chain, tcb_info, tcb_info_signature, qe_identity_issuer_chain,
+                qe_identity, qe_identity_signature; binary fields in hex), an array of them, {"collateral": …},
+                or an evidence envelope that carries collateral. - reads standard input.
+
+                Examples:
+                  ccgate collateral import bundle.json
+                  ccgate collateral import --dir /var/lib/ccgate/collateral b0c06f.json 90c06f.json
+                """)
+
+        @OptionGroup var cache: DirectoryOption
+        @Argument(help: ArgumentHelp("Bundle files, or - for standard input.", valueName: "FILE")) var files: [String]
+
+        func run() throws {
+            try exiting {
+                let store = try cache.open()
+                var counts = [CollateralCache.Outcome: Int]()
+                for file in files {
+                    let data = try readInput(file)
+                    let sets: [Collateral]
+                    do { sets = try CollateralCache.readBundle(data) } catch { throw failure("\(file): \(error)") }
+                    let results: [(CollateralItem, CollateralCache.Outcome)]
+                    do { results = try store.store(sets) } catch { throw failure("\(file): \(error)") }
+                    for (item, outcome) in results {
+                        counts[outcome, default: 0] += 1
+                        print("\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (issued \(item.issueDate.rfc3339), next update \(item.nextUpdate.rfc3339))")
+                    }
+                }
+                print("\(counts[.added] ?? 0) added, \(counts[.replaced] ?? 0) replaced, \(counts[.kept] ?? 0) kept (the cache already held an equal or newer issue) in \(store.directory.path)")
+                return 0
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the cached collateral items and whether each is current.")
+
+        @OptionGroup var cache: DirectoryOption
+        @Option(help: ArgumentHelp("Judge currency as of this instant (RFC 3339); default: now.", valueName: "RFC3339"))
+        var at: String?
+        @Flag(help: "Print one JSON object per line.") var json = false
+
+        func validate() throws {
+            if let at, Date.rfc3339(at) == nil { throw ValidationError("--at must be an RFC 3339 time") }
+        }
+
+        func run() throws {
+            try exiting {
+                let store = try cache.open()
+                let time = at.flatMap(Date.rfc3339) ?? SystemClock().now()
+                for name in store.skipped { FileHandle.standardError.write(Data("ccgate: skipped unreadable \(name)\n".utf8)) }
+                for item in store.all {
+                    let state = time < item.issueDate ? "not-yet-valid" : time > item.nextUpdate ? "expired" : "current"
+                    if json {
+                        let object: [String: String] = [
+                            "key": item.key, "issue_date": item.issueDate.rfc3339, "next_update": item.nextUpdate.rfc3339,
+                            "state": state,
+                        ]
+                        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+                        print(String(decoding: data, as: UTF8.self))
+                    } else {
+                        print("\(state.padding(toLength: 14, withPad: " ", startingAt: 0)) \(item.key.padding(toLength: 30, withPad: " ", startingAt: 0)) next update \(item.nextUpdate.rfc3339)")
+                    }
+                }
+                if store.all.isEmpty, !json { print("(no collateral in \(store.directory.path))") }
+                return 0
+            }
+        }
+    }
+}
