@@ -120,7 +120,10 @@ let package = Package(
         .testTarget(
             name: "TPMVerifierTests", dependencies: ["TPMVerifier", "Policy", "WorkerAgent", "TestSupport"],
             swiftSettings: strict),
-        .testTarget(name: "TDXVerifierTests", dependencies: ["TDXVerifier", "EventLog", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "TDXVerifierTests",
+            dependencies: ["TDXVerifier", "EventLog", "COpenSSL", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
         .testTarget(

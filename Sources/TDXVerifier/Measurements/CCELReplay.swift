@@ -76,3 +76,29 @@ public enum CCELReplay {
         return (data, HashAlgorithm.sha384.hash(data))
     }
 }
+
+/// Writes CCEL-format events (TCG crypto-agile, SHA-384 only): the Spec ID header a log starts
+/// with, and events to append to a firmware log (the worker appends its RTMR3 measurements).
+public enum CCELEncoder {
+    /// The `Spec ID Event03` header event announcing one bank, SHA-384.
+    public static func header() -> Data {
+        var spec = Data("Spec ID Event03".utf8) + Data([0])
+        spec += le32(0) + Data([0, 2, 0, 2])  // platform class, spec 2.0 errata 0, UINTN size 2 (64-bit)
+        spec += le32(1) + le16(HashAlgorithm.sha384.tpmAlgorithmID) + le16(48) + Data([0])
+        return le32(0) + le32(TCGEventLog.evNoAction) + Data(count: 20) + le32(UInt32(spec.count)) + spec
+    }
+
+    /// One event extending register `mrIndex` (1–4: RTMR0–3) with `digest`.
+    public static func event(mrIndex: UInt32, type: UInt32, digest: Data, data: Data) -> Data {
+        le32(mrIndex) + le32(type) + le32(1) + le16(HashAlgorithm.sha384.tpmAlgorithmID) + digest + le32(UInt32(data.count)) + data
+    }
+
+    /// An RTMR3 application measurement event (see `CCELReplay.applicationEvent`).
+    public static func applicationEvent(path: String, sha256 digest: Data) -> Data {
+        let e = CCELReplay.applicationEvent(path: path, sha256: digest)
+        return event(mrIndex: 4, type: CCELReplay.applicationEventType, digest: e.digest, data: e.data)
+    }
+
+    static func le32(_ v: UInt32) -> Data { withUnsafeBytes(of: v.littleEndian) { Data($0) } }
+    static func le16(_ v: UInt16) -> Data { withUnsafeBytes(of: v.littleEndian) { Data($0) } }
+}
