@@ -26,6 +26,10 @@ bench: setup
 	$(SWIFT) build -c release --product ccgate-bench
 	.build/release/ccgate-bench
 
+# The DCAP parsers under libFuzzer + AddressSanitizer; FUZZ_SECONDS=600 by default.
+fuzz: setup
+	@scripts/fuzz
+
 format:
 	swift format --in-place --recursive Sources Tests Benchmarks Package.swift
 

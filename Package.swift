@@ -105,13 +105,16 @@ let package = Package(
         .executableTarget(
             name: "ccgate-bench",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "WorkerAgent", "Gateway", "Policy", "Inference",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "WorkerAgent", "Gateway", "Policy", "Inference",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/ccgate-bench",
             exclude: ["llama_bench.py"],
             swiftSettings: strict),
+
+        // libFuzzer target for the DCAP parsers (`make fuzz`); a corpus replayer otherwise.
+        .executableTarget(name: "dcap-fuzz", dependencies: ["TDXVerifier", "AttestationCore"], path: "Fuzz/dcap-fuzz", swiftSettings: strict),
 
         // Tests.
         .target(name: "TestSupport", dependencies: ["AttestationCore"], path: "Tests/TestSupport", swiftSettings: strict),

@@ -128,6 +128,9 @@ public final class PublicKey: @unchecked Sendable {
         return key
     }
 
+    /// Forgets every decoded key (benchmarks of a cold verifier).
+    package static func clearCache() { cache.withLock { $0.removeAll() } }
+
     /// Bound on the cache: a gateway sees one AK per worker; past this many, it starts over.
     static let maxCachedKeys = 4096
     private static let cache = Mutex<[Data: PublicKey]>([:])

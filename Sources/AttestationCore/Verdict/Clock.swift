@@ -30,9 +30,15 @@ extension Date {
         return fractional.date(from: text)
     }
 
+    /// `2026-03-01T00:00:00Z` (UTC, whole seconds). Formatted by hand: a date formatter costs
+    /// more to create than a signature check, and verdicts print several dates.
     public var rfc3339: String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        return f.string(from: self)
+        var seconds = time_t(timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        guard gmtime_r(&seconds, &parts) != nil else { return "invalid-date" }
+        func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        let year = Int(parts.tm_year) + 1900
+        let y = year < 0 ? "\(year)" : String(repeating: "0", count: max(0, 4 - String(year).count)) + String(year)
+        return "\(y)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 }

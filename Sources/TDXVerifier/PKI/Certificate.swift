@@ -16,6 +16,8 @@ final class Certificate: @unchecked Sendable {
     let publicKey: PublicKey
     let notBefore: Date
     let notAfter: Date
+    /// Intel's platform facts, when this is a PCK certificate (read once, at decoding).
+    private(set) var sgxExtension: SGXExtension? = nil
 
     /// A certificate is under 2 KiB; Intel's are about 1.2 KiB.
     static let maxSize = 8192
@@ -70,6 +72,7 @@ final class Certificate: @unchecked Sendable {
             X509_free(x509)
             throw .invalid("certificate key: \(error)")
         }
+        sgxExtension = extensionValue(oid: SGXExtension.oid).flatMap(SGXExtension.init(extensionDER:))
     }
 
     deinit { X509_free(x509) }

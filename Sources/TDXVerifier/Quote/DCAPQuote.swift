@@ -30,8 +30,9 @@ public struct DCAPQuote: Sendable, Equatable {
     public let qeReportBytes: [UInt8]
     public let qeReportSignature: [UInt8]
     public let qeAuthData: [UInt8]
-    /// PCK certificate chain, PEM, leaf first.
-    public let pckChainPEM: String
+    /// PCK certificate chain, PEM (ASCII bytes, NUL padding removed), leaf first.
+    public let pckChainBytes: [UInt8]
+    public var pckChainPEM: String { String(decoding: pckChainBytes, as: UTF8.self) }
     /// Bytes after the signature data (some quoting libraries pad quotes); kept, not interpreted.
     public let trailing: Int
 
@@ -119,11 +120,11 @@ public struct DCAPQuote: Sendable, Equatable {
         let certBytes = try needS(s.read(certSize), "PCK certificate chain")
         guard s.isAtEnd else { throw .malformed("\(s.remaining) unexplained bytes at the end of the signature data") }
         // A PEM chain may carry trailing NUL padding.
-        let pemBytes = certBytes.prefix { $0 != 0 }
-        guard let pem = String(bytes: pemBytes, encoding: .ascii) else { throw .malformed("PCK certificate chain is not ASCII PEM") }
+        let pemBytes = Array(certBytes.prefix { $0 != 0 })
+        guard pemBytes.allSatisfy({ $0 < 0x80 }) else { throw .malformed("PCK certificate chain is not ASCII PEM") }
         return DCAPQuote(version: version, tee: tee, qeVendorID: vendor, body: body, signedBytes: signedBytes, signature: signature,
                          attestationKey: key, qeReport: EnclaveReport(qeReportBytes), qeReportBytes: qeReportBytes,
-                         qeReportSignature: qeReportSignature, qeAuthData: auth, pckChainPEM: pem, trailing: trailing)
+                         qeReportSignature: qeReportSignature, qeAuthData: auth, pckChainBytes: pemBytes, trailing: trailing)
     }
 
     public var tdReport: TDReport? { if case .td(let t) = body { t } else { nil } }

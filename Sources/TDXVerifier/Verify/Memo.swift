@@ -56,7 +56,13 @@ enum Memo {
     }
 
     static func chain(pem: String) throws(Certificate.DecodeError) -> [Certificate] {
-        try chains.value(key(Array(pem.utf8))) { () throws(Certificate.DecodeError) in try Certificate.chain(pem: pem) }
+        try chain(pemBytes: Array(pem.utf8))
+    }
+
+    static func chain(pemBytes: [UInt8]) throws(Certificate.DecodeError) -> [Certificate] {
+        try chains.value(key(pemBytes)) { () throws(Certificate.DecodeError) in
+            try Certificate.chain(pem: String(decoding: pemBytes, as: UTF8.self))
+        }
     }
 
     static func crl(der: [UInt8]) throws(Certificate.DecodeError) -> RevocationList {
@@ -88,6 +94,7 @@ enum Memo {
         tcbInfos.removeAll()
         qeIdentities.removeAll()
         verified.removeAll()
+        PublicKey.clearCache()
     }
 }
 

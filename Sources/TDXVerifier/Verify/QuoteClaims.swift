@@ -8,33 +8,33 @@ public enum QuoteClaims {
         var f = [String: String]()
         f["quote_version"] = String(quote.version)
         f["tee"] = quote.tee == .tdx ? "tdx" : "sgx"
-        f["report_data"] = Data(quote.reportData).hex
+        f["report_data"] = quote.reportData.hexString
         f["debug"] = quote.isDebug ? "true" : "false"
         switch quote.body {
         case .td(let td):
-            f["mrtd"] = Data(td.mrTD).hex
-            for i in 0..<4 { f["rtmr\(i)"] = Data(td.rtmr(i)).hex }
-            f["mrconfigid"] = Data(td.mrConfigID).hex
-            f["mrowner"] = Data(td.mrOwner).hex
-            f["mrownerconfig"] = Data(td.mrOwnerConfig).hex
-            f["mrseam"] = Data(td.mrSeam).hex
-            f["mrsignerseam"] = Data(td.mrSignerSeam).hex
-            f["td_attributes"] = Data(td.tdAttributes).hex
-            f["xfam"] = Data(td.xfam).hex
-            f["tee_tcb_svn"] = Data(td.teeTCBSVN).hex
-            if let svn2 = td.teeTCBSVN2 { f["tee_tcb_svn2"] = Data(svn2).hex }
-            if let service = td.mrServiceTD { f["mrservicetd"] = Data(service).hex }
-            f["cocoon_image_hash"] = Data(td.cocoonImageHash).hex
+            f["mrtd"] = td.mrTD.hexString
+            for i in 0..<4 { f["rtmr\(i)"] = td.rtmr(i).hexString }
+            f["mrconfigid"] = td.mrConfigID.hexString
+            f["mrowner"] = td.mrOwner.hexString
+            f["mrownerconfig"] = td.mrOwnerConfig.hexString
+            f["mrseam"] = td.mrSeam.hexString
+            f["mrsignerseam"] = td.mrSignerSeam.hexString
+            f["td_attributes"] = td.tdAttributes.hexString
+            f["xfam"] = td.xfam.hexString
+            f["tee_tcb_svn"] = td.teeTCBSVN.hexString
+            if let svn2 = td.teeTCBSVN2 { f["tee_tcb_svn2"] = svn2.hexString }
+            if let service = td.mrServiceTD { f["mrservicetd"] = service.hexString }
+            f["cocoon_image_hash"] = td.cocoonImageHash.hexString
         case .enclave(let e):
-            f["mrenclave"] = Data(e.mrEnclave).hex
-            f["mrsigner"] = Data(e.mrSigner).hex
+            f["mrenclave"] = e.mrEnclave.hexString
+            f["mrsigner"] = e.mrSigner.hexString
             f["isvprodid"] = String(e.isvProdID)
             f["isvsvn"] = String(e.isvSVN)
-            f["attributes"] = Data(e.attributes).hex
+            f["attributes"] = e.attributes.hexString
         }
         if let platform {
-            f["fmspc"] = Data(platform.fmspc).hex
-            f["pce_id"] = Data(platform.pceID).hex
+            f["fmspc"] = platform.fmspc.hexString
+            f["pce_id"] = platform.pceID.hexString
             f["pce_svn"] = String(platform.pceSVN)
         }
         return f
@@ -44,7 +44,6 @@ public enum QuoteClaims {
     /// come from its PCK certificate, read but not checked).
     public static func unverifiedFields(of quote: DCAPQuote) -> [String: String] {
         let leaf = try? Certificate.chain(pem: quote.pckChainPEM).first
-        let ext = leaf?.extensionValue(oid: SGXExtension.oid).flatMap(SGXExtension.init(extensionDER:))
-        return fields(of: quote, platform: ext)
+        return fields(of: quote, platform: leaf?.sgxExtension)
     }
 }

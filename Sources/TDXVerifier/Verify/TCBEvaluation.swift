@@ -118,7 +118,7 @@ enum TCBEvaluation {
         var out = Platform(
             status: level.status, advisories: Set(level.advisoryIDs), dates: [level.tcbDate], platformStatus: level.status)
         guard let svn = teeTCBSVN, svn[1] > 0 else { return .success(out) }
-        let id = String(format: "TDX_%02X", svn[1])
+        let id = moduleID(svn[1])
         guard let module = tcbInfo.tdxModuleIdentities.first(where: { $0.id.uppercased() == id }) else {
             return .failure(.moduleMismatch("Intel lists no TDX module identity \(id)"))
         }
@@ -131,6 +131,9 @@ enum TCBEvaluation {
         out.status = TCBStatus.converge(platform: level.status, identity: moduleLevel.status)
         return .success(out)
     }
+
+    /// `TDX_03` for module version 3: Intel's identity name, uppercase hex.
+    static func moduleID(_ version: UInt8) -> String { "TDX_" + [version].hexString.uppercased() }
 
     static func matches(platform: SGXExtension, level: TCBInfo.Level, teeTCBSVN svn: [UInt8]?) -> Bool {
         for i in 0..<16 where platform.components[i] < level.sgxComponents[i] { return false }

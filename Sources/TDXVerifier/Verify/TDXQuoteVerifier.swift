@@ -133,12 +133,11 @@ private struct Run {
         // PCK chain.
         let chainCheck = ChainCheck(pinnedFingerprints: options.pinnedRootFingerprints)
         let pckChain: [Certificate]
-        do { pckChain = try Memo.chain(pem: quote.pckChainPEM) } catch {
+        do { pckChain = try Memo.chain(pemBytes: quote.pckChainBytes) } catch {
             return reject(Reason(.evidenceMalformed, "tdx.chain.pck", "PCK certificate chain: \(error)"))
         }
         if let r = chainCheck.verify(pckChain, name: "PCK", at: time) { return reject(r) }
-        guard let pckExtension = pckChain[0].extensionValue(oid: SGXExtension.oid).flatMap(SGXExtension.init(extensionDER:))
-        else {
+        guard let pckExtension = pckChain[0].sgxExtension else {
             return reject(Reason(.chainInvalid, "tdx.chain.pck", "the leaf is not a PCK certificate (no readable SGX extension)"))
         }
         passed.append("PCK chain: \(pckChain.count) certificates to the pinned root; FMSPC \(Data(pckExtension.fmspc).hex)")
@@ -361,7 +360,7 @@ private struct Run {
         _ text: String, signature: [UInt8], chainPEM: String, name: String, rootCRL: RevocationList, chainCheck: ChainCheck,
         parse: (String) -> Result<T, Reason>
     ) -> Result<T, Reason> {
-        let source = "tdx.collateral.\(name.lowercased().replacingOccurrences(of: " ", with: "-"))"
+        let source = name == "TCB info" ? "tdx.collateral.tcb-info" : "tdx.collateral.qe-identity"
         let chain: [Certificate]
         do { chain = try Memo.chain(pem: chainPEM) } catch {
             return .failure(Reason(.evidenceMalformed, source, "\(name) issuer chain: \(error)"))
@@ -399,7 +398,7 @@ private struct Run {
     func moduleIdentityCheck(_ td: TDReport, tcbInfo: TCBInfo) -> Reason? {
         let module: TCBInfo.ModuleIdentity?
         if td.teeTCBSVN[1] > 0 {
-            let id = String(format: "TDX_%02X", td.teeTCBSVN[1])
+            let id = TCBEvaluation.moduleID(td.teeTCBSVN[1])
             module = tcbInfo.tdxModuleIdentities.first { $0.id.uppercased() == id }
         } else {
             module = tcbInfo.tdxModule
