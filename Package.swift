@@ -71,7 +71,7 @@ let package = Package(
         .target(
             name: "WorkerAgent",
             dependencies: [
-                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol",
+                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "TDXVerifier",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -117,7 +117,10 @@ let package = Package(
         .executableTarget(name: "dcap-fuzz", dependencies: ["TDXVerifier", "AttestationCore"], path: "Fuzz/dcap-fuzz", swiftSettings: strict),
 
         // Tests.
-        .target(name: "TestSupport", dependencies: ["AttestationCore"], path: "Tests/TestSupport", swiftSettings: strict),
+        .target(
+            name: "TestSupport",
+            dependencies: ["AttestationCore", "TDXVerifier", "COpenSSL", .product(name: "Crypto", package: "swift-crypto")],
+            path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "AttestationCoreTests", dependencies: ["AttestationCore", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventLogTests", dependencies: ["EventLog", "TestSupport"], swiftSettings: strict),
         .testTarget(
@@ -125,7 +128,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "TDXVerifierTests",
-            dependencies: ["TDXVerifier", "EventLog", "COpenSSL", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["TDXVerifier", "EventLog", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
@@ -139,6 +142,6 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "InferenceTests", dependencies: ["Inference", "TestSupport"], exclude: ["reference_llama.py"], swiftSettings: strict),
-        .testTarget(name: "CLITests", dependencies: ["TestSupport", "WorkerAgent"], swiftSettings: strict),
+        .testTarget(name: "CLITests", dependencies: ["TestSupport", "WorkerAgent", "TDXVerifier"], swiftSettings: strict),
     ]
 )

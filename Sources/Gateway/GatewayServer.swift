@@ -8,6 +8,7 @@ import Policy
 import ServiceLifecycle
 import UnixSignals
 import Synchronization
+import TDXVerifier
 
 /// Everything `ccgate serve` needs.
 public struct GatewayConfiguration: Sendable {
@@ -19,6 +20,12 @@ public struct GatewayConfiguration: Sendable {
     public var policy = PolicyDocument.builtinDefault
     public var auditPath: URL?
     public var timings = WorkerTimings()
+    /// SHA-256 fingerprints of the roots TDX/SGX chains must end at; Intel's by default.
+    public var dcapRoots = PinnedRoots.production
+    /// Collateral for TDX/SGX workers whose evidence carries none (an imported cache).
+    public var collateralSource: (any CollateralSource)?
+    /// The clock admission decides by (certificate and collateral windows).
+    public var clock: any AttestationClock = SystemClock()
 
     public init() {}
 }
@@ -40,7 +47,10 @@ public struct GatewayServer: Sendable {
     public func run(signals: [UnixSignal] = [.sigterm, .sigint], onReady: @escaping @Sendable (Int, Int) -> Void = { _, _ in }) async throws {
         let audit = try configuration.auditPath.map { try AuditFile(url: $0) }
         try audit?.append(AuditEvent(event: "gateway-start", detail: ["policy": configuration.policy.name]))
-        let workers = WorkerServer(registry: registry, admission: AdmissionService(policy: configuration.policy), audit: audit,
+        let workers = WorkerServer(registry: registry, admission: AdmissionService(
+                policy: configuration.policy, clock: configuration.clock, dcapRoots: configuration.dcapRoots,
+                collateralSource: configuration.collateralSource),
+            audit: audit,
                                    timings: configuration.timings, logger: logger)
         let frontDoor = FrontDoor(registry: registry, apiKeys: configuration.apiKeys)
         let ports = PortRendezvous(onReady)

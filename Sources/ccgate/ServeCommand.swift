@@ -31,6 +31,15 @@ struct ServeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Append the audit log here.", valueName: "FILE")) var audit = "data/audit.jsonl"
     @Option(help: ArgumentHelp("Seconds between re-attestations of each worker.", valueName: "S")) var reattestSeconds = 60
     @Option(help: ArgumentHelp("Write 'api=PORT worker=PORT' here once listening.", valueName: "FILE")) var portsFile: String?
+    @Option(
+        help: ArgumentHelp(
+            "Intel collateral cache for TDX/SGX workers whose evidence carries none (see `ccgate collateral import`).",
+            valueName: "DIR"))
+    var collateralDir: String?
+    @Option(
+        name: .customLong("dcap-root"),
+        help: ArgumentHelp("A PEM root replacing the pinned Intel SGX Root CA for DCAP chains; repeatable (test PKIs).", valueName: "PEM"))
+    var dcapRoots: [String] = []
 
     func validate() throws {
         guard (0...65535).contains(port), (0...65535).contains(workerPort) else { throw ValidationError("ports are 0-65535") }
@@ -55,6 +64,20 @@ struct ServeCommand: ParsableCommand {
         }
         configuration.auditPath = URL(fileURLWithPath: audit)
         configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))
+        if !dcapRoots.isEmpty {
+            configuration.dcapRoots = []
+            for path in dcapRoots {
+                let roots: [TrustRoots.Root]
+                do { roots = try TrustRoots.load(pemFile: path) } catch { throw failure("\(error)") }
+                guard !roots.isEmpty else { throw failure("\(path): no PEM certificate found") }
+                for r in roots { configuration.dcapRoots.insert(r.fingerprint) }
+            }
+        }
+        if let collateralDir {
+            do { configuration.collateralSource = try CollateralCache(directory: URL(fileURLWithPath: collateralDir)) } catch {
+                throw failure("\(error)")
+            }
+        }
         let portsFile = self.portsFile
         let settings = configuration
         let server = GatewayServer(configuration: settings)

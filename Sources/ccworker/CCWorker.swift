@@ -17,7 +17,7 @@ struct CCWorker: ParsableCommand {
 
 struct Quote: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure files into a PCR and write a tpm2-quote evidence envelope.",
+        abstract: "Measure files and write an evidence envelope (tpm2-quote, or tdx-quote with --tee tdx).",
         discussion: """
             Each --measure FILE is hashed (SHA-256), recorded in an ima-ng log and extended into the
             measurement PCR of the sha1 and sha256 banks; then the TPM quotes the selected PCRs with an
@@ -26,6 +26,9 @@ struct Quote: ParsableCommand {
             Examples:
               ccworker quote --tpm swtpm:host=127.0.0.1,port=2321 --nonce 00112233 --measure ./ccinfer
               ccworker quote --tpm device:/dev/tpmrm0 --pcrs 0,7,10 --out evidence.json
+              ccworker quote --tee tdx --nonce 00112233 --measure ./ccinfer --out tdx.json
+
+            With --tee tdx, each file is measured into RTMR3 instead and the quote comes from configfs-tsm.
             """)
 
     @Option(
@@ -56,6 +59,8 @@ struct Quote: ParsableCommand {
     @Option(help: ArgumentHelp("Write the envelope here instead of standard output.", valueName: "FILE"))
     var out: String?
 
+    @OptionGroup var tdx: TDXOptions
+
     func validate() throws {
         guard let n = Data(hex: nonce), n.count <= 64 else {
             throw ValidationError("--nonce must be hex, at most 64 bytes")
@@ -71,11 +76,25 @@ struct Quote: ParsableCommand {
         for file in files where !FileManager.default.isReadableFile(atPath: file) {
             throw ValidationError("--measure \(file): not a readable file")
         }
+        try tdx.validate()
     }
 
     var parsedPCRs: [Int] { pcrs.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
     func run() throws {
+        if tdx.tee == "tdx" {
+            let envelope: Data
+            do {
+                let attestor = try tdx.attestor(files: files.map { URL(fileURLWithPath: $0).standardizedFileURL })
+                envelope = try attestor.envelope(binding: Data(hex: nonce)!)
+            } catch let failure as ReportedFailure {
+                throw failure
+            } catch {
+                throw ReportedFailure("ccworker", "\(error)", status: 1)
+            }
+            try emit(envelope, measurements: files.count)
+            return
+        }
         do {
             let device = try TPMDevice(tcti: tpm)
             let key = try device.createAttestationKey(AttestationKeyAlgorithm(rawValue: ak)!)
@@ -90,15 +109,18 @@ struct Quote: ParsableCommand {
             let envelope = try QuoteEnvelopeBuilder(device: device, key: key).envelope(
                 qualifyingData: Data(hex: nonce)!, bank: HashAlgorithm(rawValue: bank)!, indices: indices.sorted(),
                 imaLog: entries.isEmpty ? nil : IMALog(entries: entries))
-            if let out {
-                try envelope.write(to: URL(fileURLWithPath: out), options: .atomic)
-                FileHandle.standardError.write(
-                    Data("ccworker: wrote \(out) (\(envelope.count) bytes, \(entries.count) measurements)\n".utf8))
-            } else {
-                FileHandle.standardOutput.write(envelope + Data("\n".utf8))
-            }
+            try emit(envelope, measurements: entries.count)
         } catch let error as TPMError {
             throw ReportedFailure("ccworker", error.description, status: 1)
+        }
+    }
+
+    func emit(_ envelope: Data, measurements: Int) throws {
+        if let out {
+            try envelope.write(to: URL(fileURLWithPath: out), options: .atomic)
+            FileHandle.standardError.write(Data("ccworker: wrote \(out) (\(envelope.count) bytes, \(measurements) measurements)\n".utf8))
+        } else {
+            FileHandle.standardOutput.write(envelope + Data("\n".utf8))
         }
     }
 }

@@ -14,11 +14,19 @@ struct Run: ParsableCommand {
             worker's key). With --engine-command the engine is started and restarted when it exits; give its
             arguments after --.
 
-            Example:
+            With --tee tdx the worker runs in an Intel TDX guest instead: the engine and model digests are
+            measured as application events into RTMR3 (through --rtmr-dir), and each challenge is answered with a
+            DCAP quote from Linux configfs-tsm (--tsm-dir) whose REPORTDATA is SHA-256(nonce ‖ key) followed by zeros,
+            together with the CCEL event log (--ccel) extended by those events.
+
+            Examples:
               ccworker run --gateway 127.0.0.1:8444 --tpm swtpm:host=127.0.0.1,port=2321 \\
                 --engine ./ccinfer --model ./model.gguf --model-name smollm2 --engine-url http://127.0.0.1:8081 \\
                 --engine-command -- ./ccinfer serve --model ./model.gguf --port 8081
+              ccworker run --tee tdx --gateway gw.example:8444 --engine ./ccinfer --model ./model.gguf --model-name smollm2
             """)
+
+    @OptionGroup var tdx: TDXOptions
 
     @Option(help: ArgumentHelp("The gateway's worker port.", valueName: "HOST:PORT")) var gateway: String
     @Option(help: ArgumentHelp("TPM as a TCTI string.", valueName: "TCTI")) var tpm = "device:/dev/tpmrm0"
@@ -36,6 +44,7 @@ struct Run: ParsableCommand {
         guard hostPort != nil else { throw ValidationError("--gateway must be HOST:PORT") }
         guard EngineClient(url: engineURL) != nil else { throw ValidationError("--engine-url must be http://HOST:PORT") }
         guard AttestationKeyAlgorithm(rawValue: ak) != nil else { throw ValidationError("--ak must be ecc or rsa") }
+        try tdx.validate()
         for path in [engine, model] where !FileManager.default.isReadableFile(atPath: path) {
             throw ValidationError("\(path): not a readable file")
         }
@@ -52,11 +61,16 @@ struct Run: ParsableCommand {
         logger.logLevel = .info
         let (host, port) = hostPort!
         let engineClient = EngineClient(url: engineURL)!
-        let attestor: Attestor
+        let attestor: any EvidenceSource
+        let files = [URL(fileURLWithPath: engine).standardizedFileURL, URL(fileURLWithPath: model).standardizedFileURL]
         do {
-            attestor = try Attestor(tcti: tpm, akAlgorithm: AttestationKeyAlgorithm(rawValue: ak)!,
-                                    files: [URL(fileURLWithPath: engine).standardizedFileURL, URL(fileURLWithPath: model).standardizedFileURL],
-                                    measurePCR: measurePCR)
+            if tdx.tee == "tdx" {
+                attestor = try tdx.attestor(files: files)
+            } else {
+                attestor = try Attestor(tcti: tpm, akAlgorithm: AttestationKeyAlgorithm(rawValue: ak)!, files: files, measurePCR: measurePCR)
+            }
+        } catch let failure as ReportedFailure {
+            throw failure
         } catch {
             throw ReportedFailure("ccworker", "\(error)", status: 1)
         }

@@ -33,7 +33,9 @@ final class GatewayHarness: Sendable {
             """)
     }
 
-    init(policy: PolicyDocument, reattest: Duration = .seconds(60)) async throws {
+    init(policy: PolicyDocument, reattest: Duration = .seconds(60), adjust: (inout GatewayConfiguration) -> Void = { _ in })
+        async throws
+    {
         directory = try TemporaryDirectory("gateway")
         auditURL = directory.file("audit.jsonl")
         var configuration = GatewayConfiguration()
@@ -43,6 +45,7 @@ final class GatewayHarness: Sendable {
         configuration.policy = policy
         configuration.auditPath = auditURL
         configuration.timings = WorkerTimings(handshakeTimeout: .seconds(10), reattestInterval: reattest)
+        adjust(&configuration)
         let server = GatewayServer(configuration: configuration)
         let (ports, continuation) = AsyncStream<(Int, Int)>.makeStream()
         task = Task { try await server.run(signals: []) { api, worker in continuation.yield((api, worker)) } }

@@ -1,5 +1,6 @@
 import AttestationCore
 import Foundation
+import TestSupport
 import Testing
 
 @testable import TDXVerifier

@@ -2,6 +2,7 @@ import AttestationCore
 import Crypto
 import EventLog
 import Foundation
+import TestSupport
 import Testing
 
 @testable import TDXVerifier

@@ -3,6 +3,7 @@ import AuditLog
 import Foundation
 import Policy
 import Sealing
+import TDXVerifier
 
 /// Decides whether a worker's evidence admits it: verify the evidence bound to this challenge
 /// and this worker's keys, then apply the policy's evidence and measurement rules.
@@ -14,15 +15,25 @@ import Sealing
 public struct AdmissionService: Sendable {
     public let policy: PolicyDocument
     public let clock: any AttestationClock
+    /// Roots DCAP chains must end at (Intel's unless configured) and where collateral comes from
+    /// when a TDX worker's envelope carries none.
+    public let dcapRoots: Set<String>
+    public let collateralSource: (any CollateralSource)?
 
-    public init(policy: PolicyDocument, clock: any AttestationClock = SystemClock()) {
+    public init(
+        policy: PolicyDocument, clock: any AttestationClock = SystemClock(), dcapRoots: Set<String> = PinnedRoots.production,
+        collateralSource: (any CollateralSource)? = nil
+    ) {
         self.policy = policy
         self.clock = clock
+        self.dcapRoots = dcapRoots
+        self.collateralSource = collateralSource
     }
 
     public func evaluate(envelope: Data, nonce: Data, workerPublicKeys: Data) -> Verdict {
         let binding = attestationBinding(nonce: nonce, workerPublicKeys: workerPublicKeys)
-        return EvidenceVerification(policy: policy, applyMeasurementRules: true)
+        return EvidenceVerification(
+            policy: policy, applyMeasurementRules: true, dcapRoots: dcapRoots, collateralSource: collateralSource)
             .verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
     }
 }

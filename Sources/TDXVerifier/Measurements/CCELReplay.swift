@@ -25,7 +25,7 @@ public enum CCELReplay {
 
     public static func replay(_ data: Data) -> Result<Summary, Reason> {
         let log: TCGEventLog
-        do { log = try TCGEventLog.parse(data) } catch {
+        do { log = try TCGEventLog.parse(trimmed(data)) } catch {
             return .failure(Reason(.evidenceMalformed, "tdx.eventlog", "CCEL: \(error)"))
         }
         guard log.layout == .cryptoAgile, log.banks.contains(.sha384) else {
@@ -58,6 +58,36 @@ public enum CCELReplay {
             count += 1
         }
         return .success(Summary(events: count, rtmrs: rtmrs.map { [UInt8]($0) }, measuredFiles: files))
+    }
+
+    /// The log without the padding of the ACPI log area after its last event (0xFF or 0x00 bytes
+    /// where the next event's register index would be). Logs that do not parse are returned as
+    /// they are, for the parser to report.
+    public static func trimmed(_ log: Data) -> Data {
+        var r = ByteReader(log)
+        guard let _ = r.u32le(), let _ = r.u32le(), r.skip(20), let size = r.u32le(), let spec = r.read(Int(size)),
+            spec.count >= 32
+        else { return log }
+        var s = ByteReader(spec)
+        guard s.skip(24), let count = s.u32le(), count <= 16 else { return log }
+        var sizes = [UInt16: Int]()
+        for _ in 0..<count {
+            guard let id = s.u16le(), let n = s.u16le() else { return log }
+            sizes[id] = Int(n)
+        }
+        while !r.isAtEnd {
+            let start = r.offset
+            guard let index = r.u32le() else { return log }
+            if index == 0xFFFF_FFFF || index == 0 && log.suffix(from: log.startIndex + start).allSatisfy({ $0 == 0 }) {
+                return log.prefix(start)
+            }
+            guard r.u32le() != nil, let digests = r.u32le(), digests <= 16 else { return log }
+            for _ in 0..<digests {
+                guard let id = r.u16le(), let n = sizes[id], r.skip(n) else { return log }
+            }
+            guard let eventSize = r.u32le(), r.skip(Int(eventSize)) else { return log }
+        }
+        return log
     }
 
     static func verify(_ data: Data, against td: TDReport) -> Result<Summary, Reason> {

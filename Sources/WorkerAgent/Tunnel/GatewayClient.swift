@@ -39,13 +39,13 @@ public final class GatewayClient: Sendable {
     }
 
     let configuration: Configuration
-    let attestor: Attestor
+    let attestor: any EvidenceSource
     let engine: EngineClient
     let kem: WorkerKEMKey
     let logger: Logger
     let onEvent: @Sendable (Event) -> Void
 
-    public init(configuration: Configuration, attestor: Attestor, engine: EngineClient, kem: WorkerKEMKey = WorkerKEMKey(),
+    public init(configuration: Configuration, attestor: any EvidenceSource, engine: EngineClient, kem: WorkerKEMKey = WorkerKEMKey(),
                 logger: Logger = Logger(label: "ccworker"), onEvent: @escaping @Sendable (Event) -> Void = { _ in }) {
         self.configuration = configuration
         self.attestor = attestor

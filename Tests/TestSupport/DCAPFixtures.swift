@@ -3,64 +3,66 @@ import COpenSSL
 import Crypto
 import Foundation
 
-@testable import TDXVerifier
+import TDXVerifier
 
 /// A complete DCAP world generated in code from one `referenceTime`: a fake "Intel" root, a PCK
 /// platform CA, a PCK leaf with the SGX extension, a TCB signer, CRLs, signed TCB info and QE
 /// identity, and TD quotes signed by a quoting-enclave attestation key. Each test changes one
 /// thing and checks the reason code that names it.
-struct DCAPWorld {
-    static let referenceTime = Date(timeIntervalSince1970: 1_780_000_000)  // 2026-05-28
-    static let day: TimeInterval = 86_400
+public struct DCAPWorld {
+    /// Intel's PCK certificate extension (SGX extensions).
+    public static let sgxExtensionOID = "1.2.840.113741.1.13.1"
+    public static let referenceTime = Date(timeIntervalSince1970: 1_780_000_000)  // 2026-05-28
+    public static let day: TimeInterval = 86_400
 
-    var root = TestCA(name: "Intel SGX Root CA")
-    var platformCA: TestCA
-    var tcbSigner: TestCA
-    var pckKey = P256.Signing.PrivateKey()
-    var attestationKey = P256.Signing.PrivateKey()
-    var pckSerial = 0x5A5A01
+    public var root = TestCA(name: "Intel SGX Root CA")
+    public var platformCA: TestCA
+    public var tcbSigner: TestCA
+    public var pckKey = P256.Signing.PrivateKey()
+    public var attestationKey = P256.Signing.PrivateKey()
+    public var pckSerial = 0x5A5A01
 
     // Platform facts certified in the PCK certificate.
-    var fmspc: [UInt8] = [0x90, 0xC0, 0x6F, 0x00, 0x00, 0x00]
-    var pceID: [UInt8] = [0x00, 0x00]
-    var cpuSVN: [Int] = [3, 3, 2, 2, 3, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0]
-    var pceSVN = 13
-    var pckValidity: (Date, Date) = (referenceTime - 365 * day, referenceTime + 365 * day)
+    public var fmspc: [UInt8] = [0x90, 0xC0, 0x6F, 0x00, 0x00, 0x00]
+    public var pceID: [UInt8] = [0x00, 0x00]
+    public var cpuSVN: [Int] = [3, 3, 2, 2, 3, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0]
+    public var pceSVN = 13
+    public var pckValidity: (Date, Date) = (referenceTime - 365 * day, referenceTime + 365 * day)
 
     // TD facts.
-    var teeTCBSVN: [UInt8] = [5, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    var teeTCBSVN2: [UInt8]? = nil
-    var tdAttributes: [UInt8] = [0, 0, 0, 0x10, 0, 0, 0, 0]
-    var mrtd = [UInt8](repeating: 0x11, count: 48)
-    var rtmrs: [[UInt8]] = (0..<4).map { [UInt8](repeating: UInt8(0x20 + $0), count: 48) }
-    var reportData = [UInt8](repeating: 0x77, count: 64)
+    public var teeTCBSVN: [UInt8] = [5, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    public var teeTCBSVN2: [UInt8]? = nil
+    public var tdAttributes: [UInt8] = [0, 0, 0, 0x10, 0, 0, 0, 0]
+    public var mrtd = [UInt8](repeating: 0x11, count: 48)
+    public var rtmrs: [[UInt8]] = (0..<4).map { [UInt8](repeating: UInt8(0x20 + $0), count: 48) }
+    public var reportData = [UInt8](repeating: 0x77, count: 64)
 
     // Quoting enclave.
-    var qeMRSigner = [UInt8](repeating: 0xDC, count: 32)
-    var qeISVSVN: UInt16 = 4
-    var qeAuthData = [UInt8](0..<32)
+    public var qeMRSigner = [UInt8](repeating: 0xDC, count: 32)
+    public var qeISVSVN: UInt16 = 4
+    public var qeAuthData = [UInt8](0..<32)
 
     // Collateral content.
-    var tcbLevels: [String] = [
+    public var tcbLevels: [String] = [
         DCAPWorld.level(sgx: [3, 3, 2, 2, 3, 1, 0, 5], pce: 13, tdx: [5, 0, 3], date: "2025-11-12T00:00:00Z", status: "UpToDate"),
         DCAPWorld.level(
             sgx: [2, 2, 2, 2, 3, 1, 0, 3], pce: 11, tdx: [3, 0, 2], date: "2024-03-13T00:00:00Z", status: "OutOfDate",
             advisories: ["INTEL-SA-00960", "INTEL-SA-00837"]),
     ]
-    var moduleIdentities = ""
-    var qeLevels = #"[{"tcb":{"isvsvn":4},"tcbDate":"2025-11-12T00:00:00Z","tcbStatus":"UpToDate"},{"tcb":{"isvsvn":2},"tcbDate":"2024-03-13T00:00:00Z","tcbStatus":"OutOfDate","advisoryIDs":["INTEL-SA-00615"]}]"#
-    var collateralIssued = referenceTime - 10 * day
-    var collateralNext = referenceTime + 20 * day
-    var tcbInfoFMSPC: [UInt8]? = nil
-    var revokedPCKSerials: [Int] = []
-    var revokedCASerials: [Int] = []
+    public var moduleIdentities = ""
+    public var qeLevels = #"[{"tcb":{"isvsvn":4},"tcbDate":"2025-11-12T00:00:00Z","tcbStatus":"UpToDate"},{"tcb":{"isvsvn":2},"tcbDate":"2024-03-13T00:00:00Z","tcbStatus":"OutOfDate","advisoryIDs":["INTEL-SA-00615"]}]"#
+    public var collateralIssued = referenceTime - 10 * day
+    public var collateralNext = referenceTime + 20 * day
+    public var tcbInfoFMSPC: [UInt8]? = nil
+    public var revokedPCKSerials: [Int] = []
+    public var revokedCASerials: [Int] = []
 
-    init() {
+    public init() {
         platformCA = TestCA(name: "Intel SGX PCK Platform CA", issuer: root)
         tcbSigner = TestCA(name: "Intel SGX TCB Signing", issuer: root, isCA: false)
     }
 
-    static func level(
+    public static func level(
         sgx: [Int], pce: Int, tdx: [Int], date: String, status: String, advisories: [String] = []
     ) -> String {
         let pad = { (v: [Int]) in v + [Int](repeating: 0, count: 16 - v.count) }
@@ -72,31 +74,31 @@ struct DCAPWorld {
 
     // MARK: Certificates
 
-    func pckCertificate() -> [UInt8] {
+    public func pckCertificate() -> [UInt8] {
         platformCA.issue(
             subject: "Intel SGX PCK Certificate", key: pckKey, serial: pckSerial, validity: pckValidity,
-            extensions: [(SGXExtension.oid, sgxExtension())])
+            extensions: [(DCAPWorld.sgxExtensionOID, sgxExtension())])
     }
 
-    func sgxExtension() -> [UInt8] {
+    public func sgxExtension() -> [UInt8] {
         func entry(_ oid: String, _ value: [UInt8]) -> [UInt8] { DERBuild.sequence(DERBuild.oid(oid) + value) }
         var tcb = [UInt8]()
-        for (i, svn) in cpuSVN.enumerated() { tcb += entry("\(SGXExtension.oid).2.\(i + 1)", DERBuild.integer(svn)) }
-        tcb += entry("\(SGXExtension.oid).2.17", DERBuild.integer(pceSVN))
-        tcb += entry("\(SGXExtension.oid).2.18", DERBuild.octets(cpuSVN.map { UInt8($0) }))
+        for (i, svn) in cpuSVN.enumerated() { tcb += entry("\(DCAPWorld.sgxExtensionOID).2.\(i + 1)", DERBuild.integer(svn)) }
+        tcb += entry("\(DCAPWorld.sgxExtensionOID).2.17", DERBuild.integer(pceSVN))
+        tcb += entry("\(DCAPWorld.sgxExtensionOID).2.18", DERBuild.octets(cpuSVN.map { UInt8($0) }))
         return DERBuild.sequence(
-            entry("\(SGXExtension.oid).1", DERBuild.octets([UInt8](repeating: 0xAB, count: 16)))
-                + entry("\(SGXExtension.oid).2", DERBuild.sequence(tcb))
-                + entry("\(SGXExtension.oid).3", DERBuild.octets(pceID))
-                + entry("\(SGXExtension.oid).4", DERBuild.octets(fmspc))
-                + entry("\(SGXExtension.oid).5", [0x0A, 0x01, 0x00]))
+            entry("\(DCAPWorld.sgxExtensionOID).1", DERBuild.octets([UInt8](repeating: 0xAB, count: 16)))
+                + entry("\(DCAPWorld.sgxExtensionOID).2", DERBuild.sequence(tcb))
+                + entry("\(DCAPWorld.sgxExtensionOID).3", DERBuild.octets(pceID))
+                + entry("\(DCAPWorld.sgxExtensionOID).4", DERBuild.octets(fmspc))
+                + entry("\(DCAPWorld.sgxExtensionOID).5", [0x0A, 0x01, 0x00]))
     }
 
-    var pckChainPEM: String { PEM.encode([pckCertificate(), platformCA.certificate, root.certificate]) }
+    public var pckChainPEM: String { PEM.encode([pckCertificate(), platformCA.certificate, root.certificate]) }
 
     // MARK: Quote
 
-    func quote(version: Int = 4, signQERWith qeSigner: P256.Signing.PrivateKey? = nil, tamper: ((inout [UInt8]) -> Void)? = nil)
+    public func quote(version: Int = 4, signQERWith qeSigner: P256.Signing.PrivateKey? = nil, tamper: ((inout [UInt8]) -> Void)? = nil)
         -> [UInt8]
     {
         var header = [UInt8]()
@@ -139,17 +141,17 @@ struct DCAPWorld {
 
     // MARK: Collateral
 
-    var tcbInfoText: String {
+    public var tcbInfoText: String {
         let fmspcHex = Data(tcbInfoFMSPC ?? fmspc).hex.uppercased()
         let modules = moduleIdentities.isEmpty ? "" : #","tdxModuleIdentities":\#(moduleIdentities)"#
         return #"{"id":"TDX","version":3,"issueDate":"\#(collateralIssued.rfc3339)","nextUpdate":"\#(collateralNext.rfc3339)","fmspc":"\#(fmspcHex)","pceId":"0000","tcbType":0,"tcbEvaluationDataNumber":18,"tdxModule":{"mrsigner":"\#(String(repeating: "0", count: 96))","attributes":"0000000000000000","attributesMask":"FFFFFFFFFFFFFFFF"}\#(modules),"tcbLevels":[\#(tcbLevels.joined(separator: ","))]}"#
     }
 
-    var qeIdentityText: String {
+    public var qeIdentityText: String {
         #"{"id":"TD_QE","version":2,"issueDate":"\#(collateralIssued.rfc3339)","nextUpdate":"\#(collateralNext.rfc3339)","tcbEvaluationDataNumber":18,"miscselect":"00000000","miscselectMask":"FFFFFFFF","attributes":"11000000000000000000000000000000","attributesMask":"FBFFFFFFFFFFFFFF0000000000000000","mrsigner":"\#(Data(repeating: 0xDC, count: 32).hex.uppercased())","isvprodid":2,"tcbLevels":\#(qeLevels)}"#
     }
 
-    func collateral(tcbInfo: String? = nil, tcbSignatureOver: String? = nil) -> Collateral {
+    public func collateral(tcbInfo: String? = nil, tcbSignatureOver: String? = nil) -> Collateral {
         let tcb = tcbInfo ?? tcbInfoText
         let qe = qeIdentityText
         let tcbSig = tcbSigner.signRaw(Array((tcbSignatureOver ?? tcb).utf8))
@@ -163,20 +165,20 @@ struct DCAPWorld {
             qeIdentity: qe, qeIdentitySignature: qeSig)
     }
 
-    func envelope(quote: [UInt8]? = nil, collateral: Collateral?, eventLog: Data? = nil) -> Data {
+    public func envelope(quote: [UInt8]? = nil, collateral: Collateral?, eventLog: Data? = nil) -> Data {
         var object: [String: Any] = ["format": "tdx-quote", "version": 1, "quote": Data(quote ?? self.quote()).base64EncodedString()]
         if let collateral { object["collateral"] = collateral.fields }
         if let eventLog { object["event_log"] = eventLog.base64EncodedString() }
         return try! JSONSerialization.data(withJSONObject: object)
     }
 
-    func verifier(_ adjust: (inout TDXQuoteVerifier.Options) -> Void = { _ in }) -> TDXQuoteVerifier {
+    public func verifier(_ adjust: (inout TDXQuoteVerifier.Options) -> Void = { _ in }) -> TDXQuoteVerifier {
         var options = TDXQuoteVerifier.Options(pinnedRootFingerprints: [root.fingerprint])
         adjust(&options)
         return TDXQuoteVerifier(options: options)
     }
 
-    func verify(
+    public func verify(
         _ envelope: Data? = nil, at time: Date = referenceTime, nonce: Data? = nil,
         _ adjust: (inout TDXQuoteVerifier.Options) -> Void = { _ in }
     ) -> Verdict {
@@ -184,18 +186,18 @@ struct DCAPWorld {
     }
 }
 
-func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8)] }
-func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8((v >> (8 * $0)) & 0xFF) } }
+public func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8)] }
+public func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8((v >> (8 * $0)) & 0xFF) } }
 
 /// A certificate authority of the test PKI: a P-256 key and its certificate.
-struct TestCA {
-    let name: String
-    let key: P256.Signing.PrivateKey
-    let certificate: [UInt8]
-    let serial: Int
+public struct TestCA {
+    public let name: String
+    public let key: P256.Signing.PrivateKey
+    public let certificate: [UInt8]
+    public let serial: Int
 
     /// A self-signed root.
-    init(name: String) {
+    public init(name: String) {
         self.name = name
         key = P256.Signing.PrivateKey()
         serial = 1
@@ -206,7 +208,7 @@ struct TestCA {
     }
 
     /// An intermediate (or a non-CA signer) issued by `issuer`.
-    init(name: String, issuer: TestCA, isCA: Bool = true, serial: Int = Int.random(in: 1000...999_999)) {
+    public init(name: String, issuer: TestCA, isCA: Bool = true, serial: Int = Int.random(in: 1000...999_999)) {
         self.name = name
         key = P256.Signing.PrivateKey()
         self.serial = serial
@@ -216,9 +218,9 @@ struct TestCA {
             isCA: isCA, extensions: [])
     }
 
-    var fingerprint: String { HashAlgorithm.sha256.hash(certificate).hex }
+    public var fingerprint: String { HashAlgorithm.sha256.hash(certificate).hex }
 
-    func issue(
+    public func issue(
         subject: String, key subjectKey: P256.Signing.PrivateKey, serial: Int, validity: (Date, Date),
         extensions: [(String, [UInt8])]
     ) -> [UInt8] {
@@ -227,17 +229,17 @@ struct TestCA {
             extensions: extensions)
     }
 
-    func signRaw(_ message: [UInt8]) -> [UInt8] {
+    public func signRaw(_ message: [UInt8]) -> [UInt8] {
         [UInt8](try! key.signature(for: SHA256.hash(data: message)).rawRepresentation)
     }
 
-    func crl(revoked: [Int], thisUpdate: Date, nextUpdate: Date) -> [UInt8] {
+    public func crl(revoked: [Int], thisUpdate: Date, nextUpdate: Date) -> [UInt8] {
         X509Build.crl(issuer: name, key: key, revoked: revoked, thisUpdate: thisUpdate, nextUpdate: nextUpdate)
     }
 }
 
-enum PEM {
-    static func encode(_ ders: [[UInt8]]) -> String {
+public enum PEM {
+    public static func encode(_ ders: [[UInt8]]) -> String {
         ders.map { der in
             let b64 = Data(der).base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed])
             return "-----BEGIN CERTIFICATE-----\n\(b64)\n-----END CERTIFICATE-----\n"
@@ -247,8 +249,8 @@ enum PEM {
 
 /// The DER the SGX extension needs, built by hand (the verifier parses it by hand too; OpenSSL
 /// cross-checks the certificate around it).
-enum DERBuild {
-    static func tlv(_ tag: UInt8, _ content: [UInt8]) -> [UInt8] {
+public enum DERBuild {
+    public static func tlv(_ tag: UInt8, _ content: [UInt8]) -> [UInt8] {
         var length: [UInt8]
         if content.count < 0x80 {
             length = [UInt8(content.count)]
@@ -259,9 +261,9 @@ enum DERBuild {
         }
         return [tag] + length + content
     }
-    static func sequence(_ content: [UInt8]) -> [UInt8] { tlv(0x30, content) }
-    static func octets(_ content: [UInt8]) -> [UInt8] { tlv(0x04, content) }
-    static func integer(_ v: Int) -> [UInt8] {
+    public static func sequence(_ content: [UInt8]) -> [UInt8] { tlv(0x30, content) }
+    public static func octets(_ content: [UInt8]) -> [UInt8] { tlv(0x04, content) }
+    public static func integer(_ v: Int) -> [UInt8] {
         var bytes = [UInt8]()
         var x = v
         repeat {
@@ -271,7 +273,7 @@ enum DERBuild {
         if bytes[0] & 0x80 != 0 { bytes.insert(0, at: 0) }
         return tlv(0x02, bytes)
     }
-    static func oid(_ dotted: String) -> [UInt8] {
+    public static func oid(_ dotted: String) -> [UInt8] {
         let parts = dotted.split(separator: ".").map { Int($0)! }
         var out: [UInt8] = [UInt8(parts[0] * 40 + parts[1])]
         for p in parts.dropFirst(2) {
@@ -288,8 +290,8 @@ enum DERBuild {
 }
 
 /// Certificates and CRLs made with OpenSSL, signed with the swift-crypto keys above.
-enum X509Build {
-    static func evpKey(_ key: P256.Signing.PrivateKey) -> OpaquePointer {
+public enum X509Build {
+    public static func evpKey(_ key: P256.Signing.PrivateKey) -> OpaquePointer {
         let der = [UInt8](key.derRepresentation)
         return der.withUnsafeBufferPointer { buffer in
             var cursor: UnsafePointer<UInt8>? = buffer.baseAddress
@@ -297,7 +299,7 @@ enum X509Build {
         }
     }
 
-    static func name(_ cn: String) -> OpaquePointer {
+    public static func name(_ cn: String) -> OpaquePointer {
         let n = X509_NAME_new()!
         _ = X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, cn, -1, -1, 0)
         _ = X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, "Intel Corporation", -1, -1, 0)
@@ -305,7 +307,7 @@ enum X509Build {
         return n
     }
 
-    static func certificate(
+    public static func certificate(
         subject: String, issuer: String, subjectKey: P256.Signing.PrivateKey, issuerKey: P256.Signing.PrivateKey, serial: Int,
         validity: (Date, Date), isCA: Bool, extensions: [(String, [UInt8])]
     ) -> [UInt8] {
@@ -348,7 +350,7 @@ enum X509Build {
         return Array(UnsafeBufferPointer(start: out, count: Int(n)))
     }
 
-    static func crl(issuer: String, key: P256.Signing.PrivateKey, revoked: [Int], thisUpdate: Date, nextUpdate: Date) -> [UInt8] {
+    public static func crl(issuer: String, key: P256.Signing.PrivateKey, revoked: [Int], thisUpdate: Date, nextUpdate: Date) -> [UInt8] {
         let crl = X509_CRL_new()!
         defer { X509_CRL_free(crl) }
         X509_CRL_set_version(crl, 1)

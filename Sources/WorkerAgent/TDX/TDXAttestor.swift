@@ -1,0 +1,60 @@
+import AttestationCore
+import Foundation
+import Synchronization
+import TDXVerifier
+
+/// The worker's attestation on an Intel TDX guest: the engine binary and model are measured
+/// (SHA-256) as application events into RTMR3 before serving, and every challenge is answered
+/// with a fresh TDX quote (through configfs-tsm) whose REPORTDATA is the binding followed by
+/// zeros, with the CCEL event log (firmware events plus ours) for the verifier to replay.
+public final class TDXAttestor: EvidenceSource, Sendable {
+    let tsm: ConfigfsTSM
+    let rtmr: RTMRExtender
+    let firmwareLog: Data
+    private let events = Mutex(Data())
+    public var applicationEvents: Data { events.withLock { $0 } }
+    /// Offline collateral to carry in every envelope (nil: the gateway supplies it).
+    let collateral: [String: String]?
+
+    public static let defaultCCEL = URL(fileURLWithPath: "/sys/firmware/acpi/tables/data/CCEL")
+
+    /// Reads the firmware's CCEL (a header-only log when there is none), then measures `files`
+    /// into RTMR3.
+    public init(tsm: ConfigfsTSM = ConfigfsTSM(), rtmr: RTMRExtender = RTMRExtender(), ccel: URL = defaultCCEL,
+                files: [URL], collateral: [String: String]? = nil) throws {
+        self.tsm = tsm
+        self.rtmr = rtmr
+        self.collateral = collateral
+        if let log = FileManager.default.contents(atPath: ccel.path), !log.isEmpty {
+            // The ACPI log area is padded past the last event.
+            firmwareLog = CCELReplay.trimmed(log)
+        } else {
+            firmwareLog = CCELEncoder.header()
+        }
+        for file in files { try measure(file) }
+    }
+
+    /// Measures a file into RTMR3 (and the application log); the next quote reports it.
+    public func measure(_ url: URL) throws {
+        let digest = try FileMeasurer.digest(of: url)
+        try events.withLock { log in
+            try rtmr.extendRTMR3(with: CCELReplay.applicationEvent(path: url.path, sha256: digest).digest)
+            log += CCELEncoder.applicationEvent(path: url.path, sha256: digest)
+        }
+    }
+
+    public func evidence(binding: Data) async throws -> Data { try envelope(binding: binding) }
+
+    /// A `tdx-quote` envelope whose REPORTDATA is `binding` followed by zeros.
+    public func envelope(binding: Data) throws -> Data {
+        guard binding.count <= 64 else { throw TDXError("binding of \(binding.count) bytes does not fit REPORTDATA") }
+        let reportData = binding + Data(count: 64 - binding.count)
+        let quote = try tsm.quote(reportData: reportData)
+        var object: [String: Any] = [
+            "format": "tdx-quote", "version": 1, "quote": quote.base64EncodedString(),
+            "event_log": (firmwareLog + self.applicationEvents).base64EncodedString(),
+        ]
+        if let collateral { object["collateral"] = collateral }
+        return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+    }
+}
