@@ -58,6 +58,22 @@ import Testing
         #expect((object["claims"] as? [String: Any])?["collateral.source"] as? String == "cache")
     }
 
+    /// The shipped Cocoon policy admits the Cocoon image and no other genuine TD.
+    @Test func cocoonPolicyPinsTheImageHash() throws {
+        let policy = SharedTestData.packageRoot.appendingPathComponent("Policies/cocoon-tdx.yaml").path
+        let cocoon = try ProcessRunner.run(
+            Self.ccgate,
+            ["evidence", "verify", SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path, "--at", "2026-03-01T00:00:00Z",
+             "--policy", policy, "--json"])
+        #expect(cocoon.status == 0, "\(cocoon.stdout)")
+        let other = try ProcessRunner.run(
+            Self.ccgate,
+            ["evidence", "verify", SharedTestData.url("tdx/d2-near-gas-test.json").path, "--at", "2025-09-10T00:00:00Z",
+             "--policy", policy, "--json"])
+        #expect(other.status == 1)
+        #expect(try json(other)["reason"] as? String == "policy.measurement-not-allowed")
+    }
+
     @Test func garbageBundleIsAClearError() throws {
         let dir = try TemporaryDirectory()
         try Data("{\"tcb_info\": 3}".utf8).write(to: dir.file("bad.json"))
