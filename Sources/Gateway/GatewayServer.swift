@@ -24,6 +24,8 @@ public struct GatewayConfiguration: Sendable {
     public var dcapRoots = PinnedRoots.production
     /// Collateral for TDX/SGX workers whose evidence carries none (an imported cache).
     public var collateralSource: (any CollateralSource)?
+    /// Online collateral: fetch what the cache lacks from a PCCS before verifying.
+    public var collateralPrefetcher: CollateralPrefetcher?
     /// The clock admission decides by (certificate and collateral windows).
     public var clock: any AttestationClock = SystemClock()
 
@@ -49,7 +51,7 @@ public struct GatewayServer: Sendable {
         try audit?.append(AuditEvent(event: "gateway-start", detail: ["policy": configuration.policy.name]))
         let workers = WorkerServer(registry: registry, admission: AdmissionService(
                 policy: configuration.policy, clock: configuration.clock, dcapRoots: configuration.dcapRoots,
-                collateralSource: configuration.collateralSource),
+                collateralSource: configuration.collateralSource, prefetcher: configuration.collateralPrefetcher),
             audit: audit,
                                    timings: configuration.timings, logger: logger)
         let frontDoor = FrontDoor(registry: registry, apiKeys: configuration.apiKeys)

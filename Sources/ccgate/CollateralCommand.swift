@@ -15,7 +15,7 @@ struct CollateralCommand: ParsableCommand {
 
             The cache directory defaults to $CCGATE_COLLATERAL_DIR, else ~/.local/share/ccgate/collateral.
             """,
-        subcommands: [Import.self, List.self])
+        subcommands: [Import.self, Fetch.self, List.self])
 
     struct DirectoryOption: ParsableArguments {
         @Option(name: .customLong("dir"), help: ArgumentHelp("The collateral cache directory.", valueName: "DIR"))
@@ -60,6 +60,48 @@ struct CollateralCommand: ParsableCommand {
                     }
                 }
                 print("\(counts[.added] ?? 0) added, \(counts[.replaced] ?? 0) replaced, \(counts[.kept] ?? 0) kept (the cache already held an equal or newer issue) in \(store.directory.path)")
+                return 0
+            }
+        }
+    }
+
+    struct Fetch: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Fetch the collateral a quote needs from a PCCS into the cache.",
+            discussion: """
+                ENVELOPE is a tdx-quote or sgx-quote envelope; its PCK certificate names the platform (FMSPC,
+                PCK CA). The TCB info, QE identity, PCK CRL and root CA CRL are fetched (PCCS API v4) and stored
+                like imported items.
+
+                Example:
+                  ccgate collateral fetch quote.json --pccs-url https://pccs.example:8081
+                """)
+
+        @OptionGroup var cache: DirectoryOption
+        @Argument(help: ArgumentHelp("The evidence envelope.", valueName: "ENVELOPE")) var envelope: String
+        @Option(help: ArgumentHelp("The PCCS or Intel PCS base URL.", valueName: "URL")) var pccsURL: String
+        @Option(help: ArgumentHelp("Where the root CA CRL is, when the PCCS does not serve it.", valueName: "URL"))
+        var rootCRLURL: String?
+
+        func run() throws {
+            try exiting {
+                guard let base = URL(string: pccsURL), base.scheme == "https" || base.scheme == "http" else {
+                    throw failure("--pccs-url must be an http(s) URL")
+                }
+                let store = try cache.open()
+                let data = try readInput(envelope)
+                guard case .success(let parsed) = EvidenceEnvelope.parse(data), case .success(let bytes) = parsed.base64("quote"),
+                    let quote = try? DCAPQuote.parse([UInt8](bytes)), let key = quote.collateralKey
+                else { throw failure("\(envelope): not a DCAP quote envelope with a readable PCK certificate") }
+                let client = PCCSClient(base: base, rootCRL: rootCRLURL.flatMap(URL.init(string:)))
+                let result = BlockingRun.run {
+                    let collateral = try await client.fetch(key)
+                    let stored = try store.store([collateral])
+                    for (item, outcome) in stored {
+                        print("\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (next update \(item.nextUpdate.rfc3339))")
+                    }
+                }
+                if case .failure(let error) = result { throw failure("\(key): \(error)", status: 1) }
                 return 0
             }
         }

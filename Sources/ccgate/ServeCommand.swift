@@ -37,6 +37,12 @@ struct ServeCommand: ParsableCommand {
             valueName: "DIR"))
     var collateralDir: String?
     @Option(
+        help: ArgumentHelp(
+            "Online collateral: a PCCS (or Intel PCS) base URL, e.g. https://pccs.example:8081; missing items are fetched into the collateral cache.",
+            valueName: "URL"))
+    var pccsURL: String?
+    @Option(help: ArgumentHelp("Where the root CA CRL is, when the PCCS does not serve it.", valueName: "URL")) var rootCRLURL: String?
+    @Option(
         name: .customLong("dcap-root"),
         help: ArgumentHelp("A PEM root replacing the pinned Intel SGX Root CA for DCAP chains; repeatable (test PKIs).", valueName: "PEM"))
     var dcapRoots: [String] = []
@@ -73,8 +79,18 @@ struct ServeCommand: ParsableCommand {
                 for r in roots { configuration.dcapRoots.insert(r.fingerprint) }
             }
         }
-        if let collateralDir {
-            do { configuration.collateralSource = try CollateralCache(directory: URL(fileURLWithPath: collateralDir)) } catch {
+        if let pccsURL {
+            guard let base = URL(string: pccsURL), base.scheme == "https" || base.scheme == "http" else {
+                throw failure("--pccs-url must be an http(s) URL")
+            }
+            let directory = collateralDir.map { URL(fileURLWithPath: $0) } ?? CollateralCache.defaultDirectory
+            do {
+                let cache = try CollateralCache(directory: directory, mode: "online")
+                configuration.collateralPrefetcher = CollateralPrefetcher(
+                    cache: cache, client: PCCSClient(base: base, rootCRL: rootCRLURL.flatMap(URL.init(string:))))
+            } catch { throw failure("\(error)") }
+        } else if let collateralDir {
+            do { configuration.collateralSource = try CollateralCache(directory: URL(fileURLWithPath: collateralDir), mode: "offline") } catch {
                 throw failure("\(error)")
             }
         }

@@ -19,15 +19,23 @@ public struct AdmissionService: Sendable {
     /// when a TDX worker's envelope carries none.
     public let dcapRoots: Set<String>
     public let collateralSource: (any CollateralSource)?
+    /// Online mode: fetches missing collateral before verification.
+    public let prefetcher: CollateralPrefetcher?
 
     public init(
         policy: PolicyDocument, clock: any AttestationClock = SystemClock(), dcapRoots: Set<String> = PinnedRoots.production,
-        collateralSource: (any CollateralSource)? = nil
+        collateralSource: (any CollateralSource)? = nil, prefetcher: CollateralPrefetcher? = nil
     ) {
         self.policy = policy
         self.clock = clock
         self.dcapRoots = dcapRoots
-        self.collateralSource = collateralSource
+        self.collateralSource = collateralSource ?? prefetcher?.cache
+        self.prefetcher = prefetcher
+    }
+
+    /// In online mode, makes sure the collateral this evidence needs is cached; returns a note for logs.
+    public func prepare(envelope: Data) async -> String? {
+        await prefetcher?.prepare(envelope: envelope, at: clock.now())
     }
 
     public func evaluate(envelope: Data, nonce: Data, workerPublicKeys: Data) -> Verdict {

@@ -57,6 +57,12 @@ public final class CollateralCache: CollateralSource, Sendable {
         return CollateralItem.assemble(found)
     }
 
+    /// Whether any item the key needs is missing or past its `nextUpdate` at `time`.
+    public func needsRefresh(for key: CollateralKey, at time: Date) -> Bool {
+        let needed = CollateralItem.keys(for: key)
+        return items.withLock { all in needed.contains { all[$0] == nil || all[$0]!.nextUpdate < time } }
+    }
+
     public var all: [CollateralItem] { items.withLock { Array($0.values) }.sorted { $0.key < $1.key } }
 
     public enum Outcome: String, Sendable { case added, replaced, kept }
@@ -158,5 +164,33 @@ public final class CollateralCache: CollateralSource, Sendable {
         let base = env["XDG_DATA_HOME"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
             ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".local/share")
         return base.appendingPathComponent("ccgate/collateral")
+    }
+}
+
+/// Online mode: before a DCAP quote without collateral is verified, fetch what the cache lacks
+/// (or holds only expired) from a PCCS, and store it. Verification itself stays offline.
+public struct CollateralPrefetcher: Sendable {
+    public let cache: CollateralCache
+    public let client: PCCSClient
+
+    public init(cache: CollateralCache, client: PCCSClient) {
+        self.cache = cache
+        self.client = client
+    }
+
+    /// Returns what happened, for logs: nil when nothing was needed.
+    @discardableResult
+    public func prepare(envelope: Data, at time: Date) async -> String? {
+        guard case .success(let parsed) = EvidenceEnvelope.parse(envelope), TDXQuoteVerifier.formats.contains(parsed.format),
+            !parsed.has("collateral"), case .success(let bytes) = parsed.base64("quote"),
+            let quote = try? DCAPQuote.parse([UInt8](bytes)), let key = quote.collateralKey, cache.needsRefresh(for: key, at: time)
+        else { return nil }
+        do {
+            let collateral = try await client.fetch(key)
+            let stored = try cache.store([collateral])
+            return "fetched \(key): " + stored.map { "\($0.0.key) \($0.1.rawValue)" }.joined(separator: ", ")
+        } catch {
+            return "collateral fetch for \(key) failed: \(error)"
+        }
     }
 }

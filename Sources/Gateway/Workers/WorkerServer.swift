@@ -130,6 +130,7 @@ public final class WorkerServer: Sendable {
             throw SessionEnd(code: answer == nil ? ProtocolErrorCode.timeout : ProtocolErrorCode.unexpectedMessage,
                              message: "expected evidence")
         }
+        if let note = await admission.prepare(envelope: evidence.envelope) { logger.info("\(note)") }
         let verdict = admission.evaluate(envelope: evidence.envelope, nonce: nonce, workerPublicKeys: hello.kemPublicKey)
         let evidenceDigest = HashAlgorithm.sha256.hash(evidence.envelope).hex
         guard verdict.isAccepted, let claims = verdict.claims else {
@@ -204,6 +205,7 @@ public final class WorkerServer: Sendable {
                         guard let expected = reattest.finish() else {
                             throw SessionEnd(code: ProtocolErrorCode.unexpectedMessage, message: "evidence without a challenge")
                         }
+                        if let note = await admission.prepare(envelope: fresh.envelope) { logger.info("\(note)") }
                         let again = admission.evaluate(envelope: fresh.envelope, nonce: expected, workerPublicKeys: hello.kemPublicKey)
                         let digest = HashAlgorithm.sha256.hash(fresh.envelope).hex
                         if again.isAccepted {

@@ -29,3 +29,14 @@ public protocol CollateralSource: Sendable {
     /// Collateral for the key that is still current at `time`, if any.
     func collateral(for key: CollateralKey, at time: Date) -> Collateral?
 }
+
+extension DCAPQuote {
+    /// The collateral this quote needs, read from its (not yet verified) PCK certificate: what a
+    /// cache or a PCCS is asked for. Nil when the chain does not decode.
+    public var collateralKey: CollateralKey? {
+        guard let chain = try? Memo.chain(pemBytes: pckChainBytes), chain.count >= 2, let ext = chain[0].sgxExtension else {
+            return nil
+        }
+        return CollateralKey(tee: tee, fmspc: ext.fmspc, pceID: ext.pceID, pckIssuer: chain[1].subject)
+    }
+}
