@@ -116,12 +116,7 @@ final class FakeEngine: Sendable {
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string:
                 #"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello from \#(name)"}}]}"#)))
         }
-        let (ports, continuation) = AsyncStream<Int>.makeStream()
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                              onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) })
-        task = Task { try await app.runService(gracefulShutdownSignals: []) }
-        var iterator = ports.makeAsyncIterator()
-        port = await iterator.next() ?? 0
+        (port, task) = await serveOnLoopback(router)
         self.chunkDelay = chunkDelay
         self.counter = counter
     }
@@ -173,16 +168,8 @@ final class TestWorker: Sendable {
         }
     }
 
-    /// Waits for admission; nil if the connection ended first (rejected), with the error.
-    func admitted() async -> Result<String, any Error> {
-        for await event in events {
-            if case .admitted(let session) = event { return .success(session) }
-        }
-        do {
-            try await task.value
-            return .failure(CancellationError())
-        } catch { return .failure(error) }
-    }
+    /// Waits for admission; the error if the connection ended first (rejected).
+    func admitted() async -> Result<String, any Error> { await admission(events, task) }
 
     func outcome() async -> (any Error)? {
         do { try await task.value; return nil } catch { return error }
@@ -198,4 +185,25 @@ final class TestWorker: Sendable {
         _ = try? await task.value
         tpm.stop()
     }
+}
+
+/// A router served on a free loopback port: its port and the task running it.
+func serveOnLoopback(_ router: Router<BasicRequestContext>) async -> (Int, Task<Void, any Error>) {
+    let (ports, continuation) = AsyncStream<Int>.makeStream()
+    let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                          onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) })
+    let task = Task { try await app.runService(gracefulShutdownSignals: []) }
+    var iterator = ports.makeAsyncIterator()
+    return (await iterator.next() ?? 0, task)
+}
+
+/// Waits for a worker's admission; the error if its connection ended first (rejected).
+func admission(_ events: AsyncStream<GatewayClient.Event>, _ task: Task<Void, any Error>) async -> Result<String, any Error> {
+    for await event in events {
+        if case .admitted(let session) = event { return .success(session) }
+    }
+    do {
+        try await task.value
+        return .failure(CancellationError())
+    } catch { return .failure(error) }
 }

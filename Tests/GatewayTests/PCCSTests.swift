@@ -52,12 +52,7 @@ import Testing
             router.get("/sgx/certification/v4/rootcacrl") { _, _ -> Response in
                 respond(Data(Data(collateral.rootCACRL).hex.utf8), [])
             }
-            let (ports, continuation) = AsyncStream<Int>.makeStream()
-            let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                                  onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) })
-            task = Task { try await app.runService(gracefulShutdownSignals: []) }
-            var iterator = ports.makeAsyncIterator()
-            port = await iterator.next() ?? 0
+            (port, task) = await serveOnLoopback(router)
         }
 
         var base: URL { URL(string: "http://127.0.0.1:\(port)")! }

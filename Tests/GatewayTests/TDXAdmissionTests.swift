@@ -61,16 +61,6 @@ import WorkerAgent
         return (task, events, files)
     }
 
-    static func admitted(_ events: AsyncStream<GatewayClient.Event>, _ task: Task<Void, any Error>) async -> Result<String, any Error> {
-        for await event in events {
-            if case .admitted(let session) = event { return .success(session) }
-        }
-        do {
-            try await task.value
-            return .failure(CancellationError())
-        } catch { return .failure(error) }
-    }
-
     @Test func tdxWorkerIsAdmittedAndServes() async throws {
         let world = DCAPWorld()
         let module = try FakeTDXModule(world: world)
@@ -78,7 +68,7 @@ import WorkerAgent
         let engine = try await FakeEngine(name: "tdx")
         let (task, events, files) = try worker(module, gateway: gateway, enginePort: engine.port, engine: Self.engine)
         defer { Task { task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop(); _ = (cache, files) } }
-        let outcome = await Self.admitted(events, task)
+        let outcome = await admission(events, task)
         guard case .success = outcome else {
             Issue.record("TDX worker not admitted: \(outcome)")
             return
@@ -103,7 +93,7 @@ import WorkerAgent
         tampered[0] ^= 1
         let (task, events, files) = try worker(module, gateway: gateway, enginePort: engine.port, engine: tampered)
         defer { Task { task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop(); _ = (cache, files) } }
-        let outcome = await Self.admitted(events, task)
+        let outcome = await admission(events, task)
         guard case .failure(let error) = outcome, let rejected = error as? WorkerRejected else {
             Issue.record("expected a rejection, got \(outcome)")
             return
@@ -120,7 +110,7 @@ import WorkerAgent
         let engine = try await FakeEngine(name: "debug")
         let (task, events, files) = try worker(module, gateway: gateway, enginePort: engine.port, engine: Self.engine)
         defer { Task { task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop(); _ = (cache, files) } }
-        let outcome = await Self.admitted(events, task)
+        let outcome = await admission(events, task)
         guard case .failure(let error) = outcome, let rejected = error as? WorkerRejected else {
             Issue.record("expected a rejection, got \(outcome)")
             return

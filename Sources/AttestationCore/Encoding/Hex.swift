@@ -2,16 +2,7 @@ import Foundation
 
 extension Data {
     /// Lowercase hexadecimal.
-    public var hex: String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out = [UInt8]()
-        out.reserveCapacity(count * 2)
-        for byte in self {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0x0f)])
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
+    public var hex: String { hexString }
 
     /// Decodes hexadecimal (either case, optional `0x` prefix); nil for anything else.
     public init?(hex text: some StringProtocol) {
