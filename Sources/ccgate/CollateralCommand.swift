@@ -10,8 +10,9 @@ struct CollateralCommand: ParsableCommand {
         discussion: """
             Intel collateral (TCB info, QE identity, PCK and root CA CRLs) is what a DCAP quote is judged
             against. Envelopes may carry it; otherwise verifiers look it up in a cache directory, one file per
-            item, each replaced only by a newer issue. Items are re-verified (signatures to the pinned Intel
-            root, validity windows) every time they are used: the cache is never trusted.
+            item, each replaced only by a newer issue. Items are verified (signatures by Intel's TCB signer and
+            CAs, chained to the pinned Intel root) before they are stored, and again, with their validity
+            windows, every time they are used.
 
             The cache directory defaults to $CCGATE_COLLATERAL_DIR, else ~/.local/share/ccgate/collateral.
             """,
@@ -24,6 +25,34 @@ struct CollateralCommand: ParsableCommand {
         func open() throws -> CollateralCache {
             let url = directory.map { URL(fileURLWithPath: $0) } ?? CollateralCache.defaultDirectory
             do { return try CollateralCache(directory: url) } catch { throw failure("\(error)") }
+        }
+    }
+
+    /// What imported or fetched collateral is checked against before it is stored.
+    struct TrustOptions: ParsableArguments {
+        @Option(
+            name: .customLong("root"),
+            help: ArgumentHelp("A PEM root replacing the pinned Intel SGX Root CA; repeatable (test PKIs).", valueName: "PEM"))
+        var roots: [String] = []
+        @Option(help: ArgumentHelp("Check certificates as of this instant (RFC 3339); default: now.", valueName: "RFC3339"))
+        var at: String?
+
+        func validate() throws {
+            if let at, Date.rfc3339(at) == nil { throw ValidationError("--at must be an RFC 3339 time") }
+        }
+
+        var time: Date { at.flatMap(Date.rfc3339) ?? SystemClock().now() }
+
+        func fingerprints() throws -> Set<String> {
+            guard !roots.isEmpty else { return PinnedRoots.production }
+            var out = Set<String>()
+            for path in roots {
+                let loaded: [TrustRoots.Root]
+                do { loaded = try TrustRoots.load(pemFile: path) } catch { throw failure("\(error)") }
+                if loaded.isEmpty { throw failure("\(path): no PEM certificate found") }
+                for r in loaded { out.insert(r.fingerprint) }
+            }
+            return out
         }
     }
 
@@ -42,18 +71,20 @@ struct CollateralCommand: ParsableCommand {
                 """)
 
         @OptionGroup var cache: DirectoryOption
+        @OptionGroup var trust: TrustOptions
         @Argument(help: ArgumentHelp("Bundle files, or - for standard input.", valueName: "FILE")) var files: [String]
 
         func run() throws {
             try exiting {
                 let store = try cache.open()
+                let roots = try trust.fingerprints()
                 var counts = [CollateralCache.Outcome: Int]()
                 for file in files {
                     let data = try readInput(file)
                     let sets: [Collateral]
                     do { sets = try CollateralCache.readBundle(data) } catch { throw failure("\(file): \(error)") }
                     let results: [(CollateralItem, CollateralCache.Outcome)]
-                    do { results = try store.store(sets) } catch { throw failure("\(file): \(error)") }
+                    do { results = try store.store(sets, roots: roots, at: trust.time) } catch { throw failure("\(file): \(error)") }
                     for (item, outcome) in results {
                         counts[outcome, default: 0] += 1
                         print("\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (issued \(item.issueDate.rfc3339), next update \(item.nextUpdate.rfc3339))")
@@ -78,6 +109,7 @@ struct CollateralCommand: ParsableCommand {
                 """)
 
         @OptionGroup var cache: DirectoryOption
+        @OptionGroup var trust: TrustOptions
         @Argument(help: ArgumentHelp("The evidence envelope.", valueName: "ENVELOPE")) var envelope: String
         @Option(help: ArgumentHelp("The PCCS or Intel PCS base URL.", valueName: "URL")) var pccsURL: String
         @Option(help: ArgumentHelp("Where the root CA CRL is, when the PCCS does not serve it.", valueName: "URL"))
@@ -91,12 +123,17 @@ struct CollateralCommand: ParsableCommand {
                 let store = try cache.open()
                 let data = try readInput(envelope)
                 guard case .success(let parsed) = EvidenceEnvelope.parse(data), case .success(let bytes) = parsed.base64("quote"),
-                    let quote = try? DCAPQuote.parse([UInt8](bytes)), let key = quote.collateralKey
-                else { throw failure("\(envelope): not a DCAP quote envelope with a readable PCK certificate") }
+                    let quote = try? DCAPQuote.parse([UInt8](bytes))
+                else { throw failure("\(envelope): not a DCAP quote envelope") }
+                let roots = try trust.fingerprints()
+                let time = trust.time
+                guard let key = quote.collateralKey(roots: roots, at: time) else {
+                    throw failure("\(envelope): the quote's PCK chain does not verify to a pinned root", status: 1)
+                }
                 let client = PCCSClient(base: base, rootCRL: rootCRLURL.flatMap(URL.init(string:)))
                 let result = BlockingRun.run {
                     let collateral = try await client.fetch(key)
-                    let stored = try store.store([collateral])
+                    let stored = try store.store([collateral], roots: roots, at: time)
                     for (item, outcome) in stored {
                         print("\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (next update \(item.nextUpdate.rfc3339))")
                     }

@@ -39,11 +39,11 @@ import Testing
         #expect(try json(before)["reason"] as? String == "collateral.missing")
 
         let imported = try ProcessRunner.run(
-            Self.ccgate, ["collateral", "import", "--dir", dir.url.path, SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path])
+            Self.ccgate, ["collateral", "import", "--dir", dir.url.path, "--at", at, SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path])
         #expect(imported.status == 0, "\(imported.stderr)")
         #expect(imported.stdout.contains("4 added"))
         let again = try ProcessRunner.run(
-            Self.ccgate, ["collateral", "import", "--dir", dir.url.path, SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path])
+            Self.ccgate, ["collateral", "import", "--dir", dir.url.path, "--at", at, SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path])
         #expect(again.stdout.contains("0 added, 0 replaced, 4 kept"))
 
         let listed = try ProcessRunner.run(Self.ccgate, ["collateral", "list", "--dir", dir.url.path, "--at", at, "--json"])

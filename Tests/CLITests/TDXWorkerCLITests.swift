@@ -33,7 +33,11 @@ import Testing
         #expect(module.currentRTMR3 != Data(count: 48))
 
         let imported = try ProcessRunner.run(
-            EvidenceVerifyCLITests.ccgate, ["collateral", "import", "--dir", dir.file("cache").path, dir.file("collateral.json").path])
+            EvidenceVerifyCLITests.ccgate,
+            [
+                "collateral", "import", "--dir", dir.file("cache").path, "--root", dir.file("root.pem").path, "--at",
+                DCAPWorld.referenceTime.rfc3339, dir.file("collateral.json").path,
+            ])
         #expect(imported.status == 0, "\(imported.stderr)")
         let verify = try ProcessRunner.run(
             EvidenceVerifyCLITests.ccgate,

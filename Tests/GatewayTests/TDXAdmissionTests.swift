@@ -32,7 +32,7 @@ import WorkerAgent
     static func gateway(_ world: DCAPWorld) async throws -> (GatewayHarness, TemporaryDirectory) {
         let cacheDir = try TemporaryDirectory("collateral")
         let cache = try CollateralCache(directory: cacheDir.url)
-        _ = try cache.store([world.collateral()])
+        _ = try cache.store([world.collateral()], roots: [world.root.fingerprint], at: DCAPWorld.referenceTime)
         let gateway = try await GatewayHarness(policy: try policy()) { c in
             c.dcapRoots = [world.root.fingerprint]
             c.collateralSource = cache

@@ -68,3 +68,23 @@ import Testing
         }
     }
 }
+
+extension CCELTests {
+    /// Application measurements count only in RTMR3: the same event in RTMR2 is extended but not reported.
+    @Test func applicationEventsOutsideRTMR3AreNotMeasurements() throws {
+        var log = CCELEncoder.header()
+        let e = CCELReplay.applicationEvent(path: "/opt/ccgate/ccinfer", sha256: Data(repeating: 1, count: 32))
+        log += CCELEncoder.event(mrIndex: 3, type: CCELReplay.applicationEventType, digest: e.digest, data: e.data)
+        let summary = try CCELReplay.replay(log).get()
+        #expect(summary.measuredFiles.isEmpty)
+        #expect(summary.rtmrs[2] != [UInt8](repeating: 0, count: 48))
+    }
+
+    @Test func paddingAfterTheLastEventIsTrimmed() throws {
+        let (log, _) = Self.log()
+        for pad in [Data(count: 4096), Data(repeating: 0xFF, count: 4096)] {
+            #expect(CCELReplay.trimmed(log + pad) == log)
+            #expect(try CCELReplay.replay(log + pad).get().measuredFiles.count == 2)
+        }
+    }
+}

@@ -259,3 +259,85 @@ import Testing
         #expect(v.claims?.fields["quote_version"] == "5")
     }
 }
+
+/// Attacks on the collateral itself: a signer that is not Intel's TCB signer, rollback to older
+/// collateral, and hostile sizes.
+@Suite struct CollateralAttackTests {
+    struct Held: CollateralSource {
+        let held: Collateral
+        var mode: String { "cache" }
+        func collateral(for key: CollateralKey, at time: Date) -> Collateral? { held }
+    }
+
+    /// Threat: any platform's PCK key chains to Intel's root; it must not be able to sign TCB info.
+    @Test func collateralSignedByAPCKKeyIsRejected() {
+        let w = DCAPWorld()
+        var c = w.collateral()
+        c.tcbInfoIssuerChain = w.pckChainPEM
+        c.tcbInfoSignature = [UInt8](try! w.pckKey.signature(for: SHA256.hash(data: Array(c.tcbInfo.utf8))).rawRepresentation)
+        let v = w.verify(w.envelope(collateral: c))
+        #expect(v.reason == .chainInvalid, "\(v.reasons)")
+    }
+
+    @Test func collateralSignedByAnIntermediateIsRejected() {
+        let w = DCAPWorld()
+        var c = w.collateral()
+        c.qeIdentityIssuerChain = PEM.encode([w.platformCA.certificate, w.root.certificate])
+        c.qeIdentitySignature = w.platformCA.signRaw(Array(c.qeIdentity.utf8))
+        #expect(w.verify(w.envelope(collateral: c)).reason == .chainInvalid)
+    }
+
+    /// Threat: a worker replaying collateral from before a TCB recovery.
+    @Test func olderCollateralThanTheVerifierHoldsIsRejected() {
+        var w = DCAPWorld()
+        w.evaluationNumber = 19
+        let newer = w.collateral()
+        w.evaluationNumber = 18
+        let older = w.envelope(collateral: w.collateral())
+        var options = TDXQuoteVerifier.Options(pinnedRootFingerprints: [w.root.fingerprint])
+        let withCache = TDXQuoteVerifier(options: options, collateralSource: Held(held: newer))
+        #expect(withCache.verify(envelopeData: older, expectedNonce: nil, at: DCAPWorld.referenceTime).reason == .collateralExpired)
+        // The same envelope with collateral at least as new as the cache's is fine.
+        w.evaluationNumber = 19
+        #expect(withCache.verify(envelopeData: w.envelope(collateral: newer), expectedNonce: nil, at: DCAPWorld.referenceTime).isAccepted)
+        options.minimumTCBEvaluationDataNumber = 20
+        #expect(TDXQuoteVerifier(options: options).verify(envelopeData: older, expectedNonce: nil, at: DCAPWorld.referenceTime).reason == .collateralExpired)
+    }
+
+    @Test func relaunchIsNotAdvisedWhenTheQuotingEnclaveIsOutOfDate() {
+        var w = DCAPWorld()
+        w.teeTCBSVN = [3, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        w.teeTCBSVN2 = [5, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        w.qeISVSVN = 3
+        let v = w.verify(w.envelope(quote: w.quote(version: 5), collateral: w.collateral())) { $0.acceptedStatuses.insert("TDRelaunchAdvised") }
+        #expect(v.tcbStatus == "OutOfDate")
+        #expect(v.reason == .tcbStatusNotAllowed)
+    }
+
+    @Test func chainWithTooManyCertificatesIsRefusedBeforeDecoding() {
+        let w = DCAPWorld()
+        var c = w.collateral()
+        c.tcbInfoIssuerChain = String(repeating: PEM.encode([w.tcbSigner.certificate]), count: 6) + PEM.encode([w.root.certificate])
+        #expect(w.verify(w.envelope(collateral: c)).reason == .evidenceMalformed)
+    }
+
+    @Test func verifiedSplitRefusesUnsignedAndFutureItems() {
+        var w = DCAPWorld()
+        var forged = w.collateral()
+        forged.tcbInfoSignature[5] ^= 1
+        guard case .failure(let r) = CollateralItem.verifiedSplit(forged, roots: [w.root.fingerprint], at: DCAPWorld.referenceTime) else {
+            Issue.record("a forged TCB info was accepted for the cache")
+            return
+        }
+        #expect(r.code == .collateralSignatureInvalid)
+        w.collateralIssued = DCAPWorld.referenceTime + 30 * DCAPWorld.day
+        w.collateralNext = DCAPWorld.referenceTime + 60 * DCAPWorld.day
+        guard case .failure(let f) = CollateralItem.verifiedSplit(w.collateral(), roots: [w.root.fingerprint], at: DCAPWorld.referenceTime)
+        else {
+            Issue.record("collateral issued in the future was accepted for the cache")
+            return
+        }
+        #expect(f.code == .collateralExpired)
+        #expect((try? CollateralItem.verifiedSplit(DCAPWorld().collateral(), roots: [w.root.fingerprint], at: DCAPWorld.referenceTime).get()) == nil)
+    }
+}

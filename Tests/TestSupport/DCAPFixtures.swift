@@ -54,6 +54,7 @@ public struct DCAPWorld {
     public var collateralIssued = referenceTime - 10 * day
     public var collateralNext = referenceTime + 20 * day
     public var tcbInfoFMSPC: [UInt8]? = nil
+    public var evaluationNumber = 18
     public var revokedPCKSerials: [Int] = []
     public var revokedCASerials: [Int] = []
 
@@ -144,11 +145,11 @@ public struct DCAPWorld {
     public var tcbInfoText: String {
         let fmspcHex = Data(tcbInfoFMSPC ?? fmspc).hex.uppercased()
         let modules = moduleIdentities.isEmpty ? "" : #","tdxModuleIdentities":\#(moduleIdentities)"#
-        return #"{"id":"TDX","version":3,"issueDate":"\#(collateralIssued.rfc3339)","nextUpdate":"\#(collateralNext.rfc3339)","fmspc":"\#(fmspcHex)","pceId":"0000","tcbType":0,"tcbEvaluationDataNumber":18,"tdxModule":{"mrsigner":"\#(String(repeating: "0", count: 96))","attributes":"0000000000000000","attributesMask":"FFFFFFFFFFFFFFFF"}\#(modules),"tcbLevels":[\#(tcbLevels.joined(separator: ","))]}"#
+        return #"{"id":"TDX","version":3,"issueDate":"\#(collateralIssued.rfc3339)","nextUpdate":"\#(collateralNext.rfc3339)","fmspc":"\#(fmspcHex)","pceId":"0000","tcbType":0,"tcbEvaluationDataNumber":\#(evaluationNumber),"tdxModule":{"mrsigner":"\#(String(repeating: "0", count: 96))","attributes":"0000000000000000","attributesMask":"FFFFFFFFFFFFFFFF"}\#(modules),"tcbLevels":[\#(tcbLevels.joined(separator: ","))]}"#
     }
 
     public var qeIdentityText: String {
-        #"{"id":"TD_QE","version":2,"issueDate":"\#(collateralIssued.rfc3339)","nextUpdate":"\#(collateralNext.rfc3339)","tcbEvaluationDataNumber":18,"miscselect":"00000000","miscselectMask":"FFFFFFFF","attributes":"11000000000000000000000000000000","attributesMask":"FBFFFFFFFFFFFFFF0000000000000000","mrsigner":"\#(Data(repeating: 0xDC, count: 32).hex.uppercased())","isvprodid":2,"tcbLevels":\#(qeLevels)}"#
+        #"{"id":"TD_QE","version":2,"issueDate":"\#(collateralIssued.rfc3339)","nextUpdate":"\#(collateralNext.rfc3339)","tcbEvaluationDataNumber":\#(evaluationNumber),"miscselect":"00000000","miscselectMask":"FFFFFFFF","attributes":"11000000000000000000000000000000","attributesMask":"FBFFFFFFFFFFFFFF0000000000000000","mrsigner":"\#(Data(repeating: 0xDC, count: 32).hex.uppercased())","isvprodid":2,"tcbLevels":\#(qeLevels)}"#
     }
 
     public func collateral(tcbInfo: String? = nil, tcbSignatureOver: String? = nil) -> Collateral {

@@ -13,6 +13,8 @@ public final class CollateralCache: CollateralSource, Sendable {
     public let directory: URL
     public let mode: String
     private let items: Mutex<[String: CollateralItem]>
+    /// Serializes stores: compare and write as one step, so an older issue never overwrites a newer one.
+    private let writer = Mutex(())
 
     public enum CacheError: Error, CustomStringConvertible {
         case unreadable(String)
@@ -67,17 +69,19 @@ public final class CollateralCache: CollateralSource, Sendable {
 
     public enum Outcome: String, Sendable { case added, replaced, kept }
 
-    /// Stores each item of the collateral sets unless the cache already holds a newer or equal
-    /// issue of it.
-    public func store(_ sets: [Collateral]) throws(CacheError) -> [(CollateralItem, Outcome)] {
-        var results = [(CollateralItem, Outcome)]()
+    /// Stores each item of the collateral sets, once verified to `roots` at `time` (see
+    /// `CollateralItem.verifiedSplit`), unless the cache already holds a newer or equal issue of it.
+    public func store(_ sets: [Collateral], roots: Set<String>, at time: Date) throws(CacheError) -> [(CollateralItem, Outcome)] {
+        var verified = [[CollateralItem]]()
         for set in sets {
-            let parts: [CollateralItem]
-            switch CollateralItem.split(set) {
-            case .success(let p): parts = p
-            case .failure(let r): throw .unreadable(r.message)
+            switch CollateralItem.verifiedSplit(set, roots: roots, at: time) {
+            case .success(let p): verified.append(p)
+            case .failure(let r): throw .unreadable("\(r.code): \(r.message)")
             }
-            for item in parts {
+        }
+        return try writer.withLock { _ throws(CacheError) in
+            var results = [(CollateralItem, Outcome)]()
+            for item in verified.joined() {
                 let existing = items.withLock { $0[item.key] }
                 if let existing, existing.issueDate >= item.issueDate {
                     results.append((item, .kept))
@@ -87,8 +91,8 @@ public final class CollateralCache: CollateralSource, Sendable {
                 items.withLock { $0[item.key] = item }
                 results.append((item, existing == nil ? .added : .replaced))
             }
+            return results
         }
-        return results
     }
 
     /// Reads an offline bundle: one collateral object with Intel's field names, an array of them,
@@ -121,7 +125,7 @@ public final class CollateralCache: CollateralSource, Sendable {
     private func write(_ item: CollateralItem) throws(CacheError) {
         let name = item.key.replacingOccurrences(of: "/", with: "_") + ".json"
         let target = directory.appendingPathComponent(name)
-        let temporary = directory.appendingPathComponent(".\(name).\(getpid()).tmp")
+        let temporary = directory.appendingPathComponent(".\(name).\(getpid()).\(UInt64.random(in: 0...UInt64.max)).tmp")
         do {
             let data = try Self.encoder.encode(item)
             guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
@@ -172,10 +176,13 @@ public final class CollateralCache: CollateralSource, Sendable {
 public struct CollateralPrefetcher: Sendable {
     public let cache: CollateralCache
     public let client: PCCSClient
+    /// Roots fetched collateral (and the quote's PCK chain, before anything is fetched) must chain to.
+    public let roots: Set<String>
 
-    public init(cache: CollateralCache, client: PCCSClient) {
+    public init(cache: CollateralCache, client: PCCSClient, roots: Set<String> = PinnedRoots.production) {
         self.cache = cache
         self.client = client
+        self.roots = roots
     }
 
     /// Returns what happened, for logs: nil when nothing was needed.
@@ -183,11 +190,12 @@ public struct CollateralPrefetcher: Sendable {
     public func prepare(envelope: Data, at time: Date) async -> String? {
         guard case .success(let parsed) = EvidenceEnvelope.parse(envelope), TDXQuoteVerifier.formats.contains(parsed.format),
             !parsed.has("collateral"), case .success(let bytes) = parsed.base64("quote"),
-            let quote = try? DCAPQuote.parse([UInt8](bytes)), let key = quote.collateralKey, cache.needsRefresh(for: key, at: time)
+            let quote = try? DCAPQuote.parse([UInt8](bytes)), let key = quote.collateralKey(roots: roots, at: time),
+            cache.needsRefresh(for: key, at: time)
         else { return nil }
         do {
             let collateral = try await client.fetch(key)
-            let stored = try cache.store([collateral])
+            let stored = try cache.store([collateral], roots: roots, at: time)
             return "fetched \(key): " + stored.map { "\($0.0.key) \($0.1.rawValue)" }.joined(separator: ", ")
         } catch {
             return "collateral fetch for \(key) failed: \(error)"

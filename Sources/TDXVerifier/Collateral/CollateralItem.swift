@@ -60,6 +60,59 @@ public struct CollateralItem: Codable, Sendable, Equatable {
         ])
     }
 
+    /// `split`, after checking what makes each item Intel's: the TCB info and QE identity signed by
+    /// Intel's TCB signer chained to one of `roots`, the PCK CRL signed by its CA chained to one of
+    /// them, the root CA CRL signed by the root, and no item issued in the future (a day of clock
+    /// skew allowed).
+    ///
+    /// Threat: cache poisoning. An unverified item with a far-future issue date would shadow the
+    /// genuine one for every platform; only verified items are stored.
+    public static func verifiedSplit(_ c: Collateral, roots: Set<String>, at time: Date) -> Result<[CollateralItem], Reason> {
+        let check = ChainCheck(pinnedFingerprints: roots)
+        func signed(_ chainPEM: String, _ text: String, _ signature: [UInt8], _ name: String) -> Result<Certificate, Reason> {
+            let chain: [Certificate]
+            do { chain = try Memo.chain(pem: chainPEM) } catch {
+                return .failure(Reason(.evidenceMalformed, "tdx.collateral", "\(name) issuer chain: \(error)"))
+            }
+            if let r = check.verify(chain, name: "\(name) issuer", at: time) { return .failure(r) }
+            if let r = TCBSigner.check(chain, name: name) { return .failure(r) }
+            let message = Array(text.utf8)
+            guard signature.count == 64, chain[0].publicKey.verify(signature: signature, message: message, scheme: .ecdsa(.sha256)) else {
+                return .failure(Reason(.collateralSignatureInvalid, "tdx.collateral", "the \(name) signature does not verify"))
+            }
+            return .success(chain[1])
+        }
+        let root: Certificate
+        switch signed(c.tcbInfoIssuerChain, c.tcbInfo, c.tcbInfoSignature, "TCB info") {
+        case .success(let r): root = r
+        case .failure(let r): return .failure(r)
+        }
+        if case .failure(let r) = signed(c.qeIdentityIssuerChain, c.qeIdentity, c.qeIdentitySignature, "QE identity") {
+            return .failure(r)
+        }
+        do {
+            let crlChain = try Memo.chain(pem: c.pckCRLIssuerChain)
+            if let r = check.verify(crlChain, name: "PCK CRL issuer", at: time) { return .failure(r) }
+            let pckCRL = try Memo.crl(der: c.pckCRL)
+            let rootCRL = try Memo.crl(der: c.rootCACRL)
+            guard pckCRL.isIssued(by: crlChain[0]), pckCRL.isSigned(by: crlChain[0].publicKey) else {
+                return .failure(Reason(.collateralSignatureInvalid, "tdx.collateral.pck-crl", "the PCK CRL is not signed by its issuer chain"))
+            }
+            guard rootCRL.isIssued(by: root), rootCRL.isSigned(by: root.publicKey) else {
+                return .failure(Reason(.collateralSignatureInvalid, "tdx.collateral.root-crl", "the root CA CRL is not signed by the root"))
+            }
+        } catch {
+            return .failure(Reason(.evidenceMalformed, "tdx.collateral.crl", "\(error)"))
+        }
+        return split(c).flatMap { items in
+            for item in items where item.issueDate > time.addingTimeInterval(86_400) {
+                return .failure(
+                    Reason(.collateralExpired, "tdx.collateral", "\(item.key) claims to be issued \(item.issueDate.rfc3339), in the future"))
+            }
+            return .success(items)
+        }
+    }
+
     /// The item keys a quote with this platform needs.
     public static func keys(for key: CollateralKey) -> [String] {
         let tee = key.tee == .tdx ? "tdx" : "sgx"

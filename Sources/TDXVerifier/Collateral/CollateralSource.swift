@@ -31,12 +31,13 @@ public protocol CollateralSource: Sendable {
 }
 
 extension DCAPQuote {
-    /// The collateral this quote needs, read from its (not yet verified) PCK certificate: what a
-    /// cache or a PCCS is asked for. Nil when the chain does not decode.
-    public var collateralKey: CollateralKey? {
-        guard let chain = try? Memo.chain(pemBytes: pckChainBytes), chain.count >= 2, let ext = chain[0].sgxExtension else {
-            return nil
-        }
+    /// The collateral this quote needs, from its PCK certificate once the chain verifies to one of
+    /// `roots` at `time`: what a cache or a PCCS is asked for. Nil otherwise, so that forged
+    /// chains cannot make the gateway fetch for made-up platforms.
+    public func collateralKey(roots: Set<String>, at time: Date) -> CollateralKey? {
+        guard let chain = try? Memo.chain(pemBytes: pckChainBytes), ChainCheck(pinnedFingerprints: roots).verify(chain, name: "PCK", at: time) == nil,
+            let ext = chain[0].sgxExtension
+        else { return nil }
         return CollateralKey(tee: tee, fmspc: ext.fmspc, pceID: ext.pceID, pckIssuer: chain[1].subject)
     }
 }

@@ -40,7 +40,8 @@ public enum CCELReplay {
                 return .failure(Reason(.evidenceMalformed, "tdx.eventlog", "event \(event.index) has no SHA-384 digest"))
             }
             let rtmr = Int(event.pcr) - 1
-            if event.eventType == applicationEventType, let text = String(data: event.data, encoding: .utf8),
+            // Application measurements count only in RTMR3, the register the worker owns.
+            if rtmr == 3, event.eventType == applicationEventType, let text = String(data: event.data, encoding: .utf8),
                 text.hasPrefix(applicationPrefix)
             {
                 guard HashAlgorithm.sha384.hash(event.data) == digest else {
@@ -75,10 +76,12 @@ public enum CCELReplay {
             guard let id = s.u16le(), let n = s.u16le() else { return log }
             sizes[id] = Int(n)
         }
+        // Where the zero padding starts (found once: the walk below must stay linear).
+        let lastNonZero = log.lastIndex { $0 != 0 }.map { $0 - log.startIndex } ?? -1
         while !r.isAtEnd {
             let start = r.offset
             guard let index = r.u32le() else { return log }
-            if index == 0xFFFF_FFFF || index == 0 && log.suffix(from: log.startIndex + start).allSatisfy({ $0 == 0 }) {
+            if index == 0xFFFF_FFFF || index == 0 && start > lastNonZero {
                 return log.prefix(start)
             }
             guard r.u32le() != nil, let digests = r.u32le(), digests <= 16 else { return log }

@@ -77,8 +77,17 @@ final class Certificate: @unchecked Sendable {
 
     deinit { X509_free(x509) }
 
-    /// Every certificate in PEM text, in order.
+    /// Intel's chains are at most a few certificates of about 1 KiB each.
+    static let maxChainPEM = 32 << 10
+    static let maxChainLength = 5
+
+    /// Every certificate in PEM text, in order. Text too long or with more certificates than any
+    /// Intel chain has is refused before anything is decoded.
     static func chain(pem: String) throws(DecodeError) -> [Certificate] {
+        guard pem.utf8.count <= maxChainPEM else { throw .invalid("certificate chain larger than \(maxChainPEM) bytes") }
+        guard pem.components(separatedBy: "-----BEGIN CERTIFICATE-----").count - 1 <= maxChainLength else {
+            throw .invalid("certificate chain of more than \(maxChainLength) certificates")
+        }
         let roots: [TrustRoots.Root]
         do { roots = try TrustRoots.parse(pem: pem, source: "certificate chain") } catch {
             throw .invalid("\(error)")
@@ -103,8 +112,20 @@ final class Certificate: @unchecked Sendable {
     /// The subject is the issuer named in `other`.
     func isIssuer(of other: Certificate) -> Bool { X509_NAME_cmp(subjectName, other.issuerName) == 0 }
 
-    /// Basic constraints say CA (OpenSSL's reading of the extensions).
-    var isCA: Bool { X509_check_ca(x509) >= 1 }
+    /// Basic constraints say CA (OpenSSL's 1; not its looser readings of v1 or Netscape certificates).
+    var isCA: Bool { X509_check_ca(x509) == 1 }
+
+    /// The subject's commonName, when there is exactly one.
+    var commonName: String? {
+        let name = subjectName
+        let index = X509_NAME_get_index_by_NID(name, NID_commonName, -1)
+        guard index >= 0, X509_NAME_get_index_by_NID(name, NID_commonName, index) < 0,
+            let entry = X509_NAME_get_entry(name, index), let data = X509_NAME_ENTRY_get_data(entry)
+        else { return nil }
+        let length = Int(ASN1_STRING_length(data))
+        guard length > 0, let bytes = ASN1_STRING_get0_data(data) else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: bytes, count: length), as: UTF8.self)
+    }
 
     func isValid(at time: Date) -> Bool { notBefore <= time && time <= notAfter }
 
@@ -134,8 +155,8 @@ final class RevocationList: @unchecked Sendable {
     let thisUpdate: Date
     let nextUpdate: Date
 
-    /// Intel's PCK CRLs list every revoked platform of a CA: tens of KiB. A few MiB is hostile.
-    static let maxSize = 4 << 20
+    /// Intel's PCK CRLs list every revoked platform of a CA: tens of KiB. A MiB is hostile.
+    static let maxSize = 1 << 20
 
     init(der: [UInt8]) throws(Certificate.DecodeError) {
         guard der.count <= Self.maxSize else { throw .invalid("CRL of \(der.count) bytes exceeds \(Self.maxSize)") }
@@ -177,10 +198,10 @@ final class RevocationList: @unchecked Sendable {
 
     func isValid(at time: Date) -> Bool { thisUpdate <= time && time <= nextUpdate }
 
-    /// The certificate's serial number is listed.
+    /// The certificate is one this CRL's issuer issued, and its serial number is listed.
     func revokes(_ cert: Certificate) -> Bool {
         defer { ERR_clear_error() }
-        guard let serial = cert.serialNumber else { return false }
+        guard X509_NAME_cmp(cert.issuerName, issuerName) == 0, let serial = cert.serialNumber else { return false }
         var entry: OpaquePointer? = nil
         return X509_CRL_get0_by_serial(crl, &entry, serial) >= 1
     }

@@ -41,3 +41,24 @@ struct ChainCheck {
         return nil
     }
 }
+
+/// Threat: a certificate that chains to Intel's root but is not Intel's collateral signer (any
+/// platform's PCK certificate does) signing TCB info or a QE identity, and so declaring any
+/// platform up to date. As in Intel's QVL, the signer chain is exactly [TCB signer, root], the
+/// signer is an end-entity certificate without the SGX platform extension, named
+/// "Intel SGX TCB Signing".
+enum TCBSigner {
+    static let commonName = "Intel SGX TCB Signing"
+
+    static func check(_ chain: [Certificate], name: String) -> Reason? {
+        let source = "tdx.chain.\(name == "TCB info" ? "tcb-info" : "qe-identity") issuer"
+        guard chain.count == 2 else {
+            return Reason(.chainInvalid, source, "the \(name) signer chain has \(chain.count) certificates; Intel's is [TCB signer, root]")
+        }
+        let signer = chain[0]
+        guard !signer.isCA, signer.sgxExtension == nil, signer.commonName == commonName else {
+            return Reason(.chainInvalid, source, "'\(signer.subject)' is not Intel's TCB signing certificate")
+        }
+        return nil
+    }
+}

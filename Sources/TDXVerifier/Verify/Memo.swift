@@ -16,12 +16,15 @@ enum Memo {
 
     final class Table<Value: Sendable>: Sendable {
         private let entries = Mutex<[Data: Value]>([:])
+        let capacity: Int
+
+        init(capacity: Int = Memo.capacity) { self.capacity = capacity }
 
         func value(_ key: Data, _ make: () throws(Certificate.DecodeError) -> Value) throws(Certificate.DecodeError) -> Value {
             if let hit = entries.withLock({ $0[key] }) { return hit }
             let made = try make()
             entries.withLock { e in
-                if e.count >= Memo.capacity { e.removeAll(keepingCapacity: true) }
+                if e.count >= capacity { e.removeAll(keepingCapacity: true) }
                 e[key] = made
             }
             return made
@@ -31,7 +34,7 @@ enum Memo {
 
         func set(_ key: Data, _ value: Value) {
             entries.withLock { e in
-                if e.count >= Memo.capacity { e.removeAll(keepingCapacity: true) }
+                if e.count >= capacity { e.removeAll(keepingCapacity: true) }
                 e[key] = value
             }
         }
@@ -40,7 +43,8 @@ enum Memo {
     }
 
     static let chains = Table<[Certificate]>()
-    static let crls = Table<RevocationList>()
+    /// CRLs are the large items (up to 1 MiB each); a gateway needs a handful (root, platform, processor).
+    static let crls = Table<RevocationList>(capacity: 64)
     static let tcbInfos = Table<TCBInfo>()
     static let qeIdentities = Table<QEIdentity>()
     static let verified = Table<Bool>()

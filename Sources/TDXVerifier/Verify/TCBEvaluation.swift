@@ -88,7 +88,9 @@ enum TCBEvaluation {
         // A TD 1.5 report also carries the SVNs of the module running now (after a TD-preserving
         // update). When the TD was launched on an out-of-date module but runs on a current one,
         // Intel advises relaunching rather than calling the platform out of date.
-        if let svn2 = td?.teeTCBSVN2, TCBStatus.outOfDateFamily.contains(result.status),
+        // As in Intel's QVL, only when the quoting enclave itself is current.
+        let qeCurrent = qe.map { ![TCBStatus.outOfDate, TCBStatus.outOfDateConfigurationNeeded, TCBStatus.revoked].contains($0.status) } ?? false
+        if qeCurrent, let svn2 = td?.teeTCBSVN2, TCBStatus.outOfDateFamily.contains(result.status),
             case .success(let current) = judge(platform: platform, levels: levels, tcbInfo: tcbInfo, teeTCBSVN: svn2),
             TCBStatus.relaunchable.contains(current.status)
         {

@@ -36,6 +36,9 @@ public struct TDXQuoteVerifier: Sendable {
         public var allowDebug = false
         /// SHA-256 fingerprints of the roots a chain must end at.
         public var pinnedRootFingerprints: Set<String>
+        /// Collateral older than this TCB evaluation data number is refused (Intel's `min_eval_num`):
+        /// after a TCB recovery, raise it so that collateral from before the recovery no longer counts.
+        public var minimumTCBEvaluationDataNumber = 0
 
         public init(pinnedRootFingerprints: Set<String>) {
             self.pinnedRootFingerprints = pinnedRootFingerprints
@@ -214,6 +217,9 @@ private struct Run {
             return reject(
                 Reason(.collateralMismatch, "tdx.collateral.tcb-info", "TCB info v\(tcbInfo.version) \(tcbInfo.kind.rawValue) is not for \(quote.tee) quotes"))
         }
+        if quote.tee == .tdx, tcbInfo.tdxModule == nil {
+            return reject(Reason(.collateralMismatch, "tdx.collateral.tcb-info", "TDX TCB info without a tdxModule identity"))
+        }
         guard tcbInfo.fmspc == pckExtension.fmspc else {
             return reject(
                 Reason(
@@ -240,6 +246,28 @@ private struct Run {
         let expectedQE = quote.tee == .tdx ? "TD_QE" : "QE"
         guard qeIdentity.id == expectedQE else {
             return reject(Reason(.collateralMismatch, "tdx.collateral.qe-identity", "QE identity '\(qeIdentity.id)' is not \(expectedQE)"))
+        }
+        // Threat: collateral rollback. A worker may carry old collateral (from before a TCB recovery
+        // or a revocation) that is still inside its window; it never beats newer collateral this
+        // verifier holds, nor the policy's minimum evaluation number.
+        let evaluation = min(tcbInfo.tcbEvaluationDataNumber, qeIdentity.tcbEvaluationDataNumber)
+        if evaluation < options.minimumTCBEvaluationDataNumber {
+            return reject(
+                Reason(
+                    .collateralExpired, "tdx.collateral",
+                    "collateral of TCB evaluation \(evaluation) is older than the minimum \(options.minimumTCBEvaluationDataNumber)"))
+        }
+        if collateralMode == "envelope", let source = verifier.collateralSource,
+            let held = source.collateral(for: CollateralKey(tee: quote.tee, fmspc: pckExtension.fmspc, pceID: pckExtension.pceID,
+                                                             pckIssuer: pckChain[1].subject), at: time),
+            case .success(let heldTCB) = Memo.parsed(held.tcbInfo, Memo.tcbInfos, TCBInfo.parse),
+            heldTCB.tcbEvaluationDataNumber > tcbInfo.tcbEvaluationDataNumber
+                || (heldTCB.tcbEvaluationDataNumber == tcbInfo.tcbEvaluationDataNumber && heldTCB.issueDate > tcbInfo.issueDate)
+        {
+            return reject(
+                Reason(
+                    .collateralExpired, "tdx.collateral",
+                    "the evidence carries TCB info of evaluation \(tcbInfo.tcbEvaluationDataNumber) issued \(tcbInfo.issueDate.rfc3339); this verifier holds a newer one (evaluation \(heldTCB.tcbEvaluationDataNumber), issued \(heldTCB.issueDate.rfc3339))"))
         }
         passed.append(
             "collateral (\(collateralMode)): TCB info \(tcbInfo.kind.rawValue) v\(tcbInfo.version) eval \(tcbInfo.tcbEvaluationDataNumber) and QE identity \(qeIdentity.id) signed by Intel, current, for this platform")
@@ -366,6 +394,7 @@ private struct Run {
             return .failure(Reason(.evidenceMalformed, source, "\(name) issuer chain: \(error)"))
         }
         if let r = chainCheck.verify(chain, name: "\(name) issuer", at: time) { return .failure(r) }
+        if let r = TCBSigner.check(chain, name: name) { return .failure(r) }
         for cert in chain.dropLast() where rootCRL.revokes(cert) {
             return .failure(Reason(.chainRevoked, source, "the \(name) signer '\(cert.subject)' is revoked by the root CA CRL"))
         }
@@ -403,7 +432,9 @@ private struct Run {
         } else {
             module = tcbInfo.tdxModule
         }
-        guard let module else { return nil }
+        guard let module else {
+            return Reason(.tcbNoMatchingLevel, "tdx.tcb.module", "Intel lists no identity for this TDX module")
+        }
         let masked = zip(td.seamAttributes, module.attributesMask).map { $0 & $1 }
         let expected = zip(module.attributes, module.attributesMask).map { $0 & $1 }
         guard td.mrSignerSeam == module.mrSigner, masked == expected else {

@@ -49,10 +49,14 @@ public final class TDXAttestor: EvidenceSource, Sendable {
     public func envelope(binding: Data) throws -> Data {
         guard binding.count <= 64 else { throw TDXError("binding of \(binding.count) bytes does not fit REPORTDATA") }
         let reportData = binding + Data(count: 64 - binding.count)
-        let quote = try tsm.quote(reportData: reportData)
+        // The quote and the log it is sent with are taken under one lock, so a measurement made
+        // meanwhile cannot leave a log that does not replay to the quoted RTMR3.
+        let (quote, log) = try events.withLock { log in (try tsm.quote(reportData: reportData), firmwareLog + log) }
+        guard let parsed = try? DCAPQuote.parse([UInt8](quote)), parsed.reportData == [UInt8](reportData) else {
+            throw TDXError("configfs-tsm returned a quote that is not over the report data written")
+        }
         var object: [String: Any] = [
-            "format": "tdx-quote", "version": 1, "quote": quote.base64EncodedString(),
-            "event_log": (firmwareLog + self.applicationEvents).base64EncodedString(),
+            "format": "tdx-quote", "version": 1, "quote": quote.base64EncodedString(), "event_log": log.base64EncodedString(),
         ]
         if let collateral { object["collateral"] = collateral }
         return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
