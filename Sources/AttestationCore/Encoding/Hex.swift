@@ -34,13 +34,21 @@ extension Data {
 extension Sequence<UInt8> {
     /// Lowercase hexadecimal of the bytes.
     public var hexString: String {
-        let digits: [UInt8] = Array("0123456789abcdef".utf8)
-        var out = [UInt8]()
-        out.reserveCapacity(underestimatedCount * 2)
-        for byte in self {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0x0f)])
+        if let text = withContiguousStorageIfAvailable({ hexEncode($0) }) { return text }
+        return Array(self).withUnsafeBufferPointer { hexEncode($0) }
+    }
+}
+
+private let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)
+
+private func hexEncode(_ bytes: UnsafeBufferPointer<UInt8>) -> String {
+    String(unsafeUninitializedCapacity: bytes.count * 2) { out in
+        hexDigits.withUnsafeBufferPointer { digits in
+            for (i, byte) in bytes.enumerated() {
+                out[2 * i] = digits[Int(byte >> 4)]
+                out[2 * i + 1] = digits[Int(byte & 0x0f)]
+            }
         }
-        return String(decoding: out, as: UTF8.self)
+        return bytes.count * 2
     }
 }

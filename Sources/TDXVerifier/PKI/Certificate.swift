@@ -1,6 +1,7 @@
 import AttestationCore
 import COpenSSL
 import Foundation
+import Synchronization
 
 /// An X.509 certificate decoded by OpenSSL, with the few accessors DCAP verification needs.
 ///
@@ -101,12 +102,20 @@ final class Certificate: @unchecked Sendable {
     var issuerName: OpaquePointer { X509_get_issuer_name(x509) }
     var subject: String { nameText(subjectName) }
 
+    /// Keys (by SPKI fingerprint) this certificate's signature verified under. The bytes never
+    /// change, so a signature that verified once verifies again.
+    private let verifiedBy = Mutex<Set<String>>([])
+
     /// The certificate's signature verifies under `key` (remembered once it has).
     func isSigned(by key: PublicKey) -> Bool {
-        Memo.signature("x509", key: key, message: der, signature: []) {
-            defer { ERR_clear_error() }
-            return X509_verify(x509, key.pkey) == 1
+        if verifiedBy.withLock({ $0.contains(key.fingerprint) }) { return true }
+        ERR_clear_error()
+        guard X509_verify(x509, key.pkey) == 1 else {
+            ERR_clear_error()
+            return false
         }
+        verifiedBy.withLock { _ = $0.insert(key.fingerprint) }
+        return true
     }
 
     /// The subject is the issuer named in `other`.
@@ -189,11 +198,18 @@ final class RevocationList: @unchecked Sendable {
 
     func isIssued(by cert: Certificate) -> Bool { X509_NAME_cmp(issuerName, cert.subjectName) == 0 }
 
+    private let verifiedBy = Mutex<Set<String>>([])
+
+    /// The CRL's signature verifies under `key` (remembered once it has, as for certificates).
     func isSigned(by key: PublicKey) -> Bool {
-        Memo.signature("crl", key: key, message: der, signature: []) {
-            defer { ERR_clear_error() }
-            return X509_CRL_verify(crl, key.pkey) == 1
+        if verifiedBy.withLock({ $0.contains(key.fingerprint) }) { return true }
+        ERR_clear_error()
+        guard X509_CRL_verify(crl, key.pkey) == 1 else {
+            ERR_clear_error()
+            return false
         }
+        verifiedBy.withLock { _ = $0.insert(key.fingerprint) }
+        return true
     }
 
     func isValid(at time: Date) -> Bool { thisUpdate <= time && time <= nextUpdate }
