@@ -70,17 +70,8 @@ public struct CollateralItem: Codable, Sendable, Equatable {
     public static func verifiedSplit(_ c: Collateral, roots: Set<String>, at time: Date) -> Result<[CollateralItem], Reason> {
         let check = ChainCheck(pinnedFingerprints: roots)
         func signed(_ chainPEM: String, _ text: String, _ signature: [UInt8], _ name: String) -> Result<Certificate, Reason> {
-            let chain: [Certificate]
-            do { chain = try Memo.chain(pem: chainPEM) } catch {
-                return .failure(Reason(.evidenceMalformed, "tdx.collateral", "\(name) issuer chain: \(error)"))
-            }
-            if let r = check.verify(chain, name: "\(name) issuer", at: time) { return .failure(r) }
-            if let r = TCBSigner.check(chain, name: name) { return .failure(r) }
-            let message = Array(text.utf8)
-            guard signature.count == 64, chain[0].publicKey.verify(signature: signature, message: message, scheme: .ecdsa(.sha256)) else {
-                return .failure(Reason(.collateralSignatureInvalid, "tdx.collateral", "the \(name) signature does not verify"))
-            }
-            return .success(chain[1])
+            TCBSigner.verify(text, signature: signature, chainPEM: chainPEM, name: name, check: check, at: time, rootCRL: nil)
+                .map { $0[1] }
         }
         let root: Certificate
         switch signed(c.tcbInfoIssuerChain, c.tcbInfo, c.tcbInfoSignature, "TCB info") {

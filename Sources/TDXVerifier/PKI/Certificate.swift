@@ -102,21 +102,10 @@ final class Certificate: @unchecked Sendable {
     var issuerName: OpaquePointer { X509_get_issuer_name(x509) }
     var subject: String { nameText(subjectName) }
 
-    /// Keys (by SPKI fingerprint) this certificate's signature verified under. The bytes never
-    /// change, so a signature that verified once verifies again.
-    private let verifiedBy = Mutex<Set<String>>([])
+    private let verifiedBy = VerifiedKeys()
 
     /// The certificate's signature verifies under `key` (remembered once it has).
-    func isSigned(by key: PublicKey) -> Bool {
-        if verifiedBy.withLock({ $0.contains(key.fingerprint) }) { return true }
-        ERR_clear_error()
-        guard X509_verify(x509, key.pkey) == 1 else {
-            ERR_clear_error()
-            return false
-        }
-        verifiedBy.withLock { _ = $0.insert(key.fingerprint) }
-        return true
-    }
+    func isSigned(by key: PublicKey) -> Bool { verifiedBy.check(key) { X509_verify(x509, key.pkey) == 1 } }
 
     /// The subject is the issuer named in `other`.
     func isIssuer(of other: Certificate) -> Bool { X509_NAME_cmp(subjectName, other.issuerName) == 0 }
@@ -198,19 +187,10 @@ final class RevocationList: @unchecked Sendable {
 
     func isIssued(by cert: Certificate) -> Bool { X509_NAME_cmp(issuerName, cert.subjectName) == 0 }
 
-    private let verifiedBy = Mutex<Set<String>>([])
+    private let verifiedBy = VerifiedKeys()
 
-    /// The CRL's signature verifies under `key` (remembered once it has, as for certificates).
-    func isSigned(by key: PublicKey) -> Bool {
-        if verifiedBy.withLock({ $0.contains(key.fingerprint) }) { return true }
-        ERR_clear_error()
-        guard X509_CRL_verify(crl, key.pkey) == 1 else {
-            ERR_clear_error()
-            return false
-        }
-        verifiedBy.withLock { _ = $0.insert(key.fingerprint) }
-        return true
-    }
+    /// The CRL's signature verifies under `key` (remembered once it has).
+    func isSigned(by key: PublicKey) -> Bool { verifiedBy.check(key) { X509_CRL_verify(crl, key.pkey) == 1 } }
 
     func isValid(at time: Date) -> Bool { thisUpdate <= time && time <= nextUpdate }
 
@@ -220,6 +200,20 @@ final class RevocationList: @unchecked Sendable {
         guard X509_NAME_cmp(cert.issuerName, issuerName) == 0, let serial = cert.serialNumber else { return false }
         var entry: OpaquePointer? = nil
         return X509_CRL_get0_by_serial(crl, &entry, serial) >= 1
+    }
+}
+
+/// The keys (by SPKI fingerprint) a decoded object's signature verified under. The object's
+/// bytes never change, so a signature that verified once verifies again; failures are not kept.
+private final class VerifiedKeys: Sendable {
+    private let keys = Mutex<Set<String>>([])
+
+    func check(_ key: PublicKey, _ verify: () -> Bool) -> Bool {
+        if keys.withLock({ $0.contains(key.fingerprint) }) { return true }
+        defer { ERR_clear_error() }
+        guard verify() else { return false }
+        keys.withLock { _ = $0.insert(key.fingerprint) }
+        return true
     }
 }
 

@@ -50,6 +50,35 @@ struct ChainCheck {
 enum TCBSigner {
     static let commonName = "Intel SGX TCB Signing"
 
+    /// A signed collateral document (`name`: "TCB info" or "QE identity"): its issuer chain to a
+    /// pinned root, the signer's role, not revoked by `rootCRL` (when given), and the raw ECDSA
+    /// signature over the exact text. Returns the chain.
+    static func verify(
+        _ text: String, signature: [UInt8], chainPEM: String, name: String, check: ChainCheck, at time: Date,
+        rootCRL: RevocationList?
+    ) -> Result<[Certificate], Reason> {
+        let source = name == "TCB info" ? "tdx.collateral.tcb-info" : "tdx.collateral.qe-identity"
+        let chain: [Certificate]
+        do { chain = try Memo.chain(pem: chainPEM) } catch {
+            return .failure(Reason(.evidenceMalformed, source, "\(name) issuer chain: \(error)"))
+        }
+        if let r = check.verify(chain, name: "\(name) issuer", at: time) { return .failure(r) }
+        if let r = Self.check(chain, name: name) { return .failure(r) }
+        if let rootCRL, rootCRL.revokes(chain[0]) {
+            return .failure(Reason(.chainRevoked, source, "the \(name) signer '\(chain[0].subject)' is revoked by the root CA CRL"))
+        }
+        let signer = chain[0].publicKey
+        let message = Array(text.utf8)
+        guard signature.count == 64,
+            Memo.signature("collateral", key: signer, message: message, signature: signature, {
+                signer.verify(signature: signature, message: message, scheme: .ecdsa(.sha256))
+            })
+        else {
+            return .failure(Reason(.collateralSignatureInvalid, source, "the \(name) signature does not verify under '\(chain[0].subject)'"))
+        }
+        return .success(chain)
+    }
+
     static func check(_ chain: [Certificate], name: String) -> Reason? {
         let source = "tdx.chain.\(name == "TCB info" ? "tcb-info" : "qe-identity") issuer"
         guard chain.count == 2 else {

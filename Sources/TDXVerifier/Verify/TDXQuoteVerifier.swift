@@ -382,32 +382,13 @@ private struct Run {
             advisoryIDs: tcb.advisoryIDs)
     }
 
-    /// A signed collateral document: its issuer chain to the pinned root, not revoked, its
-    /// signature over the exact text, then its contents.
+    /// A signed collateral document, checked by `TCBSigner.verify`, then parsed.
     func verifySigned<T>(
         _ text: String, signature: [UInt8], chainPEM: String, name: String, rootCRL: RevocationList, chainCheck: ChainCheck,
         parse: (String) -> Result<T, Reason>
     ) -> Result<T, Reason> {
-        let source = name == "TCB info" ? "tdx.collateral.tcb-info" : "tdx.collateral.qe-identity"
-        let chain: [Certificate]
-        do { chain = try Memo.chain(pem: chainPEM) } catch {
-            return .failure(Reason(.evidenceMalformed, source, "\(name) issuer chain: \(error)"))
-        }
-        if let r = chainCheck.verify(chain, name: "\(name) issuer", at: time) { return .failure(r) }
-        if let r = TCBSigner.check(chain, name: name) { return .failure(r) }
-        for cert in chain.dropLast() where rootCRL.revokes(cert) {
-            return .failure(Reason(.chainRevoked, source, "the \(name) signer '\(cert.subject)' is revoked by the root CA CRL"))
-        }
-        let signer = chain[0].publicKey
-        let message = Array(text.utf8)
-        guard signature.count == 64,
-            Memo.signature("collateral", key: signer, message: message, signature: signature, {
-                signer.verify(signature: signature, message: message, scheme: .ecdsa(.sha256))
-            })
-        else {
-            return .failure(Reason(.collateralSignatureInvalid, source, "the \(name) signature does not verify under '\(chain[0].subject)'"))
-        }
-        return parse(text)
+        TCBSigner.verify(text, signature: signature, chainPEM: chainPEM, name: name, check: chainCheck, at: time, rootCRL: rootCRL)
+            .flatMap { _ in parse(text) }
     }
 
     /// A validity window, widened at its end by the collateral grace period.
