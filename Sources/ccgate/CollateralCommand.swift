@@ -8,10 +8,10 @@ struct CollateralCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "collateral", abstract: "Manage the Intel collateral cache used to verify TDX and SGX quotes.",
         discussion: """
-            Intel collateral (TCB info, QE identity, PCK and root CA CRLs) is what a DCAP quote is judged
-            against. Envelopes may carry it; otherwise verifiers look it up in a cache directory, one file per
-            item, each replaced only by a newer issue. Items are verified (signatures by Intel's TCB signer and
-            CAs, chained to the pinned Intel root) before they are stored, and again, with their validity
+            Intel collateral (TCB info, QE identity, PCK and root CA CRLs) is what a DCAP quote is judged \
+            against. Envelopes may carry it; otherwise verifiers look it up in a cache directory, one file per \
+            item, each replaced only by a newer issue. Items are verified (signatures by Intel's TCB signer and \
+            CAs, chained to the pinned Intel root) before they are stored, and again, with their validity \
             windows, every time they are used.
 
             The cache directory defaults to $CCGATE_COLLATERAL_DIR, else ~/.local/share/ccgate/collateral.
@@ -60,9 +60,9 @@ struct CollateralCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Load offline collateral bundles into the cache.",
             discussion: """
-                FILE is JSON: one collateral object with Intel's field names (pck_crl_issuer_chain, root_ca_crl,
-                pck_crl, tcb_info_issuer_chain, tcb_info, tcb_info_signature, qe_identity_issuer_chain,
-                qe_identity, qe_identity_signature; binary fields in hex), an array of them, {"collateral": …},
+                FILE is JSON: one collateral object with Intel's field names (pck_crl_issuer_chain, root_ca_crl, \
+                pck_crl, tcb_info_issuer_chain, tcb_info, tcb_info_signature, qe_identity_issuer_chain, \
+                qe_identity, qe_identity_signature; binary fields in hex), an array of them, {"collateral": …}, \
                 or an evidence envelope that carries collateral. - reads standard input.
 
                 Examples:
@@ -100,8 +100,8 @@ struct CollateralCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Fetch the collateral a quote needs from a PCCS into the cache.",
             discussion: """
-                ENVELOPE is a tdx-quote or sgx-quote envelope; its PCK certificate names the platform (FMSPC,
-                PCK CA). The TCB info, QE identity, PCK CRL and root CA CRL are fetched (PCCS API v4) and stored
+                ENVELOPE is a tdx-quote or sgx-quote envelope; its PCK certificate names the platform (FMSPC, \
+                PCK CA). The TCB info, QE identity, PCK CRL and root CA CRL are fetched (PCCS API v4) and stored \
                 like imported items.
 
                 Example:

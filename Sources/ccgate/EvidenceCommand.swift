@@ -24,7 +24,7 @@ struct EvidenceCommand: ParsableCommand {
                   ccgate evidence verify quote.json --policy Policies/default.yaml
                   ccgate evidence verify tdx.json --root test-root.pem --collateral-dir ./collateral
 
-                TDX and SGX quotes are verified against Intel collateral: the envelope's own `collateral`, or,
+                TDX and SGX quotes are verified against Intel collateral: the envelope's own `collateral`, or, \
                 with --collateral-dir, items imported by `ccgate collateral import` (the verdict names which).
 
                 Exit status: 0 accept, 1 reject, 2 unreadable input or bad usage.

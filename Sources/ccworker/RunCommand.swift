@@ -14,9 +14,9 @@ struct Run: ParsableCommand {
             worker's key). With --engine-command the engine is started and restarted when it exits; give its
             arguments after --.
 
-            With --tee tdx the worker runs in an Intel TDX guest instead: the engine and model digests are
-            measured as application events into RTMR3 (through --rtmr-dir), and each challenge is answered with a
-            DCAP quote from Linux configfs-tsm (--tsm-dir) whose REPORTDATA is SHA-256(nonce ‖ key) followed by zeros,
+            With --tee tdx the worker runs in an Intel TDX guest instead: the engine and model digests are \
+            measured as application events into RTMR3 (through --rtmr-dir), and each challenge is answered with a \
+            DCAP quote from Linux configfs-tsm (--tsm-dir) whose REPORTDATA is SHA-256(nonce ‖ key) followed by zeros, \
             together with the CCEL event log (--ccel) extended by those events.
 
             Examples:

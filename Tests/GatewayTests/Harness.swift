@@ -44,7 +44,9 @@ final class GatewayHarness: Sendable {
         configuration.apiKeys = [apiKey]
         configuration.policy = policy
         configuration.auditPath = auditURL
-        configuration.timings = WorkerTimings(handshakeTimeout: .seconds(10), reattestInterval: reattest)
+        // Generous: on a loaded 2-core machine a quote from swtpm, under parallel tests, can take
+        // more than ten seconds, and a handshake timeout would then read as a missing rejection.
+        configuration.timings = WorkerTimings(handshakeTimeout: .seconds(60), reattestInterval: reattest)
         adjust(&configuration)
         let server = GatewayServer(configuration: configuration)
         let (ports, continuation) = AsyncStream<(Int, Int)>.makeStream()
