@@ -62,6 +62,13 @@ import Testing
         }
     }
 
+    /// An empty online-mode cache fed from `base`.
+    static func online(_ base: URL, timeout: TimeInterval = 10) throws -> (CollateralCache, CollateralPrefetcher, TemporaryDirectory) {
+        let dir = try TemporaryDirectory("pccs")
+        let cache = try CollateralCache(directory: dir.url, mode: "online")
+        return (cache, CollateralPrefetcher(cache: cache, client: PCCSClient(base: base, timeout: timeout)), dir)
+    }
+
     static func cocoonCollateral() throws -> Collateral {
         try CollateralCache.readBundle(try SharedTestData.data("tdx/cocoon-quote-d5-collateral.json"))[0]
     }
@@ -69,9 +76,8 @@ import Testing
     @Test func missingCollateralIsFetchedOnceAndTheQuoteVerifies() async throws {
         let pccs = try await FakePCCS(collateral: try Self.cocoonCollateral())
         defer { Task { await pccs.stop() } }
-        let dir = try TemporaryDirectory("pccs")
-        let cache = try CollateralCache(directory: dir.url, mode: "online")
-        let prefetcher = CollateralPrefetcher(cache: cache, client: PCCSClient(base: pccs.base))
+        let (cache, prefetcher, dir) = try Self.online(pccs.base)
+        defer { _ = dir }
         let envelope = try SharedTestData.data("tdx/cocoon-quote-no-collateral.json")
 
         let note = await prefetcher.prepare(envelope: envelope, at: Self.at)
@@ -91,9 +97,8 @@ import Testing
     @Test func brokenPCCSAdmitsNothing() async throws {
         let pccs = try await FakePCCS(collateral: try Self.cocoonCollateral(), broken: true)
         defer { Task { await pccs.stop() } }
-        let dir = try TemporaryDirectory("pccs")
-        let cache = try CollateralCache(directory: dir.url, mode: "online")
-        let prefetcher = CollateralPrefetcher(cache: cache, client: PCCSClient(base: pccs.base))
+        let (cache, prefetcher, dir) = try Self.online(pccs.base)
+        defer { _ = dir }
         let envelope = try SharedTestData.data("tdx/cocoon-quote-no-collateral.json")
         let note = await prefetcher.prepare(envelope: envelope, at: Self.at)
         #expect(note?.contains("failed") == true)
@@ -104,9 +109,8 @@ import Testing
     }
 
     @Test func unreachablePCCSIsAFailureNote() async throws {
-        let dir = try TemporaryDirectory("pccs")
-        let cache = try CollateralCache(directory: dir.url, mode: "online")
-        let prefetcher = CollateralPrefetcher(cache: cache, client: PCCSClient(base: URL(string: "http://127.0.0.1:1")!, timeout: 2))
+        let (_, prefetcher, dir) = try Self.online(URL(string: "http://127.0.0.1:1")!, timeout: 2)
+        defer { _ = dir }
         let note = await prefetcher.prepare(envelope: try SharedTestData.data("tdx/cocoon-quote-no-collateral.json"), at: Self.at)
         #expect(note?.contains("failed") == true)
     }

@@ -4,7 +4,7 @@ import Foundation
 /// Intel's verification collateral for one quote, with the field names of
 /// `sgx_ql_qve_collateral_t` (see `../shared/testdata/FORMAT.md`). Everything is kept as it was
 /// received: signatures cover the exact bytes of `tcbInfo` and `qeIdentity`.
-public struct Collateral: Sendable, Equatable, Codable {
+public struct Collateral: Sendable, Equatable {
     public var pckCRLIssuerChain: String
     /// DER.
     public var rootCACRL: [UInt8]
@@ -36,7 +36,7 @@ public struct Collateral: Sendable, Equatable, Codable {
     }
 
     /// Intel's field names, as in the envelope and in offline bundles.
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String {
         case pckCRLIssuerChain = "pck_crl_issuer_chain"
         case rootCACRL = "root_ca_crl"
         case pckCRL = "pck_crl"
@@ -86,20 +86,5 @@ public struct Collateral: Sendable, Equatable, Codable {
             CodingKeys.qeIdentityIssuerChain.rawValue: qeIdentityIssuerChain, CodingKeys.qeIdentity.rawValue: qeIdentity,
             CodingKeys.qeIdentitySignature.rawValue: Data(qeIdentitySignature).hex,
         ]
-    }
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        var fields = [String: String]()
-        for key in [CodingKeys.pckCRLIssuerChain, .rootCACRL, .pckCRL, .tcbInfoIssuerChain, .tcbInfo, .tcbInfoSignature,
-                    .qeIdentityIssuerChain, .qeIdentity, .qeIdentitySignature] {
-            fields[key.rawValue] = try c.decode(String.self, forKey: key)
-        }
-        self = try Self.read(fields).get()
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        for (key, value) in fields { try c.encode(value, forKey: CodingKeys(rawValue: key)!) }
     }
 }

@@ -32,7 +32,6 @@ public struct DCAPQuote: Sendable, Equatable {
     public let qeAuthData: [UInt8]
     /// PCK certificate chain, PEM (ASCII bytes, NUL padding removed), leaf first.
     public let pckChainBytes: [UInt8]
-    public var pckChainPEM: String { String(decoding: pckChainBytes, as: UTF8.self) }
     /// Bytes after the signature data (some quoting libraries pad quotes); kept, not interpreted.
     public let trailing: Int
 

@@ -43,7 +43,7 @@ public enum QuoteClaims {
     /// What a quote says about itself, before and regardless of verification (FMSPC and PCE id
     /// come from its PCK certificate, read but not checked).
     public static func unverifiedFields(of quote: DCAPQuote) -> [String: String] {
-        let leaf = try? Certificate.chain(pem: quote.pckChainPEM).first
+        let leaf = try? Memo.chain(pemBytes: quote.pckChainBytes).first
         return fields(of: quote, platform: leaf?.sgxExtension)
     }
 }

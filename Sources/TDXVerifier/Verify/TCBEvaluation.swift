@@ -120,10 +120,10 @@ enum TCBEvaluation {
         var out = Platform(
             status: level.status, advisories: Set(level.advisoryIDs), dates: [level.tcbDate], platformStatus: level.status)
         guard let svn = teeTCBSVN, svn[1] > 0 else { return .success(out) }
-        let id = moduleID(svn[1])
-        guard let module = tcbInfo.tdxModuleIdentities.first(where: { $0.id.uppercased() == id }) else {
-            return .failure(.moduleMismatch("Intel lists no TDX module identity \(id)"))
+        guard let module = moduleIdentity(version: svn[1], in: tcbInfo) else {
+            return .failure(.moduleMismatch("Intel lists no TDX module identity \(moduleID(svn[1]))"))
         }
+        let id = module.id
         guard let moduleLevel = module.levels.first(where: { $0.isvSVN <= Int(svn[0]) }) else {
             return .failure(.noMatchingLevel("TDX module \(id) SVN \(svn[0]) is below every module TCB level"))
         }
@@ -136,6 +136,14 @@ enum TCBEvaluation {
 
     /// `TDX_03` for module version 3: Intel's identity name, uppercase hex.
     static func moduleID(_ version: UInt8) -> String { "TDX_" + [version].hexString.uppercased() }
+
+    /// The identity Intel lists for a TDX module version (matched case-insensitively, as QVL does);
+    /// version 0 is the top-level `tdxModule`.
+    static func moduleIdentity(version: UInt8, in tcbInfo: TCBInfo) -> TCBInfo.ModuleIdentity? {
+        guard version > 0 else { return tcbInfo.tdxModule }
+        let id = moduleID(version)
+        return tcbInfo.tdxModuleIdentities.first { $0.id.uppercased() == id }
+    }
 
     static func matches(platform: SGXExtension, level: TCBInfo.Level, teeTCBSVN svn: [UInt8]?) -> Bool {
         for i in 0..<16 where platform.components[i] < level.sgxComponents[i] { return false }

@@ -406,14 +406,7 @@ private struct Run {
     /// The SEAM module must be Intel's: MRSIGNERSEAM and SEAM attributes as the TCB info lists
     /// them for this module version (or the top-level module for version 0).
     func moduleIdentityCheck(_ td: TDReport, tcbInfo: TCBInfo) -> Reason? {
-        let module: TCBInfo.ModuleIdentity?
-        if td.teeTCBSVN[1] > 0 {
-            let id = TCBEvaluation.moduleID(td.teeTCBSVN[1])
-            module = tcbInfo.tdxModuleIdentities.first { $0.id.uppercased() == id }
-        } else {
-            module = tcbInfo.tdxModule
-        }
-        guard let module else {
+        guard let module = TCBEvaluation.moduleIdentity(version: td.teeTCBSVN[1], in: tcbInfo) else {
             return Reason(.tcbNoMatchingLevel, "tdx.tcb.module", "Intel lists no identity for this TDX module")
         }
         let masked = zip(td.seamAttributes, module.attributesMask).map { $0 & $1 }
