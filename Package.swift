@@ -34,6 +34,7 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CTSS2", pkgConfig: "tss2-esys", providers: [.apt(["libtss2-dev"])]),
         .systemLibrary(name: "CVulkan", pkgConfig: "vulkan", providers: [.apt(["libvulkan-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
 
         // Verification core: no I/O.
         .target(name: "AttestationCore", dependencies: ["COpenSSL"], swiftSettings: strict),
@@ -45,7 +46,7 @@ let package = Package(
             swiftSettings: strict),
         .target(name: "Sealing", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         .target(name: "WorkerProtocol", dependencies: [.product(name: "NIOCore", package: "swift-nio")], swiftSettings: strict),
-        .target(name: "AuditLog", dependencies: ["AttestationCore"], swiftSettings: strict),
+        .target(name: "AuditLog", dependencies: ["AttestationCore", "CSQLite"], swiftSettings: strict),
 
         // The inference engine: GGUF, tokenizer, chat templates, Vulkan kernels, OpenAI server.
         // Kept free of package dependencies so that its measured binary stays small and its
@@ -121,7 +122,11 @@ let package = Package(
             name: "TestSupport",
             dependencies: ["AttestationCore", "TDXVerifier", "COpenSSL", .product(name: "Crypto", package: "swift-crypto")],
             path: "Tests/TestSupport", swiftSettings: strict),
-        .testTarget(name: "AttestationCoreTests", dependencies: ["AttestationCore", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "AttestationCoreTests",
+            dependencies: ["AttestationCore", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
+        .testTarget(name: "AuditLogTests", dependencies: ["AuditLog", "AttestationCore", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventLogTests", dependencies: ["EventLog", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "TPMVerifierTests", dependencies: ["TPMVerifier", "Policy", "WorkerAgent", "TestSupport"],

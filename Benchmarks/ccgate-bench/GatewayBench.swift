@@ -71,24 +71,28 @@ func gatewayBench() async throws {
     let modelFile = tpm.directory.appendingPathComponent("model")
     try Data("bench engine".utf8).write(to: engineFile)
     try Data("bench model".utf8).write(to: modelFile)
-    let policy = try PolicyDocument.parse("""
+    let policyText = """
         schema: ccgate.policy/v1
         name: bench
         measurements:
           binaries: [{name: engine, sha256: \(try FileMeasurer.digest(of: engineFile).hex)}]
           models: [{name: model, sha256: \(try FileMeasurer.digest(of: modelFile).hex)}]
-        """)
+        """
+    let policy = try PolicyDocument.parse(policyText)
     var configuration = GatewayConfiguration()
     configuration.port = 0
     configuration.workerPort = 0
     configuration.apiKeys = ["bench-key"]
     configuration.policy = policy
-    let server = GatewayServer(configuration: configuration)
-    let (ports, portsContinuation) = AsyncStream<(Int, Int)>.makeStream()
-    let gatewayTask = Task { try await server.run(signals: []) { portsContinuation.yield(($0, $1)) } }
+    configuration.policyText = policyText
+    configuration.dataDirectory = tpm.directory.appendingPathComponent("gateway-data")
+    let server = try await GatewayServer.open(configuration: configuration)
+    let (ports, portsContinuation) = AsyncStream<GatewayPorts>.makeStream()
+    let gatewayTask = Task { try await server.run(signals: []) { portsContinuation.yield($0) } }
     defer { gatewayTask.cancel() }
     var portIterator = ports.makeAsyncIterator()
-    guard let (apiPort, workerPort) = await portIterator.next() else { return }
+    guard let bound = await portIterator.next() else { return }
+    let (apiPort, workerPort) = (bound.api, bound.worker)
     let (enginePort, engineTask) = try await startStubEngine()
     defer { engineTask.cancel() }
 

@@ -17,8 +17,23 @@ public struct GatewayConfiguration: Sendable {
     public var workerHost = "127.0.0.1"
     public var workerPort = 8444
     public var apiKeys: [String] = []
+    /// The policy a new data directory starts with (later versions come from the admin API).
     public var policy = PolicyDocument.builtinDefault
-    public var auditPath: URL?
+    /// Its text, as signed; nil: the built-in default's.
+    public var policyText: String?
+    /// Its detached signature (`FILE.sig`), required when admin keys are pinned.
+    public var policySignature: String?
+    /// Where durable state lives: `ccgate.db` (SQLite), `gateway.key`, `admin.token`.
+    public var dataDirectory = URL(fileURLWithPath: "data")
+    /// The admin API's address; no port: no admin API.
+    public var adminHost = "127.0.0.1"
+    public var adminPort: Int?
+    /// The admin token; nil: the one in `DATA/admin.token`, made on first start.
+    public var adminToken: String?
+    /// Keys whose signatures make a policy applicable.
+    public var adminKeys: [Ed25519PublicKey] = []
+    /// Longest time between signed audit checkpoints while entries arrive.
+    public var checkpointInterval: Duration = .seconds(60)
     public var timings = WorkerTimings()
     /// SHA-256 fingerprints of the roots TDX/SGX chains must end at; Intel's by default.
     public var dcapRoots = PinnedRoots.production
@@ -32,59 +47,208 @@ public struct GatewayConfiguration: Sendable {
     public init() {}
 }
 
-/// The gateway: the OpenAI front door and the worker port, sharing one registry of admitted
-/// workers and one audit log.
+/// Why a gateway could not start.
+public struct GatewayStartError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The gateway: the OpenAI front door, the worker port and the admin API, sharing one registry
+/// of admitted workers, the policy in force and one audit log in the data directory's store.
 public struct GatewayServer: Sendable {
     public let configuration: GatewayConfiguration
     public let registry = WorkerRegistry()
+    public let store: SQLiteStore
+    public let audit: AuditTrail
+    public let policies: PolicyState
+    public let administration: GatewayAdministration
+    /// The admin API's token (configured, or read from or made in the data directory).
+    public let adminToken: String
     let logger: Logger
 
-    public init(configuration: GatewayConfiguration, logger: Logger = Logger(label: "ccgate")) {
+    /// Opens the data directory: the store, the gateway's signing key, the admin token, and the
+    /// policy in force — the latest version of the history, or for a new directory the
+    /// configured policy as version 1 (signed, when admin keys are pinned).
+    public static func open(configuration: GatewayConfiguration, logger: Logger = Logger(label: "ccgate")) async throws
+        -> GatewayServer
+    {
+        let data = configuration.dataDirectory
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let store = try SQLiteStore(url: data.appendingPathComponent("ccgate.db"))
+        let key = try GatewayKeys.signingKey(in: data)
+        let token = try configuration.adminToken ?? GatewayKeys.adminToken(in: data)
+        let audit = AuditTrail(store: store, key: key, clock: configuration.clock)
+        let active: ActivePolicy
+        if let latest = try store.policies().last {
+            do throws(PolicyLoadErrors) {
+                active = ActivePolicy(
+                    version: latest.version, document: try PolicyDocument.parse(latest.policy.text, file: "policy version \(latest.version)"),
+                    text: latest.policy.text)
+            } catch {
+                throw GatewayStartError("the stored policy version \(latest.version) no longer loads:\n\(error)")
+            }
+        } else {
+            guard configuration.policyText != nil || configuration.policy == .builtinDefault else {
+                throw GatewayStartError("the initial policy's text is needed for the policy history (GatewayConfiguration.policyText)")
+            }
+            let text = configuration.policyText ?? PolicyDocument.builtinDefaultText
+            var signer: String?
+            if !configuration.adminKeys.isEmpty {
+                guard let signature = configuration.policySignature else {
+                    throw GatewayStartError("admin keys are pinned, so the initial policy must be signed (ccgate policy sign FILE --key KEY)")
+                }
+                do throws(PolicySignatureError) {
+                    signer = try PolicySignature.parse(signature).verify(Data(text.utf8), pinned: configuration.adminKeys).fingerprint
+                } catch { throw GatewayStartError("the initial policy's signature is refused: \(error)") }
+            }
+            let entry = try await audit.recordPolicy(
+                AuditEvent(
+                    event: "policy-applied", actor: "config", decision: "applied",
+                    detail: ["name": configuration.policy.name, "sha256": HashAlgorithm.sha256.hash(Data(text.utf8)).hex, "note": "initial policy"]),
+                NewPolicy(
+                    name: configuration.policy.name, text: text, signature: configuration.policySignature ?? "", signer: signer,
+                    note: "initial policy"))
+            active = ActivePolicy(version: entry.event.policyVersion ?? 1, document: configuration.policy, text: text)
+        }
+        let policies = PolicyState(active)
+        return GatewayServer(
+            configuration: configuration, store: store, audit: audit, policies: policies, adminToken: token, logger: logger)
+    }
+
+    init(configuration: GatewayConfiguration, store: SQLiteStore, audit: AuditTrail, policies: PolicyState, adminToken: String,
+         logger: Logger) {
         self.configuration = configuration
+        self.store = store
+        self.audit = audit
+        self.policies = policies
+        self.adminToken = adminToken
         self.logger = logger
+        administration = GatewayAdministration(
+            trail: audit, policies: policies, registry: registry, adminKeys: configuration.adminKeys, clock: configuration.clock)
     }
 
     /// Runs until cancelled (or, with `signals`, until one arrives). `onReady` receives the bound
-    /// API and worker ports once both listen.
-    public func run(signals: [UnixSignal] = [.sigterm, .sigint], onReady: @escaping @Sendable (Int, Int) -> Void = { _, _ in }) async throws {
-        let audit = try configuration.auditPath.map { try AuditFile(url: $0) }
-        try audit?.append(AuditEvent(event: "gateway-start", detail: ["policy": configuration.policy.name]))
-        let workers = WorkerServer(registry: registry, admission: AdmissionService(
-                policy: configuration.policy, clock: configuration.clock, dcapRoots: configuration.dcapRoots,
+    /// ports once all listen (the admin port is 0 without an admin API).
+    public func run(signals: [UnixSignal] = [.sigterm, .sigint], onReady: @escaping @Sendable (GatewayPorts) -> Void = { _ in })
+        async throws
+    {
+        defer { audit.close() }
+        // Connections do not survive a restart: workers attest again.
+        try store.clearWorkers()
+        try store.replaceAPIKeys(
+            source: "config", digests: Set(configuration.apiKeys.map { Data(SHA256Digest.of(Data($0.utf8))).hex }),
+            at: configuration.clock.now())
+        let keyDigests = Set(try store.apiKeyDigests().compactMap { Data(hex: $0) })
+        try await audit.record(
+            AuditEvent(
+                event: "gateway-start", decision: "started", policyVersion: policies.current.version,
+                detail: ["policy": policies.current.document.name, "gateway_key": audit.key.publicKey.fingerprint]))
+        let workers = WorkerServer(
+            registry: registry,
+            admission: AdmissionService(
+                policies: policies, clock: configuration.clock, dcapRoots: configuration.dcapRoots,
                 collateralSource: configuration.collateralSource, prefetcher: configuration.collateralPrefetcher),
-            audit: audit,
-                                   timings: configuration.timings, logger: logger)
-        let frontDoor = FrontDoor(registry: registry, apiKeys: configuration.apiKeys)
-        let ports = PortRendezvous(onReady)
+            audit: audit, timings: configuration.timings, logger: logger)
+        let frontDoor = FrontDoor(registry: registry, apiKeyDigests: keyDigests)
+        let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)
         let app = Application(
             router: frontDoor.router(),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "ccgate"),
             onServerRunning: { channel in ports.api(channel.localAddress?.port ?? 0) },
             logger: logger)
+        let adminApp = configuration.adminPort.map { port in
+            Application(
+                router: AdminAPI(administration: administration, trail: audit, registry: registry, policies: policies, token: adminToken).router(),
+                configuration: .init(address: .hostname(configuration.adminHost, port: port), serverName: "ccgate-admin"),
+                onServerRunning: { channel in ports.admin(channel.localAddress?.port ?? 0) },
+                logger: logger)
+        }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await workers.run(host: configuration.workerHost, port: configuration.workerPort) { ports.worker($0) } }
             group.addTask { try await app.runService(gracefulShutdownSignals: signals) }
+            if let adminApp { group.addTask { try await adminApp.runService(gracefulShutdownSignals: signals) } }
+            group.addTask {
+                await audit.runCheckpoints(every: configuration.checkpointInterval)
+                throw CancellationError()
+            }
             defer { group.cancelAll() }
             // Whichever ends first (a signal ends the HTTP service) ends the gateway.
             try await group.next()
+        }
+        _ = try? await audit.checkpoint()
+    }
+}
+
+/// The ports a running gateway listens on.
+public struct GatewayPorts: Sendable, Equatable {
+    public let api: Int
+    public let worker: Int
+    /// 0 without an admin API.
+    public let admin: Int
+}
+
+/// The gateway's own secrets in its data directory.
+enum GatewayKeys {
+    /// The Ed25519 key that signs audit checkpoints (`gateway.key`, made on first start, with
+    /// `gateway.pub` beside it for whoever verifies exports).
+    static func signingKey(in data: URL) throws -> Ed25519PrivateKey {
+        let keyURL = data.appendingPathComponent("gateway.key")
+        if let text = try? String(contentsOf: keyURL, encoding: .utf8) {
+            do throws(Ed25519KeyError) { return try Ed25519PrivateKey(pem: text) } catch {
+                throw GatewayStartError("\(keyURL.path): \(error)")
+            }
+        }
+        let key = Ed25519PrivateKey.generate()
+        try writeSecret(key.pem, to: keyURL)
+        try key.publicKey.pem.write(to: data.appendingPathComponent("gateway.pub"), atomically: true, encoding: .utf8)
+        return key
+    }
+
+    /// The admin token (`admin.token`, 32 random bytes as hex, made on first start).
+    static func adminToken(in data: URL) throws -> String {
+        let url = data.appendingPathComponent("admin.token")
+        if let text = try? String(contentsOf: url, encoding: .utf8) {
+            let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard token.count >= 16 else { throw GatewayStartError("\(url.path): the admin token is shorter than 16 characters") }
+            return token
+        }
+        let token = Ed25519PrivateKey.generate().publicKey.raw.hex
+        try writeSecret(token + "\n", to: url)
+        return token
+    }
+
+    static func writeSecret(_ text: String, to url: URL) throws {
+        guard FileManager.default.createFile(atPath: url.path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw GatewayStartError("\(url.path): cannot write")
         }
     }
 }
 
 /// Calls back once both ports are known.
 final class PortRendezvous: Sendable {
-    private let state = Mutex<(api: Int?, worker: Int?, fired: Bool)>((nil, nil, false))
-    private let callback: @Sendable (Int, Int) -> Void
-    init(_ callback: @escaping @Sendable (Int, Int) -> Void) { self.callback = callback }
+    private struct State {
+        var api: Int?
+        var worker: Int?
+        var admin: Int?
+        var fired = false
+    }
+    private let state: Mutex<State>
+    private let callback: @Sendable (GatewayPorts) -> Void
+    init(admin: Bool, _ callback: @escaping @Sendable (GatewayPorts) -> Void) {
+        self.callback = callback
+        state = Mutex(State(admin: admin ? nil : 0))
+    }
     func api(_ port: Int) { update { $0.api = port } }
     func worker(_ port: Int) { update { $0.worker = port } }
-    private func update(_ change: (inout (api: Int?, worker: Int?, fired: Bool)) -> Void) {
-        let ready: (Int, Int)? = state.withLock { s in
+    func admin(_ port: Int) { update { $0.admin = port } }
+    private func update(_ change: (inout State) -> Void) {
+        let ready: GatewayPorts? = state.withLock { s in
             change(&s)
-            guard !s.fired, let a = s.api, let w = s.worker else { return nil }
+            guard !s.fired, let a = s.api, let w = s.worker, let m = s.admin else { return nil }
             s.fired = true
-            return (a, w)
+            return GatewayPorts(api: a, worker: w, admin: m)
         }
-        if let (a, w) = ready { callback(a, w) }
+        if let ready { callback(ready) }
     }
 }

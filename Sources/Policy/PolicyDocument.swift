@@ -27,6 +27,23 @@ public struct PolicyDocument: Sendable, Equatable {
     public var models: [AllowedArtifact]
     /// Require at least one allowlisted binary and one allowlisted model among the measured files.
     public var requireMeasurements: Bool
+    public var workers = WorkerRules()
+    public var stake = StakeRules()
+
+    /// How long admissions last.
+    public struct WorkerRules: Sendable, Equatable {
+        /// Seconds between re-attestations of an admitted worker; nil: the gateway's setting.
+        public var reattestIntervalSeconds: Int?
+        /// Seconds a session key may be used; a session older than this ends at its next
+        /// re-attestation and the worker is admitted afresh with a new key. nil: no limit.
+        public var sessionKeyLifetimeSeconds: Int?
+    }
+
+    /// The stake a worker's provider must hold on TON.
+    public struct StakeRules: Sendable, Equatable {
+        /// Minimum stake in nanotons (1 TON = 10^9); nil: no stake rule.
+        public var minimumNanotons: UInt64?
+    }
 
     public struct TPMRules: Sendable, Equatable {
         public var allowSHA1 = false
@@ -63,6 +80,9 @@ public struct PolicyDocument: Sendable, Equatable {
 
     /// The built-in default used when no policy file is named: accept `UpToDate` TDX only, no
     /// debug TDs, no SHA-1 TPM quotes, no measurement requirements.
+    /// The built-in default as a document (what the policy history records when no file is named).
+    public static let builtinDefaultText = "schema: \(schema)\nname: builtin-default\n"
+
     public static let builtinDefault = PolicyDocument(
         name: "builtin-default", formats: ["tpm2-quote", "tdx-quote", "sgx-quote"], tpm: TPMRules(), tdx: TDXRules(),
         binaries: [], models: [], requireMeasurements: false)
@@ -202,7 +222,7 @@ struct NodeReader {
     }
 
     mutating func document(_ root: Node) -> PolicyDocument? {
-        let top = mapping(root, "policy", allowed: ["schema", "name", "evidence", "measurements"])
+        let top = mapping(root, "policy", allowed: ["schema", "name", "evidence", "measurements", "workers", "stake"])
         let schema = string(top["schema"], "schema")
         if top["schema"] == nil { fail(root, "missing 'schema: \(PolicyDocument.schema)'") }
         if let schema, schema != PolicyDocument.schema {
@@ -256,7 +276,50 @@ struct NodeReader {
             doc.binaries = artifacts(m["binaries"], "measurements.binaries")
             doc.models = artifacts(m["models"], "measurements.models")
         }
+        if let workersNode = top["workers"] {
+            let w = mapping(workersNode, "workers", allowed: ["reattest_interval_seconds", "session_key_lifetime_seconds"])
+            doc.workers.reattestIntervalSeconds = seconds(w["reattest_interval_seconds"], "workers.reattest_interval_seconds")
+            doc.workers.sessionKeyLifetimeSeconds = seconds(
+                w["session_key_lifetime_seconds"], "workers.session_key_lifetime_seconds")
+        }
+        if let stakeNode = top["stake"] {
+            let st = mapping(stakeNode, "stake", allowed: ["minimum_ton"])
+            if let node = st["minimum_ton"] {
+                if let text = node.scalar?.string, let nano = Self.nanotons(text) {
+                    doc.stake.minimumNanotons = nano
+                } else {
+                    fail(node, "stake.minimum_ton must be a TON amount such as 100 or 2.5 (at most 9 decimals)")
+                }
+            }
+        }
         return doc
+    }
+
+    mutating func seconds(_ node: Node?, _ path: String) -> Int? {
+        guard let node else { return nil }
+        guard let n = node.int, (1...31_536_000).contains(n) else {
+            fail(node, "\(path) must be a whole number of seconds from 1 to 31536000")
+            return nil
+        }
+        return n
+    }
+
+    /// "2.5" → 2_500_000_000. Decimal text only: a float would round a stake.
+    static func nanotons(_ text: String) -> UInt64? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), !parts[0].isEmpty, parts[0].allSatisfy(\.isASCII), parts[0].allSatisfy(\.isNumber),
+              let whole = UInt64(parts[0])
+        else { return nil }
+        var fraction: UInt64 = 0
+        if parts.count == 2 {
+            let f = parts[1]
+            guard (1...9).contains(f.count), f.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+            fraction = UInt64(f + String(repeating: "0", count: 9 - f.count))!
+        }
+        let (scaled, overflow) = whole.multipliedReportingOverflow(by: 1_000_000_000)
+        guard !overflow else { return nil }
+        let (sum, overflow2) = scaled.addingReportingOverflow(fraction)
+        return overflow2 ? nil : sum
     }
 
     mutating func tdxRules(_ node: Node, into rules: inout PolicyDocument.TDXRules) {

@@ -83,3 +83,41 @@ extension PolicyDocument {
         return reasons
     }
 }
+
+extension PolicyDocument {
+    /// Re-evaluates an admitted worker against this policy from the claims its admission proved,
+    /// without new evidence: what applying a new policy does to every admitted worker at once.
+    /// Returns the reasons the worker no longer meets the policy (empty: it stays).
+    ///
+    /// Threat: a worker admitted under a policy that has since been tightened (a binary pulled
+    /// for a vulnerability, a TCB recovery) would otherwise keep serving until its next
+    /// re-attestation, or forever if it stops answering slowly enough.
+    public func reevaluate(format: String, claims: VerifiedClaims, tcbStatus: String?, advisoryIDs: [String], at time: Date)
+        -> [Reason]
+    {
+        let source = "policy.\(name)"
+        guard formats.contains(format) else {
+            return [Reason(.evidenceUnsupported, source, "evidence format '\(format)' is no longer accepted")]
+        }
+        var reasons = [Reason]()
+        if format == "tdx-quote" || format == "sgx-quote" {
+            if let status = tcbStatus, !tdx.acceptedTCBStatuses.contains(status) {
+                let graceEnd = claims.fields["tcb_date"].flatMap(Date.rfc3339)?
+                    .addingTimeInterval(TimeInterval(tdx.platformGracePeriodDays) * 86_400)
+                let inGrace = tdx.platformGracePeriodDays > 0
+                    && ["OutOfDate", "OutOfDateConfigurationNeeded"].contains(status) && graceEnd.map { time <= $0 } == true
+                if !inGrace {
+                    reasons.append(Reason(.tcbStatusNotAllowed, source, "TCB status \(status) is not accepted"))
+                }
+            }
+            let rejected = advisoryIDs.filter { tdx.rejectedAdvisoryIDs.contains($0) }
+            if !rejected.isEmpty {
+                reasons.append(Reason(.tcbStatusNotAllowed, source, "advisories \(rejected.joined(separator: ", ")) are rejected"))
+            }
+            if claims.fields["debug"] == "true", !tdx.allowDebug {
+                reasons.append(Reason(.policyDebugNotAllowed, source, "debug guests are not allowed"))
+            }
+        }
+        return reasons + evaluate(claims)
+    }
+}

@@ -12,7 +12,10 @@ struct CCGate: ParsableCommand {
         discussion: """
             Exit status: 0 success (evidence accepted), 1 evidence rejected, 2 unreadable input or bad usage.
             """,
-        subcommands: [ServeCommand.self, EvidenceCommand.self, PolicyCommand.self, CollateralCommand.self])
+        subcommands: [
+            ServeCommand.self, EvidenceCommand.self, PolicyCommand.self, CollateralCommand.self, WorkersCommand.self, AuditCommand.self,
+            KeysCommand.self,
+        ])
 
     static func main() { runWithProjectExitCodes() }
 }

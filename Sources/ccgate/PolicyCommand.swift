@@ -4,9 +4,204 @@ import Foundation
 import CommandLineSupport
 import Policy
 
+/// Left-aligns `s` in `width` columns.
+func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }
+
 struct PolicyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "policy", abstract: "Check and inspect policy documents.", subcommands: [Lint.self, Measure.self])
+        commandName: "policy", abstract: "Write, sign, apply and inspect admission policies.",
+        discussion: """
+            Local: lint, measure, diff, sign. Against a running gateway's admin API (--admin-url, --token-file):
+            apply, show, history, rollback. A gateway applies only policies signed by one of its pinned admin keys
+            (`ccgate serve --admin-key PEM`); each applied policy becomes the next version, and every admitted
+            worker is re-evaluated against it at once.
+
+            A typical change:
+              ccgate policy diff @active new.yaml           # what changes, against the policy in force
+              ccgate policy sign new.yaml --key admin.key    # writes new.yaml.sig
+              ccgate policy apply new.yaml --dry-run         # which admitted workers it would evict, and why
+              ccgate policy apply new.yaml
+              ccgate policy rollback 3                       # version 3 again, as a new version
+            """,
+        subcommands: [
+            Lint.self, Measure.self, Diff.self, Sign.self, Apply.self, Show.self, History.self, Rollback.self,
+        ])
+
+    /// A policy's text from a file, or from the gateway (`@N`, `@active`).
+    static func source(_ spec: String, admin: AdminOptions) throws -> (text: String, label: String) {
+        if spec.hasPrefix("@") {
+            let which = spec.dropFirst()
+            var query = [URLQueryItem]()
+            if which != "active" {
+                guard let n = Int(which), n > 0 else { throw failure("\(spec): use @N for version N or @active") }
+                query.append(URLQueryItem(name: "version", value: String(n)))
+            }
+            let object = try admin.client().call("GET", "v1/admin/policy", query: query)
+            return (object["text"] as? String ?? "", "version \(object["version"] as? Int ?? 0)")
+        }
+        guard let text = try? String(contentsOfFile: spec, encoding: .utf8) else { throw failure("\(spec): cannot read") }
+        return (text, spec)
+    }
+
+    static func document(_ text: String, label: String) throws -> PolicyDocument {
+        do throws(PolicyLoadErrors) { return try PolicyDocument.parse(text, file: label) } catch {
+            throw failure("\(label) is not a valid policy:\n\(error)")
+        }
+    }
+
+    struct Diff: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show what changes between two policies: digests added and removed, thresholds changed.",
+            discussion: """
+                Each line is '+' (added), '-' (removed) or '~' (changed), the setting, and the values. A policy is a
+                file, or @N (version N) or @active from the gateway's admin API. Exit status: 0 no changes, 1 changes.
+
+                Examples:
+                  ccgate policy diff Policies/default.yaml new.yaml
+                  ccgate policy diff @active new.yaml --admin-url http://gw:8445
+                """)
+        @Argument(help: ArgumentHelp("The old policy.", valueName: "A")) var old: String
+        @Argument(help: ArgumentHelp("The new policy.", valueName: "B")) var new: String
+        @OptionGroup var admin: AdminOptions
+
+        func run() throws {
+            let a = try PolicyCommand.source(old, admin: admin)
+            let b = try PolicyCommand.source(new, admin: admin)
+            let changes = try PolicyCommand.document(a.text, label: a.label).changes(to: PolicyCommand.document(b.text, label: b.label))
+            if changes.isEmpty { print("no changes") }
+            for c in changes { print(c.description) }
+            if !changes.isEmpty { throw ExitCode(1) }
+        }
+    }
+
+    struct Sign: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Sign a policy with an admin key (Ed25519); writes FILE.sig.",
+            discussion: """
+                The policy is checked first: an invalid document is not signed. The signature covers the file's exact
+                bytes; editing the file afterwards (even whitespace) makes the gateway refuse it. Keys: `ccgate keys
+                generate`, or `openssl genpkey -algorithm ed25519 -out admin.key`.
+
+                Example:
+                  ccgate policy sign new.yaml --key admin.key
+                """)
+        @Argument(help: ArgumentHelp("The policy document.", valueName: "FILE")) var file: String
+        @Option(help: ArgumentHelp("The admin private key (PEM, Ed25519).", valueName: "KEY")) var key: String
+        @Option(help: ArgumentHelp("Where to write the signature (default FILE.sig).", valueName: "FILE")) var out: String?
+
+        func run() throws {
+            guard let data = FileManager.default.contents(atPath: file) else { throw failure("\(file): cannot read") }
+            _ = try PolicyCommand.document(String(decoding: data, as: UTF8.self), label: file)
+            guard let keyText = try? String(contentsOfFile: key, encoding: .utf8) else { throw failure("\(key): cannot read") }
+            let privateKey: Ed25519PrivateKey
+            do { privateKey = try Ed25519PrivateKey(pem: keyText) } catch { throw failure("\(key): \(error)") }
+            let signature = PolicySignature.sign(data, with: privateKey)
+            let target = out ?? file + ".sig"
+            do { try signature.json.write(toFile: target, atomically: true, encoding: .utf8) } catch { throw failure("\(target): \(error)") }
+            print("\(target): signed sha256 \(signature.policySHA256) with key \(privateKey.publicKey.fingerprint)")
+        }
+    }
+
+    struct Apply: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Apply a signed policy on the gateway; --dry-run lists the workers it would evict.",
+            discussion: """
+                The gateway checks the signature (FILE.sig unless --signature) against its pinned admin keys, records
+                the policy as the next version, re-evaluates every admitted worker against it and evicts those that no
+                longer meet it, all audited. Exit status: 0 applied (or dry run done), 1 refused, 2 bad usage.
+
+                Examples:
+                  ccgate policy apply new.yaml --dry-run
+                  ccgate policy apply new.yaml --admin-url http://127.0.0.1:8445 --token-file data/admin.token
+                """)
+        @Argument(help: ArgumentHelp("The policy document.", valueName: "FILE")) var file: String
+        @Option(help: ArgumentHelp("Its signature (default FILE.sig).", valueName: "FILE")) var signature: String?
+        @Flag(help: "Check and show the effect without applying.") var dryRun = false
+        @Flag(help: "Print the gateway's answer as JSON.") var json = false
+        @OptionGroup var admin: AdminOptions
+
+        func run() throws {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw failure("\(file): cannot read") }
+            let sigPath = signature ?? file + ".sig"
+            let sig = try? String(contentsOfFile: sigPath, encoding: .utf8)
+            if sig == nil, signature != nil { throw failure("\(sigPath): cannot read") }
+            var body: [String: Any] = ["policy": text, "dry_run": dryRun]
+            if let sig { body["signature"] = sig }
+            let answer = try admin.client().call("POST", "v1/admin/policy/apply", body: body)
+            PolicyCommand.printOutcome(answer, json: json)
+        }
+    }
+
+    static func printOutcome(_ answer: [String: Any], json: Bool) {
+        if json {
+            print(String(decoding: (try? JSONSerialization.data(withJSONObject: answer, options: [.sortedKeys, .prettyPrinted])) ?? Data(), as: UTF8.self))
+            return
+        }
+        let dry = answer["dry_run"] as? Bool ?? false
+        let name = answer["name"] as? String ?? "?"
+        if dry {
+            print("dry run: policy '\(name)' (sha256 \(answer["sha256"] as? String ?? "?")) is valid and signed by \((answer["signer"] as? String)?.prefix(16) ?? "?")…")
+        } else {
+            print("applied: policy '\(name)' is version \(answer["version"] as? Int ?? 0)")
+        }
+        let changes = answer["changes"] as? [String] ?? []
+        print(changes.isEmpty ? "changes: none" : "changes:")
+        for c in changes { print("  \(c)") }
+        let evictions = answer["evictions"] as? [[String: Any]] ?? []
+        let verb = dry ? "would evict" : "evicted"
+        print(evictions.isEmpty ? "\(verb): no workers" : "\(verb) \(evictions.count) worker\(evictions.count == 1 ? "" : "s"):")
+        for e in evictions {
+            print("  \(e["worker"] as? String ?? "?"): \((e["reasons"] as? [String] ?? []).joined(separator: ", ")) — \(e["message"] as? String ?? "")")
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the policy in force, or version N, as applied.",
+            discussion: "The document goes to standard output exactly as signed; its version, digest and signer to standard error.")
+        @Option(help: ArgumentHelp("The version to show (default: the one in force).", valueName: "N")) var version: Int?
+        @OptionGroup var admin: AdminOptions
+
+        func run() throws {
+            let query = version.map { [URLQueryItem(name: "version", value: String($0))] } ?? []
+            let o = try admin.client().call("GET", "v1/admin/policy", query: query)
+            let header = "# version \(o["version"] as? Int ?? 0)\((o["active"] as? Bool ?? false) ? " (in force)" : ""): '\(o["name"] as? String ?? "")', sha256 \(o["sha256"] as? String ?? ""), applied \(o["applied_at"] as? String ?? "") by \(o["actor"] as? String ?? ""), signer \(o["signer"] as? String ?? "none")\n"
+            FileHandle.standardError.write(Data(header.utf8))
+            FileHandle.standardOutput.write(Data((o["text"] as? String ?? "").utf8))
+        }
+    }
+
+    struct History: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List every policy version the gateway has applied.")
+        @OptionGroup var admin: AdminOptions
+
+        func run() throws {
+            let o = try admin.client().call("GET", "v1/admin/policy/history")
+            let versions = o["versions"] as? [[String: Any]] ?? []
+            print("VERSION  APPLIED               ACTOR          NAME                  SHA256            NOTE")
+            for v in versions {
+                let mark = (v["active"] as? Bool ?? false) ? "*" : " "
+                print(
+                    "\(mark)\(pad(String(v["version"] as? Int ?? 0), 8)) \(pad(v["applied_at"] as? String ?? "", 21)) \(pad(v["actor"] as? String ?? "", 14)) \(pad(v["name"] as? String ?? "", 21)) \(pad(String((v["sha256"] as? String ?? "").prefix(16)), 17)) \(v["note"] as? String ?? "")")
+            }
+        }
+    }
+
+    struct Rollback: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Put an earlier policy version in force again (as a new version).",
+            discussion: "The old version's signature is checked again under the keys pinned today. Workers it no longer admits are evicted.")
+        @Argument(help: ArgumentHelp("The version to restore.", valueName: "N")) var version: Int
+        @Flag(help: "Show the effect without applying.") var dryRun = false
+        @Flag(help: "Print the gateway's answer as JSON.") var json = false
+        @OptionGroup var admin: AdminOptions
+
+        func run() throws {
+            let answer = try admin.client().call("POST", "v1/admin/policy/rollback", body: ["version": version, "dry_run": dryRun])
+            PolicyCommand.printOutcome(answer, json: json)
+        }
+    }
+
 
     struct Measure: ParsableCommand {
         static let configuration = CommandConfiguration(

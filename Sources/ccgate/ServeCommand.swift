@@ -11,13 +11,19 @@ struct ServeCommand: ParsableCommand {
         commandName: "serve",
         abstract: "Run the gateway: the OpenAI-compatible API and the worker port.",
         discussion: """
-            Workers dial the worker port, are challenged, attest, and are admitted under the policy; developers
-            call the API with one of the API keys. Every admission, rejection, re-attestation, eviction and key
-            issuance is appended to the audit log (JSON Lines, hash-chained).
+            Workers dial the worker port, are challenged, attest, and are admitted under the policy in force;
+            developers call the API with one of the API keys. Every admission, rejection, re-attestation, eviction,
+            key issuance, policy change and admin login is appended to the audit log in the data directory
+            (SQLite, hash-chained, with a checkpoint signed by the gateway key at least every minute).
+
+            The data directory holds ccgate.db (policies, audit log, workers, API keys), gateway.key and gateway.pub
+            (the checkpoint signing key, made on first start) and admin.token (the admin API token, likewise).
+            --policy seeds a new data directory as policy version 1; after that the stored history is in force and
+            changes go through `ccgate policy apply`, which needs a signature by a key given with --admin-key.
 
             Examples:
-              ccgate serve --api-key-file keys.txt --policy Policies/default.yaml --audit data/audit.jsonl
-              ccgate serve --port 0 --worker-port 0 --api-key demo-key
+              ccgate serve --api-key-file keys.txt --policy Policies/default.yaml --admin-key admin.pub
+              ccgate serve --port 0 --worker-port 0 --admin-port 0 --api-key demo-key --data-dir /tmp/ccgate
             """)
 
     @Option(help: ArgumentHelp("Address the API listens on.", valueName: "HOST")) var host = "127.0.0.1"
@@ -27,8 +33,18 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("api-key"), help: ArgumentHelp("An accepted API key; repeatable.", valueName: "KEY"))
     var apiKeys: [String] = []
     @Option(help: ArgumentHelp("A file with one API key per line.", valueName: "FILE")) var apiKeyFile: String?
-    @Option(help: ArgumentHelp("The admission policy (YAML).", valueName: "FILE")) var policy = "Policies/default.yaml"
-    @Option(help: ArgumentHelp("Append the audit log here.", valueName: "FILE")) var audit = "data/audit.jsonl"
+    @Option(help: ArgumentHelp("The policy a new data directory starts with (YAML; FILE.sig beside it is its signature).", valueName: "FILE"))
+    var policy = "Policies/default.yaml"
+    @Option(help: ArgumentHelp("Durable state: ccgate.db, gateway.key, admin.token.", valueName: "DIR")) var dataDir = "data"
+    @Option(help: ArgumentHelp("Address the admin API listens on.", valueName: "HOST")) var adminHost = "127.0.0.1"
+    @Option(help: ArgumentHelp("Admin API port (0: any free port; -1: no admin API).", valueName: "N")) var adminPort = 8445
+    @Option(help: ArgumentHelp("The admin token file (default DIR/admin.token, made if missing).", valueName: "FILE"))
+    var adminTokenFile: String?
+    @Option(
+        name: .customLong("admin-key"),
+        help: ArgumentHelp("An admin public key (PEM, Ed25519) whose signature makes a policy applicable; repeatable.", valueName: "PEM"))
+    var adminKeys: [String] = []
+    @Option(help: ArgumentHelp("Longest time between signed audit checkpoints.", valueName: "S")) var checkpointSeconds = 60
     @Option(help: ArgumentHelp("Seconds between re-attestations of each worker.", valueName: "S")) var reattestSeconds = 60
     @Option(help: ArgumentHelp("Write 'api=PORT worker=PORT' here once listening.", valueName: "FILE")) var portsFile: String?
     @Option(
@@ -50,6 +66,8 @@ struct ServeCommand: ParsableCommand {
     func validate() throws {
         guard (0...65535).contains(port), (0...65535).contains(workerPort) else { throw ValidationError("ports are 0-65535") }
         guard (1...86400).contains(reattestSeconds) else { throw ValidationError("--reattest-seconds must be 1-86400") }
+        guard (-1...65535).contains(adminPort) else { throw ValidationError("--admin-port is -1 (none) or 0-65535") }
+        guard (1...3600).contains(checkpointSeconds) else { throw ValidationError("--checkpoint-seconds must be 1-3600") }
     }
 
     func run() throws {
@@ -65,10 +83,28 @@ struct ServeCommand: ParsableCommand {
         configuration.workerHost = workerHost
         configuration.workerPort = workerPort
         configuration.apiKeys = keys
-        do { configuration.policy = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: policy)) } catch {
+        do {
+            configuration.policy = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: policy))
+            configuration.policyText = try String(contentsOfFile: policy, encoding: .utf8)
+        } catch {
             throw failure("policy \(policy) is invalid:\n\(error)")
         }
-        configuration.auditPath = URL(fileURLWithPath: audit)
+        configuration.policySignature = try? String(contentsOfFile: policy + ".sig", encoding: .utf8)
+        configuration.dataDirectory = URL(fileURLWithPath: dataDir)
+        configuration.adminHost = adminHost
+        configuration.adminPort = adminPort < 0 ? nil : adminPort
+        if let adminTokenFile {
+            guard let token = try? String(contentsOfFile: adminTokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+                  token.count >= 16
+            else { throw failure("\(adminTokenFile): cannot read an admin token of at least 16 characters") }
+            configuration.adminToken = token
+        }
+        for path in adminKeys {
+            do { configuration.adminKeys.append(try Ed25519PublicKey(text: try String(contentsOfFile: path, encoding: .utf8))) } catch {
+                throw failure("--admin-key \(path): \(error)")
+            }
+        }
+        configuration.checkpointInterval = .seconds(checkpointSeconds)
         configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))
         if !dcapRoots.isEmpty {
             configuration.dcapRoots = []
@@ -96,14 +132,26 @@ struct ServeCommand: ParsableCommand {
         }
         let portsFile = self.portsFile
         let settings = configuration
-        let server = GatewayServer(configuration: settings)
+        let dataDir = self.dataDir
         let result = BlockingRun.run {
-            try await server.run { api, worker in
-                FileHandle.standardError.write(Data("ccgate: API on http://\(settings.host):\(api), worker port \(settings.workerHost):\(worker), policy '\(settings.policy.name)'\n".utf8))
-                if let portsFile { try? Data("api=\(api) worker=\(worker)\n".utf8).write(to: URL(fileURLWithPath: portsFile), options: .atomic) }
+            let server: GatewayServer
+            do { server = try await GatewayServer.open(configuration: settings) } catch { throw ReportedFailure("ccgate", "\(error)", status: 2) }
+            let active = server.policies.current
+            if active.text != settings.policyText {
+                FileHandle.standardError.write(Data("ccgate: policy version \(active.version) ('\(active.document.name)') from \(dataDir) is in force; --policy seeds only a new data directory (change policy with `ccgate policy apply`)\n".utf8))
+            }
+            try await server.run { ports in
+                let admin = ports.admin > 0 ? ", admin API http://\(settings.adminHost):\(ports.admin)" : ""
+                FileHandle.standardError.write(Data("ccgate: API on http://\(settings.host):\(ports.api), worker port \(settings.workerHost):\(ports.worker)\(admin), policy version \(active.version) '\(active.document.name)'\n".utf8))
+                if let portsFile {
+                    try? Data("api=\(ports.api) worker=\(ports.worker) admin=\(ports.admin)\n".utf8).write(to: URL(fileURLWithPath: portsFile), options: .atomic)
+                }
             }
         }
-        if case .failure(let error) = result { throw failure("\(error)", status: 1) }
+        if case .failure(let error) = result {
+            if let reported = error as? ReportedFailure { throw reported }
+            throw failure("\(error)", status: 1)
+        }
     }
 }
 

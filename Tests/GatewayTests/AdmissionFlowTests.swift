@@ -39,7 +39,8 @@ import WorkerProtocol
         let events = try gateway.auditEvents()
         #expect(events.contains { $0["event"] as? String == "admission" && $0["decision"] as? String == "admit" })
         #expect(events.contains { $0["event"] as? String == "session-key" })
-        _ = try AuditFile.verify(contentsOf: gateway.auditURL)
+        let chain = try await gateway.verifiedChain()
+        #expect(chain.entries >= 4 && chain.unsignedTail == 0)
     }
 
     /// Threat: a worker running a modified engine. One changed byte and it is rejected, audited,

@@ -14,48 +14,56 @@ import WorkerAgent
 final class GatewayHarness: Sendable {
     let apiPort: Int
     let workerPort: Int
+    /// 0 unless the configuration asks for an admin API.
+    let adminPort: Int
     let apiKey = "test-key-\(UUID().uuidString)"
-    let auditURL: URL
+    let dataDirectory: URL
     let server: GatewayServer
     private let task: Task<Void, any Error>
     let directory: TemporaryDirectory
 
-    static func policy(engine: Data, model: Data) throws -> PolicyDocument {
-        try PolicyDocument.parse("""
-            schema: ccgate.policy/v1
-            name: test
-            evidence:
-              formats: [tpm2-quote]
-              tpm: {require_restricted_ak: true}
-            measurements:
-              binaries: [{name: engine, sha256: \(HashAlgorithm.sha256.hash(engine).hex)}]
-              models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
-            """)
+    static func policy(engine: Data, model: Data) -> String { policyText(engines: [engine], model: model) }
+
+    /// A TPM policy allowing exactly these engine and model digests.
+    static func policyText(engines: [Data], model: Data, name: String = "test") -> String {
+        """
+        schema: ccgate.policy/v1
+        name: \(name)
+        evidence:
+          formats: [tpm2-quote]
+          tpm: {require_restricted_ak: true}
+        measurements:
+          binaries: [\(engines.enumerated().map { "{name: engine-\($0.offset), sha256: \(HashAlgorithm.sha256.hash($0.element).hex)}" }.joined(separator: ", "))]
+          models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
+        """
     }
 
-    init(policy: PolicyDocument, reattest: Duration = .seconds(60), adjust: (inout GatewayConfiguration) -> Void = { _ in })
+    /// A gateway whose data directory starts with the policy `policy` (YAML text).
+    init(policy: String, reattest: Duration = .seconds(60), adjust: (inout GatewayConfiguration) -> Void = { _ in })
         async throws
     {
         directory = try TemporaryDirectory("gateway")
-        auditURL = directory.file("audit.jsonl")
+        dataDirectory = directory.file("data")
         var configuration = GatewayConfiguration()
+        configuration.dataDirectory = dataDirectory
         configuration.port = 0
         configuration.workerPort = 0
         configuration.apiKeys = [apiKey]
-        configuration.policy = policy
-        configuration.auditPath = auditURL
+        configuration.policy = try PolicyDocument.parse(policy)
+        configuration.policyText = policy
         // Generous: on a loaded 2-core machine a quote from swtpm, under parallel tests, can take
         // more than ten seconds, and a handshake timeout would then read as a missing rejection.
         configuration.timings = WorkerTimings(handshakeTimeout: .seconds(60), reattestInterval: reattest)
         adjust(&configuration)
-        let server = GatewayServer(configuration: configuration)
-        let (ports, continuation) = AsyncStream<(Int, Int)>.makeStream()
-        task = Task { try await server.run(signals: []) { api, worker in continuation.yield((api, worker)) } }
+        let server = try await GatewayServer.open(configuration: configuration)
+        let (ports, continuation) = AsyncStream<GatewayPorts>.makeStream()
+        task = Task { try await server.run(signals: []) { continuation.yield($0) } }
         var iterator = ports.makeAsyncIterator()
-        guard let (api, worker) = await iterator.next() else { throw CancellationError() }
+        guard let bound = await iterator.next() else { throw CancellationError() }
         self.server = server
-        apiPort = api
-        workerPort = worker
+        apiPort = bound.api
+        workerPort = bound.worker
+        adminPort = bound.admin
     }
 
     func stop() async {
@@ -78,9 +86,38 @@ final class GatewayHarness: Sendable {
         return (Int(text[text.index(after: cut)...]) ?? 0, String(text[..<cut]))
     }
 
+    /// The audit log's entries, as the JSON objects an export holds.
     func auditEvents() throws -> [[String: Any]] {
-        let text = try String(contentsOf: auditURL, encoding: .utf8)
-        return text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        var out = [[String: Any]]()
+        try server.store.lines(AuditQuery()) { _, line in
+            if let o = try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] { out.append(o) }
+            return true
+        }
+        return out
+    }
+
+    /// Signs a checkpoint and verifies the whole chain as `ccgate audit verify` would.
+    func verifiedChain() async throws -> AuditVerifier.Summary {
+        try await server.audit.checkpoint()
+        var export = Data()
+        try AuditExport.write(from: server.store, query: AuditQuery(), format: .jsonl, to: { export.append($0) })
+        return try AuditVerifier.verify(export, key: server.audit.key.publicKey)
+    }
+
+    /// A request to the admin API through curl, with the gateway's admin token unless `token` says otherwise.
+    func admin(_ path: String, method: String = "GET", json: [String: Any]? = nil, token: String? = nil) async throws
+        -> (status: Int, body: [String: Any])
+    {
+        var args = ["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "http://127.0.0.1:\(adminPort)" + path, "--max-time", "60"]
+        args += ["-H", "Authorization: Bearer \(token ?? server.adminToken)"]
+        if let json {
+            let body = String(decoding: try JSONSerialization.data(withJSONObject: json), as: UTF8.self)
+            args += ["-H", "Content-Type: application/json", "--data-binary", body]
+        }
+        let text = try await ProcessRunner.run("curl", args).stdout
+        guard let cut = text.lastIndex(of: "\n") else { return (0, [:]) }
+        let object = (try? JSONSerialization.jsonObject(with: Data(text[..<cut].utf8))) as? [String: Any] ?? [:]
+        return (Int(text[text.index(after: cut)...]) ?? 0, object)
     }
 }
 

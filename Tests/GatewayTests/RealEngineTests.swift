@@ -51,14 +51,14 @@ import WorkerAgent
         }
         try #require(ready, "the engine did not come up")
 
-        let policy = try PolicyDocument.parse("""
+        let policy = """
             schema: ccgate.policy/v1
             name: real
             evidence: {formats: [tpm2-quote], tpm: {require_restricted_ak: true}}
             measurements:
               binaries: [{name: ccinfer, sha256: \(try FileMeasurer.digest(of: env.engine).hex)}]
               models: [{name: smollm2, sha256: b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53}]
-            """)
+            """
         let gateway = try await GatewayHarness(policy: policy)
         let worker = try await TestWorker(id: "gpu-1", gatewayPort: gateway.workerPort, enginePort: port,
                                           measured: [env.engine, env.model], modelName: "smollm2-135m-instruct")

@@ -14,8 +14,8 @@ import WorkerAgent
     static let engine = Data("engine build 1.0 — the audited binary".utf8)
     static let model = Data("model weights v1".utf8)
 
-    static func policy() throws -> PolicyDocument {
-        try PolicyDocument.parse("""
+    static func policy() -> String {
+        """
             schema: ccgate.policy/v1
             name: tdx-test
             evidence:
@@ -24,7 +24,7 @@ import WorkerAgent
             measurements:
               binaries: [{name: engine, sha256: \(HashAlgorithm.sha256.hash(engine).hex)}]
               models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
-            """)
+            """
     }
 
     /// A gateway trusting the world's root, with the world's collateral imported into its cache,
@@ -33,7 +33,7 @@ import WorkerAgent
         let cacheDir = try TemporaryDirectory("collateral")
         let cache = try CollateralCache(directory: cacheDir.url)
         _ = try cache.store([world.collateral()], roots: [world.root.fingerprint], at: DCAPWorld.referenceTime)
-        let gateway = try await GatewayHarness(policy: try policy()) { c in
+        let gateway = try await GatewayHarness(policy: policy()) { c in
             c.dcapRoots = [world.root.fingerprint]
             c.collateralSource = cache
             c.clock = FixedClock(DCAPWorld.referenceTime)

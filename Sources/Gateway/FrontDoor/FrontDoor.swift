@@ -10,22 +10,27 @@ import NIOCore
 /// least-loaded first; a worker that fails before the first response byte is replaced by another.
 public struct FrontDoor: Sendable {
     public let registry: WorkerRegistry
-    public let apiKeys: [String]
+    /// SHA-256 of each accepted API key: the keys themselves are kept nowhere.
+    public let apiKeyDigests: Set<Data>
     /// Largest accepted request body. Chat requests with long histories are tens of KiB.
     public var maxBodySize = 1 << 20
     /// Workers tried for one request before giving up.
     public var maxAttempts = 3
 
     public init(registry: WorkerRegistry, apiKeys: [String]) {
+        self.init(registry: registry, apiKeyDigests: Set(apiKeys.map { Data(SHA256Digest.of(Data($0.utf8))) }))
+    }
+
+    public init(registry: WorkerRegistry, apiKeyDigests: Set<Data>) {
         self.registry = registry
-        self.apiKeys = apiKeys
+        self.apiKeyDigests = apiKeyDigests
     }
 
     public func router() -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: OpenAIErrorMiddleware())
         router.get("/healthz") { _, _ in "ok\n" }
-        let api = router.group("v1").add(middleware: APIKeyMiddleware(keys: apiKeys))
+        let api = router.group("v1").add(middleware: APIKeyMiddleware(keyDigests: apiKeyDigests))
         api.get("models") { _, _ in try self.modelsResponse() }
         api.post("chat/completions") { request, context in try await self.forward(request, context, path: "/v1/chat/completions", required: "messages") }
         api.post("completions") { request, context in try await self.forward(request, context, path: "/v1/completions", required: "prompt") }

@@ -73,9 +73,6 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     let keyDigests: Set<Data>
 
-    init(keys: [String]) {
-        keyDigests = Set(keys.map { Data(SHA256Digest.of(Data($0.utf8))) })
-    }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { throw OpenAIError.unauthorized }

@@ -24,11 +24,17 @@ public final class WorkerLink: Sendable {
         var nextRequestID: UInt64 = 1
         var pending: [UInt64: AsyncThrowingStream<ChannelPayload, any Error>.Continuation] = [:]
         var closed: String?
+        /// Why the gateway ended the session, when it did (eviction, key lifetime), and whether
+        /// that was already audited.
+        var ending: (code: String, message: String, audited: Bool)?
     }
     private let state = Mutex(State())
+    /// Closes the worker's connection.
+    let disconnect: @Sendable () -> Void
 
     init(workerID: String, sessionID: String, models: [String], kemPublicKey: Data, sealer: ChannelSealer,
-         opener: ChannelOpener, outbox: AsyncStream<WireMessage>.Continuation) {
+         opener: ChannelOpener, outbox: AsyncStream<WireMessage>.Continuation, disconnect: @escaping @Sendable () -> Void) {
+        self.disconnect = disconnect
         self.workerID = workerID
         self.sessionID = sessionID
         self.models = models
@@ -102,6 +108,16 @@ public final class WorkerLink: Sendable {
         for c in pending { c.finish(throwing: WorkerFailure(message: reason)) }
         outbox.finish()
     }
+
+    /// Ends the session from the gateway's side: requests in flight fail, the connection closes,
+    /// and the session's end is reported with `code` (`audited`: the caller recorded it already).
+    func end(code: String, message: String, audited: Bool) {
+        state.withLock { s in if s.ending == nil { s.ending = (code, message, audited) } }
+        close(reason: message)
+        disconnect()
+    }
+
+    var ending: (code: String, message: String, audited: Bool)? { state.withLock { $0.ending } }
 
     public var inFlight: Int { state.withLock { $0.pending.count } }
     public var isClosed: Bool { state.withLock { $0.closed != nil } }

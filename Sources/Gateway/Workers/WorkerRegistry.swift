@@ -1,3 +1,5 @@
+import AttestationCore
+import AuditLog
 import Foundation
 import Synchronization
 
@@ -9,11 +11,21 @@ public final class WorkerRegistry: Sendable {
         public let models: [String]
         public let inFlight: Int
         public let admittedAt: Date
+        public let record: WorkerRecord
+    }
+
+    /// What the admission proved, kept so a new policy can be applied to the worker at once.
+    struct Admission: Sendable {
+        let format: String
+        let claims: VerifiedClaims
+        let tcbStatus: String?
+        let advisoryIDs: [String]
     }
 
     private struct Entry {
         let link: WorkerLink
-        let admittedAt: Date
+        var record: WorkerRecord
+        let admission: Admission
     }
     private let entries = Mutex<[String: Entry]>([:])
 
@@ -21,18 +33,32 @@ public final class WorkerRegistry: Sendable {
 
     /// Registers an admitted worker; a previous session of the same worker id is returned so the
     /// caller can close it (one live session per worker).
-    func add(_ link: WorkerLink, at time: Date) -> WorkerLink? {
+    func add(_ link: WorkerLink, record: WorkerRecord, admission: Admission) -> WorkerLink? {
         entries.withLock { e in
             let previous = e[link.workerID]?.link
-            e[link.workerID] = Entry(link: link, admittedAt: time)
+            e[link.workerID] = Entry(link: link, record: record, admission: admission)
             return previous
         }
     }
 
-    /// Removes a worker's session (only that session: a newer one under the same id stays).
-    func remove(workerID: String, sessionID: String) {
+    /// Notes a passed re-attestation.
+    func attested(workerID: String, sessionID: String, at time: Date, evidence: String) -> WorkerRecord? {
         entries.withLock { e in
-            if e[workerID]?.link.sessionID == sessionID { e.removeValue(forKey: workerID) }
+            guard e[workerID]?.link.sessionID == sessionID else { return nil }
+            e[workerID]!.record.lastAttested = time
+            e[workerID]!.record.evidenceSHA256 = evidence
+            return e[workerID]!.record
+        }
+    }
+
+    /// Removes a worker's session (only that session: a newer one under the same id stays).
+    /// Returns whether it was there.
+    @discardableResult
+    func remove(workerID: String, sessionID: String) -> Bool {
+        entries.withLock { e in
+            guard e[workerID]?.link.sessionID == sessionID else { return false }
+            e.removeValue(forKey: workerID)
+            return true
         }
     }
 
@@ -51,10 +77,21 @@ public final class WorkerRegistry: Sendable {
 
     public var workers: [Summary] {
         entries.withLock { e in
-            e.values.map { Summary(workerID: $0.link.workerID, models: $0.link.models, inFlight: $0.link.inFlight, admittedAt: $0.admittedAt) }
-                .sorted { $0.workerID < $1.workerID }
+            e.values.map {
+                Summary(
+                    workerID: $0.link.workerID, models: $0.link.models, inFlight: $0.link.inFlight,
+                    admittedAt: $0.record.admittedAt, record: $0.record)
+            }
+            .sorted { $0.workerID < $1.workerID }
         }
     }
+
+    /// Every admitted worker with what its admission proved.
+    func admitted() -> [(link: WorkerLink, record: WorkerRecord, admission: Admission)] {
+        entries.withLock { e in e.values.map { ($0.link, $0.record, $0.admission) }.sorted { $0.0.workerID < $1.0.workerID } }
+    }
+
+    func link(_ workerID: String) -> WorkerLink? { entries.withLock { $0[workerID]?.link } }
 
     public func isAdmitted(_ workerID: String) -> Bool { entries.withLock { $0[workerID] != nil } }
 }

@@ -29,11 +29,11 @@ public final class WorkerServer: Sendable {
 
     let registry: WorkerRegistry
     let admission: AdmissionService
-    let audit: AuditFile?
+    let audit: AuditTrail
     let timings: WorkerTimings
     let logger: Logger
 
-    public init(registry: WorkerRegistry, admission: AdmissionService, audit: AuditFile?, timings: WorkerTimings = .init(),
+    public init(registry: WorkerRegistry, admission: AdmissionService, audit: AuditTrail, timings: WorkerTimings = .init(),
                 logger: Logger = Logger(label: "ccgate.workers")) {
         self.registry = registry
         self.admission = admission
@@ -72,8 +72,24 @@ public final class WorkerServer: Sendable {
         }
     }
 
-    func record(_ event: AuditEvent) {
-        do { try audit?.append(event) } catch { logger.error("audit append failed", metadata: ["error": "\(error)"]) }
+    /// Records an event that nobody waits on (protocol errors, session ends); a failure is logged.
+    func record(_ event: AuditEvent, worker: WorkerChange? = nil) async {
+        do { try await audit.record(event, worker: worker) } catch {
+            logger.error("audit append failed", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Records a decision before it is acted on. Threat: a decision acted on but lost from the
+    /// log (a crash between the two); if the log cannot be written, the decision is not made.
+    func recordOrEnd(_ event: AuditEvent, evidence: StoredEvidence? = nil, worker: WorkerChange? = nil) async throws {
+        try await recordOrEnd([.event(event, evidence: evidence, worker: worker)])
+    }
+
+    func recordOrEnd(_ drafts: [AuditDraft]) async throws {
+        do { try await audit.record(drafts) } catch {
+            logger.error("audit append failed", metadata: ["error": "\(error)"])
+            throw SessionEnd(code: "gateway.audit-unavailable", message: "the gateway cannot record decisions now; try again later")
+        }
     }
 
     /// A failure that ends a worker connection with a coded error message.
@@ -93,7 +109,7 @@ public final class WorkerServer: Sendable {
                     try? await outbound.write(.error(.init(code: end.code, message: end.message)))
                 } catch let frame as FrameError {
                     logger.notice("bad frame from worker connection", metadata: ["ccgate.peer": "\(peer)", "error": "\(frame)"])
-                    record(AuditEvent(event: "protocol-error", decision: "closed", reasons: [frame.code], detail: ["peer": peer, "message": frame.description]))
+                    await record(AuditEvent(event: "protocol-error", decision: "closed", reasons: [frame.code], detail: ["peer": peer, "message": frame.description]))
                     try? await outbound.write(.error(.init(code: frame.code, message: frame.description)))
                 }
             }
@@ -131,12 +147,17 @@ public final class WorkerServer: Sendable {
                              message: "expected evidence")
         }
         if let note = await admission.prepare(envelope: evidence.envelope) { logger.info("\(note)") }
-        let verdict = admission.evaluate(envelope: evidence.envelope, nonce: nonce, workerPublicKeys: hello.kemPublicKey)
-        let evidenceDigest = HashAlgorithm.sha256.hash(evidence.envelope).hex
+        let decision = admission.evaluate(envelope: evidence.envelope, nonce: nonce, workerPublicKeys: hello.kemPublicKey)
+        let verdict = decision.verdict
         guard verdict.isAccepted, let claims = verdict.claims else {
             let reason = verdict.reasons.first
-            record(AuditEvent(event: "admission", worker: hello.workerID, decision: "reject", reasons: verdict.reasons.map(\.code.rawValue),
-                              detail: ["evidence_sha256": evidenceDigest, "message": reason?.message ?? "", "policy": admission.policy.name]))
+            // Audited before the worker hears of it: a decision anyone saw is on disk.
+            try await recordOrEnd(
+                AuditEvent(
+                    event: "admission", worker: hello.workerID, decision: "reject", reasons: verdict.reasons.map(\.code.rawValue),
+                    policyVersion: decision.policy.version, collateralSHA256: decision.collateralSHA256,
+                    detail: ["message": reason?.message ?? "", "policy": decision.policy.document.name, "format": verdict.format]),
+                evidence: decision.evidence)
             logger.notice("worker rejected", metadata: ["ccgate.worker.id": "\(hello.workerID)", "ccgate.reason": "\(reason?.code.rawValue ?? "")"])
             try await outbound.write(.rejected(.init(code: reason?.code.rawValue ?? "evidence.malformed", message: reason?.message ?? "")))
             return
@@ -147,23 +168,49 @@ public final class WorkerServer: Sendable {
         let sessionKey = SymmetricKey(size: .bits256)
         let sealed = try SessionKeySealing.seal(sessionKey, to: hello.kemPublicKey, context: Data(sessionID.utf8) + nonce)
         let (outbox, outboxContinuation) = AsyncStream<WireMessage>.makeStream()
+        let channel = connection.channel
         let link = WorkerLink(
             workerID: hello.workerID, sessionID: sessionID, models: hello.models, kemPublicKey: hello.kemPublicKey,
             sealer: ChannelSealer(sessionKey: sessionKey, sessionID: sessionID, direction: .gatewayToWorker),
             opener: ChannelOpener(sessionKey: sessionKey, sessionID: sessionID, direction: .workerToGateway),
-            outbox: outboxContinuation)
+            outbox: outboxContinuation, disconnect: { channel.close(promise: nil) })
+        let admittedAt = admission.clock.now()
+        let record = WorkerRecord(
+            id: hello.workerID, session: sessionID, provider: nil, models: hello.models, format: verdict.format,
+            claims: Self.summary(claims, verdict: verdict), admittedAt: admittedAt, lastAttested: admittedAt,
+            evidenceSHA256: decision.evidence.sha256, policyVersion: decision.policy.version)
+        let admit = AuditEvent(
+            event: "admission", worker: hello.workerID, decision: "admit", policyVersion: decision.policy.version,
+            collateralSHA256: decision.collateralSHA256,
+            detail: [
+                "session": sessionID, "policy": decision.policy.document.name, "format": verdict.format,
+                "models": hello.models.joined(separator: ","),
+                "measurements": claims.measuredFiles.map { "\($0.path)=\($0.digestHex)" }.joined(separator: ";"),
+            ])
+        let keyIssued = AuditEvent(
+            event: "session-key", worker: hello.workerID, decision: "issued", policyVersion: decision.policy.version,
+            detail: ["session": sessionID, "kem": "X25519-HKDF-SHA256/ChaCha20Poly1305"])
+        // One transaction: the admission, the key issued on it, the worker's row.
+        try await recordOrEnd([.event(admit, evidence: decision.evidence, worker: .upsert(record)), .event(keyIssued)])
+        if let previous = registry.add(
+            link, record: record,
+            admission: .init(format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs))
+        {
+            previous.end(code: "worker.replaced", message: "replaced by a new session of the same worker", audited: false)
+        }
+        // A policy applied while this worker was being admitted has not seen it: check it now.
+        if decision.policy.version != admission.policies.current.version {
+            let now = admission.policies.current
+            let reasons = now.document.reevaluate(
+                format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs,
+                at: admission.clock.now())
+            if !reasons.isEmpty {
+                link.end(code: reasons[0].code.rawValue, message: "policy version \(now.version): \(reasons[0].message)", audited: false)
+            }
+        }
         try await outbound.write(.admitted(.init(sessionID: sessionID, encapsulatedKey: sealed.encapsulatedKey,
                                                  sealedSessionKey: sealed.ciphertext,
-                                                 reattestSeconds: Int(timings.reattestInterval.components.seconds))))
-        if let previous = registry.add(link, at: admission.clock.now()) {
-            previous.close(reason: "replaced by a new session of the same worker")
-        }
-        record(AuditEvent(event: "admission", worker: hello.workerID, decision: "admit", detail: [
-            "evidence_sha256": evidenceDigest, "session": sessionID, "policy": admission.policy.name,
-            "models": hello.models.joined(separator: ","),
-            "measurements": claims.measuredFiles.map { "\($0.path)=\($0.digestHex)" }.joined(separator: ";"),
-        ]))
-        record(AuditEvent(event: "session-key", worker: hello.workerID, decision: "issued", detail: ["session": sessionID, "kem": "X25519-HKDF-SHA256/ChaCha20Poly1305"]))
+                                                 reattestSeconds: Int(reattestInterval.components.seconds))))
         logger.info("worker admitted", metadata: ["ccgate.worker.id": "\(hello.workerID)", "ccgate.session": "\(sessionID)"])
 
         // 4. Serve: drain the outbox, re-attest on a schedule, route what the worker sends.
@@ -177,16 +224,24 @@ public final class WorkerServer: Sendable {
                 }
                 group.addTask {
                     while true {
-                        try await Task.sleep(for: self.timings.reattestInterval)
+                        try await Task.sleep(for: self.reattestInterval)
+                        if let lifetime = self.admission.policy.workers.sessionKeyLifetimeSeconds,
+                           self.admission.clock.now().timeIntervalSince(admittedAt) >= TimeInterval(lifetime)
+                        {
+                            link.end(code: "session.key-expired", message: "the session key reached its lifetime of \(lifetime) s; attest again for a new one", audited: false)
+                            return
+                        }
                         let fresh = Data(SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) })
                         guard reattest.begin(fresh) else {
                             // The previous challenge is still unanswered: the worker is not answering.
-                            connection.channel.close(promise: nil)
+                            link.end(code: ProtocolErrorCode.timeout, message: "re-attestation challenge unanswered", audited: false)
                             return
                         }
                         link.sendControl(.challenge(.init(nonce: fresh)))
                         try await Task.sleep(for: self.timings.handshakeTimeout)
-                        if reattest.outstanding != nil { connection.channel.close(promise: nil) }
+                        if reattest.outstanding != nil {
+                            link.end(code: ProtocolErrorCode.timeout, message: "re-attestation challenge unanswered", audited: false)
+                        }
                     }
                 }
                 defer { group.cancelAll() }
@@ -207,15 +262,24 @@ public final class WorkerServer: Sendable {
                         }
                         if let note = await admission.prepare(envelope: fresh.envelope) { logger.info("\(note)") }
                         let again = admission.evaluate(envelope: fresh.envelope, nonce: expected, workerPublicKeys: hello.kemPublicKey)
-                        let digest = HashAlgorithm.sha256.hash(fresh.envelope).hex
-                        if again.isAccepted {
-                            record(AuditEvent(event: "reattestation", worker: hello.workerID, decision: "pass", detail: ["evidence_sha256": digest, "session": sessionID]))
+                        if again.verdict.isAccepted {
+                            let updated = registry.attested(
+                                workerID: hello.workerID, sessionID: sessionID, at: admission.clock.now(), evidence: again.evidence.sha256)
+                            try await recordOrEnd(
+                                AuditEvent(
+                                    event: "reattestation", worker: hello.workerID, decision: "pass", policyVersion: again.policy.version,
+                                    collateralSHA256: again.collateralSHA256, detail: ["session": sessionID]),
+                                evidence: again.evidence, worker: updated.map(WorkerChange.upsert))
                         } else {
-                            let reason = again.reasons.first
-                            record(AuditEvent(event: "reattestation", worker: hello.workerID, decision: "fail",
-                                              reasons: again.reasons.map(\.code.rawValue), detail: ["evidence_sha256": digest, "message": reason?.message ?? ""]))
+                            let reason = again.verdict.reasons.first
                             endCode = reason?.code.rawValue ?? "evidence.malformed"
                             endReason = "re-attestation failed: \(reason?.message ?? "")"
+                            try await recordOrEnd(
+                                AuditEvent(
+                                    event: "reattestation", worker: hello.workerID, decision: "fail",
+                                    reasons: again.verdict.reasons.map(\.code.rawValue), policyVersion: again.policy.version,
+                                    collateralSHA256: again.collateralSHA256, detail: ["message": reason?.message ?? "", "session": sessionID]),
+                                evidence: again.evidence)
                             throw SessionEnd(code: endCode, message: endReason)
                         }
                     default:
@@ -224,24 +288,46 @@ public final class WorkerServer: Sendable {
                 }
             }
         } catch let end as SessionEnd {
-            endCode = end.code
-            endReason = end.message
-            finish(link, code: endCode, reason: endReason)
+            await finish(link, code: end.code, reason: end.message)
             throw end
         } catch {
-            endReason = "connection error: \(error)"
-            finish(link, code: endCode, reason: endReason)
+            await finish(link, code: endCode, reason: "connection error: \(error)")
             throw error
         }
-        finish(link, code: endCode, reason: endReason)
+        await finish(link, code: endCode, reason: endReason)
     }
 
-    func finish(_ link: WorkerLink, code: String, reason: String) {
-        link.close(reason: reason)
+    /// The re-attestation interval: the policy's when it sets one, else the gateway's.
+    var reattestInterval: Duration {
+        admission.policy.workers.reattestIntervalSeconds.map { .seconds($0) } ?? timings.reattestInterval
+    }
+
+    /// A few claims worth listing per worker.
+    static func summary(_ claims: VerifiedClaims, verdict: Verdict) -> [String: String] {
+        var out = [String: String]()
+        for key in ["mrtd", "tcb_status", "ak.sha256", "tee", "debug", "cocoon_image_hash"] {
+            if let v = claims.fields[key] { out[key] = v }
+        }
+        if let status = verdict.tcbStatus { out["tcb_status"] = status }
+        for file in claims.measuredFiles.prefix(8) { out["measured:" + file.path] = file.digestHex }
+        return out
+    }
+
+    func finish(_ link: WorkerLink, code: String, reason: String) async {
+        let ending = link.ending
+        link.close(reason: ending?.message ?? reason)
         registry.remove(workerID: link.workerID, sessionID: link.sessionID)
-        record(AuditEvent(event: "eviction", worker: link.workerID, decision: "evicted", reasons: [code],
-                          detail: ["session": link.sessionID, "message": reason]))
-        logger.notice("worker evicted", metadata: ["ccgate.worker.id": "\(link.workerID)", "ccgate.reason": "\(reason)"])
+        let change = WorkerChange.remove(id: link.workerID, session: link.sessionID)
+        if ending?.audited == true {
+            // The eviction entry is written; only the worker row is left to drop.
+            await record(AuditEvent(event: "disconnect", worker: link.workerID, decision: "closed", reasons: [ending!.code],
+                                    detail: ["session": link.sessionID]), worker: change)
+        } else {
+            await record(AuditEvent(event: "eviction", worker: link.workerID, decision: "evicted", reasons: [ending?.code ?? code],
+                                    policyVersion: admission.policies.current.version,
+                                    detail: ["session": link.sessionID, "message": ending?.message ?? reason]), worker: change)
+        }
+        logger.notice("worker evicted", metadata: ["ccgate.worker.id": "\(link.workerID)", "ccgate.reason": "\(ending?.message ?? reason)"])
     }
 
     /// Bounds on hello: ids are names, not payloads; a worker serves a handful of models.

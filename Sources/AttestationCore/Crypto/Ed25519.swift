@@ -1,0 +1,151 @@
+import COpenSSL
+import Foundation
+
+/// Why an Ed25519 key could not be read or made.
+public struct Ed25519KeyError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// An Ed25519 public key: signs policies (admin keys) and audit checkpoints (the gateway key).
+/// Read and written as standard PEM (`-----BEGIN PUBLIC KEY-----`, SubjectPublicKeyInfo), so
+/// `openssl genpkey -algorithm ed25519` makes keys ccgate accepts, and openssl verifies what
+/// ccgate signs.
+public struct Ed25519PublicKey: Sendable, Hashable {
+    /// The 32-byte key.
+    public let raw: Data
+
+    /// DER SubjectPublicKeyInfo prefix for id-Ed25519 (RFC 8410): the key follows it.
+    static let spkiPrefix: [UInt8] = [0x30, 0x2A, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x03, 0x21, 0x00]
+
+    public init(raw: Data) throws(Ed25519KeyError) {
+        guard raw.count == 32 else { throw Ed25519KeyError("an Ed25519 public key is 32 bytes, not \(raw.count)") }
+        self.raw = raw
+    }
+
+    /// From PEM, or from the bare base64 of the 32 bytes (as `ccgate` prints keys).
+    public init(text: String) throws(Ed25519KeyError) {
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if !trimmed.hasPrefix("-----"), let bytes = Data(base64Encoded: trimmed), bytes.count == 32 {
+            self.raw = bytes
+            return
+        }
+        guard let der = PEMBlock.first(in: text, label: "PUBLIC KEY") else {
+            throw Ed25519KeyError("not an Ed25519 public key (expected PEM 'PUBLIC KEY' or 32 bytes of base64)")
+        }
+        guard der.count == 44, Array(der.prefix(12)) == Self.spkiPrefix else {
+            throw Ed25519KeyError("the PEM public key is not an Ed25519 key")
+        }
+        self.raw = der.suffix(32)
+    }
+
+    public var pem: String { PEMBlock.encode(Data(Self.spkiPrefix) + raw, label: "PUBLIC KEY") }
+    public var base64: String { raw.base64EncodedString() }
+    /// SHA-256 of the raw key, lowercase hex: how logs and signatures name a key.
+    public var fingerprint: String { HashAlgorithm.sha256.hash(raw).hex }
+
+    /// Threat: a forged policy or checkpoint. Only a signature by the matching private key over
+    /// exactly `message` passes; any other length or bytes fail.
+    public func isValidSignature(_ signature: Data, for message: Data) -> Bool {
+        guard signature.count == 64 else { return false }
+        guard let key = raw.withUnsafeBytes({ EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32) })
+        else { return false }
+        defer { EVP_PKEY_free(key) }
+        guard let ctx = EVP_MD_CTX_new() else { return false }
+        defer { EVP_MD_CTX_free(ctx) }
+        guard EVP_DigestVerifyInit(ctx, nil, nil, nil, key) == 1 else { return false }
+        return signature.withUnsafeBytes { s in
+            message.withUnsafeBytes { m in
+                EVP_DigestVerify(
+                    ctx, s.bindMemory(to: UInt8.self).baseAddress, 64, m.bindMemory(to: UInt8.self).baseAddress, m.count) == 1
+            }
+        }
+    }
+}
+
+/// An Ed25519 private key (PKCS #8 PEM, `-----BEGIN PRIVATE KEY-----`).
+public struct Ed25519PrivateKey: Sendable {
+    /// The 32-byte seed.
+    let seed: Data
+    public let publicKey: Ed25519PublicKey
+
+    /// DER PKCS #8 prefix for id-Ed25519 (RFC 8410): the seed follows it.
+    static let pkcs8Prefix: [UInt8] = [
+        0x30, 0x2E, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2B, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+    ]
+
+    public init(seed: Data) throws(Ed25519KeyError) {
+        guard seed.count == 32 else { throw Ed25519KeyError("an Ed25519 private key is 32 bytes") }
+        guard let key = seed.withUnsafeBytes({ EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32) })
+        else { throw Ed25519KeyError("OpenSSL refused the Ed25519 key") }
+        defer { EVP_PKEY_free(key) }
+        var length = 32
+        var raw = Data(count: 32)
+        let ok = raw.withUnsafeMutableBytes { EVP_PKEY_get_raw_public_key(key, $0.bindMemory(to: UInt8.self).baseAddress, &length) }
+        guard ok == 1, length == 32 else { throw Ed25519KeyError("OpenSSL could not derive the Ed25519 public key") }
+        self.seed = seed
+        self.publicKey = try Ed25519PublicKey(raw: raw)
+    }
+
+    public init(pem text: String) throws(Ed25519KeyError) {
+        guard let der = PEMBlock.first(in: text, label: "PRIVATE KEY") else {
+            throw Ed25519KeyError("not an Ed25519 private key (expected PEM 'PRIVATE KEY', PKCS #8)")
+        }
+        guard der.count == 48, Array(der.prefix(16)) == Self.pkcs8Prefix else {
+            throw Ed25519KeyError("the PEM private key is not an Ed25519 key")
+        }
+        try self.init(seed: der.suffix(32))
+    }
+
+    public static func generate() -> Ed25519PrivateKey {
+        var seed = Data(count: 32)
+        let ok = seed.withUnsafeMutableBytes { RAND_bytes($0.bindMemory(to: UInt8.self).baseAddress, 32) }
+        precondition(ok == 1, "the system random generator failed")
+        return try! Ed25519PrivateKey(seed: seed)
+    }
+
+    public var pem: String { PEMBlock.encode(Data(Self.pkcs8Prefix) + seed, label: "PRIVATE KEY") }
+
+    public func signature(for message: Data) -> Data {
+        let key = seed.withUnsafeBytes { EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32) }!
+        defer { EVP_PKEY_free(key) }
+        let ctx = EVP_MD_CTX_new()!
+        defer { EVP_MD_CTX_free(ctx) }
+        precondition(EVP_DigestSignInit(ctx, nil, nil, nil, key) == 1)
+        var signature = Data(count: 64)
+        var length = 64
+        let ok = signature.withUnsafeMutableBytes { s in
+            message.withUnsafeBytes { m in
+                EVP_DigestSign(
+                    ctx, s.bindMemory(to: UInt8.self).baseAddress, &length, m.bindMemory(to: UInt8.self).baseAddress, m.count)
+            }
+        }
+        precondition(ok == 1 && length == 64, "Ed25519 signing failed")
+        return signature
+    }
+}
+
+/// PEM text blocks.
+public enum PEMBlock {
+    /// The DER of the first block with `label`.
+    public static func first(in text: String, label: String) -> Data? {
+        let begin = "-----BEGIN \(label)-----"
+        let end = "-----END \(label)-----"
+        guard let b = text.range(of: begin), let e = text.range(of: end, range: b.upperBound..<text.endIndex) else { return nil }
+        let body = text[b.upperBound..<e.lowerBound].filter { !$0.isWhitespace }
+        return Data(base64Encoded: String(body))
+    }
+
+    public static func encode(_ der: Data, label: String) -> String {
+        let b64 = der.base64EncodedString()
+        var lines = [String]()
+        var i = b64.startIndex
+        while i < b64.endIndex {
+            let j = b64.index(i, offsetBy: 64, limitedBy: b64.endIndex) ?? b64.endIndex
+            lines.append(String(b64[i..<j]))
+            i = j
+        }
+        return "-----BEGIN \(label)-----\n" + lines.joined(separator: "\n") + "\n-----END \(label)-----\n"
+    }
+}

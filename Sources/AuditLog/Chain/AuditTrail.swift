@@ -1,0 +1,145 @@
+import AttestationCore
+import Foundation
+import Synchronization
+
+/// The gateway's audit log: appends decisions to the chain in a store, durably and in order,
+/// and signs checkpoints.
+///
+/// Appends are group-committed: callers queue their drafts, one writer thread (off the Swift
+/// concurrency pool, since a commit waits for fsync) writes everything queued in one
+/// transaction, and each caller resumes once its entry is on disk. A decision is acknowledged to
+/// anyone only after `record` returns.
+public final class AuditTrail: Sendable {
+    public let store: any GatewayStore
+    public let key: Ed25519PrivateKey
+    let clock: any AttestationClock
+    private let writer: Writer
+
+    /// Entries per transaction at most: a burst is written in a few large commits, and no caller
+    /// waits behind an unbounded batch.
+    static let batchLimit = 1024
+
+    public init(store: any GatewayStore, key: Ed25519PrivateKey, clock: any AttestationClock = SystemClock()) {
+        self.store = store
+        self.key = key
+        self.clock = clock
+        writer = Writer(store: store, key: key, clock: clock)
+        writer.start()
+    }
+
+    /// Stops the writer thread once what is queued is written.
+    public func close() { writer.stop() }
+
+    @discardableResult
+    public func record(_ event: AuditEvent, evidence: StoredEvidence? = nil, worker: WorkerChange? = nil) async throws
+        -> AuditEntry
+    {
+        try await writer.submit([.event(event, evidence: evidence, worker: worker)])[0]
+    }
+
+    /// Appends several drafts together: consecutive entries, committed in the same transaction.
+    @discardableResult
+    public func record(_ drafts: [AuditDraft]) async throws -> [AuditEntry] {
+        guard !drafts.isEmpty else { return [] }
+        return try await writer.submit(drafts)
+    }
+
+    /// Records a new policy version and the entry that applies it; the entry carries the version.
+    public func recordPolicy(_ event: AuditEvent, _ policy: NewPolicy) async throws -> AuditEntry {
+        try await writer.submit([.policy(event, policy)])[0]
+    }
+
+    /// Appends a signed checkpoint of the chain so far, unless the last entry already is one.
+    @discardableResult
+    public func checkpoint() async throws -> AuditEntry? {
+        guard writer.dirty else { return nil }
+        return try await writer.submit([.checkpoint])[0]
+    }
+
+    /// Signs a checkpoint every `interval` while entries arrive, and a last one when cancelled.
+    public func runCheckpoints(every interval: Duration) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            _ = try? await checkpoint()
+        }
+    }
+
+    final class Writer: @unchecked Sendable {
+        // Everything below is guarded by `condition`.
+        private let condition = NSCondition()
+        private var pending: [([AuditDraft], CheckedContinuation<[AuditEntry], any Error>)] = []
+        private var stopped = false
+        private var finished = false
+        private var uncheckpointed = true
+        let store: any GatewayStore
+        let key: Ed25519PrivateKey
+        let clock: any AttestationClock
+
+        init(store: any GatewayStore, key: Ed25519PrivateKey, clock: any AttestationClock) {
+            self.store = store
+            self.key = key
+            self.clock = clock
+        }
+
+        var dirty: Bool { condition.withLock { uncheckpointed } }
+
+        func start() {
+            let thread = Thread { [self] in loop() }
+            thread.name = "ccgate-audit-writer"
+            thread.start()
+        }
+
+        func stop() {
+            condition.withLock {
+                stopped = true
+                condition.broadcast()
+                while !finished { condition.wait() }
+            }
+        }
+
+        func submit(_ drafts: [AuditDraft]) async throws -> [AuditEntry] {
+            try await withCheckedThrowingContinuation { continuation in
+                condition.withLock {
+                    if stopped {
+                        continuation.resume(throwing: StoreError("the audit log is closed"))
+                        return
+                    }
+                    pending.append((drafts, continuation))
+                    condition.signal()
+                }
+            }
+        }
+
+        private func loop() {
+            while true {
+                condition.lock()
+                while pending.isEmpty && !stopped { condition.wait() }
+                if pending.isEmpty && stopped {
+                    finished = true
+                    condition.broadcast()
+                    condition.unlock()
+                    return
+                }
+                var batch = [([AuditDraft], CheckedContinuation<[AuditEntry], any Error>)]()
+                var size = 0
+                while let next = pending.first, batch.isEmpty || size + next.0.count <= AuditTrail.batchLimit {
+                    batch.append(pending.removeFirst())
+                    size += next.0.count
+                }
+                condition.unlock()
+                do {
+                    let entries = try store.append(batch.flatMap(\.0), at: clock.now(), checkpointKey: key)
+                    let last = entries.last?.event.event
+                    condition.withLock { uncheckpointed = last != "checkpoint" }
+                    var offset = 0
+                    for item in batch {
+                        item.1.resume(returning: Array(entries[offset..<offset + item.0.count]))
+                        offset += item.0.count
+                    }
+                } catch {
+                    for item in batch { item.1.resume(throwing: error) }
+                }
+            }
+        }
+    }
+}

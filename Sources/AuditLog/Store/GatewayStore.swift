@@ -1,0 +1,150 @@
+import AttestationCore
+import Foundation
+
+/// The gateway's durable state: the audit chain and the evidence it refers to, the policy
+/// history, the admitted workers and the API keys. One interface, so that a single gateway keeps
+/// it in SQLite and several share PostgreSQL with the same behaviour.
+///
+/// Contract: `append` is the only way into the chain; it assigns sequence numbers and links
+/// inside one transaction and returns only once that transaction is durable (a `kill -9` after
+/// it returns loses nothing). Entries are never updated or deleted.
+public protocol GatewayStore: Sendable {
+    /// Appends `drafts` in order, in one durable transaction, stamping them with `time`.
+    /// Checkpoint drafts are signed with `checkpointKey` over the chain head they follow.
+    func append(_ drafts: [AuditDraft], at time: Date, checkpointKey: Ed25519PrivateKey?) throws -> [AuditEntry]
+    func head() throws -> ChainHead
+    /// Entries matching `query` in sequence order; `body` returns false to stop.
+    func entries(_ query: AuditQuery, _ body: (AuditEntry) throws -> Bool) throws
+    /// The same, as the exported bytes of each entry (sequence number, line).
+    func lines(_ query: AuditQuery, _ body: (Int, [UInt8]) throws -> Bool) throws
+    func count(_ query: AuditQuery) throws -> Int
+    func entry(seq: Int) throws -> AuditEntry?
+    func evidence(sha256: String) throws -> StoredEvidence?
+
+    func policies() throws -> [PolicyRecord]
+    func policy(version: Int) throws -> PolicyRecord?
+
+    func workers() throws -> [WorkerRecord]
+    /// Forgets every worker (at start: connections do not survive a restart).
+    func clearWorkers() throws
+
+    /// SHA-256 digests (hex) of the accepted API keys.
+    func apiKeyDigests() throws -> Set<String>
+    /// Replaces the keys that came from `source` (e.g. `config`) with `digests`.
+    func replaceAPIKeys(source: String, digests: Set<String>, at time: Date) throws
+}
+
+/// What `append` writes.
+public enum AuditDraft: Sendable {
+    /// A decision; `evidence` (the envelope decided on) is stored beside it, once per digest, and
+    /// `worker` changes the admitted-workers table in the same transaction.
+    case event(AuditEvent, evidence: StoredEvidence? = nil, worker: WorkerChange? = nil)
+    /// A new policy version with the entry that records it: the store assigns the next version
+    /// number and sets it as the entry's `policy_version`.
+    case policy(AuditEvent, NewPolicy)
+    /// A signed statement of the chain head so far (``Checkpoint``).
+    case checkpoint
+}
+
+/// A change to the admitted-workers table that goes with a decision.
+public enum WorkerChange: Sendable, Equatable {
+    case upsert(WorkerRecord)
+    case remove(id: String, session: String)
+}
+
+/// Evidence as it was decided on: the envelope and the binding it was checked against (the
+/// verifier's expected nonce), so the decision can be re-derived later.
+public struct StoredEvidence: Sendable, Equatable {
+    public let sha256: String
+    public let envelope: Data
+    public let binding: Data
+    public init(envelope: Data, binding: Data) {
+        self.sha256 = HashAlgorithm.sha256.hash(envelope).hex
+        self.envelope = envelope
+        self.binding = binding
+    }
+    init(sha256: String, envelope: Data, binding: Data) {
+        self.sha256 = sha256
+        self.envelope = envelope
+        self.binding = binding
+    }
+}
+
+/// A policy about to become a version.
+public struct NewPolicy: Sendable, Equatable {
+    public let name: String
+    /// The document, byte for byte as signed.
+    public let text: String
+    /// The detached signature document (JSON), empty when unsigned.
+    public let signature: String
+    public let signer: String?
+    public let note: String
+    public init(name: String, text: String, signature: String, signer: String?, note: String) {
+        self.name = name
+        self.text = text
+        self.signature = signature
+        self.signer = signer
+        self.note = note
+    }
+}
+
+/// One version of the policy history.
+public struct PolicyRecord: Sendable, Equatable {
+    public let version: Int
+    public let policy: NewPolicy
+    public let appliedAt: Date
+    public let actor: String
+    public var sha256: String { HashAlgorithm.sha256.hash(Data(policy.text.utf8)).hex }
+}
+
+/// Which entries an export or count covers.
+public struct AuditQuery: Sendable, Equatable {
+    public var since: Date?
+    public var until: Date?
+    public var worker: String?
+    public var fromSeq: Int?
+    public init(since: Date? = nil, until: Date? = nil, worker: String? = nil, fromSeq: Int? = nil) {
+        self.since = since
+        self.until = until
+        self.worker = worker
+        self.fromSeq = fromSeq
+    }
+}
+
+/// An admitted worker as the admin API lists it.
+public struct WorkerRecord: Sendable, Equatable, Codable {
+    public var id: String
+    public var session: String
+    public var provider: String?
+    public var models: [String]
+    public var format: String
+    /// A few claims worth showing (`mrtd`, `tcb_status`, `engine`, `model`, `ak`).
+    public var claims: [String: String]
+    public var admittedAt: Date
+    public var lastAttested: Date
+    public var evidenceSHA256: String
+    public var policyVersion: Int
+
+    public init(
+        id: String, session: String, provider: String?, models: [String], format: String, claims: [String: String],
+        admittedAt: Date, lastAttested: Date, evidenceSHA256: String, policyVersion: Int
+    ) {
+        self.id = id
+        self.session = session
+        self.provider = provider
+        self.models = models
+        self.format = format
+        self.claims = claims
+        self.admittedAt = admittedAt
+        self.lastAttested = lastAttested
+        self.evidenceSHA256 = evidenceSHA256
+        self.policyVersion = policyVersion
+    }
+}
+
+/// A storage failure (the disk, the database), as opposed to a bad input.
+public struct StoreError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

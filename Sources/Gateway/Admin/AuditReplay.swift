@@ -1,0 +1,59 @@
+import AttestationCore
+import AuditLog
+import Foundation
+import Policy
+import TDXVerifier
+
+/// Re-derives an audited decision from what the log stored: the evidence envelope, the binding
+/// it was checked against, and the policy version in force.
+public struct AuditReplay: Sendable {
+    public struct Outcome: Sendable {
+        public let entry: AuditEntry
+        public let recordedAccept: Bool
+        public let recordedReason: String?
+        /// The verdict re-derived at the time of the decision.
+        public let replayed: Verdict
+        /// The same evidence judged at `now` (certificates and collateral may have expired since).
+        public let today: Verdict
+        public var matches: Bool { replayed.isAccepted == recordedAccept && (recordedAccept || replayed.reason?.rawValue == recordedReason) }
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let message: String
+        public var description: String { message }
+    }
+
+    public let dcapRoots: Set<String>
+    public let collateralSource: (any CollateralSource)?
+
+    public init(dcapRoots: Set<String> = PinnedRoots.production, collateralSource: (any CollateralSource)? = nil) {
+        self.dcapRoots = dcapRoots
+        self.collateralSource = collateralSource
+    }
+
+    /// Replays `entry` (an admission or re-attestation) with its stored evidence and policy text.
+    public func replay(_ entry: AuditEntry, evidence: StoredEvidence?, policyText: String?, now: Date) throws(Failure) -> Outcome {
+        let e = entry.event
+        guard ["admission", "reattestation"].contains(e.event), let decision = e.decision else {
+            throw Failure(message: "entry \(entry.seq) is a '\(e.event)' entry; only admissions and re-attestations carry evidence to replay")
+        }
+        guard let evidence else { throw Failure(message: "entry \(entry.seq): its evidence is not in the store") }
+        guard evidence.sha256 == e.evidenceSHA256 else {
+            throw Failure(message: "entry \(entry.seq): the stored evidence does not have the recorded digest")
+        }
+        guard let policyText, let version = e.policyVersion else {
+            throw Failure(message: "entry \(entry.seq): the policy version it was decided under is not in the store")
+        }
+        let policy: PolicyDocument
+        do throws(PolicyLoadErrors) { policy = try PolicyDocument.parse(policyText, file: "policy version \(version)") } catch {
+            throw Failure(message: "policy version \(version) no longer loads: \(error)")
+        }
+        let verification = EvidenceVerification(
+            policy: policy, applyMeasurementRules: true, dcapRoots: dcapRoots, collateralSource: collateralSource)
+        let replayed = verification.verify(envelopeData: evidence.envelope, expectedNonce: evidence.binding, at: entry.time)
+        let today = verification.verify(envelopeData: evidence.envelope, expectedNonce: evidence.binding, at: now)
+        return Outcome(
+            entry: entry, recordedAccept: decision == "admit" || decision == "pass", recordedReason: e.reasons.first,
+            replayed: replayed, today: today)
+    }
+}

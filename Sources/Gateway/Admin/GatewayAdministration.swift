@@ -1,0 +1,189 @@
+import AttestationCore
+import AuditLog
+import Foundation
+import Policy
+
+/// A refused admin request: an HTTP status, a stable code and a message.
+public struct AdminError: Error, CustomStringConvertible {
+    public let httpStatus: Int
+    public let code: String
+    public let message: String
+    public let details: [String]
+
+    public init(_ status: Int, _ code: String, _ message: String, details: [String] = []) {
+        self.httpStatus = status
+        self.code = code
+        self.message = message
+        self.details = details
+    }
+
+    public var description: String { "\(code): \(message)" + (details.isEmpty ? "" : "\n" + details.joined(separator: "\n")) }
+}
+
+/// What applying (or dry-running) a policy does.
+public struct ApplyOutcome: Sendable, Codable, Equatable {
+    public struct Eviction: Sendable, Codable, Equatable {
+        public let worker: String
+        public let session: String
+        public let reasons: [String]
+        public let message: String
+    }
+    public let dryRun: Bool
+    /// The new version (nil for a dry run).
+    public let version: Int?
+    public let name: String
+    public let sha256: String
+    public let signer: String?
+    /// `policy diff` lines against the policy in force.
+    public let changes: [String]
+    /// Workers evicted (or, for a dry run, that would be).
+    public let evictions: [Eviction]
+
+    enum CodingKeys: String, CodingKey {
+        case version, name, sha256, signer, changes, evictions
+        case dryRun = "dry_run"
+    }
+}
+
+/// Policy administration and worker control for the admin API: signed policies become new
+/// versions, every admitted worker is re-evaluated against a new version at once, and every
+/// step is audited.
+public actor GatewayAdministration {
+    let trail: AuditTrail
+    let policies: PolicyState
+    let registry: WorkerRegistry
+    /// Keys whose signature makes a policy applicable. None: no policy can be applied.
+    let adminKeys: [Ed25519PublicKey]
+    let clock: any AttestationClock
+
+    /// Policy documents are a few KiB; the cap is the document loader's.
+    static let maxPolicySize = 1 << 20
+
+    init(trail: AuditTrail, policies: PolicyState, registry: WorkerRegistry, adminKeys: [Ed25519PublicKey], clock: any AttestationClock) {
+        self.trail = trail
+        self.policies = policies
+        self.registry = registry
+        self.adminKeys = adminKeys
+        self.clock = clock
+    }
+
+    /// Checks, and unless `dryRun` applies, a signed policy. Refusals are audited too.
+    public func apply(text: String, signature: String?, dryRun: Bool, actor: String, note: String = "apply")
+        async throws(AdminError) -> ApplyOutcome
+    {
+        let digest = HashAlgorithm.sha256.hash(Data(text.utf8)).hex
+        let document: PolicyDocument
+        let signer: Ed25519PublicKey
+        do {
+            (document, signer) = try check(text: text, signature: signature)
+        } catch {
+            if !dryRun {
+                _ = try? await trail.record(
+                    AuditEvent(
+                        event: "policy-apply", actor: actor, decision: "refused", reasons: [error.code],
+                        detail: ["sha256": digest, "message": error.message, "note": note]))
+            }
+            throw error
+        }
+        let current = policies.current
+        let changes = current.document.changes(to: document).map(\.description)
+        let now = clock.now()
+        if dryRun {
+            let wouldEvict = failing(under: document, at: now).map { item in
+                ApplyOutcome.Eviction(
+                    worker: item.link.workerID, session: item.link.sessionID, reasons: item.reasons.map(\.code.rawValue),
+                    message: item.reasons[0].message)
+            }
+            return ApplyOutcome(
+                dryRun: true, version: nil, name: document.name, sha256: digest, signer: signer.fingerprint, changes: changes,
+                evictions: wouldEvict)
+        }
+        let entry: AuditEntry
+        do {
+            entry = try await trail.recordPolicy(
+                AuditEvent(
+                    event: "policy-applied", actor: actor, decision: "applied",
+                    detail: [
+                        "name": document.name, "sha256": digest, "signer": signer.fingerprint, "note": note,
+                        "previous_version": String(current.version), "changes": String(changes.count),
+                    ]),
+                NewPolicy(
+                    name: document.name, text: text, signature: signature ?? "", signer: signer.fingerprint, note: note))
+        } catch {
+            throw AdminError(503, "gateway.audit-unavailable", "the policy could not be recorded: \(error)")
+        }
+        let version = entry.event.policyVersion ?? 0
+        policies.replace(with: ActivePolicy(version: version, document: document, text: text))
+        var evictions = [ApplyOutcome.Eviction]()
+        for item in failing(under: document, at: now) {
+            let message = "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)"
+            registry.remove(workerID: item.link.workerID, sessionID: item.link.sessionID)
+            _ = try? await trail.record(
+                AuditEvent(
+                    event: "eviction", actor: actor, worker: item.link.workerID, decision: "evicted",
+                    reasons: item.reasons.map(\.code.rawValue), policyVersion: version,
+                    detail: ["session": item.link.sessionID, "message": message]))
+            item.link.end(code: item.reasons[0].code.rawValue, message: message, audited: true)
+            evictions.append(
+                .init(worker: item.link.workerID, session: item.link.sessionID, reasons: item.reasons.map(\.code.rawValue), message: message))
+        }
+        return ApplyOutcome(
+            dryRun: false, version: version, name: document.name, sha256: digest, signer: signer.fingerprint, changes: changes,
+            evictions: evictions)
+    }
+
+    /// Makes an earlier version the policy in force again, as a new version (its signature is
+    /// checked again, under today's pinned keys).
+    public func rollback(to version: Int, dryRun: Bool, actor: String) async throws(AdminError) -> ApplyOutcome {
+        let record: PolicyRecord?
+        do { record = try trail.store.policy(version: version) } catch { throw AdminError(500, "gateway.store", "\(error)") }
+        guard let record else { throw AdminError(404, "policy.no-such-version", "there is no policy version \(version)") }
+        return try await apply(
+            text: record.policy.text, signature: record.policy.signature.isEmpty ? nil : record.policy.signature, dryRun: dryRun,
+            actor: actor, note: "rollback to version \(version)")
+    }
+
+    /// Evicts one worker by hand.
+    public func evict(workerID: String, actor: String) async throws(AdminError) -> ApplyOutcome.Eviction {
+        guard let link = registry.link(workerID) else { throw AdminError(404, "worker.not-admitted", "no admitted worker '\(workerID)'") }
+        let message = "evicted by \(actor)"
+        registry.remove(workerID: workerID, sessionID: link.sessionID)
+        _ = try? await trail.record(
+            AuditEvent(
+                event: "eviction", actor: actor, worker: workerID, decision: "evicted", reasons: ["admin.evicted"],
+                policyVersion: policies.current.version, detail: ["session": link.sessionID, "message": message]))
+        link.end(code: "admin.evicted", message: message, audited: true)
+        return .init(worker: workerID, session: link.sessionID, reasons: ["admin.evicted"], message: message)
+    }
+
+    /// Parses and checks the signature of a policy document.
+    func check(text: String, signature: String?) throws(AdminError) -> (PolicyDocument, Ed25519PublicKey) {
+        guard text.utf8.count <= Self.maxPolicySize else { throw AdminError(413, "policy.invalid", "the policy is larger than 1 MiB") }
+        let document: PolicyDocument
+        do throws(PolicyLoadErrors) { document = try PolicyDocument.parse(text, file: "policy") } catch {
+            throw AdminError(422, "policy.invalid", "the policy does not load", details: error.errors.map(\.description))
+        }
+        guard !adminKeys.isEmpty else {
+            throw AdminError(403, "policy.no-admin-keys", "no admin keys are pinned: start the gateway with --admin-key to apply policies")
+        }
+        guard let signature, !signature.isEmpty else {
+            throw AdminError(403, "policy.unsigned", "the policy is not signed (ccgate policy sign FILE --key KEY)")
+        }
+        do throws(PolicySignatureError) {
+            let signer = try PolicySignature.parse(signature).verify(Data(text.utf8), pinned: adminKeys)
+            return (document, signer)
+        } catch {
+            throw AdminError(403, error.code, error.description)
+        }
+    }
+
+    /// Admitted workers that `document` no longer admits, with why.
+    func failing(under document: PolicyDocument, at time: Date) -> [(link: WorkerLink, reasons: [Reason])] {
+        registry.admitted().compactMap { item in
+            let a = item.admission
+            let reasons = document.reevaluate(
+                format: a.format, claims: a.claims, tcbStatus: a.tcbStatus, advisoryIDs: a.advisoryIDs, at: time)
+            return reasons.isEmpty ? nil : (item.link, reasons)
+        }
+    }
+}

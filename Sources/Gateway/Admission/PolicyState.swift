@@ -1,0 +1,28 @@
+import Foundation
+import Policy
+import Synchronization
+
+/// The policy in force: a version from the policy history and its document. Admission reads a
+/// snapshot per decision, so every decision names the exact version it was taken under.
+public struct ActivePolicy: Sendable {
+    public let version: Int
+    public let document: PolicyDocument
+    /// The document's text, as signed.
+    public let text: String
+
+    public init(version: Int, document: PolicyDocument, text: String) {
+        self.version = version
+        self.document = document
+        self.text = text
+    }
+}
+
+public final class PolicyState: Sendable {
+    private let active: Mutex<ActivePolicy>
+
+    public init(_ initial: ActivePolicy) { active = Mutex(initial) }
+
+    public var current: ActivePolicy { active.withLock { $0 } }
+
+    func replace(with policy: ActivePolicy) { active.withLock { $0 = policy } }
+}

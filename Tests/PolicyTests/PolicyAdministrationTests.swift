@@ -1,0 +1,93 @@
+import AttestationCore
+import Foundation
+import Policy
+import Testing
+
+/// Signed policies, semantic diffs, the new settings, and re-evaluating admitted workers.
+@Suite struct PolicyAdministrationTests {
+    static let text = """
+        schema: ccgate.policy/v1
+        name: p1
+        evidence: {formats: [tpm2-quote, tdx-quote], tdx: {accepted_tcb_statuses: [UpToDate]}}
+        measurements:
+          binaries: [{name: ccinfer, version: "1.0", sha256: \(String(repeating: "a", count: 64))}]
+          models: [{name: smollm2, sha256: \(String(repeating: "b", count: 64))}]
+        workers: {reattest_interval_seconds: 30, session_key_lifetime_seconds: 3600}
+        stake: {minimum_ton: "2.5"}
+        """
+
+    @Test func newSettingsParse() throws {
+        let doc = try PolicyDocument.parse(Self.text)
+        #expect(doc.workers.reattestIntervalSeconds == 30)
+        #expect(doc.workers.sessionKeyLifetimeSeconds == 3600)
+        #expect(doc.stake.minimumNanotons == 2_500_000_000)
+        #expect(PolicyDocument.tonText(2_500_000_000) == "2.5")
+        for bad in ["stake: {minimum_ton: \"1.0000000001\"}", "stake: {minimum_ton: -1}", "stake: {minimum_ton: \"1e9\"}",
+                    "workers: {reattest_interval_seconds: 0}", "workers: {session_key_lifetime: 5}"] {
+            #expect(throws: PolicyLoadErrors.self) { try PolicyDocument.parse("schema: ccgate.policy/v1\nname: x\n" + bad) }
+        }
+    }
+
+    /// Threat: a policy nobody with an admin key approved. Only the exact signed bytes under a
+    /// pinned key pass; everything else is refused with its own code.
+    @Test func signaturesAreCheckedExactly() throws {
+        let admin = Ed25519PrivateKey.generate()
+        let other = Ed25519PrivateKey.generate()
+        let bytes = Data(Self.text.utf8)
+        let signature = PolicySignature.sign(bytes, with: admin)
+        let parsed = try PolicySignature.parse(signature.json)
+        #expect(try parsed.verify(bytes, pinned: [other.publicKey, admin.publicKey]) == admin.publicKey)
+
+        func code(_ body: () throws -> Ed25519PublicKey) -> String? {
+            do { _ = try body(); return nil } catch { return (error as? PolicySignatureError)?.code ?? "\(error)" }
+        }
+        #expect(code { try parsed.verify(bytes, pinned: [other.publicKey]) } == "policy.signer-not-pinned")
+        #expect(code { try parsed.verify(bytes + Data(" ".utf8), pinned: [admin.publicKey]) } == "policy.signature-invalid")
+        // A signature whose digest was edited to match another document fails on the signature itself.
+        let edited = Data(Self.text.replacingOccurrences(of: "p1", with: "p2").utf8)
+        let forged = try PolicySignature.parse(
+            signature.json.replacingOccurrences(of: signature.policySHA256, with: HashAlgorithm.sha256.hash(edited).hex))
+        #expect(code { try forged.verify(edited, pinned: [admin.publicKey]) } == "policy.signature-invalid")
+        // Another key's signature presented under the admin's key name.
+        let swapped = try PolicySignature.parse(
+            PolicySignature.sign(bytes, with: other).json.replacingOccurrences(of: other.publicKey.base64, with: admin.publicKey.base64))
+        #expect(code { try swapped.verify(bytes, pinned: [admin.publicKey]) } == "policy.signature-invalid")
+        #expect(throws: PolicySignatureError.self) { try PolicySignature.parse("{\"schema\":\"x\"}") }
+        #expect(throws: PolicySignatureError.self) { try PolicySignature.parse(String(repeating: "x", count: 10_000)) }
+    }
+
+    @Test func diffIsSemantic() throws {
+        let a = try PolicyDocument.parse(Self.text)
+        let newText = Self.text
+            .replacingOccurrences(of: "name: p1", with: "name: p2")
+            .replacingOccurrences(
+                of: "binaries: [{name: ccinfer, version: \"1.0\", sha256: \(String(repeating: "a", count: 64))}]",
+                with: "binaries: [{name: ccinfer, version: \"1.1\", sha256: \(String(repeating: "c", count: 64))}]")
+            .replacingOccurrences(of: "[UpToDate]", with: "[UpToDate, SWHardeningNeeded]")
+            .replacingOccurrences(of: "minimum_ton: \"2.5\"", with: "minimum_ton: \"10\"")
+        let changes = a.changes(to: try PolicyDocument.parse(newText)).map(\.description)
+        #expect(changes.contains("~ name: p1 → p2"))
+        #expect(changes.contains("+ measurements.binaries: ccinfer 1.1 (sha256 \(String(repeating: "c", count: 64)))"))
+        #expect(changes.contains("- measurements.binaries: ccinfer 1.0 (sha256 \(String(repeating: "a", count: 64)))"))
+        #expect(changes.contains("+ evidence.tdx.accepted_tcb_statuses: SWHardeningNeeded"))
+        #expect(changes.contains("~ stake.minimum_ton: 2.5 → 10"))
+        #expect(changes.count == 5)
+        #expect(a.changes(to: a).isEmpty)
+    }
+
+    @Test func reevaluationUsesStoredClaims() throws {
+        let doc = try PolicyDocument.parse(Self.text)
+        let claims = VerifiedClaims(
+            measuredFiles: [
+                MeasuredFile(path: "/engine", algorithm: "sha256", digestHex: String(repeating: "a", count: 64), pcr: 23),
+                MeasuredFile(path: "/model", algorithm: "sha256", digestHex: String(repeating: "b", count: 64), pcr: 23),
+            ],
+            fields: ["tee": "tdx", "debug": "false", "tcb_date": "2026-01-01T00:00:00Z"])
+        let now = Date(timeIntervalSince1970: 1_790_000_000)
+        #expect(doc.reevaluate(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: [], at: now).isEmpty)
+        #expect(doc.reevaluate(format: "tdx-quote", claims: claims, tcbStatus: "OutOfDate", advisoryIDs: [], at: now).first?.code == .tcbStatusNotAllowed)
+        #expect(doc.reevaluate(format: "sgx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: [], at: now).first?.code == .evidenceUnsupported)
+        let pulled = try PolicyDocument.parse(Self.text.replacingOccurrences(of: String(repeating: "a", count: 64), with: String(repeating: "d", count: 64)))
+        #expect(pulled.reevaluate(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: [], at: now).first?.code == .policyMeasurementNotAllowed)
+    }
+}
