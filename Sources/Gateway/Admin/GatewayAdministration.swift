@@ -122,7 +122,8 @@ public actor GatewayAdministration {
                 AuditEvent(
                     event: "eviction", actor: actor, worker: item.link.workerID, decision: "evicted",
                     reasons: item.reasons.map(\.code.rawValue), policyVersion: version,
-                    detail: ["session": item.link.sessionID, "message": message]))
+                    detail: ["session": item.link.sessionID, "message": message]),
+                worker: .remove(id: item.link.workerID, session: item.link.sessionID))
             item.link.end(code: item.reasons[0].code.rawValue, message: message, audited: true)
             evictions.append(
                 .init(worker: item.link.workerID, session: item.link.sessionID, reasons: item.reasons.map(\.code.rawValue), message: message))
@@ -151,7 +152,8 @@ public actor GatewayAdministration {
         _ = try? await trail.record(
             AuditEvent(
                 event: "eviction", actor: actor, worker: workerID, decision: "evicted", reasons: ["admin.evicted"],
-                policyVersion: policies.current.version, detail: ["session": link.sessionID, "message": message]))
+                policyVersion: policies.current.version, detail: ["session": link.sessionID, "message": message]),
+            worker: .remove(id: workerID, session: link.sessionID))
         link.end(code: "admin.evicted", message: message, audited: true)
         return .init(worker: workerID, session: link.sessionID, reasons: ["admin.evicted"], message: message)
     }
