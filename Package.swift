@@ -106,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "ccgate-bench",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "WorkerAgent", "Gateway", "Policy", "Inference",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "WorkerAgent", "Gateway", "Policy", "Inference", "AuditLog",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],

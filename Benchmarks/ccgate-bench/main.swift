@@ -17,6 +17,9 @@ if only == nil || only == "dcap" { dcapBench() }
 if only == nil || only == "inference" { inferenceBench() }
 let done = DispatchSemaphore(value: 0)
 Task.detached {
+    if only == nil || only == "audit" {
+        do { try await auditBench() } catch { print("ccgate bench: audit failed: \(error)") }
+    }
     if only == nil || only == "gateway" {
         do { try await gatewayBench() } catch { print("ccgate bench: gateway failed: \(error)") }
     }

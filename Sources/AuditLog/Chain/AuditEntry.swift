@@ -100,11 +100,27 @@ public struct AuditEntry: Sendable, Equatable {
         decoded.evidenceSHA256 = fields["evidence_sha256"]?.string
         decoded.collateralSHA256 = fields["collateral_sha256"]?.string
         decoded.detail = fields["detail"]?.object?.compactMapValues(\.string) ?? [:]
-        let entry = AuditEntry(seq: seq, time: time, prev: prev, event: decoded)
-        // Re-encoding must give the same hash: anything the line held beyond the schema (or in
-        // another shape) would otherwise ride along unverified.
-        guard entry.hash == hash else { return .failure(.init("holds fields outside the audit schema")) }
-        return .success(entry)
+        // Nothing beyond the schema, in no other shape: it would otherwise ride along unread
+        // (the hash covers it, but no reader would show it).
+        guard Set(fields.keys).isSubset(of: schemaKeys), time.rfc3339 == timeText,
+              fields["reasons"]?.array?.count == decoded.reasons.count,
+              fields["detail"].map({ $0.object?.count == decoded.detail.count }) ?? true
+        else { return .failure(.init("holds fields outside the audit schema")) }
+        return .success(AuditEntry(seq: seq, time: time, prev: prev, hash: hash, event: decoded, line: Array(line)))
+    }
+
+    static let schemaKeys: Set<String> = [
+        "seq", "time", "prev", "event", "actor", "reasons", "worker", "decision", "policy_version", "evidence_sha256",
+        "collateral_sha256", "detail",
+    ]
+
+    private init(seq: Int, time: Date, prev: String, hash: String, event: AuditEvent, line: [UInt8]) {
+        self.seq = seq
+        self.time = time
+        self.prev = prev
+        self.hash = hash
+        self.event = event
+        self.line = line
     }
 }
 
