@@ -37,7 +37,7 @@ public struct PolicySignature: Sendable, Equatable, Codable {
     /// The signature document as written to `FILE.sig`.
     public var json: String {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return String(decoding: try! encoder.encode(self), as: UTF8.self) + "\n"
     }
 

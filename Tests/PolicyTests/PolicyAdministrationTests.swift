@@ -49,8 +49,9 @@ import Testing
             signature.json.replacingOccurrences(of: signature.policySHA256, with: HashAlgorithm.sha256.hash(edited).hex))
         #expect(code { try forged.verify(edited, pinned: [admin.publicKey]) } == "policy.signature-invalid")
         // Another key's signature presented under the admin's key name.
-        let swapped = try PolicySignature.parse(
-            PolicySignature.sign(bytes, with: other).json.replacingOccurrences(of: other.publicKey.base64, with: admin.publicKey.base64))
+        var fields = try #require(try JSONSerialization.jsonObject(with: Data(PolicySignature.sign(bytes, with: other).json.utf8)) as? [String: Any])
+        fields["key"] = admin.publicKey.base64
+        let swapped = try PolicySignature.parse(String(decoding: try JSONSerialization.data(withJSONObject: fields), as: UTF8.self))
         #expect(code { try swapped.verify(bytes, pinned: [admin.publicKey]) } == "policy.signature-invalid")
         #expect(throws: PolicySignatureError.self) { try PolicySignature.parse("{\"schema\":\"x\"}") }
         #expect(throws: PolicySignatureError.self) { try PolicySignature.parse(String(repeating: "x", count: 10_000)) }
