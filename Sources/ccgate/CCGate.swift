@@ -10,7 +10,9 @@ struct CCGate: ParsableCommand {
         commandName: "ccgate",
         abstract: "A confidential-compute gateway: admits GPU workers only on verified hardware attestation.",
         discussion: """
-            Exit status: 0 success (evidence accepted), 1 evidence rejected, 2 unreadable input or bad usage.
+            Exit status: 0 success; 1 refused or failed a check (evidence rejected, policy refused, audit export
+            not verifying, replay not matching, differences found by policy diff); 2 unreadable input, bad usage or an
+            unreachable gateway.
             """,
         subcommands: [
             ServeCommand.self, EvidenceCommand.self, PolicyCommand.self, CollateralCommand.self, WorkersCommand.self, AuditCommand.self,

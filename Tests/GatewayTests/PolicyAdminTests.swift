@@ -144,6 +144,13 @@ import Testing
         #expect(garbage.status == 400)
         let missing = try await gateway.admin("/v1/admin/policy/rollback", method: "POST", json: ["version": 99])
         #expect(missing.status == 404)
+        let unknown = try await gateway.admin("/v1/admin/nothing-here")
+        #expect(unknown.status == 404)
+        #expect((unknown.body["error"] as? [String: Any])?["code"] as? String == "admin.not-found")
+        let wrongShape = try await gateway.admin("/v1/admin/policy/apply", method: "POST", json: ["policy": 5])
+        #expect(wrongShape.status == 400)
+        let badVersion = try await gateway.admin("/v1/admin/policy?version=-3")
+        #expect(badVersion.status == 400)
 
         #expect(gateway.server.policies.current.version == 1)
         let events = try gateway.auditEvents()

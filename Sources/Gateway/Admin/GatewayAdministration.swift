@@ -98,35 +98,54 @@ public actor GatewayAdministration {
                 dryRun: true, version: nil, name: document.name, sha256: digest, signer: signer.fingerprint, changes: changes,
                 evictions: wouldEvict)
         }
-        let entry: AuditEntry
-        do {
-            entry = try await trail.recordPolicy(
+        // The policy and the evictions it causes go into one transaction, so a worker is cut off
+        // after one durable write. Versions are assigned by the store; applies are serialized by
+        // this actor and nothing else adds versions while the gateway runs, so the next is known.
+        let version: Int
+        do { version = (try trail.store.policies().last?.version ?? 0) + 1 } catch {
+            throw AdminError(503, "gateway.audit-unavailable", "the policy history cannot be read: \(error)")
+        }
+        let evicted = failing(under: document, at: now).map { item in
+            (item: item, message: "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)")
+        }
+        var drafts: [AuditDraft] = [
+            .policy(
                 AuditEvent(
                     event: "policy-applied", actor: actor, decision: "applied",
                     detail: [
                         "name": document.name, "sha256": digest, "signer": signer.fingerprint, "note": note,
                         "previous_version": String(current.version), "changes": String(changes.count),
+                        "evictions": String(evicted.count),
                     ]),
-                NewPolicy(
-                    name: document.name, text: text, signature: signature ?? "", signer: signer.fingerprint, note: note))
-        } catch {
+                NewPolicy(name: document.name, text: text, signature: signature ?? "", signer: signer.fingerprint, note: note))
+        ]
+        for (item, message) in evicted {
+            drafts.append(
+                .event(
+                    AuditEvent(
+                        event: "eviction", actor: actor, worker: item.link.workerID, decision: "evicted",
+                        reasons: item.reasons.map(\.code.rawValue), policyVersion: version,
+                        detail: ["session": item.link.sessionID, "message": message]),
+                    worker: .remove(id: item.link.workerID, session: item.link.sessionID)))
+        }
+        let entries: [AuditEntry]
+        do { entries = try await trail.record(drafts) } catch {
             throw AdminError(503, "gateway.audit-unavailable", "the policy could not be recorded: \(error)")
         }
-        let version = entry.event.policyVersion ?? 0
+        guard entries.first?.event.policyVersion == version else {
+            throw AdminError(500, "gateway.internal", "the policy was recorded as version \(entries.first?.event.policyVersion ?? 0), not \(version)")
+        }
         policies.replace(with: ActivePolicy(version: version, document: document, text: text))
         var evictions = [ApplyOutcome.Eviction]()
-        for item in failing(under: document, at: now) {
-            let message = "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)"
+        for (item, message) in evicted {
             registry.remove(workerID: item.link.workerID, sessionID: item.link.sessionID)
-            _ = try? await trail.record(
-                AuditEvent(
-                    event: "eviction", actor: actor, worker: item.link.workerID, decision: "evicted",
-                    reasons: item.reasons.map(\.code.rawValue), policyVersion: version,
-                    detail: ["session": item.link.sessionID, "message": message]),
-                worker: .remove(id: item.link.workerID, session: item.link.sessionID))
             item.link.end(code: item.reasons[0].code.rawValue, message: message, audited: true)
             evictions.append(
                 .init(worker: item.link.workerID, session: item.link.sessionID, reasons: item.reasons.map(\.code.rawValue), message: message))
+        }
+        // Workers admitted while the transaction ran were decided under the old version.
+        for item in failing(under: document, at: clock.now()) where !evicted.contains(where: { $0.item.link === item.link }) {
+            item.link.end(code: item.reasons[0].code.rawValue, message: "policy version \(version): \(item.reasons[0].message)", audited: false)
         }
         return ApplyOutcome(
             dryRun: false, version: version, name: document.name, sha256: digest, signer: signer.fingerprint, changes: changes,
