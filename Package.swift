@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "AttestationCore", targets: ["AttestationCore"]),
         .library(name: "TPMVerifier", targets: ["TPMVerifier"]),
         .library(name: "TDXVerifier", targets: ["TDXVerifier"]),
+        .library(name: "TONKit", targets: ["TONKit"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -47,6 +48,8 @@ let package = Package(
         .target(name: "Sealing", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         .target(name: "WorkerProtocol", dependencies: [.product(name: "NIOCore", package: "swift-nio")], swiftSettings: strict),
         .target(name: "AuditLog", dependencies: ["AttestationCore", "CSQLite"], swiftSettings: strict),
+        // TON: addresses, cells, bags of cells.
+        .target(name: "TONKit", dependencies: ["AttestationCore"], swiftSettings: strict),
 
         // The inference engine: GGUF, tokenizer, chat templates, Vulkan kernels, OpenAI server.
         // Kept free of package dependencies so that its measured binary stays small and its
@@ -125,6 +128,9 @@ let package = Package(
         .testTarget(
             name: "AttestationCoreTests",
             dependencies: ["AttestationCore", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
+        .testTarget(
+            name: "TONKitTests", dependencies: ["TONKit", "AttestationCore", "TestSupport"], exclude: ["pytoniq_corpus.py"],
             swiftSettings: strict),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog", "AttestationCore", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventLogTests", dependencies: ["EventLog", "TestSupport"], swiftSettings: strict),

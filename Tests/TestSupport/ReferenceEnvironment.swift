@@ -1,11 +1,15 @@
 import Foundation
 
 /// The independent references `scripts/reference-env` prepares (cached under ~/.cache/ccgate):
-/// a Python virtual environment with llama-cpp-python and the openai SDK, and the SmolLM2 model.
+/// a Python virtual environment with llama-cpp-python and the openai SDK, one with pytoniq-core,
+/// and the SmolLM2 model.
 public struct ReferenceEnvironment: Sendable {
     public let venv: URL
     public let model: URL
+    /// A virtual environment with pytoniq-core (TON cells, BoCs, addresses).
+    public let tonVenv: URL
     public var python: URL { venv.appendingPathComponent("bin/python") }
+    public var tonPython: URL { tonVenv.appendingPathComponent("bin/python") }
 
     public struct SetupError: Error, CustomStringConvertible {
         public let description: String
@@ -21,10 +25,12 @@ public struct ReferenceEnvironment: Sendable {
                 let parts = line.split(separator: "=", maxSplits: 1)
                 if parts.count == 2 { values[String(parts[0])] = String(parts[1]) }
             }
-            guard let venv = values["VENV"], let model = values["MODEL"] else {
+            guard let venv = values["VENV"], let model = values["MODEL"], let ton = values["TON_VENV"] else {
                 return .failure(SetupError(description: "scripts/reference-env printed \(result.stdout)"))
             }
-            return .success(ReferenceEnvironment(venv: URL(fileURLWithPath: venv), model: URL(fileURLWithPath: model)))
+            return .success(
+                ReferenceEnvironment(
+                    venv: URL(fileURLWithPath: venv), model: URL(fileURLWithPath: model), tonVenv: URL(fileURLWithPath: ton)))
         } catch {
             return .failure(SetupError(description: "\(error)"))
         }
