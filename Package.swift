@@ -130,7 +130,7 @@ let package = Package(
             dependencies: ["AttestationCore", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         .testTarget(
-            name: "TONKitTests", dependencies: ["TONKit", "AttestationCore", "TestSupport"], exclude: ["pytoniq_corpus.py"],
+            name: "TONKitTests", dependencies: ["TONKit", "AttestationCore", "TestSupport"], exclude: ["pytoniq_corpus.py", "toncenter_stub.py"],
             swiftSettings: strict),
         .testTarget(name: "AuditLogTests", dependencies: ["AuditLog", "AttestationCore", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventLogTests", dependencies: ["EventLog", "TestSupport"], swiftSettings: strict),
