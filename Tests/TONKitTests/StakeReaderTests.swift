@@ -15,7 +15,7 @@ import TONKit
     final class Stub: @unchecked Sendable {
         let process = Process()
         let port: Int
-        init(mode: String) throws {
+        init(mode: String, walletKey: String? = nil) throws {
             let dir = try TemporaryDirectory("toncenter")
             let portFile = dir.file("port")
             // The system interpreter directly (a version-manager shim in between would not pass on the signal).
@@ -23,7 +23,7 @@ import TONKit
             process.arguments = [
                 SharedTestData.packageRoot.appendingPathComponent("Tests/TONKitTests/toncenter_stub.py").path,
                 portFile.path, SharedTestData.url("ton/toncenter").path, mode,
-            ]
+            ] + (walletKey.map { [$0] } ?? [])
             try process.run()
             let deadline = Date() + 30
             var port = 0

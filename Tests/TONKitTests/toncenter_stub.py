@@ -1,8 +1,8 @@
 """A loopback stand-in for a toncenter v2 server, answering with the recorded bodies of
 ../shared/testdata/ton/toncenter (a peer this project does not own).
 
-usage: python toncenter_stub.py PORT_FILE BODIES_DIR MODE
-MODE: ok | ratelimit | garbage | other-amount
+usage: python toncenter_stub.py PORT_FILE BODIES_DIR MODE [WALLET_KEY_HEX]
+MODE: ok | ratelimit | garbage | other-amount; WALLET_KEY_HEX replaces the wallet's key in get_public_key
 """
 import json
 import os
@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 PORT_FILE, BODIES, MODE = sys.argv[1], sys.argv[2], sys.argv[3]
+WALLET_KEY = sys.argv[4] if len(sys.argv) > 4 else None
 POOL = "Ef93GHPH-a6l9lfGE4_RWEDHAAS0vIn2EmaY44TWvwpCJ2rD"
 PRESENT = "0x2cf55953e92efbeadab7ba725c3f93a0b23f842cbba72d7b8e6f510a70e422e3"
 
@@ -45,6 +46,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(200, body(name))
         if url.path == "/api/v2/runGetMethod":
             request = json.loads(payload or b"{}")
+            if request.get("method") == "get_public_key":
+                data = body("runGetMethod.get_public_key.json")
+                if WALLET_KEY:
+                    stack = json.loads(data)["result"]["stack"]
+                    data = data.replace(stack[0][1].encode(), ("0x" + WALLET_KEY).encode())
+                return self.answer(200, data)
             if request.get("method") != "get_nominator_data":
                 return self.answer(200, body("runGetMethod.no_such_method.exit_11.json"))
             arg = (request.get("stack") or [["num", ""]])[0][1]

@@ -17,6 +17,13 @@ public struct StakeObservation: Sendable, Equatable {
     /// The highest masterchain block any endpoint reported, when they report one.
     public let blockSeqno: Int?
     public let endpoints: [String]
+
+    public init(source: String, amount: UInt128, blockSeqno: Int?, endpoints: [String]) {
+        self.source = source
+        self.amount = amount
+        self.blockSeqno = blockSeqno
+        self.endpoints = endpoints
+    }
 }
 
 /// Reads a nominator-pool position from every configured endpoint and decides conservatively.

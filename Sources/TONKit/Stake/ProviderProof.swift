@@ -1,0 +1,83 @@
+import AttestationCore
+import Foundation
+
+/// A provider's proof that it runs a worker: an Ed25519 signature by the provider wallet's key
+/// over (gateway id, wallet, worker public key, time). The gateway reads the wallet's key on chain
+/// (`get_public_key`) and checks the signature; a stake without this proof admits nobody.
+///
+/// Threats: a provider claiming another provider's stake (the signature must verify under the
+/// key the named wallet holds on chain), a proof lifted from one worker or gateway to another
+/// (both are signed), and an old proof replayed (its time must be recent).
+public struct ProviderProof: Sendable, Equatable, Codable {
+    public let wallet: String
+    public let gatewayID: String
+    /// The worker's public key (its KEM key, the one its quote is bound to).
+    public let workerKey: Data
+    /// Unix seconds.
+    public let time: Int
+    public let signature: Data
+
+    enum CodingKeys: String, CodingKey {
+        case wallet, time, signature
+        case gatewayID = "gateway_id"
+        case workerKey = "worker_key"
+    }
+
+    public static func message(wallet: String, gatewayID: String, workerKey: Data, time: Int) -> Data {
+        Data("ccgate.provider-proof/v1\n\(gatewayID)\n\(wallet)\n\(workerKey.hex)\n\(time)\n".utf8)
+    }
+
+    public static func sign(wallet: TONAddress, gatewayID: String, workerKey: Data, time: Int, key: Ed25519PrivateKey) -> ProviderProof {
+        ProviderProof(
+            wallet: wallet.raw, gatewayID: gatewayID, workerKey: workerKey, time: time,
+            signature: key.signature(for: message(wallet: wallet.raw, gatewayID: gatewayID, workerKey: workerKey, time: time)))
+    }
+
+    public init(wallet: String, gatewayID: String, workerKey: Data, time: Int, signature: Data) {
+        self.wallet = wallet
+        self.gatewayID = gatewayID
+        self.workerKey = workerKey
+        self.time = time
+        self.signature = signature
+    }
+
+    public struct Failure: Error, CustomStringConvertible, Equatable {
+        public let code: String
+        public let message: String
+        public var description: String { "\(code): \(message)" }
+    }
+
+    /// Checks the proof for this gateway and worker against the wallet's on-chain key.
+    public func verify(walletKey: Ed25519PublicKey, gatewayID expectedGateway: String, workerKey expectedWorker: Data, now: Date,
+                       maxAge: TimeInterval = 600) throws(Failure) {
+        guard gatewayID == expectedGateway else { throw Failure(code: "stake.proof-mismatch", message: "the proof is for gateway '\(gatewayID)'") }
+        guard workerKey == expectedWorker else { throw Failure(code: "stake.proof-mismatch", message: "the proof is for another worker key") }
+        let age = now.timeIntervalSince1970 - TimeInterval(time)
+        guard age <= maxAge, age >= -60 else { throw Failure(code: "stake.proof-stale", message: "the proof is \(Int(age)) s old (at most \(Int(maxAge)))") }
+        guard walletKey.isValidSignature(signature, for: Self.message(wallet: wallet, gatewayID: gatewayID, workerKey: workerKey, time: time)) else {
+            throw Failure(code: "stake.proof-invalid", message: "the signature does not verify under the public key wallet \(wallet) holds on chain")
+        }
+    }
+}
+
+extension StakeReader {
+    /// The wallet's Ed25519 key from `get_public_key`, the same at every endpoint.
+    public func walletPublicKey(_ wallet: TONAddress) async -> Result<Ed25519PublicKey, ProviderProof.Failure> {
+        var keys = Set<[UInt8]>()
+        for client in clients {
+            do {
+                let r = try await client.runGetMethod(wallet, method: "get_public_key")
+                guard r.exitCode == 0, let raw = r.stack.first?.integer?.bytes32 else {
+                    return .failure(.init(code: "stake.no-wallet-key", message: "\(wallet.raw) has no get_public_key (exit \(r.exitCode))"))
+                }
+                keys.insert(raw)
+            } catch {
+                return .failure(.init(code: "stake.unknown", message: "\(client.endpoint.base.absoluteString): \(error)"))
+            }
+        }
+        guard keys.count == 1, let raw = keys.first, let key = try? Ed25519PublicKey(raw: Data(raw)) else {
+            return .failure(.init(code: "stake.unknown", message: "endpoints disagree on \(wallet.raw)'s public key"))
+        }
+        return .success(key)
+    }
+}
