@@ -1,5 +1,6 @@
 import AttestationCore
 import AuditLog
+import Crypto
 import Foundation
 import Hummingbird
 import Logging
@@ -213,7 +214,7 @@ enum GatewayKeys {
             guard token.count >= 16 else { throw GatewayStartError("\(url.path): the admin token is shorter than 16 characters") }
             return token
         }
-        let token = Ed25519PrivateKey.generate().publicKey.raw.hex
+        let token = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.hex
         try writeSecret(token + "\n", to: url)
         return token
     }

@@ -339,9 +339,15 @@ final class ChunkPipe: Sendable {
 
     struct Cancelled: Error {}
 
+    /// A reader that takes nothing for this long has gone (or its response never started):
+    /// the database reader stops rather than wait forever.
+    static let stallLimit = 120
+
     func send(_ data: Data) throws {
+        var waited = 0
         while slots.wait(timeout: .now() + 1) == .timedOut {
-            if cancelled.load(ordering: .relaxed) { throw Cancelled() }
+            waited += 1
+            if cancelled.load(ordering: .relaxed) || waited >= Self.stallLimit { throw Cancelled() }
         }
         if cancelled.load(ordering: .relaxed) { throw Cancelled() }
         continuation.yield([UInt8](data))
