@@ -128,8 +128,14 @@ public actor GatewayAdministration {
                         detail: ["session": item.link.sessionID, "message": message]),
                     worker: .remove(id: item.link.workerID, session: item.link.sessionID)))
         }
+        // Out of routing first: no prompt reaches them from here on, whatever the disk does.
+        // (Removing is fail-safe; a worker wrongly cut off attests again.)
+        for (item, _) in evicted { registry.remove(workerID: item.link.workerID, sessionID: item.link.sessionID) }
         let entries: [AuditEntry]
         do { entries = try await trail.record(drafts) } catch {
+            for (item, _) in evicted {
+                item.link.end(code: "gateway.audit-unavailable", message: "a policy apply could not be recorded; attest again", audited: false)
+            }
             throw AdminError(503, "gateway.audit-unavailable", "the policy could not be recorded: \(error)")
         }
         guard entries.first?.event.policyVersion == version else {
@@ -138,7 +144,6 @@ public actor GatewayAdministration {
         policies.replace(with: ActivePolicy(version: version, document: document, text: text))
         var evictions = [ApplyOutcome.Eviction]()
         for (item, message) in evicted {
-            registry.remove(workerID: item.link.workerID, sessionID: item.link.sessionID)
             item.link.end(code: item.reasons[0].code.rawValue, message: message, audited: true)
             evictions.append(
                 .init(worker: item.link.workerID, session: item.link.sessionID, reasons: item.reasons.map(\.code.rawValue), message: message))
