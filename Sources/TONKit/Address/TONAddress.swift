@@ -1,3 +1,4 @@
+import AttestationCore
 import Foundation
 
 /// Why a string is not a TON address; `reason` is the class a caller can act on.
@@ -33,7 +34,7 @@ public struct TONAddress: Sendable, Hashable, CustomStringConvertible {
     /// Only 0 (basechain) and -1 (masterchain) exist; others are format-valid but name no chain.
     public var isStandardWorkchain: Bool { workchain == 0 || workchain == -1 }
 
-    public var raw: String { "\(workchain):" + hash.map { String(format: "%02x", $0) }.joined() }
+    public var raw: String { "\(workchain):" + Data(hash).hex }
     public var description: String { raw }
 
     /// Parses either form; `bounceable` and `testnet` are those of a user-friendly string (raw

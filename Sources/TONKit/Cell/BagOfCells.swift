@@ -1,3 +1,4 @@
+import AttestationCore
 import Foundation
 
 /// Bags of cells (`crypto/tl/boc.tlb`): the generic form `b5ee9c72` with every flag (index, CRC32C,
@@ -84,7 +85,7 @@ public enum BagOfCells {
             h.hasCRC32C = magic == legacyCRCMagic
             h.sizeBytes = try uint(1)
         default:
-            throw TONCellError(.badMagic, "unknown magic \(magic.map { String(format: "%02x", $0) }.joined())")
+            throw TONCellError(.badMagic, "unknown magic \(Data(magic).hex)")
         }
         guard (1...4).contains(h.sizeBytes) else { throw TONCellError(.badHeader, "reference size \(h.sizeBytes) is not 1-4 bytes") }
         h.offsetBytes = try uint(1)

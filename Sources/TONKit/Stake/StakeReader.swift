@@ -1,3 +1,4 @@
+import AttestationCore
 import Foundation
 
 /// What the chain says about a provider's stake.
@@ -54,7 +55,7 @@ public struct StakeReader: Sendable {
                 guard account.state == "active", let code = account.code else {
                     return .refused(code: "stake.account-inactive", message: "\(pool.raw) is \(account.state) at \(host)")
                 }
-                let codeHash = Data(code.representationHash).hexString
+                let codeHash = Data(code.representationHash).hex
                 guard allowedCodeHashes.contains(codeHash) else {
                     return .refused(code: "stake.code-not-allowed", message: "\(pool.raw) runs code \(codeHash.prefix(16))…, which the policy does not allow")
                 }

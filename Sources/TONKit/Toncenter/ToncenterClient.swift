@@ -1,3 +1,4 @@
+import AttestationCore
 import Foundation
 import Synchronization
 
@@ -129,14 +130,10 @@ public final class ToncenterClient: Sendable {
     public func runGetMethod(_ address: TONAddress, method: String, arguments: [TVMInteger] = []) async throws(ToncenterError)
         -> RunGetMethodResult
     {
-        let stack = arguments.map { ["num", ($0.negative ? "-0x" : "0x") + ($0.magnitude.isEmpty ? "0" : Data($0.magnitude).hexString)] }
+        let stack = arguments.map { ["num", ($0.negative ? "-0x" : "0x") + ($0.magnitude.isEmpty ? "0" : Data($0.magnitude).hex)] }
         let body: [String: Any] = ["address": address.friendly(bounceable: true) ?? address.raw, "method": method, "stack": stack]
         return try await call(request("runGetMethod", json: body)) { (body, status) throws(ToncenterError) in
             try ToncenterDecoding.runGetMethod(body, status: status)
         }
     }
-}
-
-extension Data {
-    var hexString: String { map { String(format: "%02x", $0) }.joined() }
 }
