@@ -73,8 +73,18 @@ import Testing
 
         let clock = ContinuousClock()
         let start = clock.now
+        // Watches the registry while the call runs: when does worker-b stop being routable?
+        let registry = gateway.server.registry
+        let watcher = Task { () -> Duration? in
+            while !Task.isCancelled {
+                if !registry.isAdmitted("worker-b") { return clock.now - start }
+                try? await Task.sleep(for: .milliseconds(1))
+            }
+            return nil
+        }
         let applied = try await gateway.admin("/v1/admin/policy/apply", method: "POST", json: Self.signed(v2, admin))
         let answered = clock.now - start
+        let unroutable = await watcher.value
         #expect(applied.status == 200, "\(applied.body)")
         #expect(applied.body["version"] as? Int == 2)
         #expect((applied.body["evictions"] as? [[String: Any]])?.map { $0["worker"] as? String } == ["worker-b"])
@@ -83,7 +93,7 @@ import Testing
         #expect(gateway.server.registry.isAdmitted("worker-a"))
         let closed = await Self.disconnected(b)
         #expect(closed != nil, "worker-b's connection was not closed")
-        print("policy apply: answered after \(answered), worker-b disconnected \(closed.map { "\($0)" } ?? "never") after that")
+        print("policy apply: worker-b out of routing after \(unroutable.map { "\($0)" } ?? "?"), call answered after \(answered), connection closed \(closed.map { "\($0)" } ?? "never") after that")
 
         let events = try gateway.auditEvents()
         let eviction = events.first { $0["event"] as? String == "eviction" && $0["worker"] as? String == "worker-b" }
