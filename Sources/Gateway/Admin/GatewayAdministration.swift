@@ -98,13 +98,10 @@ public actor GatewayAdministration {
                 dryRun: true, version: nil, name: document.name, sha256: digest, signer: signer.fingerprint, changes: changes,
                 evictions: wouldEvict)
         }
-        // The policy and the evictions it causes go into one transaction, so a worker is cut off
-        // after one durable write. Versions are assigned by the store; applies are serialized by
-        // this actor and nothing else adds versions while the gateway runs, so the next is known.
-        let version: Int
-        do { version = (try trail.store.policies().last?.version ?? 0) + 1 } catch {
-            throw AdminError(503, "gateway.audit-unavailable", "the policy history cannot be read: \(error)")
-        }
+        // The policy and the evictions it causes go into one transaction. Versions are assigned by
+        // the store; the version in force is the latest, applies are serialized by this actor and
+        // nothing else adds versions while the gateway runs, so the next one is known without a read.
+        let version = current.version + 1
         let evicted = failing(under: document, at: now).map { item in
             (item: item, message: "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)")
         }
