@@ -103,13 +103,13 @@ final class GatewayProcess: @unchecked Sendable {
         defer { gateway.stop() }
         let attestor = try Attestor(tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model.gguf")])
 
-        // The burst: workers admitted one after another on 8 connections at a time; each
+        // The burst: workers admitted one after another on 4 connections at a time; each
         // admission a worker receives is acknowledged. At 1,000 the gateway is killed mid-burst.
         let target = 1_000
         let burst = Burst()
         let workerPort = gateway.ports["worker"]!
         await withTaskGroup(of: Void.self) { group in
-            for _ in 0..<8 {
+            for _ in 0..<4 {
                 group.addTask {
                     while !burst.killed.load(ordering: .relaxed) {
                         let i = burst.next.add(1, ordering: .relaxed).newValue

@@ -62,8 +62,10 @@ import Testing
         }
     }
 
-    /// An empty online-mode cache fed from `base`.
-    static func online(_ base: URL, timeout: TimeInterval = 10) throws -> (CollateralCache, CollateralPrefetcher, TemporaryDirectory) {
+    /// An empty online-mode cache fed from `base`. The default timeout is generous: on a loaded
+    /// 2-core machine running the whole suite, a loopback answer can take many seconds, and a
+    /// timeout would then read as a failed fetch.
+    static func online(_ base: URL, timeout: TimeInterval = 90) throws -> (CollateralCache, CollateralPrefetcher, TemporaryDirectory) {
         let dir = try TemporaryDirectory("pccs")
         let cache = try CollateralCache(directory: dir.url, mode: "online")
         return (cache, CollateralPrefetcher(cache: cache, client: PCCSClient(base: base, timeout: timeout)), dir)
