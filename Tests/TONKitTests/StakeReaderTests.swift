@@ -55,7 +55,16 @@ import TONKit
         let stranger = try TONAddress.parseRaw("0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8")
         let none = await reader.nominatorStake(pool: Self.pool, nominator: stranger, allowedCodeHashes: Self.poolCode)
         guard case .observed(let zero) = none else { Issue.record("\(none)"); return }
-        #expect(zero.amount == 0 && zero.source == "nominator-pool:\(Self.pool.raw)")
+        #expect(zero.amount == 0 && zero.source == "nominator-pool:\(Self.pool.raw)" && zero.note == "not a nominator")
+    }
+
+    /// A position with a withdrawal requested leaves the pool at the next round: it counts as no stake.
+    @Test func aWithdrawalRequestCountsAsNoStake() async throws {
+        let a = try Stub(mode: "leaving"), b = try Stub(mode: "leaving")
+        let reading = await StakeReader(clients: [a.client(), b.client()])
+            .nominatorStake(pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
+        guard case .observed(let o) = reading else { Issue.record("\(reading)"); return }
+        #expect(o.amount == 0 && o.note == "withdraw requested")
     }
 
     /// Threat: a contract that merely answers `get_nominator_data` like a pool.

@@ -2,7 +2,9 @@
 ../shared/testdata/ton/toncenter (a peer this project does not own).
 
 usage: python toncenter_stub.py PORT_FILE BODIES_DIR MODE [WALLET_KEY_HEX]
-MODE: ok | ratelimit | garbage | other-amount; WALLET_KEY_HEX replaces the wallet's key in get_public_key
+MODE: ok | leaving | ratelimit | garbage | other-amount; WALLET_KEY_HEX replaces the wallet's key in
+get_public_key. The recorded nominator has a withdrawal requested; every mode but `leaving` answers
+as if it had none (its flag -0x1 becomes 0x0).
 """
 import json
 import os
@@ -58,6 +60,8 @@ class Handler(BaseHTTPRequestHandler):
             if arg != PRESENT:
                 return self.answer(200, body("runGetMethod.get_nominator_data.exit_86.json"))
             data = body("runGetMethod.get_nominator_data.json")
+            if MODE != "leaving":
+                data = data.replace(b'"-0x1"', b'"0x0"')
             if MODE == "other-amount":
                 data = data.replace(b"0x12309ce54000", b"0x9184e72a000")
             return self.answer(200, data)

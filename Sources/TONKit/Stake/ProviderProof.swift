@@ -16,29 +16,58 @@ public struct ProviderProof: Sendable, Equatable, Codable {
     /// Unix seconds.
     public let time: Int
     public let signature: Data
+    /// The provider's jetton wallet or Cocoon proxy holding the stake (nil for a nominator pool,
+    /// which the policy names). Not signed: the gateway checks on chain that the provider owns it.
+    public let stakeAccount: String?
 
     enum CodingKeys: String, CodingKey {
         case wallet, time, signature
         case gatewayID = "gateway_id"
         case workerKey = "worker_key"
+        case stakeAccount = "stake_account"
     }
 
     public static func message(wallet: String, gatewayID: String, workerKey: Data, time: Int) -> Data {
         Data("ccgate.provider-proof/v1\n\(gatewayID)\n\(wallet)\n\(workerKey.hex)\n\(time)\n".utf8)
     }
 
-    public static func sign(wallet: TONAddress, gatewayID: String, workerKey: Data, time: Int, key: Ed25519PrivateKey) -> ProviderProof {
+    public static func sign(wallet: TONAddress, gatewayID: String, workerKey: Data, time: Int, key: Ed25519PrivateKey,
+                            stakeAccount: TONAddress? = nil) -> ProviderProof {
         ProviderProof(
             wallet: wallet.raw, gatewayID: gatewayID, workerKey: workerKey, time: time,
-            signature: key.signature(for: message(wallet: wallet.raw, gatewayID: gatewayID, workerKey: workerKey, time: time)))
+            signature: key.signature(for: message(wallet: wallet.raw, gatewayID: gatewayID, workerKey: workerKey, time: time)),
+            stakeAccount: stakeAccount?.raw)
     }
 
-    public init(wallet: String, gatewayID: String, workerKey: Data, time: Int, signature: Data) {
+    public init(wallet: String, gatewayID: String, workerKey: Data, time: Int, signature: Data, stakeAccount: String? = nil) {
         self.wallet = wallet
         self.gatewayID = gatewayID
         self.workerKey = workerKey
         self.time = time
         self.signature = signature
+        self.stakeAccount = stakeAccount
+    }
+
+    /// Decodes a proof as a worker sends it; `stake.proof-malformed` for anything else.
+    public static func decode(_ data: Data) throws(Failure) -> (proof: ProviderProof, wallet: TONAddress, stakeAccount: TONAddress?) {
+        guard data.count <= 4096, let proof = try? JSONDecoder().decode(ProviderProof.self, from: data) else {
+            throw Failure(code: "stake.proof-malformed", message: "the provider proof is not a ccgate provider proof")
+        }
+        guard proof.signature.count == 64, proof.workerKey.count == 32 else {
+            throw Failure(code: "stake.proof-malformed", message: "the provider proof's signature or worker key has the wrong length")
+        }
+        let wallet: TONAddress, account: TONAddress?
+        do throws(TONAddressError) {
+            wallet = try TONAddress.parse(proof.wallet).address
+            account = try proof.stakeAccount.map { (text) throws(TONAddressError) in try TONAddress.parse(text).address }
+        } catch {
+            throw Failure(code: "stake.proof-malformed", message: "the provider proof names a bad address: \(error)")
+        }
+        // Nominators, jetton wallets and Cocoon proxies of providers live in the basechain.
+        guard wallet.workchain == 0 else {
+            throw Failure(code: "stake.proof-malformed", message: "the provider wallet \(wallet.raw) is not in the basechain")
+        }
+        return (proof, wallet, account)
     }
 
     public struct Failure: Error, CustomStringConvertible, Equatable {

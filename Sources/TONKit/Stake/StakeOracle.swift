@@ -23,15 +23,16 @@ public actor StakeOracle {
         var amount: UInt128
         var observedAt: Double
         var admitted: Bool
+        var observation: StakeObservation?
     }
-    let source: any StakeSource
-    public let ttl: Double
-    public let grace: Double
+    let source: (any StakeSource)?
+    public private(set) var ttl: Double
+    public private(set) var grace: Double
     /// Spreads refreshes: each entry's life is shortened by up to this fraction of the TTL.
     public let jitter: Double
     private var entries: [String: Entry] = [:]
 
-    public init(source: any StakeSource, ttl: Double = 300, grace: Double = 900, jitter: Double = 0.1) {
+    public init(source: (any StakeSource)?, ttl: Double = 300, grace: Double = 900, jitter: Double = 0.1) {
         self.source = source
         self.ttl = ttl
         self.grace = grace
@@ -41,12 +42,19 @@ public actor StakeOracle {
     /// The decision for `provider` at `now` (seconds), reading the chain when the cached
     /// observation is older than the TTL.
     public func decide(provider: String, minimum: UInt128, now: Double) async -> StakeDecision {
+        await decide(provider: provider, minimum: minimum, now: now) { [source] in
+            await source?.read(provider: provider) ?? .unknown("no stake source")
+        }
+    }
+
+    /// The decision for `provider`, reading with `read` when the cached observation has expired.
+    public func decide(provider: String, minimum: UInt128, now: Double, read: @Sendable () async -> StakeReading) async -> StakeDecision {
         if let e = entries[provider], now - e.observedAt < ttl * (1 - Double.random(in: 0...jitter)) {
             return judge(provider, e, minimum: minimum, stale: false)
         }
-        switch await source.read(provider: provider) {
+        switch await read() {
         case .observed(let o):
-            var e = Entry(amount: o.amount, observedAt: now, admitted: entries[provider]?.admitted ?? false)
+            var e = Entry(amount: o.amount, observedAt: now, admitted: entries[provider]?.admitted ?? false, observation: o)
             let decision = judge(provider, e, minimum: minimum, stale: false)
             if case .admit = decision { e.admitted = true } else { e.admitted = false }
             entries[provider] = e
@@ -64,6 +72,20 @@ public actor StakeOracle {
             }
             return .refuse(code: "stake.unknown", message: "stake unknown for a provider not yet admitted: \(why)")
         }
+    }
+
+    /// Takes the policy's time-to-live and grace window (a policy can change them).
+    public func configure(ttl: Double, grace: Double) {
+        self.ttl = ttl
+        self.grace = grace
+    }
+
+    /// The last good observation of `provider` (for the audit log: source, block, amount).
+    public func observation(_ provider: String) -> StakeObservation? { entries[provider]?.observation }
+
+    /// Forgets providers no admitted worker names any more.
+    public func retain(_ providers: Set<String>) {
+        entries = entries.filter { providers.contains($0.key) }
     }
 
     private func judge(_ provider: String, _ e: Entry, minimum: UInt128, stale: Bool) -> StakeDecision {
