@@ -1,4 +1,5 @@
 import Foundation
+import TONKit
 
 /// One semantic difference between two policies.
 public struct PolicyChange: Sendable, Equatable, CustomStringConvertible {
@@ -55,6 +56,11 @@ extension PolicyDocument {
             "workers.session_key_lifetime_seconds", workers.sessionKeyLifetimeSeconds, new.workers.sessionKeyLifetimeSeconds,
             optional)
         scalar("stake.minimum_ton", stake.minimumNanotons, new.stake.minimumNanotons) { $0.map(Self.tonText) ?? "unset" }
+        scalar("stake.source", stake.source, new.stake.source) { $0.map(Self.sourceText) ?? "unset" }
+        set("stake.code_hashes", stake.codeHashes, new.stake.codeHashes)
+        scalar("stake.refresh_seconds", stake.refreshSeconds, new.stake.refreshSeconds) { "\($0)" }
+        scalar("stake.grace_seconds", stake.graceSeconds, new.stake.graceSeconds) { "\($0)" }
+        scalar("stake.proof_max_age_seconds", stake.proofMaxAgeSeconds, new.stake.proofMaxAgeSeconds) { "\($0)" }
         return out
     }
 
@@ -71,6 +77,14 @@ extension PolicyDocument {
         }
         for x in a where new[x.sha256] == nil {
             out.append(PolicyChange(kind: .removed, path: path, text: "\(label(x)) (sha256 \(x.sha256))"))
+        }
+    }
+
+    static func sourceText(_ kind: StakeQuery.Kind) -> String {
+        switch kind {
+        case .nominatorPool(let pool): "nominator-pool \(pool.raw)"
+        case .jetton(let master): "jetton of \(master.raw)"
+        case .cocoonProxy(let root): "cocoon-proxy" + (root.map { " of root \($0.raw)" } ?? "")
         }
     }
 

@@ -1,5 +1,6 @@
 import AttestationCore
 import Foundation
+import TONKit
 import Yams
 
 /// An allowlisted artifact: an inference binary or a model file, pinned by SHA-256.
@@ -39,10 +40,20 @@ public struct PolicyDocument: Sendable, Equatable {
         public var sessionKeyLifetimeSeconds: Int?
     }
 
-    /// The stake a worker's provider must hold on TON.
+    /// The stake a worker's provider must hold on TON, where it is read, and how fresh it must be.
     public struct StakeRules: Sendable, Equatable {
         /// Minimum stake in nanotons (1 TON = 10^9); nil: no stake rule.
         public var minimumNanotons: UInt64?
+        /// Where the stake is: a nominator pool position, a jetton wallet or a Cocoon proxy.
+        public var source: StakeQuery.Kind?
+        /// Lowercase hex code hashes the stake contract may run (the pool, the jetton wallet or the proxy).
+        public var codeHashes: [String] = []
+        /// Seconds an observation is trusted before it is read again (the oracle's TTL).
+        public var refreshSeconds = 300
+        /// Seconds an admitted provider keeps serving while the chain data cannot be read.
+        public var graceSeconds = 900
+        /// Seconds a provider proof stays acceptable after it was signed.
+        public var proofMaxAgeSeconds = 600
     }
 
     public struct TPMRules: Sendable, Equatable {
@@ -283,16 +294,67 @@ struct NodeReader {
                 w["session_key_lifetime_seconds"], "workers.session_key_lifetime_seconds")
         }
         if let stakeNode = top["stake"] {
-            let st = mapping(stakeNode, "stake", allowed: ["minimum_ton"])
-            if let node = st["minimum_ton"] {
-                if let text = node.scalar?.string, let nano = Self.nanotons(text) {
-                    doc.stake.minimumNanotons = nano
-                } else {
-                    fail(node, "stake.minimum_ton must be a TON amount such as 100 or 2.5 (at most 9 decimals)")
-                }
-            }
+            stakeRules(stakeNode, into: &doc.stake)
         }
         return doc
+    }
+
+    mutating func stakeRules(_ node: Node, into rules: inout PolicyDocument.StakeRules) {
+        let st = mapping(
+            node, "stake",
+            allowed: [
+                "minimum_ton", "source", "pool", "jetton_master", "cocoon_root", "code_hashes", "refresh_seconds", "grace_seconds",
+                "proof_max_age_seconds",
+            ])
+        if let node = st["minimum_ton"] {
+            if let text = node.scalar?.string, let nano = Self.nanotons(text) {
+                rules.minimumNanotons = nano
+            } else {
+                fail(node, "stake.minimum_ton must be a TON amount such as 100 or 2.5 (at most 9 decimals)")
+            }
+        }
+        func address(_ key: String) -> TONAddress? {
+            guard let text = string(st[key], "stake.\(key)") else { return nil }
+            do throws(TONAddressError) {
+                let a = try TONAddress.parse(text).address
+                guard a.isStandardWorkchain else {
+                    fail(st[key], "stake.\(key): workchain \(a.workchain) is not 0 or -1")
+                    return nil
+                }
+                return a
+            } catch {
+                fail(st[key], "stake.\(key) is not a TON address: \(error)")
+                return nil
+            }
+        }
+        let pool = address("pool"), master = address("jetton_master"), root = address("cocoon_root")
+        switch string(st["source"], "stake.source") ?? (st["minimum_ton"] == nil ? nil : "nominator-pool") {
+        case nil: break
+        case "nominator-pool":
+            if let pool { rules.source = .nominatorPool(pool: pool) } else if st["pool"] == nil { fail(node, "stake.source nominator-pool needs stake.pool") }
+        case "jetton":
+            if let master { rules.source = .jetton(master: master) } else if st["jetton_master"] == nil {
+                fail(node, "stake.source jetton needs stake.jetton_master")
+            }
+        case "cocoon-proxy": rules.source = .cocoonProxy(root: root)
+        case let other?: fail(st["source"], "stake.source '\(other)' is not nominator-pool, jetton or cocoon-proxy")
+        }
+        if let hashes = st["code_hashes"] {
+            guard let seq = hashes.sequence else {
+                fail(hashes, "stake.code_hashes must be a list")
+                return
+            }
+            rules.codeHashes = seq.compactMap { hex($0, "stake.code_hashes[]", bytes: 32) }
+        }
+        if rules.minimumNanotons != nil, rules.codeHashes.isEmpty {
+            fail(node, "stake.code_hashes must list the code hashes the stake contract may run")
+        }
+        if rules.minimumNanotons == nil, st["source"] != nil || st["code_hashes"] != nil {
+            fail(node, "stake needs minimum_ton when it names a source")
+        }
+        rules.refreshSeconds = seconds(st["refresh_seconds"], "stake.refresh_seconds") ?? rules.refreshSeconds
+        rules.graceSeconds = seconds(st["grace_seconds"], "stake.grace_seconds") ?? rules.graceSeconds
+        rules.proofMaxAgeSeconds = seconds(st["proof_max_age_seconds"], "stake.proof_max_age_seconds") ?? rules.proofMaxAgeSeconds
     }
 
     mutating func seconds(_ node: Node?, _ path: String) -> Int? {

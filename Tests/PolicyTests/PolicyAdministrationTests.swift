@@ -2,6 +2,7 @@ import AttestationCore
 import Foundation
 import Policy
 import Testing
+import TONKit
 
 /// Signed policies, semantic diffs, the new settings, and re-evaluating admitted workers.
 @Suite struct PolicyAdministrationTests {
@@ -13,7 +14,7 @@ import Testing
           binaries: [{name: ccinfer, version: "1.0", sha256: \(String(repeating: "a", count: 64))}]
           models: [{name: smollm2, sha256: \(String(repeating: "b", count: 64))}]
         workers: {reattest_interval_seconds: 30, session_key_lifetime_seconds: 3600}
-        stake: {minimum_ton: "2.5"}
+        stake: {minimum_ton: "2.5", pool: "-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227", code_hashes: [9a3ec14bc098f6b44064c305222caea2800f17dda85ee6a8198a7095ede10dcf]}
         """
 
     @Test func newSettingsParse() throws {
@@ -22,7 +23,23 @@ import Testing
         #expect(doc.workers.sessionKeyLifetimeSeconds == 3600)
         #expect(doc.stake.minimumNanotons == 2_500_000_000)
         #expect(PolicyDocument.tonText(2_500_000_000) == "2.5")
-        for bad in ["stake: {minimum_ton: \"1.0000000001\"}", "stake: {minimum_ton: -1}", "stake: {minimum_ton: \"1e9\"}",
+        // The stake source defaults to a nominator pool; the pool and the allowed code come from the policy.
+        #expect(doc.stake.source == .nominatorPool(pool: try TONAddress.parseRaw("-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227")))
+        #expect(doc.stake.codeHashes == ["9a3ec14bc098f6b44064c305222caea2800f17dda85ee6a8198a7095ede10dcf"])
+        #expect(doc.stake.refreshSeconds == 300 && doc.stake.graceSeconds == 900 && doc.stake.proofMaxAgeSeconds == 600)
+        let jetton = try PolicyDocument.parse(
+            "schema: ccgate.policy/v1\nname: j\nstake: {minimum_ton: 1, source: jetton, jetton_master: EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2N, code_hashes: [\(String(repeating: "ab", count: 32))], grace_seconds: 60}")
+        #expect(jetton.stake.source == .jetton(master: try TONAddress.parseRaw("0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8")))
+        #expect(jetton.stake.graceSeconds == 60)
+        let pool = "pool: \"-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227\", code_hashes: [\(String(repeating: "ab", count: 32))]"
+        for bad in ["stake: {minimum_ton: \"1.0000000001\", \(pool)}", "stake: {minimum_ton: -1, \(pool)}", "stake: {minimum_ton: \"1e9\", \(pool)}",
+                    "stake: {minimum_ton: 1, code_hashes: [\(String(repeating: "ab", count: 32))]}",  // no pool
+                    "stake: {minimum_ton: 1, pool: \"-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227\"}",  // no code hashes
+                    "stake: {minimum_ton: 1, source: jetton, \(pool)}",  // no master
+                    "stake: {minimum_ton: 1, source: staking, \(pool)}",
+                    "stake: {minimum_ton: 1, pool: \"2:abababababababababababababababababababababababababababababababab\", code_hashes: [\(String(repeating: "ab", count: 32))]}",
+                    "stake: {minimum_ton: 1, pool: \"EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2M\", code_hashes: []}",
+                    "stake: {source: cocoon-proxy, code_hashes: [\(String(repeating: "ab", count: 32))]}",  // no minimum
                     "workers: {reattest_interval_seconds: 0}", "workers: {session_key_lifetime: 5}"] {
             #expect(throws: PolicyLoadErrors.self) { try PolicyDocument.parse("schema: ccgate.policy/v1\nname: x\n" + bad) }
         }
@@ -73,6 +90,8 @@ import Testing
         #expect(changes.contains("+ evidence.tdx.accepted_tcb_statuses: SWHardeningNeeded"))
         #expect(changes.contains("~ stake.minimum_ton: 2.5 → 10"))
         #expect(changes.count == 5)
+        let longer = try PolicyDocument.parse(Self.text.replacingOccurrences(of: "minimum_ton: \"2.5\"", with: "minimum_ton: \"2.5\", grace_seconds: 60"))
+        #expect(a.changes(to: longer).map(\.description) == ["~ stake.grace_seconds: 900 → 60"])
         #expect(a.changes(to: a).isEmpty)
     }
 
