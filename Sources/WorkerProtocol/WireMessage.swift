@@ -34,13 +34,24 @@ public enum WireMessage: Sendable, Equatable {
 
     public struct Challenge: Codable, Sendable, Equatable {
         public var nonce: Data
-        public init(nonce: Data) { self.nonce = nonce }
+        /// The gateway's id, which a provider proof names (sent on the admission challenge).
+        public var gatewayID: String?
+        public init(nonce: Data, gatewayID: String? = nil) {
+            self.nonce = nonce
+            self.gatewayID = gatewayID
+        }
     }
 
     public struct EvidenceMessage: Codable, Sendable, Equatable {
         /// The evidence envelope's JSON bytes.
         public var envelope: Data
-        public init(envelope: Data) { self.envelope = envelope }
+        /// The provider proof's JSON bytes (TONKit `ProviderProof`), when the worker's provider
+        /// stakes on TON; sent with the admission evidence.
+        public var providerProof: Data?
+        public init(envelope: Data, providerProof: Data? = nil) {
+            self.envelope = envelope
+            self.providerProof = providerProof
+        }
     }
 
     public struct Admitted: Codable, Sendable, Equatable {

@@ -3,6 +3,7 @@ import AttestationCore
 import CommandLineSupport
 import Foundation
 import Logging
+import TONKit
 import WorkerAgent
 
 struct Run: ParsableCommand {
@@ -18,6 +19,11 @@ struct Run: ParsableCommand {
             measured as application events into RTMR3 (through --rtmr-dir), and each challenge is answered with a \
             DCAP quote from Linux configfs-tsm (--tsm-dir) whose REPORTDATA is SHA-256(nonce ‖ key) followed by zeros, \
             together with the CCEL event log (--ccel) extended by those events.
+
+            When the gateway's policy requires a TON stake, give the provider's wallet (--provider-wallet) and its
+            Ed25519 private key (--provider-key, PEM as `ccgate keys generate` writes it, or the wallet's 32-byte seed
+            as hex): on admission the worker signs a provider proof over the gateway's id, its own key and the time.
+            For a jetton or Cocoon proxy stake, --stake-account names the provider's jetton wallet or proxy contract.
 
             Examples:
               ccworker run --gateway 127.0.0.1:8444 --tpm swtpm:host=127.0.0.1,port=2321 \\
@@ -37,6 +43,13 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("This worker's id.", valueName: "ID")) var workerID = ProcessInfo.processInfo.hostName
     @Option(help: ArgumentHelp("The PCR measurements are extended into.", valueName: "N")) var measurePCR = 23
     @Option(help: ArgumentHelp("Attestation key algorithm: ecc or rsa.", valueName: "ALG")) var ak = "ecc"
+    @Option(help: ArgumentHelp("The provider's TON wallet (raw or user-friendly), for a gateway that requires stake.", valueName: "ADDRESS"))
+    var providerWallet: String?
+    @Option(help: ArgumentHelp("The provider wallet's Ed25519 private key (PEM, or the 32-byte seed as hex).", valueName: "FILE"))
+    var providerKey: String?
+    @Option(help: ArgumentHelp("The provider's jetton wallet or Cocoon proxy holding the stake.", valueName: "ADDRESS"))
+    var stakeAccount: String?
+
     @Flag(help: "Start and supervise the engine with the arguments after --.") var engineCommand = false
     @Argument(parsing: .postTerminator, help: "The engine command (with --engine-command).") var command: [String] = []
 
@@ -49,6 +62,23 @@ struct Run: ParsableCommand {
             throw ValidationError("\(path): not a readable file")
         }
         if engineCommand, command.isEmpty { throw ValidationError("--engine-command needs the command after --") }
+        guard (providerWallet == nil) == (providerKey == nil) else { throw ValidationError("--provider-wallet and --provider-key go together") }
+        if stakeAccount != nil, providerWallet == nil { throw ValidationError("--stake-account needs --provider-wallet and --provider-key") }
+    }
+
+    /// The provider identity from --provider-wallet / --provider-key / --stake-account.
+    func provider() throws -> GatewayClient.ProviderIdentity? {
+        guard let providerWallet, let providerKey else { return nil }
+        do {
+            let wallet = try TONAddress.parse(providerWallet).address
+            let account = try stakeAccount.map { try TONAddress.parse($0).address }
+            let text = try String(contentsOfFile: providerKey, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            let key: Ed25519PrivateKey
+            if let seed = Data(hex: text), seed.count == 32 { key = try Ed25519PrivateKey(seed: seed) } else { key = try Ed25519PrivateKey(pem: text) }
+            return GatewayClient.ProviderIdentity(wallet: wallet, key: key, stakeAccount: account)
+        } catch {
+            throw ReportedFailure("ccworker", "provider identity: \(error)", status: 2)
+        }
     }
 
     var hostPort: (String, Int)? {
@@ -88,7 +118,7 @@ struct Run: ParsableCommand {
             return source
         }
         defer { signalSources.forEach { $0.cancel() } }
-        let client = GatewayClient(configuration: .init(host: host, port: port, workerID: workerID, models: [modelName]),
+        let client = GatewayClient(configuration: .init(host: host, port: port, workerID: workerID, models: [modelName], provider: try provider()),
                                    attestor: attestor, engine: engineClient, logger: logger)
         let outcome = WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)
         supervisor?.stop()

@@ -5,7 +5,9 @@ import NIOCore
 import NIOPosix
 import Sealing
 import Synchronization
+import TONKit
 import WorkerProtocol
+import AttestationCore
 
 /// The gateway refused this worker (attestation or policy); retrying unchanged will not help.
 public struct WorkerRejected: Error, CustomStringConvertible {
@@ -24,11 +26,35 @@ public final class GatewayClient: Sendable {
         public var port: Int
         public var workerID: String
         public var models: [String]
-        public init(host: String, port: Int, workerID: String, models: [String]) {
+        /// The provider this worker stakes for; a gateway with a stake rule admits it only with a proof.
+        public var provider: ProviderIdentity?
+        public init(host: String, port: Int, workerID: String, models: [String], provider: ProviderIdentity? = nil) {
             self.host = host
             self.port = port
             self.workerID = workerID
             self.models = models
+            self.provider = provider
+        }
+    }
+
+    /// A provider wallet and its Ed25519 key: the worker signs a provider proof for the gateway
+    /// that challenges it (gateway id, this worker's KEM key, now).
+    public struct ProviderIdentity: Sendable {
+        public let wallet: TONAddress
+        public let key: Ed25519PrivateKey
+        /// The jetton wallet or Cocoon proxy holding the stake, for those sources.
+        public let stakeAccount: TONAddress?
+        public init(wallet: TONAddress, key: Ed25519PrivateKey, stakeAccount: TONAddress? = nil) {
+            self.wallet = wallet
+            self.key = key
+            self.stakeAccount = stakeAccount
+        }
+
+        public func proof(gatewayID: String, workerKey: Data, at time: Date = Date()) -> Data {
+            let proof = ProviderProof.sign(
+                wallet: wallet, gatewayID: gatewayID, workerKey: workerKey, time: Int(time.timeIntervalSince1970), key: key,
+                stakeAccount: stakeAccount)
+            return (try? JSONEncoder().encode(proof)) ?? Data()
         }
     }
 
@@ -111,7 +137,10 @@ public final class GatewayClient: Sendable {
                         if session == nil { admissionNonce = challenge.nonce }
                         let binding = attestationBinding(nonce: challenge.nonce, workerPublicKeys: kem.publicKeyBytes)
                         let envelope = try await attestor.evidence(binding: binding)
-                        outboxContinuation.yield(.evidence(.init(envelope: envelope)))
+                        let proof = session == nil ? challenge.gatewayID.flatMap { id in
+                            configuration.provider?.proof(gatewayID: id, workerKey: kem.publicKeyBytes)
+                        } : nil
+                        outboxContinuation.yield(.evidence(.init(envelope: envelope, providerProof: proof)))
                         if session != nil { onEvent(.reattested) }
                     case .admitted(let admitted):
                         guard session == nil, let nonce = admissionNonce else {
