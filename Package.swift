@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "TPMVerifier", dependencies: ["AttestationCore", "EventLog", "CTSS2"], swiftSettings: strict),
         .target(name: "TDXVerifier", dependencies: ["AttestationCore", "EventLog", "COpenSSL"], swiftSettings: strict),
         .target(
-            name: "Policy", dependencies: ["AttestationCore", .product(name: "Yams", package: "Yams")],
+            name: "Policy", dependencies: ["AttestationCore", "TONKit", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
         .target(name: "Sealing", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         .target(name: "WorkerProtocol", dependencies: [.product(name: "NIOCore", package: "swift-nio")], swiftSettings: strict),
@@ -64,7 +64,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "AuditLog",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "AuditLog", "TONKit",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -75,7 +75,7 @@ let package = Package(
         .target(
             name: "WorkerAgent",
             dependencies: [
-                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "TDXVerifier",
+                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "TDXVerifier", "TONKit",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -88,7 +88,7 @@ let package = Package(
         .executableTarget(
             name: "ccgate",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AuditLog", "CommandLineSupport",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AuditLog", "CommandLineSupport", "TONKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -97,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "ccworker",
             dependencies: [
-                "AttestationCore", "WorkerAgent", "CommandLineSupport",
+                "AttestationCore", "WorkerAgent", "CommandLineSupport", "TONKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -124,7 +124,7 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: ["AttestationCore", "TDXVerifier", "COpenSSL", .product(name: "Crypto", package: "swift-crypto")],
-            path: "Tests/TestSupport", swiftSettings: strict),
+            path: "Tests/TestSupport", exclude: ["toncenter_tvm.py"], swiftSettings: strict),
         .testTarget(
             name: "AttestationCoreTests",
             dependencies: ["AttestationCore", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
@@ -146,7 +146,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "WorkerAgent", "WorkerProtocol", "AuditLog", "Sealing", "Policy", "TestSupport",
+                "Gateway", "WorkerAgent", "WorkerProtocol", "AuditLog", "Sealing", "Policy", "TestSupport", "TONKit",
                 .product(name: "Hummingbird", package: "hummingbird"),
             ] + nio,
             exclude: ["openai_sdk_check.py"],

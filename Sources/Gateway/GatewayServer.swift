@@ -10,6 +10,7 @@ import ServiceLifecycle
 import UnixSignals
 import Synchronization
 import TDXVerifier
+import TONKit
 
 /// Everything `ccgate serve` needs.
 public struct GatewayConfiguration: Sendable {
@@ -44,6 +45,10 @@ public struct GatewayConfiguration: Sendable {
     public var collateralPrefetcher: CollateralPrefetcher?
     /// The clock admission decides by (certificate and collateral windows).
     public var clock: any AttestationClock = SystemClock()
+    /// toncenter v2 endpoints stake is read from (at least two for a policy with a stake rule).
+    public var toncenter: [ToncenterEndpoint] = []
+    /// How often admitted providers' stake is re-checked; nil: a quarter of the policy's refresh time.
+    public var stakeMonitorInterval: Duration?
 
     public init() {}
 }
@@ -66,6 +71,8 @@ public struct GatewayServer: Sendable {
     public let administration: GatewayAdministration
     /// The admin API's token (configured, or read from or made in the data directory).
     public let adminToken: String
+    /// The id provider proofs name: the fingerprint (SHA-256) of the gateway's public key.
+    public var gatewayID: String { audit.key.publicKey.fingerprint }
     let logger: Logger
 
     /// Opens the data directory: the store, the gateway's signing key, the admin token, and the
@@ -145,12 +152,13 @@ public struct GatewayServer: Sendable {
             AuditEvent(
                 event: "gateway-start", decision: "started", policyVersion: policies.current.version,
                 detail: ["policy": policies.current.document.name, "gateway_key": audit.key.publicKey.fingerprint]))
+        let stake = StakeGate(endpoints: configuration.toncenter, gatewayID: gatewayID, clock: configuration.clock)
         let workers = WorkerServer(
             registry: registry,
             admission: AdmissionService(
                 policies: policies, clock: configuration.clock, dcapRoots: configuration.dcapRoots,
                 collateralSource: configuration.collateralSource, prefetcher: configuration.collateralPrefetcher),
-            audit: audit, timings: configuration.timings, logger: logger)
+            audit: audit, timings: configuration.timings, stake: stake, logger: logger)
         let frontDoor = FrontDoor(registry: registry, apiKeyDigests: keyDigests)
         let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)
         let app = Application(
@@ -171,6 +179,11 @@ public struct GatewayServer: Sendable {
             if let adminApp { group.addTask { try await adminApp.runService(gracefulShutdownSignals: signals) } }
             group.addTask {
                 await audit.runCheckpoints(every: configuration.checkpointInterval)
+                throw CancellationError()
+            }
+            group.addTask {
+                await stake.monitor(
+                    registry: registry, policies: policies, trail: audit, interval: configuration.stakeMonitorInterval, logger: logger)
                 throw CancellationError()
             }
             defer { group.cancelAll() }

@@ -5,6 +5,7 @@ import Foundation
 import Gateway
 import Logging
 import Policy
+import TONKit
 
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,8 +22,14 @@ struct ServeCommand: ParsableCommand {
             --policy seeds a new data directory as policy version 1; after that the stored history is in force and
             changes go through `ccgate policy apply`, which needs a signature by a key given with --admin-key.
 
+            A policy with a `stake` section admits a worker only with a provider proof (ccworker --provider-wallet,
+            --provider-key) and while the provider's stake, read from every --toncenter endpoint (at least two), covers
+            the minimum; the stake is re-read every stake.refresh_seconds and a withdrawal evicts the provider's workers.
+
             Examples:
               ccgate serve --api-key-file keys.txt --policy Policies/default.yaml --admin-key admin.pub
+              ccgate serve --api-key-file keys.txt --policy staked.yaml --admin-key admin.pub \
+                --toncenter https://toncenter.com --toncenter-key-file toncenter.key --toncenter https://ton.example.net
               ccgate serve --port 0 --worker-port 0 --admin-port 0 --api-key demo-key --data-dir /tmp/ccgate
             """)
 
@@ -63,7 +70,19 @@ struct ServeCommand: ParsableCommand {
         help: ArgumentHelp("A PEM root replacing the pinned Intel SGX Root CA for DCAP chains; repeatable (test PKIs).", valueName: "PEM"))
     var dcapRoots: [String] = []
 
+    @Option(
+        name: .customLong("toncenter"),
+        help: ArgumentHelp("A toncenter v2 endpoint stake is read from (base URL); repeatable, two or more for a stake rule.", valueName: "URL"))
+    var toncenter: [String] = []
+    @Option(
+        name: .customLong("toncenter-key-file"),
+        help: ArgumentHelp("The API key of the --toncenter endpoint in the same position ('-': none); repeatable.", valueName: "FILE"))
+    var toncenterKeyFiles: [String] = []
+    @Option(help: ArgumentHelp("Requests per second each toncenter endpoint allows.", valueName: "N")) var toncenterRps = 1.0
+
     func validate() throws {
+        guard toncenterKeyFiles.count <= toncenter.count else { throw ValidationError("more --toncenter-key-file than --toncenter") }
+        guard toncenterRps > 0, toncenterRps <= 1000 else { throw ValidationError("--toncenter-rps must be more than 0 and at most 1000") }
         guard (0...65535).contains(port), (0...65535).contains(workerPort) else { throw ValidationError("ports are 0-65535") }
         guard (1...86400).contains(reattestSeconds) else { throw ValidationError("--reattest-seconds must be 1-86400") }
         guard (-1...65535).contains(adminPort) else { throw ValidationError("--admin-port is -1 (none) or 0-65535") }
@@ -103,6 +122,22 @@ struct ServeCommand: ParsableCommand {
             do { configuration.adminKeys.append(try Ed25519PublicKey(text: try String(contentsOfFile: path, encoding: .utf8))) } catch {
                 throw failure("--admin-key \(path): \(error)")
             }
+        }
+        for (index, text) in toncenter.enumerated() {
+            guard let base = URL(string: text), base.scheme == "https" || base.scheme == "http", base.host != nil else {
+                throw failure("--toncenter \(text) is not an http(s) URL")
+            }
+            var key: String?
+            if index < toncenterKeyFiles.count, toncenterKeyFiles[index] != "-" {
+                guard let k = try? String(contentsOfFile: toncenterKeyFiles[index], encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+                      !k.isEmpty
+                else { throw failure("--toncenter-key-file \(toncenterKeyFiles[index]): cannot read an API key") }
+                key = k
+            }
+            configuration.toncenter.append(ToncenterEndpoint(base: base, apiKey: key, requestsPerSecond: toncenterRps))
+        }
+        if configuration.policy.stake.minimumNanotons != nil, configuration.toncenter.count < 2 {
+            FileHandle.standardError.write(Data("ccgate: warning: the policy requires a TON stake but fewer than two --toncenter endpoints are given: every worker will be refused (stake.unknown)\n".utf8))
         }
         configuration.checkpointInterval = .seconds(checkpointSeconds)
         configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))

@@ -14,6 +14,12 @@ struct WorkersCommand: ParsableCommand {
         @Flag(help: "Print the gateway's answer as JSON.") var json = false
         @OptionGroup var admin: AdminOptions
 
+        /// A provider wallet shortened for the table (0:fb924e…e34b); "-" for none.
+        static func short(_ provider: String?) -> String {
+            guard let provider else { return "-" }
+            return provider.count > 13 ? String(provider.prefix(8)) + "…" + String(provider.suffix(4)) : provider
+        }
+
         func run() throws {
             let o = try admin.client().call("GET", "v1/admin/workers")
             let workers = o["workers"] as? [[String: Any]] ?? []
@@ -25,12 +31,12 @@ struct WorkersCommand: ParsableCommand {
                 print("no admitted workers")
                 return
             }
-            print("ID                    PROVIDER  MODELS            FORMAT      POLICY  ADMITTED              LAST ATTESTED         CLAIMS")
+            print("ID                    PROVIDER      MODELS            FORMAT      POLICY  ADMITTED              LAST ATTESTED         CLAIMS")
             for w in workers {
                 let claims = (w["claims"] as? [String: String] ?? [:]).sorted { $0.key < $1.key }
                     .map { "\($0.key)=\($0.value.count > 16 ? String($0.value.prefix(12)) + "…" : $0.value)" }.joined(separator: " ")
                 print(
-                    "\(pad(w["id"] as? String ?? "", 21)) \(pad(w["provider"] as? String ?? "-", 9)) \(pad((w["models"] as? [String] ?? []).joined(separator: ","), 17)) \(pad(w["format"] as? String ?? "", 11)) \(pad(String(w["policy_version"] as? Int ?? 0), 7)) \(pad(w["admitted_at"] as? String ?? "", 21)) \(pad(w["last_attested"] as? String ?? "", 21)) \(claims)")
+                    "\(pad(w["id"] as? String ?? "", 21)) \(pad(Self.short(w["provider"] as? String), 13)) \(pad((w["models"] as? [String] ?? []).joined(separator: ","), 17)) \(pad(w["format"] as? String ?? "", 11)) \(pad(String(w["policy_version"] as? Int ?? 0), 7)) \(pad(w["admitted_at"] as? String ?? "", 21)) \(pad(w["last_attested"] as? String ?? "", 21)) \(claims)")
             }
         }
     }

@@ -204,8 +204,13 @@ public actor GatewayAdministration {
     func failing(under document: PolicyDocument, at time: Date) -> [(link: WorkerLink, reasons: [Reason])] {
         registry.admitted().compactMap { item in
             let a = item.admission
-            let reasons = document.reevaluate(
+            var reasons = document.reevaluate(
                 format: a.format, claims: a.claims, tcbStatus: a.tcbStatus, advisoryIDs: a.advisoryIDs, at: time)
+            // A stake rule added by this policy: workers admitted without a provider proof leave.
+            // (A changed minimum or source is checked by the stake monitor at its next round.)
+            if document.stake.minimumNanotons != nil, a.stake == nil {
+                reasons.append(Reason(ReasonCode(rawValue: "stake.proof-missing"), "policy.stake", "the policy now requires a TON stake"))
+            }
             return reasons.isEmpty ? nil : (item.link, reasons)
         }
     }

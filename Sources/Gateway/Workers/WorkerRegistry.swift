@@ -20,6 +20,8 @@ public final class WorkerRegistry: Sendable {
         let claims: VerifiedClaims
         let tcbStatus: String?
         let advisoryIDs: [String]
+        /// The provider's stake, when the policy required one.
+        var stake: ProviderStake? = nil
     }
 
     private struct Entry {

@@ -31,14 +31,17 @@ public final class WorkerServer: Sendable {
     let admission: AdmissionService
     let audit: AuditTrail
     let timings: WorkerTimings
+    /// Checks providers' TON stake when the policy requires one.
+    let stake: StakeGate?
     let logger: Logger
 
     public init(registry: WorkerRegistry, admission: AdmissionService, audit: AuditTrail, timings: WorkerTimings = .init(),
-                logger: Logger = Logger(label: "ccgate.workers")) {
+                stake: StakeGate? = nil, logger: Logger = Logger(label: "ccgate.workers")) {
         self.registry = registry
         self.admission = admission
         self.audit = audit
         self.timings = timings
+        self.stake = stake
         self.logger = logger
     }
 
@@ -140,7 +143,7 @@ public final class WorkerServer: Sendable {
 
         // 2. Challenge and evidence.
         let nonce = Data(SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) })
-        try await outbound.write(.challenge(.init(nonce: nonce)))
+        try await outbound.write(.challenge(.init(nonce: nonce, gatewayID: stake?.gatewayID)))
         let answer = try await withDeadline(connection, timings.handshakeTimeout) { try await inbound.next() }
         guard case .evidence(let evidence)? = answer else {
             throw SessionEnd(code: answer == nil ? ProtocolErrorCode.timeout : ProtocolErrorCode.unexpectedMessage,
@@ -150,17 +153,25 @@ public final class WorkerServer: Sendable {
         let decision = admission.evaluate(envelope: evidence.envelope, nonce: nonce, workerPublicKeys: hello.kemPublicKey)
         let verdict = decision.verdict
         guard verdict.isAccepted, let claims = verdict.claims else {
-            let reason = verdict.reasons.first
-            // Audited before the worker hears of it: a decision anyone saw is on disk.
-            try await recordOrEnd(
-                AuditEvent(
-                    event: "admission", worker: hello.workerID, decision: "reject", reasons: verdict.reasons.map(\.code.rawValue),
-                    policyVersion: decision.policy.version, collateralSHA256: decision.collateralSHA256,
-                    detail: ["message": reason?.message ?? "", "policy": decision.policy.document.name, "format": verdict.format]),
-                evidence: decision.evidence)
-            logger.notice("worker rejected", metadata: ["ccgate.worker.id": "\(hello.workerID)", "ccgate.reason": "\(reason?.code.rawValue ?? "")"])
-            try await outbound.write(.rejected(.init(code: reason?.code.rawValue ?? "evidence.malformed", message: reason?.message ?? "")))
+            try await reject(hello, decision, code: verdict.reasons.first?.code.rawValue ?? "evidence.malformed",
+                             message: verdict.reasons.first?.message ?? "", reasons: verdict.reasons.map(\.code.rawValue), outbound)
             return
+        }
+        // The provider's stake, when the policy in force requires one (after the evidence: a
+        // worker that cannot attest costs no chain reads).
+        var providerStake: ProviderStake?
+        var stakeDetail = [String: String]()
+        let stakeRules = decision.policy.document.stake
+        if stakeRules.minimumNanotons != nil {
+            let outcome = await stake?.admit(proofData: evidence.providerProof, workerKey: hello.kemPublicKey, rules: stakeRules)
+                ?? StakeGate.Outcome(stake: nil, refusal: ("stake.unavailable", "this gateway reads no stake"), detail: [:], fresh: true)
+            if let refusal = outcome.refusal {
+                try await reject(hello, decision, code: refusal.code, message: refusal.message, reasons: [refusal.code], outbound,
+                                 detail: outcome.detail)
+                return
+            }
+            providerStake = outcome.stake
+            stakeDetail = outcome.detail.mapKeys { "stake." + $0 }
         }
 
         // 3. Admit: a fresh session key, sealed to the key the quote is bound to.
@@ -176,7 +187,7 @@ public final class WorkerServer: Sendable {
             outbox: outboxContinuation, disconnect: { channel.close(promise: nil) })
         let admittedAt = admission.clock.now()
         let record = WorkerRecord(
-            id: hello.workerID, session: sessionID, provider: nil, models: hello.models, format: verdict.format,
+            id: hello.workerID, session: sessionID, provider: providerStake?.provider, models: hello.models, format: verdict.format,
             claims: Self.summary(claims, verdict: verdict), admittedAt: admittedAt, lastAttested: admittedAt,
             evidenceSHA256: decision.evidence.sha256, policyVersion: decision.policy.version)
         let admit = AuditEvent(
@@ -186,7 +197,7 @@ public final class WorkerServer: Sendable {
                 "session": sessionID, "policy": decision.policy.document.name, "format": verdict.format,
                 "models": hello.models.joined(separator: ","),
                 "measurements": claims.measuredFiles.map { "\($0.path)=\($0.digestHex)" }.joined(separator: ";"),
-            ])
+            ].merging(stakeDetail) { a, _ in a })
         let keyIssued = AuditEvent(
             event: "session-key", worker: hello.workerID, decision: "issued", policyVersion: decision.policy.version,
             detail: ["session": sessionID, "kem": "X25519-HKDF-SHA256/ChaCha20Poly1305"])
@@ -194,7 +205,8 @@ public final class WorkerServer: Sendable {
         try await recordOrEnd([.event(admit, evidence: decision.evidence, worker: .upsert(record)), .event(keyIssued)])
         if let previous = registry.add(
             link, record: record,
-            admission: .init(format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs))
+            admission: .init(
+                format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs, stake: providerStake))
         {
             previous.end(code: "worker.replaced", message: "replaced by a new session of the same worker", audited: false)
         }
@@ -297,6 +309,20 @@ public final class WorkerServer: Sendable {
         await finish(link, code: endCode, reason: endReason)
     }
 
+    /// Refuses an admission: audited before the worker hears of it (a decision anyone saw is on disk).
+    func reject(_ hello: WireMessage.Hello, _ decision: AdmissionService.Decision, code: String, message: String, reasons: [String],
+                _ outbound: NIOAsyncChannelOutboundWriter<WireMessage>, detail: [String: String] = [:]) async throws {
+        try await recordOrEnd(
+            AuditEvent(
+                event: "admission", worker: hello.workerID, decision: "reject", reasons: reasons,
+                policyVersion: decision.policy.version, collateralSHA256: decision.collateralSHA256,
+                detail: ["message": message, "policy": decision.policy.document.name, "format": decision.verdict.format]
+                    .merging(detail.mapKeys { "stake." + $0 }) { a, _ in a }),
+            evidence: decision.evidence)
+        logger.notice("worker rejected", metadata: ["ccgate.worker.id": "\(hello.workerID)", "ccgate.reason": "\(code)"])
+        try await outbound.write(.rejected(.init(code: code, message: message)))
+    }
+
     /// The re-attestation interval: the policy's when it sets one, else the gateway's.
     var reattestInterval: Duration {
         admission.policy.workers.reattestIntervalSeconds.map { .seconds($0) } ?? timings.reattestInterval
@@ -342,6 +368,12 @@ public final class WorkerServer: Sendable {
         guard (1...16).contains(hello.models.count), hello.models.allSatisfy({ (1...256).contains($0.utf8.count) }) else {
             throw SessionEnd(code: ProtocolErrorCode.badHello, message: "a worker serves 1-16 models with names of 1-256 bytes")
         }
+    }
+}
+
+extension Dictionary where Key == String {
+    func mapKeys(_ transform: (String) -> String) -> [String: Value] {
+        Dictionary<String, Value>(uniqueKeysWithValues: map { (transform($0.key), $0.value) })
     }
 }
 
