@@ -183,22 +183,25 @@ final class TestWorker: Sendable {
     private let task: Task<Void, any Error>
     let id: String
 
-    convenience init(id: String, gatewayPort: Int, enginePort: Int, engine: Data, model: Data, modelName: String = "fake") async throws {
+    convenience init(id: String, gatewayPort: Int, enginePort: Int, engine: Data, model: Data, modelName: String = "fake",
+                     provider: GatewayClient.ProviderIdentity? = nil) async throws {
         let files = try TemporaryDirectory("worker")
         try engine.write(to: files.file("engine"))
         try model.write(to: files.file("model.gguf"))
         try await self.init(id: id, gatewayPort: gatewayPort, enginePort: enginePort,
-                            measured: [files.file("engine"), files.file("model.gguf")], modelName: modelName, files: files)
+                            measured: [files.file("engine"), files.file("model.gguf")], modelName: modelName, files: files,
+                            provider: provider)
     }
 
-    init(id: String, gatewayPort: Int, enginePort: Int, measured: [URL], modelName: String, files: TemporaryDirectory? = nil) async throws {
+    init(id: String, gatewayPort: Int, enginePort: Int, measured: [URL], modelName: String, files: TemporaryDirectory? = nil,
+         provider: GatewayClient.ProviderIdentity? = nil) async throws {
         self.id = id
         tpm = try Swtpm.start()
         self.files = try files ?? TemporaryDirectory("worker")
         let attestor = try Attestor(tcti: tpm.tcti, files: measured)
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         self.events = events
-        let client = GatewayClient(configuration: .init(host: "127.0.0.1", port: gatewayPort, workerID: id, models: [modelName]),
+        let client = GatewayClient(configuration: .init(host: "127.0.0.1", port: gatewayPort, workerID: id, models: [modelName], provider: provider),
                                    attestor: attestor, engine: EngineClient(port: enginePort),
                                    onEvent: { continuation.yield($0) })
         task = Task {

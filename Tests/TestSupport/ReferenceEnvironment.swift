@@ -1,12 +1,12 @@
 import Foundation
 
 /// The independent references `scripts/reference-env` prepares (cached under ~/.cache/ccgate):
-/// a Python virtual environment with llama-cpp-python and the openai SDK, one with pytoniq-core,
+/// a Python virtual environment with llama-cpp-python and the openai SDK, one with pytoniq-core and pytvm,
 /// and the SmolLM2 model.
 public struct ReferenceEnvironment: Sendable {
     public let venv: URL
     public let model: URL
-    /// A virtual environment with pytoniq-core (TON cells, BoCs, addresses).
+    /// A virtual environment with pytoniq-core (TON cells, BoCs, addresses) and pytvm (the TON VM emulator).
     public let tonVenv: URL
     public var python: URL { venv.appendingPathComponent("bin/python") }
     public var tonPython: URL { tonVenv.appendingPathComponent("bin/python") }

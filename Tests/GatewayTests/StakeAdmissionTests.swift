@@ -1,0 +1,193 @@
+import AttestationCore
+import Foundation
+import Gateway
+import TestSupport
+import Testing
+import TONKit
+import WorkerAgent
+
+/// The TON staking gate end to end on loopback: real swtpm workers, a gateway reading stake from
+/// two toncenter v2 endpoints served by `toncenter_tvm.py`, where the real nominator-pool code runs
+/// in the TON VM (pytvm) and deposits and withdrawals are messages the contract itself processes.
+@Suite(.serialized) struct StakeAdmissionTests {
+    static let engine = Data("staked engine 1.0".utf8)
+    static let model = Data("staked model v1".utf8)
+    static let ton: UInt64 = 1_000_000_000
+
+    static func policy(codeHashes: [String] = [TONChain.poolCodeHash], refresh: Int = 2, grace: Int = 900) -> String {
+        GatewayHarness.policyText(engines: [engine], model: model, name: "staked") + """
+
+            stake:
+              minimum_ton: 10000
+              source: nominator-pool
+              pool: "\(TONChain.pool)"
+              code_hashes: [\(codeHashes.joined(separator: ", "))]
+              refresh_seconds: \(refresh)
+              grace_seconds: \(grace)
+            """
+    }
+
+    static func gateway(_ chain: TONChain, policy: String = policy()) async throws -> GatewayHarness {
+        try await GatewayHarness(policy: policy) { c in
+            c.toncenter = chain.ports.indices.map {
+                ToncenterEndpoint(base: chain.url($0), apiKey: chain.apiKey, requestsPerSecond: 200)
+            }
+            c.stakeMonitorInterval = .milliseconds(500)
+        }
+    }
+
+    /// A provider: a wallet v4r2 on the chain holding a fresh key, with `stake` TON deposited in the pool.
+    static func provider(_ chain: TONChain, stake: UInt64?) async throws -> GatewayClient.ProviderIdentity {
+        let key = Ed25519PrivateKey.generate()
+        let wallet = try await chain.wallet(publicKey: key.publicKey.raw, balance: 40_000 * ton)
+        if let stake {
+            // The pool keeps 1 TON of a deposit as its processing fee.
+            #expect(try await chain.send(from: wallet, to: TONChain.pool, value: (stake + 1) * ton, comment: "d") == 0)
+        }
+        return GatewayClient.ProviderIdentity(wallet: try TONAddress.parseRaw(wallet), key: key)
+    }
+
+    static func worker(_ id: String, _ gateway: GatewayHarness, _ engine: FakeEngine, _ provider: GatewayClient.ProviderIdentity?)
+        async throws -> TestWorker
+    {
+        try await TestWorker(
+            id: id, gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model, provider: provider)
+    }
+
+    /// The code a rejected worker was given (nil: admitted).
+    static func rejection(_ worker: TestWorker) async -> String? {
+        switch await worker.admitted() {
+        case .success: return nil
+        case .failure(let error): return (error as? WorkerRejected)?.code ?? "\(error)"
+        }
+    }
+
+    static func events(_ gateway: GatewayHarness, _ event: String, worker: String) throws -> [[String: Any]] {
+        try gateway.auditEvents().filter { $0["event"] as? String == event && $0["worker"] as? String == worker }
+    }
+
+    static func detail(_ entry: [String: Any]?) -> [String: String] { entry?["detail"] as? [String: String] ?? [:] }
+
+    /// Must show: a provider with enough stake is admitted (audited with the source, block and
+    /// observed stake); after a withdrawal message lowers its stake, its worker is evicted within
+    /// one refresh.
+    @Test func stakedProviderIsAdmittedAndEvictedAfterWithdrawal() async throws {
+        let chain = try TONChain()
+        let gateway = try await Self.gateway(chain)
+        let engine = try await FakeEngine(name: "staked")
+        let provider = try await Self.provider(chain, stake: 15_000)
+        let worker = try await Self.worker("staked-1", gateway, engine, provider)
+        defer { Task { await worker.stop(); await engine.stop(); await gateway.stop() } }
+        guard case .success = await worker.admitted() else { Issue.record("a staked provider was not admitted"); return }
+
+        let admission = try Self.events(gateway, "admission", worker: "staked-1").last
+        let d = Self.detail(admission)
+        #expect(admission?["decision"] as? String == "admit")
+        #expect(d["stake.observed_nanotons"] == "15000000000000")
+        #expect(d["stake.source"] == "nominator-pool:\(TONChain.pool)")
+        #expect(d["stake.provider"] == provider.wallet.raw)
+        let admittedSeqno = Int(d["stake.block_seqno"] ?? "") ?? 0
+        #expect(admittedSeqno > 0)
+        #expect(gateway.server.registry.workers.first?.record.provider == provider.wallet.raw)
+        let served = try await gateway.request(
+            "/v1/chat/completions", method: "POST", body: #"{"model":"fake","messages":[{"role":"user","content":"hi"}]}"#)
+        #expect(served.status == 200)
+
+        // The provider withdraws: the pool's own code removes the position (state 0: at once).
+        let clock = ContinuousClock()
+        let start = clock.now
+        #expect(try await chain.send(from: provider.wallet.raw, to: TONChain.pool, value: Self.ton, comment: "w") == 0)
+        let gone = await PolicyAdminTests.disconnected(worker, limit: .seconds(30))
+        #expect(gone != nil, "the worker kept serving after its provider withdrew")
+        print("stake: worker evicted \(clock.now - start) after the withdrawal (refresh_seconds 2, monitor every 0.5 s)")
+        #expect(!gateway.server.registry.isAdmitted("staked-1"))
+        let eviction = try Self.events(gateway, "eviction", worker: "staked-1").last
+        #expect(eviction?["reasons"] as? [String] == ["stake.below-minimum"])
+        #expect(eviction?["actor"] as? String == "stake-oracle")
+        let e = Self.detail(eviction)
+        #expect(e["observed_nanotons"] == "0")
+        #expect(e["note"] == "not a nominator")
+        #expect((Int(e["block_seqno"] ?? "") ?? 0) > admittedSeqno)
+        #expect(try await gateway.verifiedChain().entries > 0)
+    }
+
+    /// Must show: with both endpoints down a new provider is refused, while an admitted one keeps
+    /// serving through the grace window and is evicted when it ends.
+    @Test func bothEndpointsDownRefuseNewProvidersAndKeepAdmittedOnesThroughGrace() async throws {
+        let chain = try TONChain()
+        let gateway = try await Self.gateway(chain, policy: Self.policy(refresh: 2, grace: 12))
+        let engine = try await FakeEngine(name: "staked")
+        let admitted = try await Self.provider(chain, stake: 12_000)
+        let newcomer = try await Self.provider(chain, stake: 12_000)
+        let a = try await Self.worker("grace-a", gateway, engine, admitted)
+        defer { Task { await a.stop(); await engine.stop(); await gateway.stop() } }
+        guard case .success = await a.admitted() else { Issue.record("not admitted"); return }
+
+        try await chain.mode("down", endpoint: 0)
+        try await chain.mode("down", endpoint: 1)
+        let b = try await Self.worker("grace-b", gateway, engine, newcomer)
+        defer { Task { await b.stop() } }
+        #expect(await Self.rejection(b) == "stake.unknown")
+        let served = try await gateway.request(
+            "/v1/chat/completions", method: "POST", body: #"{"model":"fake","messages":[{"role":"user","content":"still here?"}]}"#)
+        #expect(served.status == 200, "an admitted provider stopped serving inside the grace window")
+        let gone = await PolicyAdminTests.disconnected(a, limit: .seconds(60))
+        #expect(gone != nil, "the admitted provider outlived the grace window")
+        let eviction = try Self.events(gateway, "eviction", worker: "grace-a").last
+        #expect(eviction?["reasons"] as? [String] == ["stake.unknown"])
+        #expect(Self.detail(eviction)["message"]?.contains("beyond the grace window") == true)
+        // The outage was audited while it was being ridden out.
+        let stale = try gateway.auditEvents().filter { $0["event"] as? String == "stake-check" && $0["decision"] as? String == "stale" }
+        #expect(!stale.isEmpty)
+    }
+
+    /// Must show: 429 responses and garbage JSON never admit anyone, on one endpoint or both.
+    @Test func rateLimitsAndGarbageNeverAdmit() async throws {
+        let chain = try TONChain()
+        let gateway = try await Self.gateway(chain)
+        let engine = try await FakeEngine(name: "staked")
+        let provider = try await Self.provider(chain, stake: 15_000)
+        defer { Task { await engine.stop(); await gateway.stop() } }
+        for (index, modes) in [["ratelimit", "ok"], ["ok", "garbage"], ["ratelimit", "ratelimit"], ["garbage", "garbage"]].enumerated() {
+            try await chain.mode(modes[0], endpoint: 0)
+            try await chain.mode(modes[1], endpoint: 1)
+            let w = try await Self.worker("faulty-\(index)", gateway, engine, provider)
+            #expect(await Self.rejection(w) == "stake.unknown", "\(modes)")
+            await w.stop()
+        }
+        #expect(gateway.server.registry.workers.isEmpty)
+    }
+
+    /// A missing proof, a forged wallet signature, a stake claimed in another provider's name, too
+    /// little stake, and a stake on a contract whose code hash the policy does not allow are each
+    /// refused with their reason.
+    @Test func forgedProofsAndUnknownContractsAreRefused() async throws {
+        let chain = try TONChain()
+        let gateway = try await Self.gateway(chain)
+        let engine = try await FakeEngine(name: "staked")
+        let staked = try await Self.provider(chain, stake: 15_000)
+        let other = try await Self.provider(chain, stake: nil)
+        defer { Task { await engine.stop(); await gateway.stop() } }
+        let cases: [(String, GatewayClient.ProviderIdentity?, String)] = [
+            ("no-proof", nil, "stake.proof-missing"),
+            ("forged", .init(wallet: staked.wallet, key: Ed25519PrivateKey.generate()), "stake.proof-invalid"),
+            // A real provider (its own wallet and key on chain) claiming the staked wallet's position.
+            ("borrowed", .init(wallet: staked.wallet, key: other.key), "stake.proof-invalid"),
+            ("unstaked", other, "stake.below-minimum"),
+        ]
+        for (id, identity, expected) in cases {
+            let w = try await Self.worker(id, gateway, engine, identity)
+            #expect(await Self.rejection(w) == expected, "\(id)")
+            await w.stop()
+            let entry = try Self.events(gateway, "admission", worker: id).last
+            #expect(entry?["reasons"] as? [String] == [expected], "\(id) audited")
+        }
+        // A gateway whose policy allows only the wallet code: the pool is a contract it does not know.
+        let strict = try await Self.gateway(chain, policy: Self.policy(codeHashes: [TONChain.walletCodeHash]))
+        defer { Task { await strict.stop() } }
+        let w = try await Self.worker("look-alike", strict, engine, staked)
+        #expect(await Self.rejection(w) == "stake.code-not-allowed")
+        await w.stop()
+        #expect(gateway.server.registry.workers.isEmpty && strict.server.registry.workers.isEmpty)
+    }
+}
