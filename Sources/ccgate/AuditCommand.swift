@@ -207,13 +207,7 @@ struct AuditCommand: ParsableCommand {
                 }
                 policyText = (o["policy"] as? [String: Any])?["text"] as? String
             }
-            var roots = PinnedRoots.production
-            if !dcapRoots.isEmpty {
-                roots = []
-                for path in dcapRoots {
-                    do { for r in try TrustRoots.load(pemFile: path) { roots.insert(r.fingerprint) } } catch { throw failure("\(error)") }
-                }
-            }
+            let roots = try dcapRootFingerprints(dcapRoots)
             var source: (any CollateralSource)?
             if let collateralDir {
                 do { source = try CollateralCache(directory: URL(fileURLWithPath: collateralDir), mode: "offline") } catch { throw failure("\(error)") }

@@ -3,6 +3,7 @@ import AttestationCore
 import CommandLineSupport
 import Foundation
 import Policy
+import TDXVerifier
 
 @main
 struct CCGate: ParsableCommand {
@@ -25,6 +26,20 @@ struct CCGate: ParsableCommand {
 /// Reports a failure as `ccgate: message` and exits with `status` (2: unreadable input or bad usage).
 func failure(_ message: String, status: Int32 = 2) -> ReportedFailure {
     ReportedFailure("ccgate", message, status: status)
+}
+
+/// The SHA-256 fingerprints of the DCAP roots given with `--dcap-root` (each file's PEM
+/// certificates), or Intel's pinned root when none are given.
+func dcapRootFingerprints(_ paths: [String]) throws -> Set<String> {
+    guard !paths.isEmpty else { return PinnedRoots.production }
+    var out = Set<String>()
+    for path in paths {
+        let loaded: [TrustRoots.Root]
+        do { loaded = try TrustRoots.load(pemFile: path) } catch { throw failure("\(error)") }
+        if loaded.isEmpty { throw failure("\(path): no PEM certificate found") }
+        for r in loaded { out.insert(r.fingerprint) }
+    }
+    return out
 }
 
 extension ParsableCommand {

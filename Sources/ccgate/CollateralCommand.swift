@@ -43,17 +43,7 @@ struct CollateralCommand: ParsableCommand {
 
         var time: Date { at.flatMap(Date.rfc3339) ?? SystemClock().now() }
 
-        func fingerprints() throws -> Set<String> {
-            guard !roots.isEmpty else { return PinnedRoots.production }
-            var out = Set<String>()
-            for path in roots {
-                let loaded: [TrustRoots.Root]
-                do { loaded = try TrustRoots.load(pemFile: path) } catch { throw failure("\(error)") }
-                if loaded.isEmpty { throw failure("\(path): no PEM certificate found") }
-                for r in loaded { out.insert(r.fingerprint) }
-            }
-            return out
-        }
+        func fingerprints() throws -> Set<String> { try dcapRootFingerprints(roots) }
     }
 
     struct Import: ParsableCommand {

@@ -68,13 +68,7 @@ struct EvidenceCommand: ParsableCommand {
         func run() throws {
             try exiting {
                 let data = try readInput(envelope)
-                var dcapRoots = PinnedRoots.production
-                if !roots.isEmpty { dcapRoots = [] }
-                for root in roots {
-                    let loaded = try TrustRoots.load(pemFile: root)
-                    if loaded.isEmpty { throw failure("\(root): no PEM certificate found") }
-                    for r in loaded { dcapRoots.insert(r.fingerprint) }
-                }
+                let dcapRoots = try dcapRootFingerprints(roots)
                 var cache: CollateralCache?
                 if let collateralDir {
                     do { cache = try CollateralCache(directory: URL(fileURLWithPath: collateralDir)) } catch {

@@ -141,15 +141,7 @@ struct ServeCommand: ParsableCommand {
         }
         configuration.checkpointInterval = .seconds(checkpointSeconds)
         configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))
-        if !dcapRoots.isEmpty {
-            configuration.dcapRoots = []
-            for path in dcapRoots {
-                let roots: [TrustRoots.Root]
-                do { roots = try TrustRoots.load(pemFile: path) } catch { throw failure("\(error)") }
-                guard !roots.isEmpty else { throw failure("\(path): no PEM certificate found") }
-                for r in roots { configuration.dcapRoots.insert(r.fingerprint) }
-            }
-        }
+        if !dcapRoots.isEmpty { configuration.dcapRoots = try dcapRootFingerprints(dcapRoots) }
         if let pccsURL {
             guard let base = URL(string: pccsURL), base.scheme == "https" || base.scheme == "http" else {
                 throw failure("--pccs-url must be an http(s) URL")

@@ -80,4 +80,28 @@ import TONKit
         #expect(code(proof, worker: Data(repeating: 8, count: 32)) == "stake.proof-mismatch")
         #expect(code(proof, at: now + 3600) == "stake.proof-stale")
     }
+
+    /// Bad input from a worker: anything but a well-formed proof is `stake.proof-malformed`, never a crash.
+    @Test func malformedProofsAreRefusedWithACode() throws {
+        let key = Ed25519PrivateKey.generate()
+        let wallet = try TONAddress.parseRaw("0:" + String(repeating: "11", count: 32))
+        let good = try JSONEncoder().encode(ProviderProof.sign(wallet: wallet, gatewayID: "gw", workerKey: Data(repeating: 1, count: 32), time: 1, key: key))
+        #expect(try ProviderProof.decode(good).wallet == wallet)
+        func code(_ data: Data) -> String? {
+            do { _ = try ProviderProof.decode(data); return nil } catch { return error.code }
+        }
+        let object = try #require(try JSONSerialization.jsonObject(with: good) as? [String: Any])
+        func edited(_ key: String, _ value: Any) throws -> Data {
+            var o = object
+            o[key] = value
+            return try JSONSerialization.data(withJSONObject: o)
+        }
+        let bad: [Data] = [
+            Data(), Data("not json".utf8), Data("[]".utf8), Data(repeating: 0x7b, count: 5000),
+            try edited("signature", Data(count: 63).base64EncodedString()), try edited("worker_key", Data(count: 31).base64EncodedString()),
+            try edited("wallet", "0:zz"), try edited("wallet", "-1:" + String(repeating: "11", count: 32)),
+            try edited("stake_account", "EQ-not-an-address"), try edited("time", "soon"),
+        ]
+        for data in bad { #expect(code(data) == "stake.proof-malformed", "\(String(decoding: data.prefix(60), as: UTF8.self))") }
+    }
 }

@@ -213,9 +213,12 @@ public final class WorkerServer: Sendable {
         // A policy applied while this worker was being admitted has not seen it: check it now.
         if decision.policy.version != admission.policies.current.version {
             let now = admission.policies.current
-            let reasons = now.document.reevaluate(
+            var reasons = now.document.reevaluate(
                 format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs,
                 at: admission.clock.now())
+            if now.document.stake.minimumNanotons != nil, providerStake == nil {
+                reasons.append(Reason(ReasonCode(rawValue: "stake.proof-missing"), "policy.stake", "the policy now requires a TON stake"))
+            }
             if !reasons.isEmpty {
                 link.end(code: reasons[0].code.rawValue, message: "policy version \(now.version): \(reasons[0].message)", audited: false)
             }

@@ -56,23 +56,11 @@ public struct TONAddress: Sendable, Hashable, CustomStringConvertible {
         guard hex.count == 64 else {
             throw TONAddressError(reason: .badLength, message: "the account id has \(hex.count) hex digits, not 64")
         }
-        var hash = [UInt8](repeating: 0, count: 32)
-        for i in 0..<32 {
-            guard let hi = hexValue(hex[2 * i]), let lo = hexValue(hex[2 * i + 1]) else {
-                throw TONAddressError(reason: .badHex, message: "the account id is not hexadecimal")
-            }
-            hash[i] = hi << 4 | lo
+        // 64 digits that decode to 32 bytes (a "0x" prefix would decode to fewer).
+        guard let hash = Data(hex: parts[1]), hash.count == 32 else {
+            throw TONAddressError(reason: .badHex, message: "the account id is not hexadecimal")
         }
-        return TONAddress(workchain: Int32(wide), hash: hash)
-    }
-
-    static func hexValue(_ c: UInt8) -> UInt8? {
-        switch c {
-        case 0x30...0x39: c - 0x30
-        case 0x61...0x66: c - 0x61 + 10
-        case 0x41...0x46: c - 0x41 + 10
-        default: nil
-        }
+        return TONAddress(workchain: Int32(wide), hash: [UInt8](hash))
     }
 
     public static func parseFriendly(_ text: String) throws(TONAddressError) -> (address: TONAddress, bounceable: Bool, testnet: Bool) {

@@ -22,16 +22,12 @@ public struct TVMInteger: Sendable, Hashable, CustomStringConvertible {
         if negative { t = t.dropFirst() }
         var mag = [UInt8]()
         if t.hasPrefix("0x") || t.hasPrefix("0X") {
-            let hex = Array(t.dropFirst(2).utf8)
-            // 257 bits at most, and the hex digits of it.
-            guard !hex.isEmpty, hex.count <= 66 else { return nil }
-            var digits = [UInt8]()
-            for c in hex {
-                guard let d = TONAddress.hexValue(c) else { return nil }
-                digits.append(d)
-            }
-            if digits.count % 2 == 1 { digits.insert(0, at: 0) }
-            for i in stride(from: 0, to: digits.count, by: 2) { mag.append(digits[i] << 4 | digits[i + 1]) }
+            let digits = t.dropFirst(2)
+            // 257 bits at most, and the hex digits of it (only digits: no second "0x").
+            guard !digits.isEmpty, digits.count <= 66, digits.allSatisfy({ $0.isASCII && $0.isHexDigit }),
+                  let bytes = Data(hex: digits.count % 2 == 1 ? "0" + digits : String(digits))
+            else { return nil }
+            mag = [UInt8](bytes)
         } else {
             let dec = Array(t.utf8)
             guard !dec.isEmpty, dec.count <= 80, dec.allSatisfy({ (0x30...0x39).contains($0) }) else { return nil }
