@@ -75,12 +75,12 @@ public final class TONChain: @unchecked Sendable {
     }
 
     /// Delivers an internal message with a text comment (`d` deposits to the pool, `w` withdraws);
-    /// the contract's code runs it. Returns the compute phase's exit code.
+    /// the contract's code runs it. Returns the compute phase's exit code and the block it is in.
     @discardableResult
-    public func send(from: String, to: String, value: UInt64, comment: String) async throws -> Int {
+    public func send(from: String, to: String, value: UInt64, comment: String) async throws -> (exitCode: Int, blockSeqno: Int) {
         let json = try await control("message", ["from": from, "to": to, "value": value, "comment": comment])
         guard json["aborted"] as? Bool == false else { throw Failure(description: "the transaction aborted: \(json)") }
-        return json["exit_code"] as? Int ?? -1
+        return (json["exit_code"] as? Int ?? -1, json["seqno"] as? Int ?? 0)
     }
 
     /// Switches one endpoint: ok, down (503), ratelimit (429) or garbage (unparseable JSON).
