@@ -153,6 +153,6 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "InferenceTests", dependencies: ["Inference", "TestSupport"], exclude: ["reference_llama.py"], swiftSettings: strict),
-        .testTarget(name: "CLITests", dependencies: ["AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier"], swiftSettings: strict),
+        .testTarget(name: "CLITests", dependencies: ["AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TONKit"], swiftSettings: strict),
     ]
 )

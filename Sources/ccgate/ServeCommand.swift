@@ -22,9 +22,10 @@ struct ServeCommand: ParsableCommand {
             --policy seeds a new data directory as policy version 1; after that the stored history is in force and
             changes go through `ccgate policy apply`, which needs a signature by a key given with --admin-key.
 
-            A policy with a `stake` section admits a worker only with a provider proof (ccworker --provider-wallet,
-            --provider-key) and while the provider's stake, read from every --toncenter endpoint (at least two), covers
-            the minimum; the stake is re-read every stake.refresh_seconds and a withdrawal evicts the provider's workers.
+            A policy with a `stake` section admits a worker only with a provider proof (ccworker --provider-wallet, \
+            --provider-key) and while the provider's stake, read from every --toncenter endpoint (at least two), covers \
+            the minimum; the stake is re-read every stake.refresh_seconds and a withdrawal evicts the provider's workers \
+            (docs/STAKE.md).
 
             Examples:
               ccgate serve --api-key-file keys.txt --policy Policies/default.yaml --admin-key admin.pub

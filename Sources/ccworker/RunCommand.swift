@@ -20,9 +20,9 @@ struct Run: ParsableCommand {
             DCAP quote from Linux configfs-tsm (--tsm-dir) whose REPORTDATA is SHA-256(nonce ‖ key) followed by zeros, \
             together with the CCEL event log (--ccel) extended by those events.
 
-            When the gateway's policy requires a TON stake, give the provider's wallet (--provider-wallet) and its
-            Ed25519 private key (--provider-key, PEM as `ccgate keys generate` writes it, or the wallet's 32-byte seed
-            as hex): on admission the worker signs a provider proof over the gateway's id, its own key and the time.
+            When the gateway's policy requires a TON stake, give the provider's wallet (--provider-wallet) and its \
+            Ed25519 private key (--provider-key, PEM as `ccgate keys generate` writes it, or the wallet's 32-byte seed \
+            as hex): on admission the worker signs a provider proof over the gateway's id, its own key and the time. \
             For a jetton or Cocoon proxy stake, --stake-account names the provider's jetton wallet or proxy contract.
 
             Examples:
@@ -90,6 +90,8 @@ struct Run: ParsableCommand {
         var logger = Logger(label: "ccworker")
         logger.logLevel = .info
         let (host, port) = hostPort!
+        // Before the TPM is touched: a bad provider identity leaves no measurement behind.
+        let provider = try provider()
         let engineClient = EngineClient(url: engineURL)!
         let attestor: any EvidenceSource
         let files = [URL(fileURLWithPath: engine).standardizedFileURL, URL(fileURLWithPath: model).standardizedFileURL]
@@ -118,7 +120,7 @@ struct Run: ParsableCommand {
             return source
         }
         defer { signalSources.forEach { $0.cancel() } }
-        let client = GatewayClient(configuration: .init(host: host, port: port, workerID: workerID, models: [modelName], provider: try provider()),
+        let client = GatewayClient(configuration: .init(host: host, port: port, workerID: workerID, models: [modelName], provider: provider),
                                    attestor: attestor, engine: engineClient, logger: logger)
         let outcome = WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)
         supervisor?.stop()
