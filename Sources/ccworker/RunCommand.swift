@@ -151,7 +151,7 @@ enum WorkerLoop {
                             logger.notice("gateway connection closed; reconnecting")
                         } catch let rejected as WorkerRejected {
                             logger.error("rejected", metadata: ["ccworker.reason": "\(rejected.code)", "message": "\(rejected.message)"])
-                            if !rejected.code.hasPrefix("protocol.") && rejected.code != "worker.disconnected" {
+                            if !rejected.isRetryable(hasProvider: client.configuration.provider != nil) {
                                 result.set(rejected)
                                 return
                             }

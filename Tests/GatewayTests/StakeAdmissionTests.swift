@@ -1,6 +1,7 @@
 import AttestationCore
 import Foundation
 import Gateway
+import Policy
 import TestSupport
 import Testing
 import TONKit
@@ -195,5 +196,50 @@ import WorkerAgent
         #expect(await Self.rejection(w) == "stake.code-not-allowed")
         await w.stop()
         #expect(gateway.server.registry.workers.isEmpty && strict.server.registry.workers.isEmpty)
+    }
+
+    /// A signed policy that adds the stake rule evicts, at once, the worker admitted without a
+    /// provider proof and keeps the staked one.
+    @Test func applyingAStakeRuleEvictsWorkersWithoutProof() async throws {
+        let chain = try TONChain()
+        let admin = Ed25519PrivateKey.generate()
+        let unstakedText = GatewayHarness.policyText(engines: [Self.engine], model: Self.model, name: "unstaked")
+        let gateway = try await GatewayHarness(policy: unstakedText) { c in
+            c.adminPort = 0
+            c.adminKeys = [admin.publicKey]
+            c.policySignature = PolicySignature.sign(Data(unstakedText.utf8), with: admin).json
+            c.toncenter = chain.ports.indices.map { ToncenterEndpoint(base: chain.url($0), apiKey: chain.apiKey, requestsPerSecond: 200) }
+        }
+        let engine = try await FakeEngine(name: "staked")
+        let staked = try await Self.provider(chain, stake: 15_000)
+        let plain = try await Self.worker("plain", gateway, engine, nil)
+        let backed = try await Self.worker("backed", gateway, engine, staked)
+        defer { Task { await plain.stop(); await backed.stop(); await engine.stop(); await gateway.stop() } }
+        guard case .success = await plain.admitted(), case .success = await backed.admitted() else { Issue.record("not admitted"); return }
+        // Without a stake rule the staked worker's provider is not checked (nor recorded).
+        #expect(gateway.server.registry.workers.allSatisfy { $0.record.provider == nil })
+
+        let stakedText = Self.policy()
+        let applied = try await gateway.admin(
+            "/v1/admin/policy/apply", method: "POST",
+            json: PolicyAdminTests.signed(stakedText, admin))
+        #expect(applied.status == 200, "\(applied.body)")
+        let evicted = (applied.body["evictions"] as? [[String: Any]])?.map { $0["worker"] as? String } ?? []
+        // Both were admitted without a proof (the first policy asked for none): both leave.
+        #expect(Set(evicted) == ["plain", "backed"])
+        #expect(!gateway.server.registry.isAdmitted("plain"))
+        let eviction = try Self.events(gateway, "eviction", worker: "plain").last
+        #expect(eviction?["reasons"] as? [String] == ["stake.proof-missing"])
+        // The evicted workers' connections close; connecting again (as ccworker does), the one with a
+        // proof is admitted on its stake and the one without is refused, for good.
+        let backedClosed = await PolicyAdminTests.disconnected(backed), plainClosed = await PolicyAdminTests.disconnected(plain)
+        #expect(backedClosed != nil && plainClosed != nil)
+        let again = try await Self.worker("backed", gateway, engine, staked)
+        let bare = try await Self.worker("plain", gateway, engine, nil)
+        defer { Task { await again.stop(); await bare.stop() } }
+        guard case .success = await again.admitted() else { Issue.record("the staked worker was not admitted again"); return }
+        #expect(gateway.server.registry.workers.first { $0.workerID == "backed" }?.record.provider == staked.wallet.raw)
+        let refusal = await bare.outcome() as? WorkerRejected
+        #expect(refusal?.code == "stake.proof-missing" && refusal?.isRetryable(hasProvider: false) == false)
     }
 }

@@ -14,6 +14,20 @@ public struct WorkerRejected: Error, CustomStringConvertible {
     public let code: String
     public let message: String
     public var description: String { "gateway rejected this worker: \(code): \(message)" }
+
+    /// Whether connecting again (with backoff) can succeed unchanged: the connection or protocol
+    /// failed, the session key expired, the gateway could not record its decision, or the chain
+    /// data for the stake could not be read. A worker with a provider identity also retries a
+    /// missing-proof refusal (a gateway that just started to require stake admits it with its
+    /// proof on the next connection). Anything else (evidence, policy, stake below the minimum)
+    /// needs a change first.
+    public func isRetryable(hasProvider: Bool) -> Bool {
+        if code.hasPrefix("protocol.") { return true }
+        if ["worker.disconnected", "worker.replaced", "session.key-expired", "gateway.audit-unavailable", "stake.unknown"].contains(code) {
+            return true
+        }
+        return hasProvider && code == "stake.proof-missing"
+    }
 }
 
 /// The worker's outbound connection to the gateway: hello, attestation on every challenge,
@@ -64,7 +78,7 @@ public final class GatewayClient: Sendable {
         case reattested
     }
 
-    let configuration: Configuration
+    public let configuration: Configuration
     let attestor: any EvidenceSource
     let engine: EngineClient
     let kem: WorkerKEMKey
