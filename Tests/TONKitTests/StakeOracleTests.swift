@@ -49,6 +49,23 @@ import TONKit
         guard case .refuse("stake.code-not-allowed", _) = await oracle.decide(provider: "q", minimum: minimum, now: 0) else { Issue.record("accepted"); return }
     }
 
+    /// The gateway prunes providers without admitted workers; one being admitted at that moment
+    /// (its worker not yet registered) must keep its admission through an outage.
+    @Test func pruningKeepsRecentProviders() async {
+        let script = Script()
+        let oracle = StakeOracle(source: script, ttl: 60, grace: 300, jitter: 0)
+        let minimum: UInt128 = 10_000_000_000_000
+        script.push(Self.seen(20_000_000_000_000))
+        #expect(await oracle.decide(provider: "p", minimum: minimum, now: 0) == .admit(amount: 20_000_000_000_000, observedAt: 0, stale: false))
+        await oracle.retain([], now: 5)
+        #expect(await oracle.observation("p") != nil)
+        #expect(await oracle.decide(provider: "p", minimum: minimum, now: 100) == .admit(amount: 20_000_000_000_000, observedAt: 0, stale: true))
+        await oracle.retain([], now: 301)
+        #expect(await oracle.observation("p") == nil)
+        guard case .refuse("stake.unknown", let why) = await oracle.decide(provider: "p", minimum: minimum, now: 302) else { Issue.record("kept"); return }
+        #expect(why.contains("not yet admitted"))
+    }
+
     /// Threats: a forged wallet signature, a stake claimed in another provider's name, a proof
     /// lifted to another worker or gateway, an old proof.
     @Test func providerProofs() async throws {

@@ -127,7 +127,7 @@ public final class StakeGate: Sendable {
                 guard let stake = item.admission.stake else { continue }
                 byProvider[stake.key, default: (stake, [])].1.append(item.link)
             }
-            await oracle.retain(Set(byProvider.keys))
+            await oracle.retain(Set(byProvider.keys), now: clock.now().timeIntervalSince1970)
             for (admitted, links) in byProvider.values.sorted(by: { $0.0.key < $1.0.key }) {
                 // Read where the policy in force says (an applied policy may change the source or the code hashes).
                 guard let kind = rules.source else { continue }

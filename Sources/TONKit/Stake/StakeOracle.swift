@@ -83,9 +83,11 @@ public actor StakeOracle {
     /// The last good observation of `provider` (for the audit log: source, block, amount).
     public func observation(_ provider: String) -> StakeObservation? { entries[provider]?.observation }
 
-    /// Forgets providers no admitted worker names any more.
-    public func retain(_ providers: Set<String>) {
-        entries = entries.filter { providers.contains($0.key) }
+    /// Forgets providers no admitted worker names any more, once their last observation is older
+    /// than the grace window (so that a provider being admitted right now, or reconnecting after a
+    /// dropped connection, keeps what the oracle knows of it).
+    public func retain(_ providers: Set<String>, now: Double) {
+        entries = entries.filter { providers.contains($0.key) || now - $0.value.observedAt <= grace }
     }
 
     private func judge(_ provider: String, _ e: Entry, minimum: UInt128, stale: Bool) -> StakeDecision {
