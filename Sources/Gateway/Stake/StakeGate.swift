@@ -118,9 +118,9 @@ public final class StakeGate: Sendable {
     /// workers whose provider no longer holds the stake. Runs until cancelled.
     func monitor(registry: WorkerRegistry, policies: PolicyState, trail: AuditTrail, interval: Duration?, logger: Logger) async {
         while !Task.isCancelled {
+            try? await Task.sleep(for: interval ?? .seconds(max(1, policies.current.document.stake.refreshSeconds / 4)))
+            // The policy in force after the pause (an apply may have changed it meanwhile).
             let rules = policies.current.document.stake
-            let pause = interval ?? .seconds(max(1, rules.refreshSeconds / 4))
-            try? await Task.sleep(for: pause)
             guard rules.minimumNanotons != nil else { continue }
             var byProvider = [String: (ProviderStake, [WorkerLink])]()
             for item in registry.admitted() {
