@@ -203,14 +203,7 @@ public actor GatewayAdministration {
     /// Admitted workers that `document` no longer admits, with why.
     func failing(under document: PolicyDocument, at time: Date) -> [(link: WorkerLink, reasons: [Reason])] {
         registry.admitted().compactMap { item in
-            let a = item.admission
-            var reasons = document.reevaluate(
-                format: a.format, claims: a.claims, tcbStatus: a.tcbStatus, advisoryIDs: a.advisoryIDs, at: time)
-            // A stake rule added by this policy: workers admitted without a provider proof leave.
-            // (A changed minimum or source is checked by the stake monitor at its next round.)
-            if document.stake.minimumNanotons != nil, a.stake == nil {
-                reasons.append(Reason(ReasonCode(rawValue: "stake.proof-missing"), "policy.stake", "the policy now requires a TON stake"))
-            }
+            let reasons = item.admission.reasons(under: document, at: time)
             return reasons.isEmpty ? nil : (item.link, reasons)
         }
     }

@@ -50,26 +50,28 @@ public final class StakeGate: Sendable {
         public let detail: [String: String]
         /// Whether this outcome rests on a new chain observation (else: the cached one).
         public let fresh: Bool
+        /// `detail` as admission entries carry it (`stake.source`, `stake.block_seqno`, …).
+        var auditDetail: [String: String] { detail.mapKeys { "stake." + $0 } }
     }
 
     /// The admission check: the proof `proofData`, for this worker's KEM key, under `rules`.
     func admit(proofData: Data?, workerKey: Data, rules: PolicyDocument.StakeRules) async -> Outcome {
         guard let proofData else {
-            return refused("stake.proof-missing", "the policy requires a TON stake: start the worker with --provider-wallet and --provider-key")
+            return Self.refused("stake.proof-missing", "the policy requires a TON stake: start the worker with --provider-wallet and --provider-key")
         }
         let decoded: (proof: ProviderProof, wallet: TONAddress, stakeAccount: TONAddress?)
-        do throws(ProviderProof.Failure) { decoded = try ProviderProof.decode(proofData) } catch { return refused(error.code, error.message) }
+        do throws(ProviderProof.Failure) { decoded = try ProviderProof.decode(proofData) } catch { return Self.refused(error.code, error.message) }
         let walletKey: Ed25519PublicKey
         switch await reader.walletPublicKey(decoded.wallet) {
         case .success(let key): walletKey = key
-        case .failure(let failure): return refused(failure.code, failure.message, ["provider": decoded.wallet.raw])
+        case .failure(let failure): return Self.refused(failure.code, failure.message, ["provider": decoded.wallet.raw])
         }
         do throws(ProviderProof.Failure) {
             try decoded.proof.verify(
                 walletKey: walletKey, gatewayID: gatewayID, workerKey: workerKey, now: clock.now(),
                 maxAge: TimeInterval(rules.proofMaxAgeSeconds))
-        } catch { return refused(error.code, error.message, ["provider": decoded.wallet.raw]) }
-        guard let kind = rules.source else { return refused("stake.no-source", "the policy sets a minimum stake but no source") }
+        } catch { return Self.refused(error.code, error.message, ["provider": decoded.wallet.raw]) }
+        guard let kind = rules.source else { return Self.refused("stake.no-source", "the policy sets a minimum stake but no source") }
         let query = StakeQuery(
             kind: kind, provider: decoded.wallet, stakeAccount: decoded.stakeAccount, allowedCodeHashes: Set(rules.codeHashes))
         let stake = ProviderStake(
@@ -109,7 +111,7 @@ public final class StakeGate: Sendable {
         }
     }
 
-    func refused(_ code: String, _ message: String, _ detail: [String: String] = [:]) -> Outcome {
+    static func refused(_ code: String, _ message: String, _ detail: [String: String] = [:]) -> Outcome {
         Outcome(stake: nil, refusal: (code, message), detail: detail, fresh: true)
     }
 

@@ -1,6 +1,7 @@
 import AttestationCore
 import AuditLog
 import Foundation
+import Policy
 import Synchronization
 
 /// The admitted workers. Routing picks, among the workers serving a model, the one with the
@@ -22,6 +23,17 @@ public final class WorkerRegistry: Sendable {
         let advisoryIDs: [String]
         /// The provider's stake, when the policy required one.
         var stake: ProviderStake? = nil
+
+        /// Why `document` would not admit this worker now, from what its admission proved: the
+        /// evidence and measurement rules, and a stake rule the admission did not meet.
+        /// (A changed minimum or source is the stake monitor's to check, on the chain.)
+        func reasons(under document: PolicyDocument, at time: Date) -> [Reason] {
+            var reasons = document.reevaluate(format: format, claims: claims, tcbStatus: tcbStatus, advisoryIDs: advisoryIDs, at: time)
+            if document.stake.minimumNanotons != nil, stake == nil {
+                reasons.append(Reason(ReasonCode(rawValue: "stake.proof-missing"), "policy.stake", "the policy now requires a TON stake"))
+            }
+            return reasons
+        }
     }
 
     private struct Entry {

@@ -164,14 +164,14 @@ public final class WorkerServer: Sendable {
         let stakeRules = decision.policy.document.stake
         if stakeRules.minimumNanotons != nil {
             let outcome = await stake?.admit(proofData: evidence.providerProof, workerKey: hello.kemPublicKey, rules: stakeRules)
-                ?? StakeGate.Outcome(stake: nil, refusal: ("stake.unavailable", "this gateway reads no stake"), detail: [:], fresh: true)
+                ?? StakeGate.refused("stake.unavailable", "this gateway reads no stake")
             if let refusal = outcome.refusal {
                 try await reject(hello, decision, code: refusal.code, message: refusal.message, reasons: [refusal.code], outbound,
-                                 detail: outcome.detail)
+                                 detail: outcome.auditDetail)
                 return
             }
             providerStake = outcome.stake
-            stakeDetail = outcome.detail.mapKeys { "stake." + $0 }
+            stakeDetail = outcome.auditDetail
         }
 
         // 3. Admit: a fresh session key, sealed to the key the quote is bound to.
@@ -203,22 +203,15 @@ public final class WorkerServer: Sendable {
             detail: ["session": sessionID, "kem": "X25519-HKDF-SHA256/ChaCha20Poly1305"])
         // One transaction: the admission, the key issued on it, the worker's row.
         try await recordOrEnd([.event(admit, evidence: decision.evidence, worker: .upsert(record)), .event(keyIssued)])
-        if let previous = registry.add(
-            link, record: record,
-            admission: .init(
-                format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs, stake: providerStake))
-        {
+        let admitted = WorkerRegistry.Admission(
+            format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs, stake: providerStake)
+        if let previous = registry.add(link, record: record, admission: admitted) {
             previous.end(code: "worker.replaced", message: "replaced by a new session of the same worker", audited: false)
         }
         // A policy applied while this worker was being admitted has not seen it: check it now.
         if decision.policy.version != admission.policies.current.version {
             let now = admission.policies.current
-            var reasons = now.document.reevaluate(
-                format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs,
-                at: admission.clock.now())
-            if now.document.stake.minimumNanotons != nil, providerStake == nil {
-                reasons.append(Reason(ReasonCode(rawValue: "stake.proof-missing"), "policy.stake", "the policy now requires a TON stake"))
-            }
+            let reasons = admitted.reasons(under: now.document, at: admission.clock.now())
             if !reasons.isEmpty {
                 link.end(code: reasons[0].code.rawValue, message: "policy version \(now.version): \(reasons[0].message)", audited: false)
             }
@@ -320,7 +313,7 @@ public final class WorkerServer: Sendable {
                 event: "admission", worker: hello.workerID, decision: "reject", reasons: reasons,
                 policyVersion: decision.policy.version, collateralSHA256: decision.collateralSHA256,
                 detail: ["message": message, "policy": decision.policy.document.name, "format": decision.verdict.format]
-                    .merging(detail.mapKeys { "stake." + $0 }) { a, _ in a }),
+                    .merging(detail) { a, _ in a }),
             evidence: decision.evidence)
         logger.notice("worker rejected", metadata: ["ccgate.worker.id": "\(hello.workerID)", "ccgate.reason": "\(code)"])
         try await outbound.write(.rejected(.init(code: code, message: message)))
