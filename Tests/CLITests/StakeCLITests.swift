@@ -16,7 +16,7 @@ import TONKit
         let port: Int
         init(in dir: TemporaryDirectory) throws {
             let portFile = dir.file("engine-port")
-            process.executableURL = URL(fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "/usr/local/bin/python3")
+            process.executableURL = LoopbackServer.systemPython
             process.arguments = [
                 "-c",
                 """
@@ -34,12 +34,7 @@ import TONKit
                 portFile.path,
             ]
             try process.run()
-            let deadline = Date() + 30
-            var port = 0
-            while Date() < deadline, port == 0 {
-                if let text = try? String(contentsOf: portFile, encoding: .utf8), let p = Int(text) { port = p } else { Thread.sleep(forTimeInterval: 0.05) }
-            }
-            self.port = port
+            port = LoopbackServer.ports(in: portFile, of: process, timeout: 30).first ?? 0
         }
         deinit { kill(process.processIdentifier, SIGKILL) }
     }

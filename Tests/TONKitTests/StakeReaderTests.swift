@@ -18,19 +18,13 @@ import TONKit
         init(mode: String, walletKey: String? = nil) throws {
             let dir = try TemporaryDirectory("toncenter")
             let portFile = dir.file("port")
-            // The system interpreter directly (a version-manager shim in between would not pass on the signal).
-            process.executableURL = URL(fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "/usr/local/bin/python3")
+            process.executableURL = LoopbackServer.systemPython
             process.arguments = [
                 SharedTestData.packageRoot.appendingPathComponent("Tests/TONKitTests/toncenter_stub.py").path,
                 portFile.path, SharedTestData.url("ton/toncenter").path, mode,
             ] + (walletKey.map { [$0] } ?? [])
             try process.run()
-            let deadline = Date() + 30
-            var port = 0
-            while Date() < deadline, port == 0 {
-                if let text = try? String(contentsOf: portFile, encoding: .utf8), let p = Int(text) { port = p } else { Thread.sleep(forTimeInterval: 0.05) }
-            }
-            self.port = port
+            port = LoopbackServer.ports(in: portFile, of: process, timeout: 30).first ?? 0
             _ = dir
         }
         func client(key: String = "stub-key") -> ToncenterClient {

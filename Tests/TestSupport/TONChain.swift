@@ -35,15 +35,7 @@ public final class TONChain: @unchecked Sendable {
         process.standardOutput = FileHandle.nullDevice
         try process.run()
         self.apiKey = apiKey
-        let deadline = Date() + 60
-        var ports = [Int]()
-        while Date() < deadline, ports.isEmpty, process.isRunning {
-            if let text = try? String(contentsOf: portFile, encoding: .utf8) {
-                ports = text.split(separator: " ").compactMap { Int($0) }
-            } else {
-                Thread.sleep(forTimeInterval: 0.05)
-            }
-        }
+        let ports = LoopbackServer.ports(in: portFile, of: process, timeout: 60)
         guard ports.count == endpoints else {
             kill(process.processIdentifier, SIGKILL)
             throw Failure(description: "toncenter_tvm.py did not start (exit \(process.isRunning ? "-" : "\(process.terminationStatus)"))")
