@@ -46,7 +46,11 @@ let package = Package(
             name: "Policy", dependencies: ["AttestationCore", "TONKit", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
         .target(name: "Sealing", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
-        .target(name: "WorkerProtocol", dependencies: [.product(name: "NIOCore", package: "swift-nio")], swiftSettings: strict),
+        // The worker protocol's messages (no I/O) and their NIO framing.
+        .target(name: "WorkerProtocol", swiftSettings: strict),
+        .target(
+            name: "WorkerFraming", dependencies: ["WorkerProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict),
         .target(name: "AuditLog", dependencies: ["AttestationCore", "CSQLite"], swiftSettings: strict),
         // TON: addresses, cells, bags of cells.
         .target(name: "TONKit", dependencies: ["AttestationCore"], swiftSettings: strict),
@@ -60,11 +64,23 @@ let package = Package(
             name: "Inference", dependencies: ["CVulkan"], exclude: ["Shaders"], swiftSettings: strict,
             plugins: ["SPIRVShaders"]),
 
+        // The gateway's decisions without transport: the worker session state machine and its
+        // runner, the admission coordinator, routing and the evictor. No NIO, no HTTP, no sockets.
+        .target(
+            name: "AdmissionCore",
+            dependencies: [
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "AuditLog",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
         // Adapters.
         .target(
             name: "Gateway",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "AuditLog", "TONKit",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "WorkerFraming", "AuditLog",
+                "TONKit", "AdmissionCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -75,7 +91,7 @@ let package = Package(
         .target(
             name: "WorkerAgent",
             dependencies: [
-                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "TDXVerifier", "TONKit",
+                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "WorkerFraming", "TDXVerifier", "TONKit",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -88,7 +104,8 @@ let package = Package(
         .executableTarget(
             name: "ccgate",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AuditLog", "CommandLineSupport", "TONKit",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog", "CommandLineSupport",
+                "TONKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -109,7 +126,8 @@ let package = Package(
         .executableTarget(
             name: "ccgate-bench",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "WorkerAgent", "Gateway", "Policy", "Inference", "AuditLog",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "WorkerAgent", "Gateway", "AdmissionCore", "Policy", "Inference",
+                "AuditLog",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -144,9 +162,17 @@ let package = Package(
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
         .testTarget(
+            name: "AdmissionCoreTests",
+            dependencies: [
+                "AdmissionCore", "AuditLog", "AttestationCore", "Policy", "Sealing", "WorkerProtocol", "TestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "WorkerAgent", "WorkerProtocol", "AuditLog", "Sealing", "Policy", "TestSupport", "TONKit",
+                "Gateway", "AdmissionCore", "WorkerAgent", "WorkerProtocol", "WorkerFraming", "AuditLog", "Sealing", "Policy",
+                "TestSupport", "TONKit",
                 .product(name: "Hummingbird", package: "hummingbird"),
             ] + nio,
             exclude: ["openai_sdk_check.py"],

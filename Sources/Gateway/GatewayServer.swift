@@ -1,3 +1,4 @@
+import AdmissionCore
 import AttestationCore
 import AuditLog
 import Crypto
@@ -112,7 +113,7 @@ public struct GatewayServer: Sendable {
             }
             let entry = try await audit.recordPolicy(
                 AuditEvent(
-                    event: "policy-applied", actor: "config", decision: "applied",
+                    .policyApplied, actor: "config", decision: .applied,
                     detail: ["name": configuration.policy.name, "sha256": HashAlgorithm.sha256.hash(Data(text.utf8)).hex, "note": "initial policy"]),
                 NewPolicy(
                     name: configuration.policy.name, text: text, signature: configuration.policySignature ?? "", signer: signer,
@@ -150,15 +151,16 @@ public struct GatewayServer: Sendable {
         let keyDigests = Set(try store.apiKeyDigests().compactMap { Data(hex: $0) })
         try await audit.record(
             AuditEvent(
-                event: "gateway-start", decision: "started", policyVersion: policies.current.version,
+                .gatewayStart, decision: .started, policyVersion: policies.current.version,
                 detail: ["policy": policies.current.document.name, "gateway_key": audit.key.publicKey.fingerprint]))
         let stake = StakeGate(endpoints: configuration.toncenter, gatewayID: gatewayID, clock: configuration.clock)
-        let workers = WorkerServer(
-            registry: registry,
-            admission: AdmissionService(
-                policies: policies, clock: configuration.clock, dcapRoots: configuration.dcapRoots,
-                collateralSource: configuration.collateralSource, prefetcher: configuration.collateralPrefetcher),
-            audit: audit, timings: configuration.timings, stake: stake, logger: logger)
+        let coordinator = AdmissionCoordinator(
+            policies: policies, clock: configuration.clock, dcapRoots: configuration.dcapRoots,
+            collateralSource: configuration.collateralSource ?? configuration.collateralPrefetcher?.cache,
+            preparer: configuration.collateralPrefetcher, stake: stake)
+        let runner = WorkerSessionRunner(
+            coordinator: coordinator, registry: registry, trail: audit, timings: configuration.timings, logger: logger)
+        let workers = WorkerServer(runner: runner, logger: logger)
         let frontDoor = FrontDoor(registry: registry, apiKeyDigests: keyDigests)
         let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)
         let app = Application(
@@ -183,7 +185,8 @@ public struct GatewayServer: Sendable {
             }
             group.addTask {
                 await stake.monitor(
-                    registry: registry, policies: policies, trail: audit, interval: configuration.stakeMonitorInterval, logger: logger)
+                    registry: registry, policies: policies, evictor: runner.evictor, trail: audit,
+                    interval: configuration.stakeMonitorInterval, logger: logger)
                 throw CancellationError()
             }
             defer { group.cancelAll() }

@@ -64,7 +64,7 @@ public struct PolicyDocument: Sendable, Equatable {
     }
 
     public struct TDXRules: Sendable, Equatable {
-        public var acceptedTCBStatuses: [String] = ["UpToDate"]
+        public var acceptedTCBStatuses: [String] = [TCBStatus.upToDate.rawValue]
         public var allowDebug = false
         /// Days an `OutOfDate` platform stays acceptable after the tcbDate of its TCB level
         /// (Intel's `platform_grace_period`); 0: none.
@@ -84,10 +84,7 @@ public struct PolicyDocument: Sendable, Equatable {
     }
 
     /// Intel's TCB status names, for checking policies.
-    public static let knownTCBStatuses = [
-        "UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded", "OutOfDate",
-        "OutOfDateConfigurationNeeded", "Revoked", "TDRelaunchAdvised", "TDRelaunchAdvisedConfigurationNeeded",
-    ]
+    public static let knownTCBStatuses = TCBStatus.allCases.map(\.rawValue)
 
     /// The built-in default used when no policy file is named: accept `UpToDate` TDX only, no
     /// debug TDs, no SHA-1 TPM quotes, no measurement requirements.
@@ -95,7 +92,7 @@ public struct PolicyDocument: Sendable, Equatable {
     public static let builtinDefaultText = "schema: \(schema)\nname: builtin-default\n"
 
     public static let builtinDefault = PolicyDocument(
-        name: "builtin-default", formats: ["tpm2-quote", "tdx-quote", "sgx-quote"], tpm: TPMRules(), tdx: TDXRules(),
+        name: "builtin-default", formats: EvidenceFormat.allCases.map(\.rawValue), tpm: TPMRules(), tdx: TDXRules(),
         binaries: [], models: [], requireMeasurements: false)
 }
 
@@ -248,7 +245,7 @@ struct NodeReader {
         if let evidence = top["evidence"] {
             let ev = mapping(evidence, "evidence", allowed: ["formats", "tpm", "tdx"])
             if let formats = strings(ev["formats"], "evidence.formats") {
-                for f in formats where !["tpm2-quote", "tdx-quote", "sgx-quote"].contains(f) {
+                for f in formats where EvidenceFormat(rawValue: f) == nil {
                     fail(ev["formats"], "evidence.formats: unknown format '\(f)'")
                 }
                 doc.formats = formats

@@ -145,13 +145,35 @@ public enum ChannelPayload: Codable, Sendable, Equatable {
     }
 }
 
-/// The protocol's own error codes (attestation failures use the evidence reason codes).
-public enum ProtocolErrorCode {
-    public static let malformedFrame = "protocol.malformed-frame"
-    public static let frameTooLarge = "protocol.frame-too-large"
-    public static let unexpectedMessage = "protocol.unexpected-message"
-    public static let badHello = "protocol.bad-hello"
-    public static let timeout = "protocol.timeout"
-    public static let channelAuthentication = "protocol.channel-authentication"
-    public static let evicted = "worker.evicted"
+/// The codes the worker protocol itself ends a session with (attestation failures use the
+/// evidence reason codes of docs/EVIDENCE.md, stake failures those of docs/STAKE.md). The raw
+/// strings travel in `error` and `rejected` messages and are written to the audit log; they never
+/// change.
+public enum ProtocolErrorCode: String, Sendable, CaseIterable {
+    case malformedFrame = "protocol.malformed-frame"
+    case frameTooLarge = "protocol.frame-too-large"
+    case unexpectedMessage = "protocol.unexpected-message"
+    case badHello = "protocol.bad-hello"
+    case timeout = "protocol.timeout"
+    case channelAuthentication = "protocol.channel-authentication"
+    /// The connection closed (either side).
+    case disconnected = "worker.disconnected"
+    /// A newer session of the same worker took this one's place.
+    case replaced = "worker.replaced"
+    /// The session key reached the policy's lifetime; the worker attests again for a new one.
+    case keyExpired = "session.key-expired"
+    /// The gateway could not record a decision durably, so it did not make it.
+    case auditUnavailable = "gateway.audit-unavailable"
+    /// An operator evicted the worker through the admin API.
+    case adminEvicted = "admin.evicted"
+
+    /// Whether a worker that hears this code may connect again unchanged and expect a different
+    /// outcome: connection and protocol trouble, an expired key, a gateway that could not write
+    /// its log. Evidence, policy and stake refusals need a change first.
+    public var isTransient: Bool {
+        switch self {
+        case .adminEvicted: false
+        default: true
+        }
+    }
 }

@@ -1,3 +1,4 @@
+import AdmissionCore
 import ArgumentParser
 import AttestationCore
 import CommandLineSupport

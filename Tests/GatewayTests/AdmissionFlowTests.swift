@@ -1,3 +1,4 @@
+import WorkerFraming
 import AttestationCore
 import AuditLog
 import Foundation

@@ -1,3 +1,4 @@
+import WorkerFraming
 import AttestationCore
 import Foundation
 import Gateway
@@ -77,17 +78,17 @@ import WorkerProtocol
         var rng = SeededRandom(seed: 42)
         let cases: [(String, Data, String?)] = [
             ("random bytes", Data(rng.bytes(300)), nil),
-            ("JSON garbage frame", Data([0, 0, 0, 5]) + Data("{{{{{".utf8), ProtocolErrorCode.malformedFrame),
-            ("unknown type", Data([0, 0, 0, 13]) + Data(#"{"type":"zz"}"#.utf8), ProtocolErrorCode.malformedFrame),
-            ("zero-length frame", Data([0, 0, 0, 0]), ProtocolErrorCode.malformedFrame),
-            ("oversized length", Data([0x7f, 0xff, 0xff, 0xff]) + Data(rng.bytes(64)), ProtocolErrorCode.frameTooLarge),
-            ("just over the limit", withUnsafeBytes(of: UInt32(WireFrameDecoder.maxFrameSize + 1).bigEndian) { Data($0) }, ProtocolErrorCode.frameTooLarge),
-            ("truncated frame", Data(hello.prefix(hello.count - 3)), ProtocolErrorCode.malformedFrame),
-            ("evidence before hello", try WireMessage.evidence(.init(envelope: Data("{}".utf8))).frame(), ProtocolErrorCode.unexpectedMessage),
-            ("bad hello key", try WireMessage.hello(.init(workerID: "x", kemPublicKey: Data(count: 3), models: ["m"])).frame(), ProtocolErrorCode.badHello),
-            ("bad hello id", try WireMessage.hello(.init(workerID: "../../etc", kemPublicKey: Data(count: 32), models: ["m"])).frame(), ProtocolErrorCode.badHello),
+            ("JSON garbage frame", Data([0, 0, 0, 5]) + Data("{{{{{".utf8), ProtocolErrorCode.malformedFrame.rawValue),
+            ("unknown type", Data([0, 0, 0, 13]) + Data(#"{"type":"zz"}"#.utf8), ProtocolErrorCode.malformedFrame.rawValue),
+            ("zero-length frame", Data([0, 0, 0, 0]), ProtocolErrorCode.malformedFrame.rawValue),
+            ("oversized length", Data([0x7f, 0xff, 0xff, 0xff]) + Data(rng.bytes(64)), ProtocolErrorCode.frameTooLarge.rawValue),
+            ("just over the limit", withUnsafeBytes(of: UInt32(WireFrameDecoder.maxFrameSize + 1).bigEndian) { Data($0) }, ProtocolErrorCode.frameTooLarge.rawValue),
+            ("truncated frame", Data(hello.prefix(hello.count - 3)), ProtocolErrorCode.malformedFrame.rawValue),
+            ("evidence before hello", try WireMessage.evidence(.init(envelope: Data("{}".utf8))).frame(), ProtocolErrorCode.unexpectedMessage.rawValue),
+            ("bad hello key", try WireMessage.hello(.init(workerID: "x", kemPublicKey: Data(count: 3), models: ["m"])).frame(), ProtocolErrorCode.badHello.rawValue),
+            ("bad hello id", try WireMessage.hello(.init(workerID: "../../etc", kemPublicKey: Data(count: 32), models: ["m"])).frame(), ProtocolErrorCode.badHello.rawValue),
             ("garbage evidence", hello + (try WireMessage.evidence(.init(envelope: Data(rng.bytes(500)))).frame()), "evidence.malformed"),
-            ("sealed before admission", hello + (try WireMessage.sealed(Data(rng.bytes(40))).frame()), ProtocolErrorCode.unexpectedMessage),
+            ("sealed before admission", hello + (try WireMessage.sealed(Data(rng.bytes(40))).frame()), ProtocolErrorCode.unexpectedMessage.rawValue),
         ]
         for (name, bytes, expected) in cases {
             let answer = try Self.raw(bytes, port: gateway.workerPort)

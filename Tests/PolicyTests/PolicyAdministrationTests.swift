@@ -95,7 +95,7 @@ import TONKit
         #expect(a.changes(to: a).isEmpty)
     }
 
-    @Test func reevaluationUsesStoredClaims() throws {
+    @Test func judgementUsesStoredClaims() throws {
         let doc = try PolicyDocument.parse(Self.text)
         let claims = VerifiedClaims(
             measuredFiles: [
@@ -104,10 +104,10 @@ import TONKit
             ],
             fields: ["tee": "tdx", "debug": "false", "tcb_date": "2026-01-01T00:00:00Z"])
         let now = Date(timeIntervalSince1970: 1_790_000_000)
-        #expect(doc.reevaluate(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: [], at: now).isEmpty)
-        #expect(doc.reevaluate(format: "tdx-quote", claims: claims, tcbStatus: "OutOfDate", advisoryIDs: [], at: now).first?.code == .tcbStatusNotAllowed)
-        #expect(doc.reevaluate(format: "sgx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: [], at: now).first?.code == .evidenceUnsupported)
+        #expect(doc.judge(AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now).isEmpty)
+        #expect(doc.judge(AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "OutOfDate", advisoryIDs: []), at: now).first?.code == .tcbStatusNotAllowed)
+        #expect(doc.judge(AttestedFacts(format: "sgx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now).first?.code == .evidenceUnsupported)
         let pulled = try PolicyDocument.parse(Self.text.replacingOccurrences(of: String(repeating: "a", count: 64), with: String(repeating: "d", count: 64)))
-        #expect(pulled.reevaluate(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: [], at: now).first?.code == .policyMeasurementNotAllowed)
+        #expect(pulled.judge(AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now).first?.code == .policyMeasurementNotAllowed)
     }
 }

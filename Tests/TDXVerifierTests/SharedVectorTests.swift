@@ -70,7 +70,7 @@ import Testing
         let data = try SharedTestData.data("sgx/d3-dcapqvl-sample.json")
         var v = try Self.verifier(roots: nil)
         var options = v.options
-        options.acceptedStatuses = [TCBStatus.upToDate, TCBStatus.configurationAndSWHardeningNeeded]
+        options.acceptedStatuses = [TCBStatus.upToDate.rawValue, TCBStatus.configurationAndSWHardeningNeeded.rawValue]
         v = TDXQuoteVerifier(options: options)
         let verdict = v.verify(envelopeData: data, expectedNonce: nil, at: Date.rfc3339("2025-07-19T10:01:17Z")!)
         #expect(verdict.isAccepted, "\(verdict.reasons)")

@@ -57,6 +57,16 @@ public struct Verdict: Sendable {
     public let advisoryIDs: [String]
     /// Checks that passed, in order, for a human-readable trace.
     public let passedChecks: [String]
+    /// SHA-256 of collateral the verifier took from outside the evidence (a cache), so that a
+    /// decision names exactly what it rested on; nil when the evidence carried all it needed.
+    public internal(set) var collateralSHA256: String? = nil
+
+    /// This verdict, naming the outside collateral it rested on.
+    public func citing(collateral sha256: String?) -> Verdict {
+        var copy = self
+        copy.collateralSHA256 = sha256
+        return copy
+    }
 
     public var isAccepted: Bool { outcome == .accept }
     /// The first reason code, for a reject.
@@ -86,6 +96,6 @@ public struct Verdict: Sendable {
         guard !policyReasons.isEmpty else { return self }
         return Verdict(
             format: format, outcome: .reject, reasons: reasons + policyReasons, claims: nil,
-            tcbStatus: tcbStatus, advisoryIDs: advisoryIDs, passedChecks: passedChecks)
+            tcbStatus: tcbStatus, advisoryIDs: advisoryIDs, passedChecks: passedChecks, collateralSHA256: collateralSHA256)
     }
 }

@@ -140,3 +140,41 @@ public struct ChainHead: Sendable, Equatable {
         self.hash = hash
     }
 }
+
+/// The kinds of audit entry the gateway writes (the `event` field). The raw strings are what the
+/// chain stores and exports; they never change.
+public enum AuditEventKind: String, Sendable, CaseIterable {
+    case admission
+    case reattestation
+    case eviction
+    case disconnect
+    case sessionKey = "session-key"
+    case protocolError = "protocol-error"
+    case policyApplied = "policy-applied"
+    case policyApply = "policy-apply"
+    case adminLogin = "admin-login"
+    case gatewayStart = "gateway-start"
+    case stakeCheck = "stake-check"
+    case checkpoint
+}
+
+/// What an audit entry decided (the `decision` field), with stable raw strings.
+public enum AuditDecision: String, Sendable, CaseIterable {
+    case admit, reject, pass, fail, evicted, closed, issued, applied, refused, started, stale, accept, signed
+}
+
+extension AuditEvent {
+    /// An entry of a known kind and decision.
+    public init(
+        _ kind: AuditEventKind, actor: String = "gateway", worker: String? = nil, decision: AuditDecision? = nil,
+        reasons: [String] = [], policyVersion: Int? = nil, evidenceSHA256: String? = nil, collateralSHA256: String? = nil,
+        detail: [String: String] = [:]
+    ) {
+        self.init(
+            event: kind.rawValue, actor: actor, worker: worker, decision: decision?.rawValue, reasons: reasons,
+            policyVersion: policyVersion, evidenceSHA256: evidenceSHA256, collateralSHA256: collateralSHA256, detail: detail)
+    }
+
+    /// The entry's kind, when it is one the gateway writes.
+    public var kind: AuditEventKind? { AuditEventKind(rawValue: event) }
+}

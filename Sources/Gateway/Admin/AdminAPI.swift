@@ -1,3 +1,4 @@
+import AdmissionCore
 import AttestationCore
 import AuditLog
 import Foundation

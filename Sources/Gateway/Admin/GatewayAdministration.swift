@@ -1,7 +1,9 @@
+import AdmissionCore
 import AttestationCore
 import AuditLog
 import Foundation
 import Policy
+import WorkerProtocol
 
 /// A refused admin request: an HTTP status, a stable code and a message.
 public struct AdminError: Error, CustomStringConvertible {
@@ -55,6 +57,7 @@ public actor GatewayAdministration {
     /// Keys whose signature makes a policy applicable. None: no policy can be applied.
     let adminKeys: [Ed25519PublicKey]
     let clock: any AttestationClock
+    let evictor: Evictor
 
     /// Policy documents are a few KiB; the cap is the document loader's.
     static let maxPolicySize = 1 << 20
@@ -65,6 +68,7 @@ public actor GatewayAdministration {
         self.registry = registry
         self.adminKeys = adminKeys
         self.clock = clock
+        evictor = Evictor(registry: registry, trail: trail, policies: policies)
     }
 
     /// Checks, and unless `dryRun` applies, a signed policy. Refusals are audited too.
@@ -80,7 +84,7 @@ public actor GatewayAdministration {
             if !dryRun {
                 _ = try? await trail.record(
                     AuditEvent(
-                        event: "policy-apply", actor: actor, decision: "refused", reasons: [error.code],
+                        .policyApply, actor: actor, decision: .refused, reasons: [error.code],
                         detail: ["sha256": digest, "message": error.message, "note": note]))
             }
             throw error
@@ -102,52 +106,43 @@ public actor GatewayAdministration {
         // the store; the version in force is the latest, applies are serialized by this actor and
         // nothing else adds versions while the gateway runs, so the next one is known without a read.
         let version = current.version + 1
-        let evicted = failing(under: document, at: now).map { item in
-            (item: item, message: "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)")
-        }
-        var drafts: [AuditDraft] = [
-            .policy(
-                AuditEvent(
-                    event: "policy-applied", actor: actor, decision: "applied",
-                    detail: [
-                        "name": document.name, "sha256": digest, "signer": signer.fingerprint, "note": note,
-                        "previous_version": String(current.version), "changes": String(changes.count),
-                        "evictions": String(evicted.count),
-                    ]),
-                NewPolicy(name: document.name, text: text, signature: signature ?? "", signer: signer.fingerprint, note: note))
-        ]
-        for (item, message) in evicted {
-            drafts.append(
-                .event(
+        let failingNow = failing(under: document, at: now)
+        let claimed = evictor.claim(
+            failingNow.map { item in
+                let message = "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)"
+                return (item.link, Evictor.Cause(code: item.reasons[0].code.rawValue, message: message, actor: actor), item.reasons.map(\.code.rawValue))
+            })
+        let drafts: [AuditDraft] =
+            [
+                .policy(
                     AuditEvent(
-                        event: "eviction", actor: actor, worker: item.link.workerID, decision: "evicted",
-                        reasons: item.reasons.map(\.code.rawValue), policyVersion: version,
-                        detail: ["session": item.link.sessionID, "message": message]),
-                    worker: .remove(id: item.link.workerID, session: item.link.sessionID)))
-        }
-        // Out of routing first: no prompt reaches them from here on, whatever the disk does.
-        // (Removing is fail-safe; a worker wrongly cut off attests again.)
-        for (item, _) in evicted { registry.remove(workerID: item.link.workerID, sessionID: item.link.sessionID) }
+                        .policyApplied, actor: actor, decision: .applied,
+                        detail: [
+                            "name": document.name, "sha256": digest, "signer": signer.fingerprint, "note": note,
+                            "previous_version": String(current.version), "changes": String(changes.count),
+                            "evictions": String(claimed.count),
+                        ]),
+                    NewPolicy(name: document.name, text: text, signature: signature ?? "", signer: signer.fingerprint, note: note))
+            ] + claimed.map { $0.draft(policyVersion: version) }
+        // The claimed workers are out of routing already; the policy and its evictions go into one transaction.
         let entries: [AuditEntry]
         do { entries = try await trail.record(drafts) } catch {
-            for (item, _) in evicted {
-                item.link.end(code: "gateway.audit-unavailable", message: "a policy apply could not be recorded; attest again", audited: false)
-            }
-            throw AdminError(503, "gateway.audit-unavailable", "the policy could not be recorded: \(error)")
+            evictor.finishUnrecorded(claimed, message: "a policy apply could not be recorded; attest again")
+            throw AdminError(503, ProtocolErrorCode.auditUnavailable.rawValue, "the policy could not be recorded: \(error)")
         }
         guard entries.first?.event.policyVersion == version else {
             throw AdminError(500, "gateway.internal", "the policy was recorded as version \(entries.first?.event.policyVersion ?? 0), not \(version)")
         }
         policies.replace(with: ActivePolicy(version: version, document: document, text: text))
-        var evictions = [ApplyOutcome.Eviction]()
-        for (item, message) in evicted {
-            item.link.end(code: item.reasons[0].code.rawValue, message: message, audited: true)
-            evictions.append(
-                .init(worker: item.link.workerID, session: item.link.sessionID, reasons: item.reasons.map(\.code.rawValue), message: message))
+        evictor.finish(claimed)
+        let evictions = claimed.map {
+            ApplyOutcome.Eviction(worker: $0.link.workerID, session: $0.link.sessionID, reasons: $0.reasons, message: $0.cause.message)
         }
         // Workers admitted while the transaction ran were decided under the old version.
-        for item in failing(under: document, at: clock.now()) where !evicted.contains(where: { $0.item.link === item.link }) {
-            item.link.end(code: item.reasons[0].code.rawValue, message: "policy version \(version): \(item.reasons[0].message)", audited: false)
+        for item in failing(under: document, at: clock.now()) where !claimed.contains(where: { $0.link === item.link }) {
+            _ = try? await evictor.evict(
+                item.link,
+                .init(code: item.reasons[0].code.rawValue, message: "policy version \(version): \(item.reasons[0].message)", actor: actor))
         }
         return ApplyOutcome(
             dryRun: false, version: version, name: document.name, sha256: digest, signer: signer.fingerprint, changes: changes,
@@ -169,14 +164,17 @@ public actor GatewayAdministration {
     public func evict(workerID: String, actor: String) async throws(AdminError) -> ApplyOutcome.Eviction {
         guard let link = registry.link(workerID) else { throw AdminError(404, "worker.not-admitted", "no admitted worker '\(workerID)'") }
         let message = "evicted by \(actor)"
-        registry.remove(workerID: workerID, sessionID: link.sessionID)
-        _ = try? await trail.record(
-            AuditEvent(
-                event: "eviction", actor: actor, worker: workerID, decision: "evicted", reasons: ["admin.evicted"],
-                policyVersion: policies.current.version, detail: ["session": link.sessionID, "message": message]),
-            worker: .remove(id: workerID, session: link.sessionID))
-        link.end(code: "admin.evicted", message: message, audited: true)
-        return .init(worker: workerID, session: link.sessionID, reasons: ["admin.evicted"], message: message)
+        do {
+            guard try await evictor.evict(link, .init(code: ProtocolErrorCode.adminEvicted.rawValue, message: message, actor: actor)) else {
+                throw AdminError(409, "worker.leaving", "worker '\(workerID)' is already leaving")
+            }
+        } catch let error as AdminError {
+            throw error
+        } catch {
+            // Out of routing and disconnected already; only the entry is missing.
+            throw AdminError(503, ProtocolErrorCode.auditUnavailable.rawValue, "the eviction could not be recorded: \(error)")
+        }
+        return .init(worker: workerID, session: link.sessionID, reasons: [ProtocolErrorCode.adminEvicted.rawValue], message: message)
     }
 
     /// Parses and checks the signature of a policy document.

@@ -1,3 +1,4 @@
+import AdmissionCore
 import AttestationCore
 import Foundation
 import Synchronization
@@ -173,7 +174,7 @@ public final class CollateralCache: CollateralSource, Sendable {
 
 /// Online mode: before a DCAP quote without collateral is verified, fetch what the cache lacks
 /// (or holds only expired) from a PCCS, and store it. Verification itself stays offline.
-public struct CollateralPrefetcher: Sendable {
+public struct CollateralPrefetcher: EvidencePreparing {
     public let cache: CollateralCache
     public let client: PCCSClient
     /// Roots fetched collateral (and the quote's PCK chain, before anything is fetched) must chain to.

@@ -1,3 +1,4 @@
+import AdmissionCore
 import Foundation
 import WorkerProtocol
 import HTTPTypes

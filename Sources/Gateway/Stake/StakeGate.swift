@@ -1,3 +1,4 @@
+import AdmissionCore
 import AttestationCore
 import AuditLog
 import Foundation
@@ -5,15 +6,6 @@ import Logging
 import Policy
 import Synchronization
 import TONKit
-
-/// The stake a provider was admitted on: where it is read, and under which oracle key.
-public struct ProviderStake: Sendable, Equatable {
-    /// The provider wallet (raw form), shown per worker.
-    public let provider: String
-    /// The oracle's cache key: the wallet and the contract holding the stake.
-    let key: String
-    let query: StakeQuery
-}
 
 /// Admits a worker's provider only while the provider proves control of a TON wallet holding the
 /// policy's minimum stake, and keeps checking it.
@@ -25,7 +17,7 @@ public struct ProviderStake: Sendable, Equatable {
 /// monitor re-reads each provider's stake every refresh and evicts on a positive observation
 /// below the minimum); an outage used to slip in (new providers are refused while the stake is
 /// unknown; admitted ones serve through the grace window only).
-public final class StakeGate: Sendable {
+public final class StakeGate: StakeChecking {
     let reader: StakeReader
     let oracle: StakeOracle
     /// The id provider proofs must name: the gateway key's fingerprint.
@@ -42,20 +34,8 @@ public final class StakeGate: Sendable {
         self.clock = clock
     }
 
-    /// What a stake check decided: admitted (with the stake the worker record keeps) or refused,
-    /// and for the audit log the source, block and observed amount.
-    public struct Outcome: Sendable {
-        public let stake: ProviderStake?
-        public let refusal: (code: String, message: String)?
-        public let detail: [String: String]
-        /// Whether this outcome rests on a new chain observation (else: the cached one).
-        public let fresh: Bool
-        /// `detail` as admission entries carry it (`stake.source`, `stake.block_seqno`, …).
-        var auditDetail: [String: String] { detail.mapKeys { "stake." + $0 } }
-    }
-
     /// The admission check: the proof `proofData`, for this worker's KEM key, under `rules`.
-    func admit(proofData: Data?, workerKey: Data, rules: PolicyDocument.StakeRules) async -> Outcome {
+    public func admit(proofData: Data?, workerKey: Data, rules: PolicyDocument.StakeRules) async -> StakeOutcome {
         guard let proofData else {
             return Self.refused("stake.proof-missing", "the policy requires a TON stake: start the worker with --provider-wallet and --provider-key")
         }
@@ -71,24 +51,23 @@ public final class StakeGate: Sendable {
                 walletKey: walletKey, gatewayID: gatewayID, workerKey: workerKey, now: clock.now(),
                 maxAge: TimeInterval(rules.proofMaxAgeSeconds))
         } catch { return Self.refused(error.code, error.message, ["provider": decoded.wallet.raw]) }
-        guard let kind = rules.source else { return Self.refused("stake.no-source", "the policy sets a minimum stake but no source") }
-        let query = StakeQuery(
-            kind: kind, provider: decoded.wallet, stakeAccount: decoded.stakeAccount, allowedCodeHashes: Set(rules.codeHashes))
-        let stake = ProviderStake(
-            provider: decoded.wallet.raw, key: decoded.wallet.raw + (decoded.stakeAccount.map { "|" + $0.raw } ?? ""), query: query)
-        return await check(stake, rules: rules)
+        guard rules.source != nil else { return Self.refused("stake.no-source", "the policy sets a minimum stake but no source") }
+        return await check(ProviderStake(provider: decoded.wallet.raw, stakeAccount: decoded.stakeAccount?.raw), rules: rules)
     }
 
     /// Decides for an admitted (or being admitted) provider from the oracle, reading the chain when
     /// its observation has expired.
-    func check(_ stake: ProviderStake, rules: PolicyDocument.StakeRules) async -> Outcome {
+    func check(_ stake: ProviderStake, rules: PolicyDocument.StakeRules) async -> StakeOutcome {
+        guard let query = Self.query(stake, rules) else {
+            return Self.refused("stake.no-source", "the policy sets a minimum stake but no source")
+        }
         await oracle.configure(ttl: Double(rules.refreshSeconds), grace: Double(rules.graceSeconds))
         let reader = self.reader
         let now = clock.now().timeIntervalSince1970
         let decision = await oracle.decide(provider: stake.key, minimum: UInt128(rules.minimumNanotons ?? 0), now: now) {
-            await reader.stake(stake.query)
+            await reader.stake(query)
         }
-        var detail = ["provider": stake.provider, "source": stake.query.kind.name]
+        var detail = ["provider": stake.provider, "source": query.kind.name]
         if let o = await oracle.observation(stake.key) {
             detail["source"] = o.source
             detail["observed_nanotons"] = "\(o.amount)"
@@ -104,70 +83,68 @@ public final class StakeGate: Sendable {
                 defer { seen[stake.key] = at }
                 return stale || seen[stake.key] != at
             }
-            return Outcome(stake: stake, refusal: nil, detail: detail, fresh: fresh)
+            return StakeOutcome(stake: stake, refusal: nil, detail: detail, fresh: fresh)
         case .refuse(let code, let message):
             audited.withLock { _ = $0.removeValue(forKey: stake.key) }
-            return Outcome(stake: nil, refusal: (code, message), detail: detail, fresh: true)
+            return StakeOutcome(stake: nil, refusal: (code, message), detail: detail, fresh: true)
         }
     }
 
-    static func refused(_ code: String, _ message: String, _ detail: [String: String] = [:]) -> Outcome {
-        Outcome(stake: nil, refusal: (code, message), detail: detail, fresh: true)
+    static func refused(_ code: String, _ message: String, _ detail: [String: String] = [:]) -> StakeOutcome {
+        .refused(code, message, detail)
+    }
+
+    /// Where `stake` is read under `rules` (the policy in force may change the source or the
+    /// allowed code hashes); nil without a source.
+    static func query(_ stake: ProviderStake, _ rules: PolicyDocument.StakeRules) -> StakeQuery? {
+        guard let kind = rules.source, let provider = try? TONAddress.parseRaw(stake.provider) else { return nil }
+        let account = stake.stakeAccount.flatMap { try? TONAddress.parseRaw($0) }
+        return StakeQuery(kind: kind, provider: provider, stakeAccount: account, allowedCodeHashes: Set(rules.codeHashes))
     }
 
     /// Re-checks every admitted worker's provider every `interval` (the policy's refresh time a
     /// quarter at a time, so an expired observation is read again promptly) and evicts the
     /// workers whose provider no longer holds the stake. Runs until cancelled.
-    func monitor(registry: WorkerRegistry, policies: PolicyState, trail: AuditTrail, interval: Duration?, logger: Logger) async {
+    func monitor(registry: WorkerRegistry, policies: PolicyState, evictor: Evictor, trail: AuditTrail, interval: Duration?, logger: Logger)
+        async
+    {
         while !Task.isCancelled {
             try? await Task.sleep(for: interval ?? .seconds(max(1, policies.current.document.stake.refreshSeconds / 4)))
             // The policy in force after the pause (an apply may have changed it meanwhile).
             let rules = policies.current.document.stake
-            guard rules.minimumNanotons != nil else { continue }
+            guard rules.minimumNanotons != nil, rules.source != nil else { continue }
             var byProvider = [String: (ProviderStake, [WorkerLink])]()
             for item in registry.admitted() {
                 guard let stake = item.admission.stake else { continue }
                 byProvider[stake.key, default: (stake, [])].1.append(item.link)
             }
             await oracle.retain(Set(byProvider.keys), now: clock.now().timeIntervalSince1970)
-            for (admitted, links) in byProvider.values.sorted(by: { $0.0.key < $1.0.key }) {
-                // Read where the policy in force says (an applied policy may change the source or the code hashes).
-                guard let kind = rules.source else { continue }
-                let query = StakeQuery(
-                    kind: kind, provider: admitted.query.provider, stakeAccount: admitted.query.stakeAccount,
-                    allowedCodeHashes: Set(rules.codeHashes))
-                let stake = ProviderStake(provider: admitted.provider, key: admitted.key, query: query)
+            for (stake, links) in byProvider.values.sorted(by: { $0.0.key < $1.0.key }) {
                 let outcome = await check(stake, rules: rules)
-                let version = policies.current.version
-                if let refusal = outcome.refusal {
-                    for link in links {
-                        registry.remove(workerID: link.workerID, sessionID: link.sessionID)
-                        var detail = outcome.detail
-                        detail["session"] = link.sessionID
-                        detail["message"] = refusal.message
-                        do {
-                            try await trail.record(
-                                AuditEvent(
-                                    event: "eviction", actor: "stake-oracle", worker: link.workerID, decision: "evicted",
-                                    reasons: [refusal.code], policyVersion: version, detail: detail),
-                                worker: .remove(id: link.workerID, session: link.sessionID))
-                        } catch {
-                            logger.error("audit append failed", metadata: ["error": "\(error)"])
-                        }
-                        link.end(code: refusal.code, message: refusal.message, audited: true)
-                        logger.notice(
-                            "worker evicted: stake", metadata: ["ccgate.worker.id": "\(link.workerID)", "ccgate.reason": "\(refusal.message)"])
-                    }
-                } else if outcome.fresh {
-                    do {
-                        try await trail.record(
-                            AuditEvent(
-                                event: "stake-check", actor: "stake-oracle", decision: outcome.detail["stale_seconds"] == nil ? "pass" : "stale",
-                                policyVersion: version, detail: outcome.detail.merging(["workers": links.map(\.workerID).joined(separator: ",")]) { a, _ in a }))
-                    } catch {
-                        logger.error("audit append failed", metadata: ["error": "\(error)"])
-                    }
+                await act(on: outcome, links: links, evictor: evictor, trail: trail, version: policies.current.version, logger: logger)
+            }
+        }
+    }
+
+    /// Evicts a provider's workers on a refusal; records a fresh pass (or a stale one in the grace window).
+    func act(on outcome: StakeOutcome, links: [WorkerLink], evictor: Evictor, trail: AuditTrail, version: Int, logger: Logger) async {
+        if let refusal = outcome.refusal {
+            for link in links {
+                let cause = Evictor.Cause(code: refusal.code, message: refusal.message, actor: "stake-oracle", detail: outcome.detail)
+                do { try await evictor.evict(link, cause) } catch {
+                    logger.error("audit append failed", metadata: ["error": "\(error)"])
                 }
+                logger.notice("worker evicted: stake", metadata: ["ccgate.worker.id": "\(link.workerID)", "ccgate.reason": "\(refusal.message)"])
+            }
+        } else if outcome.fresh {
+            do {
+                try await trail.record(
+                    AuditEvent(
+                        .stakeCheck, actor: "stake-oracle", decision: outcome.detail["stale_seconds"] == nil ? .pass : .stale,
+                        policyVersion: version,
+                        detail: outcome.detail.merging(["workers": links.map(\.workerID).joined(separator: ",")]) { a, _ in a }))
+            } catch {
+                logger.error("audit append failed", metadata: ["error": "\(error)"])
             }
         }
     }

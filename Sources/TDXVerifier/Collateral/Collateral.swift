@@ -88,3 +88,15 @@ public struct Collateral: Sendable, Equatable {
         ]
     }
 }
+
+extension Collateral {
+    /// SHA-256 over the signed documents and the CRLs, each prefixed with its 32-bit big-endian
+    /// length: what an audit entry names when a decision rested on cached collateral.
+    public var sha256: String {
+        var bytes = [UInt8]()
+        for part in [Array(tcbInfo.utf8), tcbInfoSignature, Array(qeIdentity.utf8), qeIdentitySignature, pckCRL, rootCACRL] {
+            bytes += withUnsafeBytes(of: UInt32(part.count).bigEndian, Array.init) + part
+        }
+        return HashAlgorithm.sha256.hash(bytes).hex
+    }
+}

@@ -1,46 +1,32 @@
 import AttestationCore
 import Foundation
 
-/// Intel's TCB status strings.
-public enum TCBStatus {
-    public static let upToDate = "UpToDate"
-    public static let swHardeningNeeded = "SWHardeningNeeded"
-    public static let configurationNeeded = "ConfigurationNeeded"
-    public static let configurationAndSWHardeningNeeded = "ConfigurationAndSWHardeningNeeded"
-    public static let outOfDate = "OutOfDate"
-    public static let outOfDateConfigurationNeeded = "OutOfDateConfigurationNeeded"
-    public static let revoked = "Revoked"
-    public static let tdRelaunchAdvised = "TDRelaunchAdvised"
-    public static let tdRelaunchAdvisedConfigurationNeeded = "TDRelaunchAdvisedConfigurationNeeded"
-
-    public static let all = [
-        upToDate, swHardeningNeeded, configurationNeeded, configurationAndSWHardeningNeeded, outOfDate,
-        outOfDateConfigurationNeeded, revoked, tdRelaunchAdvised, tdRelaunchAdvisedConfigurationNeeded,
-    ]
-
-    /// Statuses that say the platform fell behind Intel's latest TCB (what a grace period covers).
-    static let outOfDateFamily: Set<String> = [outOfDate, outOfDateConfigurationNeeded]
+/// Intel's TCB status strings, as the TCB evaluation compares them.
+extension TCBStatus {
+    /// The status strings a grace period covers.
+    static let outOfDateNames: Set<String> = Set(outOfDateFamily.map(\.rawValue))
     /// Statuses of a current module that turn an out-of-date launch into a relaunch advice.
-    static let relaunchable: Set<String> = [upToDate, swHardeningNeeded, configurationNeeded, configurationAndSWHardeningNeeded]
+    static let relaunchable: Set<String> = Set(
+        [TCBStatus.upToDate, .swHardeningNeeded, .configurationNeeded, .configurationAndSWHardeningNeeded].map(\.rawValue))
 
     static func needsConfiguration(_ status: String) -> Bool {
-        [configurationNeeded, configurationAndSWHardeningNeeded, outOfDateConfigurationNeeded, tdRelaunchAdvisedConfigurationNeeded]
-            .contains(status)
+        [TCBStatus.configurationNeeded, .configurationAndSWHardeningNeeded, .outOfDateConfigurationNeeded,
+         .tdRelaunchAdvisedConfigurationNeeded].map(\.rawValue).contains(status)
     }
 
     /// An out-of-date identity (QE or TDX module) drags the platform status down the way Intel's
     /// QVL converges them: up to date → out of date; configuration needed → out of date with
     /// configuration needed; a revoked identity revokes.
     static func converge(platform: String, identity: String) -> String {
-        switch identity {
-        case revoked:
-            return revoked
-        case outOfDate, outOfDateConfigurationNeeded:
-            switch platform {
-            case upToDate, swHardeningNeeded: return outOfDate
-            case configurationNeeded, configurationAndSWHardeningNeeded: return outOfDateConfigurationNeeded
-            default: return platform
-            }
+        switch (TCBStatus(rawValue: platform), TCBStatus(rawValue: identity)) {
+        case (_, .revoked?):
+            return TCBStatus.revoked.rawValue
+        case (.upToDate?, .outOfDate?), (.upToDate?, .outOfDateConfigurationNeeded?),
+            (.swHardeningNeeded?, .outOfDate?), (.swHardeningNeeded?, .outOfDateConfigurationNeeded?):
+            return TCBStatus.outOfDate.rawValue
+        case (.configurationNeeded?, .outOfDate?), (.configurationNeeded?, .outOfDateConfigurationNeeded?),
+            (.configurationAndSWHardeningNeeded?, .outOfDate?), (.configurationAndSWHardeningNeeded?, .outOfDateConfigurationNeeded?):
+            return TCBStatus.outOfDateConfigurationNeeded.rawValue
         default:
             return platform
         }
@@ -89,13 +75,13 @@ enum TCBEvaluation {
         // update). When the TD was launched on an out-of-date module but runs on a current one,
         // Intel advises relaunching rather than calling the platform out of date.
         // As in Intel's QVL, only when the quoting enclave itself is current.
-        let qeCurrent = qe.map { ![TCBStatus.outOfDate, TCBStatus.outOfDateConfigurationNeeded, TCBStatus.revoked].contains($0.status) } ?? false
-        if qeCurrent, let svn2 = td?.teeTCBSVN2, TCBStatus.outOfDateFamily.contains(result.status),
+        let qeCurrent = qe.map { ![TCBStatus.outOfDate, .outOfDateConfigurationNeeded, .revoked].map(\.rawValue).contains($0.status) } ?? false
+        if qeCurrent, let svn2 = td?.teeTCBSVN2, TCBStatus.outOfDateNames.contains(result.status),
             case .success(let current) = judge(platform: platform, levels: levels, tcbInfo: tcbInfo, teeTCBSVN: svn2),
             TCBStatus.relaunchable.contains(current.status)
         {
             let configuration = TCBStatus.needsConfiguration(result.status) || TCBStatus.needsConfiguration(current.status)
-            result.status = configuration ? TCBStatus.tdRelaunchAdvisedConfigurationNeeded : TCBStatus.tdRelaunchAdvised
+            result.status = (configuration ? TCBStatus.tdRelaunchAdvisedConfigurationNeeded : .tdRelaunchAdvised).rawValue
         }
         guard let qe else {
             return .failure(.noMatchingLevel("the quoting enclave's ISV SVN is below every QE identity TCB level"))

@@ -21,7 +21,7 @@ public struct TDXQuoteVerifier: Sendable {
 
     public struct Options: Sendable, Equatable {
         /// Intel statuses accepted without conditions. Intel's advice and the default: `UpToDate` only.
-        public var acceptedStatuses: Set<String> = [TCBStatus.upToDate]
+        public var acceptedStatuses: Set<String> = [TCBStatus.upToDate.rawValue]
         /// A platform whose status is `OutOfDate` or `OutOfDateConfigurationNeeded` is still
         /// accepted until this long after the tcbDate of its matched TCB level (Intel's appraisal
         /// `platform_grace_period`). Zero: no grace.
@@ -57,7 +57,7 @@ public struct TDXQuoteVerifier: Sendable {
     /// file); a nonce shorter than 64 bytes must equal REPORTDATA's prefix, the rest zero.
     public func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?, at time: Date) -> Verdict {
         var run = Run(verifier: self, format: envelope.format, time: time)
-        return run.verify(envelope, expectedNonce: expectedNonce)
+        return run.verify(envelope, expectedNonce: expectedNonce).citing(collateral: run.cachedCollateralSHA256)
     }
 
     /// Verifies a raw quote with explicit collateral (benchmarks, tools).
@@ -75,6 +75,8 @@ private struct Run {
     let format: String
     let time: Date
     var passed = [String]()
+    /// The digest of collateral taken from the verifier's source (not the envelope).
+    var cachedCollateralSHA256: String?
 
     init(verifier: TDXQuoteVerifier, format: String, time: Date) {
         self.verifier = verifier
@@ -157,6 +159,7 @@ private struct Run {
         {
             collateral = c
             collateralMode = source.mode
+            cachedCollateralSHA256 = c.sha256
         } else {
             return reject(
                 Reason(
@@ -420,7 +423,7 @@ private struct Run {
     /// Whether the policy accepts the status: listed, or out of date within the platform grace period.
     func statusCheck(_ tcb: TCBResult) -> Reason? {
         if options.acceptedStatuses.contains(tcb.status) { return nil }
-        if options.platformGracePeriod > 0, TCBStatus.outOfDateFamily.contains(tcb.status) {
+        if options.platformGracePeriod > 0, TCBStatus.outOfDateNames.contains(tcb.status) {
             let end = tcb.tcbDate.addingTimeInterval(options.platformGracePeriod)
             if time <= end { return nil }
             return Reason(

@@ -6,6 +6,7 @@ import NIOPosix
 import Sealing
 import Synchronization
 import TONKit
+import WorkerFraming
 import WorkerProtocol
 import AttestationCore
 
@@ -22,10 +23,8 @@ public struct WorkerRejected: Error, CustomStringConvertible {
     /// proof on the next connection). Anything else (evidence, policy, stake below the minimum)
     /// needs a change first.
     public func isRetryable(hasProvider: Bool) -> Bool {
-        if code.hasPrefix("protocol.") { return true }
-        if ["worker.disconnected", "worker.replaced", "session.key-expired", "gateway.audit-unavailable", "stake.unknown"].contains(code) {
-            return true
-        }
+        if let known = ProtocolErrorCode(rawValue: code) { return known.isTransient }
+        if code.hasPrefix("protocol.") || code == "stake.unknown" { return true }
         return hasProvider && code == "stake.proof-missing"
     }
 }
@@ -158,7 +157,7 @@ public final class GatewayClient: Sendable {
                         if session != nil { onEvent(.reattested) }
                     case .admitted(let admitted):
                         guard session == nil, let nonce = admissionNonce else {
-                            throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage, message: "admitted twice")
+                            throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "admitted twice")
                         }
                         let key = try SessionKeySealing.open(
                             .init(encapsulatedKey: admitted.encapsulatedKey, ciphertext: admitted.sealedSessionKey), with: kem,
@@ -172,12 +171,12 @@ public final class GatewayClient: Sendable {
                         throw WorkerRejected(code: error.code, message: error.message)
                     case .sealed(let box):
                         guard let session else {
-                            throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage, message: "sealed message before admission")
+                            throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "sealed message before admission")
                         }
                         let payload = try JSONDecoder().decode(ChannelPayload.self, from: try session.opener.open(box))
                         handle(payload, in: session)
                     case .hello, .evidence:
-                        throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage, message: "unexpected \(message.typeName)")
+                        throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "unexpected \(message.typeName)")
                     }
                 }
                 if let session {

@@ -15,31 +15,10 @@ public final class WorkerRegistry: Sendable {
         public let record: WorkerRecord
     }
 
-    /// What the admission proved, kept so a new policy can be applied to the worker at once.
-    struct Admission: Sendable {
-        let format: String
-        let claims: VerifiedClaims
-        let tcbStatus: String?
-        let advisoryIDs: [String]
-        /// The provider's stake, when the policy required one.
-        var stake: ProviderStake? = nil
-
-        /// Why `document` would not admit this worker now, from what its admission proved: the
-        /// evidence and measurement rules, and a stake rule the admission did not meet.
-        /// (A changed minimum or source is the stake monitor's to check, on the chain.)
-        func reasons(under document: PolicyDocument, at time: Date) -> [Reason] {
-            var reasons = document.reevaluate(format: format, claims: claims, tcbStatus: tcbStatus, advisoryIDs: advisoryIDs, at: time)
-            if document.stake.minimumNanotons != nil, stake == nil {
-                reasons.append(Reason(ReasonCode(rawValue: "stake.proof-missing"), "policy.stake", "the policy now requires a TON stake"))
-            }
-            return reasons
-        }
-    }
-
     private struct Entry {
         let link: WorkerLink
         var record: WorkerRecord
-        let admission: Admission
+        let admission: AdmittedWorker
     }
     private let entries = Mutex<[String: Entry]>([:])
 
@@ -47,7 +26,7 @@ public final class WorkerRegistry: Sendable {
 
     /// Registers an admitted worker; a previous session of the same worker id is returned so the
     /// caller can close it (one live session per worker).
-    func add(_ link: WorkerLink, record: WorkerRecord, admission: Admission) -> WorkerLink? {
+    package func add(_ link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker) -> WorkerLink? {
         entries.withLock { e in
             let previous = e[link.workerID]?.link
             e[link.workerID] = Entry(link: link, record: record, admission: admission)
@@ -56,7 +35,7 @@ public final class WorkerRegistry: Sendable {
     }
 
     /// Notes a passed re-attestation.
-    func attested(workerID: String, sessionID: String, at time: Date, evidence: String) -> WorkerRecord? {
+    package func attested(workerID: String, sessionID: String, at time: Date, evidence: String) -> WorkerRecord? {
         entries.withLock { e in
             guard e[workerID]?.link.sessionID == sessionID else { return nil }
             e[workerID]!.record.lastAttested = time
@@ -68,7 +47,7 @@ public final class WorkerRegistry: Sendable {
     /// Removes a worker's session (only that session: a newer one under the same id stays).
     /// Returns whether it was there.
     @discardableResult
-    func remove(workerID: String, sessionID: String) -> Bool {
+    package func remove(workerID: String, sessionID: String) -> Bool {
         entries.withLock { e in
             guard e[workerID]?.link.sessionID == sessionID else { return false }
             e.removeValue(forKey: workerID)
@@ -101,11 +80,11 @@ public final class WorkerRegistry: Sendable {
     }
 
     /// Every admitted worker with what its admission proved.
-    func admitted() -> [(link: WorkerLink, record: WorkerRecord, admission: Admission)] {
+    package func admitted() -> [(link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker)] {
         entries.withLock { e in e.values.map { ($0.link, $0.record, $0.admission) }.sorted { $0.0.workerID < $1.0.workerID } }
     }
 
-    func link(_ workerID: String) -> WorkerLink? { entries.withLock { $0[workerID]?.link } }
+    public func link(_ workerID: String) -> WorkerLink? { entries.withLock { $0[workerID]?.link } }
 
     public func isAdmitted(_ workerID: String) -> Bool { entries.withLock { $0[workerID] != nil } }
 }

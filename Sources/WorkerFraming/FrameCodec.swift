@@ -1,35 +1,13 @@
 import Foundation
 import NIOCore
-
-/// Framing errors. The connection that produced one is answered with an `error` message and closed.
-public enum FrameError: Error, Equatable, CustomStringConvertible {
-    case tooLarge(Int)
-    case empty
-    case malformed(String)
-
-    public var code: String {
-        switch self {
-        case .tooLarge: ProtocolErrorCode.frameTooLarge
-        case .empty, .malformed: ProtocolErrorCode.malformedFrame
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case .tooLarge(let n): "frame of \(n) bytes exceeds the \(WireFrameDecoder.maxFrameSize)-byte limit"
-        case .empty: "empty frame"
-        case .malformed(let s): "frame is not a valid message: \(s)"
-        }
-    }
-}
+import WorkerProtocol
 
 /// Decodes length-prefixed JSON frames into messages.
 ///
-/// Cap: a sealed chunk of at most 1 MiB becomes about 1.4 MiB of base64 JSON; frames above
-/// 2 MiB are refused before any of their bytes are buffered.
+/// Cap: ``WireMessage/maxFrameSize``, checked on the length prefix before the body is buffered.
 public struct WireFrameDecoder: ByteToMessageDecoder {
     public typealias InboundOut = WireMessage
-    public static let maxFrameSize = 2 << 20
+    public static let maxFrameSize = WireMessage.maxFrameSize
 
     public init() {}
 
@@ -72,11 +50,3 @@ public struct WireFrameEncoder: MessageToByteEncoder {
     }
 }
 
-extension WireMessage {
-    /// The frame bytes for this message (for tests and raw clients).
-    public func frame() throws -> Data {
-        let json = try JSONEncoder().encode(self)
-        var length = UInt32(json.count).bigEndian
-        return Data(bytes: &length, count: 4) + json
-    }
-}

@@ -24,5 +24,5 @@ public final class PolicyState: Sendable {
 
     public var current: ActivePolicy { active.withLock { $0 } }
 
-    func replace(with policy: ActivePolicy) { active.withLock { $0 = policy } }
+    package func replace(with policy: ActivePolicy) { active.withLock { $0 = policy } }
 }

@@ -17,22 +17,21 @@ public final class WorkerLink: Sendable {
     public let models: [String]
     public let kemPublicKey: Data
     let sealer: ChannelSealer
-    let opener: ChannelOpener
+    package let opener: ChannelOpener
     private let outbox: AsyncStream<WireMessage>.Continuation
 
     private struct State {
         var nextRequestID: UInt64 = 1
         var pending: [UInt64: AsyncThrowingStream<ChannelPayload, any Error>.Continuation] = [:]
         var closed: String?
-        /// Why the gateway ended the session, when it did (eviction, key lifetime), and whether
-        /// that was already audited.
-        var ending: (code: String, message: String, audited: Bool)?
+        /// Why the session is ending, once something has claimed its end.
+        var ending: SessionEnding?
     }
     private let state = Mutex(State())
     /// Closes the worker's connection.
     let disconnect: @Sendable () -> Void
 
-    init(workerID: String, sessionID: String, models: [String], kemPublicKey: Data, sealer: ChannelSealer,
+    package init(workerID: String, sessionID: String, models: [String], kemPublicKey: Data, sealer: ChannelSealer,
          opener: ChannelOpener, outbox: AsyncStream<WireMessage>.Continuation, disconnect: @escaping @Sendable () -> Void) {
         self.disconnect = disconnect
         self.workerID = workerID
@@ -45,7 +44,7 @@ public final class WorkerLink: Sendable {
     }
 
     /// Queues an unsealed control message (challenges).
-    func sendControl(_ message: WireMessage) { outbox.yield(message) }
+    package func sendControl(_ message: WireMessage) { outbox.yield(message) }
 
     /// Seals and queues a payload; the sequence order is the queue order.
     func send(_ payload: ChannelPayload) throws {
@@ -80,7 +79,7 @@ public final class WorkerLink: Sendable {
     }
 
     /// Routes a payload from the worker to its request.
-    func deliver(_ payload: ChannelPayload) {
+    package func deliver(_ payload: ChannelPayload) {
         let id = payload.id
         let continuation: AsyncThrowingStream<ChannelPayload, any Error>.Continuation? = state.withLock { s in
             switch payload {
@@ -99,7 +98,7 @@ public final class WorkerLink: Sendable {
     }
 
     /// Ends the link: every request in flight fails with `reason`, nothing more is sent.
-    func close(reason: String) {
+    package func close(reason: String) {
         let pending = state.withLock { s -> [AsyncThrowingStream<ChannelPayload, any Error>.Continuation] in
             if s.closed == nil { s.closed = reason }
             defer { s.pending.removeAll() }
@@ -109,16 +108,54 @@ public final class WorkerLink: Sendable {
         outbox.finish()
     }
 
-    /// Ends the session from the gateway's side: requests in flight fail, the connection closes,
-    /// and the session's end is reported with `code` (`audited`: the caller recorded it already).
-    func end(code: String, message: String, audited: Bool) {
-        state.withLock { s in if s.ending == nil { s.ending = (code, message, audited) } }
-        close(reason: message)
+    /// Claims the end of this session for `ending`; only the first claim wins, so that whoever
+    /// wins alone audits it. Returns whether this claim won.
+    package func claimEnding(_ ending: SessionEnding) -> Bool {
+        state.withLock { s in
+            guard s.ending == nil else { return false }
+            s.ending = ending
+            return true
+        }
+    }
+
+    /// Hands the end of this session back to its own loop (an eviction whose entry could not be
+    /// written): the loop then records it.
+    package func handEndingToSession(code: String, message: String) {
+        state.withLock { $0.ending = SessionEnding(code: code, message: message, auditor: .session) }
+    }
+
+    /// Ends the session from the gateway's side: requests in flight fail, nothing more is sent,
+    /// and the connection closes. The session's own loop then reports its end.
+    package func end(_ ending: SessionEnding) {
+        _ = claimEnding(ending)
+        close(reason: ending.message)
         disconnect()
     }
 
-    var ending: (code: String, message: String, audited: Bool)? { state.withLock { $0.ending } }
+    /// Why the session is ending, once something claimed it.
+    package var ending: SessionEnding? { state.withLock { $0.ending } }
 
     public var inFlight: Int { state.withLock { $0.pending.count } }
     public var isClosed: Bool { state.withLock { $0.closed != nil } }
+}
+
+/// Why a session ends, and who writes its eviction entry.
+package struct SessionEnding: Sendable, Equatable {
+    package enum Auditor: Sendable, Equatable {
+        /// The ``Evictor`` audits it (policy apply, stake monitor, admin): the session's own end
+        /// is then a plain disconnect.
+        case evictor
+        /// The session's loop audits it when it finishes (failed re-attestation, key lifetime,
+        /// unanswered challenge, replaced, disconnect).
+        case session
+    }
+    package let code: String
+    package let message: String
+    package let auditor: Auditor
+
+    package init(code: String, message: String, auditor: Auditor) {
+        self.code = code
+        self.message = message
+        self.auditor = auditor
+    }
 }

@@ -1,0 +1,256 @@
+import AttestationCore
+import AuditLog
+import Crypto
+import Foundation
+import Policy
+import Sealing
+import TDXVerifier
+import WorkerProtocol
+
+/// Fetches what evidence needs before it is verified (online collateral); returns a note for logs.
+public protocol EvidencePreparing: Sendable {
+    func prepare(envelope: Data, at time: Date) async -> String?
+}
+
+/// Decides admissions and re-attestations: the evidence bound to this challenge and this
+/// worker's key is verified once, the policy in force judges the facts, the provider's stake is
+/// checked when the policy requires one, and an admitted worker gets a fresh session key sealed
+/// to the key its quote is bound to. Every decision comes with the audit drafts that record it.
+///
+/// Threats: replayed quotes (the challenge nonce is fresh per connection and per
+/// re-attestation), quotes lifted from another worker (the binding covers the worker's KEM key,
+/// so a quote bound to other keys fails), workers running unaudited engines or models
+/// (measurement allowlists), providers without stake (the stake check), and a decision acted on
+/// under a policy that changed meanwhile (``recheck(_:)`` after registration).
+public struct AdmissionCoordinator: Sendable {
+    /// The policy in force; applying a policy replaces it for every later decision.
+    public let policies: PolicyState
+    public let clock: any AttestationClock
+    /// Roots DCAP chains must end at (Intel's unless configured).
+    public let dcapRoots: Set<String>
+    /// Collateral for TDX workers whose envelope carries none.
+    public let collateralSource: (any CollateralSource)?
+    /// Online mode: fetches missing collateral before verification.
+    public let preparer: (any EvidencePreparing)?
+    /// Checks providers' stake when the policy requires one.
+    public let stake: (any StakeChecking)?
+
+    public init(
+        policies: PolicyState, clock: any AttestationClock = SystemClock(), dcapRoots: Set<String> = PinnedRoots.production,
+        collateralSource: (any CollateralSource)? = nil, preparer: (any EvidencePreparing)? = nil, stake: (any StakeChecking)? = nil
+    ) {
+        self.policies = policies
+        self.clock = clock
+        self.dcapRoots = dcapRoots
+        self.collateralSource = collateralSource
+        self.preparer = preparer
+        self.stake = stake
+    }
+
+    public var policy: PolicyDocument { policies.current.document }
+
+    /// The id provider proofs must name, sent on the admission challenge.
+    public var gatewayID: String? { stake?.gatewayID }
+
+    /// The evidence judged under the policy in force: the verdict, the policy version it was
+    /// reached under, and what the audit log keeps so it can be re-derived.
+    public struct Judgement: Sendable {
+        public let verdict: Verdict
+        public let policy: ActivePolicy
+        public let evidence: StoredEvidence
+        /// What preparing the evidence did (online collateral fetches), for logs.
+        public let note: String?
+        /// The cached collateral the verifier used (nil: none outside the evidence).
+        public var collateralSHA256: String? { verdict.collateralSHA256 }
+    }
+
+    /// Verifies `envelope` against the challenge `nonce` and the worker's key, and judges it.
+    public func judge(envelope: Data, nonce: Data, workerKey: Data) async -> Judgement {
+        let note = await preparer?.prepare(envelope: envelope, at: clock.now())
+        let binding = attestationBinding(nonce: nonce, workerPublicKeys: workerKey)
+        let active = policies.current
+        let verdict = EvidenceVerification(
+            policy: active.document, scope: .all, dcapRoots: dcapRoots, collateralSource: collateralSource
+        ).verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
+        return Judgement(verdict: verdict, policy: active, evidence: StoredEvidence(envelope: envelope, binding: binding), note: note)
+    }
+
+    /// One admission decision.
+    public func admit(hello: WireMessage.Hello, nonce: Data, evidence: WireMessage.EvidenceMessage) async -> AdmissionDecision {
+        let judgement = await judge(envelope: evidence.envelope, nonce: nonce, workerKey: hello.kemPublicKey)
+        let verdict = judgement.verdict
+        guard let facts = AttestedFacts(verdict) else {
+            let first = verdict.reasons.first
+            return .refusal(
+                hello, judgement, code: first?.code.rawValue ?? ReasonCode.evidenceMalformed.rawValue, message: first?.message ?? "",
+                reasons: verdict.reasons.map(\.code.rawValue))
+        }
+        // The provider's stake, when the policy in force requires one (after the evidence: a
+        // worker that cannot attest costs no chain reads).
+        var outcome: StakeOutcome?
+        let rules = judgement.policy.document.stake
+        if rules.minimumNanotons != nil {
+            let checked =
+                await stake?.admit(proofData: evidence.providerProof, workerKey: hello.kemPublicKey, rules: rules)
+                ?? StakeOutcome.refused("stake.unavailable", "this gateway reads no stake")
+            if let refusal = checked.refusal {
+                return .refusal(
+                    hello, judgement, code: refusal.code, message: refusal.message, reasons: [refusal.code],
+                    detail: checked.auditDetail)
+            }
+            outcome = checked
+        }
+        return AdmissionDecision.grant(hello, nonce: nonce, judgement, facts: facts, stake: outcome, at: clock.now())
+    }
+
+    /// A re-attestation: the same worker's fresh evidence under the policy in force.
+    public func reattest(_ worker: AdmittedSession, nonce: Data, evidence: WireMessage.EvidenceMessage) async -> ReattestationDecision {
+        let judgement = await judge(envelope: evidence.envelope, nonce: nonce, workerKey: worker.kemPublicKey)
+        return ReattestationDecision(worker: worker, judgement: judgement, at: clock.now())
+    }
+
+    /// Why the policy in force no longer admits `worker`, from what its admission proved (empty:
+    /// it stays). Called after registration, so that a policy applied while the admission was in
+    /// flight is not missed.
+    public func recheck(_ worker: AdmittedWorker) -> (policy: ActivePolicy, reasons: [Reason]) {
+        let now = policies.current
+        return (now, worker.reasons(under: now.document, at: clock.now()))
+    }
+}
+
+/// The worker and session an admission created, as later steps name it.
+public struct AdmittedSession: Sendable, Equatable {
+    public let workerID: String
+    public let sessionID: String
+    public let kemPublicKey: Data
+    public let admittedAt: Date
+}
+
+/// The outcome of one admission: what the worker hears, and the audit drafts that must be
+/// durable before it does.
+public struct AdmissionDecision: Sendable {
+    /// An admitted worker's grant: the session, its key (sealed to the attested KEM key), its
+    /// registry entry and row.
+    public struct Grant: Sendable {
+        public let session: AdmittedSession
+        public let sessionKey: SymmetricKey
+        public let models: [String]
+        public let record: WorkerRecord
+        public let admitted: AdmittedWorker
+        /// The session key sealed to the worker's attested KEM key.
+        public let sealed: SessionKeySealing.Sealed
+
+        /// What the worker hears, with the re-attestation interval the gateway will keep.
+        public func message(reattestSeconds: Int) -> WireMessage {
+            .admitted(
+                .init(
+                    sessionID: session.sessionID, encapsulatedKey: sealed.encapsulatedKey, sealedSessionKey: sealed.ciphertext,
+                    reattestSeconds: reattestSeconds))
+        }
+    }
+
+    public let judgement: AdmissionCoordinator.Judgement
+    /// Nil for a refusal.
+    public let grant: Grant?
+    /// The refusal the worker hears (nil when admitted).
+    public let refusal: WireMessage.Rejection?
+    /// Recorded in one transaction before the worker hears anything.
+    public let drafts: [AuditDraft]
+    public var verdict: Verdict { judgement.verdict }
+
+    static func refusal(
+        _ hello: WireMessage.Hello, _ judgement: AdmissionCoordinator.Judgement, code: String, message: String, reasons: [String],
+        detail: [String: String] = [:]
+    ) -> AdmissionDecision {
+        let event = AuditEvent(
+            .admission, worker: hello.workerID, decision: .reject, reasons: reasons, policyVersion: judgement.policy.version,
+            collateralSHA256: judgement.collateralSHA256,
+            detail: ["message": message, "policy": judgement.policy.document.name, "format": judgement.verdict.format]
+                .merging(detail) { a, _ in a })
+        return AdmissionDecision(
+            judgement: judgement, grant: nil, refusal: .init(code: code, message: message),
+            drafts: [.event(event, evidence: judgement.evidence)])
+    }
+
+    static func grant(
+        _ hello: WireMessage.Hello, nonce: Data, _ judgement: AdmissionCoordinator.Judgement, facts: AttestedFacts,
+        stake: StakeOutcome?, at now: Date
+    ) -> AdmissionDecision {
+        let sessionID = UUID().uuidString.lowercased()
+        let sessionKey = SymmetricKey(size: .bits256)
+        let verdict = judgement.verdict
+        let policy = judgement.policy
+        guard let sealed = try? SessionKeySealing.seal(sessionKey, to: hello.kemPublicKey, context: Data(sessionID.utf8) + nonce) else {
+            // The hello's key was checked to be 32 bytes; X25519 accepts any 32 bytes, so this is unreachable in practice.
+            return refusal(hello, judgement, code: ProtocolErrorCode.badHello.rawValue, message: "the KEM key cannot be sealed to", reasons: [ProtocolErrorCode.badHello.rawValue])
+        }
+        let record = WorkerRecord(
+            id: hello.workerID, session: sessionID, provider: stake?.stake?.provider, models: hello.models, format: verdict.format,
+            claims: WorkerRecord.summary(facts), admittedAt: now, lastAttested: now, evidenceSHA256: judgement.evidence.sha256,
+            policyVersion: policy.version)
+        let admit = AuditEvent(
+            .admission, worker: hello.workerID, decision: .admit, policyVersion: policy.version,
+            collateralSHA256: judgement.collateralSHA256,
+            detail: [
+                "session": sessionID, "policy": policy.document.name, "format": verdict.format,
+                "models": hello.models.joined(separator: ","),
+                "measurements": facts.claims.measuredFiles.map { "\($0.path)=\($0.digestHex)" }.joined(separator: ";"),
+            ].merging(stake?.auditDetail ?? [:]) { a, _ in a })
+        let keyIssued = AuditEvent(
+            .sessionKey, worker: hello.workerID, decision: .issued, policyVersion: policy.version,
+            detail: ["session": sessionID, "kem": "X25519-HKDF-SHA256/ChaCha20Poly1305"])
+        let session = AdmittedSession(workerID: hello.workerID, sessionID: sessionID, kemPublicKey: hello.kemPublicKey, admittedAt: now)
+        let grant = Grant(
+            session: session, sessionKey: sessionKey, models: hello.models, record: record,
+            admitted: AdmittedWorker(facts: facts, stake: stake?.stake), sealed: sealed)
+        // One transaction: the admission, the key issued on it, the worker's row.
+        return AdmissionDecision(
+            judgement: judgement, grant: grant, refusal: nil,
+            drafts: [.event(admit, evidence: judgement.evidence, worker: .upsert(record)), .event(keyIssued)])
+    }
+}
+
+/// The outcome of one re-attestation and its audit entry.
+public struct ReattestationDecision: Sendable {
+    public let worker: AdmittedSession
+    public let judgement: AdmissionCoordinator.Judgement
+    public let at: Date
+    public var passed: Bool { judgement.verdict.isAccepted }
+    /// The first reason of a failure.
+    public var failure: (code: String, message: String)? {
+        guard !passed else { return nil }
+        let reason = judgement.verdict.reasons.first
+        return (reason?.code.rawValue ?? ReasonCode.evidenceMalformed.rawValue, "re-attestation failed: \(reason?.message ?? "")")
+    }
+
+    /// The audit entry; `updated` is the worker's row after a pass.
+    public func draft(updated: WorkerRecord?) -> AuditDraft {
+        if passed {
+            return .event(
+                AuditEvent(
+                    .reattestation, worker: worker.workerID, decision: .pass, policyVersion: judgement.policy.version,
+                    collateralSHA256: judgement.collateralSHA256, detail: ["session": worker.sessionID]),
+                evidence: judgement.evidence, worker: updated.map(WorkerChange.upsert))
+        }
+        let reason = judgement.verdict.reasons.first
+        return .event(
+            AuditEvent(
+                .reattestation, worker: worker.workerID, decision: .fail, reasons: judgement.verdict.reasons.map(\.code.rawValue),
+                policyVersion: judgement.policy.version, collateralSHA256: judgement.collateralSHA256,
+                detail: ["message": reason?.message ?? "", "session": worker.sessionID]),
+            evidence: judgement.evidence)
+    }
+}
+
+extension WorkerRecord {
+    /// A few claims worth listing per worker.
+    static func summary(_ facts: AttestedFacts) -> [String: String] {
+        var out = [String: String]()
+        for key in ["mrtd", "tcb_status", "ak.sha256", "tee", "debug", "cocoon_image_hash"] {
+            if let v = facts.claims.fields[key] { out[key] = v }
+        }
+        if let status = facts.tcbStatus { out["tcb_status"] = status }
+        for file in facts.claims.measuredFiles.prefix(8) { out["measured:" + file.path] = file.digestHex }
+        return out
+    }
+}

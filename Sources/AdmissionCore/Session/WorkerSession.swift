@@ -1,0 +1,161 @@
+import Foundation
+import WorkerProtocol
+
+/// The gateway's side of the worker protocol as a state machine: events in (messages from the
+/// worker, decisions, timers, ends), actions out. It holds no I/O and no clock; the session
+/// runner performs its actions and feeds their results back.
+///
+/// ```
+/// awaitingHello ─hello→ awaitingEvidence(nonce) ─evidence→ admitting ─decided→ serving ⇄ reattesting
+///        └───────────── any error, timeout, eviction or disconnect ──────────────→ closed
+/// ```
+///
+/// Threats: messages out of order (evidence before a challenge, sealed data before admission, a
+/// second hello), a worker that stops answering re-attestation challenges, and results that
+/// arrive after the session ended (a re-attestation verdict after an eviction is dropped, never
+/// recorded as a pass).
+public struct WorkerSession: Sendable {
+    public enum State: Sendable, Equatable {
+        case awaitingHello
+        case awaitingEvidence(hello: WireMessage.Hello, nonce: Data)
+        case admitting(hello: WireMessage.Hello)
+        /// Admitted; `challenge` is the outstanding re-attestation nonce.
+        case serving(AdmittedSession, challenge: Data?)
+        /// Fresh evidence is being verified.
+        case reattesting(AdmittedSession)
+        case closed(code: String)
+    }
+
+    public enum Action: Sendable {
+        case send(WireMessage)
+        case verifyAdmission(WireMessage.Hello, nonce: Data, WireMessage.EvidenceMessage)
+        /// Record the decision durably, then tell the worker (and register it when admitted).
+        case commitAdmission(AdmissionDecision)
+        case verifyReattestation(AdmittedSession, nonce: Data, WireMessage.EvidenceMessage)
+        /// Record the re-attestation durably (a failure ends the session after it is recorded).
+        case commitReattestation(ReattestationDecision)
+        /// A sealed box from the worker, to open and route.
+        case route(Data)
+        /// End the session with `code`; `notifyPeer`: send an `error` message first.
+        case end(code: String, message: String, notifyPeer: Bool)
+        case none
+    }
+
+    public private(set) var state: State = .awaitingHello
+    /// The id provider proofs name, sent on the admission challenge.
+    let gatewayID: String?
+
+    public init(gatewayID: String? = nil) {
+        self.gatewayID = gatewayID
+    }
+
+    public var isClosed: Bool {
+        if case .closed = state { return true }
+        return false
+    }
+
+    /// A message from the worker. `nonce` makes a fresh challenge when one is needed.
+    public mutating func received(_ message: WireMessage, nonce: () -> Data) -> Action {
+        switch (state, message) {
+        case (.awaitingHello, .hello(let hello)):
+            if let problem = Self.problem(with: hello) { return end(.badHello, problem) }
+            let fresh = nonce()
+            state = .awaitingEvidence(hello: hello, nonce: fresh)
+            return .send(.challenge(.init(nonce: fresh, gatewayID: gatewayID)))
+        case (.awaitingEvidence(let hello, let challenge), .evidence(let evidence)):
+            state = .admitting(hello: hello)
+            return .verifyAdmission(hello, nonce: challenge, evidence)
+        case (.serving(let session, let challenge?), .evidence(let evidence)):
+            state = .reattesting(session)
+            return .verifyReattestation(session, nonce: challenge, evidence)
+        case (.serving(_, nil), .evidence):
+            return end(.unexpectedMessage, "evidence without a challenge")
+        case (.serving, .sealed(let box)):
+            return .route(box)
+        case (.closed, _):
+            return .none
+        case (.awaitingHello, _):
+            return end(.unexpectedMessage, "expected hello")
+        case (.awaitingEvidence, _):
+            return end(.unexpectedMessage, "expected evidence")
+        default:
+            return end(.unexpectedMessage, "unexpected \(message.typeName) from an admitted worker")
+        }
+    }
+
+    /// The admission was decided.
+    public mutating func admissionDecided(_ decision: AdmissionDecision) -> Action {
+        guard case .admitting = state else { return .none }
+        if let grant = decision.grant {
+            state = .serving(grant.session, challenge: nil)
+        } else {
+            state = .closed(code: decision.refusal?.code ?? ProtocolErrorCode.disconnected.rawValue)
+        }
+        return .commitAdmission(decision)
+    }
+
+    /// Time for a re-attestation: a new challenge, unless the previous one is still unanswered
+    /// or the session key reached its lifetime.
+    public mutating func reattestDue(nonce: Data, keyAge: TimeInterval, keyLifetime: Int?) -> Action {
+        switch state {
+        case .serving(let session, nil):
+            if let keyLifetime, keyAge >= TimeInterval(keyLifetime) {
+                return end(
+                    .keyExpired, "the session key reached its lifetime of \(keyLifetime) s; attest again for a new one", notify: false)
+            }
+            state = .serving(session, challenge: nonce)
+            return .send(.challenge(.init(nonce: nonce)))
+        case .serving(_, _?):
+            return end(.timeout, "re-attestation challenge unanswered", notify: false)
+        case .reattesting:
+            // The answer is being verified: this round is skipped.
+            return .none
+        default:
+            return .none
+        }
+    }
+
+    /// The deadline for answering the challenge `nonce` passed.
+    public mutating func reattestDeadline(nonce: Data) -> Action {
+        guard case .serving(_, let challenge?) = state, challenge == nonce else { return .none }
+        return end(.timeout, "re-attestation challenge unanswered", notify: false)
+    }
+
+    /// A re-attestation was decided. Dropped when the session ended meanwhile.
+    public mutating func reattestationDecided(_ decision: ReattestationDecision) -> Action {
+        guard case .reattesting(let session) = state else { return .none }
+        if let failure = decision.failure {
+            state = .closed(code: failure.code)
+        } else {
+            state = .serving(session, challenge: nil)
+        }
+        return .commitReattestation(decision)
+    }
+
+    /// The session ends for a reason outside the protocol (timeout, frame error, eviction, the
+    /// audit log unavailable).
+    public mutating func end(code: String, message: String, notifyPeer: Bool) -> Action {
+        if case .closed = state { return .none }
+        state = .closed(code: code)
+        return .end(code: code, message: message, notifyPeer: notifyPeer)
+    }
+
+    mutating func end(_ code: ProtocolErrorCode, _ message: String, notify: Bool = true) -> Action {
+        end(code: code.rawValue, message: message, notifyPeer: notify)
+    }
+
+    /// Bounds on hello: ids are names, not payloads; a worker serves a handful of models.
+    static func problem(with hello: WireMessage.Hello) -> String? {
+        guard hello.protocolVersion == 1 else { return "protocol version \(hello.protocolVersion) is not supported (1)" }
+        let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_.:"))
+        let idOK =
+            (1...128).contains(hello.workerID.utf8.count)
+            && hello.workerID.unicodeScalars.allSatisfy { $0.isASCII && allowed.contains($0) }
+        guard idOK else { return "worker id must be 1-128 characters of [A-Za-z0-9-_.:]" }
+        guard hello.kemPublicKey.count == 32 else { return "KEM public key must be 32 bytes" }
+        guard (1...16).contains(hello.models.count), hello.models.allSatisfy({ (1...256).contains($0.utf8.count) }) else {
+            return "a worker serves 1-16 models with names of 1-256 bytes"
+        }
+        return nil
+    }
+}

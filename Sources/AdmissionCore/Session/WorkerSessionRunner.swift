@@ -1,0 +1,289 @@
+import AttestationCore
+import AuditLog
+import Crypto
+import Foundation
+import Logging
+import Sealing
+import Synchronization
+import WorkerProtocol
+
+/// Timing of the worker protocol.
+public struct WorkerTimings: Sendable {
+    /// Time a new connection has to say hello, and a worker has to answer a challenge.
+    public var handshakeTimeout: Duration = .seconds(30)
+    /// Interval between re-attestations of an admitted worker (a policy may set its own).
+    public var reattestInterval: Duration = .seconds(60)
+
+    public init(handshakeTimeout: Duration = .seconds(30), reattestInterval: Duration = .seconds(60)) {
+        self.handshakeTimeout = handshakeTimeout
+        self.reattestInterval = reattestInterval
+    }
+}
+
+/// One worker connection as the session runner sees it: frames out, and a way to close.
+/// Frames in arrive as an `AsyncSequence` of messages that throws ``FrameError`` for bad frames.
+public protocol WorkerConnection: Sendable {
+    /// The peer's address, for logs and audit entries.
+    var peer: String { get }
+    func send(_ message: WireMessage) async throws
+    /// Closes the connection; the inbound sequence then ends.
+    func close()
+}
+
+/// Runs one worker session: performs the actions of a ``WorkerSession`` state machine against a
+/// connection, the admission coordinator, the registry and the audit log. Knows nothing of
+/// sockets, so every transition and race can be driven in tests without a network.
+///
+/// Ordering guarantee: every decision is durable in the audit log before the worker hears of it
+/// or is routed to (threat: a decision acted on but lost from the log); a decision that cannot be
+/// recorded is not made (`gateway.audit-unavailable`).
+public struct WorkerSessionRunner: Sendable {
+    public let coordinator: AdmissionCoordinator
+    public let registry: WorkerRegistry
+    public let evictor: Evictor
+    public let trail: AuditTrail
+    public let timings: WorkerTimings
+    let logger: Logger
+
+    public init(
+        coordinator: AdmissionCoordinator, registry: WorkerRegistry, trail: AuditTrail, timings: WorkerTimings = .init(),
+        logger: Logger = Logger(label: "ccgate.workers")
+    ) {
+        self.coordinator = coordinator
+        self.registry = registry
+        self.trail = trail
+        self.timings = timings
+        self.logger = logger
+        evictor = Evictor(registry: registry, trail: trail, policies: coordinator.policies)
+    }
+
+    /// The re-attestation interval: the policy's when it sets one, else the gateway's.
+    public var reattestInterval: Duration {
+        coordinator.policy.workers.reattestIntervalSeconds.map { .seconds($0) } ?? timings.reattestInterval
+    }
+
+    /// A failure that ends the session with a coded `error` to the worker.
+    struct SessionEnd: Error {
+        let code: String
+        let message: String
+    }
+
+    /// Serves one connection until it ends. The caller closes the connection afterwards (after
+    /// its last frame is flushed).
+    public func run<Inbound: AsyncSequence & Sendable>(_ inbound: Inbound, on connection: some WorkerConnection) async
+    where Inbound.Element == WireMessage {
+        let machine = SessionMachine(WorkerSession(gatewayID: coordinator.gatewayID))
+        var iterator = inbound.makeAsyncIterator()
+        do {
+            try await handshake(&iterator, machine, connection)
+        } catch let end as SessionEnd {
+            try? await connection.send(.error(.init(code: end.code, message: end.message)))
+        } catch let frame as FrameError {
+            await protocolError(frame, connection)
+        } catch {
+            logger.debug("worker connection ended", metadata: ["ccgate.peer": "\(connection.peer)", "error": "\(error)"])
+        }
+    }
+
+    /// Hello, challenge, evidence, decision; then the admitted session.
+    func handshake<I: AsyncIteratorProtocol>(_ inbound: inout I, _ machine: SessionMachine, _ connection: some WorkerConnection)
+        async throws where I.Element == WireMessage
+    {
+        while true {
+            let message = try await withDeadline(connection, timings.handshakeTimeout) { try await inbound.next() }
+            guard let message else {
+                let waiting = machine.withLock { $0.state == .awaitingHello } ? "hello" : "evidence"
+                throw SessionEnd(code: ProtocolErrorCode.timeout.rawValue, message: "expected \(waiting)")
+            }
+            let action = machine.withLock { $0.received(message, nonce: Self.nonce) }
+            switch action {
+            case .send(let reply):
+                try await connection.send(reply)
+            case .verifyAdmission(let hello, let nonce, let evidence):
+                let decision = await coordinator.admit(hello: hello, nonce: nonce, evidence: evidence)
+                if let note = decision.judgement.note { logger.info("\(note)") }
+                guard case .commitAdmission = machine.withLock({ $0.admissionDecided(decision) }) else { return }
+                guard let grant = decision.grant else {
+                    try await record(decision.drafts)
+                    logger.notice(
+                        "worker rejected", metadata: ["ccgate.worker.id": "\(hello.workerID)", "ccgate.reason": "\(decision.refusal?.code ?? "")"])
+                    try await connection.send(.rejected(decision.refusal ?? .init(code: "evidence.malformed", message: "")))
+                    return
+                }
+                try await serve(grant, decision, &inbound, machine, connection)
+                return
+            case .end(let code, let message, _):
+                throw SessionEnd(code: code, message: message)
+            default:
+                throw SessionEnd(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "unexpected \(message.typeName)")
+            }
+        }
+    }
+
+    /// Records an admission, registers the worker, tells it, then serves it until it goes.
+    func serve<I: AsyncIteratorProtocol>(
+        _ grant: AdmissionDecision.Grant, _ decision: AdmissionDecision, _ inbound: inout I, _ machine: SessionMachine,
+        _ connection: some WorkerConnection
+    ) async throws where I.Element == WireMessage {
+        let session = grant.session
+        let (outbox, outboxContinuation) = AsyncStream<WireMessage>.makeStream()
+        let link = WorkerLink(
+            workerID: session.workerID, sessionID: session.sessionID, models: grant.models, kemPublicKey: session.kemPublicKey,
+            sealer: ChannelSealer(sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .gatewayToWorker),
+            opener: ChannelOpener(sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .workerToGateway),
+            outbox: outboxContinuation, disconnect: { connection.close() })
+        try await record(decision.drafts)
+        if let previous = registry.add(link, record: grant.record, admission: grant.admitted) {
+            previous.end(
+                SessionEnding(
+                    code: ProtocolErrorCode.replaced.rawValue, message: "replaced by a new session of the same worker", auditor: .session))
+        }
+        // A policy applied while this worker was being admitted has not seen it: check it now.
+        if decision.judgement.policy.version != coordinator.policies.current.version {
+            let (now, reasons) = coordinator.recheck(grant.admitted)
+            if let first = reasons.first {
+                link.end(SessionEnding(code: first.code.rawValue, message: "policy version \(now.version): \(first.message)", auditor: .session))
+            }
+        }
+        try await connection.send(grant.message(reattestSeconds: Int(reattestInterval.components.seconds)))
+        logger.info("worker admitted", metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.session": "\(session.sessionID)"])
+        let end = await serving(link, session, outbox, &inbound, machine, connection)
+        do { try await evictor.sessionEnded(link, code: end.code, message: end.message) } catch {
+            logger.error("audit append failed", metadata: ["error": "\(error)"])
+        }
+        logger.notice("worker evicted", metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.reason": "\(link.ending?.message ?? end.message)"])
+        if end.notify { try? await connection.send(.error(.init(code: end.code, message: end.message))) }
+    }
+
+    /// The admitted session: drains the outbox, re-attests on a schedule, routes what the worker
+    /// sends. Returns why it ended.
+    func serving<I: AsyncIteratorProtocol>(
+        _ link: WorkerLink, _ session: AdmittedSession, _ outbox: AsyncStream<WireMessage>, _ inbound: inout I,
+        _ machine: SessionMachine, _ connection: some WorkerConnection
+    ) async -> (code: String, message: String, notify: Bool) where I.Element == WireMessage {
+        do {
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { for await message in outbox { try await connection.send(message) } }
+                group.addTask { try await self.reattestLoop(link, session, machine) }
+                defer { group.cancelAll() }
+                while let message = try await inbound.next() {
+                    if let end = try await handle(message, link, machine) { return end }
+                }
+                return (ProtocolErrorCode.disconnected.rawValue, "worker disconnected", false)
+            }
+        } catch let frame as FrameError {
+            await protocolError(frame, connection)
+            return (frame.code.rawValue, frame.description, false)
+        } catch {
+            return (ProtocolErrorCode.disconnected.rawValue, "connection error: \(error)", false)
+        }
+    }
+
+    /// One message from an admitted worker; returns the session's end when it ends it.
+    func handle(_ message: WireMessage, _ link: WorkerLink, _ machine: SessionMachine) async throws
+        -> (code: String, message: String, notify: Bool)?
+    {
+        switch machine.withLock({ $0.received(message, nonce: Self.nonce) }) {
+        case .route(let box):
+            let plain: Data
+            do { plain = try link.opener.open(box) } catch {
+                return endSession(machine, .channelAuthentication, "\(error)")
+            }
+            guard let payload = try? JSONDecoder().decode(ChannelPayload.self, from: plain) else {
+                return endSession(machine, .malformedFrame, "sealed payload is not a channel message")
+            }
+            link.deliver(payload)
+            return nil
+        case .verifyReattestation(let session, let nonce, let evidence):
+            let decision = await coordinator.reattest(session, nonce: nonce, evidence: evidence)
+            if let note = decision.judgement.note { logger.info("\(note)") }
+            // An eviction that won meanwhile ends the session; its verdict is not recorded.
+            guard link.ending == nil, case .commitReattestation = machine.withLock({ $0.reattestationDecided(decision) }) else {
+                return nil
+            }
+            let updated = decision.passed
+                ? registry.attested(workerID: session.workerID, sessionID: session.sessionID, at: decision.at, evidence: decision.judgement.evidence.sha256)
+                : nil
+            do { try await trail.record([decision.draft(updated: updated)]) } catch {
+                logger.error("audit append failed", metadata: ["error": "\(error)"])
+                return (ProtocolErrorCode.auditUnavailable.rawValue, "the gateway cannot record decisions now; try again later", true)
+            }
+            if let failure = decision.failure { return (failure.code, failure.message, true) }
+            return nil
+        case .end(let code, let message, let notify):
+            return (code, message, notify)
+        default:
+            return nil
+        }
+    }
+
+    func endSession(_ machine: SessionMachine, _ code: ProtocolErrorCode, _ message: String) -> (code: String, message: String, notify: Bool) {
+        _ = machine.withLock { $0.end(code: code.rawValue, message: message, notifyPeer: true) }
+        return (code.rawValue, message, true)
+    }
+
+    /// Challenges the worker every interval; ends the link when a challenge goes unanswered or
+    /// the session key reaches its lifetime.
+    func reattestLoop(_ link: WorkerLink, _ session: AdmittedSession, _ machine: SessionMachine) async throws {
+        while true {
+            try await Task.sleep(for: reattestInterval)
+            let fresh = Self.nonce()
+            let age = coordinator.clock.now().timeIntervalSince(session.admittedAt)
+            let lifetime = coordinator.policy.workers.sessionKeyLifetimeSeconds
+            switch machine.withLock({ $0.reattestDue(nonce: fresh, keyAge: age, keyLifetime: lifetime) }) {
+            case .send(let challenge): link.sendControl(challenge)
+            case .end(let code, let message, _):
+                link.end(SessionEnding(code: code, message: message, auditor: .session))
+                return
+            default: continue
+            }
+            try await Task.sleep(for: timings.handshakeTimeout)
+            if case .end(let code, let message, _) = machine.withLock({ $0.reattestDeadline(nonce: fresh) }) {
+                link.end(SessionEnding(code: code, message: message, auditor: .session))
+                return
+            }
+        }
+    }
+
+    /// Records decisions before they are acted on; a decision that cannot be recorded is not made.
+    func record(_ drafts: [AuditDraft]) async throws {
+        do { try await trail.record(drafts) } catch {
+            logger.error("audit append failed", metadata: ["error": "\(error)"])
+            throw SessionEnd(code: ProtocolErrorCode.auditUnavailable.rawValue, message: "the gateway cannot record decisions now; try again later")
+        }
+    }
+
+    /// A bad frame: audited (never the frame's bytes), answered with its code.
+    func protocolError(_ frame: FrameError, _ connection: some WorkerConnection) async {
+        logger.notice("bad frame from worker connection", metadata: ["ccgate.peer": "\(connection.peer)", "error": "\(frame)"])
+        do {
+            try await trail.record(
+                AuditEvent(
+                    .protocolError, decision: .closed, reasons: [frame.code.rawValue],
+                    detail: ["peer": connection.peer, "message": frame.description]))
+        } catch {
+            logger.error("audit append failed", metadata: ["error": "\(error)"])
+        }
+        try? await connection.send(.error(.init(code: frame.code.rawValue, message: frame.description)))
+    }
+
+    /// Closes the connection unless `body` finishes within `timeout`.
+    func withDeadline<T>(_ connection: some WorkerConnection, _ timeout: Duration, _ body: () async throws -> T) async throws -> T {
+        let watchdog = Task {
+            try await Task.sleep(for: timeout)
+            connection.close()
+        }
+        defer { watchdog.cancel() }
+        return try await body()
+    }
+
+    /// 32 random bytes: a challenge nonce.
+    static func nonce() -> Data { SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) } }
+}
+
+/// A session's state machine, shared by its inbound loop and its re-attestation timer.
+final class SessionMachine: Sendable {
+    private let machine: Mutex<WorkerSession>
+    init(_ initial: WorkerSession) { machine = Mutex(initial) }
+    func withLock<T>(_ body: (inout WorkerSession) -> T) -> T { machine.withLock { body(&$0) } }
+}

@@ -1,0 +1,86 @@
+import AttestationCore
+import Foundation
+import Policy
+import TDXVerifier
+import TPMVerifier
+
+/// Turns evidence into a verdict for the gateway and the CLI alike: the verifier for the
+/// envelope's format establishes the facts, then the policy judges them
+/// (``PolicyDocument/judge(_:at:scope:)``, the only place acceptance rules live).
+///
+/// Verifiers are run in "report the facts" mode: every TCB status, debug guests and every
+/// advisory pass the verifier, and the policy refuses what it does not accept. What stays with
+/// the verifier is what makes the facts true at all: signatures, chains, revocation, collateral
+/// freshness (with the policy's collateral grace period), nonce binding and log replay.
+public struct EvidenceVerification: Sendable {
+    public let policy: PolicyDocument
+    /// Apply every rule of the policy (`.all`: PCRs, measurements, TD allowlists) or only its
+    /// evidence rules (`.evidence`).
+    public let scope: PolicyDocument.JudgeScope
+
+    /// SHA-256 fingerprints of the roots DCAP chains must end at: Intel's, unless configured.
+    public let dcapRoots: Set<String>
+    /// Collateral for quotes whose envelope carries none.
+    public let collateralSource: (any CollateralSource)?
+
+    public init(
+        policy: PolicyDocument, scope: PolicyDocument.JudgeScope, dcapRoots: Set<String> = PinnedRoots.production,
+        collateralSource: (any CollateralSource)? = nil
+    ) {
+        self.policy = policy
+        self.scope = scope
+        self.dcapRoots = dcapRoots
+        self.collateralSource = collateralSource
+    }
+
+    public init(
+        policy: PolicyDocument, applyMeasurementRules: Bool, dcapRoots: Set<String> = PinnedRoots.production,
+        collateralSource: (any CollateralSource)? = nil
+    ) {
+        self.init(
+            policy: policy, scope: applyMeasurementRules ? .all : .evidence, dcapRoots: dcapRoots, collateralSource: collateralSource)
+    }
+
+    /// The DCAP verifier options for establishing facts under a policy: its roots and its
+    /// collateral grace period; acceptance (statuses, advisories, debug) is the policy's to judge.
+    public static func dcapOptions(_ rules: PolicyDocument.TDXRules, roots: Set<String>) -> TDXQuoteVerifier.Options {
+        var options = TDXQuoteVerifier.Options(pinnedRootFingerprints: roots)
+        options.acceptedStatuses = Set(TCBStatus.allCases.map(\.rawValue))
+        options.allowDebug = true
+        options.rejectedAdvisoryIDs = []
+        options.collateralGracePeriod = TimeInterval(rules.collateralGracePeriodDays) * 86_400
+        return options
+    }
+
+    public func verify(envelopeData: Data, expectedNonce: Data?, at time: Date) -> Verdict {
+        switch EvidenceEnvelope.parse(envelopeData) {
+        case .success(let envelope): verify(envelope, expectedNonce: expectedNonce, at: time)
+        case .failure(let reason): .reject(format: "unknown", reasons: [reason])
+        }
+    }
+
+    /// Verifies a parsed envelope, then judges the facts under the policy.
+    public func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?, at time: Date) -> Verdict {
+        guard policy.formats.contains(envelope.format) else {
+            return .reject(
+                format: envelope.format,
+                reasons: [
+                    Reason(.evidenceUnsupported, "policy.\(policy.name)", "evidence format '\(envelope.format)' is not accepted by this policy")
+                ])
+        }
+        let verdict: Verdict
+        switch EvidenceFormat(rawValue: envelope.format) {
+        case .tpm2Quote?:
+            let options = TPMQuoteVerifier.Options(allowSHA1: policy.tpm.allowSHA1, requireRestrictedAK: policy.tpm.requireRestrictedAK)
+            verdict = TPMQuoteVerifier(options: options).verify(envelope, expectedNonce: expectedNonce, at: time)
+        case .tdxQuote?, .sgxQuote?:
+            verdict = TDXQuoteVerifier(options: Self.dcapOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource)
+                .verify(envelope, expectedNonce: expectedNonce, at: time)
+        case nil:
+            verdict = .reject(
+                format: envelope.format, reasons: [Reason(.evidenceUnsupported, "verifier", "unknown evidence format '\(envelope.format)'")])
+        }
+        guard let facts = AttestedFacts(verdict) else { return verdict }
+        return verdict.adding(policyReasons: policy.judge(facts, at: time, scope: scope))
+    }
+}

@@ -1,0 +1,108 @@
+import AttestationCore
+import Foundation
+import Synchronization
+
+/// A ``GatewayStore`` held in memory: the same chain, policy-version and worker-row semantics as
+/// the SQLite store, with nothing on disk. For tests of the gateway's decisions and for tools that
+/// build a chain to inspect it; a gateway that must survive a restart uses ``SQLiteStore``.
+///
+/// `failAppends` makes every append fail (a full disk, a lost database), so that callers' "a
+/// decision that cannot be recorded is not made" paths can be exercised.
+public final class MemoryStore: GatewayStore {
+    private struct State {
+        var entries: [AuditEntry] = []
+        var evidence: [String: StoredEvidence] = [:]
+        var policies: [PolicyRecord] = []
+        var workers: [String: WorkerRecord] = [:]
+        var apiKeys: [String: Set<String>] = [:]
+        var failAppends = false
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// While true, every append throws a ``StoreError`` and writes nothing.
+    public var failAppends: Bool {
+        get { state.withLock { $0.failAppends } }
+        set { state.withLock { $0.failAppends = newValue } }
+    }
+
+    public func append(_ drafts: [AuditDraft], at time: Date, checkpointKey: Ed25519PrivateKey?) throws -> [AuditEntry] {
+        try state.withLock { s in
+            guard !s.failAppends else { throw StoreError("the store refuses appends") }
+            var staged = s
+            var out = [AuditEntry]()
+            for draft in drafts {
+                let head = staged.entries.last.map { ChainHead(count: $0.seq, hash: $0.hash) } ?? .empty
+                var event: AuditEvent
+                switch draft {
+                case .event(let e, let evidence, let worker):
+                    event = e
+                    switch worker {
+                    case .upsert(let record)?: staged.workers[record.id] = record
+                    case .remove(let id, let session)? where staged.workers[id]?.session == session: staged.workers[id] = nil
+                    default: break
+                    }
+                    if let evidence {
+                        staged.evidence[evidence.sha256] = staged.evidence[evidence.sha256] ?? evidence
+                        event.evidenceSHA256 = evidence.sha256
+                    }
+                case .policy(let e, let policy):
+                    event = e
+                    let version = (staged.policies.last?.version ?? 0) + 1
+                    staged.policies.append(PolicyRecord(version: version, policy: policy, appliedAt: time, actor: e.actor))
+                    event.policyVersion = version
+                case .checkpoint:
+                    guard let checkpointKey else { throw StoreError("a checkpoint needs the gateway key") }
+                    event = Checkpoint.event(head: head, time: time, key: checkpointKey)
+                }
+                let entry = AuditEntry(seq: head.count + 1, time: time, prev: head.hash, event: event)
+                staged.entries.append(entry)
+                out.append(entry)
+            }
+            s = staged
+            return out
+        }
+    }
+
+    public func head() throws -> ChainHead {
+        state.withLock { s in s.entries.last.map { ChainHead(count: $0.seq, hash: $0.hash) } ?? .empty }
+    }
+
+    func matching(_ query: AuditQuery) -> [AuditEntry] {
+        state.withLock { $0.entries }.filter { e in
+            (query.since.map { e.time >= $0 } ?? true) && (query.until.map { e.time <= $0 } ?? true)
+                && (query.worker.map { e.event.worker == $0 } ?? true) && (query.fromSeq.map { e.seq >= $0 } ?? true)
+        }
+    }
+
+    public func entries(_ query: AuditQuery, _ body: (AuditEntry) throws -> Bool) throws {
+        for entry in matching(query) where try !body(entry) { return }
+    }
+
+    public func lines(_ query: AuditQuery, _ body: (Int, [UInt8]) throws -> Bool) throws {
+        for entry in matching(query) where try !body(entry.seq, entry.line) { return }
+    }
+
+    public func count(_ query: AuditQuery) throws -> Int { matching(query).count }
+
+    public func entry(seq: Int) throws -> AuditEntry? {
+        state.withLock { s in seq >= 1 && seq <= s.entries.count ? s.entries[seq - 1] : nil }
+    }
+
+    public func evidence(sha256: String) throws -> StoredEvidence? { state.withLock { $0.evidence[sha256] } }
+
+    public func policies() throws -> [PolicyRecord] { state.withLock { $0.policies } }
+
+    public func policy(version: Int) throws -> PolicyRecord? { state.withLock { $0.policies.first { $0.version == version } } }
+
+    public func workers() throws -> [WorkerRecord] { state.withLock { $0.workers.values.sorted { $0.id < $1.id } } }
+
+    public func clearWorkers() throws { state.withLock { $0.workers = [:] } }
+
+    public func apiKeyDigests() throws -> Set<String> { state.withLock { $0.apiKeys.values.reduce(into: Set()) { $0.formUnion($1) } } }
+
+    public func replaceAPIKeys(source: String, digests: Set<String>, at time: Date) throws {
+        state.withLock { $0.apiKeys[source] = digests }
+    }
+}

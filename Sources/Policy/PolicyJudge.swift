@@ -1,0 +1,102 @@
+import AttestationCore
+import Foundation
+
+/// What verification proved about a worker, as a policy judges it. Verifiers report these facts;
+/// only ``PolicyDocument/judge(_:at:scope:)`` decides whether they are good enough.
+public struct AttestedFacts: Sendable {
+    /// Whether the worker's provider has proven a stake (admission reads the chain only after the
+    /// evidence passes, so at that point the stake is not yet known).
+    public enum Stake: Sendable, Equatable {
+        case notChecked
+        case proven
+        case absent
+    }
+
+    public let format: String
+    public let claims: VerifiedClaims
+    /// Intel's TCB status (DCAP formats), as the verifier determined it.
+    public let tcbStatus: String?
+    public let advisoryIDs: [String]
+    public var stake: Stake
+
+    public init(format: String, claims: VerifiedClaims, tcbStatus: String?, advisoryIDs: [String], stake: Stake = .notChecked) {
+        self.format = format
+        self.claims = claims
+        self.tcbStatus = tcbStatus
+        self.advisoryIDs = advisoryIDs
+        self.stake = stake
+    }
+
+    /// The facts of an accepted verdict; nil for a reject (it proved nothing).
+    public init?(_ verdict: Verdict, stake: Stake = .notChecked) {
+        guard verdict.isAccepted, let claims = verdict.claims else { return nil }
+        self.init(format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs, stake: stake)
+    }
+}
+
+extension PolicyDocument {
+    /// Which of a policy's rules a judgement applies.
+    public enum JudgeScope: Sendable {
+        /// Format, TCB status with its grace period, advisories and debug: what `ccgate evidence
+        /// verify` applies to a file by default.
+        case evidence
+        /// Everything: the evidence rules, then PCRs, TD measurements, the binary and model
+        /// allowlists and the stake rule. What admission, re-attestation and policy apply use.
+        case all
+    }
+
+    /// The one place that decides whether proven facts meet this policy at `time`. Admission,
+    /// re-attestation, policy apply and hand verification all call it, so a rule can never mean
+    /// one thing at admission and another when a policy changes. Returns the reasons the facts
+    /// fail (empty: they meet the policy); never throws.
+    ///
+    /// Threats: a platform that fell behind Intel's security fixes (TCB status, with Intel's
+    /// platform grace period measured from the matched level's tcbDate), one affected by an
+    /// advisory the operator rejects, a debug guest whose memory the host reads, and (scope
+    /// `.all`) unaudited binaries, models or guest images, and a provider without stake.
+    public func judge(_ facts: AttestedFacts, at time: Date, scope: JudgeScope = .all) -> [Reason] {
+        let source = "policy.\(name)"
+        guard formats.contains(facts.format) else {
+            return [Reason(.evidenceUnsupported, source, "evidence format '\(facts.format)' is not accepted by this policy")]
+        }
+        var reasons = [Reason]()
+        if EvidenceFormat(rawValue: facts.format)?.isDCAP == true { reasons += judgeTCB(facts, at: time, source: source) }
+        guard scope == .all else { return reasons }
+        reasons += evaluate(facts.claims)
+        if stake.minimumNanotons != nil, facts.stake == .absent {
+            reasons.append(Reason(ReasonCode(rawValue: "stake.proof-missing"), "\(source).stake", "the policy requires a TON stake"))
+        }
+        return reasons
+    }
+
+    /// Debug, TCB status (with the platform grace period) and advisories, in the order the DCAP
+    /// verifier reports them.
+    func judgeTCB(_ facts: AttestedFacts, at time: Date, source: String) -> [Reason] {
+        var reasons = [Reason]()
+        if facts.claims.fields["debug"] == "true", !tdx.allowDebug {
+            let guest = facts.format == EvidenceFormat.sgxQuote.rawValue ? "enclave" : "TD"
+            reasons.append(Reason(.policyDebugNotAllowed, source, "the \(guest) is a debug guest and debug guests are not allowed"))
+        }
+        if let status = facts.tcbStatus, !tdx.acceptedTCBStatuses.contains(status) {
+            let graceEnd = facts.claims.fields["tcb_date"].flatMap(Date.rfc3339)?
+                .addingTimeInterval(TimeInterval(tdx.platformGracePeriodDays) * 86_400)
+            let graceApplies = tdx.platformGracePeriodDays > 0 && TCBStatus(rawValue: status).map(TCBStatus.outOfDateFamily.contains) == true
+            if graceApplies, let graceEnd, time <= graceEnd {
+                // Out of date, but within the grace period Intel's appraisal allows.
+            } else if graceApplies, let graceEnd {
+                reasons.append(
+                    Reason(.tcbStatusNotAllowed, source, "TCB status \(status): the platform grace period ended \(graceEnd.rfc3339)"))
+            } else {
+                reasons.append(
+                    Reason(
+                        .tcbStatusNotAllowed, source,
+                        "TCB status \(status) is not accepted (accepted: \(tdx.acceptedTCBStatuses.sorted().joined(separator: ", ")))"))
+            }
+        }
+        let rejected = Set(facts.advisoryIDs).intersection(tdx.rejectedAdvisoryIDs).sorted()
+        if !rejected.isEmpty {
+            reasons.append(Reason(.tcbStatusNotAllowed, source, "advisories rejected by policy: \(rejected.joined(separator: ", "))"))
+        }
+        return reasons
+    }
+}
