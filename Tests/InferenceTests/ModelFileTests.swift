@@ -21,6 +21,8 @@ import Testing
 
     static func parse(_ bytes: [UInt8]) -> Result<GGUFFile, InferenceError> {
         let dir = try! TemporaryDirectory("gguf")
+        // The directory (and the file in it) must outlive the parse: its deinit removes it.
+        defer { withExtendedLifetime(dir) {} }
         let url = dir.file("m.gguf")
         try! Data(bytes).write(to: url)
         do { return .success(try GGUFFile(url: url)) } catch { return .failure(error) }

@@ -101,10 +101,8 @@ public final class GGUFFile: @unchecked Sendable {
                 }
                 names.append(name)
             }
-            self.tensors = tensors
-            tensorNames = names
             let unaligned = reader.offset
-            dataOffset = (unaligned + alignment - 1) / alignment * alignment
+            let dataOffset = (unaligned + alignment - 1) / alignment * alignment
             for name in names {
                 let t = tensors[name]!
                 guard t.offset % alignment == 0 else {
@@ -117,6 +115,12 @@ public final class GGUFFile: @unchecked Sendable {
                     }
                 }
             }
+            // Assigned last: until every property is set, a throw does not run deinit, so the
+            // mapping is unmapped exactly once (by the catch below). Unmapping it twice could
+            // unmap another file mapped at the same address meanwhile.
+            self.tensors = tensors
+            tensorNames = names
+            self.dataOffset = dataOffset
         } catch {
             munmap(base, size)
             throw error
