@@ -36,162 +36,27 @@ public struct TPMQuoteVerifier: Sendable {
 
     /// Verifies an envelope. `expectedNonce` nil skips the freshness check (hand verification of
     /// a file); the gateway always passes one. `time` is the instant of verification.
+    ///
+    /// The steps, in the documented order; the first four reject at once, the rest collect
+    /// every reason before the verdict.
     public func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?, at time: Date) -> Verdict {
-        var passed = [String]()
-        func reject(_ reasons: [Reason]) -> Verdict { .reject(format: Self.format, reasons: reasons, passed: passed) }
-        func reject(_ reason: Reason) -> Verdict { reject([reason]) }
+        var run = TPMRun(options: options)
+        guard let evidence = run.fatal({ try $0.read(envelope) }),
+            run.fatal({ try $0.checkAKAttributes(evidence) }) != nil,
+            let algorithm = run.fatal({ try $0.signatureScheme(evidence) })
+        else { return run.verdict() }
+        let (hash, scheme) = algorithm
+        run.checkSignature(evidence, scheme)
+        run.checkNonce(evidence, expectedNonce)
+        guard let quoted = run.fatal({ try $0.quotedPCRs(evidence, hash) }) else { return run.verdict() }
+        run.replayEventLog(evidence, quoted)
+        let measured = run.replayIMA(evidence, quoted)
+        return run.verdict(claims: Self.claims(evidence, scheme, quoted, measured))
+    }
 
-        guard envelope.format == Self.format else {
-            return reject(
-                Reason(.evidenceUnsupported, "tpm.envelope", "format '\(envelope.format)' is not \(Self.format)"))
-        }
-        guard envelope.version == 1 else {
-            return reject(
-                Reason(.evidenceMalformed, "tpm.envelope", "unknown \(Self.format) version \(envelope.version)"))
-        }
-
-        let evidence: TPMEvidence
-        switch TPMEvidence.read(envelope) {
-        case .success(let e): evidence = e
-        case .failure(let reason): return reject(reason)
-        }
-        passed.append("parsed: TPMS_ATTEST quote, TPMT_SIGNATURE, \(evidence.ak.key.kind) attestation key")
-
-        if options.requireRestrictedAK, let restricted = evidence.ak.restricted, !restricted {
-            return reject(Reason(.evidenceUnsupported, "tpm.ak", "the attestation key is not a restricted signing key"))
-        }
-
-        // Signature algorithm.
-        let sig = evidence.signature
-        guard let hash = HashAlgorithm(tpmAlgorithmID: sig.hashAlgorithmID) else {
-            return reject(TPMParse.unsupported("signature hash algorithm 0x\(String(sig.hashAlgorithmID, radix: 16))"))
-        }
-        if hash == .sha1, !options.allowSHA1 {
-            return reject(
-                Reason(.evidenceUnsupported, "tpm.signature", "SHA-1 quote signatures are not allowed by policy"))
-        }
-        let scheme: SignatureScheme
-        switch sig.algorithmID {
-        case TPMConstant.algRSASSA: scheme = .rsassaPKCS1v15(hash)
-        case TPMConstant.algRSAPSS: scheme = .rsaPSS(hash)
-        default: scheme = .ecdsa(hash)
-        }
-
-        var reasons = [Reason]()
-        // Signature over the exact TPMS_ATTEST bytes.
-        if evidence.ak.key.verify(signature: sig.bytes, message: evidence.quote.raw, scheme: scheme) {
-            passed.append("signature: \(scheme) verifies under AK \(evidence.ak.key.fingerprint.prefix(16))…")
-        } else {
-            reasons.append(
-                Reason(
-                    .quoteSignatureInvalid, "tpm.signature",
-                    "\(scheme) signature does not verify under the \(evidence.ak.key.kind) attestation key"))
-        }
-
-        // Freshness.
-        if let expectedNonce {
-            if Data(evidence.quote.extraData) == expectedNonce {
-                passed.append("nonce: extraData matches the expected \(expectedNonce.count)-byte value")
-            } else {
-                reasons.append(
-                    Reason(
-                        .nonceMismatch, "tpm.nonce",
-                        "extraData \(Data(evidence.quote.extraData).hex) ≠ expected \(expectedNonce.hex)"))
-            }
-        } else {
-            passed.append("nonce: not checked (no expected value given)")
-        }
-
-        // PCR digest over the supplied values, in selection order.
-        var quoted = [String: [Int: Data]]()
-        var concatenated = Data()
-        for bank in evidence.quote.selection.banks where !bank.indices.isEmpty {
-            guard let bankHash = HashAlgorithm(tpmAlgorithmID: bank.algorithmID) else {
-                return reject(reasons + [TPMParse.unsupported("PCR bank 0x\(String(bank.algorithmID, radix: 16))")])
-            }
-            if bankHash == .sha1, !options.allowSHA1 {
-                return reject(
-                    reasons + [Reason(.evidenceUnsupported, "tpm.pcrs", "SHA-1 PCR banks are not allowed by policy")])
-            }
-            for index in bank.indices {
-                guard let value = evidence.pcrs[bankHash]?[index] else {
-                    return reject(
-                        reasons + [
-                            Reason(
-                                .evidenceMalformed, "tpm.pcrs",
-                                "the quote selects \(bankHash.rawValue) PCR \(index) but no value is supplied")
-                        ])
-                }
-                quoted[bankHash.rawValue, default: [:]][index] = value
-                concatenated.append(value)
-            }
-        }
-        if hash.hash(concatenated) == Data(evidence.quote.pcrDigest) {
-            passed.append("pcr digest: matches \(quoted.values.map(\.count).reduce(0, +)) supplied PCR values")
-        } else {
-            reasons.append(
-                Reason(
-                    .pcrDigestMismatch, "tpm.pcrs",
-                    "the quoted PCR digest does not match the supplied PCR values"))
-        }
-
-        // Firmware event log replay.
-        if let log = evidence.eventLog {
-            let replayed = log.replay()
-            var compared = 0
-            var mismatches = [String]()
-            for (bank, values) in replayed {
-                for (index, value) in values.sorted(by: { $0.key < $1.key }) {
-                    guard let quotedValue = quoted[bank.rawValue]?[index] else { continue }
-                    compared += 1
-                    if quotedValue != value { mismatches.append("\(bank.rawValue)[\(index)]") }
-                }
-            }
-            if mismatches.isEmpty {
-                passed.append(
-                    "event log: \(log.events.count) events (\(log.layout.rawValue)) replay to \(compared) quoted PCRs")
-            } else {
-                reasons.append(
-                    Reason(
-                        .eventLogReplayMismatch, "tpm.eventlog",
-                        "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
-            }
-        }
-
-        // Runtime measurement (IMA) log replay: every register it extends must be quoted.
-        var measured = [MeasuredFile]()
-        if let ima = evidence.imaLog {
-            var problems = [String]()
-            let registers = Set(ima.entries.map(\.pcr))
-            for register in registers.sorted() {
-                let banks = quoted.filter { $0.value[register] != nil }
-                if banks.isEmpty {
-                    problems.append("PCR \(register) is not quoted")
-                    continue
-                }
-                for (bankName, values) in banks {
-                    guard let bank = HashAlgorithm(rawValue: bankName) else { continue }
-                    if ima.replay(bank: bank)[register] != values[register] {
-                        problems.append("\(bankName)[\(register)]")
-                    }
-                }
-            }
-            if problems.isEmpty {
-                measured = ima.entries.filter { !$0.isViolation }.map {
-                    MeasuredFile(path: $0.path, algorithm: $0.fileAlgorithm, digestHex: $0.fileDigest.hex, pcr: $0.pcr)
-                }
-                passed.append(
-                    "ima log: \(ima.entries.count) entries replay to quoted PCR \(registers.sorted().map(String.init).joined(separator: ","))"
-                )
-            } else {
-                reasons.append(
-                    Reason(
-                        .eventLogReplayMismatch, "tpm.ima",
-                        "replaying the IMA log does not give quoted " + problems.joined(separator: ", ")))
-            }
-        }
-
-        guard reasons.isEmpty else { return reject(reasons) }
+    static func claims(_ evidence: TPMEvidence, _ scheme: SignatureScheme, _ quoted: [String: [Int: Data]], _ measured: [MeasuredFile])
+        -> VerifiedClaims
+    {
         var fields: [String: String] = [
             "ak.sha256": evidence.ak.key.fingerprint,
             "ak.type": evidence.ak.key.kind.description,
@@ -204,9 +69,7 @@ public struct TPMQuoteVerifier: Sendable {
             "extra_data": Data(evidence.quote.extraData).hex,
         ]
         if let restricted = evidence.ak.restricted { fields["ak.restricted"] = String(restricted) }
-        let claims = VerifiedClaims(
-            pcrs: quoted.mapValues { $0.mapValues(\.hex) }, measuredFiles: measured, fields: fields)
-        return .accept(format: Self.format, claims: claims, passed: passed)
+        return VerifiedClaims(pcrs: quoted.mapValues { $0.mapValues(\.hex) }, measuredFiles: measured, fields: fields)
     }
 
     /// Parses and verifies envelope bytes.
@@ -303,5 +166,172 @@ struct TPMEvidence {
             }
         }
         return pcrs
+    }
+}
+
+/// One TPM quote verification: the trace so far, the reasons collected, and the steps.
+private struct TPMRun {
+    let options: TPMQuoteVerifier.Options
+    var passed = [String]()
+    var reasons = [Reason]()
+
+    init(options: TPMQuoteVerifier.Options) { self.options = options }
+
+    /// Runs a step that ends verification when it fails.
+    mutating func fatal<T>(_ step: (inout TPMRun) throws -> T) -> T? {
+        do { return try step(&self) } catch {
+            // Steps throw only reasons.
+            reasons.append(error as? Reason ?? Reason(.evidenceMalformed, "tpm", "\(error)"))
+            return nil
+        }
+    }
+
+    func verdict(claims: VerifiedClaims? = nil) -> Verdict {
+        guard reasons.isEmpty, let claims else {
+            return .reject(format: TPMQuoteVerifier.format, reasons: reasons, passed: passed)
+        }
+        return .accept(format: TPMQuoteVerifier.format, claims: claims, passed: passed)
+    }
+
+    /// Envelope format and version, then the TPM structures.
+    mutating func read(_ envelope: EvidenceEnvelope) throws(Reason) -> TPMEvidence {
+        guard envelope.format == TPMQuoteVerifier.format else {
+            throw Reason(.evidenceUnsupported, "tpm.envelope", "format '\(envelope.format)' is not \(TPMQuoteVerifier.format)")
+        }
+        guard envelope.version == 1 else {
+            throw Reason(.evidenceMalformed, "tpm.envelope", "unknown \(TPMQuoteVerifier.format) version \(envelope.version)")
+        }
+        switch TPMEvidence.read(envelope) {
+        case .success(let evidence):
+            passed.append("parsed: TPMS_ATTEST quote, TPMT_SIGNATURE, \(evidence.ak.key.kind) attestation key")
+            return evidence
+        case .failure(let reason): throw reason
+        }
+    }
+
+    func checkAKAttributes(_ evidence: TPMEvidence) throws(Reason) {
+        if options.requireRestrictedAK, let restricted = evidence.ak.restricted, !restricted {
+            throw Reason(.evidenceUnsupported, "tpm.ak", "the attestation key is not a restricted signing key")
+        }
+    }
+
+    /// The signature's hash (SHA-1 only when allowed) and scheme.
+    func signatureScheme(_ evidence: TPMEvidence) throws(Reason) -> (HashAlgorithm, SignatureScheme) {
+        let sig = evidence.signature
+        guard let hash = HashAlgorithm(tpmAlgorithmID: sig.hashAlgorithmID) else {
+            throw TPMParse.unsupported("signature hash algorithm 0x\(String(sig.hashAlgorithmID, radix: 16))")
+        }
+        if hash == .sha1, !options.allowSHA1 {
+            throw Reason(.evidenceUnsupported, "tpm.signature", "SHA-1 quote signatures are not allowed by policy")
+        }
+        switch sig.algorithmID {
+        case TPMConstant.algRSASSA: return (hash, .rsassaPKCS1v15(hash))
+        case TPMConstant.algRSAPSS: return (hash, .rsaPSS(hash))
+        default: return (hash, .ecdsa(hash))
+        }
+    }
+
+    /// The signature over the exact TPMS_ATTEST bytes.
+    mutating func checkSignature(_ evidence: TPMEvidence, _ scheme: SignatureScheme) {
+        if evidence.ak.key.verify(signature: evidence.signature.bytes, message: evidence.quote.raw, scheme: scheme) {
+            passed.append("signature: \(scheme) verifies under AK \(evidence.ak.key.fingerprint.prefix(16))…")
+        } else {
+            reasons.append(
+                Reason(
+                    .quoteSignatureInvalid, "tpm.signature",
+                    "\(scheme) signature does not verify under the \(evidence.ak.key.kind) attestation key"))
+        }
+    }
+
+    /// Freshness: `extraData` is the expected value.
+    mutating func checkNonce(_ evidence: TPMEvidence, _ expectedNonce: Data?) {
+        guard let expectedNonce else {
+            passed.append("nonce: not checked (no expected value given)")
+            return
+        }
+        if Data(evidence.quote.extraData) == expectedNonce {
+            passed.append("nonce: extraData matches the expected \(expectedNonce.count)-byte value")
+        } else {
+            reasons.append(
+                Reason(.nonceMismatch, "tpm.nonce", "extraData \(Data(evidence.quote.extraData).hex) ≠ expected \(expectedNonce.hex)"))
+        }
+    }
+
+    /// The supplied PCR values the quote selects, and their digest against the quoted one.
+    mutating func quotedPCRs(_ evidence: TPMEvidence, _ hash: HashAlgorithm) throws(Reason) -> [String: [Int: Data]] {
+        var quoted = [String: [Int: Data]]()
+        var concatenated = Data()
+        for bank in evidence.quote.selection.banks where !bank.indices.isEmpty {
+            guard let bankHash = HashAlgorithm(tpmAlgorithmID: bank.algorithmID) else {
+                throw TPMParse.unsupported("PCR bank 0x\(String(bank.algorithmID, radix: 16))")
+            }
+            if bankHash == .sha1, !options.allowSHA1 {
+                throw Reason(.evidenceUnsupported, "tpm.pcrs", "SHA-1 PCR banks are not allowed by policy")
+            }
+            for index in bank.indices {
+                guard let value = evidence.pcrs[bankHash]?[index] else {
+                    throw Reason(
+                        .evidenceMalformed, "tpm.pcrs", "the quote selects \(bankHash.rawValue) PCR \(index) but no value is supplied")
+                }
+                quoted[bankHash.rawValue, default: [:]][index] = value
+                concatenated.append(value)
+            }
+        }
+        if hash.hash(concatenated) == Data(evidence.quote.pcrDigest) {
+            passed.append("pcr digest: matches \(quoted.values.map(\.count).reduce(0, +)) supplied PCR values")
+        } else {
+            reasons.append(Reason(.pcrDigestMismatch, "tpm.pcrs", "the quoted PCR digest does not match the supplied PCR values"))
+        }
+        return quoted
+    }
+
+    /// The firmware event log replays to the quoted PCRs it touches.
+    mutating func replayEventLog(_ evidence: TPMEvidence, _ quoted: [String: [Int: Data]]) {
+        guard let log = evidence.eventLog else { return }
+        var compared = 0
+        var mismatches = [String]()
+        for (bank, values) in log.replay() {
+            for (index, value) in values.sorted(by: { $0.key < $1.key }) {
+                guard let quotedValue = quoted[bank.rawValue]?[index] else { continue }
+                compared += 1
+                if quotedValue != value { mismatches.append("\(bank.rawValue)[\(index)]") }
+            }
+        }
+        if mismatches.isEmpty {
+            passed.append("event log: \(log.events.count) events (\(log.layout.rawValue)) replay to \(compared) quoted PCRs")
+        } else {
+            reasons.append(
+                Reason(
+                    .eventLogReplayMismatch, "tpm.eventlog", "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
+        }
+    }
+
+    /// The runtime measurement (IMA) log replays to quoted registers (every register it extends
+    /// must be quoted); returns the files it measured.
+    mutating func replayIMA(_ evidence: TPMEvidence, _ quoted: [String: [Int: Data]]) -> [MeasuredFile] {
+        guard let ima = evidence.imaLog else { return [] }
+        var problems = [String]()
+        let registers = Set(ima.entries.map(\.pcr))
+        for register in registers.sorted() {
+            let banks = quoted.filter { $0.value[register] != nil }
+            if banks.isEmpty {
+                problems.append("PCR \(register) is not quoted")
+                continue
+            }
+            for (bankName, values) in banks {
+                guard let bank = HashAlgorithm(rawValue: bankName) else { continue }
+                if ima.replay(bank: bank)[register] != values[register] { problems.append("\(bankName)[\(register)]") }
+            }
+        }
+        guard problems.isEmpty else {
+            reasons.append(
+                Reason(.eventLogReplayMismatch, "tpm.ima", "replaying the IMA log does not give quoted " + problems.joined(separator: ", ")))
+            return []
+        }
+        passed.append(
+            "ima log: \(ima.entries.count) entries replay to quoted PCR \(registers.sorted().map(String.init).joined(separator: ","))")
+        return ima.entries.filter { !$0.isViolation }.map {
+            MeasuredFile(path: $0.path, algorithm: $0.fileAlgorithm, digestHex: $0.fileDigest.hex, pcr: $0.pcr)
+        }
     }
 }
