@@ -77,6 +77,8 @@ private struct Run {
     var passed = [String]()
     /// The digest of collateral taken from the verifier's source (not the envelope).
     var cachedCollateralSHA256: String?
+    /// The TCB level, once evaluated: rejects from then on carry its status.
+    var tcbResult: TCBResult?
 
     init(verifier: TDXQuoteVerifier, format: String, time: Date) {
         self.verifier = verifier
@@ -120,54 +122,86 @@ private struct Run {
         return verify(quoteBytes: [UInt8](quote), envelopeCollateral: collateral, eventLog: eventLog, expectedNonce: expectedNonce)
     }
 
+    /// The steps in Intel's order. Every step either passes (adding to the trace) or throws the
+    /// reason that rejects the quote; rejects from the quote signature on carry the TCB status.
     mutating func verify(quoteBytes: [UInt8], envelopeCollateral: Collateral?, eventLog: Data?, expectedNonce: Data?) -> Verdict {
-        // Parse.
+        do throws(Reason) {
+            let quote = try parse(quoteBytes)
+            let pck = try pckChain(quote)
+            let (collateral, mode) = try pickCollateral(envelopeCollateral, quote, pck)
+            let rootCRL = try checkCRLs(collateral, pck)
+            let (tcbInfo, qeIdentity) = try signedCollateral(collateral, quote, pck, rootCRL, mode: mode)
+            try checkQEReport(quote, pck)
+            let qeLevel = try matchQEIdentity(quote, qeIdentity)
+            let tcb = try evaluateTCB(quote, pck, tcbInfo, qeLevel)
+            try checkQuoteSignature(quote)
+            try checkFreshness(quote, expectedNonce)
+            let measured = try replayEventLog(eventLog, quote)
+            var fields = QuoteClaims.fields(of: quote, platform: pck.sgx)
+            fields["tcb_status"] = tcb.status
+            fields["qe_tcb_status"] = tcb.qeStatus
+            fields["tcb_date"] = tcb.tcbDate.rfc3339
+            fields["collateral.source"] = mode
+            fields["tcb_evaluation_data_number"] = String(min(tcbInfo.tcbEvaluationDataNumber, qeIdentity.tcbEvaluationDataNumber))
+            return acceptance(quote, tcb, VerifiedClaims(measuredFiles: measured, fields: fields))
+        } catch {
+            return reject(error, status: tcbResult?.status, advisories: tcbResult?.advisoryIDs ?? [])
+        }
+    }
+
+    /// The PCK chain and what its leaf says about the platform.
+    struct PCK {
+        let chain: [Certificate]
+        let sgx: SGXExtension
+        let check: ChainCheck
+        var leaf: Certificate { chain[0] }
+        var issuer: Certificate { chain[1] }
+        var root: Certificate { chain[chain.count - 1] }
+        func collateralKey(_ quote: DCAPQuote) -> CollateralKey {
+            CollateralKey(tee: quote.tee, fmspc: sgx.fmspc, pceID: sgx.pceID, pckIssuer: issuer.subject)
+        }
+    }
+
+    mutating func parse(_ quoteBytes: [UInt8]) throws(Reason) -> DCAPQuote {
         let quote: DCAPQuote
         do { quote = try DCAPQuote.parse(quoteBytes) } catch {
             switch error {
-            case .malformed(let m): return reject(Reason(.evidenceMalformed, "tdx.quote", m))
-            case .unsupported(let m): return reject(Reason(.evidenceUnsupported, "tdx.quote", m))
+            case .malformed(let m): throw Reason(.evidenceMalformed, "tdx.quote", m)
+            case .unsupported(let m): throw Reason(.evidenceUnsupported, "tdx.quote", m)
             }
         }
         let expectedTEE: DCAPQuote.TEE = format == "sgx-quote" ? .sgx : .tdx
-        guard quote.tee == expectedTEE else {
-            return reject(Reason(.evidenceMalformed, "tdx.quote", "a \(quote.tee) quote in a \(format) envelope"))
-        }
+        guard quote.tee == expectedTEE else { throw Reason(.evidenceMalformed, "tdx.quote", "a \(quote.tee) quote in a \(format) envelope") }
         passed.append("parsed: DCAP quote v\(quote.version), \(quote.tee == .tdx ? "TD report" : "enclave report"), ECDSA P-256")
+        return quote
+    }
 
-        // PCK chain.
-        let chainCheck = ChainCheck(pinnedFingerprints: options.pinnedRootFingerprints)
-        let pckChain: [Certificate]
-        do { pckChain = try Memo.chain(pemBytes: quote.pckChainBytes) } catch {
-            return reject(Reason(.evidenceMalformed, "tdx.chain.pck", "PCK certificate chain: \(error)"))
+    mutating func pckChain(_ quote: DCAPQuote) throws(Reason) -> PCK {
+        let check = ChainCheck(pinnedFingerprints: options.pinnedRootFingerprints)
+        let chain: [Certificate]
+        do { chain = try Memo.chain(pemBytes: quote.pckChainBytes) } catch {
+            throw Reason(.evidenceMalformed, "tdx.chain.pck", "PCK certificate chain: \(error)")
         }
-        if let r = chainCheck.verify(pckChain, name: "PCK", at: time) { return reject(r) }
-        guard let pckExtension = pckChain[0].sgxExtension else {
-            return reject(Reason(.chainInvalid, "tdx.chain.pck", "the leaf is not a PCK certificate (no readable SGX extension)"))
+        if let r = check.verify(chain, name: "PCK", at: time) { throw r }
+        guard let sgx = chain[0].sgxExtension else {
+            throw Reason(.chainInvalid, "tdx.chain.pck", "the leaf is not a PCK certificate (no readable SGX extension)")
         }
-        passed.append("PCK chain: \(pckChain.count) certificates to the pinned root; FMSPC \(Data(pckExtension.fmspc).hex)")
+        passed.append("PCK chain: \(chain.count) certificates to the pinned root; FMSPC \(Data(sgx.fmspc).hex)")
+        return PCK(chain: chain, sgx: sgx, check: check)
+    }
 
-        // Collateral: from the envelope, else the cache.
-        let collateralMode: String
-        let collateral: Collateral
-        if let c = envelopeCollateral {
-            collateral = c
-            collateralMode = "envelope"
-        } else if let source = verifier.collateralSource,
-            let c = source.collateral(for: CollateralKey(tee: quote.tee, fmspc: pckExtension.fmspc, pceID: pckExtension.pceID,
-                                                         pckIssuer: pckChain[1].subject), at: time)
-        {
-            collateral = c
-            collateralMode = source.mode
-            cachedCollateralSHA256 = c.sha256
-        } else {
-            return reject(
-                Reason(
-                    .collateralMissing, "tdx.collateral",
-                    "no collateral in the envelope and none cached for FMSPC \(Data(pckExtension.fmspc).hex)"))
+    /// Collateral from the envelope, else the verifier's source (whose digest the verdict cites).
+    mutating func pickCollateral(_ envelopeCollateral: Collateral?, _ quote: DCAPQuote, _ pck: PCK) throws(Reason) -> (Collateral, String) {
+        if let c = envelopeCollateral { return (c, "envelope") }
+        guard let source = verifier.collateralSource, let c = source.collateral(for: pck.collateralKey(quote), at: time) else {
+            throw Reason(.collateralMissing, "tdx.collateral", "no collateral in the envelope and none cached for FMSPC \(Data(pck.sgx.fmspc).hex)")
         }
+        cachedCollateralSHA256 = c.sha256
+        return (c, source.mode)
+    }
 
-        // CRLs.
+    /// The root CA and PCK CRLs: signed by the right keys, current, and revoking nothing in the chain.
+    mutating func checkCRLs(_ collateral: Collateral, _ pck: PCK) throws(Reason) -> RevocationList {
         let rootCRL: RevocationList
         let pckCRL: RevocationList
         let pckCRLChain: [Certificate]
@@ -176,124 +210,123 @@ private struct Run {
             pckCRL = try Memo.crl(der: collateral.pckCRL)
             pckCRLChain = try Memo.chain(pem: collateral.pckCRLIssuerChain)
         } catch {
-            return reject(Reason(.evidenceMalformed, "tdx.collateral.crl", "\(error)"))
+            throw Reason(.evidenceMalformed, "tdx.collateral.crl", "\(error)")
         }
-        let root = pckChain[pckChain.count - 1]
-        guard rootCRL.isIssued(by: root), rootCRL.isSigned(by: root.publicKey) else {
-            return reject(Reason(.collateralSignatureInvalid, "tdx.collateral.root-crl", "the root CA CRL is not signed by the pinned root"))
+        guard rootCRL.isIssued(by: pck.root), rootCRL.isSigned(by: pck.root.publicKey) else {
+            throw Reason(.collateralSignatureInvalid, "tdx.collateral.root-crl", "the root CA CRL is not signed by the pinned root")
         }
-        if let r = chainCheck.verify(pckCRLChain, name: "PCK CRL issuer", at: time) { return reject(r) }
-        guard pckCRL.isIssued(by: pckChain[1]) else {
-            return reject(
-                Reason(
-                    .collateralMismatch, "tdx.collateral.pck-crl",
-                    "the PCK CRL is issued by '\(pckCRL.issuer)', not by the PCK's CA '\(pckChain[1].subject)'"))
+        if let r = pck.check.verify(pckCRLChain, name: "PCK CRL issuer", at: time) { throw r }
+        guard pckCRL.isIssued(by: pck.issuer) else {
+            throw Reason(
+                .collateralMismatch, "tdx.collateral.pck-crl",
+                "the PCK CRL is issued by '\(pckCRL.issuer)', not by the PCK's CA '\(pck.issuer.subject)'")
         }
-        guard pckCRL.isSigned(by: pckChain[1].publicKey), pckCRL.isSigned(by: pckCRLChain[0].publicKey) else {
-            return reject(Reason(.collateralSignatureInvalid, "tdx.collateral.pck-crl", "the PCK CRL signature does not verify"))
+        guard pckCRL.isSigned(by: pck.issuer.publicKey), pckCRL.isSigned(by: pckCRLChain[0].publicKey) else {
+            throw Reason(.collateralSignatureInvalid, "tdx.collateral.pck-crl", "the PCK CRL signature does not verify")
         }
         for (name, crl) in [("root CA CRL", rootCRL), ("PCK CRL", pckCRL)] {
-            if let r = window(name, issued: crl.thisUpdate, next: crl.nextUpdate, source: "tdx.collateral.crl") { return reject(r) }
+            if let r = window(name, issued: crl.thisUpdate, next: crl.nextUpdate, source: "tdx.collateral.crl") { throw r }
         }
-        for cert in pckChain.dropFirst().dropLast() + pckCRLChain.dropLast() where rootCRL.revokes(cert) {
-            return reject(Reason(.chainRevoked, "tdx.chain.pck", "'\(cert.subject)' is revoked by the root CA CRL"))
+        for cert in pck.chain.dropFirst().dropLast() + pckCRLChain.dropLast() where rootCRL.revokes(cert) {
+            throw Reason(.chainRevoked, "tdx.chain.pck", "'\(cert.subject)' is revoked by the root CA CRL")
         }
-        if pckCRL.revokes(pckChain[0]) {
-            return reject(Reason(.chainRevoked, "tdx.chain.pck", "the PCK certificate is revoked by the PCK CRL"))
-        }
+        if pckCRL.revokes(pck.leaf) { throw Reason(.chainRevoked, "tdx.chain.pck", "the PCK certificate is revoked by the PCK CRL") }
         passed.append("CRLs: root CA and PCK CRLs signed and current; nothing in the chain revoked")
+        return rootCRL
+    }
 
-        // Collateral: TCB info and QE identity.
-        let tcbInfo: TCBInfo
-        switch verifySigned(
+    /// TCB info and QE identity: signed by Intel, current, for this platform and TEE, and not
+    /// older than what this verifier holds or the minimum evaluation number.
+    mutating func signedCollateral(_ collateral: Collateral, _ quote: DCAPQuote, _ pck: PCK, _ rootCRL: RevocationList, mode: String)
+        throws(Reason) -> (TCBInfo, QEIdentity)
+    {
+        let tcbInfo = try verifySigned(
             collateral.tcbInfo, signature: collateral.tcbInfoSignature, chainPEM: collateral.tcbInfoIssuerChain, name: "TCB info",
-            rootCRL: rootCRL, chainCheck: chainCheck, parse: { Memo.parsed($0, Memo.tcbInfos, TCBInfo.parse) })
-        {
-        case .success(let t): tcbInfo = t
-        case .failure(let r): return reject(r)
-        }
-        if let r = window("TCB info", issued: tcbInfo.issueDate, next: tcbInfo.nextUpdate, source: "tdx.collateral.tcb-info") {
-            return reject(r)
-        }
-        let expectedKind: TCBInfo.Kind = quote.tee == .tdx ? .tdx : .sgx
-        guard tcbInfo.kind == expectedKind, quote.tee == .sgx || tcbInfo.version >= 3 else {
-            return reject(
-                Reason(.collateralMismatch, "tdx.collateral.tcb-info", "TCB info v\(tcbInfo.version) \(tcbInfo.kind.rawValue) is not for \(quote.tee) quotes"))
-        }
-        if quote.tee == .tdx, tcbInfo.tdxModule == nil {
-            return reject(Reason(.collateralMismatch, "tdx.collateral.tcb-info", "TDX TCB info without a tdxModule identity"))
-        }
-        guard tcbInfo.fmspc == pckExtension.fmspc else {
-            return reject(
-                Reason(
-                    .collateralMismatch, "tdx.collateral.tcb-info",
-                    "TCB info is for FMSPC \(Data(tcbInfo.fmspc).hex), the platform is \(Data(pckExtension.fmspc).hex)"))
-        }
-        guard tcbInfo.pceID == pckExtension.pceID else {
-            return reject(
-                Reason(
-                    .collateralMismatch, "tdx.collateral.tcb-info",
-                    "TCB info is for PCE id \(Data(tcbInfo.pceID).hex), the platform's is \(Data(pckExtension.pceID).hex)"))
-        }
-        let qeIdentity: QEIdentity
-        switch verifySigned(
+            rootCRL: rootCRL, chainCheck: pck.check, parse: { Memo.parsed($0, Memo.tcbInfos, TCBInfo.parse) }
+        ).get()
+        if let r = window("TCB info", issued: tcbInfo.issueDate, next: tcbInfo.nextUpdate, source: "tdx.collateral.tcb-info") { throw r }
+        try Self.checkTCBInfoIsFor(quote, pck, tcbInfo)
+        let qeIdentity = try verifySigned(
             collateral.qeIdentity, signature: collateral.qeIdentitySignature, chainPEM: collateral.qeIdentityIssuerChain,
-            name: "QE identity", rootCRL: rootCRL, chainCheck: chainCheck, parse: { Memo.parsed($0, Memo.qeIdentities, QEIdentity.parse) })
-        {
-        case .success(let q): qeIdentity = q
-        case .failure(let r): return reject(r)
-        }
+            name: "QE identity", rootCRL: rootCRL, chainCheck: pck.check, parse: { Memo.parsed($0, Memo.qeIdentities, QEIdentity.parse) }
+        ).get()
         if let r = window("QE identity", issued: qeIdentity.issueDate, next: qeIdentity.nextUpdate, source: "tdx.collateral.qe-identity") {
-            return reject(r)
+            throw r
         }
         let expectedQE = quote.tee == .tdx ? "TD_QE" : "QE"
         guard qeIdentity.id == expectedQE else {
-            return reject(Reason(.collateralMismatch, "tdx.collateral.qe-identity", "QE identity '\(qeIdentity.id)' is not \(expectedQE)"))
+            throw Reason(.collateralMismatch, "tdx.collateral.qe-identity", "QE identity '\(qeIdentity.id)' is not \(expectedQE)")
         }
-        // Threat: collateral rollback. A worker may carry old collateral (from before a TCB recovery
-        // or a revocation) that is still inside its window; it never beats newer collateral this
-        // verifier holds, nor the policy's minimum evaluation number.
+        try checkRollback(tcbInfo, qeIdentity, quote, pck, mode: mode)
+        passed.append(
+            "collateral (\(mode)): TCB info \(tcbInfo.kind.rawValue) v\(tcbInfo.version) eval \(tcbInfo.tcbEvaluationDataNumber) and QE identity \(qeIdentity.id) signed by Intel, current, for this platform")
+        return (tcbInfo, qeIdentity)
+    }
+
+    static func checkTCBInfoIsFor(_ quote: DCAPQuote, _ pck: PCK, _ tcbInfo: TCBInfo) throws(Reason) {
+        let expectedKind: TCBInfo.Kind = quote.tee == .tdx ? .tdx : .sgx
+        guard tcbInfo.kind == expectedKind, quote.tee == .sgx || tcbInfo.version >= 3 else {
+            throw Reason(
+                .collateralMismatch, "tdx.collateral.tcb-info", "TCB info v\(tcbInfo.version) \(tcbInfo.kind.rawValue) is not for \(quote.tee) quotes")
+        }
+        if quote.tee == .tdx, tcbInfo.tdxModule == nil {
+            throw Reason(.collateralMismatch, "tdx.collateral.tcb-info", "TDX TCB info without a tdxModule identity")
+        }
+        guard tcbInfo.fmspc == pck.sgx.fmspc else {
+            throw Reason(
+                .collateralMismatch, "tdx.collateral.tcb-info",
+                "TCB info is for FMSPC \(Data(tcbInfo.fmspc).hex), the platform is \(Data(pck.sgx.fmspc).hex)")
+        }
+        guard tcbInfo.pceID == pck.sgx.pceID else {
+            throw Reason(
+                .collateralMismatch, "tdx.collateral.tcb-info",
+                "TCB info is for PCE id \(Data(tcbInfo.pceID).hex), the platform's is \(Data(pck.sgx.pceID).hex)")
+        }
+    }
+
+    /// Threat: collateral rollback. A worker may carry old collateral (from before a TCB recovery
+    /// or a revocation) that is still inside its window; it never beats newer collateral this
+    /// verifier holds, nor the policy's minimum evaluation number.
+    func checkRollback(_ tcbInfo: TCBInfo, _ qeIdentity: QEIdentity, _ quote: DCAPQuote, _ pck: PCK, mode: String) throws(Reason) {
         let evaluation = min(tcbInfo.tcbEvaluationDataNumber, qeIdentity.tcbEvaluationDataNumber)
         if evaluation < options.minimumTCBEvaluationDataNumber {
-            return reject(
-                Reason(
-                    .collateralExpired, "tdx.collateral",
-                    "collateral of TCB evaluation \(evaluation) is older than the minimum \(options.minimumTCBEvaluationDataNumber)"))
+            throw Reason(
+                .collateralExpired, "tdx.collateral",
+                "collateral of TCB evaluation \(evaluation) is older than the minimum \(options.minimumTCBEvaluationDataNumber)")
         }
-        if collateralMode == "envelope", let source = verifier.collateralSource,
-            let held = source.collateral(for: CollateralKey(tee: quote.tee, fmspc: pckExtension.fmspc, pceID: pckExtension.pceID,
-                                                             pckIssuer: pckChain[1].subject), at: time),
+        if mode == "envelope", let source = verifier.collateralSource,
+            let held = source.collateral(for: pck.collateralKey(quote), at: time),
             case .success(let heldTCB) = Memo.parsed(held.tcbInfo, Memo.tcbInfos, TCBInfo.parse),
             heldTCB.tcbEvaluationDataNumber > tcbInfo.tcbEvaluationDataNumber
                 || (heldTCB.tcbEvaluationDataNumber == tcbInfo.tcbEvaluationDataNumber && heldTCB.issueDate > tcbInfo.issueDate)
         {
-            return reject(
-                Reason(
-                    .collateralExpired, "tdx.collateral",
-                    "the evidence carries TCB info of evaluation \(tcbInfo.tcbEvaluationDataNumber) issued \(tcbInfo.issueDate.rfc3339); this verifier holds a newer one (evaluation \(heldTCB.tcbEvaluationDataNumber), issued \(heldTCB.issueDate.rfc3339))"))
+            throw Reason(
+                .collateralExpired, "tdx.collateral",
+                "the evidence carries TCB info of evaluation \(tcbInfo.tcbEvaluationDataNumber) issued \(tcbInfo.issueDate.rfc3339); this verifier holds a newer one (evaluation \(heldTCB.tcbEvaluationDataNumber), issued \(heldTCB.issueDate.rfc3339))")
         }
-        passed.append(
-            "collateral (\(collateralMode)): TCB info \(tcbInfo.kind.rawValue) v\(tcbInfo.version) eval \(tcbInfo.tcbEvaluationDataNumber) and QE identity \(qeIdentity.id) signed by Intel, current, for this platform")
+    }
 
-        // QE report.
+    /// The QE report: signed by the PCK key, binding the attestation key.
+    mutating func checkQEReport(_ quote: DCAPQuote, _ pck: PCK) throws(Reason) {
         // The QE report is the same in every quote of one platform's QE: remembered once verified.
-        let pck = pckChain[0].publicKey
+        let key = pck.leaf.publicKey
         guard
-            Memo.signature("qe-report", key: pck, message: quote.qeReportBytes, signature: quote.qeReportSignature, {
-                pck.verify(signature: quote.qeReportSignature, message: quote.qeReportBytes, scheme: .ecdsa(.sha256))
+            Memo.signature("qe-report", key: key, message: quote.qeReportBytes, signature: quote.qeReportSignature, {
+                key.verify(signature: quote.qeReportSignature, message: quote.qeReportBytes, scheme: .ecdsa(.sha256))
             })
         else {
-            return reject(Reason(.qeReportSignatureInvalid, "tdx.qe-report", "the QE report signature does not verify under the PCK key"))
+            throw Reason(.qeReportSignatureInvalid, "tdx.qe-report", "the QE report signature does not verify under the PCK key")
         }
         let binding = [UInt8](HashAlgorithm.sha256.hash(quote.attestationKey + quote.qeAuthData))
         let reportData = quote.qeReport.reportData
         guard Array(reportData[0..<32]) == binding, reportData[32...].allSatisfy({ $0 == 0 }) else {
-            return reject(
-                Reason(.qeReportBindingMismatch, "tdx.qe-report", "QE report data is not SHA-256(attestation key ‖ QE authentication data)"))
+            throw Reason(.qeReportBindingMismatch, "tdx.qe-report", "QE report data is not SHA-256(attestation key ‖ QE authentication data)")
         }
         passed.append("QE report: signed by the PCK key, binds the attestation key")
+    }
 
-        // QE identity.
+    /// The quoting enclave is Intel's (QE identity), and its TCB level.
+    mutating func matchQEIdentity(_ quote: DCAPQuote, _ qeIdentity: QEIdentity) throws(Reason) -> TCBInfo.IdentityLevel? {
         let qe = quote.qeReport
         let maskedAttributes = zip(qe.attributes, qeIdentity.attributesMask).map { $0 & $1 }
         var mismatches = [String]()
@@ -302,71 +335,67 @@ private struct Run {
         if qe.mrSigner != qeIdentity.mrSigner { mismatches.append("MRSIGNER") }
         if Int(qe.isvProdID) != qeIdentity.isvProdID { mismatches.append("ISVPRODID") }
         guard mismatches.isEmpty else {
-            return reject(
-                Reason(
-                    .qeIdentityMismatch, "tdx.qe-identity",
-                    "the quoting enclave's \(mismatches.joined(separator: ", ")) do not match Intel's QE identity"))
+            throw Reason(
+                .qeIdentityMismatch, "tdx.qe-identity", "the quoting enclave's \(mismatches.joined(separator: ", ")) do not match Intel's QE identity")
         }
         let qeLevel = TCBEvaluation.qeLevel(qeIdentity, isvSVN: Int(qe.isvSVN))
-        passed.append("QE identity: Intel's \(expectedQE), ISV SVN \(qe.isvSVN) → \(qeLevel?.status ?? "not supported")")
+        passed.append("QE identity: Intel's \(qeIdentity.id), ISV SVN \(qe.isvSVN) → \(qeLevel?.status ?? "not supported")")
+        return qeLevel
+    }
 
-        // TCB level.
+    /// The platform's TCB level (and the TDX module's identity); remembered so later rejects carry it.
+    mutating func evaluateTCB(_ quote: DCAPQuote, _ pck: PCK, _ tcbInfo: TCBInfo, _ qeLevel: TCBInfo.IdentityLevel?) throws(Reason) -> TCBResult {
         let tcb: TCBResult
-        switch TCBEvaluation.evaluate(platform: pckExtension, tcbInfo: tcbInfo, td: quote.tdReport, qe: qeLevel) {
+        switch TCBEvaluation.evaluate(platform: pck.sgx, tcbInfo: tcbInfo, td: quote.tdReport, qe: qeLevel) {
         case .success(let t): tcb = t
-        case .failure(.noMatchingLevel(let m)), .failure(.moduleMismatch(let m)):
-            return reject(Reason(.tcbNoMatchingLevel, "tdx.tcb", m))
+        case .failure(.noMatchingLevel(let m)), .failure(.moduleMismatch(let m)): throw Reason(.tcbNoMatchingLevel, "tdx.tcb", m)
         }
-        if let td = quote.tdReport, let r = moduleIdentityCheck(td, tcbInfo: tcbInfo) { return reject(r) }
+        if let td = quote.tdReport, let r = moduleIdentityCheck(td, tcbInfo: tcbInfo) { throw r }
         passed.append(
             "TCB: platform \(tcb.platformStatus)\(tcb.moduleStatus.map { ", TDX module \($0)" } ?? ""), QE \(tcb.qeStatus) → \(tcb.status)")
+        tcbResult = tcb
+        return tcb
+    }
 
-        // Quote signature.
+    mutating func checkQuoteSignature(_ quote: DCAPQuote) throws(Reason) {
         let key: PublicKey
         do {
             // Decoded once per attestation key; the signature itself is checked every time.
             key = try PublicKey.cached(
                 spkiDER: PublicKey.spki(curve: .p256, x: Array(quote.attestationKey[0..<32]), y: Array(quote.attestationKey[32..<64])))
         } catch {
-            return reject(Reason(.quoteSignatureInvalid, "tdx.quote.signature", "the attestation key is not a P-256 point"))
+            throw Reason(.quoteSignatureInvalid, "tdx.quote.signature", "the attestation key is not a P-256 point")
         }
         guard key.verify(signature: quote.signature, message: quote.signedBytes, scheme: .ecdsa(.sha256)) else {
-            return reject(
-                Reason(.quoteSignatureInvalid, "tdx.quote.signature", "the quote signature does not verify under the attestation key"),
-                status: tcb.status, advisories: tcb.advisoryIDs)
+            throw Reason(.quoteSignatureInvalid, "tdx.quote.signature", "the quote signature does not verify under the attestation key")
         }
         passed.append("quote signature: valid under the attestation key")
+    }
 
-        // Freshness.
-        if let nonce = expectedNonce {
-            let expected = [UInt8](nonce.prefix(64)) + [UInt8](repeating: 0, count: max(0, 64 - nonce.count))
-            guard nonce.count <= 64, quote.reportData == expected else {
-                return reject(
-                    Reason(.nonceMismatch, "tdx.nonce", "REPORTDATA is not the expected freshness value"), status: tcb.status,
-                    advisories: tcb.advisoryIDs)
-            }
-            passed.append("nonce: REPORTDATA matches")
+    /// REPORTDATA is the expected freshness value (a shorter nonce is its prefix, the rest zero).
+    mutating func checkFreshness(_ quote: DCAPQuote, _ expectedNonce: Data?) throws(Reason) {
+        guard let nonce = expectedNonce else { return }
+        let expected = [UInt8](nonce.prefix(64)) + [UInt8](repeating: 0, count: max(0, 64 - nonce.count))
+        guard nonce.count <= 64, quote.reportData == expected else {
+            throw Reason(.nonceMismatch, "tdx.nonce", "REPORTDATA is not the expected freshness value")
         }
+        passed.append("nonce: REPORTDATA matches")
+    }
 
-        var fields = QuoteClaims.fields(of: quote, platform: pckExtension)
-        fields["tcb_status"] = tcb.status
-        fields["qe_tcb_status"] = tcb.qeStatus
-        fields["tcb_date"] = tcb.tcbDate.rfc3339
-        fields["collateral.source"] = collateralMode
-        fields["tcb_evaluation_data_number"] = String(min(tcbInfo.tcbEvaluationDataNumber, qeIdentity.tcbEvaluationDataNumber))
-
-        // Runtime measurements.
-        var measured = [MeasuredFile]()
-        if let eventLog, let td = quote.tdReport {
-            switch CCELReplay.verify(eventLog, against: td) {
-            case .failure(let r): return reject(r, status: tcb.status, advisories: tcb.advisoryIDs)
-            case .success(let summary):
-                passed.append("event log: \(summary.events) events replay to RTMR0-3")
-                measured = summary.measuredFiles
-            }
+    /// The CCEL replays to RTMR0–3; returns the files it measured.
+    mutating func replayEventLog(_ eventLog: Data?, _ quote: DCAPQuote) throws(Reason) -> [MeasuredFile] {
+        guard let eventLog, let td = quote.tdReport else { return [] }
+        switch CCELReplay.verify(eventLog, against: td) {
+        case .failure(let r): throw r
+        case .success(let summary):
+            passed.append("event log: \(summary.events) events replay to RTMR0-3")
+            return summary.measuredFiles
         }
+    }
 
-        // Policy.
+    /// The verifier's own acceptance options (debug, TCB status with grace, advisories); callers
+    /// that judge by policy set them to accept everything and judge the facts themselves.
+    func acceptance(_ quote: DCAPQuote, _ tcb: TCBResult, _ claims: VerifiedClaims) -> Verdict {
         var policy = [Reason]()
         if quote.isDebug, !options.allowDebug {
             policy.append(Reason(.policyDebugNotAllowed, "tdx.policy.debug", "the \(quote.tee == .tdx ? "TD" : "enclave") is a debug guest"))
@@ -380,9 +409,7 @@ private struct Run {
         guard policy.isEmpty else {
             return .reject(format: format, reasons: policy, passed: passed, tcbStatus: tcb.status, advisoryIDs: tcb.advisoryIDs)
         }
-        return .accept(
-            format: format, claims: VerifiedClaims(measuredFiles: measured, fields: fields), passed: passed, tcbStatus: tcb.status,
-            advisoryIDs: tcb.advisoryIDs)
+        return .accept(format: format, claims: claims, passed: passed, tcbStatus: tcb.status, advisoryIDs: tcb.advisoryIDs)
     }
 
     /// A signed collateral document, checked by `TCBSigner.verify`, then parsed.
