@@ -161,6 +161,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
+        .testTarget(name: "WorkerAgentTests", dependencies: ["WorkerAgent", "WorkerProtocol"], swiftSettings: strict),
         .testTarget(
             name: "AdmissionCoreTests",
             dependencies: [

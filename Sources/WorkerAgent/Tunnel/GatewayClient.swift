@@ -16,6 +16,11 @@ public struct WorkerRejected: Error, CustomStringConvertible {
     public let message: String
     public var description: String { "gateway rejected this worker: \(code): \(message)" }
 
+    public init(code: String, message: String) {
+        self.code = code
+        self.message = message
+    }
+
     /// Whether connecting again (with backoff) can succeed unchanged: the connection or protocol
     /// failed, the session key expired, the gateway could not record its decision, or the chain
     /// data for the stake could not be read. A worker with a provider identity also retries a
@@ -142,47 +147,44 @@ public final class GatewayClient: Sendable {
                 }
                 outboxContinuation.yield(.hello(.init(workerID: configuration.workerID, kemPublicKey: kem.publicKeyBytes,
                                                       models: configuration.models)))
+                var machine = GatewaySession()
                 var session: Session?
-                var admissionNonce: Data?
                 for try await message in inbound {
-                    switch message {
-                    case .challenge(let challenge):
-                        if session == nil { admissionNonce = challenge.nonce }
-                        let binding = attestationBinding(nonce: challenge.nonce, workerPublicKeys: kem.publicKeyBytes)
-                        let envelope = try await attestor.evidence(binding: binding)
-                        let proof = session == nil ? challenge.gatewayID.flatMap { id in
-                            configuration.provider?.proof(gatewayID: id, workerKey: kem.publicKeyBytes)
-                        } : nil
-                        outboxContinuation.yield(.evidence(.init(envelope: envelope, providerProof: proof)))
-                        if session != nil { onEvent(.reattested) }
-                    case .admitted(let admitted):
-                        guard session == nil, let nonce = admissionNonce else {
-                            throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "admitted twice")
-                        }
-                        let key = try SessionKeySealing.open(
-                            .init(encapsulatedKey: admitted.encapsulatedKey, ciphertext: admitted.sealedSessionKey), with: kem,
-                            context: Data(admitted.sessionID.utf8) + nonce)
-                        session = Session(id: admitted.sessionID, key: key, outbox: outboxContinuation)
-                        logger.info("admitted", metadata: ["ccworker.session": "\(admitted.sessionID)"])
-                        onEvent(.admitted(sessionID: admitted.sessionID))
-                    case .rejected(let rejection):
-                        throw WorkerRejected(code: rejection.code, message: rejection.message)
-                    case .error(let error):
-                        throw WorkerRejected(code: error.code, message: error.message)
-                    case .sealed(let box):
-                        guard let session else {
-                            throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "sealed message before admission")
-                        }
-                        let payload = try JSONDecoder().decode(ChannelPayload.self, from: try session.opener.open(box))
-                        handle(payload, in: session)
-                    case .hello, .evidence:
-                        throw WorkerRejected(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "unexpected \(message.typeName)")
-                    }
+                    session = try await perform(machine.received(message), session, outbox: outboxContinuation) ?? session
                 }
                 if let session {
                     for task in session.tasks.withLock({ Array($0.values) }) { task.cancel() }
                 }
             }
+        }
+    }
+
+    /// Performs one action of the session state machine; returns the session once admitted.
+    func perform(_ action: GatewaySession.Action, _ session: Session?, outbox: AsyncStream<WireMessage>.Continuation) async throws
+        -> Session?
+    {
+        switch action {
+        case .attest(let nonce, let gatewayID, let reattestation):
+            let binding = attestationBinding(nonce: nonce, workerPublicKeys: kem.publicKeyBytes)
+            let envelope = try await attestor.evidence(binding: binding)
+            let proof = gatewayID.flatMap { configuration.provider?.proof(gatewayID: $0, workerKey: kem.publicKeyBytes) }
+            outbox.yield(.evidence(.init(envelope: envelope, providerProof: proof)))
+            if reattestation { onEvent(.reattested) }
+            return nil
+        case .openSessionKey(let admitted, let nonce):
+            let key = try SessionKeySealing.open(
+                .init(encapsulatedKey: admitted.encapsulatedKey, ciphertext: admitted.sealedSessionKey), with: kem,
+                context: Data(admitted.sessionID.utf8) + nonce)
+            logger.info("admitted", metadata: ["ccworker.session": "\(admitted.sessionID)"])
+            onEvent(.admitted(sessionID: admitted.sessionID))
+            return Session(id: admitted.sessionID, key: key, outbox: outbox)
+        case .open(let box):
+            guard let session else { return nil }
+            let payload = try JSONDecoder().decode(ChannelPayload.self, from: try session.opener.open(box))
+            handle(payload, in: session)
+            return nil
+        case .fail(let code, let message):
+            throw WorkerRejected(code: code, message: message)
         }
     }
 
