@@ -45,7 +45,8 @@ let package = Package(
         .target(
             name: "Policy", dependencies: ["AttestationCore", "TONKit", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
-        .target(name: "Sealing", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
+        .target(
+            name: "Sealing", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         // The worker protocol's messages (no I/O) and their NIO framing.
         .target(name: "WorkerProtocol", swiftSettings: strict),
         .target(
@@ -79,7 +80,8 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "WorkerFraming", "AuditLog",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "WorkerFraming",
+                "AuditLog",
                 "TONKit", "AdmissionCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -91,7 +93,8 @@ let package = Package(
         .target(
             name: "WorkerAgent",
             dependencies: [
-                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "WorkerFraming", "TDXVerifier", "TONKit",
+                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "WorkerFraming", "TDXVerifier",
+                "TONKit",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -104,7 +107,8 @@ let package = Package(
         .executableTarget(
             name: "ccgate",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog", "CommandLineSupport",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog",
+                "CommandLineSupport",
                 "TONKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -121,12 +125,15 @@ let package = Package(
             swiftSettings: strict),
         .executableTarget(
             name: "ccinfer",
-            dependencies: ["Inference", "CommandLineSupport", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "Inference", "CommandLineSupport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict),
         .executableTarget(
             name: "ccgate-bench",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "WorkerAgent", "Gateway", "AdmissionCore", "Policy", "Inference",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "WorkerAgent", "Gateway", "AdmissionCore", "Policy",
+                "Inference",
                 "AuditLog",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -136,28 +143,36 @@ let package = Package(
             swiftSettings: strict),
 
         // libFuzzer target for the DCAP parsers (`make fuzz`); a corpus replayer otherwise.
-        .executableTarget(name: "dcap-fuzz", dependencies: ["TDXVerifier", "AttestationCore"], path: "Fuzz/dcap-fuzz", swiftSettings: strict),
+        .executableTarget(
+            name: "dcap-fuzz", dependencies: ["TDXVerifier", "AttestationCore"], path: "Fuzz/dcap-fuzz",
+            swiftSettings: strict),
 
         // Tests.
         .target(
             name: "TestSupport",
-            dependencies: ["AttestationCore", "TDXVerifier", "COpenSSL", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "AttestationCore", "TDXVerifier", "COpenSSL", .product(name: "Crypto", package: "swift-crypto"),
+            ],
             path: "Tests/TestSupport", exclude: ["toncenter_tvm.py"], swiftSettings: strict),
         .testTarget(
             name: "AttestationCoreTests",
             dependencies: ["AttestationCore", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         .testTarget(
-            name: "TONKitTests", dependencies: ["TONKit", "AttestationCore", "TestSupport"], exclude: ["pytoniq_corpus.py", "toncenter_stub.py"],
+            name: "TONKitTests", dependencies: ["TONKit", "AttestationCore", "TestSupport"],
+            exclude: ["pytoniq_corpus.py", "toncenter_stub.py"],
             swiftSettings: strict),
-        .testTarget(name: "AuditLogTests", dependencies: ["AuditLog", "AttestationCore", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "AuditLogTests", dependencies: ["AuditLog", "AttestationCore", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EventLogTests", dependencies: ["EventLog", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "TPMVerifierTests", dependencies: ["TPMVerifier", "Policy", "WorkerAgent", "TestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "TDXVerifierTests",
-            dependencies: ["TDXVerifier", "EventLog", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "TDXVerifier", "EventLog", "TestSupport", .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strict),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
@@ -172,14 +187,18 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "AdmissionCore", "WorkerAgent", "WorkerProtocol", "WorkerFraming", "AuditLog", "Sealing", "Policy",
+                "Gateway", "AdmissionCore", "WorkerAgent", "WorkerProtocol", "WorkerFraming", "AuditLog", "Sealing",
+                "Policy",
                 "TestSupport", "TONKit",
                 .product(name: "Hummingbird", package: "hummingbird"),
             ] + nio,
             exclude: ["openai_sdk_check.py"],
             swiftSettings: strict),
         .testTarget(
-            name: "InferenceTests", dependencies: ["Inference", "TestSupport"], exclude: ["reference_llama.py"], swiftSettings: strict),
-        .testTarget(name: "CLITests", dependencies: ["AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TONKit"], swiftSettings: strict),
+            name: "InferenceTests", dependencies: ["Inference", "TestSupport"], exclude: ["reference_llama.py"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "CLITests", dependencies: ["AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TONKit"],
+            swiftSettings: strict),
     ]
 )

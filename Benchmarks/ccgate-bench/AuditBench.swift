@@ -9,7 +9,9 @@ func benchEvent(_ i: Int) -> AuditEvent {
         event: "admission", worker: "worker-\(i % 97)", decision: i % 5 == 0 ? "reject" : "admit",
         reasons: i % 5 == 0 ? ["policy.measurement-not-allowed"] : [], policyVersion: 3,
         evidenceSHA256: String(repeating: "ab", count: 32),
-        detail: ["session": UUID().uuidString.lowercased(), "policy": "default", "format": "tpm2-quote", "models": "smollm2"])
+        detail: [
+            "session": UUID().uuidString.lowercased(), "policy": "default", "format": "tpm2-quote", "models": "smollm2",
+        ])
 }
 
 func elapsedSeconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
@@ -20,7 +22,8 @@ func auditBench() async throws {
     defer { try? FileManager.default.removeItem(at: dir) }
     let clock = ContinuousClock()
     let window = Duration.milliseconds(Int(seconds * 1000))
-    let sampleLine = Data(AuditEntry(seq: 1, time: Date(), prev: AuditEntry.genesis, event: benchEvent(1)).line) + Data("\n".utf8)
+    let sampleLine =
+        Data(AuditEntry(seq: 1, time: Date(), prev: AuditEntry.genesis, event: benchEvent(1)).line) + Data("\n".utf8)
 
     // Baseline: the floor of a durable append on this disk — write one entry's bytes, fsync.
     let raw = dir.appendingPathComponent("raw.jsonl")
@@ -35,7 +38,8 @@ func auditBench() async throws {
     }
     let fsyncRate = Double(fsyncs) / elapsedSeconds(clock.now - start)
     try handle.close()
-    print(String(format: "audit: baseline write+fsync of one %d-byte entry:       %8.0f /s", sampleLine.count, fsyncRate))
+    print(
+        String(format: "audit: baseline write+fsync of one %d-byte entry:       %8.0f /s", sampleLine.count, fsyncRate))
 
     let store = try SQLiteStore(url: dir.appendingPathComponent("ccgate.db"))
     let trail = AuditTrail(store: store, key: Ed25519PrivateKey.generate())
@@ -49,7 +53,10 @@ func auditBench() async throws {
         appended += 1
     }
     let sequential = Double(appended) / elapsedSeconds(clock.now - start)
-    print(String(format: "audit: durable appends, 1 appender:                 %8.0f /s  (%.2f × baseline)", sequential, sequential / fsyncRate))
+    print(
+        String(
+            format: "audit: durable appends, 1 appender:                 %8.0f /s  (%.2f × baseline)", sequential,
+            sequential / fsyncRate))
 
     // 64 appenders at once (a burst of admissions): group commit shares each fsync.
     for concurrency in [8, 64] {
@@ -67,7 +74,10 @@ func auditBench() async throws {
             try await group.waitForAll()
         }
         let concurrent = Double(counter.value) / elapsedSeconds(clock.now - start)
-        print(String(format: "audit: durable appends, %2d appenders (group commit): %8.0f /s  (%.2f × baseline)", concurrency, concurrent, concurrent / fsyncRate))
+        print(
+            String(
+                format: "audit: durable appends, %2d appenders (group commit): %8.0f /s  (%.2f × baseline)",
+                concurrency, concurrent, concurrent / fsyncRate))
     }
 
     // Export: fill to at least 50,000 entries in large batches, then stream them out.
@@ -102,22 +112,33 @@ func auditBench() async throws {
         var bytes = 0
         rounds = 0
         while clock.now - start < window || rounds == 0 {
-            entries += try AuditExport.write(from: store, query: AuditQuery(), format: format, to: { bytes += $0.count })
+            entries += try AuditExport.write(
+                from: store, query: AuditQuery(), format: format, to: { bytes += $0.count })
             rounds += 1
         }
         let r = Double(entries) / elapsedSeconds(clock.now - start)
-        print(String(format: "audit: export %-5@ (%d entries):                %8.0f entries/s  (%.2f × baseline)", format.rawValue, total, r, r / readRate))
+        print(
+            String(
+                format: "audit: export %-5@ (%d entries):                %8.0f entries/s  (%.2f × baseline)",
+                format.rawValue, total, r, r / readRate))
     }
 
     start = clock.now
     _ = try AuditVerifier.verify(exported, key: trail.key.publicKey)
     let verifyRate = Double(total) / elapsedSeconds(clock.now - start)
-    print(String(format: "audit: offline verify (audit verify):               %8.0f entries/s  (%.2f × baseline)", verifyRate, verifyRate / readRate))
+    print(
+        String(
+            format: "audit: offline verify (audit verify):               %8.0f entries/s  (%.2f × baseline)",
+            verifyRate, verifyRate / readRate))
 }
 
 final class AppendCounter: @unchecked Sendable {
     private let lock = NSLock()
     private var n = 0
-    func increment() -> Int { lock.withLock { n += 1; return n } }
+    func increment() -> Int {
+        lock.withLock {
+            n += 1; return n
+        }
+    }
     var value: Int { lock.withLock { n } }
 }

@@ -18,10 +18,15 @@ func dcapBench() {
         return
     }
     let bytes = [UInt8](quote)
-    let nonce = Data(hex: "d21efaa8d7de2b0f5601df8b24cfbca690c5231e677d0fe35954c8be00614bd27f467a5624a6667aa74506cb14c271a48894c3ef11d2d26b269a2926fc74f87b")!
+    let nonce = Data(
+        hex:
+            "d21efaa8d7de2b0f5601df8b24cfbca690c5231e677d0fe35954c8be00614bd27f467a5624a6667aa74506cb14c271a48894c3ef11d2d26b269a2926fc74f87b"
+    )!
     let at = Date.rfc3339("2026-03-01T00:00:00Z")!
     let verifier = TDXQuoteVerifier(options: .init(pinnedRootFingerprints: PinnedRoots.production))
-    func verify() -> Bool { verifier.verify(quote: bytes, collateral: collateral, expectedNonce: nonce, at: at).isAccepted }
+    func verify() -> Bool {
+        verifier.verify(quote: bytes, collateral: collateral, expectedNonce: nonce, at: at).isAccepted
+    }
     precondition(verify(), "the DCAP benchmark quote must verify")
 
     // The raw baseline: the quote's own signature under its attestation key.
@@ -36,6 +41,10 @@ func dcapBench() {
     }
     print("\nccgate bench: DCAP quote verification (Cocoon TDX quote v4, collateral in hand)")
     print("  baseline  raw ECDSA P-256 verify          \(String(format: "%9.0f", raw)) /s")
-    print("  ccgate    full verification, warm cache   \(String(format: "%9.0f", warm)) /s  ratio \(String(format: "%.3f", warm / raw))  = \(String(format: "%.2f", raw / warm)) P-256 verifications each (goal ≤ 3)")
-    print("  ccgate    full verification, cold cache   \(String(format: "%9.0f", cold)) /s  ratio \(String(format: "%.3f", cold / raw))  = \(String(format: "%.2f", raw / cold)) P-256 verifications each")
+    print(
+        "  ccgate    full verification, warm cache   \(String(format: "%9.0f", warm)) /s  ratio \(String(format: "%.3f", warm / raw))  = \(String(format: "%.2f", raw / warm)) P-256 verifications each (goal ≤ 3)"
+    )
+    print(
+        "  ccgate    full verification, cold cache   \(String(format: "%9.0f", cold)) /s  ratio \(String(format: "%.3f", cold / raw))  = \(String(format: "%.2f", raw / cold)) P-256 verifications each"
+    )
 }

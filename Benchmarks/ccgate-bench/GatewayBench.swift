@@ -19,19 +19,27 @@ func startStubEngine() async throws -> (port: Int, task: Task<Void, any Error>) 
         _ = try await request.collectBody(upTo: 1 << 20)
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string:
-            #"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}"#)))
+        return Response(
+            status: .ok, headers: headers,
+            body: .init(
+                byteBuffer: ByteBuffer(
+                    string:
+                        #"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}"#
+                )))
     }
     let (ports, continuation) = AsyncStream<Int>.makeStream()
-    let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                          onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) })
+    let app = Application(
+        router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+        onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) })
     let task = Task { try await app.runService(gracefulShutdownSignals: []) }
     var iterator = ports.makeAsyncIterator()
     return (await iterator.next() ?? 0, task)
 }
 
 /// Requests per second with `concurrency` clients for `duration`, one connection per request.
-func throughput(port: Int, body: Data, headers: [(String, String)], concurrency: Int, duration: Duration) async -> (rate: Double, errors: Int) {
+func throughput(port: Int, body: Data, headers: [(String, String)], concurrency: Int, duration: Duration) async -> (
+    rate: Double, errors: Int
+) {
     let client = EngineClient(port: port)
     let clock = ContinuousClock()
     let deadline = clock.now + duration
@@ -44,8 +52,9 @@ func throughput(port: Int, body: Data, headers: [(String, String)], concurrency:
                 while clock.now < deadline {
                     var status = 0
                     do {
-                        try await client.send(method: "POST", path: "/v1/chat/completions", body: body, headers: headers,
-                                              onHead: { code, _ in status = code }, onData: { _ in })
+                        try await client.send(
+                            method: "POST", path: "/v1/chat/completions", body: body, headers: headers,
+                            onHead: { code, _ in status = code }, onData: { _ in })
                         if status == 200 { ok += 1 } else { failed += 1 }
                     } catch { failed += 1 }
                 }
@@ -103,8 +112,9 @@ func gatewayBench() async throws {
     var keep: Task<Void, any Error>?
     for i in 0..<rounds {
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
-        let client = GatewayClient(configuration: .init(host: "127.0.0.1", port: workerPort, workerID: "bench-\(i)", models: ["bench"]),
-                                   attestor: attestor, engine: EngineClient(port: enginePort), onEvent: { continuation.yield($0) })
+        let client = GatewayClient(
+            configuration: .init(host: "127.0.0.1", port: workerPort, workerID: "bench-\(i)", models: ["bench"]),
+            attestor: attestor, engine: EngineClient(port: enginePort), onEvent: { continuation.yield($0) })
         let start = ContinuousClock.now
         let task = Task { try await client.runOnce() }
         for await event in events {
@@ -122,14 +132,24 @@ func gatewayBench() async throws {
     let body = Data(#"{"model":"bench","messages":[{"role":"user","content":"hi"}]}"#.utf8)
     let duration = Duration.milliseconds(Int(seconds * 1000))
     let concurrency = 8
-    let direct = await throughput(port: enginePort, body: body, headers: [], concurrency: concurrency, duration: duration)
-    let proxied = await throughput(port: apiPort, body: body, headers: [("Authorization", "Bearer bench-key")], concurrency: concurrency,
-                                   duration: duration)
+    let direct = await throughput(
+        port: enginePort, body: body, headers: [], concurrency: concurrency, duration: duration)
+    let proxied = await throughput(
+        port: apiPort, body: body, headers: [("Authorization", "Bearer bench-key")], concurrency: concurrency,
+        duration: duration)
 
     print("")
     print("ccgate bench: gateway (swtpm worker, ECDSA P-256 AK, stub engine answering at once)")
-    print(String(format: "admission latency (connect → admitted, %d rounds): median %.1f ms, p90 %.1f ms", rounds, median, p90))
-    print("baseline: the same chat requests sent straight to the engine, \(concurrency) concurrent clients, \(seconds) s each")
+    print(
+        String(
+            format: "admission latency (connect → admitted, %d rounds): median %.1f ms, p90 %.1f ms", rounds, median,
+            p90))
+    print(
+        "baseline: the same chat requests sent straight to the engine, \(concurrency) concurrent clients, \(seconds) s each"
+    )
     print(String(format: "  direct to engine     %8.0f req/s  (%d errors)", direct.rate, direct.errors))
-    print(String(format: "  through the gateway  %8.0f req/s  (%d errors)   gateway/direct %.3f", proxied.rate, proxied.errors, proxied.rate / direct.rate))
+    print(
+        String(
+            format: "  through the gateway  %8.0f req/s  (%d errors)   gateway/direct %.3f", proxied.rate,
+            proxied.errors, proxied.rate / direct.rate))
 }

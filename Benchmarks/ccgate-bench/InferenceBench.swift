@@ -4,7 +4,8 @@ import Foundation
 import Inference
 
 func inferenceBench() {
-    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
     func run(_ path: String, _ args: [String], environment: [String: String] = [:]) -> (Int32, String, String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: path)
@@ -33,11 +34,14 @@ func inferenceBench() {
         if parts.count == 2 { values[String(parts[0])] = String(parts[1]) }
     }
     guard let venv = values["VENV"], let modelPath = values["MODEL"] else { return }
-    if ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"] == nil { setenv("XDG_RUNTIME_DIR", NSTemporaryDirectory(), 1) }
+    if ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"] == nil {
+        setenv("XDG_RUNTIME_DIR", NSTemporaryDirectory(), 1)
+    }
 
     let rounds = Int(ProcessInfo.processInfo.environment["CCGATE_BENCH_ROUNDS"] ?? "") ?? 3
     let generate = 32
-    let text = "Benchmarks compare like with like: the same model, the same prompt, the same machine, measured in the same "
+    let text =
+        "Benchmarks compare like with like: the same model, the same prompt, the same machine, measured in the same "
         + "run, so that the ratio means something even on a noisy shared computer. This prompt is long enough to measure "
         + "prompt processing and short enough to leave room for generation in a small context window."
     do {
@@ -68,15 +72,18 @@ func inferenceBench() {
         try Data("[\(prompt.map(String.init).joined(separator: ","))]".utf8).write(to: tokensFile)
         defer { try? FileManager.default.removeItem(at: tokensFile) }
         let script = root.appendingPathComponent("Benchmarks/ccgate-bench/llama_bench.py").path
-        let (rs, ro, re) = run(venv + "/bin/python", [script, modelPath, tokensFile.path, String(generate), String(rounds)])
+        let (rs, ro, re) = run(
+            venv + "/bin/python", [script, modelPath, tokensFile.path, String(generate), String(rounds)])
         guard rs == 0, let json = try? JSONSerialization.jsonObject(with: Data(ro.utf8)) as? [String: Any],
-              let rpp = json["prompt_tokens_per_s"] as? Double, let rtg = json["generate_tokens_per_s"] as? Double
+            let rpp = json["prompt_tokens_per_s"] as? Double, let rtg = json["generate_tokens_per_s"] as? Double
         else {
             print("\nccgate bench: inference: llama-cpp-python baseline failed: \(re)")
             return
         }
         print("")
-        print("ccgate bench: inference (SmolLM2-135M-Instruct Q4_1, \(prompt.count)-token prompt, \(generate) generated tokens, median of \(rounds))")
+        print(
+            "ccgate bench: inference (SmolLM2-135M-Instruct Q4_1, \(prompt.count)-token prompt, \(generate) generated tokens, median of \(rounds))"
+        )
         print("ccinfer device: \(device.info.summary)")
         print("baseline: llama.cpp CPU build via llama-cpp-python, \(json["threads"] ?? "?") threads, same run")
         print("                       prompt tok/s   generate tok/s")

@@ -127,7 +127,8 @@ func tpmBench() {
     print("ccgate bench: TPM quote verification")
     print("baseline: raw signature verification with the same key and signed bytes, same run (\(seconds) s each)")
     print("")
-    print("key".padding(toLength: 36, withPad: " ", startingAt: 0) + "quote verifies/s   raw sig verifies/s   quote/raw")
+    print(
+        "key".padding(toLength: 36, withPad: " ", startingAt: 0) + "quote verifies/s   raw sig verifies/s   quote/raw")
     let verifier = TPMQuoteVerifier()
     let at = Date(timeIntervalSince1970: 1_772_323_200)
     for subject in subjects {
@@ -154,7 +155,9 @@ func tpmBench() {
             ("raw signature check", rawSignatureCheck(subject.envelope)),
         ]
         for (name, body) in stages {
-            print("  " + name.padding(toLength: 24, withPad: " ", startingAt: 0) + String(format: "%12.0f /s", rate(body)))
+            print(
+                "  " + name.padding(toLength: 24, withPad: " ", startingAt: 0) + String(format: "%12.0f /s", rate(body))
+            )
         }
     }
 }

@@ -27,33 +27,34 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
 }
 
 #if FUZZING
-/// SwiftPM links executables with `main` aliased to `dcap_fuzz_main`; hand control to libFuzzer's driver.
-@_silgen_name("LLVMFuzzerRunDriver")
-func runFuzzerDriver(
-    _ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
-) -> Int32
+    /// SwiftPM links executables with `main` aliased to `dcap_fuzz_main`; hand control to libFuzzer's driver.
+    @_silgen_name("LLVMFuzzerRunDriver")
+    func runFuzzerDriver(
+        _ argc: UnsafeMutablePointer<Int32>,
+        _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+        _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
+    ) -> Int32
 
-@_cdecl("dcap_fuzz_main")
-public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var count = argc
-    var vector = argv
-    return runFuzzerDriver(&count, &vector, fuzzOne)
-}
-#else
-@main
-struct Replay {
-    static func main() {
-        var count = 0
-        for path in CommandLine.arguments.dropFirst() {
-            guard let data = FileManager.default.contents(atPath: path) else {
-                FileHandle.standardError.write(Data("dcap-fuzz: cannot read \(path)\n".utf8))
-                exit(2)
-            }
-            _ = data.withUnsafeBytes { fuzzOne($0.bindMemory(to: UInt8.self).baseAddress, data.count) }
-            count += 1
-        }
-        print("dcap-fuzz: replayed \(count) inputs without a crash")
+    @_cdecl("dcap_fuzz_main")
+    public func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+        var count = argc
+        var vector = argv
+        return runFuzzerDriver(&count, &vector, fuzzOne)
     }
-}
+#else
+    @main
+    struct Replay {
+        static func main() {
+            var count = 0
+            for path in CommandLine.arguments.dropFirst() {
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    FileHandle.standardError.write(Data("dcap-fuzz: cannot read \(path)\n".utf8))
+                    exit(2)
+                }
+                _ = data.withUnsafeBytes { fuzzOne($0.bindMemory(to: UInt8.self).baseAddress, data.count) }
+                count += 1
+            }
+            print("dcap-fuzz: replayed \(count) inputs without a crash")
+        }
+    }
 #endif

@@ -83,7 +83,8 @@ public struct GatewayServer: Sendable {
         -> GatewayServer
     {
         let data = configuration.dataDirectory
-        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try FileManager.default.createDirectory(
+            at: data, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let store = try SQLiteStore(url: data.appendingPathComponent("ccgate.db"))
         let key = try GatewayKeys.signingKey(in: data)
         let token = try configuration.adminToken ?? GatewayKeys.adminToken(in: data)
@@ -92,41 +93,55 @@ public struct GatewayServer: Sendable {
         if let latest = try store.policies().last {
             do throws(PolicyLoadErrors) {
                 active = ActivePolicy(
-                    version: latest.version, document: try PolicyDocument.parse(latest.policy.text, file: "policy version \(latest.version)"),
+                    version: latest.version,
+                    document: try PolicyDocument.parse(latest.policy.text, file: "policy version \(latest.version)"),
                     text: latest.policy.text)
             } catch {
                 throw GatewayStartError("the stored policy version \(latest.version) no longer loads:\n\(error)")
             }
         } else {
             guard configuration.policyText != nil || configuration.policy == .builtinDefault else {
-                throw GatewayStartError("the initial policy's text is needed for the policy history (GatewayConfiguration.policyText)")
+                throw GatewayStartError(
+                    "the initial policy's text is needed for the policy history (GatewayConfiguration.policyText)")
             }
             let text = configuration.policyText ?? PolicyDocument.builtinDefaultText
             var signer: String?
             if !configuration.adminKeys.isEmpty {
                 guard let signature = configuration.policySignature else {
-                    throw GatewayStartError("admin keys are pinned, so the initial policy must be signed (ccgate policy sign FILE --key KEY)")
+                    throw GatewayStartError(
+                        "admin keys are pinned, so the initial policy must be signed (ccgate policy sign FILE --key KEY)"
+                    )
                 }
                 do throws(PolicySignatureError) {
-                    signer = try PolicySignature.parse(signature).verify(Data(text.utf8), pinned: configuration.adminKeys).fingerprint
+                    signer = try PolicySignature.parse(signature).verify(
+                        Data(text.utf8), pinned: configuration.adminKeys
+                    ).fingerprint
                 } catch { throw GatewayStartError("the initial policy's signature is refused: \(error)") }
             }
             let entry = try await audit.recordPolicy(
                 AuditEvent(
                     .policyApplied, actor: "config", decision: .applied,
-                    detail: ["name": configuration.policy.name, "sha256": HashAlgorithm.sha256.hash(Data(text.utf8)).hex, "note": "initial policy"]),
+                    detail: [
+                        "name": configuration.policy.name, "sha256": HashAlgorithm.sha256.hash(Data(text.utf8)).hex,
+                        "note": "initial policy",
+                    ]),
                 NewPolicy(
-                    name: configuration.policy.name, text: text, signature: configuration.policySignature ?? "", signer: signer,
+                    name: configuration.policy.name, text: text, signature: configuration.policySignature ?? "",
+                    signer: signer,
                     note: "initial policy"))
             active = ActivePolicy(version: entry.event.policyVersion ?? 1, document: configuration.policy, text: text)
         }
         let policies = PolicyState(active)
         return GatewayServer(
-            configuration: configuration, store: store, audit: audit, policies: policies, adminToken: token, logger: logger)
+            configuration: configuration, store: store, audit: audit, policies: policies, adminToken: token,
+            logger: logger)
     }
 
-    init(configuration: GatewayConfiguration, store: SQLiteStore, audit: AuditTrail, policies: PolicyState, adminToken: String,
-         logger: Logger) {
+    init(
+        configuration: GatewayConfiguration, store: SQLiteStore, audit: AuditTrail, policies: PolicyState,
+        adminToken: String,
+        logger: Logger
+    ) {
         self.configuration = configuration
         self.store = store
         self.audit = audit
@@ -134,12 +149,15 @@ public struct GatewayServer: Sendable {
         self.adminToken = adminToken
         self.logger = logger
         administration = GatewayAdministration(
-            trail: audit, policies: policies, registry: registry, adminKeys: configuration.adminKeys, clock: configuration.clock)
+            trail: audit, policies: policies, registry: registry, adminKeys: configuration.adminKeys,
+            clock: configuration.clock)
     }
 
     /// Runs until cancelled (or, with `signals`, until one arrives). `onReady` receives the bound
     /// ports once all listen (the admin port is 0 without an admin API).
-    public func run(signals: [UnixSignal] = [.sigterm, .sigint], onReady: @escaping @Sendable (GatewayPorts) -> Void = { _ in })
+    public func run(
+        signals: [UnixSignal] = [.sigterm, .sigint], onReady: @escaping @Sendable (GatewayPorts) -> Void = { _ in }
+    )
         async throws
     {
         defer { audit.close() }
@@ -165,18 +183,27 @@ public struct GatewayServer: Sendable {
         let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)
         let app = Application(
             router: frontDoor.router(),
-            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "ccgate"),
+            configuration: .init(
+                address: .hostname(configuration.host, port: configuration.port), serverName: "ccgate"),
             onServerRunning: { channel in ports.api(channel.localAddress?.port ?? 0) },
             logger: logger)
         let adminApp = configuration.adminPort.map { port in
             Application(
-                router: AdminAPI(administration: administration, trail: audit, registry: registry, policies: policies, token: adminToken).router(),
-                configuration: .init(address: .hostname(configuration.adminHost, port: port), serverName: "ccgate-admin"),
+                router: AdminAPI(
+                    administration: administration, trail: audit, registry: registry, policies: policies,
+                    token: adminToken
+                ).router(),
+                configuration: .init(
+                    address: .hostname(configuration.adminHost, port: port), serverName: "ccgate-admin"),
                 onServerRunning: { channel in ports.admin(channel.localAddress?.port ?? 0) },
                 logger: logger)
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await workers.run(host: configuration.workerHost, port: configuration.workerPort) { ports.worker($0) } }
+            group.addTask {
+                try await workers.run(host: configuration.workerHost, port: configuration.workerPort) {
+                    ports.worker($0)
+                }
+            }
             group.addTask { try await app.runService(gracefulShutdownSignals: signals) }
             if let adminApp { group.addTask { try await adminApp.runService(gracefulShutdownSignals: signals) } }
             group.addTask {
@@ -227,7 +254,9 @@ enum GatewayKeys {
         let url = data.appendingPathComponent("admin.token")
         if let text = try? String(contentsOf: url, encoding: .utf8) {
             let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard token.count >= 16 else { throw GatewayStartError("\(url.path): the admin token is shorter than 16 characters") }
+            guard token.count >= 16 else {
+                throw GatewayStartError("\(url.path): the admin token is shorter than 16 characters")
+            }
             return token
         }
         let token = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.hex
@@ -236,7 +265,10 @@ enum GatewayKeys {
     }
 
     static func writeSecret(_ text: String, to url: URL) throws {
-        guard FileManager.default.createFile(atPath: url.path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]) else {
+        guard
+            FileManager.default.createFile(
+                atPath: url.path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+        else {
             throw GatewayStartError("\(url.path): cannot write")
         }
     }

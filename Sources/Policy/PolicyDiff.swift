@@ -41,21 +41,32 @@ extension PolicyDocument {
         let t = tdx, n = new.tdx
         set("evidence.tdx.accepted_tcb_statuses", t.acceptedTCBStatuses, n.acceptedTCBStatuses)
         scalar("evidence.tdx.allow_debug", t.allowDebug, n.allowDebug) { "\($0)" }
-        scalar("evidence.tdx.platform_grace_period_days", t.platformGracePeriodDays, n.platformGracePeriodDays) { "\($0)" }
-        scalar("evidence.tdx.collateral_grace_period_days", t.collateralGracePeriodDays, n.collateralGracePeriodDays) { "\($0)" }
+        scalar("evidence.tdx.platform_grace_period_days", t.platformGracePeriodDays, n.platformGracePeriodDays) {
+            "\($0)"
+        }
+        scalar("evidence.tdx.collateral_grace_period_days", t.collateralGracePeriodDays, n.collateralGracePeriodDays) {
+            "\($0)"
+        }
         set("evidence.tdx.rejected_advisory_ids", t.rejectedAdvisoryIDs, n.rejectedAdvisoryIDs)
         set("evidence.tdx.mrtd", t.mrtds, n.mrtds)
-        func rtmrSet(_ s: [Int: String]) -> String { s.sorted { $0.key < $1.key }.map { "rtmr\($0.key)=\($0.value)" }.joined(separator: " ") }
+        func rtmrSet(_ s: [Int: String]) -> String {
+            s.sorted { $0.key < $1.key }.map { "rtmr\($0.key)=\($0.value)" }.joined(separator: " ")
+        }
         set("evidence.tdx.rtmrs", t.rtmrSets.map(rtmrSet), n.rtmrSets.map(rtmrSet))
         set("evidence.tdx.image_hashes", t.imageHashes, n.imageHashes)
         scalar("measurements.require", requireMeasurements, new.requireMeasurements) { "\($0)" }
         artifacts("measurements.binaries", binaries, new.binaries, into: &out)
         artifacts("measurements.models", models, new.models, into: &out)
-        scalar("workers.reattest_interval_seconds", workers.reattestIntervalSeconds, new.workers.reattestIntervalSeconds, optional)
         scalar(
-            "workers.session_key_lifetime_seconds", workers.sessionKeyLifetimeSeconds, new.workers.sessionKeyLifetimeSeconds,
+            "workers.reattest_interval_seconds", workers.reattestIntervalSeconds, new.workers.reattestIntervalSeconds,
             optional)
-        scalar("stake.minimum_ton", stake.minimumNanotons, new.stake.minimumNanotons) { $0.map(Self.tonText) ?? "unset" }
+        scalar(
+            "workers.session_key_lifetime_seconds", workers.sessionKeyLifetimeSeconds,
+            new.workers.sessionKeyLifetimeSeconds,
+            optional)
+        scalar("stake.minimum_ton", stake.minimumNanotons, new.stake.minimumNanotons) {
+            $0.map(Self.tonText) ?? "unset"
+        }
         scalar("stake.source", stake.source, new.stake.source) { $0.map(Self.sourceText) ?? "unset" }
         set("stake.code_hashes", stake.codeHashes, new.stake.codeHashes)
         scalar("stake.refresh_seconds", stake.refreshSeconds, new.stake.refreshSeconds) { "\($0)" }
@@ -64,13 +75,19 @@ extension PolicyDocument {
         return out
     }
 
-    private func artifacts(_ path: String, _ a: [AllowedArtifact], _ b: [AllowedArtifact], into out: inout [PolicyChange]) {
+    private func artifacts(
+        _ path: String, _ a: [AllowedArtifact], _ b: [AllowedArtifact], into out: inout [PolicyChange]
+    ) {
         func label(_ x: AllowedArtifact) -> String { x.name + (x.version.map { " \($0)" } ?? "") }
         let old = Dictionary(a.map { ($0.sha256, $0) }, uniquingKeysWith: { first, _ in first })
         let new = Dictionary(b.map { ($0.sha256, $0) }, uniquingKeysWith: { first, _ in first })
         for x in b {
             if let before = old[x.sha256] {
-                if before != x { out.append(PolicyChange(kind: .changed, path: path, text: "\(label(before)) → \(label(x)) (sha256 \(x.sha256))")) }
+                if before != x {
+                    out.append(
+                        PolicyChange(
+                            kind: .changed, path: path, text: "\(label(before)) → \(label(x)) (sha256 \(x.sha256))"))
+                }
             } else {
                 out.append(PolicyChange(kind: .added, path: path, text: "\(label(x)) (sha256 \(x.sha256))"))
             }

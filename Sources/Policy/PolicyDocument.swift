@@ -285,8 +285,10 @@ struct NodeReader {
             doc.models = artifacts(m["models"], "measurements.models")
         }
         if let workersNode = top["workers"] {
-            let w = mapping(workersNode, "workers", allowed: ["reattest_interval_seconds", "session_key_lifetime_seconds"])
-            doc.workers.reattestIntervalSeconds = seconds(w["reattest_interval_seconds"], "workers.reattest_interval_seconds")
+            let w = mapping(
+                workersNode, "workers", allowed: ["reattest_interval_seconds", "session_key_lifetime_seconds"])
+            doc.workers.reattestIntervalSeconds = seconds(
+                w["reattest_interval_seconds"], "workers.reattest_interval_seconds")
             doc.workers.sessionKeyLifetimeSeconds = seconds(
                 w["session_key_lifetime_seconds"], "workers.session_key_lifetime_seconds")
         }
@@ -300,7 +302,8 @@ struct NodeReader {
         let st = mapping(
             node, "stake",
             allowed: [
-                "minimum_ton", "source", "pool", "jetton_master", "cocoon_root", "code_hashes", "refresh_seconds", "grace_seconds",
+                "minimum_ton", "source", "pool", "jetton_master", "cocoon_root", "code_hashes", "refresh_seconds",
+                "grace_seconds",
                 "proof_max_age_seconds",
             ])
         if let node = st["minimum_ton"] {
@@ -328,9 +331,15 @@ struct NodeReader {
         switch string(st["source"], "stake.source") ?? (st["minimum_ton"] == nil ? nil : "nominator-pool") {
         case nil: break
         case "nominator-pool":
-            if let pool { rules.source = .nominatorPool(pool: pool) } else if st["pool"] == nil { fail(node, "stake.source nominator-pool needs stake.pool") }
+            if let pool {
+                rules.source = .nominatorPool(pool: pool)
+            } else if st["pool"] == nil {
+                fail(node, "stake.source nominator-pool needs stake.pool")
+            }
         case "jetton":
-            if let master { rules.source = .jetton(master: master) } else if st["jetton_master"] == nil {
+            if let master {
+                rules.source = .jetton(master: master)
+            } else if st["jetton_master"] == nil {
                 fail(node, "stake.source jetton needs stake.jetton_master")
             }
         case "cocoon-proxy": rules.source = .cocoonProxy(root: root)
@@ -351,7 +360,8 @@ struct NodeReader {
         }
         rules.refreshSeconds = seconds(st["refresh_seconds"], "stake.refresh_seconds") ?? rules.refreshSeconds
         rules.graceSeconds = seconds(st["grace_seconds"], "stake.grace_seconds") ?? rules.graceSeconds
-        rules.proofMaxAgeSeconds = seconds(st["proof_max_age_seconds"], "stake.proof_max_age_seconds") ?? rules.proofMaxAgeSeconds
+        rules.proofMaxAgeSeconds =
+            seconds(st["proof_max_age_seconds"], "stake.proof_max_age_seconds") ?? rules.proofMaxAgeSeconds
     }
 
     mutating func seconds(_ node: Node?, _ path: String) -> Int? {
@@ -366,8 +376,9 @@ struct NodeReader {
     /// "2.5" → 2_500_000_000. Decimal text only: a float would round a stake.
     static func nanotons(_ text: String) -> UInt64? {
         let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard (1...2).contains(parts.count), !parts[0].isEmpty, parts[0].allSatisfy(\.isASCII), parts[0].allSatisfy(\.isNumber),
-              let whole = UInt64(parts[0])
+        guard (1...2).contains(parts.count), !parts[0].isEmpty, parts[0].allSatisfy(\.isASCII),
+            parts[0].allSatisfy(\.isNumber),
+            let whole = UInt64(parts[0])
         else { return nil }
         var fraction: UInt64 = 0
         if parts.count == 2 {
@@ -397,7 +408,8 @@ struct NodeReader {
         }
         rules.allowDebug = bool(tdx["allow_debug"], "\(path).allow_debug", default: false)
         rules.platformGracePeriodDays = days(tdx["platform_grace_period_days"], "\(path).platform_grace_period_days")
-        rules.collateralGracePeriodDays = days(tdx["collateral_grace_period_days"], "\(path).collateral_grace_period_days")
+        rules.collateralGracePeriodDays = days(
+            tdx["collateral_grace_period_days"], "\(path).collateral_grace_period_days")
         if let ids = strings(tdx["rejected_advisory_ids"], "\(path).rejected_advisory_ids") {
             for id in ids where !id.hasPrefix("INTEL-SA-") {
                 fail(tdx["rejected_advisory_ids"], "\(path).rejected_advisory_ids: '\(id)' is not an INTEL-SA-… id")
@@ -415,7 +427,9 @@ struct NodeReader {
                 let set = mapping(item, "\(path).rtmrs[\(i)]", allowed: ["rtmr0", "rtmr1", "rtmr2", "rtmr3"])
                 var values = [Int: String]()
                 for (key, valueNode) in set {
-                    if let v = hex(valueNode, "\(path).rtmrs[\(i)].\(key)", bytes: 48) { values[Int(key.dropFirst(4))!] = v }
+                    if let v = hex(valueNode, "\(path).rtmrs[\(i)].\(key)", bytes: 48) {
+                        values[Int(key.dropFirst(4))!] = v
+                    }
                 }
                 if set.isEmpty { fail(item, "\(path).rtmrs[\(i)] names no register") }
                 rules.rtmrSets.append(values)

@@ -68,11 +68,15 @@ extension PolicyDocument {
     func evaluateTD(_ fields: [String: String], source: String) -> [Reason] {
         var reasons = [Reason]()
         if !tdx.mrtds.isEmpty, !tdx.mrtds.contains(fields["mrtd"] ?? "") {
-            reasons.append(Reason(.policyMeasurementNotAllowed, source, "MRTD \(fields["mrtd"] ?? "?") is not on the allowlist"))
+            reasons.append(
+                Reason(.policyMeasurementNotAllowed, source, "MRTD \(fields["mrtd"] ?? "?") is not on the allowlist"))
         }
         if !tdx.rtmrSets.isEmpty {
             let met = tdx.rtmrSets.contains { set in set.allSatisfy { fields["rtmr\($0.key)"] == $0.value } }
-            if !met { reasons.append(Reason(.policyMeasurementNotAllowed, source, "the TD's RTMRs match no accepted RTMR set")) }
+            if !met {
+                reasons.append(
+                    Reason(.policyMeasurementNotAllowed, source, "the TD's RTMRs match no accepted RTMR set"))
+            }
         }
         if !tdx.imageHashes.isEmpty, !tdx.imageHashes.contains(fields["cocoon_image_hash"] ?? "") {
             reasons.append(

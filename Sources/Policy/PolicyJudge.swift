@@ -19,7 +19,9 @@ public struct AttestedFacts: Sendable {
     public let advisoryIDs: [String]
     public var stake: Stake
 
-    public init(format: String, claims: VerifiedClaims, tcbStatus: String?, advisoryIDs: [String], stake: Stake = .notChecked) {
+    public init(
+        format: String, claims: VerifiedClaims, tcbStatus: String?, advisoryIDs: [String], stake: Stake = .notChecked
+    ) {
         self.format = format
         self.claims = claims
         self.tcbStatus = tcbStatus
@@ -30,7 +32,9 @@ public struct AttestedFacts: Sendable {
     /// The facts of an accepted verdict; nil for a reject (it proved nothing).
     public init?(_ verdict: Verdict, stake: Stake = .notChecked) {
         guard verdict.isAccepted, let claims = verdict.claims else { return nil }
-        self.init(format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs, stake: stake)
+        self.init(
+            format: verdict.format, claims: claims, tcbStatus: verdict.tcbStatus, advisoryIDs: verdict.advisoryIDs,
+            stake: stake)
     }
 }
 
@@ -57,14 +61,20 @@ extension PolicyDocument {
     public func judge(_ facts: AttestedFacts, at time: Date, scope: JudgeScope = .all) -> [Reason] {
         let source = "policy.\(name)"
         guard formats.contains(facts.format) else {
-            return [Reason(.evidenceUnsupported, source, "evidence format '\(facts.format)' is not accepted by this policy")]
+            return [
+                Reason(.evidenceUnsupported, source, "evidence format '\(facts.format)' is not accepted by this policy")
+            ]
         }
         var reasons = [Reason]()
-        if EvidenceFormat(rawValue: facts.format)?.isDCAP == true { reasons += judgeTCB(facts, at: time, source: source) }
+        if EvidenceFormat(rawValue: facts.format)?.isDCAP == true {
+            reasons += judgeTCB(facts, at: time, source: source)
+        }
         guard scope == .all else { return reasons }
         reasons += evaluate(facts.claims)
         if stake.minimumNanotons != nil, facts.stake == .absent {
-            reasons.append(Reason(ReasonCode(rawValue: "stake.proof-missing"), "\(source).stake", "the policy requires a TON stake"))
+            reasons.append(
+                Reason(
+                    ReasonCode(rawValue: "stake.proof-missing"), "\(source).stake", "the policy requires a TON stake"))
         }
         return reasons
     }
@@ -75,27 +85,36 @@ extension PolicyDocument {
         var reasons = [Reason]()
         if facts.claims.fields["debug"] == "true", !tdx.allowDebug {
             let guest = facts.format == EvidenceFormat.sgxQuote.rawValue ? "enclave" : "TD"
-            reasons.append(Reason(.policyDebugNotAllowed, source, "the \(guest) is a debug guest and debug guests are not allowed"))
+            reasons.append(
+                Reason(.policyDebugNotAllowed, source, "the \(guest) is a debug guest and debug guests are not allowed")
+            )
         }
         if let status = facts.tcbStatus, !tdx.acceptedTCBStatuses.contains(status) {
             let graceEnd = facts.claims.fields["tcb_date"].flatMap(Date.rfc3339)?
                 .addingTimeInterval(TimeInterval(tdx.platformGracePeriodDays) * 86_400)
-            let graceApplies = tdx.platformGracePeriodDays > 0 && TCBStatus(rawValue: status).map(TCBStatus.outOfDateFamily.contains) == true
+            let graceApplies =
+                tdx.platformGracePeriodDays > 0
+                && TCBStatus(rawValue: status).map(TCBStatus.outOfDateFamily.contains) == true
             if graceApplies, let graceEnd, time <= graceEnd {
                 // Out of date, but within the grace period Intel's appraisal allows.
             } else if graceApplies, let graceEnd {
                 reasons.append(
-                    Reason(.tcbStatusNotAllowed, source, "TCB status \(status): the platform grace period ended \(graceEnd.rfc3339)"))
+                    Reason(
+                        .tcbStatusNotAllowed, source,
+                        "TCB status \(status): the platform grace period ended \(graceEnd.rfc3339)"))
             } else {
                 reasons.append(
                     Reason(
                         .tcbStatusNotAllowed, source,
-                        "TCB status \(status) is not accepted (accepted: \(tdx.acceptedTCBStatuses.sorted().joined(separator: ", ")))"))
+                        "TCB status \(status) is not accepted (accepted: \(tdx.acceptedTCBStatuses.sorted().joined(separator: ", ")))"
+                    ))
             }
         }
         let rejected = Set(facts.advisoryIDs).intersection(tdx.rejectedAdvisoryIDs).sorted()
         if !rejected.isEmpty {
-            reasons.append(Reason(.tcbStatusNotAllowed, source, "advisories rejected by policy: \(rejected.joined(separator: ", "))"))
+            reasons.append(
+                Reason(
+                    .tcbStatusNotAllowed, source, "advisories rejected by policy: \(rejected.joined(separator: ", "))"))
         }
         return reasons
     }

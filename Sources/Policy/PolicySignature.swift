@@ -42,7 +42,8 @@ public struct PolicySignature: Sendable, Equatable, Codable {
     }
 
     public static func parse(_ text: String) throws(PolicySignatureError) -> PolicySignature {
-        guard text.utf8.count < 4096, let s = try? JSONDecoder().decode(PolicySignature.self, from: Data(text.utf8)) else {
+        guard text.utf8.count < 4096, let s = try? JSONDecoder().decode(PolicySignature.self, from: Data(text.utf8))
+        else {
             throw .malformed("the signature is not a ccgate policy signature document")
         }
         guard s.schema == schema else { throw .malformed("signature schema '\(s.schema)' is not \(schema)") }
@@ -52,12 +53,19 @@ public struct PolicySignature: Sendable, Equatable, Codable {
     /// Checks the signature over `text` and that its key is one of `pinned`; returns the signer.
     public func verify(_ text: Data, pinned: [Ed25519PublicKey]) throws(PolicySignatureError) -> Ed25519PublicKey {
         let digest = HashAlgorithm.sha256.hash(text).hex
-        guard digest == policySHA256 else { throw .invalid("the signature is for another document (sha256 \(policySHA256.prefix(16))…, this one is \(digest.prefix(16))…)") }
+        guard digest == policySHA256 else {
+            throw .invalid(
+                "the signature is for another document (sha256 \(policySHA256.prefix(16))…, this one is \(digest.prefix(16))…)"
+            )
+        }
         guard let raw = Data(base64Encoded: key), let signer = try? Ed25519PublicKey(raw: raw) else {
             throw .malformed("the signature's key is not an Ed25519 public key")
         }
-        guard pinned.contains(signer) else { throw .untrusted("signed by key \(signer.fingerprint.prefix(16))…, which is not a pinned admin key") }
-        guard let sig = Data(base64Encoded: signature), signer.isValidSignature(sig, for: Self.message(digest: digest)) else {
+        guard pinned.contains(signer) else {
+            throw .untrusted("signed by key \(signer.fingerprint.prefix(16))…, which is not a pinned admin key")
+        }
+        guard let sig = Data(base64Encoded: signature), signer.isValidSignature(sig, for: Self.message(digest: digest))
+        else {
             throw .invalid("the signature does not verify")
         }
         return signer

@@ -32,8 +32,9 @@ public final class ChannelSealer: Sendable {
     public func seal(_ plaintext: Data, emit: (Data) throws -> Void) throws {
         guard plaintext.count <= Self.maxMessageSize else { throw SealingError.tooLarge(plaintext.count) }
         try next.withLock { seq in
-            let box = try ChaChaPoly.seal(plaintext, using: key, nonce: ChannelKeys.nonce(seq),
-                                          authenticating: header + ChannelKeys.seqBytes(seq))
+            let box = try ChaChaPoly.seal(
+                plaintext, using: key, nonce: ChannelKeys.nonce(seq),
+                authenticating: header + ChannelKeys.seqBytes(seq))
             seq += 1
             try emit(box.ciphertext + box.tag)
         }
@@ -56,7 +57,8 @@ public final class ChannelOpener: Sendable {
         guard message.count >= 16, message.count <= ChannelSealer.maxMessageSize + 16 else { throw .openFailed }
         return try expected.withLock { (seq: inout UInt64) throws(SealingError) -> Data in
             do {
-                let box = try ChaChaPoly.SealedBox(nonce: ChannelKeys.nonce(seq), ciphertext: message.dropLast(16), tag: message.suffix(16))
+                let box = try ChaChaPoly.SealedBox(
+                    nonce: ChannelKeys.nonce(seq), ciphertext: message.dropLast(16), tag: message.suffix(16))
                 let plain = try ChaChaPoly.open(box, using: key, authenticating: header + ChannelKeys.seqBytes(seq))
                 seq += 1
                 return plain
@@ -69,8 +71,9 @@ public final class ChannelOpener: Sendable {
 
 enum ChannelKeys {
     static func derive(_ sessionKey: SymmetricKey, sessionID: String, direction: ChannelDirection) -> SymmetricKey {
-        HKDF<SHA256>.deriveKey(inputKeyMaterial: sessionKey, salt: Data(sessionID.utf8),
-                               info: Data("ccgate channel v1 \(direction.rawValue)".utf8), outputByteCount: 32)
+        HKDF<SHA256>.deriveKey(
+            inputKeyMaterial: sessionKey, salt: Data(sessionID.utf8),
+            info: Data("ccgate channel v1 \(direction.rawValue)".utf8), outputByteCount: 32)
     }
 
     static func header(sessionID: String, direction: ChannelDirection) -> Data {

@@ -13,7 +13,8 @@ public enum SealingError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .badPublicKey: "not an X25519 public key"
         case .openFailed: "message failed authentication"
-        case .replayed(let expected, let got): "out-of-order or replayed message: expected sequence \(expected), got \(got)"
+        case .replayed(let expected, let got):
+            "out-of-order or replayed message: expected sequence \(expected), got \(got)"
         case .tooLarge(let n): "message of \(n) bytes exceeds the limit"
         }
     }
@@ -55,7 +56,9 @@ public enum SessionKeySealing {
 
     /// Seals `sessionKey` to `recipient`; `context` (session id ‖ nonce) is authenticated, so the
     /// blob cannot be replayed into another session.
-    public static func seal(_ sessionKey: SymmetricKey, to recipient: Data, context: Data) throws(SealingError) -> Sealed {
+    public static func seal(_ sessionKey: SymmetricKey, to recipient: Data, context: Data) throws(SealingError)
+        -> Sealed
+    {
         do {
             let publicKey = try Curve25519.KeyAgreement.PublicKey(rawRepresentation: recipient)
             var sender = try HPKE.Sender(recipientKey: publicKey, ciphersuite: ciphersuite, info: info)
@@ -66,10 +69,13 @@ public enum SessionKeySealing {
         }
     }
 
-    public static func open(_ sealed: Sealed, with key: WorkerKEMKey, context: Data) throws(SealingError) -> SymmetricKey {
+    public static func open(_ sealed: Sealed, with key: WorkerKEMKey, context: Data) throws(SealingError)
+        -> SymmetricKey
+    {
         do {
-            var recipient = try HPKE.Recipient(privateKey: key.privateKey, ciphersuite: ciphersuite, info: info,
-                                               encapsulatedKey: sealed.encapsulatedKey)
+            var recipient = try HPKE.Recipient(
+                privateKey: key.privateKey, ciphersuite: ciphersuite, info: info,
+                encapsulatedKey: sealed.encapsulatedKey)
             let raw = try recipient.open(sealed.ciphertext, authenticating: context)
             guard raw.count == 32 else { throw SealingError.openFailed }
             return SymmetricKey(data: raw)

@@ -54,7 +54,9 @@ public struct TPMQuoteVerifier: Sendable {
         return run.verdict(claims: Self.claims(evidence, scheme, quoted, measured))
     }
 
-    static func claims(_ evidence: TPMEvidence, _ scheme: SignatureScheme, _ quoted: [String: [Int: Data]], _ measured: [MeasuredFile])
+    static func claims(
+        _ evidence: TPMEvidence, _ scheme: SignatureScheme, _ quoted: [String: [Int: Data]], _ measured: [MeasuredFile]
+    )
         -> VerifiedClaims
     {
         var fields: [String: String] = [
@@ -196,10 +198,12 @@ private struct TPMRun {
     /// Envelope format and version, then the TPM structures.
     mutating func read(_ envelope: EvidenceEnvelope) throws(Reason) -> TPMEvidence {
         guard envelope.format == TPMQuoteVerifier.format else {
-            throw Reason(.evidenceUnsupported, "tpm.envelope", "format '\(envelope.format)' is not \(TPMQuoteVerifier.format)")
+            throw Reason(
+                .evidenceUnsupported, "tpm.envelope", "format '\(envelope.format)' is not \(TPMQuoteVerifier.format)")
         }
         guard envelope.version == 1 else {
-            throw Reason(.evidenceMalformed, "tpm.envelope", "unknown \(TPMQuoteVerifier.format) version \(envelope.version)")
+            throw Reason(
+                .evidenceMalformed, "tpm.envelope", "unknown \(TPMQuoteVerifier.format) version \(envelope.version)")
         }
         switch TPMEvidence.read(envelope) {
         case .success(let evidence):
@@ -253,7 +257,9 @@ private struct TPMRun {
             passed.append("nonce: extraData matches the expected \(expectedNonce.count)-byte value")
         } else {
             reasons.append(
-                Reason(.nonceMismatch, "tpm.nonce", "extraData \(Data(evidence.quote.extraData).hex) ≠ expected \(expectedNonce.hex)"))
+                Reason(
+                    .nonceMismatch, "tpm.nonce",
+                    "extraData \(Data(evidence.quote.extraData).hex) ≠ expected \(expectedNonce.hex)"))
         }
     }
 
@@ -271,7 +277,8 @@ private struct TPMRun {
             for index in bank.indices {
                 guard let value = evidence.pcrs[bankHash]?[index] else {
                     throw Reason(
-                        .evidenceMalformed, "tpm.pcrs", "the quote selects \(bankHash.rawValue) PCR \(index) but no value is supplied")
+                        .evidenceMalformed, "tpm.pcrs",
+                        "the quote selects \(bankHash.rawValue) PCR \(index) but no value is supplied")
                 }
                 quoted[bankHash.rawValue, default: [:]][index] = value
                 concatenated.append(value)
@@ -280,7 +287,8 @@ private struct TPMRun {
         if hash.hash(concatenated) == Data(evidence.quote.pcrDigest) {
             passed.append("pcr digest: matches \(quoted.values.map(\.count).reduce(0, +)) supplied PCR values")
         } else {
-            reasons.append(Reason(.pcrDigestMismatch, "tpm.pcrs", "the quoted PCR digest does not match the supplied PCR values"))
+            reasons.append(
+                Reason(.pcrDigestMismatch, "tpm.pcrs", "the quoted PCR digest does not match the supplied PCR values"))
         }
         return quoted
     }
@@ -298,11 +306,13 @@ private struct TPMRun {
             }
         }
         if mismatches.isEmpty {
-            passed.append("event log: \(log.events.count) events (\(log.layout.rawValue)) replay to \(compared) quoted PCRs")
+            passed.append(
+                "event log: \(log.events.count) events (\(log.layout.rawValue)) replay to \(compared) quoted PCRs")
         } else {
             reasons.append(
                 Reason(
-                    .eventLogReplayMismatch, "tpm.eventlog", "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
+                    .eventLogReplayMismatch, "tpm.eventlog",
+                    "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
         }
     }
 
@@ -325,11 +335,14 @@ private struct TPMRun {
         }
         guard problems.isEmpty else {
             reasons.append(
-                Reason(.eventLogReplayMismatch, "tpm.ima", "replaying the IMA log does not give quoted " + problems.joined(separator: ", ")))
+                Reason(
+                    .eventLogReplayMismatch, "tpm.ima",
+                    "replaying the IMA log does not give quoted " + problems.joined(separator: ", ")))
             return []
         }
         passed.append(
-            "ima log: \(ima.entries.count) entries replay to quoted PCR \(registers.sorted().map(String.init).joined(separator: ","))")
+            "ima log: \(ima.entries.count) entries replay to quoted PCR \(registers.sorted().map(String.init).joined(separator: ","))"
+        )
         return ima.entries.filter { !$0.isViolation }.map {
             MeasuredFile(path: $0.path, algorithm: $0.fileAlgorithm, digestHex: $0.fileDigest.hex, pcr: $0.pcr)
         }

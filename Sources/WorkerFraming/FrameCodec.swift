@@ -22,7 +22,9 @@ public struct WireFrameDecoder: ByteToMessageDecoder {
         return .continue
     }
 
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
+    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws
+        -> DecodingState
+    {
         while try decode(context: context, buffer: &buffer) == .continue {}
         if buffer.readableBytes > 0 { throw FrameError.malformed("connection closed inside a frame") }
         return .needMoreData
@@ -49,4 +51,3 @@ public struct WireFrameEncoder: MessageToByteEncoder {
         out.writeBytes(json)
     }
 }
-

@@ -104,7 +104,8 @@ extension WireMessage: Codable {
         case "sealed": self = .sealed(try c.decode(SealedBody.self, forKey: .body).box)
         case "error": self = .error(try c.decode(Rejection.self, forKey: .body))
         case let other:
-            throw DecodingError.dataCorruptedError(forKey: .type, in: c, debugDescription: "unknown message type \(other)")
+            throw DecodingError.dataCorruptedError(
+                forKey: .type, in: c, debugDescription: "unknown message type \(other)")
         }
     }
 
@@ -139,7 +140,8 @@ public enum ChannelPayload: Codable, Sendable, Equatable {
 
     public var id: UInt64 {
         switch self {
-        case .request(let id, _, _, _), .head(let id, _, _), .data(let id, _), .end(let id), .failure(let id, _), .cancel(let id):
+        case .request(let id, _, _, _), .head(let id, _, _), .data(let id, _), .end(let id), .failure(let id, _),
+            .cancel(let id):
             id
         }
     }

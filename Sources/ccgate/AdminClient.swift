@@ -14,7 +14,8 @@ struct AdminOptions: ParsableArguments {
     var adminURL: String?
     @Option(
         help: ArgumentHelp(
-            "File holding the admin token (default: $CCGATE_ADMIN_TOKEN if set, else data/admin.token).", valueName: "FILE"))
+            "File holding the admin token (default: $CCGATE_ADMIN_TOKEN if set, else data/admin.token).",
+            valueName: "FILE"))
     var tokenFile: String?
 
     func client() throws -> AdminClient {
@@ -29,7 +30,8 @@ struct AdminOptions: ParsableArguments {
         } else {
             let path = tokenFile ?? "data/admin.token"
             guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw failure("cannot read the admin token from \(path) (give --token-file FILE or set CCGATE_ADMIN_TOKEN)")
+                throw failure(
+                    "cannot read the admin token from \(path) (give --token-file FILE or set CCGATE_ADMIN_TOKEN)")
             }
             token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
@@ -54,7 +56,9 @@ struct AdminClient {
 
     /// Calls the API; returns the JSON object of a 2xx answer, and turns an error answer into a
     /// failure naming its code (exit 1 for a refusal, 2 for bad usage or an unreachable gateway).
-    func call(_ method: String, _ path: String, query: [URLQueryItem] = [], body: [String: Any]? = nil) throws -> [String: Any] {
+    func call(_ method: String, _ path: String, query: [URLQueryItem] = [], body: [String: Any]? = nil) throws
+        -> [String: Any]
+    {
         var request = self.request(method, path, query: query)
         if let body {
             request.httpBody = try JSONSerialization.data(withJSONObject: body)
@@ -68,7 +72,8 @@ struct AdminClient {
 
     static func refusal(status: Int, object: [String: Any]) -> ReportedFailure {
         let error = object["error"] as? [String: Any] ?? [:]
-        var message = "\(error["code"] as? String ?? "http.\(status)"): \(error["message"] as? String ?? "HTTP \(status)")"
+        var message =
+            "\(error["code"] as? String ?? "http.\(status)"): \(error["message"] as? String ?? "HTTP \(status)")"
         for detail in error["details"] as? [String] ?? [] { message += "\n  " + detail }
         // Refusals by the gateway are status 1; usage and authentication problems 2.
         return failure(message, status: status == 401 || status == 400 || status == 404 ? 2 : 1)
@@ -90,8 +95,10 @@ struct AdminClient {
     }
 
     /// Streams a download into `sink` as it arrives; `progress` gets (bytes, total entries if known).
-    func download(_ path: String, query: [URLQueryItem], sink: @escaping @Sendable (Data) -> Void,
-                  progress: @escaping @Sendable (Int, Int?) -> Void) throws -> Int {
+    func download(
+        _ path: String, query: [URLQueryItem], sink: @escaping @Sendable (Data) -> Void,
+        progress: @escaping @Sendable (Int, Int?) -> Void
+    ) throws -> Int {
         let delegate = StreamingDelegate(sink: sink, progress: progress)
         let session = URLSession(configuration: .default, delegate: delegate, delegateQueue: nil)
         defer { session.finishTasksAndInvalidate() }
@@ -118,8 +125,10 @@ struct AdminClient {
             self.progress = progress
         }
 
-        func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
-                        completionHandler: @escaping (URLSession.ResponseDisposition) -> Void) {
+        func urlSession(
+            _ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
+            completionHandler: @escaping (URLSession.ResponseDisposition) -> Void
+        ) {
             let http = response as? HTTPURLResponse
             lock.withLock {
                 status = http?.statusCode ?? 0

@@ -25,7 +25,9 @@ struct AuditCommand: ParsableCommand {
 
     /// Opens a data directory's store without writing to it.
     static func offlineStore(_ dir: String) throws -> SQLiteStore {
-        do { return try SQLiteStore(url: URL(fileURLWithPath: dir).appendingPathComponent("ccgate.db"), readOnly: true) } catch {
+        do {
+            return try SQLiteStore(url: URL(fileURLWithPath: dir).appendingPathComponent("ccgate.db"), readOnly: true)
+        } catch {
             throw failure("\(error)")
         }
     }
@@ -35,25 +37,34 @@ struct AuditCommand: ParsableCommand {
             abstract: "Stream audit entries as JSON Lines (verifiable) or CSV, with a progress bar on a terminal.")
         @Option(help: ArgumentHelp("Entries at or after this time (RFC 3339).", valueName: "T")) var since: String?
         @Option(help: ArgumentHelp("Entries at or before this time (RFC 3339).", valueName: "T")) var until: String?
-        @Option(help: ArgumentHelp("Only this worker's entries (the export then has gaps: verify with --allow-gaps).", valueName: "ID"))
+        @Option(
+            help: ArgumentHelp(
+                "Only this worker's entries (the export then has gaps: verify with --allow-gaps).", valueName: "ID"))
         var worker: String?
         @Option(help: ArgumentHelp("jsonl or csv.", valueName: "FORMAT")) var format = "jsonl"
         @Option(help: ArgumentHelp("Write here instead of standard output.", valueName: "FILE")) var out: String?
-        @Option(help: ArgumentHelp("Read a data directory directly instead of asking the admin API (no new checkpoint).", valueName: "DIR"))
+        @Option(
+            help: ArgumentHelp(
+                "Read a data directory directly instead of asking the admin API (no new checkpoint).", valueName: "DIR")
+        )
         var dataDir: String?
         @OptionGroup var admin: AdminOptions
 
         func validate() throws {
             guard AuditExportFormat(rawValue: format) != nil else { throw ValidationError("--format is jsonl or csv") }
             for (name, value) in [("--since", since), ("--until", until)] {
-                if let value, Date.rfc3339(value) == nil { throw ValidationError("\(name) must be an RFC 3339 time such as 2026-12-01T00:00:00Z") }
+                if let value, Date.rfc3339(value) == nil {
+                    throw ValidationError("\(name) must be an RFC 3339 time such as 2026-12-01T00:00:00Z")
+                }
             }
         }
 
         func run() throws {
             let output: FileHandle
             if let out {
-                guard FileManager.default.createFile(atPath: out, contents: nil) , let h = FileHandle(forWritingAtPath: out) else {
+                guard FileManager.default.createFile(atPath: out, contents: nil),
+                    let h = FileHandle(forWritingAtPath: out)
+                else {
                     throw failure("\(out): cannot write")
                 }
                 output = h
@@ -70,10 +81,13 @@ struct AuditCommand: ParsableCommand {
             var total: Int?
             if let dataDir {
                 let store = try AuditCommand.offlineStore(dataDir)
-                let query = AuditQuery(since: since.flatMap(Date.rfc3339), until: until.flatMap(Date.rfc3339), worker: worker)
+                let query = AuditQuery(
+                    since: since.flatMap(Date.rfc3339), until: until.flatMap(Date.rfc3339), worker: worker)
                 total = try? store.count(query)
                 do {
-                    try AuditExport.write(from: store, query: query, format: AuditExportFormat(rawValue: format)!, to: sink) { done in
+                    try AuditExport.write(
+                        from: store, query: query, format: AuditExportFormat(rawValue: format)!, to: sink
+                    ) { done in
                         bar.update(done: done, total: total, unit: "entries")
                     }
                 } catch { throw failure("\(error)") }
@@ -116,7 +130,9 @@ struct AuditCommand: ParsableCommand {
                   ccgate audit verify audit.jsonl --key data/gateway.pub
                 """)
         @Argument(help: ArgumentHelp("The export (JSON Lines).", valueName: "FILE")) var file: String
-        @Option(help: ArgumentHelp("The gateway's public key (PEM, or the base64 of its 32 bytes).", valueName: "GATEWAY_PUB"))
+        @Option(
+            help: ArgumentHelp(
+                "The gateway's public key (PEM, or the base64 of its 32 bytes).", valueName: "GATEWAY_PUB"))
         var key: String
         @Flag(help: "Accept gaps in the sequence (an export filtered by --worker).") var allowGaps = false
 
@@ -147,14 +163,25 @@ struct AuditCommand: ParsableCommand {
                 }
                 let s = try verifier.finish()
                 let range = s.entries == 0 ? "no entries" : "entries \(s.firstSeq)–\(s.lastSeq) (\(s.entries))"
-                print("\(file): ok — \(range), \(s.checkpoints) signed checkpoint\(s.checkpoints == 1 ? "" : "s"), head \(s.head)")
-                if s.firstSeq > 1 { print("  starts at entry \(s.firstSeq), linked to the entry before it by hash \(s.anchoredOn)") }
-                if s.gaps > 0 { print("  \(s.gaps) gap\(s.gaps == 1 ? "" : "s") in the sequence (a filtered export): links across gaps are not checked") }
+                print(
+                    "\(file): ok — \(range), \(s.checkpoints) signed checkpoint\(s.checkpoints == 1 ? "" : "s"), head \(s.head)"
+                )
+                if s.firstSeq > 1 {
+                    print("  starts at entry \(s.firstSeq), linked to the entry before it by hash \(s.anchoredOn)")
+                }
+                if s.gaps > 0 {
+                    print(
+                        "  \(s.gaps) gap\(s.gaps == 1 ? "" : "s") in the sequence (a filtered export): links across gaps are not checked"
+                    )
+                }
                 if s.unsignedTail > 0 {
-                    print("  warning: the last \(s.unsignedTail) entr\(s.unsignedTail == 1 ? "y is" : "ies are") after the last checkpoint: linked, not yet signed")
+                    print(
+                        "  warning: the last \(s.unsignedTail) entr\(s.unsignedTail == 1 ? "y is" : "ies are") after the last checkpoint: linked, not yet signed"
+                    )
                 }
             } catch let failed as AuditVerifier.Failure {
-                FileHandle.standardError.write(Data("\(file): FAILED at entry \(failed.entry) (line \(failed.line)): \(failed.message)\n".utf8))
+                FileHandle.standardError.write(
+                    Data("\(file): FAILED at entry \(failed.entry) (line \(failed.line)): \(failed.message)\n".utf8))
                 throw ExitCode(1)
             } catch {
                 throw failure("\(file): \(error)")
@@ -164,7 +191,8 @@ struct AuditCommand: ParsableCommand {
 
     struct Replay: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Re-verify an admission's stored evidence under its recorded policy; say whether the verdict matches.",
+            abstract:
+                "Re-verify an admission's stored evidence under its recorded policy; say whether the verdict matches.",
             discussion: """
                 The entry's evidence, binding and policy version come from the admin API (or --data-dir); the
                 verification runs here, at the time of the decision, and once more at the current time. TDX/SGX evidence
@@ -175,9 +203,13 @@ struct AuditCommand: ParsableCommand {
                   ccgate audit replay 1042
                 """)
         @Argument(help: ArgumentHelp("The entry's sequence number.", valueName: "ENTRY_ID")) var entry: Int
-        @Option(help: ArgumentHelp("Read a data directory directly instead of asking the admin API.", valueName: "DIR")) var dataDir: String?
-        @Option(help: ArgumentHelp("Intel collateral cache for TDX/SGX evidence that carried none.", valueName: "DIR")) var collateralDir: String?
-        @Option(name: .customLong("dcap-root"), help: ArgumentHelp("A PEM root replacing the pinned Intel root; repeatable.", valueName: "PEM"))
+        @Option(help: ArgumentHelp("Read a data directory directly instead of asking the admin API.", valueName: "DIR"))
+        var dataDir: String?
+        @Option(help: ArgumentHelp("Intel collateral cache for TDX/SGX evidence that carried none.", valueName: "DIR"))
+        var collateralDir: String?
+        @Option(
+            name: .customLong("dcap-root"),
+            help: ArgumentHelp("A PEM root replacing the pinned Intel root; repeatable.", valueName: "PEM"))
         var dcapRoots: [String] = []
         @OptionGroup var admin: AdminOptions
 
@@ -195,12 +227,15 @@ struct AuditCommand: ParsableCommand {
                 } catch let reported as ReportedFailure { throw reported } catch { throw failure("\(error)") }
             } else {
                 let o = try admin.client().call("GET", "v1/admin/audit/entries/\(entry)")
-                guard let line = o["line"] as? String, case .success(let e) = AuditEntry.parse(line: Array(line.utf8)) else {
+                guard let line = o["line"] as? String, case .success(let e) = AuditEntry.parse(line: Array(line.utf8))
+                else {
                     throw failure("the gateway answered an entry that does not match its hash")
                 }
                 record = e
-                if let ev = o["evidence"] as? [String: String], let env = ev["envelope"].flatMap({ Data(base64Encoded: $0) }),
-                   let binding = ev["binding"].flatMap({ Data(base64Encoded: $0) }) {
+                if let ev = o["evidence"] as? [String: String],
+                    let env = ev["envelope"].flatMap({ Data(base64Encoded: $0) }),
+                    let binding = ev["binding"].flatMap({ Data(base64Encoded: $0) })
+                {
                     evidence = StoredEvidence(envelope: env, binding: binding)
                 } else {
                     evidence = nil
@@ -210,7 +245,9 @@ struct AuditCommand: ParsableCommand {
             let roots = try dcapRootFingerprints(dcapRoots)
             var source: (any CollateralSource)?
             if let collateralDir {
-                do { source = try CollateralCache(directory: URL(fileURLWithPath: collateralDir), mode: "offline") } catch { throw failure("\(error)") }
+                do {
+                    source = try CollateralCache(directory: URL(fileURLWithPath: collateralDir), mode: "offline")
+                } catch { throw failure("\(error)") }
             }
             let outcome: AuditReplay.Outcome
             do {
@@ -218,8 +255,12 @@ struct AuditCommand: ParsableCommand {
                     .replay(record, evidence: evidence, policyText: policyText, now: Date())
             } catch { throw failure("\(error)") }
             let e = record.event
-            func describe(_ v: Verdict) -> String { v.isAccepted ? "accept" : "reject (\(v.reasons.first.map { "\($0.code): \($0.message)" } ?? "?"))" }
-            print("entry \(record.seq): \(e.event) of \(e.worker ?? "?") at \(record.time.rfc3339) under policy version \(e.policyVersion ?? 0)")
+            func describe(_ v: Verdict) -> String {
+                v.isAccepted ? "accept" : "reject (\(v.reasons.first.map { "\($0.code): \($0.message)" } ?? "?"))"
+            }
+            print(
+                "entry \(record.seq): \(e.event) of \(e.worker ?? "?") at \(record.time.rfc3339) under policy version \(e.policyVersion ?? 0)"
+            )
             print("  recorded: \(outcome.recordedAccept ? "accept" : "reject (\(outcome.recordedReason ?? "?"))")")
             print("  replayed at the time of the decision: \(describe(outcome.replayed))")
             print("  verified now: \(describe(outcome.today))")

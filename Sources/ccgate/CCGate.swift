@@ -16,7 +16,8 @@ struct CCGate: ParsableCommand {
             unreachable gateway.
             """,
         subcommands: [
-            ServeCommand.self, EvidenceCommand.self, PolicyCommand.self, CollateralCommand.self, WorkersCommand.self, AuditCommand.self,
+            ServeCommand.self, EvidenceCommand.self, PolicyCommand.self, CollateralCommand.self, WorkersCommand.self,
+            AuditCommand.self,
             KeysCommand.self,
         ])
 

@@ -32,9 +32,11 @@ struct CollateralCommand: ParsableCommand {
     struct TrustOptions: ParsableArguments {
         @Option(
             name: .customLong("root"),
-            help: ArgumentHelp("A PEM root replacing the pinned Intel SGX Root CA; repeatable (test PKIs).", valueName: "PEM"))
+            help: ArgumentHelp(
+                "A PEM root replacing the pinned Intel SGX Root CA; repeatable (test PKIs).", valueName: "PEM"))
         var roots: [String] = []
-        @Option(help: ArgumentHelp("Check certificates as of this instant (RFC 3339); default: now.", valueName: "RFC3339"))
+        @Option(
+            help: ArgumentHelp("Check certificates as of this instant (RFC 3339); default: now.", valueName: "RFC3339"))
         var at: String?
 
         func validate() throws {
@@ -74,13 +76,19 @@ struct CollateralCommand: ParsableCommand {
                     let sets: [Collateral]
                     do { sets = try CollateralCache.readBundle(data) } catch { throw failure("\(file): \(error)") }
                     let results: [(CollateralItem, CollateralCache.Outcome)]
-                    do { results = try store.store(sets, roots: roots, at: trust.time) } catch { throw failure("\(file): \(error)") }
+                    do { results = try store.store(sets, roots: roots, at: trust.time) } catch {
+                        throw failure("\(file): \(error)")
+                    }
                     for (item, outcome) in results {
                         counts[outcome, default: 0] += 1
-                        print("\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (issued \(item.issueDate.rfc3339), next update \(item.nextUpdate.rfc3339))")
+                        print(
+                            "\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (issued \(item.issueDate.rfc3339), next update \(item.nextUpdate.rfc3339))"
+                        )
                     }
                 }
-                print("\(counts[.added] ?? 0) added, \(counts[.replaced] ?? 0) replaced, \(counts[.kept] ?? 0) kept (the cache already held an equal or newer issue) in \(store.directory.path)")
+                print(
+                    "\(counts[.added] ?? 0) added, \(counts[.replaced] ?? 0) replaced, \(counts[.kept] ?? 0) kept (the cache already held an equal or newer issue) in \(store.directory.path)"
+                )
                 return 0
             }
         }
@@ -112,7 +120,8 @@ struct CollateralCommand: ParsableCommand {
                 }
                 let store = try cache.open()
                 let data = try readInput(envelope)
-                guard case .success(let parsed) = EvidenceEnvelope.parse(data), case .success(let bytes) = parsed.base64("quote"),
+                guard case .success(let parsed) = EvidenceEnvelope.parse(data),
+                    case .success(let bytes) = parsed.base64("quote"),
                     let quote = try? DCAPQuote.parse([UInt8](bytes))
                 else { throw failure("\(envelope): not a DCAP quote envelope") }
                 let roots = try trust.fingerprints()
@@ -125,7 +134,9 @@ struct CollateralCommand: ParsableCommand {
                     let collateral = try await client.fetch(key)
                     let stored = try store.store([collateral], roots: roots, at: time)
                     for (item, outcome) in stored {
-                        print("\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (next update \(item.nextUpdate.rfc3339))")
+                        print(
+                            "\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (next update \(item.nextUpdate.rfc3339))"
+                        )
                     }
                 }
                 if case .failure(let error) = result { throw failure("\(key): \(error)", status: 1) }
@@ -151,18 +162,23 @@ struct CollateralCommand: ParsableCommand {
             try exiting {
                 let store = try cache.open()
                 let time = at.flatMap(Date.rfc3339) ?? SystemClock().now()
-                for name in store.skipped { FileHandle.standardError.write(Data("ccgate: skipped unreadable \(name)\n".utf8)) }
+                for name in store.skipped {
+                    FileHandle.standardError.write(Data("ccgate: skipped unreadable \(name)\n".utf8))
+                }
                 for item in store.all {
                     let state = time < item.issueDate ? "not-yet-valid" : time > item.nextUpdate ? "expired" : "current"
                     if json {
                         let object: [String: String] = [
-                            "key": item.key, "issue_date": item.issueDate.rfc3339, "next_update": item.nextUpdate.rfc3339,
+                            "key": item.key, "issue_date": item.issueDate.rfc3339,
+                            "next_update": item.nextUpdate.rfc3339,
                             "state": state,
                         ]
                         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
                         print(String(decoding: data, as: UTF8.self))
                     } else {
-                        print("\(state.padding(toLength: 14, withPad: " ", startingAt: 0)) \(item.key.padding(toLength: 30, withPad: " ", startingAt: 0)) next update \(item.nextUpdate.rfc3339)")
+                        print(
+                            "\(state.padding(toLength: 14, withPad: " ", startingAt: 0)) \(item.key.padding(toLength: 30, withPad: " ", startingAt: 0)) next update \(item.nextUpdate.rfc3339)"
+                        )
                     }
                 }
                 if store.all.isEmpty, !json { print("(no collateral in \(store.directory.path))") }

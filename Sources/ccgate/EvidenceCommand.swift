@@ -84,7 +84,8 @@ struct EvidenceCommand: ParsableCommand {
                 }
                 let time = at.flatMap(Date.rfc3339) ?? SystemClock().now()
                 let verification = EvidenceVerification(
-                    policy: document, applyMeasurementRules: policy != nil, dcapRoots: dcapRoots, collateralSource: cache)
+                    policy: document, applyMeasurementRules: policy != nil, dcapRoots: dcapRoots,
+                    collateralSource: cache)
                 let verdict = verification.verify(
                     envelopeData: data, expectedNonce: nonce.flatMap { Data(hex: $0) }, at: time)
                 if json {

@@ -5,7 +5,9 @@ import CommandLineSupport
 import Policy
 
 /// Left-aligns `s` in `width` columns.
-func pad(_ s: String, _ width: Int) -> String { s.count >= width ? s : s + String(repeating: " ", count: width - s.count) }
+func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s : s + String(repeating: " ", count: width - s.count)
+}
 
 struct PolicyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,7 +41,9 @@ struct PolicyCommand: ParsableCommand {
             let object = try admin.client().call("GET", "v1/admin/policy", query: query)
             return (object["text"] as? String ?? "", "version \(object["version"] as? Int ?? 0)")
         }
-        guard let text = try? String(contentsOfFile: spec, encoding: .utf8) else { throw failure("\(spec): cannot read") }
+        guard let text = try? String(contentsOfFile: spec, encoding: .utf8) else {
+            throw failure("\(spec): cannot read")
+        }
         return (text, spec)
     }
 
@@ -67,7 +71,8 @@ struct PolicyCommand: ParsableCommand {
         func run() throws {
             let a = try PolicyCommand.source(old, admin: admin)
             let b = try PolicyCommand.source(new, admin: admin)
-            let changes = try PolicyCommand.document(a.text, label: a.label).changes(to: PolicyCommand.document(b.text, label: b.label))
+            let changes = try PolicyCommand.document(a.text, label: a.label).changes(
+                to: PolicyCommand.document(b.text, label: b.label))
             if changes.isEmpty { print("no changes") }
             for c in changes { print(c.description) }
             if !changes.isEmpty { throw ExitCode(1) }
@@ -87,17 +92,22 @@ struct PolicyCommand: ParsableCommand {
                 """)
         @Argument(help: ArgumentHelp("The policy document.", valueName: "FILE")) var file: String
         @Option(help: ArgumentHelp("The admin private key (PEM, Ed25519).", valueName: "KEY")) var key: String
-        @Option(help: ArgumentHelp("Where to write the signature (default FILE.sig).", valueName: "FILE")) var out: String?
+        @Option(help: ArgumentHelp("Where to write the signature (default FILE.sig).", valueName: "FILE")) var out:
+            String?
 
         func run() throws {
             guard let data = FileManager.default.contents(atPath: file) else { throw failure("\(file): cannot read") }
             _ = try PolicyCommand.document(String(decoding: data, as: UTF8.self), label: file)
-            guard let keyText = try? String(contentsOfFile: key, encoding: .utf8) else { throw failure("\(key): cannot read") }
+            guard let keyText = try? String(contentsOfFile: key, encoding: .utf8) else {
+                throw failure("\(key): cannot read")
+            }
             let privateKey: Ed25519PrivateKey
             do { privateKey = try Ed25519PrivateKey(pem: keyText) } catch { throw failure("\(key): \(error)") }
             let signature = PolicySignature.sign(data, with: privateKey)
             let target = out ?? file + ".sig"
-            do { try signature.json.write(toFile: target, atomically: true, encoding: .utf8) } catch { throw failure("\(target): \(error)") }
+            do { try signature.json.write(toFile: target, atomically: true, encoding: .utf8) } catch {
+                throw failure("\(target): \(error)")
+            }
             print("\(target): signed sha256 \(signature.policySHA256) with key \(privateKey.publicKey.fingerprint)")
         }
     }
@@ -121,7 +131,9 @@ struct PolicyCommand: ParsableCommand {
         @OptionGroup var admin: AdminOptions
 
         func run() throws {
-            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw failure("\(file): cannot read") }
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+                throw failure("\(file): cannot read")
+            }
             let sigPath = signature ?? file + ".sig"
             let sig = try? String(contentsOfFile: sigPath, encoding: .utf8)
             if sig == nil, signature != nil { throw failure("\(sigPath): cannot read") }
@@ -134,13 +146,18 @@ struct PolicyCommand: ParsableCommand {
 
     static func printOutcome(_ answer: [String: Any], json: Bool) {
         if json {
-            print(String(decoding: (try? JSONSerialization.data(withJSONObject: answer, options: [.sortedKeys, .prettyPrinted])) ?? Data(), as: UTF8.self))
+            print(
+                String(
+                    decoding: (try? JSONSerialization.data(
+                        withJSONObject: answer, options: [.sortedKeys, .prettyPrinted])) ?? Data(), as: UTF8.self))
             return
         }
         let dry = answer["dry_run"] as? Bool ?? false
         let name = answer["name"] as? String ?? "?"
         if dry {
-            print("dry run: policy '\(name)' (sha256 \(answer["sha256"] as? String ?? "?")) is valid and signed by \((answer["signer"] as? String)?.prefix(16) ?? "?")…")
+            print(
+                "dry run: policy '\(name)' (sha256 \(answer["sha256"] as? String ?? "?")) is valid and signed by \((answer["signer"] as? String)?.prefix(16) ?? "?")…"
+            )
         } else {
             print("applied: policy '\(name)' is version \(answer["version"] as? Int ?? 0)")
         }
@@ -149,23 +166,31 @@ struct PolicyCommand: ParsableCommand {
         for c in changes { print("  \(c)") }
         let evictions = answer["evictions"] as? [[String: Any]] ?? []
         let verb = dry ? "would evict" : "evicted"
-        print(evictions.isEmpty ? "\(verb): no workers" : "\(verb) \(evictions.count) worker\(evictions.count == 1 ? "" : "s"):")
+        print(
+            evictions.isEmpty
+                ? "\(verb): no workers" : "\(verb) \(evictions.count) worker\(evictions.count == 1 ? "" : "s"):")
         for e in evictions {
-            print("  \(e["worker"] as? String ?? "?"): \((e["reasons"] as? [String] ?? []).joined(separator: ", ")) — \(e["message"] as? String ?? "")")
+            print(
+                "  \(e["worker"] as? String ?? "?"): \((e["reasons"] as? [String] ?? []).joined(separator: ", ")) — \(e["message"] as? String ?? "")"
+            )
         }
     }
 
     struct Show: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print the policy in force, or version N, as applied.",
-            discussion: "The document goes to standard output exactly as signed; its version, digest and signer to standard error.")
-        @Option(help: ArgumentHelp("The version to show (default: the one in force).", valueName: "N")) var version: Int?
+            discussion:
+                "The document goes to standard output exactly as signed; its version, digest and signer to standard error."
+        )
+        @Option(help: ArgumentHelp("The version to show (default: the one in force).", valueName: "N")) var version:
+            Int?
         @OptionGroup var admin: AdminOptions
 
         func run() throws {
             let query = version.map { [URLQueryItem(name: "version", value: String($0))] } ?? []
             let o = try admin.client().call("GET", "v1/admin/policy", query: query)
-            let header = "# version \(o["version"] as? Int ?? 0)\((o["active"] as? Bool ?? false) ? " (in force)" : ""): '\(o["name"] as? String ?? "")', sha256 \(o["sha256"] as? String ?? ""), applied \(o["applied_at"] as? String ?? "") by \(o["actor"] as? String ?? ""), signer \(o["signer"] as? String ?? "none")\n"
+            let header =
+                "# version \(o["version"] as? Int ?? 0)\((o["active"] as? Bool ?? false) ? " (in force)" : ""): '\(o["name"] as? String ?? "")', sha256 \(o["sha256"] as? String ?? ""), applied \(o["applied_at"] as? String ?? "") by \(o["actor"] as? String ?? ""), signer \(o["signer"] as? String ?? "none")\n"
             FileHandle.standardError.write(Data(header.utf8))
             FileHandle.standardOutput.write(Data((o["text"] as? String ?? "").utf8))
         }
@@ -182,7 +207,8 @@ struct PolicyCommand: ParsableCommand {
             for v in versions {
                 let mark = (v["active"] as? Bool ?? false) ? "*" : " "
                 print(
-                    "\(mark)\(pad(String(v["version"] as? Int ?? 0), 8)) \(pad(v["applied_at"] as? String ?? "", 21)) \(pad(v["actor"] as? String ?? "", 14)) \(pad(v["name"] as? String ?? "", 21)) \(pad(String((v["sha256"] as? String ?? "").prefix(16)), 17)) \(v["note"] as? String ?? "")")
+                    "\(mark)\(pad(String(v["version"] as? Int ?? 0), 8)) \(pad(v["applied_at"] as? String ?? "", 21)) \(pad(v["actor"] as? String ?? "", 14)) \(pad(v["name"] as? String ?? "", 21)) \(pad(String((v["sha256"] as? String ?? "").prefix(16)), 17)) \(v["note"] as? String ?? "")"
+                )
             }
         }
     }
@@ -190,18 +216,20 @@ struct PolicyCommand: ParsableCommand {
     struct Rollback: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Put an earlier policy version in force again (as a new version).",
-            discussion: "The old version's signature is checked again under the keys pinned today. Workers it no longer admits are evicted.")
+            discussion:
+                "The old version's signature is checked again under the keys pinned today. Workers it no longer admits are evicted."
+        )
         @Argument(help: ArgumentHelp("The version to restore.", valueName: "N")) var version: Int
         @Flag(help: "Show the effect without applying.") var dryRun = false
         @Flag(help: "Print the gateway's answer as JSON.") var json = false
         @OptionGroup var admin: AdminOptions
 
         func run() throws {
-            let answer = try admin.client().call("POST", "v1/admin/policy/rollback", body: ["version": version, "dry_run": dryRun])
+            let answer = try admin.client().call(
+                "POST", "v1/admin/policy/rollback", body: ["version": version, "dry_run": dryRun])
             PolicyCommand.printOutcome(answer, json: json)
         }
     }
-
 
     struct Measure: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -216,7 +244,8 @@ struct PolicyCommand: ParsableCommand {
                 """)
 
         @Argument(help: ArgumentHelp("Files to measure.", valueName: "PATH")) var paths: [String]
-        @Option(help: ArgumentHelp("The entry's name (default: the file name); only with one file.", valueName: "NAME")) var name: String?
+        @Option(help: ArgumentHelp("The entry's name (default: the file name); only with one file.", valueName: "NAME"))
+        var name: String?
         @Option(help: ArgumentHelp("An optional version label for the entry.", valueName: "TEXT")) var version: String?
 
         func validate() throws {
@@ -229,7 +258,7 @@ struct PolicyCommand: ParsableCommand {
                 let url = URL(fileURLWithPath: path)
                 var isDirectory: ObjCBool = false
                 guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue,
-                      let handle = try? FileHandle(forReadingFrom: url)
+                    let handle = try? FileHandle(forReadingFrom: url)
                 else { throw failure("\(path): not a readable file") }
                 defer { try? handle.close() }
                 let hasher = IncrementalHash(.sha256)
@@ -239,7 +268,9 @@ struct PolicyCommand: ParsableCommand {
                     chunk.withUnsafeBytes { hasher.update($0) }
                 }
                 let entryName = name ?? url.lastPathComponent
-                let fields = ["name: \(Self.yamlScalar(entryName))"] + (version.map { ["version: \(Self.yamlScalar($0))"] } ?? [])
+                let fields =
+                    ["name: \(Self.yamlScalar(entryName))"]
+                    + (version.map { ["version: \(Self.yamlScalar($0))"] } ?? [])
                     + ["sha256: \(hasher.finalize().hex)", "size: \(size)"]
                 print("- {\(fields.joined(separator: ", "))}")
             }
@@ -247,10 +278,13 @@ struct PolicyCommand: ParsableCommand {
 
         /// A plain scalar when YAML reads it back as the same string, else a quoted one.
         static func yamlScalar(_ s: String) -> String {
-            let plain = s.range(of: #"^[A-Za-z0-9_][A-Za-z0-9_.+/-]*$"#, options: .regularExpression) != nil
-                && !["true", "false", "null", "yes", "no", "on", "off", "~"].contains(s.lowercased()) && Double(s) == nil
+            let plain =
+                s.range(of: #"^[A-Za-z0-9_][A-Za-z0-9_.+/-]*$"#, options: .regularExpression) != nil
+                && !["true", "false", "null", "yes", "no", "on", "off", "~"].contains(s.lowercased())
+                && Double(s) == nil
             if plain { return s }
-            return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+            return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+                + "\""
         }
     }
 

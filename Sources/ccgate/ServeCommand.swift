@@ -42,20 +42,30 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("api-key"), help: ArgumentHelp("An accepted API key; repeatable.", valueName: "KEY"))
     var apiKeys: [String] = []
     @Option(help: ArgumentHelp("A file with one API key per line.", valueName: "FILE")) var apiKeyFile: String?
-    @Option(help: ArgumentHelp("The policy a new data directory starts with (YAML; FILE.sig beside it is its signature).", valueName: "FILE"))
+    @Option(
+        help: ArgumentHelp(
+            "The policy a new data directory starts with (YAML; FILE.sig beside it is its signature).",
+            valueName: "FILE"))
     var policy = "Policies/default.yaml"
-    @Option(help: ArgumentHelp("Durable state: ccgate.db, gateway.key, admin.token.", valueName: "DIR")) var dataDir = "data"
+    @Option(help: ArgumentHelp("Durable state: ccgate.db, gateway.key, admin.token.", valueName: "DIR")) var dataDir =
+        "data"
     @Option(help: ArgumentHelp("Address the admin API listens on.", valueName: "HOST")) var adminHost = "127.0.0.1"
-    @Option(help: ArgumentHelp("Admin API port (0: any free port; -1: no admin API).", valueName: "N")) var adminPort = 8445
+    @Option(help: ArgumentHelp("Admin API port (0: any free port; -1: no admin API).", valueName: "N")) var adminPort =
+        8445
     @Option(help: ArgumentHelp("The admin token file (default DIR/admin.token, made if missing).", valueName: "FILE"))
     var adminTokenFile: String?
     @Option(
         name: .customLong("admin-key"),
-        help: ArgumentHelp("An admin public key (PEM, Ed25519) whose signature makes a policy applicable; repeatable.", valueName: "PEM"))
+        help: ArgumentHelp(
+            "An admin public key (PEM, Ed25519) whose signature makes a policy applicable; repeatable.",
+            valueName: "PEM"))
     var adminKeys: [String] = []
-    @Option(help: ArgumentHelp("Longest time between signed audit checkpoints.", valueName: "S")) var checkpointSeconds = 60
-    @Option(help: ArgumentHelp("Seconds between re-attestations of each worker.", valueName: "S")) var reattestSeconds = 60
-    @Option(help: ArgumentHelp("Write 'api=PORT worker=PORT' here once listening.", valueName: "FILE")) var portsFile: String?
+    @Option(help: ArgumentHelp("Longest time between signed audit checkpoints.", valueName: "S"))
+    var checkpointSeconds = 60
+    @Option(help: ArgumentHelp("Seconds between re-attestations of each worker.", valueName: "S")) var reattestSeconds =
+        60
+    @Option(help: ArgumentHelp("Write 'api=PORT worker=PORT' here once listening.", valueName: "FILE")) var portsFile:
+        String?
     @Option(
         help: ArgumentHelp(
             "Intel collateral cache for TDX/SGX workers whose evidence carries none (see `ccgate collateral import`).",
@@ -66,36 +76,55 @@ struct ServeCommand: ParsableCommand {
             "Online collateral: a PCCS (or Intel PCS) base URL, e.g. https://pccs.example:8081; missing items are fetched into the collateral cache.",
             valueName: "URL"))
     var pccsURL: String?
-    @Option(help: ArgumentHelp("Where the root CA CRL is, when the PCCS does not serve it.", valueName: "URL")) var rootCRLURL: String?
+    @Option(help: ArgumentHelp("Where the root CA CRL is, when the PCCS does not serve it.", valueName: "URL"))
+    var rootCRLURL: String?
     @Option(
         name: .customLong("dcap-root"),
-        help: ArgumentHelp("A PEM root replacing the pinned Intel SGX Root CA for DCAP chains; repeatable (test PKIs).", valueName: "PEM"))
+        help: ArgumentHelp(
+            "A PEM root replacing the pinned Intel SGX Root CA for DCAP chains; repeatable (test PKIs).",
+            valueName: "PEM"))
     var dcapRoots: [String] = []
 
     @Option(
         name: .customLong("toncenter"),
-        help: ArgumentHelp("A toncenter v2 endpoint stake is read from (base URL); repeatable, two or more for a stake rule.", valueName: "URL"))
+        help: ArgumentHelp(
+            "A toncenter v2 endpoint stake is read from (base URL); repeatable, two or more for a stake rule.",
+            valueName: "URL"))
     var toncenter: [String] = []
     @Option(
         name: .customLong("toncenter-key-file"),
-        help: ArgumentHelp("The API key of the --toncenter endpoint in the same position ('-': none); repeatable.", valueName: "FILE"))
+        help: ArgumentHelp(
+            "The API key of the --toncenter endpoint in the same position ('-': none); repeatable.", valueName: "FILE"))
     var toncenterKeyFiles: [String] = []
-    @Option(help: ArgumentHelp("Requests per second each toncenter endpoint allows.", valueName: "N")) var toncenterRps = 1.0
+    @Option(help: ArgumentHelp("Requests per second each toncenter endpoint allows.", valueName: "N"))
+    var toncenterRps = 1.0
 
     func validate() throws {
-        guard toncenterKeyFiles.count <= toncenter.count else { throw ValidationError("more --toncenter-key-file than --toncenter") }
-        guard toncenterRps > 0, toncenterRps <= 1000 else { throw ValidationError("--toncenter-rps must be more than 0 and at most 1000") }
-        guard (0...65535).contains(port), (0...65535).contains(workerPort) else { throw ValidationError("ports are 0-65535") }
+        guard toncenterKeyFiles.count <= toncenter.count else {
+            throw ValidationError("more --toncenter-key-file than --toncenter")
+        }
+        guard toncenterRps > 0, toncenterRps <= 1000 else {
+            throw ValidationError("--toncenter-rps must be more than 0 and at most 1000")
+        }
+        guard (0...65535).contains(port), (0...65535).contains(workerPort) else {
+            throw ValidationError("ports are 0-65535")
+        }
         guard (1...86400).contains(reattestSeconds) else { throw ValidationError("--reattest-seconds must be 1-86400") }
         guard (-1...65535).contains(adminPort) else { throw ValidationError("--admin-port is -1 (none) or 0-65535") }
-        guard (1...3600).contains(checkpointSeconds) else { throw ValidationError("--checkpoint-seconds must be 1-3600") }
+        guard (1...3600).contains(checkpointSeconds) else {
+            throw ValidationError("--checkpoint-seconds must be 1-3600")
+        }
     }
 
     func run() throws {
         var keys = apiKeys
         if let apiKeyFile {
-            guard let text = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else { throw failure("\(apiKeyFile): cannot read") }
-            keys += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            guard let text = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else {
+                throw failure("\(apiKeyFile): cannot read")
+            }
+            keys += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter {
+                !$0.isEmpty && !$0.hasPrefix("#")
+            }
         }
         guard !keys.isEmpty else { throw failure("no API keys: give --api-key KEY or --api-key-file FILE") }
         var configuration = GatewayConfiguration()
@@ -115,13 +144,18 @@ struct ServeCommand: ParsableCommand {
         configuration.adminHost = adminHost
         configuration.adminPort = adminPort < 0 ? nil : adminPort
         if let adminTokenFile {
-            guard let token = try? String(contentsOfFile: adminTokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
-                  token.count >= 16
+            guard
+                let token = try? String(contentsOfFile: adminTokenFile, encoding: .utf8).trimmingCharacters(
+                    in: .whitespacesAndNewlines),
+                token.count >= 16
             else { throw failure("\(adminTokenFile): cannot read an admin token of at least 16 characters") }
             configuration.adminToken = token
         }
         for path in adminKeys {
-            do { configuration.adminKeys.append(try Ed25519PublicKey(text: try String(contentsOfFile: path, encoding: .utf8))) } catch {
+            do {
+                configuration.adminKeys.append(
+                    try Ed25519PublicKey(text: try String(contentsOfFile: path, encoding: .utf8)))
+            } catch {
                 throw failure("--admin-key \(path): \(error)")
             }
         }
@@ -131,15 +165,20 @@ struct ServeCommand: ParsableCommand {
             }
             var key: String?
             if index < toncenterKeyFiles.count, toncenterKeyFiles[index] != "-" {
-                guard let k = try? String(contentsOfFile: toncenterKeyFiles[index], encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
-                      !k.isEmpty
+                guard
+                    let k = try? String(contentsOfFile: toncenterKeyFiles[index], encoding: .utf8).trimmingCharacters(
+                        in: .whitespacesAndNewlines),
+                    !k.isEmpty
                 else { throw failure("--toncenter-key-file \(toncenterKeyFiles[index]): cannot read an API key") }
                 key = k
             }
             configuration.toncenter.append(ToncenterEndpoint(base: base, apiKey: key, requestsPerSecond: toncenterRps))
         }
         if configuration.policy.stake.minimumNanotons != nil, configuration.toncenter.count < 2 {
-            FileHandle.standardError.write(Data("ccgate: warning: the policy requires a TON stake but fewer than two --toncenter endpoints are given: every worker will be refused (stake.unknown)\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "ccgate: warning: the policy requires a TON stake but fewer than two --toncenter endpoints are given: every worker will be refused (stake.unknown)\n"
+                        .utf8))
         }
         configuration.checkpointInterval = .seconds(checkpointSeconds)
         configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))
@@ -155,7 +194,10 @@ struct ServeCommand: ParsableCommand {
                     cache: cache, client: PCCSClient(base: base, rootCRL: rootCRLURL.flatMap(URL.init(string:))))
             } catch { throw failure("\(error)") }
         } else if let collateralDir {
-            do { configuration.collateralSource = try CollateralCache(directory: URL(fileURLWithPath: collateralDir), mode: "offline") } catch {
+            do {
+                configuration.collateralSource = try CollateralCache(
+                    directory: URL(fileURLWithPath: collateralDir), mode: "offline")
+            } catch {
                 throw failure("\(error)")
             }
         }
@@ -164,16 +206,25 @@ struct ServeCommand: ParsableCommand {
         let dataDir = self.dataDir
         let result = BlockingRun.run {
             let server: GatewayServer
-            do { server = try await GatewayServer.open(configuration: settings) } catch { throw ReportedFailure("ccgate", "\(error)", status: 2) }
+            do { server = try await GatewayServer.open(configuration: settings) } catch {
+                throw ReportedFailure("ccgate", "\(error)", status: 2)
+            }
             let active = server.policies.current
             if active.text != settings.policyText {
-                FileHandle.standardError.write(Data("ccgate: policy version \(active.version) ('\(active.document.name)') from \(dataDir) is in force; --policy seeds only a new data directory (change policy with `ccgate policy apply`)\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "ccgate: policy version \(active.version) ('\(active.document.name)') from \(dataDir) is in force; --policy seeds only a new data directory (change policy with `ccgate policy apply`)\n"
+                            .utf8))
             }
             try await server.run { ports in
                 let admin = ports.admin > 0 ? ", admin API http://\(settings.adminHost):\(ports.admin)" : ""
-                FileHandle.standardError.write(Data("ccgate: API on http://\(settings.host):\(ports.api), worker port \(settings.workerHost):\(ports.worker)\(admin), policy version \(active.version) '\(active.document.name)'\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "ccgate: API on http://\(settings.host):\(ports.api), worker port \(settings.workerHost):\(ports.worker)\(admin), policy version \(active.version) '\(active.document.name)'\n"
+                            .utf8))
                 if let portsFile {
-                    try? Data("api=\(ports.api) worker=\(ports.worker) admin=\(ports.admin)\n".utf8).write(to: URL(fileURLWithPath: portsFile), options: .atomic)
+                    try? Data("api=\(ports.api) worker=\(ports.worker) admin=\(ports.admin)\n".utf8).write(
+                        to: URL(fileURLWithPath: portsFile), options: .atomic)
                 }
             }
         }

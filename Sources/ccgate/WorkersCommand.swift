@@ -10,7 +10,8 @@ struct WorkersCommand: ParsableCommand {
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "List admitted workers: id, provider, models, evidence format, claims, admitted since, last attested.")
+            abstract:
+                "List admitted workers: id, provider, models, evidence format, claims, admitted since, last attested.")
         @Flag(help: "Print the gateway's answer as JSON.") var json = false
         @OptionGroup var admin: AdminOptions
 
@@ -24,19 +25,26 @@ struct WorkersCommand: ParsableCommand {
             let o = try admin.client().call("GET", "v1/admin/workers")
             let workers = o["workers"] as? [[String: Any]] ?? []
             if json {
-                print(String(decoding: (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys, .prettyPrinted])) ?? Data(), as: UTF8.self))
+                print(
+                    String(
+                        decoding: (try? JSONSerialization.data(
+                            withJSONObject: o, options: [.sortedKeys, .prettyPrinted])) ?? Data(), as: UTF8.self))
                 return
             }
             if workers.isEmpty {
                 print("no admitted workers")
                 return
             }
-            print("ID                    PROVIDER      MODELS            FORMAT      POLICY  ADMITTED              LAST ATTESTED         CLAIMS")
+            print(
+                "ID                    PROVIDER      MODELS            FORMAT      POLICY  ADMITTED              LAST ATTESTED         CLAIMS"
+            )
             for w in workers {
                 let claims = (w["claims"] as? [String: String] ?? [:]).sorted { $0.key < $1.key }
-                    .map { "\($0.key)=\($0.value.count > 16 ? String($0.value.prefix(12)) + "…" : $0.value)" }.joined(separator: " ")
+                    .map { "\($0.key)=\($0.value.count > 16 ? String($0.value.prefix(12)) + "…" : $0.value)" }.joined(
+                        separator: " ")
                 print(
-                    "\(pad(w["id"] as? String ?? "", 21)) \(pad(Self.short(w["provider"] as? String), 13)) \(pad((w["models"] as? [String] ?? []).joined(separator: ","), 17)) \(pad(w["format"] as? String ?? "", 11)) \(pad(String(w["policy_version"] as? Int ?? 0), 7)) \(pad(w["admitted_at"] as? String ?? "", 21)) \(pad(w["last_attested"] as? String ?? "", 21)) \(claims)")
+                    "\(pad(w["id"] as? String ?? "", 21)) \(pad(Self.short(w["provider"] as? String), 13)) \(pad((w["models"] as? [String] ?? []).joined(separator: ","), 17)) \(pad(w["format"] as? String ?? "", 11)) \(pad(String(w["policy_version"] as? Int ?? 0), 7)) \(pad(w["admitted_at"] as? String ?? "", 21)) \(pad(w["last_attested"] as? String ?? "", 21)) \(claims)"
+                )
             }
         }
     }
@@ -48,7 +56,8 @@ struct WorkersCommand: ParsableCommand {
         @OptionGroup var admin: AdminOptions
 
         func run() throws {
-            let path = "v1/admin/workers/\(id.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? id)/evict"
+            let path =
+                "v1/admin/workers/\(id.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? id)/evict"
             let o = try admin.client().call("POST", path)
             print("evicted \(o["worker"] as? String ?? id) (session \(o["session"] as? String ?? "?"))")
         }
@@ -74,11 +83,18 @@ struct KeysCommand: ParsableCommand {
         func run() throws {
             let key = Ed25519PrivateKey.generate()
             let keyPath = out + ".key", pubPath = out + ".pub"
-            guard !FileManager.default.fileExists(atPath: keyPath) else { throw failure("\(keyPath) exists; not overwriting a key") }
-            guard FileManager.default.createFile(atPath: keyPath, contents: Data(key.pem.utf8), attributes: [.posixPermissions: 0o600]) else {
+            guard !FileManager.default.fileExists(atPath: keyPath) else {
+                throw failure("\(keyPath) exists; not overwriting a key")
+            }
+            guard
+                FileManager.default.createFile(
+                    atPath: keyPath, contents: Data(key.pem.utf8), attributes: [.posixPermissions: 0o600])
+            else {
                 throw failure("\(keyPath): cannot write")
             }
-            do { try key.publicKey.pem.write(toFile: pubPath, atomically: true, encoding: .utf8) } catch { throw failure("\(pubPath): \(error)") }
+            do { try key.publicKey.pem.write(toFile: pubPath, atomically: true, encoding: .utf8) } catch {
+                throw failure("\(pubPath): \(error)")
+            }
             print("\(keyPath), \(pubPath): Ed25519 key \(key.publicKey.fingerprint)")
         }
     }

@@ -24,7 +24,8 @@ struct CCInfer: ParsableCommand {
 func prepareVulkanEnvironment() {
     if ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"] == nil {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ccinfer-runtime-\(getuid())")
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try? FileManager.default.createDirectory(
+            at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         setenv("XDG_RUNTIME_DIR", dir.path, 0)
     }
 }
@@ -49,7 +50,8 @@ struct Devices: ParsableCommand {
 }
 
 struct Version: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the shader compiler and kernels this binary embeds.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print the shader compiler and kernels this binary embeds.")
 
     func run() {
         print("ccinfer 0.1")
@@ -63,12 +65,16 @@ struct Version: ParsableCommand {
 /// Options shared by commands that load a model.
 struct ModelOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The GGUF model file.", valueName: "PATH")) var model: String
-    @Option(help: ArgumentHelp("Vulkan device index (see `ccinfer devices`); default: the first GPU.", valueName: "N")) var device: Int?
-    @Option(help: ArgumentHelp("Context length in tokens (default: the model's, at most 4096).", valueName: "N")) var context: Int?
+    @Option(help: ArgumentHelp("Vulkan device index (see `ccinfer devices`); default: the first GPU.", valueName: "N"))
+    var device: Int?
+    @Option(help: ArgumentHelp("Context length in tokens (default: the model's, at most 4096).", valueName: "N"))
+    var context: Int?
     @Option(help: ArgumentHelp("Prompt tokens evaluated per step.", valueName: "N")) var batch = 32
 
     func validate() throws {
-        guard FileManager.default.isReadableFile(atPath: model) else { throw ValidationError("--model \(model): not a readable file") }
+        guard FileManager.default.isReadableFile(atPath: model) else {
+            throw ValidationError("--model \(model): not a readable file")
+        }
         if let context, context < 16 { throw ValidationError("--context must be at least 16") }
         guard (1...512).contains(batch) else { throw ValidationError("--batch must be 1-512") }
     }
@@ -81,8 +87,15 @@ struct ModelOptions: ParsableArguments {
             if progress { FileHandle.standardError.write(Data("\rccinfer: loading \(message)…\u{1B}[K".utf8)) }
         }
         if progress { FileHandle.standardError.write(Data("ccinfer: device \(vulkan.info.summary)\n".utf8)) }
-        let model = try Transformer(url: URL(fileURLWithPath: self.model), device: vulkan, contextLength: context, batchSize: batch, progress: say)
-        if progress { FileHandle.standardError.write(Data("\rccinfer: loaded \(model.config.architecture.rawValue), \(model.config.layerCount) layers, context \(model.contextLength)\u{1B}[K\n".utf8)) }
+        let model = try Transformer(
+            url: URL(fileURLWithPath: self.model), device: vulkan, contextLength: context, batchSize: batch,
+            progress: say)
+        if progress {
+            FileHandle.standardError.write(
+                Data(
+                    "\rccinfer: loaded \(model.config.architecture.rawValue), \(model.config.layerCount) layers, context \(model.contextLength)\u{1B}[K\n"
+                        .utf8))
+        }
         return model
     }
 }
@@ -119,10 +132,13 @@ struct Generate: ParsableCommand {
             let model = try options.load(progress: true)
             let text: String
             if let chat {
-                guard let template = model.chatTemplate else { throw InferenceError(.modelUnsupported, "the model has no chat template") }
-                text = try template.render(messages: [.object([("role", .string("user")), ("content", .string(chat))])],
-                                           bosToken: model.tokenizer.bos.map { model.tokenizer.tokens[$0] } ?? "",
-                                           eosToken: model.tokenizer.eos.map { model.tokenizer.tokens[$0] } ?? "")
+                guard let template = model.chatTemplate else {
+                    throw InferenceError(.modelUnsupported, "the model has no chat template")
+                }
+                text = try template.render(
+                    messages: [.object([("role", .string("user")), ("content", .string(chat))])],
+                    bosToken: model.tokenizer.bos.map { model.tokenizer.tokens[$0] } ?? "",
+                    eosToken: model.tokenizer.eos.map { model.tokenizer.tokens[$0] } ?? "")
             } else {
                 text = prompt!
             }
@@ -130,7 +146,9 @@ struct Generate: ParsableCommand {
             let generator = Generator(model: model)
             let started = ContinuousClock.now
             let result = try generator.generate(
-                prompt: tokens, parameters: SamplingParameters(temperature: temperature, topP: topP, topK: topK, seed: seed, maxTokens: maxTokens)
+                prompt: tokens,
+                parameters: SamplingParameters(
+                    temperature: temperature, topP: topP, topK: topK, seed: seed, maxTokens: maxTokens)
             ) { piece in
                 FileHandle.standardOutput.write(Data(piece.utf8))
                 return true
@@ -139,7 +157,10 @@ struct Generate: ParsableCommand {
             if timings {
                 let elapsed = ContinuousClock.now - started
                 let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-                FileHandle.standardError.write(Data("ccinfer: \(tokens.count) prompt tokens, \(result.tokens.count) generated in \(String(format: "%.2f", seconds)) s (\(result.finishReason.rawValue))\n".utf8))
+                FileHandle.standardError.write(
+                    Data(
+                        "ccinfer: \(tokens.count) prompt tokens, \(result.tokens.count) generated in \(String(format: "%.2f", seconds)) s (\(result.finishReason.rawValue))\n"
+                            .utf8))
             }
         } catch let error as InferenceError {
             throw fail(error)

@@ -118,7 +118,8 @@ struct Quote: ParsableCommand {
     func emit(_ envelope: Data, measurements: Int) throws {
         if let out {
             try envelope.write(to: URL(fileURLWithPath: out), options: .atomic)
-            FileHandle.standardError.write(Data("ccworker: wrote \(out) (\(envelope.count) bytes, \(measurements) measurements)\n".utf8))
+            FileHandle.standardError.write(
+                Data("ccworker: wrote \(out) (\(envelope.count) bytes, \(measurements) measurements)\n".utf8))
         } else {
             FileHandle.standardOutput.write(envelope + Data("\n".utf8))
         }

@@ -38,14 +38,21 @@ struct Run: ParsableCommand {
     @Option(help: ArgumentHelp("TPM as a TCTI string.", valueName: "TCTI")) var tpm = "device:/dev/tpmrm0"
     @Option(help: ArgumentHelp("The engine binary to measure.", valueName: "PATH")) var engine: String
     @Option(help: ArgumentHelp("The model file to measure.", valueName: "PATH")) var model: String
-    @Option(help: ArgumentHelp("Model name this worker serves (as clients request it).", valueName: "NAME")) var modelName: String
-    @Option(help: ArgumentHelp("Where the engine's OpenAI API listens (loopback).", valueName: "URL")) var engineURL = "http://127.0.0.1:8081"
+    @Option(help: ArgumentHelp("Model name this worker serves (as clients request it).", valueName: "NAME"))
+    var modelName: String
+    @Option(help: ArgumentHelp("Where the engine's OpenAI API listens (loopback).", valueName: "URL")) var engineURL =
+        "http://127.0.0.1:8081"
     @Option(help: ArgumentHelp("This worker's id.", valueName: "ID")) var workerID = ProcessInfo.processInfo.hostName
     @Option(help: ArgumentHelp("The PCR measurements are extended into.", valueName: "N")) var measurePCR = 23
     @Option(help: ArgumentHelp("Attestation key algorithm: ecc or rsa.", valueName: "ALG")) var ak = "ecc"
-    @Option(help: ArgumentHelp("The provider's TON wallet (raw or user-friendly), for a gateway that requires stake.", valueName: "ADDRESS"))
+    @Option(
+        help: ArgumentHelp(
+            "The provider's TON wallet (raw or user-friendly), for a gateway that requires stake.", valueName: "ADDRESS"
+        ))
     var providerWallet: String?
-    @Option(help: ArgumentHelp("The provider wallet's Ed25519 private key (PEM, or the 32-byte seed as hex).", valueName: "FILE"))
+    @Option(
+        help: ArgumentHelp(
+            "The provider wallet's Ed25519 private key (PEM, or the 32-byte seed as hex).", valueName: "FILE"))
     var providerKey: String?
     @Option(help: ArgumentHelp("The provider's jetton wallet or Cocoon proxy holding the stake.", valueName: "ADDRESS"))
     var stakeAccount: String?
@@ -55,15 +62,21 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         guard hostPort != nil else { throw ValidationError("--gateway must be HOST:PORT") }
-        guard EngineClient(url: engineURL) != nil else { throw ValidationError("--engine-url must be http://HOST:PORT") }
+        guard EngineClient(url: engineURL) != nil else {
+            throw ValidationError("--engine-url must be http://HOST:PORT")
+        }
         guard AttestationKeyAlgorithm(rawValue: ak) != nil else { throw ValidationError("--ak must be ecc or rsa") }
         try tdx.validate()
         for path in [engine, model] where !FileManager.default.isReadableFile(atPath: path) {
             throw ValidationError("\(path): not a readable file")
         }
         if engineCommand, command.isEmpty { throw ValidationError("--engine-command needs the command after --") }
-        guard (providerWallet == nil) == (providerKey == nil) else { throw ValidationError("--provider-wallet and --provider-key go together") }
-        if stakeAccount != nil, providerWallet == nil { throw ValidationError("--stake-account needs --provider-wallet and --provider-key") }
+        guard (providerWallet == nil) == (providerKey == nil) else {
+            throw ValidationError("--provider-wallet and --provider-key go together")
+        }
+        if stakeAccount != nil, providerWallet == nil {
+            throw ValidationError("--stake-account needs --provider-wallet and --provider-key")
+        }
     }
 
     /// The provider identity from --provider-wallet / --provider-key / --stake-account.
@@ -72,9 +85,14 @@ struct Run: ParsableCommand {
         do {
             let wallet = try TONAddress.parse(providerWallet).address
             let account = try stakeAccount.map { try TONAddress.parse($0).address }
-            let text = try String(contentsOfFile: providerKey, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            let text = try String(contentsOfFile: providerKey, encoding: .utf8).trimmingCharacters(
+                in: .whitespacesAndNewlines)
             let key: Ed25519PrivateKey
-            if let seed = Data(hex: text), seed.count == 32 { key = try Ed25519PrivateKey(seed: seed) } else { key = try Ed25519PrivateKey(pem: text) }
+            if let seed = Data(hex: text), seed.count == 32 {
+                key = try Ed25519PrivateKey(seed: seed)
+            } else {
+                key = try Ed25519PrivateKey(pem: text)
+            }
             return GatewayClient.ProviderIdentity(wallet: wallet, key: key, stakeAccount: account)
         } catch {
             throw ReportedFailure("ccworker", "provider identity: \(error)", status: 2)
@@ -82,7 +100,9 @@ struct Run: ParsableCommand {
     }
 
     var hostPort: (String, Int)? {
-        guard let colon = gateway.lastIndex(of: ":"), let port = Int(gateway[gateway.index(after: colon)...]) else { return nil }
+        guard let colon = gateway.lastIndex(of: ":"), let port = Int(gateway[gateway.index(after: colon)...]) else {
+            return nil
+        }
         return (String(gateway[..<colon]), port)
     }
 
@@ -99,7 +119,9 @@ struct Run: ParsableCommand {
             if tdx.tee == "tdx" {
                 attestor = try tdx.attestor(files: files)
             } else {
-                attestor = try Attestor(tcti: tpm, akAlgorithm: AttestationKeyAlgorithm(rawValue: ak)!, files: files, measurePCR: measurePCR)
+                attestor = try Attestor(
+                    tcti: tpm, akAlgorithm: AttestationKeyAlgorithm(rawValue: ak)!, files: files, measurePCR: measurePCR
+                )
             }
         } catch let failure as ReportedFailure {
             throw failure
@@ -120,8 +142,9 @@ struct Run: ParsableCommand {
             return source
         }
         defer { signalSources.forEach { $0.cancel() } }
-        let client = GatewayClient(configuration: .init(host: host, port: port, workerID: workerID, models: [modelName], provider: provider),
-                                   attestor: attestor, engine: engineClient, logger: logger)
+        let client = GatewayClient(
+            configuration: .init(host: host, port: port, workerID: workerID, models: [modelName], provider: provider),
+            attestor: attestor, engine: engineClient, logger: logger)
         let outcome = WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)
         supervisor?.stop()
         if let rejected = outcome { throw ReportedFailure("ccworker", rejected.description, status: 1) }
@@ -131,7 +154,9 @@ struct Run: ParsableCommand {
 /// Waits for the engine, then keeps a gateway connection up, reconnecting with backoff, until
 /// the gateway rejects this worker (returned) or the process is stopped.
 enum WorkerLoop {
-    static func run(client: GatewayClient, engine: EngineClient, supervisor: EngineSupervisor?, logger: Logger) -> WorkerRejected? {
+    static func run(client: GatewayClient, engine: EngineClient, supervisor: EngineSupervisor?, logger: Logger)
+        -> WorkerRejected?
+    {
         let done = DispatchSemaphore(value: 0)
         let result = Box()
         Task {
@@ -140,7 +165,11 @@ enum WorkerLoop {
                 group.addTask {
                     var waited = 0
                     while !(await engine.isReady()) {
-                        if waited % 10 == 0 { logger.info("waiting for the engine", metadata: ["ccworker.engine": "\(engine.host):\(engine.port)"]) }
+                        if waited % 10 == 0 {
+                            logger.info(
+                                "waiting for the engine", metadata: ["ccworker.engine": "\(engine.host):\(engine.port)"]
+                            )
+                        }
                         waited += 1
                         try? await Task.sleep(for: .seconds(1))
                     }
@@ -150,7 +179,9 @@ enum WorkerLoop {
                             try await client.runOnce()
                             logger.notice("gateway connection closed; reconnecting")
                         } catch let rejected as WorkerRejected {
-                            logger.error("rejected", metadata: ["ccworker.reason": "\(rejected.code)", "message": "\(rejected.message)"])
+                            logger.error(
+                                "rejected",
+                                metadata: ["ccworker.reason": "\(rejected.code)", "message": "\(rejected.message)"])
                             if !rejected.isRetryable(hasProvider: client.configuration.provider != nil) {
                                 result.set(rejected)
                                 return

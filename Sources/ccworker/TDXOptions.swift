@@ -9,11 +9,15 @@ struct TDXOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The attestation hardware: tpm or tdx.", valueName: "TEE")) var tee = "tpm"
     @Option(help: ArgumentHelp("TDX: the configfs-tsm report directory.", valueName: "DIR"))
     var tsmDir = ConfigfsTSM.defaultRoot.path
-    @Option(help: ArgumentHelp("TDX: the guest driver's measurement registers (rtmr3:sha384 is extended).", valueName: "DIR"))
-    var rtmrDir = RTMRExtender.defaultDirectory.path
-    @Option(help: ArgumentHelp("TDX: the firmware CCEL event log.", valueName: "FILE")) var ccel = TDXAttestor.defaultCCEL.path
     @Option(
-        help: ArgumentHelp("TDX: offline Intel collateral (JSON, Intel field names) to send with each quote.", valueName: "FILE"))
+        help: ArgumentHelp(
+            "TDX: the guest driver's measurement registers (rtmr3:sha384 is extended).", valueName: "DIR"))
+    var rtmrDir = RTMRExtender.defaultDirectory.path
+    @Option(help: ArgumentHelp("TDX: the firmware CCEL event log.", valueName: "FILE")) var ccel = TDXAttestor
+        .defaultCCEL.path
+    @Option(
+        help: ArgumentHelp(
+            "TDX: offline Intel collateral (JSON, Intel field names) to send with each quote.", valueName: "FILE"))
     var collateral: String?
 
     func validate() throws {
@@ -29,7 +33,8 @@ struct TDXOptions: ParsableArguments {
             fields = ((object["collateral"] as? [String: Any]) ?? object).compactMapValues { $0 as? String }
         }
         return try TDXAttestor(
-            tsm: ConfigfsTSM(root: URL(fileURLWithPath: tsmDir)), rtmr: RTMRExtender(directory: URL(fileURLWithPath: rtmrDir)),
+            tsm: ConfigfsTSM(root: URL(fileURLWithPath: tsmDir)),
+            rtmr: RTMRExtender(directory: URL(fileURLWithPath: rtmrDir)),
             ccel: URL(fileURLWithPath: ccel), files: files, collateral: fields)
     }
 }

@@ -42,11 +42,13 @@ let dir = URL(fileURLWithPath: args[1])
 let output = URL(fileURLWithPath: args[2])
 let glslc = glslcPath()
 
-let version = String(decoding: run(glslc, ["--version"]).out, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+let version = String(decoding: run(glslc, ["--version"]).out, as: UTF8.self).trimmingCharacters(
+    in: .whitespacesAndNewlines)
 let pinned = ((try? String(contentsOf: dir.appendingPathComponent("glslc.version"), encoding: .utf8)) ?? "")
     .trimmingCharacters(in: .whitespacesAndNewlines)
 guard version == pinned else {
-    fail("""
+    fail(
+        """
         glslc is not the pinned version, so the engine binary would not reproduce its measurement.
         pinned (\(dir.lastPathComponent)/glslc.version):
         \(pinned)
@@ -68,7 +70,8 @@ for line in manifest.split(separator: "\n") {
     guard let name = fields.first, !name.hasPrefix("#") else { continue }
     guard fields.count >= 2 else { fail("shaders.txt: '\(line)' names no source") }
     let spv = scratch.appendingPathComponent("\(name).spv")
-    let result = run(glslc, flags + Array(fields.dropFirst(2)) + ["-o", spv.path, dir.appendingPathComponent(fields[1]).path])
+    let result = run(
+        glslc, flags + Array(fields.dropFirst(2)) + ["-o", spv.path, dir.appendingPathComponent(fields[1]).path])
     guard result.status == 0, let code = try? Data(contentsOf: spv) else {
         fail("glslc failed on \(fields[1]) (\(name)):\n\(String(decoding: result.err, as: UTF8.self))")
     }

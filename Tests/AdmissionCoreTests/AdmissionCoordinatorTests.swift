@@ -20,7 +20,8 @@ import WorkerProtocol
 
     @Test func anAdmissionSealsAKeyOnlyTheAttestedWorkerOpensAndRecordsItFirst() async throws {
         let core = try Core()
-        let decision = await core.coordinator.admit(hello: hello, nonce: nonce, evidence: core.evidence(nonce: nonce, key: worker.kem.publicKeyBytes))
+        let decision = await core.coordinator.admit(
+            hello: hello, nonce: nonce, evidence: core.evidence(nonce: nonce, key: worker.kem.publicKeyBytes))
         let grant = try #require(decision.grant)
         #expect(decision.refusal == nil)
         guard case .admitted(let message) = grant.message(reattestSeconds: 60) else {
@@ -35,12 +36,15 @@ import WorkerProtocol
         // Another worker's key cannot open it.
         #expect(throws: SealingError.self) {
             try SessionKeySealing.open(
-                .init(encapsulatedKey: message.encapsulatedKey, ciphertext: message.sealedSessionKey), with: WorkerKEMKey(),
+                .init(encapsulatedKey: message.encapsulatedKey, ciphertext: message.sealedSessionKey),
+                with: WorkerKEMKey(),
                 context: Data(grant.session.sessionID.utf8) + nonce)
         }
         // The admission, its key and the worker's row go in one transaction.
         #expect(decision.drafts.count == 2)
-        guard case .event(let admit, let evidence?, .upsert(let row)?) = decision.drafts[0], case .event(let key, nil, nil) = decision.drafts[1] else {
+        guard case .event(let admit, let evidence?, .upsert(let row)?) = decision.drafts[0],
+            case .event(let key, nil, nil) = decision.drafts[1]
+        else {
             Issue.record("unexpected drafts \(decision.drafts)")
             return
         }
@@ -63,7 +67,9 @@ import WorkerProtocol
                 Issue.record("refusal not drafted with its evidence")
                 return
             }
-            #expect(event.kind == .admission && event.decision == "reject" && event.reasons == [ReasonCode.nonceMismatch.rawValue])
+            #expect(
+                event.kind == .admission && event.decision == "reject"
+                    && event.reasons == [ReasonCode.nonceMismatch.rawValue])
             #expect(stored.envelope == evidence.envelope)
         }
     }
@@ -104,12 +110,14 @@ import WorkerProtocol
         guard case .event(let event, _, _) = admitted.drafts[0] else { return }
         #expect(event.detail["stake.source"] == "test")
         // The stake is part of what a later policy is judged against.
-        #expect(grant.admitted.reasons(under: try PolicyDocument.parse(stakePolicy), at: DCAPWorld.referenceTime).isEmpty)
+        #expect(
+            grant.admitted.reasons(under: try PolicyDocument.parse(stakePolicy), at: DCAPWorld.referenceTime).isEmpty)
     }
 
     @Test func aRecheckUsesThePolicyInForceNow() async throws {
         let core = try Core()
-        let decision = await core.coordinator.admit(hello: hello, nonce: nonce, evidence: core.evidence(nonce: nonce, key: worker.kem.publicKeyBytes))
+        let decision = await core.coordinator.admit(
+            hello: hello, nonce: nonce, evidence: core.evidence(nonce: nonce, key: worker.kem.publicKeyBytes))
         let grant = try #require(decision.grant)
         #expect(core.coordinator.recheck(grant.admitted).reasons.isEmpty)
         try core.apply("schema: ccgate.policy/v1\nname: tpm-only\nevidence:\n  formats: [tpm2-quote]\n")

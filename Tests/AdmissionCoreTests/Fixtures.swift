@@ -39,7 +39,8 @@ final class Core: @unchecked Sendable {
     /// TDX evidence bound to `nonce` and `key`, with collateral in the envelope.
     func evidence(nonce: Data, key: Data, adjust: (inout DCAPWorld) -> Void = { _ in }) -> WireMessage.EvidenceMessage {
         var w = world
-        w.reportData = [UInt8](attestationBinding(nonce: nonce, workerPublicKeys: key)) + [UInt8](repeating: 0, count: 32)
+        w.reportData =
+            [UInt8](attestationBinding(nonce: nonce, workerPublicKeys: key)) + [UInt8](repeating: 0, count: 32)
         adjust(&w)
         return .init(envelope: w.envelope(collateral: w.collateral()))
     }
@@ -53,7 +54,9 @@ final class Core: @unchecked Sendable {
     /// The audit entries so far.
     func events() throws -> [AuditEvent] {
         var out = [AuditEvent]()
-        try store.entries(AuditQuery()) { out.append($0.event); return true }
+        try store.entries(AuditQuery()) {
+            out.append($0.event); return true
+        }
         return out
     }
 
@@ -113,7 +116,9 @@ struct TestWorker {
         -> Result<(String, SymmetricKey), Refused>
     {
         connection.deliver(hello)
-        guard case .challenge(let challenge)? = await connection.next() else { return .failure(Refused(code: "test", message: "no challenge")) }
+        guard case .challenge(let challenge)? = await connection.next() else {
+            return .failure(Refused(code: "test", message: "no challenge"))
+        }
         connection.deliver(.evidence(core.evidence(nonce: challenge.nonce, key: kem.publicKeyBytes, adjust: adjust)))
         switch await connection.next() {
         case .admitted(let a)?:
@@ -173,7 +178,11 @@ final class HoldingPreparer: EvidencePreparing {
         self.hold = hold
     }
     func prepare(envelope: Data, at time: Date) async -> String? {
-        if calls.withLock({ $0 += 1; return $0 }) == hold { await gate.pass() }
+        if calls.withLock({
+            $0 += 1; return $0
+        }) == hold {
+            await gate.pass()
+        }
         return nil
     }
 }

@@ -129,7 +129,8 @@ import WorkerProtocol
         #expect(events.filter { $0.kind == AuditEventKind.reattestation }.isEmpty)
         let evictions = try core.evictions(session: session)
         #expect(evictions.count == 1)
-        #expect(evictions.first?.actor == "admin" && evictions.first?.reasons == [ProtocolErrorCode.adminEvicted.rawValue])
+        #expect(
+            evictions.first?.actor == "admin" && evictions.first?.reasons == [ProtocolErrorCode.adminEvicted.rawValue])
         #expect(events.filter { $0.kind == AuditEventKind.disconnect }.count == 1)
         #expect(try core.store.workers().isEmpty)
     }
@@ -174,7 +175,10 @@ import WorkerProtocol
         let request = try JSONDecoder().decode(ChannelPayload.self, from: try opener.open(box))
         #expect(request == .request(id: id, method: "POST", path: "/v1/completions", body: Data("{}".utf8)))
         let sealer = ChannelSealer(sessionKey: key, sessionID: session, direction: .workerToGateway)
-        for payload in [ChannelPayload.head(id: id, status: 200, contentType: "text/event-stream"), .data(id: id, bytes: Data("data: 1\n\n".utf8))] {
+        for payload in [
+            ChannelPayload.head(id: id, status: 200, contentType: "text/event-stream"),
+            .data(id: id, bytes: Data("data: 1\n\n".utf8)),
+        ] {
             try sealer.seal(try JSONEncoder().encode(payload)) { connection.deliver(.sealed($0)) }
         }
         // A forged frame: the channel refuses it, and the session ends.

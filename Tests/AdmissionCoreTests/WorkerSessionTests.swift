@@ -83,7 +83,8 @@ import WorkerProtocol
     @Test func evidenceIsVerifiedAgainstTheChallenge() {
         var session = challenged()
         let evidence = WireMessage.EvidenceMessage(envelope: Data("{}".utf8))
-        guard case .verifyAdmission(let h, let n, let e) = session.received(.evidence(evidence), nonce: { Data() }) else {
+        guard case .verifyAdmission(let h, let n, let e) = session.received(.evidence(evidence), nonce: { Data() })
+        else {
             Issue.record("not verified")
             return
         }
@@ -132,7 +133,10 @@ import WorkerProtocol
             return
         }
         #expect(box == Data([1, 2]))
-        guard case .end(let code, let message, true) = session.received(.evidence(.init(envelope: Data())), nonce: { nonce }) else {
+        guard
+            case .end(let code, let message, true) = session.received(
+                .evidence(.init(envelope: Data())), nonce: { nonce })
+        else {
             Issue.record("unasked evidence accepted")
             return
         }
@@ -165,7 +169,9 @@ import WorkerProtocol
         let core = try Core()
         var (session, _) = await serving(core)
         _ = session.reattestDue(nonce: Data(repeating: 1, count: 32), keyAge: 10, keyLifetime: nil)
-        guard case .end(let code, let message, false) = session.reattestDue(nonce: Data(repeating: 2, count: 32), keyAge: 20, keyLifetime: nil)
+        guard
+            case .end(let code, let message, false) = session.reattestDue(
+                nonce: Data(repeating: 2, count: 32), keyAge: 20, keyLifetime: nil)
         else {
             Issue.record("second challenge sent")
             return

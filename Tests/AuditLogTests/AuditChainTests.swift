@@ -9,7 +9,8 @@ import Testing
     static let time = Date(timeIntervalSince1970: 1_790_000_000)
 
     /// A store with `count` decisions and a checkpoint after them; returns the export.
-    static func chain(_ count: Int, key: Ed25519PrivateKey = Ed25519PrivateKey.generate(), in dir: TemporaryDirectory) async throws
+    static func chain(_ count: Int, key: Ed25519PrivateKey = Ed25519PrivateKey.generate(), in dir: TemporaryDirectory)
+        async throws
         -> (SQLiteStore, AuditTrail, Data)
     {
         let store = try SQLiteStore(url: dir.file("ccgate.db"))
@@ -18,7 +19,8 @@ import Testing
             try await trail.record(
                 AuditEvent(
                     event: "admission", worker: "w\(i % 7)", decision: i % 3 == 0 ? "reject" : "admit",
-                    reasons: i % 3 == 0 ? ["nonce.mismatch"] : [], policyVersion: 1, detail: ["i": String(i), "quote \"\n\\": "é\u{1}"]),
+                    reasons: i % 3 == 0 ? ["nonce.mismatch"] : [], policyVersion: 1,
+                    detail: ["i": String(i), "quote \"\n\\": "é\u{1}"]),
                 evidence: StoredEvidence(envelope: Data("envelope \(i)".utf8), binding: Data([UInt8(i & 0xFF)])))
         }
         try await trail.checkpoint()
@@ -32,7 +34,11 @@ import Testing
     }
 
     static func lines(_ data: Data) -> [Data] { data.split(separator: 0x0A).map { Data($0) } }
-    static func join(_ lines: [Data]) -> Data { lines.reduce(into: Data()) { $0.append($1); $0.append(0x0A) } }
+    static func join(_ lines: [Data]) -> Data {
+        lines.reduce(into: Data()) {
+            $0.append($1); $0.append(0x0A)
+        }
+    }
 
     func failure(_ data: Data, key: Ed25519PublicKey) -> AuditVerifier.Failure? {
         do {
@@ -49,7 +55,8 @@ import Testing
         let summary = try AuditVerifier.verify(export, key: key.publicKey)
         #expect(summary.entries == 21 && summary.checkpoints == 1 && summary.unsignedTail == 0 && summary.firstSeq == 1)
         #expect(try store.head().count == 21)
-        #expect(try store.evidence(sha256: HashAlgorithm.sha256.hash(Data("envelope 4".utf8)).hex)?.binding == Data([4]))
+        #expect(
+            try store.evidence(sha256: HashAlgorithm.sha256.hash(Data("envelope 4".utf8)).hex)?.binding == Data([4]))
 
         let reopened = try SQLiteStore(url: dir.file("ccgate.db"))
         let trail2 = AuditTrail(store: reopened, key: key, clock: FixedClock(Self.time + 60))
@@ -73,7 +80,8 @@ import Testing
 
         // Changed: the decision of entry 5 flipped, hash left alone.
         var changed = lines
-        changed[4] = Data(String(decoding: lines[4], as: UTF8.self).replacingOccurrences(of: "\"admit\"", with: "\"reject\"").utf8)
+        changed[4] = Data(
+            String(decoding: lines[4], as: UTF8.self).replacingOccurrences(of: "\"admit\"", with: "\"reject\"").utf8)
         #expect(changed[4] != lines[4])
         let f1 = failure(Self.join(changed), key: key.publicKey)
         #expect(f1?.entry == 5)
@@ -190,7 +198,9 @@ import Testing
         defer { trail.close() }
         let seqs = try await withThrowingTaskGroup(of: Int.self) { group in
             for i in 0..<300 {
-                group.addTask { try await trail.record(AuditEvent(event: "admission", worker: "w\(i)", decision: "admit")).seq }
+                group.addTask {
+                    try await trail.record(AuditEvent(event: "admission", worker: "w\(i)", decision: "admit")).seq
+                }
             }
             return try await group.reduce(into: [Int]()) { $0.append($1) }
         }
@@ -222,7 +232,9 @@ import Testing
     @Test func csvQuotesAndDefusesFormulas() {
         let entry = AuditEntry(
             seq: 1, time: Self.time, prev: AuditEntry.genesis,
-            event: AuditEvent(event: "admission", worker: "=HYPERLINK(\"x\")", decision: "reject", reasons: ["a", "b"], detail: ["m": "1,2"]))
+            event: AuditEvent(
+                event: "admission", worker: "=HYPERLINK(\"x\")", decision: "reject", reasons: ["a", "b"],
+                detail: ["m": "1,2"]))
         let row = AuditExport.csvRow(entry)
         #expect(row.contains("\"'=HYPERLINK(\"\"x\"\")\""))
         #expect(row.contains(",a;b,"))
@@ -232,7 +244,10 @@ import Testing
     /// Bad lines are named, never crash the verifier.
     @Test func garbageLinesAreReported() {
         let key = Ed25519PrivateKey.generate().publicKey
-        for garbage in ["not json", "{}", "[1,2]", "{\"seq\":1,\"hash\":\"00\"}", "{\"seq\":1.5}", String(repeating: "[", count: 10_000)] {
+        for garbage in [
+            "not json", "{}", "[1,2]", "{\"seq\":1,\"hash\":\"00\"}", "{\"seq\":1.5}",
+            String(repeating: "[", count: 10_000),
+        ] {
             #expect(throws: AuditVerifier.Failure.self) { try AuditVerifier.verify(Data(garbage.utf8), key: key) }
         }
     }

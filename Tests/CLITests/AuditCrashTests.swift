@@ -16,10 +16,12 @@ final class GatewayProcess: @unchecked Sendable {
         self.data = data
         let portsFile = dir.file("ports-\(UUID().uuidString)")
         process.executableURL = URL(fileURLWithPath: EvidenceVerifyCLITests.ccgate)
-        process.arguments = [
-            "serve", "--port", "0", "--worker-port", "0", "--admin-port", "0", "--api-key", "crash-test-key",
-            "--policy", policy.path, "--data-dir", data.path, "--ports-file", portsFile.path, "--checkpoint-seconds", "1",
-        ] + extra
+        process.arguments =
+            [
+                "serve", "--port", "0", "--worker-port", "0", "--admin-port", "0", "--api-key", "crash-test-key",
+                "--policy", policy.path, "--data-dir", data.path, "--ports-file", portsFile.path,
+                "--checkpoint-seconds", "1",
+            ] + extra
         let log = dir.file("gateway-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
@@ -42,7 +44,8 @@ final class GatewayProcess: @unchecked Sendable {
         ports = found
         guard found["admin"] != nil else {
             process.terminate()
-            throw GatewayProcessError(message: "the gateway did not start: \((try? String(contentsOf: log, encoding: .utf8)) ?? "")")
+            throw GatewayProcessError(
+                message: "the gateway did not start: \((try? String(contentsOf: log, encoding: .utf8)) ?? "")")
         }
     }
 
@@ -52,7 +55,10 @@ final class GatewayProcess: @unchecked Sendable {
     }
 
     var adminArgs: [String] {
-        ["--admin-url", "http://127.0.0.1:\(ports["admin"]!)", "--token-file", data.appendingPathComponent("admin.token").path]
+        [
+            "--admin-url", "http://127.0.0.1:\(ports["admin"]!)", "--token-file",
+            data.appendingPathComponent("admin.token").path,
+        ]
     }
 
     func killHard() {
@@ -151,7 +157,8 @@ final class GatewayProcess: @unchecked Sendable {
         let restarted = try GatewayProcess(data: data, policy: policy, in: dir)
         defer { restarted.stop() }
         let export = dir.file("audit.jsonl")
-        let exported = try await ProcessRunner.run(Self.ccgate, ["audit", "export", "--out", export.path] + restarted.adminArgs)
+        let exported = try await ProcessRunner.run(
+            Self.ccgate, ["audit", "export", "--out", export.path] + restarted.adminArgs)
         #expect(exported.status == 0, "\(exported.stderr)")
         let pub = data.appendingPathComponent("gateway.pub").path
         let verified = try await ProcessRunner.run(Self.ccgate, ["audit", "verify", export.path, "--key", pub])
@@ -163,33 +170,42 @@ final class GatewayProcess: @unchecked Sendable {
         for line in try Data(contentsOf: export).split(separator: 0x0A) {
             lines.append(Data(line))
             guard let o = try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-                  o["event"] as? String == "admission", o["decision"] as? String == "admit",
-                  let worker = o["worker"] as? String, let session = (o["detail"] as? [String: String])?["session"]
+                o["event"] as? String == "admission", o["decision"] as? String == "admit",
+                let worker = o["worker"] as? String, let session = (o["detail"] as? [String: String])?["session"]
             else { continue }
             admitted[worker] = session
         }
         let lost = acks.filter { admitted[$0.key] != $0.value }
         #expect(lost.isEmpty, "acknowledged admissions missing after the crash: \(lost.keys.sorted().prefix(10))")
-        print("crash test: \(acks.count) admissions acknowledged before SIGKILL, \(admitted.count) in the chain, \(lines.count) entries")
+        print(
+            "crash test: \(acks.count) admissions acknowledged before SIGKILL, \(admitted.count) in the chain, \(lines.count) entries"
+        )
 
         // Tampering with the export: each edit fails verification and names the entry.
         func verify(_ edited: [Data]) async throws -> (Int32, String) {
             let path = dir.file("tampered-\(UUID().uuidString).jsonl")
-            try edited.reduce(into: Data()) { $0.append($1); $0.append(0x0A) }.write(to: path)
+            try edited.reduce(into: Data()) {
+                $0.append($1); $0.append(0x0A)
+            }.write(to: path)
             let r = try await ProcessRunner.run(Self.ccgate, ["audit", "verify", path.path, "--key", pub])
             return (r.status, r.stderr)
         }
         let k = 40
         try #require(lines.count > k + 1)
         var changed = lines
-        changed[k - 1] = Data(String(decoding: lines[k - 1], as: UTF8.self).replacingOccurrences(of: "\"actor\":\"", with: "\"actor\":\"x").utf8)
+        changed[k - 1] = Data(
+            String(decoding: lines[k - 1], as: UTF8.self).replacingOccurrences(
+                of: "\"actor\":\"", with: "\"actor\":\"x"
+            ).utf8)
         var deleted = lines
         deleted.remove(at: k - 1)
         var reordered = lines
         reordered.swapAt(k - 1, k)
         var inserted = lines
         inserted.insert(lines[k - 1], at: k)
-        for (name, edited, entry) in [("changed", changed, k), ("deleted", deleted, k), ("reordered", reordered, k), ("inserted", inserted, k)] {
+        for (name, edited, entry) in [
+            ("changed", changed, k), ("deleted", deleted, k), ("reordered", reordered, k), ("inserted", inserted, k),
+        ] {
             let (status, stderr) = try await verify(edited)
             #expect(status == 1, "\(name)")
             #expect(stderr.contains("FAILED at entry \(entry) "), "\(name): \(stderr)")
@@ -200,15 +216,19 @@ final class GatewayProcess: @unchecked Sendable {
         #expect(other.status == 1)
 
         // Replay: an admission re-derived from its stored evidence under its recorded policy.
-        let seq = try #require(lines.firstIndex { String(decoding: $0, as: UTF8.self).contains("\"decision\":\"admit\"") }) + 1
+        let seq =
+            try #require(lines.firstIndex { String(decoding: $0, as: UTF8.self).contains("\"decision\":\"admit\"") })
+            + 1
         let replay = try await ProcessRunner.run(Self.ccgate, ["audit", "replay", String(seq)] + restarted.adminArgs)
         #expect(replay.status == 0, "\(replay.stdout)\(replay.stderr)")
         #expect(replay.stdout.contains("the verdict matches"))
-        let offline = try await ProcessRunner.run(Self.ccgate, ["audit", "replay", String(seq), "--data-dir", data.path])
+        let offline = try await ProcessRunner.run(
+            Self.ccgate, ["audit", "replay", String(seq), "--data-dir", data.path])
         #expect(offline.status == 0, "\(offline.stdout)\(offline.stderr)")
         let notEvidence = try await ProcessRunner.run(Self.ccgate, ["audit", "replay", "1"] + restarted.adminArgs)
         #expect(notEvidence.status == 2)
-        let csv = try await ProcessRunner.run(Self.ccgate, ["audit", "export", "--format", "csv", "--worker", "crash-1"] + restarted.adminArgs)
+        let csv = try await ProcessRunner.run(
+            Self.ccgate, ["audit", "export", "--format", "csv", "--worker", "crash-1"] + restarted.adminArgs)
         #expect(csv.stdout.hasPrefix("seq,time,actor,event,worker"))
         #expect(csv.stdout.contains(",crash-1,"))
     }

@@ -5,10 +5,12 @@ import Testing
 /// `ccgate evidence verify` on TDX and SGX envelopes, and `ccgate collateral import/list`.
 @Suite struct DCAPCLITests {
     static var ccgate: String { EvidenceVerifyCLITests.ccgate }
-    static let dcapCases = ((try? SharedTestData.cases(kind: "tdx")) ?? []) + ((try? SharedTestData.cases(kind: "sgx")) ?? [])
+    static let dcapCases =
+        ((try? SharedTestData.cases(kind: "tdx")) ?? []) + ((try? SharedTestData.cases(kind: "sgx")) ?? [])
 
     func json(_ result: ProcessResult) throws -> [String: Any] {
-        try #require(try JSONSerialization.jsonObject(with: result.stdoutData) as? [String: Any], "stdout: \(result.stdout)")
+        try #require(
+            try JSONSerialization.jsonObject(with: result.stdoutData) as? [String: Any], "stdout: \(result.stdout)")
     }
 
     @Test(arguments: dcapCases)
@@ -39,14 +41,23 @@ import Testing
         #expect(try json(before)["reason"] as? String == "collateral.missing")
 
         let imported = try ProcessRunner.run(
-            Self.ccgate, ["collateral", "import", "--dir", dir.url.path, "--at", at, SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path])
+            Self.ccgate,
+            [
+                "collateral", "import", "--dir", dir.url.path, "--at", at,
+                SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path,
+            ])
         #expect(imported.status == 0, "\(imported.stderr)")
         #expect(imported.stdout.contains("4 added"))
         let again = try ProcessRunner.run(
-            Self.ccgate, ["collateral", "import", "--dir", dir.url.path, "--at", at, SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path])
+            Self.ccgate,
+            [
+                "collateral", "import", "--dir", dir.url.path, "--at", at,
+                SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path,
+            ])
         #expect(again.stdout.contains("0 added, 0 replaced, 4 kept"))
 
-        let listed = try ProcessRunner.run(Self.ccgate, ["collateral", "list", "--dir", dir.url.path, "--at", at, "--json"])
+        let listed = try ProcessRunner.run(
+            Self.ccgate, ["collateral", "list", "--dir", dir.url.path, "--at", at, "--json"])
         let lines = listed.stdout.split(separator: "\n")
         #expect(lines.count == 4)
         #expect(lines.allSatisfy { $0.contains("\"state\":\"current\"") })
@@ -63,13 +74,19 @@ import Testing
         let policy = SharedTestData.packageRoot.appendingPathComponent("Policies/cocoon-tdx.yaml").path
         let cocoon = try ProcessRunner.run(
             Self.ccgate,
-            ["evidence", "verify", SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path, "--at", "2026-03-01T00:00:00Z",
-             "--policy", policy, "--json"])
+            [
+                "evidence", "verify", SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path, "--at",
+                "2026-03-01T00:00:00Z",
+                "--policy", policy, "--json",
+            ])
         #expect(cocoon.status == 0, "\(cocoon.stdout)")
         let other = try ProcessRunner.run(
             Self.ccgate,
-            ["evidence", "verify", SharedTestData.url("tdx/d2-near-gas-test.json").path, "--at", "2025-09-10T00:00:00Z",
-             "--policy", policy, "--json"])
+            [
+                "evidence", "verify", SharedTestData.url("tdx/d2-near-gas-test.json").path, "--at",
+                "2025-09-10T00:00:00Z",
+                "--policy", policy, "--json",
+            ])
         #expect(other.status == 1)
         #expect(try json(other)["reason"] as? String == "policy.measurement-not-allowed")
     }
@@ -77,7 +94,8 @@ import Testing
     @Test func garbageBundleIsAClearError() throws {
         let dir = try TemporaryDirectory()
         try Data("{\"tcb_info\": 3}".utf8).write(to: dir.file("bad.json"))
-        let result = try ProcessRunner.run(Self.ccgate, ["collateral", "import", "--dir", dir.file("cache").path, dir.file("bad.json").path])
+        let result = try ProcessRunner.run(
+            Self.ccgate, ["collateral", "import", "--dir", dir.file("cache").path, dir.file("bad.json").path])
         #expect(result.status == 2)
         #expect(result.stderr.contains("bad.json"))
         #expect(result.stderr.contains("lacks"))

@@ -121,12 +121,15 @@ import Testing
         try Data("engine bytes".utf8).write(to: dir.file("engine"))
         try Data("model bytes".utf8).write(to: dir.file("my model.gguf"))
         let binary = try ProcessRunner.run(Self.ccgate, ["policy", "measure", dir.file("engine").path])
-        let model = try ProcessRunner.run(Self.ccgate, ["policy", "measure", "--name", "my model", "--version", "1.0", dir.file("my model.gguf").path])
+        let model = try ProcessRunner.run(
+            Self.ccgate,
+            ["policy", "measure", "--name", "my model", "--version", "1.0", dir.file("my model.gguf").path])
         #expect(binary.status == 0 && model.status == 0)
         let independent = try ProcessRunner.run("sha256sum", [dir.file("engine").path]).stdout.prefix(64)
         #expect(binary.stdout == "- {name: engine, sha256: \(independent), size: 12}\n")
         #expect(model.stdout.hasPrefix(#"- {name: "my model", version: "1.0", sha256: "#))
-        let policy = "schema: ccgate.policy/v1\nname: measured\nmeasurements:\n  binaries:\n    \(binary.stdout)  models:\n    \(model.stdout)"
+        let policy =
+            "schema: ccgate.policy/v1\nname: measured\nmeasurements:\n  binaries:\n    \(binary.stdout)  models:\n    \(model.stdout)"
         try Data(policy.utf8).write(to: dir.file("p.yaml"))
         let lint = try ProcessRunner.run(Self.ccgate, ["policy", "lint", dir.file("p.yaml").path])
         #expect(lint.status == 0, "\(lint.stderr)\n\(policy)")

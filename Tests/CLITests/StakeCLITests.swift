@@ -57,7 +57,9 @@ import TONKit
         let chain = try TONChain()
         let key = Ed25519PrivateKey.generate()
         let wallet = try await chain.wallet(publicKey: key.publicKey.raw, balance: 40_000_000_000_000)
-        #expect(try await chain.send(from: wallet, to: TONChain.pool, value: 15_001_000_000_000, comment: "d").exitCode == 0)
+        #expect(
+            try await chain.send(from: wallet, to: TONChain.pool, value: 15_001_000_000_000, comment: "d").exitCode == 0
+        )
         try key.pem.write(to: dir.file("provider.key"), atomically: true, encoding: .utf8)
         try chain.apiKey.write(to: dir.file("toncenter.key"), atomically: true, encoding: .utf8)
 
@@ -66,18 +68,18 @@ import TONKit
         try Data("cli staked model".utf8).write(to: model)
         let policy = dir.file("staked.yaml")
         try """
-            schema: ccgate.policy/v1
-            name: staked-cli
-            evidence: {formats: [tpm2-quote]}
-            measurements:
-              binaries: [{name: ccinfer, sha256: \(HashAlgorithm.sha256.hash(try Data(contentsOf: engine)).hex)}]
-              models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(try Data(contentsOf: model)).hex)}]
-            stake:
-              minimum_ton: 10000
-              pool: "\(TONChain.pool)"
-              code_hashes: [\(TONChain.poolCodeHash)]
-              refresh_seconds: 2
-            """.write(to: policy, atomically: true, encoding: .utf8)
+        schema: ccgate.policy/v1
+        name: staked-cli
+        evidence: {formats: [tpm2-quote]}
+        measurements:
+          binaries: [{name: ccinfer, sha256: \(HashAlgorithm.sha256.hash(try Data(contentsOf: engine)).hex)}]
+          models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(try Data(contentsOf: model)).hex)}]
+        stake:
+          minimum_ton: 10000
+          pool: "\(TONChain.pool)"
+          code_hashes: [\(TONChain.poolCodeHash)]
+          refresh_seconds: 2
+        """.write(to: policy, atomically: true, encoding: .utf8)
         let lint = try await ProcessRunner.run(EvidenceVerifyCLITests.ccgate, ["policy", "lint", policy.path])
         #expect(lint.status == 0, "\(lint.stderr)")
 
@@ -96,8 +98,10 @@ import TONKit
         // The wallet as a wallet app shows it (user-friendly, non-bounceable).
         let friendly = try #require(try TONAddress.parseRaw(wallet).friendly(bounceable: false))
         let common = [
-            "run", "--gateway", "127.0.0.1:\(gateway.ports["worker"]!)", "--tpm", tpm.tcti, "--engine", engine.path, "--model", model.path,
-            "--model-name", "fake", "--engine-url", "http://127.0.0.1:\(fake.port)", "--worker-id", "cli-staked", "--provider-wallet", friendly,
+            "run", "--gateway", "127.0.0.1:\(gateway.ports["worker"]!)", "--tpm", tpm.tcti, "--engine", engine.path,
+            "--model", model.path,
+            "--model-name", "fake", "--engine-url", "http://127.0.0.1:\(fake.port)", "--worker-id", "cli-staked",
+            "--provider-wallet", friendly,
         ]
         let bad = try await ProcessRunner.run(Self.ccworker, common + ["--provider-key", dir.file("bad.key").path])
         #expect(bad.status == 2 && bad.stderr.contains("provider identity"), "\(bad.stderr)")

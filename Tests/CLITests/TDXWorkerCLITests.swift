@@ -25,7 +25,8 @@ import Testing
             Self.ccworker,
             [
                 "quote", "--tee", "tdx", "--tsm-dir", module.tsm.path, "--rtmr-dir", module.measurements.path, "--ccel",
-                module.ccel.path, "--nonce", nonce, "--measure", dir.file("ccinfer").path, "--measure", dir.file("model.gguf").path,
+                module.ccel.path, "--nonce", nonce, "--measure", dir.file("ccinfer").path, "--measure",
+                dir.file("model.gguf").path,
                 "--out", dir.file("tdx.json").path,
             ])
         #expect(quote.status == 0, "\(quote.stderr)")
@@ -42,7 +43,8 @@ import Testing
         let verify = try ProcessRunner.run(
             EvidenceVerifyCLITests.ccgate,
             [
-                "evidence", "verify", dir.file("tdx.json").path, "--root", dir.file("root.pem").path, "--collateral-dir",
+                "evidence", "verify", dir.file("tdx.json").path, "--root", dir.file("root.pem").path,
+                "--collateral-dir",
                 dir.file("cache").path, "--at", DCAPWorld.referenceTime.rfc3339, "--nonce", nonce, "--json",
             ])
         let parsed = try JSONSerialization.jsonObject(with: verify.stdoutData) as? [String: Any]
@@ -61,7 +63,10 @@ import Testing
         try Data("x".utf8).write(to: dir.file("f"))
         let result = try ProcessRunner.run(
             Self.ccworker,
-            ["quote", "--tee", "tdx", "--tsm-dir", dir.file("absent").path, "--rtmr-dir", dir.url.path, "--ccel", dir.file("none").path])
+            [
+                "quote", "--tee", "tdx", "--tsm-dir", dir.file("absent").path, "--rtmr-dir", dir.url.path, "--ccel",
+                dir.file("none").path,
+            ])
         #expect(result.status == 1)
         #expect(result.stderr.contains("configfs-tsm"))
     }

@@ -22,8 +22,13 @@ import WorkerProtocol
     @Test func allowedWorkerServesPlainAndStreamingCompletions() async throws {
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let engine = try await FakeEngine(name: "w1")
-        let worker = try await TestWorker(id: "w1", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model)
-        defer { Task { await worker.stop(); await engine.stop(); await gateway.stop() } }
+        let worker = try await TestWorker(
+            id: "w1", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model)
+        defer {
+            Task {
+                await worker.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
         guard case .success = await worker.admitted() else { Issue.record("not admitted"); return }
 
         let models = try await gateway.request("/v1/models")
@@ -51,8 +56,13 @@ import WorkerProtocol
         let engine = try await FakeEngine(name: "evil")
         var tampered = Self.engine
         tampered[tampered.count - 1] ^= 0x01
-        let worker = try await TestWorker(id: "evil", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: tampered, model: Self.model)
-        defer { Task { await worker.stop(); await engine.stop(); await gateway.stop() } }
+        let worker = try await TestWorker(
+            id: "evil", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: tampered, model: Self.model)
+        defer {
+            Task {
+                await worker.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
         let outcome = await worker.admitted()
         guard case .failure(let error) = outcome, let rejected = error as? WorkerRejected else {
             Issue.record("expected a rejection, got \(outcome)")
@@ -63,7 +73,11 @@ import WorkerProtocol
         #expect(response.status == 404)
         #expect(engine.requestCount == 0)
         let events = try gateway.auditEvents()
-        #expect(events.contains { $0["decision"] as? String == "reject" && ($0["reasons"] as? [String])?.first == "policy.measurement-not-allowed" })
+        #expect(
+            events.contains {
+                $0["decision"] as? String == "reject"
+                    && ($0["reasons"] as? [String])?.first == "policy.measurement-not-allowed"
+            })
     }
 
     /// Threats: a replayed quote (bound to an old nonce) and a quote bound to another worker's key.
@@ -80,20 +94,23 @@ import WorkerProtocol
         let ourKey = WorkerKEMKey()
         // 1. Old nonce: a quote made for an earlier challenge.
         let oldNonce = Data(repeating: 0x11, count: 32)
-        let replayed = try await attestor.evidence(binding: attestationBinding(nonce: oldNonce, workerPublicKeys: ourKey.publicKeyBytes))
+        let replayed = try await attestor.evidence(
+            binding: attestationBinding(nonce: oldNonce, workerPublicKeys: ourKey.publicKeyBytes))
         let first = try await RawWorker.handshake(port: gateway.workerPort, key: ourKey) { _ in replayed }
         #expect(first == .rejected(.init(code: "nonce.mismatch", message: first.rejectionMessage)))
 
         // 2. Fresh nonce, but bound to another worker's key.
         let otherKey = WorkerKEMKey()
         let second = try await RawWorker.handshake(port: gateway.workerPort, key: ourKey) { nonce in
-            try await attestor.evidence(binding: attestationBinding(nonce: nonce, workerPublicKeys: otherKey.publicKeyBytes))
+            try await attestor.evidence(
+                binding: attestationBinding(nonce: nonce, workerPublicKeys: otherKey.publicKeyBytes))
         }
         #expect(second.rejectionCode == "nonce.mismatch")
 
         // 3. The honest answer is admitted.
         let third = try await RawWorker.handshake(port: gateway.workerPort, key: ourKey) { nonce in
-            try await attestor.evidence(binding: attestationBinding(nonce: nonce, workerPublicKeys: ourKey.publicKeyBytes))
+            try await attestor.evidence(
+                binding: attestationBinding(nonce: nonce, workerPublicKeys: ourKey.publicKeyBytes))
         }
         guard case .admitted = third else { Issue.record("honest evidence was not admitted: \(third)"); return }
     }
@@ -104,12 +121,20 @@ import WorkerProtocol
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let slow = try await FakeEngine(name: "slow", chunks: 50, chunkDelay: .milliseconds(100))
         let healthy = try await FakeEngine(name: "healthy")
-        let a = try await TestWorker(id: "a-slow", gatewayPort: gateway.workerPort, enginePort: slow.port, engine: Self.engine, model: Self.model)
+        let a = try await TestWorker(
+            id: "a-slow", gatewayPort: gateway.workerPort, enginePort: slow.port, engine: Self.engine, model: Self.model
+        )
         guard case .success = await a.admitted() else { Issue.record("a not admitted"); return }
-        defer { Task { await a.stop(); await slow.stop(); await healthy.stop(); await gateway.stop() } }
+        defer {
+            Task {
+                await a.stop(); await slow.stop(); await healthy.stop(); await gateway.stop()
+            }
+        }
 
         // Only worker a is admitted: the stream goes to it; kill a while it streams.
-        async let streamed = Task.detached { try await gateway.request("/v1/chat/completions", method: "POST", body: Self.streamingChat) }.value
+        async let streamed = Task.detached {
+            try await gateway.request("/v1/chat/completions", method: "POST", body: Self.streamingChat)
+        }.value
         try await Task.sleep(for: .milliseconds(700))
         a.kill()
         let result = try await streamed
@@ -118,7 +143,9 @@ import WorkerProtocol
         #expect(result.body.contains("\"code\":\"worker_failed\""))
         #expect(!result.body.contains("[DONE]"))
 
-        let b = try await TestWorker(id: "b-healthy", gatewayPort: gateway.workerPort, enginePort: healthy.port, engine: Self.engine, model: Self.model)
+        let b = try await TestWorker(
+            id: "b-healthy", gatewayPort: gateway.workerPort, enginePort: healthy.port, engine: Self.engine,
+            model: Self.model)
         defer { Task { await b.stop() } }
         guard case .success = await b.admitted() else { Issue.record("b not admitted"); return }
         let next = try await gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
@@ -132,12 +159,23 @@ import WorkerProtocol
     @Test func failureBeforeFirstByteIsRetriedOnAnotherWorker() async throws {
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let healthy = try await FakeEngine(name: "healthy")
-        let deadPort = try await { let e = try await FakeEngine(name: "gone"); let p = e.port; await e.stop(); return p }()
+        let deadPort = try await {
+            let e = try await FakeEngine(name: "gone"); let p = e.port; await e.stop(); return p
+        }()
         // Worker "a-dead" has no engine behind it (its engine port is closed): it fails before any byte.
-        let dead = try await TestWorker(id: "a-dead", gatewayPort: gateway.workerPort, enginePort: deadPort, engine: Self.engine, model: Self.model)
-        let good = try await TestWorker(id: "b-good", gatewayPort: gateway.workerPort, enginePort: healthy.port, engine: Self.engine, model: Self.model)
-        defer { Task { await dead.stop(); await good.stop(); await healthy.stop(); await gateway.stop() } }
-        guard case .success = await dead.admitted(), case .success = await good.admitted() else { Issue.record("not admitted"); return }
+        let dead = try await TestWorker(
+            id: "a-dead", gatewayPort: gateway.workerPort, enginePort: deadPort, engine: Self.engine, model: Self.model)
+        let good = try await TestWorker(
+            id: "b-good", gatewayPort: gateway.workerPort, enginePort: healthy.port, engine: Self.engine,
+            model: Self.model)
+        defer {
+            Task {
+                await dead.stop(); await good.stop(); await healthy.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await dead.admitted(), case .success = await good.admitted() else {
+            Issue.record("not admitted"); return
+        }
         // Least-loaded ties break by id, so "a-dead" is tried first every time.
         for _ in 0..<3 {
             let response = try await gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
@@ -170,7 +208,8 @@ enum RawWorker {
     }
 
     static func connect(port: Int) async throws -> NIOAsyncChannel<WireMessage, WireMessage> {
-        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port) { channel in
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connect(host: "127.0.0.1", port: port) {
+            channel in
             channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(WireFrameDecoder()))
                 try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(WireFrameEncoder()))
@@ -180,8 +219,10 @@ enum RawWorker {
     }
 
     /// hello → challenge → `answer(nonce)` as evidence → the gateway's verdict.
-    static func handshake(port: Int, key: WorkerKEMKey, id: String = "raw",
-                          answer: @Sendable (Data) async throws -> Data) async throws -> Outcome {
+    static func handshake(
+        port: Int, key: WorkerKEMKey, id: String = "raw",
+        answer: @Sendable (Data) async throws -> Data
+    ) async throws -> Outcome {
         let channel = try await connect(port: port)
         return try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(.hello(.init(workerID: id, kemPublicKey: key.publicKeyBytes, models: ["fake"])))

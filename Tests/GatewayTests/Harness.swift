@@ -75,8 +75,10 @@ final class GatewayHarness: Sendable {
     var baseURL: String { "http://127.0.0.1:\(apiPort)" }
 
     /// A request through curl (an independent HTTP client); returns status and body.
-    func request(_ path: String, method: String = "GET", body: String? = nil, key: String? = nil,
-                 extra: [String] = []) async throws -> (status: Int, body: String) {
+    func request(
+        _ path: String, method: String = "GET", body: String? = nil, key: String? = nil,
+        extra: [String] = []
+    ) async throws -> (status: Int, body: String) {
         var args = ["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, baseURL + path, "--max-time", "120"]
         if let k = key ?? Optional(apiKey), !k.isEmpty { args += ["-H", "Authorization: Bearer \(k)"] }
         if let body { args += ["-H", "Content-Type: application/json", "--data-binary", body] }
@@ -109,7 +111,10 @@ final class GatewayHarness: Sendable {
     func admin(_ path: String, method: String = "GET", json: [String: Any]? = nil, token: String? = nil) async throws
         -> (status: Int, body: [String: Any])
     {
-        var args = ["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "http://127.0.0.1:\(adminPort)" + path, "--max-time", "60"]
+        var args = [
+            "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, "http://127.0.0.1:\(adminPort)" + path, "--max-time",
+            "60",
+        ]
         args += ["-H", "Authorization: Bearer \(token ?? server.adminToken)"]
         if let json {
             let body = String(decoding: try JSONSerialization.data(withJSONObject: json), as: UTF8.self)
@@ -138,23 +143,33 @@ final class FakeEngine: Sendable {
             counter.increment()
             var request = request
             let body = try await request.collectBody(upTo: 1 << 20)
-            let object = (try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]) ?? [:]
+            let object =
+                (try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]) ?? [:]
             if object["stream"] as? Bool == true {
                 var headers = HTTPFields()
                 headers[.contentType] = "text/event-stream"
-                return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-                    for i in 0..<chunks {
-                        try await Task.sleep(for: chunkDelay)
-                        try await writer.write(ByteBuffer(string: "data: {\"choices\":[{\"delta\":{\"content\":\"\(name)-\(i) \"}}]}\n\n"))
-                    }
-                    try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
-                    try await writer.finish(nil)
-                })
+                return Response(
+                    status: .ok, headers: headers,
+                    body: ResponseBody { writer in
+                        for i in 0..<chunks {
+                            try await Task.sleep(for: chunkDelay)
+                            try await writer.write(
+                                ByteBuffer(
+                                    string: "data: {\"choices\":[{\"delta\":{\"content\":\"\(name)-\(i) \"}}]}\n\n"))
+                        }
+                        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                        try await writer.finish(nil)
+                    })
             }
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
-            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string:
-                #"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello from \#(name)"}}]}"#)))
+            return Response(
+                status: .ok, headers: headers,
+                body: .init(
+                    byteBuffer: ByteBuffer(
+                        string:
+                            #"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello from \#(name)"}}]}"#
+                    )))
         }
         (port, task) = await serveOnLoopback(router)
         self.chunkDelay = chunkDelay
@@ -184,27 +199,35 @@ final class TestWorker: Sendable {
     private let task: Task<Void, any Error>
     let id: String
 
-    convenience init(id: String, gatewayPort: Int, enginePort: Int, engine: Data, model: Data, modelName: String = "fake",
-                     provider: GatewayClient.ProviderIdentity? = nil) async throws {
+    convenience init(
+        id: String, gatewayPort: Int, enginePort: Int, engine: Data, model: Data, modelName: String = "fake",
+        provider: GatewayClient.ProviderIdentity? = nil
+    ) async throws {
         let files = try TemporaryDirectory("worker")
         try engine.write(to: files.file("engine"))
         try model.write(to: files.file("model.gguf"))
-        try await self.init(id: id, gatewayPort: gatewayPort, enginePort: enginePort,
-                            measured: [files.file("engine"), files.file("model.gguf")], modelName: modelName, files: files,
-                            provider: provider)
+        try await self.init(
+            id: id, gatewayPort: gatewayPort, enginePort: enginePort,
+            measured: [files.file("engine"), files.file("model.gguf")], modelName: modelName, files: files,
+            provider: provider)
     }
 
-    init(id: String, gatewayPort: Int, enginePort: Int, measured: [URL], modelName: String, files: TemporaryDirectory? = nil,
-         provider: GatewayClient.ProviderIdentity? = nil) async throws {
+    init(
+        id: String, gatewayPort: Int, enginePort: Int, measured: [URL], modelName: String,
+        files: TemporaryDirectory? = nil,
+        provider: GatewayClient.ProviderIdentity? = nil
+    ) async throws {
         self.id = id
         tpm = try Swtpm.start()
         self.files = try files ?? TemporaryDirectory("worker")
         let attestor = try Attestor(tcti: tpm.tcti, files: measured)
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         self.events = events
-        let client = GatewayClient(configuration: .init(host: "127.0.0.1", port: gatewayPort, workerID: id, models: [modelName], provider: provider),
-                                   attestor: attestor, engine: EngineClient(port: enginePort),
-                                   onEvent: { continuation.yield($0) })
+        let client = GatewayClient(
+            configuration: .init(
+                host: "127.0.0.1", port: gatewayPort, workerID: id, models: [modelName], provider: provider),
+            attestor: attestor, engine: EngineClient(port: enginePort),
+            onEvent: { continuation.yield($0) })
         task = Task {
             defer { continuation.finish() }
             try await client.runOnce()
@@ -233,15 +256,18 @@ final class TestWorker: Sendable {
 /// A router served on a free loopback port: its port and the task running it.
 func serveOnLoopback(_ router: Router<BasicRequestContext>) async -> (Int, Task<Void, any Error>) {
     let (ports, continuation) = AsyncStream<Int>.makeStream()
-    let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-                          onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) })
+    let app = Application(
+        router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+        onServerRunning: { continuation.yield($0.localAddress?.port ?? 0) })
     let task = Task { try await app.runService(gracefulShutdownSignals: []) }
     var iterator = ports.makeAsyncIterator()
     return (await iterator.next() ?? 0, task)
 }
 
 /// Waits for a worker's admission; the error if its connection ended first (rejected).
-func admission(_ events: AsyncStream<GatewayClient.Event>, _ task: Task<Void, any Error>) async -> Result<String, any Error> {
+func admission(_ events: AsyncStream<GatewayClient.Event>, _ task: Task<Void, any Error>) async -> Result<
+    String, any Error
+> {
     for await event in events {
         if case .admitted(let session) = event { return .success(session) }
     }

@@ -28,7 +28,9 @@ import WorkerProtocol
         var timeout = timeval(tv_sec: 15, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard rc == 0 else { throw CancellationError() }
         _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -49,9 +51,12 @@ import WorkerProtocol
         var offset = 0
         let bytes = [UInt8](data)
         while offset + 4 <= bytes.count {
-            let length = Int(bytes[offset]) << 24 | Int(bytes[offset + 1]) << 16 | Int(bytes[offset + 2]) << 8 | Int(bytes[offset + 3])
+            let length =
+                Int(bytes[offset]) << 24 | Int(bytes[offset + 1]) << 16 | Int(bytes[offset + 2]) << 8
+                | Int(bytes[offset + 3])
             guard offset + 4 + length <= bytes.count,
-                  let message = try? JSONDecoder().decode(WireMessage.self, from: Data(bytes[(offset + 4)..<(offset + 4 + length)]))
+                let message = try? JSONDecoder().decode(
+                    WireMessage.self, from: Data(bytes[(offset + 4)..<(offset + 4 + length)]))
             else { break }
             messages.append(message)
             offset += 4 + length
@@ -70,8 +75,13 @@ import WorkerProtocol
     @Test func garbageOnTheWorkerPortGetsCodedErrorsAndServiceContinues() async throws {
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let engine = try await FakeEngine(name: "w")
-        let worker = try await TestWorker(id: "w", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model)
-        defer { Task { await worker.stop(); await engine.stop(); await gateway.stop() } }
+        let worker = try await TestWorker(
+            id: "w", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model)
+        defer {
+            Task {
+                await worker.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
         guard case .success = await worker.admitted() else { Issue.record("not admitted"); return }
 
         let hello = try WireMessage.hello(.init(workerID: "x", kemPublicKey: Data(count: 32), models: ["fake"])).frame()
@@ -79,16 +89,43 @@ import WorkerProtocol
         let cases: [(String, Data, String?)] = [
             ("random bytes", Data(rng.bytes(300)), nil),
             ("JSON garbage frame", Data([0, 0, 0, 5]) + Data("{{{{{".utf8), ProtocolErrorCode.malformedFrame.rawValue),
-            ("unknown type", Data([0, 0, 0, 13]) + Data(#"{"type":"zz"}"#.utf8), ProtocolErrorCode.malformedFrame.rawValue),
+            (
+                "unknown type", Data([0, 0, 0, 13]) + Data(#"{"type":"zz"}"#.utf8),
+                ProtocolErrorCode.malformedFrame.rawValue
+            ),
             ("zero-length frame", Data([0, 0, 0, 0]), ProtocolErrorCode.malformedFrame.rawValue),
-            ("oversized length", Data([0x7f, 0xff, 0xff, 0xff]) + Data(rng.bytes(64)), ProtocolErrorCode.frameTooLarge.rawValue),
-            ("just over the limit", withUnsafeBytes(of: UInt32(WireFrameDecoder.maxFrameSize + 1).bigEndian) { Data($0) }, ProtocolErrorCode.frameTooLarge.rawValue),
+            (
+                "oversized length", Data([0x7f, 0xff, 0xff, 0xff]) + Data(rng.bytes(64)),
+                ProtocolErrorCode.frameTooLarge.rawValue
+            ),
+            (
+                "just over the limit",
+                withUnsafeBytes(of: UInt32(WireFrameDecoder.maxFrameSize + 1).bigEndian) { Data($0) },
+                ProtocolErrorCode.frameTooLarge.rawValue
+            ),
             ("truncated frame", Data(hello.prefix(hello.count - 3)), ProtocolErrorCode.malformedFrame.rawValue),
-            ("evidence before hello", try WireMessage.evidence(.init(envelope: Data("{}".utf8))).frame(), ProtocolErrorCode.unexpectedMessage.rawValue),
-            ("bad hello key", try WireMessage.hello(.init(workerID: "x", kemPublicKey: Data(count: 3), models: ["m"])).frame(), ProtocolErrorCode.badHello.rawValue),
-            ("bad hello id", try WireMessage.hello(.init(workerID: "../../etc", kemPublicKey: Data(count: 32), models: ["m"])).frame(), ProtocolErrorCode.badHello.rawValue),
-            ("garbage evidence", hello + (try WireMessage.evidence(.init(envelope: Data(rng.bytes(500)))).frame()), "evidence.malformed"),
-            ("sealed before admission", hello + (try WireMessage.sealed(Data(rng.bytes(40))).frame()), ProtocolErrorCode.unexpectedMessage.rawValue),
+            (
+                "evidence before hello", try WireMessage.evidence(.init(envelope: Data("{}".utf8))).frame(),
+                ProtocolErrorCode.unexpectedMessage.rawValue
+            ),
+            (
+                "bad hello key",
+                try WireMessage.hello(.init(workerID: "x", kemPublicKey: Data(count: 3), models: ["m"])).frame(),
+                ProtocolErrorCode.badHello.rawValue
+            ),
+            (
+                "bad hello id",
+                try WireMessage.hello(.init(workerID: "../../etc", kemPublicKey: Data(count: 32), models: ["m"]))
+                    .frame(), ProtocolErrorCode.badHello.rawValue
+            ),
+            (
+                "garbage evidence", hello + (try WireMessage.evidence(.init(envelope: Data(rng.bytes(500)))).frame()),
+                "evidence.malformed"
+            ),
+            (
+                "sealed before admission", hello + (try WireMessage.sealed(Data(rng.bytes(40))).frame()),
+                ProtocolErrorCode.unexpectedMessage.rawValue
+            ),
         ]
         for (name, bytes, expected) in cases {
             let answer = try Self.raw(bytes, port: gateway.workerPort)
@@ -98,13 +135,16 @@ import WorkerProtocol
                 #expect(Self.frames(answer).allSatisfy { if case .error = $0 { true } else { false } }, "\(name)")
             }
             // The admitted worker keeps serving.
-            let response = try await gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat)
+            let response = try await gateway.request(
+                "/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat)
             #expect(response.status == 200, "after \(name)")
         }
         // A thousand random frames in a row do not take it down either.
         for _ in 0..<200 {
             let length = Int.random(in: 1...64, using: &rng)
-            _ = try Self.raw(withUnsafeBytes(of: UInt32(length).bigEndian) { Data($0) } + Data(rng.bytes(length)), port: gateway.workerPort)
+            _ = try Self.raw(
+                withUnsafeBytes(of: UInt32(length).bigEndian) { Data($0) } + Data(rng.bytes(length)),
+                port: gateway.workerPort)
         }
         #expect(try await gateway.request("/v1/models").status == 200)
         #expect(gateway.server.registry.isAdmitted("w"))
@@ -113,8 +153,13 @@ import WorkerProtocol
     @Test func malformedFrontDoorRequestsGetOpenAIErrors() async throws {
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let engine = try await FakeEngine(name: "w")
-        let worker = try await TestWorker(id: "w", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model)
-        defer { Task { await worker.stop(); await engine.stop(); await gateway.stop() } }
+        let worker = try await TestWorker(
+            id: "w", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model)
+        defer {
+            Task {
+                await worker.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
         guard case .success = await worker.admitted() else { Issue.record("not admitted"); return }
 
         let dir = try TemporaryDirectory()
@@ -130,7 +175,10 @@ import WorkerProtocol
             ("no prompt", "/v1/completions", #"{"model":"fake"}"#, gateway.apiKey, [], 400),
             ("unknown model", "/v1/chat/completions", #"{"model":"gpt-9","messages":[]}"#, gateway.apiKey, [], 404),
             ("unknown path", "/v1/embeddings", #"{}"#, gateway.apiKey, [], 404),
-            ("oversized body", "/v1/chat/completions", nil, gateway.apiKey, ["-H", "Content-Type: application/json", "--data-binary", "@" + dir.file("big").path], 413),
+            (
+                "oversized body", "/v1/chat/completions", nil, gateway.apiKey,
+                ["-H", "Content-Type: application/json", "--data-binary", "@" + dir.file("big").path], 413
+            ),
         ]
         for (name, path, body, key, extra, status) in cases {
             let method = (body != nil || !extra.isEmpty) ? "POST" : "GET"
@@ -141,14 +189,17 @@ import WorkerProtocol
             #expect(error?["message"] is String, "\(name): \(response.body)")
             #expect(error?["type"] is String, "\(name)")
         }
-        #expect(try await gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat).status == 200)
+        #expect(
+            try await gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat).status
+                == 200)
         #expect(engine.requestCount == 1)
     }
 
     /// Threat: a worker that changes what it runs after admission. Re-attestation reports the
     /// new measurement, the policy refuses it, and the worker is evicted and gets no more prompts.
     @Test func failedReattestationEvicts() async throws {
-        let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model), reattest: .seconds(1))
+        let gateway = try await GatewayHarness(
+            policy: GatewayHarness.policy(engine: Self.engine, model: Self.model), reattest: .seconds(1))
         let engine = try await FakeEngine(name: "w")
         let tpm = try Swtpm.start()
         let dir = try TemporaryDirectory()
@@ -157,15 +208,22 @@ import WorkerProtocol
         try Data("another model".utf8).write(to: dir.file("other-model"))
         let attestor = try Attestor(tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")])
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
-        let client = GatewayClient(configuration: .init(host: "127.0.0.1", port: gateway.workerPort, workerID: "drifter", models: ["fake"]),
-                                   attestor: attestor, engine: EngineClient(port: engine.port), onEvent: { continuation.yield($0) })
+        let client = GatewayClient(
+            configuration: .init(host: "127.0.0.1", port: gateway.workerPort, workerID: "drifter", models: ["fake"]),
+            attestor: attestor, engine: EngineClient(port: engine.port), onEvent: { continuation.yield($0) })
         let task = Task { try await client.runOnce() }
-        defer { Task { task.cancel(); tpm.stop(); await engine.stop(); await gateway.stop() } }
+        defer {
+            Task {
+                task.cancel(); tpm.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
         var iterator = events.makeAsyncIterator()
         while let event = await iterator.next() {
             if case .reattested = event { break }
         }
-        #expect(try await gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat).status == 200)
+        #expect(
+            try await gateway.request("/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat).status
+                == 200)
         try await attestor.measure(dir.file("other-model"))
         let outcome: (any Error)? = await { do { try await task.value; return nil } catch { return error } }()
         #expect((outcome as? WorkerRejected)?.code == "policy.measurement-not-allowed")

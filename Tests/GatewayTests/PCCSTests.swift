@@ -28,7 +28,9 @@ import Testing
             let router = Router()
             let counter = Counter()
             self.counter = counter
-            let encoded: @Sendable (String) -> String = { $0.addingPercentEncoding(withAllowedCharacters: .alphanumerics)! }
+            let encoded: @Sendable (String) -> String = {
+                $0.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!
+            }
             let respond: @Sendable (Data, [(String, String)]) -> Response = { body, headers in
                 counter.value.withLock { $0 += 1 }
                 if broken { return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "{not json"))) }
@@ -40,12 +42,15 @@ import Testing
                 guard request.uri.queryParameters["fmspc"].map(String.init)?.uppercased() == "90C06F000000" else {
                     return Response(status: .notFound)
                 }
-                let body = #"{"tcbInfo":\#(collateral.tcbInfo),"signature":"\#(Data(collateral.tcbInfoSignature).hex)"}"#
+                let body =
+                    #"{"tcbInfo":\#(collateral.tcbInfo),"signature":"\#(Data(collateral.tcbInfoSignature).hex)"}"#
                 return respond(Data(body.utf8), [("TCB-Info-Issuer-Chain", encoded(collateral.tcbInfoIssuerChain))])
             }
             router.get("/tdx/certification/v4/qe/identity") { _, _ -> Response in
-                let body = #"{"enclaveIdentity":\#(collateral.qeIdentity),"signature":"\#(Data(collateral.qeIdentitySignature).hex)"}"#
-                return respond(Data(body.utf8), [("SGX-Enclave-Identity-Issuer-Chain", encoded(collateral.qeIdentityIssuerChain))])
+                let body =
+                    #"{"enclaveIdentity":\#(collateral.qeIdentity),"signature":"\#(Data(collateral.qeIdentitySignature).hex)"}"#
+                return respond(
+                    Data(body.utf8), [("SGX-Enclave-Identity-Issuer-Chain", encoded(collateral.qeIdentityIssuerChain))])
             }
             router.get("/sgx/certification/v4/pckcrl") { _, _ -> Response in
                 respond(Data(collateral.pckCRL), [("SGX-PCK-CRL-Issuer-Chain", encoded(collateral.pckCRLIssuerChain))])
@@ -66,7 +71,9 @@ import Testing
     /// An empty online-mode cache fed from `base`. The default timeout is generous: on a loaded
     /// 2-core machine running the whole suite, a loopback answer can take many seconds, and a
     /// timeout would then read as a failed fetch.
-    static func online(_ base: URL, timeout: TimeInterval = 90) throws -> (CollateralCache, CollateralPrefetcher, TemporaryDirectory) {
+    static func online(_ base: URL, timeout: TimeInterval = 90) throws -> (
+        CollateralCache, CollateralPrefetcher, TemporaryDirectory
+    ) {
         let dir = try TemporaryDirectory("pccs")
         let cache = try CollateralCache(directory: dir.url, mode: "online")
         return (cache, CollateralPrefetcher(cache: cache, client: PCCSClient(base: base, timeout: timeout)), dir)
@@ -86,7 +93,8 @@ import Testing
         let note = await prefetcher.prepare(envelope: envelope, at: Self.at)
         #expect(note?.hasPrefix("fetched") == true, "\(note ?? "nil")")
         #expect(pccs.requests == 4)
-        let verification = EvidenceVerification(policy: .builtinDefault, applyMeasurementRules: false, collateralSource: cache)
+        let verification = EvidenceVerification(
+            policy: .builtinDefault, applyMeasurementRules: false, collateralSource: cache)
         let verdict = verification.verify(envelopeData: envelope, expectedNonce: nil, at: Self.at)
         #expect(verdict.isAccepted, "\(verdict.reasons)")
         #expect(verdict.claims?.fields["collateral.source"] == "online")
@@ -106,15 +114,18 @@ import Testing
         let note = await prefetcher.prepare(envelope: envelope, at: Self.at)
         #expect(note?.contains("failed") == true)
         #expect(cache.all.isEmpty)
-        let verdict = EvidenceVerification(policy: .builtinDefault, applyMeasurementRules: false, collateralSource: cache)
-            .verify(envelopeData: envelope, expectedNonce: nil, at: Self.at)
+        let verdict = EvidenceVerification(
+            policy: .builtinDefault, applyMeasurementRules: false, collateralSource: cache
+        )
+        .verify(envelopeData: envelope, expectedNonce: nil, at: Self.at)
         #expect(verdict.reason == .collateralMissing)
     }
 
     @Test func unreachablePCCSIsAFailureNote() async throws {
         let (_, prefetcher, dir) = try Self.online(URL(string: "http://127.0.0.1:1")!, timeout: 2)
         defer { _ = dir }
-        let note = await prefetcher.prepare(envelope: try SharedTestData.data("tdx/cocoon-quote-no-collateral.json"), at: Self.at)
+        let note = await prefetcher.prepare(
+            envelope: try SharedTestData.data("tdx/cocoon-quote-no-collateral.json"), at: Self.at)
         #expect(note?.contains("failed") == true)
     }
 

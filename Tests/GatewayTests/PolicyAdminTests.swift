@@ -53,21 +53,31 @@ import Testing
         let admin = Ed25519PrivateKey.generate()
         let gateway = try await Self.gateway(admin: admin, engines: [Self.engineA, Self.engineB])
         let engine = try await FakeEngine(name: "a")
-        let a = try await TestWorker(id: "worker-a", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineA, model: Self.model)
-        let b = try await TestWorker(id: "worker-b", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineB, model: Self.model)
-        defer { Task { await a.stop(); await b.stop(); await engine.stop(); await gateway.stop() } }
+        let a = try await TestWorker(
+            id: "worker-a", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineA,
+            model: Self.model)
+        let b = try await TestWorker(
+            id: "worker-b", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineB,
+            model: Self.model)
+        defer {
+            Task {
+                await a.stop(); await b.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
         guard case .success = await a.admitted(), case .success = await b.admitted() else {
             Issue.record("workers not admitted")
             return
         }
         let v2 = GatewayHarness.policyText(engines: [Self.engineA], model: Self.model, name: "v2")
 
-        let dry = try await gateway.admin("/v1/admin/policy/apply", method: "POST", json: Self.signed(v2, admin, dryRun: true))
+        let dry = try await gateway.admin(
+            "/v1/admin/policy/apply", method: "POST", json: Self.signed(v2, admin, dryRun: true))
         #expect(dry.status == 200)
         let wouldEvict = dry.body["evictions"] as? [[String: Any]] ?? []
         #expect(wouldEvict.map { $0["worker"] as? String } == ["worker-b"])
         #expect((wouldEvict.first?["reasons"] as? [String])?.first == "policy.measurement-not-allowed")
-        #expect((dry.body["changes"] as? [String])?.contains { $0.hasPrefix("- measurements.binaries: engine-1") } == true)
+        #expect(
+            (dry.body["changes"] as? [String])?.contains { $0.hasPrefix("- measurements.binaries: engine-1") } == true)
         #expect(gateway.server.registry.isAdmitted("worker-b"))
         #expect(gateway.server.policies.current.version == 1)
 
@@ -93,7 +103,9 @@ import Testing
         #expect(gateway.server.registry.isAdmitted("worker-a"))
         let closed = await Self.disconnected(b)
         #expect(closed != nil, "worker-b's connection was not closed")
-        print("policy apply: worker-b out of routing after \(unroutable.map { "\($0)" } ?? "?"), call answered after \(answered), connection closed \(closed.map { "\($0)" } ?? "never") after that")
+        print(
+            "policy apply: worker-b out of routing after \(unroutable.map { "\($0)" } ?? "?"), call answered after \(answered), connection closed \(closed.map { "\($0)" } ?? "never") after that"
+        )
 
         let events = try gateway.auditEvents()
         let eviction = events.first { $0["event"] as? String == "eviction" && $0["worker"] as? String == "worker-b" }
@@ -101,10 +113,12 @@ import Testing
         #expect((eviction?["reasons"] as? [String])?.first == "policy.measurement-not-allowed")
         #expect((eviction?["actor"] as? String)?.hasPrefix("admin:") == true)
         #expect(events.contains { $0["event"] as? String == "policy-applied" && $0["policy_version"] as? Int == 2 })
-        #expect(events.filter { $0["event"] as? String == "eviction" && $0["worker"] as? String == "worker-b" }.count == 1)
+        #expect(
+            events.filter { $0["event"] as? String == "eviction" && $0["worker"] as? String == "worker-b" }.count == 1)
 
         let reply = try await gateway.request(
-            "/v1/chat/completions", method: "POST", body: #"{"model":"fake","messages":[{"role":"user","content":"hi"}]}"#)
+            "/v1/chat/completions", method: "POST",
+            body: #"{"model":"fake","messages":[{"role":"user","content":"hi"}]}"#)
         #expect(reply.status == 200 && reply.body.contains("hello from a"))
 
         // History and rollback: version 1 again, as version 3, re-checked under today's keys.
@@ -136,19 +150,26 @@ import Testing
         #expect(unsigned.status == 403)
         #expect((unsigned.body["error"] as? [String: Any])?["code"] as? String == "policy.unsigned")
 
-        let stranger = try await gateway.admin("/v1/admin/policy/apply", method: "POST", json: Self.signed(text, Ed25519PrivateKey.generate()))
+        let stranger = try await gateway.admin(
+            "/v1/admin/policy/apply", method: "POST", json: Self.signed(text, Ed25519PrivateKey.generate()))
         #expect((stranger.body["error"] as? [String: Any])?["code"] as? String == "policy.signer-not-pinned")
 
-        var altered = Self.signed(GatewayHarness.policyText(engines: [Self.engineA], model: Self.model, name: "ok"), admin)
+        var altered = Self.signed(
+            GatewayHarness.policyText(engines: [Self.engineA], model: Self.model, name: "ok"), admin)
         altered["policy"] = text
         let mismatch = try await gateway.admin("/v1/admin/policy/apply", method: "POST", json: altered)
         #expect((mismatch.body["error"] as? [String: Any])?["code"] as? String == "policy.signature-invalid")
 
-        let invalid = try await gateway.admin("/v1/admin/policy/apply", method: "POST", json: Self.signed("schema: ccgate.policy/v1\nname: x\nbogus: 1\n", admin))
+        let invalid = try await gateway.admin(
+            "/v1/admin/policy/apply", method: "POST",
+            json: Self.signed("schema: ccgate.policy/v1\nname: x\nbogus: 1\n", admin))
         #expect(invalid.status == 422)
-        #expect(((invalid.body["error"] as? [String: Any])?["details"] as? [String])?.first?.contains("unknown key 'bogus'") == true)
+        #expect(
+            ((invalid.body["error"] as? [String: Any])?["details"] as? [String])?.first?.contains("unknown key 'bogus'")
+                == true)
 
-        let noToken = try await gateway.admin("/v1/admin/policy/apply", method: "POST", json: Self.signed(text, admin), token: "wrong-token-wrong")
+        let noToken = try await gateway.admin(
+            "/v1/admin/policy/apply", method: "POST", json: Self.signed(text, admin), token: "wrong-token-wrong")
         #expect(noToken.status == 401)
         let garbage = try await gateway.admin("/v1/admin/policy/rollback", method: "POST", json: ["version": "x"])
         #expect(garbage.status == 400)
@@ -164,8 +185,13 @@ import Testing
 
         #expect(gateway.server.policies.current.version == 1)
         let events = try gateway.auditEvents()
-        let refused = events.filter { $0["event"] as? String == "policy-apply" && $0["decision"] as? String == "refused" }
-        #expect(Set(refused.compactMap { ($0["reasons"] as? [String])?.first }) == ["policy.unsigned", "policy.signer-not-pinned", "policy.signature-invalid", "policy.invalid"])
+        let refused = events.filter {
+            $0["event"] as? String == "policy-apply" && $0["decision"] as? String == "refused"
+        }
+        #expect(
+            Set(refused.compactMap { ($0["reasons"] as? [String])?.first }) == [
+                "policy.unsigned", "policy.signer-not-pinned", "policy.signature-invalid", "policy.invalid",
+            ])
         #expect(events.contains { $0["event"] as? String == "admin-login" && $0["decision"] as? String == "reject" })
         #expect(events.contains { $0["event"] as? String == "admin-login" && $0["decision"] as? String == "accept" })
     }
@@ -173,10 +199,14 @@ import Testing
     /// Without pinned admin keys no policy can be applied at all; a signed initial policy is
     /// required once keys are pinned.
     @Test func noAdminKeysMeansNoPolicyChanges() async throws {
-        let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engineA, model: Self.model)) { $0.adminPort = 0 }
+        let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engineA, model: Self.model)) {
+            $0.adminPort = 0
+        }
         defer { Task { await gateway.stop() } }
         let admin = Ed25519PrivateKey.generate()
-        let r = try await gateway.admin("/v1/admin/policy/apply", method: "POST", json: Self.signed(GatewayHarness.policy(engine: Self.engineB, model: Self.model), admin))
+        let r = try await gateway.admin(
+            "/v1/admin/policy/apply", method: "POST",
+            json: Self.signed(GatewayHarness.policy(engine: Self.engineB, model: Self.model), admin))
         #expect((r.body["error"] as? [String: Any])?["code"] as? String == "policy.no-admin-keys")
 
         var c = GatewayConfiguration()
@@ -193,9 +223,17 @@ import Testing
         let admin = Ed25519PrivateKey.generate()
         let gateway = try await Self.gateway(admin: admin, engines: [Self.engineA])
         let engine = try await FakeEngine(name: "a")
-        let good = try await TestWorker(id: "good", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineA, model: Self.model)
-        let bad = try await TestWorker(id: "bad", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineB, model: Self.model)
-        defer { Task { await good.stop(); await bad.stop(); await engine.stop(); await gateway.stop() } }
+        let good = try await TestWorker(
+            id: "good", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineA,
+            model: Self.model)
+        let bad = try await TestWorker(
+            id: "bad", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineB, model: Self.model
+        )
+        defer {
+            Task {
+                await good.stop(); await bad.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
         guard case .success = await good.admitted() else { Issue.record("not admitted"); return }
         guard case .failure = await bad.admitted() else { Issue.record("bad worker admitted"); return }
 
@@ -218,14 +256,19 @@ import Testing
         let stricter = GatewayHarness.policyText(engines: [Self.engineB], model: Self.model)
         let evidence = try store.evidence(sha256: admit.event.evidenceSHA256!)
         #expect(try !replay.replay(admit, evidence: evidence, policyText: stricter, now: Date()).matches)
-        #expect(throws: AuditReplay.Failure.self) { try replay.replay(admit, evidence: nil, policyText: stricter, now: Date()) }
+        #expect(throws: AuditReplay.Failure.self) {
+            try replay.replay(admit, evidence: nil, policyText: stricter, now: Date())
+        }
 
         let evicted = try await gateway.admin("/v1/admin/workers/good/evict", method: "POST")
         #expect(evicted.status == 200)
         #expect(!gateway.server.registry.isAdmitted("good"))
         #expect(await Self.disconnected(good) != nil)
         #expect(try await gateway.admin("/v1/admin/workers/nobody/evict", method: "POST").status == 404)
-        #expect(try gateway.auditEvents().contains { $0["event"] as? String == "eviction" && ($0["reasons"] as? [String]) == ["admin.evicted"] })
+        #expect(
+            try gateway.auditEvents().contains {
+                $0["event"] as? String == "eviction" && ($0["reasons"] as? [String]) == ["admin.evicted"]
+            })
         #expect(try store.workers().isEmpty)
     }
 }

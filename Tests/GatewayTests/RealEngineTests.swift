@@ -28,7 +28,11 @@ import WorkerAgent
     }
 
     static func freePort() throws -> Int {
-        Int(try ProcessRunner.run("python3", ["-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"])
+        Int(
+            try ProcessRunner.run(
+                "python3",
+                ["-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]
+            )
             .stdout.trimmingCharacters(in: .whitespacesAndNewlines))!
     }
 
@@ -36,11 +40,15 @@ import WorkerAgent
         let env = try Self.environment()
         let port = try Self.freePort()
         setenv("XDG_RUNTIME_DIR", NSTemporaryDirectory(), 0)
-        if let icd = try? FileManager.default.contentsOfDirectory(atPath: "/usr/share/vulkan/icd.d").first(where: { $0.hasPrefix("lvp_icd") }) {
+        if let icd = try? FileManager.default.contentsOfDirectory(atPath: "/usr/share/vulkan/icd.d").first(where: {
+            $0.hasPrefix("lvp_icd")
+        }) {
             setenv("VK_ICD_FILENAMES", "/usr/share/vulkan/icd.d/\(icd)", 1)
         }
-        let engine = EngineSupervisor(command: [env.engine.path, "serve", "--model", env.model.path, "--model-name", "smollm2-135m-instruct",
-                                                "--host", "127.0.0.1", "--port", String(port), "--context", "1024"])
+        let engine = EngineSupervisor(command: [
+            env.engine.path, "serve", "--model", env.model.path, "--model-name", "smollm2-135m-instruct",
+            "--host", "127.0.0.1", "--port", String(port), "--context", "1024",
+        ])
         let supervision = Task { await engine.run() }
         defer { engine.stop(); supervision.cancel() }
         let client = EngineClient(port: port)
@@ -60,16 +68,23 @@ import WorkerAgent
               models: [{name: smollm2, sha256: b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53}]
             """
         let gateway = try await GatewayHarness(policy: policy)
-        let worker = try await TestWorker(id: "gpu-1", gatewayPort: gateway.workerPort, enginePort: port,
-                                          measured: [env.engine, env.model], modelName: "smollm2-135m-instruct")
-        defer { Task { await worker.stop(); await gateway.stop() } }
+        let worker = try await TestWorker(
+            id: "gpu-1", gatewayPort: gateway.workerPort, enginePort: port,
+            measured: [env.engine, env.model], modelName: "smollm2-135m-instruct")
+        defer {
+            Task {
+                await worker.stop(); await gateway.stop()
+            }
+        }
         guard case .success = await worker.admitted() else { Issue.record("not admitted"); return }
 
-        let chat = #"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16,"temperature":0}"#
+        let chat =
+            #"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16,"temperature":0}"#
         let plain = try await gateway.request("/v1/chat/completions", method: "POST", body: chat)
         #expect(plain.status == 200, "\(plain.body)")
         let object = try JSONSerialization.jsonObject(with: Data(plain.body.utf8)) as? [String: Any]
-        let content = ((object?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String
+        let content =
+            ((object?["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String
         #expect(content?.isEmpty == false)
         #expect((object?["usage"] as? [String: Any])?["completion_tokens"] as? Int ?? 0 > 0)
 
@@ -81,8 +96,9 @@ import WorkerAgent
 
         // The official openai SDK, unchanged, against the gateway.
         let script = SharedTestData.packageRoot.appendingPathComponent("Tests/GatewayTests/openai_sdk_check.py").path
-        let sdk = try await ProcessRunner.run(env.venv.appendingPathComponent("bin/python").path,
-                                        [script, gateway.baseURL + "/v1", gateway.apiKey, "smollm2-135m-instruct"])
+        let sdk = try await ProcessRunner.run(
+            env.venv.appendingPathComponent("bin/python").path,
+            [script, gateway.baseURL + "/v1", gateway.apiKey, "smollm2-135m-instruct"])
         #expect(sdk.status == 0, "\(sdk.stdout)\n\(sdk.stderr)")
         let report = try JSONSerialization.jsonObject(with: sdk.stdoutData) as? [String: Any]
         #expect(report?["models"] as? [String] == ["smollm2-135m-instruct"])

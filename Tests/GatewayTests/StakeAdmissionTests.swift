@@ -43,16 +43,21 @@ import WorkerAgent
         let wallet = try await chain.wallet(publicKey: key.publicKey.raw, balance: 40_000 * ton)
         if let stake {
             // The pool keeps 1 TON of a deposit as its processing fee.
-            #expect(try await chain.send(from: wallet, to: TONChain.pool, value: (stake + 1) * ton, comment: "d").exitCode == 0)
+            #expect(
+                try await chain.send(from: wallet, to: TONChain.pool, value: (stake + 1) * ton, comment: "d").exitCode
+                    == 0)
         }
         return GatewayClient.ProviderIdentity(wallet: try TONAddress.parseRaw(wallet), key: key)
     }
 
-    static func worker(_ id: String, _ gateway: GatewayHarness, _ engine: FakeEngine, _ provider: GatewayClient.ProviderIdentity?)
+    static func worker(
+        _ id: String, _ gateway: GatewayHarness, _ engine: FakeEngine, _ provider: GatewayClient.ProviderIdentity?
+    )
         async throws -> TestWorker
     {
         try await TestWorker(
-            id: id, gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model, provider: provider)
+            id: id, gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model,
+            provider: provider)
     }
 
     /// The code a rejected worker was given (nil: admitted).
@@ -78,8 +83,14 @@ import WorkerAgent
         let engine = try await FakeEngine(name: "staked")
         let provider = try await Self.provider(chain, stake: 15_000)
         let worker = try await Self.worker("staked-1", gateway, engine, provider)
-        defer { Task { await worker.stop(); await engine.stop(); await gateway.stop() } }
-        guard case .success = await worker.admitted() else { Issue.record("a staked provider was not admitted"); return }
+        defer {
+            Task {
+                await worker.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await worker.admitted() else {
+            Issue.record("a staked provider was not admitted"); return
+        }
 
         let admission = try Self.events(gateway, "admission", worker: "staked-1").last
         let d = Self.detail(admission)
@@ -91,15 +102,19 @@ import WorkerAgent
         #expect(admittedSeqno > 0)
         #expect(gateway.server.registry.workers.first?.record.provider == provider.wallet.raw)
         let served = try await gateway.request(
-            "/v1/chat/completions", method: "POST", body: #"{"model":"fake","messages":[{"role":"user","content":"hi"}]}"#)
+            "/v1/chat/completions", method: "POST",
+            body: #"{"model":"fake","messages":[{"role":"user","content":"hi"}]}"#)
         #expect(served.status == 200)
 
         // The provider withdraws: the pool's own code removes the position (state 0: at once).
-        let withdrawal = try await chain.send(from: provider.wallet.raw, to: TONChain.pool, value: Self.ton, comment: "w")
+        let withdrawal = try await chain.send(
+            from: provider.wallet.raw, to: TONChain.pool, value: Self.ton, comment: "w")
         #expect(withdrawal.exitCode == 0)
         let gone = await PolicyAdminTests.disconnected(worker, limit: .seconds(60))
         #expect(gone != nil, "the worker kept serving after its provider withdrew")
-        print("stake: worker evicted \(gone.map { "\($0)" } ?? "-") after the withdrawal committed (refresh_seconds 2, monitor every 0.5 s)")
+        print(
+            "stake: worker evicted \(gone.map { "\($0)" } ?? "-") after the withdrawal committed (refresh_seconds 2, monitor every 0.5 s)"
+        )
         #expect(!gateway.server.registry.isAdmitted("staked-1"))
         let eviction = try Self.events(gateway, "eviction", worker: "staked-1").last
         #expect(eviction?["reasons"] as? [String] == ["stake.below-minimum"])
@@ -127,7 +142,11 @@ import WorkerAgent
         let admitted = try await Self.provider(chain, stake: 12_000)
         let newcomer = try await Self.provider(chain, stake: 12_000)
         let a = try await Self.worker("grace-a", gateway, engine, admitted)
-        defer { Task { await a.stop(); await engine.stop(); await gateway.stop() } }
+        defer {
+            Task {
+                await a.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
         guard case .success = await a.admitted() else { Issue.record("not admitted"); return }
 
         try await chain.mode("down", endpoint: 0)
@@ -136,7 +155,8 @@ import WorkerAgent
         defer { Task { await b.stop() } }
         #expect(await Self.rejection(b) == "stake.unknown")
         let served = try await gateway.request(
-            "/v1/chat/completions", method: "POST", body: #"{"model":"fake","messages":[{"role":"user","content":"still here?"}]}"#)
+            "/v1/chat/completions", method: "POST",
+            body: #"{"model":"fake","messages":[{"role":"user","content":"still here?"}]}"#)
         #expect(served.status == 200, "an admitted provider stopped serving inside the grace window")
         let gone = await PolicyAdminTests.disconnected(a, limit: .seconds(90))
         #expect(gone != nil, "the admitted provider outlived the grace window")
@@ -144,7 +164,9 @@ import WorkerAgent
         #expect(eviction?["reasons"] as? [String] == ["stake.unknown"])
         #expect(Self.detail(eviction)["message"]?.contains("beyond the grace window") == true)
         // The outage was audited while it was being ridden out.
-        let stale = try gateway.auditEvents().filter { $0["event"] as? String == "stake-check" && $0["decision"] as? String == "stale" }
+        let stale = try gateway.auditEvents().filter {
+            $0["event"] as? String == "stake-check" && $0["decision"] as? String == "stale"
+        }
         #expect(!stale.isEmpty)
     }
 
@@ -154,8 +176,14 @@ import WorkerAgent
         let gateway = try await Self.gateway(chain)
         let engine = try await FakeEngine(name: "staked")
         let provider = try await Self.provider(chain, stake: 15_000)
-        defer { Task { await engine.stop(); await gateway.stop() } }
-        for (index, modes) in [["ratelimit", "ok"], ["ok", "garbage"], ["ratelimit", "ratelimit"], ["garbage", "garbage"]].enumerated() {
+        defer {
+            Task {
+                await engine.stop(); await gateway.stop()
+            }
+        }
+        for (index, modes) in [
+            ["ratelimit", "ok"], ["ok", "garbage"], ["ratelimit", "ratelimit"], ["garbage", "garbage"],
+        ].enumerated() {
             try await chain.mode(modes[0], endpoint: 0)
             try await chain.mode(modes[1], endpoint: 1)
             let w = try await Self.worker("faulty-\(index)", gateway, engine, provider)
@@ -174,7 +202,11 @@ import WorkerAgent
         let engine = try await FakeEngine(name: "staked")
         let staked = try await Self.provider(chain, stake: 15_000)
         let other = try await Self.provider(chain, stake: nil)
-        defer { Task { await engine.stop(); await gateway.stop() } }
+        defer {
+            Task {
+                await engine.stop(); await gateway.stop()
+            }
+        }
         let cases: [(String, GatewayClient.ProviderIdentity?, String)] = [
             ("no-proof", nil, "stake.proof-missing"),
             ("forged", .init(wallet: staked.wallet, key: Ed25519PrivateKey.generate()), "stake.proof-invalid"),
@@ -208,14 +240,22 @@ import WorkerAgent
             c.adminPort = 0
             c.adminKeys = [admin.publicKey]
             c.policySignature = PolicySignature.sign(Data(unstakedText.utf8), with: admin).json
-            c.toncenter = chain.ports.indices.map { ToncenterEndpoint(base: chain.url($0), apiKey: chain.apiKey, requestsPerSecond: 200) }
+            c.toncenter = chain.ports.indices.map {
+                ToncenterEndpoint(base: chain.url($0), apiKey: chain.apiKey, requestsPerSecond: 200)
+            }
         }
         let engine = try await FakeEngine(name: "staked")
         let staked = try await Self.provider(chain, stake: 15_000)
         let plain = try await Self.worker("plain", gateway, engine, nil)
         let backed = try await Self.worker("backed", gateway, engine, staked)
-        defer { Task { await plain.stop(); await backed.stop(); await engine.stop(); await gateway.stop() } }
-        guard case .success = await plain.admitted(), case .success = await backed.admitted() else { Issue.record("not admitted"); return }
+        defer {
+            Task {
+                await plain.stop(); await backed.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await plain.admitted(), case .success = await backed.admitted() else {
+            Issue.record("not admitted"); return
+        }
         // Without a stake rule the staked worker's provider is not checked (nor recorded).
         #expect(gateway.server.registry.workers.allSatisfy { $0.record.provider == nil })
 
@@ -232,12 +272,19 @@ import WorkerAgent
         #expect(eviction?["reasons"] as? [String] == ["stake.proof-missing"])
         // The evicted workers' connections close; connecting again (as ccworker does), the one with a
         // proof is admitted on its stake and the one without is refused, for good.
-        let backedClosed = await PolicyAdminTests.disconnected(backed), plainClosed = await PolicyAdminTests.disconnected(plain)
+        let backedClosed = await PolicyAdminTests.disconnected(backed),
+            plainClosed = await PolicyAdminTests.disconnected(plain)
         #expect(backedClosed != nil && plainClosed != nil)
         let again = try await Self.worker("backed", gateway, engine, staked)
         let bare = try await Self.worker("plain", gateway, engine, nil)
-        defer { Task { await again.stop(); await bare.stop() } }
-        guard case .success = await again.admitted() else { Issue.record("the staked worker was not admitted again"); return }
+        defer {
+            Task {
+                await again.stop(); await bare.stop()
+            }
+        }
+        guard case .success = await again.admitted() else {
+            Issue.record("the staked worker was not admitted again"); return
+        }
         #expect(gateway.server.registry.workers.first { $0.workerID == "backed" }?.record.provider == staked.wallet.raw)
         let refusal = await bare.outcome() as? WorkerRejected
         #expect(refusal?.code == "stake.proof-missing" && refusal?.isRetryable(hasProvider: false) == false)

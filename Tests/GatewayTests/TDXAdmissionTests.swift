@@ -16,15 +16,15 @@ import WorkerAgent
 
     static func policy() -> String {
         """
-            schema: ccgate.policy/v1
-            name: tdx-test
-            evidence:
-              formats: [tdx-quote]
-              tdx: {accepted_tcb_statuses: [UpToDate]}
-            measurements:
-              binaries: [{name: engine, sha256: \(HashAlgorithm.sha256.hash(engine).hex)}]
-              models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
-            """
+        schema: ccgate.policy/v1
+        name: tdx-test
+        evidence:
+          formats: [tdx-quote]
+          tdx: {accepted_tcb_statuses: [UpToDate]}
+        measurements:
+          binaries: [{name: engine, sha256: \(HashAlgorithm.sha256.hash(engine).hex)}]
+          models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
+        """
     }
 
     /// A gateway trusting the world's root, with the world's collateral imported into its cache,
@@ -48,7 +48,8 @@ import WorkerAgent
         try engine.write(to: files.file("engine"))
         try Self.model.write(to: files.file("model.gguf"))
         let attestor = try TDXAttestor(
-            tsm: ConfigfsTSM(root: module.tsm, timeout: .seconds(10)), rtmr: RTMRExtender(directory: module.measurements),
+            tsm: ConfigfsTSM(root: module.tsm, timeout: .seconds(10)),
+            rtmr: RTMRExtender(directory: module.measurements),
             ccel: module.ccel, files: [files.file("engine"), files.file("model.gguf")])
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         let client = GatewayClient(
@@ -67,7 +68,12 @@ import WorkerAgent
         let (gateway, cache) = try await Self.gateway(world)
         let engine = try await FakeEngine(name: "tdx")
         let (task, events, files) = try worker(module, gateway: gateway, enginePort: engine.port, engine: Self.engine)
-        defer { Task { task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop(); _ = (cache, files) } }
+        defer {
+            Task {
+                task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop();
+                _ = (cache, files)
+            }
+        }
         let outcome = await admission(events, task)
         guard case .success = outcome else {
             Issue.record("TDX worker not admitted: \(outcome)")
@@ -75,7 +81,8 @@ import WorkerAgent
         }
         #expect(module.quotes >= 1)
         let reply = try await gateway.request(
-            "/v1/chat/completions", method: "POST", body: #"{"model":"fake","messages":[{"role":"user","content":"hi"}]}"#)
+            "/v1/chat/completions", method: "POST",
+            body: #"{"model":"fake","messages":[{"role":"user","content":"hi"}]}"#)
         #expect(reply.status == 200)
         #expect(reply.body.contains("hello from tdx"))
         let admissions = try gateway.auditEvents().filter { $0["event"] as? String == "admission" }
@@ -92,7 +99,12 @@ import WorkerAgent
         var tampered = Self.engine
         tampered[0] ^= 1
         let (task, events, files) = try worker(module, gateway: gateway, enginePort: engine.port, engine: tampered)
-        defer { Task { task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop(); _ = (cache, files) } }
+        defer {
+            Task {
+                task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop();
+                _ = (cache, files)
+            }
+        }
         let outcome = await admission(events, task)
         guard case .failure(let error) = outcome, let rejected = error as? WorkerRejected else {
             Issue.record("expected a rejection, got \(outcome)")
@@ -109,7 +121,12 @@ import WorkerAgent
         let (gateway, cache) = try await Self.gateway(world)
         let engine = try await FakeEngine(name: "debug")
         let (task, events, files) = try worker(module, gateway: gateway, enginePort: engine.port, engine: Self.engine)
-        defer { Task { task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop(); _ = (cache, files) } }
+        defer {
+            Task {
+                task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop();
+                _ = (cache, files)
+            }
+        }
         let outcome = await admission(events, task)
         guard case .failure(let error) = outcome, let rejected = error as? WorkerRejected else {
             Issue.record("expected a rejection, got \(outcome)")

@@ -31,12 +31,19 @@ import Testing
         let env = try References.environment.get()
         let dir = try TemporaryDirectory("arch")
         let modelURL = dir.file("model.gguf")
-        try SyntheticModel.make(architecture: variant.architecture, weights: variant.weights, tokenizerFrom: GGUFFile(url: env.model),
-                                tiedOutput: variant.tiedOutput).write(to: modelURL)
-        let cases: [[String: String]] = [["chat": "Say something."], ["text": "Once upon a time, in a land far away, there lived"]]
+        try SyntheticModel.make(
+            architecture: variant.architecture, weights: variant.weights, tokenizerFrom: GGUFFile(url: env.model),
+            tiedOutput: variant.tiedOutput
+        ).write(to: modelURL)
+        let cases: [[String: String]] = [
+            ["chat": "Say something."], ["text": "Once upon a time, in a land far away, there lived"],
+        ]
         try JSONSerialization.data(withJSONObject: cases).write(to: dir.file("cases.json"))
-        try await References.run(["generate", modelURL.path, dir.file("cases.json").path, dir.file("out.json").path, dir.file("logits.bin").path,
-                                  "--tokens", "16"])
+        try await References.run([
+            "generate", modelURL.path, dir.file("cases.json").path, dir.file("out.json").path,
+            dir.file("logits.bin").path,
+            "--tokens", "16",
+        ])
         let reference = try jsonObject(dir.file("out.json")) as! [String: Any]
         let refCases = reference["cases"] as! [[String: Any]]
         let vocabulary = reference["n_vocab"] as! Int
@@ -48,7 +55,9 @@ import Testing
             return try prompts.map { tokens in
                 model.truncate(to: 0)
                 let logits = try model.evaluate(tokens)
-                let greedy = try Generator(model: model).generate(prompt: tokens, parameters: SamplingParameters(temperature: 0, maxTokens: 16)).tokens
+                let greedy = try Generator(model: model).generate(
+                    prompt: tokens, parameters: SamplingParameters(temperature: 0, maxTokens: 16)
+                ).tokens
                 return (tokens, logits, greedy)
             }
         }
@@ -57,7 +66,9 @@ import Testing
             let diff = zip(results[i].logits, expected).map { abs($0 - $1) }.max() ?? .infinity
             let spread = (expected.max() ?? 0) - (expected.min() ?? 0)
             #expect(spread > 0.1, "the random model's logits are not degenerate")
-            print("\(variant.testDescription) case \(i): max |logit difference| \(diff), logit spread \(spread), greedy \(results[i].greedy.prefix(6))…")
+            print(
+                "\(variant.testDescription) case \(i): max |logit difference| \(diff), logit spread \(spread), greedy \(results[i].greedy.prefix(6))…"
+            )
             #expect(diff <= Self.tolerance, "\(variant.testDescription) case \(i): logits differ by \(diff)")
             #expect(results[i].greedy == c["greedy"] as? [Int], "\(variant.testDescription) case \(i): greedy tokens")
         }
@@ -72,4 +83,3 @@ extension DispatchQueue {
         }
     }
 }
-

@@ -99,7 +99,9 @@ struct GGUFWriter {
                 let block = values[b..<(b + 32)]
                 let d = (block.map { abs($0) }.max() ?? 0) / 127
                 out.append(contentsOf: half(d))
-                for v in block { out.append(UInt8(bitPattern: Int8(d == 0 ? 0 : max(-127, min(127, (v / d).rounded()))))) }
+                for v in block {
+                    out.append(UInt8(bitPattern: Int8(d == 0 ? 0 : max(-127, min(127, (v / d).rounded())))))
+                }
             }
         case .q4_0:
             for b in stride(from: 0, to: values.count, by: 32) {
@@ -135,8 +137,10 @@ enum SyntheticModel {
         var layers = 2
     }
 
-    static func make(architecture: String, weights: GGMLType, tokenizerFrom source: GGUFFile, shape: Shape = Shape(),
-                     tiedOutput: Bool = true, seed: UInt64 = 1) -> GGUFWriter {
+    static func make(
+        architecture: String, weights: GGMLType, tokenizerFrom source: GGUFFile, shape: Shape = Shape(),
+        tiedOutput: Bool = true, seed: UInt64 = 1
+    ) -> GGUFWriter {
         var rng = SeededGenerator(seed: seed)
         func random(_ n: Int, scale: Float) -> [Float] {
             (0..<n).map { _ in Float(Double(rng.next() >> 11) / Double(1 << 53) * 2 - 1) * scale }
@@ -157,8 +161,11 @@ enum SyntheticModel {
         w.set("\(architecture).attention.layer_norm_rms_epsilon", .f32(1e-6))
         w.set("\(architecture).rope.freq_base", .f32(10000))
         if architecture == "llama" { w.set("llama.rope.dimension_count", .u32(UInt32(hd))) }
-        for key in ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                    "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.chat_template"] {
+        for key in [
+            "tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+            "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_bos_token",
+            "tokenizer.chat_template",
+        ] {
             guard let v = source.metadata[key] else { continue }
             switch v {
             case .string(let s): w.set(key, .string(s))
@@ -171,8 +178,12 @@ enum SyntheticModel {
             }
         }
         w.set("tokenizer.ggml.pre", .string(architecture == "llama" ? "smollm" : "qwen2"))
-        let norm: (Int) -> [Float] = { n in (0..<n).map { _ in 1 + Float(Double(rng.next() >> 11) / Double(1 << 53)) * 0.2 - 0.1 } }
-        w.add("token_embd.weight", dims: [e, vocabulary], values: random(e * vocabulary, scale: 0.5), as: weights == .q4_0 || weights == .q4_1 ? .q8_0 : weights)
+        let norm: (Int) -> [Float] = { n in
+            (0..<n).map { _ in 1 + Float(Double(rng.next() >> 11) / Double(1 << 53)) * 0.2 - 0.1 }
+        }
+        w.add(
+            "token_embd.weight", dims: [e, vocabulary], values: random(e * vocabulary, scale: 0.5),
+            as: weights == .q4_0 || weights == .q4_1 ? .q8_0 : weights)
         for l in 0..<shape.layers {
             let p = "blk.\(l)."
             w.add(p + "attn_norm.weight", dims: [e], values: norm(e), as: .f32)
@@ -190,12 +201,20 @@ enum SyntheticModel {
             }
             w.add(p + "attn_output.weight", dims: [e, e], values: random(e * e, scale: 0.15), as: weights)
             w.add(p + "ffn_norm.weight", dims: [e], values: norm(e), as: .f32)
-            w.add(p + "ffn_gate.weight", dims: [e, shape.feedForward], values: random(e * shape.feedForward, scale: 0.15), as: weights)
-            w.add(p + "ffn_up.weight", dims: [e, shape.feedForward], values: random(e * shape.feedForward, scale: 0.15), as: weights)
-            w.add(p + "ffn_down.weight", dims: [shape.feedForward, e], values: random(e * shape.feedForward, scale: 0.1), as: weights)
+            w.add(
+                p + "ffn_gate.weight", dims: [e, shape.feedForward], values: random(e * shape.feedForward, scale: 0.15),
+                as: weights)
+            w.add(
+                p + "ffn_up.weight", dims: [e, shape.feedForward], values: random(e * shape.feedForward, scale: 0.15),
+                as: weights)
+            w.add(
+                p + "ffn_down.weight", dims: [shape.feedForward, e], values: random(e * shape.feedForward, scale: 0.1),
+                as: weights)
         }
         w.add("output_norm.weight", dims: [e], values: norm(e), as: .f32)
-        if !tiedOutput { w.add("output.weight", dims: [e, vocabulary], values: random(e * vocabulary, scale: 0.5), as: .f16) }
+        if !tiedOutput {
+            w.add("output.weight", dims: [e, vocabulary], values: random(e * vocabulary, scale: 0.5), as: .f16)
+        }
         return w
     }
 }

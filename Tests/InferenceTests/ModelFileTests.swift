@@ -99,7 +99,10 @@ import Testing
             // A key whose length claims 2^62 bytes.
             (header(0, 1, [0, 0, 0, 0, 0, 0, 0, 0x40]), .modelMalformed),
             // A string-array value claiming 2^40 items.
-            (header(0, 1, [1, 0, 0, 0, 0, 0, 0, 0, 0x6B, 9, 0, 0, 0, 8, 0, 0, 0] + [0, 0, 0, 0, 0, 1, 0, 0]), .modelMalformed),
+            (
+                header(0, 1, [1, 0, 0, 0, 0, 0, 0, 0, 0x6B, 9, 0, 0, 0, 8, 0, 0, 0] + [0, 0, 0, 0, 0, 1, 0, 0]),
+                .modelMalformed
+            ),
             // An unknown value type.
             (header(0, 1, [1, 0, 0, 0, 0, 0, 0, 0, 0x6B, 99, 0, 0, 0]), .modelMalformed),
         ]
@@ -136,7 +139,8 @@ import Testing
         w.tensors[i].type = 6  // Q5_0: 22 bytes per 32 weights
         w.tensors[i].data = [UInt8](repeating: 0, count: w.tensors[i].data.count / 64 * 22)
         try w.write(to: dir.file("q5.gguf"))
-        var arch = SyntheticModel.make(architecture: "llama", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model))
+        var arch = SyntheticModel.make(
+            architecture: "llama", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model))
         arch.metadata[0] = ("general.architecture", .string("mamba"))
         try arch.write(to: dir.file("mamba.gguf"))
         let urls = (dir.file("q5.gguf"), dir.file("mamba.gguf"))
@@ -150,7 +154,9 @@ import Testing
             }
         }
         #expect(errors[0]?.code == .modelUnsupported)
-        #expect(errors[0]?.message.contains("blk.0.attn_q.weight") == true && errors[0]?.message.contains("Q5_0") == true, "\(String(describing: errors[0]))")
+        #expect(
+            errors[0]?.message.contains("blk.0.attn_q.weight") == true && errors[0]?.message.contains("Q5_0") == true,
+            "\(String(describing: errors[0]))")
         #expect(errors[1]?.code == .modelUnsupported)
         #expect(errors[1]?.message.contains("mamba") == true)
     }

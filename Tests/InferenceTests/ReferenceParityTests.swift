@@ -28,8 +28,11 @@ import Testing
         let dir = try TemporaryDirectory("parity")
         try JSONSerialization.data(withJSONObject: Self.cases).write(to: dir.file("cases.json"))
         let env = try References.environment.get()
-        try await References.run(["generate", env.model.path, dir.file("cases.json").path, dir.file("out.json").path, dir.file("logits.bin").path,
-                                  "--tokens", "32"])
+        try await References.run([
+            "generate", env.model.path, dir.file("cases.json").path, dir.file("out.json").path,
+            dir.file("logits.bin").path,
+            "--tokens", "32",
+        ])
         let reference = try jsonObject(dir.file("out.json")) as! [String: Any]
         let referenceCases = reference["cases"] as! [[String: Any]]
         let vocabulary = reference["n_vocab"] as! Int
@@ -51,7 +54,8 @@ import Testing
                 if let chat = c["chat"] {
                     rendered = try model.chatTemplate!.render(
                         messages: [.object([("role", .string("user")), ("content", .string(chat))])],
-                        bosToken: model.tokenizer.tokens[model.tokenizer.bos!], eosToken: model.tokenizer.tokens[model.tokenizer.eos!])
+                        bosToken: model.tokenizer.tokens[model.tokenizer.bos!],
+                        eosToken: model.tokenizer.tokens[model.tokenizer.eos!])
                     tokens = model.tokenizer.encode(rendered, addSpecial: false, parseSpecial: true)
                 } else {
                     rendered = c["text"]!
@@ -59,7 +63,8 @@ import Testing
                 }
                 model.truncate(to: 0)
                 let logits = try model.evaluate(tokens)
-                let generation = try Generator(model: model).generate(prompt: tokens, parameters: SamplingParameters(temperature: 0, maxTokens: 32))
+                let generation = try Generator(model: model).generate(
+                    prompt: tokens, parameters: SamplingParameters(temperature: 0, maxTokens: 32))
                 return Mine(rendered: rendered, tokens: tokens, logits: logits, greedy: generation.tokens)
             }
         }
@@ -79,7 +84,8 @@ import Testing
             let greedy = ref["greedy"] as! [Int]
             #expect(mine[i].greedy == greedy, "greedy tokens of '\(label)'")
         }
-        print("reference parity: \(Self.cases.count) prompts, max |logit difference| \(worst) (tolerance \(Self.logitTolerance)), "
-              + "\(identical) of \(vocabulary * Self.cases.count) logits bit-identical")
+        print(
+            "reference parity: \(Self.cases.count) prompts, max |logit difference| \(worst) (tolerance \(Self.logitTolerance)), "
+                + "\(identical) of \(vocabulary * Self.cases.count) logits bit-identical")
     }
 }

@@ -13,15 +13,21 @@ import Testing
         var digests = [String]()
         for name in ["first-checkout", "second/nested/checkout"] {
             let checkout = work.file(name)
-            try FileManager.default.createDirectory(at: checkout.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                at: checkout.deletingLastPathComponent(), withIntermediateDirectories: true)
             let clone = try await ProcessRunner.run("git", ["clone", "-q", "--no-hardlinks", root.path, checkout.path])
             try #require(clone.status == 0, "\(clone.stderr)")
-            _ = try await ProcessRunner.run("git", ["-C", checkout.path, "checkout", "-q", head.stdout.trimmingCharacters(in: .whitespacesAndNewlines)])
-            let build = try await ProcessRunner.run(checkout.appendingPathComponent("scripts/build-ccinfer").path,
-                                                    ["--clean", "--out", work.file("out-\(digests.count)").path],
-                                                    environment: ["CCINFER_BUILD_ROOT": work.file("build-root").path])
+            _ = try await ProcessRunner.run(
+                "git",
+                ["-C", checkout.path, "checkout", "-q", head.stdout.trimmingCharacters(in: .whitespacesAndNewlines)])
+            let build = try await ProcessRunner.run(
+                checkout.appendingPathComponent("scripts/build-ccinfer").path,
+                ["--clean", "--out", work.file("out-\(digests.count)").path],
+                environment: ["CCINFER_BUILD_ROOT": work.file("build-root").path])
             try #require(build.status == 0, "\(build.stderr)")
-            let digest = build.stdout.split(separator: "\n").first { $0.hasPrefix("SHA256=") }.map { String($0.dropFirst(7)) }
+            let digest = build.stdout.split(separator: "\n").first { $0.hasPrefix("SHA256=") }.map {
+                String($0.dropFirst(7))
+            }
             digests.append(try #require(digest))
         }
         #expect(digests[0] == digests[1], "two builds of \(head.stdout.prefix(12)) differ: \(digests)")

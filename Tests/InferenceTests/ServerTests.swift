@@ -9,7 +9,8 @@ import Testing
     /// A server with a model of its own (context 2048) on a free port, for the life of the test
     /// process. Its connection threads are its own, not Swift's cooperative ones.
     static let server: Result<Int, any Error> = Result {
-        let model = try Transformer(url: try References.environment.get().model, device: try Lavapipe.device(), contextLength: 2048)
+        let model = try Transformer(
+            url: try References.environment.get().model, device: try Lavapipe.device(), contextLength: 2048)
         let api = OpenAIServer(generator: Generator(model: model), modelName: "smollm2", maxQueue: 4)
         let http = HTTPServer { request, writer in api.handle(request, writer) }
         let port = try http.bind(host: "127.0.0.1", port: 0)
@@ -17,7 +18,9 @@ import Testing
         return port
     }
 
-    func curl(_ path: String, _ body: String? = nil, method: String? = nil, extra: [String] = []) async throws -> (status: Int, body: String) {
+    func curl(_ path: String, _ body: String? = nil, method: String? = nil, extra: [String] = []) async throws -> (
+        status: Int, body: String
+    ) {
         let port = try Self.server.get()
         var args = ["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "300", "http://127.0.0.1:\(port)\(path)"]
         if let method { args += ["-X", method] }
@@ -28,11 +31,14 @@ import Testing
     }
 
     func object(_ text: String) throws -> [String: Any] {
-        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "not a JSON object: \(text)")
+        try #require(
+            try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "not a JSON object: \(text)")
     }
 
     func errorCode(_ text: String) -> String? {
-        ((try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]).flatMap { ($0["error"] as? [String: Any])?["code"] as? String }
+        ((try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any]).flatMap {
+            ($0["error"] as? [String: Any])?["code"] as? String
+        }
     }
 
     @Test func modelsChatAndCompletions() async throws {
@@ -40,7 +46,10 @@ import Testing
         #expect(models.status == 200)
         #expect(((try object(models.body))["data"] as? [[String: Any]])?.first?["id"] as? String == "smollm2")
 
-        let chat = try await curl("/v1/chat/completions", #"{"model":"smollm2","messages":[{"role":"user","content":"What is 2+2?"}],"max_tokens":8,"temperature":0}"#)
+        let chat = try await curl(
+            "/v1/chat/completions",
+            #"{"model":"smollm2","messages":[{"role":"user","content":"What is 2+2?"}],"max_tokens":8,"temperature":0}"#
+        )
         #expect(chat.status == 200, "\(chat.body)")
         let c = try object(chat.body)
         #expect(c["object"] as? String == "chat.completion")
@@ -52,10 +61,14 @@ import Testing
         #expect(usage?["total_tokens"] == (usage?["prompt_tokens"] ?? 0) + (usage?["completion_tokens"] ?? 0))
 
         // The same request, streamed: the pieces join to the same text (greedy).
-        let streamed = try await curl("/v1/chat/completions",
-                                      #"{"model":"smollm2","messages":[{"role":"user","content":"What is 2+2?"}],"max_tokens":8,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}"#)
+        let streamed = try await curl(
+            "/v1/chat/completions",
+            #"{"model":"smollm2","messages":[{"role":"user","content":"What is 2+2?"}],"max_tokens":8,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}"#
+        )
         #expect(streamed.status == 200)
-        let events = streamed.body.components(separatedBy: "\n\n").filter { $0.hasPrefix("data: ") }.map { String($0.dropFirst(6)) }
+        let events = streamed.body.components(separatedBy: "\n\n").filter { $0.hasPrefix("data: ") }.map {
+            String($0.dropFirst(6))
+        }
         #expect(events.last == "[DONE]")
         var text = ""
         var sawUsage = false
@@ -63,19 +76,23 @@ import Testing
             let o = try object(e)
             #expect(o["object"] as? String == "chat.completion.chunk")
             if let u = o["usage"] as? [String: Int] { sawUsage = u == usage }
-            for ch in (o["choices"] as? [[String: Any]]) ?? [] { text += ((ch["delta"] as? [String: Any])?["content"] as? String) ?? "" }
+            for ch in (o["choices"] as? [[String: Any]]) ?? [] {
+                text += ((ch["delta"] as? [String: Any])?["content"] as? String) ?? ""
+            }
         }
         #expect(text == (choice?["message"] as? [String: Any])?["content"] as? String)
         #expect(sawUsage)
 
-        let completion = try await curl("/v1/completions", #"{"prompt":"The capital of France is","max_tokens":4,"temperature":0}"#)
+        let completion = try await curl(
+            "/v1/completions", #"{"prompt":"The capital of France is","max_tokens":4,"temperature":0}"#)
         #expect(completion.status == 200)
         let co = try object(completion.body)
         #expect(co["object"] as? String == "text_completion")
         #expect(((co["choices"] as? [[String: Any]])?.first?["text"] as? String)?.isEmpty == false)
 
         // Stop sequences cut the text before them.
-        let stopped = try await curl("/v1/completions", #"{"prompt":"1, 2, 3, 4,","max_tokens":16,"temperature":0,"stop":[" 7"]}"#)
+        let stopped = try await curl(
+            "/v1/completions", #"{"prompt":"1, 2, 3, 4,","max_tokens":16,"temperature":0,"stop":[" 7"]}"#)
         let stoppedText = ((try object(stopped.body))["choices"] as? [[String: Any]])?.first?["text"] as? String ?? ""
         #expect(!stoppedText.contains(" 7"))
     }
@@ -88,15 +105,24 @@ import Testing
             ("/v1/chat/completions", #"{"messages":"hello"}"#, 400, nil),
             ("/v1/chat/completions", #"{"messages":[{"content":"no role"}]}"#, 400, nil),
             ("/v1/chat/completions", #"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#, 400, nil),
-            ("/v1/chat/completions", #"{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}"#, 404, "model_not_found"),
+            (
+                "/v1/chat/completions", #"{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}"#, 404,
+                "model_not_found"
+            ),
             ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#, 400, nil),
             ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"x"}],"max_tokens":-1}"#, 400, nil),
             ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"x"}],"n":3}"#, 400, nil),
             ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"x"}],"stop":[1,2]}"#, 400, nil),
-            ("/v1/chat/completions", #"{"messages":[{"role":"user","content":"x"}],"max_tokens":5000}"#, 400, "context_length_exceeded"),
+            (
+                "/v1/chat/completions", #"{"messages":[{"role":"user","content":"x"}],"max_tokens":5000}"#, 400,
+                "context_length_exceeded"
+            ),
             ("/v1/completions", #"{"prompt":{"a":1}}"#, 400, nil),
             ("/v1/completions", #"{"prompt":[999999999]}"#, 400, nil),
-            ("/v1/completions", #"{"prompt":""#  + String(repeating: "word ", count: 3000) + #"","max_tokens":1}"#, 400, "context_length_exceeded"),
+            (
+                "/v1/completions", #"{"prompt":""# + String(repeating: "word ", count: 3000) + #"","max_tokens":1}"#,
+                400, "context_length_exceeded"
+            ),
             ("/v1/nothing", nil, 404, "not_found"),
         ]
         for (path, body, status, code) in cases {
@@ -123,7 +149,10 @@ import Testing
         let payloads: [(String, Int?)] = [
             ("\u{0}\u{1}\u{2} garbage \r\n\r\n", 400),
             ("GET / HTTP/9\r\n\r\n", 400),
-            ("GET /v1/models HTTP/1.1\r\n" + String(repeating: "X-Pad: \(String(repeating: "a", count: 100))\r\n", count: 300) + "\r\n", 431),
+            (
+                "GET /v1/models HTTP/1.1\r\n"
+                    + String(repeating: "X-Pad: \(String(repeating: "a", count: 100))\r\n", count: 300) + "\r\n", 431
+            ),
             (oversizedBody, 413),
             ("POST /v1/completions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"prompt\":", nil),
             ("POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
@@ -132,15 +161,18 @@ import Testing
         for (payload, status) in payloads {
             let answer = try await RawSocket.exchange(port: port, send: Data(payload.utf8), halfClose: true)
             if let status {
-                #expect(answer.hasPrefix("HTTP/1.1 \(status)"), "\(payload.prefix(40).debugDescription) → \(answer.prefix(80).debugDescription)")
+                #expect(
+                    answer.hasPrefix("HTTP/1.1 \(status)"),
+                    "\(payload.prefix(40).debugDescription) → \(answer.prefix(80).debugDescription)")
             }
         }
         // A streaming client that disconnects after the first event: generation stops, the
         // engine is free for the next request.
         let request = "POST /v1/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n"
         let body = #"{"prompt":"Tell me a long story","max_tokens":400,"stream":true}"#
-        _ = try await RawSocket.exchange(port: port, send: Data((request + body.padding(toLength: 64, withPad: " ", startingAt: 0)).utf8),
-                                         halfClose: false, readUntil: "data: ")
+        _ = try await RawSocket.exchange(
+            port: port, send: Data((request + body.padding(toLength: 64, withPad: " ", startingAt: 0)).utf8),
+            halfClose: false, readUntil: "data: ")
         let after = try await curl("/v1/completions", #"{"prompt":"Hi","max_tokens":2,"temperature":0}"#)
         #expect(after.status == 200)
     }
@@ -148,7 +180,9 @@ import Testing
 
 /// A raw TCP exchange on loopback: send bytes, read the answer (until EOF, a marker, or 60 s).
 enum RawSocket {
-    static func exchange(port: Int, send data: Data, halfClose: Bool, readUntil marker: String? = nil) async throws -> String {
+    static func exchange(port: Int, send data: Data, halfClose: Bool, readUntil marker: String? = nil) async throws
+        -> String
+    {
         try await DispatchQueue.global().run {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             defer { close(fd) }
@@ -156,7 +190,11 @@ enum RawSocket {
             addr.sin_family = sa_family_t(AF_INET)
             addr.sin_port = in_port_t(UInt16(port).bigEndian)
             addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let connected = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            let connected = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
             guard connected == 0 else { throw SetupError("connect failed") }
             var timeout = timeval(tv_sec: 60, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))

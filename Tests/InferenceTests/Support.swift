@@ -5,15 +5,21 @@ import TestSupport
 /// The references the engine is checked against (scripts/reference-env): llama-cpp-python in a
 /// virtual environment, and the SmolLM2 model.
 enum References {
-    static var environment: Result<ReferenceEnvironment, ReferenceEnvironment.SetupError> { ReferenceEnvironment.shared }
+    static var environment: Result<ReferenceEnvironment, ReferenceEnvironment.SetupError> {
+        ReferenceEnvironment.shared
+    }
 
-    static var script: String { SharedTestData.packageRoot.appendingPathComponent("Tests/InferenceTests/reference_llama.py").path }
+    static var script: String {
+        SharedTestData.packageRoot.appendingPathComponent("Tests/InferenceTests/reference_llama.py").path
+    }
 
     /// Runs the reference script; throws with its output when it fails.
     static func run(_ arguments: [String]) async throws {
         let env = try environment.get()
         let result = try await ProcessRunner.run(env.python.path, [script] + arguments)
-        guard result.status == 0 else { throw SetupError("reference_llama.py \(arguments.first ?? "") failed:\n\(result.stderr)") }
+        guard result.status == 0 else {
+            throw SetupError("reference_llama.py \(arguments.first ?? "") failed:\n\(result.stderr)")
+        }
     }
 }
 
@@ -33,7 +39,8 @@ enum Lavapipe {
 
     static let runtimeDirectory: String = {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ccinfer-tests-\(getuid())")
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try? FileManager.default.createDirectory(
+            at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         return dir.path
     }()
 
@@ -50,7 +57,9 @@ enum Lavapipe {
 
     static func device() throws -> VulkanDevice {
         _ = configured
-        guard icd != nil else { throw SetupError("lavapipe is not installed (mesa-vulkan-drivers; scripts/setup installs it)") }
+        guard icd != nil else {
+            throw SetupError("lavapipe is not installed (mesa-vulkan-drivers; scripts/setup installs it)")
+        }
         return try VulkanDevice(instance: try VulkanInstance())
     }
 }

@@ -10,7 +10,8 @@ import Testing
     /// whitespace runs before letters, digits, punctuation and the end, newlines, non-ASCII letters,
     /// numbers and spaces, emoji (4-byte UTF-8), control characters, special tokens.
     static let texts = [
-        "Hello, world!", "  leading spaces", "trailing spaces   ", "tabs\tand\nnewlines\n\n\nend", "I'm we're they've it'd we'll",
+        "Hello, world!", "  leading spaces", "trailing spaces   ", "tabs\tand\nnewlines\n\n\nend",
+        "I'm we're they've it'd we'll",
         "I'M WE'RE", "3.14159 and 1,000,000 and 2026-12-01", "x=1+2*3; y = [4, 5]", "  \n  \t ", "a  b   c    d",
         "naïve café résumé — “quotes” … ‘single’", "Ünïcödé ÀÉÎÕÜ", "日本語のテキストと漢字", "Привет, мир", "مرحبا بالعالم",
         "emoji 🙂👍🏽 and 🇫🇷 flags", "zero\u{200B}width and\u{00A0}nbsp and\u{3000}ideographic", "control \u{1}\u{2} chars",
@@ -27,8 +28,12 @@ import Testing
         let reference = try jsonObject(dir.file("out.json")) as! [[String: [Int]]]
         let tokenizer = try Tokenizer(gguf: GGUFFile(url: env.model))
         for (text, ref) in zip(Self.texts, reference) {
-            #expect(tokenizer.encode(text, parseSpecial: true) == ref["special"], "special tokens parsed: \(text.debugDescription)")
-            #expect(tokenizer.encode(text, parseSpecial: false) == ref["plain"], "special tokens as text: \(text.debugDescription)")
+            #expect(
+                tokenizer.encode(text, parseSpecial: true) == ref["special"],
+                "special tokens parsed: \(text.debugDescription)")
+            #expect(
+                tokenizer.encode(text, parseSpecial: false) == ref["plain"],
+                "special tokens as text: \(text.debugDescription)")
         }
     }
 
@@ -38,13 +43,16 @@ import Testing
     func otherPreTokenizersMatchLlamaCpp(_ pre: String) async throws {
         let env = try References.environment.get()
         let dir = try TemporaryDirectory("pre-\(pre)")
-        var w = SyntheticModel.make(architecture: "qwen2", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model),
-                                    shape: .init(embedding: 32, heads: 1, kvHeads: 1, feedForward: 32, layers: 1))
+        var w = SyntheticModel.make(
+            architecture: "qwen2", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model),
+            shape: .init(embedding: 32, heads: 1, kvHeads: 1, feedForward: 32, layers: 1))
         let i = w.metadata.firstIndex { $0.0 == "tokenizer.ggml.pre" }!
         w.metadata[i] = ("tokenizer.ggml.pre", .string(pre == "llama3" ? "llama-bpe" : pre))
         try w.write(to: dir.file("m.gguf"))
         try JSONSerialization.data(withJSONObject: Self.texts).write(to: dir.file("texts.json"))
-        try await References.run(["tokenize", dir.file("m.gguf").path, dir.file("texts.json").path, dir.file("out.json").path])
+        try await References.run([
+            "tokenize", dir.file("m.gguf").path, dir.file("texts.json").path, dir.file("out.json").path,
+        ])
         let reference = try jsonObject(dir.file("out.json")) as! [[String: [Int]]]
         let tokenizer = try Tokenizer(gguf: GGUFFile(url: dir.file("m.gguf")))
         #expect(tokenizer.preTokenizer.rawValue == pre)
@@ -144,8 +152,12 @@ import Testing
 
     static let conversations: [[[String: String]]] = [
         [["role": "user", "content": "Hello there"]],
-        [["role": "system", "content": "Be brief."], ["role": "user", "content": "How are you doing on this fine day?"],
-         ["role": "assistant", "content": "<think>hm</think>\n\nFine, thanks."], ["role": "user", "content": "  Great!  "]],
+        [
+            ["role": "system", "content": "Be brief."],
+            ["role": "user", "content": "How are you doing on this fine day?"],
+            ["role": "assistant", "content": "<think>hm</think>\n\nFine, thanks."],
+            ["role": "user", "content": "  Great!  "],
+        ],
     ]
 
     @Test func renderingMatchesLlamaCppPython() async throws {
@@ -153,18 +165,33 @@ import Testing
         for template in Self.templates {
             for messages in Self.conversations {
                 for generation in [true, false] {
-                    cases.append(["template": template, "messages": messages, "add_generation_prompt": generation, "bos": "<s>", "eos": "</s>"])
+                    cases.append([
+                        "template": template, "messages": messages, "add_generation_prompt": generation, "bos": "<s>",
+                        "eos": "</s>",
+                    ])
                 }
             }
         }
-        let tools: [[String: Any]] = [["type": "function", "function": ["name": "get_weather", "parameters": ["type": "object", "properties": ["city": ["type": "string"]]]]]]
-        cases.append(["template": Self.templates[2], "messages": Self.conversations[1], "add_generation_prompt": true, "extra": ["tools": tools]])
+        let tools: [[String: Any]] = [
+            [
+                "type": "function",
+                "function": [
+                    "name": "get_weather",
+                    "parameters": ["type": "object", "properties": ["city": ["type": "string"]]],
+                ],
+            ]
+        ]
+        cases.append([
+            "template": Self.templates[2], "messages": Self.conversations[1], "add_generation_prompt": true,
+            "extra": ["tools": tools],
+        ])
         let dir = try TemporaryDirectory("render")
         let input = try JSONSerialization.data(withJSONObject: cases, options: [.sortedKeys])
         try input.write(to: dir.file("cases.json"))
         try await References.run(["render", dir.file("cases.json").path, dir.file("out.json").path])
         let reference = try jsonObject(dir.file("out.json")) as! [[String: Any]]
-        #expect(reference.filter { $0["text"] != nil }.count == cases.count - 2, "all but the raise_exception cases render")
+        #expect(
+            reference.filter { $0["text"] != nil }.count == cases.count - 2, "all but the raise_exception cases render")
         // Read the cases back in JSONValue form (key order as written) for the renderer.
         guard case .array(let parsed) = try JSONValue.parse(input) else { Issue.record("cases"); return }
         for (c, ref) in zip(parsed, reference) {
@@ -172,8 +199,9 @@ import Testing
             var extra = [String: JSONValue]()
             if let e = c["extra"], case .object(let pairs) = e { for (k, v) in pairs { extra[k] = v } }
             let result = Result {
-                try template.render(messages: c["messages"]!.array!, addGenerationPrompt: c["add_generation_prompt"]!.bool!,
-                                    bosToken: c["bos"]?.string ?? "", eosToken: c["eos"]?.string ?? "", extra: extra)
+                try template.render(
+                    messages: c["messages"]!.array!, addGenerationPrompt: c["add_generation_prompt"]!.bool!,
+                    bosToken: c["bos"]?.string ?? "", eosToken: c["eos"]?.string ?? "", extra: extra)
             }
             if let text = ref["text"] as? String {
                 #expect((try? result.get()) == text, "template \(c["template"]!.string!.prefix(40).debugDescription)")
@@ -184,14 +212,17 @@ import Testing
     }
 
     @Test func unsupportedConstructsFailAtParseTime() {
-        for source in ["{% raw %}x{% endraw %}", "{% for x in y recursive %}{% endfor %}", "{% set x %}block{% endset %}",
-                       "{{ x", "{% if x %}", "{% endfor %}", "{{ 'unterminated }}", "{% macro m( %}", "{{ a | }}"] {
+        for source in [
+            "{% raw %}x{% endraw %}", "{% for x in y recursive %}{% endfor %}", "{% set x %}block{% endset %}",
+            "{{ x", "{% if x %}", "{% endfor %}", "{{ 'unterminated }}", "{% macro m( %}", "{{ a | }}",
+        ] {
             #expect(throws: InferenceError(.templateFailed, ""), "\(source)") { try ChatTemplate(source) }
         }
     }
 
     @Test func runawayOutputIsStopped() throws {
-        let t = try ChatTemplate("{% for i in range(100000) %}{% for j in range(100000) %}{{ 'xxxxxxxxxxxxxxxx' }}{% endfor %}{% endfor %}")
+        let t = try ChatTemplate(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'xxxxxxxxxxxxxxxx' }}{% endfor %}{% endfor %}")
         #expect(throws: InferenceError(.templateFailed, "")) { try t.render(messages: []) }
     }
 }

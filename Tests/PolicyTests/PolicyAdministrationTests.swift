@@ -24,24 +24,40 @@ import TONKit
         #expect(doc.stake.minimumNanotons == 2_500_000_000)
         #expect(PolicyDocument.tonText(2_500_000_000) == "2.5")
         // The stake source defaults to a nominator pool; the pool and the allowed code come from the policy.
-        #expect(doc.stake.source == .nominatorPool(pool: try TONAddress.parseRaw("-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227")))
+        #expect(
+            doc.stake.source
+                == .nominatorPool(
+                    pool: try TONAddress.parseRaw("-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227")
+                ))
         #expect(doc.stake.codeHashes == ["9a3ec14bc098f6b44064c305222caea2800f17dda85ee6a8198a7095ede10dcf"])
         #expect(doc.stake.refreshSeconds == 300 && doc.stake.graceSeconds == 900 && doc.stake.proofMaxAgeSeconds == 600)
         let jetton = try PolicyDocument.parse(
-            "schema: ccgate.policy/v1\nname: j\nstake: {minimum_ton: 1, source: jetton, jetton_master: EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2N, code_hashes: [\(String(repeating: "ab", count: 32))], grace_seconds: 60}")
-        #expect(jetton.stake.source == .jetton(master: try TONAddress.parseRaw("0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8")))
+            "schema: ccgate.policy/v1\nname: j\nstake: {minimum_ton: 1, source: jetton, jetton_master: EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2N, code_hashes: [\(String(repeating: "ab", count: 32))], grace_seconds: 60}"
+        )
+        #expect(
+            jetton.stake.source
+                == .jetton(
+                    master: try TONAddress.parseRaw(
+                        "0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8")))
         #expect(jetton.stake.graceSeconds == 60)
-        let pool = "pool: \"-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227\", code_hashes: [\(String(repeating: "ab", count: 32))]"
-        for bad in ["stake: {minimum_ton: \"1.0000000001\", \(pool)}", "stake: {minimum_ton: -1, \(pool)}", "stake: {minimum_ton: \"1e9\", \(pool)}",
-                    "stake: {minimum_ton: 1, code_hashes: [\(String(repeating: "ab", count: 32))]}",  // no pool
-                    "stake: {minimum_ton: 1, pool: \"-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227\"}",  // no code hashes
-                    "stake: {minimum_ton: 1, source: jetton, \(pool)}",  // no master
-                    "stake: {minimum_ton: 1, source: staking, \(pool)}",
-                    "stake: {minimum_ton: 1, pool: \"2:abababababababababababababababababababababababababababababababab\", code_hashes: [\(String(repeating: "ab", count: 32))]}",
-                    "stake: {minimum_ton: 1, pool: \"EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2M\", code_hashes: []}",
-                    "stake: {source: cocoon-proxy, code_hashes: [\(String(repeating: "ab", count: 32))]}",  // no minimum
-                    "workers: {reattest_interval_seconds: 0}", "workers: {session_key_lifetime: 5}"] {
-            #expect(throws: PolicyLoadErrors.self) { try PolicyDocument.parse("schema: ccgate.policy/v1\nname: x\n" + bad) }
+        let pool =
+            "pool: \"-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227\", code_hashes: [\(String(repeating: "ab", count: 32))]"
+        for bad in [
+            "stake: {minimum_ton: \"1.0000000001\", \(pool)}", "stake: {minimum_ton: -1, \(pool)}",
+            "stake: {minimum_ton: \"1e9\", \(pool)}",
+            "stake: {minimum_ton: 1, code_hashes: [\(String(repeating: "ab", count: 32))]}",  // no pool
+            // no code hashes
+            "stake: {minimum_ton: 1, pool: \"-1:771873c7f9aea5f657c6138fd15840c70004b4bc89f6126698e384d6bf0a4227\"}",
+            "stake: {minimum_ton: 1, source: jetton, \(pool)}",  // no master
+            "stake: {minimum_ton: 1, source: staking, \(pool)}",
+            "stake: {minimum_ton: 1, pool: \"2:abababababababababababababababababababababababababababababababab\", code_hashes: [\(String(repeating: "ab", count: 32))]}",
+            "stake: {minimum_ton: 1, pool: \"EQCD39VS5jcptHL8vMjEXrzGaRcCVYto7HUn4bpAOg8xqB2M\", code_hashes: []}",
+            "stake: {source: cocoon-proxy, code_hashes: [\(String(repeating: "ab", count: 32))]}",  // no minimum
+            "workers: {reattest_interval_seconds: 0}", "workers: {session_key_lifetime: 5}",
+        ] {
+            #expect(throws: PolicyLoadErrors.self) {
+                try PolicyDocument.parse("schema: ccgate.policy/v1\nname: x\n" + bad)
+            }
         }
     }
 
@@ -59,16 +75,21 @@ import TONKit
             do { _ = try body(); return nil } catch { return (error as? PolicySignatureError)?.code ?? "\(error)" }
         }
         #expect(code { try parsed.verify(bytes, pinned: [other.publicKey]) } == "policy.signer-not-pinned")
-        #expect(code { try parsed.verify(bytes + Data(" ".utf8), pinned: [admin.publicKey]) } == "policy.signature-invalid")
+        #expect(
+            code { try parsed.verify(bytes + Data(" ".utf8), pinned: [admin.publicKey]) } == "policy.signature-invalid")
         // A signature whose digest was edited to match another document fails on the signature itself.
         let edited = Data(Self.text.replacingOccurrences(of: "p1", with: "p2").utf8)
         let forged = try PolicySignature.parse(
-            signature.json.replacingOccurrences(of: signature.policySHA256, with: HashAlgorithm.sha256.hash(edited).hex))
+            signature.json.replacingOccurrences(of: signature.policySHA256, with: HashAlgorithm.sha256.hash(edited).hex)
+        )
         #expect(code { try forged.verify(edited, pinned: [admin.publicKey]) } == "policy.signature-invalid")
         // Another key's signature presented under the admin's key name.
-        var fields = try #require(try JSONSerialization.jsonObject(with: Data(PolicySignature.sign(bytes, with: other).json.utf8)) as? [String: Any])
+        var fields = try #require(
+            try JSONSerialization.jsonObject(with: Data(PolicySignature.sign(bytes, with: other).json.utf8))
+                as? [String: Any])
         fields["key"] = admin.publicKey.base64
-        let swapped = try PolicySignature.parse(String(decoding: try JSONSerialization.data(withJSONObject: fields), as: UTF8.self))
+        let swapped = try PolicySignature.parse(
+            String(decoding: try JSONSerialization.data(withJSONObject: fields), as: UTF8.self))
         #expect(code { try swapped.verify(bytes, pinned: [admin.publicKey]) } == "policy.signature-invalid")
         #expect(throws: PolicySignatureError.self) { try PolicySignature.parse("{\"schema\":\"x\"}") }
         #expect(throws: PolicySignatureError.self) { try PolicySignature.parse(String(repeating: "x", count: 10_000)) }
@@ -80,7 +101,8 @@ import TONKit
             .replacingOccurrences(of: "name: p1", with: "name: p2")
             .replacingOccurrences(
                 of: "binaries: [{name: ccinfer, version: \"1.0\", sha256: \(String(repeating: "a", count: 64))}]",
-                with: "binaries: [{name: ccinfer, version: \"1.1\", sha256: \(String(repeating: "c", count: 64))}]")
+                with: "binaries: [{name: ccinfer, version: \"1.1\", sha256: \(String(repeating: "c", count: 64))}]"
+            )
             .replacingOccurrences(of: "[UpToDate]", with: "[UpToDate, SWHardeningNeeded]")
             .replacingOccurrences(of: "minimum_ton: \"2.5\"", with: "minimum_ton: \"10\"")
         let changes = a.changes(to: try PolicyDocument.parse(newText)).map(\.description)
@@ -90,7 +112,8 @@ import TONKit
         #expect(changes.contains("+ evidence.tdx.accepted_tcb_statuses: SWHardeningNeeded"))
         #expect(changes.contains("~ stake.minimum_ton: 2.5 → 10"))
         #expect(changes.count == 5)
-        let longer = try PolicyDocument.parse(Self.text.replacingOccurrences(of: "minimum_ton: \"2.5\"", with: "minimum_ton: \"2.5\", grace_seconds: 60"))
+        let longer = try PolicyDocument.parse(
+            Self.text.replacingOccurrences(of: "minimum_ton: \"2.5\"", with: "minimum_ton: \"2.5\", grace_seconds: 60"))
         #expect(a.changes(to: longer).map(\.description) == ["~ stake.grace_seconds: 900 → 60"])
         #expect(a.changes(to: a).isEmpty)
     }
@@ -99,15 +122,31 @@ import TONKit
         let doc = try PolicyDocument.parse(Self.text)
         let claims = VerifiedClaims(
             measuredFiles: [
-                MeasuredFile(path: "/engine", algorithm: "sha256", digestHex: String(repeating: "a", count: 64), pcr: 23),
-                MeasuredFile(path: "/model", algorithm: "sha256", digestHex: String(repeating: "b", count: 64), pcr: 23),
+                MeasuredFile(
+                    path: "/engine", algorithm: "sha256", digestHex: String(repeating: "a", count: 64), pcr: 23),
+                MeasuredFile(
+                    path: "/model", algorithm: "sha256", digestHex: String(repeating: "b", count: 64), pcr: 23),
             ],
             fields: ["tee": "tdx", "debug": "false", "tcb_date": "2026-01-01T00:00:00Z"])
         let now = Date(timeIntervalSince1970: 1_790_000_000)
-        #expect(doc.judge(AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now).isEmpty)
-        #expect(doc.judge(AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "OutOfDate", advisoryIDs: []), at: now).first?.code == .tcbStatusNotAllowed)
-        #expect(doc.judge(AttestedFacts(format: "sgx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now).first?.code == .evidenceUnsupported)
-        let pulled = try PolicyDocument.parse(Self.text.replacingOccurrences(of: String(repeating: "a", count: 64), with: String(repeating: "d", count: 64)))
-        #expect(pulled.judge(AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now).first?.code == .policyMeasurementNotAllowed)
+        #expect(
+            doc.judge(
+                AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now
+            ).isEmpty)
+        #expect(
+            doc.judge(
+                AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "OutOfDate", advisoryIDs: []), at: now
+            ).first?.code == .tcbStatusNotAllowed)
+        #expect(
+            doc.judge(
+                AttestedFacts(format: "sgx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now
+            ).first?.code == .evidenceUnsupported)
+        let pulled = try PolicyDocument.parse(
+            Self.text.replacingOccurrences(
+                of: String(repeating: "a", count: 64), with: String(repeating: "d", count: 64)))
+        #expect(
+            pulled.judge(
+                AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now
+            ).first?.code == .policyMeasurementNotAllowed)
     }
 }

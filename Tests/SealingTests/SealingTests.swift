@@ -14,13 +14,18 @@ import Testing
         #expect(opened == key)
         // Another worker's key, another session's context, or a flipped byte: refused.
         #expect(throws: SealingError.openFailed) { try SessionKeySealing.open(sealed, with: other, context: context) }
-        #expect(throws: SealingError.openFailed) { try SessionKeySealing.open(sealed, with: worker, context: Data("session-2".utf8)) }
+        #expect(throws: SealingError.openFailed) {
+            try SessionKeySealing.open(sealed, with: worker, context: Data("session-2".utf8))
+        }
         var bad = sealed.ciphertext
         bad[0] ^= 1
         #expect(throws: SealingError.openFailed) {
-            try SessionKeySealing.open(.init(encapsulatedKey: sealed.encapsulatedKey, ciphertext: bad), with: worker, context: context)
+            try SessionKeySealing.open(
+                .init(encapsulatedKey: sealed.encapsulatedKey, ciphertext: bad), with: worker, context: context)
         }
-        #expect(throws: SealingError.badPublicKey) { try SessionKeySealing.seal(key, to: Data([1, 2, 3]), context: context) }
+        #expect(throws: SealingError.badPublicKey) {
+            try SessionKeySealing.seal(key, to: Data([1, 2, 3]), context: context)
+        }
     }
 
     @Test func bindingChangesWithNonceAndKey() {
@@ -37,8 +42,10 @@ import Testing
     let key = SymmetricKey(size: .bits256)
 
     func pair(_ direction: ChannelDirection = .gatewayToWorker) -> (ChannelSealer, ChannelOpener) {
-        (ChannelSealer(sessionKey: key, sessionID: "s1", direction: direction),
-         ChannelOpener(sessionKey: key, sessionID: "s1", direction: direction))
+        (
+            ChannelSealer(sessionKey: key, sessionID: "s1", direction: direction),
+            ChannelOpener(sessionKey: key, sessionID: "s1", direction: direction)
+        )
     }
 
     func seal(_ sealer: ChannelSealer, _ text: String) throws -> Data {

@@ -8,7 +8,9 @@ import Testing
 /// CCEL replay to RTMR0–3 and the RTMR3 application log, on quotes whose RTMRs the fixtures set
 /// from the same events.
 @Suite struct CCELTests {
-    static let firmware: [(UInt32, Data)] = [(1, Data("td-hob".utf8)), (2, Data("kernel".utf8)), (3, Data("initrd".utf8)), (1, Data("acpi".utf8))]
+    static let firmware: [(UInt32, Data)] = [
+        (1, Data("td-hob".utf8)), (2, Data("kernel".utf8)), (3, Data("initrd".utf8)), (1, Data("acpi".utf8)),
+    ]
 
     /// A log with firmware events and the engine and model measured into RTMR3, and the RTMRs it replays to.
     static func log(engine: Data = Data(repeating: 0xE1, count: 32), model: Data = Data(repeating: 0xB1, count: 32))
@@ -23,7 +25,8 @@ import Testing
         }
         for (path, digest) in [("/opt/ccgate/ccinfer", engine), ("/models/smollm2.gguf", model)] {
             log += CCELEncoder.applicationEvent(path: path, sha256: digest)
-            rtmrs[3] = HashAlgorithm.sha384.extend(rtmrs[3], with: CCELReplay.applicationEvent(path: path, sha256: digest).digest)
+            rtmrs[3] = HashAlgorithm.sha384.extend(
+                rtmrs[3], with: CCELReplay.applicationEvent(path: path, sha256: digest).digest)
         }
         return (log, rtmrs.map { [UInt8]($0) })
     }
@@ -53,7 +56,8 @@ import Testing
         var log = CCELEncoder.header()
         let honest = CCELReplay.applicationEvent(path: "/opt/ccgate/ccinfer", sha256: Data(repeating: 1, count: 32))
         let shown = CCELReplay.applicationEvent(path: "/opt/ccgate/ccinfer", sha256: Data(repeating: 2, count: 32))
-        log += CCELEncoder.event(mrIndex: 4, type: CCELReplay.applicationEventType, digest: honest.digest, data: shown.data)
+        log += CCELEncoder.event(
+            mrIndex: 4, type: CCELReplay.applicationEventType, digest: honest.digest, data: shown.data)
         guard case .failure(let r) = CCELReplay.replay(log) else {
             Issue.record("a digest that is not SHA-384 of the data was accepted")
             return

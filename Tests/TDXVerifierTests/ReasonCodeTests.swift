@@ -198,7 +198,9 @@ import Testing
         #expect(v.tcbStatus == "TDRelaunchAdvised", "\(v.reasons)")
         #expect(v.reason == .tcbStatusNotAllowed)
         let accepted = w.verifier { $0.acceptedStatuses.insert("TDRelaunchAdvised") }
-            .verify(envelopeData: w.envelope(quote: w.quote(version: 5), collateral: w.collateral()), expectedNonce: nil, at: t0)
+            .verify(
+                envelopeData: w.envelope(quote: w.quote(version: 5), collateral: w.collateral()), expectedNonce: nil,
+                at: t0)
         #expect(accepted.isAccepted)
         #expect(accepted.claims?.fields["tee_tcb_svn2"] == Data(w.teeTCBSVN2!).hex)
     }
@@ -246,10 +248,13 @@ import Testing
         let w = DCAPWorld()
         let q = w.quote()
         for cut in [0, 10, 47, 48, 600, q.count - 1] {
-            #expect(w.verify(w.envelope(quote: Array(q.prefix(cut)), collateral: w.collateral())).reason == .evidenceMalformed)
+            #expect(
+                w.verify(w.envelope(quote: Array(q.prefix(cut)), collateral: w.collateral())).reason
+                    == .evidenceMalformed)
         }
         // Trailing padding after the signature data is kept, not fatal.
-        #expect(w.verify(w.envelope(quote: q + [UInt8](repeating: 0, count: 39), collateral: w.collateral())).isAccepted)
+        #expect(
+            w.verify(w.envelope(quote: q + [UInt8](repeating: 0, count: 39), collateral: w.collateral())).isAccepted)
     }
 
     @Test func quoteV5WithTD10BodyIsAccepted() {
@@ -274,7 +279,8 @@ import Testing
         let w = DCAPWorld()
         var c = w.collateral()
         c.tcbInfoIssuerChain = w.pckChainPEM
-        c.tcbInfoSignature = [UInt8](try! w.pckKey.signature(for: SHA256.hash(data: Array(c.tcbInfo.utf8))).rawRepresentation)
+        c.tcbInfoSignature = [UInt8](
+            try! w.pckKey.signature(for: SHA256.hash(data: Array(c.tcbInfo.utf8))).rawRepresentation)
         let v = w.verify(w.envelope(collateral: c))
         #expect(v.reason == .chainInvalid, "\(v.reasons)")
     }
@@ -296,12 +302,20 @@ import Testing
         let older = w.envelope(collateral: w.collateral())
         var options = TDXQuoteVerifier.Options(pinnedRootFingerprints: [w.root.fingerprint])
         let withCache = TDXQuoteVerifier(options: options, collateralSource: Held(held: newer))
-        #expect(withCache.verify(envelopeData: older, expectedNonce: nil, at: DCAPWorld.referenceTime).reason == .collateralExpired)
+        #expect(
+            withCache.verify(envelopeData: older, expectedNonce: nil, at: DCAPWorld.referenceTime).reason
+                == .collateralExpired)
         // The same envelope with collateral at least as new as the cache's is fine.
         w.evaluationNumber = 19
-        #expect(withCache.verify(envelopeData: w.envelope(collateral: newer), expectedNonce: nil, at: DCAPWorld.referenceTime).isAccepted)
+        #expect(
+            withCache.verify(
+                envelopeData: w.envelope(collateral: newer), expectedNonce: nil, at: DCAPWorld.referenceTime
+            ).isAccepted)
         options.minimumTCBEvaluationDataNumber = 20
-        #expect(TDXQuoteVerifier(options: options).verify(envelopeData: older, expectedNonce: nil, at: DCAPWorld.referenceTime).reason == .collateralExpired)
+        #expect(
+            TDXQuoteVerifier(options: options).verify(
+                envelopeData: older, expectedNonce: nil, at: DCAPWorld.referenceTime
+            ).reason == .collateralExpired)
     }
 
     @Test func relaunchIsNotAdvisedWhenTheQuotingEnclaveIsOutOfDate() {
@@ -309,7 +323,9 @@ import Testing
         w.teeTCBSVN = [3, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         w.teeTCBSVN2 = [5, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         w.qeISVSVN = 3
-        let v = w.verify(w.envelope(quote: w.quote(version: 5), collateral: w.collateral())) { $0.acceptedStatuses.insert("TDRelaunchAdvised") }
+        let v = w.verify(w.envelope(quote: w.quote(version: 5), collateral: w.collateral())) {
+            $0.acceptedStatuses.insert("TDRelaunchAdvised")
+        }
         #expect(v.tcbStatus == "OutOfDate")
         #expect(v.reason == .tcbStatusNotAllowed)
     }
@@ -317,7 +333,8 @@ import Testing
     @Test func chainWithTooManyCertificatesIsRefusedBeforeDecoding() {
         let w = DCAPWorld()
         var c = w.collateral()
-        c.tcbInfoIssuerChain = String(repeating: PEM.encode([w.tcbSigner.certificate]), count: 6) + PEM.encode([w.root.certificate])
+        c.tcbInfoIssuerChain =
+            String(repeating: PEM.encode([w.tcbSigner.certificate]), count: 6) + PEM.encode([w.root.certificate])
         #expect(w.verify(w.envelope(collateral: c)).reason == .evidenceMalformed)
     }
 
@@ -325,19 +342,27 @@ import Testing
         var w = DCAPWorld()
         var forged = w.collateral()
         forged.tcbInfoSignature[5] ^= 1
-        guard case .failure(let r) = CollateralItem.verifiedSplit(forged, roots: [w.root.fingerprint], at: DCAPWorld.referenceTime) else {
+        guard
+            case .failure(let r) = CollateralItem.verifiedSplit(
+                forged, roots: [w.root.fingerprint], at: DCAPWorld.referenceTime)
+        else {
             Issue.record("a forged TCB info was accepted for the cache")
             return
         }
         #expect(r.code == .collateralSignatureInvalid)
         w.collateralIssued = DCAPWorld.referenceTime + 30 * DCAPWorld.day
         w.collateralNext = DCAPWorld.referenceTime + 60 * DCAPWorld.day
-        guard case .failure(let f) = CollateralItem.verifiedSplit(w.collateral(), roots: [w.root.fingerprint], at: DCAPWorld.referenceTime)
+        guard
+            case .failure(let f) = CollateralItem.verifiedSplit(
+                w.collateral(), roots: [w.root.fingerprint], at: DCAPWorld.referenceTime)
         else {
             Issue.record("collateral issued in the future was accepted for the cache")
             return
         }
         #expect(f.code == .collateralExpired)
-        #expect((try? CollateralItem.verifiedSplit(DCAPWorld().collateral(), roots: [w.root.fingerprint], at: DCAPWorld.referenceTime).get()) == nil)
+        #expect(
+            (try? CollateralItem.verifiedSplit(
+                DCAPWorld().collateral(), roots: [w.root.fingerprint], at: DCAPWorld.referenceTime
+            ).get()) == nil)
     }
 }

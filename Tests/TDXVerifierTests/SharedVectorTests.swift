@@ -8,12 +8,15 @@ import Testing
 /// Every `tdx-quote` and `sgx-quote` case of the shared vectors gets its expected verdict, TCB
 /// status, advisory IDs, reason and claims under the default options.
 @Suite struct SharedVectorTests {
-    static let dcapCases = ((try? SharedTestData.cases(kind: "tdx")) ?? []) + ((try? SharedTestData.cases(kind: "sgx")) ?? [])
+    static let dcapCases =
+        ((try? SharedTestData.cases(kind: "tdx")) ?? []) + ((try? SharedTestData.cases(kind: "sgx")) ?? [])
 
     static func verifier(roots: [String]?) throws -> TDXQuoteVerifier {
         var fingerprints = Set<String>()
         for path in roots ?? ["roots/intel-sgx-root-ca.pem"] {
-            for root in try TrustRoots.load(pemFile: SharedTestData.url(path).path) { fingerprints.insert(root.fingerprint) }
+            for root in try TrustRoots.load(pemFile: SharedTestData.url(path).path) {
+                fingerprints.insert(root.fingerprint)
+            }
         }
         return TDXQuoteVerifier(options: .init(pinnedRootFingerprints: fingerprints))
     }
@@ -59,7 +62,8 @@ import Testing
 
     /// The production pin in `certs/` is the Intel SGX Root CA of the shared vectors.
     @Test func pinnedRootIsIntels() throws {
-        let pinned = try String(contentsOf: SharedTestData.packageRoot.appendingPathComponent("certs/pinned-roots.txt"), encoding: .utf8)
+        let pinned = try String(
+            contentsOf: SharedTestData.packageRoot.appendingPathComponent("certs/pinned-roots.txt"), encoding: .utf8)
         let intel = try TrustRoots.load(pemFile: SharedTestData.url("roots/intel-sgx-root-ca.pem").path)
         #expect(intel.count == 1)
         #expect(pinned.contains("intel-sgx-root-ca") && pinned.contains(intel[0].fingerprint))

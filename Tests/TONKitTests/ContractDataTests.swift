@@ -7,7 +7,9 @@ import TONKit
 /// `save_data`), and get-method ids, against `../shared/testdata/ton/contracts/getters.json`.
 @Suite struct ContractDataTests {
     static func getters() throws -> [String: Any] {
-        try #require(try JSONSerialization.jsonObject(with: try SharedTestData.data("ton/contracts/getters.json")) as? [String: Any])
+        try #require(
+            try JSONSerialization.jsonObject(with: try SharedTestData.data("ton/contracts/getters.json"))
+                as? [String: Any])
     }
 
     @Test func methodIds() throws {
@@ -23,7 +25,8 @@ import TONKit
     }
 
     @Test func nominatorPoolData() throws {
-        let pool = try #require((try Self.getters()["example_accounts"] as? [String: Any])?["nominator_pool"] as? [String: Any])
+        let pool = try #require(
+            (try Self.getters()["example_accounts"] as? [String: Any])?["nominator_pool"] as? [String: Any])
         let values = try #require(pool["data_values"] as? [String: Any])
         let dataHex = try #require(pool["data_boc_hex"] as? String)
         let root = try #require(try BagOfCells.parse([UInt8](Data(hex: dataHex) ?? Data())).first)
@@ -61,7 +64,7 @@ import TONKit
         #expect(throws: TONSliceError.self) { try s.uint(8) }
         #expect(throws: TONSliceError.self) { try s.ref() }
         var t = CellSlice(cell)
-        #expect(throws: TONSliceError.self) { try t.coins() }   // length 15, no bytes
+        #expect(throws: TONSliceError.self) { try t.coins() }  // length 15, no bytes
         var u = CellSlice(try Cell(bits: [0b1100_0000], count: 3))
         #expect(throws: TONSliceError.self) { try u.address() }
     }

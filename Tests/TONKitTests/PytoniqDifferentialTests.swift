@@ -35,8 +35,12 @@ import TONKit
                     let text = try #require(f["address"] as? String)
                     let bounceable = f["bounceable"] as? Bool ?? true, testnet = f["testnet"] as? Bool ?? false
                     let parsed = try TONAddress.parseFriendly(text)
-                    #expect(parsed.address == address && parsed.bounceable == bounceable && parsed.testnet == testnet, "\(text)")
-                    #expect(address.friendly(bounceable: bounceable, testnet: testnet, urlSafe: f["url_safe"] as? Bool ?? true) == text)
+                    #expect(
+                        parsed.address == address && parsed.bounceable == bounceable && parsed.testnet == testnet,
+                        "\(text)")
+                    #expect(
+                        address.friendly(
+                            bounceable: bounceable, testnet: testnet, urlSafe: f["url_safe"] as? Bool ?? true) == text)
                     strings += 1
                 }
                 addresses += 1

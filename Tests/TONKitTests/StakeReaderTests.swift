@@ -8,7 +8,8 @@ import TONKit
 /// a wrong API key or a single endpoint give "unknown" — never a stake.
 @Suite struct StakeReaderTests {
     static let pool = try! TONAddress.parse("Ef93GHPH-a6l9lfGE4_RWEDHAAS0vIn2EmaY44TWvwpCJ2rD").address
-    static let nominator = try! TONAddress.parseRaw("0:2cf55953e92efbeadab7ba725c3f93a0b23f842cbba72d7b8e6f510a70e422e3")
+    static let nominator = try! TONAddress.parseRaw(
+        "0:2cf55953e92efbeadab7ba725c3f93a0b23f842cbba72d7b8e6f510a70e422e3")
     static let poolCode: Set<String> = ["9a3ec14bc098f6b44064c305222caea2800f17dda85ee6a8198a7095ede10dcf"]
 
     /// A stub server process; stopped when the value goes away.
@@ -19,17 +20,19 @@ import TONKit
             let dir = try TemporaryDirectory("toncenter")
             let portFile = dir.file("port")
             process.executableURL = LoopbackServer.systemPython
-            process.arguments = [
-                SharedTestData.packageRoot.appendingPathComponent("Tests/TONKitTests/toncenter_stub.py").path,
-                portFile.path, SharedTestData.url("ton/toncenter").path, mode,
-            ] + (walletKey.map { [$0] } ?? [])
+            process.arguments =
+                [
+                    SharedTestData.packageRoot.appendingPathComponent("Tests/TONKitTests/toncenter_stub.py").path,
+                    portFile.path, SharedTestData.url("ton/toncenter").path, mode,
+                ] + (walletKey.map { [$0] } ?? [])
             try process.run()
             port = LoopbackServer.ports(in: portFile, of: process, timeout: 30).first ?? 0
             _ = dir
         }
         func client(key: String = "stub-key") -> ToncenterClient {
             ToncenterClient(
-                endpoint: ToncenterEndpoint(base: URL(string: "http://127.0.0.1:\(port)")!, apiKey: key, requestsPerSecond: 50),
+                endpoint: ToncenterEndpoint(
+                    base: URL(string: "http://127.0.0.1:\(port)")!, apiKey: key, requestsPerSecond: 50),
                 maxAttempts: 2, backoff: .milliseconds(10))
         }
         deinit {
@@ -41,7 +44,8 @@ import TONKit
     @Test func agreeingEndpointsGiveTheStake() async throws {
         let a = try Stub(mode: "ok"), b = try Stub(mode: "ok")
         let reader = StakeReader(clients: [a.client(), b.client()])
-        let reading = await reader.nominatorStake(pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
+        let reading = await reader.nominatorStake(
+            pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
         guard case .observed(let o) = reading else { Issue.record("\(reading)"); return }
         #expect(o.amount == 20_000_000_000_000)
         #expect(o.endpoints.count == 2)
@@ -65,12 +69,14 @@ import TONKit
     @Test func unknownCodeHashIsRefused() async throws {
         let a = try Stub(mode: "ok"), b = try Stub(mode: "ok")
         let reading = await StakeReader(clients: [a.client(), b.client()])
-            .nominatorStake(pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: [String(repeating: "0", count: 64)])
+            .nominatorStake(
+                pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: [String(repeating: "0", count: 64)])
         guard case .refused(let code, _) = reading else { Issue.record("\(reading)"); return }
         #expect(code == "stake.code-not-allowed")
         // Any other account is uninitialized on the stand-in.
         let empty = Self.nominator
-        let inactive = await StakeReader(clients: [a.client(), b.client()]).nominatorStake(pool: empty, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
+        let inactive = await StakeReader(clients: [a.client(), b.client()]).nominatorStake(
+            pool: empty, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
         #expect({ if case .refused("stake.account-inactive", _) = inactive { true } else { false } }())
     }
 
@@ -91,7 +97,8 @@ import TONKit
             .nominatorStake(pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
         guard case .unknown(let why) = wrong else { Issue.record("\(wrong)"); return }
         #expect(why.contains("toncenter.rejected"))
-        let single = await StakeReader(clients: [a.client()]).nominatorStake(pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
+        let single = await StakeReader(clients: [a.client()]).nominatorStake(
+            pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
         #expect({ if case .unknown = single { true } else { false } }())
     }
 

@@ -30,12 +30,17 @@ import TONKit
                 }
                 for f in c["user_friendly"] as? [[String: Any]] ?? [] {
                     let text = try #require(f["address"] as? String)
-                    let bounceable = try #require(f["bounceable"] as? Bool), testnet = try #require(f["testnet"] as? Bool)
+                    let bounceable = try #require(f["bounceable"] as? Bool),
+                        testnet = try #require(f["testnet"] as? Bool)
                     let parsed = try TONAddress.parseFriendly(text)
-                    #expect(parsed.address == address && parsed.bounceable == bounceable && parsed.testnet == testnet, "\(id): \(text)")
+                    #expect(
+                        parsed.address == address && parsed.bounceable == bounceable && parsed.testnet == testnet,
+                        "\(id): \(text)")
                     let alphabet = f["alphabet"] as? String
                     let urlSafe = alphabet == "std" ? false : true
-                    #expect(address.friendly(bounceable: bounceable, testnet: testnet, urlSafe: urlSafe) == text, "\(id): \(text)")
+                    #expect(
+                        address.friendly(bounceable: bounceable, testnet: testnet, urlSafe: urlSafe) == text,
+                        "\(id): \(text)")
                     friendlyChecked += 1
                 }
             } else {
@@ -83,13 +88,19 @@ import TONKit
                     _ = try BagOfCells.parse(bytes)
                     Issue.record("\(name): accepted, expected \(reason)")
                 } catch {
-                    if error.reason.rawValue == reason { reasonMatches += 1 } else { otherClass.append("\(name): \(reason) → \(error)") }
+                    if error.reason.rawValue == reason {
+                        reasonMatches += 1
+                    } else {
+                        otherClass.append("\(name): \(reason) → \(error)")
+                    }
                 }
                 invalid += 1
             }
         }
         #expect(valid == 47 && invalid == 46)
-        print("boc vectors: \(valid) valid decoded, \(invalid) invalid refused, \(reasonMatches) with the vector's reason class; other: \(otherClass)")
+        print(
+            "boc vectors: \(valid) valid decoded, \(invalid) invalid refused, \(reasonMatches) with the vector's reason class; other: \(otherClass)"
+        )
     }
 
     /// The real contract codes hash to their published code hashes.
@@ -136,7 +147,9 @@ import TONKit
     }
 
     @Test func proofDecodesAndMutationsAreRefused() throws {
-        let facts = try #require(try JSONSerialization.jsonObject(with: try SharedTestData.data("ton/account_proof/account_proof.json")) as? [String: Any])
+        let facts = try #require(
+            try JSONSerialization.jsonObject(with: try SharedTestData.data("ton/account_proof/account_proof.json"))
+                as? [String: Any])
         let bytes = try Self.boc("accountProof.txt")
         let roots = try BagOfCells.parse(bytes)
         let expected = try #require(facts["roots"] as? [[String: Any]])
@@ -150,7 +163,9 @@ import TONKit
         }
         var checked = 0
         for scenario in facts["must_reject"] as? [[String: Any]] ?? [] {
-            guard let mutation = scenario["mutation"] as? [String: Int], let at = mutation["byte_offset"], let x = mutation["xor"] else { continue }
+            guard let mutation = scenario["mutation"] as? [String: Int], let at = mutation["byte_offset"],
+                let x = mutation["xor"]
+            else { continue }
             var m = bytes
             m[at] ^= UInt8(x)
             #expect(throws: TONCellError.self, "\(scenario["name"] ?? "?")") { try BagOfCells.parse(m) }

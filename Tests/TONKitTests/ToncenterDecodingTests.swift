@@ -42,8 +42,10 @@ import TONKit
     @Test func runGetMethodBodiesMatchTheTVMRuns() throws {
         let runs = try #require(try Self.json("contracts/getters.json")["runs"] as? [String: [String: Any]])
         let pairs = [
-            ("runGetMethod.get_pool_data.json", "get_pool_data"), ("runGetMethodStd.get_pool_data.json", "get_pool_data"),
-            ("runGetMethod.list_nominators.json", "list_nominators"), ("runGetMethodStd.list_nominators.json", "list_nominators"),
+            ("runGetMethod.get_pool_data.json", "get_pool_data"),
+            ("runGetMethodStd.get_pool_data.json", "get_pool_data"),
+            ("runGetMethod.list_nominators.json", "list_nominators"),
+            ("runGetMethodStd.list_nominators.json", "list_nominators"),
             ("runGetMethod.get_nominator_data.json", "get_nominator_data(present, withdraw requested)"),
             ("jsonRPC.runGetMethod.json", "get_nominator_data(present, withdraw requested)"),
             ("runGetMethod.get_nominator_data.exit_86.json", "get_nominator_data(absent -> exit 86)"),
@@ -64,19 +66,27 @@ import TONKit
         // The 256-bit public key comes back as 32 bytes; a withdraw flag as -1.
         let key = try ToncenterDecoding.runGetMethod(try Self.body("runGetMethod.get_public_key.json"), status: 200)
         #expect(key.stack.first?.integer?.bytes32?.count == 32)
-        let nominator = try ToncenterDecoding.runGetMethod(try Self.body("runGetMethod.get_nominator_data.json"), status: 200)
+        let nominator = try ToncenterDecoding.runGetMethod(
+            try Self.body("runGetMethod.get_nominator_data.json"), status: 200)
         #expect(nominator.stack.map { $0.integer?.int64 } == [20_000_000_000_000, 5_000_000_000_000, -1])
         #expect(nominator.stack[0].integer?.uint128 == 20_000_000_000_000)
     }
 
     @Test func accountBodies() throws {
-        let pool = try ToncenterDecoding.addressInformation(try Self.body("getAddressInformation.nominator_pool.json"), status: 200)
+        let pool = try ToncenterDecoding.addressInformation(
+            try Self.body("getAddressInformation.nominator_pool.json"), status: 200)
         #expect(pool.state == "active")
-        #expect(pool.code.map { Data($0.representationHash).hex } == "9a3ec14bc098f6b44064c305222caea2800f17dda85ee6a8198a7095ede10dcf")
+        #expect(
+            pool.code.map { Data($0.representationHash).hex }
+                == "9a3ec14bc098f6b44064c305222caea2800f17dda85ee6a8198a7095ede10dcf")
         #expect(pool.balance > 0)
-        let wallet = try ToncenterDecoding.addressInformation(try Self.body("getAddressInformation.wallet_v4r2.json"), status: 200)
-        #expect(wallet.code.map { Data($0.representationHash).hex } == "feb5ff6820e2ff0d9483e7e0d62c817d846789fb4ae580c878866d959dabd5c0")
-        let empty = try ToncenterDecoding.addressInformation(try Self.body("getAddressInformation.uninitialized.json"), status: 200)
+        let wallet = try ToncenterDecoding.addressInformation(
+            try Self.body("getAddressInformation.wallet_v4r2.json"), status: 200)
+        #expect(
+            wallet.code.map { Data($0.representationHash).hex }
+                == "feb5ff6820e2ff0d9483e7e0d62c817d846789fb4ae580c878866d959dabd5c0")
+        let empty = try ToncenterDecoding.addressInformation(
+            try Self.body("getAddressInformation.uninitialized.json"), status: 200)
         #expect(empty.balance == 0 && empty.state == "uninitialized" && empty.code == nil)
     }
 
@@ -85,26 +95,36 @@ import TONKit
         let index = try #require(try Self.json("toncenter/index.json")["files"] as? [[String: Any]])
         var errors = 0
         for entry in index {
-            guard let file = entry["file"] as? String, file.hasPrefix("error."), let status = entry["http_status"] as? Int else { continue }
+            guard let file = entry["file"] as? String, file.hasPrefix("error."),
+                let status = entry["http_status"] as? Int
+            else { continue }
             do {
                 _ = try ToncenterDecoding.runGetMethod(try Self.body(file), status: status)
                 Issue.record("\(file) decoded")
             } catch {
-                let expected: ToncenterError.Kind = status == 429 ? .rateLimited : status >= 500 ? .unavailable : .rejected
+                let expected: ToncenterError.Kind =
+                    status == 429 ? .rateLimited : status >= 500 ? .unavailable : .rejected
                 #expect((error as? ToncenterError)?.kind == expected, "\(file): \(error)")
             }
             errors += 1
         }
         #expect(errors == 8)
-        for garbage in ["", "nope", "[]", "{\"ok\":true}", "{\"ok\":true,\"result\":{\"exit_code\":0,\"stack\":[[\"num\",\"0xZZ\"]]}}",
-                        "{\"ok\":true,\"result\":{\"exit_code\":0,\"stack\":[[\"cell\",{\"bytes\":\"AAAA\"}]]}}",
-                        "{\"ok\":true,\"result\":{\"balance\":\"-5\",\"state\":\"active\"}}"] {
+        for garbage in [
+            "", "nope", "[]", "{\"ok\":true}",
+            "{\"ok\":true,\"result\":{\"exit_code\":0,\"stack\":[[\"num\",\"0xZZ\"]]}}",
+            "{\"ok\":true,\"result\":{\"exit_code\":0,\"stack\":[[\"cell\",{\"bytes\":\"AAAA\"}]]}}",
+            "{\"ok\":true,\"result\":{\"balance\":\"-5\",\"state\":\"active\"}}",
+        ] {
             #expect(throws: ToncenterError.self) { try ToncenterDecoding.runGetMethod(Data(garbage.utf8), status: 200) }
-            #expect(throws: ToncenterError.self) { try ToncenterDecoding.addressInformation(Data(garbage.utf8), status: 200) }
+            #expect(throws: ToncenterError.self) {
+                try ToncenterDecoding.addressInformation(Data(garbage.utf8), status: 200)
+            }
         }
         #expect(TVMInteger("-0x1")?.int64 == -1)
         #expect(TVMInteger("0x0")?.isZero == true)
-        #expect(TVMInteger("115792089237316195423570985008687907853269984665640564039457584007913129639935")?.bytes32 == [UInt8](repeating: 0xFF, count: 32))
+        #expect(
+            TVMInteger("115792089237316195423570985008687907853269984665640564039457584007913129639935")?.bytes32
+                == [UInt8](repeating: 0xFF, count: 32))
         #expect(TVMInteger("1" + String(repeating: "0", count: 90)) == nil)
     }
 }

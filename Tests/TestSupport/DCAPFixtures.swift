@@ -44,13 +44,15 @@ public struct DCAPWorld {
 
     // Collateral content.
     public var tcbLevels: [String] = [
-        DCAPWorld.level(sgx: [3, 3, 2, 2, 3, 1, 0, 5], pce: 13, tdx: [5, 0, 3], date: "2025-11-12T00:00:00Z", status: "UpToDate"),
+        DCAPWorld.level(
+            sgx: [3, 3, 2, 2, 3, 1, 0, 5], pce: 13, tdx: [5, 0, 3], date: "2025-11-12T00:00:00Z", status: "UpToDate"),
         DCAPWorld.level(
             sgx: [2, 2, 2, 2, 3, 1, 0, 3], pce: 11, tdx: [3, 0, 2], date: "2024-03-13T00:00:00Z", status: "OutOfDate",
             advisories: ["INTEL-SA-00960", "INTEL-SA-00837"]),
     ]
     public var moduleIdentities = ""
-    public var qeLevels = #"[{"tcb":{"isvsvn":4},"tcbDate":"2025-11-12T00:00:00Z","tcbStatus":"UpToDate"},{"tcb":{"isvsvn":2},"tcbDate":"2024-03-13T00:00:00Z","tcbStatus":"OutOfDate","advisoryIDs":["INTEL-SA-00615"]}]"#
+    public var qeLevels =
+        #"[{"tcb":{"isvsvn":4},"tcbDate":"2025-11-12T00:00:00Z","tcbStatus":"UpToDate"},{"tcb":{"isvsvn":2},"tcbDate":"2024-03-13T00:00:00Z","tcbStatus":"OutOfDate","advisoryIDs":["INTEL-SA-00615"]}]"#
     public var collateralIssued = referenceTime - 10 * day
     public var collateralNext = referenceTime + 20 * day
     public var tcbInfoFMSPC: [UInt8]? = nil
@@ -69,8 +71,10 @@ public struct DCAPWorld {
         let pad = { (v: [Int]) in v + [Int](repeating: 0, count: 16 - v.count) }
         let sgxJSON = pad(sgx).map { #"{"svn":\#($0)}"# }.joined(separator: ",")
         let tdxJSON = pad(tdx).map { #"{"svn":\#($0)}"# }.joined(separator: ",")
-        let adv = advisories.isEmpty ? "" : #","advisoryIDs":[\#(advisories.map { "\"\($0)\"" }.joined(separator: ","))]"#
-        return #"{"tcb":{"sgxtcbcomponents":[\#(sgxJSON)],"pcesvn":\#(pce),"tdxtcbcomponents":[\#(tdxJSON)]},"tcbDate":"\#(date)","tcbStatus":"\#(status)"\#(adv)}"#
+        let adv =
+            advisories.isEmpty ? "" : #","advisoryIDs":[\#(advisories.map { "\"\($0)\"" }.joined(separator: ","))]"#
+        return
+            #"{"tcb":{"sgxtcbcomponents":[\#(sgxJSON)],"pcesvn":\#(pce),"tdxtcbcomponents":[\#(tdxJSON)]},"tcbDate":"\#(date)","tcbStatus":"\#(status)"\#(adv)}"#
     }
 
     // MARK: Certificates
@@ -84,7 +88,9 @@ public struct DCAPWorld {
     public func sgxExtension() -> [UInt8] {
         func entry(_ oid: String, _ value: [UInt8]) -> [UInt8] { DERBuild.sequence(DERBuild.oid(oid) + value) }
         var tcb = [UInt8]()
-        for (i, svn) in cpuSVN.enumerated() { tcb += entry("\(DCAPWorld.sgxExtensionOID).2.\(i + 1)", DERBuild.integer(svn)) }
+        for (i, svn) in cpuSVN.enumerated() {
+            tcb += entry("\(DCAPWorld.sgxExtensionOID).2.\(i + 1)", DERBuild.integer(svn))
+        }
         tcb += entry("\(DCAPWorld.sgxExtensionOID).2.17", DERBuild.integer(pceSVN))
         tcb += entry("\(DCAPWorld.sgxExtensionOID).2.18", DERBuild.octets(cpuSVN.map { UInt8($0) }))
         return DERBuild.sequence(
@@ -99,7 +105,9 @@ public struct DCAPWorld {
 
     // MARK: Quote
 
-    public func quote(version: Int = 4, signQERWith qeSigner: P256.Signing.PrivateKey? = nil, tamper: ((inout [UInt8]) -> Void)? = nil)
+    public func quote(
+        version: Int = 4, signQERWith qeSigner: P256.Signing.PrivateKey? = nil, tamper: ((inout [UInt8]) -> Void)? = nil
+    )
         -> [UInt8]
     {
         var header = [UInt8]()
@@ -145,7 +153,8 @@ public struct DCAPWorld {
     public var tcbInfoText: String {
         let fmspcHex = Data(tcbInfoFMSPC ?? fmspc).hex.uppercased()
         let modules = moduleIdentities.isEmpty ? "" : #","tdxModuleIdentities":\#(moduleIdentities)"#
-        return #"{"id":"TDX","version":3,"issueDate":"\#(collateralIssued.rfc3339)","nextUpdate":"\#(collateralNext.rfc3339)","fmspc":"\#(fmspcHex)","pceId":"0000","tcbType":0,"tcbEvaluationDataNumber":\#(evaluationNumber),"tdxModule":{"mrsigner":"\#(String(repeating: "0", count: 96))","attributes":"0000000000000000","attributesMask":"FFFFFFFFFFFFFFFF"}\#(modules),"tcbLevels":[\#(tcbLevels.joined(separator: ","))]}"#
+        return
+            #"{"id":"TDX","version":3,"issueDate":"\#(collateralIssued.rfc3339)","nextUpdate":"\#(collateralNext.rfc3339)","fmspc":"\#(fmspcHex)","pceId":"0000","tcbType":0,"tcbEvaluationDataNumber":\#(evaluationNumber),"tdxModule":{"mrsigner":"\#(String(repeating: "0", count: 96))","attributes":"0000000000000000","attributesMask":"FFFFFFFFFFFFFFFF"}\#(modules),"tcbLevels":[\#(tcbLevels.joined(separator: ","))]}"#
     }
 
     public var qeIdentityText: String {
@@ -161,13 +170,16 @@ public struct DCAPWorld {
         return Collateral(
             pckCRLIssuerChain: PEM.encode([platformCA.certificate, root.certificate]),
             rootCACRL: root.crl(revoked: revokedCASerials, thisUpdate: collateralIssued, nextUpdate: collateralNext),
-            pckCRL: platformCA.crl(revoked: revokedPCKSerials, thisUpdate: collateralIssued, nextUpdate: collateralNext),
+            pckCRL: platformCA.crl(
+                revoked: revokedPCKSerials, thisUpdate: collateralIssued, nextUpdate: collateralNext),
             tcbInfoIssuerChain: signerChain, tcbInfo: tcb, tcbInfoSignature: tcbSig, qeIdentityIssuerChain: signerChain,
             qeIdentity: qe, qeIdentitySignature: qeSig)
     }
 
     public func envelope(quote: [UInt8]? = nil, collateral: Collateral?, eventLog: Data? = nil) -> Data {
-        var object: [String: Any] = ["format": "tdx-quote", "version": 1, "quote": Data(quote ?? self.quote()).base64EncodedString()]
+        var object: [String: Any] = [
+            "format": "tdx-quote", "version": 1, "quote": Data(quote ?? self.quote()).base64EncodedString(),
+        ]
         if let collateral { object["collateral"] = collateral.fields }
         if let eventLog { object["event_log"] = eventLog.base64EncodedString() }
         return try! JSONSerialization.data(withJSONObject: object)
@@ -183,7 +195,8 @@ public struct DCAPWorld {
         _ envelope: Data? = nil, at time: Date = referenceTime, nonce: Data? = nil,
         _ adjust: (inout TDXQuoteVerifier.Options) -> Void = { _ in }
     ) -> Verdict {
-        verifier(adjust).verify(envelopeData: envelope ?? self.envelope(collateral: collateral()), expectedNonce: nonce, at: time)
+        verifier(adjust).verify(
+            envelopeData: envelope ?? self.envelope(collateral: collateral()), expectedNonce: nonce, at: time)
     }
 }
 
@@ -226,7 +239,8 @@ public struct TestCA {
         extensions: [(String, [UInt8])]
     ) -> [UInt8] {
         X509Build.certificate(
-            subject: subject, issuer: name, subjectKey: subjectKey, issuerKey: key, serial: serial, validity: validity, isCA: false,
+            subject: subject, issuer: name, subjectKey: subjectKey, issuerKey: key, serial: serial, validity: validity,
+            isCA: false,
             extensions: extensions)
     }
 
@@ -309,7 +323,8 @@ public enum X509Build {
     }
 
     public static func certificate(
-        subject: String, issuer: String, subjectKey: P256.Signing.PrivateKey, issuerKey: P256.Signing.PrivateKey, serial: Int,
+        subject: String, issuer: String, subjectKey: P256.Signing.PrivateKey, issuerKey: P256.Signing.PrivateKey,
+        serial: Int,
         validity: (Date, Date), isCA: Bool, extensions: [(String, [UInt8])]
     ) -> [UInt8] {
         let x = X509_new()!
@@ -331,7 +346,8 @@ public enum X509Build {
             EVP_PKEY_free(issuerPKey)
         }
         X509_set_pubkey(x, subjectPKey)
-        let constraints = X509V3_EXT_conf_nid(nil, nil, NID_basic_constraints, isCA ? "critical,CA:TRUE" : "critical,CA:FALSE")!
+        let constraints = X509V3_EXT_conf_nid(
+            nil, nil, NID_basic_constraints, isCA ? "critical,CA:TRUE" : "critical,CA:FALSE")!
         X509_add_ext(x, constraints, -1)
         X509_EXTENSION_free(constraints)
         for (oid, der) in extensions {
@@ -351,7 +367,9 @@ public enum X509Build {
         return Array(UnsafeBufferPointer(start: out, count: Int(n)))
     }
 
-    public static func crl(issuer: String, key: P256.Signing.PrivateKey, revoked: [Int], thisUpdate: Date, nextUpdate: Date) -> [UInt8] {
+    public static func crl(
+        issuer: String, key: P256.Signing.PrivateKey, revoked: [Int], thisUpdate: Date, nextUpdate: Date
+    ) -> [UInt8] {
         let crl = X509_CRL_new()!
         defer { X509_CRL_free(crl) }
         X509_CRL_set_version(crl, 1)

@@ -32,7 +32,9 @@ public final class FakeTDXModule: @unchecked Sendable {
         try FileManager.default.createDirectory(at: directory.file("measurements"), withIntermediateDirectories: true)
         try CCELEncoder.header().write(to: directory.file("ccel"))
         let path = directory.file("measurements/rtmr3:sha384").path
-        guard mkfifo(path, 0o600) == 0 else { throw TDXFakeError("mkfifo \(path): \(String(cString: strerror(errno)))") }
+        guard mkfifo(path, 0o600) == 0 else {
+            throw TDXFakeError("mkfifo \(path): \(String(cString: strerror(errno)))")
+        }
         // Read-write: opening never blocks, and the FIFO stays open between the worker's writes.
         fifo = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC)
         guard fifo >= 0 else { throw TDXFakeError("open \(path): \(String(cString: strerror(errno)))") }
@@ -86,8 +88,11 @@ public final class FakeTDXModule: @unchecked Sendable {
                 else { continue }
                 var w = world
                 w.reportData = [UInt8](data)
-                w.rtmrs = [[UInt8](repeating: 0, count: 48), [UInt8](repeating: 0, count: 48), [UInt8](repeating: 0, count: 48),
-                           [UInt8](currentRTMR3)]
+                w.rtmrs = [
+                    [UInt8](repeating: 0, count: 48), [UInt8](repeating: 0, count: 48),
+                    [UInt8](repeating: 0, count: 48),
+                    [UInt8](currentRTMR3),
+                ]
                 let quote = Data(w.quote())
                 // Write under a temporary name and rename: the reader never sees half a quote.
                 let temporary = entry.appendingPathComponent(".outblob")

@@ -6,7 +6,9 @@ public enum LoopbackServer {
     /// The system interpreter, called directly: a version-manager shim in between would not pass
     /// on the signal that stops the server.
     public static var systemPython: URL {
-        URL(fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "/usr/local/bin/python3")
+        URL(
+            fileURLWithPath: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3")
+                ? "/usr/bin/python3" : "/usr/local/bin/python3")
     }
 
     /// The space-separated ports `process` writes to `file`; empty when it exits or `timeout` passes first.

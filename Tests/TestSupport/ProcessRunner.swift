@@ -63,9 +63,12 @@ public enum ProcessRunner {
     ) async throws -> ProcessResult {
         try await withCheckedThrowingContinuation { continuation in
             Thread.detachNewThread {
-                continuation.resume(with: Result {
-                    try run(executable, arguments, environment: environment, stdin: stdin, currentDirectory: currentDirectory) as ProcessResult
-                })
+                continuation.resume(
+                    with: Result {
+                        try run(
+                            executable, arguments, environment: environment, stdin: stdin,
+                            currentDirectory: currentDirectory) as ProcessResult
+                    })
             }
         }
     }

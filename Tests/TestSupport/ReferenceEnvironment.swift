@@ -18,8 +18,11 @@ public struct ReferenceEnvironment: Sendable {
     /// Prepared once per test process.
     public static let shared: Result<ReferenceEnvironment, SetupError> = {
         do {
-            let result = try ProcessRunner.run(SharedTestData.packageRoot.appendingPathComponent("scripts/reference-env").path, [])
-            guard result.status == 0 else { return .failure(SetupError(description: "scripts/reference-env failed: \(result.stderr)")) }
+            let result = try ProcessRunner.run(
+                SharedTestData.packageRoot.appendingPathComponent("scripts/reference-env").path, [])
+            guard result.status == 0 else {
+                return .failure(SetupError(description: "scripts/reference-env failed: \(result.stderr)"))
+            }
             var values = [String: String]()
             for line in result.stdout.split(separator: "\n") {
                 let parts = line.split(separator: "=", maxSplits: 1)
@@ -30,7 +33,8 @@ public struct ReferenceEnvironment: Sendable {
             }
             return .success(
                 ReferenceEnvironment(
-                    venv: URL(fileURLWithPath: venv), model: URL(fileURLWithPath: model), tonVenv: URL(fileURLWithPath: ton)))
+                    venv: URL(fileURLWithPath: venv), model: URL(fileURLWithPath: model),
+                    tonVenv: URL(fileURLWithPath: ton)))
         } catch {
             return .failure(SetupError(description: "\(error)"))
         }

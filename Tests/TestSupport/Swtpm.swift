@@ -41,9 +41,9 @@ public final class Swtpm: @unchecked Sendable {
             let deadline = Date().addingTimeInterval(10)
             while Date() < deadline, process.isRunning {
                 if canConnect(port: port) {
-                Running.add(process.processIdentifier)
-                return Swtpm(port: port, stateDirectory: dir, process: process)
-            }
+                    Running.add(process.processIdentifier)
+                    return Swtpm(port: port, stateDirectory: dir, process: process)
+                }
                 usleep(20_000)
             }
             if process.isRunning { process.terminate() }

@@ -29,7 +29,8 @@ public final class TONChain: @unchecked Sendable {
         let portFile = directory.file("ports")
         process.executableURL = reference.tonPython
         process.arguments = [
-            "-W", "ignore", SharedTestData.packageRoot.appendingPathComponent("Tests/TestSupport/toncenter_tvm.py").path,
+            "-W", "ignore",
+            SharedTestData.packageRoot.appendingPathComponent("Tests/TestSupport/toncenter_tvm.py").path,
             portFile.path, SharedTestData.url("ton").path, "\(endpoints)", apiKey,
         ]
         process.standardOutput = FileHandle.nullDevice
@@ -38,7 +39,9 @@ public final class TONChain: @unchecked Sendable {
         let ports = LoopbackServer.ports(in: portFile, of: process, timeout: 60)
         guard ports.count == endpoints else {
             kill(process.processIdentifier, SIGKILL)
-            throw Failure(description: "toncenter_tvm.py did not start (exit \(process.isRunning ? "-" : "\(process.terminationStatus)"))")
+            throw Failure(
+                description:
+                    "toncenter_tvm.py did not start (exit \(process.isRunning ? "-" : "\(process.terminationStatus)"))")
         }
         self.ports = ports
     }
@@ -54,7 +57,9 @@ public final class TONChain: @unchecked Sendable {
         request.httpBody = try JSONSerialization.data(withJSONObject: body)
         request.timeoutInterval = 60
         let (data, response) = try await URLSession.shared.data(for: request)
-        guard (response as? HTTPURLResponse)?.statusCode == 200, let json = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        guard (response as? HTTPURLResponse)?.statusCode == 200,
+            let json = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        else {
             throw Failure(description: "\(path): \(String(decoding: data, as: UTF8.self))")
         }
         return json
@@ -62,14 +67,17 @@ public final class TONChain: @unchecked Sendable {
 
     /// Deploys a wallet v4r2 holding `publicKey`; returns its raw address.
     public func wallet(publicKey: Data, balance: UInt64) async throws -> String {
-        let json = try await control("wallet", ["public_key": publicKey.map { String(format: "%02x", $0) }.joined(), "balance": balance])
+        let json = try await control(
+            "wallet", ["public_key": publicKey.map { String(format: "%02x", $0) }.joined(), "balance": balance])
         return json["address"] as! String
     }
 
     /// Delivers an internal message with a text comment (`d` deposits to the pool, `w` withdraws);
     /// the contract's code runs it. Returns the compute phase's exit code and the block it is in.
     @discardableResult
-    public func send(from: String, to: String, value: UInt64, comment: String) async throws -> (exitCode: Int, blockSeqno: Int) {
+    public func send(from: String, to: String, value: UInt64, comment: String) async throws -> (
+        exitCode: Int, blockSeqno: Int
+    ) {
         let json = try await control("message", ["from": from, "to": to, "value": value, "comment": comment])
         guard json["aborted"] as? Bool == false else { throw Failure(description: "the transaction aborted: \(json)") }
         return (json["exit_code"] as? Int ?? -1, json["seqno"] as? Int ?? 0)

@@ -36,8 +36,10 @@ public struct AdmissionCoordinator: Sendable {
     public let stake: (any StakeChecking)?
 
     public init(
-        policies: PolicyState, clock: any AttestationClock = SystemClock(), dcapRoots: Set<String> = PinnedRoots.production,
-        collateralSource: (any CollateralSource)? = nil, preparer: (any EvidencePreparing)? = nil, stake: (any StakeChecking)? = nil
+        policies: PolicyState, clock: any AttestationClock = SystemClock(),
+        dcapRoots: Set<String> = PinnedRoots.production,
+        collateralSource: (any CollateralSource)? = nil, preparer: (any EvidencePreparing)? = nil,
+        stake: (any StakeChecking)? = nil
     ) {
         self.policies = policies
         self.clock = clock
@@ -72,17 +74,22 @@ public struct AdmissionCoordinator: Sendable {
         let verdict = EvidenceVerification(
             policy: active.document, scope: .all, dcapRoots: dcapRoots, collateralSource: collateralSource
         ).verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
-        return Judgement(verdict: verdict, policy: active, evidence: StoredEvidence(envelope: envelope, binding: binding), note: note)
+        return Judgement(
+            verdict: verdict, policy: active, evidence: StoredEvidence(envelope: envelope, binding: binding), note: note
+        )
     }
 
     /// One admission decision.
-    public func admit(hello: WireMessage.Hello, nonce: Data, evidence: WireMessage.EvidenceMessage) async -> AdmissionDecision {
+    public func admit(hello: WireMessage.Hello, nonce: Data, evidence: WireMessage.EvidenceMessage) async
+        -> AdmissionDecision
+    {
         let judgement = await judge(envelope: evidence.envelope, nonce: nonce, workerKey: hello.kemPublicKey)
         let verdict = judgement.verdict
         guard let facts = AttestedFacts(verdict) else {
             let first = verdict.reasons.first
             return .refusal(
-                hello, judgement, code: first?.code.rawValue ?? ReasonCode.evidenceMalformed.rawValue, message: first?.message ?? "",
+                hello, judgement, code: first?.code.rawValue ?? ReasonCode.evidenceMalformed.rawValue,
+                message: first?.message ?? "",
                 reasons: verdict.reasons.map(\.code.rawValue))
         }
         // The provider's stake, when the policy in force requires one (after the evidence: a
@@ -104,7 +111,9 @@ public struct AdmissionCoordinator: Sendable {
     }
 
     /// A re-attestation: the same worker's fresh evidence under the policy in force.
-    public func reattest(_ worker: AdmittedSession, nonce: Data, evidence: WireMessage.EvidenceMessage) async -> ReattestationDecision {
+    public func reattest(_ worker: AdmittedSession, nonce: Data, evidence: WireMessage.EvidenceMessage) async
+        -> ReattestationDecision
+    {
         let judgement = await judge(envelope: evidence.envelope, nonce: nonce, workerKey: worker.kemPublicKey)
         return ReattestationDecision(worker: worker, judgement: judgement, at: clock.now())
     }
@@ -144,7 +153,8 @@ public struct AdmissionDecision: Sendable {
         public func message(reattestSeconds: Int) -> WireMessage {
             .admitted(
                 .init(
-                    sessionID: session.sessionID, encapsulatedKey: sealed.encapsulatedKey, sealedSessionKey: sealed.ciphertext,
+                    sessionID: session.sessionID, encapsulatedKey: sealed.encapsulatedKey,
+                    sealedSessionKey: sealed.ciphertext,
                     reattestSeconds: reattestSeconds))
         }
     }
@@ -159,11 +169,13 @@ public struct AdmissionDecision: Sendable {
     public var verdict: Verdict { judgement.verdict }
 
     static func refusal(
-        _ hello: WireMessage.Hello, _ judgement: AdmissionCoordinator.Judgement, code: String, message: String, reasons: [String],
+        _ hello: WireMessage.Hello, _ judgement: AdmissionCoordinator.Judgement, code: String, message: String,
+        reasons: [String],
         detail: [String: String] = [:]
     ) -> AdmissionDecision {
         let event = AuditEvent(
-            .admission, worker: hello.workerID, decision: .reject, reasons: reasons, policyVersion: judgement.policy.version,
+            .admission, worker: hello.workerID, decision: .reject, reasons: reasons,
+            policyVersion: judgement.policy.version,
             collateralSHA256: judgement.collateralSHA256,
             detail: ["message": message, "policy": judgement.policy.document.name, "format": judgement.verdict.format]
                 .merging(detail) { a, _ in a })
@@ -180,13 +192,20 @@ public struct AdmissionDecision: Sendable {
         let sessionKey = SymmetricKey(size: .bits256)
         let verdict = judgement.verdict
         let policy = judgement.policy
-        guard let sealed = try? SessionKeySealing.seal(sessionKey, to: hello.kemPublicKey, context: Data(sessionID.utf8) + nonce) else {
+        guard
+            let sealed = try? SessionKeySealing.seal(
+                sessionKey, to: hello.kemPublicKey, context: Data(sessionID.utf8) + nonce)
+        else {
             // The hello's key was checked to be 32 bytes; X25519 accepts any 32 bytes, so this is unreachable in practice.
-            return refusal(hello, judgement, code: ProtocolErrorCode.badHello.rawValue, message: "the KEM key cannot be sealed to", reasons: [ProtocolErrorCode.badHello.rawValue])
+            return refusal(
+                hello, judgement, code: ProtocolErrorCode.badHello.rawValue, message: "the KEM key cannot be sealed to",
+                reasons: [ProtocolErrorCode.badHello.rawValue])
         }
         let record = WorkerRecord(
-            id: hello.workerID, session: sessionID, provider: stake?.stake?.provider, models: hello.models, format: verdict.format,
-            claims: WorkerRecord.summary(facts), admittedAt: now, lastAttested: now, evidenceSHA256: judgement.evidence.sha256,
+            id: hello.workerID, session: sessionID, provider: stake?.stake?.provider, models: hello.models,
+            format: verdict.format,
+            claims: WorkerRecord.summary(facts), admittedAt: now, lastAttested: now,
+            evidenceSHA256: judgement.evidence.sha256,
             policyVersion: policy.version)
         let admit = AuditEvent(
             .admission, worker: hello.workerID, decision: .admit, policyVersion: policy.version,
@@ -199,7 +218,8 @@ public struct AdmissionDecision: Sendable {
         let keyIssued = AuditEvent(
             .sessionKey, worker: hello.workerID, decision: .issued, policyVersion: policy.version,
             detail: ["session": sessionID, "kem": "X25519-HKDF-SHA256/ChaCha20Poly1305"])
-        let session = AdmittedSession(workerID: hello.workerID, sessionID: sessionID, kemPublicKey: hello.kemPublicKey, admittedAt: now)
+        let session = AdmittedSession(
+            workerID: hello.workerID, sessionID: sessionID, kemPublicKey: hello.kemPublicKey, admittedAt: now)
         let grant = Grant(
             session: session, sessionKey: sessionKey, models: hello.models, record: record,
             admitted: AdmittedWorker(facts: facts, stake: stake?.stake), sealed: sealed)
@@ -220,7 +240,10 @@ public struct ReattestationDecision: Sendable {
     public var failure: (code: String, message: String)? {
         guard !passed else { return nil }
         let reason = judgement.verdict.reasons.first
-        return (reason?.code.rawValue ?? ReasonCode.evidenceMalformed.rawValue, "re-attestation failed: \(reason?.message ?? "")")
+        return (
+            reason?.code.rawValue ?? ReasonCode.evidenceMalformed.rawValue,
+            "re-attestation failed: \(reason?.message ?? "")"
+        )
     }
 
     /// The audit entry; `updated` is the worker's row after a pass.
@@ -235,7 +258,8 @@ public struct ReattestationDecision: Sendable {
         let reason = judgement.verdict.reasons.first
         return .event(
             AuditEvent(
-                .reattestation, worker: worker.workerID, decision: .fail, reasons: judgement.verdict.reasons.map(\.code.rawValue),
+                .reattestation, worker: worker.workerID, decision: .fail,
+                reasons: judgement.verdict.reasons.map(\.code.rawValue),
                 policyVersion: judgement.policy.version, collateralSHA256: judgement.collateralSHA256,
                 detail: ["message": reason?.message ?? "", "session": worker.sessionID]),
             evidence: judgement.evidence)

@@ -25,7 +25,8 @@ public struct StakeOutcome: Sendable {
     /// Whether this outcome rests on a new chain observation (else: the cached one).
     public let fresh: Bool
 
-    public init(stake: ProviderStake?, refusal: (code: String, message: String)?, detail: [String: String], fresh: Bool) {
+    public init(stake: ProviderStake?, refusal: (code: String, message: String)?, detail: [String: String], fresh: Bool)
+    {
         self.stake = stake
         self.refusal = refusal
         self.detail = detail

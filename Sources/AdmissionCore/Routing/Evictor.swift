@@ -62,7 +62,10 @@ public struct Evictor: Sendable {
     /// attests again.)
     public func claim(_ items: [(link: WorkerLink, cause: Cause, reasons: [String])]) -> [Claimed] {
         items.compactMap { item in
-            guard item.link.claimEnding(SessionEnding(code: item.cause.code, message: item.cause.message, auditor: .evictor)) else {
+            guard
+                item.link.claimEnding(
+                    SessionEnding(code: item.cause.code, message: item.cause.message, auditor: .evictor))
+            else {
                 return nil
             }
             registry.remove(workerID: item.link.workerID, sessionID: item.link.sessionID)
@@ -72,7 +75,9 @@ public struct Evictor: Sendable {
 
     /// Ends claimed evictions once their entries are durable.
     public func finish(_ claimed: [Claimed]) {
-        for item in claimed { item.link.end(SessionEnding(code: item.cause.code, message: item.cause.message, auditor: .evictor)) }
+        for item in claimed {
+            item.link.end(SessionEnding(code: item.cause.code, message: item.cause.message, auditor: .evictor))
+        }
     }
 
     /// Ends claimed evictions whose entries could not be written: each session's own loop then
@@ -111,12 +116,15 @@ public struct Evictor: Sendable {
         switch ending.auditor {
         case .evictor:
             try await trail.record(
-                AuditEvent(.disconnect, worker: link.workerID, decision: .closed, reasons: [ending.code], detail: ["session": link.sessionID]),
+                AuditEvent(
+                    .disconnect, worker: link.workerID, decision: .closed, reasons: [ending.code],
+                    detail: ["session": link.sessionID]),
                 worker: change)
         case .session:
             try await trail.record(
                 AuditEvent(
-                    .eviction, worker: link.workerID, decision: .evicted, reasons: [ending.code], policyVersion: policies.current.version,
+                    .eviction, worker: link.workerID, decision: .evicted, reasons: [ending.code],
+                    policyVersion: policies.current.version,
                     detail: ["session": link.sessionID, "message": ending.message]),
                 worker: change)
         }

@@ -31,8 +31,10 @@ public final class WorkerLink: Sendable {
     /// Closes the worker's connection.
     let disconnect: @Sendable () -> Void
 
-    package init(workerID: String, sessionID: String, models: [String], kemPublicKey: Data, sealer: ChannelSealer,
-         opener: ChannelOpener, outbox: AsyncStream<WireMessage>.Continuation, disconnect: @escaping @Sendable () -> Void) {
+    package init(
+        workerID: String, sessionID: String, models: [String], kemPublicKey: Data, sealer: ChannelSealer,
+        opener: ChannelOpener, outbox: AsyncStream<WireMessage>.Continuation, disconnect: @escaping @Sendable () -> Void
+    ) {
         self.disconnect = disconnect
         self.workerID = workerID
         self.sessionID = sessionID
@@ -54,7 +56,9 @@ public final class WorkerLink: Sendable {
 
     /// Starts a request; the returned stream yields `head`, `data`… and finishes at `end`, or
     /// throws when the worker fails or goes away.
-    public func startRequest(method: String, path: String, body: Data) throws -> (UInt64, AsyncThrowingStream<ChannelPayload, any Error>) {
+    public func startRequest(method: String, path: String, body: Data) throws -> (
+        UInt64, AsyncThrowingStream<ChannelPayload, any Error>
+    ) {
         let (stream, continuation) = AsyncThrowingStream<ChannelPayload, any Error>.makeStream()
         let id: UInt64 = try state.withLock { s in
             if let reason = s.closed { throw WorkerFailure(message: reason) }

@@ -81,7 +81,9 @@ public final class WorkerRegistry: Sendable {
 
     /// Every admitted worker with what its admission proved.
     package func admitted() -> [(link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker)] {
-        entries.withLock { e in e.values.map { ($0.link, $0.record, $0.admission) }.sorted { $0.0.workerID < $1.0.workerID } }
+        entries.withLock { e in
+            e.values.map { ($0.link, $0.record, $0.admission) }.sorted { $0.0.workerID < $1.0.workerID }
+        }
     }
 
     public func link(_ workerID: String) -> WorkerLink? { entries.withLock { $0[workerID]?.link } }

@@ -101,7 +101,8 @@ public struct WorkerSession: Sendable {
         case .serving(let session, nil):
             if let keyLifetime, keyAge >= TimeInterval(keyLifetime) {
                 return end(
-                    .keyExpired, "the session key reached its lifetime of \(keyLifetime) s; attest again for a new one", notify: false)
+                    .keyExpired, "the session key reached its lifetime of \(keyLifetime) s; attest again for a new one",
+                    notify: false)
             }
             state = .serving(session, challenge: nonce)
             return .send(.challenge(.init(nonce: nonce)))
@@ -146,14 +147,17 @@ public struct WorkerSession: Sendable {
 
     /// Bounds on hello: ids are names, not payloads; a worker serves a handful of models.
     static func problem(with hello: WireMessage.Hello) -> String? {
-        guard hello.protocolVersion == 1 else { return "protocol version \(hello.protocolVersion) is not supported (1)" }
+        guard hello.protocolVersion == 1 else {
+            return "protocol version \(hello.protocolVersion) is not supported (1)"
+        }
         let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_.:"))
         let idOK =
             (1...128).contains(hello.workerID.utf8.count)
             && hello.workerID.unicodeScalars.allSatisfy { $0.isASCII && allowed.contains($0) }
         guard idOK else { return "worker id must be 1-128 characters of [A-Za-z0-9-_.:]" }
         guard hello.kemPublicKey.count == 32 else { return "KEM public key must be 32 bytes" }
-        guard (1...16).contains(hello.models.count), hello.models.allSatisfy({ (1...256).contains($0.utf8.count) }) else {
+        guard (1...16).contains(hello.models.count), hello.models.allSatisfy({ (1...256).contains($0.utf8.count) })
+        else {
             return "a worker serves 1-16 models with names of 1-256 bytes"
         }
         return nil

@@ -46,7 +46,8 @@ public struct WorkerSessionRunner: Sendable {
     let logger: Logger
 
     public init(
-        coordinator: AdmissionCoordinator, registry: WorkerRegistry, trail: AuditTrail, timings: WorkerTimings = .init(),
+        coordinator: AdmissionCoordinator, registry: WorkerRegistry, trail: AuditTrail,
+        timings: WorkerTimings = .init(),
         logger: Logger = Logger(label: "ccgate.workers")
     ) {
         self.coordinator = coordinator
@@ -81,12 +82,15 @@ public struct WorkerSessionRunner: Sendable {
         } catch let frame as FrameError {
             await protocolError(frame, connection)
         } catch {
-            logger.debug("worker connection ended", metadata: ["ccgate.peer": "\(connection.peer)", "error": "\(error)"])
+            logger.debug(
+                "worker connection ended", metadata: ["ccgate.peer": "\(connection.peer)", "error": "\(error)"])
         }
     }
 
     /// Hello, challenge, evidence, decision; then the admitted session.
-    func handshake<I: AsyncIteratorProtocol>(_ inbound: inout I, _ machine: SessionMachine, _ connection: some WorkerConnection)
+    func handshake<I: AsyncIteratorProtocol>(
+        _ inbound: inout I, _ machine: SessionMachine, _ connection: some WorkerConnection
+    )
         async throws where I.Element == WireMessage
     {
         while true {
@@ -106,8 +110,12 @@ public struct WorkerSessionRunner: Sendable {
                 guard let grant = decision.grant else {
                     try await record(decision.drafts)
                     logger.notice(
-                        "worker rejected", metadata: ["ccgate.worker.id": "\(hello.workerID)", "ccgate.reason": "\(decision.refusal?.code ?? "")"])
-                    try await connection.send(.rejected(decision.refusal ?? .init(code: "evidence.malformed", message: "")))
+                        "worker rejected",
+                        metadata: [
+                            "ccgate.worker.id": "\(hello.workerID)", "ccgate.reason": "\(decision.refusal?.code ?? "")",
+                        ])
+                    try await connection.send(
+                        .rejected(decision.refusal ?? .init(code: "evidence.malformed", message: "")))
                     return
                 }
                 try await serve(grant, decision, &inbound, machine, connection)
@@ -115,7 +123,8 @@ public struct WorkerSessionRunner: Sendable {
             case .end(let code, let message, _):
                 throw SessionEnd(code: code, message: message)
             default:
-                throw SessionEnd(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "unexpected \(message.typeName)")
+                throw SessionEnd(
+                    code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "unexpected \(message.typeName)")
             }
         }
     }
@@ -128,30 +137,43 @@ public struct WorkerSessionRunner: Sendable {
         let session = grant.session
         let (outbox, outboxContinuation) = AsyncStream<WireMessage>.makeStream()
         let link = WorkerLink(
-            workerID: session.workerID, sessionID: session.sessionID, models: grant.models, kemPublicKey: session.kemPublicKey,
-            sealer: ChannelSealer(sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .gatewayToWorker),
-            opener: ChannelOpener(sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .workerToGateway),
+            workerID: session.workerID, sessionID: session.sessionID, models: grant.models,
+            kemPublicKey: session.kemPublicKey,
+            sealer: ChannelSealer(
+                sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .gatewayToWorker),
+            opener: ChannelOpener(
+                sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .workerToGateway),
             outbox: outboxContinuation, disconnect: { connection.close() })
         try await record(decision.drafts)
         if let previous = registry.add(link, record: grant.record, admission: grant.admitted) {
             previous.end(
                 SessionEnding(
-                    code: ProtocolErrorCode.replaced.rawValue, message: "replaced by a new session of the same worker", auditor: .session))
+                    code: ProtocolErrorCode.replaced.rawValue, message: "replaced by a new session of the same worker",
+                    auditor: .session))
         }
         // A policy applied while this worker was being admitted has not seen it: check it now.
         if decision.judgement.policy.version != coordinator.policies.current.version {
             let (now, reasons) = coordinator.recheck(grant.admitted)
             if let first = reasons.first {
-                link.end(SessionEnding(code: first.code.rawValue, message: "policy version \(now.version): \(first.message)", auditor: .session))
+                link.end(
+                    SessionEnding(
+                        code: first.code.rawValue, message: "policy version \(now.version): \(first.message)",
+                        auditor: .session))
             }
         }
         try await connection.send(grant.message(reattestSeconds: Int(reattestInterval.components.seconds)))
-        logger.info("worker admitted", metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.session": "\(session.sessionID)"])
+        logger.info(
+            "worker admitted",
+            metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.session": "\(session.sessionID)"])
         let end = await serving(link, session, outbox, &inbound, machine, connection)
         do { try await evictor.sessionEnded(link, code: end.code, message: end.message) } catch {
             logger.error("audit append failed", metadata: ["error": "\(error)"])
         }
-        logger.notice("worker evicted", metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.reason": "\(link.ending?.message ?? end.message)"])
+        logger.notice(
+            "worker evicted",
+            metadata: [
+                "ccgate.worker.id": "\(session.workerID)", "ccgate.reason": "\(link.ending?.message ?? end.message)",
+            ])
         if end.notify { try? await connection.send(.error(.init(code: end.code, message: end.message))) }
     }
 
@@ -198,15 +220,23 @@ public struct WorkerSessionRunner: Sendable {
             let decision = await coordinator.reattest(session, nonce: nonce, evidence: evidence)
             if let note = decision.judgement.note { logger.info("\(note)") }
             // An eviction that won meanwhile ends the session; its verdict is not recorded.
-            guard link.ending == nil, case .commitReattestation = machine.withLock({ $0.reattestationDecided(decision) }) else {
+            guard link.ending == nil,
+                case .commitReattestation = machine.withLock({ $0.reattestationDecided(decision) })
+            else {
                 return nil
             }
-            let updated = decision.passed
-                ? registry.attested(workerID: session.workerID, sessionID: session.sessionID, at: decision.at, evidence: decision.judgement.evidence.sha256)
+            let updated =
+                decision.passed
+                ? registry.attested(
+                    workerID: session.workerID, sessionID: session.sessionID, at: decision.at,
+                    evidence: decision.judgement.evidence.sha256)
                 : nil
             do { try await trail.record([decision.draft(updated: updated)]) } catch {
                 logger.error("audit append failed", metadata: ["error": "\(error)"])
-                return (ProtocolErrorCode.auditUnavailable.rawValue, "the gateway cannot record decisions now; try again later", true)
+                return (
+                    ProtocolErrorCode.auditUnavailable.rawValue,
+                    "the gateway cannot record decisions now; try again later", true
+                )
             }
             if let failure = decision.failure { return (failure.code, failure.message, true) }
             return nil
@@ -217,7 +247,9 @@ public struct WorkerSessionRunner: Sendable {
         }
     }
 
-    func endSession(_ machine: SessionMachine, _ code: ProtocolErrorCode, _ message: String) -> (code: String, message: String, notify: Bool) {
+    func endSession(_ machine: SessionMachine, _ code: ProtocolErrorCode, _ message: String) -> (
+        code: String, message: String, notify: Bool
+    ) {
         _ = machine.withLock { $0.end(code: code.rawValue, message: message, notifyPeer: true) }
         return (code.rawValue, message, true)
     }
@@ -249,13 +281,16 @@ public struct WorkerSessionRunner: Sendable {
     func record(_ drafts: [AuditDraft]) async throws {
         do { try await trail.record(drafts) } catch {
             logger.error("audit append failed", metadata: ["error": "\(error)"])
-            throw SessionEnd(code: ProtocolErrorCode.auditUnavailable.rawValue, message: "the gateway cannot record decisions now; try again later")
+            throw SessionEnd(
+                code: ProtocolErrorCode.auditUnavailable.rawValue,
+                message: "the gateway cannot record decisions now; try again later")
         }
     }
 
     /// A bad frame: audited (never the frame's bytes), answered with its code.
     func protocolError(_ frame: FrameError, _ connection: some WorkerConnection) async {
-        logger.notice("bad frame from worker connection", metadata: ["ccgate.peer": "\(connection.peer)", "error": "\(frame)"])
+        logger.notice(
+            "bad frame from worker connection", metadata: ["ccgate.peer": "\(connection.peer)", "error": "\(frame)"])
         do {
             try await trail.record(
                 AuditEvent(
@@ -268,7 +303,9 @@ public struct WorkerSessionRunner: Sendable {
     }
 
     /// Closes the connection unless `body` finishes within `timeout`.
-    func withDeadline<T>(_ connection: some WorkerConnection, _ timeout: Duration, _ body: () async throws -> T) async throws -> T {
+    func withDeadline<T>(_ connection: some WorkerConnection, _ timeout: Duration, _ body: () async throws -> T)
+        async throws -> T
+    {
         let watchdog = Task {
             try await Task.sleep(for: timeout)
             connection.close()

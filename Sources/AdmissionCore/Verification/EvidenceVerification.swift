@@ -38,7 +38,8 @@ public struct EvidenceVerification: Sendable {
         collateralSource: (any CollateralSource)? = nil
     ) {
         self.init(
-            policy: policy, scope: applyMeasurementRules ? .all : .evidence, dcapRoots: dcapRoots, collateralSource: collateralSource)
+            policy: policy, scope: applyMeasurementRules ? .all : .evidence, dcapRoots: dcapRoots,
+            collateralSource: collateralSource)
     }
 
     /// The DCAP verifier options for establishing facts under a policy: its roots and its
@@ -65,20 +66,26 @@ public struct EvidenceVerification: Sendable {
             return .reject(
                 format: envelope.format,
                 reasons: [
-                    Reason(.evidenceUnsupported, "policy.\(policy.name)", "evidence format '\(envelope.format)' is not accepted by this policy")
+                    Reason(
+                        .evidenceUnsupported, "policy.\(policy.name)",
+                        "evidence format '\(envelope.format)' is not accepted by this policy")
                 ])
         }
         let verdict: Verdict
         switch EvidenceFormat(rawValue: envelope.format) {
         case .tpm2Quote?:
-            let options = TPMQuoteVerifier.Options(allowSHA1: policy.tpm.allowSHA1, requireRestrictedAK: policy.tpm.requireRestrictedAK)
+            let options = TPMQuoteVerifier.Options(
+                allowSHA1: policy.tpm.allowSHA1, requireRestrictedAK: policy.tpm.requireRestrictedAK)
             verdict = TPMQuoteVerifier(options: options).verify(envelope, expectedNonce: expectedNonce, at: time)
         case .tdxQuote?, .sgxQuote?:
-            verdict = TDXQuoteVerifier(options: Self.dcapOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource)
-                .verify(envelope, expectedNonce: expectedNonce, at: time)
+            verdict = TDXQuoteVerifier(
+                options: Self.dcapOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource
+            )
+            .verify(envelope, expectedNonce: expectedNonce, at: time)
         case nil:
             verdict = .reject(
-                format: envelope.format, reasons: [Reason(.evidenceUnsupported, "verifier", "unknown evidence format '\(envelope.format)'")])
+                format: envelope.format,
+                reasons: [Reason(.evidenceUnsupported, "verifier", "unknown evidence format '\(envelope.format)'")])
         }
         guard let facts = AttestedFacts(verdict) else { return verdict }
         return verdict.adding(policyReasons: policy.judge(facts, at: time, scope: scope))

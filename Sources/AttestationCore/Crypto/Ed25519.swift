@@ -49,7 +49,10 @@ public struct Ed25519PublicKey: Sendable, Hashable {
     /// exactly `message` passes; any other length or bytes fail.
     public func isValidSignature(_ signature: Data, for message: Data) -> Bool {
         guard signature.count == 64 else { return false }
-        guard let key = raw.withUnsafeBytes({ EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32) })
+        guard
+            let key = raw.withUnsafeBytes({
+                EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32)
+            })
         else { return false }
         defer { EVP_PKEY_free(key) }
         guard let ctx = EVP_MD_CTX_new() else { return false }
@@ -58,7 +61,8 @@ public struct Ed25519PublicKey: Sendable, Hashable {
         return signature.withUnsafeBytes { s in
             message.withUnsafeBytes { m in
                 EVP_DigestVerify(
-                    ctx, s.bindMemory(to: UInt8.self).baseAddress, 64, m.bindMemory(to: UInt8.self).baseAddress, m.count) == 1
+                    ctx, s.bindMemory(to: UInt8.self).baseAddress, 64, m.bindMemory(to: UInt8.self).baseAddress, m.count
+                ) == 1
             }
         }
     }
@@ -77,12 +81,17 @@ public struct Ed25519PrivateKey: Sendable {
 
     public init(seed: Data) throws(Ed25519KeyError) {
         guard seed.count == 32 else { throw Ed25519KeyError("an Ed25519 private key is 32 bytes") }
-        guard let key = seed.withUnsafeBytes({ EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32) })
+        guard
+            let key = seed.withUnsafeBytes({
+                EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32)
+            })
         else { throw Ed25519KeyError("OpenSSL refused the Ed25519 key") }
         defer { EVP_PKEY_free(key) }
         var length = 32
         var raw = Data(count: 32)
-        let ok = raw.withUnsafeMutableBytes { EVP_PKEY_get_raw_public_key(key, $0.bindMemory(to: UInt8.self).baseAddress, &length) }
+        let ok = raw.withUnsafeMutableBytes {
+            EVP_PKEY_get_raw_public_key(key, $0.bindMemory(to: UInt8.self).baseAddress, &length)
+        }
         guard ok == 1, length == 32 else { throw Ed25519KeyError("OpenSSL could not derive the Ed25519 public key") }
         self.seed = seed
         self.publicKey = try Ed25519PublicKey(raw: raw)
@@ -108,7 +117,9 @@ public struct Ed25519PrivateKey: Sendable {
     public var pem: String { PEMBlock.encode(Data(Self.pkcs8Prefix) + seed, label: "PRIVATE KEY") }
 
     public func signature(for message: Data) -> Data {
-        let key = seed.withUnsafeBytes { EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32) }!
+        let key = seed.withUnsafeBytes {
+            EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32)
+        }!
         defer { EVP_PKEY_free(key) }
         let ctx = EVP_MD_CTX_new()!
         defer { EVP_MD_CTX_free(ctx) }
@@ -118,7 +129,8 @@ public struct Ed25519PrivateKey: Sendable {
         let ok = signature.withUnsafeMutableBytes { s in
             message.withUnsafeBytes { m in
                 EVP_DigestSign(
-                    ctx, s.bindMemory(to: UInt8.self).baseAddress, &length, m.bindMemory(to: UInt8.self).baseAddress, m.count)
+                    ctx, s.bindMemory(to: UInt8.self).baseAddress, &length, m.bindMemory(to: UInt8.self).baseAddress,
+                    m.count)
             }
         }
         precondition(ok == 1 && length == 64, "Ed25519 signing failed")
@@ -132,7 +144,9 @@ public enum PEMBlock {
     public static func first(in text: String, label: String) -> Data? {
         let begin = "-----BEGIN \(label)-----"
         let end = "-----END \(label)-----"
-        guard let b = text.range(of: begin), let e = text.range(of: end, range: b.upperBound..<text.endIndex) else { return nil }
+        guard let b = text.range(of: begin), let e = text.range(of: end, range: b.upperBound..<text.endIndex) else {
+            return nil
+        }
         let body = text[b.upperBound..<e.lowerBound].filter { !$0.isWhitespace }
         return Data(base64Encoded: String(body))
     }

@@ -35,7 +35,8 @@ extension Date {
     /// microseconds to create, and audit verification reads one time per entry.
     static func wholeSecondsUTC(_ text: String) -> Date? {
         let b = Array(text.utf8)
-        guard b.count == 20, b[4] == 0x2D, b[7] == 0x2D, b[10] == 0x54, b[13] == 0x3A, b[16] == 0x3A, b[19] == 0x5A else { return nil }
+        guard b.count == 20, b[4] == 0x2D, b[7] == 0x2D, b[10] == 0x54, b[13] == 0x3A, b[16] == 0x3A, b[19] == 0x5A
+        else { return nil }
         func number(_ range: Range<Int>) -> Int32? {
             var v: Int32 = 0
             for i in range {
@@ -45,8 +46,8 @@ extension Date {
             return v
         }
         guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10), let hour = number(11..<13),
-              let minute = number(14..<16), let second = number(17..<19),
-              (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 61
+            let minute = number(14..<16), let second = number(17..<19),
+            (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 61
         else { return nil }
         var parts = tm()
         parts.tm_year = year - 1900
@@ -70,6 +71,7 @@ extension Date {
         func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
         let year = Int(parts.tm_year) + 1900
         let y = year < 0 ? "\(year)" : String(repeating: "0", count: max(0, 4 - String(year).count)) + String(year)
-        return "\(y)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
+        return
+            "\(y)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 }

@@ -96,6 +96,7 @@ public struct Verdict: Sendable {
         guard !policyReasons.isEmpty else { return self }
         return Verdict(
             format: format, outcome: .reject, reasons: reasons + policyReasons, claims: nil,
-            tcbStatus: tcbStatus, advisoryIDs: advisoryIDs, passedChecks: passedChecks, collateralSHA256: collateralSHA256)
+            tcbStatus: tcbStatus, advisoryIDs: advisoryIDs, passedChecks: passedChecks,
+            collateralSHA256: collateralSHA256)
     }
 }

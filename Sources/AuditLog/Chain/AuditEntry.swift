@@ -85,12 +85,16 @@ public struct AuditEntry: Sendable, Equatable {
     /// Reads an entry back from its line, checking that the line is canonical-form-consistent:
     /// its `hash` must be the hash of the rest. Returns nil with a reason otherwise.
     public static func parse(line: some Collection<UInt8>) -> Result<AuditEntry, AuditLineError> {
-        guard let value = CanonicalJSON.parse(line), var fields = value.object else { return .failure(.init("not a JSON object")) }
+        guard let value = CanonicalJSON.parse(line), var fields = value.object else {
+            return .failure(.init("not a JSON object"))
+        }
         guard let hash = fields.removeValue(forKey: "hash")?.string else { return .failure(.init("has no hash")) }
         let computed = HashAlgorithm.sha256.hash(CanonicalJSON.encode(.object(fields))).hex
-        guard computed == hash else { return .failure(.init("its content does not match its hash (the entry was altered)")) }
+        guard computed == hash else {
+            return .failure(.init("its content does not match its hash (the entry was altered)"))
+        }
         guard let seq = fields["seq"]?.int, let timeText = fields["time"]?.string, let time = Date.rfc3339(timeText),
-              let prev = fields["prev"]?.string, let event = fields["event"]?.string, let actor = fields["actor"]?.string
+            let prev = fields["prev"]?.string, let event = fields["event"]?.string, let actor = fields["actor"]?.string
         else { return .failure(.init("lacks seq, time, prev, event or actor")) }
         var decoded = AuditEvent(event: event, actor: actor)
         decoded.worker = fields["worker"]?.string
@@ -103,8 +107,8 @@ public struct AuditEntry: Sendable, Equatable {
         // Nothing beyond the schema, in no other shape: it would otherwise ride along unread
         // (the hash covers it, but no reader would show it).
         guard Set(fields.keys).isSubset(of: schemaKeys), time.rfc3339 == timeText,
-              fields["reasons"]?.array?.count == decoded.reasons.count,
-              fields["detail"].map({ $0.object?.count == decoded.detail.count }) ?? true
+            fields["reasons"]?.array?.count == decoded.reasons.count,
+            fields["detail"].map({ $0.object?.count == decoded.detail.count }) ?? true
         else { return .failure(.init("holds fields outside the audit schema")) }
         return .success(AuditEntry(seq: seq, time: time, prev: prev, hash: hash, event: decoded, line: Array(line)))
     }
@@ -167,12 +171,14 @@ extension AuditEvent {
     /// An entry of a known kind and decision.
     public init(
         _ kind: AuditEventKind, actor: String = "gateway", worker: String? = nil, decision: AuditDecision? = nil,
-        reasons: [String] = [], policyVersion: Int? = nil, evidenceSHA256: String? = nil, collateralSHA256: String? = nil,
+        reasons: [String] = [], policyVersion: Int? = nil, evidenceSHA256: String? = nil,
+        collateralSHA256: String? = nil,
         detail: [String: String] = [:]
     ) {
         self.init(
             event: kind.rawValue, actor: actor, worker: worker, decision: decision?.rawValue, reasons: reasons,
-            policyVersion: policyVersion, evidenceSHA256: evidenceSHA256, collateralSHA256: collateralSHA256, detail: detail)
+            policyVersion: policyVersion, evidenceSHA256: evidenceSHA256, collateralSHA256: collateralSHA256,
+            detail: detail)
     }
 
     /// The entry's kind, when it is one the gateway writes.

@@ -192,8 +192,11 @@ public enum CanonicalJSON {
             guard at > digits, at - digits <= 18 else { return nil }
             // No leading zeros, no fraction or exponent: one spelling per number.
             if bytes[digits] == UInt8(ascii: "0"), at - digits > 1 { return nil }
-            if at < bytes.count, [UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E")].contains(bytes[at]) { return nil }
-            return Int(String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<at]), as: UTF8.self)).map(JSONValue.int)
+            if at < bytes.count, [UInt8(ascii: "."), UInt8(ascii: "e"), UInt8(ascii: "E")].contains(bytes[at]) {
+                return nil
+            }
+            return Int(String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<at]), as: UTF8.self)).map(
+                JSONValue.int)
         }
 
         mutating func hex4() -> UInt32? {
@@ -240,7 +243,9 @@ public enum CanonicalJSON {
                     case UInt8(ascii: "u"):
                         guard var scalar = hex4() else { return nil }
                         if (0xD800..<0xDC00).contains(scalar) {
-                            guard at + 2 <= bytes.count, bytes[at] == UInt8(ascii: "\\"), bytes[at + 1] == UInt8(ascii: "u") else { return nil }
+                            guard at + 2 <= bytes.count, bytes[at] == UInt8(ascii: "\\"),
+                                bytes[at + 1] == UInt8(ascii: "u")
+                            else { return nil }
                             at += 2
                             guard let low = hex4(), (0xDC00..<0xE000).contains(low) else { return nil }
                             scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)

@@ -32,10 +32,11 @@ public enum Checkpoint {
     public static func problem(with entry: AuditEntry, head: ChainHead, key: Ed25519PublicKey) -> String? {
         let d = entry.event.detail
         guard let countText = d["count"], let count = Int(countText), let claimed = d["head"],
-              let sigText = d["signature"], let signature = Data(base64Encoded: sigText)
+            let sigText = d["signature"], let signature = Data(base64Encoded: sigText)
         else { return "the checkpoint lacks count, head or signature" }
         guard count == head.count, claimed == head.hash else {
-            return "the checkpoint covers \(count) entries with head \(claimed.prefix(16))…, but the chain before it has \(head.count) with head \(head.hash.prefix(16))…"
+            return
+                "the checkpoint covers \(count) entries with head \(claimed.prefix(16))…, but the chain before it has \(head.count) with head \(head.hash.prefix(16))…"
         }
         guard key.isValidSignature(signature, for: message(count: count, head: claimed, time: entry.time)) else {
             return d["key"] == key.fingerprint

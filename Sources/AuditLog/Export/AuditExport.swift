@@ -55,7 +55,9 @@ public enum AuditExport {
 
     static func csvRow(_ entry: AuditEntry) -> String {
         let e = entry.event
-        let detail = e.detail.isEmpty ? "" : String(decoding: CanonicalJSON.encode(.object(e.detail.mapValues(JSONValue.string))), as: UTF8.self)
+        let detail =
+            e.detail.isEmpty
+            ? "" : String(decoding: CanonicalJSON.encode(.object(e.detail.mapValues(JSONValue.string))), as: UTF8.self)
         let cells = [
             String(entry.seq), entry.time.rfc3339, e.actor, e.event, e.worker ?? "", e.decision ?? "",
             e.reasons.joined(separator: ";"), e.policyVersion.map(String.init) ?? "", e.evidenceSHA256 ?? "",

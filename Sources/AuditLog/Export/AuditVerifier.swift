@@ -66,27 +66,37 @@ public struct AuditVerifier {
         if let head {
             let previous = head.count
             if entry.seq == previous {
-                throw Failure(entry: entry.seq, line: lineNumber, message: "entry \(entry.seq) appears twice: an entry was inserted or duplicated")
+                throw Failure(
+                    entry: entry.seq, line: lineNumber,
+                    message: "entry \(entry.seq) appears twice: an entry was inserted or duplicated")
             }
             if entry.seq < previous {
-                throw Failure(entry: entry.seq, line: lineNumber, message: "entry \(entry.seq) follows entry \(previous): entries were reordered")
+                throw Failure(
+                    entry: entry.seq, line: lineNumber,
+                    message: "entry \(entry.seq) follows entry \(previous): entries were reordered")
             }
             if entry.seq > previous + 1 {
                 guard allowGaps else {
-                    let missing = previous + 1 == entry.seq - 1 ? "\(previous + 1) is" : "\(previous + 1)–\(entry.seq - 1) are"
+                    let missing =
+                        previous + 1 == entry.seq - 1 ? "\(previous + 1) is" : "\(previous + 1)–\(entry.seq - 1) are"
                     throw Failure(
                         entry: previous + 1, line: lineNumber,
-                        message: "entry \(missing) missing: the export jumps from \(previous) to \(entry.seq) (removed or reordered)")
+                        message:
+                            "entry \(missing) missing: the export jumps from \(previous) to \(entry.seq) (removed or reordered)"
+                    )
                 }
                 gaps += 1
             } else if entry.prev != head.hash {
                 throw Failure(
                     entry: previous, line: lineNumber - 1,
-                    message: "entry \(previous) was altered or replaced: its hash is not the one entry \(entry.seq) links to (or entry \(entry.seq) was inserted in its place)")
+                    message:
+                        "entry \(previous) was altered or replaced: its hash is not the one entry \(entry.seq) links to (or entry \(entry.seq) was inserted in its place)"
+                )
             }
         } else {
             if entry.seq == 1, entry.prev != AuditEntry.genesis {
-                throw Failure(entry: 1, line: lineNumber, message: "the first entry does not start from the genesis hash")
+                throw Failure(
+                    entry: 1, line: lineNumber, message: "the first entry does not start from the genesis hash")
             }
             firstSeq = entry.seq
             anchoredOn = entry.prev
@@ -114,7 +124,9 @@ public struct AuditVerifier {
         guard checkpoints > 0 else {
             throw Failure(
                 entry: head.count, line: entries,
-                message: "no signed checkpoint: nothing in this export is authenticated by the gateway key (export through the admin API, which signs one first)")
+                message:
+                    "no signed checkpoint: nothing in this export is authenticated by the gateway key (export through the admin API, which signs one first)"
+            )
         }
         return Summary(
             entries: entries, firstSeq: firstSeq, lastSeq: head.count, anchoredOn: anchoredOn, head: head.hash,

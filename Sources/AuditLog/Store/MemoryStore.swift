@@ -27,7 +27,8 @@ public final class MemoryStore: GatewayStore {
         set { state.withLock { $0.failAppends = newValue } }
     }
 
-    public func append(_ drafts: [AuditDraft], at time: Date, checkpointKey: Ed25519PrivateKey?) throws -> [AuditEntry] {
+    public func append(_ drafts: [AuditDraft], at time: Date, checkpointKey: Ed25519PrivateKey?) throws -> [AuditEntry]
+    {
         try state.withLock { s in
             guard !s.failAppends else { throw StoreError("the store refuses appends") }
             var staged = s
@@ -40,7 +41,8 @@ public final class MemoryStore: GatewayStore {
                     event = e
                     switch worker {
                     case .upsert(let record)?: staged.workers[record.id] = record
-                    case .remove(let id, let session)? where staged.workers[id]?.session == session: staged.workers[id] = nil
+                    case .remove(let id, let session)? where staged.workers[id]?.session == session:
+                        staged.workers[id] = nil
                     default: break
                     }
                     if let evidence {
@@ -50,7 +52,8 @@ public final class MemoryStore: GatewayStore {
                 case .policy(let e, let policy):
                     event = e
                     let version = (staged.policies.last?.version ?? 0) + 1
-                    staged.policies.append(PolicyRecord(version: version, policy: policy, appliedAt: time, actor: e.actor))
+                    staged.policies.append(
+                        PolicyRecord(version: version, policy: policy, appliedAt: time, actor: e.actor))
                     event.policyVersion = version
                 case .checkpoint:
                     guard let checkpointKey else { throw StoreError("a checkpoint needs the gateway key") }
@@ -94,13 +97,17 @@ public final class MemoryStore: GatewayStore {
 
     public func policies() throws -> [PolicyRecord] { state.withLock { $0.policies } }
 
-    public func policy(version: Int) throws -> PolicyRecord? { state.withLock { $0.policies.first { $0.version == version } } }
+    public func policy(version: Int) throws -> PolicyRecord? {
+        state.withLock { $0.policies.first { $0.version == version } }
+    }
 
     public func workers() throws -> [WorkerRecord] { state.withLock { $0.workers.values.sorted { $0.id < $1.id } } }
 
     public func clearWorkers() throws { state.withLock { $0.workers = [:] } }
 
-    public func apiKeyDigests() throws -> Set<String> { state.withLock { $0.apiKeys.values.reduce(into: Set()) { $0.formUnion($1) } } }
+    public func apiKeyDigests() throws -> Set<String> {
+        state.withLock { $0.apiKeys.values.reduce(into: Set()) { $0.formUnion($1) } }
+    }
 
     public func replaceAPIKeys(source: String, digests: Set<String>, at time: Date) throws {
         state.withLock { $0.apiKeys[source] = digests }

@@ -55,7 +55,9 @@ final class SQLiteConnection {
             case .int(let v): rc = sqlite3_bind_int64(statement, index, Int64(v))
             case .text(let s): rc = sqlite3_bind_text(statement, index, s, -1, ccgate_sqlite_transient())
             case .blob(let d):
-                rc = d.withUnsafeBytes { sqlite3_bind_blob(statement, index, $0.baseAddress, Int32($0.count), ccgate_sqlite_transient()) }
+                rc = d.withUnsafeBytes {
+                    sqlite3_bind_blob(statement, index, $0.baseAddress, Int32($0.count), ccgate_sqlite_transient())
+                }
             }
             guard rc == SQLITE_OK else { throw fail("bind") }
         }
@@ -80,7 +82,9 @@ final class SQLiteConnection {
     private func prepared(_ sql: String) throws -> OpaquePointer {
         if let s = cache[sql] { return s }
         var statement: OpaquePointer?
-        guard sqlite3_prepare_v2(db, sql, -1, &statement, nil) == SQLITE_OK, let statement else { throw fail("prepare") }
+        guard sqlite3_prepare_v2(db, sql, -1, &statement, nil) == SQLITE_OK, let statement else {
+            throw fail("prepare")
+        }
         cache[sql] = statement
         return statement
     }

@@ -20,7 +20,8 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
     public init(url: URL, readOnly: Bool = false) throws {
         self.url = url
         if !readOnly {
-            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
         } else if !FileManager.default.fileExists(atPath: url.path) {
             throw StoreError("\(url.path): no such database")
         }
@@ -73,7 +74,8 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
         return head
     }
 
-    public func append(_ drafts: [AuditDraft], at time: Date, checkpointKey: Ed25519PrivateKey?) throws -> [AuditEntry] {
+    public func append(_ drafts: [AuditDraft], at time: Date, checkpointKey: Ed25519PrivateKey?) throws -> [AuditEntry]
+    {
         try locked {
             let start = try currentHead()
             do {

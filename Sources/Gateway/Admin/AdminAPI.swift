@@ -37,7 +37,10 @@ public struct AdminAPI: Sendable {
     /// The admin's name in audit entries: `admin:` and the first 8 hex digits of the token's SHA-256.
     var actor: String { "admin:" + tokenDigest.prefix(4).hex }
 
-    init(administration: GatewayAdministration, trail: AuditTrail, registry: WorkerRegistry, policies: PolicyState, token: String) {
+    init(
+        administration: GatewayAdministration, trail: AuditTrail, registry: WorkerRegistry, policies: PolicyState,
+        token: String
+    ) {
         self.administration = administration
         self.trail = trail
         self.registry = registry
@@ -74,7 +77,9 @@ public struct AdminAPI: Sendable {
         let current = policies.current
         var version = current.version
         if let text = request.uri.queryParameters.get("version") {
-            guard let v = Int(text), v > 0 else { throw AdminError(400, "admin.bad-request", "version must be a positive integer") }
+            guard let v = Int(text), v > 0 else {
+                throw AdminError(400, "admin.bad-request", "version must be a positive integer")
+            }
             version = v
         }
         guard let record = try storeCall({ try trail.store.policy(version: version) }) else {
@@ -142,7 +147,8 @@ public struct AdminAPI: Sendable {
         let list = registry.workers.map { w -> [String: Any] in
             let r = w.record
             return [
-                "id": r.id, "session": r.session, "provider": r.provider ?? NSNull(), "models": r.models, "format": r.format,
+                "id": r.id, "session": r.session, "provider": r.provider ?? NSNull(), "models": r.models,
+                "format": r.format,
                 "claims": r.claims, "admitted_at": r.admittedAt.rfc3339, "last_attested": r.lastAttested.rfc3339,
                 "evidence_sha256": r.evidenceSHA256, "policy_version": r.policyVersion, "in_flight": w.inFlight,
             ]
@@ -156,14 +162,18 @@ public struct AdminAPI: Sendable {
         let q = request.uri.queryParameters
         let format: AuditExportFormat
         if let f = q.get("format") {
-            guard let parsed = AuditExportFormat(rawValue: f) else { throw AdminError(400, "admin.bad-request", "format must be jsonl or csv") }
+            guard let parsed = AuditExportFormat(rawValue: f) else {
+                throw AdminError(400, "admin.bad-request", "format must be jsonl or csv")
+            }
             format = parsed
         } else {
             format = .jsonl
         }
         func time(_ name: String) throws -> Date? {
             guard let text = q.get(name) else { return nil }
-            guard let d = Date.rfc3339(text) else { throw AdminError(400, "admin.bad-request", "\(name) must be an RFC 3339 time") }
+            guard let d = Date.rfc3339(text) else {
+                throw AdminError(400, "admin.bad-request", "\(name) must be an RFC 3339 time")
+            }
             return d
         }
         let query = AuditQuery(since: try time("since"), until: try time("until"), worker: q.get("worker"))
@@ -202,13 +212,19 @@ public struct AdminAPI: Sendable {
     }
 
     func entry(_ seqText: String) throws -> Response {
-        guard let seq = Int(seqText), seq > 0 else { throw AdminError(400, "admin.bad-request", "the entry id is its sequence number") }
+        guard let seq = Int(seqText), seq > 0 else {
+            throw AdminError(400, "admin.bad-request", "the entry id is its sequence number")
+        }
         guard let entry = try storeCall({ try trail.store.entry(seq: seq) }) else {
             throw AdminError(404, "audit.no-such-entry", "there is no audit entry \(seq)")
         }
         var object: [String: Any] = ["line": String(decoding: entry.line, as: UTF8.self)]
-        if let digest = entry.event.evidenceSHA256, let evidence = try storeCall({ try trail.store.evidence(sha256: digest) }) {
-            object["evidence"] = ["envelope": evidence.envelope.base64EncodedString(), "binding": evidence.binding.base64EncodedString()]
+        if let digest = entry.event.evidenceSHA256,
+            let evidence = try storeCall({ try trail.store.evidence(sha256: digest) })
+        {
+            object["evidence"] = [
+                "envelope": evidence.envelope.base64EncodedString(), "binding": evidence.binding.base64EncodedString(),
+            ]
         }
         if let v = entry.event.policyVersion, let record = try storeCall({ try trail.store.policy(version: v) }) {
             object["policy"] = ["version": v, "text": record.policy.text]
@@ -242,20 +258,24 @@ public struct AdminAPI: Sendable {
         let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data + Data("\n".utf8))))
+        return Response(
+            status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data + Data("\n".utf8))))
     }
 }
 
 /// Admin errors as JSON, unknown routes as `admin.not-found`, anything else as a bare 500.
 struct AdminErrorMiddleware<Context: RequestContext>: RouterMiddleware {
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
         do {
             return try await next(request, context)
         } catch let error as AdminError {
             throw error
         } catch let error as any HTTPResponseError {
-            throw AdminError(Int(error.status.code), error.status == .notFound ? "admin.not-found" : "admin.bad-request",
-                             "\(request.method) \(request.uri.path): \(error.status.reasonPhrase)")
+            throw AdminError(
+                Int(error.status.code), error.status == .notFound ? "admin.not-found" : "admin.bad-request",
+                "\(request.method) \(request.uri.path): \(error.status.reasonPhrase)")
         } catch {
             context.logger.error("admin API error", metadata: ["error": "\(error)"])
             throw AdminError(500, "gateway.internal", "internal error")
@@ -267,7 +287,9 @@ struct AdminErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 struct AdminTokenMiddleware<Context: RequestContext>: RouterMiddleware {
     let api: AdminAPI
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
         let header = request.headers[.authorization] ?? ""
         // Compared as SHA-256 digests: the time taken does not depend on how much of a guess is right.
         let presented = header.hasPrefix("Bearer ") ? Data(SHA256Digest.of(Data(header.dropFirst(7).utf8))) : Data()

@@ -16,7 +16,9 @@ public struct AuditReplay: Sendable {
         public let replayed: Verdict
         /// The same evidence judged at `now` (certificates and collateral may have expired since).
         public let today: Verdict
-        public var matches: Bool { replayed.isAccepted == recordedAccept && (recordedAccept || replayed.reason?.rawValue == recordedReason) }
+        public var matches: Bool {
+            replayed.isAccepted == recordedAccept && (recordedAccept || replayed.reason?.rawValue == recordedReason)
+        }
     }
 
     public struct Failure: Error, CustomStringConvertible {
@@ -33,10 +35,15 @@ public struct AuditReplay: Sendable {
     }
 
     /// Replays `entry` (an admission or re-attestation) with its stored evidence and policy text.
-    public func replay(_ entry: AuditEntry, evidence: StoredEvidence?, policyText: String?, now: Date) throws(Failure) -> Outcome {
+    public func replay(_ entry: AuditEntry, evidence: StoredEvidence?, policyText: String?, now: Date) throws(Failure)
+        -> Outcome
+    {
         let e = entry.event
         guard ["admission", "reattestation"].contains(e.event), let decision = e.decision else {
-            throw Failure(message: "entry \(entry.seq) is a '\(e.event)' entry; only admissions and re-attestations carry evidence to replay")
+            throw Failure(
+                message:
+                    "entry \(entry.seq) is a '\(e.event)' entry; only admissions and re-attestations carry evidence to replay"
+            )
         }
         guard let evidence else { throw Failure(message: "entry \(entry.seq): its evidence is not in the store") }
         guard evidence.sha256 == e.evidenceSHA256 else {
@@ -46,12 +53,15 @@ public struct AuditReplay: Sendable {
             throw Failure(message: "entry \(entry.seq): the policy version it was decided under is not in the store")
         }
         let policy: PolicyDocument
-        do throws(PolicyLoadErrors) { policy = try PolicyDocument.parse(policyText, file: "policy version \(version)") } catch {
+        do throws(PolicyLoadErrors) {
+            policy = try PolicyDocument.parse(policyText, file: "policy version \(version)")
+        } catch {
             throw Failure(message: "policy version \(version) no longer loads: \(error)")
         }
         let verification = EvidenceVerification(
             policy: policy, applyMeasurementRules: true, dcapRoots: dcapRoots, collateralSource: collateralSource)
-        let replayed = verification.verify(envelopeData: evidence.envelope, expectedNonce: evidence.binding, at: entry.time)
+        let replayed = verification.verify(
+            envelopeData: evidence.envelope, expectedNonce: evidence.binding, at: entry.time)
         let today = verification.verify(envelopeData: evidence.envelope, expectedNonce: evidence.binding, at: now)
         return Outcome(
             entry: entry, recordedAccept: decision == "admit" || decision == "pass", recordedReason: e.reasons.first,

@@ -19,7 +19,9 @@ public struct AdminError: Error, CustomStringConvertible {
         self.details = details
     }
 
-    public var description: String { "\(code): \(message)" + (details.isEmpty ? "" : "\n" + details.joined(separator: "\n")) }
+    public var description: String {
+        "\(code): \(message)" + (details.isEmpty ? "" : "\n" + details.joined(separator: "\n"))
+    }
 }
 
 /// What applying (or dry-running) a policy does.
@@ -62,7 +64,10 @@ public actor GatewayAdministration {
     /// Policy documents are a few KiB; the cap is the document loader's.
     static let maxPolicySize = 1 << 20
 
-    init(trail: AuditTrail, policies: PolicyState, registry: WorkerRegistry, adminKeys: [Ed25519PublicKey], clock: any AttestationClock) {
+    init(
+        trail: AuditTrail, policies: PolicyState, registry: WorkerRegistry, adminKeys: [Ed25519PublicKey],
+        clock: any AttestationClock
+    ) {
         self.trail = trail
         self.policies = policies
         self.registry = registry
@@ -95,11 +100,13 @@ public actor GatewayAdministration {
         if dryRun {
             let wouldEvict = failing(under: document, at: now).map { item in
                 ApplyOutcome.Eviction(
-                    worker: item.link.workerID, session: item.link.sessionID, reasons: item.reasons.map(\.code.rawValue),
+                    worker: item.link.workerID, session: item.link.sessionID,
+                    reasons: item.reasons.map(\.code.rawValue),
                     message: item.reasons[0].message)
             }
             return ApplyOutcome(
-                dryRun: true, version: nil, name: document.name, sha256: digest, signer: signer.fingerprint, changes: changes,
+                dryRun: true, version: nil, name: document.name, sha256: digest, signer: signer.fingerprint,
+                changes: changes,
                 evictions: wouldEvict)
         }
         // The policy and the evictions it causes go into one transaction. Versions are assigned by
@@ -110,7 +117,10 @@ public actor GatewayAdministration {
         let claimed = evictor.claim(
             failingNow.map { item in
                 let message = "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)"
-                return (item.link, Evictor.Cause(code: item.reasons[0].code.rawValue, message: message, actor: actor), item.reasons.map(\.code.rawValue))
+                return (
+                    item.link, Evictor.Cause(code: item.reasons[0].code.rawValue, message: message, actor: actor),
+                    item.reasons.map(\.code.rawValue)
+                )
             })
         let drafts: [AuditDraft] =
             [
@@ -122,30 +132,40 @@ public actor GatewayAdministration {
                             "previous_version": String(current.version), "changes": String(changes.count),
                             "evictions": String(claimed.count),
                         ]),
-                    NewPolicy(name: document.name, text: text, signature: signature ?? "", signer: signer.fingerprint, note: note))
+                    NewPolicy(
+                        name: document.name, text: text, signature: signature ?? "", signer: signer.fingerprint,
+                        note: note))
             ] + claimed.map { $0.draft(policyVersion: version) }
         // The claimed workers are out of routing already; the policy and its evictions go into one transaction.
         let entries: [AuditEntry]
         do { entries = try await trail.record(drafts) } catch {
             evictor.finishUnrecorded(claimed, message: "a policy apply could not be recorded; attest again")
-            throw AdminError(503, ProtocolErrorCode.auditUnavailable.rawValue, "the policy could not be recorded: \(error)")
+            throw AdminError(
+                503, ProtocolErrorCode.auditUnavailable.rawValue, "the policy could not be recorded: \(error)")
         }
         guard entries.first?.event.policyVersion == version else {
-            throw AdminError(500, "gateway.internal", "the policy was recorded as version \(entries.first?.event.policyVersion ?? 0), not \(version)")
+            throw AdminError(
+                500, "gateway.internal",
+                "the policy was recorded as version \(entries.first?.event.policyVersion ?? 0), not \(version)")
         }
         policies.replace(with: ActivePolicy(version: version, document: document, text: text))
         evictor.finish(claimed)
         let evictions = claimed.map {
-            ApplyOutcome.Eviction(worker: $0.link.workerID, session: $0.link.sessionID, reasons: $0.reasons, message: $0.cause.message)
+            ApplyOutcome.Eviction(
+                worker: $0.link.workerID, session: $0.link.sessionID, reasons: $0.reasons, message: $0.cause.message)
         }
         // Workers admitted while the transaction ran were decided under the old version.
-        for item in failing(under: document, at: clock.now()) where !claimed.contains(where: { $0.link === item.link }) {
+        for item in failing(under: document, at: clock.now()) where !claimed.contains(where: { $0.link === item.link })
+        {
             _ = try? await evictor.evict(
                 item.link,
-                .init(code: item.reasons[0].code.rawValue, message: "policy version \(version): \(item.reasons[0].message)", actor: actor))
+                .init(
+                    code: item.reasons[0].code.rawValue,
+                    message: "policy version \(version): \(item.reasons[0].message)", actor: actor))
         }
         return ApplyOutcome(
-            dryRun: false, version: version, name: document.name, sha256: digest, signer: signer.fingerprint, changes: changes,
+            dryRun: false, version: version, name: document.name, sha256: digest, signer: signer.fingerprint,
+            changes: changes,
             evictions: evictions)
     }
 
@@ -153,39 +173,57 @@ public actor GatewayAdministration {
     /// checked again, under today's pinned keys).
     public func rollback(to version: Int, dryRun: Bool, actor: String) async throws(AdminError) -> ApplyOutcome {
         let record: PolicyRecord?
-        do { record = try trail.store.policy(version: version) } catch { throw AdminError(500, "gateway.store", "\(error)") }
-        guard let record else { throw AdminError(404, "policy.no-such-version", "there is no policy version \(version)") }
+        do { record = try trail.store.policy(version: version) } catch {
+            throw AdminError(500, "gateway.store", "\(error)")
+        }
+        guard let record else {
+            throw AdminError(404, "policy.no-such-version", "there is no policy version \(version)")
+        }
         return try await apply(
-            text: record.policy.text, signature: record.policy.signature.isEmpty ? nil : record.policy.signature, dryRun: dryRun,
+            text: record.policy.text, signature: record.policy.signature.isEmpty ? nil : record.policy.signature,
+            dryRun: dryRun,
             actor: actor, note: "rollback to version \(version)")
     }
 
     /// Evicts one worker by hand.
     public func evict(workerID: String, actor: String) async throws(AdminError) -> ApplyOutcome.Eviction {
-        guard let link = registry.link(workerID) else { throw AdminError(404, "worker.not-admitted", "no admitted worker '\(workerID)'") }
+        guard let link = registry.link(workerID) else {
+            throw AdminError(404, "worker.not-admitted", "no admitted worker '\(workerID)'")
+        }
         let message = "evicted by \(actor)"
         do {
-            guard try await evictor.evict(link, .init(code: ProtocolErrorCode.adminEvicted.rawValue, message: message, actor: actor)) else {
+            guard
+                try await evictor.evict(
+                    link, .init(code: ProtocolErrorCode.adminEvicted.rawValue, message: message, actor: actor))
+            else {
                 throw AdminError(409, "worker.leaving", "worker '\(workerID)' is already leaving")
             }
         } catch let error as AdminError {
             throw error
         } catch {
             // Out of routing and disconnected already; only the entry is missing.
-            throw AdminError(503, ProtocolErrorCode.auditUnavailable.rawValue, "the eviction could not be recorded: \(error)")
+            throw AdminError(
+                503, ProtocolErrorCode.auditUnavailable.rawValue, "the eviction could not be recorded: \(error)")
         }
-        return .init(worker: workerID, session: link.sessionID, reasons: [ProtocolErrorCode.adminEvicted.rawValue], message: message)
+        return .init(
+            worker: workerID, session: link.sessionID, reasons: [ProtocolErrorCode.adminEvicted.rawValue],
+            message: message)
     }
 
     /// Parses and checks the signature of a policy document.
     func check(text: String, signature: String?) throws(AdminError) -> (PolicyDocument, Ed25519PublicKey) {
-        guard text.utf8.count <= Self.maxPolicySize else { throw AdminError(413, "policy.invalid", "the policy is larger than 1 MiB") }
+        guard text.utf8.count <= Self.maxPolicySize else {
+            throw AdminError(413, "policy.invalid", "the policy is larger than 1 MiB")
+        }
         let document: PolicyDocument
         do throws(PolicyLoadErrors) { document = try PolicyDocument.parse(text, file: "policy") } catch {
-            throw AdminError(422, "policy.invalid", "the policy does not load", details: error.errors.map(\.description))
+            throw AdminError(
+                422, "policy.invalid", "the policy does not load", details: error.errors.map(\.description))
         }
         guard !adminKeys.isEmpty else {
-            throw AdminError(403, "policy.no-admin-keys", "no admin keys are pinned: start the gateway with --admin-key to apply policies")
+            throw AdminError(
+                403, "policy.no-admin-keys",
+                "no admin keys are pinned: start the gateway with --admin-key to apply policies")
         }
         guard let signature, !signature.isEmpty else {
             throw AdminError(403, "policy.unsigned", "the policy is not signed (ccgate policy sign FILE --key KEY)")

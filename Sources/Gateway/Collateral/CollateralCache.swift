@@ -39,7 +39,8 @@ public final class CollateralCache: CollateralSource, Sendable {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
         for name in names.sorted() where name.hasSuffix(".json") {
             let url = directory.appendingPathComponent(name)
-            guard let data = try? Data(contentsOf: url), let item = try? Self.decoder.decode(CollateralItem.self, from: data)
+            guard let data = try? Data(contentsOf: url),
+                let item = try? Self.decoder.decode(CollateralItem.self, from: data)
             else {
                 skipped.append(name)
                 continue
@@ -72,7 +73,9 @@ public final class CollateralCache: CollateralSource, Sendable {
 
     /// Stores each item of the collateral sets, once verified to `roots` at `time` (see
     /// `CollateralItem.verifiedSplit`), unless the cache already holds a newer or equal issue of it.
-    public func store(_ sets: [Collateral], roots: Set<String>, at time: Date) throws(CacheError) -> [(CollateralItem, Outcome)] {
+    public func store(_ sets: [Collateral], roots: Set<String>, at time: Date) throws(CacheError) -> [(
+        CollateralItem, Outcome
+    )] {
         var verified = [[CollateralItem]]()
         for set in sets {
             switch CollateralItem.verifiedSplit(set, roots: roots, at: time) {
@@ -126,7 +129,8 @@ public final class CollateralCache: CollateralSource, Sendable {
     private func write(_ item: CollateralItem) throws(CacheError) {
         let name = item.key.replacingOccurrences(of: "/", with: "_") + ".json"
         let target = directory.appendingPathComponent(name)
-        let temporary = directory.appendingPathComponent(".\(name).\(getpid()).\(UInt64.random(in: 0...UInt64.max)).tmp")
+        let temporary = directory.appendingPathComponent(
+            ".\(name).\(getpid()).\(UInt64.random(in: 0...UInt64.max)).tmp")
         do {
             let data = try Self.encoder.encode(item)
             guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
@@ -166,7 +170,8 @@ public final class CollateralCache: CollateralSource, Sendable {
     public static var defaultDirectory: URL {
         let env = ProcessInfo.processInfo.environment
         if let dir = env["CCGATE_COLLATERAL_DIR"], !dir.isEmpty { return URL(fileURLWithPath: dir) }
-        let base = env["XDG_DATA_HOME"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
+        let base =
+            env["XDG_DATA_HOME"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
             ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".local/share")
         return base.appendingPathComponent("ccgate/collateral")
     }
@@ -189,7 +194,8 @@ public struct CollateralPrefetcher: EvidencePreparing {
     /// Returns what happened, for logs: nil when nothing was needed.
     @discardableResult
     public func prepare(envelope: Data, at time: Date) async -> String? {
-        guard case .success(let parsed) = EvidenceEnvelope.parse(envelope), TDXQuoteVerifier.formats.contains(parsed.format),
+        guard case .success(let parsed) = EvidenceEnvelope.parse(envelope),
+            TDXQuoteVerifier.formats.contains(parsed.format),
             !parsed.has("collateral"), case .success(let bytes) = parsed.base64("quote"),
             let quote = try? DCAPQuote.parse([UInt8](bytes)), let key = quote.collateralKey(roots: roots, at: time),
             cache.needsRefresh(for: key, at: time)

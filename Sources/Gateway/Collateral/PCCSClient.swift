@@ -46,7 +46,8 @@ public struct PCCSClient: Sendable {
         guard let tcbText = Self.rawValue(of: "tcbInfo", in: tcb.body), let tcbSig = Self.signature(in: tcb.body) else {
             throw FetchError("TCB info response has no tcbInfo/signature")
         }
-        guard let qeText = Self.rawValue(of: "enclaveIdentity", in: qe.body), let qeSig = Self.signature(in: qe.body) else {
+        guard let qeText = Self.rawValue(of: "enclaveIdentity", in: qe.body), let qeSig = Self.signature(in: qe.body)
+        else {
             throw FetchError("QE identity response has no enclaveIdentity/signature")
         }
         guard let tcbChain = tcb.header(["TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"]),
@@ -54,10 +55,14 @@ public struct PCCSClient: Sendable {
             let crlChain = crl.header(["SGX-PCK-CRL-Issuer-Chain"])
         else { throw FetchError("a response lacks its issuer-chain header") }
         // A PCCS returns the root CRL as hex text, Intel's site as DER.
-        let rootBytes = Data(hex: String(decoding: root.body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? root.body
+        let rootBytes =
+            Data(hex: String(decoding: root.body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+            ?? root.body
         return Collateral(
-            pckCRLIssuerChain: crlChain, rootCACRL: [UInt8](rootBytes), pckCRL: [UInt8](crl.body), tcbInfoIssuerChain: tcbChain,
-            tcbInfo: tcbText, tcbInfoSignature: tcbSig, qeIdentityIssuerChain: qeChain, qeIdentity: qeText, qeIdentitySignature: qeSig)
+            pckCRLIssuerChain: crlChain, rootCACRL: [UInt8](rootBytes), pckCRL: [UInt8](crl.body),
+            tcbInfoIssuerChain: tcbChain,
+            tcbInfo: tcbText, tcbInfoSignature: tcbSig, qeIdentityIssuerChain: qeChain, qeIdentity: qeText,
+            qeIdentitySignature: qeSig)
     }
 
     struct Response {
@@ -77,7 +82,10 @@ public struct PCCSClient: Sendable {
     static let maxBody = 8 << 20
 
     func get(_ path: String) async throws(FetchError) -> Response {
-        guard let url = URL(string: path, relativeTo: base.absoluteString.hasSuffix("/") ? base : base.appendingPathComponent("")) else {
+        guard
+            let url = URL(
+                string: path, relativeTo: base.absoluteString.hasSuffix("/") ? base : base.appendingPathComponent(""))
+        else {
             throw FetchError("bad PCCS path \(path)")
         }
         return try await get(url: url)
@@ -93,14 +101,17 @@ public struct PCCSClient: Sendable {
         }
         guard let http = response as? HTTPURLResponse else { throw FetchError("\(url.absoluteString): not HTTP") }
         guard http.statusCode == 200 else { throw FetchError("\(url.absoluteString): HTTP \(http.statusCode)") }
-        guard data.count <= Self.maxBody else { throw FetchError("\(url.absoluteString): response over \(Self.maxBody) bytes") }
+        guard data.count <= Self.maxBody else {
+            throw FetchError("\(url.absoluteString): response over \(Self.maxBody) bytes")
+        }
         var headers = [String: String]()
         for (k, v) in http.allHeaderFields { if let k = k as? String, let v = v as? String { headers[k] = v } }
         return Response(body: data, headers: headers)
     }
 
     static func signature(in body: Data) -> [UInt8]? {
-        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any], let hex = object["signature"] as? String,
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
+            let hex = object["signature"] as? String,
             let data = Data(hex: hex)
         else { return nil }
         return [UInt8](data)
@@ -118,16 +129,30 @@ public struct PCCSClient: Sendable {
         while i < bytes.count {
             let b = bytes[i]
             if inString {
-                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
+                if escaped {
+                    escaped = false
+                } else if b == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if b == UInt8(ascii: "\"") {
+                    inString = false
+                }
                 i += 1
                 continue
             }
-            if depth == 1, b == UInt8(ascii: "\""), i + needle.count <= bytes.count, Array(bytes[i..<(i + needle.count)]) == needle {
+            if depth == 1, b == UInt8(ascii: "\""), i + needle.count <= bytes.count,
+                Array(bytes[i..<(i + needle.count)]) == needle
+            {
                 var j = i + needle.count
-                while j < bytes.count, bytes[j] == UInt8(ascii: " ") || bytes[j] == UInt8(ascii: "\n") || bytes[j] == UInt8(ascii: "\t") || bytes[j] == UInt8(ascii: "\r") { j += 1 }
+                while j < bytes.count,
+                    bytes[j] == UInt8(ascii: " ") || bytes[j] == UInt8(ascii: "\n") || bytes[j] == UInt8(ascii: "\t")
+                        || bytes[j] == UInt8(ascii: "\r")
+                { j += 1 }
                 guard j < bytes.count, bytes[j] == UInt8(ascii: ":") else { i += 1; continue }
                 j += 1
-                while j < bytes.count, bytes[j] == UInt8(ascii: " ") || bytes[j] == UInt8(ascii: "\n") || bytes[j] == UInt8(ascii: "\t") || bytes[j] == UInt8(ascii: "\r") { j += 1 }
+                while j < bytes.count,
+                    bytes[j] == UInt8(ascii: " ") || bytes[j] == UInt8(ascii: "\n") || bytes[j] == UInt8(ascii: "\t")
+                        || bytes[j] == UInt8(ascii: "\r")
+                { j += 1 }
                 guard j < bytes.count, bytes[j] == UInt8(ascii: "{") else { return nil }
                 return matchingObject(bytes, from: j)
             }
@@ -152,7 +177,13 @@ public struct PCCSClient: Sendable {
         for k in start..<bytes.count {
             let b = bytes[k]
             if inString {
-                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
+                if escaped {
+                    escaped = false
+                } else if b == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if b == UInt8(ascii: "\"") {
+                    inString = false
+                }
                 continue
             }
             switch b {

@@ -33,20 +33,28 @@ public struct FrontDoor: Sendable {
         router.get("/healthz") { _, _ in "ok\n" }
         let api = router.group("v1").add(middleware: APIKeyMiddleware(keyDigests: apiKeyDigests))
         api.get("models") { _, _ in try self.modelsResponse() }
-        api.post("chat/completions") { request, context in try await self.forward(request, context, path: "/v1/chat/completions", required: "messages") }
-        api.post("completions") { request, context in try await self.forward(request, context, path: "/v1/completions", required: "prompt") }
+        api.post("chat/completions") { request, context in
+            try await self.forward(request, context, path: "/v1/chat/completions", required: "messages")
+        }
+        api.post("completions") { request, context in
+            try await self.forward(request, context, path: "/v1/completions", required: "prompt")
+        }
         return router
     }
 
     func modelsResponse() throws -> Response {
-        let data: [[String: Any]] = registry.models.map { ["id": $0, "object": "model", "created": 0, "owned_by": "ccgate"] }
+        let data: [[String: Any]] = registry.models.map {
+            ["id": $0, "object": "model", "created": 0, "owned_by": "ccgate"]
+        }
         let body = try JSONSerialization.data(withJSONObject: ["object": "list", "data": data], options: [.sortedKeys])
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 
-    func forward(_ request: Request, _ context: BasicRequestContext, path: String, required: String) async throws -> Response {
+    func forward(_ request: Request, _ context: BasicRequestContext, path: String, required: String) async throws
+        -> Response
+    {
         var request = request
         let body = Data(try await request.collectBody(upTo: maxBodySize).readableBytesView)
         guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
@@ -60,7 +68,9 @@ public struct FrontDoor: Sendable {
         }
         let streaming = (object["stream"] as? Bool) == true
         guard !registry.models.isEmpty, registry.models.contains(model) else {
-            throw OpenAIError(.notFound, "The model '\(model)' is not served by any admitted worker.", code: "model_not_found", param: "model")
+            throw OpenAIError(
+                .notFound, "The model '\(model)' is not served by any admitted worker.", code: "model_not_found",
+                param: "model")
         }
 
         var tried = Set<String>()
@@ -78,24 +88,30 @@ public struct FrontDoor: Sendable {
             let first: ChannelPayload?
             do { first = try await iterator.next() } catch {
                 lastFailure = "worker \(link.workerID) failed before responding: \(error)"
-                context.logger.notice("retrying on another worker", metadata: ["ccgate.worker.id": "\(link.workerID)", "error": "\(error)"])
+                context.logger.notice(
+                    "retrying on another worker",
+                    metadata: ["ccgate.worker.id": "\(link.workerID)", "error": "\(error)"])
                 continue
             }
             guard case .head(_, let status, let contentType)? = first else {
                 lastFailure = "worker \(link.workerID) ended the response before its head"
                 continue
             }
-            return respond(status: status, contentType: contentType, streaming: streaming, link: link, id: id,
-                           rest: IteratorHandOff(iterator), logger: context.logger)
+            return respond(
+                status: status, contentType: contentType, streaming: streaming, link: link, id: id,
+                rest: IteratorHandOff(iterator), logger: context.logger)
         }
-        throw OpenAIError(.serviceUnavailable, "No admitted worker could serve the request (\(lastFailure)).", type: "server_error",
-                          code: "no_worker_available")
+        throw OpenAIError(
+            .serviceUnavailable, "No admitted worker could serve the request (\(lastFailure)).", type: "server_error",
+            code: "no_worker_available")
     }
 
     /// Streams the worker's response through as it arrives. If the worker fails mid-stream, an
     /// event-stream response ends with an OpenAI-shaped `error` event; other responses end short.
-    func respond(status: Int, contentType: String, streaming: Bool, link: WorkerLink, id: UInt64,
-                 rest: IteratorHandOff, logger: Logger) -> Response {
+    func respond(
+        status: Int, contentType: String, streaming: Bool, link: WorkerLink, id: UInt64,
+        rest: IteratorHandOff, logger: Logger
+    ) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = contentType
         if contentType.hasPrefix("text/event-stream") { headers[.cacheControl] = "no-cache" }
@@ -116,10 +132,13 @@ public struct FrontDoor: Sendable {
                 finished = true
             } catch let failure as WorkerFailure {
                 finished = true
-                logger.notice("worker failed mid-response", metadata: ["ccgate.worker.id": "\(link.workerID)", "error": "\(failure)"])
+                logger.notice(
+                    "worker failed mid-response",
+                    metadata: ["ccgate.worker.id": "\(link.workerID)", "error": "\(failure)"])
                 if contentType.hasPrefix("text/event-stream") {
-                    let error = OpenAIError.body(message: "The worker serving this request failed: \(failure.message)", type: "server_error",
-                                                 code: "worker_failed")
+                    let error = OpenAIError.body(
+                        message: "The worker serving this request failed: \(failure.message)", type: "server_error",
+                        code: "worker_failed")
                     try await writer.write(ByteBuffer(bytes: Data("data: ".utf8) + error + Data("\n\n".utf8)))
                 }
             }

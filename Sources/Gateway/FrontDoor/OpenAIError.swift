@@ -12,8 +12,10 @@ public struct OpenAIError: HTTPResponseError, Sendable {
     public let code: String?
     public let param: String?
 
-    public init(_ status: HTTPResponse.Status, _ message: String, type: String = "invalid_request_error", code: String? = nil,
-                param: String? = nil) {
+    public init(
+        _ status: HTTPResponse.Status, _ message: String, type: String = "invalid_request_error", code: String? = nil,
+        param: String? = nil
+    ) {
         self.status = status
         self.message = message
         self.type = type
@@ -23,7 +25,8 @@ public struct OpenAIError: HTTPResponseError, Sendable {
 
     public static func body(message: String, type: String, code: String?, param: String? = nil) -> Data {
         let object: [String: Any] = [
-            "error": ["message": message, "type": type, "param": param ?? NSNull(), "code": code ?? NSNull()] as [String: Any]
+            "error": ["message": message, "type": type, "param": param ?? NSNull(), "code": code ?? NSNull()]
+                as [String: Any]
         ]
         return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
     }
@@ -36,14 +39,17 @@ public struct OpenAIError: HTTPResponseError, Sendable {
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: json)))
     }
 
-    static let unauthorized = OpenAIError(.unauthorized, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
-                                          code: "invalid_api_key")
+    static let unauthorized = OpenAIError(
+        .unauthorized, "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.",
+        code: "invalid_api_key")
 }
 
 /// Maps every error escaping the router to an OpenAI-shaped body: unknown routes, oversized
 /// bodies, and (as a bare 500 whose details go only to the log) anything unexpected.
 struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
         do {
             return try await next(request, context)
         } catch let error as OpenAIError {
@@ -73,9 +79,12 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
     let keyDigests: Set<Data>
 
-
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { throw OpenAIError.unauthorized }
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+            throw OpenAIError.unauthorized
+        }
         let presented = Data(SHA256Digest.of(Data(header.dropFirst(7).utf8)))
         guard keyDigests.contains(presented) else { throw OpenAIError.unauthorized }
         return try await next(request, context)

@@ -26,9 +26,12 @@ public final class StakeGate: StakeChecking {
     /// The observation time last audited per provider, so that a cached decision is not logged twice.
     private let audited = Mutex<[String: Double]>([:])
 
-    public init(endpoints: [ToncenterEndpoint], gatewayID: String, clock: any AttestationClock = SystemClock(),
-                transport: any HTTPTransport = URLSessionTransport()) {
-        reader = StakeReader(clients: endpoints.map { ToncenterClient(endpoint: $0, transport: transport, maxAttempts: 2) })
+    public init(
+        endpoints: [ToncenterEndpoint], gatewayID: String, clock: any AttestationClock = SystemClock(),
+        transport: any HTTPTransport = URLSessionTransport()
+    ) {
+        reader = StakeReader(
+            clients: endpoints.map { ToncenterClient(endpoint: $0, transport: transport, maxAttempts: 2) })
         oracle = StakeOracle(source: nil, ttl: 300, grace: 900)
         self.gatewayID = gatewayID
         self.clock = clock
@@ -37,10 +40,14 @@ public final class StakeGate: StakeChecking {
     /// The admission check: the proof `proofData`, for this worker's KEM key, under `rules`.
     public func admit(proofData: Data?, workerKey: Data, rules: PolicyDocument.StakeRules) async -> StakeOutcome {
         guard let proofData else {
-            return Self.refused("stake.proof-missing", "the policy requires a TON stake: start the worker with --provider-wallet and --provider-key")
+            return Self.refused(
+                "stake.proof-missing",
+                "the policy requires a TON stake: start the worker with --provider-wallet and --provider-key")
         }
         let decoded: (proof: ProviderProof, wallet: TONAddress, stakeAccount: TONAddress?)
-        do throws(ProviderProof.Failure) { decoded = try ProviderProof.decode(proofData) } catch { return Self.refused(error.code, error.message) }
+        do throws(ProviderProof.Failure) { decoded = try ProviderProof.decode(proofData) } catch {
+            return Self.refused(error.code, error.message)
+        }
         let walletKey: Ed25519PublicKey
         switch await reader.walletPublicKey(decoded.wallet) {
         case .success(let key): walletKey = key
@@ -51,8 +58,11 @@ public final class StakeGate: StakeChecking {
                 walletKey: walletKey, gatewayID: gatewayID, workerKey: workerKey, now: clock.now(),
                 maxAge: TimeInterval(rules.proofMaxAgeSeconds))
         } catch { return Self.refused(error.code, error.message, ["provider": decoded.wallet.raw]) }
-        guard rules.source != nil else { return Self.refused("stake.no-source", "the policy sets a minimum stake but no source") }
-        return await check(ProviderStake(provider: decoded.wallet.raw, stakeAccount: decoded.stakeAccount?.raw), rules: rules)
+        guard rules.source != nil else {
+            return Self.refused("stake.no-source", "the policy sets a minimum stake but no source")
+        }
+        return await check(
+            ProviderStake(provider: decoded.wallet.raw, stakeAccount: decoded.stakeAccount?.raw), rules: rules)
     }
 
     /// Decides for an admitted (or being admitted) provider from the oracle, reading the chain when
@@ -64,7 +74,8 @@ public final class StakeGate: StakeChecking {
         await oracle.configure(ttl: Double(rules.refreshSeconds), grace: Double(rules.graceSeconds))
         let reader = self.reader
         let now = clock.now().timeIntervalSince1970
-        let decision = await oracle.decide(provider: stake.key, minimum: UInt128(rules.minimumNanotons ?? 0), now: now) {
+        let decision = await oracle.decide(provider: stake.key, minimum: UInt128(rules.minimumNanotons ?? 0), now: now)
+        {
             await reader.stake(query)
         }
         var detail = ["provider": stake.provider, "source": query.kind.name]
@@ -99,13 +110,17 @@ public final class StakeGate: StakeChecking {
     static func query(_ stake: ProviderStake, _ rules: PolicyDocument.StakeRules) -> StakeQuery? {
         guard let kind = rules.source, let provider = try? TONAddress.parseRaw(stake.provider) else { return nil }
         let account = stake.stakeAccount.flatMap { try? TONAddress.parseRaw($0) }
-        return StakeQuery(kind: kind, provider: provider, stakeAccount: account, allowedCodeHashes: Set(rules.codeHashes))
+        return StakeQuery(
+            kind: kind, provider: provider, stakeAccount: account, allowedCodeHashes: Set(rules.codeHashes))
     }
 
     /// Re-checks every admitted worker's provider every `interval` (the policy's refresh time a
     /// quarter at a time, so an expired observation is read again promptly) and evicts the
     /// workers whose provider no longer holds the stake. Runs until cancelled.
-    func monitor(registry: WorkerRegistry, policies: PolicyState, evictor: Evictor, trail: AuditTrail, interval: Duration?, logger: Logger)
+    func monitor(
+        registry: WorkerRegistry, policies: PolicyState, evictor: Evictor, trail: AuditTrail, interval: Duration?,
+        logger: Logger
+    )
         async
     {
         while !Task.isCancelled {
@@ -121,28 +136,38 @@ public final class StakeGate: StakeChecking {
             await oracle.retain(Set(byProvider.keys), now: clock.now().timeIntervalSince1970)
             for (stake, links) in byProvider.values.sorted(by: { $0.0.key < $1.0.key }) {
                 let outcome = await check(stake, rules: rules)
-                await act(on: outcome, links: links, evictor: evictor, trail: trail, version: policies.current.version, logger: logger)
+                await act(
+                    on: outcome, links: links, evictor: evictor, trail: trail, version: policies.current.version,
+                    logger: logger)
             }
         }
     }
 
     /// Evicts a provider's workers on a refusal; records a fresh pass (or a stale one in the grace window).
-    func act(on outcome: StakeOutcome, links: [WorkerLink], evictor: Evictor, trail: AuditTrail, version: Int, logger: Logger) async {
+    func act(
+        on outcome: StakeOutcome, links: [WorkerLink], evictor: Evictor, trail: AuditTrail, version: Int, logger: Logger
+    ) async {
         if let refusal = outcome.refusal {
             for link in links {
-                let cause = Evictor.Cause(code: refusal.code, message: refusal.message, actor: "stake-oracle", detail: outcome.detail)
+                let cause = Evictor.Cause(
+                    code: refusal.code, message: refusal.message, actor: "stake-oracle", detail: outcome.detail)
                 do { try await evictor.evict(link, cause) } catch {
                     logger.error("audit append failed", metadata: ["error": "\(error)"])
                 }
-                logger.notice("worker evicted: stake", metadata: ["ccgate.worker.id": "\(link.workerID)", "ccgate.reason": "\(refusal.message)"])
+                logger.notice(
+                    "worker evicted: stake",
+                    metadata: ["ccgate.worker.id": "\(link.workerID)", "ccgate.reason": "\(refusal.message)"])
             }
         } else if outcome.fresh {
             do {
                 try await trail.record(
                     AuditEvent(
-                        .stakeCheck, actor: "stake-oracle", decision: outcome.detail["stale_seconds"] == nil ? .pass : .stale,
+                        .stakeCheck, actor: "stake-oracle",
+                        decision: outcome.detail["stale_seconds"] == nil ? .pass : .stale,
                         policyVersion: version,
-                        detail: outcome.detail.merging(["workers": links.map(\.workerID).joined(separator: ",")]) { a, _ in a }))
+                        detail: outcome.detail.merging(["workers": links.map(\.workerID).joined(separator: ",")]) {
+                            a, _ in a
+                        }))
             } catch {
                 logger.error("audit append failed", metadata: ["error": "\(error)"])
             }

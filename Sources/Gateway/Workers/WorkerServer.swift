@@ -54,7 +54,8 @@ public struct WorkerServer: Sendable {
         let peer = connection.channel.remoteAddress?.description ?? "?"
         do {
             try await connection.executeThenClose { inbound, outbound in
-                await runner.run(inbound, on: FramedConnection(peer: peer, channel: connection.channel, outbound: outbound))
+                await runner.run(
+                    inbound, on: FramedConnection(peer: peer, channel: connection.channel, outbound: outbound))
             }
         } catch {
             logger.debug("worker connection ended", metadata: ["ccgate.peer": "\(peer)", "error": "\(error)"])

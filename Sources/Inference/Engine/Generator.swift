@@ -41,7 +41,10 @@ public final class Generator: @unchecked Sendable {
         if let maxTokens = parameters.maxTokens {
             guard maxTokens >= 0 else { throw InferenceError(.invalidRequest, "max_tokens must not be negative") }
             guard prompt.count + maxTokens <= context else {
-                throw InferenceError(.contextExceeded, "the prompt (\(prompt.count) tokens) plus max_tokens (\(maxTokens)) exceed the context of \(context)")
+                throw InferenceError(
+                    .contextExceeded,
+                    "the prompt (\(prompt.count) tokens) plus max_tokens (\(maxTokens)) exceed the context of \(context)"
+                )
             }
         }
         let limit = parameters.maxTokens ?? (context - prompt.count)
@@ -69,7 +72,9 @@ public final class Generator: @unchecked Sendable {
             tokens.append(token)
             bytes.append(contentsOf: model.tokenizer.bytes(of: token))
             let complete = Self.completeUTF8Prefix(bytes)
-            if let (at, _) = Self.firstStop(in: bytes[..<complete], stops: stops, from: max(0, emitted - (stops.map(\.count).max() ?? 0))) {
+            if let (at, _) = Self.firstStop(
+                in: bytes[..<complete], stops: stops, from: max(0, emitted - (stops.map(\.count).max() ?? 0)))
+            {
                 bytes.removeLast(bytes.count - at)
                 _ = flush(upTo: at)
                 finish = .stop
@@ -85,7 +90,9 @@ public final class Generator: @unchecked Sendable {
             logits = try model.evaluate([token])
         }
         if finish != .cancelled { _ = flush(upTo: bytes.count) }
-        return Generation(text: String(decoding: bytes, as: UTF8.self), tokens: tokens, promptTokens: prompt.count, finishReason: finish)
+        return Generation(
+            text: String(decoding: bytes, as: UTF8.self), tokens: tokens, promptTokens: prompt.count,
+            finishReason: finish)
     }
 
     /// Logits after `prompt`, evaluating only what the cache does not already hold.

@@ -12,7 +12,10 @@ public struct SamplingParameters: Sendable, Equatable {
     public var maxTokens: Int?
     public var stop: [String] = []
 
-    public init(temperature: Float = 1, topP: Float = 1, topK: Int = 0, seed: UInt64? = nil, maxTokens: Int? = nil, stop: [String] = []) {
+    public init(
+        temperature: Float = 1, topP: Float = 1, topK: Int = 0, seed: UInt64? = nil, maxTokens: Int? = nil,
+        stop: [String] = []
+    ) {
         self.temperature = temperature
         self.topP = topP
         self.topK = topK
@@ -76,7 +79,9 @@ public struct Sampler: Sendable {
         var candidates = logits.indices.filter { logits[$0].isFinite }
         guard !candidates.isEmpty else { return Sampler.argmax(logits) }
         candidates.sort { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }
-        if parameters.topK > 0, candidates.count > parameters.topK { candidates.removeLast(candidates.count - parameters.topK) }
+        if parameters.topK > 0, candidates.count > parameters.topK {
+            candidates.removeLast(candidates.count - parameters.topK)
+        }
         let top = Double(logits[candidates[0]])
         var weights = candidates.map { exp((Double(logits[$0]) - top) / Double(parameters.temperature)) }
         let total = weights.reduce(0, +)

@@ -70,8 +70,10 @@ public final class Transformer: @unchecked Sendable {
 
     /// Loads `url` onto `device`. `contextLength` defaults to the model's, capped at 4096;
     /// `progress` hears about each stage.
-    public init(url: URL, device: VulkanDevice, contextLength: Int? = nil, batchSize: Int = 32,
-                progress: (String) -> Void = { _ in }) throws(InferenceError) {
+    public init(
+        url: URL, device: VulkanDevice, contextLength: Int? = nil, batchSize: Int = 32,
+        progress: (String) -> Void = { _ in }
+    ) throws(InferenceError) {
         let gguf = try GGUFFile(url: url)
         self.gguf = gguf
         let c = try ModelConfig(gguf: gguf)
@@ -79,9 +81,12 @@ public final class Transformer: @unchecked Sendable {
         let tokenizer = try Tokenizer(gguf: gguf)
         self.tokenizer = tokenizer
         guard tokenizer.count <= c.vocabularySize else {
-            throw InferenceError(.modelMalformed, "the tokenizer has \(tokenizer.count) tokens, the model \(c.vocabularySize)")
+            throw InferenceError(
+                .modelMalformed, "the tokenizer has \(tokenizer.count) tokens, the model \(c.vocabularySize)")
         }
-        chatTemplate = try gguf.string("tokenizer.chat_template").map { source throws(InferenceError) in try ChatTemplate(source) }
+        chatTemplate = try gguf.string("tokenizer.chat_template").map { source throws(InferenceError) in
+            try ChatTemplate(source)
+        }
         self.device = device
         let context = min(contextLength ?? min(c.contextLength, 4096), c.contextLength)
         guard context >= 1 else { throw InferenceError(.invalidRequest, "context length must be at least 1") }
@@ -91,10 +96,14 @@ public final class Transformer: @unchecked Sendable {
         self.batchSize = max(1, min(batchSize, 512, device.maxBufferBytes / scoreRow))
 
         func tensor(_ name: String) throws(InferenceError) -> GGUFTensorInfo {
-            guard let t = gguf.tensors[name] else { throw InferenceError(.modelMalformed, "tensor '\(name)' is missing") }
+            guard let t = gguf.tensors[name] else {
+                throw InferenceError(.modelMalformed, "tensor '\(name)' is missing")
+            }
             guard t.type != nil else {
-                throw InferenceError(.modelUnsupported, "tensor '\(name)' has type \(t.typeName), which the engine does not support "
-                                     + "(F32, F16, Q8_0, Q4_0, Q4_1 are)")
+                throw InferenceError(
+                    .modelUnsupported,
+                    "tensor '\(name)' has type \(t.typeName), which the engine does not support "
+                        + "(F32, F16, Q8_0, Q4_0, Q4_1 are)")
             }
             return t
         }
@@ -103,12 +112,17 @@ public final class Transformer: @unchecked Sendable {
             guard t.dims.count == 2, t.dims[0] == k, t.dims[1] == rows else {
                 throw InferenceError(.modelMalformed, "tensor '\(name)' has shape \(t.dims), expected [\(k), \(rows)]")
             }
-            guard k % 32 == 0 else { throw InferenceError(.modelUnsupported, "tensor '\(name)' rows of \(k) are not a multiple of 32") }
+            guard k % 32 == 0 else {
+                throw InferenceError(.modelUnsupported, "tensor '\(name)' rows of \(k) are not a multiple of 32")
+            }
             return try Transformer.upload(matrix: t, from: gguf, to: device)
         }
         func vector(_ name: String, count: Int) throws(InferenceError) -> VulkanBuffer {
             let t = try tensor(name)
-            guard t.elementCount == count else { throw InferenceError(.modelMalformed, "tensor '\(name)' has \(t.elementCount) values, expected \(count)") }
+            guard t.elementCount == count else {
+                throw InferenceError(
+                    .modelMalformed, "tensor '\(name)' has \(t.elementCount) values, expected \(count)")
+            }
             return try Transformer.upload(vector: t, from: gguf, to: device)
         }
         func optionalVector(_ name: String, count: Int) throws(InferenceError) -> VulkanBuffer? {
@@ -117,34 +131,45 @@ public final class Transformer: @unchecked Sendable {
 
         let embedding = try tensor("token_embd.weight")
         self.embedding = embedding
-        guard embedding.dims.count == 2, embedding.dims[0] == c.embeddingLength, embedding.dims[1] >= tokenizer.count else {
-            throw InferenceError(.modelMalformed, "token_embd.weight has shape \(embedding.dims) for \(tokenizer.count) tokens of \(c.embeddingLength)")
+        guard embedding.dims.count == 2, embedding.dims[0] == c.embeddingLength, embedding.dims[1] >= tokenizer.count
+        else {
+            throw InferenceError(
+                .modelMalformed,
+                "token_embd.weight has shape \(embedding.dims) for \(tokenizer.count) tokens of \(c.embeddingLength)")
         }
         var layers = [Layer]()
         for l in 0..<c.layerCount {
             progress("layer \(l + 1)/\(c.layerCount)")
             let p = "blk.\(l)."
-            layers.append(Layer(
-                attnNorm: try vector(p + "attn_norm.weight", count: c.embeddingLength),
-                ffnNorm: try vector(p + "ffn_norm.weight", count: c.embeddingLength),
-                wq: try matrix(p + "attn_q.weight", rows: c.qDim, k: c.embeddingLength),
-                wk: try matrix(p + "attn_k.weight", rows: c.kvDim, k: c.embeddingLength),
-                wv: try matrix(p + "attn_v.weight", rows: c.kvDim, k: c.embeddingLength),
-                wo: try matrix(p + "attn_output.weight", rows: c.embeddingLength, k: c.qDim),
-                gate: try matrix(p + "ffn_gate.weight", rows: c.feedForwardLength, k: c.embeddingLength),
-                up: try matrix(p + "ffn_up.weight", rows: c.feedForwardLength, k: c.embeddingLength),
-                down: try matrix(p + "ffn_down.weight", rows: c.embeddingLength, k: c.feedForwardLength),
-                bq: c.hasQKVBias ? try vector(p + "attn_q.bias", count: c.qDim) : try optionalVector(p + "attn_q.bias", count: c.qDim),
-                bk: c.hasQKVBias ? try vector(p + "attn_k.bias", count: c.kvDim) : try optionalVector(p + "attn_k.bias", count: c.kvDim),
-                bv: c.hasQKVBias ? try vector(p + "attn_v.bias", count: c.kvDim) : try optionalVector(p + "attn_v.bias", count: c.kvDim),
-                qNorm: c.hasQKNorm ? try vector(p + "attn_q_norm.weight", count: c.headDim) : nil,
-                kNorm: c.hasQKNorm ? try vector(p + "attn_k_norm.weight", count: c.headDim) : nil,
-                kCache: try device.makeBuffer(bytes: context * c.kvDim * 2, placement: .device),
-                vCache: try device.makeBuffer(bytes: context * c.kvDim * 2, placement: .device)))
+            layers.append(
+                Layer(
+                    attnNorm: try vector(p + "attn_norm.weight", count: c.embeddingLength),
+                    ffnNorm: try vector(p + "ffn_norm.weight", count: c.embeddingLength),
+                    wq: try matrix(p + "attn_q.weight", rows: c.qDim, k: c.embeddingLength),
+                    wk: try matrix(p + "attn_k.weight", rows: c.kvDim, k: c.embeddingLength),
+                    wv: try matrix(p + "attn_v.weight", rows: c.kvDim, k: c.embeddingLength),
+                    wo: try matrix(p + "attn_output.weight", rows: c.embeddingLength, k: c.qDim),
+                    gate: try matrix(p + "ffn_gate.weight", rows: c.feedForwardLength, k: c.embeddingLength),
+                    up: try matrix(p + "ffn_up.weight", rows: c.feedForwardLength, k: c.embeddingLength),
+                    down: try matrix(p + "ffn_down.weight", rows: c.embeddingLength, k: c.feedForwardLength),
+                    bq: c.hasQKVBias
+                        ? try vector(p + "attn_q.bias", count: c.qDim)
+                        : try optionalVector(p + "attn_q.bias", count: c.qDim),
+                    bk: c.hasQKVBias
+                        ? try vector(p + "attn_k.bias", count: c.kvDim)
+                        : try optionalVector(p + "attn_k.bias", count: c.kvDim),
+                    bv: c.hasQKVBias
+                        ? try vector(p + "attn_v.bias", count: c.kvDim)
+                        : try optionalVector(p + "attn_v.bias", count: c.kvDim),
+                    qNorm: c.hasQKNorm ? try vector(p + "attn_q_norm.weight", count: c.headDim) : nil,
+                    kNorm: c.hasQKNorm ? try vector(p + "attn_k_norm.weight", count: c.headDim) : nil,
+                    kCache: try device.makeBuffer(bytes: context * c.kvDim * 2, placement: .device),
+                    vCache: try device.makeBuffer(bytes: context * c.kvDim * 2, placement: .device)))
         }
         self.layers = layers
         outputNorm = try vector("output_norm.weight", count: c.embeddingLength)
-        let output = gguf.tensors["output.weight"] != nil
+        let output =
+            gguf.tensors["output.weight"] != nil
             ? try matrix("output.weight", rows: c.vocabularySize, k: c.embeddingLength)
             : try matrix("token_embd.weight", rows: embedding.dims[1], k: c.embeddingLength)
         self.output = output
@@ -162,17 +187,22 @@ public final class Transformer: @unchecked Sendable {
         let f64 = device.hasFloat64 ? "_f64" : ""
         let spec = [Self.workgroup, UInt32(Self.lanes)]
         var matmul = [GGMLType: (single: VulkanKernel, batch: VulkanKernel)]()
-        let used = Set(layers.flatMap { [$0.wq.type, $0.wk.type, $0.wv.type, $0.wo.type, $0.gate.type, $0.up.type, $0.down.type] } + [output.type])
+        let used = Set(
+            layers.flatMap { [$0.wq.type, $0.wk.type, $0.wv.type, $0.wo.type, $0.gate.type, $0.up.type, $0.down.type] }
+                + [output.type])
         for type in used {
-            let name = switch type {
-            case .q4_1: "matmul_q4_1"
-            case .q4_0: "matmul_q4_0"
-            case .q8_0: "matmul_q8_0"
-            case .f16: "matmul_f16"
-            case .f32: "matmul_f32"
-            }
-            matmul[type] = (try device.makeKernel(name + f64, bindings: 6, specialization: spec + [1]),
-                            try device.makeKernel(name + f64, bindings: 6, specialization: spec + [UInt32(Self.tile)]))
+            let name =
+                switch type {
+                case .q4_1: "matmul_q4_1"
+                case .q4_0: "matmul_q4_0"
+                case .q8_0: "matmul_q8_0"
+                case .f16: "matmul_f16"
+                case .f32: "matmul_f32"
+                }
+            matmul[type] = (
+                try device.makeKernel(name + f64, bindings: 6, specialization: spec + [1]),
+                try device.makeKernel(name + f64, bindings: 6, specialization: spec + [UInt32(Self.tile)])
+            )
         }
         kernels = Kernels(
             rmsnorm: try device.makeKernel("rmsnorm" + f64, bindings: 3, specialization: [Self.workgroup]),
@@ -185,7 +215,9 @@ public final class Transformer: @unchecked Sendable {
 
         let b = self.batchSize
         let maxK = max(c.embeddingLength, c.qDim, c.feedForwardLength)
-        func scratch(_ floats: Int) throws(InferenceError) -> VulkanBuffer { try device.makeBuffer(bytes: floats * 4, placement: .device) }
+        func scratch(_ floats: Int) throws(InferenceError) -> VulkanBuffer {
+            try device.makeBuffer(bytes: floats * 4, placement: .device)
+        }
         x = try scratch(b * c.embeddingLength)
         xn = try scratch(b * c.embeddingLength)
         aq = try scratch(b * maxK / 4)
@@ -211,7 +243,9 @@ public final class Transformer: @unchecked Sendable {
 
     /// Writes into `buffer` through `fill`: directly into mapped memory, else via host memory
     /// and a staging copy.
-    static func write(_ buffer: VulkanBuffer, bytes: Int, device: VulkanDevice, _ fill: (UnsafeMutableRawPointer) -> Void) throws(InferenceError) {
+    static func write(
+        _ buffer: VulkanBuffer, bytes: Int, device: VulkanDevice, _ fill: (UnsafeMutableRawPointer) -> Void
+    ) throws(InferenceError) {
         if let mapped = buffer.mapped {
             fill(mapped)
             return
@@ -222,16 +256,22 @@ public final class Transformer: @unchecked Sendable {
         try device.upload(UnsafeRawBufferPointer(start: host, count: bytes), to: buffer)
     }
 
-    static func upload(vector t: GGUFTensorInfo, from gguf: GGUFFile, to device: VulkanDevice) throws(InferenceError) -> VulkanBuffer {
+    static func upload(vector t: GGUFTensorInfo, from gguf: GGUFFile, to device: VulkanDevice) throws(InferenceError)
+        -> VulkanBuffer
+    {
         let buffer = try device.makeBuffer(bytes: t.elementCount * 4, placement: .device)
         let raw = gguf.bytes(of: t)
         try write(buffer, bytes: t.elementCount * 4, device: device) { p in
-            TensorData.dequantize(t.type!, raw, start: 0, count: t.elementCount, into: p.bindMemory(to: Float.self, capacity: t.elementCount))
+            TensorData.dequantize(
+                t.type!, raw, start: 0, count: t.elementCount,
+                into: p.bindMemory(to: Float.self, capacity: t.elementCount))
         }
         return buffer
     }
 
-    static func upload(matrix t: GGUFTensorInfo, from gguf: GGUFFile, to device: VulkanDevice) throws(InferenceError) -> Weight {
+    static func upload(matrix t: GGUFTensorInfo, from gguf: GGUFFile, to device: VulkanDevice) throws(InferenceError)
+        -> Weight
+    {
         let type = t.type!
         let k = t.dims[0]
         let rows = t.dims[1]
@@ -249,7 +289,9 @@ public final class Transformer: @unchecked Sendable {
             let quants = try device.makeBuffer(bytes: n * quantBytesPerRow, placement: .device)
             let scales = try device.makeBuffer(bytes: words == 0 ? 16 : n * blocksPerRow * 4, placement: .device)
             if words == 0 {
-                try write(quants, bytes: n * quantBytesPerRow, device: device) { p in p.copyMemory(from: slice.baseAddress!, byteCount: slice.count) }
+                try write(quants, bytes: n * quantBytesPerRow, device: device) { p in
+                    p.copyMemory(from: slice.baseAddress!, byteCount: slice.count)
+                }
             } else {
                 let blocks = n * blocksPerRow
                 let scaleHost = UnsafeMutablePointer<UInt32>.allocate(capacity: blocks)
@@ -265,7 +307,8 @@ public final class Transformer: @unchecked Sendable {
                     let out = p.bindMemory(to: UInt32.self, capacity: blocks * words)
                     for r in 0..<n {
                         for b in 0..<blocksPerRow {
-                            (out + (b * n + r) * words).update(from: quantHost + (r * blocksPerRow + b) * words, count: words)
+                            (out + (b * n + r) * words).update(
+                                from: quantHost + (r * blocksPerRow + b) * words, count: words)
                         }
                     }
                 }
@@ -288,7 +331,9 @@ public final class Transformer: @unchecked Sendable {
         defer { truncate(to: 0) }
         var result = [Float]()
         for start in stride(from: 0, to: tokens.count, by: batchSize) {
-            result = try step(Array(tokens[start..<min(tokens.count, start + batchSize)]), batchOrder: tokens.count > 1, layerLimit: layers)
+            result = try step(
+                Array(tokens[start..<min(tokens.count, start + batchSize)]), batchOrder: tokens.count > 1,
+                layerLimit: layers)
         }
         return result
     }
@@ -302,14 +347,17 @@ public final class Transformer: @unchecked Sendable {
         let n = tokens.count
         let c = config
         var out = [String: [Float]]()
-        for (name, buffer, count) in [("x", x, n * c.embeddingLength), ("xn", xn, n * c.embeddingLength), ("q", q, n * c.qDim),
-                                      ("k", k, n * c.kvDim), ("v", v, n * c.kvDim), ("att", att, n * c.qDim),
-                                      ("g", g, n * c.feedForwardLength), ("u", u, n * c.feedForwardLength)] {
+        for (name, buffer, count) in [
+            ("x", x, n * c.embeddingLength), ("xn", xn, n * c.embeddingLength), ("q", q, n * c.qDim),
+            ("k", k, n * c.kvDim), ("v", v, n * c.kvDim), ("att", att, n * c.qDim),
+            ("g", g, n * c.feedForwardLength), ("u", u, n * c.feedForwardLength),
+        ] {
             let host = try device.makeBuffer(bytes: count * 4, placement: .host)
             try commands.begin()
             commands.copy(buffer, host, bytes: count * 4)
             try commands.submitAndWait()
-            out[name] = Array(UnsafeBufferPointer(start: host.mapped!.bindMemory(to: Float.self, capacity: count), count: count))
+            out[name] = Array(
+                UnsafeBufferPointer(start: host.mapped!.bindMemory(to: Float.self, capacity: count), count: count))
         }
         return out
     }
@@ -323,7 +371,8 @@ public final class Transformer: @unchecked Sendable {
     public func evaluate(_ tokens: [Int]) throws(InferenceError) -> [Float] {
         guard !tokens.isEmpty else { throw InferenceError(.invalidRequest, "nothing to evaluate") }
         guard cached.count + tokens.count <= contextLength else {
-            throw InferenceError(.contextExceeded, "\(cached.count + tokens.count) tokens exceed the context of \(contextLength)")
+            throw InferenceError(
+                .contextExceeded, "\(cached.count + tokens.count) tokens exceed the context of \(contextLength)")
         }
         for t in tokens where t < 0 || t >= tokenizer.count {
             throw InferenceError(.invalidRequest, "token \(t) is outside the vocabulary of \(tokenizer.count)")
@@ -377,15 +426,18 @@ public final class Transformer: @unchecked Sendable {
                 try norm(k, kNorm, into: k, rows: n * c.kvHeadCount, width: c.headDim, barrier: false)
             }
             let ropeWork = n * (c.headCount + c.kvHeadCount) * (c.ropeDimensions / 2)
-            try cmd.dispatch(kernels.rope, [q, k, ropeTable],
-                             push: [UInt32(n), heads, kvHeads, hd, UInt32(c.ropeDimensions), c.ropeStyle == .neox ? 1 : 0],
-                             groups: ((ropeWork + 63) / 64, 1, 1))
-            try cmd.dispatch(kernels.kvstore, [k, v, layer.kCache, layer.vCache], push: [UInt32(c.kvDim), UInt32(n), UInt32(start)],
-                             groups: ((n * c.kvDim / 2 + 63) / 64, 1, 1))
+            try cmd.dispatch(
+                kernels.rope, [q, k, ropeTable],
+                push: [UInt32(n), heads, kvHeads, hd, UInt32(c.ropeDimensions), c.ropeStyle == .neox ? 1 : 0],
+                groups: ((ropeWork + 63) / 64, 1, 1))
+            try cmd.dispatch(
+                kernels.kvstore, [k, v, layer.kCache, layer.vCache], push: [UInt32(c.kvDim), UInt32(n), UInt32(start)],
+                groups: ((n * c.kvDim / 2 + 63) / 64, 1, 1))
             let scale = 1 / Float(c.headDim).squareRoot()
-            try cmd.dispatch(kernels.attention, [q, layer.kCache, layer.vCache, scores, att],
-                             push: [hd, heads, kvHeads, UInt32(start), UInt32(contextLength), scale.bitPattern, order],
-                             groups: (c.headCount, n, 1))
+            try cmd.dispatch(
+                kernels.attention, [q, layer.kCache, layer.vCache, scores, att],
+                push: [hd, heads, kvHeads, UInt32(start), UInt32(contextLength), scale.bitPattern, order],
+                groups: (c.headCount, n, 1))
             if layer.wo.quantized { try quantize(att, rows: n, width: c.qDim) }
             try matmul(layer.wo, input: att, into: x, tokens: n, accumulate: true)
             if index == layers.count - 1, layerLimit == nil {
@@ -409,8 +461,9 @@ public final class Transformer: @unchecked Sendable {
             return Array(UnsafeBufferPointer(start: values, count: e))
         }
         // Only the last token's logits are needed; its residual is in xFinal.
-        try cmd.dispatch(kernels.rmsnorm, [xFinal, outputNorm, xLast], push: [UInt32(e), 0, c.rmsEpsilon.bitPattern],
-                         groups: (1, 1, 1))
+        try cmd.dispatch(
+            kernels.rmsnorm, [xFinal, outputNorm, xLast], push: [UInt32(e), 0, c.rmsEpsilon.bitPattern],
+            groups: (1, 1, 1))
         if output.quantized { try quantize(xLast, rows: 1, width: e) }
         try matmul(output, input: xLast, into: logits, tokens: 1)
         cmd.barrier()
@@ -435,21 +488,28 @@ public final class Transformer: @unchecked Sendable {
         try matmul(layer.down, input: g, into: residual, tokens: n, accumulate: true)
     }
 
-    func norm(_ input: VulkanBuffer, _ weight: VulkanBuffer, into out: VulkanBuffer, rows: Int, width: Int, barrier: Bool = true)
+    func norm(
+        _ input: VulkanBuffer, _ weight: VulkanBuffer, into out: VulkanBuffer, rows: Int, width: Int,
+        barrier: Bool = true
+    )
         throws(InferenceError)
     {
-        try commands.dispatch(kernels.rmsnorm, [input, weight, out], push: [UInt32(width), 0, config.rmsEpsilon.bitPattern],
-                              groups: (rows, 1, 1), barrier: barrier)
+        try commands.dispatch(
+            kernels.rmsnorm, [input, weight, out], push: [UInt32(width), 0, config.rmsEpsilon.bitPattern],
+            groups: (rows, 1, 1), barrier: barrier)
     }
 
     func quantize(_ input: VulkanBuffer, rows: Int, width: Int) throws(InferenceError) {
         let blocks = rows * width / 32
-        try commands.dispatch(kernels.quantize, [input, aq, ad], push: [UInt32(width / 32), UInt32(blocks), 0],
-                              groups: ((blocks + 63) / 64, 1, 1))
+        try commands.dispatch(
+            kernels.quantize, [input, aq, ad], push: [UInt32(width / 32), UInt32(blocks), 0],
+            groups: ((blocks + 63) / 64, 1, 1))
     }
 
-    func matmul(_ w: Weight, input: VulkanBuffer, into out: VulkanBuffer, tokens: Int, bias: VulkanBuffer? = nil,
-                accumulate: Bool = false, barrier: Bool = true) throws(InferenceError) {
+    func matmul(
+        _ w: Weight, input: VulkanBuffer, into out: VulkanBuffer, tokens: Int, bias: VulkanBuffer? = nil,
+        accumulate: Bool = false, barrier: Bool = true
+    ) throws(InferenceError) {
         let pair = kernels.matmul[w.type]!
         let kernel = tokens == 1 ? pair.single : pair.batch
         let tile = tokens == 1 ? 1 : Self.tile
@@ -457,10 +517,14 @@ public final class Transformer: @unchecked Sendable {
         let flags: UInt32 = (accumulate ? 1 : 0) | (bias != nil ? 2 : 0) | order
         for (index, chunk) in w.chunks.enumerated() {
             let activations: [VulkanBuffer] = w.quantized ? [aq, ad] : [input, dummy]
-            try commands.dispatch(kernel, [chunk.quants, chunk.scales] + activations + [out, bias ?? dummy],
-                                  push: [UInt32(w.k / 32), UInt32(chunk.rowCount), UInt32(tokens), UInt32(chunk.rowStart), UInt32(w.rows), flags],
-                                  groups: ((chunk.rowCount + rowsPerGroup - 1) / rowsPerGroup, (tokens + tile - 1) / tile, 1),
-                                  barrier: barrier && index == 0)
+            try commands.dispatch(
+                kernel, [chunk.quants, chunk.scales] + activations + [out, bias ?? dummy],
+                push: [
+                    UInt32(w.k / 32), UInt32(chunk.rowCount), UInt32(tokens), UInt32(chunk.rowStart), UInt32(w.rows),
+                    flags,
+                ],
+                groups: ((chunk.rowCount + rowsPerGroup - 1) / rowsPerGroup, (tokens + tile - 1) / tile, 1),
+                barrier: barrier && index == 0)
         }
     }
 

@@ -38,7 +38,9 @@ public final class GGUFFile: @unchecked Sendable {
             throw InferenceError(.modelUnreadable, "\(url.path): not a regular file")
         }
         let size = Int(info.st_size)
-        guard size >= 24 else { throw InferenceError(.modelMalformed, "\(url.path): \(size) bytes is too short for a GGUF header") }
+        guard size >= 24 else {
+            throw InferenceError(.modelMalformed, "\(url.path): \(size) bytes is too short for a GGUF header")
+        }
         guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), base != MAP_FAILED else {
             throw InferenceError(.modelUnreadable, "\(url.path): cannot map (\(String(cString: strerror(errno))))")
         }
@@ -48,7 +50,8 @@ public final class GGUFFile: @unchecked Sendable {
             var reader = GGUFReader(bytes: mapping)
             let magic = try reader.u32()
             guard magic == 0x4655_4747 else {
-                throw InferenceError(.modelMalformed, "\(url.lastPathComponent): not a GGUF file (magic \(String(magic, radix: 16)))")
+                throw InferenceError(
+                    .modelMalformed, "\(url.lastPathComponent): not a GGUF file (magic \(String(magic, radix: 16)))")
             }
             version = try reader.u32()
             guard version == 2 || version == 3 else {
@@ -74,7 +77,8 @@ public final class GGUFFile: @unchecked Sendable {
             self.metadata = metadata
             let alignment = metadata["general.alignment"]?.int ?? 32
             guard alignment > 0, alignment <= 1 << 16, alignment & (alignment - 1) == 0 else {
-                throw InferenceError(.modelMalformed, "general.alignment \(alignment) is not a power of two up to 65536")
+                throw InferenceError(
+                    .modelMalformed, "general.alignment \(alignment) is not a power of two up to 65536")
             }
             self.alignment = alignment
 
@@ -84,17 +88,23 @@ public final class GGUFFile: @unchecked Sendable {
                 let name = try reader.string()
                 let dimCount = try reader.u32()
                 guard (1...UInt32(Self.maxDims)).contains(dimCount) else {
-                    throw InferenceError(.modelMalformed, "tensor '\(name)' has \(dimCount) dimensions (1-\(Self.maxDims) allowed)")
+                    throw InferenceError(
+                        .modelMalformed, "tensor '\(name)' has \(dimCount) dimensions (1-\(Self.maxDims) allowed)")
                 }
                 var dims = [Int]()
                 for _ in 0..<dimCount {
                     let d = try reader.u64()
-                    guard d >= 1, d <= 1 << 32 else { throw InferenceError(.modelMalformed, "tensor '\(name)' has dimension \(d)") }
+                    guard d >= 1, d <= 1 << 32 else {
+                        throw InferenceError(.modelMalformed, "tensor '\(name)' has dimension \(d)")
+                    }
                     dims.append(Int(d))
                 }
                 let rawType = try reader.u32()
                 let offset = try reader.u64()
-                guard offset <= UInt64(size) else { throw InferenceError(.modelMalformed, "tensor '\(name)' offset \(offset) is past the end of the file") }
+                guard offset <= UInt64(size) else {
+                    throw InferenceError(
+                        .modelMalformed, "tensor '\(name)' offset \(offset) is past the end of the file")
+                }
                 let info = try GGUFTensorInfo(name: name, dims: dims, rawType: rawType, offset: Int(offset))
                 guard tensors.updateValue(info, forKey: name) == nil else {
                     throw InferenceError(.modelMalformed, "tensor '\(name)' appears twice")
@@ -106,12 +116,15 @@ public final class GGUFFile: @unchecked Sendable {
             for name in names {
                 let t = tensors[name]!
                 guard t.offset % alignment == 0 else {
-                    throw InferenceError(.modelMalformed, "tensor '\(name)' offset \(t.offset) is not aligned to \(alignment)")
+                    throw InferenceError(
+                        .modelMalformed, "tensor '\(name)' offset \(t.offset) is not aligned to \(alignment)")
                 }
                 if let bytes = t.byteCount {
                     guard dataOffset + t.offset + bytes <= size else {
-                        throw InferenceError(.modelMalformed,
-                                             "tensor '\(name)' (\(bytes) bytes at \(dataOffset + t.offset)) runs past the end of the \(size)-byte file: truncated?")
+                        throw InferenceError(
+                            .modelMalformed,
+                            "tensor '\(name)' (\(bytes) bytes at \(dataOffset + t.offset)) runs past the end of the \(size)-byte file: truncated?"
+                        )
                     }
                 }
             }
@@ -133,7 +146,8 @@ public final class GGUFFile: @unchecked Sendable {
     public func bytes(of tensor: GGUFTensorInfo) -> UnsafeRawBufferPointer {
         // Bounds were checked at open for every tensor of a supported type.
         let count = tensor.byteCount ?? 0
-        return UnsafeRawBufferPointer(rebasing: mapping[(dataOffset + tensor.offset)..<(dataOffset + tensor.offset + count)])
+        return UnsafeRawBufferPointer(
+            rebasing: mapping[(dataOffset + tensor.offset)..<(dataOffset + tensor.offset + count)])
     }
 
     public func string(_ key: String) -> String? { metadata[key]?.string }
@@ -204,8 +218,10 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
     static func ggmlName(_ raw: UInt32) -> String {
         let names: [UInt32: String] = [
             6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
-            16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS",
-            24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
+            16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
+            23: "IQ4_XS",
+            24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0",
+            39: "MXFP4",
         ]
         return GGMLType(rawValue: raw)?.name ?? names[raw] ?? "type \(raw)"
     }
@@ -229,13 +245,16 @@ public struct GGUFTensorInfo: Sendable, Equatable {
         var count = 1
         for d in dims {
             let (product, overflow) = count.multipliedReportingOverflow(by: d)
-            guard !overflow, product <= 1 << 40 else { throw InferenceError(.modelMalformed, "tensor '\(name)' is implausibly large") }
+            guard !overflow, product <= 1 << 40 else {
+                throw InferenceError(.modelMalformed, "tensor '\(name)' is implausibly large")
+            }
             count = product
         }
         elementCount = count
         if let type = GGMLType(rawValue: rawType) {
             guard dims[0] % type.block.elements == 0 else {
-                throw InferenceError(.modelMalformed, "tensor '\(name)' row of \(dims[0]) is not a whole number of \(type.name) blocks")
+                throw InferenceError(
+                    .modelMalformed, "tensor '\(name)' row of \(dims[0]) is not a whole number of \(type.name) blocks")
             }
         }
     }
@@ -265,13 +284,21 @@ struct GGUFReader {
     }
 
     mutating func u8() throws(InferenceError) -> UInt8 { try take(1)[0] }
-    mutating func u16() throws(InferenceError) -> UInt16 { UInt16(littleEndian: try take(2).loadUnaligned(as: UInt16.self)) }
-    mutating func u32() throws(InferenceError) -> UInt32 { UInt32(littleEndian: try take(4).loadUnaligned(as: UInt32.self)) }
-    mutating func u64() throws(InferenceError) -> UInt64 { UInt64(littleEndian: try take(8).loadUnaligned(as: UInt64.self)) }
+    mutating func u16() throws(InferenceError) -> UInt16 {
+        UInt16(littleEndian: try take(2).loadUnaligned(as: UInt16.self))
+    }
+    mutating func u32() throws(InferenceError) -> UInt32 {
+        UInt32(littleEndian: try take(4).loadUnaligned(as: UInt32.self))
+    }
+    mutating func u64() throws(InferenceError) -> UInt64 {
+        UInt64(littleEndian: try take(8).loadUnaligned(as: UInt64.self))
+    }
 
     mutating func string() throws(InferenceError) -> String {
         let n = try u64()
-        guard n <= UInt64(GGUFFile.maxStringBytes) else { throw InferenceError(.modelMalformed, "string of \(n) bytes at \(offset) exceeds the cap") }
+        guard n <= UInt64(GGUFFile.maxStringBytes) else {
+            throw InferenceError(.modelMalformed, "string of \(n) bytes at \(offset) exceeds the cap")
+        }
         let raw = try take(Int(n))
         guard let s = String(validating: raw, as: UTF8.self) else {
             throw InferenceError(.modelMalformed, "string at \(offset - Int(n)) is not UTF-8")
@@ -294,12 +321,18 @@ struct GGUFReader {
             return .bool(b == 1)
         case 8: return .string(try string())
         case 9:
-            guard depth < GGUFFile.maxArrayDepth else { throw InferenceError(.modelMalformed, "arrays nested deeper than \(GGUFFile.maxArrayDepth)") }
+            guard depth < GGUFFile.maxArrayDepth else {
+                throw InferenceError(.modelMalformed, "arrays nested deeper than \(GGUFFile.maxArrayDepth)")
+            }
             let itemType = try u32()
             let count = try u64()
-            guard count <= UInt64(GGUFFile.maxArrayCount) else { throw InferenceError(.modelMalformed, "array of \(count) items exceeds the cap") }
+            guard count <= UInt64(GGUFFile.maxArrayCount) else {
+                throw InferenceError(.modelMalformed, "array of \(count) items exceeds the cap")
+            }
             // Each item takes at least one byte: a count larger than what is left is a lie.
-            guard count <= UInt64(bytes.count - offset) else { throw InferenceError(.modelMalformed, "array of \(count) items runs past the end of the file") }
+            guard count <= UInt64(bytes.count - offset) else {
+                throw InferenceError(.modelMalformed, "array of \(count) items runs past the end of the file")
+            }
             var items = [GGUFValue]()
             items.reserveCapacity(Int(count))
             for _ in 0..<count { items.append(try value(type: itemType, depth: depth + 1)) }

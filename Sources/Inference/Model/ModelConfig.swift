@@ -41,12 +41,16 @@ public struct ModelConfig: Sendable, Equatable {
             throw InferenceError(.modelMalformed, "general.architecture is missing")
         }
         guard let arch = Architecture(rawValue: archName) else {
-            throw InferenceError(.modelUnsupported,
-                                 "architecture '\(archName)' is not supported (\(Architecture.allCases.map(\.rawValue).joined(separator: ", ")) are)")
+            throw InferenceError(
+                .modelUnsupported,
+                "architecture '\(archName)' is not supported (\(Architecture.allCases.map(\.rawValue).joined(separator: ", ")) are)"
+            )
         }
         architecture = arch
         func required(_ key: String) throws(InferenceError) -> Int {
-            guard let v = gguf.int("\(archName).\(key)") else { throw InferenceError(.modelMalformed, "\(archName).\(key) is missing") }
+            guard let v = gguf.int("\(archName).\(key)") else {
+                throw InferenceError(.modelMalformed, "\(archName).\(key) is missing")
+            }
             return v
         }
         layerCount = try required("block_count")
@@ -55,26 +59,33 @@ public struct ModelConfig: Sendable, Equatable {
         headCount = try required("attention.head_count")
         kvHeadCount = gguf.int("\(archName).attention.head_count_kv") ?? headCount
         contextLength = try required("context_length")
-        guard (1...1024).contains(layerCount), (1...65536).contains(embeddingLength), (1...262_144).contains(feedForwardLength),
-              (1...1024).contains(headCount), (1...headCount).contains(kvHeadCount), headCount % kvHeadCount == 0,
-              contextLength >= 1
+        guard (1...1024).contains(layerCount), (1...65536).contains(embeddingLength),
+            (1...262_144).contains(feedForwardLength),
+            (1...1024).contains(headCount), (1...headCount).contains(kvHeadCount), headCount % kvHeadCount == 0,
+            contextLength >= 1
         else {
-            throw InferenceError(.modelMalformed, "hyperparameters out of range: \(layerCount) layers, \(embeddingLength) wide, "
-                                 + "\(headCount) heads / \(kvHeadCount) kv heads, ffn \(feedForwardLength)")
+            throw InferenceError(
+                .modelMalformed,
+                "hyperparameters out of range: \(layerCount) layers, \(embeddingLength) wide, "
+                    + "\(headCount) heads / \(kvHeadCount) kv heads, ffn \(feedForwardLength)")
         }
         headDim = gguf.int("\(archName).attention.key_length") ?? embeddingLength / headCount
         let valueDim = gguf.int("\(archName).attention.value_length") ?? headDim
         guard headDim == valueDim, headDim >= 2, headDim % 2 == 0, headDim <= 512 else {
-            throw InferenceError(.modelUnsupported, "head size \(headDim) (values \(valueDim)) is not supported: need equal, even, at most 512")
+            throw InferenceError(
+                .modelUnsupported,
+                "head size \(headDim) (values \(valueDim)) is not supported: need equal, even, at most 512")
         }
         if gguf.int("\(archName).attention.key_length") == nil, embeddingLength % headCount != 0 {
-            throw InferenceError(.modelMalformed, "embedding length \(embeddingLength) is not a multiple of \(headCount) heads")
+            throw InferenceError(
+                .modelMalformed, "embedding length \(embeddingLength) is not a multiple of \(headCount) heads")
         }
         rmsEpsilon = Float(gguf.float("\(archName).attention.layer_norm_rms_epsilon") ?? 1e-5)
         ropeBase = Float(gguf.float("\(archName).rope.freq_base") ?? 10000)
         ropeDimensions = gguf.int("\(archName).rope.dimension_count") ?? headDim
         guard ropeDimensions >= 2, ropeDimensions <= headDim, ropeDimensions % 2 == 0 else {
-            throw InferenceError(.modelMalformed, "rope dimension count \(ropeDimensions) does not fit head size \(headDim)")
+            throw InferenceError(
+                .modelMalformed, "rope dimension count \(ropeDimensions) does not fit head size \(headDim)")
         }
         if let scaling = gguf.string("\(archName).rope.scaling.type"), scaling != "none" {
             throw InferenceError(.modelUnsupported, "RoPE scaling '\(scaling)' is not supported")

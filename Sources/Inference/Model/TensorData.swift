@@ -12,7 +12,9 @@ enum TensorData {
     static func half(_ bits: UInt16) -> Float { Float(Float16(bitPattern: bits)) }
 
     /// Dequantizes `count` elements starting at element `start` (a multiple of the block size).
-    static func dequantize(_ type: GGMLType, _ bytes: UnsafeRawBufferPointer, start: Int, count: Int, into out: UnsafeMutablePointer<Float>) {
+    static func dequantize(
+        _ type: GGMLType, _ bytes: UnsafeRawBufferPointer, start: Int, count: Int, into out: UnsafeMutablePointer<Float>
+    ) {
         switch type {
         case .f32:
             for i in 0..<count { out[i] = bytes.loadUnaligned(fromByteOffset: (start + i) * 4, as: Float.self) }
@@ -58,8 +60,10 @@ enum TensorData {
     }
 
     /// Splits `blocks` GGML blocks of `type` into scale words and quant words.
-    static func repack(_ type: GGMLType, _ bytes: UnsafeRawBufferPointer, blocks: Int,
-                       scales: UnsafeMutablePointer<UInt32>, quants: UnsafeMutablePointer<UInt32>) {
+    static func repack(
+        _ type: GGMLType, _ bytes: UnsafeRawBufferPointer, blocks: Int,
+        scales: UnsafeMutablePointer<UInt32>, quants: UnsafeMutablePointer<UInt32>
+    ) {
         let blockBytes = type.block.bytes
         let words = quantWords(type)
         for b in 0..<blocks {
@@ -73,7 +77,9 @@ enum TensorData {
                 scales[b] = UInt32(bytes.loadUnaligned(fromByteOffset: base, as: UInt16.self))
                 headerBytes = 2
             }
-            for w in 0..<words { quants[b * words + w] = bytes.loadUnaligned(fromByteOffset: base + headerBytes + w * 4, as: UInt32.self) }
+            for w in 0..<words {
+                quants[b * words + w] = bytes.loadUnaligned(fromByteOffset: base + headerBytes + w * 4, as: UInt32.self)
+            }
         }
     }
 }

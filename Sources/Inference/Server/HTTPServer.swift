@@ -73,7 +73,8 @@ public final class HTTPResponseWriter: @unchecked Sendable {
     @discardableResult
     public func send(status: Int, contentType: String = "application/json", body: Data) -> Bool {
         started = true
-        var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
+        var head =
+            "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n"
         head += keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n"
         return raw(Data(head.utf8) + body)
     }
@@ -83,8 +84,10 @@ public final class HTTPResponseWriter: @unchecked Sendable {
     public func start(status: Int = 200, contentType: String = "text/event-stream") -> Bool {
         started = true
         chunked = true
-        let head = "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\nCache-Control: no-cache\r\n"
-            + "Transfer-Encoding: chunked\r\n" + (keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n")
+        let head =
+            "HTTP/1.1 \(status) \(Self.reason(status))\r\nContent-Type: \(contentType)\r\nCache-Control: no-cache\r\n"
+            + "Transfer-Encoding: chunked\r\n"
+            + (keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n")
         return raw(Data(head.utf8))
     }
 
@@ -140,7 +143,11 @@ public final class HTTPServer: @unchecked Sendable {
             close(fd)
             throw InferenceError(.invalidRequest, "\(host) is not an IPv4 address")
         }
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Foundation.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Foundation.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
         guard bound == 0, listen(fd, 128) == 0 else {
             let message = String(cString: strerror(errno))
             close(fd)
@@ -148,7 +155,9 @@ public final class HTTPServer: @unchecked Sendable {
         }
         var actual = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &actual) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &actual) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
         listener = fd
         self.port = Int(UInt16(bigEndian: actual.sin_port))
         return self.port
@@ -171,7 +180,9 @@ public final class HTTPServer: @unchecked Sendable {
             }
             guard admitted else {
                 let writer = HTTPResponseWriter(fd: client, keepAlive: false)
-                writer.send(status: 503, body: OpenAIErrorBody.data("too many connections", type: "server_error", code: "server_busy"))
+                writer.send(
+                    status: 503,
+                    body: OpenAIErrorBody.data("too many connections", type: "server_error", code: "server_busy"))
                 close(client)
                 continue
             }
@@ -200,7 +211,9 @@ public final class HTTPServer: @unchecked Sendable {
                 request = r
             } catch let error as HTTPParseError {
                 let writer = HTTPResponseWriter(fd: fd, keepAlive: false)
-                writer.send(status: error.status, body: OpenAIErrorBody.data(error.message, type: "invalid_request_error", code: nil))
+                writer.send(
+                    status: error.status,
+                    body: OpenAIErrorBody.data(error.message, type: "invalid_request_error", code: nil))
                 return
             } catch {
                 return
@@ -237,34 +250,55 @@ struct SocketReader {
         var headEnd: Int?
         while headEnd == nil {
             if let r = find(Self.crlfcrlf, in: buffer) { headEnd = r; break }
-            guard buffer.count <= HTTPServer.maxHead else { throw HTTPParseError(status: 431, message: "request head exceeds 16 KiB") }
+            guard buffer.count <= HTTPServer.maxHead else {
+                throw HTTPParseError(status: 431, message: "request head exceeds 16 KiB")
+            }
             guard fill() else {
                 if buffer.isEmpty { return nil }
                 throw HTTPParseError(status: 400, message: "incomplete request head")
             }
         }
-        guard headEnd! <= HTTPServer.maxHead else { throw HTTPParseError(status: 431, message: "request head exceeds 16 KiB") }
+        guard headEnd! <= HTTPServer.maxHead else {
+            throw HTTPParseError(status: 431, message: "request head exceeds 16 KiB")
+        }
         guard let head = String(validating: buffer[0..<headEnd!], as: UTF8.self) else {
             throw HTTPParseError(status: 400, message: "request head is not UTF-8")
         }
         buffer.removeFirst(headEnd! + 4)
         var lines = head.components(separatedBy: "\r\n")
         let requestLine = lines.removeFirst().split(separator: " ", omittingEmptySubsequences: false)
-        guard requestLine.count == 3, requestLine[2].hasPrefix("HTTP/1.") else { throw HTTPParseError(status: 400, message: "malformed request line") }
-        guard lines.count <= HTTPServer.maxHeaders else { throw HTTPParseError(status: 431, message: "more than 100 header lines") }
+        guard requestLine.count == 3, requestLine[2].hasPrefix("HTTP/1.") else {
+            throw HTTPParseError(status: 400, message: "malformed request line")
+        }
+        guard lines.count <= HTTPServer.maxHeaders else {
+            throw HTTPParseError(status: 431, message: "more than 100 header lines")
+        }
         var headers = [(String, String)]()
         for line in lines {
-            guard let colon = line.firstIndex(of: ":") else { throw HTTPParseError(status: 400, message: "malformed header line") }
-            headers.append((String(line[..<colon]).trimmingCharacters(in: .whitespaces), String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)))
+            guard let colon = line.firstIndex(of: ":") else {
+                throw HTTPParseError(status: 400, message: "malformed header line")
+            }
+            headers.append(
+                (
+                    String(line[..<colon]).trimmingCharacters(in: .whitespaces),
+                    String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
+                ))
         }
-        var request = HTTPRequest(method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: Data())
+        var request = HTTPRequest(
+            method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: Data())
         if request.header("Transfer-Encoding")?.lowercased().contains("chunked") == true {
             request.body = try readChunked()
         } else if let lengthText = request.header("Content-Length") {
-            guard let length = Int(lengthText), length >= 0 else { throw HTTPParseError(status: 400, message: "bad Content-Length") }
-            guard length <= HTTPServer.maxBody else { throw HTTPParseError(status: 413, message: "request body exceeds 4 MiB") }
+            guard let length = Int(lengthText), length >= 0 else {
+                throw HTTPParseError(status: 400, message: "bad Content-Length")
+            }
+            guard length <= HTTPServer.maxBody else {
+                throw HTTPParseError(status: 413, message: "request body exceeds 4 MiB")
+            }
             while buffer.count < length {
-                guard fill() else { throw HTTPParseError(status: 400, message: "request body is shorter than its Content-Length") }
+                guard fill() else {
+                    throw HTTPParseError(status: 400, message: "request body is shorter than its Content-Length")
+                }
             }
             request.body = Data(buffer[0..<length])
             buffer.removeFirst(length)
@@ -277,15 +311,20 @@ struct SocketReader {
         while true {
             var lineEnd = find([13, 10], in: buffer)
             while lineEnd == nil {
-                guard buffer.count < 1024, fill() else { throw HTTPParseError(status: 400, message: "malformed chunked body") }
+                guard buffer.count < 1024, fill() else {
+                    throw HTTPParseError(status: 400, message: "malformed chunked body")
+                }
                 lineEnd = find([13, 10], in: buffer)
             }
-            let sizeText = String(decoding: buffer[0..<lineEnd!], as: UTF8.self).split(separator: ";").first.map(String.init) ?? ""
+            let sizeText =
+                String(decoding: buffer[0..<lineEnd!], as: UTF8.self).split(separator: ";").first.map(String.init) ?? ""
             guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
                 throw HTTPParseError(status: 400, message: "malformed chunk size")
             }
             buffer.removeFirst(lineEnd! + 2)
-            guard body.count + size <= HTTPServer.maxBody else { throw HTTPParseError(status: 413, message: "request body exceeds 4 MiB") }
+            guard body.count + size <= HTTPServer.maxBody else {
+                throw HTTPParseError(status: 413, message: "request body exceeds 4 MiB")
+            }
             while buffer.count < size + 2 {
                 guard fill() else { throw HTTPParseError(status: 400, message: "truncated chunk") }
             }
@@ -307,10 +346,15 @@ struct SocketReader {
 /// OpenAI-shaped error bodies: `{"error": {"message", "type", "param", "code"}}`.
 public enum OpenAIErrorBody {
     public static func data(_ message: String, type: String, code: String?, param: String? = nil) -> Data {
-        let value: JSONValue = .object([("error", .object([
-            ("message", .string(message)), ("type", .string(type)),
-            ("param", param.map(JSONValue.string) ?? .null), ("code", code.map(JSONValue.string) ?? .null),
-        ]))])
+        let value: JSONValue = .object([
+            (
+                "error",
+                .object([
+                    ("message", .string(message)), ("type", .string(type)),
+                    ("param", param.map(JSONValue.string) ?? .null), ("code", code.map(JSONValue.string) ?? .null),
+                ])
+            )
+        ])
         return Data(value.serialized.utf8)
     }
 }

@@ -37,9 +37,14 @@ public final class OpenAIServer: @unchecked Sendable {
             case ("GET", "/health"):
                 writer.send(status: 200, body: Data(#"{"status":"ok"}"#.utf8))
             case ("GET", "/v1/models"):
-                let entry: JSONValue = .object([("id", .string(modelName)), ("object", .string("model")), ("created", .number(Double(created))),
-                                                ("owned_by", .string("ccinfer"))])
-                writer.send(status: 200, body: Data(JSONValue.object([("object", .string("list")), ("data", .array([entry]))]).serialized.utf8))
+                let entry: JSONValue = .object([
+                    ("id", .string(modelName)), ("object", .string("model")), ("created", .number(Double(created))),
+                    ("owned_by", .string("ccinfer")),
+                ])
+                writer.send(
+                    status: 200,
+                    body: Data(
+                        JSONValue.object([("object", .string("list")), ("data", .array([entry]))]).serialized.utf8))
             case ("POST", "/v1/chat/completions"):
                 try complete(request, writer, chat: true)
             case ("POST", "/v1/completions"):
@@ -52,11 +57,15 @@ public final class OpenAIServer: @unchecked Sendable {
         } catch let refusal as Refusal {
             if writer.started {
                 // Mid-stream: say so in the stream, then end it.
-                let body = OpenAIErrorBody.data(refusal.message, type: refusal.type, code: refusal.code, param: refusal.param)
+                let body = OpenAIErrorBody.data(
+                    refusal.message, type: refusal.type, code: refusal.code, param: refusal.param)
                 writer.write(Data("data: ".utf8) + body + Data("\n\n".utf8))
                 writer.finish()
             } else {
-                writer.send(status: refusal.status, body: OpenAIErrorBody.data(refusal.message, type: refusal.type, code: refusal.code, param: refusal.param))
+                writer.send(
+                    status: refusal.status,
+                    body: OpenAIErrorBody.data(
+                        refusal.message, type: refusal.type, code: refusal.code, param: refusal.param))
             }
         } catch {
             writer.send(status: 500, body: OpenAIErrorBody.data("internal error", type: "server_error", code: nil))
@@ -85,37 +94,51 @@ public final class OpenAIServer: @unchecked Sendable {
         let json: JSONValue
         do { json = try JSONValue.parse(body) } catch { throw refusal(error) }
         guard case .object = json else { throw Refusal(status: 400, message: "the request body must be a JSON object") }
-        if let m = json["model"], m.string == nil { throw Refusal(status: 400, message: "'model' must be a string", param: "model") }
+        if let m = json["model"], m.string == nil {
+            throw Refusal(status: 400, message: "'model' must be a string", param: "model")
+        }
         if let m = json["model"]?.string, m != modelName {
-            throw Refusal(status: 404, message: "the model '\(m)' does not exist; this engine serves '\(modelName)'", param: "model", code: "model_not_found")
+            throw Refusal(
+                status: 404, message: "the model '\(m)' does not exist; this engine serves '\(modelName)'",
+                param: "model", code: "model_not_found")
         }
         var parameters = SamplingParameters()
         func number(_ key: String, _ range: ClosedRange<Double>) throws -> Double? {
             guard let v = json[key], !v.isNull else { return nil }
             guard let d = v.double, range.contains(d) else {
-                throw Refusal(status: 400, message: "'\(key)' must be a number in \(range.lowerBound)…\(range.upperBound)", param: key)
+                throw Refusal(
+                    status: 400, message: "'\(key)' must be a number in \(range.lowerBound)…\(range.upperBound)",
+                    param: key)
             }
             return d
         }
         func integer(_ key: String, _ range: ClosedRange<Int>) throws -> Int? {
             guard let v = json[key], !v.isNull else { return nil }
             guard let i = v.int, range.contains(i) else {
-                throw Refusal(status: 400, message: "'\(key)' must be an integer in \(range.lowerBound)…\(range.upperBound)", param: key)
+                throw Refusal(
+                    status: 400, message: "'\(key)' must be an integer in \(range.lowerBound)…\(range.upperBound)",
+                    param: key)
             }
             return i
         }
         if let t = try number("temperature", 0...2) { parameters.temperature = Float(t) }
         if let p = try number("top_p", 0...1) { parameters.topP = Float(p) }
         if let k = try integer("top_k", 0...100_000) { parameters.topK = k }
-        if let s = try integer("seed", Int(Int32.min)...Int(Int32.max)) { parameters.seed = UInt64(bitPattern: Int64(s)) }
+        if let s = try integer("seed", Int(Int32.min)...Int(Int32.max)) {
+            parameters.seed = UInt64(bitPattern: Int64(s))
+        }
         let maxKey = json["max_completion_tokens"] != nil ? "max_completion_tokens" : "max_tokens"
         parameters.maxTokens = try integer(maxKey, 0...1_000_000) ?? (chat ? nil : 16)
-        if let n = try integer("n", 1...128), n != 1 { throw Refusal(status: 400, message: "only n = 1 is supported", param: "n") }
+        if let n = try integer("n", 1...128), n != 1 {
+            throw Refusal(status: 400, message: "only n = 1 is supported", param: "n")
+        }
         switch json["stop"] {
         case nil, .null?: break
         case .string(let s)?: parameters.stop = [s]
-        case .array(let items)? where items.count <= 4 && items.allSatisfy({ $0.string != nil }): parameters.stop = items.compactMap(\.string)
-        default: throw Refusal(status: 400, message: "'stop' must be a string or an array of up to 4 strings", param: "stop")
+        case .array(let items)? where items.count <= 4 && items.allSatisfy({ $0.string != nil }):
+            parameters.stop = items.compactMap(\.string)
+        default:
+            throw Refusal(status: 400, message: "'stop' must be a string or an array of up to 4 strings", param: "stop")
         }
         guard json["stream"] == nil || json["stream"]?.bool != nil || json["stream"]?.isNull == true else {
             throw Refusal(status: 400, message: "'stream' must be a boolean", param: "stream")
@@ -131,7 +154,9 @@ public final class OpenAIServer: @unchecked Sendable {
             var normalized = [JSONValue]()
             for (i, m) in messages.enumerated() {
                 guard case .object(let pairs) = m, let role = m["role"]?.string else {
-                    throw Refusal(status: 400, message: "messages[\(i)] must be an object with a string 'role'", param: "messages")
+                    throw Refusal(
+                        status: 400, message: "messages[\(i)] must be an object with a string 'role'", param: "messages"
+                    )
                 }
                 var content: String
                 switch m["content"] {
@@ -141,11 +166,16 @@ public final class OpenAIServer: @unchecked Sendable {
                     content = ""
                     for part in parts {
                         guard part["type"]?.string == "text", let text = part["text"]?.string else {
-                            throw Refusal(status: 400, message: "messages[\(i)].content: only text parts are supported", param: "messages")
+                            throw Refusal(
+                                status: 400, message: "messages[\(i)].content: only text parts are supported",
+                                param: "messages")
                         }
                         content += text
                     }
-                default: throw Refusal(status: 400, message: "messages[\(i)].content must be a string or an array of text parts", param: "messages")
+                default:
+                    throw Refusal(
+                        status: 400, message: "messages[\(i)].content must be a string or an array of text parts",
+                        param: "messages")
                 }
                 var rest = pairs.filter { $0.0 != "role" && $0.0 != "content" }
                 rest.insert(("content", .string(content)), at: 0)
@@ -153,41 +183,57 @@ public final class OpenAIServer: @unchecked Sendable {
                 normalized.append(.object(rest))
             }
             guard let template = model.chatTemplate else {
-                throw Refusal(status: 400, message: "the model has no chat template; use /v1/completions", code: "no_chat_template")
+                throw Refusal(
+                    status: 400, message: "the model has no chat template; use /v1/completions",
+                    code: "no_chat_template")
             }
             var extra = [String: JSONValue]()
             if let tools = json["tools"], !tools.isNull { extra["tools"] = tools }
             let text: String
             do {
-                text = try template.render(messages: normalized, bosToken: tokenizer.bos.map { tokenizer.tokens[$0] } ?? "",
-                                           eosToken: tokenizer.eos.map { tokenizer.tokens[$0] } ?? "", extra: extra)
+                text = try template.render(
+                    messages: normalized, bosToken: tokenizer.bos.map { tokenizer.tokens[$0] } ?? "",
+                    eosToken: tokenizer.eos.map { tokenizer.tokens[$0] } ?? "", extra: extra)
             } catch { throw refusal(error) }
             prompt = tokenizer.encode(text, addSpecial: false, parseSpecial: true)
         } else {
             switch json["prompt"] {
-            case .string(let s)?: prompt = s.isEmpty ? tokenizer.bos.map { [$0] } ?? [] : tokenizer.encode(s, addSpecial: true, parseSpecial: true)
+            case .string(let s)?:
+                prompt =
+                    s.isEmpty
+                    ? tokenizer.bos.map { [$0] } ?? [] : tokenizer.encode(s, addSpecial: true, parseSpecial: true)
             case .array(let items)? where items.count == 1 && items[0].string != nil:
                 prompt = tokenizer.encode(items[0].string!, addSpecial: true, parseSpecial: true)
             case .array(let items)? where !items.isEmpty && items.allSatisfy({ $0.int != nil }):
                 prompt = items.compactMap(\.int)
                 guard prompt.allSatisfy({ (0..<tokenizer.count).contains($0) }) else {
-                    throw Refusal(status: 400, message: "'prompt' holds token ids outside the vocabulary", param: "prompt")
+                    throw Refusal(
+                        status: 400, message: "'prompt' holds token ids outside the vocabulary", param: "prompt")
                 }
-            default: throw Refusal(status: 400, message: "'prompt' must be a string, a one-string array or an array of token ids", param: "prompt")
+            default:
+                throw Refusal(
+                    status: 400, message: "'prompt' must be a string, a one-string array or an array of token ids",
+                    param: "prompt")
             }
         }
-        guard !prompt.isEmpty else { throw Refusal(status: 400, message: "the prompt is empty", param: chat ? "messages" : "prompt") }
+        guard !prompt.isEmpty else {
+            throw Refusal(status: 400, message: "the prompt is empty", param: chat ? "messages" : "prompt")
+        }
         return Parsed(prompt: prompt, parameters: parameters, stream: stream, includeUsage: includeUsage)
     }
 
     func complete(_ request: HTTPRequest, _ writer: HTTPResponseWriter, chat: Bool) throws {
         let parsed = try parse(request.body, chat: chat)
-        guard lock.withLock({ () -> Bool in
-            guard waiting < maxQueue else { return false }
-            waiting += 1
-            return true
-        }) else {
-            throw Refusal(status: 503, message: "the engine has \(maxQueue) requests waiting; retry later", type: "server_error", code: "server_busy")
+        guard
+            lock.withLock({ () -> Bool in
+                guard waiting < maxQueue else { return false }
+                waiting += 1
+                return true
+            })
+        else {
+            throw Refusal(
+                status: 503, message: "the engine has \(maxQueue) requests waiting; retry later", type: "server_error",
+                code: "server_busy")
         }
         defer { lock.withLock { waiting -= 1 } }
 
@@ -195,20 +241,34 @@ public final class OpenAIServer: @unchecked Sendable {
         let created = JSONValue.number(Double(Int(Date().timeIntervalSince1970)))
         let object = chat ? "chat.completion" : "text_completion"
         func usage(_ g: Generation) -> JSONValue {
-            .object([("prompt_tokens", .number(Double(g.promptTokens))), ("completion_tokens", .number(Double(g.tokens.count))),
-                     ("total_tokens", .number(Double(g.promptTokens + g.tokens.count)))])
+            .object([
+                ("prompt_tokens", .number(Double(g.promptTokens))),
+                ("completion_tokens", .number(Double(g.tokens.count))),
+                ("total_tokens", .number(Double(g.promptTokens + g.tokens.count))),
+            ])
         }
         func finish(_ g: Generation) -> JSONValue { .string(g.finishReason == .length ? "length" : "stop") }
 
         if !parsed.stream {
             let result: Generation
-            do { result = try generator.generate(prompt: parsed.prompt, parameters: parsed.parameters) } catch { throw refusal(error) }
-            let choice: JSONValue = chat
-                ? .object([("index", .number(0)), ("message", .object([("role", .string("assistant")), ("content", .string(result.text))])),
-                           ("logprobs", .null), ("finish_reason", finish(result))])
-                : .object([("index", .number(0)), ("text", .string(result.text)), ("logprobs", .null), ("finish_reason", finish(result))])
-            let body: JSONValue = .object([("id", .string(id)), ("object", .string(object)), ("created", created), ("model", .string(modelName)),
-                                           ("choices", .array([choice])), ("usage", usage(result))])
+            do { result = try generator.generate(prompt: parsed.prompt, parameters: parsed.parameters) } catch {
+                throw refusal(error)
+            }
+            let choice: JSONValue =
+                chat
+                ? .object([
+                    ("index", .number(0)),
+                    ("message", .object([("role", .string("assistant")), ("content", .string(result.text))])),
+                    ("logprobs", .null), ("finish_reason", finish(result)),
+                ])
+                : .object([
+                    ("index", .number(0)), ("text", .string(result.text)), ("logprobs", .null),
+                    ("finish_reason", finish(result)),
+                ])
+            let body: JSONValue = .object([
+                ("id", .string(id)), ("object", .string(object)), ("created", created), ("model", .string(modelName)),
+                ("choices", .array([choice])), ("usage", usage(result)),
+            ])
             writer.send(status: 200, body: Data(body.serialized.utf8))
             return
         }
@@ -217,8 +277,11 @@ public final class OpenAIServer: @unchecked Sendable {
         // before any token (context exceeded) is still a plain HTTP error.
         let chunkObject = chat ? "chat.completion.chunk" : "text_completion"
         func event(_ choice: JSONValue, usage: JSONValue? = nil) -> Data {
-            var pairs: [(String, JSONValue)] = [("id", .string(id)), ("object", .string(chunkObject)), ("created", created), ("model", .string(modelName)),
-                                                ("choices", .array([choice].filter { !$0.isNull }))]
+            var pairs: [(String, JSONValue)] = [
+                ("id", .string(id)), ("object", .string(chunkObject)), ("created", created),
+                ("model", .string(modelName)),
+                ("choices", .array([choice].filter { !$0.isNull })),
+            ]
             if let usage { pairs.append(("usage", usage)) }
             return Data("data: \(JSONValue.object(pairs).serialized)\n\n".utf8)
         }
@@ -226,9 +289,13 @@ public final class OpenAIServer: @unchecked Sendable {
             if chat {
                 var d: [(String, JSONValue)] = first ? [("role", .string("assistant"))] : []
                 d.append(("content", .string(text)))
-                return .object([("index", .number(0)), ("delta", .object(d)), ("logprobs", .null), ("finish_reason", .null)])
+                return .object([
+                    ("index", .number(0)), ("delta", .object(d)), ("logprobs", .null), ("finish_reason", .null),
+                ])
             }
-            return .object([("index", .number(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .null)])
+            return .object([
+                ("index", .number(0)), ("text", .string(text)), ("logprobs", .null), ("finish_reason", .null),
+            ])
         }
         var first = true
         let result: Generation
@@ -249,9 +316,14 @@ public final class OpenAIServer: @unchecked Sendable {
             guard writer.start() else { return }
             writer.write(event(delta("", first: true)))
         }
-        let last: JSONValue = chat
-            ? .object([("index", .number(0)), ("delta", .object([])), ("logprobs", .null), ("finish_reason", finish(result))])
-            : .object([("index", .number(0)), ("text", .string("")), ("logprobs", .null), ("finish_reason", finish(result))])
+        let last: JSONValue =
+            chat
+            ? .object([
+                ("index", .number(0)), ("delta", .object([])), ("logprobs", .null), ("finish_reason", finish(result)),
+            ])
+            : .object([
+                ("index", .number(0)), ("text", .string("")), ("logprobs", .null), ("finish_reason", finish(result)),
+            ])
         writer.write(event(last))
         if parsed.includeUsage { writer.write(event(.null, usage: usage(result))) }
         writer.write(Data("data: [DONE]\n\n".utf8))

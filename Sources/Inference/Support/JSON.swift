@@ -17,7 +17,8 @@ public enum JSONValue: Sendable, Equatable {
         case (.number(let x), .number(let y)): x == y
         case (.string(let x), .string(let y)): x == y
         case (.array(let x), .array(let y)): x == y
-        case (.object(let x), .object(let y)): x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+        case (.object(let x), .object(let y)):
+            x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
         default: false
         }
     }
@@ -72,7 +73,9 @@ struct JSONParser {
 
     mutating func expect(_ literal: String, _ value: JSONValue) throws(InferenceError) -> JSONValue {
         let l = Array(literal.utf8)
-        guard index + l.count <= bytes.count, Array(bytes[index..<(index + l.count)]) == l else { throw failure("expected \(literal)") }
+        guard index + l.count <= bytes.count, Array(bytes[index..<(index + l.count)]) == l else {
+            throw failure("expected \(literal)")
+        }
         index += l.count
         return value
     }
@@ -95,7 +98,11 @@ struct JSONParser {
                 index += 1
                 skipSpace()
                 let v = try value(depth: depth + 1)
-                if let existing = pairs.firstIndex(where: { $0.0 == key }) { pairs[existing].1 = v } else { pairs.append((key, v)) }
+                if let existing = pairs.firstIndex(where: { $0.0 == key }) {
+                    pairs[existing].1 = v
+                } else {
+                    pairs.append((key, v))
+                }
                 skipSpace()
                 guard index < bytes.count else { throw failure("unterminated object") }
                 if bytes[index] == UInt8(ascii: ",") { index += 1; continue }
@@ -127,17 +134,20 @@ struct JSONParser {
     mutating func number() throws(InferenceError) -> JSONValue {
         let start = index
         if index < bytes.count, bytes[index] == UInt8(ascii: "-") { index += 1 }
-        while index < bytes.count, (0x30...0x39).contains(bytes[index]) || [0x2E, 0x65, 0x45, 0x2B, 0x2D].contains(bytes[index]) {
+        while index < bytes.count,
+            (0x30...0x39).contains(bytes[index]) || [0x2E, 0x65, 0x45, 0x2B, 0x2D].contains(bytes[index])
+        {
             index += 1
         }
         guard index > start, index - start <= 64,
-              let text = String(bytes: bytes[start..<index], encoding: .ascii), let n = Double(text), n.isFinite
+            let text = String(bytes: bytes[start..<index], encoding: .ascii), let n = Double(text), n.isFinite
         else { index = start; throw failure("expected a value") }
         return .number(n)
     }
 
     mutating func hex4() throws(InferenceError) -> UInt32 {
-        guard index + 4 <= bytes.count, let s = String(bytes: bytes[index..<(index + 4)], encoding: .ascii), let v = UInt32(s, radix: 16)
+        guard index + 4 <= bytes.count, let s = String(bytes: bytes[index..<(index + 4)], encoding: .ascii),
+            let v = UInt32(s, radix: 16)
         else { throw failure("bad \\u escape") }
         index += 4
         return v
@@ -170,7 +180,8 @@ struct JSONParser {
                 case UInt8(ascii: "u"):
                     var v = try hex4()
                     if (0xD800..<0xDC00).contains(v) {
-                        guard index + 2 <= bytes.count, bytes[index] == 0x5C, bytes[index + 1] == UInt8(ascii: "u") else {
+                        guard index + 2 <= bytes.count, bytes[index] == 0x5C, bytes[index + 1] == UInt8(ascii: "u")
+                        else {
                             throw failure("unpaired surrogate")
                         }
                         index += 2

@@ -19,7 +19,9 @@ public struct ChatTemplate: Sendable {
     static let maxOutputBytes = 16 << 20
 
     public init(_ source: String) throws(InferenceError) {
-        guard source.utf8.count <= Self.maxSourceBytes else { throw InferenceError(.templateFailed, "chat template exceeds 1 MiB") }
+        guard source.utf8.count <= Self.maxSourceBytes else {
+            throw InferenceError(.templateFailed, "chat template exceeds 1 MiB")
+        }
         self.source = source
         let tokens = try TemplateLexer(source).tokenize()
         var parser = TemplateParser(tokens: tokens)
@@ -27,8 +29,10 @@ public struct ChatTemplate: Sendable {
     }
 
     /// Renders the conversation. `messages` are objects with at least `role` and `content`.
-    public func render(messages: [JSONValue], addGenerationPrompt: Bool = true, bosToken: String = "", eosToken: String = "",
-                       extra: [String: JSONValue] = [:]) throws(InferenceError) -> String {
+    public func render(
+        messages: [JSONValue], addGenerationPrompt: Bool = true, bosToken: String = "", eosToken: String = "",
+        extra: [String: JSONValue] = [:]
+    ) throws(InferenceError) -> String {
         var globals: [String: TemplateValue] = [
             "messages": TemplateValue(json: .array(messages)),
             "add_generation_prompt": .bool(addGenerationPrompt),
@@ -128,7 +132,8 @@ indirect enum TemplateValue: Sendable {
         case .bool(let b): b ? "True" : "False"
         case .int(let i): String(i)
         case .double(let d): TemplateValue.pythonFloat(d)
-        case .string(let s): "'" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
+        case .string(let s):
+            "'" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "'", with: "\\'") + "'"
         case .list(let l): "[" + l.map(\.repr).joined(separator: ", ") + "]"
         case .dict(let d): "{" + d.map { "'\($0.0)': \($0.1.repr)" }.joined(separator: ", ") + "}"
         case .namespace(let ns): "<Namespace \(TemplateValue.dict(ns.values).repr)>"
@@ -208,7 +213,11 @@ final class TemplateNamespace: @unchecked Sendable {
     var values: [(String, TemplateValue)]
     init(_ values: [(String, TemplateValue)]) { self.values = values }
     func set(_ key: String, _ value: TemplateValue) {
-        if let i = values.firstIndex(where: { $0.0 == key }) { values[i].1 = value } else { values.append((key, value)) }
+        if let i = values.firstIndex(where: { $0.0 == key }) {
+            values[i].1 = value
+        } else {
+            values.append((key, value))
+        }
     }
 }
 
@@ -249,7 +258,9 @@ struct TemplateLexer {
             } else if lstripBlock {
                 // Only spaces and tabs between the last newline (or the start) and the tag.
                 var j = t.endIndex
-                while j > t.startIndex, t[t.index(before: j)] == " " || t[t.index(before: j)] == "\t" { j = t.index(before: j) }
+                while j > t.startIndex, t[t.index(before: j)] == " " || t[t.index(before: j)] == "\t" {
+                    j = t.index(before: j)
+                }
                 if j == t.startIndex || t[t.index(before: j)] == "\n" { t = String(t[..<j]) }
             }
             if !t.isEmpty { tokens.append(.text(t)) }
@@ -270,7 +281,9 @@ struct TemplateLexer {
                     // Comment: skip to "#}".
                     var k = j
                     while k + 1 < source.count, !(source[k] == "#" && source[k + 1] == "}") { k += 1 }
-                    guard k + 1 < source.count else { throw InferenceError(.templateFailed, "chat template: unterminated comment") }
+                    guard k + 1 < source.count else {
+                        throw InferenceError(.templateFailed, "chat template: unterminated comment")
+                    }
                     let stripAfter = k > j && source[k - 1] == "-"
                     i = k + 2
                     stripNextLeading = stripAfter
@@ -318,7 +331,9 @@ struct TemplateLexer {
                             }
                             m += 1
                         }
-                        guard m < source.count else { throw InferenceError(.templateFailed, "chat template: unterminated string") }
+                        guard m < source.count else {
+                            throw InferenceError(.templateFailed, "chat template: unterminated string")
+                        }
                         tokens.append(.string(s))
                         k = m + 1
                         continue
@@ -338,7 +353,9 @@ struct TemplateLexer {
                             while m < source.count, source[m].isASCII, source[m].isNumber { m += 1 }
                             tokens.append(.double(Double(String(source[k..<m]))!))
                         } else {
-                            guard let v = Int(String(source[k..<m])) else { throw InferenceError(.templateFailed, "chat template: number too large") }
+                            guard let v = Int(String(source[k..<m])) else {
+                                throw InferenceError(.templateFailed, "chat template: number too large")
+                            }
                             tokens.append(.int(v))
                         }
                         k = m
@@ -400,7 +417,8 @@ indirect enum TemplateNode: Sendable {
     case text(String)
     case output(TemplateExpr)
     case conditional([(TemplateExpr, [TemplateNode])], otherwise: [TemplateNode])
-    case loop(targets: [String], over: TemplateExpr, filter: TemplateExpr?, body: [TemplateNode], otherwise: [TemplateNode])
+    case loop(
+        targets: [String], over: TemplateExpr, filter: TemplateExpr?, body: [TemplateNode], otherwise: [TemplateNode])
     case assign(target: String, attribute: String?, value: TemplateExpr)
     case macro(TemplateMacro)
     case breakLoop
@@ -828,7 +846,9 @@ struct TemplateInterpreter {
 
     init(globals: [String: TemplateValue]) {
         var g = globals
-        for f in ["raise_exception", "range", "namespace", "dict", "strftime_now"] where g[f] == nil { g[f] = .function(f) }
+        for f in ["raise_exception", "range", "namespace", "dict", "strftime_now"] where g[f] == nil {
+            g[f] = .function(f)
+        }
         scopes = [g]
     }
 
@@ -882,19 +902,23 @@ struct TemplateInterpreter {
                 scopes.append([:])
                 defer { scopes.removeLast() }
                 try bind(targets, item)
-                assign("loop", .dict([
-                    ("index", .int(index + 1)), ("index0", .int(index)), ("first", .bool(index == 0)),
-                    ("last", .bool(index == items.count - 1)), ("length", .int(items.count)),
-                    ("revindex", .int(items.count - index)), ("revindex0", .int(items.count - index - 1)),
-                    ("previtem", index > 0 ? items[index - 1] : .undefined("previtem")),
-                    ("nextitem", index + 1 < items.count ? items[index + 1] : .undefined("nextitem")),
-                ]))
+                assign(
+                    "loop",
+                    .dict([
+                        ("index", .int(index + 1)), ("index0", .int(index)), ("first", .bool(index == 0)),
+                        ("last", .bool(index == items.count - 1)), ("length", .int(items.count)),
+                        ("revindex", .int(items.count - index)), ("revindex0", .int(items.count - index - 1)),
+                        ("previtem", index > 0 ? items[index - 1] : .undefined("previtem")),
+                        ("nextitem", index + 1 < items.count ? items[index + 1] : .undefined("nextitem")),
+                    ]))
                 do { try run(body) } catch Flow.continueLoop { continue } catch Flow.breakLoop { break }
             }
         case .assign(let target, let attribute, let valueExpr):
             let value = try evaluate(valueExpr)
             if let attribute {
-                guard case .namespace(let ns) = lookup(target) else { throw TemplateError("cannot set attribute on '\(target)': not a namespace") }
+                guard case .namespace(let ns) = lookup(target) else {
+                    throw TemplateError("cannot set attribute on '\(target)': not a namespace")
+                }
                 ns.set(attribute, value)
             } else {
                 assign(target, value)
@@ -937,7 +961,8 @@ struct TemplateInterpreter {
             return try subscriptValue(b, index)
         case .slice(let base, let start, let stop, let step):
             let b = try evaluate(base)
-            return try slice(b, start.map { try evaluate($0) }, stop.map { try evaluate($0) }, step.map { try evaluate($0) })
+            return try slice(
+                b, start.map { try evaluate($0) }, stop.map { try evaluate($0) }, step.map { try evaluate($0) })
         case .call(let callee, let argExprs, let kwargExprs):
             let f = try evaluate(callee)
             let args = try argExprs.map { try evaluate($0) }
@@ -997,7 +1022,9 @@ struct TemplateInterpreter {
         }
     }
 
-    func slice(_ b: TemplateValue, _ start: TemplateValue?, _ stop: TemplateValue?, _ step: TemplateValue?) throws -> TemplateValue {
+    func slice(_ b: TemplateValue, _ start: TemplateValue?, _ stop: TemplateValue?, _ step: TemplateValue?) throws
+        -> TemplateValue
+    {
         func int(_ v: TemplateValue?) throws -> Int? {
             guard let v else { return nil }
             if case .none = v { return nil }
@@ -1028,13 +1055,19 @@ struct TemplateInterpreter {
 
     static func methods(of v: TemplateValue) -> Set<String> {
         switch v {
-        case .string: ["strip", "lstrip", "rstrip", "startswith", "endswith", "split", "upper", "lower", "title", "capitalize", "replace", "find", "count", "join"]
+        case .string:
+            [
+                "strip", "lstrip", "rstrip", "startswith", "endswith", "split", "upper", "lower", "title", "capitalize",
+                "replace", "find", "count", "join",
+            ]
         case .dict: ["items", "keys", "values", "get"]
         default: []
         }
     }
 
-    mutating func call(_ f: TemplateValue, _ args: [TemplateValue], _ kwargs: [(String, TemplateValue)]) throws -> TemplateValue {
+    mutating func call(_ f: TemplateValue, _ args: [TemplateValue], _ kwargs: [(String, TemplateValue)]) throws
+        -> TemplateValue
+    {
         switch f {
         case .function(let name):
             switch name {
@@ -1044,12 +1077,13 @@ struct TemplateInterpreter {
                     guard case .int(let i) = v else { throw TemplateError("range() takes integers") }
                     return i
                 }
-                let (s, e, st): (Int, Int, Int) = switch ints.count {
-                case 1: (0, ints[0], 1)
-                case 2: (ints[0], ints[1], 1)
-                case 3: (ints[0], ints[1], ints[2])
-                default: throw TemplateError("range() takes 1-3 arguments")
-                }
+                let (s, e, st): (Int, Int, Int) =
+                    switch ints.count {
+                    case 1: (0, ints[0], 1)
+                    case 2: (ints[0], ints[1], 1)
+                    case 3: (ints[0], ints[1], ints[2])
+                    default: throw TemplateError("range() takes 1-3 arguments")
+                    }
                 guard st != 0 else { throw TemplateError("range() step cannot be zero") }
                 let values = Array(stride(from: s, to: e, by: st))
                 guard values.count <= 100_000 else { throw TemplateError("range() is too long") }
@@ -1102,15 +1136,19 @@ struct TemplateInterpreter {
 
     static func method(_ receiver: TemplateValue, _ name: String, _ args: [TemplateValue]) throws -> TemplateValue {
         switch (receiver, name) {
-        case (.string(let s), "strip"): return .string(pythonStrip(s, args.first?.stringValue, leading: true, trailing: true))
-        case (.string(let s), "lstrip"): return .string(pythonStrip(s, args.first?.stringValue, leading: true, trailing: false))
-        case (.string(let s), "rstrip"): return .string(pythonStrip(s, args.first?.stringValue, leading: false, trailing: true))
+        case (.string(let s), "strip"):
+            return .string(pythonStrip(s, args.first?.stringValue, leading: true, trailing: true))
+        case (.string(let s), "lstrip"):
+            return .string(pythonStrip(s, args.first?.stringValue, leading: true, trailing: false))
+        case (.string(let s), "rstrip"):
+            return .string(pythonStrip(s, args.first?.stringValue, leading: false, trailing: true))
         case (.string(let s), "startswith"), (.string(let s), "endswith"):
-            let options: [String] = switch args.first {
-            case .string(let p)?: [p]
-            case .list(let l)?: l.compactMap(\.stringValue)
-            default: throw TemplateError("\(name)() takes a string")
-            }
+            let options: [String] =
+                switch args.first {
+                case .string(let p)?: [p]
+                case .list(let l)?: l.compactMap(\.stringValue)
+                default: throw TemplateError("\(name)() takes a string")
+                }
             return .bool(options.contains { name == "startswith" ? s.hasPrefix($0) : s.hasSuffix($0) })
         case (.string(let s), "split"):
             if let sep = args.first?.stringValue {
@@ -1123,14 +1161,18 @@ struct TemplateInterpreter {
         case (.string(let s), "title"): return .string(s.capitalized)
         case (.string(let s), "capitalize"): return .string(s.prefix(1).uppercased() + s.dropFirst().lowercased())
         case (.string(let s), "replace"):
-            guard let a = args.first?.stringValue, args.count >= 2, let b = args[1].stringValue else { throw TemplateError("replace() takes two strings") }
+            guard let a = args.first?.stringValue, args.count >= 2, let b = args[1].stringValue else {
+                throw TemplateError("replace() takes two strings")
+            }
             return .string(s.replacingOccurrences(of: a, with: b))
         case (.string(let s), "find"):
             guard let needle = args.first?.stringValue else { throw TemplateError("find() takes a string") }
             guard let r = s.range(of: needle) else { return .int(-1) }
             return .int(s.distance(from: s.startIndex, to: r.lowerBound))
         case (.string(let s), "count"):
-            guard let needle = args.first?.stringValue, !needle.isEmpty else { throw TemplateError("count() takes a string") }
+            guard let needle = args.first?.stringValue, !needle.isEmpty else {
+                throw TemplateError("count() takes a string")
+            }
             return .int(s.components(separatedBy: needle).count - 1)
         case (.string(let s), "join"):
             return .string(try (args.first ?? .list([])).iterate().map(\.text).joined(separator: s))
@@ -1188,7 +1230,9 @@ struct TemplateInterpreter {
                 return .double(x + y)
             }
         case "*":
-            if case .string(let s) = a, case .int(let n) = b { return .string(String(repeating: s, count: max(0, min(n, 1 << 16)))) }
+            if case .string(let s) = a, case .int(let n) = b {
+                return .string(String(repeating: s, count: max(0, min(n, 1 << 16))))
+            }
             fallthrough
         default:
             if case .int(let x) = a, case .int(let y) = b {
@@ -1225,8 +1269,12 @@ struct TemplateInterpreter {
         }
     }
 
-    static func filter(_ name: String, _ v: TemplateValue, _ args: [TemplateValue], _ kwargs: [(String, TemplateValue)]) throws -> TemplateValue {
-        func kw(_ key: String, _ position: Int) -> TemplateValue? { kwargs.first { $0.0 == key }?.1 ?? (position < args.count ? args[position] : nil) }
+    static func filter(_ name: String, _ v: TemplateValue, _ args: [TemplateValue], _ kwargs: [(String, TemplateValue)])
+        throws -> TemplateValue
+    {
+        func kw(_ key: String, _ position: Int) -> TemplateValue? {
+            kwargs.first { $0.0 == key }?.1 ?? (position < args.count ? args[position] : nil)
+        }
         switch name {
         case "trim": return .string(pythonStrip(v.text, kw("chars", 0)?.stringValue, leading: true, trailing: true))
         case "length", "count":
@@ -1294,7 +1342,9 @@ struct TemplateInterpreter {
             return .list(try v.iterate().map { $0.lookup(attr) ?? .undefined(attr) })
         case "unique":
             var out = [TemplateValue]()
-            for item in try v.iterate() where !out.contains(where: { TemplateValue.equal($0, item) }) { out.append(item) }
+            for item in try v.iterate() where !out.contains(where: { TemplateValue.equal($0, item) }) {
+                out.append(item)
+            }
             return .list(out)
         default:
             throw TemplateError("filter '\(name)' is not supported")
@@ -1312,13 +1362,15 @@ struct TemplateInterpreter {
         let closePad = String(repeating: " ", count: indent * depth)
         switch value {
         case .array(let items) where !items.isEmpty:
-            return "[\n" + items.map { pad + pythonJSON($0, indent: indent, depth: depth + 1) }.joined(separator: ",\n") + "\n" + closePad + "]"
+            return "[\n" + items.map { pad + pythonJSON($0, indent: indent, depth: depth + 1) }.joined(separator: ",\n")
+                + "\n" + closePad + "]"
         case .object(let pairs) where !pairs.isEmpty:
-            return "{\n" + pairs.map { k, v in
-                var key = ""
-                JSONValue.quote(k, into: &key, asciiOnly: false)
-                return pad + key + ": " + pythonJSON(v, indent: indent, depth: depth + 1)
-            }.joined(separator: ",\n") + "\n" + closePad + "}"
+            return "{\n"
+                + pairs.map { k, v in
+                    var key = ""
+                    JSONValue.quote(k, into: &key, asciiOnly: false)
+                    return pad + key + ": " + pythonJSON(v, indent: indent, depth: depth + 1)
+                }.joined(separator: ",\n") + "\n" + closePad + "}"
         default:
             var out = ""
             value.write(to: &out, separators: (", ", ": "), asciiOnly: false)
@@ -1338,7 +1390,8 @@ struct TemplateInterpreter {
         case "boolean": if case .bool = v { return true } else { return false }
         case "true": if case .bool(true) = v { return true } else { return false }
         case "false": if case .bool(false) = v { return true } else { return false }
-        case "mapping": if case .dict = v { return true } else if case .namespace = v { return true } else { return false }
+        case "mapping":
+            if case .dict = v { return true } else if case .namespace = v { return true } else { return false }
         case "iterable", "sequence":
             switch v {
             case .list, .string, .dict: return true
@@ -1356,7 +1409,9 @@ struct TemplateInterpreter {
             guard case .int(let i) = v else { throw TemplateError("\(name) needs an integer") }
             if name == "odd" { return i % 2 != 0 }
             if name == "even" { return i % 2 == 0 }
-            guard case .int(let d)? = args.first, d != 0 else { throw TemplateError("divisibleby needs a non-zero integer") }
+            guard case .int(let d)? = args.first, d != 0 else {
+                throw TemplateError("divisibleby needs a non-zero integer")
+            }
             return i % d == 0
         case "lower": return v.text == v.text.lowercased()
         case "upper": return v.text == v.text.uppercased()

@@ -94,12 +94,15 @@ enum PreTokenization {
         /// `'s|'t|'re|'ve|'m|'ll|'d` at `pos` (optionally ignoring case): the length matched, or 0.
         func contraction(at pos: Int, ignoringCase: Bool) -> Int {
             guard cpt(pos) == 0x27, pos + 1 < piece.upperBound else { return 0 }
-            func lower(_ v: UInt32?) -> UInt32? { ignoringCase ? v.map { (0x41...0x5A).contains($0) ? $0 + 32 : $0 } : v }
+            func lower(_ v: UInt32?) -> UInt32? {
+                ignoringCase ? v.map { (0x41...0x5A).contains($0) ? $0 + 32 : $0 } : v
+            }
             let n1 = lower(cpt(pos + 1))
             if n1 == 0x73 || n1 == 0x74 || n1 == 0x6D || n1 == 0x64 { return 2 }  // s t m d
             guard pos + 2 < piece.upperBound else { return 0 }
             let n2 = lower(cpt(pos + 2))
-            return (n1 == 0x72 && n2 == 0x65) || (n1 == 0x76 && n2 == 0x65) || (n1 == 0x6C && n2 == 0x6C) ? 3 : 0  // re ve ll
+            // re ve ll
+            return (n1 == 0x72 && n2 == 0x65) || (n1 == 0x76 && n2 == 0x65) || (n1 == 0x6C && n2 == 0x6C) ? 3 : 0
         }
 
         /// `\s+(?!\S)|\s+` at `pos`, else one character: where the word ends.

@@ -45,7 +45,8 @@ public struct Tokenizer: Sendable {
             throw InferenceError(.modelMalformed, "tokenizer.ggml.model is missing")
         }
         guard model == "gpt2" else {
-            throw InferenceError(.modelUnsupported, "tokenizer '\(model)' is not supported (byte-level BPE, 'gpt2', is)")
+            throw InferenceError(
+                .modelUnsupported, "tokenizer '\(model)' is not supported (byte-level BPE, 'gpt2', is)")
         }
         guard let tokenValues = gguf.metadata["tokenizer.ggml.tokens"]?.array, !tokenValues.isEmpty else {
             throw InferenceError(.modelMalformed, "tokenizer.ggml.tokens is missing or empty")
@@ -53,13 +54,17 @@ public struct Tokenizer: Sendable {
         var tokens = [String]()
         tokens.reserveCapacity(tokenValues.count)
         for v in tokenValues {
-            guard let s = v.string else { throw InferenceError(.modelMalformed, "tokenizer.ggml.tokens holds a non-string") }
+            guard let s = v.string else {
+                throw InferenceError(.modelMalformed, "tokenizer.ggml.tokens holds a non-string")
+            }
             tokens.append(s)
         }
         var types = [TokenType](repeating: .normal, count: tokens.count)
         if let typeValues = gguf.metadata["tokenizer.ggml.token_type"]?.array {
             guard typeValues.count == tokens.count else {
-                throw InferenceError(.modelMalformed, "tokenizer.ggml.token_type has \(typeValues.count) entries for \(tokens.count) tokens")
+                throw InferenceError(
+                    .modelMalformed,
+                    "tokenizer.ggml.token_type has \(typeValues.count) entries for \(tokens.count) tokens")
             }
             for (i, v) in typeValues.enumerated() { types[i] = v.int.flatMap(TokenType.init(rawValue:)) ?? .undefined }
         }
@@ -67,7 +72,9 @@ public struct Tokenizer: Sendable {
         if let mergeValues = gguf.metadata["tokenizer.ggml.merges"]?.array {
             merges.reserveCapacity(mergeValues.count)
             for (rank, v) in mergeValues.enumerated() {
-                guard let s = v.string else { throw InferenceError(.modelMalformed, "tokenizer.ggml.merges holds a non-string") }
+                guard let s = v.string else {
+                    throw InferenceError(.modelMalformed, "tokenizer.ggml.merges holds a non-string")
+                }
                 // "left right"; the separator is the first space after the first character.
                 let scalars = Array(s.unicodeScalars)
                 guard let split = scalars.indices.dropFirst().first(where: { scalars[$0] == " " }) else {
@@ -82,33 +89,43 @@ public struct Tokenizer: Sendable {
             }
         }
         let preName = gguf.string("tokenizer.ggml.pre") ?? "gpt2"
-        let pre: PreTokenizer? = switch preName {
-        case "smollm", "starcoder", "refact", "codeshell", "exaone": .smollm
-        case "gpt2", "gpt-2", "phi-2", "jina-es", "jina-de", "roberta-bpe": .gpt2
-        case "qwen2", "deepseek-r1-qwen": .qwen2
-        case "llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral": .llama3
-        default: nil
-        }
+        let pre: PreTokenizer? =
+            switch preName {
+            case "smollm", "starcoder", "refact", "codeshell", "exaone": .smollm
+            case "gpt2", "gpt-2", "phi-2", "jina-es", "jina-de", "roberta-bpe": .gpt2
+            case "qwen2", "deepseek-r1-qwen": .qwen2
+            case "llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral": .llama3
+            default: nil
+            }
         guard let pre else {
-            throw InferenceError(.modelUnsupported, "pre-tokenizer '\(preName)' is not supported (smollm, gpt2, qwen2, llama3 families are)")
+            throw InferenceError(
+                .modelUnsupported,
+                "pre-tokenizer '\(preName)' is not supported (smollm, gpt2, qwen2, llama3 families are)")
         }
         preTokenizer = pre
         func tokenID(_ key: String) throws(InferenceError) -> Int? {
             guard let id = gguf.int(key) else { return nil }
-            guard id >= 0, id < tokens.count else { throw InferenceError(.modelMalformed, "\(key) \(id) is outside the vocabulary") }
+            guard id >= 0, id < tokens.count else {
+                throw InferenceError(.modelMalformed, "\(key) \(id) is outside the vocabulary")
+            }
             return id
         }
         bos = try tokenID("tokenizer.ggml.bos_token_id")
         eos = try tokenID("tokenizer.ggml.eos_token_id")
         addBOS = gguf.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false
-        if addBOS, bos == nil { throw InferenceError(.modelMalformed, "add_bos_token is set but there is no BOS token") }
+        if addBOS, bos == nil {
+            throw InferenceError(.modelMalformed, "add_bos_token is set but there is no BOS token")
+        }
         var eog = Set<Int>()
         if let eos { eog.insert(eos) }
         if let eot = try tokenID("tokenizer.ggml.eot_token_id") { eog.insert(eot) }
         if let eom = try tokenID("tokenizer.ggml.eom_token_id") { eog.insert(eom) }
         // Chat models end a turn with one of these even when EOS names another token.
         for (i, t) in tokens.enumerated() where types[i] == .control || types[i] == .userDefined {
-            if ["<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>", "<|end_of_text|>", "<|eom_id|>"].contains(t) {
+            if [
+                "<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<end_of_turn>", "<|end_of_text|>",
+                "<|eom_id|>",
+            ].contains(t) {
                 eog.insert(i)
             }
         }
@@ -154,7 +171,9 @@ public struct Tokenizer: Sendable {
         for special in specials where parseSpecial || !special.control {
             var next = [Fragment]()
             for fragment in fragments {
-                guard case .text(let raw) = fragment, raw.count >= special.text.count else { next.append(fragment); continue }
+                guard case .text(let raw) = fragment, raw.count >= special.text.count else {
+                    next.append(fragment); continue
+                }
                 var start = 0
                 var i = 0
                 let needle = special.text
@@ -201,7 +220,9 @@ public struct Tokenizer: Sendable {
         while symbols.count > 1 {
             var best: (rank: Int, index: Int)?
             for i in 0..<(symbols.count - 1) {
-                if let rank = mergeRanks[MergePair(left: symbols[i], right: symbols[i + 1])], best == nil || rank < best!.rank {
+                if let rank = mergeRanks[MergePair(left: symbols[i], right: symbols[i + 1])],
+                    best == nil || rank < best!.rank
+                {
                     best = (rank, i)
                 }
             }

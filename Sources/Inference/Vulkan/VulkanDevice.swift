@@ -19,7 +19,8 @@ public struct VulkanDeviceInfo: Sendable, Equatable {
 
     public var summary: String {
         let gib = Double(deviceLocalBytes) / Double(1 << 30)
-        return "\(index): \(name) (\(type), Vulkan \(apiVersion), driver \(driverName)\(driverInfo.isEmpty ? "" : " \(driverInfo)"), "
+        return
+            "\(index): \(name) (\(type), Vulkan \(apiVersion), driver \(driverName)\(driverInfo.isEmpty ? "" : " \(driverInfo)"), "
             + String(format: "%.1f GiB device-local", gib) + (hasComputeQueue ? "" : ", no compute queue") + ")"
     }
 }
@@ -65,8 +66,10 @@ public final class VulkanInstance: @unchecked Sendable {
         switch result {
         case VK_SUCCESS: break
         case VK_ERROR_INCOMPATIBLE_DRIVER, VK_ERROR_INITIALIZATION_FAILED:
-            throw InferenceError(.vulkanNoDriver, "no usable Vulkan driver (\(vkResultName(result))): install your GPU's Vulkan driver, "
-                                 + "or mesa-vulkan-drivers for a CPU device; VK_ICD_FILENAMES selects a driver manifest")
+            throw InferenceError(
+                .vulkanNoDriver,
+                "no usable Vulkan driver (\(vkResultName(result))): install your GPU's Vulkan driver, "
+                    + "or mesa-vulkan-drivers for a CPU device; VK_ICD_FILENAMES selects a driver manifest")
         default:
             throw InferenceError(.vulkanNoDriver, "vkCreateInstance failed: \(vkResultName(result))")
         }
@@ -105,18 +108,23 @@ public final class VulkanInstance: @unchecked Sendable {
                 props2.pNext = UnsafeMutableRawPointer(driverPointer)
                 vkGetPhysicalDeviceProperties2(device, &props2)
             }
-            driverName = withUnsafeBytes(of: driver.driverName) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            driverInfo = withUnsafeBytes(of: driver.driverInfo) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            driverName = withUnsafeBytes(of: driver.driverName) {
+                String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+            }
+            driverInfo = withUnsafeBytes(of: driver.driverInfo) {
+                String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+            }
         } else {
             driverName = "driver version \(props.driverVersion)"
         }
-        let type = switch props.deviceType {
-        case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: "discrete GPU"
-        case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: "integrated GPU"
-        case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: "virtual GPU"
-        case VK_PHYSICAL_DEVICE_TYPE_CPU: "CPU"
-        default: "other"
-        }
+        let type =
+            switch props.deviceType {
+            case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: "discrete GPU"
+            case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: "integrated GPU"
+            case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: "virtual GPU"
+            case VK_PHYSICAL_DEVICE_TYPE_CPU: "CPU"
+            default: "other"
+            }
         var memory = VkPhysicalDeviceMemoryProperties()
         vkGetPhysicalDeviceMemoryProperties(device, &memory)
         var deviceLocal: UInt64 = 0
@@ -125,13 +133,16 @@ public final class VulkanInstance: @unchecked Sendable {
             let heaps = raw.bindMemory(to: VkMemoryHeap.self)
             for i in 0..<Int(memory.memoryHeapCount) {
                 total += heaps[i].size
-                if heaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT.rawValue != 0 { deviceLocal = max(deviceLocal, heaps[i].size) }
+                if heaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT.rawValue != 0 {
+                    deviceLocal = max(deviceLocal, heaps[i].size)
+                }
             }
         }
-        return VulkanDeviceInfo(index: index, name: name, type: type, apiVersion: apiText, driverName: driverName, driverInfo: driverInfo,
-                                vendorID: props.vendorID, deviceLocalBytes: deviceLocal, totalBytes: total,
-                                hasComputeQueue: computeQueueFamily(device) != nil,
-                                maxStorageBufferRange: props.limits.maxStorageBufferRange)
+        return VulkanDeviceInfo(
+            index: index, name: name, type: type, apiVersion: apiText, driverName: driverName, driverInfo: driverInfo,
+            vendorID: props.vendorID, deviceLocalBytes: deviceLocal, totalBytes: total,
+            hasComputeQueue: computeQueueFamily(device) != nil,
+            maxStorageBufferRange: props.limits.maxStorageBufferRange)
     }
 
     static func computeQueueFamily(_ device: VkPhysicalDevice) -> UInt32? {
@@ -142,7 +153,9 @@ public final class VulkanInstance: @unchecked Sendable {
         // Prefer a compute-only family (an async compute queue), else any with compute.
         let compute = VK_QUEUE_COMPUTE_BIT.rawValue
         let graphics = VK_QUEUE_GRAPHICS_BIT.rawValue
-        if let i = families.firstIndex(where: { $0.queueFlags & compute != 0 && $0.queueFlags & graphics == 0 }) { return UInt32(i) }
+        if let i = families.firstIndex(where: { $0.queueFlags & compute != 0 && $0.queueFlags & graphics == 0 }) {
+            return UInt32(i)
+        }
         if let i = families.firstIndex(where: { $0.queueFlags & compute != 0 }) { return UInt32(i) }
         return nil
     }
@@ -170,18 +183,24 @@ public final class VulkanDevice: @unchecked Sendable {
         self.instance = instance
         let all = try instance.physicalDevices()
         guard !all.isEmpty else {
-            throw InferenceError(.vulkanNoDevice, "the Vulkan loader reports no devices: install a driver (mesa-vulkan-drivers for a CPU device)")
+            throw InferenceError(
+                .vulkanNoDevice,
+                "the Vulkan loader reports no devices: install a driver (mesa-vulkan-drivers for a CPU device)")
         }
         let infos = all.enumerated().map { VulkanInstance.describe($1, index: $0) }
         let chosen: Int
         if let index {
             guard infos.indices.contains(index) else {
-                throw InferenceError(.vulkanNoDevice, "no Vulkan device \(index); there are \(infos.count): "
-                                     + infos.map(\.summary).joined(separator: "; "))
+                throw InferenceError(
+                    .vulkanNoDevice,
+                    "no Vulkan device \(index); there are \(infos.count): "
+                        + infos.map(\.summary).joined(separator: "; "))
             }
             chosen = index
         } else {
-            let rank: (VulkanDeviceInfo) -> Int = { ["discrete GPU": 0, "integrated GPU": 1, "virtual GPU": 2, "CPU": 3][$0.type] ?? 4 }
+            let rank: (VulkanDeviceInfo) -> Int = {
+                ["discrete GPU": 0, "integrated GPU": 1, "virtual GPU": 2, "CPU": 3][$0.type] ?? 4
+            }
             guard let best = infos.filter(\.hasComputeQueue).min(by: { rank($0) < rank($1) }) else {
                 throw InferenceError(.vulkanNoDevice, "no Vulkan device has a compute queue")
             }
@@ -271,9 +290,14 @@ public final class VulkanDevice: @unchecked Sendable {
     public var maxBufferBytes: Int { Int(limits.maxStorageBufferRange) }
 
     func memoryType(bits: UInt32, required: UInt32, preferred: UInt32 = 0) -> UInt32? {
-        let types = withUnsafeBytes(of: memory.memoryTypes) { Array($0.bindMemory(to: VkMemoryType.self).prefix(Int(memory.memoryTypeCount))) }
-        let candidates = types.indices.filter { bits & (1 << UInt32($0)) != 0 && types[$0].propertyFlags & required == required }
-        return candidates.first { types[$0].propertyFlags & preferred == preferred }.map(UInt32.init) ?? candidates.first.map(UInt32.init)
+        let types = withUnsafeBytes(of: memory.memoryTypes) {
+            Array($0.bindMemory(to: VkMemoryType.self).prefix(Int(memory.memoryTypeCount)))
+        }
+        let candidates = types.indices.filter {
+            bits & (1 << UInt32($0)) != 0 && types[$0].propertyFlags & required == required
+        }
+        return candidates.first { types[$0].propertyFlags & preferred == preferred }.map(UInt32.init)
+            ?? candidates.first.map(UInt32.init)
     }
 
     func memoryTypeFlags(_ index: UInt32) -> UInt32 {

@@ -24,7 +24,8 @@ public final class VulkanBuffer: @unchecked Sendable {
         var info = VkBufferCreateInfo()
         info.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO
         info.size = VkDeviceSize(self.size)
-        info.usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT.rawValue | VK_BUFFER_USAGE_TRANSFER_SRC_BIT.rawValue
+        info.usage =
+            VK_BUFFER_USAGE_STORAGE_BUFFER_BIT.rawValue | VK_BUFFER_USAGE_TRANSFER_SRC_BIT.rawValue
             | VK_BUFFER_USAGE_TRANSFER_DST_BIT.rawValue
         info.sharingMode = VK_SHARING_MODE_EXCLUSIVE
         var buffer: VkBuffer?
@@ -36,14 +37,21 @@ public final class VulkanBuffer: @unchecked Sendable {
         let localBit = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT.rawValue
         // Candidates in order of preference. Device buffers fall back to host-visible memory
         // when device-local memory runs out: slower, but the model still loads.
-        let candidates: [UInt32?] = switch placement {
-        case .device:
-            [device.memoryType(bits: requirements.memoryTypeBits, required: localBit),
-             device.memoryType(bits: requirements.memoryTypeBits, required: hostBits),
-             device.memoryType(bits: requirements.memoryTypeBits, required: 0)]
-        case .host:
-            [device.memoryType(bits: requirements.memoryTypeBits, required: hostBits, preferred: VK_MEMORY_PROPERTY_HOST_CACHED_BIT.rawValue)]
-        }
+        let candidates: [UInt32?] =
+            switch placement {
+            case .device:
+                [
+                    device.memoryType(bits: requirements.memoryTypeBits, required: localBit),
+                    device.memoryType(bits: requirements.memoryTypeBits, required: hostBits),
+                    device.memoryType(bits: requirements.memoryTypeBits, required: 0),
+                ]
+            case .host:
+                [
+                    device.memoryType(
+                        bits: requirements.memoryTypeBits, required: hostBits,
+                        preferred: VK_MEMORY_PROPERTY_HOST_CACHED_BIT.rawValue)
+                ]
+            }
         var chosen: (type: UInt32, memory: VkDeviceMemory)?
         var lastFailure = VK_ERROR_OUT_OF_DEVICE_MEMORY
         var tried = Set<UInt32>()
@@ -62,7 +70,9 @@ public final class VulkanBuffer: @unchecked Sendable {
         }
         guard let chosen else {
             vkDestroyBuffer(device.handle, handle, nil)
-            throw InferenceError(.vulkanFailed, "allocating \(self.size) bytes of \(placement) memory failed: \(vkResultName(lastFailure))")
+            throw InferenceError(
+                .vulkanFailed,
+                "allocating \(self.size) bytes of \(placement) memory failed: \(vkResultName(lastFailure))")
         }
         let type = chosen.type
         let mem: VkDeviceMemory? = chosen.memory
@@ -97,7 +107,9 @@ public final class VulkanKernel: @unchecked Sendable {
     /// Descriptor sets already made, by the buffers they bind.
     var sets: [[ObjectIdentifier]: VkDescriptorSet] = [:]
 
-    init(device: VulkanDevice, name: String, spirv: [UInt32], bindings: Int, specialization: [UInt32] = []) throws(InferenceError) {
+    init(device: VulkanDevice, name: String, spirv: [UInt32], bindings: Int, specialization: [UInt32] = [])
+        throws(InferenceError)
+    {
         self.device = device
         self.name = name
         self.bindings = bindings
@@ -114,8 +126,9 @@ public final class VulkanKernel: @unchecked Sendable {
         module = shaderModule
 
         var layoutBindings = (0..<bindings).map { i in
-            VkDescriptorSetLayoutBinding(binding: UInt32(i), descriptorType: VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount: 1,
-                                         stageFlags: VK_SHADER_STAGE_COMPUTE_BIT.rawValue, pImmutableSamplers: nil)
+            VkDescriptorSetLayoutBinding(
+                binding: UInt32(i), descriptorType: VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, descriptorCount: 1,
+                stageFlags: VK_SHADER_STAGE_COMPUTE_BIT.rawValue, pImmutableSamplers: nil)
         }
         var setInfo = VkDescriptorSetLayoutCreateInfo()
         setInfo.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO
@@ -154,8 +167,10 @@ public final class VulkanKernel: @unchecked Sendable {
         let pMade: VkResult = "main".withCString { entry in
             entries.withUnsafeMutableBufferPointer { entryPointer in
                 values.withUnsafeMutableBytes { valuePointer in
-                    var spec = VkSpecializationInfo(mapEntryCount: UInt32(specialization.count), pMapEntries: UnsafePointer(entryPointer.baseAddress),
-                                                    dataSize: specialization.count * 4, pData: UnsafeRawPointer(valuePointer.baseAddress))
+                    var spec = VkSpecializationInfo(
+                        mapEntryCount: UInt32(specialization.count),
+                        pMapEntries: UnsafePointer(entryPointer.baseAddress),
+                        dataSize: specialization.count * 4, pData: UnsafeRawPointer(valuePointer.baseAddress))
                     return withUnsafePointer(to: &spec) { specPointer in
                         var stage = VkPipelineShaderStageCreateInfo()
                         stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO
@@ -199,7 +214,9 @@ public final class VulkanKernel: @unchecked Sendable {
             return vkAllocateDescriptorSets(device.handle, &allocInfo, &set)
         }
         try vkCheck(made, "vkAllocateDescriptorSets(\(name))")
-        var infos = buffers.map { VkDescriptorBufferInfo(buffer: $0.handle, offset: 0, range: VkDeviceSize(VK_WHOLE_SIZE)) }
+        var infos = buffers.map {
+            VkDescriptorBufferInfo(buffer: $0.handle, offset: 0, range: VkDeviceSize(VK_WHOLE_SIZE))
+        }
         infos.withUnsafeMutableBufferPointer { infoPointer in
             var writes = (0..<buffers.count).map { i -> VkWriteDescriptorSet in
                 var w = VkWriteDescriptorSet()
@@ -251,19 +268,25 @@ public final class VulkanCommands: @unchecked Sendable {
         var b = VkMemoryBarrier()
         b.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER
         b.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT.rawValue | VK_ACCESS_TRANSFER_WRITE_BIT.rawValue
-        b.dstAccessMask = VK_ACCESS_SHADER_READ_BIT.rawValue | VK_ACCESS_SHADER_WRITE_BIT.rawValue | VK_ACCESS_TRANSFER_READ_BIT.rawValue
+        b.dstAccessMask =
+            VK_ACCESS_SHADER_READ_BIT.rawValue | VK_ACCESS_SHADER_WRITE_BIT.rawValue
+            | VK_ACCESS_TRANSFER_READ_BIT.rawValue
             | VK_ACCESS_TRANSFER_WRITE_BIT.rawValue
         let stages = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT.rawValue | VK_PIPELINE_STAGE_TRANSFER_BIT.rawValue
         vkCmdPipelineBarrier(buffer, stages, stages, 0, 1, &b, 0, nil, 0, nil)
     }
 
     func copy(_ from: VulkanBuffer, _ to: VulkanBuffer, bytes: Int, fromOffset: Int = 0, toOffset: Int = 0) {
-        var region = VkBufferCopy(srcOffset: VkDeviceSize(fromOffset), dstOffset: VkDeviceSize(toOffset), size: VkDeviceSize(bytes))
+        var region = VkBufferCopy(
+            srcOffset: VkDeviceSize(fromOffset), dstOffset: VkDeviceSize(toOffset), size: VkDeviceSize(bytes))
         vkCmdCopyBuffer(buffer, from.handle, to.handle, 1, &region)
     }
 
     /// Records `kernel` over `groups` workgroups, after a barrier unless `after` is false.
-    func dispatch(_ kernel: VulkanKernel, _ buffers: [VulkanBuffer], push: [UInt32], groups: (Int, Int, Int), barrier before: Bool = true)
+    func dispatch(
+        _ kernel: VulkanKernel, _ buffers: [VulkanBuffer], push: [UInt32], groups: (Int, Int, Int),
+        barrier before: Bool = true
+    )
         throws(InferenceError)
     {
         precondition(push.count <= 32)
@@ -273,7 +296,8 @@ public final class VulkanCommands: @unchecked Sendable {
         vkCmdBindDescriptorSets(buffer, VK_PIPELINE_BIND_POINT_COMPUTE, kernel.layout, 0, 1, &set, 0, nil)
         if !push.isEmpty {
             push.withUnsafeBytes { raw in
-                vkCmdPushConstants(buffer, kernel.layout, VK_SHADER_STAGE_COMPUTE_BIT.rawValue, 0, UInt32(raw.count), raw.baseAddress)
+                vkCmdPushConstants(
+                    buffer, kernel.layout, VK_SHADER_STAGE_COMPUTE_BIT.rawValue, 0, UInt32(raw.count), raw.baseAddress)
             }
         }
         vkCmdDispatch(buffer, UInt32(groups.0), UInt32(groups.1), UInt32(groups.2))
@@ -304,9 +328,13 @@ extension VulkanDevice {
         try VulkanBuffer(device: self, size: bytes, placement: placement)
     }
 
-    func makeKernel(_ name: String, bindings: Int, specialization: [UInt32] = []) throws(InferenceError) -> VulkanKernel {
-        guard let code = EmbeddedShaders.spirv(name) else { throw InferenceError(.vulkanFailed, "shader \(name) is not embedded") }
-        return try VulkanKernel(device: self, name: name, spirv: code, bindings: bindings, specialization: specialization)
+    func makeKernel(_ name: String, bindings: Int, specialization: [UInt32] = []) throws(InferenceError) -> VulkanKernel
+    {
+        guard let code = EmbeddedShaders.spirv(name) else {
+            throw InferenceError(.vulkanFailed, "shader \(name) is not embedded")
+        }
+        return try VulkanKernel(
+            device: self, name: name, spirv: code, bindings: bindings, specialization: specialization)
     }
 
     func makeCommands() throws(InferenceError) -> VulkanCommands { try VulkanCommands(device: self) }
@@ -336,7 +364,9 @@ extension VulkanDevice {
 extension EmbeddedShaders {
     /// The SPIR-V words of shader `name`.
     static func spirv(_ name: String) -> [UInt32]? {
-        guard let base64 = modules[name], let data = Data(base64Encoded: base64), data.count % 4 == 0 else { return nil }
+        guard let base64 = modules[name], let data = Data(base64Encoded: base64), data.count % 4 == 0 else {
+            return nil
+        }
         return data.withUnsafeBytes { Array($0.bindMemory(to: UInt32.self)) }
     }
 }

@@ -59,7 +59,8 @@ public struct Collateral: Sendable, Equatable {
         func hex(_ key: CodingKeys) -> Result<[UInt8], Reason> {
             text(key).flatMap { value in
                 guard let data = Data(hex: value.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-                    return .failure(Reason(.evidenceMalformed, "tdx.collateral", "collateral '\(key.rawValue)' is not hex"))
+                    return .failure(
+                        Reason(.evidenceMalformed, "tdx.collateral", "collateral '\(key.rawValue)' is not hex"))
                 }
                 return .success([UInt8](data))
             }
@@ -70,7 +71,8 @@ public struct Collateral: Sendable, Equatable {
                     pckCRLIssuerChain: try text(.pckCRLIssuerChain).get(), rootCACRL: try hex(.rootCACRL).get(),
                     pckCRL: try hex(.pckCRL).get(), tcbInfoIssuerChain: try text(.tcbInfoIssuerChain).get(),
                     tcbInfo: try text(.tcbInfo).get(), tcbInfoSignature: try hex(.tcbInfoSignature).get(),
-                    qeIdentityIssuerChain: try text(.qeIdentityIssuerChain).get(), qeIdentity: try text(.qeIdentity).get(),
+                    qeIdentityIssuerChain: try text(.qeIdentityIssuerChain).get(),
+                    qeIdentity: try text(.qeIdentity).get(),
                     qeIdentitySignature: try hex(.qeIdentitySignature).get()))
         } catch {
             return .failure(error)
@@ -80,10 +82,12 @@ public struct Collateral: Sendable, Equatable {
     /// Intel's field names with binary values in hex: the envelope's and the bundle's form.
     public var fields: [String: String] {
         [
-            CodingKeys.pckCRLIssuerChain.rawValue: pckCRLIssuerChain, CodingKeys.rootCACRL.rawValue: Data(rootCACRL).hex,
+            CodingKeys.pckCRLIssuerChain.rawValue: pckCRLIssuerChain,
+            CodingKeys.rootCACRL.rawValue: Data(rootCACRL).hex,
             CodingKeys.pckCRL.rawValue: Data(pckCRL).hex, CodingKeys.tcbInfoIssuerChain.rawValue: tcbInfoIssuerChain,
             CodingKeys.tcbInfo.rawValue: tcbInfo, CodingKeys.tcbInfoSignature.rawValue: Data(tcbInfoSignature).hex,
-            CodingKeys.qeIdentityIssuerChain.rawValue: qeIdentityIssuerChain, CodingKeys.qeIdentity.rawValue: qeIdentity,
+            CodingKeys.qeIdentityIssuerChain.rawValue: qeIdentityIssuerChain,
+            CodingKeys.qeIdentity.rawValue: qeIdentity,
             CodingKeys.qeIdentitySignature.rawValue: Data(qeIdentitySignature).hex,
         ]
     }
@@ -94,7 +98,9 @@ extension Collateral {
     /// length: what an audit entry names when a decision rested on cached collateral.
     public var sha256: String {
         var bytes = [UInt8]()
-        for part in [Array(tcbInfo.utf8), tcbInfoSignature, Array(qeIdentity.utf8), qeIdentitySignature, pckCRL, rootCACRL] {
+        for part in [
+            Array(tcbInfo.utf8), tcbInfoSignature, Array(qeIdentity.utf8), qeIdentitySignature, pckCRL, rootCACRL,
+        ] {
             bytes += withUnsafeBytes(of: UInt32(part.count).bigEndian, Array.init) + part
         }
         return HashAlgorithm.sha256.hash(bytes).hex

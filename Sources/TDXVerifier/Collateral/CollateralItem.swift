@@ -5,7 +5,9 @@ import Foundation
 /// and FMSPC), QE identity (per TEE type), a PCK CRL (per CA) or the root CA CRL. Each has its own
 /// issue date and `nextUpdate`, so each is stored, replaced and expired on its own.
 public struct CollateralItem: Codable, Sendable, Equatable {
-    public enum Kind: String, Codable, Sendable { case tcbInfo = "tcb-info", qeIdentity = "qe-identity", pckCRL = "pck-crl", rootCACRL = "root-ca-crl" }
+    public enum Kind: String, Codable, Sendable {
+        case tcbInfo = "tcb-info", qeIdentity = "qe-identity", pckCRL = "pck-crl", rootCACRL = "root-ca-crl"
+    }
 
     public let kind: Kind
     /// `tcb-info/tdx/b0c06f000000`, `qe-identity/tdx`, `pck-crl/platform`, `root-ca-crl`.
@@ -46,13 +48,15 @@ public struct CollateralItem: Codable, Sendable, Equatable {
         let qeTEE = qe.id == "TD_QE" ? "tdx" : "sgx"
         return .success([
             CollateralItem(
-                kind: .tcbInfo, key: "tcb-info/\(tee)/\(Data(tcb.fmspc).hex)", issueDate: tcb.issueDate, nextUpdate: tcb.nextUpdate,
+                kind: .tcbInfo, key: "tcb-info/\(tee)/\(Data(tcb.fmspc).hex)", issueDate: tcb.issueDate,
+                nextUpdate: tcb.nextUpdate,
                 fields: pick([.tcbInfo, .tcbInfoSignature, .tcbInfoIssuerChain])),
             CollateralItem(
                 kind: .qeIdentity, key: "qe-identity/\(qeTEE)", issueDate: qe.issueDate, nextUpdate: qe.nextUpdate,
                 fields: pick([.qeIdentity, .qeIdentitySignature, .qeIdentityIssuerChain])),
             CollateralItem(
-                kind: .pckCRL, key: "pck-crl/\(caName(pckCRL.issuer))", issueDate: pckCRL.thisUpdate, nextUpdate: pckCRL.nextUpdate,
+                kind: .pckCRL, key: "pck-crl/\(caName(pckCRL.issuer))", issueDate: pckCRL.thisUpdate,
+                nextUpdate: pckCRL.nextUpdate,
                 fields: pick([.pckCRL, .pckCRLIssuerChain])),
             CollateralItem(
                 kind: .rootCACRL, key: "root-ca-crl", issueDate: rootCRL.thisUpdate, nextUpdate: rootCRL.nextUpdate,
@@ -67,11 +71,17 @@ public struct CollateralItem: Codable, Sendable, Equatable {
     ///
     /// Threat: cache poisoning. An unverified item with a far-future issue date would shadow the
     /// genuine one for every platform; only verified items are stored.
-    public static func verifiedSplit(_ c: Collateral, roots: Set<String>, at time: Date) -> Result<[CollateralItem], Reason> {
+    public static func verifiedSplit(_ c: Collateral, roots: Set<String>, at time: Date) -> Result<
+        [CollateralItem], Reason
+    > {
         let check = ChainCheck(pinnedFingerprints: roots)
-        func signed(_ chainPEM: String, _ text: String, _ signature: [UInt8], _ name: String) -> Result<Certificate, Reason> {
-            TCBSigner.verify(text, signature: signature, chainPEM: chainPEM, name: name, check: check, at: time, rootCRL: nil)
-                .map { $0[1] }
+        func signed(_ chainPEM: String, _ text: String, _ signature: [UInt8], _ name: String) -> Result<
+            Certificate, Reason
+        > {
+            TCBSigner.verify(
+                text, signature: signature, chainPEM: chainPEM, name: name, check: check, at: time, rootCRL: nil
+            )
+            .map { $0[1] }
         }
         let root: Certificate
         switch signed(c.tcbInfoIssuerChain, c.tcbInfo, c.tcbInfoSignature, "TCB info") {
@@ -87,10 +97,16 @@ public struct CollateralItem: Codable, Sendable, Equatable {
             let pckCRL = try Memo.crl(der: c.pckCRL)
             let rootCRL = try Memo.crl(der: c.rootCACRL)
             guard pckCRL.isIssued(by: crlChain[0]), pckCRL.isSigned(by: crlChain[0].publicKey) else {
-                return .failure(Reason(.collateralSignatureInvalid, "tdx.collateral.pck-crl", "the PCK CRL is not signed by its issuer chain"))
+                return .failure(
+                    Reason(
+                        .collateralSignatureInvalid, "tdx.collateral.pck-crl",
+                        "the PCK CRL is not signed by its issuer chain"))
             }
             guard rootCRL.isIssued(by: root), rootCRL.isSigned(by: root.publicKey) else {
-                return .failure(Reason(.collateralSignatureInvalid, "tdx.collateral.root-crl", "the root CA CRL is not signed by the root"))
+                return .failure(
+                    Reason(
+                        .collateralSignatureInvalid, "tdx.collateral.root-crl",
+                        "the root CA CRL is not signed by the root"))
             }
         } catch {
             return .failure(Reason(.evidenceMalformed, "tdx.collateral.crl", "\(error)"))
@@ -98,7 +114,9 @@ public struct CollateralItem: Codable, Sendable, Equatable {
         return split(c).flatMap { items in
             for item in items where item.issueDate > time.addingTimeInterval(86_400) {
                 return .failure(
-                    Reason(.collateralExpired, "tdx.collateral", "\(item.key) claims to be issued \(item.issueDate.rfc3339), in the future"))
+                    Reason(
+                        .collateralExpired, "tdx.collateral",
+                        "\(item.key) claims to be issued \(item.issueDate.rfc3339), in the future"))
             }
             return .success(items)
         }
@@ -107,7 +125,10 @@ public struct CollateralItem: Codable, Sendable, Equatable {
     /// The item keys a quote with this platform needs.
     public static func keys(for key: CollateralKey) -> [String] {
         let tee = key.tee == .tdx ? "tdx" : "sgx"
-        return ["tcb-info/\(tee)/\(Data(key.fmspc).hex)", "qe-identity/\(tee)", "pck-crl/\(caName(key.pckIssuer))", "root-ca-crl"]
+        return [
+            "tcb-info/\(tee)/\(Data(key.fmspc).hex)", "qe-identity/\(tee)", "pck-crl/\(caName(key.pckIssuer))",
+            "root-ca-crl",
+        ]
     }
 
     /// A collateral set from its items; nil when one is missing.

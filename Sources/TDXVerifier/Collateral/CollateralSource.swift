@@ -35,7 +35,8 @@ extension DCAPQuote {
     /// `roots` at `time`: what a cache or a PCCS is asked for. Nil otherwise, so that forged
     /// chains cannot make the gateway fetch for made-up platforms.
     public func collateralKey(roots: Set<String>, at time: Date) -> CollateralKey? {
-        guard let chain = try? Memo.chain(pemBytes: pckChainBytes), ChainCheck(pinnedFingerprints: roots).verify(chain, name: "PCK", at: time) == nil,
+        guard let chain = try? Memo.chain(pemBytes: pckChainBytes),
+            ChainCheck(pinnedFingerprints: roots).verify(chain, name: "PCK", at: time) == nil,
             let ext = chain[0].sgxExtension
         else { return nil }
         return CollateralKey(tee: tee, fmspc: ext.fmspc, pceID: ext.pceID, pckIssuer: chain[1].subject)

@@ -58,7 +58,9 @@ public struct TCBInfo: Sendable, Equatable {
         if version == 2 {
             kind = .sgx
         } else {
-            guard let id = object.string("id"), let k = Kind(rawValue: id) else { return .failure(bad("id must be SGX or TDX")) }
+            guard let id = object.string("id"), let k = Kind(rawValue: id) else {
+                return .failure(bad("id must be SGX or TDX"))
+            }
             kind = k
         }
         guard let issue = object.date("issueDate"), let next = object.date("nextUpdate") else {
@@ -67,7 +69,9 @@ public struct TCBInfo: Sendable, Equatable {
         guard let fmspc = object.hex("fmspc", bytes: 6), let pceID = object.hex("pceId", bytes: 2) else {
             return .failure(bad("fmspc (6 bytes) and pceId (2 bytes) are required"))
         }
-        guard let eval = object.int("tcbEvaluationDataNumber") else { return .failure(bad("tcbEvaluationDataNumber missing")) }
+        guard let eval = object.int("tcbEvaluationDataNumber") else {
+            return .failure(bad("tcbEvaluationDataNumber missing"))
+        }
         guard let levelObjects = object.objects("tcbLevels"), !levelObjects.isEmpty else {
             return .failure(bad("tcbLevels missing or empty"))
         }
@@ -99,7 +103,8 @@ public struct TCBInfo: Sendable, Equatable {
     }
 
     private static func level(_ object: JSONObject, version: Int, kind: Kind) -> Level? {
-        guard let tcb = object.object("tcb"), let date = object.date("tcbDate"), let status = object.string("tcbStatus") else {
+        guard let tcb = object.object("tcb"), let date = object.date("tcbDate"), let status = object.string("tcbStatus")
+        else {
             return nil
         }
         let advisories = object.strings("advisoryIDs") ?? []
@@ -127,7 +132,9 @@ public struct TCBInfo: Sendable, Equatable {
                 tdx = values
             }
         }
-        return Level(sgxComponents: sgx, pceSVN: pceSVN, tdxComponents: tdx, tcbDate: date, status: status, advisoryIDs: advisories)
+        return Level(
+            sgxComponents: sgx, pceSVN: pceSVN, tdxComponents: tdx, tcbDate: date, status: status,
+            advisoryIDs: advisories)
     }
 
     private static func module(_ object: JSONObject, id: String) -> ModuleIdentity? {
@@ -146,7 +153,8 @@ public struct TCBInfo: Sendable, Equatable {
         guard let tcb = object.object("tcb"), let svn = tcb.int("isvsvn"), let date = object.date("tcbDate"),
             let status = object.string("tcbStatus")
         else { return nil }
-        return IdentityLevel(isvSVN: svn, tcbDate: date, status: status, advisoryIDs: object.strings("advisoryIDs") ?? [])
+        return IdentityLevel(
+            isvSVN: svn, tcbDate: date, status: status, advisoryIDs: object.strings("advisoryIDs") ?? [])
     }
 }
 
@@ -178,7 +186,8 @@ public struct QEIdentity: Sendable, Equatable {
             return .failure(bad("issueDate/nextUpdate missing or not RFC 3339"))
         }
         guard let misc = object.hex("miscselect", bytes: 4), let miscMask = object.hex("miscselectMask", bytes: 4),
-            let attributes = object.hex("attributes", bytes: 16), let attributesMask = object.hex("attributesMask", bytes: 16),
+            let attributes = object.hex("attributes", bytes: 16),
+            let attributesMask = object.hex("attributesMask", bytes: 16),
             let signer = object.hex("mrsigner", bytes: 32), let prod = object.int("isvprodid"),
             let eval = object.int("tcbEvaluationDataNumber")
         else { return .failure(bad("miscselect, attributes, masks, mrsigner, isvprodid are required")) }
@@ -193,7 +202,8 @@ public struct QEIdentity: Sendable, Equatable {
         return .success(
             QEIdentity(
                 id: id, version: version, issueDate: issue, nextUpdate: next, tcbEvaluationDataNumber: eval,
-                miscSelect: be(misc), miscSelectMask: be(miscMask), attributes: attributes, attributesMask: attributesMask,
+                miscSelect: be(misc), miscSelectMask: be(miscMask), attributes: attributes,
+                attributesMask: attributesMask,
                 mrSigner: signer, isvProdID: prod, levels: levels))
     }
 }

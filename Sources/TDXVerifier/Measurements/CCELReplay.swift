@@ -29,7 +29,8 @@ public enum CCELReplay {
             return .failure(Reason(.evidenceMalformed, "tdx.eventlog", "CCEL: \(error)"))
         }
         guard log.layout == .cryptoAgile, log.banks.contains(.sha384) else {
-            return .failure(Reason(.evidenceMalformed, "tdx.eventlog", "CCEL must be a crypto-agile log with SHA-384 digests"))
+            return .failure(
+                Reason(.evidenceMalformed, "tdx.eventlog", "CCEL must be a crypto-agile log with SHA-384 digests"))
         }
         var rtmrs = [Data](repeating: Data(count: 48), count: 4)
         var files = [MeasuredFile]()
@@ -37,7 +38,8 @@ public enum CCELReplay {
         for event in log.events where event.eventType != TCGEventLog.evNoAction {
             guard (1...4).contains(event.pcr) else { continue }
             guard let digest = event.digests[.sha384] else {
-                return .failure(Reason(.evidenceMalformed, "tdx.eventlog", "event \(event.index) has no SHA-384 digest"))
+                return .failure(
+                    Reason(.evidenceMalformed, "tdx.eventlog", "event \(event.index) has no SHA-384 digest"))
             }
             let rtmr = Int(event.pcr) - 1
             // Application measurements count only in RTMR3, the register the worker owns.
@@ -46,12 +48,16 @@ public enum CCELReplay {
             {
                 guard HashAlgorithm.sha384.hash(event.data) == digest else {
                     return .failure(
-                        Reason(.eventLogReplayMismatch, "tdx.eventlog", "event \(event.index): digest is not SHA-384 of its data"))
+                        Reason(
+                            .eventLogReplayMismatch, "tdx.eventlog",
+                            "event \(event.index): digest is not SHA-384 of its data"))
                 }
                 let parts = text.dropFirst(applicationPrefix.count).split(separator: " ", maxSplits: 1)
-                guard parts.count == 2, parts[0].hasPrefix("sha256:"), let hex = Data(hex: parts[0].dropFirst(7)), hex.count == 32
+                guard parts.count == 2, parts[0].hasPrefix("sha256:"), let hex = Data(hex: parts[0].dropFirst(7)),
+                    hex.count == 32
                 else {
-                    return .failure(Reason(.evidenceMalformed, "tdx.eventlog", "event \(event.index): bad application measurement"))
+                    return .failure(
+                        Reason(.evidenceMalformed, "tdx.eventlog", "event \(event.index): bad application measurement"))
                 }
                 files.append(MeasuredFile(path: String(parts[1]), algorithm: "sha256", digestHex: hex.hex, pcr: rtmr))
             }
@@ -97,7 +103,9 @@ public enum CCELReplay {
         replay(data).flatMap { summary in
             for i in 0..<4 where summary.rtmrs[i] != td.rtmr(i) {
                 return .failure(
-                    Reason(.eventLogReplayMismatch, "tdx.eventlog", "replaying the event log does not give the quoted RTMR\(i)"))
+                    Reason(
+                        .eventLogReplayMismatch, "tdx.eventlog",
+                        "replaying the event log does not give the quoted RTMR\(i)"))
             }
             return .success(summary)
         }
@@ -123,7 +131,8 @@ public enum CCELEncoder {
 
     /// One event extending register `mrIndex` (1–4: RTMR0–3) with `digest`.
     public static func event(mrIndex: UInt32, type: UInt32, digest: Data, data: Data) -> Data {
-        le32(mrIndex) + le32(type) + le32(1) + le16(HashAlgorithm.sha384.tpmAlgorithmID) + digest + le32(UInt32(data.count)) + data
+        le32(mrIndex) + le32(type) + le32(1) + le16(HashAlgorithm.sha384.tpmAlgorithmID) + digest
+            + le32(UInt32(data.count)) + data
     }
 
     /// An RTMR3 application measurement event (see `CCELReplay.applicationEvent`).

@@ -33,7 +33,9 @@ final class Certificate: @unchecked Sendable {
     }
 
     init(der: [UInt8]) throws(DecodeError) {
-        guard der.count <= Self.maxSize else { throw .invalid("certificate of \(der.count) bytes exceeds \(Self.maxSize)") }
+        guard der.count <= Self.maxSize else {
+            throw .invalid("certificate of \(der.count) bytes exceeds \(Self.maxSize)")
+        }
         defer { ERR_clear_error() }
         let decoded: OpaquePointer? = der.withUnsafeBufferPointer { buffer in
             guard let base = buffer.baseAddress else { return nil }
@@ -85,7 +87,9 @@ final class Certificate: @unchecked Sendable {
     /// Every certificate in PEM text, in order. Text too long or with more certificates than any
     /// Intel chain has is refused before anything is decoded.
     static func chain(pem: String) throws(DecodeError) -> [Certificate] {
-        guard pem.utf8.count <= maxChainPEM else { throw .invalid("certificate chain larger than \(maxChainPEM) bytes") }
+        guard pem.utf8.count <= maxChainPEM else {
+            throw .invalid("certificate chain larger than \(maxChainPEM) bytes")
+        }
         guard pem.components(separatedBy: "-----BEGIN CERTIFICATE-----").count - 1 <= maxChainLength else {
             throw .invalid("certificate chain of more than \(maxChainLength) certificates")
         }
@@ -172,7 +176,8 @@ final class RevocationList: @unchecked Sendable {
         guard let crl = decoded else { throw .invalid("not a DER X.509 CRL") }
         self.crl = crl
         self.der = der
-        guard let this = asn1Date(X509_CRL_get0_lastUpdate(crl)), let next = asn1Date(X509_CRL_get0_nextUpdate(crl)) else {
+        guard let this = asn1Date(X509_CRL_get0_lastUpdate(crl)), let next = asn1Date(X509_CRL_get0_nextUpdate(crl))
+        else {
             X509_CRL_free(crl)
             throw .invalid("CRL has no readable thisUpdate/nextUpdate")
         }

@@ -16,7 +16,9 @@ struct ChainCheck {
     func verify(_ chain: [Certificate], name: String, at time: Date) -> Reason? {
         let source = "tdx.chain.\(name)"
         guard let root = chain.last, chain.count >= 2, chain.count <= Self.maxLength else {
-            return Reason(.chainInvalid, source, "\(name) chain has \(chain.count) certificates (2 to \(Self.maxLength) expected)")
+            return Reason(
+                .chainInvalid, source, "\(name) chain has \(chain.count) certificates (2 to \(Self.maxLength) expected)"
+            )
         }
         guard pinnedFingerprints.contains(root.fingerprint) else {
             return Reason(
@@ -30,13 +32,15 @@ struct ChainCheck {
             let cert = chain[i]
             let issuer = chain[i + 1]
             guard issuer.isIssuer(of: cert), issuer.isCA, cert.isSigned(by: issuer.publicKey) else {
-                return Reason(.chainInvalid, source, "'\(cert.subject)' is not signed by the CA '\(issuer.subject)' above it")
+                return Reason(
+                    .chainInvalid, source, "'\(cert.subject)' is not signed by the CA '\(issuer.subject)' above it")
             }
         }
         for cert in chain where !cert.isValid(at: time) {
             return Reason(
                 .chainInvalid, source,
-                "'\(cert.subject)' is valid \(cert.notBefore.rfc3339) to \(cert.notAfter.rfc3339), not at \(time.rfc3339)")
+                "'\(cert.subject)' is valid \(cert.notBefore.rfc3339) to \(cert.notAfter.rfc3339), not at \(time.rfc3339)"
+            )
         }
         return nil
     }
@@ -65,16 +69,22 @@ enum TCBSigner {
         if let r = check.verify(chain, name: "\(name) issuer", at: time) { return .failure(r) }
         if let r = Self.check(chain, name: name) { return .failure(r) }
         if let rootCRL, rootCRL.revokes(chain[0]) {
-            return .failure(Reason(.chainRevoked, source, "the \(name) signer '\(chain[0].subject)' is revoked by the root CA CRL"))
+            return .failure(
+                Reason(.chainRevoked, source, "the \(name) signer '\(chain[0].subject)' is revoked by the root CA CRL"))
         }
         let signer = chain[0].publicKey
         let message = Array(text.utf8)
         guard signature.count == 64,
-            Memo.signature("collateral", key: signer, message: message, signature: signature, {
-                signer.verify(signature: signature, message: message, scheme: .ecdsa(.sha256))
-            })
+            Memo.signature(
+                "collateral", key: signer, message: message, signature: signature,
+                {
+                    signer.verify(signature: signature, message: message, scheme: .ecdsa(.sha256))
+                })
         else {
-            return .failure(Reason(.collateralSignatureInvalid, source, "the \(name) signature does not verify under '\(chain[0].subject)'"))
+            return .failure(
+                Reason(
+                    .collateralSignatureInvalid, source,
+                    "the \(name) signature does not verify under '\(chain[0].subject)'"))
         }
         return .success(chain)
     }
@@ -82,7 +92,9 @@ enum TCBSigner {
     static func check(_ chain: [Certificate], name: String) -> Reason? {
         let source = "tdx.chain.\(name == "TCB info" ? "tcb-info" : "qe-identity") issuer"
         guard chain.count == 2 else {
-            return Reason(.chainInvalid, source, "the \(name) signer chain has \(chain.count) certificates; Intel's is [TCB signer, root]")
+            return Reason(
+                .chainInvalid, source,
+                "the \(name) signer chain has \(chain.count) certificates; Intel's is [TCB signer, root]")
         }
         let signer = chain[0]
         guard !signer.isCA, signer.sgxExtension == nil, signer.commonName == commonName else {

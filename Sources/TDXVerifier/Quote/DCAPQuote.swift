@@ -57,9 +57,13 @@ public struct DCAPQuote: Sendable, Equatable {
             return value
         }
         let version = Int(try need(r.u16le(), "version"))
-        guard [3, 4, 5].contains(version) else { throw .unsupported("quote version \(version) is not supported (3, 4, 5 are)") }
+        guard [3, 4, 5].contains(version) else {
+            throw .unsupported("quote version \(version) is not supported (3, 4, 5 are)")
+        }
         let keyType = try need(r.u16le(), "attestation key type")
-        guard keyType == 2 else { throw .unsupported("attestation key type \(keyType) is not supported (2: ECDSA P-256 is)") }
+        guard keyType == 2 else {
+            throw .unsupported("attestation key type \(keyType) is not supported (2: ECDSA P-256 is)")
+        }
         let teeRaw = try need(r.u32le(), "TEE type")
         let tee: TEE
         switch (version, teeRaw) {
@@ -94,7 +98,9 @@ public struct DCAPQuote: Sendable, Equatable {
         let signedBytes = Array(bytes[0..<r.offset])
 
         let sigDataLength = Int(try need(r.u32le(), "signature data length"))
-        guard sigDataLength <= r.remaining else { throw .malformed("signature data of \(sigDataLength) bytes runs past the quote") }
+        guard sigDataLength <= r.remaining else {
+            throw .malformed("signature data of \(sigDataLength) bytes runs past the quote")
+        }
         var s = ByteReader(try need(r.read(sigDataLength), "signature data"))
         let trailing = r.remaining
         func needS<T>(_ value: T?, _ what: String) throws(ParseError) -> T {
@@ -106,8 +112,12 @@ public struct DCAPQuote: Sendable, Equatable {
         if version >= 4 {
             let type = try needS(s.u16le(), "certification data type")
             let size = Int(try needS(s.u32le(), "certification data size"))
-            guard type == 6 else { throw .unsupported("certification data type \(type) is not supported (6: QE report) ") }
-            guard size == s.remaining else { throw .malformed("certification data size \(size) does not match the \(s.remaining) bytes left") }
+            guard type == 6 else {
+                throw .unsupported("certification data type \(type) is not supported (6: QE report) ")
+            }
+            guard size == s.remaining else {
+                throw .malformed("certification data size \(size) does not match the \(s.remaining) bytes left")
+            }
         }
         let qeReportBytes = try needS(s.read(EnclaveReport.size), "QE report")
         let qeReportSignature = try needS(s.read(64), "QE report signature")
@@ -115,15 +125,18 @@ public struct DCAPQuote: Sendable, Equatable {
         let auth = try needS(s.read(authSize), "QE authentication data")
         let certType = try needS(s.u16le(), "PCK certification data type")
         let certSize = Int(try needS(s.u32le(), "PCK certification data size"))
-        guard certType == 5 else { throw .unsupported("PCK certification data type \(certType) is not supported (5: PEM chain)") }
+        guard certType == 5 else {
+            throw .unsupported("PCK certification data type \(certType) is not supported (5: PEM chain)")
+        }
         let certBytes = try needS(s.read(certSize), "PCK certificate chain")
         guard s.isAtEnd else { throw .malformed("\(s.remaining) unexplained bytes at the end of the signature data") }
         // A PEM chain may carry trailing NUL padding.
         let pemBytes = Array(certBytes.prefix { $0 != 0 })
         guard pemBytes.allSatisfy({ $0 < 0x80 }) else { throw .malformed("PCK certificate chain is not ASCII PEM") }
-        return DCAPQuote(version: version, tee: tee, qeVendorID: vendor, body: body, signedBytes: signedBytes, signature: signature,
-                         attestationKey: key, qeReport: EnclaveReport(qeReportBytes), qeReportBytes: qeReportBytes,
-                         qeReportSignature: qeReportSignature, qeAuthData: auth, pckChainBytes: pemBytes, trailing: trailing)
+        return DCAPQuote(
+            version: version, tee: tee, qeVendorID: vendor, body: body, signedBytes: signedBytes, signature: signature,
+            attestationKey: key, qeReport: EnclaveReport(qeReportBytes), qeReportBytes: qeReportBytes,
+            qeReportSignature: qeReportSignature, qeAuthData: auth, pckChainBytes: pemBytes, trailing: trailing)
     }
 
     public var tdReport: TDReport? { if case .td(let t) = body { t } else { nil } }
@@ -154,7 +167,9 @@ public struct EnclaveReport: Sendable, Equatable {
     init(_ bytes: [UInt8]) { self.bytes = bytes }
 
     public var cpuSVN: [UInt8] { Array(bytes[0..<16]) }
-    public var miscSelect: UInt32 { UInt32(bytes[16]) | UInt32(bytes[17]) << 8 | UInt32(bytes[18]) << 16 | UInt32(bytes[19]) << 24 }
+    public var miscSelect: UInt32 {
+        UInt32(bytes[16]) | UInt32(bytes[17]) << 8 | UInt32(bytes[18]) << 16 | UInt32(bytes[19]) << 24
+    }
     public var attributes: [UInt8] { Array(bytes[48..<64]) }
     public var mrEnclave: [UInt8] { Array(bytes[64..<96]) }
     public var mrSigner: [UInt8] { Array(bytes[128..<160]) }
@@ -195,7 +210,9 @@ public struct TDReport: Sendable, Equatable {
     /// The image hash a Cocoon root contract lists: SHA-256 over MRTD ‖ MRCONFIGID ‖ MROWNER ‖
     /// MROWNERCONFIG ‖ RTMR0..3 ‖ 64 zero bytes.
     public var cocoonImageHash: [UInt8] {
-        let parts = mrTD + mrConfigID + mrOwner + mrOwnerConfig + rtmr(0) + rtmr(1) + rtmr(2) + rtmr(3) + [UInt8](repeating: 0, count: 64)
+        let parts =
+            mrTD + mrConfigID + mrOwner + mrOwnerConfig + rtmr(0) + rtmr(1) + rtmr(2) + rtmr(3)
+            + [UInt8](repeating: 0, count: 64)
         return [UInt8](HashAlgorithm.sha256.hash(parts))
     }
 }

@@ -20,7 +20,9 @@ enum Memo {
 
         init(capacity: Int = Memo.capacity) { self.capacity = capacity }
 
-        func value(_ key: Data, _ make: () throws(Certificate.DecodeError) -> Value) throws(Certificate.DecodeError) -> Value {
+        func value(_ key: Data, _ make: () throws(Certificate.DecodeError) -> Value) throws(Certificate.DecodeError)
+            -> Value
+        {
             if let hit = entries.withLock({ $0[key] }) { return hit }
             let made = try make()
             entries.withLock { e in
@@ -74,7 +76,9 @@ enum Memo {
     }
 
     /// A collateral document parsed once per distinct text; failures are not remembered.
-    static func parsed<T: Sendable>(_ text: String, _ table: Table<T>, _ parse: (String) -> Result<T, Reason>) -> Result<T, Reason> {
+    static func parsed<T: Sendable>(_ text: String, _ table: Table<T>, _ parse: (String) -> Result<T, Reason>)
+        -> Result<T, Reason>
+    {
         let k = key(Array(text.utf8))
         if let hit = table.get(k) { return .success(hit) }
         let result = parse(text)
@@ -83,7 +87,9 @@ enum Memo {
     }
 
     /// `check` run once per distinct (kind, key, message, signature) that passes.
-    static func signature(_ kind: String, key: PublicKey, message: [UInt8], signature: [UInt8], _ check: () -> Bool) -> Bool {
+    static func signature(_ kind: String, key: PublicKey, message: [UInt8], signature: [UInt8], _ check: () -> Bool)
+        -> Bool
+    {
         let k = Self.key(Array(kind.utf8), [UInt8](key.spkiDER), message, signature)
         if verified.get(k) == true { return true }
         guard check() else { return false }

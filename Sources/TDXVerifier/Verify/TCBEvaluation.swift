@@ -7,11 +7,14 @@ extension TCBStatus {
     static let outOfDateNames: Set<String> = Set(outOfDateFamily.map(\.rawValue))
     /// Statuses of a current module that turn an out-of-date launch into a relaunch advice.
     static let relaunchable: Set<String> = Set(
-        [TCBStatus.upToDate, .swHardeningNeeded, .configurationNeeded, .configurationAndSWHardeningNeeded].map(\.rawValue))
+        [TCBStatus.upToDate, .swHardeningNeeded, .configurationNeeded, .configurationAndSWHardeningNeeded].map(
+            \.rawValue))
 
     static func needsConfiguration(_ status: String) -> Bool {
-        [TCBStatus.configurationNeeded, .configurationAndSWHardeningNeeded, .outOfDateConfigurationNeeded,
-         .tdRelaunchAdvisedConfigurationNeeded].map(\.rawValue).contains(status)
+        [
+            TCBStatus.configurationNeeded, .configurationAndSWHardeningNeeded, .outOfDateConfigurationNeeded,
+            .tdRelaunchAdvisedConfigurationNeeded,
+        ].map(\.rawValue).contains(status)
     }
 
     /// An out-of-date identity (QE or TDX module) drags the platform status down the way Intel's
@@ -25,7 +28,8 @@ extension TCBStatus {
             (.swHardeningNeeded?, .outOfDate?), (.swHardeningNeeded?, .outOfDateConfigurationNeeded?):
             return TCBStatus.outOfDate.rawValue
         case (.configurationNeeded?, .outOfDate?), (.configurationNeeded?, .outOfDateConfigurationNeeded?),
-            (.configurationAndSWHardeningNeeded?, .outOfDate?), (.configurationAndSWHardeningNeeded?, .outOfDateConfigurationNeeded?):
+            (.configurationAndSWHardeningNeeded?, .outOfDate?),
+            (.configurationAndSWHardeningNeeded?, .outOfDateConfigurationNeeded?):
             return TCBStatus.outOfDateConfigurationNeeded.rawValue
         default:
             return platform
@@ -75,13 +79,18 @@ enum TCBEvaluation {
         // update). When the TD was launched on an out-of-date module but runs on a current one,
         // Intel advises relaunching rather than calling the platform out of date.
         // As in Intel's QVL, only when the quoting enclave itself is current.
-        let qeCurrent = qe.map { ![TCBStatus.outOfDate, .outOfDateConfigurationNeeded, .revoked].map(\.rawValue).contains($0.status) } ?? false
+        let qeCurrent =
+            qe.map {
+                ![TCBStatus.outOfDate, .outOfDateConfigurationNeeded, .revoked].map(\.rawValue).contains($0.status)
+            } ?? false
         if qeCurrent, let svn2 = td?.teeTCBSVN2, TCBStatus.outOfDateNames.contains(result.status),
             case .success(let current) = judge(platform: platform, levels: levels, tcbInfo: tcbInfo, teeTCBSVN: svn2),
             TCBStatus.relaunchable.contains(current.status)
         {
-            let configuration = TCBStatus.needsConfiguration(result.status) || TCBStatus.needsConfiguration(current.status)
-            result.status = (configuration ? TCBStatus.tdRelaunchAdvisedConfigurationNeeded : .tdRelaunchAdvised).rawValue
+            let configuration =
+                TCBStatus.needsConfiguration(result.status) || TCBStatus.needsConfiguration(current.status)
+            result.status =
+                (configuration ? TCBStatus.tdRelaunchAdvisedConfigurationNeeded : .tdRelaunchAdvised).rawValue
         }
         guard let qe else {
             return .failure(.noMatchingLevel("the quoting enclave's ISV SVN is below every QE identity TCB level"))
@@ -101,10 +110,12 @@ enum TCBEvaluation {
         guard let level = levels.first(where: { matches(platform: platform, level: $0, teeTCBSVN: teeTCBSVN) }) else {
             return .failure(
                 .noMatchingLevel(
-                    "the platform's TCB SVNs are below every TCB level Intel lists for FMSPC \(Data(tcbInfo.fmspc).hex)"))
+                    "the platform's TCB SVNs are below every TCB level Intel lists for FMSPC \(Data(tcbInfo.fmspc).hex)"
+                ))
         }
         var out = Platform(
-            status: level.status, advisories: Set(level.advisoryIDs), dates: [level.tcbDate], platformStatus: level.status)
+            status: level.status, advisories: Set(level.advisoryIDs), dates: [level.tcbDate],
+            platformStatus: level.status)
         guard let svn = teeTCBSVN, svn[1] > 0 else { return .success(out) }
         guard let module = moduleIdentity(version: svn[1], in: tcbInfo) else {
             return .failure(.moduleMismatch("Intel lists no TDX module identity \(moduleID(svn[1]))"))

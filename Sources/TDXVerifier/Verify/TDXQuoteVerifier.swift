@@ -61,11 +61,14 @@ public struct TDXQuoteVerifier: Sendable {
     }
 
     /// Verifies a raw quote with explicit collateral (benchmarks, tools).
-    public func verify(quote: [UInt8], collateral: Collateral?, expectedNonce: Data?, at time: Date, format: String = "tdx-quote")
+    public func verify(
+        quote: [UInt8], collateral: Collateral?, expectedNonce: Data?, at time: Date, format: String = "tdx-quote"
+    )
         -> Verdict
     {
         var run = Run(verifier: self, format: format, time: time)
-        return run.verify(quoteBytes: quote, envelopeCollateral: collateral, eventLog: nil, expectedNonce: expectedNonce)
+        return run.verify(
+            quoteBytes: quote, envelopeCollateral: collateral, eventLog: nil, expectedNonce: expectedNonce)
     }
 }
 
@@ -94,10 +97,13 @@ private struct Run {
 
     mutating func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?) -> Verdict {
         guard TDXQuoteVerifier.formats.contains(envelope.format) else {
-            return reject(Reason(.evidenceUnsupported, "tdx.envelope", "format '\(envelope.format)' is not tdx-quote or sgx-quote"))
+            return reject(
+                Reason(
+                    .evidenceUnsupported, "tdx.envelope", "format '\(envelope.format)' is not tdx-quote or sgx-quote"))
         }
         guard envelope.version == 1 else {
-            return reject(Reason(.evidenceMalformed, "tdx.envelope", "unknown \(envelope.format) version \(envelope.version)"))
+            return reject(
+                Reason(.evidenceMalformed, "tdx.envelope", "unknown \(envelope.format) version \(envelope.version)"))
         }
         let quote: Data
         switch envelope.base64("quote") {
@@ -119,12 +125,16 @@ private struct Run {
         case .success(let e): eventLog = e
         case .failure(let r): return reject(r)
         }
-        return verify(quoteBytes: [UInt8](quote), envelopeCollateral: collateral, eventLog: eventLog, expectedNonce: expectedNonce)
+        return verify(
+            quoteBytes: [UInt8](quote), envelopeCollateral: collateral, eventLog: eventLog, expectedNonce: expectedNonce
+        )
     }
 
     /// The steps in Intel's order. Every step either passes (adding to the trace) or throws the
     /// reason that rejects the quote; rejects from the quote signature on carry the TCB status.
-    mutating func verify(quoteBytes: [UInt8], envelopeCollateral: Collateral?, eventLog: Data?, expectedNonce: Data?) -> Verdict {
+    mutating func verify(quoteBytes: [UInt8], envelopeCollateral: Collateral?, eventLog: Data?, expectedNonce: Data?)
+        -> Verdict
+    {
         do throws(Reason) {
             let quote = try parse(quoteBytes)
             let pck = try pckChain(quote)
@@ -142,7 +152,8 @@ private struct Run {
             fields["qe_tcb_status"] = tcb.qeStatus
             fields["tcb_date"] = tcb.tcbDate.rfc3339
             fields["collateral.source"] = mode
-            fields["tcb_evaluation_data_number"] = String(min(tcbInfo.tcbEvaluationDataNumber, qeIdentity.tcbEvaluationDataNumber))
+            fields["tcb_evaluation_data_number"] = String(
+                min(tcbInfo.tcbEvaluationDataNumber, qeIdentity.tcbEvaluationDataNumber))
             return acceptance(quote, tcb, VerifiedClaims(measuredFiles: measured, fields: fields))
         } catch {
             return reject(error, status: tcbResult?.status, advisories: tcbResult?.advisoryIDs ?? [])
@@ -171,8 +182,11 @@ private struct Run {
             }
         }
         let expectedTEE: DCAPQuote.TEE = format == "sgx-quote" ? .sgx : .tdx
-        guard quote.tee == expectedTEE else { throw Reason(.evidenceMalformed, "tdx.quote", "a \(quote.tee) quote in a \(format) envelope") }
-        passed.append("parsed: DCAP quote v\(quote.version), \(quote.tee == .tdx ? "TD report" : "enclave report"), ECDSA P-256")
+        guard quote.tee == expectedTEE else {
+            throw Reason(.evidenceMalformed, "tdx.quote", "a \(quote.tee) quote in a \(format) envelope")
+        }
+        passed.append(
+            "parsed: DCAP quote v\(quote.version), \(quote.tee == .tdx ? "TD report" : "enclave report"), ECDSA P-256")
         return quote
     }
 
@@ -184,17 +198,23 @@ private struct Run {
         }
         if let r = check.verify(chain, name: "PCK", at: time) { throw r }
         guard let sgx = chain[0].sgxExtension else {
-            throw Reason(.chainInvalid, "tdx.chain.pck", "the leaf is not a PCK certificate (no readable SGX extension)")
+            throw Reason(
+                .chainInvalid, "tdx.chain.pck", "the leaf is not a PCK certificate (no readable SGX extension)")
         }
         passed.append("PCK chain: \(chain.count) certificates to the pinned root; FMSPC \(Data(sgx.fmspc).hex)")
         return PCK(chain: chain, sgx: sgx, check: check)
     }
 
     /// Collateral from the envelope, else the verifier's source (whose digest the verdict cites).
-    mutating func pickCollateral(_ envelopeCollateral: Collateral?, _ quote: DCAPQuote, _ pck: PCK) throws(Reason) -> (Collateral, String) {
+    mutating func pickCollateral(_ envelopeCollateral: Collateral?, _ quote: DCAPQuote, _ pck: PCK) throws(Reason) -> (
+        Collateral, String
+    ) {
         if let c = envelopeCollateral { return (c, "envelope") }
-        guard let source = verifier.collateralSource, let c = source.collateral(for: pck.collateralKey(quote), at: time) else {
-            throw Reason(.collateralMissing, "tdx.collateral", "no collateral in the envelope and none cached for FMSPC \(Data(pck.sgx.fmspc).hex)")
+        guard let source = verifier.collateralSource, let c = source.collateral(for: pck.collateralKey(quote), at: time)
+        else {
+            throw Reason(
+                .collateralMissing, "tdx.collateral",
+                "no collateral in the envelope and none cached for FMSPC \(Data(pck.sgx.fmspc).hex)")
         }
         cachedCollateralSHA256 = c.sha256
         return (c, source.mode)
@@ -213,7 +233,9 @@ private struct Run {
             throw Reason(.evidenceMalformed, "tdx.collateral.crl", "\(error)")
         }
         guard rootCRL.isIssued(by: pck.root), rootCRL.isSigned(by: pck.root.publicKey) else {
-            throw Reason(.collateralSignatureInvalid, "tdx.collateral.root-crl", "the root CA CRL is not signed by the pinned root")
+            throw Reason(
+                .collateralSignatureInvalid, "tdx.collateral.root-crl",
+                "the root CA CRL is not signed by the pinned root")
         }
         if let r = pck.check.verify(pckCRLChain, name: "PCK CRL issuer", at: time) { throw r }
         guard pckCRL.isIssued(by: pck.issuer) else {
@@ -225,41 +247,60 @@ private struct Run {
             throw Reason(.collateralSignatureInvalid, "tdx.collateral.pck-crl", "the PCK CRL signature does not verify")
         }
         for (name, crl) in [("root CA CRL", rootCRL), ("PCK CRL", pckCRL)] {
-            if let r = window(name, issued: crl.thisUpdate, next: crl.nextUpdate, source: "tdx.collateral.crl") { throw r }
+            if let r = window(name, issued: crl.thisUpdate, next: crl.nextUpdate, source: "tdx.collateral.crl") {
+                throw r
+            }
         }
         for cert in pck.chain.dropFirst().dropLast() + pckCRLChain.dropLast() where rootCRL.revokes(cert) {
             throw Reason(.chainRevoked, "tdx.chain.pck", "'\(cert.subject)' is revoked by the root CA CRL")
         }
-        if pckCRL.revokes(pck.leaf) { throw Reason(.chainRevoked, "tdx.chain.pck", "the PCK certificate is revoked by the PCK CRL") }
+        if pckCRL.revokes(pck.leaf) {
+            throw Reason(.chainRevoked, "tdx.chain.pck", "the PCK certificate is revoked by the PCK CRL")
+        }
         passed.append("CRLs: root CA and PCK CRLs signed and current; nothing in the chain revoked")
         return rootCRL
     }
 
     /// TCB info and QE identity: signed by Intel, current, for this platform and TEE, and not
     /// older than what this verifier holds or the minimum evaluation number.
-    mutating func signedCollateral(_ collateral: Collateral, _ quote: DCAPQuote, _ pck: PCK, _ rootCRL: RevocationList, mode: String)
+    mutating func signedCollateral(
+        _ collateral: Collateral, _ quote: DCAPQuote, _ pck: PCK, _ rootCRL: RevocationList, mode: String
+    )
         throws(Reason) -> (TCBInfo, QEIdentity)
     {
         let tcbInfo = try verifySigned(
-            collateral.tcbInfo, signature: collateral.tcbInfoSignature, chainPEM: collateral.tcbInfoIssuerChain, name: "TCB info",
+            collateral.tcbInfo, signature: collateral.tcbInfoSignature, chainPEM: collateral.tcbInfoIssuerChain,
+            name: "TCB info",
             rootCRL: rootCRL, chainCheck: pck.check, parse: { Memo.parsed($0, Memo.tcbInfos, TCBInfo.parse) }
         ).get()
-        if let r = window("TCB info", issued: tcbInfo.issueDate, next: tcbInfo.nextUpdate, source: "tdx.collateral.tcb-info") { throw r }
+        if let r = window(
+            "TCB info", issued: tcbInfo.issueDate, next: tcbInfo.nextUpdate, source: "tdx.collateral.tcb-info")
+        {
+            throw r
+        }
         try Self.checkTCBInfoIsFor(quote, pck, tcbInfo)
         let qeIdentity = try verifySigned(
-            collateral.qeIdentity, signature: collateral.qeIdentitySignature, chainPEM: collateral.qeIdentityIssuerChain,
-            name: "QE identity", rootCRL: rootCRL, chainCheck: pck.check, parse: { Memo.parsed($0, Memo.qeIdentities, QEIdentity.parse) }
+            collateral.qeIdentity, signature: collateral.qeIdentitySignature,
+            chainPEM: collateral.qeIdentityIssuerChain,
+            name: "QE identity", rootCRL: rootCRL, chainCheck: pck.check,
+            parse: { Memo.parsed($0, Memo.qeIdentities, QEIdentity.parse) }
         ).get()
-        if let r = window("QE identity", issued: qeIdentity.issueDate, next: qeIdentity.nextUpdate, source: "tdx.collateral.qe-identity") {
+        if let r = window(
+            "QE identity", issued: qeIdentity.issueDate, next: qeIdentity.nextUpdate,
+            source: "tdx.collateral.qe-identity")
+        {
             throw r
         }
         let expectedQE = quote.tee == .tdx ? "TD_QE" : "QE"
         guard qeIdentity.id == expectedQE else {
-            throw Reason(.collateralMismatch, "tdx.collateral.qe-identity", "QE identity '\(qeIdentity.id)' is not \(expectedQE)")
+            throw Reason(
+                .collateralMismatch, "tdx.collateral.qe-identity", "QE identity '\(qeIdentity.id)' is not \(expectedQE)"
+            )
         }
         try checkRollback(tcbInfo, qeIdentity, quote, pck, mode: mode)
         passed.append(
-            "collateral (\(mode)): TCB info \(tcbInfo.kind.rawValue) v\(tcbInfo.version) eval \(tcbInfo.tcbEvaluationDataNumber) and QE identity \(qeIdentity.id) signed by Intel, current, for this platform")
+            "collateral (\(mode)): TCB info \(tcbInfo.kind.rawValue) v\(tcbInfo.version) eval \(tcbInfo.tcbEvaluationDataNumber) and QE identity \(qeIdentity.id) signed by Intel, current, for this platform"
+        )
         return (tcbInfo, qeIdentity)
     }
 
@@ -267,7 +308,8 @@ private struct Run {
         let expectedKind: TCBInfo.Kind = quote.tee == .tdx ? .tdx : .sgx
         guard tcbInfo.kind == expectedKind, quote.tee == .sgx || tcbInfo.version >= 3 else {
             throw Reason(
-                .collateralMismatch, "tdx.collateral.tcb-info", "TCB info v\(tcbInfo.version) \(tcbInfo.kind.rawValue) is not for \(quote.tee) quotes")
+                .collateralMismatch, "tdx.collateral.tcb-info",
+                "TCB info v\(tcbInfo.version) \(tcbInfo.kind.rawValue) is not for \(quote.tee) quotes")
         }
         if quote.tee == .tdx, tcbInfo.tdxModule == nil {
             throw Reason(.collateralMismatch, "tdx.collateral.tcb-info", "TDX TCB info without a tdxModule identity")
@@ -287,22 +329,27 @@ private struct Run {
     /// Threat: collateral rollback. A worker may carry old collateral (from before a TCB recovery
     /// or a revocation) that is still inside its window; it never beats newer collateral this
     /// verifier holds, nor the policy's minimum evaluation number.
-    func checkRollback(_ tcbInfo: TCBInfo, _ qeIdentity: QEIdentity, _ quote: DCAPQuote, _ pck: PCK, mode: String) throws(Reason) {
+    func checkRollback(_ tcbInfo: TCBInfo, _ qeIdentity: QEIdentity, _ quote: DCAPQuote, _ pck: PCK, mode: String)
+        throws(Reason)
+    {
         let evaluation = min(tcbInfo.tcbEvaluationDataNumber, qeIdentity.tcbEvaluationDataNumber)
         if evaluation < options.minimumTCBEvaluationDataNumber {
             throw Reason(
                 .collateralExpired, "tdx.collateral",
-                "collateral of TCB evaluation \(evaluation) is older than the minimum \(options.minimumTCBEvaluationDataNumber)")
+                "collateral of TCB evaluation \(evaluation) is older than the minimum \(options.minimumTCBEvaluationDataNumber)"
+            )
         }
         if mode == "envelope", let source = verifier.collateralSource,
             let held = source.collateral(for: pck.collateralKey(quote), at: time),
             case .success(let heldTCB) = Memo.parsed(held.tcbInfo, Memo.tcbInfos, TCBInfo.parse),
             heldTCB.tcbEvaluationDataNumber > tcbInfo.tcbEvaluationDataNumber
-                || (heldTCB.tcbEvaluationDataNumber == tcbInfo.tcbEvaluationDataNumber && heldTCB.issueDate > tcbInfo.issueDate)
+                || (heldTCB.tcbEvaluationDataNumber == tcbInfo.tcbEvaluationDataNumber
+                    && heldTCB.issueDate > tcbInfo.issueDate)
         {
             throw Reason(
                 .collateralExpired, "tdx.collateral",
-                "the evidence carries TCB info of evaluation \(tcbInfo.tcbEvaluationDataNumber) issued \(tcbInfo.issueDate.rfc3339); this verifier holds a newer one (evaluation \(heldTCB.tcbEvaluationDataNumber), issued \(heldTCB.issueDate.rfc3339))")
+                "the evidence carries TCB info of evaluation \(tcbInfo.tcbEvaluationDataNumber) issued \(tcbInfo.issueDate.rfc3339); this verifier holds a newer one (evaluation \(heldTCB.tcbEvaluationDataNumber), issued \(heldTCB.issueDate.rfc3339))"
+            )
         }
     }
 
@@ -311,22 +358,29 @@ private struct Run {
         // The QE report is the same in every quote of one platform's QE: remembered once verified.
         let key = pck.leaf.publicKey
         guard
-            Memo.signature("qe-report", key: key, message: quote.qeReportBytes, signature: quote.qeReportSignature, {
-                key.verify(signature: quote.qeReportSignature, message: quote.qeReportBytes, scheme: .ecdsa(.sha256))
-            })
+            Memo.signature(
+                "qe-report", key: key, message: quote.qeReportBytes, signature: quote.qeReportSignature,
+                {
+                    key.verify(
+                        signature: quote.qeReportSignature, message: quote.qeReportBytes, scheme: .ecdsa(.sha256))
+                })
         else {
-            throw Reason(.qeReportSignatureInvalid, "tdx.qe-report", "the QE report signature does not verify under the PCK key")
+            throw Reason(
+                .qeReportSignatureInvalid, "tdx.qe-report", "the QE report signature does not verify under the PCK key")
         }
         let binding = [UInt8](HashAlgorithm.sha256.hash(quote.attestationKey + quote.qeAuthData))
         let reportData = quote.qeReport.reportData
         guard Array(reportData[0..<32]) == binding, reportData[32...].allSatisfy({ $0 == 0 }) else {
-            throw Reason(.qeReportBindingMismatch, "tdx.qe-report", "QE report data is not SHA-256(attestation key ‖ QE authentication data)")
+            throw Reason(
+                .qeReportBindingMismatch, "tdx.qe-report",
+                "QE report data is not SHA-256(attestation key ‖ QE authentication data)")
         }
         passed.append("QE report: signed by the PCK key, binds the attestation key")
     }
 
     /// The quoting enclave is Intel's (QE identity), and its TCB level.
-    mutating func matchQEIdentity(_ quote: DCAPQuote, _ qeIdentity: QEIdentity) throws(Reason) -> TCBInfo.IdentityLevel? {
+    mutating func matchQEIdentity(_ quote: DCAPQuote, _ qeIdentity: QEIdentity) throws(Reason) -> TCBInfo.IdentityLevel?
+    {
         let qe = quote.qeReport
         let maskedAttributes = zip(qe.attributes, qeIdentity.attributesMask).map { $0 & $1 }
         var mismatches = [String]()
@@ -336,23 +390,29 @@ private struct Run {
         if Int(qe.isvProdID) != qeIdentity.isvProdID { mismatches.append("ISVPRODID") }
         guard mismatches.isEmpty else {
             throw Reason(
-                .qeIdentityMismatch, "tdx.qe-identity", "the quoting enclave's \(mismatches.joined(separator: ", ")) do not match Intel's QE identity")
+                .qeIdentityMismatch, "tdx.qe-identity",
+                "the quoting enclave's \(mismatches.joined(separator: ", ")) do not match Intel's QE identity")
         }
         let qeLevel = TCBEvaluation.qeLevel(qeIdentity, isvSVN: Int(qe.isvSVN))
-        passed.append("QE identity: Intel's \(qeIdentity.id), ISV SVN \(qe.isvSVN) → \(qeLevel?.status ?? "not supported")")
+        passed.append(
+            "QE identity: Intel's \(qeIdentity.id), ISV SVN \(qe.isvSVN) → \(qeLevel?.status ?? "not supported")")
         return qeLevel
     }
 
     /// The platform's TCB level (and the TDX module's identity); remembered so later rejects carry it.
-    mutating func evaluateTCB(_ quote: DCAPQuote, _ pck: PCK, _ tcbInfo: TCBInfo, _ qeLevel: TCBInfo.IdentityLevel?) throws(Reason) -> TCBResult {
+    mutating func evaluateTCB(_ quote: DCAPQuote, _ pck: PCK, _ tcbInfo: TCBInfo, _ qeLevel: TCBInfo.IdentityLevel?)
+        throws(Reason) -> TCBResult
+    {
         let tcb: TCBResult
         switch TCBEvaluation.evaluate(platform: pck.sgx, tcbInfo: tcbInfo, td: quote.tdReport, qe: qeLevel) {
         case .success(let t): tcb = t
-        case .failure(.noMatchingLevel(let m)), .failure(.moduleMismatch(let m)): throw Reason(.tcbNoMatchingLevel, "tdx.tcb", m)
+        case .failure(.noMatchingLevel(let m)), .failure(.moduleMismatch(let m)):
+            throw Reason(.tcbNoMatchingLevel, "tdx.tcb", m)
         }
         if let td = quote.tdReport, let r = moduleIdentityCheck(td, tcbInfo: tcbInfo) { throw r }
         passed.append(
-            "TCB: platform \(tcb.platformStatus)\(tcb.moduleStatus.map { ", TDX module \($0)" } ?? ""), QE \(tcb.qeStatus) → \(tcb.status)")
+            "TCB: platform \(tcb.platformStatus)\(tcb.moduleStatus.map { ", TDX module \($0)" } ?? ""), QE \(tcb.qeStatus) → \(tcb.status)"
+        )
         tcbResult = tcb
         return tcb
     }
@@ -362,12 +422,15 @@ private struct Run {
         do {
             // Decoded once per attestation key; the signature itself is checked every time.
             key = try PublicKey.cached(
-                spkiDER: PublicKey.spki(curve: .p256, x: Array(quote.attestationKey[0..<32]), y: Array(quote.attestationKey[32..<64])))
+                spkiDER: PublicKey.spki(
+                    curve: .p256, x: Array(quote.attestationKey[0..<32]), y: Array(quote.attestationKey[32..<64])))
         } catch {
             throw Reason(.quoteSignatureInvalid, "tdx.quote.signature", "the attestation key is not a P-256 point")
         }
         guard key.verify(signature: quote.signature, message: quote.signedBytes, scheme: .ecdsa(.sha256)) else {
-            throw Reason(.quoteSignatureInvalid, "tdx.quote.signature", "the quote signature does not verify under the attestation key")
+            throw Reason(
+                .quoteSignatureInvalid, "tdx.quote.signature",
+                "the quote signature does not verify under the attestation key")
         }
         passed.append("quote signature: valid under the attestation key")
     }
@@ -398,27 +461,37 @@ private struct Run {
     func acceptance(_ quote: DCAPQuote, _ tcb: TCBResult, _ claims: VerifiedClaims) -> Verdict {
         var policy = [Reason]()
         if quote.isDebug, !options.allowDebug {
-            policy.append(Reason(.policyDebugNotAllowed, "tdx.policy.debug", "the \(quote.tee == .tdx ? "TD" : "enclave") is a debug guest"))
+            policy.append(
+                Reason(
+                    .policyDebugNotAllowed, "tdx.policy.debug",
+                    "the \(quote.tee == .tdx ? "TD" : "enclave") is a debug guest"))
         }
         if let r = statusCheck(tcb) { policy.append(r) }
         let rejected = Set(tcb.advisoryIDs).intersection(options.rejectedAdvisoryIDs).sorted()
         if !rejected.isEmpty {
             policy.append(
-                Reason(.tcbStatusNotAllowed, "tdx.policy.advisories", "advisories rejected by policy: \(rejected.joined(separator: ", "))"))
+                Reason(
+                    .tcbStatusNotAllowed, "tdx.policy.advisories",
+                    "advisories rejected by policy: \(rejected.joined(separator: ", "))"))
         }
         guard policy.isEmpty else {
-            return .reject(format: format, reasons: policy, passed: passed, tcbStatus: tcb.status, advisoryIDs: tcb.advisoryIDs)
+            return .reject(
+                format: format, reasons: policy, passed: passed, tcbStatus: tcb.status, advisoryIDs: tcb.advisoryIDs)
         }
-        return .accept(format: format, claims: claims, passed: passed, tcbStatus: tcb.status, advisoryIDs: tcb.advisoryIDs)
+        return .accept(
+            format: format, claims: claims, passed: passed, tcbStatus: tcb.status, advisoryIDs: tcb.advisoryIDs)
     }
 
     /// A signed collateral document, checked by `TCBSigner.verify`, then parsed.
     func verifySigned<T>(
-        _ text: String, signature: [UInt8], chainPEM: String, name: String, rootCRL: RevocationList, chainCheck: ChainCheck,
+        _ text: String, signature: [UInt8], chainPEM: String, name: String, rootCRL: RevocationList,
+        chainCheck: ChainCheck,
         parse: (String) -> Result<T, Reason>
     ) -> Result<T, Reason> {
-        TCBSigner.verify(text, signature: signature, chainPEM: chainPEM, name: name, check: chainCheck, at: time, rootCRL: rootCRL)
-            .flatMap { _ in parse(text) }
+        TCBSigner.verify(
+            text, signature: signature, chainPEM: chainPEM, name: name, check: chainCheck, at: time, rootCRL: rootCRL
+        )
+        .flatMap { _ in parse(text) }
     }
 
     /// A validity window, widened at its end by the collateral grace period.
@@ -428,7 +501,9 @@ private struct Run {
         }
         if time > next.addingTimeInterval(options.collateralGracePeriod) {
             let grace = options.collateralGracePeriod > 0 ? " (grace \(Int(options.collateralGracePeriod)) s)" : ""
-            return Reason(.collateralExpired, source, "\(name) expired at its nextUpdate \(next.rfc3339)\(grace); now \(time.rfc3339)")
+            return Reason(
+                .collateralExpired, source,
+                "\(name) expired at its nextUpdate \(next.rfc3339)\(grace); now \(time.rfc3339)")
         }
         return nil
     }
@@ -442,7 +517,9 @@ private struct Run {
         let masked = zip(td.seamAttributes, module.attributesMask).map { $0 & $1 }
         let expected = zip(module.attributes, module.attributesMask).map { $0 & $1 }
         guard td.mrSignerSeam == module.mrSigner, masked == expected else {
-            return Reason(.tcbNoMatchingLevel, "tdx.tcb.module", "the TDX module's MRSIGNERSEAM or attributes are not Intel's \(module.id)")
+            return Reason(
+                .tcbNoMatchingLevel, "tdx.tcb.module",
+                "the TDX module's MRSIGNERSEAM or attributes are not Intel's \(module.id)")
         }
         return nil
     }
@@ -455,11 +532,13 @@ private struct Run {
             if time <= end { return nil }
             return Reason(
                 .tcbStatusNotAllowed, "tdx.policy.tcb-status",
-                "TCB status \(tcb.status): the platform grace period ended \(end.rfc3339) (TCB level of \(tcb.tcbDate.rfc3339))")
+                "TCB status \(tcb.status): the platform grace period ended \(end.rfc3339) (TCB level of \(tcb.tcbDate.rfc3339))"
+            )
         }
         return Reason(
             .tcbStatusNotAllowed, "tdx.policy.tcb-status",
-            "TCB status \(tcb.status) is not accepted (accepted: \(options.acceptedStatuses.sorted().joined(separator: ", ")))")
+            "TCB status \(tcb.status) is not accepted (accepted: \(options.acceptedStatuses.sorted().joined(separator: ", ")))"
+        )
     }
 }
 

@@ -3,8 +3,10 @@ import Foundation
 
 /// Why a string is not a TON address; `reason` is the class a caller can act on.
 public struct TONAddressError: Error, CustomStringConvertible, Equatable {
-    public enum Reason: String, Sendable { case badCRC = "bad_crc", badTag = "bad_tag", badLength = "bad_length",
-                                            badBase64 = "bad_base64", badWorkchain = "bad_workchain", badHex = "bad_hex" }
+    public enum Reason: String, Sendable {
+        case badCRC = "bad_crc", badTag = "bad_tag", badLength = "bad_length",
+            badBase64 = "bad_base64", badWorkchain = "bad_workchain", badHex = "bad_hex"
+    }
     public let reason: Reason
     public let message: String
     public var description: String { "\(reason.rawValue): \(message)" }
@@ -39,19 +41,25 @@ public struct TONAddress: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses either form; `bounceable` and `testnet` are those of a user-friendly string (raw
     /// strings carry neither: bounceable, mainnet).
-    public static func parse(_ text: String) throws(TONAddressError) -> (address: TONAddress, bounceable: Bool, testnet: Bool) {
+    public static func parse(_ text: String) throws(TONAddressError) -> (
+        address: TONAddress, bounceable: Bool, testnet: Bool
+    ) {
         if text.contains(":") { return (try parseRaw(text), true, false) }
         return try parseFriendly(text)
     }
 
     public static func parseRaw(_ text: String) throws(TONAddressError) -> TONAddress {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 2 else { throw TONAddressError(reason: .badWorkchain, message: "'\(text.prefix(80))' is not wc:hex") }
+        guard parts.count == 2 else {
+            throw TONAddressError(reason: .badWorkchain, message: "'\(text.prefix(80))' is not wc:hex")
+        }
         let wcText = parts[0]
         let digits = wcText.hasPrefix("-") ? wcText.dropFirst() : wcText[...]
         guard !digits.isEmpty, digits.count <= 11, digits.allSatisfy({ $0.isASCII && $0.isNumber }),
-              let wide = Int64(wcText), wide >= Int64(Int32.min) + 1, wide <= Int64(Int32.max)
-        else { throw TONAddressError(reason: .badWorkchain, message: "workchain '\(wcText.prefix(20))' is not an int32") }
+            let wide = Int64(wcText), wide >= Int64(Int32.min) + 1, wide <= Int64(Int32.max)
+        else {
+            throw TONAddressError(reason: .badWorkchain, message: "workchain '\(wcText.prefix(20))' is not an int32")
+        }
         let hex = Array(parts[1].utf8)
         guard hex.count == 64 else {
             throw TONAddressError(reason: .badLength, message: "the account id has \(hex.count) hex digits, not 64")
@@ -63,7 +71,9 @@ public struct TONAddress: Sendable, Hashable, CustomStringConvertible {
         return TONAddress(workchain: Int32(wide), hash: [UInt8](hash))
     }
 
-    public static func parseFriendly(_ text: String) throws(TONAddressError) -> (address: TONAddress, bounceable: Bool, testnet: Bool) {
+    public static func parseFriendly(_ text: String) throws(TONAddressError) -> (
+        address: TONAddress, bounceable: Bool, testnet: Bool
+    ) {
         let chars = Array(text.utf8)
         let std = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
         let url = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
@@ -72,7 +82,8 @@ public struct TONAddress: Sendable, Hashable, CustomStringConvertible {
             throw TONAddressError(reason: .badBase64, message: "characters outside both base64 alphabets")
         }
         guard chars.count == 48 else {
-            throw TONAddressError(reason: .badLength, message: "a user-friendly address is 48 characters, not \(chars.count)")
+            throw TONAddressError(
+                reason: .badLength, message: "a user-friendly address is 48 characters, not \(chars.count)")
         }
         // One alphabet per string: mixing them is no encoder's output.
         if chars.contains(where: { $0 == 0x2B || $0 == 0x2F }) && chars.contains(where: { $0 == 0x2D || $0 == 0x5F }) {
@@ -88,7 +99,9 @@ public struct TONAddress: Sendable, Hashable, CustomStringConvertible {
             throw TONAddressError(reason: .badCRC, message: "the checksum does not match")
         }
         let tag = bytes[0]
-        guard tag & 0x3F == 0x11 else { throw TONAddressError(reason: .badTag, message: String(format: "tag 0x%02x is not an address tag", tag)) }
+        guard tag & 0x3F == 0x11 else {
+            throw TONAddressError(reason: .badTag, message: String(format: "tag 0x%02x is not an address tag", tag))
+        }
         let address = TONAddress(workchain: Int32(Int8(bitPattern: bytes[1])), hash: Array(bytes[2..<34]))
         return (address, tag & 0x40 == 0, tag & 0x80 != 0)
     }

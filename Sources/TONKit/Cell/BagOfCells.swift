@@ -53,7 +53,9 @@ public enum BagOfCells {
         guard b.count >= 4 else { throw TONCellError(.truncated, "shorter than a magic") }
         var at = 4
         func need(_ n: Int) throws(TONCellError) {
-            guard n >= 0, at + n <= b.count else { throw TONCellError(.truncated, "the header announces more bytes than there are") }
+            guard n >= 0, at + n <= b.count else {
+                throw TONCellError(.truncated, "the header announces more bytes than there are")
+            }
         }
         func uint(_ n: Int) throws(TONCellError) -> Int {
             try need(n)
@@ -87,9 +89,13 @@ public enum BagOfCells {
         default:
             throw TONCellError(.badMagic, "unknown magic \(Data(magic).hex)")
         }
-        guard (1...4).contains(h.sizeBytes) else { throw TONCellError(.badHeader, "reference size \(h.sizeBytes) is not 1-4 bytes") }
+        guard (1...4).contains(h.sizeBytes) else {
+            throw TONCellError(.badHeader, "reference size \(h.sizeBytes) is not 1-4 bytes")
+        }
         h.offsetBytes = try uint(1)
-        guard (1...8).contains(h.offsetBytes) else { throw TONCellError(.badHeader, "offset size \(h.offsetBytes) is not 1-8 bytes") }
+        guard (1...8).contains(h.offsetBytes) else {
+            throw TONCellError(.badHeader, "offset size \(h.offsetBytes) is not 1-8 bytes")
+        }
         h.cells = try uint(h.sizeBytes)
         h.roots = try uint(h.sizeBytes)
         let absent = try uint(h.sizeBytes)
@@ -123,8 +129,12 @@ public enum BagOfCells {
         let dataEnd = at + totalSize
         if h.hasCRC32C {
             guard dataEnd + 4 <= b.count else { throw TONCellError(.truncated, "no room for the CRC32C") }
-            let stored = UInt32(b[dataEnd]) | UInt32(b[dataEnd + 1]) << 8 | UInt32(b[dataEnd + 2]) << 16 | UInt32(b[dataEnd + 3]) << 24
-            guard TONChecksum.crc32c(b[0..<dataEnd]) == stored else { throw TONCellError(.crcMismatch, "the CRC32C does not match") }
+            let stored =
+                UInt32(b[dataEnd]) | UInt32(b[dataEnd + 1]) << 8 | UInt32(b[dataEnd + 2]) << 16 | UInt32(b[dataEnd + 3])
+                << 24
+            guard TONChecksum.crc32c(b[0..<dataEnd]) == stored else {
+                throw TONCellError(.crcMismatch, "the CRC32C does not match")
+            }
             guard dataEnd + 4 == b.count else { throw TONCellError(.trailingData, "bytes after the CRC32C") }
         } else {
             guard dataEnd == b.count else { throw TONCellError(.trailingData, "bytes after the last cell") }
@@ -139,26 +149,34 @@ public enum BagOfCells {
             let d1 = b[at], d2 = b[at + 1]
             at += 2
             let refCount = Int(d1 & 7)
-            guard refCount <= 4 else { throw TONCellError(.badDescriptor, "cell \(i): \(refCount) references (absent or invalid)") }
+            guard refCount <= 4 else {
+                throw TONCellError(.badDescriptor, "cell \(i): \(refCount) references (absent or invalid)")
+            }
             let exotic = d1 & 8 != 0
             let withHashes = d1 & 16 != 0
             let mask = d1 >> 5
             let hashCount = withHashes ? Int(mask.nonzeroBitCount) + 1 : 0
             var storedHashes = [[UInt8]](), storedDepths = [Int]()
             if withHashes {
-                guard at + hashCount * 34 <= dataEnd else { throw TONCellError(.truncated, "cell \(i): stored hashes cut off") }
+                guard at + hashCount * 34 <= dataEnd else {
+                    throw TONCellError(.truncated, "cell \(i): stored hashes cut off")
+                }
                 for k in 0..<hashCount { storedHashes.append(Array(b[at + 32 * k..<at + 32 * (k + 1)])) }
                 at += 32 * hashCount
                 for k in 0..<hashCount { storedDepths.append(Int(b[at + 2 * k]) << 8 | Int(b[at + 2 * k + 1])) }
                 at += 2 * hashCount
             }
             let length = Int(d2 >> 1) + Int(d2 & 1)
-            guard at + length + refCount * h.sizeBytes <= dataEnd else { throw TONCellError(.truncated, "cell \(i) is cut off") }
+            guard at + length + refCount * h.sizeBytes <= dataEnd else {
+                throw TONCellError(.truncated, "cell \(i) is cut off")
+            }
             var data = Array(b[at..<at + length])
             at += length
             var bits = length * 8
             if d2 & 1 == 1 {
-                guard let last = data.last, last != 0 else { throw TONCellError(.badData, "cell \(i): no completion tag") }
+                guard let last = data.last, last != 0 else {
+                    throw TONCellError(.badData, "cell \(i): no completion tag")
+                }
                 let trailing = last.trailingZeroBitCount
                 bits -= trailing + 1
                 data[data.count - 1] = last & ~UInt8(truncatingIfNeeded: (1 << (trailing + 1)) - 1)
@@ -171,14 +189,20 @@ public enum BagOfCells {
                     r = r << 8 | Int(b[at])
                     at += 1
                 }
-                guard r < h.cells else { throw TONCellError(.refOutOfRange, "cell \(i) refers to cell \(r) of \(h.cells)") }
-                guard r > i else { throw TONCellError(.refOrder, "cell \(i) refers to cell \(r), which is not after it") }
+                guard r < h.cells else {
+                    throw TONCellError(.refOutOfRange, "cell \(i) refers to cell \(r) of \(h.cells)")
+                }
+                guard r > i else {
+                    throw TONCellError(.refOrder, "cell \(i) refers to cell \(r), which is not after it")
+                }
                 refs.append(r)
             }
             if h.hasIndex {
                 let entry = index[i]
                 let end = h.hasCacheBits ? entry >> 1 : entry
-                guard end == at - dataStart else { throw TONCellError(.badIndex, "index entry \(i) is \(end), the cell ends at \(at - dataStart)") }
+                guard end == at - dataStart else {
+                    throw TONCellError(.badIndex, "index entry \(i) is \(end), the cell ends at \(at - dataStart)")
+                }
             }
             var kind = Cell.Kind.ordinary
             if exotic {
@@ -187,9 +211,15 @@ public enum BagOfCells {
                 }
                 kind = k
             }
-            raws.append(RawCell(kind: kind, data: data, bits: bits, refs: refs, mask: mask, storedHashes: storedHashes, storedDepths: storedDepths))
+            raws.append(
+                RawCell(
+                    kind: kind, data: data, bits: bits, refs: refs, mask: mask, storedHashes: storedHashes,
+                    storedDepths: storedDepths))
         }
-        guard at == dataEnd else { throw TONCellError(.trailingData, "cell data is \(dataEnd - dataStart) bytes, the cells take \(at - dataStart)") }
+        guard at == dataEnd else {
+            throw TONCellError(
+                .trailingData, "cell data is \(dataEnd - dataStart) bytes, the cells take \(at - dataStart)")
+        }
 
         // Build from the last cell back: every reference is already built.
         var built = [Cell?](repeating: nil, count: h.cells)
@@ -205,7 +235,8 @@ public enum BagOfCells {
                 var level = 0
                 for k in 0..<r.storedHashes.count {
                     while !Cell.significant(r.mask, level) { level += 1 }
-                    guard cell.hash(level: level) == r.storedHashes[k], cell.depth(level: level) == r.storedDepths[k] else {
+                    guard cell.hash(level: level) == r.storedHashes[k], cell.depth(level: level) == r.storedDepths[k]
+                    else {
                         throw TONCellError(.badData, "cell \(i): stored hash \(k) is not the cell's")
                     }
                     level += 1
@@ -225,7 +256,9 @@ public enum BagOfCells {
     /// latest referrer), so that its bags of cells come back byte for byte; that order revisits
     /// shared subgraphs, so for heavily shared graphs (blocks, proofs) a reverse post-order is
     /// used instead.
-    public static func serialize(_ roots: [Cell], index: Bool = false, crc32c: Bool = false) throws(TONCellError) -> [UInt8] {
+    public static func serialize(_ roots: [Cell], index: Bool = false, crc32c: Bool = false) throws(TONCellError)
+        -> [UInt8]
+    {
         guard !roots.isEmpty else { throw TONCellError(.badHeader, "no roots") }
         let order = movingOrder(roots) ?? reversePostOrder(roots)
         var position = [[UInt8]: Int]()
@@ -257,7 +290,9 @@ public enum BagOfCells {
         return out
     }
 
-    static func bigEndian(_ v: Int, bytes: Int) -> [UInt8] { (0..<bytes).reversed().map { UInt8(v >> (8 * $0) & 0xFF) } }
+    static func bigEndian(_ v: Int, bytes: Int) -> [UInt8] {
+        (0..<bytes).reversed().map { UInt8(v >> (8 * $0) & 0xFF) }
+    }
 
     /// The moving order gives up after this many visits: it can be exponential in the depth of
     /// a shared graph.

@@ -5,10 +5,10 @@ import Foundation
 public struct TONCellError: Error, CustomStringConvertible, Equatable {
     public enum Reason: String, Sendable {
         case badMagic = "bad_magic", crcMismatch = "crc_mismatch", truncated, refOrder = "ref_order",
-             refOutOfRange = "ref_out_of_range", rootOutOfRange = "root_out_of_range", badHeader = "bad_header",
-             badDescriptor = "bad_descriptor", badData = "bad_data", badExotic = "bad_exotic", badIndex = "bad_index",
-             nonzeroLevelRoot = "nonzero_level_root", depthLimit = "depth_limit", absentCells = "absent_cells",
-             trailingData = "trailing_data"
+            refOutOfRange = "ref_out_of_range", rootOutOfRange = "root_out_of_range", badHeader = "bad_header",
+            badDescriptor = "bad_descriptor", badData = "bad_data", badExotic = "bad_exotic", badIndex = "bad_index",
+            nonzeroLevelRoot = "nonzero_level_root", depthLimit = "depth_limit", absentCells = "absent_cells",
+            trailingData = "trailing_data"
     }
     public let reason: Reason
     public let message: String
@@ -87,16 +87,23 @@ public final class Cell: Sendable, Hashable, CustomStringConvertible {
         case .ordinary:
             return refs.reduce(0) { $0 | $1.levelMask }
         case .prunedBranch:
-            guard refs.isEmpty, bitCount >= 16 else { throw TONCellError(.badExotic, "a pruned branch has no references and a level mask") }
+            guard refs.isEmpty, bitCount >= 16 else {
+                throw TONCellError(.badExotic, "a pruned branch has no references and a level mask")
+            }
             let mask = data[1]
-            guard (1...7).contains(mask) else { throw TONCellError(.badExotic, "pruned branch level mask \(mask) is not 1-7") }
+            guard (1...7).contains(mask) else {
+                throw TONCellError(.badExotic, "pruned branch level mask \(mask) is not 1-7")
+            }
             let n = Int(mask.nonzeroBitCount)
             guard bitCount == 16 + n * (256 + 16) else {
-                throw TONCellError(.badExotic, "a pruned branch of mask \(mask) holds \(16 + n * 272) bits, not \(bitCount)")
+                throw TONCellError(
+                    .badExotic, "a pruned branch of mask \(mask) holds \(16 + n * 272) bits, not \(bitCount)")
             }
             return mask
         case .library:
-            guard refs.isEmpty, bitCount == 8 + 256 else { throw TONCellError(.badExotic, "a library cell is 264 bits without references") }
+            guard refs.isEmpty, bitCount == 8 + 256 else {
+                throw TONCellError(.badExotic, "a library cell is 264 bits without references")
+            }
             return 0
         case .merkleProof:
             guard refs.count == 1, bitCount == 8 + 256 + 16 else {
@@ -164,7 +171,8 @@ public final class Cell: Sendable, Hashable, CustomStringConvertible {
                 let depthAt = 1 + 32 * refs.count + 2 * n
                 let storedDepth = Int(data[depthAt]) << 8 | Int(data[depthAt + 1])
                 guard storedHash == child.hash(level: 0), storedDepth == child.depth(level: 0) else {
-                    throw TONCellError(.badExotic, "the Merkle cell's stored hash or depth of child \(n) is not the child's")
+                    throw TONCellError(
+                        .badExotic, "the Merkle cell's stored hash or depth of child \(n) is not the child's")
                 }
             }
         }

@@ -38,7 +38,9 @@ public struct CellSlice: Sendable {
     /// `bits` bits (0–64) as an unsigned integer.
     public mutating func uint(_ bits: Int) throws(TONSliceError) -> UInt64 {
         guard (0...64).contains(bits) else { throw TONSliceError("uint\(bits) is wider than 64 bits") }
-        guard remainingBits >= bits else { throw TONSliceError("uint\(bits) needs \(bits) bits, \(remainingBits) left") }
+        guard remainingBits >= bits else {
+            throw TONSliceError("uint\(bits) needs \(bits) bits, \(remainingBits) left")
+        }
         var v: UInt64 = 0
         for _ in 0..<bits { v = v << 1 | (try bit() ? 1 : 0) }
         return v
@@ -55,7 +57,9 @@ public struct CellSlice: Sendable {
 
     /// `bits` bits as big-endian bytes (the last byte zero-padded).
     public mutating func bits(_ count: Int) throws(TONSliceError) -> [UInt8] {
-        guard count >= 0, remainingBits >= count else { throw TONSliceError("needs \(count) bits, \(remainingBits) left") }
+        guard count >= 0, remainingBits >= count else {
+            throw TONSliceError("needs \(count) bits, \(remainingBits) left")
+        }
         var out = [UInt8](repeating: 0, count: (count + 7) / 8)
         for i in 0..<count where try bit() { out[i >> 3] |= 0x80 >> UInt8(i & 7) }
         return out
@@ -108,8 +112,10 @@ public struct CellSlice: Sendable {
     }
 
     /// Parses one `Hashmap` edge: a label (`hml_short`, `hml_long`, `hml_same`), then a leaf or a fork.
-    static func hashmap(_ cell: Cell, remaining m: Int, prefix: [Bool], total: Int,
-                        into out: inout [(key: [UInt8], value: CellSlice)], depth: Int) throws(TONSliceError) {
+    static func hashmap(
+        _ cell: Cell, remaining m: Int, prefix: [Bool], total: Int,
+        into out: inout [(key: [UInt8], value: CellSlice)], depth: Int
+    ) throws(TONSliceError) {
         guard depth <= total + 1 else { throw TONSliceError("hashmap deeper than its key") }
         var s = CellSlice(cell)
         var label = [Bool]()

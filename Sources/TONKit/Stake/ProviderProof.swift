@@ -31,15 +31,20 @@ public struct ProviderProof: Sendable, Equatable, Codable {
         Data("ccgate.provider-proof/v1\n\(gatewayID)\n\(wallet)\n\(workerKey.hex)\n\(time)\n".utf8)
     }
 
-    public static func sign(wallet: TONAddress, gatewayID: String, workerKey: Data, time: Int, key: Ed25519PrivateKey,
-                            stakeAccount: TONAddress? = nil) -> ProviderProof {
+    public static func sign(
+        wallet: TONAddress, gatewayID: String, workerKey: Data, time: Int, key: Ed25519PrivateKey,
+        stakeAccount: TONAddress? = nil
+    ) -> ProviderProof {
         ProviderProof(
             wallet: wallet.raw, gatewayID: gatewayID, workerKey: workerKey, time: time,
-            signature: key.signature(for: message(wallet: wallet.raw, gatewayID: gatewayID, workerKey: workerKey, time: time)),
+            signature: key.signature(
+                for: message(wallet: wallet.raw, gatewayID: gatewayID, workerKey: workerKey, time: time)),
             stakeAccount: stakeAccount?.raw)
     }
 
-    public init(wallet: String, gatewayID: String, workerKey: Data, time: Int, signature: Data, stakeAccount: String? = nil) {
+    public init(
+        wallet: String, gatewayID: String, workerKey: Data, time: Int, signature: Data, stakeAccount: String? = nil
+    ) {
         self.wallet = wallet
         self.gatewayID = gatewayID
         self.workerKey = workerKey
@@ -49,23 +54,29 @@ public struct ProviderProof: Sendable, Equatable, Codable {
     }
 
     /// Decodes a proof as a worker sends it; `stake.proof-malformed` for anything else.
-    public static func decode(_ data: Data) throws(Failure) -> (proof: ProviderProof, wallet: TONAddress, stakeAccount: TONAddress?) {
+    public static func decode(_ data: Data) throws(Failure) -> (
+        proof: ProviderProof, wallet: TONAddress, stakeAccount: TONAddress?
+    ) {
         guard data.count <= 4096, let proof = try? JSONDecoder().decode(ProviderProof.self, from: data) else {
             throw Failure(code: "stake.proof-malformed", message: "the provider proof is not a ccgate provider proof")
         }
         guard proof.signature.count == 64, proof.workerKey.count == 32 else {
-            throw Failure(code: "stake.proof-malformed", message: "the provider proof's signature or worker key has the wrong length")
+            throw Failure(
+                code: "stake.proof-malformed",
+                message: "the provider proof's signature or worker key has the wrong length")
         }
         let wallet: TONAddress, account: TONAddress?
         do throws(TONAddressError) {
             wallet = try TONAddress.parse(proof.wallet).address
-            account = try proof.stakeAccount.map { (text) throws(TONAddressError) in try TONAddress.parse(text).address }
+            account = try proof.stakeAccount.map { (text) throws(TONAddressError) in try TONAddress.parse(text).address
+            }
         } catch {
             throw Failure(code: "stake.proof-malformed", message: "the provider proof names a bad address: \(error)")
         }
         // Nominators, jetton wallets and Cocoon proxies of providers live in the basechain.
         guard wallet.workchain == 0 else {
-            throw Failure(code: "stake.proof-malformed", message: "the provider wallet \(wallet.raw) is not in the basechain")
+            throw Failure(
+                code: "stake.proof-malformed", message: "the provider wallet \(wallet.raw) is not in the basechain")
         }
         return (proof, wallet, account)
     }
@@ -77,14 +88,27 @@ public struct ProviderProof: Sendable, Equatable, Codable {
     }
 
     /// Checks the proof for this gateway and worker against the wallet's on-chain key.
-    public func verify(walletKey: Ed25519PublicKey, gatewayID expectedGateway: String, workerKey expectedWorker: Data, now: Date,
-                       maxAge: TimeInterval = 600) throws(Failure) {
-        guard gatewayID == expectedGateway else { throw Failure(code: "stake.proof-mismatch", message: "the proof is for gateway '\(gatewayID)'") }
-        guard workerKey == expectedWorker else { throw Failure(code: "stake.proof-mismatch", message: "the proof is for another worker key") }
+    public func verify(
+        walletKey: Ed25519PublicKey, gatewayID expectedGateway: String, workerKey expectedWorker: Data, now: Date,
+        maxAge: TimeInterval = 600
+    ) throws(Failure) {
+        guard gatewayID == expectedGateway else {
+            throw Failure(code: "stake.proof-mismatch", message: "the proof is for gateway '\(gatewayID)'")
+        }
+        guard workerKey == expectedWorker else {
+            throw Failure(code: "stake.proof-mismatch", message: "the proof is for another worker key")
+        }
         let age = now.timeIntervalSince1970 - TimeInterval(time)
-        guard age <= maxAge, age >= -60 else { throw Failure(code: "stake.proof-stale", message: "the proof is \(Int(age)) s old (at most \(Int(maxAge)))") }
-        guard walletKey.isValidSignature(signature, for: Self.message(wallet: wallet, gatewayID: gatewayID, workerKey: workerKey, time: time)) else {
-            throw Failure(code: "stake.proof-invalid", message: "the signature does not verify under the public key wallet \(wallet) holds on chain")
+        guard age <= maxAge, age >= -60 else {
+            throw Failure(code: "stake.proof-stale", message: "the proof is \(Int(age)) s old (at most \(Int(maxAge)))")
+        }
+        guard
+            walletKey.isValidSignature(
+                signature, for: Self.message(wallet: wallet, gatewayID: gatewayID, workerKey: workerKey, time: time))
+        else {
+            throw Failure(
+                code: "stake.proof-invalid",
+                message: "the signature does not verify under the public key wallet \(wallet) holds on chain")
         }
     }
 }
@@ -97,11 +121,15 @@ extension StakeReader {
             do {
                 let r = try await client.runGetMethod(wallet, method: "get_public_key")
                 guard r.exitCode == 0, let raw = r.stack.first?.integer?.bytes32 else {
-                    return .failure(.init(code: "stake.no-wallet-key", message: "\(wallet.raw) has no get_public_key (exit \(r.exitCode))"))
+                    return .failure(
+                        .init(
+                            code: "stake.no-wallet-key",
+                            message: "\(wallet.raw) has no get_public_key (exit \(r.exitCode))"))
                 }
                 keys.insert(raw)
             } catch {
-                return .failure(.init(code: "stake.unknown", message: "\(client.endpoint.base.absoluteString): \(error)"))
+                return .failure(
+                    .init(code: "stake.unknown", message: "\(client.endpoint.base.absoluteString): \(error)"))
             }
         }
         guard keys.count == 1, let raw = keys.first, let key = try? Ed25519PublicKey(raw: Data(raw)) else {

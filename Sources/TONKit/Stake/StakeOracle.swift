@@ -48,13 +48,16 @@ public actor StakeOracle {
     }
 
     /// The decision for `provider`, reading with `read` when the cached observation has expired.
-    public func decide(provider: String, minimum: UInt128, now: Double, read: @Sendable () async -> StakeReading) async -> StakeDecision {
+    public func decide(provider: String, minimum: UInt128, now: Double, read: @Sendable () async -> StakeReading) async
+        -> StakeDecision
+    {
         if let e = entries[provider], now - e.observedAt < ttl * (1 - Double.random(in: 0...jitter)) {
             return judge(provider, e, minimum: minimum, stale: false)
         }
         switch await read() {
         case .observed(let o):
-            var e = Entry(amount: o.amount, observedAt: now, admitted: entries[provider]?.admitted ?? false, observation: o)
+            var e = Entry(
+                amount: o.amount, observedAt: now, admitted: entries[provider]?.admitted ?? false, observation: o)
             let decision = judge(provider, e, minimum: minimum, stale: false)
             if case .admit = decision { e.admitted = true } else { e.admitted = false }
             entries[provider] = e
@@ -68,7 +71,9 @@ public actor StakeOracle {
             }
             if let e = entries[provider], e.admitted {
                 entries[provider]?.admitted = false
-                return .refuse(code: "stake.unknown", message: "stake unknown for \(Int(now - e.observedAt)) s, beyond the grace window: \(why)")
+                return .refuse(
+                    code: "stake.unknown",
+                    message: "stake unknown for \(Int(now - e.observedAt)) s, beyond the grace window: \(why)")
             }
             return .refuse(code: "stake.unknown", message: "stake unknown for a provider not yet admitted: \(why)")
         }
@@ -92,7 +97,9 @@ public actor StakeOracle {
 
     private func judge(_ provider: String, _ e: Entry, minimum: UInt128, stale: Bool) -> StakeDecision {
         guard e.amount >= minimum else {
-            return .refuse(code: "stake.below-minimum", message: "\(provider) holds \(e.amount) nanotons, the policy needs \(minimum)")
+            return .refuse(
+                code: "stake.below-minimum",
+                message: "\(provider) holds \(e.amount) nanotons, the policy needs \(minimum)")
         }
         return .admit(amount: e.amount, observedAt: e.observedAt, stale: stale)
     }

@@ -49,15 +49,24 @@ public struct StakeReader: Sendable {
 
     /// The amount `nominator` holds in the pool at `pool` (`get_nominator_data`; exit 86, "not a
     /// nominator", is an amount of 0).
-    public func nominatorStake(pool: TONAddress, nominator: TONAddress, allowedCodeHashes: Set<String>) async -> StakeReading {
-        await stake(StakeQuery(kind: .nominatorPool(pool: pool), provider: nominator, stakeAccount: nil, allowedCodeHashes: allowedCodeHashes))
+    public func nominatorStake(pool: TONAddress, nominator: TONAddress, allowedCodeHashes: Set<String>) async
+        -> StakeReading
+    {
+        await stake(
+            StakeQuery(
+                kind: .nominatorPool(pool: pool), provider: nominator, stakeAccount: nil,
+                allowedCodeHashes: allowedCodeHashes))
     }
 
     /// The provider's stake as `query` describes it, read from every endpoint.
     public func stake(_ query: StakeQuery) async -> StakeReading {
-        guard clients.count >= 2 else { return .unknown("at least two toncenter endpoints are needed for a stake decision") }
+        guard clients.count >= 2 else {
+            return .unknown("at least two toncenter endpoints are needed for a stake decision")
+        }
         guard let contract = query.contract else {
-            return .refused(code: "stake.no-stake-account", message: "a \(query.kind.name) stake names its contract in the provider proof (stake_account)")
+            return .refused(
+                code: "stake.no-stake-account",
+                message: "a \(query.kind.name) stake names its contract in the provider proof (stake_account)")
         }
         var amounts = [UInt128](), seqnos = [Int](), notes = Set<String>()
         for client in clients {
@@ -65,11 +74,14 @@ public struct StakeReader: Sendable {
             do {
                 let account = try await client.addressInformation(contract)
                 guard account.state == "active", let code = account.code else {
-                    return .refused(code: "stake.account-inactive", message: "\(contract.raw) is \(account.state) at \(host)")
+                    return .refused(
+                        code: "stake.account-inactive", message: "\(contract.raw) is \(account.state) at \(host)")
                 }
                 let codeHash = Data(code.representationHash).hex
                 guard query.allowedCodeHashes.contains(codeHash) else {
-                    return .refused(code: "stake.code-not-allowed", message: "\(contract.raw) runs code \(codeHash.prefix(16))…, which the policy does not allow")
+                    return .refused(
+                        code: "stake.code-not-allowed",
+                        message: "\(contract.raw) runs code \(codeHash.prefix(16))…, which the policy does not allow")
                 }
                 let position: Position
                 switch try await Self.position(query, contract: contract, client: client) {
@@ -78,7 +90,8 @@ public struct StakeReader: Sendable {
                 case .failure(.unknown(let why)): return .unknown("\(host): \(why)")
                 }
                 if query.kind.coveredByAccountBalance, position.amount > account.balance {
-                    return .unknown("\(host): a stake of \(position.amount) is more than the contract's balance \(account.balance)")
+                    return .unknown(
+                        "\(host): a stake of \(position.amount) is more than the contract's balance \(account.balance)")
                 }
                 amounts.append(position.amount)
                 if let note = position.note { notes.insert(note) }
@@ -92,7 +105,8 @@ public struct StakeReader: Sendable {
         return .observed(
             StakeObservation(
                 source: "\(query.kind.name):\(contract.raw)", amount: low, blockSeqno: seqnos.max(),
-                endpoints: clients.map(\.endpoint.base.absoluteString), note: notes.sorted().joined(separator: "; ").nilIfEmpty))
+                endpoints: clients.map(\.endpoint.base.absoluteString),
+                note: notes.sorted().joined(separator: "; ").nilIfEmpty))
     }
 
     struct Position {
@@ -107,49 +121,75 @@ public struct StakeReader: Sendable {
     }
 
     /// Runs the source's get-method on one endpoint and reads the provider's position from it.
-    static func position(_ query: StakeQuery, contract: TONAddress, client: ToncenterClient) async throws(ToncenterError)
+    static func position(_ query: StakeQuery, contract: TONAddress, client: ToncenterClient)
+        async throws(ToncenterError)
         -> Result<Position, PositionError>
     {
         switch query.kind {
         case .nominatorPool:
             let r = try await client.runGetMethod(
-                contract, method: "get_nominator_data", arguments: [TVMInteger(negative: false, magnitude: query.provider.hash)])
+                contract, method: "get_nominator_data",
+                arguments: [TVMInteger(negative: false, magnitude: query.provider.hash)])
             switch r.exitCode {
             case 86: return .success(Position(amount: 0, note: "not a nominator", blockSeqno: r.blockSeqno))
             case 0:
-                guard r.stack.count == 3, let amount = r.stack[0].integer?.uint128, let withdraw = r.stack[2].integer else {
+                guard r.stack.count == 3, let amount = r.stack[0].integer?.uint128, let withdraw = r.stack[2].integer
+                else {
                     return .failure(.unknown("get_nominator_data did not return (amount, pending, withdraw_requested)"))
                 }
                 // A position with a withdrawal requested leaves the pool at the next round: it is not counted.
-                if !withdraw.isZero { return .success(Position(amount: 0, note: "withdraw requested", blockSeqno: r.blockSeqno)) }
+                if !withdraw.isZero {
+                    return .success(Position(amount: 0, note: "withdraw requested", blockSeqno: r.blockSeqno))
+                }
                 return .success(Position(amount: amount, note: nil, blockSeqno: r.blockSeqno))
             default: return .failure(.unknown("get_nominator_data exited with \(r.exitCode)"))
             }
         case .jetton(let master):
             let r = try await client.runGetMethod(contract, method: "get_wallet_data")
             guard r.exitCode == 0, r.stack.count == 4, let balance = r.stack[0].integer?.uint128,
-                  let owner = Self.address(r.stack[1]), let walletMaster = Self.address(r.stack[2])
-            else { return .failure(.unknown("get_wallet_data did not return (balance, owner, master, code) (exit \(r.exitCode))")) }
+                let owner = Self.address(r.stack[1]), let walletMaster = Self.address(r.stack[2])
+            else {
+                return .failure(
+                    .unknown("get_wallet_data did not return (balance, owner, master, code) (exit \(r.exitCode))"))
+            }
             guard owner == query.provider else {
-                return .failure(.refused("stake.owner-mismatch", "jetton wallet \(contract.raw) belongs to \(owner.raw), not \(query.provider.raw)"))
+                return .failure(
+                    .refused(
+                        "stake.owner-mismatch",
+                        "jetton wallet \(contract.raw) belongs to \(owner.raw), not \(query.provider.raw)"))
             }
             guard walletMaster == master else {
-                return .failure(.refused("stake.jetton-master-mismatch", "jetton wallet \(contract.raw) holds jettons of \(walletMaster.raw), not of \(master.raw)"))
+                return .failure(
+                    .refused(
+                        "stake.jetton-master-mismatch",
+                        "jetton wallet \(contract.raw) holds jettons of \(walletMaster.raw), not of \(master.raw)"))
             }
             return .success(Position(amount: balance, note: nil, blockSeqno: r.blockSeqno))
         case .cocoonProxy(let root):
             let r = try await client.runGetMethod(contract, method: "get_cocoon_proxy_data")
-            guard r.exitCode == 0, r.stack.count == 12, let owner = Self.address(r.stack[0]), let proxyRoot = Self.address(r.stack[2]),
-                  let state = r.stack[3].integer?.int64, let stake = r.stack[5].integer?.uint128
-            else { return .failure(.unknown("get_cocoon_proxy_data did not return its 12 values (exit \(r.exitCode))")) }
+            guard r.exitCode == 0, r.stack.count == 12, let owner = Self.address(r.stack[0]),
+                let proxyRoot = Self.address(r.stack[2]),
+                let state = r.stack[3].integer?.int64, let stake = r.stack[5].integer?.uint128
+            else {
+                return .failure(.unknown("get_cocoon_proxy_data did not return its 12 values (exit \(r.exitCode))"))
+            }
             guard owner == query.provider else {
-                return .failure(.refused("stake.owner-mismatch", "Cocoon proxy \(contract.raw) belongs to \(owner.raw), not \(query.provider.raw)"))
+                return .failure(
+                    .refused(
+                        "stake.owner-mismatch",
+                        "Cocoon proxy \(contract.raw) belongs to \(owner.raw), not \(query.provider.raw)"))
             }
             if let root, proxyRoot != root {
-                return .failure(.refused("stake.cocoon-root-mismatch", "Cocoon proxy \(contract.raw) answers to root \(proxyRoot.raw), not \(root.raw)"))
+                return .failure(
+                    .refused(
+                        "stake.cocoon-root-mismatch",
+                        "Cocoon proxy \(contract.raw) answers to root \(proxyRoot.raw), not \(root.raw)"))
             }
             // 1 = closing, 2 = closed: the stake is on its way out.
-            if state != 0 { return .success(Position(amount: 0, note: state == 1 ? "proxy closing" : "proxy closed", blockSeqno: r.blockSeqno)) }
+            if state != 0 {
+                return .success(
+                    Position(amount: 0, note: state == 1 ? "proxy closing" : "proxy closed", blockSeqno: r.blockSeqno))
+            }
             return .success(Position(amount: stake, note: nil, blockSeqno: r.blockSeqno))
         }
     }

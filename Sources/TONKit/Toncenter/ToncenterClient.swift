@@ -71,8 +71,10 @@ public final class ToncenterClient: Sendable {
     public let maxAttempts: Int
     let backoff: Duration
 
-    public init(endpoint: ToncenterEndpoint, transport: any HTTPTransport = URLSessionTransport(), maxAttempts: Int = 4,
-                backoff: Duration = .milliseconds(250)) {
+    public init(
+        endpoint: ToncenterEndpoint, transport: any HTTPTransport = URLSessionTransport(), maxAttempts: Int = 4,
+        backoff: Duration = .milliseconds(250)
+    ) {
         self.endpoint = endpoint
         self.transport = transport
         self.maxAttempts = max(1, maxAttempts)
@@ -83,7 +85,8 @@ public final class ToncenterClient: Sendable {
     static func now() -> Double { Date().timeIntervalSince1970 }
 
     func request(_ path: String, query: [URLQueryItem] = [], json: [String: Any]? = nil) -> URLRequest {
-        var components = URLComponents(url: endpoint.base.appendingPathComponent("api/v2/" + path), resolvingAgainstBaseURL: false)!
+        var components = URLComponents(
+            url: endpoint.base.appendingPathComponent("api/v2/" + path), resolvingAgainstBaseURL: false)!
         if !query.isEmpty { components.queryItems = query }
         var r = URLRequest(url: components.url!)
         r.timeoutInterval = 15
@@ -97,14 +100,17 @@ public final class ToncenterClient: Sendable {
     }
 
     /// Sends with rate limiting and retries; `decode` classifies the answer.
-    func call<T>(_ request: URLRequest, _ decode: (Data, Int) throws(ToncenterError) -> T) async throws(ToncenterError) -> T {
+    func call<T>(_ request: URLRequest, _ decode: (Data, Int) throws(ToncenterError) -> T) async throws(ToncenterError)
+        -> T
+    {
         var last = ToncenterError(.unavailable, status: 0, "no attempt made")
         for attempt in 0..<maxAttempts {
             let wait = bucket.reserve(at: Self.now())
             if wait > 0 { try? await Task.sleep(for: .milliseconds(Int(wait * 1000))) }
             let status: Int, body: Data
             do { (status, body) = try await transport.send(request) } catch {
-                last = ToncenterError(.unavailable, status: 0, "\(endpoint.base.host ?? "endpoint"): \(error.localizedDescription)")
+                last = ToncenterError(
+                    .unavailable, status: 0, "\(endpoint.base.host ?? "endpoint"): \(error.localizedDescription)")
                 try? await Task.sleep(for: backoff * (1 << attempt))
                 continue
             }
@@ -121,17 +127,23 @@ public final class ToncenterClient: Sendable {
 
     public func addressInformation(_ address: TONAddress) async throws(ToncenterError) -> AccountInformation {
         let friendly = address.friendly(bounceable: true) ?? address.raw
-        return try await call(request("getAddressInformation", query: [URLQueryItem(name: "address", value: friendly)])) {
+        return try await call(request("getAddressInformation", query: [URLQueryItem(name: "address", value: friendly)]))
+        {
             (body, status) throws(ToncenterError) in try ToncenterDecoding.addressInformation(body, status: status)
         }
     }
 
     /// Runs a get-method with integer arguments (toncenter's legacy stack: `["num", "0x…"]`).
-    public func runGetMethod(_ address: TONAddress, method: String, arguments: [TVMInteger] = []) async throws(ToncenterError)
+    public func runGetMethod(_ address: TONAddress, method: String, arguments: [TVMInteger] = [])
+        async throws(ToncenterError)
         -> RunGetMethodResult
     {
-        let stack = arguments.map { ["num", ($0.negative ? "-0x" : "0x") + ($0.magnitude.isEmpty ? "0" : Data($0.magnitude).hex)] }
-        let body: [String: Any] = ["address": address.friendly(bounceable: true) ?? address.raw, "method": method, "stack": stack]
+        let stack = arguments.map {
+            ["num", ($0.negative ? "-0x" : "0x") + ($0.magnitude.isEmpty ? "0" : Data($0.magnitude).hex)]
+        }
+        let body: [String: Any] = [
+            "address": address.friendly(bounceable: true) ?? address.raw, "method": method, "stack": stack,
+        ]
         return try await call(request("runGetMethod", json: body)) { (body, status) throws(ToncenterError) in
             try ToncenterDecoding.runGetMethod(body, status: status)
         }

@@ -25,7 +25,7 @@ public struct TVMInteger: Sendable, Hashable, CustomStringConvertible {
             let digits = t.dropFirst(2)
             // 257 bits at most, and the hex digits of it (only digits: no second "0x").
             guard !digits.isEmpty, digits.count <= 66, digits.allSatisfy({ $0.isASCII && $0.isHexDigit }),
-                  let bytes = Data(hex: digits.count % 2 == 1 ? "0" + digits : String(digits))
+                let bytes = Data(hex: digits.count % 2 == 1 ? "0" + digits : String(digits))
             else { return nil }
             mag = [UInt8](bytes)
         } else {
@@ -157,7 +157,8 @@ public struct AccountInformation: Sendable, Equatable {
 public enum ToncenterDecoding {
     /// The `result` of an envelope, or the classified error.
     public static func result(_ body: Data, status: Int) throws(ToncenterError) -> Any {
-        guard body.count <= 8 << 20, let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any] else {
+        guard body.count <= 8 << 20, let object = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
+        else {
             throw classify(status: status, message: "not a JSON object", malformedWhenOK: true)
         }
         let ok = object["ok"] as? Bool
@@ -179,7 +180,7 @@ public enum ToncenterDecoding {
 
     public static func runGetMethod(_ body: Data, status: Int) throws(ToncenterError) -> RunGetMethodResult {
         guard let r = try result(body, status: status) as? [String: Any], let exit = r["exit_code"] as? Int,
-              let entries = r["stack"] as? [Any]
+            let entries = r["stack"] as? [Any]
         else { throw ToncenterError(.malformed, status: status, "runGetMethod result lacks exit_code or stack") }
         var stack = [TVMValue]()
         for e in entries { stack.append(try value(e, status: status, depth: 0)) }
@@ -200,7 +201,9 @@ public enum ToncenterDecoding {
         } else {
             throw ToncenterError(.malformed, status: status, "balance is not a decimal amount")
         }
-        guard let state = r["state"] as? String else { throw ToncenterError(.malformed, status: status, "no account state") }
+        guard let state = r["state"] as? String else {
+            throw ToncenterError(.malformed, status: status, "no account state")
+        }
         func boc(_ key: String) throws(ToncenterError) -> Cell? {
             guard let text = r[key] as? String, !text.isEmpty else { return nil }
             return try cell(base64: text, status: status)
@@ -212,12 +215,18 @@ public enum ToncenterDecoding {
     }
 
     static func cell(base64 text: String, status: Int) throws(ToncenterError) -> Cell {
-        guard let data = Data(base64Encoded: text) else { throw ToncenterError(.malformed, status: status, "a cell is not base64") }
+        guard let data = Data(base64Encoded: text) else {
+            throw ToncenterError(.malformed, status: status, "a cell is not base64")
+        }
         do {
             let roots = try BagOfCells.parse(data)
-            guard roots.count == 1 else { throw ToncenterError(.malformed, status: status, "a cell BoC has \(roots.count) roots") }
+            guard roots.count == 1 else {
+                throw ToncenterError(.malformed, status: status, "a cell BoC has \(roots.count) roots")
+            }
             return roots[0]
-        } catch let e as ToncenterError { throw e } catch { throw ToncenterError(.malformed, status: status, "bad cell: \(error)") }
+        } catch let e as ToncenterError { throw e } catch {
+            throw ToncenterError(.malformed, status: status, "bad cell: \(error)")
+        }
     }
 
     /// Stacks nest a few levels (lists of tuples); deeper is not a get-method result.
@@ -261,11 +270,15 @@ public enum ToncenterDecoding {
             return .int(i)
         case "tvm.stackEntryCell", "tvm.stackEntrySlice":
             let inner = (o["cell"] ?? o["slice"]) as? [String: Any]
-            guard let bytes = inner?["bytes"] as? String else { throw ToncenterError(.malformed, status: status, "a cell object lacks bytes") }
+            guard let bytes = inner?["bytes"] as? String else {
+                throw ToncenterError(.malformed, status: status, "a cell object lacks bytes")
+            }
             return .cell(try cell(base64: bytes, status: status))
         case "tvm.stackEntryTuple", "tvm.stackEntryList":
             let inner = (o["tuple"] ?? o["list"]) as? [String: Any]
-            guard let elements = inner?["elements"] as? [Any] else { throw ToncenterError(.malformed, status: status, "a tuple object lacks elements") }
+            guard let elements = inner?["elements"] as? [Any] else {
+                throw ToncenterError(.malformed, status: status, "a tuple object lacks elements")
+            }
             var items = [TVMValue]()
             for e in elements { items.append(try value(e, status: status, depth: depth + 1)) }
             return type == "tvm.stackEntryTuple" ? .tuple(items) : .list(items)

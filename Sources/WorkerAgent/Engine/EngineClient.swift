@@ -17,7 +17,7 @@ public struct EngineClient: Sendable {
     /// Parses `http://HOST:PORT`.
     public init?(url: String) {
         guard let components = URLComponents(string: url), components.scheme == "http", let host = components.host,
-              let port = components.port
+            let port = components.port
         else { return nil }
         self.init(host: host, port: port)
     }
@@ -27,14 +27,17 @@ public struct EngineClient: Sendable {
     }
 
     /// Sends one request; `onHead` receives status and content type, `onData` each body chunk.
-    public func send(method: String, path: String, body: Data, headers extra: [(String, String)] = [],
-                     onHead: (Int, String) async throws -> Void, onData: (Data) async throws -> Void) async throws {
+    public func send(
+        method: String, path: String, body: Data, headers extra: [(String, String)] = [],
+        onHead: (Int, String) async throws -> Void, onData: (Data) async throws -> Void
+    ) async throws {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(5))
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                        wrappingChannelSynchronously: channel)
                 }
             }
         try await channel.executeThenClose { inbound, outbound in
@@ -52,14 +55,18 @@ public struct EngineClient: Sendable {
                 switch part {
                 case .head(let response):
                     sawHead = true
-                    try await onHead(Int(response.status.code), response.headers.first(name: "Content-Type") ?? "application/octet-stream")
+                    try await onHead(
+                        Int(response.status.code),
+                        response.headers.first(name: "Content-Type") ?? "application/octet-stream")
                 case .body(let buffer):
                     try await onData(Data(buffer.readableBytesView))
                 case .end:
                     return
                 }
             }
-            throw EngineError(description: sawHead ? "engine closed the connection mid-response" : "engine closed the connection without a response")
+            throw EngineError(
+                description: sawHead
+                    ? "engine closed the connection mid-response" : "engine closed the connection without a response")
         }
     }
 
@@ -67,7 +74,8 @@ public struct EngineClient: Sendable {
     public func isReady() async -> Bool {
         var status = 0
         do {
-            try await send(method: "GET", path: "/v1/models", body: Data(), onHead: { code, _ in status = code }, onData: { _ in })
+            try await send(
+                method: "GET", path: "/v1/models", body: Data(), onHead: { code, _ in status = code }, onData: { _ in })
         } catch { return false }
         return status == 200
     }

@@ -32,17 +32,24 @@ public struct ConfigfsTSM: Sendable {
 
     /// A DCAP quote over `reportData` (64 bytes).
     public func quote(reportData: Data) throws(TDXError) -> Data {
-        guard reportData.count == 64 else { throw TDXError("TDX report data must be 64 bytes, not \(reportData.count)") }
+        guard reportData.count == 64 else {
+            throw TDXError("TDX report data must be 64 bytes, not \(reportData.count)")
+        }
         let entry = root.appendingPathComponent("ccworker-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         guard mkdir(entry.path, 0o700) == 0 else {
-            throw TDXError("\(entry.path): cannot create the report entry: \(String(cString: strerror(errno))) (is this a TDX guest with configfs-tsm mounted?)")
+            throw TDXError(
+                "\(entry.path): cannot create the report entry: \(String(cString: strerror(errno))) (is this a TDX guest with configfs-tsm mounted?)"
+            )
         }
         defer {
             // configfs removes the attributes with the directory; a plain directory needs them removed first.
             if rmdir(entry.path) != 0 { try? FileManager.default.removeItem(at: entry) }
         }
-        if let provider = read(entry, "provider"), provider.trimmingCharacters(in: .whitespacesAndNewlines) != "tdx_guest" {
-            throw TDXError("configfs-tsm provider is '\(provider.trimmingCharacters(in: .whitespacesAndNewlines))', not tdx_guest")
+        if let provider = read(entry, "provider"),
+            provider.trimmingCharacters(in: .whitespacesAndNewlines) != "tdx_guest"
+        {
+            throw TDXError(
+                "configfs-tsm provider is '\(provider.trimmingCharacters(in: .whitespacesAndNewlines))', not tdx_guest")
         }
         for _ in 0..<3 {
             try write(reportData, to: entry.appendingPathComponent("inblob"))
@@ -65,7 +72,9 @@ public struct ConfigfsTSM: Sendable {
     }
 
     private func read(_ entry: URL, _ name: String) -> String? {
-        FileManager.default.contents(atPath: entry.appendingPathComponent(name).path).map { String(decoding: $0, as: UTF8.self) }
+        FileManager.default.contents(atPath: entry.appendingPathComponent(name).path).map {
+            String(decoding: $0, as: UTF8.self)
+        }
     }
 }
 
@@ -76,7 +85,9 @@ func write(_ data: Data, to url: URL) throws(TDXError) {
     guard fd >= 0 else { throw TDXError("\(url.path): cannot open: \(String(cString: strerror(errno)))") }
     defer { close(fd) }
     let written = data.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
-    guard written == data.count else { throw TDXError("\(url.path): write failed: \(String(cString: strerror(errno)))") }
+    guard written == data.count else {
+        throw TDXError("\(url.path): write failed: \(String(cString: strerror(errno)))")
+    }
 }
 
 /// Extends RTMR3 through the TDX guest driver's measurement registers

@@ -20,8 +20,10 @@ public final class TDXAttestor: EvidenceSource, Sendable {
 
     /// Reads the firmware's CCEL (a header-only log when there is none), then measures `files`
     /// into RTMR3.
-    public init(tsm: ConfigfsTSM = ConfigfsTSM(), rtmr: RTMRExtender = RTMRExtender(), ccel: URL = defaultCCEL,
-                files: [URL], collateral: [String: String]? = nil) throws {
+    public init(
+        tsm: ConfigfsTSM = ConfigfsTSM(), rtmr: RTMRExtender = RTMRExtender(), ccel: URL = defaultCCEL,
+        files: [URL], collateral: [String: String]? = nil
+    ) throws {
         self.tsm = tsm
         self.rtmr = rtmr
         self.collateral = collateral
@@ -56,7 +58,8 @@ public final class TDXAttestor: EvidenceSource, Sendable {
             throw TDXError("configfs-tsm returned a quote that is not over the report data written")
         }
         var object: [String: Any] = [
-            "format": "tdx-quote", "version": 1, "quote": quote.base64EncodedString(), "event_log": log.base64EncodedString(),
+            "format": "tdx-quote", "version": 1, "quote": quote.base64EncodedString(),
+            "event_log": log.base64EncodedString(),
         ]
         if let collateral { object["collateral"] = collateral }
         return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])

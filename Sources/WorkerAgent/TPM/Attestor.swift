@@ -12,8 +12,10 @@ public actor Attestor {
     public let pcrs: [Int]
 
     /// Opens the TPM, creates the AK, and measures `files` into `measurePCR`.
-    public init(tcti: String, akAlgorithm: AttestationKeyAlgorithm = .eccP256, files: [URL], measurePCR: Int = 23,
-                quotedPCRs: [Int] = [0, 1, 2, 3, 4, 5, 6, 7]) throws {
+    public init(
+        tcti: String, akAlgorithm: AttestationKeyAlgorithm = .eccP256, files: [URL], measurePCR: Int = 23,
+        quotedPCRs: [Int] = [0, 1, 2, 3, 4, 5, 6, 7]
+    ) throws {
         let device = try TPMDevice(tcti: tcti)
         let key = try device.createAttestationKey(akAlgorithm)
         let measurer = FileMeasurer(pcr: measurePCR)

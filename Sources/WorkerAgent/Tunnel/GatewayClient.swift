@@ -70,7 +70,8 @@ public final class GatewayClient: Sendable {
 
         public func proof(gatewayID: String, workerKey: Data, at time: Date = Date()) -> Data {
             let proof = ProviderProof.sign(
-                wallet: wallet, gatewayID: gatewayID, workerKey: workerKey, time: Int(time.timeIntervalSince1970), key: key,
+                wallet: wallet, gatewayID: gatewayID, workerKey: workerKey, time: Int(time.timeIntervalSince1970),
+                key: key,
                 stakeAccount: stakeAccount)
             return (try? JSONEncoder().encode(proof)) ?? Data()
         }
@@ -89,8 +90,11 @@ public final class GatewayClient: Sendable {
     let logger: Logger
     let onEvent: @Sendable (Event) -> Void
 
-    public init(configuration: Configuration, attestor: any EvidenceSource, engine: EngineClient, kem: WorkerKEMKey = WorkerKEMKey(),
-                logger: Logger = Logger(label: "ccworker"), onEvent: @escaping @Sendable (Event) -> Void = { _ in }) {
+    public init(
+        configuration: Configuration, attestor: any EvidenceSource, engine: EngineClient,
+        kem: WorkerKEMKey = WorkerKEMKey(),
+        logger: Logger = Logger(label: "ccworker"), onEvent: @escaping @Sendable (Event) -> Void = { _ in }
+    ) {
         self.configuration = configuration
         self.attestor = attestor
         self.engine = engine
@@ -145,12 +149,16 @@ public final class GatewayClient: Sendable {
                     outboxContinuation.finish()
                     group.cancelAll()
                 }
-                outboxContinuation.yield(.hello(.init(workerID: configuration.workerID, kemPublicKey: kem.publicKeyBytes,
-                                                      models: configuration.models)))
+                outboxContinuation.yield(
+                    .hello(
+                        .init(
+                            workerID: configuration.workerID, kemPublicKey: kem.publicKeyBytes,
+                            models: configuration.models)))
                 var machine = GatewaySession()
                 var session: Session?
                 for try await message in inbound {
-                    session = try await perform(machine.received(message), session, outbox: outboxContinuation) ?? session
+                    session =
+                        try await perform(machine.received(message), session, outbox: outboxContinuation) ?? session
                 }
                 if let session {
                     for task in session.tasks.withLock({ Array($0.values) }) { task.cancel() }
@@ -160,14 +168,17 @@ public final class GatewayClient: Sendable {
     }
 
     /// Performs one action of the session state machine; returns the session once admitted.
-    func perform(_ action: GatewaySession.Action, _ session: Session?, outbox: AsyncStream<WireMessage>.Continuation) async throws
+    func perform(_ action: GatewaySession.Action, _ session: Session?, outbox: AsyncStream<WireMessage>.Continuation)
+        async throws
         -> Session?
     {
         switch action {
         case .attest(let nonce, let gatewayID, let reattestation):
             let binding = attestationBinding(nonce: nonce, workerPublicKeys: kem.publicKeyBytes)
             let envelope = try await attestor.evidence(binding: binding)
-            let proof = gatewayID.flatMap { configuration.provider?.proof(gatewayID: $0, workerKey: kem.publicKeyBytes) }
+            let proof = gatewayID.flatMap {
+                configuration.provider?.proof(gatewayID: $0, workerKey: kem.publicKeyBytes)
+            }
             outbox.yield(.evidence(.init(envelope: envelope, providerProof: proof)))
             if reattestation { onEvent(.reattested) }
             return nil
