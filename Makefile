@@ -31,7 +31,7 @@ fuzz: setup
 	@scripts/fuzz
 
 format:
-	swift format --in-place --recursive Sources Tests Benchmarks Package.swift
+	swift format --in-place --recursive Sources Tests Benchmarks Fuzz Plugins Package.swift
 
 clean:
 	rm -rf .build

@@ -94,51 +94,57 @@ public actor GatewayAdministration {
             }
             throw error
         }
-        let current = policies.current
-        let changes = current.document.changes(to: document).map(\.description)
-        let now = clock.now()
+        let changes = policies.current.document.changes(to: document).map(\.description)
+        let evictions: [ApplyOutcome.Eviction]
+        let version: Int?
         if dryRun {
-            let wouldEvict = failing(under: document, at: now).map { item in
+            version = nil
+            evictions = failing(under: document, at: clock.now()).map { item in
                 ApplyOutcome.Eviction(
                     worker: item.link.workerID, session: item.link.sessionID,
                     reasons: item.reasons.map(\.code.rawValue),
                     message: item.reasons[0].message)
             }
-            return ApplyOutcome(
-                dryRun: true, version: nil, name: document.name, sha256: digest, signer: signer.fingerprint,
-                changes: changes,
-                evictions: wouldEvict)
+        } else {
+            let signed = NewPolicy(
+                name: document.name, text: text, signature: signature ?? "", signer: signer.fingerprint, note: note)
+            (version, evictions) = try await commit(
+                document, signed, digest: digest, changes: changes.count, actor: actor)
         }
-        // The policy and the evictions it causes go into one transaction. Versions are assigned by
-        // the store; the version in force is the latest, applies are serialized by this actor and
-        // nothing else adds versions while the gateway runs, so the next one is known without a read.
+        return ApplyOutcome(
+            dryRun: dryRun, version: version, name: document.name, sha256: digest, signer: signer.fingerprint,
+            changes: changes, evictions: evictions)
+    }
+
+    /// Makes `document` the next version: the workers it no longer admits leave routing at once,
+    /// the version and their evictions are recorded in one transaction, then the policy is in
+    /// force and their links end.
+    func commit(_ document: PolicyDocument, _ signed: NewPolicy, digest: String, changes: Int, actor: String)
+        async throws(AdminError) -> (Int, [ApplyOutcome.Eviction])
+    {
+        // Versions are assigned by the store; the version in force is the latest, applies are
+        // serialized by this actor and nothing else adds versions while the gateway runs, so the
+        // next one is known without a read.
+        let current = policies.current
         let version = current.version + 1
-        let failingNow = failing(under: document, at: now)
         let claimed = evictor.claim(
-            failingNow.map { item in
+            failing(under: document, at: clock.now()).map { item in
                 let message = "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)"
-                return (
-                    item.link, Evictor.Cause(code: item.reasons[0].code.rawValue, message: message, actor: actor),
-                    item.reasons.map(\.code.rawValue)
-                )
+                let cause = Evictor.Cause(code: item.reasons[0].code.rawValue, message: message, actor: actor)
+                return (item.link, cause, item.reasons.map(\.code.rawValue))
             })
-        let drafts: [AuditDraft] =
-            [
-                .policy(
-                    AuditEvent(
-                        .policyApplied, actor: actor, decision: .applied,
-                        detail: [
-                            "name": document.name, "sha256": digest, "signer": signer.fingerprint, "note": note,
-                            "previous_version": String(current.version), "changes": String(changes.count),
-                            "evictions": String(claimed.count),
-                        ]),
-                    NewPolicy(
-                        name: document.name, text: text, signature: signature ?? "", signer: signer.fingerprint,
-                        note: note))
-            ] + claimed.map { $0.draft(policyVersion: version) }
-        // The claimed workers are out of routing already; the policy and its evictions go into one transaction.
+        let applied = AuditEvent(
+            .policyApplied, actor: actor, decision: .applied,
+            detail: [
+                "name": document.name, "sha256": digest, "signer": signed.signer ?? "", "note": signed.note,
+                "previous_version": String(current.version), "changes": String(changes),
+                "evictions": String(claimed.count),
+            ])
         let entries: [AuditEntry]
-        do { entries = try await trail.record(drafts) } catch {
+        do {
+            entries = try await trail.record(
+                [.policy(applied, signed)] + claimed.map { $0.draft(policyVersion: version) })
+        } catch {
             evictor.finishUnrecorded(claimed, message: "a policy apply could not be recorded; attest again")
             throw AdminError(
                 503, ProtocolErrorCode.auditUnavailable.rawValue, "the policy could not be recorded: \(error)")
@@ -148,25 +154,20 @@ public actor GatewayAdministration {
                 500, "gateway.internal",
                 "the policy was recorded as version \(entries.first?.event.policyVersion ?? 0), not \(version)")
         }
-        policies.replace(with: ActivePolicy(version: version, document: document, text: text))
+        policies.replace(with: ActivePolicy(version: version, document: document, text: signed.text))
         evictor.finish(claimed)
+        // Workers admitted while the transaction ran were decided under the old version.
+        for item in failing(under: document, at: clock.now()) where !claimed.contains(where: { $0.link === item.link })
+        {
+            let message = "policy version \(version): \(item.reasons[0].message)"
+            _ = try? await evictor.evict(
+                item.link, .init(code: item.reasons[0].code.rawValue, message: message, actor: actor))
+        }
         let evictions = claimed.map {
             ApplyOutcome.Eviction(
                 worker: $0.link.workerID, session: $0.link.sessionID, reasons: $0.reasons, message: $0.cause.message)
         }
-        // Workers admitted while the transaction ran were decided under the old version.
-        for item in failing(under: document, at: clock.now()) where !claimed.contains(where: { $0.link === item.link })
-        {
-            _ = try? await evictor.evict(
-                item.link,
-                .init(
-                    code: item.reasons[0].code.rawValue,
-                    message: "policy version \(version): \(item.reasons[0].message)", actor: actor))
-        }
-        return ApplyOutcome(
-            dryRun: false, version: version, name: document.name, sha256: digest, signer: signer.fingerprint,
-            changes: changes,
-            evictions: evictions)
+        return (version, evictions)
     }
 
     /// Makes an earlier version the policy in force again, as a new version (its signature is

@@ -49,22 +49,46 @@ public struct DCAPQuote: Sendable, Equatable {
         }
     }
 
+    /// Parses a quote: the header and report (the signed bytes), then the signature data. Every
+    /// length is checked against what is left before it is read.
     public static func parse(_ bytes: [UInt8]) throws(ParseError) -> DCAPQuote {
         guard bytes.count <= maxSize else { throw .malformed("quote of \(bytes.count) bytes exceeds \(maxSize)") }
         var r = ByteReader(bytes)
-        func need<T>(_ value: T?, _ what: String) throws(ParseError) -> T {
-            guard let value else { throw .malformed("quote truncated at byte \(r.offset) (\(what))") }
-            return value
+        let (version, tee, vendor, body) = try header(&r)
+        let signedBytes = Array(bytes[0..<r.offset])
+        let sigDataLength = Int(try need(r.u32le(), "signature data length", r))
+        guard sigDataLength <= r.remaining else {
+            throw .malformed("signature data of \(sigDataLength) bytes runs past the quote")
         }
-        let version = Int(try need(r.u16le(), "version"))
+        var s = ByteReader(try need(r.read(sigDataLength), "signature data", r))
+        let data = try signatureData(&s, version: version)
+        return DCAPQuote(
+            version: version, tee: tee, qeVendorID: vendor, body: body, signedBytes: signedBytes,
+            signature: data.signature,
+            attestationKey: data.key, qeReport: EnclaveReport(data.qeReport), qeReportBytes: data.qeReport,
+            qeReportSignature: data.qeReportSignature, qeAuthData: data.auth, pckChainBytes: data.pem,
+            trailing: r.remaining)
+    }
+
+    /// `value`, or the truncation error naming the reader's position.
+    static func need<T>(_ value: T?, _ what: String, _ reader: ByteReader, in part: String = "quote") throws(ParseError)
+        -> T
+    {
+        guard let value else { throw .malformed("\(part) truncated at byte \(reader.offset) (\(what))") }
+        return value
+    }
+
+    /// The header and the report body.
+    static func header(_ r: inout ByteReader) throws(ParseError) -> (Int, TEE, [UInt8], Body) {
+        let version = Int(try need(r.u16le(), "version", r))
         guard [3, 4, 5].contains(version) else {
             throw .unsupported("quote version \(version) is not supported (3, 4, 5 are)")
         }
-        let keyType = try need(r.u16le(), "attestation key type")
+        let keyType = try need(r.u16le(), "attestation key type", r)
         guard keyType == 2 else {
             throw .unsupported("attestation key type \(keyType) is not supported (2: ECDSA P-256 is)")
         }
-        let teeRaw = try need(r.u32le(), "TEE type")
+        let teeRaw = try need(r.u32le(), "TEE type", r)
         let tee: TEE
         switch (version, teeRaw) {
         case (3, _): tee = .sgx
@@ -72,46 +96,41 @@ public struct DCAPQuote: Sendable, Equatable {
         case (_, 0x0000_0081): tee = .tdx
         default: throw .unsupported("TEE type \(String(teeRaw, radix: 16)) is not supported (0: SGX, 0x81: TDX)")
         }
-        _ = try need(r.read(4), "reserved / QE and PCE SVN")
-        let vendor = try need(r.read(16), "QE vendor id")
-        _ = try need(r.read(20), "user data")
-
+        _ = try need(r.read(4), "reserved / QE and PCE SVN", r)
+        let vendor = try need(r.read(16), "QE vendor id", r)
+        _ = try need(r.read(20), "user data", r)
         let body: Body
         if version == 5 {
-            let type = try need(r.u16le(), "body type")
-            let size = Int(try need(r.u32le(), "body size"))
-            let raw = try need(r.read(size), "body")
+            let type = try need(r.u16le(), "body type", r)
+            let size = Int(try need(r.u32le(), "body size", r))
+            let raw = try need(r.read(size), "body", r)
             switch (type, size) {
             case (1, EnclaveReport.size): body = .enclave(EnclaveReport(raw))
             case (2, TDReport.size10), (3, TDReport.size15): body = .td(TDReport(raw))
             default: throw .malformed("v5 body of type \(type) cannot be \(size) bytes")
             }
         } else if tee == .tdx {
-            body = .td(TDReport(try need(r.read(TDReport.size10), "TD report")))
+            body = .td(TDReport(try need(r.read(TDReport.size10), "TD report", r)))
         } else {
-            body = .enclave(EnclaveReport(try need(r.read(EnclaveReport.size), "enclave report")))
+            body = .enclave(EnclaveReport(try need(r.read(EnclaveReport.size), "enclave report", r)))
         }
         switch (tee, body) {
-        case (.tdx, .td), (.sgx, .enclave): break
+        case (.tdx, .td), (.sgx, .enclave): return (version, tee, vendor, body)
         default: throw .malformed("the body does not match the TEE type")
         }
-        let signedBytes = Array(bytes[0..<r.offset])
+    }
 
-        let sigDataLength = Int(try need(r.u32le(), "signature data length"))
-        guard sigDataLength <= r.remaining else {
-            throw .malformed("signature data of \(sigDataLength) bytes runs past the quote")
-        }
-        var s = ByteReader(try need(r.read(sigDataLength), "signature data"))
-        let trailing = r.remaining
-        func needS<T>(_ value: T?, _ what: String) throws(ParseError) -> T {
-            guard let value else { throw .malformed("signature data truncated at byte \(s.offset) (\(what))") }
-            return value
-        }
-        let signature = try needS(s.read(64), "quote signature")
-        let key = try needS(s.read(64), "attestation key")
+    /// The signature data: the quote signature and attestation key, the QE report with its
+    /// signature and authentication data, and the PCK chain (PEM).
+    static func signatureData(_ s: inout ByteReader, version: Int) throws(ParseError) -> (
+        signature: [UInt8], key: [UInt8], qeReport: [UInt8], qeReportSignature: [UInt8], auth: [UInt8], pem: [UInt8]
+    ) {
+        let part = "signature data"
+        let signature = try need(s.read(64), "quote signature", s, in: part)
+        let key = try need(s.read(64), "attestation key", s, in: part)
         if version >= 4 {
-            let type = try needS(s.u16le(), "certification data type")
-            let size = Int(try needS(s.u32le(), "certification data size"))
+            let type = try need(s.u16le(), "certification data type", s, in: part)
+            let size = Int(try need(s.u32le(), "certification data size", s, in: part))
             guard type == 6 else {
                 throw .unsupported("certification data type \(type) is not supported (6: QE report) ")
             }
@@ -119,24 +138,21 @@ public struct DCAPQuote: Sendable, Equatable {
                 throw .malformed("certification data size \(size) does not match the \(s.remaining) bytes left")
             }
         }
-        let qeReportBytes = try needS(s.read(EnclaveReport.size), "QE report")
-        let qeReportSignature = try needS(s.read(64), "QE report signature")
-        let authSize = Int(try needS(s.u16le(), "QE authentication data size"))
-        let auth = try needS(s.read(authSize), "QE authentication data")
-        let certType = try needS(s.u16le(), "PCK certification data type")
-        let certSize = Int(try needS(s.u32le(), "PCK certification data size"))
+        let qeReport = try need(s.read(EnclaveReport.size), "QE report", s, in: part)
+        let qeReportSignature = try need(s.read(64), "QE report signature", s, in: part)
+        let authSize = Int(try need(s.u16le(), "QE authentication data size", s, in: part))
+        let auth = try need(s.read(authSize), "QE authentication data", s, in: part)
+        let certType = try need(s.u16le(), "PCK certification data type", s, in: part)
+        let certSize = Int(try need(s.u32le(), "PCK certification data size", s, in: part))
         guard certType == 5 else {
             throw .unsupported("PCK certification data type \(certType) is not supported (5: PEM chain)")
         }
-        let certBytes = try needS(s.read(certSize), "PCK certificate chain")
+        let certBytes = try need(s.read(certSize), "PCK certificate chain", s, in: part)
         guard s.isAtEnd else { throw .malformed("\(s.remaining) unexplained bytes at the end of the signature data") }
         // A PEM chain may carry trailing NUL padding.
-        let pemBytes = Array(certBytes.prefix { $0 != 0 })
-        guard pemBytes.allSatisfy({ $0 < 0x80 }) else { throw .malformed("PCK certificate chain is not ASCII PEM") }
-        return DCAPQuote(
-            version: version, tee: tee, qeVendorID: vendor, body: body, signedBytes: signedBytes, signature: signature,
-            attestationKey: key, qeReport: EnclaveReport(qeReportBytes), qeReportBytes: qeReportBytes,
-            qeReportSignature: qeReportSignature, qeAuthData: auth, pckChainBytes: pemBytes, trailing: trailing)
+        let pem = Array(certBytes.prefix { $0 != 0 })
+        guard pem.allSatisfy({ $0 < 0x80 }) else { throw .malformed("PCK certificate chain is not ASCII PEM") }
+        return (signature, key, qeReport, qeReportSignature, auth, pem)
     }
 
     public var tdReport: TDReport? { if case .td(let t) = body { t } else { nil } }
