@@ -93,8 +93,7 @@ let package = Package(
         .target(
             name: "WorkerAgent",
             dependencies: [
-                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "WorkerFraming", "TDXVerifier",
-                "TONKit",
+                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "WorkerFraming", "TONKit",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -151,7 +150,8 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: [
-                "AttestationCore", "TDXVerifier", "COpenSSL", .product(name: "Crypto", package: "swift-crypto"),
+                "AttestationCore", "TDXVerifier", "EventLog", "COpenSSL",
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Tests/TestSupport", exclude: ["toncenter_tvm.py"], swiftSettings: strict),
         .testTarget(

@@ -1,4 +1,5 @@
 import AttestationCore
+import EventLog
 import Foundation
 import TestSupport
 import Testing
@@ -26,7 +27,7 @@ import Testing
         for (path, digest) in [("/opt/ccgate/ccinfer", engine), ("/models/smollm2.gguf", model)] {
             log += CCELEncoder.applicationEvent(path: path, sha256: digest)
             rtmrs[3] = HashAlgorithm.sha384.extend(
-                rtmrs[3], with: CCELReplay.applicationEvent(path: path, sha256: digest).digest)
+                rtmrs[3], with: CCEL.applicationEvent(path: path, sha256: digest).digest)
         }
         return (log, rtmrs.map { [UInt8]($0) })
     }
@@ -54,10 +55,10 @@ import Testing
 
     @Test func applicationEventWhoseDigestIsNotItsDataIsRejected() {
         var log = CCELEncoder.header()
-        let honest = CCELReplay.applicationEvent(path: "/opt/ccgate/ccinfer", sha256: Data(repeating: 1, count: 32))
-        let shown = CCELReplay.applicationEvent(path: "/opt/ccgate/ccinfer", sha256: Data(repeating: 2, count: 32))
+        let honest = CCEL.applicationEvent(path: "/opt/ccgate/ccinfer", sha256: Data(repeating: 1, count: 32))
+        let shown = CCEL.applicationEvent(path: "/opt/ccgate/ccinfer", sha256: Data(repeating: 2, count: 32))
         log += CCELEncoder.event(
-            mrIndex: 4, type: CCELReplay.applicationEventType, digest: honest.digest, data: shown.data)
+            mrIndex: 4, type: CCEL.applicationEventType, digest: honest.digest, data: shown.data)
         guard case .failure(let r) = CCELReplay.replay(log) else {
             Issue.record("a digest that is not SHA-384 of the data was accepted")
             return
@@ -77,8 +78,8 @@ extension CCELTests {
     /// Application measurements count only in RTMR3: the same event in RTMR2 is extended but not reported.
     @Test func applicationEventsOutsideRTMR3AreNotMeasurements() throws {
         var log = CCELEncoder.header()
-        let e = CCELReplay.applicationEvent(path: "/opt/ccgate/ccinfer", sha256: Data(repeating: 1, count: 32))
-        log += CCELEncoder.event(mrIndex: 3, type: CCELReplay.applicationEventType, digest: e.digest, data: e.data)
+        let e = CCEL.applicationEvent(path: "/opt/ccgate/ccinfer", sha256: Data(repeating: 1, count: 32))
+        log += CCELEncoder.event(mrIndex: 3, type: CCEL.applicationEventType, digest: e.digest, data: e.data)
         let summary = try CCELReplay.replay(log).get()
         #expect(summary.measuredFiles.isEmpty)
         #expect(summary.rtmrs[2] != [UInt8](repeating: 0, count: 48))
@@ -87,7 +88,7 @@ extension CCELTests {
     @Test func paddingAfterTheLastEventIsTrimmed() throws {
         let (log, _) = Self.log()
         for pad in [Data(count: 4096), Data(repeating: 0xFF, count: 4096)] {
-            #expect(CCELReplay.trimmed(log + pad) == log)
+            #expect(CCEL.trimmed(log + pad) == log)
             #expect(try CCELReplay.replay(log + pad).get().measuredFiles.count == 2)
         }
     }

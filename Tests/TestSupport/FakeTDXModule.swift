@@ -1,4 +1,5 @@
 import AttestationCore
+import EventLog
 import Foundation
 import Synchronization
 import TDXVerifier
