@@ -21,7 +21,9 @@ let package = Package(
         .library(name: "TONKit", targets: ["TONKit"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        // ccinfer's only package dependency: pinned exactly, so that the measured engine binary a
+        // policy pins can be rebuilt from the same commit and toolchain (docs/INFERENCE.md).
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
