@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "TPMVerifier", targets: ["TPMVerifier"]),
         .library(name: "TDXVerifier", targets: ["TDXVerifier"]),
         .library(name: "TONKit", targets: ["TONKit"]),
+        .library(name: "TONStake", targets: ["TONStake"]),
     ],
     dependencies: [
         // ccinfer's only package dependency: pinned exactly, so that the measured engine binary a
@@ -57,6 +58,8 @@ let package = Package(
         .target(name: "AuditLog", dependencies: ["AttestationCore", "CSQLite"], swiftSettings: strict),
         // TON: addresses, cells, bags of cells.
         .target(name: "TONKit", dependencies: ["AttestationCore"], swiftSettings: strict),
+        // TON on the chain: the toncenter v2 client, stake readers, provider proofs, the stake oracle.
+        .target(name: "TONStake", dependencies: ["TONKit", "AttestationCore"], swiftSettings: strict),
 
         // The inference engine: GGUF, tokenizer, chat templates, Vulkan kernels, OpenAI server.
         // Kept free of package dependencies so that its measured binary stays small and its
@@ -84,7 +87,7 @@ let package = Package(
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "WorkerFraming",
                 "AuditLog",
-                "TONKit", "AdmissionCore",
+                "TONKit", "TONStake", "AdmissionCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -96,6 +99,7 @@ let package = Package(
             name: "WorkerAgent",
             dependencies: [
                 "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "WorkerFraming", "TONKit",
+                "TONStake",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -110,7 +114,7 @@ let package = Package(
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog",
                 "CommandLineSupport",
-                "TONKit",
+                "TONKit", "TONStake",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -119,7 +123,7 @@ let package = Package(
         .executableTarget(
             name: "ccworker",
             dependencies: [
-                "AttestationCore", "WorkerAgent", "CommandLineSupport", "TONKit",
+                "AttestationCore", "WorkerAgent", "CommandLineSupport", "TONKit", "TONStake",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -161,7 +165,7 @@ let package = Package(
             dependencies: ["AttestationCore", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         .testTarget(
-            name: "TONKitTests", dependencies: ["TONKit", "AttestationCore", "TestSupport"],
+            name: "TONKitTests", dependencies: ["TONKit", "TONStake", "AttestationCore", "TestSupport"],
             exclude: ["pytoniq_corpus.py", "toncenter_stub.py"],
             swiftSettings: strict),
         .testTarget(
@@ -191,7 +195,7 @@ let package = Package(
             dependencies: [
                 "Gateway", "AdmissionCore", "WorkerAgent", "WorkerProtocol", "WorkerFraming", "AuditLog", "Sealing",
                 "Policy",
-                "TestSupport", "TONKit",
+                "TestSupport", "TONKit", "TONStake",
                 .product(name: "Hummingbird", package: "hummingbird"),
             ] + nio,
             exclude: ["openai_sdk_check.py"],
@@ -200,7 +204,8 @@ let package = Package(
             name: "InferenceTests", dependencies: ["Inference", "TestSupport"], exclude: ["reference_llama.py"],
             swiftSettings: strict),
         .testTarget(
-            name: "CLITests", dependencies: ["AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TONKit"],
+            name: "CLITests",
+            dependencies: ["AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TONKit", "TONStake"],
             swiftSettings: strict),
     ]
 )

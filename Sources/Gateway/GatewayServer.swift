@@ -12,6 +12,7 @@ import UnixSignals
 import Synchronization
 import TDXVerifier
 import TONKit
+import TONStake
 
 /// Everything `ccgate serve` needs.
 public struct GatewayConfiguration: Sendable {

@@ -97,7 +97,7 @@ extension PolicyDocument {
         }
     }
 
-    static func sourceText(_ kind: StakeQuery.Kind) -> String {
+    static func sourceText(_ kind: StakeSourceKind) -> String {
         switch kind {
         case .nominatorPool(let pool): "nominator-pool \(pool.raw)"
         case .jetton(let master): "jetton of \(master.raw)"

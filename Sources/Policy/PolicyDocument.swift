@@ -45,7 +45,7 @@ public struct PolicyDocument: Sendable, Equatable {
         /// Minimum stake in nanotons (1 TON = 10^9); nil: no stake rule.
         public var minimumNanotons: UInt64?
         /// Where the stake is: a nominator pool position, a jetton wallet or a Cocoon proxy.
-        public var source: StakeQuery.Kind?
+        public var source: StakeSourceKind?
         /// Lowercase hex code hashes the stake contract may run (the pool, the jetton wallet or the proxy).
         public var codeHashes: [String] = []
         /// Seconds an observation is trusted before it is read again (the oracle's TTL).

@@ -7,6 +7,7 @@ import Gateway
 import Logging
 import Policy
 import TONKit
+import TONStake
 
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

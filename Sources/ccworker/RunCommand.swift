@@ -4,6 +4,7 @@ import CommandLineSupport
 import Foundation
 import Logging
 import TONKit
+import TONStake
 import WorkerAgent
 
 struct Run: ParsableCommand {

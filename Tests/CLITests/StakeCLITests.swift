@@ -3,6 +3,7 @@ import Foundation
 import TestSupport
 import Testing
 import TONKit
+import TONStake
 
 /// The staking gate through the executables, as an operator runs them: `ccgate serve --toncenter …`
 /// with a staked policy, `ccworker run --provider-wallet … --provider-key …` on swtpm, the loopback

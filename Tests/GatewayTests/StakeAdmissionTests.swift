@@ -5,6 +5,7 @@ import Policy
 import TestSupport
 import Testing
 import TONKit
+import TONStake
 import WorkerAgent
 
 /// The TON staking gate end to end on loopback: real swtpm workers, a gateway reading stake from

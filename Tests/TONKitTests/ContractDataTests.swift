@@ -2,6 +2,7 @@ import Foundation
 import TestSupport
 import Testing
 import TONKit
+import TONStake
 
 /// Slices, Coins, addresses and HashmapE on the nominator pool's data layout (`pool.fc`
 /// `save_data`), and get-method ids, against `../shared/testdata/ton/contracts/getters.json`.

@@ -4,6 +4,7 @@ import Synchronization
 import TestSupport
 import Testing
 import TONKit
+import TONStake
 
 /// The oracle's decisions over a scripted source, and provider proofs against a wallet key read
 /// from loopback toncenter stand-ins.

@@ -2,6 +2,7 @@ import Foundation
 import TestSupport
 import Testing
 import TONKit
+import TONStake
 
 /// The stake reader against loopback toncenter stand-ins serving the recorded bodies: agreement
 /// gives the lowest amount; a look-alike contract is refused; rate limits, garbage, disagreement,

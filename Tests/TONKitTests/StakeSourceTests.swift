@@ -5,6 +5,7 @@ import Foundation
 import TestSupport
 import Testing
 import TONKit
+import TONStake
 
 /// The jetton and Cocoon proxy stake sources over constructed toncenter answers: the account body
 /// is the recorded wallet v4r2 one (real code, so the code-hash rule is exercised on a real hash);

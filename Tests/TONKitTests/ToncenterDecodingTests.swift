@@ -2,6 +2,7 @@ import Foundation
 import TestSupport
 import Testing
 import TONKit
+import TONStake
 
 /// Every toncenter v2 body of `../shared/testdata/ton/toncenter` decodes as its index says, and
 /// every get-method result equals the pytvm run recorded in `contracts/getters.json`.

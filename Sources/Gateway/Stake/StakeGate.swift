@@ -6,6 +6,7 @@ import Logging
 import Policy
 import Synchronization
 import TONKit
+import TONStake
 
 /// Admits a worker's provider only while the provider proves control of a TON wallet holding the
 /// policy's minimum stake, and keeps checking it.

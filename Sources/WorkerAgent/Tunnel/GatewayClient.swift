@@ -6,6 +6,7 @@ import NIOPosix
 import Sealing
 import Synchronization
 import TONKit
+import TONStake
 import WorkerFraming
 import WorkerProtocol
 import AttestationCore

@@ -1,5 +1,6 @@
 import AttestationCore
 import Foundation
+import TONKit
 
 /// A provider's proof that it runs a worker: an Ed25519 signature by the provider wallet's key
 /// over (gateway id, wallet, worker public key, time). The gateway reads the wallet's key on chain

@@ -1,5 +1,6 @@
 import AttestationCore
 import Foundation
+import TONKit
 
 /// What the chain says about a provider's stake.
 public enum StakeReading: Sendable, Equatable {
@@ -204,25 +205,8 @@ public struct StakeReader: Sendable {
 
 /// Where a provider's stake is and how to read it, from the policy's `stake` section.
 public struct StakeQuery: Sendable, Equatable {
-    public enum Kind: Sendable, Equatable {
-        /// A position in this nominator pool (`get_nominator_data`).
-        case nominatorPool(pool: TONAddress)
-        /// A jetton wallet of this master (`get_wallet_data`), owned by the provider.
-        case jetton(master: TONAddress)
-        /// A Cocoon proxy contract (`get_cocoon_proxy_data`) owned by the provider; `root` pins its Cocoon root.
-        case cocoonProxy(root: TONAddress?)
-
-        public var name: String {
-            switch self {
-            case .nominatorPool: "nominator-pool"
-            case .jetton: "jetton"
-            case .cocoonProxy: "cocoon-proxy"
-            }
-        }
-
-        /// Whether the contract's TON balance must cover the stake (a jetton balance is not in TON).
-        var coveredByAccountBalance: Bool { if case .jetton = self { false } else { true } }
-    }
+    /// Where the stake is (the policy's source).
+    public typealias Kind = StakeSourceKind
 
     public let kind: Kind
     /// The provider's wallet.

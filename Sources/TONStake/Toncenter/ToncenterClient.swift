@@ -1,5 +1,6 @@
 import AttestationCore
 import Foundation
+import TONKit
 import Synchronization
 
 #if canImport(FoundationNetworking)

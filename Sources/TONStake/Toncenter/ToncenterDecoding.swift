@@ -1,4 +1,5 @@
 import Foundation
+import TONKit
 
 /// A TVM integer (up to 257 bits): sign and big-endian magnitude, without leading zeros.
 public struct TVMInteger: Sendable, Hashable, CustomStringConvertible {

@@ -1,4 +1,5 @@
 import Foundation
+import TONKit
 
 /// Where the oracle reads a provider's stake (a `StakeReader` over toncenter in production).
 public protocol StakeSource: Sendable {
