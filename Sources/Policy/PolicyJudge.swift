@@ -83,31 +83,42 @@ extension PolicyDocument {
     /// verifier reports them.
     func judgeTCB(_ facts: AttestedFacts, at time: Date, source: String) -> [Reason] {
         var reasons = [Reason]()
-        if facts.claims.fields["debug"] == "true", !tdx.allowDebug {
-            let guest = facts.format == EvidenceFormat.sgxQuote.rawValue ? "enclave" : "TD"
+        let guest = facts.format == EvidenceFormat.sgxQuote.rawValue ? "enclave" : "TD"
+        // Fails closed: facts that do not say whether the guest is a debug guest, or what its TCB
+        // status is, meet no DCAP rule.
+        switch facts.claims.fields["debug"] {
+        case "false": break
+        case "true" where tdx.allowDebug: break
+        case "true":
             reasons.append(
                 Reason(.policyDebugNotAllowed, source, "the \(guest) is a debug guest and debug guests are not allowed")
             )
+        default:
+            reasons.append(
+                Reason(
+                    .policyDebugNotAllowed, source, "the evidence does not say whether the \(guest) is a debug guest"))
         }
-        if let status = facts.tcbStatus, !tdx.acceptedTCBStatuses.contains(status) {
-            let graceEnd = facts.claims.fields["tcb_date"].flatMap(Date.rfc3339)?
-                .addingTimeInterval(TimeInterval(tdx.platformGracePeriodDays) * 86_400)
+        guard let status = facts.tcbStatus else {
+            return reasons + [Reason(.tcbStatusNotAllowed, source, "the evidence carries no TCB status")]
+        }
+        if !tdx.acceptedTCBStatuses.contains(status) {
+            let tcbDate = facts.claims.fields["tcb_date"]
+            let graceEnd = tcbDate.flatMap(Date.rfc3339)?.addingTimeInterval(
+                TimeInterval(tdx.platformGracePeriodDays) * 86_400)
             let graceApplies =
                 tdx.platformGracePeriodDays > 0
                 && TCBStatus(rawValue: status).map(TCBStatus.outOfDateFamily.contains) == true
             if graceApplies, let graceEnd, time <= graceEnd {
                 // Out of date, but within the grace period Intel's appraisal allows.
             } else if graceApplies, let graceEnd {
-                reasons.append(
-                    Reason(
-                        .tcbStatusNotAllowed, source,
-                        "TCB status \(status): the platform grace period ended \(graceEnd.rfc3339)"))
+                let message =
+                    "TCB status \(status): the platform grace period ended \(graceEnd.rfc3339) (TCB level of \(tcbDate ?? "?"))"
+                reasons.append(Reason(.tcbStatusNotAllowed, source, message))
             } else {
+                let accepted = tdx.acceptedTCBStatuses.sorted().joined(separator: ", ")
                 reasons.append(
-                    Reason(
-                        .tcbStatusNotAllowed, source,
-                        "TCB status \(status) is not accepted (accepted: \(tdx.acceptedTCBStatuses.sorted().joined(separator: ", ")))"
-                    ))
+                    Reason(.tcbStatusNotAllowed, source, "TCB status \(status) is not accepted (accepted: \(accepted))")
+                )
             }
         }
         let rejected = Set(facts.advisoryIDs).intersection(tdx.rejectedAdvisoryIDs).sorted()

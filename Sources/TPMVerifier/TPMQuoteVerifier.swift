@@ -37,8 +37,10 @@ public struct TPMQuoteVerifier: Sendable {
     /// Verifies an envelope. `expectedNonce` nil skips the freshness check (hand verification of
     /// a file); the gateway always passes one. `time` is the instant of verification.
     ///
-    /// The steps, in the documented order; the first four reject at once, the rest collect
-    /// every reason before the verdict.
+    /// The steps, in the documented order. Reading the evidence, the AK's attributes and the
+    /// signature algorithm reject at once; the signature and the nonce collect their reasons; an
+    /// unusable PCR selection then rejects with what was collected so far; the PCR digest and the
+    /// log replays collect theirs before the verdict.
     public func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?, at time: Date) -> Verdict {
         var run = TPMRun(options: options)
         guard let evidence = run.fatal({ try $0.read(envelope) }),

@@ -73,10 +73,21 @@ final class TestConnection: WorkerConnection {
     private let input: AsyncThrowingStream<WireMessage, any Error>.Continuation
     private let sent = Mutex<[WireMessage]>([])
     let closes = Mutex(0)
+    /// Sends of messages this accepts fail, as a reset connection's would.
+    let failing: @Sendable (WireMessage) -> Bool
 
-    init() { (inbound, input) = AsyncThrowingStream<WireMessage, any Error>.makeStream() }
+    init(failing: @escaping @Sendable (WireMessage) -> Bool = { _ in false }) {
+        (inbound, input) = AsyncThrowingStream<WireMessage, any Error>.makeStream()
+        self.failing = failing
+    }
 
-    func send(_ message: WireMessage) async throws { sent.withLock { $0.append(message) } }
+    struct Closed: Error {}
+
+    /// Like a socket: nothing can be sent once it is closed.
+    func send(_ message: WireMessage) async throws {
+        guard closes.withLock({ $0 }) == 0, !failing(message) else { throw Closed() }
+        sent.withLock { $0.append(message) }
+    }
     func close() {
         closes.withLock { $0 += 1 }
         input.finish()

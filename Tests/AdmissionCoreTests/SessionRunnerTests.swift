@@ -219,4 +219,88 @@ import WorkerProtocol
         #expect(events.map(\.kind) == [.protocolError])
         #expect(events.first?.reasons == [ProtocolErrorCode.frameTooLarge.rawValue])
     }
+
+    @Test func aConnectionThatFailsAsItHearsAdmittedLeavesNoWorkerBehind() async throws {
+        let core = try Core()
+        let connection = TestConnection { message in
+            if case .admitted = message { return true }
+            return false
+        }
+        let task = Task { await core.runner.run(connection.inbound, on: connection) }
+        let worker = TestWorker()
+        connection.deliver(worker.hello)
+        guard case .challenge(let challenge)? = await connection.next() else {
+            Issue.record("no challenge")
+            return
+        }
+        connection.deliver(.evidence(core.evidence(nonce: challenge.nonce, key: worker.kem.publicKeyBytes)))
+        await task.value
+        #expect(!core.registry.isAdmitted("w1"))
+        #expect(core.registry.pick(model: "m") == nil)
+        #expect(try core.store.workers().isEmpty)
+        let admission = try #require(try core.events().first { $0.kind == .admission })
+        let evictions = try core.evictions(session: try #require(admission.detail["session"]))
+        #expect(evictions.count == 1)
+        #expect(evictions.first?.reasons == [ProtocolErrorCode.disconnected.rawValue])
+    }
+
+    @Test func anEvictionWhoseEntryCannotBeWrittenIsRecordedByTheSessionOnce() async throws {
+        let core = try Core()
+        let (connection, task) = start(core)
+        guard case .success(let (session, _)) = await TestWorker().admit(core, connection) else {
+            Issue.record("not admitted")
+            return
+        }
+        let link = try #require(core.registry.link("w1"))
+        core.store.failNextAppends(1)
+        await #expect(throws: StoreError.self) {
+            try await core.runner.evictor.evict(
+                link, .init(code: "stake.below-minimum", message: "withdrawn", actor: "stake-oracle"))
+        }
+        #expect(!core.registry.isAdmitted("w1"))
+        await task.value
+        let evictions = try core.evictions(session: session)
+        #expect(evictions.count == 1)
+        #expect(evictions.first?.reasons == [ProtocolErrorCode.auditUnavailable.rawValue])
+        #expect(try core.events().filter { $0.kind == AuditEventKind.disconnect }.isEmpty)
+        #expect(try core.store.workers().isEmpty)
+    }
+
+    @Test func aReattestationKeepsWhatItProvedForTheNextPolicyAndAPolicyAppliedMeanwhileReachesIt() async throws {
+        let gate = Gate()
+        let lenient = Core.tdxPolicy + "  tdx:\n    accepted_tcb_statuses: [UpToDate, OutOfDate]\n"
+        let core = try Core(
+            policy: lenient, preparer: HoldingPreparer(gate: gate, hold: 2),
+            timings: .init(handshakeTimeout: .seconds(30), reattestInterval: .milliseconds(50)))
+        let (connection, task) = start(core)
+        let worker = TestWorker()
+        guard case .success(let (session, _)) = await worker.admit(core, connection) else {
+            Issue.record("not admitted")
+            return
+        }
+        #expect(core.registry.admission(workerID: "w1", sessionID: session)?.facts.tcbStatus == "UpToDate")
+        guard case .challenge(let challenge)? = await connection.next() else {
+            Issue.record("no re-attestation challenge")
+            return
+        }
+        // The platform re-attests from an out-of-date TCB level, which the lenient policy accepts.
+        let outOfDate = core.evidence(nonce: challenge.nonce, key: worker.kem.publicKeyBytes) {
+            $0.cpuSVN = [2, 2, 2, 2, 3, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0]
+            $0.pceSVN = 11
+        }
+        connection.deliver(.evidence(outOfDate))
+        await gate.reached(1)
+        // Judged under the lenient policy; a strict one is applied before it is recorded.
+        try core.apply(Core.tdxPolicy)
+        gate.open()
+        await task.value
+        let events = try core.events()
+        let pass = try #require(events.first { $0.kind == .reattestation })
+        #expect(pass.decision == "pass", "\(pass)")
+        #expect(pass.policyVersion == 1)
+        let evictions = try core.evictions(session: session)
+        #expect(evictions.count == 1)
+        #expect(evictions.first?.reasons == [ReasonCode.tcbStatusNotAllowed.rawValue])
+        #expect(evictions.first?.policyVersion == 2)
+    }
 }

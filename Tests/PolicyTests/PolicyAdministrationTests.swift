@@ -149,4 +149,30 @@ import TONKit
                 AttestedFacts(format: "tdx-quote", claims: claims, tcbStatus: "UpToDate", advisoryIDs: []), at: now
             ).first?.code == .policyMeasurementNotAllowed)
     }
+
+    @Test func theJudgeFailsClosedOnDCAPFactsThatLeaveOutStatusOrDebug() throws {
+        let doc = try PolicyDocument.parse("schema: ccgate.policy/v1\nname: t\nevidence:\n  formats: [tdx-quote]\n")
+        let now = Date(timeIntervalSince1970: 1_790_000_000)
+        let complete = VerifiedClaims(fields: ["tee": "tdx", "debug": "false"])
+        #expect(
+            doc.judge(
+                AttestedFacts(format: "tdx-quote", claims: complete, tcbStatus: "UpToDate", advisoryIDs: []), at: now
+            ).isEmpty)
+        let noStatus = doc.judge(
+            AttestedFacts(format: "tdx-quote", claims: complete, tcbStatus: nil, advisoryIDs: []), at: now)
+        #expect(noStatus.map(\.code) == [.tcbStatusNotAllowed])
+        let noDebug = doc.judge(
+            AttestedFacts(
+                format: "tdx-quote", claims: VerifiedClaims(fields: ["tee": "tdx"]), tcbStatus: "UpToDate",
+                advisoryIDs: []),
+            at: now)
+        #expect(noDebug.map(\.code) == [.policyDebugNotAllowed])
+        let debug = doc.judge(
+            AttestedFacts(
+                format: "tdx-quote", claims: VerifiedClaims(fields: ["tee": "tdx", "debug": "true"]),
+                tcbStatus: "UpToDate",
+                advisoryIDs: []),
+            at: now)
+        #expect(debug.map(\.code) == [.policyDebugNotAllowed])
+    }
 }

@@ -68,9 +68,11 @@ public struct AdmissionCoordinator: Sendable {
 
     /// Verifies `envelope` against the challenge `nonce` and the worker's key, and judges it.
     public func judge(envelope: Data, nonce: Data, workerKey: Data) async -> Judgement {
-        let note = await preparer?.prepare(envelope: envelope, at: clock.now())
         let binding = attestationBinding(nonce: nonce, workerPublicKeys: workerKey)
+        // The decision is taken under the policy in force when the evidence arrived; one applied
+        // meanwhile reaches the worker through the recheck after the decision is recorded.
         let active = policies.current
+        let note = await preparer?.prepare(envelope: envelope, at: clock.now())
         let verdict = EvidenceVerification(
             policy: active.document, scope: .all, dcapRoots: dcapRoots, collateralSource: collateralSource
         ).verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
@@ -142,7 +144,7 @@ public struct AdmissionDecision: Sendable {
     /// registry entry and row.
     public struct Grant: Sendable {
         public let session: AdmittedSession
-        public let sessionKey: SymmetricKey
+        package let sessionKey: SymmetricKey
         public let models: [String]
         public let record: WorkerRecord
         public let admitted: AdmittedWorker
@@ -253,7 +255,7 @@ public struct ReattestationDecision: Sendable {
                 AuditEvent(
                     .reattestation, worker: worker.workerID, decision: .pass, policyVersion: judgement.policy.version,
                     collateralSHA256: judgement.collateralSHA256, detail: ["session": worker.sessionID]),
-                evidence: judgement.evidence, worker: updated.map(WorkerChange.upsert))
+                evidence: judgement.evidence, worker: updated.map(WorkerChange.update))
         }
         let reason = judgement.verdict.reasons.first
         return .event(

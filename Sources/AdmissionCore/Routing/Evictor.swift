@@ -1,6 +1,7 @@
 import AttestationCore
 import AuditLog
 import Foundation
+import WorkerProtocol
 
 /// The one place a worker leaves: out of routing, its eviction entry in the audit log, its link
 /// ended. Policy apply, the stake monitor, the admin API and a session's own end all come here.
@@ -38,13 +39,13 @@ public struct Evictor: Sendable {
     }
 
     /// An eviction claimed and out of routing, waiting for its entry to be durable.
-    public struct Claimed: Sendable {
-        public let link: WorkerLink
-        public let cause: Cause
-        public let reasons: [String]
+    package struct Claimed: Sendable {
+        package let link: WorkerLink
+        package let cause: Cause
+        package let reasons: [String]
 
         /// The eviction entry, removing the worker's row in the same transaction.
-        public func draft(policyVersion: Int?) -> AuditDraft {
+        package func draft(policyVersion: Int?) -> AuditDraft {
             var detail = cause.detail
             detail["session"] = link.sessionID
             detail["message"] = cause.message
@@ -60,7 +61,7 @@ public struct Evictor: Sendable {
     /// someone else's to record) and takes them out of routing at once: no prompt reaches them
     /// from here on, whatever the disk does. (Removing is fail-safe; a worker wrongly cut off
     /// attests again.)
-    public func claim(_ items: [(link: WorkerLink, cause: Cause, reasons: [String])]) -> [Claimed] {
+    package func claim(_ items: [(link: WorkerLink, cause: Cause, reasons: [String])]) -> [Claimed] {
         items.compactMap { item in
             guard
                 item.link.claimEnding(
@@ -73,19 +74,23 @@ public struct Evictor: Sendable {
         }
     }
 
-    /// Ends claimed evictions once their entries are durable.
-    public func finish(_ claimed: [Claimed]) {
+    /// Ends claimed evictions once their entries are durable. Every claim ends in this or in
+    /// ``finishUnrecorded(_:message:)``: the session's own end waits for one of them.
+    package func finish(_ claimed: [Claimed]) {
         for item in claimed {
+            item.link.evictionRecorded(true)
             item.link.end(SessionEnding(code: item.cause.code, message: item.cause.message, auditor: .evictor))
         }
     }
 
     /// Ends claimed evictions whose entries could not be written: each session's own loop then
     /// records its end (`gateway.audit-unavailable`), so none goes unrecorded if the log recovers.
-    public func finishUnrecorded(_ claimed: [Claimed], message: String) {
+    package func finishUnrecorded(_ claimed: [Claimed], message: String) {
+        let code = ProtocolErrorCode.auditUnavailable.rawValue
         for item in claimed {
-            item.link.handEndingToSession(code: "gateway.audit-unavailable", message: message)
-            item.link.end(SessionEnding(code: "gateway.audit-unavailable", message: message, auditor: .session))
+            item.link.handEndingToSession(code: code, message: message)
+            item.link.evictionRecorded(false)
+            item.link.end(SessionEnding(code: code, message: message, auditor: .session))
         }
     }
 
@@ -109,9 +114,13 @@ public struct Evictor: Sendable {
     /// after the evictor's entry. Idempotent per link in effect: the loop calls it once.
     public func sessionEnded(_ link: WorkerLink, code: String, message: String) async throws {
         _ = link.claimEnding(SessionEnding(code: code, message: message, auditor: .session))
-        let ending = link.ending ?? SessionEnding(code: code, message: message, auditor: .session)
+        var ending = link.ending ?? SessionEnding(code: code, message: message, auditor: .session)
         link.close(reason: ending.message)
         registry.remove(workerID: link.workerID, sessionID: link.sessionID)
+        if ending.auditor == .evictor, await !link.evictionRecordWritten() {
+            // The evictor could not write its entry and handed the end back: this loop records it.
+            ending = link.ending ?? ending
+        }
         let change = WorkerChange.remove(id: link.workerID, session: link.sessionID)
         switch ending.auditor {
         case .evictor:

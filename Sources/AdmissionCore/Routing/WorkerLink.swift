@@ -122,6 +122,31 @@ public final class WorkerLink: Sendable {
         }
     }
 
+    /// Whether the evictor's entry for this session's end was written (nil: not yet).
+    private let evictionRecord = Mutex<(written: Bool?, waiters: [CheckedContinuation<Bool, Never>])>((nil, []))
+
+    /// The evictor reports whether its eviction entry is durable; the session's own end waits for
+    /// this, so that its `disconnect` entry never comes before (or instead of) the eviction.
+    package func evictionRecorded(_ written: Bool) {
+        let waiters = evictionRecord.withLock { state in
+            state.written = written
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: written) }
+    }
+
+    /// Waits until the evictor reported its entry (see ``evictionRecorded(_:)``).
+    package func evictionRecordWritten() async -> Bool {
+        await withCheckedContinuation { continuation in
+            let written = evictionRecord.withLock { state -> Bool? in
+                if state.written == nil { state.waiters.append(continuation) }
+                return state.written
+            }
+            if let written { continuation.resume(returning: written) }
+        }
+    }
+
     /// Hands the end of this session back to its own loop (an eviction whose entry could not be
     /// written): the loop then records it.
     package func handEndingToSession(code: String, message: String) {

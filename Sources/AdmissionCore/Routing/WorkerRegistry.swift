@@ -18,7 +18,7 @@ public final class WorkerRegistry: Sendable {
     private struct Entry {
         let link: WorkerLink
         var record: WorkerRecord
-        let admission: AdmittedWorker
+        var admission: AdmittedWorker
     }
     private let entries = Mutex<[String: Entry]>([:])
 
@@ -34,14 +34,24 @@ public final class WorkerRegistry: Sendable {
         }
     }
 
-    /// Notes a passed re-attestation.
-    package func attested(workerID: String, sessionID: String, at time: Date, evidence: String) -> WorkerRecord? {
+    /// Notes a passed re-attestation and keeps what it proved (the stake proven at admission
+    /// stays); nil when that session is no longer registered.
+    package func attested(workerID: String, sessionID: String, at time: Date, evidence: String, facts: AttestedFacts?)
+        -> WorkerRecord?
+    {
         entries.withLock { e in
-            guard e[workerID]?.link.sessionID == sessionID else { return nil }
-            e[workerID]!.record.lastAttested = time
-            e[workerID]!.record.evidenceSHA256 = evidence
-            return e[workerID]!.record
+            guard var entry = e[workerID], entry.link.sessionID == sessionID else { return nil }
+            entry.record.lastAttested = time
+            entry.record.evidenceSHA256 = evidence
+            if let facts { entry.admission = AdmittedWorker(facts: facts, stake: entry.admission.stake) }
+            e[workerID] = entry
+            return entry.record
         }
+    }
+
+    /// What the current admission or re-attestation of this session proved.
+    package func admission(workerID: String, sessionID: String) -> AdmittedWorker? {
+        entries.withLock { e in e[workerID].flatMap { $0.link.sessionID == sessionID ? $0.admission : nil } }
     }
 
     /// Removes a worker's session (only that session: a newer one under the same id stays).

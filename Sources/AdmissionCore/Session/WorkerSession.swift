@@ -12,8 +12,9 @@ import WorkerProtocol
 ///
 /// Threats: messages out of order (evidence before a challenge, sealed data before admission, a
 /// second hello), a worker that stops answering re-attestation challenges, and results that
-/// arrive after the session ended (a re-attestation verdict after an eviction is dropped, never
-/// recorded as a pass).
+/// arrive after the session ended (a re-attestation verdict after the session's end is dropped;
+/// the runner also drops a pass for a session that is no longer registered, and a pass that
+/// races an eviction never restores the worker: its row update applies only to a live session).
 public struct WorkerSession: Sendable {
     public enum State: Sendable, Equatable {
         case awaitingHello

@@ -3,6 +3,7 @@ import AuditLog
 import Crypto
 import Foundation
 import Logging
+import Policy
 import Sealing
 import Synchronization
 import WorkerProtocol
@@ -151,21 +152,23 @@ public struct WorkerSessionRunner: Sendable {
                     code: ProtocolErrorCode.replaced.rawValue, message: "replaced by a new session of the same worker",
                     auditor: .session))
         }
-        // A policy applied while this worker was being admitted has not seen it: check it now.
-        if decision.judgement.policy.version != coordinator.policies.current.version {
-            let (now, reasons) = coordinator.recheck(grant.admitted)
-            if let first = reasons.first {
-                link.end(
-                    SessionEnding(
-                        code: first.code.rawValue, message: "policy version \(now.version): \(first.message)",
-                        auditor: .session))
+        // From here on the worker is registered: every way out goes through `sessionEnded`, so a
+        // connection that fails before or while it hears `admitted` never leaves a routable
+        // worker behind, and its end is audited.
+        let end: (code: String, message: String, notify: Bool)
+        do {
+            // A policy applied while this worker was being admitted has not seen it: check it now.
+            if decision.judgement.policy.version != coordinator.policies.current.version {
+                recheck(link, grant.admitted)
             }
+            try await connection.send(grant.message(reattestSeconds: Int(reattestInterval.components.seconds)))
+            logger.info(
+                "worker admitted",
+                metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.session": "\(session.sessionID)"])
+            end = await serving(link, session, outbox, &inbound, machine, connection)
+        } catch {
+            end = (ProtocolErrorCode.disconnected.rawValue, "connection error: \(error)", false)
         }
-        try await connection.send(grant.message(reattestSeconds: Int(reattestInterval.components.seconds)))
-        logger.info(
-            "worker admitted",
-            metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.session": "\(session.sessionID)"])
-        let end = await serving(link, session, outbox, &inbound, machine, connection)
         do { try await evictor.sessionEnded(link, code: end.code, message: end.message) } catch {
             logger.error("audit append failed", metadata: ["error": "\(error)"])
         }
@@ -201,6 +204,16 @@ public struct WorkerSessionRunner: Sendable {
         }
     }
 
+    /// Ends `link` when the policy in force no longer admits what `admitted` proved.
+    func recheck(_ link: WorkerLink, _ admitted: AdmittedWorker) {
+        let (now, reasons) = coordinator.recheck(admitted)
+        guard let first = reasons.first else { return }
+        link.end(
+            SessionEnding(
+                code: first.code.rawValue, message: "policy version \(now.version): \(first.message)", auditor: .session
+            ))
+    }
+
     /// One message from an admitted worker; returns the session's end when it ends it.
     func handle(_ message: WireMessage, _ link: WorkerLink, _ machine: SessionMachine) async throws
         -> (code: String, message: String, notify: Bool)?
@@ -225,12 +238,15 @@ public struct WorkerSessionRunner: Sendable {
             else {
                 return nil
             }
-            let updated =
-                decision.passed
-                ? registry.attested(
+            var updated: WorkerRecord?
+            if decision.passed {
+                // The registry keeps what this re-attestation proved (a later policy is judged
+                // against it); nil: the session was removed meanwhile, and the pass is not recorded.
+                updated = registry.attested(
                     workerID: session.workerID, sessionID: session.sessionID, at: decision.at,
-                    evidence: decision.judgement.evidence.sha256)
-                : nil
+                    evidence: decision.judgement.evidence.sha256, facts: AttestedFacts(decision.judgement.verdict))
+                if updated == nil { return nil }
+            }
             do { try await trail.record([decision.draft(updated: updated)]) } catch {
                 logger.error("audit append failed", metadata: ["error": "\(error)"])
                 return (
@@ -239,6 +255,12 @@ public struct WorkerSessionRunner: Sendable {
                 )
             }
             if let failure = decision.failure { return (failure.code, failure.message, true) }
+            // A policy applied while this re-attestation was judged has not seen its facts.
+            if decision.judgement.policy.version != coordinator.policies.current.version,
+                let admitted = registry.admission(workerID: session.workerID, sessionID: session.sessionID)
+            {
+                recheck(link, admitted)
+            }
             return nil
         case .end(let code, let message, let notify):
             return (code, message, notify)

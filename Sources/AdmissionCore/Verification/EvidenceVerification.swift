@@ -43,8 +43,9 @@ public struct EvidenceVerification: Sendable {
     }
 
     /// The DCAP verifier options for establishing facts under a policy: its roots and its
-    /// collateral grace period; acceptance (statuses, advisories, debug) is the policy's to judge.
-    public static func dcapOptions(_ rules: PolicyDocument.TDXRules, roots: Set<String>) -> TDXQuoteVerifier.Options {
+    /// collateral grace period. They accept every TCB status, debug guest and advisory, so they
+    /// are never used without the judgement that follows (acceptance is the policy's).
+    static func factFindingOptions(_ rules: PolicyDocument.TDXRules, roots: Set<String>) -> TDXQuoteVerifier.Options {
         var options = TDXQuoteVerifier.Options(pinnedRootFingerprints: roots)
         options.acceptedStatuses = Set(TCBStatus.allCases.map(\.rawValue))
         options.allowDebug = true
@@ -79,7 +80,7 @@ public struct EvidenceVerification: Sendable {
             verdict = TPMQuoteVerifier(options: options).verify(envelope, expectedNonce: expectedNonce, at: time)
         case .tdxQuote?, .sgxQuote?:
             verdict = TDXQuoteVerifier(
-                options: Self.dcapOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource
+                options: Self.factFindingOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource
             )
             .verify(envelope, expectedNonce: expectedNonce, at: time)
         case nil:

@@ -48,7 +48,11 @@ public enum AuditDraft: Sendable {
 
 /// A change to the admitted-workers table that goes with a decision.
 public enum WorkerChange: Sendable, Equatable {
+    /// An admission: the worker's row, replacing any earlier session's.
     case upsert(WorkerRecord)
+    /// A re-attestation: the row of this same session, if it is still there (an eviction that
+    /// removed it is never undone by a later update).
+    case update(WorkerRecord)
     case remove(id: String, session: String)
 }
 

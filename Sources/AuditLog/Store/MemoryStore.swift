@@ -16,6 +16,7 @@ public final class MemoryStore: GatewayStore {
         var workers: [String: WorkerRecord] = [:]
         var apiKeys: [String: Set<String>] = [:]
         var failAppends = false
+        var failNext = 0
     }
     private let state = Mutex(State())
 
@@ -27,10 +28,17 @@ public final class MemoryStore: GatewayStore {
         set { state.withLock { $0.failAppends = newValue } }
     }
 
+    /// The next `count` appends fail, then appends work again.
+    public func failNextAppends(_ count: Int) { state.withLock { $0.failNext = count } }
+
     public func append(_ drafts: [AuditDraft], at time: Date, checkpointKey: Ed25519PrivateKey?) throws -> [AuditEntry]
     {
         try state.withLock { s in
             guard !s.failAppends else { throw StoreError("the store refuses appends") }
+            if s.failNext > 0 {
+                s.failNext -= 1
+                throw StoreError("the store refuses this append")
+            }
             var staged = s
             var out = [AuditEntry]()
             for draft in drafts {
@@ -41,6 +49,8 @@ public final class MemoryStore: GatewayStore {
                     event = e
                     switch worker {
                     case .upsert(let record)?: staged.workers[record.id] = record
+                    case .update(let record)? where staged.workers[record.id]?.session == record.session:
+                        staged.workers[record.id] = record
                     case .remove(let id, let session)? where staged.workers[id]?.session == session:
                         staged.workers[id] = nil
                     default: break
@@ -74,7 +84,9 @@ public final class MemoryStore: GatewayStore {
 
     func matching(_ query: AuditQuery) -> [AuditEntry] {
         state.withLock { $0.entries }.filter { e in
-            (query.since.map { e.time >= $0 } ?? true) && (query.until.map { e.time <= $0 } ?? true)
+            // Compared as the stored RFC 3339 text (whole seconds), as the SQLite store does.
+            (query.since.map { e.time.rfc3339 >= $0.rfc3339 } ?? true)
+                && (query.until.map { e.time.rfc3339 <= $0.rfc3339 } ?? true)
                 && (query.worker.map { e.event.worker == $0 } ?? true) && (query.fromSeq.map { e.seq >= $0 } ?? true)
         }
     }

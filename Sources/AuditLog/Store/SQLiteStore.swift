@@ -257,6 +257,11 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
             try db.run(
                 "INSERT INTO workers(id, session, record) VALUES(?, ?, ?) ON CONFLICT(id) DO UPDATE SET session=excluded.session, record=excluded.record",
                 [.text(worker.id), .text(worker.session), .text(json)])
+        case .update(let worker):
+            let json = String(decoding: try Self.encoder.encode(worker), as: UTF8.self)
+            try db.run(
+                "UPDATE workers SET record = ? WHERE id = ? AND session = ?",
+                [.text(json), .text(worker.id), .text(worker.session)])
         case .remove(let id, let session):
             try db.run("DELETE FROM workers WHERE id = ? AND session = ?", [.text(id), .text(session)])
         }

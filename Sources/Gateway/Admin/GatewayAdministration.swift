@@ -150,22 +150,30 @@ public actor GatewayAdministration {
                 503, ProtocolErrorCode.auditUnavailable.rawValue, "the policy could not be recorded: \(error)")
         }
         guard entries.first?.event.policyVersion == version else {
+            // Recorded, but under another version: the evictions stand; the policy is not put in force.
+            evictor.finish(claimed)
             throw AdminError(
                 500, "gateway.internal",
                 "the policy was recorded as version \(entries.first?.event.policyVersion ?? 0), not \(version)")
         }
         policies.replace(with: ActivePolicy(version: version, document: document, text: signed.text))
         evictor.finish(claimed)
+        var evictions = claimed.map {
+            ApplyOutcome.Eviction(
+                worker: $0.link.workerID, session: $0.link.sessionID, reasons: $0.reasons, message: $0.cause.message)
+        }
         // Workers admitted while the transaction ran were decided under the old version.
         for item in failing(under: document, at: clock.now()) where !claimed.contains(where: { $0.link === item.link })
         {
             let message = "policy version \(version): \(item.reasons[0].message)"
-            _ = try? await evictor.evict(
-                item.link, .init(code: item.reasons[0].code.rawValue, message: message, actor: actor))
-        }
-        let evictions = claimed.map {
-            ApplyOutcome.Eviction(
-                worker: $0.link.workerID, session: $0.link.sessionID, reasons: $0.reasons, message: $0.cause.message)
+            let cause = Evictor.Cause(code: item.reasons[0].code.rawValue, message: message, actor: actor)
+            // A failed entry is recorded by the session's own end (the worker is out either way).
+            if (try? await evictor.evict(item.link, cause)) == true {
+                evictions.append(
+                    .init(
+                        worker: item.link.workerID, session: item.link.sessionID, reasons: [cause.code],
+                        message: message))
+            }
         }
         return (version, evictions)
     }
