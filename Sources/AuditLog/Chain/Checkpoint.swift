@@ -21,7 +21,7 @@ public enum Checkpoint {
     public static func event(head: ChainHead, time: Date, key: Ed25519PrivateKey) -> AuditEvent {
         let signature = key.signature(for: message(count: head.count, head: head.hash, time: time))
         return AuditEvent(
-            event: "checkpoint", actor: "gateway", decision: "signed",
+            .checkpoint, actor: "gateway", decision: .signed,
             detail: [
                 "count": String(head.count), "head": head.hash, "key": key.publicKey.fingerprint,
                 "signature": signature.base64EncodedString(),

@@ -297,13 +297,13 @@ struct AdminTokenMiddleware<Context: RequestContext>: RouterMiddleware {
             if let suppressed = api.logins.failure(at: Date()) {
                 _ = try? await api.trail.record(
                     AuditEvent(
-                        event: "admin-login", actor: "unknown", decision: "reject", reasons: ["admin.unauthorized"],
+                        .adminLogin, actor: "unknown", decision: .reject, reasons: ["admin.unauthorized"],
                         detail: ["path": request.uri.path, "suppressed_before": String(suppressed)]))
             }
             throw AdminError(401, "admin.unauthorized", "missing or wrong admin token (Authorization: Bearer TOKEN)")
         }
         if api.logins.firstSuccess() {
-            _ = try? await api.trail.record(AuditEvent(event: "admin-login", actor: api.actor, decision: "accept"))
+            _ = try? await api.trail.record(AuditEvent(.adminLogin, actor: api.actor, decision: .accept))
         }
         return try await next(request, context)
     }

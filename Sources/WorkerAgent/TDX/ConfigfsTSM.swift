@@ -1,20 +1,5 @@
 import Foundation
 
-/// Evidence the worker can present: a TPM quote or a TDX quote, each bound to the gateway's
-/// challenge by `binding` (SHA-256 of the nonce and the worker's public keys).
-public protocol EvidenceSource: Sendable {
-    func evidence(binding: Data) async throws -> Data
-}
-
-extension Attestor: EvidenceSource {}
-
-/// Why a TDX quote or measurement could not be made.
-public struct TDXError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}
-
 /// Linux's configfs-tsm report interface (`/sys/kernel/config/tsm/report`,
 /// Documentation/ABI/testing/configfs-tsm): make an entry directory, write the 64 report-data
 /// bytes to `inblob`, read the quote from `outblob`. `generation` counts writes to the entry, so
@@ -87,19 +72,5 @@ func write(_ data: Data, to url: URL) throws(TDXError) {
     let written = data.withUnsafeBytes { Foundation.write(fd, $0.baseAddress, $0.count) }
     guard written == data.count else {
         throw TDXError("\(url.path): write failed: \(String(cString: strerror(errno)))")
-    }
-}
-
-/// Extends RTMR3 through the TDX guest driver's measurement registers
-/// (`/sys/class/misc/tdx_guest/measurements/rtmr3:sha384`: each 48-byte write extends).
-public struct RTMRExtender: Sendable {
-    public static let defaultDirectory = URL(fileURLWithPath: "/sys/class/misc/tdx_guest/measurements")
-    public let directory: URL
-
-    public init(directory: URL = Self.defaultDirectory) { self.directory = directory }
-
-    public func extendRTMR3(with digest: Data) throws(TDXError) {
-        guard digest.count == 48 else { throw TDXError("an RTMR extension is 48 bytes (SHA-384), not \(digest.count)") }
-        try write(digest, to: directory.appendingPathComponent("rtmr3:sha384"))
     }
 }

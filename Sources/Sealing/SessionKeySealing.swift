@@ -1,43 +1,6 @@
 import Crypto
 import Foundation
 
-/// Why sealing or opening failed. Deliberately coarse: a caller learns that a message was not
-/// authentic, never which byte was wrong.
-public enum SealingError: Error, Equatable, CustomStringConvertible {
-    case badPublicKey
-    case openFailed
-    case replayed(expected: UInt64, got: UInt64)
-    case tooLarge(Int)
-
-    public var description: String {
-        switch self {
-        case .badPublicKey: "not an X25519 public key"
-        case .openFailed: "message failed authentication"
-        case .replayed(let expected, let got):
-            "out-of-order or replayed message: expected sequence \(expected), got \(got)"
-        case .tooLarge(let n): "message of \(n) bytes exceeds the limit"
-        }
-    }
-}
-
-/// A worker's key-encapsulation key pair (X25519). The public half is what the worker binds into
-/// its quote; the gateway seals the session key to it, so only the attested worker can open it.
-public struct WorkerKEMKey: Sendable {
-    public let privateKey: Curve25519.KeyAgreement.PrivateKey
-    public var publicKeyBytes: Data { privateKey.publicKey.rawRepresentation }
-
-    public init() { privateKey = Curve25519.KeyAgreement.PrivateKey() }
-    public init(rawRepresentation: Data) throws { privateKey = try .init(rawRepresentation: rawRepresentation) }
-}
-
-/// The value bound into a worker's attestation: `SHA-256(nonce ‖ worker public keys)`.
-///
-/// Threat: a quote replayed from another session (old nonce) or transplanted onto another worker
-/// key. Both change this value, so the quote's `extraData` no longer matches.
-public func attestationBinding(nonce: Data, workerPublicKeys: Data) -> Data {
-    Data(SHA256.hash(data: nonce + workerPublicKeys))
-}
-
 /// HPKE (RFC 9180, mode base, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305) sealing
 /// of a 32-byte session key to a worker's KEM public key.
 public enum SessionKeySealing {
