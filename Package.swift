@@ -55,7 +55,11 @@ let package = Package(
         .target(
             name: "WorkerFraming", dependencies: ["WorkerProtocol", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict),
-        .target(name: "AuditLog", dependencies: ["AttestationCore", "CSQLite"], swiftSettings: strict),
+        // The audit chain's format: entries, canonical JSON, checkpoints, offline verification.
+        .target(name: "AuditLog", dependencies: ["AttestationCore"], swiftSettings: strict),
+        // The gateway's durable state: the store interface (workers, API keys, policy history and
+        // the audit chain), its SQLite and in-memory stores, the group-committing audit trail, export.
+        .target(name: "GatewayState", dependencies: ["AuditLog", "AttestationCore", "CSQLite"], swiftSettings: strict),
         // TON: addresses, cells, bags of cells.
         .target(name: "TONKit", dependencies: ["AttestationCore"], swiftSettings: strict),
         // TON on the chain: the toncenter v2 client, stake readers, provider proofs, the stake oracle.
@@ -76,6 +80,7 @@ let package = Package(
             name: "AdmissionCore",
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "AuditLog",
+                "GatewayState",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -86,7 +91,7 @@ let package = Package(
             name: "Gateway",
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "WorkerFraming",
-                "AuditLog",
+                "AuditLog", "GatewayState",
                 "TONKit", "TONStake", "AdmissionCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -113,6 +118,7 @@ let package = Package(
             name: "ccgate",
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog",
+                "GatewayState",
                 "CommandLineSupport",
                 "TONKit", "TONStake",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -139,7 +145,7 @@ let package = Package(
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "WorkerAgent", "Gateway", "AdmissionCore", "Policy",
                 "Inference",
-                "AuditLog",
+                "AuditLog", "GatewayState",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -169,7 +175,8 @@ let package = Package(
             exclude: ["pytoniq_corpus.py", "toncenter_stub.py"],
             swiftSettings: strict),
         .testTarget(
-            name: "AuditLogTests", dependencies: ["AuditLog", "AttestationCore", "TestSupport"], swiftSettings: strict),
+            name: "AuditLogTests", dependencies: ["AuditLog", "GatewayState", "AttestationCore", "TestSupport"],
+            swiftSettings: strict),
         .testTarget(name: "EventLogTests", dependencies: ["EventLog", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "TPMVerifierTests", dependencies: ["TPMVerifier", "Policy", "WorkerAgent", "TestSupport"],
@@ -186,14 +193,16 @@ let package = Package(
         .testTarget(
             name: "AdmissionCoreTests",
             dependencies: [
-                "AdmissionCore", "AuditLog", "AttestationCore", "Policy", "Sealing", "WorkerProtocol", "TestSupport",
+                "AdmissionCore", "AuditLog", "GatewayState", "AttestationCore", "Policy", "Sealing", "WorkerProtocol",
+                "TestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "AdmissionCore", "WorkerAgent", "WorkerProtocol", "WorkerFraming", "AuditLog", "Sealing",
+                "Gateway", "AdmissionCore", "WorkerAgent", "WorkerProtocol", "WorkerFraming", "AuditLog",
+                "GatewayState", "Sealing",
                 "Policy",
                 "TestSupport", "TONKit", "TONStake",
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -1,6 +1,7 @@
 // The audit log: durable appends and export throughput, against the storage floor they stand on.
 import AttestationCore
 import AuditLog
+import GatewayState
 import Foundation
 
 /// A decision as the gateway records it (an admission with its evidence digest and detail).

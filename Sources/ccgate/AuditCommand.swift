@@ -1,6 +1,7 @@
 import ArgumentParser
 import AttestationCore
 import AuditLog
+import GatewayState
 import CommandLineSupport
 import Foundation
 import Gateway

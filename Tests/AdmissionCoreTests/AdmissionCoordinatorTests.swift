@@ -1,6 +1,7 @@
 import AdmissionCore
 import AttestationCore
 import AuditLog
+import GatewayState
 import Foundation
 import Policy
 import Sealing

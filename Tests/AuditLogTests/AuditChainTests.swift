@@ -1,5 +1,6 @@
 import AttestationCore
 @testable import AuditLog
+@testable import GatewayState
 import Foundation
 import TestSupport
 import Testing

@@ -1,6 +1,7 @@
 import WorkerFraming
 import AttestationCore
 import AuditLog
+import GatewayState
 import Foundation
 import Gateway
 import NIOCore

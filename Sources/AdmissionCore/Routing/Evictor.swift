@@ -1,5 +1,6 @@
 import AttestationCore
 import AuditLog
+import GatewayState
 import Foundation
 import WorkerProtocol
 

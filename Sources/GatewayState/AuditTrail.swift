@@ -1,4 +1,5 @@
 import AttestationCore
+import AuditLog
 import Foundation
 import Synchronization
 

@@ -1,4 +1,5 @@
 import AttestationCore
+import AuditLog
 import Foundation
 
 /// The gateway's durable state: the audit chain and the evidence it refers to, the policy

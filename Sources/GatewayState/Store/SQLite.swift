@@ -1,4 +1,5 @@
 import CSQLite
+import AuditLog
 import Foundation
 
 /// A thin SQLite connection: prepared statements cached by SQL text, typed binds and columns,

@@ -1,3 +1,4 @@
+import AuditLog
 import Foundation
 
 /// Writes audit entries as an export: JSON Lines (the stored lines, byte for byte, verifiable
