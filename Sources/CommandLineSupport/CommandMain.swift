@@ -12,7 +12,42 @@ public struct ReportedFailure: Error {
     }
 }
 
+extension AsyncParsableCommand {
+    /// The same as ``ParsableCommand/runWithProjectExitCodes()`` for a root whose subcommands may
+    /// be async: an async subcommand runs on the Swift concurrency runtime, with no thread blocked
+    /// waiting for it.
+    public static func runAsyncWithProjectExitCodes() async -> Never {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+            Foundation.exit(0)
+        } catch {
+            exitWithProjectCode(for: error)
+        }
+    }
+}
+
 extension ParsableCommand {
+    /// Exits with the project's status for `error` (see ``runWithProjectExitCodes()``).
+    static func exitWithProjectCode(for error: any Error) -> Never {
+        switch error {
+        case let failure as ReportedFailure: Foundation.exit(failure.status)
+        case let code as ExitCode: Foundation.exit(code.rawValue)
+        default:
+            let code = exitCode(for: error)
+            if code == .success {
+                print(fullMessage(for: error))
+                Foundation.exit(0)
+            }
+            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+            Foundation.exit(code == .validationFailure ? 2 : 1)
+        }
+    }
+
     /// Parses and runs the command with the project's exit statuses: 0 success (and `--help`),
     /// 2 bad usage, the status of a `ReportedFailure` or `ExitCode`, and 1 for any other error.
     /// (ArgumentParser's own default for bad usage is 64.)
@@ -21,18 +56,8 @@ extension ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
             Foundation.exit(0)
-        } catch let failure as ReportedFailure {
-            Foundation.exit(failure.status)
-        } catch let code as ExitCode {
-            Foundation.exit(code.rawValue)
         } catch {
-            let code = exitCode(for: error)
-            if code == .success {
-                print(fullMessage(for: error))
-                Foundation.exit(0)
-            }
-            FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
-            Foundation.exit(code == .validationFailure ? 2 : 1)
+            exitWithProjectCode(for: error)
         }
     }
 }

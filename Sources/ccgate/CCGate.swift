@@ -6,7 +6,7 @@ import Policy
 import TDXVerifier
 
 @main
-struct CCGate: ParsableCommand {
+struct CCGate: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ccgate",
         abstract: "A confidential-compute gateway: admits GPU workers only on verified hardware attestation.",
@@ -21,7 +21,7 @@ struct CCGate: ParsableCommand {
             KeysCommand.self,
         ])
 
-    static func main() { runWithProjectExitCodes() }
+    static func main() async { await runAsyncWithProjectExitCodes() }
 }
 
 /// Reports a failure as `ccgate: message` and exits with `status` (2: unreadable input or bad usage).

@@ -94,7 +94,7 @@ struct CollateralCommand: ParsableCommand {
         }
     }
 
-    struct Fetch: ParsableCommand {
+    struct Fetch: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Fetch the collateral a quote needs from a PCCS into the cache.",
             discussion: """
@@ -113,34 +113,32 @@ struct CollateralCommand: ParsableCommand {
         @Option(help: ArgumentHelp("Where the root CA CRL is, when the PCCS does not serve it.", valueName: "URL"))
         var rootCRLURL: String?
 
-        func run() throws {
-            try exiting {
-                guard let base = URL(string: pccsURL), base.scheme == "https" || base.scheme == "http" else {
-                    throw failure("--pccs-url must be an http(s) URL")
+        func run() async throws {
+            guard let base = URL(string: pccsURL), base.scheme == "https" || base.scheme == "http" else {
+                throw failure("--pccs-url must be an http(s) URL")
+            }
+            let store = try cache.open()
+            let data = try readInput(envelope)
+            guard case .success(let parsed) = EvidenceEnvelope.parse(data),
+                case .success(let bytes) = parsed.base64("quote"),
+                let quote = try? DCAPQuote.parse([UInt8](bytes))
+            else { throw failure("\(envelope): not a DCAP quote envelope") }
+            let roots = try trust.fingerprints()
+            let time = trust.time
+            guard let key = quote.collateralKey(roots: roots, at: time) else {
+                throw failure("\(envelope): the quote's PCK chain does not verify to a pinned root", status: 1)
+            }
+            let client = PCCSClient(base: base, rootCRL: rootCRLURL.flatMap(URL.init(string:)))
+            do {
+                let collateral = try await client.fetch(key)
+                let stored = try store.store([collateral], roots: roots, at: time)
+                for (item, outcome) in stored {
+                    print(
+                        "\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (next update \(item.nextUpdate.rfc3339))"
+                    )
                 }
-                let store = try cache.open()
-                let data = try readInput(envelope)
-                guard case .success(let parsed) = EvidenceEnvelope.parse(data),
-                    case .success(let bytes) = parsed.base64("quote"),
-                    let quote = try? DCAPQuote.parse([UInt8](bytes))
-                else { throw failure("\(envelope): not a DCAP quote envelope") }
-                let roots = try trust.fingerprints()
-                let time = trust.time
-                guard let key = quote.collateralKey(roots: roots, at: time) else {
-                    throw failure("\(envelope): the quote's PCK chain does not verify to a pinned root", status: 1)
-                }
-                let client = PCCSClient(base: base, rootCRL: rootCRLURL.flatMap(URL.init(string:)))
-                let result = BlockingRun.run {
-                    let collateral = try await client.fetch(key)
-                    let stored = try store.store([collateral], roots: roots, at: time)
-                    for (item, outcome) in stored {
-                        print(
-                            "\(outcome.rawValue.padding(toLength: 9, withPad: " ", startingAt: 0)) \(item.key)  (next update \(item.nextUpdate.rfc3339))"
-                        )
-                    }
-                }
-                if case .failure(let error) = result { throw failure("\(key): \(error)", status: 1) }
-                return 0
+            } catch {
+                throw failure("\(key): \(error)", status: 1)
             }
         }
     }

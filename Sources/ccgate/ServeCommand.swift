@@ -9,7 +9,7 @@ import Policy
 import TONKit
 import TONStake
 
-struct ServeCommand: ParsableCommand {
+struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
         abstract: "Run the gateway: the OpenAI-compatible API and the worker port.",
@@ -117,7 +117,7 @@ struct ServeCommand: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         var keys = apiKeys
         if let apiKeyFile {
             guard let text = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else {
@@ -202,10 +202,9 @@ struct ServeCommand: ParsableCommand {
                 throw failure("\(error)")
             }
         }
-        let portsFile = self.portsFile
         let settings = configuration
-        let dataDir = self.dataDir
-        let result = BlockingRun.run {
+        let portsFile = self.portsFile
+        do {
             let server: GatewayServer
             do { server = try await GatewayServer.open(configuration: settings) } catch {
                 throw ReportedFailure("ccgate", "\(error)", status: 2)
@@ -228,31 +227,10 @@ struct ServeCommand: ParsableCommand {
                         to: URL(fileURLWithPath: portsFile), options: .atomic)
                 }
             }
-        }
-        if case .failure(let error) = result {
-            if let reported = error as? ReportedFailure { throw reported }
+        } catch let reported as ReportedFailure {
+            throw reported
+        } catch {
             throw failure("\(error)", status: 1)
         }
-    }
-}
-
-/// Runs async work from a synchronous command's `run`.
-enum BlockingRun {
-    static func run(_ body: @escaping @Sendable () async throws -> Void) -> Result<Void, any Error> {
-        let box = ResultBox()
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            do { try await body() } catch { box.set(.failure(error)) }
-            done.signal()
-        }
-        done.wait()
-        return box.get()
-    }
-
-    final class ResultBox: @unchecked Sendable {
-        private let lock = NSLock()
-        private var value: Result<Void, any Error> = .success(())
-        func set(_ v: Result<Void, any Error>) { lock.withLock { value = v } }
-        func get() -> Result<Void, any Error> { lock.withLock { value } }
     }
 }

@@ -6,13 +6,13 @@ import Foundation
 import WorkerAgent
 
 @main
-struct CCWorker: ParsableCommand {
+struct CCWorker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ccworker",
         abstract: "The ccgate worker agent: measures the inference engine and model, and attests with the TPM.",
         subcommands: [Run.self, Quote.self])
 
-    static func main() { runWithProjectExitCodes() }
+    static func main() async { await runAsyncWithProjectExitCodes() }
 }
 
 struct Quote: ParsableCommand {

@@ -7,7 +7,7 @@ import TONKit
 import TONStake
 import WorkerAgent
 
-struct Run: ParsableCommand {
+struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the worker: measure the engine and model, dial the gateway, attest, serve sealed requests.",
         discussion: """
@@ -107,7 +107,7 @@ struct Run: ParsableCommand {
         return (String(gateway[..<colon]), port)
     }
 
-    func run() throws {
+    func run() async throws {
         var logger = Logger(label: "ccworker")
         logger.logLevel = .info
         let (host, port) = hostPort!
@@ -146,7 +146,7 @@ struct Run: ParsableCommand {
         let client = GatewayClient(
             configuration: .init(host: host, port: port, workerID: workerID, models: [modelName], provider: provider),
             attestor: attestor, engine: engineClient, logger: logger)
-        let outcome = WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)
+        let outcome = await WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)
         supervisor?.stop()
         if let rejected = outcome { throw ReportedFailure("ccworker", rejected.description, status: 1) }
     }
@@ -155,58 +155,55 @@ struct Run: ParsableCommand {
 /// Waits for the engine, then keeps a gateway connection up, reconnecting with backoff, until
 /// the gateway rejects this worker (returned) or the process is stopped.
 enum WorkerLoop {
-    static func run(client: GatewayClient, engine: EngineClient, supervisor: EngineSupervisor?, logger: Logger)
+    static func run(client: GatewayClient, engine: EngineClient, supervisor: EngineSupervisor?, logger: Logger) async
         -> WorkerRejected?
     {
-        let done = DispatchSemaphore(value: 0)
-        let result = Box()
-        Task {
-            await withTaskGroup(of: Void.self) { group in
-                if let supervisor { group.addTask { await supervisor.run() } }
+        await withTaskGroup(of: WorkerRejected?.self) { group in
+            if let supervisor {
                 group.addTask {
-                    var waited = 0
-                    while !(await engine.isReady()) {
-                        if waited % 10 == 0 {
-                            logger.info(
-                                "waiting for the engine", metadata: ["ccworker.engine": "\(engine.host):\(engine.port)"]
-                            )
-                        }
-                        waited += 1
-                        try? await Task.sleep(for: .seconds(1))
-                    }
-                    var delay: Duration = .seconds(1)
-                    while !Task.isCancelled {
-                        do {
-                            try await client.runOnce()
-                            logger.notice("gateway connection closed; reconnecting")
-                        } catch let rejected as WorkerRejected {
-                            logger.error(
-                                "rejected",
-                                metadata: ["ccworker.reason": "\(rejected.code)", "message": "\(rejected.message)"])
-                            if !rejected.isRetryable(hasProvider: client.configuration.provider != nil) {
-                                result.set(rejected)
-                                return
-                            }
-                        } catch {
-                            logger.warning("gateway connection failed", metadata: ["error": "\(error)"])
-                        }
-                        try? await Task.sleep(for: delay)
-                        delay = min(delay * 2, .seconds(30))
-                    }
+                    await supervisor.run()
+                    return nil
                 }
-                await group.next()
-                group.cancelAll()
             }
-            done.signal()
+            group.addTask {
+                await waitForEngine(engine, logger: logger)
+                return await connect(client, logger: logger)
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
         }
-        done.wait()
-        return result.get()
     }
 
-    final class Box: @unchecked Sendable {
-        private let lock = NSLock()
-        private var value: WorkerRejected?
-        func set(_ v: WorkerRejected) { lock.withLock { value = v } }
-        func get() -> WorkerRejected? { lock.withLock { value } }
+    static func waitForEngine(_ engine: EngineClient, logger: Logger) async {
+        var waited = 0
+        while !(await engine.isReady()), !Task.isCancelled {
+            if waited % 10 == 0 {
+                logger.info("waiting for the engine", metadata: ["ccworker.engine": "\(engine.host):\(engine.port)"])
+            }
+            waited += 1
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    /// Keeps a gateway connection up, reconnecting with backoff, until a refusal that cannot pass
+    /// unchanged (returned) or cancellation (nil).
+    static func connect(_ client: GatewayClient, logger: Logger) async -> WorkerRejected? {
+        var delay: Duration = .seconds(1)
+        while !Task.isCancelled {
+            do {
+                try await client.runOnce()
+                logger.notice("gateway connection closed; reconnecting")
+            } catch let rejected as WorkerRejected {
+                logger.error(
+                    "rejected", metadata: ["ccworker.reason": "\(rejected.code)", "message": "\(rejected.message)"])
+                if !rejected.isRetryable(hasProvider: client.configuration.provider != nil) { return rejected }
+            } catch {
+                logger.warning("gateway connection failed", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: delay)
+            delay = min(delay * 2, .seconds(30))
+        }
+        return nil
     }
 }

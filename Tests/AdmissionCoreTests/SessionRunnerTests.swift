@@ -1,6 +1,7 @@
 import AdmissionCore
 import AttestationCore
 import AuditLog
+import Crypto
 import GatewayState
 import Foundation
 import Sealing
@@ -18,13 +19,19 @@ import WorkerProtocol
         return (connection, task)
     }
 
+    /// A session on a fresh connection with a worker admitted: the connection, the runner's
+    /// task, the session id and key.
+    func admitted(_ core: Core) async throws -> (TestConnection, Task<Void, Never>, String, SymmetricKey) {
+        let (connection, task) = start(core)
+        switch await TestWorker().admit(core, connection) {
+        case .success(let (session, key)): return (connection, task, session, key)
+        case .failure(let refusal): throw refusal
+        }
+    }
+
     @Test func anAdmittedWorkerIsRoutedAndItsDisconnectIsAuditedOnce() async throws {
         let core = try Core()
-        let (connection, task) = start(core)
-        guard case .success(let (session, _)) = await TestWorker().admit(core, connection) else {
-            Issue.record("not admitted")
-            return
-        }
+        let (connection, task, session, _) = try await admitted(core)
         #expect(core.registry.isAdmitted("w1"))
         #expect(try core.store.workers().map(\.id) == ["w1"])
         let kinds = try core.events().map(\.kind)
@@ -139,11 +146,7 @@ import WorkerProtocol
     @Test func aStakeEvictionAndADisconnectAtOnceAreAuditedOnce() async throws {
         for round in 0..<20 {
             let core = try Core()
-            let (connection, task) = start(core)
-            guard case .success(let (session, _)) = await TestWorker().admit(core, connection) else {
-                Issue.record("not admitted")
-                return
-            }
+            let (connection, task, session, _) = try await admitted(core)
             let link = try #require(core.registry.link("w1"))
             async let evicted = try core.runner.evictor.evict(
                 link, .init(code: "stake.below-minimum", message: "withdrawn", actor: "stake-oracle"))
@@ -161,11 +164,7 @@ import WorkerProtocol
 
     @Test func aFailureMidResponseFailsTheRequestAndEndsTheSessionOnce() async throws {
         let core = try Core()
-        let (connection, task) = start(core)
-        guard case .success(let (session, key)) = await TestWorker().admit(core, connection) else {
-            Issue.record("not admitted")
-            return
-        }
+        let (connection, task, session, key) = try await admitted(core)
         let link = try #require(core.registry.pick(model: "m"))
         let (id, stream) = try link.startRequest(method: "POST", path: "/v1/completions", body: Data("{}".utf8))
         guard case .sealed(let box)? = await connection.next() else {
@@ -247,13 +246,10 @@ import WorkerProtocol
 
     @Test func anEvictionWhoseEntryCannotBeWrittenIsRecordedByTheSessionOnce() async throws {
         let core = try Core()
-        let (connection, task) = start(core)
-        guard case .success(let (session, _)) = await TestWorker().admit(core, connection) else {
-            Issue.record("not admitted")
-            return
-        }
+        let (connection, task, session, _) = try await admitted(core)
         let link = try #require(core.registry.link("w1"))
         core.store.failNextAppends(1)
+        defer { #expect(connection.closes.withLock { $0 } >= 1, "the evicted worker's connection was not closed") }
         await #expect(throws: StoreError.self) {
             try await core.runner.evictor.evict(
                 link, .init(code: "stake.below-minimum", message: "withdrawn", actor: "stake-oracle"))
