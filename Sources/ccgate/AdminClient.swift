@@ -1,6 +1,7 @@
 import ArgumentParser
 import CommandLineSupport
 import Foundation
+import Gateway
 
 #if canImport(FoundationNetworking)
     import FoundationNetworking
@@ -54,29 +55,37 @@ struct AdminClient {
         return request
     }
 
-    /// Calls the API; returns the JSON object of a 2xx answer, and turns an error answer into a
-    /// failure naming its code (exit 1 for a refusal, 2 for bad usage or an unreachable gateway).
-    func call(_ method: String, _ path: String, query: [URLQueryItem] = [], body: [String: Any]? = nil) throws
-        -> [String: Any]
-    {
+    /// Calls the API with an optional JSON body; decodes a 2xx answer as `T`, and turns an error
+    /// answer into a failure naming its code (exit 1 for a refusal, 2 for bad usage or an
+    /// unreachable gateway).
+    func call<T: Decodable>(
+        _ method: String, _ path: String, query: [URLQueryItem] = [], body: (any Encodable)? = nil, as type: T.Type
+    ) throws -> T {
         var request = self.request(method, path, query: query)
         if let body {
-            request.httpBody = try JSONSerialization.data(withJSONObject: body)
+            request.httpBody = try JSONEncoder().encode(body)
             request.setValue("application/json", forHTTPHeaderField: "Content-Type")
         }
         let (status, data) = try Self.send(request)
-        let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
-        guard (200..<300).contains(status) else { throw Self.refusal(status: status, object: object) }
-        return object
+        guard (200..<300).contains(status) else { throw Self.refusal(status: status, body: data) }
+        do { return try JSONDecoder().decode(T.self, from: data) } catch {
+            throw failure("\(path): the gateway's answer is not the expected JSON: \(error)", status: 1)
+        }
     }
 
-    static func refusal(status: Int, object: [String: Any]) -> ReportedFailure {
-        let error = object["error"] as? [String: Any] ?? [:]
-        var message =
-            "\(error["code"] as? String ?? "http.\(status)"): \(error["message"] as? String ?? "HTTP \(status)")"
-        for detail in error["details"] as? [String] ?? [] { message += "\n  " + detail }
+    static func refusal(status: Int, body: Data) -> ReportedFailure {
+        let error = (try? JSONDecoder().decode(AdminMessage.ErrorResponse.self, from: body))?.error
+        var message = "\(error?.code ?? "http.\(status)"): \(error?.message ?? "HTTP \(status)")"
+        for detail in error?.details ?? [] { message += "\n  " + detail }
         // Refusals by the gateway are status 1; usage and authentication problems 2.
         return failure(message, status: status == 401 || status == 400 || status == 404 ? 2 : 1)
+    }
+
+    /// `value` as sorted, indented JSON (what `--json` prints).
+    static func printJSON(_ value: some Encodable) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        print(String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self))
     }
 
     static func send(_ request: URLRequest) throws -> (Int, Data) {
@@ -160,8 +169,7 @@ struct AdminClient {
             try lock.withLock {
                 if let failureMessage { throw failure("admin API: \(failureMessage)") }
                 guard status == 200 else {
-                    let object = (try? JSONSerialization.jsonObject(with: errorBody)) as? [String: Any] ?? [:]
-                    throw AdminClient.refusal(status: status, object: object)
+                    throw AdminClient.refusal(status: status, body: errorBody)
                 }
                 return total ?? -1
             }

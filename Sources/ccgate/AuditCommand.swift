@@ -227,21 +227,20 @@ struct AuditCommand: ParsableCommand {
                     policyText = try e.event.policyVersion.flatMap { try store.policy(version: $0) }?.policy.text
                 } catch let reported as ReportedFailure { throw reported } catch { throw failure("\(error)") }
             } else {
-                let o = try admin.client().call("GET", "v1/admin/audit/entries/\(entry)")
-                guard let line = o["line"] as? String, case .success(let e) = AuditEntry.parse(line: Array(line.utf8))
-                else {
+                let o = try admin.client().call(
+                    "GET", "v1/admin/audit/entries/\(entry)", as: AdminMessage.AuditEntryRecord.self)
+                guard case .success(let e) = AuditEntry.parse(line: Array(o.line.utf8)) else {
                     throw failure("the gateway answered an entry that does not match its hash")
                 }
                 record = e
-                if let ev = o["evidence"] as? [String: String],
-                    let env = ev["envelope"].flatMap({ Data(base64Encoded: $0) }),
-                    let binding = ev["binding"].flatMap({ Data(base64Encoded: $0) })
+                if let ev = o.evidence, let env = Data(base64Encoded: ev.envelope),
+                    let binding = Data(base64Encoded: ev.binding)
                 {
                     evidence = StoredEvidence(envelope: env, binding: binding)
                 } else {
                     evidence = nil
                 }
-                policyText = (o["policy"] as? [String: Any])?["text"] as? String
+                policyText = o.policy?.text
             }
             let roots = try dcapRootFingerprints(dcapRoots)
             var source: (any CollateralSource)?

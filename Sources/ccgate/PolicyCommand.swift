@@ -1,6 +1,7 @@
 import ArgumentParser
 import AttestationCore
 import Foundation
+import Gateway
 import CommandLineSupport
 import Policy
 
@@ -38,8 +39,9 @@ struct PolicyCommand: ParsableCommand {
                 guard let n = Int(which), n > 0 else { throw failure("\(spec): use @N for version N or @active") }
                 query.append(URLQueryItem(name: "version", value: String(n)))
             }
-            let object = try admin.client().call("GET", "v1/admin/policy", query: query)
-            return (object["text"] as? String ?? "", "version \(object["version"] as? Int ?? 0)")
+            let version = try admin.client().call(
+                "GET", "v1/admin/policy", query: query, as: AdminMessage.PolicyVersion.self)
+            return (version.text ?? "", "version \(version.version)")
         }
         guard let text = try? String(contentsOfFile: spec, encoding: .utf8) else {
             throw failure("\(spec): cannot read")
@@ -137,43 +139,34 @@ struct PolicyCommand: ParsableCommand {
             let sigPath = signature ?? file + ".sig"
             let sig = try? String(contentsOfFile: sigPath, encoding: .utf8)
             if sig == nil, signature != nil { throw failure("\(sigPath): cannot read") }
-            var body: [String: Any] = ["policy": text, "dry_run": dryRun]
-            if let sig { body["signature"] = sig }
-            let answer = try admin.client().call("POST", "v1/admin/policy/apply", body: body)
+            let answer = try admin.client().call(
+                "POST", "v1/admin/policy/apply",
+                body: AdminMessage.ApplyRequest(policy: text, signature: sig, dryRun: dryRun),
+                as: ApplyOutcome.self)
             PolicyCommand.printOutcome(answer, json: json)
         }
     }
 
-    static func printOutcome(_ answer: [String: Any], json: Bool) {
+    static func printOutcome(_ answer: ApplyOutcome, json: Bool) {
         if json {
-            print(
-                String(
-                    decoding: (try? JSONSerialization.data(
-                        withJSONObject: answer, options: [.sortedKeys, .prettyPrinted])) ?? Data(), as: UTF8.self))
+            AdminClient.printJSON(answer)
             return
         }
-        let dry = answer["dry_run"] as? Bool ?? false
-        let name = answer["name"] as? String ?? "?"
-        if dry {
+        if answer.dryRun {
             print(
-                "dry run: policy '\(name)' (sha256 \(answer["sha256"] as? String ?? "?")) is valid and signed by \((answer["signer"] as? String)?.prefix(16) ?? "?")…"
+                "dry run: policy '\(answer.name)' (sha256 \(answer.sha256)) is valid and signed by \(answer.signer?.prefix(16) ?? "?")…"
             )
         } else {
-            print("applied: policy '\(name)' is version \(answer["version"] as? Int ?? 0)")
+            print("applied: policy '\(answer.name)' is version \(answer.version ?? 0)")
         }
-        let changes = answer["changes"] as? [String] ?? []
-        print(changes.isEmpty ? "changes: none" : "changes:")
-        for c in changes { print("  \(c)") }
-        let evictions = answer["evictions"] as? [[String: Any]] ?? []
-        let verb = dry ? "would evict" : "evicted"
+        print(answer.changes.isEmpty ? "changes: none" : "changes:")
+        for c in answer.changes { print("  \(c)") }
+        let evictions = answer.evictions
+        let verb = answer.dryRun ? "would evict" : "evicted"
         print(
             evictions.isEmpty
                 ? "\(verb): no workers" : "\(verb) \(evictions.count) worker\(evictions.count == 1 ? "" : "s"):")
-        for e in evictions {
-            print(
-                "  \(e["worker"] as? String ?? "?"): \((e["reasons"] as? [String] ?? []).joined(separator: ", ")) — \(e["message"] as? String ?? "")"
-            )
-        }
+        for e in evictions { print("  \(e.worker): \(e.reasons.joined(separator: ", ")) — \(e.message)") }
     }
 
     struct Show: ParsableCommand {
@@ -188,11 +181,11 @@ struct PolicyCommand: ParsableCommand {
 
         func run() throws {
             let query = version.map { [URLQueryItem(name: "version", value: String($0))] } ?? []
-            let o = try admin.client().call("GET", "v1/admin/policy", query: query)
+            let v = try admin.client().call("GET", "v1/admin/policy", query: query, as: AdminMessage.PolicyVersion.self)
             let header =
-                "# version \(o["version"] as? Int ?? 0)\((o["active"] as? Bool ?? false) ? " (in force)" : ""): '\(o["name"] as? String ?? "")', sha256 \(o["sha256"] as? String ?? ""), applied \(o["applied_at"] as? String ?? "") by \(o["actor"] as? String ?? ""), signer \(o["signer"] as? String ?? "none")\n"
+                "# version \(v.version)\(v.active ? " (in force)" : ""): '\(v.name)', sha256 \(v.sha256), applied \(v.appliedAt) by \(v.actor), signer \(v.signer ?? "none")\n"
             FileHandle.standardError.write(Data(header.utf8))
-            FileHandle.standardOutput.write(Data((o["text"] as? String ?? "").utf8))
+            FileHandle.standardOutput.write(Data((v.text ?? "").utf8))
         }
     }
 
@@ -201,13 +194,11 @@ struct PolicyCommand: ParsableCommand {
         @OptionGroup var admin: AdminOptions
 
         func run() throws {
-            let o = try admin.client().call("GET", "v1/admin/policy/history")
-            let versions = o["versions"] as? [[String: Any]] ?? []
+            let history = try admin.client().call("GET", "v1/admin/policy/history", as: AdminMessage.PolicyHistory.self)
             print("VERSION  APPLIED               ACTOR          NAME                  SHA256            NOTE")
-            for v in versions {
-                let mark = (v["active"] as? Bool ?? false) ? "*" : " "
+            for v in history.versions {
                 print(
-                    "\(mark)\(pad(String(v["version"] as? Int ?? 0), 8)) \(pad(v["applied_at"] as? String ?? "", 21)) \(pad(v["actor"] as? String ?? "", 14)) \(pad(v["name"] as? String ?? "", 21)) \(pad(String((v["sha256"] as? String ?? "").prefix(16)), 17)) \(v["note"] as? String ?? "")"
+                    "\(v.active ? "*" : " ")\(pad(String(v.version), 8)) \(pad(v.appliedAt, 21)) \(pad(v.actor, 14)) \(pad(v.name, 21)) \(pad(String(v.sha256.prefix(16)), 17)) \(v.note)"
                 )
             }
         }
@@ -226,7 +217,9 @@ struct PolicyCommand: ParsableCommand {
 
         func run() throws {
             let answer = try admin.client().call(
-                "POST", "v1/admin/policy/rollback", body: ["version": version, "dry_run": dryRun])
+                "POST", "v1/admin/policy/rollback",
+                body: AdminMessage.RollbackRequest(version: version, dryRun: dryRun),
+                as: ApplyOutcome.self)
             PolicyCommand.printOutcome(answer, json: json)
         }
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import AttestationCore
 import CommandLineSupport
 import Foundation
+import Gateway
 
 struct WorkersCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -22,28 +23,24 @@ struct WorkersCommand: ParsableCommand {
         }
 
         func run() throws {
-            let o = try admin.client().call("GET", "v1/admin/workers")
-            let workers = o["workers"] as? [[String: Any]] ?? []
+            let list = try admin.client().call("GET", "v1/admin/workers", as: AdminMessage.WorkerList.self)
             if json {
-                print(
-                    String(
-                        decoding: (try? JSONSerialization.data(
-                            withJSONObject: o, options: [.sortedKeys, .prettyPrinted])) ?? Data(), as: UTF8.self))
+                AdminClient.printJSON(list)
                 return
             }
-            if workers.isEmpty {
+            if list.workers.isEmpty {
                 print("no admitted workers")
                 return
             }
             print(
                 "ID                    PROVIDER      MODELS            FORMAT      POLICY  ADMITTED              LAST ATTESTED         CLAIMS"
             )
-            for w in workers {
-                let claims = (w["claims"] as? [String: String] ?? [:]).sorted { $0.key < $1.key }
-                    .map { "\($0.key)=\($0.value.count > 16 ? String($0.value.prefix(12)) + "…" : $0.value)" }.joined(
-                        separator: " ")
+            for w in list.workers {
+                let claims = w.claims.sorted { $0.key < $1.key }
+                    .map { "\($0.key)=\($0.value.count > 16 ? String($0.value.prefix(12)) + "…" : $0.value)" }
+                    .joined(separator: " ")
                 print(
-                    "\(pad(w["id"] as? String ?? "", 21)) \(pad(Self.short(w["provider"] as? String), 13)) \(pad((w["models"] as? [String] ?? []).joined(separator: ","), 17)) \(pad(w["format"] as? String ?? "", 11)) \(pad(String(w["policy_version"] as? Int ?? 0), 7)) \(pad(w["admitted_at"] as? String ?? "", 21)) \(pad(w["last_attested"] as? String ?? "", 21)) \(claims)"
+                    "\(pad(w.id, 21)) \(pad(Self.short(w.provider), 13)) \(pad(w.models.joined(separator: ","), 17)) \(pad(w.format, 11)) \(pad(String(w.policyVersion), 7)) \(pad(w.admittedAt, 21)) \(pad(w.lastAttested, 21)) \(claims)"
                 )
             }
         }
@@ -58,8 +55,8 @@ struct WorkersCommand: ParsableCommand {
         func run() throws {
             let path =
                 "v1/admin/workers/\(id.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? id)/evict"
-            let o = try admin.client().call("POST", path)
-            print("evicted \(o["worker"] as? String ?? id) (session \(o["session"] as? String ?? "?"))")
+            let eviction = try admin.client().call("POST", path, as: ApplyOutcome.Eviction.self)
+            print("evicted \(eviction.worker) (session \(eviction.session))")
         }
     }
 }

@@ -14,9 +14,8 @@ extension AdminError: HTTPResponseError {
     public var status: HTTPResponse.Status { .init(code: httpStatus) }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        var object: [String: Any] = ["code": code, "message": message]
-        if !details.isEmpty { object["details"] = details }
-        return AdminAPI.json(["error": object], status: .init(code: httpStatus))
+        AdminAPI.json(
+            AdminMessage.ErrorResponse(code: code, message: message, details: details), status: .init(code: httpStatus))
     }
 }
 
@@ -62,12 +61,14 @@ public struct AdminAPI: Sendable {
         admin.post("workers/:id/evict") { _, context in
             let id = context.parameters.get("id") ?? ""
             let eviction = try await self.administration.evict(workerID: id, actor: self.actor)
-            return Self.json(Self.encodable(eviction))
+            return Self.json(eviction)
         }
         admin.get("audit/export") { request, _ in try await self.export(request) }
         admin.get("audit/entries/:seq") { _, context in try self.entry(context.parameters.get("seq") ?? "") }
         admin.get("audit/key") { _, _ in
-            Self.json(["public_key": self.trail.key.publicKey.pem, "fingerprint": self.trail.key.publicKey.fingerprint])
+            Self.json(
+                AdminMessage.AuditKey(
+                    publicKey: self.trail.key.publicKey.pem, fingerprint: self.trail.key.publicKey.fingerprint))
         }
         return router
     }
@@ -86,75 +87,48 @@ public struct AdminAPI: Sendable {
         guard let record = try storeCall({ try trail.store.policy(version: version) }) else {
             throw AdminError(404, "policy.no-such-version", "there is no policy version \(version)")
         }
-        var object = Self.describe(record)
-        object["text"] = record.policy.text
-        object["signature"] = record.policy.signature
-        object["active"] = record.version == current.version
-        return Self.json(object)
+        return Self.json(Self.describe(record, active: current.version, withText: true))
     }
 
     func history() throws -> Response {
         let current = policies.current.version
-        let versions = try storeCall { try trail.store.policies() }.map { record -> [String: Any] in
-            var o = Self.describe(record)
-            o["active"] = record.version == current
-            return o
-        }
-        return Self.json(["active": current, "versions": versions])
+        let versions = try storeCall { try trail.store.policies() }.map { Self.describe($0, active: current) }
+        return Self.json(AdminMessage.PolicyHistory(active: current, versions: versions))
     }
 
-    static func describe(_ r: PolicyRecord) -> [String: Any] {
-        [
-            "version": r.version, "name": r.policy.name, "sha256": r.sha256, "signer": r.policy.signer ?? NSNull(),
-            "note": r.policy.note, "applied_at": r.appliedAt.rfc3339, "actor": r.actor,
-        ]
-    }
-
-    struct ApplyRequest: Decodable {
-        let policy: String
-        let signature: String?
-        let dryRun: Bool?
-        enum CodingKeys: String, CodingKey {
-            case policy, signature
-            case dryRun = "dry_run"
-        }
+    static func describe(_ r: PolicyRecord, active: Int, withText: Bool = false) -> AdminMessage.PolicyVersion {
+        AdminMessage.PolicyVersion(
+            version: r.version, name: r.policy.name, sha256: r.sha256, signer: r.policy.signer, note: r.policy.note,
+            appliedAt: r.appliedAt.rfc3339, actor: r.actor, active: r.version == active,
+            text: withText ? r.policy.text : nil, signature: withText ? r.policy.signature : nil)
     }
 
     func apply(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        let body = try await Self.body(request, as: ApplyRequest.self, limit: 2 << 20)
+        let body = try await Self.body(request, as: AdminMessage.ApplyRequest.self, limit: 2 << 20)
         let outcome = try await administration.apply(
             text: body.policy, signature: body.signature, dryRun: body.dryRun ?? false, actor: actor)
-        return Self.json(Self.encodable(outcome))
-    }
-
-    struct RollbackRequest: Decodable {
-        let version: Int
-        let dryRun: Bool?
-        enum CodingKeys: String, CodingKey {
-            case version
-            case dryRun = "dry_run"
-        }
+        return Self.json(outcome)
     }
 
     func rollback(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        let body = try await Self.body(request, as: RollbackRequest.self, limit: 4096)
+        let body = try await Self.body(request, as: AdminMessage.RollbackRequest.self, limit: 4096)
         let outcome = try await administration.rollback(to: body.version, dryRun: body.dryRun ?? false, actor: actor)
-        return Self.json(Self.encodable(outcome))
+        return Self.json(outcome)
     }
 
     // MARK: Workers
 
     func workers() -> Response {
-        let list = registry.workers.map { w -> [String: Any] in
+        let list = registry.workers.map { w in
             let r = w.record
-            return [
-                "id": r.id, "session": r.session, "provider": r.provider ?? NSNull(), "models": r.models,
-                "format": r.format,
-                "claims": r.claims, "admitted_at": r.admittedAt.rfc3339, "last_attested": r.lastAttested.rfc3339,
-                "evidence_sha256": r.evidenceSHA256, "policy_version": r.policyVersion, "in_flight": w.inFlight,
-            ]
+            return AdminMessage.Worker(
+                id: r.id, session: r.session, provider: r.provider, models: r.models, format: r.format,
+                claims: r.claims,
+                admittedAt: r.admittedAt.rfc3339, lastAttested: r.lastAttested.rfc3339,
+                evidenceSHA256: r.evidenceSHA256,
+                policyVersion: r.policyVersion, inFlight: w.inFlight)
         }
-        return Self.json(["workers": list])
+        return Self.json(AdminMessage.WorkerList(workers: list))
     }
 
     // MARK: Audit
@@ -219,18 +193,17 @@ public struct AdminAPI: Sendable {
         guard let entry = try storeCall({ try trail.store.entry(seq: seq) }) else {
             throw AdminError(404, "audit.no-such-entry", "there is no audit entry \(seq)")
         }
-        var object: [String: Any] = ["line": String(decoding: entry.line, as: UTF8.self)]
-        if let digest = entry.event.evidenceSHA256,
-            let evidence = try storeCall({ try trail.store.evidence(sha256: digest) })
-        {
-            object["evidence"] = [
-                "envelope": evidence.envelope.base64EncodedString(), "binding": evidence.binding.base64EncodedString(),
-            ]
+        let evidence = try entry.event.evidenceSHA256.flatMap { digest in
+            try storeCall { try trail.store.evidence(sha256: digest) }
         }
-        if let v = entry.event.policyVersion, let record = try storeCall({ try trail.store.policy(version: v) }) {
-            object["policy"] = ["version": v, "text": record.policy.text]
-        }
-        return Self.json(object)
+        let policy = try entry.event.policyVersion.flatMap { v in try storeCall { try trail.store.policy(version: v) } }
+        return Self.json(
+            AdminMessage.AuditEntryRecord(
+                line: String(decoding: entry.line, as: UTF8.self),
+                evidence: evidence.map {
+                    .init(envelope: $0.envelope.base64EncodedString(), binding: $0.binding.base64EncodedString())
+                },
+                policy: policy.map { .init(version: $0.version, text: $0.policy.text) }))
     }
 
     // MARK: Helpers
@@ -250,13 +223,10 @@ public struct AdminAPI: Sendable {
         }
     }
 
-    static func encodable(_ value: some Encodable) -> Any {
-        let data = (try? JSONEncoder().encode(value)) ?? Data("{}".utf8)
-        return (try? JSONSerialization.jsonObject(with: data)) ?? [:]
-    }
-
-    static func json(_ object: Any, status: HTTPResponse.Status = .ok) -> Response {
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    static func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
         return Response(
