@@ -41,7 +41,9 @@ let package = Package(
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
 
         // Verification core: no I/O.
-        .target(name: "AttestationCore", dependencies: ["COpenSSL"], swiftSettings: strict),
+        .target(
+            name: "AttestationCore",
+            dependencies: ["COpenSSL", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         .target(name: "EventLog", dependencies: ["AttestationCore"], swiftSettings: strict),
         .target(name: "TPMVerifier", dependencies: ["AttestationCore", "EventLog", "CTSS2"], swiftSettings: strict),
         .target(name: "TDXVerifier", dependencies: ["AttestationCore", "EventLog", "COpenSSL"], swiftSettings: strict),

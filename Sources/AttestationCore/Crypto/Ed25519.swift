@@ -1,4 +1,4 @@
-import COpenSSL
+import Crypto
 import Foundation
 
 /// Why an Ed25519 key could not be read or made.
@@ -48,23 +48,10 @@ public struct Ed25519PublicKey: Sendable, Hashable {
     /// Threat: a forged policy or checkpoint. Only a signature by the matching private key over
     /// exactly `message` passes; any other length or bytes fail.
     public func isValidSignature(_ signature: Data, for message: Data) -> Bool {
-        guard signature.count == 64 else { return false }
-        guard
-            let key = raw.withUnsafeBytes({
-                EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32)
-            })
-        else { return false }
-        defer { EVP_PKEY_free(key) }
-        guard let ctx = EVP_MD_CTX_new() else { return false }
-        defer { EVP_MD_CTX_free(ctx) }
-        guard EVP_DigestVerifyInit(ctx, nil, nil, nil, key) == 1 else { return false }
-        return signature.withUnsafeBytes { s in
-            message.withUnsafeBytes { m in
-                EVP_DigestVerify(
-                    ctx, s.bindMemory(to: UInt8.self).baseAddress, 64, m.bindMemory(to: UInt8.self).baseAddress, m.count
-                ) == 1
-            }
+        guard signature.count == 64, let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw) else {
+            return false
         }
+        return key.isValidSignature(signature, for: message)
     }
 }
 
@@ -73,6 +60,8 @@ public struct Ed25519PrivateKey: Sendable {
     /// The 32-byte seed.
     let seed: Data
     public let publicKey: Ed25519PublicKey
+    /// The key as swift-crypto holds it (made once, used for every signature).
+    let key: Curve25519.Signing.PrivateKey
 
     /// DER PKCS #8 prefix for id-Ed25519 (RFC 8410): the seed follows it.
     static let pkcs8Prefix: [UInt8] = [
@@ -81,20 +70,12 @@ public struct Ed25519PrivateKey: Sendable {
 
     public init(seed: Data) throws(Ed25519KeyError) {
         guard seed.count == 32 else { throw Ed25519KeyError("an Ed25519 private key is 32 bytes") }
-        guard
-            let key = seed.withUnsafeBytes({
-                EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32)
-            })
-        else { throw Ed25519KeyError("OpenSSL refused the Ed25519 key") }
-        defer { EVP_PKEY_free(key) }
-        var length = 32
-        var raw = Data(count: 32)
-        let ok = raw.withUnsafeMutableBytes {
-            EVP_PKEY_get_raw_public_key(key, $0.bindMemory(to: UInt8.self).baseAddress, &length)
+        guard let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: seed) else {
+            throw Ed25519KeyError("the Ed25519 key is refused")
         }
-        guard ok == 1, length == 32 else { throw Ed25519KeyError("OpenSSL could not derive the Ed25519 public key") }
         self.seed = seed
-        self.publicKey = try Ed25519PublicKey(raw: raw)
+        self.key = key
+        self.publicKey = try Ed25519PublicKey(raw: key.publicKey.rawRepresentation)
     }
 
     public init(pem text: String) throws(Ed25519KeyError) {
@@ -108,33 +89,16 @@ public struct Ed25519PrivateKey: Sendable {
     }
 
     public static func generate() -> Ed25519PrivateKey {
-        var seed = Data(count: 32)
-        let ok = seed.withUnsafeMutableBytes { RAND_bytes($0.bindMemory(to: UInt8.self).baseAddress, 32) }
-        precondition(ok == 1, "the system random generator failed")
-        return try! Ed25519PrivateKey(seed: seed)
+        // swift-crypto draws the seed from the system's secure generator.
+        try! Ed25519PrivateKey(seed: Curve25519.Signing.PrivateKey().rawRepresentation)
     }
 
     public var pem: String { PEMBlock.encode(Data(Self.pkcs8Prefix) + seed, label: "PRIVATE KEY") }
 
+    /// An Ed25519 signature (RFC 8032: deterministic, so openssl's and this one agree byte for byte).
     public func signature(for message: Data) -> Data {
-        let key = seed.withUnsafeBytes {
-            EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nil, $0.bindMemory(to: UInt8.self).baseAddress, 32)
-        }!
-        defer { EVP_PKEY_free(key) }
-        let ctx = EVP_MD_CTX_new()!
-        defer { EVP_MD_CTX_free(ctx) }
-        precondition(EVP_DigestSignInit(ctx, nil, nil, nil, key) == 1)
-        var signature = Data(count: 64)
-        var length = 64
-        let ok = signature.withUnsafeMutableBytes { s in
-            message.withUnsafeBytes { m in
-                EVP_DigestSign(
-                    ctx, s.bindMemory(to: UInt8.self).baseAddress, &length, m.bindMemory(to: UInt8.self).baseAddress,
-                    m.count)
-            }
-        }
-        precondition(ok == 1 && length == 64, "Ed25519 signing failed")
-        return signature
+        // Signing with a valid key over bytes in memory cannot fail.
+        try! key.signature(for: message)
     }
 }
 
