@@ -30,6 +30,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        // The worker's engine supervisor: staged teardown (SIGTERM, then SIGKILL) and an async wait.
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
         // Traits off: no swift-configuration, no full-Foundation extras.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
     ],
@@ -108,6 +110,7 @@ let package = Package(
                 "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "WorkerFraming", "TONKit",
                 "TONStake",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ] + nio,

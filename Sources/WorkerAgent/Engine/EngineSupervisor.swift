@@ -1,15 +1,20 @@
 import Foundation
 import Logging
+import Subprocess
+import Synchronization
 
 /// Starts the inference engine and restarts it when it exits, with a growing delay between
-/// restarts (1 s doubling to 30 s) so a crashing engine does not spin.
-public final class EngineSupervisor: @unchecked Sendable {
-    // Mutable state is touched only from `run`'s task and `stop`, guarded by `lock`.
-    private let lock = NSLock()
-    private var process: Process?
-    private var stopped = false
+/// restarts (1 s doubling to 30 s) so a crashing engine does not spin. Cancelling `run` stops the
+/// engine in stages (SIGTERM, then SIGKILL after five seconds) and waits for it; no engine
+/// outlives the worker that started it.
+public final class EngineSupervisor: Sendable {
     public let command: [String]
     let logger: Logger
+    /// Whether the engine may run, and the running engine's process id.
+    private let state = Mutex<(stopped: Bool, pid: pid_t?)>((false, nil))
+
+    /// How long the engine has to exit after SIGTERM before it is killed.
+    static let gracePeriod: Duration = .seconds(5)
 
     public init(command: [String], logger: Logger = Logger(label: "ccworker.engine")) {
         precondition(!command.isEmpty)
@@ -26,6 +31,7 @@ public final class EngineSupervisor: @unchecked Sendable {
                 let status = try await launchAndWait()
                 logger.warning("engine exited", metadata: ["ccworker.engine.status": "\(status)"])
             } catch {
+                if Task.isCancelled { return }
                 logger.error("engine could not start", metadata: ["error": "\(error)"])
             }
             if ContinuousClock.now - started > .seconds(60) { delay = .seconds(1) }
@@ -34,41 +40,42 @@ public final class EngineSupervisor: @unchecked Sendable {
         }
     }
 
-    var isStopped: Bool { lock.withLock { stopped } }
+    var isStopped: Bool { state.withLock { $0.stopped } }
 
-    private func launchAndWait() async throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = command
-        p.standardInput = FileHandle.nullDevice
-        try await withTaskCancellationHandler {
-            try lock.withLock {
-                if stopped { throw CancellationError() }
-                try p.run()
-                process = p
+    /// The running engine's process id, if one runs.
+    package var enginePID: pid_t? { state.withLock { $0.pid } }
+
+    /// One engine process, from start to exit; cancellation tears it down in stages.
+    private func launchAndWait() async throws -> TerminationStatus {
+        var options = PlatformOptions()
+        options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: Self.gracePeriod)]
+        let result = try await Subprocess.run(
+            .path("/usr/bin/env"), arguments: Arguments(command), platformOptions: options, input: .none,
+            output: .currentStandardOutput, error: .currentStandardError
+        ) { execution in
+            let pid = execution.processIdentifier.value
+            let stopped = state.withLock { s -> Bool in
+                if !s.stopped { s.pid = pid }
+                return s.stopped
             }
-            logger.info("engine started", metadata: ["ccworker.engine.pid": "\(p.processIdentifier)"])
-            while p.isRunning {
-                try? await Task.sleep(for: .milliseconds(200))
-                if Task.isCancelled { break }
-            }
-        } onCancel: {
-            self.stop()
+            // A stop that came while the engine was starting: it must not keep running.
+            if stopped { try? execution.send(signal: .kill) }
+            logger.info("engine started", metadata: ["ccworker.engine.pid": "\(pid)"])
         }
-        if p.isRunning { p.waitUntilExit() }
-        return p.terminationStatus
+        state.withLock { $0.pid = nil }
+        return result.terminationStatus
     }
 
-    /// Stops the engine (SIGTERM, then SIGKILL after five seconds) and does not restart it.
+    /// Stops the engine now and does not restart it: SIGTERM, then SIGKILL after the grace
+    /// period. Synchronous, for signal handlers that exit right after.
     public func stop() {
-        let p: Process? = lock.withLock {
-            stopped = true
-            return process
+        let pid: pid_t? = state.withLock { s in
+            s.stopped = true
+            return s.pid
         }
-        guard let p, p.isRunning else { return }
-        p.terminate()
-        let deadline = Date().addingTimeInterval(5)
-        while p.isRunning, Date() < deadline { usleep(50_000) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        guard let pid, kill(pid, SIGTERM) == 0 else { return }
+        let deadline = ContinuousClock.now + Self.gracePeriod
+        while kill(pid, 0) == 0, ContinuousClock.now < deadline { usleep(50_000) }
+        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
     }
 }

@@ -1,0 +1,48 @@
+import Foundation
+import Testing
+import WorkerAgent
+
+/// The engine supervisor with real processes: no engine outlives its worker.
+@Suite struct EngineSupervisorTests {
+    static func alive(_ pid: pid_t) -> Bool { kill(pid, 0) == 0 }
+
+    /// Waits up to `limit` for the supervisor to report a running engine.
+    static func started(_ supervisor: EngineSupervisor, within limit: Duration = .seconds(20)) async -> pid_t? {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if let pid = supervisor.enginePID { return pid }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return nil
+    }
+
+    @Test func cancellingTheSupervisorTearsDownAnEngineThatIgnoresSIGTERM() async throws {
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("engine-term-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: marker) }
+        // The engine notes SIGTERM and carries on: only the SIGKILL that follows ends it.
+        let supervisor = EngineSupervisor(command: [
+            "sh", "-c", "trap 'echo term >> \(marker.path)' TERM; while true; do sleep 1; done",
+        ])
+        let task = Task { await supervisor.run() }
+        let pid = try #require(await Self.started(supervisor))
+        #expect(Self.alive(pid))
+        task.cancel()
+        await task.value
+        #expect(!Self.alive(pid))
+        // Staged: it was asked to stop (SIGTERM) before it was killed.
+        #expect((try? String(contentsOf: marker, encoding: .utf8))?.contains("term") == true)
+        #expect(supervisor.enginePID == nil)
+    }
+
+    @Test func stopEndsTheEngineAndItIsNotRestarted() async throws {
+        let supervisor = EngineSupervisor(command: ["sleep", "600"])
+        let task = Task { await supervisor.run() }
+        let pid = try #require(await Self.started(supervisor))
+        supervisor.stop()
+        #expect(!Self.alive(pid))
+        try await Task.sleep(for: .seconds(2))
+        #expect(supervisor.enginePID == nil, "restarted after stop")
+        task.cancel()
+        await task.value
+    }
+}
