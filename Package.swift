@@ -32,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         // The worker's engine supervisor: staged teardown (SIGTERM, then SIGKILL) and an async wait.
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        // Outbound HTTP (PCCS, toncenter, the admin CLI): deadlines and capped, streamed bodies.
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         // Traits off: no swift-configuration, no full-Foundation extras.
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
     ],
@@ -66,8 +68,16 @@ let package = Package(
         .target(name: "GatewayState", dependencies: ["AuditLog", "AttestationCore", "CSQLite"], swiftSettings: strict),
         // TON: addresses, cells, bags of cells.
         .target(name: "TONKit", dependencies: ["AttestationCore"], swiftSettings: strict),
+        // Outbound HTTP on AsyncHTTPClient.
+        .target(
+            name: "HTTPFetch",
+            dependencies: [
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         // TON on the chain: the toncenter v2 client, stake readers, provider proofs, the stake oracle.
-        .target(name: "TONStake", dependencies: ["TONKit", "AttestationCore"], swiftSettings: strict),
+        .target(name: "TONStake", dependencies: ["TONKit", "AttestationCore", "HTTPFetch"], swiftSettings: strict),
 
         // The inference engine: GGUF, tokenizer, chat templates, Vulkan kernels, OpenAI server.
         // Kept free of package dependencies so that its measured binary stays small and its
@@ -96,7 +106,7 @@ let package = Package(
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "WorkerFraming",
                 "AuditLog", "GatewayState",
-                "TONKit", "TONStake", "AdmissionCore",
+                "TONKit", "TONStake", "AdmissionCore", "HTTPFetch",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -125,7 +135,7 @@ let package = Package(
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog",
                 "GatewayState",
                 "CommandLineSupport",
-                "TONKit", "TONStake",
+                "TONKit", "TONStake", "HTTPFetch",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

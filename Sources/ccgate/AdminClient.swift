@@ -2,10 +2,7 @@ import ArgumentParser
 import CommandLineSupport
 import Foundation
 import Gateway
-
-#if canImport(FoundationNetworking)
-    import FoundationNetworking
-#endif
+import HTTPFetch
 
 /// Where the admin API is and how to authenticate to it; shared by every admin subcommand.
 struct AdminOptions: ParsableArguments {
@@ -40,35 +37,47 @@ struct AdminOptions: ParsableArguments {
     }
 }
 
-/// A blocking client for the admin API: JSON calls, and streamed downloads with progress.
+/// A client for the admin API: JSON calls, and streamed downloads with progress, each with a
+/// deadline.
 struct AdminClient {
     let base: URL
     let token: String
 
-    func request(_ method: String, _ path: String, query: [URLQueryItem] = []) -> URLRequest {
-        var components = URLComponents(url: base.appendingPathComponent(path), resolvingAgainstBaseURL: false)!
-        if !query.isEmpty { components.queryItems = query }
-        var request = URLRequest(url: components.url!)
-        request.httpMethod = method
-        request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
-        request.timeoutInterval = 120
-        return request
+    /// Admin answers other than exports: a policy document and its history, a worker list.
+    static let maxAnswer = 16 << 20
+    static let timeout: Duration = .seconds(120)
+
+    func url(_ path: String, query: [URLQueryItem] = []) throws -> URL {
+        var components = URLComponents(url: base.appendingPathComponent(path), resolvingAgainstBaseURL: false)
+        if !query.isEmpty { components?.queryItems = query }
+        guard let url = components?.url else { throw failure("\(base.absoluteString)\(path): not a URL") }
+        return url
     }
+
+    var authorization: (String, String) { ("Authorization", "Bearer \(token)") }
 
     /// Calls the API with an optional JSON body; decodes a 2xx answer as `T`, and turns an error
     /// answer into a failure naming its code (exit 1 for a refusal, 2 for bad usage or an
     /// unreachable gateway).
     func call<T: Decodable>(
         _ method: String, _ path: String, query: [URLQueryItem] = [], body: (any Encodable)? = nil, as type: T.Type
-    ) throws -> T {
-        var request = self.request(method, path, query: query)
+    ) async throws -> T {
+        var headers = [authorization]
+        var bytes: Data?
         if let body {
-            request.httpBody = try JSONEncoder().encode(body)
-            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            bytes = try JSONEncoder().encode(body)
+            headers.append(("Content-Type", "application/json"))
         }
-        let (status, data) = try Self.send(request)
-        guard (200..<300).contains(status) else { throw Self.refusal(status: status, body: data) }
-        do { return try JSONDecoder().decode(T.self, from: data) } catch {
+        let answer: HTTPFetch.Response
+        do {
+            answer = try await HTTPFetch.send(
+                method, try url(path, query: query), headers: headers, body: bytes, timeout: Self.timeout,
+                maxBody: Self.maxAnswer)
+        } catch {
+            throw failure("admin API: \(error)")
+        }
+        guard (200..<300).contains(answer.status) else { throw Self.refusal(status: answer.status, body: answer.body) }
+        do { return try JSONDecoder().decode(T.self, from: answer.body) } catch {
             throw failure("\(path): the gateway's answer is not the expected JSON: \(error)", status: 1)
         }
     }
@@ -88,105 +97,37 @@ struct AdminClient {
         print(String(decoding: (try? encoder.encode(value)) ?? Data(), as: UTF8.self))
     }
 
-    static func send(_ request: URLRequest) throws -> (Int, Data) {
-        let done = DispatchSemaphore(value: 0)
-        let box = Box<(Int, Data)>()
-        URLSession.shared.dataTask(with: request) { data, response, error in
-            if let error {
-                box.fail(failure("\(request.url?.absoluteString ?? "admin API"): \(error.localizedDescription)"))
-            } else {
-                box.set(((response as? HTTPURLResponse)?.statusCode ?? 0, data ?? Data()))
-            }
-            done.signal()
-        }.resume()
-        done.wait()
-        return try box.get()
-    }
-
-    /// Streams a download into `sink` as it arrives; `progress` gets (bytes, total entries if known).
+    /// Streams a download into `sink` as it arrives (the next chunk is read once `sink` returned);
+    /// `progress` gets (bytes, total entries if the gateway said). Returns the total, or -1.
     func download(
-        _ path: String, query: [URLQueryItem], sink: @escaping @Sendable (Data) -> Void,
-        progress: @escaping @Sendable (Int, Int?) -> Void
-    ) throws -> Int {
-        let delegate = StreamingDelegate(sink: sink, progress: progress)
-        let session = URLSession(configuration: .default, delegate: delegate, delegateQueue: nil)
-        defer { session.finishTasksAndInvalidate() }
-        session.dataTask(with: request("GET", path, query: query)).resume()
-        delegate.done.wait()
-        return try delegate.result()
-    }
-
-    final class StreamingDelegate: NSObject, URLSessionDataDelegate, @unchecked Sendable {
-        // Callbacks arrive one at a time on the session's serial delegate queue; `lock` guards the
-        // result read by the waiting thread.
-        let sink: @Sendable (Data) -> Void
-        let progress: @Sendable (Int, Int?) -> Void
-        let done = DispatchSemaphore(value: 0)
-        private let lock = NSLock()
-        private var status = 0
-        private var total: Int?
-        private var bytes = 0
-        private var errorBody = Data()
-        private var failureMessage: String?
-
-        init(sink: @escaping @Sendable (Data) -> Void, progress: @escaping @Sendable (Int, Int?) -> Void) {
-            self.sink = sink
-            self.progress = progress
-        }
-
-        func urlSession(
-            _ session: URLSession, dataTask: URLSessionDataTask, didReceive response: URLResponse,
-            completionHandler: @escaping (URLSession.ResponseDisposition) -> Void
-        ) {
-            let http = response as? HTTPURLResponse
-            lock.withLock {
-                status = http?.statusCode ?? 0
-                total = (http?.value(forHTTPHeaderField: "ccgate-audit-entries")).flatMap { Int($0) }
-            }
-            completionHandler(.allow)
-        }
-
-        func urlSession(_ session: URLSession, dataTask: URLSessionDataTask, didReceive data: Data) {
-            let (ok, count, known) = lock.withLock { () -> (Bool, Int, Int?) in
-                if status != 200 {
-                    errorBody.append(data)
-                    return (false, bytes, total)
+        _ path: String, query: [URLQueryItem], sink: (Data) throws -> Void, progress: (Int, Int?) -> Void
+    ) async throws -> Int {
+        var bytes = 0
+        var errorBody = Data()
+        let answer: (status: Int, headers: [(name: String, value: String)])
+        do {
+            answer = try await HTTPFetch.stream(
+                "GET", try url(path, query: query), headers: [authorization], timeout: Self.timeout
+            ) { status, headers, data in
+                guard status == 200 else {
+                    // An error answer is a small JSON document; more is not read.
+                    if errorBody.count < 1 << 16 { errorBody.append(data.prefix((1 << 16) - errorBody.count)) }
+                    return
                 }
                 bytes += data.count
-                return (true, bytes, total)
+                try sink(data)
+                progress(bytes, Self.entries(headers))
             }
-            guard ok else { return }
-            sink(data)
-            progress(count, known)
+        } catch let reported as ReportedFailure {
+            throw reported
+        } catch {
+            throw failure("admin API: \(error)")
         }
-
-        func urlSession(_ session: URLSession, task: URLSessionTask, didCompleteWithError error: (any Error)?) {
-            lock.withLock { if let error { failureMessage = error.localizedDescription } }
-            done.signal()
-        }
-
-        func result() throws -> Int {
-            try lock.withLock {
-                if let failureMessage { throw failure("admin API: \(failureMessage)") }
-                guard status == 200 else {
-                    throw AdminClient.refusal(status: status, body: errorBody)
-                }
-                return total ?? -1
-            }
-        }
+        guard answer.status == 200 else { throw Self.refusal(status: answer.status, body: errorBody) }
+        return Self.entries(answer.headers) ?? -1
     }
-}
 
-/// A value set once from a callback and read after it.
-final class Box<T>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Result<T, any Error>?
-    func set(_ v: T) { lock.withLock { value = .success(v) } }
-    func fail(_ e: any Error) { lock.withLock { value = .failure(e) } }
-    func get() throws -> T {
-        try lock.withLock {
-            guard let value else { throw failure("no answer") }
-            return try value.get()
-        }
+    static func entries(_ headers: [(name: String, value: String)]) -> Int? {
+        headers.first { $0.name.lowercased() == "ccgate-audit-entries" }.flatMap { Int($0.value) }
     }
 }

@@ -33,7 +33,7 @@ struct AuditCommand: ParsableCommand {
         }
     }
 
-    struct Export: ParsableCommand {
+    struct Export: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Stream audit entries as JSON Lines (verifiable) or CSV, with a progress bar on a terminal.")
         @Option(help: ArgumentHelp("Entries at or after this time (RFC 3339).", valueName: "T")) var since: String?
@@ -60,7 +60,7 @@ struct AuditCommand: ParsableCommand {
             }
         }
 
-        func run() throws {
+        func run() async throws {
             let output: FileHandle
             if let out {
                 guard FileManager.default.createFile(atPath: out, contents: nil),
@@ -98,7 +98,8 @@ struct AuditCommand: ParsableCommand {
                 if let until { query.append(URLQueryItem(name: "until", value: until)) }
                 if let worker { query.append(URLQueryItem(name: "worker", value: worker)) }
                 let headerLine = format == "csv" ? 1 : 0
-                let known = try admin.client().download("v1/admin/audit/export", query: query, sink: sink) { _, total in
+                let known = try await admin.client().download("v1/admin/audit/export", query: query, sink: sink) {
+                    _, total in
                     bar.update(done: max(0, lines.count - headerLine), total: total, unit: "entries")
                 }
                 total = known >= 0 ? known : nil
@@ -190,7 +191,7 @@ struct AuditCommand: ParsableCommand {
         }
     }
 
-    struct Replay: ParsableCommand {
+    struct Replay: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract:
                 "Re-verify an admission's stored evidence under its recorded policy; say whether the verdict matches.",
@@ -214,7 +215,7 @@ struct AuditCommand: ParsableCommand {
         var dcapRoots: [String] = []
         @OptionGroup var admin: AdminOptions
 
-        func run() throws {
+        func run() async throws {
             let record: AuditEntry
             let evidence: StoredEvidence?
             let policyText: String?
@@ -227,7 +228,7 @@ struct AuditCommand: ParsableCommand {
                     policyText = try e.event.policyVersion.flatMap { try store.policy(version: $0) }?.policy.text
                 } catch let reported as ReportedFailure { throw reported } catch { throw failure("\(error)") }
             } else {
-                let o = try admin.client().call(
+                let o = try await admin.client().call(
                     "GET", "v1/admin/audit/entries/\(entry)", as: AdminMessage.AuditEntryRecord.self)
                 guard case .success(let e) = AuditEntry.parse(line: Array(o.line.utf8)) else {
                     throw failure("the gateway answered an entry that does not match its hash")

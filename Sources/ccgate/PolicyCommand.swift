@@ -31,7 +31,7 @@ struct PolicyCommand: ParsableCommand {
         ])
 
     /// A policy's text from a file, or from the gateway (`@N`, `@active`).
-    static func source(_ spec: String, admin: AdminOptions) throws -> (text: String, label: String) {
+    static func source(_ spec: String, admin: AdminOptions) async throws -> (text: String, label: String) {
         if spec.hasPrefix("@") {
             let which = spec.dropFirst()
             var query = [URLQueryItem]()
@@ -39,7 +39,7 @@ struct PolicyCommand: ParsableCommand {
                 guard let n = Int(which), n > 0 else { throw failure("\(spec): use @N for version N or @active") }
                 query.append(URLQueryItem(name: "version", value: String(n)))
             }
-            let version = try admin.client().call(
+            let version = try await admin.client().call(
                 "GET", "v1/admin/policy", query: query, as: AdminMessage.PolicyVersion.self)
             return (version.text ?? "", "version \(version.version)")
         }
@@ -55,7 +55,7 @@ struct PolicyCommand: ParsableCommand {
         }
     }
 
-    struct Diff: ParsableCommand {
+    struct Diff: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Show what changes between two policies: digests added and removed, thresholds changed.",
             discussion: """
@@ -70,9 +70,9 @@ struct PolicyCommand: ParsableCommand {
         @Argument(help: ArgumentHelp("The new policy.", valueName: "B")) var new: String
         @OptionGroup var admin: AdminOptions
 
-        func run() throws {
-            let a = try PolicyCommand.source(old, admin: admin)
-            let b = try PolicyCommand.source(new, admin: admin)
+        func run() async throws {
+            let a = try await PolicyCommand.source(old, admin: admin)
+            let b = try await PolicyCommand.source(new, admin: admin)
             let changes = try PolicyCommand.document(a.text, label: a.label).changes(
                 to: PolicyCommand.document(b.text, label: b.label))
             if changes.isEmpty { print("no changes") }
@@ -114,7 +114,7 @@ struct PolicyCommand: ParsableCommand {
         }
     }
 
-    struct Apply: ParsableCommand {
+    struct Apply: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Apply a signed policy on the gateway; --dry-run lists the workers it would evict.",
             discussion: """
@@ -132,14 +132,14 @@ struct PolicyCommand: ParsableCommand {
         @Flag(help: "Print the gateway's answer as JSON.") var json = false
         @OptionGroup var admin: AdminOptions
 
-        func run() throws {
+        func run() async throws {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                 throw failure("\(file): cannot read")
             }
             let sigPath = signature ?? file + ".sig"
             let sig = try? String(contentsOfFile: sigPath, encoding: .utf8)
             if sig == nil, signature != nil { throw failure("\(sigPath): cannot read") }
-            let answer = try admin.client().call(
+            let answer = try await admin.client().call(
                 "POST", "v1/admin/policy/apply",
                 body: AdminMessage.ApplyRequest(policy: text, signature: sig, dryRun: dryRun),
                 as: ApplyOutcome.self)
@@ -169,7 +169,7 @@ struct PolicyCommand: ParsableCommand {
         for e in evictions { print("  \(e.worker): \(e.reasons.joined(separator: ", ")) — \(e.message)") }
     }
 
-    struct Show: ParsableCommand {
+    struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print the policy in force, or version N, as applied.",
             discussion:
@@ -179,9 +179,10 @@ struct PolicyCommand: ParsableCommand {
             Int?
         @OptionGroup var admin: AdminOptions
 
-        func run() throws {
+        func run() async throws {
             let query = version.map { [URLQueryItem(name: "version", value: String($0))] } ?? []
-            let v = try admin.client().call("GET", "v1/admin/policy", query: query, as: AdminMessage.PolicyVersion.self)
+            let v = try await admin.client().call(
+                "GET", "v1/admin/policy", query: query, as: AdminMessage.PolicyVersion.self)
             let header =
                 "# version \(v.version)\(v.active ? " (in force)" : ""): '\(v.name)', sha256 \(v.sha256), applied \(v.appliedAt) by \(v.actor), signer \(v.signer ?? "none")\n"
             FileHandle.standardError.write(Data(header.utf8))
@@ -189,12 +190,13 @@ struct PolicyCommand: ParsableCommand {
         }
     }
 
-    struct History: ParsableCommand {
+    struct History: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List every policy version the gateway has applied.")
         @OptionGroup var admin: AdminOptions
 
-        func run() throws {
-            let history = try admin.client().call("GET", "v1/admin/policy/history", as: AdminMessage.PolicyHistory.self)
+        func run() async throws {
+            let history = try await admin.client().call(
+                "GET", "v1/admin/policy/history", as: AdminMessage.PolicyHistory.self)
             print("VERSION  APPLIED               ACTOR          NAME                  SHA256            NOTE")
             for v in history.versions {
                 print(
@@ -204,7 +206,7 @@ struct PolicyCommand: ParsableCommand {
         }
     }
 
-    struct Rollback: ParsableCommand {
+    struct Rollback: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Put an earlier policy version in force again (as a new version).",
             discussion:
@@ -215,8 +217,8 @@ struct PolicyCommand: ParsableCommand {
         @Flag(help: "Print the gateway's answer as JSON.") var json = false
         @OptionGroup var admin: AdminOptions
 
-        func run() throws {
-            let answer = try admin.client().call(
+        func run() async throws {
+            let answer = try await admin.client().call(
                 "POST", "v1/admin/policy/rollback",
                 body: AdminMessage.RollbackRequest(version: version, dryRun: dryRun),
                 as: ApplyOutcome.self)

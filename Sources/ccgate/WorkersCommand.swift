@@ -9,7 +9,7 @@ struct WorkersCommand: ParsableCommand {
         commandName: "workers", abstract: "List and evict the workers a gateway has admitted.",
         subcommands: [List.self, Evict.self])
 
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract:
                 "List admitted workers: id, provider, models, evidence format, claims, admitted since, last attested.")
@@ -22,8 +22,8 @@ struct WorkersCommand: ParsableCommand {
             return provider.count > 13 ? String(provider.prefix(8)) + "…" + String(provider.suffix(4)) : provider
         }
 
-        func run() throws {
-            let list = try admin.client().call("GET", "v1/admin/workers", as: AdminMessage.WorkerList.self)
+        func run() async throws {
+            let list = try await admin.client().call("GET", "v1/admin/workers", as: AdminMessage.WorkerList.self)
             if json {
                 AdminClient.printJSON(list)
                 return
@@ -46,16 +46,16 @@ struct WorkersCommand: ParsableCommand {
         }
     }
 
-    struct Evict: ParsableCommand {
+    struct Evict: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Evict an admitted worker now (audited); it may attest again.")
         @Argument(help: ArgumentHelp("The worker id.", valueName: "ID")) var id: String
         @OptionGroup var admin: AdminOptions
 
-        func run() throws {
+        func run() async throws {
             let path =
                 "v1/admin/workers/\(id.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? id)/evict"
-            let eviction = try admin.client().call("POST", path, as: ApplyOutcome.Eviction.self)
+            let eviction = try await admin.client().call("POST", path, as: ApplyOutcome.Eviction.self)
             print("evicted \(eviction.worker) (session \(eviction.session))")
         }
     }

@@ -1,5 +1,6 @@
 import AttestationCore
 import Foundation
+import HTTPFetch
 import TDXVerifier
 
 #if canImport(FoundationNetworking)
@@ -91,22 +92,20 @@ public struct PCCSClient: Sendable {
         return try await get(url: url)
     }
 
+    /// Threat: a PCCS (or anyone in its place) that answers without end. The body is capped as it
+    /// arrives and the request has a deadline.
     func get(url: URL) async throws(FetchError) -> Response {
-        var request = URLRequest(url: url)
-        request.timeoutInterval = timeout
-        let data: Data
-        let response: URLResponse
-        do { (data, response) = try await URLSession.shared.data(for: request) } catch {
-            throw FetchError("\(url.absoluteString): \(error.localizedDescription)")
+        let answer: HTTPFetch.Response
+        do {
+            answer = try await HTTPFetch.send(
+                "GET", url, timeout: .milliseconds(Int64(timeout * 1000)), maxBody: Self.maxBody)
+        } catch {
+            throw FetchError(error.description)
         }
-        guard let http = response as? HTTPURLResponse else { throw FetchError("\(url.absoluteString): not HTTP") }
-        guard http.statusCode == 200 else { throw FetchError("\(url.absoluteString): HTTP \(http.statusCode)") }
-        guard data.count <= Self.maxBody else {
-            throw FetchError("\(url.absoluteString): response over \(Self.maxBody) bytes")
-        }
+        guard answer.status == 200 else { throw FetchError("\(url.absoluteString): HTTP \(answer.status)") }
         var headers = [String: String]()
-        for (k, v) in http.allHeaderFields { if let k = k as? String, let v = v as? String { headers[k] = v } }
-        return Response(body: data, headers: headers)
+        for (name, value) in answer.headers { headers[name] = value }
+        return Response(body: answer.body, headers: headers)
     }
 
     static func signature(in body: Data) -> [UInt8]? {

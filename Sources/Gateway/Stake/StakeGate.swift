@@ -30,7 +30,7 @@ public final class StakeGate: StakeChecking {
 
     public init(
         endpoints: [ToncenterEndpoint], gatewayID: String, clock: any AttestationClock = SystemClock(),
-        transport: any HTTPTransport = URLSessionTransport()
+        transport: any HTTPTransport = FetchTransport()
     ) {
         reader = StakeReader(
             clients: endpoints.map { ToncenterClient(endpoint: $0, transport: transport, maxAttempts: 2) })

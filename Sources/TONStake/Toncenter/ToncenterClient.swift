@@ -1,5 +1,6 @@
 import AttestationCore
 import Foundation
+import HTTPFetch
 import TONKit
 import Synchronization
 
@@ -26,11 +27,22 @@ public protocol HTTPTransport: Sendable {
     func send(_ request: URLRequest) async throws -> (status: Int, body: Data)
 }
 
-public struct URLSessionTransport: HTTPTransport {
+/// toncenter over AsyncHTTPClient: the request's own timeout as its deadline, answers capped.
+public struct FetchTransport: HTTPTransport {
+    /// toncenter answers are JSON of a few KiB; an account state with its code and data a few
+    /// hundred KiB. Anything far beyond is not an answer.
+    static let maxBody = 8 << 20
+
     public init() {}
+
     public func send(_ request: URLRequest) async throws -> (status: Int, body: Data) {
-        let (data, response) = try await URLSession.shared.data(for: request)
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, data)
+        guard let url = request.url else { throw HTTPFetch.Failure(description: "a request without a URL") }
+        let headers = (request.allHTTPHeaderFields ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        let timeout = request.timeoutInterval > 0 ? request.timeoutInterval : 15
+        let response = try await HTTPFetch.send(
+            request.httpMethod ?? "GET", url, headers: headers, body: request.httpBody,
+            timeout: .milliseconds(Int64(timeout * 1000)), maxBody: Self.maxBody)
+        return (response.status, response.body)
     }
 }
 
@@ -73,7 +85,7 @@ public final class ToncenterClient: Sendable {
     let backoff: Duration
 
     public init(
-        endpoint: ToncenterEndpoint, transport: any HTTPTransport = URLSessionTransport(), maxAttempts: Int = 4,
+        endpoint: ToncenterEndpoint, transport: any HTTPTransport = FetchTransport(), maxAttempts: Int = 4,
         backoff: Duration = .milliseconds(250)
     ) {
         self.endpoint = endpoint
