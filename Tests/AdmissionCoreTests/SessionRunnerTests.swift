@@ -256,9 +256,11 @@ import WorkerProtocol
         }
         #expect(!core.registry.isAdmitted("w1"))
         await task.value
+        // The session's own end records it, with the eviction's code and actor.
         let evictions = try core.evictions(session: session)
         #expect(evictions.count == 1)
-        #expect(evictions.first?.reasons == [ProtocolErrorCode.auditUnavailable.rawValue])
+        #expect(evictions.first?.reasons == ["stake.below-minimum"])
+        #expect(evictions.first?.actor == "stake-oracle")
         #expect(try core.events().filter { $0.kind == AuditEventKind.disconnect }.isEmpty)
         #expect(try core.store.workers().isEmpty)
     }

@@ -64,34 +64,32 @@ public struct Evictor: Sendable {
     /// attests again.)
     package func claim(_ items: [(link: WorkerLink, cause: Cause, reasons: [String])]) -> [Claimed] {
         items.compactMap { item in
-            guard
-                item.link.claimEnding(
-                    SessionEnding(code: item.cause.code, message: item.cause.message, auditor: .evictor))
-            else {
-                return nil
-            }
+            let ending = SessionEnding(
+                code: item.cause.code, message: item.cause.message, auditor: .evictor, actor: item.cause.actor,
+                detail: item.cause.detail)
+            guard item.link.claimEnding(ending) else { return nil }
             registry.remove(workerID: item.link.workerID, sessionID: item.link.sessionID)
             return Claimed(link: item.link, cause: item.cause, reasons: item.reasons)
         }
     }
 
     /// Ends claimed evictions once their entries are durable. Every claim ends in this or in
-    /// ``finishUnrecorded(_:message:)``: the session's own end waits for one of them.
+    /// ``finishUnrecorded(_:)``: the session's own end waits for one of them.
     package func finish(_ claimed: [Claimed]) {
         for item in claimed {
             item.link.evictionRecorded(true)
-            item.link.end(SessionEnding(code: item.cause.code, message: item.cause.message, auditor: .evictor))
+            item.link.disconnectNow()
         }
     }
 
-    /// Ends claimed evictions whose entries could not be written: each session's own loop then
-    /// records its end (`gateway.audit-unavailable`), so none goes unrecorded if the log recovers.
-    package func finishUnrecorded(_ claimed: [Claimed], message: String) {
-        let code = ProtocolErrorCode.auditUnavailable.rawValue
+    /// Ends claimed evictions whose entries could not be written: the worker is out either way,
+    /// and each session's own loop tries again to record its eviction (same code, actor and
+    /// detail) when it finishes; that entry is missing only if the log is still down then.
+    package func finishUnrecorded(_ claimed: [Claimed]) {
         for item in claimed {
-            item.link.handEndingToSession(code: code, message: message)
+            item.link.handEndingToSession()
             item.link.evictionRecorded(false)
-            item.link.end(SessionEnding(code: code, message: message, auditor: .session))
+            item.link.disconnectNow()
         }
     }
 
@@ -99,11 +97,11 @@ public struct Evictor: Sendable {
     /// was already claimed (and is recorded by whoever claimed it). A failed audit write is
     /// thrown after the link is ended: the worker is out either way.
     @discardableResult
-    public func evict(_ link: WorkerLink, _ cause: Cause) async throws -> Bool {
-        let claimed = claim([(link, cause, [cause.code])])
+    public func evict(_ link: WorkerLink, _ cause: Cause, reasons: [String]? = nil) async throws -> Bool {
+        let claimed = claim([(link, cause, reasons ?? [cause.code])])
         guard !claimed.isEmpty else { return false }
         do { try await trail.record(claimed.map { $0.draft(policyVersion: policies.current.version) }) } catch {
-            finishUnrecorded(claimed, message: "the eviction could not be recorded: \(cause.message)")
+            finishUnrecorded(claimed)
             throw error
         }
         finish(claimed)
@@ -133,9 +131,9 @@ public struct Evictor: Sendable {
         case .session:
             try await trail.record(
                 AuditEvent(
-                    .eviction, worker: link.workerID, decision: .evicted, reasons: [ending.code],
+                    .eviction, actor: ending.actor, worker: link.workerID, decision: .evicted, reasons: [ending.code],
                     policyVersion: policies.current.version,
-                    detail: ["session": link.sessionID, "message": ending.message]),
+                    detail: ending.detail.merging(["session": link.sessionID, "message": ending.message]) { _, b in b }),
                 worker: change)
         }
     }

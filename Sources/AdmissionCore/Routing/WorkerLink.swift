@@ -148,16 +148,26 @@ public final class WorkerLink: Sendable {
     }
 
     /// Hands the end of this session back to its own loop (an eviction whose entry could not be
-    /// written): the loop then records it.
-    package func handEndingToSession(code: String, message: String) {
-        state.withLock { $0.ending = SessionEnding(code: code, message: message, auditor: .session) }
+    /// written): the loop then records it, with the eviction's own code, actor and detail.
+    package func handEndingToSession() {
+        state.withLock { s in
+            guard let e = s.ending else { return }
+            s.ending = SessionEnding(
+                code: e.code, message: e.message, auditor: .session, actor: e.actor, detail: e.detail)
+        }
     }
 
-    /// Ends the session from the gateway's side: requests in flight fail, nothing more is sent,
-    /// and the connection closes. The session's own loop then reports its end.
-    package func end(_ ending: SessionEnding) {
-        _ = claimEnding(ending)
-        close(reason: ending.message)
+    /// Ends the session from the gateway's side for a reason its own loop records (key lifetime,
+    /// an unanswered challenge, a newer session, a policy applied mid-admission): requests in
+    /// flight fail, nothing more is sent, the connection closes.
+    package func end(code: String, message: String) {
+        _ = claimEnding(SessionEnding(code: code, message: message, auditor: .session))
+        disconnectNow()
+    }
+
+    /// Fails the requests in flight and closes the connection, for an end already claimed.
+    package func disconnectNow() {
+        close(reason: ending?.message ?? "the session ended")
         disconnect()
     }
 
@@ -181,10 +191,17 @@ package struct SessionEnding: Sendable, Equatable {
     package let code: String
     package let message: String
     package let auditor: Auditor
+    /// Who ended it and what the entry carries besides (an eviction's actor and observations).
+    package let actor: String
+    package let detail: [String: String]
 
-    package init(code: String, message: String, auditor: Auditor) {
+    package init(
+        code: String, message: String, auditor: Auditor, actor: String = "gateway", detail: [String: String] = [:]
+    ) {
         self.code = code
         self.message = message
         self.auditor = auditor
+        self.actor = actor
+        self.detail = detail
     }
 }

@@ -35,18 +35,19 @@ public final class WorkerRegistry: Sendable {
         }
     }
 
-    /// Notes a passed re-attestation and keeps what it proved (the stake proven at admission
-    /// stays); nil when that session is no longer registered.
-    package func attested(workerID: String, sessionID: String, at time: Date, evidence: String, facts: AttestedFacts?)
-        -> WorkerRecord?
-    {
+    /// The row of this session, if it is registered.
+    package func record(workerID: String, sessionID: String) -> WorkerRecord? {
+        entries.withLock { e in e[workerID].flatMap { $0.link.sessionID == sessionID ? $0.record : nil } }
+    }
+
+    /// Notes a recorded re-attestation: its row, and what it proved (the stake proven at
+    /// admission stays). Ignored when that session is no longer registered.
+    package func attested(_ record: WorkerRecord, facts: AttestedFacts) {
         entries.withLock { e in
-            guard var entry = e[workerID], entry.link.sessionID == sessionID else { return nil }
-            entry.record.lastAttested = time
-            entry.record.evidenceSHA256 = evidence
-            if let facts { entry.admission = AdmittedWorker(facts: facts, stake: entry.admission.stake) }
-            e[workerID] = entry
-            return entry.record
+            guard var entry = e[record.id], entry.link.sessionID == record.session else { return }
+            entry.record = record
+            entry.admission = AdmittedWorker(facts: facts, stake: entry.admission.stake)
+            e[record.id] = entry
         }
     }
 

@@ -149,9 +149,7 @@ public struct WorkerSessionRunner: Sendable {
         try await record(decision.drafts)
         if let previous = registry.add(link, record: grant.record, admission: grant.admitted) {
             previous.end(
-                SessionEnding(
-                    code: ProtocolErrorCode.replaced.rawValue, message: "replaced by a new session of the same worker",
-                    auditor: .session))
+                code: ProtocolErrorCode.replaced.rawValue, message: "replaced by a new session of the same worker")
         }
         // From here on the worker is registered: every way out goes through `sessionEnded`, so a
         // connection that fails before or while it hears `admitted` never leaves a routable
@@ -209,10 +207,7 @@ public struct WorkerSessionRunner: Sendable {
     func recheck(_ link: WorkerLink, _ admitted: AdmittedWorker) {
         let (now, reasons) = coordinator.recheck(admitted)
         guard let first = reasons.first else { return }
-        link.end(
-            SessionEnding(
-                code: first.code.rawValue, message: "policy version \(now.version): \(first.message)", auditor: .session
-            ))
+        link.end(code: first.code.rawValue, message: "policy version \(now.version): \(first.message)")
     }
 
     /// One message from an admitted worker; returns the session's end when it ends it.
@@ -239,14 +234,17 @@ public struct WorkerSessionRunner: Sendable {
             else {
                 return nil
             }
+            let facts = AttestedFacts(decision.judgement.verdict)
             var updated: WorkerRecord?
-            if decision.passed {
-                // The registry keeps what this re-attestation proved (a later policy is judged
-                // against it); nil: the session was removed meanwhile, and the pass is not recorded.
-                updated = registry.attested(
-                    workerID: session.workerID, sessionID: session.sessionID, at: decision.at,
-                    evidence: decision.judgement.evidence.sha256, facts: AttestedFacts(decision.judgement.verdict))
-                if updated == nil { return nil }
+            if decision.passed, let facts {
+                // A session removed meanwhile gets no pass recorded.
+                guard var record = registry.record(workerID: session.workerID, sessionID: session.sessionID) else {
+                    return nil
+                }
+                record.lastAttested = decision.at
+                record.evidenceSHA256 = decision.judgement.evidence.sha256
+                record.claims = WorkerRecord.summary(facts)
+                updated = record
             }
             do { try await trail.record([decision.draft(updated: updated)]) } catch {
                 logger.error("audit append failed", metadata: ["error": "\(error)"])
@@ -256,6 +254,8 @@ public struct WorkerSessionRunner: Sendable {
                 )
             }
             if let failure = decision.failure { return (failure.code, failure.message, true) }
+            // Only now, with the pass durable, does the registry judge later policies by what it proved.
+            if let updated, let facts { registry.attested(updated, facts: facts) }
             // A policy applied while this re-attestation was judged has not seen its facts.
             if decision.judgement.policy.version != coordinator.policies.current.version,
                 let admitted = registry.admission(workerID: session.workerID, sessionID: session.sessionID)
@@ -288,13 +288,13 @@ public struct WorkerSessionRunner: Sendable {
             switch machine.withLock({ $0.reattestDue(nonce: fresh, keyAge: age, keyLifetime: lifetime) }) {
             case .send(let challenge): link.sendControl(challenge)
             case .end(let code, let message, _):
-                link.end(SessionEnding(code: code, message: message, auditor: .session))
+                link.end(code: code, message: message)
                 return
             default: continue
             }
             try await Task.sleep(for: timings.handshakeTimeout)
             if case .end(let code, let message, _) = machine.withLock({ $0.reattestDeadline(nonce: fresh) }) {
-                link.end(SessionEnding(code: code, message: message, auditor: .session))
+                link.end(code: code, message: message)
                 return
             }
         }

@@ -95,7 +95,8 @@ public struct Ed25519PrivateKey: Sendable {
 
     public var pem: String { PEMBlock.encode(Data(Self.pkcs8Prefix) + seed, label: "PRIVATE KEY") }
 
-    /// An Ed25519 signature (RFC 8032: deterministic, so openssl's and this one agree byte for byte).
+    /// An Ed25519 signature (RFC 8032). On Linux (BoringSSL inside swift-crypto) it is the
+    /// deterministic RFC 8032 signature, byte for byte what openssl makes.
     public func signature(for message: Data) -> Data {
         // Signing with a valid key over bytes in memory cannot fail.
         try! key.signature(for: message)

@@ -1,8 +1,9 @@
 import Foundation
 
 /// The admin API's request and response bodies, shared by the gateway that answers and the CLI
-/// that asks, so that neither reads the other's JSON by hand. Keys are snake_case on the wire;
-/// an absent optional value is sent as `null`.
+/// that asks, so that neither reads the other's JSON by hand. Keys are snake_case on the wire.
+/// A policy's `signer` and a worker's `provider` are always present (`null` when there is none);
+/// other optional fields are left out when absent.
 public enum AdminMessage {
     /// Every refusal: `{"error": {"code", "message", "details"?}}`.
     public struct ErrorResponse: Codable, Sendable {

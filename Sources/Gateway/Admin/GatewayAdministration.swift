@@ -146,7 +146,7 @@ public actor GatewayAdministration {
             entries = try await trail.record(
                 [.policy(applied, signed)] + claimed.map { $0.draft(policyVersion: version) })
         } catch {
-            evictor.finishUnrecorded(claimed, message: "a policy apply could not be recorded; attest again")
+            evictor.finishUnrecorded(claimed)
             throw AdminError(
                 503, ProtocolErrorCode.auditUnavailable.rawValue, "the policy could not be recorded: \(error)")
         }
@@ -166,14 +166,14 @@ public actor GatewayAdministration {
         // Workers admitted while the transaction ran were decided under the old version.
         for item in failing(under: document, at: clock.now()) where !claimed.contains(where: { $0.link === item.link })
         {
-            let message = "policy version \(version): \(item.reasons[0].message)"
+            let message = "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)"
             let cause = Evictor.Cause(code: item.reasons[0].code.rawValue, message: message, actor: actor)
-            // A failed entry is recorded by the session's own end (the worker is out either way).
-            if (try? await evictor.evict(item.link, cause)) == true {
+            let reasons = item.reasons.map(\.code.rawValue)
+            // Out of routing and disconnected either way; an entry that fails is written by the
+            // session's own end, and the worker is listed here all the same.
+            if (try? await evictor.evict(item.link, cause, reasons: reasons)) != false {
                 evictions.append(
-                    .init(
-                        worker: item.link.workerID, session: item.link.sessionID, reasons: [cause.code],
-                        message: message))
+                    .init(worker: item.link.workerID, session: item.link.sessionID, reasons: reasons, message: message))
             }
         }
         return (version, evictions)

@@ -10,8 +10,8 @@ import Synchronization
 public final class EngineSupervisor: Sendable {
     public let command: [String]
     let logger: Logger
-    /// Whether the engine may run, and the running engine's process id.
-    private let state = Mutex<(stopped: Bool, pid: pid_t?)>((false, nil))
+    /// Whether the engine may run, whether one is being started, and the running engine's process id.
+    private let state = Mutex<(stopped: Bool, starting: Bool, pid: pid_t?)>((false, false, nil))
 
     /// How long the engine has to exit after SIGTERM before it is killed.
     static let gracePeriod: Duration = .seconds(5)
@@ -47,6 +47,15 @@ public final class EngineSupervisor: Sendable {
 
     /// One engine process, from start to exit; cancellation tears it down in stages.
     private func launchAndWait() async throws -> TerminationStatus {
+        // Threat: an engine left running after ccworker exits (a stop between spawn and the pid
+        // being known). `starting` makes `stop` wait for the pid; a stop before the spawn prevents it.
+        let proceed = state.withLock { s -> Bool in
+            if s.stopped { return false }
+            s.starting = true
+            return true
+        }
+        guard proceed else { throw CancellationError() }
+        defer { state.withLock { $0.starting = false } }
         var options = PlatformOptions()
         options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: Self.gracePeriod)]
         let result = try await Subprocess.run(
@@ -55,7 +64,8 @@ public final class EngineSupervisor: Sendable {
         ) { execution in
             let pid = execution.processIdentifier.value
             let stopped = state.withLock { s -> Bool in
-                if !s.stopped { s.pid = pid }
+                s.pid = pid
+                s.starting = false
                 return s.stopped
             }
             // A stop that came while the engine was starting: it must not keep running.
@@ -69,9 +79,15 @@ public final class EngineSupervisor: Sendable {
     /// Stops the engine now and does not restart it: SIGTERM, then SIGKILL after the grace
     /// period. Synchronous, for signal handlers that exit right after.
     public func stop() {
-        let pid: pid_t? = state.withLock { s in
+        var (pid, starting): (pid_t?, Bool) = state.withLock { s in
             s.stopped = true
-            return s.pid
+            return (s.pid, s.starting)
+        }
+        // An engine being spawned: wait (briefly) for its pid rather than leave it behind.
+        let spawnDeadline = ContinuousClock.now + Self.gracePeriod
+        while pid == nil, starting, ContinuousClock.now < spawnDeadline {
+            usleep(10_000)
+            (pid, starting) = state.withLock { ($0.pid, $0.starting) }
         }
         guard let pid, kill(pid, SIGTERM) == 0 else { return }
         let deadline = ContinuousClock.now + Self.gracePeriod
