@@ -120,12 +120,11 @@ struct CollateralCommand: ParsableCommand {
             let store = try cache.open()
             let data = try readInput(envelope)
             guard case .success(let parsed) = EvidenceEnvelope.parse(data),
-                case .success(let bytes) = parsed.base64("quote"),
-                let quote = try? DCAPQuote.parse([UInt8](bytes))
+                TDXQuoteVerifier.formats.contains(parsed.format)
             else { throw failure("\(envelope): not a DCAP quote envelope") }
             let roots = try trust.fingerprints()
             let time = trust.time
-            guard let key = quote.collateralKey(roots: roots, at: time) else {
+            guard let key = CollateralKey.forQuote(in: parsed, roots: roots, at: time) else {
                 throw failure("\(envelope): the quote's PCK chain does not verify to a pinned root", status: 1)
             }
             let client = PCCSClient(base: base, rootCRL: rootCRLURL.flatMap(URL.init(string:)))

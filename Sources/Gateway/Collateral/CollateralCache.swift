@@ -195,10 +195,7 @@ public struct CollateralPrefetcher: EvidencePreparing {
     @discardableResult
     public func prepare(envelope: Data, at time: Date) async -> String? {
         guard case .success(let parsed) = EvidenceEnvelope.parse(envelope),
-            TDXQuoteVerifier.formats.contains(parsed.format),
-            !parsed.has("collateral"), case .success(let bytes) = parsed.base64("quote"),
-            let quote = try? DCAPQuote.parse([UInt8](bytes)), let key = quote.collateralKey(roots: roots, at: time),
-            cache.needsRefresh(for: key, at: time)
+            let key = CollateralKey.needed(by: parsed, roots: roots, at: time), cache.needsRefresh(for: key, at: time)
         else { return nil }
         do {
             let collateral = try await client.fetch(key)

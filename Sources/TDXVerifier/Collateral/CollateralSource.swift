@@ -1,3 +1,4 @@
+import AttestationCore
 import Foundation
 
 /// Names one platform family's collateral: Intel issues TCB info per FMSPC and TEE type, QE
@@ -40,5 +41,23 @@ extension DCAPQuote {
             let ext = chain[0].sgxExtension
         else { return nil }
         return CollateralKey(tee: tee, fmspc: ext.fmspc, pceID: ext.pceID, pckIssuer: chain[1].subject)
+    }
+}
+
+extension CollateralKey {
+    /// The collateral a `tdx-quote` or `sgx-quote` envelope needs from outside it: nil when it is
+    /// another format, already carries its collateral, is unreadable, or its PCK chain does not
+    /// verify to one of `roots` at `time` (see ``DCAPQuote/collateralKey(roots:at:)``). What
+    /// callers use instead of parsing quotes themselves.
+    public static func needed(by envelope: EvidenceEnvelope, roots: Set<String>, at time: Date) -> CollateralKey? {
+        guard TDXQuoteVerifier.formats.contains(envelope.format), !envelope.has("collateral") else { return nil }
+        return forQuote(in: envelope, roots: roots, at: time)
+    }
+
+    /// The collateral the envelope's quote is for, whether or not the envelope carries it.
+    public static func forQuote(in envelope: EvidenceEnvelope, roots: Set<String>, at time: Date) -> CollateralKey? {
+        guard case .success(let bytes) = envelope.base64("quote"), let quote = try? DCAPQuote.parse([UInt8](bytes))
+        else { return nil }
+        return quote.collateralKey(roots: roots, at: time)
     }
 }
