@@ -26,6 +26,9 @@ public final class Swtpm: @unchecked Sendable {
         // Ports are picked at random from a high range; a clash makes swtpm exit, and we retry.
         for _ in 0..<20 {
             let port = Int.random(in: 20_000..<60_000) & ~1
+            // A port something already listens on would answer the connection check below for
+            // the other listener (two workers on one TPM): skip it.
+            if canConnect(port: port) || canConnect(port: port + 1) { continue }
             let dir = try TemporaryDirectory("swtpm")
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -40,7 +43,9 @@ public final class Swtpm: @unchecked Sendable {
             try process.run()
             let deadline = Date().addingTimeInterval(10)
             while Date() < deadline, process.isRunning {
-                if canConnect(port: port) {
+                // Still running a moment after the port answers: the listener is this swtpm (one
+                // that lost the port to a concurrent start exits at once).
+                if canConnect(port: port), stillRunning(process) {
                     Running.add(process.processIdentifier)
                     return Swtpm(port: port, stateDirectory: dir, process: process)
                 }
@@ -91,6 +96,12 @@ public final class Swtpm: @unchecked Sendable {
         }
 
         static func remove(_ pid: Int32) { lock.withLock { _ = pids.remove(pid) } }
+    }
+
+    /// Whether `process` is still running a moment from now.
+    static func stillRunning(_ process: Process) -> Bool {
+        usleep(50_000)
+        return process.isRunning
     }
 
     static func canConnect(port: Int) -> Bool {
