@@ -42,26 +42,27 @@ public final class StakeGate: StakeChecking {
     /// The admission check: the proof `proofData`, for this worker's KEM key, under `rules`.
     public func admit(proofData: Data?, workerKey: Data, rules: PolicyDocument.StakeRules) async -> StakeOutcome {
         guard let proofData else {
-            return Self.refused(
+            return StakeOutcome.refused(
                 "stake.proof-missing",
                 "the policy requires a TON stake: start the worker with --provider-wallet and --provider-key")
         }
         let decoded: (proof: ProviderProof, wallet: TONAddress, stakeAccount: TONAddress?)
         do throws(ProviderProof.Failure) { decoded = try ProviderProof.decode(proofData) } catch {
-            return Self.refused(error.code, error.message)
+            return StakeOutcome.refused(error.code, error.message)
         }
         let walletKey: Ed25519PublicKey
         switch await reader.walletPublicKey(decoded.wallet) {
         case .success(let key): walletKey = key
-        case .failure(let failure): return Self.refused(failure.code, failure.message, ["provider": decoded.wallet.raw])
+        case .failure(let failure):
+            return StakeOutcome.refused(failure.code, failure.message, ["provider": decoded.wallet.raw])
         }
         do throws(ProviderProof.Failure) {
             try decoded.proof.verify(
                 walletKey: walletKey, gatewayID: gatewayID, workerKey: workerKey, now: clock.now(),
                 maxAge: TimeInterval(rules.proofMaxAgeSeconds))
-        } catch { return Self.refused(error.code, error.message, ["provider": decoded.wallet.raw]) }
+        } catch { return StakeOutcome.refused(error.code, error.message, ["provider": decoded.wallet.raw]) }
         guard rules.source != nil else {
-            return Self.refused("stake.no-source", "the policy sets a minimum stake but no source")
+            return StakeOutcome.refused("stake.no-source", "the policy sets a minimum stake but no source")
         }
         return await check(
             ProviderStake(provider: decoded.wallet.raw, stakeAccount: decoded.stakeAccount?.raw), rules: rules)
@@ -71,7 +72,7 @@ public final class StakeGate: StakeChecking {
     /// its observation has expired.
     func check(_ stake: ProviderStake, rules: PolicyDocument.StakeRules) async -> StakeOutcome {
         guard let query = Self.query(stake, rules) else {
-            return Self.refused("stake.no-source", "the policy sets a minimum stake but no source")
+            return StakeOutcome.refused("stake.no-source", "the policy sets a minimum stake but no source")
         }
         await oracle.configure(ttl: Double(rules.refreshSeconds), grace: Double(rules.graceSeconds))
         let reader = self.reader
@@ -101,10 +102,6 @@ public final class StakeGate: StakeChecking {
             audited.withLock { _ = $0.removeValue(forKey: stake.key) }
             return StakeOutcome(stake: nil, refusal: (code, message), detail: detail, fresh: true)
         }
-    }
-
-    static func refused(_ code: String, _ message: String, _ detail: [String: String] = [:]) -> StakeOutcome {
-        .refused(code, message, detail)
     }
 
     /// Where `stake` is read under `rules` (the policy in force may change the source or the
