@@ -4,7 +4,18 @@ import WorkerAgent
 
 /// The engine supervisor with real processes: no engine outlives its worker.
 @Suite struct EngineSupervisorTests {
-    static func alive(_ pid: pid_t) -> Bool { kill(pid, 0) == 0 }
+    static func alive(_ pid: pid_t) -> Bool { EngineSupervisor.running(pid) }
+
+    /// Waits up to `limit` for `condition`, with a last look after the deadline (a loaded
+    /// machine may not run this task for a long while).
+    static func eventually(within limit: Duration = .seconds(60), _ condition: () -> Bool) async -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if condition() { return true }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return condition()
+    }
 
     /// Waits up to `limit` for the supervisor to report a running engine.
     /// (A loaded machine may not run this task for a long while: the last look comes after the
@@ -35,7 +46,7 @@ import WorkerAgent
         #expect(Self.alive(pid))
         task.cancel()
         await task.value
-        #expect(!Self.alive(pid))
+        #expect(await Self.eventually { !Self.alive(pid) })
         // Staged: it was asked to stop (SIGTERM) before it was killed.
         #expect((try? String(contentsOf: marker, encoding: .utf8))?.contains("term") == true)
         #expect(supervisor.enginePID == nil)
@@ -47,7 +58,9 @@ import WorkerAgent
         defer { task.cancel() }
         let pid = try #require(await Self.started(supervisor))
         supervisor.stop()
-        #expect(!Self.alive(pid))
+        #expect(await Self.eventually { !Self.alive(pid) })
+        // The supervisor sees the exit, and starts nothing after it.
+        #expect(await Self.eventually { supervisor.enginePID == nil })
         try await Task.sleep(for: .seconds(2))
         #expect(supervisor.enginePID == nil, "restarted after stop")
         task.cancel()

@@ -91,7 +91,17 @@ public final class EngineSupervisor: Sendable {
         }
         guard let pid, kill(pid, SIGTERM) == 0 else { return }
         let deadline = ContinuousClock.now + Self.gracePeriod
-        while kill(pid, 0) == 0, ContinuousClock.now < deadline { usleep(50_000) }
-        if kill(pid, 0) == 0 { kill(pid, SIGKILL) }
+        while Self.running(pid), ContinuousClock.now < deadline { usleep(50_000) }
+        if Self.running(pid) { kill(pid, SIGKILL) }
+    }
+
+    /// Whether `pid` is a live process: one that exited but is not yet reaped (a zombie, which
+    /// `kill(pid, 0)` still reaches) has stopped.
+    package static func running(_ pid: pid_t) -> Bool {
+        guard kill(pid, 0) == 0 else { return false }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return true }
+        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first != "Z"
     }
 }
