@@ -49,7 +49,11 @@ let package = Package(
             name: "AttestationCore",
             dependencies: ["COpenSSL", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         .target(name: "EventLog", dependencies: ["AttestationCore"], swiftSettings: strict),
-        .target(name: "TPMVerifier", dependencies: ["AttestationCore", "EventLog", "CTSS2"], swiftSettings: strict),
+        .target(
+            name: "TPMVerifier",
+            dependencies: [
+                "AttestationCore", "EventLog", "CTSS2", "COpenSSL", .product(name: "Crypto", package: "swift-crypto"),
+            ], swiftSettings: strict),
         .target(name: "TDXVerifier", dependencies: ["AttestationCore", "EventLog", "COpenSSL"], swiftSettings: strict),
         .target(
             name: "Policy", dependencies: ["AttestationCore", "TONKit", .product(name: "Yams", package: "Yams")],
@@ -229,7 +233,9 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "CLITests",
-            dependencies: ["AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TONKit", "TONStake"],
+            dependencies: [
+                "AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TPMVerifier", "TONKit", "TONStake",
+            ],
             swiftSettings: strict),
     ]
 )

@@ -1,5 +1,26 @@
 # Shell helpers shared by the demo and benchmark scripts.
 
+# manufacture_tpm STATE CA: writes a software TPM's state into STATE with endorsement keys and
+# EK certificates issued by a local CA in CA (made on first use), as a TPM manufacturer would.
+# The gateway pins CA/swtpm-localca-rootca-cert.pem; the worker presents CA/issuercert.pem.
+manufacture_tpm() {
+  local state=$1 ca=$2
+  mkdir -p "$state" "$ca"
+  cat > "$ca/localca.conf" <<CONF
+statedir = $ca
+signingkey = $ca/signkey.pem
+issuercert = $ca/issuercert.pem
+certserial = $ca/certserial
+CONF
+  printf -- '--platform-manufacturer ccgate\n--platform-version 1\n--platform-model swtpm\n' > "$ca/localca.options"
+  cat > "$ca/swtpm_setup.conf" <<CONF
+create_certs_tool = /usr/bin/swtpm_localca
+create_certs_tool_config = $ca/localca.conf
+create_certs_tool_options = $ca/localca.options
+CONF
+  swtpm_setup --tpm2 --tpmstate "$state" --create-ek-cert --overwrite --config "$ca/swtpm_setup.conf" >/dev/null
+}
+
 # start_swtpm DIR: starts a software TPM on a free loopback port pair; sets SWTPM_PID and TCTI.
 start_swtpm() {
   local dir=$1 port

@@ -71,7 +71,7 @@ func throughput(port: Int, body: Data, headers: [(String, String)], concurrency:
 }
 
 func gatewayBench() async throws {
-    guard let tpm = BenchSwtpm.start() else {
+    guard let tpm = BenchSwtpm.start(manufactured: true), let caRoot = tpm.caRootDER else {
         print("\nccgate bench: gateway: skipped (swtpm not available)")
         return
     }
@@ -95,6 +95,8 @@ func gatewayBench() async throws {
     configuration.policy = policy
     configuration.policyText = policyText
     configuration.dataDirectory = tpm.directory.appendingPathComponent("gateway-data")
+    // Admission here includes what it costs in production: the EK chain and credential activation.
+    configuration.tpmEKRoots.append(caRoot)
     let server = try await GatewayServer.open(configuration: configuration)
     let (ports, portsContinuation) = AsyncStream<GatewayPorts>.makeStream()
     let gatewayTask = Task { try await server.run(signals: []) { portsContinuation.yield($0) } }
@@ -106,7 +108,7 @@ func gatewayBench() async throws {
     defer { engineTask.cancel() }
 
     // Admission latency: connect → admitted, over fresh connections of one worker.
-    let attestor = try Attestor(tcti: tpm.tcti, files: [engineFile, modelFile])
+    let attestor = try Attestor(tcti: tpm.tcti, files: [engineFile, modelFile], ekChain: tpm.caChainDER)
     var latencies = [Double]()
     let rounds = Int(ProcessInfo.processInfo.environment["CCGATE_BENCH_ADMISSIONS"] ?? "") ?? 20
     var keep: Task<Void, any Error>?

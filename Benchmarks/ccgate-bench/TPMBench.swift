@@ -85,9 +85,11 @@ final class BenchSwtpm: @unchecked Sendable {
         self.port = port
     }
 
-    static func start() -> BenchSwtpm? {
+    /// Starts a TPM; `manufactured`: with EK certificates from a local CA in DIR/ca (swtpm_setup).
+    static func start(manufactured: Bool = false) -> BenchSwtpm? {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ccgate-bench-\(UUID().uuidString)")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        if manufactured, !manufacture(dir) { return nil }
         let port = Int.random(in: 30_000..<50_000) & ~1
         let swtpm = Process()
         swtpm.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -100,6 +102,41 @@ final class BenchSwtpm: @unchecked Sendable {
         guard (try? swtpm.run()) != nil else { return nil }
         usleep(300_000)
         return BenchSwtpm(process: swtpm, directory: dir, port: port)
+    }
+
+    /// swtpm_setup with a local CA, as the test kit and `scripts/lib.sh` do.
+    static func manufacture(_ dir: URL) -> Bool {
+        let ca = dir.appendingPathComponent("ca")
+        try? FileManager.default.createDirectory(at: ca, withIntermediateDirectories: true)
+        let files = [
+            "localca.conf":
+                "statedir = \(ca.path)\nsigningkey = \(ca.path)/signkey.pem\nissuercert = \(ca.path)/issuercert.pem\ncertserial = \(ca.path)/certserial\n",
+            "localca.options": "--platform-manufacturer ccgate\n--platform-version 1\n--platform-model swtpm\n",
+            "setup.conf":
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = \(ca.path)/localca.conf\ncreate_certs_tool_options = \(ca.path)/localca.options\n",
+        ]
+        for (name, text) in files {
+            try? text.write(to: ca.appendingPathComponent(name), atomically: true, encoding: .utf8)
+        }
+        let setup = Process()
+        setup.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        setup.arguments = [
+            "swtpm_setup", "--tpm2", "--tpmstate", dir.path, "--create-ek-cert", "--overwrite", "--config",
+            ca.appendingPathComponent("setup.conf").path,
+        ]
+        setup.standardOutput = FileHandle.nullDevice
+        setup.standardError = FileHandle.nullDevice
+        guard (try? setup.run()) != nil else { return false }
+        setup.waitUntilExit()
+        return setup.terminationStatus == 0
+    }
+
+    /// The local CA's root and intermediate (DER), for a manufactured TPM.
+    var caRootDER: Data? { Self.der(directory.appendingPathComponent("ca/swtpm-localca-rootca-cert.pem")) }
+    var caChainDER: Data? { Self.der(directory.appendingPathComponent("ca/issuercert.pem")) }
+
+    static func der(_ url: URL) -> Data? {
+        (try? String(contentsOf: url, encoding: .utf8)).flatMap { PEMBlock.first(in: $0, label: "CERTIFICATE") }
     }
 
     func stop() {

@@ -12,6 +12,7 @@ import ServiceLifecycle
 import UnixSignals
 import Synchronization
 import TDXVerifier
+import TPMVerifier
 import TONKit
 import TONStake
 
@@ -40,6 +41,9 @@ public struct GatewayConfiguration: Sendable {
     /// Longest time between signed audit checkpoints while entries arrive.
     public var checkpointInterval: Duration = .seconds(60)
     public var timings = WorkerTimings()
+    /// DER certificates EK certificate chains may end at: the pinned TPM manufacturer roots, plus
+    /// any configured (`--tpm-ek-root`, test PKIs such as swtpm's local CA).
+    public var tpmEKRoots = EKRoots.pinnedDER
     /// SHA-256 fingerprints of the roots TDX/SGX chains must end at; Intel's by default.
     public var dcapRoots = PinnedRoots.production
     /// Collateral for TDX/SGX workers whose evidence carries none (an imported cache).
@@ -87,12 +91,15 @@ public struct GatewayServer: Sendable {
         let data = configuration.dataDirectory
         try FileManager.default.createDirectory(
             at: data, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try GatewayKeys.checkDataDirectory(data)
         let store = try SQLiteStore(url: data.appendingPathComponent("ccgate.db"))
         let key = try GatewayKeys.signingKey(in: data)
         let token = try configuration.adminToken ?? GatewayKeys.adminToken(in: data)
         let audit = AuditTrail(store: store, key: key, clock: configuration.clock)
         let active: ActivePolicy
         if let latest = try store.policies().last {
+            try StoredPolicyCheck(store: store, configuration: configuration, gatewayID: key.publicKey.fingerprint)
+                .check(latest)
             do throws(PolicyLoadErrors) {
                 active = ActivePolicy(
                     version: latest.version,
@@ -133,6 +140,15 @@ public struct GatewayServer: Sendable {
                     note: "initial policy"))
             active = ActivePolicy(version: entry.event.policyVersion ?? 1, document: configuration.policy, text: text)
         }
+        let lint = active.document.lint
+        guard lint.errors.isEmpty else {
+            throw GatewayStartError(
+                "policy version \(active.version) ('\(active.document.name)') pins too little to admit safely:\n  "
+                    + lint.errors.joined(separator: "\n  "))
+        }
+        for warning in lint.warnings {
+            logger.warning("policy in force uses a lab setting", metadata: ["ccgate.policy.warning": "\(warning)"])
+        }
         let policies = PolicyState(active)
         return GatewayServer(
             configuration: configuration, store: store, audit: audit, policies: policies, adminToken: token,
@@ -168,7 +184,9 @@ public struct GatewayServer: Sendable {
         try store.replaceAPIKeys(
             source: "config", digests: Set(configuration.apiKeys.map { Data(SHA256Digest.of(Data($0.utf8))).hex }),
             at: configuration.clock.now())
-        let keyDigests = Set(try store.apiKeyDigests().compactMap { Data(hex: $0) })
+        // Threat: a key row written into the data directory by someone other than the operator.
+        // The front door accepts the configured keys only; the store's rows are a record of them.
+        let keyDigests = Set(configuration.apiKeys.map { Data(SHA256Digest.of(Data($0.utf8))) })
         try await audit.record(
             AuditEvent(
                 .gatewayStart, decision: .started, policyVersion: policies.current.version,
@@ -177,7 +195,9 @@ public struct GatewayServer: Sendable {
         let coordinator = AdmissionCoordinator(
             policies: policies, clock: configuration.clock, dcapRoots: configuration.dcapRoots,
             collateralSource: configuration.collateralSource ?? configuration.collateralPrefetcher?.cache,
-            preparer: configuration.collateralPrefetcher, stake: stake)
+            preparer: configuration.collateralPrefetcher, stake: stake,
+            tpmIdentity: TPMIdentityTrust(ekRoots: configuration.tpmEKRoots),
+            activationSigner: ActivationSigner(key: audit.key, gatewayID: gatewayID))
         let runner = WorkerSessionRunner(
             coordinator: coordinator, registry: registry, trail: audit, timings: configuration.timings, logger: logger)
         let workers = WorkerServer(runner: runner, logger: logger)
@@ -266,12 +286,34 @@ enum GatewayKeys {
         return token
     }
 
+    /// Threat: a secret readable by others for the moment between writing and chmod. The file
+    /// is created with mode 0600 by `open` itself (never over an existing file), written and
+    /// synced.
     static func writeSecret(_ text: String, to url: URL) throws {
-        guard
-            FileManager.default.createFile(
-                atPath: url.path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
-        else {
-            throw GatewayStartError("\(url.path): cannot write")
+        let fd = open(url.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw GatewayStartError("\(url.path): cannot create: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        guard written == bytes.count, fsync(fd) == 0 else {
+            throw GatewayStartError("\(url.path): cannot write: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// Threat: a data directory others can read (the gateway key, the admin token) or write (the
+    /// state). It must be owned by this user with no group or other access; checked at every start.
+    static func checkDataDirectory(_ url: URL) throws {
+        var info = stat()
+        guard stat(url.path, &info) == 0 else { throw GatewayStartError("\(url.path): cannot stat") }
+        guard info.st_uid == getuid() else {
+            throw GatewayStartError("\(url.path) is owned by uid \(info.st_uid), not by this user (\(getuid()))")
+        }
+        guard info.st_mode & 0o077 == 0 else {
+            throw GatewayStartError(
+                "\(url.path) has mode \(String(info.st_mode & 0o777, radix: 8)): the data directory must not be open to group or others (chmod 700 \(url.path))"
+            )
         }
     }
 }
@@ -301,5 +343,71 @@ final class PortRendezvous: Sendable {
             return GatewayPorts(api: a, worker: w, admin: m)
         }
         if let ready { callback(ready) }
+    }
+}
+
+/// Re-checks, at every start, the policy the data directory says is in force.
+///
+/// Threat: a reader-and-writer of the data directory who edits the `policies` table to put a
+/// weaker policy in force at the next start. The stored text must hash to the digest its audit
+/// entry recorded (an edit of the row alone is caught; editing the entry too breaks the hash
+/// chain that `ccgate audit verify` checks), and, when admin keys are pinned, its signature must
+/// verify under them (keys that live outside the data directory). Fails closed: the gateway
+/// does not start.
+struct StoredPolicyCheck {
+    let store: SQLiteStore
+    let configuration: GatewayConfiguration
+    let gatewayID: String
+
+    func check(_ record: PolicyRecord) throws {
+        let recorded = try recordedDigest(of: record)
+        guard let recorded else {
+            throw GatewayStartError(
+                "no audit entry records policy version \(record.version): the data directory was edited or is incomplete; restore it from a backup"
+            )
+        }
+        guard recorded == record.sha256 else {
+            throw GatewayStartError(
+                "policy version \(record.version) in the data directory (sha256 \(record.sha256.prefix(16))…) is not the policy its audit entry records (sha256 \(recorded.prefix(16))…): the policies table was edited; restore the data directory from a backup"
+            )
+        }
+        guard !configuration.adminKeys.isEmpty else { return }
+        guard !record.policy.signature.isEmpty else {
+            // The initial policy seeded from the configuration may be unsigned only while the
+            // configuration still names exactly that text.
+            let seeded = configuration.policyText ?? PolicyDocument.builtinDefaultText
+            guard record.actor == "config", record.policy.text == seeded else {
+                throw GatewayStartError(
+                    "policy version \(record.version) in force is unsigned, and admin keys are pinned: the data directory was edited"
+                )
+            }
+            return
+        }
+        do throws(PolicySignatureError) {
+            let signature = try PolicySignature.parse(record.policy.signature)
+            _ = try signature.verify(Data(record.policy.text.utf8), pinned: configuration.adminKeys)
+            if signature.gateway != "*", signature.gateway != gatewayID {
+                throw .invalid("the signature is for another gateway")
+            }
+        } catch {
+            throw GatewayStartError("policy version \(record.version) in force fails its signature check: \(error)")
+        }
+    }
+
+    /// The digest the `policy-applied` entry of `record`'s version recorded (nil: no entry).
+    func recordedDigest(of record: PolicyRecord) throws -> String? {
+        var found: String?
+        let find = { (entry: AuditEntry) -> Bool in
+            guard entry.event.event == AuditEventKind.policyApplied.rawValue,
+                entry.event.policyVersion == record.version
+            else { return true }
+            found = entry.event.detail["sha256"] ?? ""
+            return false
+        }
+        let near = AuditQuery(
+            since: record.appliedAt.addingTimeInterval(-60), until: record.appliedAt.addingTimeInterval(60))
+        try store.entries(near, find)
+        if found == nil { try store.entries(AuditQuery(), find) }
+        return found
     }
 }

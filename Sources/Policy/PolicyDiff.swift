@@ -32,6 +32,8 @@ extension PolicyDocument {
         set("evidence.formats", formats, new.formats)
         scalar("evidence.tpm.allow_sha1", tpm.allowSHA1, new.tpm.allowSHA1) { "\($0)" }
         scalar("evidence.tpm.require_restricted_ak", tpm.requireRestrictedAK, new.tpm.requireRestrictedAK) { "\($0)" }
+        scalar("evidence.tpm.ak_trust", tpm.akTrust, new.tpm.akTrust) { $0.rawValue }
+        set("evidence.tpm.enrolled_eks", tpm.enrolledEKs, new.tpm.enrolledEKs)
         for bank in Set(tpm.pcrs.keys).union(new.tpm.pcrs.keys).sorted() {
             let a = tpm.pcrs[bank] ?? [:], b = new.tpm.pcrs[bank] ?? [:]
             for index in Set(a.keys).union(b.keys).sorted() {
@@ -54,6 +56,12 @@ extension PolicyDocument {
         }
         set("evidence.tdx.rtmrs", t.rtmrSets.map(rtmrSet), n.rtmrSets.map(rtmrSet))
         set("evidence.tdx.image_hashes", t.imageHashes, n.imageHashes)
+        set("evidence.sgx.mrenclaves", sgx.mrenclaves, new.sgx.mrenclaves)
+        func signer(_ s: SGXRules.Signer) -> String {
+            "\(s.mrsigner) isvprodid=\(s.isvProdID) min_isvsvn=\(s.minISVSVN)"
+        }
+        set("evidence.sgx.signers", sgx.signers.map(signer), new.sgx.signers.map(signer))
+        scalar("measurements.allow_unmeasured_engine", allowUnmeasuredEngine, new.allowUnmeasuredEngine) { "\($0)" }
         scalar("measurements.require", requireMeasurements, new.requireMeasurements) { "\($0)" }
         artifacts("measurements.binaries", binaries, new.binaries, into: &out)
         artifacts("measurements.models", models, new.models, into: &out)

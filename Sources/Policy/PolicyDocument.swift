@@ -24,10 +24,14 @@ public struct PolicyDocument: Sendable, Equatable {
     public var formats: [String]
     public var tpm: TPMRules
     public var tdx: TDXRules
+    public var sgx = SGXRules()
     public var binaries: [AllowedArtifact]
     public var models: [AllowedArtifact]
     /// Require at least one allowlisted binary and one allowlisted model among the measured files.
     public var requireMeasurements: Bool
+    /// Admit workers whose engine was not started from the measured binary (`--engine-url`):
+    /// labs and benchmarks only; recorded in the claims, named by lint.
+    public var allowUnmeasuredEngine = false
     public var workers = WorkerRules()
     public var stake = StakeRules()
 
@@ -59,8 +63,24 @@ public struct PolicyDocument: Sendable, Equatable {
     public struct TPMRules: Sendable, Equatable {
         public var allowSHA1 = false
         public var requireRestrictedAK = false
+        /// What makes an attestation key believable (`evidence.tpm.ak_trust`).
+        public var akTrust = AKTrust.ekCertificate
+        /// `enrolled`: the SHA-256 digests (lowercase hex) of the EK SubjectPublicKeyInfos accepted.
+        public var enrolledEKs: [String] = []
         /// bank → PCR index → accepted lowercase hex values.
         public var pcrs: [String: [Int: [String]]] = [:]
+    }
+
+    /// What an SGX enclave must be: one of these MRENCLAVEs, or signed by one of these signers
+    /// with the product id and at least the security version.
+    public struct SGXRules: Sendable, Equatable {
+        public struct Signer: Sendable, Equatable {
+            public var mrsigner: String
+            public var isvProdID: Int
+            public var minISVSVN: Int
+        }
+        public var mrenclaves: [String] = []
+        public var signers: [Signer] = []
     }
 
     public struct TDXRules: Sendable, Equatable {
@@ -91,9 +111,31 @@ public struct PolicyDocument: Sendable, Equatable {
     /// The built-in default as a document (what the policy history records when no file is named).
     public static let builtinDefaultText = "schema: \(schema)\nname: builtin-default\n"
 
+    /// Documents that name no formats accept TPM quotes only: a policy accepting TDX or SGX
+    /// evidence must say so and pin the guest (see ``lint``).
     public static let builtinDefault = PolicyDocument(
-        name: "builtin-default", formats: EvidenceFormat.allCases.map(\.rawValue), tpm: TPMRules(), tdx: TDXRules(),
+        name: "builtin-default", formats: [EvidenceFormat.tpm2Quote.rawValue], tpm: TPMRules(), tdx: TDXRules(),
         binaries: [], models: [], requireMeasurements: false)
+
+    /// What `ccgate evidence verify` applies without a policy file: the built-in default's
+    /// evidence rules for every format (hand verification pins no guest; admission does).
+    public static var handVerification: PolicyDocument {
+        var document = builtinDefault
+        document.formats = EvidenceFormat.allCases.map(\.rawValue)
+        return document
+    }
+}
+
+/// What makes a TPM attestation key believable (`evidence.tpm.ak_trust`).
+///
+/// Threat: a quote signed by a key made in software. Under `ek-certificate` and `enrolled` the
+/// AK must be shown, by credential activation, to live in the TPM whose endorsement key is
+/// certified by a pinned manufacturer root (or is on the enrolled list); `as-presented` trusts
+/// whatever key the evidence names and is for labs only.
+public enum AKTrust: String, Sendable, CaseIterable {
+    case ekCertificate = "ek-certificate"
+    case enrolled
+    case asPresented = "as-presented"
 }
 
 /// A problem in a policy document, with its position.
@@ -243,7 +285,8 @@ struct NodeReader {
         var doc = PolicyDocument.builtinDefault
         doc.name = name
         if let evidence = top["evidence"] {
-            let ev = mapping(evidence, "evidence", allowed: ["formats", "tpm", "tdx"])
+            let ev = mapping(evidence, "evidence", allowed: ["formats", "tpm", "tdx", "sgx"])
+            if let sgxNode = ev["sgx"] { sgxRules(sgxNode, into: &doc.sgx) }
             if let formats = strings(ev["formats"], "evidence.formats") {
                 for f in formats where EvidenceFormat(rawValue: f) == nil {
                     fail(ev["formats"], "evidence.formats: unknown format '\(f)'")
@@ -251,7 +294,26 @@ struct NodeReader {
                 doc.formats = formats
             }
             if let tpmNode = ev["tpm"] {
-                let tpm = mapping(tpmNode, "evidence.tpm", allowed: ["allow_sha1", "require_restricted_ak", "pcrs"])
+                let tpm = mapping(
+                    tpmNode, "evidence.tpm",
+                    allowed: ["allow_sha1", "require_restricted_ak", "pcrs", "ak_trust", "enrolled_eks"])
+                if let trust = string(tpm["ak_trust"], "evidence.tpm.ak_trust") {
+                    if let value = AKTrust(rawValue: trust) {
+                        doc.tpm.akTrust = value
+                    } else {
+                        let known = AKTrust.allCases.map(\.rawValue).joined(separator: ", ")
+                        fail(tpm["ak_trust"], "evidence.tpm.ak_trust: '\(trust)' is not one of \(known)")
+                    }
+                }
+                if let node = tpm["enrolled_eks"] {
+                    doc.tpm.enrolledEKs = (node.sequence ?? []).compactMap {
+                        hex($0, "evidence.tpm.enrolled_eks[]", bytes: 32)
+                    }
+                    if node.sequence == nil { fail(node, "evidence.tpm.enrolled_eks must be a list") }
+                }
+                if doc.tpm.akTrust == .enrolled, doc.tpm.enrolledEKs.isEmpty {
+                    fail(tpmNode, "evidence.tpm.ak_trust: enrolled needs a non-empty enrolled_eks list")
+                }
                 doc.tpm.allowSHA1 = bool(tpm["allow_sha1"], "evidence.tpm.allow_sha1", default: false)
                 doc.tpm.requireRestrictedAK = bool(
                     tpm["require_restricted_ak"], "evidence.tpm.require_restricted_ak", default: false)
@@ -279,8 +341,11 @@ struct NodeReader {
             }
         }
         if let measurementsNode = top["measurements"] {
-            let m = mapping(measurementsNode, "measurements", allowed: ["require", "binaries", "models"])
+            let m = mapping(
+                measurementsNode, "measurements", allowed: ["require", "binaries", "models", "allow_unmeasured_engine"])
             doc.requireMeasurements = bool(m["require"], "measurements.require", default: true)
+            doc.allowUnmeasuredEngine = bool(
+                m["allow_unmeasured_engine"], "measurements.allow_unmeasured_engine", default: false)
             doc.binaries = artifacts(m["binaries"], "measurements.binaries")
             doc.models = artifacts(m["models"], "measurements.models")
         }
@@ -362,6 +427,30 @@ struct NodeReader {
         rules.graceSeconds = seconds(st["grace_seconds"], "stake.grace_seconds") ?? rules.graceSeconds
         rules.proofMaxAgeSeconds =
             seconds(st["proof_max_age_seconds"], "stake.proof_max_age_seconds") ?? rules.proofMaxAgeSeconds
+    }
+
+    mutating func sgxRules(_ node: Node, into rules: inout PolicyDocument.SGXRules) {
+        let sgx = mapping(node, "evidence.sgx", allowed: ["mrenclaves", "signers"])
+        if let list = sgx["mrenclaves"] {
+            rules.mrenclaves = (list.sequence ?? []).compactMap { hex($0, "evidence.sgx.mrenclaves[]", bytes: 32) }
+            if list.sequence == nil { fail(list, "evidence.sgx.mrenclaves must be a list") }
+        }
+        guard let list = sgx["signers"] else { return }
+        guard let seq = list.sequence else {
+            fail(list, "evidence.sgx.signers must be a list")
+            return
+        }
+        for item in seq {
+            let s = mapping(item, "evidence.sgx.signers[]", allowed: ["mrsigner", "isvprodid", "min_isvsvn"])
+            let signer = hex(s["mrsigner"], "evidence.sgx.signers[].mrsigner", bytes: 32)
+            let prod = s["isvprodid"]?.int
+            let svn = s["min_isvsvn"]?.int
+            guard let signer, let prod, (0...65_535).contains(prod), let svn, (0...65_535).contains(svn) else {
+                fail(item, "evidence.sgx.signers[] needs mrsigner (32 bytes hex), isvprodid and min_isvsvn (0-65535)")
+                continue
+            }
+            rules.signers.append(.init(mrsigner: signer, isvProdID: prod, minISVSVN: svn))
+        }
     }
 
     mutating func seconds(_ node: Node?, _ path: String) -> Int? {

@@ -27,6 +27,14 @@ extension PolicyDocument {
             }
         }
         if claims.fields["tee"] == "tdx" { reasons += evaluateTD(claims.fields, source: source) }
+        if claims.fields["mrenclave"] != nil { reasons += evaluateEnclave(claims.fields, source: source) }
+        if claims.fields["engine.measured"] == "false", !allowUnmeasuredEngine {
+            reasons.append(
+                Reason(
+                    .policyUnmeasuredEngine, source,
+                    "the engine serving requests was not started from the measured binary (allow_unmeasured_engine is off)"
+                ))
+        }
         guard requireMeasurements else { return reasons }
         let binaryDigests = Set(binaries.map(\.sha256))
         let modelDigests = Set(models.map(\.sha256))
@@ -65,6 +73,25 @@ extension PolicyDocument {
     ///
     /// Threat: a genuine TDX platform running a guest image nobody audited (another firmware,
     /// kernel or command line changes MRTD and the RTMRs).
+    /// An SGX enclave against `evidence.sgx`: its MRENCLAVE listed, or its signer with the
+    /// product id and at least the minimum security version. Fails closed on missing fields.
+    func evaluateEnclave(_ fields: [String: String], source: String) -> [Reason] {
+        if sgx.mrenclaves.isEmpty, sgx.signers.isEmpty { return [] }
+        if let enclave = fields["mrenclave"], sgx.mrenclaves.contains(enclave) { return [] }
+        let prod = fields["isvprodid"].flatMap { Int($0) }
+        let svn = fields["isvsvn"].flatMap { Int($0) }
+        let signed = sgx.signers.contains { s in
+            fields["mrsigner"] == s.mrsigner && prod == s.isvProdID && (svn ?? -1) >= s.minISVSVN
+        }
+        if signed { return [] }
+        return [
+            Reason(
+                .policyMeasurementNotAllowed, source,
+                "enclave MRENCLAVE \(fields["mrenclave"] ?? "?") / MRSIGNER \(fields["mrsigner"] ?? "?") ISVPRODID \(prod.map(String.init) ?? "?") ISVSVN \(svn.map(String.init) ?? "?") meets no evidence.sgx rule"
+            )
+        ]
+    }
+
     func evaluateTD(_ fields: [String: String], source: String) -> [Reason] {
         var reasons = [Reason]()
         if !tdx.mrtds.isEmpty, !tdx.mrtds.contains(fields["mrtd"] ?? "") {

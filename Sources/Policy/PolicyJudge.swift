@@ -69,6 +69,9 @@ extension PolicyDocument {
         if EvidenceFormat(rawValue: facts.format)?.isDCAP == true {
             reasons += judgeTCB(facts, at: time, source: source)
         }
+        if facts.format == EvidenceFormat.tpm2Quote.rawValue {
+            reasons += judgeAK(facts.claims.fields, source: source)
+        }
         guard scope == .all else { return reasons }
         reasons += evaluate(facts.claims)
         if stake.minimumNanotons != nil, facts.stake == .absent {
@@ -77,6 +80,49 @@ extension PolicyDocument {
                     ReasonCode(rawValue: "stake.proof-missing"), "\(source).stake", "the policy requires a TON stake"))
         }
         return reasons
+    }
+
+    /// Whether the attestation key is believable under `evidence.tpm.ak_trust`, from the facts
+    /// the TPM verifier established (its attributes, the EK and its certificate, activation).
+    ///
+    /// Threat: a quote signed by a software key. Fails closed: facts that do not say the EK
+    /// certificate verified, or that activation happened, meet neither `ek-certificate` nor
+    /// `enrolled`.
+    func judgeAK(_ fields: [String: String], source: String) -> [Reason] {
+        let untrusted = ReasonCode.tpmAKUntrusted
+        switch tpm.akTrust {
+        case .asPresented:
+            return []
+        case .ekCertificate:
+            if fields["ak.tpm_key"] != "true" {
+                return [Reason(untrusted, source, fields["ak.detail"] ?? "the attestation key is not a TPM key")]
+            }
+            switch fields["ek.certificate"] {
+            case "verified": break
+            case "untrusted", "invalid":
+                return [
+                    Reason(.tpmEKChainInvalid, source, fields["ek.certificate.detail"] ?? "EK certificate rejected")
+                ]
+            default:
+                return [Reason(untrusted, source, "the evidence carries no EK certificate (ak_trust: ek-certificate)")]
+            }
+        case .enrolled:
+            if fields["ak.tpm_key"] != "true" {
+                return [Reason(untrusted, source, fields["ak.detail"] ?? "the attestation key is not a TPM key")]
+            }
+            guard let ek = fields["ek.sha256"], tpm.enrolledEKs.contains(ek) else {
+                return [Reason(untrusted, source, "the TPM's EK \(fields["ek.sha256"] ?? "(none)") is not enrolled")]
+            }
+        }
+        guard ["live", "record"].contains(fields["ak.activation"]) else {
+            let detail = fields["ak.activation.detail"].map { " (\($0))" } ?? ""
+            return [
+                Reason(
+                    untrusted, source,
+                    "the attestation key was not shown by credential activation to live in the EK's TPM\(detail)")
+            ]
+        }
+        return []
     }
 
     /// Debug, TCB status (with the platform grace period) and advisories, in the order the DCAP

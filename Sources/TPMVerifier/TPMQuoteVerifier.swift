@@ -12,8 +12,10 @@ import Foundation
 ///
 /// Threats covered: forged quotes (signature under the AK), replayed quotes (nonce in
 /// `extraData`), PCR values swapped after quoting (PCR digest), and logs that lie about what was
-/// measured (replay to the quoted values). The AK itself is trusted as presented unless a caller
-/// binds it (the gateway binds it to the worker's identity; EK certificate checks come later).
+/// measured (replay to the quoted values). Whether the AK is a key inside a genuine TPM is
+/// established as facts for the policy to judge (`evidence.tpm.ak_trust`): the AK's attributes
+/// and Name, the EK certificate's chain to a pinned manufacturer root, and credential activation
+/// (live in the gateway, or a record signed by a trusted gateway).
 public struct TPMQuoteVerifier: Sendable {
     public static let format = "tpm2-quote"
 
@@ -23,10 +25,20 @@ public struct TPMQuoteVerifier: Sendable {
         /// Require the AK to be a restricted signing key (a key the TPM only lets sign TPM-made
         /// structures). Off by default: real-world AKs in the vectors are presented as bare SPKIs.
         public var requireRestrictedAK: Bool
+        /// DER certificates that anchor EK certificate chains (the pinned TPM manufacturer roots
+        /// and any added for a test PKI).
+        public var ekRoots: [Data]
+        /// How credential activation is known to have happened.
+        public var activation: AKActivation
 
-        public init(allowSHA1: Bool = false, requireRestrictedAK: Bool = false) {
+        public init(
+            allowSHA1: Bool = false, requireRestrictedAK: Bool = false, ekRoots: [Data] = [],
+            activation: AKActivation = .records(trustedKeys: [])
+        ) {
             self.allowSHA1 = allowSHA1
             self.requireRestrictedAK = requireRestrictedAK
+            self.ekRoots = ekRoots
+            self.activation = activation
         }
     }
 
@@ -50,14 +62,16 @@ public struct TPMQuoteVerifier: Sendable {
         let (hash, scheme) = algorithm
         run.checkSignature(evidence, scheme)
         run.checkNonce(evidence, expectedNonce)
+        let identity = run.identity(evidence, at: time)
         guard let quoted = run.fatal({ try $0.quotedPCRs(evidence, hash) }) else { return run.verdict() }
         run.replayEventLog(evidence, quoted)
         let measured = run.replayIMA(evidence, quoted)
-        return run.verdict(claims: Self.claims(evidence, scheme, quoted, measured))
+        return run.verdict(claims: Self.claims(evidence, scheme, quoted, measured, identity))
     }
 
     static func claims(
-        _ evidence: TPMEvidence, _ scheme: SignatureScheme, _ quoted: [String: [Int: Data]], _ measured: [MeasuredFile]
+        _ evidence: TPMEvidence, _ scheme: SignatureScheme, _ quoted: [String: [Int: Data]], _ measured: [MeasuredFile],
+        _ identity: [String: String]
     )
         -> VerifiedClaims
     {
@@ -73,6 +87,7 @@ public struct TPMQuoteVerifier: Sendable {
             "extra_data": Data(evidence.quote.extraData).hex,
         ]
         if let restricted = evidence.ak.restricted { fields["ak.restricted"] = String(restricted) }
+        fields.merge(identity) { a, _ in a }
         return VerifiedClaims(pcrs: quoted.mapValues { $0.mapValues(\.hex) }, measuredFiles: measured, fields: fields)
     }
 
@@ -91,6 +106,15 @@ struct TPMEvidence {
         let key: PublicKey
         /// Known only when the AK came as a TPM2B_PUBLIC.
         let restricted: Bool?
+        /// The AK's Name and attributes; only when it came as a TPM2B_PUBLIC.
+        var identity: TPMKeyIdentity? = nil
+    }
+
+    /// The TPM's endorsement key and what vouches for it.
+    struct Endorsement {
+        let ek: TPMKeyIdentity
+        let certificate: Data?
+        let intermediates: Data?
     }
 
     let ak: AttestationKey
@@ -99,6 +123,8 @@ struct TPMEvidence {
     let pcrs: [HashAlgorithm: [Int: Data]]
     let eventLog: TCGEventLog?
     let imaLog: IMALog?
+    let endorsement: Endorsement?
+    let activation: [String: String]?
 
     static func read(_ envelope: EvidenceEnvelope) -> Result<TPMEvidence, Reason> {
         Result { () throws(Reason) -> TPMEvidence in
@@ -122,7 +148,8 @@ struct TPMEvidence {
                 }
             }
             return TPMEvidence(
-                ak: ak, quote: quote, signature: signature, pcrs: pcrs, eventLog: eventLog, imaLog: imaLog)
+                ak: ak, quote: quote, signature: signature, pcrs: pcrs, eventLog: eventLog, imaLog: imaLog,
+                endorsement: try readEndorsement(envelope), activation: try envelope.stringObject("activation").get())
         }
     }
 
@@ -140,13 +167,29 @@ struct TPMEvidence {
                 }
             }
         case (nil, let bytes?):
-            let area = try TPMParse.publicArea([UInt8](bytes)).get()
-            return AttestationKey(key: area.key, restricted: area.isRestrictedSigningKey)
+            let identity = try TPMKeyIdentity.parse([UInt8](bytes)).get()
+            return AttestationKey(
+                key: identity.area.key, restricted: identity.area.isRestrictedSigningKey, identity: identity)
         case (nil, nil):
             throw TPMParse.malformed("neither ak_public nor ak_tpm2b_public is present")
         case (.some, .some):
             throw TPMParse.malformed("both ak_public and ak_tpm2b_public are present")
         }
+    }
+
+    /// `ek_public` (TPM2B_PUBLIC), with `ek_certificate` (DER) and `ek_chain` (concatenated DER
+    /// intermediates) when present. Certificates without an EK are malformed.
+    private static func readEndorsement(_ envelope: EvidenceEnvelope) throws(Reason) -> Endorsement? {
+        let certificate = try envelope.optionalBase64("ek_certificate").get()
+        let chain = try envelope.optionalBase64("ek_chain").get()
+        guard let ekBytes = try envelope.optionalBase64("ek_public").get() else {
+            if certificate != nil || chain != nil {
+                throw TPMParse.malformed("ek_certificate or ek_chain without ek_public")
+            }
+            return nil
+        }
+        return Endorsement(
+            ek: try TPMKeyIdentity.parse([UInt8](ekBytes)).get(), certificate: certificate, intermediates: chain)
     }
 
     /// Bounds: 24 PCRs per bank in a PC Client TPM; indices beyond that are refused.
@@ -262,6 +305,67 @@ private struct TPMRun {
                 Reason(
                     .nonceMismatch, "tpm.nonce",
                     "extraData \(Data(evidence.quote.extraData).hex) ≠ expected \(expectedNonce.hex)"))
+        }
+    }
+
+    /// The facts about the AK's identity (never a reject: the policy judges them): `ak.name`,
+    /// `ak.tpm_key` (TPM-resident restricted signing attributes), `ek.sha256`, `ek.certificate`
+    /// (`verified`, `untrusted`, `invalid`, `absent`) with `ek.certificate.detail` and
+    /// `ek.root`, and `ak.activation` (`live`, `record`, `none`) with its detail.
+    mutating func identity(_ evidence: TPMEvidence, at time: Date) -> [String: String] {
+        var facts = ["ak.tpm_key": "false", "ek.certificate": "absent", "ak.activation": "none"]
+        guard let ak = evidence.ak.identity else {
+            facts["ak.detail"] = "the attestation key is a bare public key, not a TPM2B_PUBLIC"
+            return facts
+        }
+        facts["ak.name"] = ak.name.hex
+        if let problem = ak.attestationKeyProblem { facts["ak.detail"] = problem } else { facts["ak.tpm_key"] = "true" }
+        guard let endorsement = evidence.endorsement else { return facts }
+        let ekSHA256 = endorsement.ek.area.key.fingerprint
+        facts["ek.sha256"] = ekSHA256
+        if let certificate = endorsement.certificate {
+            switch EKCertificate.verify(
+                certificate: certificate, intermediates: endorsement.intermediates,
+                ekSPKI: endorsement.ek.area.key.spkiDER, roots: options.ekRoots, at: time)
+            {
+            case .verified(let root):
+                facts["ek.certificate"] = "verified"
+                facts["ek.root"] = root
+                passed.append("ek certificate: chains to pinned root \(root.prefix(16))…")
+            case .untrusted(let why):
+                facts["ek.certificate"] = "untrusted"
+                facts["ek.certificate.detail"] = why
+            case .invalid(let why):
+                facts["ek.certificate"] = "invalid"
+                facts["ek.certificate.detail"] = why
+            }
+        }
+        let (activation, detail) = activationFact(evidence, akName: ak.name, ekSHA256: ekSHA256)
+        facts["ak.activation"] = activation
+        if let detail { facts["ak.activation.detail"] = detail }
+        return facts
+    }
+
+    func activationFact(_ evidence: TPMEvidence, akName: Data, ekSHA256: String) -> (String, String?) {
+        switch options.activation {
+        case .live(let name, let ek):
+            guard name == akName, ek == ekSHA256 else {
+                return ("none", "credential activation in this session was for another AK or EK")
+            }
+            return ("live", nil)
+        case .records(let trusted):
+            guard let fields = evidence.activation else { return ("none", "no activation record") }
+            guard let record = ActivationRecord(fields: fields) else { return ("none", "malformed activation record") }
+            guard record.akName == akName, record.ekSHA256 == ekSHA256 else {
+                return ("none", "the activation record names another AK or EK")
+            }
+            guard trusted.contains(record.key) else {
+                return (
+                    "none", "the activation record is signed by an untrusted key \(record.key.fingerprint.prefix(16))…"
+                )
+            }
+            guard record.isValidlySigned else { return ("none", "the activation record's signature does not verify") }
+            return ("record", "activated by gateway \(record.gatewayID) at \(record.time.rfc3339)")
         }
     }
 

@@ -15,6 +15,10 @@ public enum WireMessage: Sendable, Equatable {
     case rejected(Rejection)
     case sealed(Data)
     case error(Rejection)
+    /// Gateway → TPM worker, after its admission evidence: a credential to activate.
+    case activate(Activate)
+    /// TPM worker → gateway: the secret its TPM recovered from the credential.
+    case activation(Activation)
 
     public struct Hello: Codable, Sendable, Equatable {
         public var protocolVersion: Int
@@ -67,6 +71,24 @@ public enum WireMessage: Sendable, Equatable {
         }
     }
 
+    /// A TPM2_MakeCredential challenge for the worker's AK, wrapped to its EK. Only a TPM that
+    /// holds both keys can recover the secret (credential activation).
+    public struct Activate: Codable, Sendable, Equatable {
+        /// TPM2B_ID_OBJECT bytes.
+        public var credentialBlob: Data
+        /// TPM2B_ENCRYPTED_SECRET bytes.
+        public var encryptedSecret: Data
+        public init(credentialBlob: Data, encryptedSecret: Data) {
+            self.credentialBlob = credentialBlob
+            self.encryptedSecret = encryptedSecret
+        }
+    }
+
+    public struct Activation: Codable, Sendable, Equatable {
+        public var secret: Data
+        public init(secret: Data) { self.secret = secret }
+    }
+
     public struct Rejection: Codable, Sendable, Equatable {
         public var code: String
         public var message: String
@@ -85,6 +107,8 @@ public enum WireMessage: Sendable, Equatable {
         case .rejected: "rejected"
         case .sealed: "sealed"
         case .error: "error"
+        case .activate: "activate"
+        case .activation: "activation"
         }
     }
 }
@@ -103,6 +127,8 @@ extension WireMessage: Codable {
         case "rejected": self = .rejected(try c.decode(Rejection.self, forKey: .body))
         case "sealed": self = .sealed(try c.decode(SealedBody.self, forKey: .body).box)
         case "error": self = .error(try c.decode(Rejection.self, forKey: .body))
+        case "activate": self = .activate(try c.decode(Activate.self, forKey: .body))
+        case "activation": self = .activation(try c.decode(Activation.self, forKey: .body))
         case let other:
             throw DecodingError.dataCorruptedError(
                 forKey: .type, in: c, debugDescription: "unknown message type \(other)")
@@ -119,6 +145,8 @@ extension WireMessage: Codable {
         case .admitted(let v): try c.encode(v, forKey: .body)
         case .rejected(let v), .error(let v): try c.encode(v, forKey: .body)
         case .sealed(let box): try c.encode(SealedBody(box: box), forKey: .body)
+        case .activate(let v): try c.encode(v, forKey: .body)
+        case .activation(let v): try c.encode(v, forKey: .body)
         }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import AdmissionCore
 import AttestationCore
 import AuditLog
 import GatewayState
@@ -213,13 +214,20 @@ struct AuditCommand: ParsableCommand {
             name: .customLong("dcap-root"),
             help: ArgumentHelp("A PEM root replacing the pinned Intel root; repeatable.", valueName: "PEM"))
         var dcapRoots: [String] = []
+        @Option(
+            name: .customLong("tpm-ek-root"),
+            help: ArgumentHelp(
+                "A PEM CA certificate EK chains may end at, beside the pinned ones; repeatable.", valueName: "PEM"))
+        var tpmEKRootFiles: [String] = []
         @OptionGroup var admin: AdminOptions
 
         func run() async throws {
             let record: AuditEntry
             let evidence: StoredEvidence?
             let policyText: String?
+            let gatewayKey: String?
             if let dataDir {
+                gatewayKey = try? String(contentsOfFile: dataDir + "/gateway.pub", encoding: .utf8)
                 let store = try AuditCommand.offlineStore(dataDir)
                 do {
                     guard let e = try store.entry(seq: entry) else { throw failure("there is no audit entry \(entry)") }
@@ -228,6 +236,8 @@ struct AuditCommand: ParsableCommand {
                     policyText = try e.event.policyVersion.flatMap { try store.policy(version: $0) }?.policy.text
                 } catch let reported as ReportedFailure { throw reported } catch { throw failure("\(error)") }
             } else {
+                gatewayKey =
+                    try await admin.client().call("GET", "v1/admin/audit/key", as: AdminMessage.AuditKey.self).publicKey
                 let o = try await admin.client().call(
                     "GET", "v1/admin/audit/entries/\(entry)", as: AdminMessage.AuditEntryRecord.self)
                 guard case .success(let e) = AuditEntry.parse(line: Array(o.line.utf8)) else {
@@ -252,8 +262,13 @@ struct AuditCommand: ParsableCommand {
             }
             let outcome: AuditReplay.Outcome
             do {
-                outcome = try AuditReplay(dcapRoots: roots, collateralSource: source)
-                    .replay(record, evidence: evidence, policyText: policyText, now: Date())
+                let keys = try gatewayKey.map { [try Ed25519PublicKey(text: $0)] } ?? []
+                outcome = try AuditReplay(
+                    dcapRoots: roots, collateralSource: source,
+                    tpmIdentity: TPMIdentityTrust(
+                        ekRoots: try tpmEKRoots(tpmEKRootFiles), activation: .records(trustedKeys: keys))
+                )
+                .replay(record, evidence: evidence, policyText: policyText, now: Date())
             } catch { throw failure("\(error)") }
             let e = record.event
             func describe(_ v: Verdict) -> String {

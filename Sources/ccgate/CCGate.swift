@@ -4,6 +4,7 @@ import CommandLineSupport
 import Foundation
 import Policy
 import TDXVerifier
+import TPMVerifier
 
 @main
 struct CCGate: AsyncParsableCommand {
@@ -41,6 +42,28 @@ func dcapRootFingerprints(_ paths: [String]) throws -> Set<String> {
         for r in loaded { out.insert(r.fingerprint) }
     }
     return out
+}
+
+/// The EK roots: the pinned TPM manufacturer roots and those given with `--tpm-ek-root`.
+func tpmEKRoots(_ paths: [String]) throws -> [Data] {
+    var out = EKRoots.pinnedDER
+    for path in paths {
+        let loaded: [TrustRoots.Root]
+        do { loaded = try TrustRoots.load(pemFile: path) } catch { throw failure("\(error)") }
+        if loaded.isEmpty { throw failure("\(path): no PEM certificate found") }
+        out += loaded.map(\.der)
+    }
+    return out
+}
+
+/// Ed25519 public keys from PEM files (`--activation-key`).
+func publicKeys(_ paths: [String]) throws -> [Ed25519PublicKey] {
+    try paths.map { path in
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw failure("\(path): cannot read")
+        }
+        do { return try Ed25519PublicKey(text: text) } catch { throw failure("\(path): \(error)") }
+    }
 }
 
 extension ParsableCommand {

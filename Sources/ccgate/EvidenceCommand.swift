@@ -48,6 +48,20 @@ struct EvidenceCommand: ParsableCommand {
                 "A PEM trust root replacing the pinned production roots for this run; repeatable.", valueName: "PEM"))
         var roots: [String] = []
 
+        @Option(
+            name: .customLong("tpm-ek-root"),
+            help: ArgumentHelp(
+                "A PEM CA certificate EK certificates may chain to, beside the pinned TPM manufacturer roots; repeatable.",
+                valueName: "PEM"))
+        var tpmEKRootFiles: [String] = []
+
+        @Option(
+            name: .customLong("activation-key"),
+            help: ArgumentHelp(
+                "A gateway's public key (PEM, e.g. DATA/gateway.pub) whose credential-activation records to believe; repeatable.",
+                valueName: "PEM"))
+        var activationKeys: [String] = []
+
         @Option(help: ArgumentHelp("A policy document (YAML) to apply.", valueName: "FILE"))
         var policy: String?
 
@@ -76,7 +90,7 @@ struct EvidenceCommand: ParsableCommand {
                         throw failure("\(error)")
                     }
                 }
-                var document = PolicyDocument.builtinDefault
+                var document = PolicyDocument.handVerification
                 if let policy {
                     do { document = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: policy)) } catch {
                         throw failure("policy \(policy) is invalid:\n\(error)")
@@ -85,7 +99,10 @@ struct EvidenceCommand: ParsableCommand {
                 let time = at.flatMap(Date.rfc3339) ?? SystemClock().now()
                 let verification = EvidenceVerification(
                     policy: document, applyMeasurementRules: policy != nil, dcapRoots: dcapRoots,
-                    collateralSource: cache)
+                    collateralSource: cache,
+                    tpmIdentity: TPMIdentityTrust(
+                        ekRoots: try tpmEKRoots(tpmEKRootFiles),
+                        activation: .records(trustedKeys: try publicKeys(activationKeys))))
                 let verdict = verification.verify(
                     envelopeData: data, expectedNonce: nonce.flatMap { Data(hex: $0) }, at: time)
                 if json {

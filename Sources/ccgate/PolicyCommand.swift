@@ -89,13 +89,35 @@ struct PolicyCommand: ParsableCommand {
                 bytes; editing the file afterwards (even whitespace) makes the gateway refuse it. Keys: `ccgate keys
                 generate`, or `openssl genpkey -algorithm ed25519 -out admin.key`.
 
-                Example:
+                The signature also carries a serial (default: the current time in microseconds), an optional expiry
+                and the gateway it is for (default: any). A gateway applies a signature only when its serial is above
+                the one in force, so an older signed policy cannot be re-applied without signing it again.
+
+                Examples:
                   ccgate policy sign new.yaml --key admin.key
+                  ccgate policy sign new.yaml --key admin.key --not-after 2027-01-31T00:00:00Z --gateway 3f1c…
                 """)
         @Argument(help: ArgumentHelp("The policy document.", valueName: "FILE")) var file: String
         @Option(help: ArgumentHelp("The admin private key (PEM, Ed25519).", valueName: "KEY")) var key: String
         @Option(help: ArgumentHelp("Where to write the signature (default FILE.sig).", valueName: "FILE")) var out:
             String?
+        @Option(help: ArgumentHelp("The serial (default: now, in microseconds since 1970).", valueName: "N"))
+        var serial: Int64?
+        @Option(help: ArgumentHelp("The last time the signature may be applied (RFC 3339).", valueName: "TIME"))
+        var notAfter: String?
+        @Option(
+            help: ArgumentHelp(
+                "The gateway id (SHA-256 of its gateway.pub, as `ccgate serve` logs it) the signature is for; default any.",
+                valueName: "ID"))
+        var gateway: String?
+
+        func validate() throws {
+            if let serial, serial < 1 { throw ValidationError("--serial must be positive") }
+            if let notAfter, Date.rfc3339(notAfter) == nil {
+                throw ValidationError("--not-after must be an RFC 3339 time, e.g. 2027-01-31T00:00:00Z")
+            }
+            if let gateway, Data(hex: gateway)?.count != 32 { throw ValidationError("--gateway must be 64 hex digits") }
+        }
 
         func run() throws {
             guard let data = FileManager.default.contents(atPath: file) else { throw failure("\(file): cannot read") }
@@ -105,7 +127,9 @@ struct PolicyCommand: ParsableCommand {
             }
             let privateKey: Ed25519PrivateKey
             do { privateKey = try Ed25519PrivateKey(pem: keyText) } catch { throw failure("\(key): \(error)") }
-            let signature = PolicySignature.sign(data, with: privateKey)
+            let signature = PolicySignature.sign(
+                data, with: privateKey, serial: serial ?? PolicySignature.timeSerial,
+                notAfter: notAfter.flatMap(Date.rfc3339), gateway: gateway?.lowercased() ?? "*")
             let target = out ?? file + ".sig"
             do { try signature.json.write(toFile: target, atomically: true, encoding: .utf8) } catch {
                 throw failure("\(target): \(error)")
@@ -209,10 +233,18 @@ struct PolicyCommand: ParsableCommand {
     struct Rollback: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Put an earlier policy version in force again (as a new version).",
-            discussion:
-                "The old version's signature is checked again under the keys pinned today. Workers it no longer admits are evicted."
-        )
+            discussion: """
+                A rollback needs a fresh signature over the old version's text: its original signature has a serial \
+                below the policy in force, and a gateway applies only higher serials (so the admin token alone cannot \
+                bring back a weaker policy). Workers it no longer admits are evicted.
+
+                Example:
+                  ccgate policy show --version 3 > v3.yaml && ccgate policy sign v3.yaml --key admin.key
+                  ccgate policy rollback 3 --signature v3.yaml.sig
+                """)
         @Argument(help: ArgumentHelp("The version to restore.", valueName: "N")) var version: Int
+        @Option(help: ArgumentHelp("A fresh signature over version N's text.", valueName: "FILE")) var signature:
+            String?
         @Flag(help: "Show the effect without applying.") var dryRun = false
         @Flag(help: "Print the gateway's answer as JSON.") var json = false
         @OptionGroup var admin: AdminOptions
@@ -220,7 +252,14 @@ struct PolicyCommand: ParsableCommand {
         func run() async throws {
             let answer = try await admin.client().call(
                 "POST", "v1/admin/policy/rollback",
-                body: AdminMessage.RollbackRequest(version: version, dryRun: dryRun),
+                body: AdminMessage.RollbackRequest(
+                    version: version, dryRun: dryRun,
+                    signature: try signature.map { path in
+                        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                            throw failure("\(path): cannot read")
+                        }
+                        return text
+                    }),
                 as: ApplyOutcome.self)
             PolicyCommand.printOutcome(answer, json: json)
         }
@@ -286,7 +325,13 @@ struct PolicyCommand: ParsableCommand {
     struct Lint: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check a policy document and report every problem with its line and column.",
-            discussion: "Exit status: 0 valid, 2 invalid or unreadable.")
+            discussion: """
+                Beyond the schema, a policy must pin what runs in a TEE guest: one that accepts tdx-quote needs \
+                evidence.tdx.mrtd and RTMR 0-2 sets (or image_hashes), one that accepts sgx-quote needs \
+                evidence.sgx.mrenclaves or signers. Lab settings (ak_trust: as-presented, \
+                allow_unmeasured_engine) are warnings. Exit status: 0 valid (warnings on standard error), 2 invalid \
+                or unreadable.
+                """)
 
         @Argument(help: ArgumentHelp("The policy document (YAML).", valueName: "FILE"))
         var file: String
@@ -295,6 +340,14 @@ struct PolicyCommand: ParsableCommand {
             try exiting {
                 do throws(PolicyLoadErrors) {
                     let doc = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: file))
+                    let lint = doc.lint
+                    for warning in lint.warnings {
+                        FileHandle.standardError.write(Data("\(file): warning: \(warning)\n".utf8))
+                    }
+                    guard lint.errors.isEmpty else {
+                        for error in lint.errors { FileHandle.standardError.write(Data("\(file): \(error)\n".utf8)) }
+                        return 2
+                    }
                     print(
                         "\(file): ok — policy '\(doc.name)', formats \(doc.formats.joined(separator: ", ")), "
                             + "\(doc.binaries.count) binaries, \(doc.models.count) models")

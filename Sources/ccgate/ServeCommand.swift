@@ -85,6 +85,12 @@ struct ServeCommand: AsyncParsableCommand {
             "A PEM root replacing the pinned Intel SGX Root CA for DCAP chains; repeatable (test PKIs).",
             valueName: "PEM"))
     var dcapRoots: [String] = []
+    @Option(
+        name: .customLong("tpm-ek-root"),
+        help: ArgumentHelp(
+            "A PEM CA certificate EK certificate chains may end at, beside the pinned TPM manufacturer roots; repeatable (swtpm's local CA in tests).",
+            valueName: "PEM"))
+    var tpmEKRootFiles: [String] = []
 
     @Option(
         name: .customLong("toncenter"),
@@ -184,6 +190,7 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.checkpointInterval = .seconds(checkpointSeconds)
         configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))
         if !dcapRoots.isEmpty { configuration.dcapRoots = try dcapRootFingerprints(dcapRoots) }
+        configuration.tpmEKRoots = try tpmEKRoots(tpmEKRootFiles)
         if let pccsURL {
             guard let base = URL(string: pccsURL), base.scheme == "https" || base.scheme == "http" else {
                 throw failure("--pccs-url must be an http(s) URL")

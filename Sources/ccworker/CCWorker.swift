@@ -59,6 +59,12 @@ struct Quote: ParsableCommand {
     @Option(help: ArgumentHelp("Write the envelope here instead of standard output.", valueName: "FILE"))
     var out: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Intermediate CA certificates (PEM) between the EK certificate and its manufacturer's root.",
+            valueName: "PEM"))
+    var tpmEKChain: String?
+
     @OptionGroup var tdx: TDXOptions
 
     func validate() throws {
@@ -106,9 +112,13 @@ struct Quote: ParsableCommand {
             }
             var indices = parsedPCRs
             if !entries.isEmpty, !indices.contains(measurePCR) { indices.append(measurePCR) }
+            let endorsement = Attestor.Endorsement(
+                ekPublic: try device.endorsementKeyPublic(),
+                certificate: try device.readNV(index: TPMDevice.rsaEKCertificateIndex).flatMap(Attestor.derPrefix),
+                chain: try ekChain(tpmEKChain))
             let envelope = try QuoteEnvelopeBuilder(device: device, key: key).envelope(
                 qualifyingData: Data(hex: nonce)!, bank: HashAlgorithm(rawValue: bank)!, indices: indices.sorted(),
-                imaLog: entries.isEmpty ? nil : IMALog(entries: entries))
+                imaLog: entries.isEmpty ? nil : IMALog(entries: entries), endorsement: endorsement)
             try emit(envelope, measurements: entries.count)
         } catch let error as TPMError {
             throw ReportedFailure("ccworker", error.description, status: 1)
@@ -123,5 +133,19 @@ struct Quote: ParsableCommand {
         } else {
             FileHandle.standardOutput.write(envelope + Data("\n".utf8))
         }
+    }
+}
+
+/// The certificates of a PEM file as concatenated DER (the envelope's `ek_chain`); nil for no file.
+func ekChain(_ path: String?) throws -> Data? {
+    guard let path else { return nil }
+    do {
+        let certificates = try TrustRoots.load(pemFile: path)
+        guard !certificates.isEmpty else {
+            throw ReportedFailure("ccworker", "\(path): no PEM certificate found", status: 2)
+        }
+        return certificates.reduce(into: Data()) { $0.append($1.der) }
+    } catch let error as TrustRoots.LoadError {
+        throw ReportedFailure("ccworker", error.description, status: 2)
     }
 }

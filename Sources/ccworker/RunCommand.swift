@@ -37,6 +37,11 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("The gateway's worker port.", valueName: "HOST:PORT")) var gateway: String
     @Option(help: ArgumentHelp("TPM as a TCTI string.", valueName: "TCTI")) var tpm = "device:/dev/tpmrm0"
+    @Option(
+        help: ArgumentHelp(
+            "Intermediate CA certificates (PEM) between the TPM's EK certificate and its manufacturer's root, when the TPM does not hold them.",
+            valueName: "PEM"))
+    var tpmEKChain: String?
     @Option(help: ArgumentHelp("The engine binary to measure.", valueName: "PATH")) var engine: String
     @Option(help: ArgumentHelp("The model file to measure.", valueName: "PATH")) var model: String
     @Option(help: ArgumentHelp("Model name this worker serves (as clients request it).", valueName: "NAME"))
@@ -121,8 +126,9 @@ struct Run: AsyncParsableCommand {
                 attestor = try tdx.attestor(files: files)
             } else {
                 attestor = try Attestor(
-                    tcti: tpm, akAlgorithm: AttestationKeyAlgorithm(rawValue: ak)!, files: files, measurePCR: measurePCR
-                )
+                    tcti: tpm, akAlgorithm: AttestationKeyAlgorithm(rawValue: ak)!, files: files,
+                    measurePCR: measurePCR,
+                    ekChain: try ekChain(tpmEKChain))
             }
         } catch let failure as ReportedFailure {
             throw failure

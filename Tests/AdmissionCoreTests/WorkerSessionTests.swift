@@ -83,7 +83,7 @@ import WorkerProtocol
     @Test func evidenceIsVerifiedAgainstTheChallenge() {
         var session = challenged()
         let evidence = WireMessage.EvidenceMessage(envelope: Data("{}".utf8))
-        guard case .verifyAdmission(let h, let n, let e) = session.received(.evidence(evidence), nonce: { Data() })
+        guard case .verifyAdmission(let h, let n, let e, nil) = session.received(.evidence(evidence), nonce: { Data() })
         else {
             Issue.record("not verified")
             return

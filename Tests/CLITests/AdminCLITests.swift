@@ -22,8 +22,10 @@ import Testing
         defer { gateway.stop() }
 
         let second = dir.file("second.yaml")
-        try "schema: ccgate.policy/v1\nname: second\nevidence:\n  formats: [tdx-quote]\n".write(
-            to: second, atomically: true, encoding: .utf8)
+        try
+            "schema: ccgate.policy/v1\nname: second\nevidence:\n  formats: [tdx-quote]\n  tdx: {image_hashes: [\(String(repeating: "ab", count: 32))]}\n"
+            .write(
+                to: second, atomically: true, encoding: .utf8)
         // Unsigned: refused with its code, exit 1, nothing applied.
         let unsigned = try Self.ccgate(["policy", "apply", second.path] + gateway.adminArgs)
         #expect(unsigned.status == 1)
@@ -56,7 +58,16 @@ import Testing
         #expect(diff.status == 1, "differences exit 1: \(diff.stderr)")
         #expect(diff.stdout.contains("formats"), "\(diff.stdout)")
 
-        let rollback = try Self.ccgate(["policy", "rollback", "1"] + gateway.adminArgs)
+        // Threat: the admin token alone bringing back an older (weaker) signed policy. Its old
+        // signature's serial is below the one in force: a rollback needs a fresh signature.
+        let replayed = try Self.ccgate(["policy", "rollback", "1"] + gateway.adminArgs)
+        #expect(replayed.status == 1, "\(replayed.stdout)")
+        #expect(replayed.stderr.contains("policy.signature-stale"), "\(replayed.stderr)")
+        let shown = try Self.ccgate(["policy", "show", "--version", "1"] + gateway.adminArgs)
+        try shown.stdout.write(to: dir.file("v1.yaml"), atomically: true, encoding: .utf8)
+        #expect(try Self.ccgate(["policy", "sign", dir.file("v1.yaml").path, "--key", admin + ".key"]).status == 0)
+        let rollback = try Self.ccgate(
+            ["policy", "rollback", "1", "--signature", dir.file("v1.yaml.sig").path] + gateway.adminArgs)
         #expect(rollback.status == 0, "\(rollback.stderr)")
         #expect(rollback.stdout.contains("applied: policy 'first' is version 3"), "\(rollback.stdout)")
 

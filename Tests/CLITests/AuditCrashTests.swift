@@ -21,7 +21,7 @@ final class GatewayProcess: @unchecked Sendable {
                 "serve", "--port", "0", "--worker-port", "0", "--admin-port", "0", "--api-key", "crash-test-key",
                 "--policy", policy.path, "--data-dir", data.path, "--ports-file", portsFile.path,
                 "--checkpoint-seconds", "1",
-            ] + extra
+            ] + (SwtpmLocalCA.shared.map { ["--tpm-ek-root", $0.rootCertificate.path] } ?? []) + extra
         let log = dir.file("gateway-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
@@ -107,7 +107,9 @@ final class GatewayProcess: @unchecked Sendable {
         let data = dir.file("data")
         let gateway = try GatewayProcess(data: data, policy: policy, in: dir)
         defer { gateway.stop() }
-        let attestor = try Attestor(tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model.gguf")])
+        let attestor = try Attestor(
+            tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model.gguf")],
+            ekChain: try SwtpmLocalCA.shared?.chainDER)
 
         // The burst: workers admitted one after another on 4 connections at a time; each
         // admission a worker receives is acknowledged. At 1,000 the gateway is killed mid-burst.
@@ -219,11 +221,13 @@ final class GatewayProcess: @unchecked Sendable {
         let seq =
             try #require(lines.firstIndex { String(decoding: $0, as: UTF8.self).contains("\"decision\":\"admit\"") })
             + 1
-        let replay = try await ProcessRunner.run(Self.ccgate, ["audit", "replay", String(seq)] + restarted.adminArgs)
+        let ekRoot = ["--tpm-ek-root", try #require(SwtpmLocalCA.shared).rootCertificate.path]
+        let replay = try await ProcessRunner.run(
+            Self.ccgate, ["audit", "replay", String(seq)] + ekRoot + restarted.adminArgs)
         #expect(replay.status == 0, "\(replay.stdout)\(replay.stderr)")
         #expect(replay.stdout.contains("the verdict matches"))
         let offline = try await ProcessRunner.run(
-            Self.ccgate, ["audit", "replay", String(seq), "--data-dir", data.path])
+            Self.ccgate, ["audit", "replay", String(seq), "--data-dir", data.path] + ekRoot)
         #expect(offline.status == 0, "\(offline.stdout)\(offline.stderr)")
         let notEvidence = try await ProcessRunner.run(Self.ccgate, ["audit", "replay", "1"] + restarted.adminArgs)
         #expect(notEvidence.status == 2)

@@ -16,9 +16,21 @@ import Testing
             try JSONSerialization.jsonObject(with: result.stdoutData) as? [String: Any], "stdout: \(result.stdout)")
     }
 
+    /// A lab policy trusting AKs as presented: the shared vectors carry bare AK public keys, and
+    /// their expected verdicts are about the quote itself.
+    static let labPolicy: String = {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("ccgate-lab-policy-\(getpid()).yaml")
+        try? Data("schema: ccgate.policy/v1\nname: lab\nevidence: {tpm: {ak_trust: as-presented}}\n".utf8).write(
+            to: url)
+        return url.path
+    }()
+
     @Test(arguments: tpmCases)
     func sharedCasesThroughTheCLI(_ c: SharedTestData.Case) throws {
-        var args = ["evidence", "verify", SharedTestData.url(c.envelope).path, "--at", c.verify_at, "--json"]
+        var args = [
+            "evidence", "verify", SharedTestData.url(c.envelope).path, "--at", c.verify_at, "--json",
+            "--policy", Self.labPolicy,
+        ]
         if let nonce = c.nonce_hex { args += ["--nonce", nonce] }
         let result = try ProcessRunner.run(Self.ccgate, args)
         let object = try json(result)
@@ -45,9 +57,21 @@ import Testing
 
     @Test func standardInputIsAccepted() throws {
         let data = try SharedTestData.data("tpm/keylime-checkquote.json")
-        let result = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", "-", "--json"], stdin: data)
+        let result = try ProcessRunner.run(
+            Self.ccgate, ["evidence", "verify", "-", "--json", "--policy", Self.labPolicy], stdin: data)
         #expect(result.status == 0)
         #expect(try json(result)["verdict"] as? String == "accept")
+    }
+
+    /// Under the default policy a bare AK (no EK, no activation) is no anchor: the same genuine
+    /// quote is refused with its own reason code.
+    @Test func bareAKIsRefusedUnderTheDefaultPolicy() throws {
+        let c = try #require(Self.tpmCases.first { $0.expect.verdict == "accept" })
+        var args = ["evidence", "verify", SharedTestData.url(c.envelope).path, "--at", c.verify_at, "--json"]
+        if let nonce = c.nonce_hex { args += ["--nonce", nonce] }
+        let result = try ProcessRunner.run(Self.ccgate, args)
+        #expect(result.status == 1)
+        #expect(try json(result)["reason"] as? String == "tpm.ak-untrusted")
     }
 
     @Test func malformedEvidenceIsARejectNotACrash() throws {
@@ -81,7 +105,10 @@ import Testing
         #expect(bad.status == 2)
         let good = try ProcessRunner.run(
             Self.ccgate,
-            ["evidence", "verify", envelope, "--root", SharedTestData.url("roots/intel-sgx-root-ca.pem").path])
+            [
+                "evidence", "verify", envelope, "--root", SharedTestData.url("roots/intel-sgx-root-ca.pem").path,
+                "--policy", Self.labPolicy,
+            ])
         #expect(good.status == 0, "\(good.stderr)")
     }
 
@@ -90,10 +117,16 @@ import Testing
         let policy = SharedTestData.packageRoot.appendingPathComponent("Policies/default.yaml").path
         let result = try ProcessRunner.run(Self.ccgate, ["evidence", "verify", envelope, "--policy", policy, "--json"])
         #expect(result.status == 1)
-        #expect(try json(result)["reason"] as? String == "policy.measurement-not-allowed")
+        // The default policy's first objection to a bare AK is the AK itself.
+        #expect(try json(result)["reason"] as? String == "tpm.ak-untrusted")
+        let reasons = try json(result)["reasons"] as? [[String: String]] ?? []
+        #expect(reasons.contains { $0["code"] == "policy.measurement-not-allowed" })
 
         let dir = try TemporaryDirectory()
-        try Data("schema: ccgate.policy/v1\nname: loose\nevidence:\n  tpm:\n    allow_sha1: true\n".utf8).write(
+        try Data(
+            "schema: ccgate.policy/v1\nname: loose\nevidence:\n  tpm:\n    allow_sha1: true\n    ak_trust: as-presented\n"
+                .utf8
+        ).write(
             to: dir.file("loose.yaml"))
         let windows = SharedTestData.url("tpm/goattestation-windows-gcp-shielded-vm.json").path
         #expect(try ProcessRunner.run(Self.ccgate, ["evidence", "verify", windows]).status == 1)

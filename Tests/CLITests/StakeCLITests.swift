@@ -100,7 +100,7 @@ import TONStake
         let friendly = try #require(try TONAddress.parseRaw(wallet).friendly(bounceable: false))
         let common = [
             "run", "--gateway", "127.0.0.1:\(gateway.ports["worker"]!)", "--tpm", tpm.tcti, "--engine", engine.path,
-            "--model", model.path,
+            "--model", model.path, "--tpm-ek-chain", SwtpmLocalCA.shared?.issuerCertificate.path ?? "",
             "--model-name", "fake", "--engine-url", "http://127.0.0.1:\(fake.port)", "--worker-id", "cli-staked",
             "--provider-wallet", friendly,
         ]

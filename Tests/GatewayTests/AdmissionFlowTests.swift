@@ -89,7 +89,8 @@ import WorkerProtocol
         let dir = try TemporaryDirectory()
         try Self.engine.write(to: dir.file("engine"))
         try Self.model.write(to: dir.file("model"))
-        let attestor = try Attestor(tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")])
+        let attestor = try Attestor(
+            tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")], ekChain: try SwtpmLocalCA.shared?.chainDER)
         defer { Task { await gateway.stop() } }
 
         let ourKey = WorkerKEMKey()
@@ -109,10 +110,12 @@ import WorkerProtocol
         #expect(second.rejectionCode == "nonce.mismatch")
 
         // 3. The honest answer is admitted.
-        let third = try await RawWorker.handshake(port: gateway.workerPort, key: ourKey) { nonce in
-            try await attestor.evidence(
-                binding: attestationBinding(nonce: nonce, workerPublicKeys: ourKey.publicKeyBytes))
-        }
+        let third = try await RawWorker.handshake(
+            port: gateway.workerPort, key: ourKey,
+            answer: { nonce in
+                try await attestor.evidence(
+                    binding: attestationBinding(nonce: nonce, workerPublicKeys: ourKey.publicKeyBytes))
+            }, activate: { try await attestor.activateCredential($0) })
         guard case .admitted = third else { Issue.record("honest evidence was not admitted: \(third)"); return }
     }
 
@@ -222,7 +225,8 @@ enum RawWorker {
     /// hello → challenge → `answer(nonce)` as evidence → the gateway's verdict.
     static func handshake(
         port: Int, key: WorkerKEMKey, id: String = "raw",
-        answer: @Sendable (Data) async throws -> Data
+        answer: @Sendable (Data) async throws -> Data,
+        activate: @Sendable (WireMessage.Activate) async throws -> Data = { _ in Data() }
     ) async throws -> Outcome {
         let channel = try await connect(port: port)
         return try await channel.executeThenClose { inbound, outbound in
@@ -230,7 +234,12 @@ enum RawWorker {
             var iterator = inbound.makeAsyncIterator()
             guard case .challenge(let challenge)? = try await iterator.next() else { return .closed }
             try await outbound.write(.evidence(.init(envelope: try await answer(challenge.nonce))))
-            switch try await iterator.next() {
+            var reply = try await iterator.next()
+            if case .activate(let credential)? = reply {
+                try await outbound.write(.activation(.init(secret: try await activate(credential))))
+                reply = try await iterator.next()
+            }
+            switch reply {
             case .admitted(let a)?: return .admitted(a)
             case .rejected(let r)?: return .rejected(r)
             case .error(let r)?: return .error(r)

@@ -56,6 +56,8 @@ final class GatewayHarness: Sendable {
         // Generous: on a loaded 2-core machine a quote from swtpm, under parallel tests, can take
         // more than ten seconds, and a handshake timeout would then read as a missing rejection.
         configuration.timings = WorkerTimings(handshakeTimeout: .seconds(60), reattestInterval: reattest)
+        // The test TPMs' manufacturer: swtpm's local CA, pinned here and nowhere else.
+        if let ca = SwtpmLocalCA.shared { configuration.tpmEKRoots.append(try ca.rootDER) }
         adjust(&configuration)
         let server = try await GatewayServer.open(configuration: configuration)
         let (ports, continuation) = AsyncStream<GatewayPorts>.makeStream()
@@ -202,7 +204,8 @@ final class TestWorker: Sendable {
 
     convenience init(
         id: String, gatewayPort: Int, enginePort: Int, engine: Data, model: Data, modelName: String = "fake",
-        provider: GatewayClient.ProviderIdentity? = nil
+        provider: GatewayClient.ProviderIdentity? = nil, ca: SwtpmLocalCA? = .shared,
+        attestor: (Attestor) throws -> any EvidenceSource = { $0 }
     ) async throws {
         let files = try TemporaryDirectory("worker")
         try engine.write(to: files.file("engine"))
@@ -210,18 +213,20 @@ final class TestWorker: Sendable {
         try await self.init(
             id: id, gatewayPort: gatewayPort, enginePort: enginePort,
             measured: [files.file("engine"), files.file("model.gguf")], modelName: modelName, files: files,
-            provider: provider)
+            provider: provider, ca: ca, attestor: attestor)
     }
 
     init(
         id: String, gatewayPort: Int, enginePort: Int, measured: [URL], modelName: String,
         files: TemporaryDirectory? = nil,
-        provider: GatewayClient.ProviderIdentity? = nil
+        provider: GatewayClient.ProviderIdentity? = nil, ca: SwtpmLocalCA? = .shared,
+        attestor makeAttestor: (Attestor) throws -> any EvidenceSource = { $0 }
     ) async throws {
         self.id = id
-        tpm = try Swtpm.start()
+        tpm = try Swtpm.start(ca: ca)
         self.files = try files ?? TemporaryDirectory("worker")
-        let attestor = try Attestor(tcti: tpm.tcti, files: measured)
+        let attestor = try makeAttestor(
+            try Attestor(tcti: tpm.tcti, files: measured, ekChain: try ca.map { try $0.chainDER }))
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         self.events = events
         let client = GatewayClient(

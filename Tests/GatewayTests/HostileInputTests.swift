@@ -206,7 +206,8 @@ import WorkerProtocol
         try Self.engine.write(to: dir.file("engine"))
         try Self.model.write(to: dir.file("model"))
         try Data("another model".utf8).write(to: dir.file("other-model"))
-        let attestor = try Attestor(tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")])
+        let attestor = try Attestor(
+            tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")], ekChain: try SwtpmLocalCA.shared?.chainDER)
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         let client = GatewayClient(
             configuration: .init(host: "127.0.0.1", port: gateway.workerPort, workerID: "drifter", models: ["fake"]),

@@ -1,9 +1,11 @@
+import AdmissionCore
 import AttestationCore
 import AuditLog
 import GatewayState
 import Foundation
 import Gateway
 import Policy
+import TPMVerifier
 import TestSupport
 import Testing
 
@@ -125,7 +127,16 @@ import Testing
         // History and rollback: version 1 again, as version 3, re-checked under today's keys.
         let history = try await gateway.admin("/v1/admin/policy/history")
         #expect((history.body["versions"] as? [[String: Any]])?.count == 2)
-        let back = try await gateway.admin("/v1/admin/policy/rollback", method: "POST", json: ["version": 1])
+        // Version 1's own signature is older than the one in force: refused without a fresh one.
+        let replayed = try await gateway.admin("/v1/admin/policy/rollback", method: "POST", json: ["version": 1])
+        #expect(replayed.status == 403)
+        #expect(
+            (replayed.body["error"] as? [String: Any])?["code"] as? String == "policy.signature-stale",
+            "\(replayed.body)")
+        let v1 = try #require(try gateway.server.store.policy(version: 1)).policy.text
+        let back = try await gateway.admin(
+            "/v1/admin/policy/rollback", method: "POST",
+            json: ["version": 1, "signature": PolicySignature.sign(Data(v1.utf8), with: admin).json])
         #expect(back.body["version"] as? Int == 3)
         #expect(gateway.server.policies.current.document.name == "v1")
         let shown = try await gateway.admin("/v1/admin/policy?version=2")
@@ -245,7 +256,11 @@ import Testing
             return true
         }
         #expect(admissions.count == 2)
-        let replay = AuditReplay()
+        var roots = EKRoots.pinnedDER
+        roots.append(try #require(SwtpmLocalCA.shared).rootDER)
+        let replay = AuditReplay(
+            tpmIdentity: TPMIdentityTrust(
+                ekRoots: roots, activation: .records(trustedKeys: [gateway.server.audit.key.publicKey])))
         for entry in admissions {
             let evidence = try store.evidence(sha256: try #require(entry.event.evidenceSHA256))
             let policy = try store.policy(version: try #require(entry.event.policyVersion))
@@ -271,5 +286,63 @@ import Testing
                 $0["event"] as? String == "eviction" && ($0["reasons"] as? [String]) == ["admin.evicted"]
             })
         #expect(try store.workers().isEmpty)
+    }
+}
+
+/// The state a gateway starts from cannot be swapped underneath it.
+@Suite(.serialized) struct StateIntegrityTests {
+    /// Threat: someone with write access to the data directory edits the `policies` row in force
+    /// to weaken it before the next start. The gateway refuses to start, naming the problem;
+    /// with admin keys pinned, the signature check refuses it as well.
+    @Test func editedPolicyRowStopsTheGatewayAtStart() async throws {
+        let admin = Ed25519PrivateKey.generate()
+        for pinned in [false, true] {
+            let text = GatewayHarness.policyText(engines: [PolicyAdminTests.engineA], model: PolicyAdminTests.model)
+            let gateway = try await GatewayHarness(policy: text) { c in
+                if pinned {
+                    c.adminKeys = [admin.publicKey]
+                    c.policySignature = PolicySignature.sign(Data(text.utf8), with: admin).json
+                }
+            }
+            let configuration = gateway.server.configuration
+            await gateway.stop()
+            // The untouched directory starts again.
+            _ = try await GatewayServer.open(configuration: configuration)
+            let db = gateway.dataDirectory.appendingPathComponent("ccgate.db").path
+            let edit = try await ProcessRunner.run(
+                "sqlite3",
+                [db, "UPDATE policies SET text = text || char(10) || 'workers: {reattest_interval_seconds: 31536000}'"])
+            #expect(edit.status == 0, "\(edit.stderr)")
+            do {
+                _ = try await GatewayServer.open(configuration: configuration)
+                Issue.record("the gateway started on an edited policy row (pinned keys: \(pinned))")
+            } catch let error as GatewayStartError {
+                #expect(error.message.contains("was edited"), "\(error.message)")
+            }
+        }
+    }
+
+    /// Threat: a data directory others can read (the gateway key, the admin token).
+    @Test func openDataDirectoryIsRefused() async throws {
+        let dir = try TemporaryDirectory("open-data")
+        let data = dir.file("data")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        chmod(data.path, 0o755)
+        var configuration = GatewayConfiguration()
+        configuration.dataDirectory = data
+        do {
+            _ = try await GatewayServer.open(configuration: configuration)
+            Issue.record("the gateway started on a data directory open to others")
+        } catch let error as GatewayStartError {
+            #expect(error.message.contains("chmod 700"), "\(error.message)")
+        }
+        chmod(data.path, 0o700)
+        let server = try await GatewayServer.open(configuration: configuration)
+        var info = stat()
+        #expect(stat(data.appendingPathComponent("gateway.key").path, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600)
+        #expect(stat(data.appendingPathComponent("admin.token").path, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600)
+        _ = server
     }
 }

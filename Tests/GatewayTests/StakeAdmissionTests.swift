@@ -231,6 +231,47 @@ import WorkerAgent
         #expect(gateway.server.registry.workers.isEmpty && strict.server.registry.workers.isEmpty)
     }
 
+    /// Threat: a provider proof whose time is Int.min (or Int.max), to overflow the gateway's
+    /// age arithmetic. It is refused with a coded reason and the gateway goes on admitting.
+    @Test func proofWithAnExtremeTimeIsRefusedAndServiceContinues() async throws {
+        let chain = try TONChain()
+        let gateway = try await Self.gateway(chain)
+        let engine = try await FakeEngine(name: "staked")
+        let staked = try await Self.provider(chain, stake: 15_000)
+        defer {
+            Task {
+                await engine.stop(); await gateway.stop()
+            }
+        }
+        let tpm = try Swtpm.start()
+        defer { tpm.stop() }
+        let dir = try TemporaryDirectory()
+        try Self.engine.write(to: dir.file("engine"))
+        try Self.model.write(to: dir.file("model"))
+        let attestor = try Attestor(
+            tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")], ekChain: try SwtpmLocalCA.shared?.chainDER)
+        for time in [Int.min, Int.max] {
+            let ending = try await HostileWorker.run(
+                gatewayPort: gateway.workerPort, attestor: attestor, id: "time-\(time)", model: "fake",
+                proof: { gatewayID, workerKey in
+                    let proof = ProviderProof.sign(
+                        wallet: staked.wallet, gatewayID: gatewayID, workerKey: workerKey, time: time, key: staked.key)
+                    return (try? JSONEncoder().encode(proof)) ?? Data()
+                })
+            guard case .rejected(let rejection)? = ending else {
+                Issue.record("expected a rejection, got \(String(describing: ending))")
+                continue
+            }
+            #expect(rejection.code == "stake.proof-stale", "\(time)")
+        }
+        let w = try await Self.worker("after", gateway, engine, staked)
+        defer { Task { await w.stop() } }
+        guard case .success = await w.admitted() else {
+            Issue.record("the gateway stopped admitting after the hostile proofs")
+            return
+        }
+    }
+
     /// A signed policy that adds the stake rule evicts, at once, the worker admitted without a
     /// provider proof and keeps the staked one.
     @Test func applyingAStakeRuleEvictsWorkersWithoutProof() async throws {

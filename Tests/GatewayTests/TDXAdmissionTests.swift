@@ -15,16 +15,21 @@ import WorkerAgent
     static let model = Data("model weights v1".utf8)
 
     static func policy() -> String {
-        """
-        schema: ccgate.policy/v1
-        name: tdx-test
-        evidence:
-          formats: [tdx-quote]
-          tdx: {accepted_tcb_statuses: [UpToDate]}
-        measurements:
-          binaries: [{name: engine, sha256: \(HashAlgorithm.sha256.hash(engine).hex)}]
-          models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
-        """
+        let zero = String(repeating: "00", count: 48)
+        return """
+            schema: ccgate.policy/v1
+            name: tdx-test
+            evidence:
+              formats: [tdx-quote]
+              tdx:
+                accepted_tcb_statuses: [UpToDate]
+                # The stand-in module's guest: MRTD 0x11…, firmware registers RTMR0-2 zero.
+                mrtd: [\(String(repeating: "11", count: 48))]
+                rtmrs: [{rtmr0: \(zero), rtmr1: \(zero), rtmr2: \(zero)}]
+            measurements:
+              binaries: [{name: engine, sha256: \(HashAlgorithm.sha256.hash(engine).hex)}]
+              models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
+            """
     }
 
     /// A gateway trusting the world's root, with the world's collateral imported into its cache,

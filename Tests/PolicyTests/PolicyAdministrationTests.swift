@@ -176,3 +176,50 @@ import TONKit
         #expect(debug.map(\.code) == [.policyDebugNotAllowed])
     }
 }
+
+/// Signatures carry a serial, an expiry and the gateway they are for; each is covered by the
+/// signature and checked before a policy is applied.
+@Suite struct PolicySignatureScopeTests {
+    static let text = Data("schema: ccgate.policy/v1\nname: scoped\n".utf8)
+    static let gateway = String(repeating: "ab", count: 32)
+
+    func code(_ body: () throws -> Void) -> String? {
+        do { try body(); return nil } catch { return (error as? PolicySignatureError)?.code ?? "\(error)" }
+    }
+
+    /// Threat: an older signed policy re-applied with the admin token alone (a rollback).
+    @Test func serialsOnlyGoUp() throws {
+        let admin = Ed25519PrivateKey.generate()
+        let signature = try PolicySignature.parse(PolicySignature.sign(Self.text, with: admin, serial: 10).json)
+        _ = try signature.verify(Self.text, pinned: [admin.publicKey])
+        #expect(code { try signature.checkApplicable(gatewayID: Self.gateway, at: Date(), after: 9) } == nil)
+        #expect(
+            code { try signature.checkApplicable(gatewayID: Self.gateway, at: Date(), after: 10) }
+                == "policy.signature-stale")
+        #expect(
+            code { try signature.checkApplicable(gatewayID: Self.gateway, at: Date(), after: 11) }
+                == "policy.signature-stale")
+        // The serial is signed: raising it breaks the signature.
+        let raised = try PolicySignature.parse(
+            signature.json.replacingOccurrences(of: "\"serial\":10", with: "\"serial\":99"))
+        #expect(raised.serial == 99)
+        #expect(code { _ = try raised.verify(Self.text, pinned: [admin.publicKey]) } == "policy.signature-invalid")
+    }
+
+    @Test func expiryAndGatewayAreEnforced() throws {
+        let admin = Ed25519PrivateKey.generate()
+        let end = Date(timeIntervalSince1970: 2_000_000_000)
+        let scoped = try PolicySignature.parse(
+            PolicySignature.sign(Self.text, with: admin, serial: 5, notAfter: end, gateway: Self.gateway).json)
+        _ = try scoped.verify(Self.text, pinned: [admin.publicKey])
+        #expect(code { try scoped.checkApplicable(gatewayID: Self.gateway, at: end, after: 0) } == nil)
+        #expect(
+            code { try scoped.checkApplicable(gatewayID: Self.gateway, at: end.addingTimeInterval(1), after: 0) }
+                == "policy.signature-stale")
+        let other = String(repeating: "cd", count: 32)
+        #expect(code { try scoped.checkApplicable(gatewayID: other, at: end, after: 0) } == "policy.signature-invalid")
+        // Widening the scope to any gateway breaks the signature.
+        let widened = try PolicySignature.parse(scoped.json.replacingOccurrences(of: Self.gateway, with: "*"))
+        #expect(code { _ = try widened.verify(Self.text, pinned: [admin.publicKey]) } == "policy.signature-invalid")
+    }
+}

@@ -12,12 +12,14 @@ import Testing
         for file in files {
             let doc = try PolicyDocument.load(contentsOf: dir.appendingPathComponent(file))
             #expect(!doc.name.isEmpty)
+            #expect(doc.lint == PolicyDocument.Lint(), "\(file): \(doc.lint)")
         }
         let def = try PolicyDocument.load(contentsOf: dir.appendingPathComponent("default.yaml"))
         #expect(def.tdx.acceptedTCBStatuses == ["UpToDate"])
         #expect(def.tdx.allowDebug == false)
         #expect(def.tpm.allowSHA1 == false)
         #expect(def.requireMeasurements)
+        #expect(def.tpm.akTrust == .ekCertificate)
     }
 
     /// Threat: a typo silently weakening a policy. Unknown keys and bad values are errors, all of

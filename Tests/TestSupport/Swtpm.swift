@@ -1,4 +1,6 @@
+import AttestationCore
 import Foundation
+import Synchronization
 
 /// A real software TPM (swtpm, TCG TPM 2.0) started for one test and stopped when released.
 public final class Swtpm: @unchecked Sendable {
@@ -20,7 +22,9 @@ public final class Swtpm: @unchecked Sendable {
         }
     }
 
-    public static func start() throws -> Swtpm {
+    /// Starts a TPM. `ca`: manufacture it first with `swtpm_setup`, its EK certificates issued
+    /// by that local CA (nil: a bare TPM with no EK certificate).
+    public static func start(ca: SwtpmLocalCA? = .shared) throws -> Swtpm {
         guard ProcessRunner.available("swtpm") else { throw StartError.notInstalled }
         var lastError = ""
         // Ports are picked at random from a high range; a clash makes swtpm exit, and we retry.
@@ -30,6 +34,7 @@ public final class Swtpm: @unchecked Sendable {
             // the other listener (two workers on one TPM): skip it.
             if canConnect(port: port) || canConnect(port: port + 1) { continue }
             let dir = try TemporaryDirectory("swtpm")
+            if let ca { try ca.manufacture(dir.url) }
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = [
@@ -131,4 +136,82 @@ public final class Swtpm: @unchecked Sendable {
         }
         return result
     }
+}
+
+/// A local certificate authority that issues swtpm EK certificates (swtpm_localca), as a TPM
+/// manufacturer would. Tests pin its root explicitly (`--tpm-ek-root`); nothing else trusts it.
+public final class SwtpmLocalCA: Sendable {
+    public let directory: URL
+    /// The self-signed root to pin.
+    public var rootCertificate: URL { directory.appendingPathComponent("swtpm-localca-rootca-cert.pem") }
+    /// The intermediate that signs EK certificates (the worker presents it as `ek_chain`).
+    public var issuerCertificate: URL { directory.appendingPathComponent("issuercert.pem") }
+    let configDirectory: URL
+
+    /// One CA per test process.
+    public static let shared: SwtpmLocalCA? = try? SwtpmLocalCA()
+
+    /// A new CA (its keys are made when the first TPM is manufactured).
+    public init() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "ccgate-swtpm-ca-\(getpid())-\(UUID().uuidString.prefix(8))")
+        directory = base.appendingPathComponent("ca")
+        configDirectory = base
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let localca = """
+            statedir = \(directory.path)
+            signingkey = \(directory.path)/signkey.pem
+            issuercert = \(directory.path)/issuercert.pem
+            certserial = \(directory.path)/certserial
+
+            """
+        try localca.write(to: base.appendingPathComponent("swtpm-localca.conf"), atomically: true, encoding: .utf8)
+        try "--platform-manufacturer ccgate-tests\n--platform-version 1\n--platform-model swtpm\n".write(
+            to: base.appendingPathComponent("swtpm-localca.options"), atomically: true, encoding: .utf8)
+        let setup = """
+            create_certs_tool = /usr/bin/swtpm_localca
+            create_certs_tool_config = \(base.path)/swtpm-localca.conf
+            create_certs_tool_options = \(base.path)/swtpm-localca.options
+
+            """
+        try setup.write(to: base.appendingPathComponent("swtpm_setup.conf"), atomically: true, encoding: .utf8)
+        _ = Self.cleanup
+        Self.made.withLock { $0.append(base) }
+        // The CA's keys and certificates are made with the first TPM: make one now, so that the
+        // root exists before anyone pins it.
+        let first = base.appendingPathComponent("first-tpm")
+        try FileManager.default.createDirectory(at: first, withIntermediateDirectories: true)
+        try manufacture(first)
+    }
+
+    /// The root certificate (DER), for a verifier to pin.
+    public var rootDER: Data { get throws { try Self.der(rootCertificate) } }
+    /// The intermediate (DER), as a worker presents it in `ek_chain`.
+    public var chainDER: Data { get throws { try Self.der(issuerCertificate) } }
+
+    static func der(_ pem: URL) throws -> Data {
+        let text = try String(contentsOf: pem, encoding: .utf8)
+        guard let der = PEMBlock.first(in: text, label: "CERTIFICATE") else {
+            throw Swtpm.StartError.didNotStart("\(pem.path) holds no certificate")
+        }
+        return der
+    }
+
+    /// Writes a manufactured TPM state (EKs, EK certificates in NV) into `state`.
+    public func manufacture(_ state: URL) throws {
+        let result = try ProcessRunner.run(
+            "swtpm_setup",
+            [
+                "--tpm2", "--tpmstate", state.path, "--create-ek-cert", "--overwrite",
+                "--config", configDirectory.appendingPathComponent("swtpm_setup.conf").path,
+            ], environment: [:], currentDirectory: state)
+        guard result.status == 0 else {
+            throw Swtpm.StartError.didNotStart("swtpm_setup exited \(result.status): \(result.stderr)\(result.stdout)")
+        }
+    }
+
+    static let made = Mutex<[URL]>([])
+    static let cleanup: Void = {
+        atexit { for url in SwtpmLocalCA.made.withLock({ $0 }) { try? FileManager.default.removeItem(at: url) } }
+    }()
 }

@@ -6,6 +6,7 @@ import Foundation
 import Policy
 import Sealing
 import TDXVerifier
+import TPMVerifier
 import WorkerProtocol
 
 /// Fetches what evidence needs before it is verified (online collateral); returns a note for logs.
@@ -35,12 +36,17 @@ public struct AdmissionCoordinator: Sendable {
     public let preparer: (any EvidencePreparing)?
     /// Checks providers' stake when the policy requires one.
     public let stake: (any StakeChecking)?
+    /// EK roots TPM identities are anchored at; activation records this gateway signed are trusted.
+    public let tpmIdentity: TPMIdentityTrust
+    /// Signs the activation records added to stored TPM evidence, so that replay re-checks them.
+    public let activationSigner: ActivationSigner?
 
     public init(
         policies: PolicyState, clock: any AttestationClock = SystemClock(),
         dcapRoots: Set<String> = PinnedRoots.production,
         collateralSource: (any CollateralSource)? = nil, preparer: (any EvidencePreparing)? = nil,
-        stake: (any StakeChecking)? = nil
+        stake: (any StakeChecking)? = nil, tpmIdentity: TPMIdentityTrust = TPMIdentityTrust(),
+        activationSigner: ActivationSigner? = nil
     ) {
         self.policies = policies
         self.clock = clock
@@ -48,6 +54,8 @@ public struct AdmissionCoordinator: Sendable {
         self.collateralSource = collateralSource
         self.preparer = preparer
         self.stake = stake
+        self.tpmIdentity = tpmIdentity
+        self.activationSigner = activationSigner
     }
 
     public var policy: PolicyDocument { policies.current.document }
@@ -68,25 +76,80 @@ public struct AdmissionCoordinator: Sendable {
     }
 
     /// Verifies `envelope` against the challenge `nonce` and the worker's key, and judges it.
-    public func judge(envelope: Data, nonce: Data, workerKey: Data) async -> Judgement {
+    /// `activation`: the TPM credential activation this session proved, if any; the stored
+    /// evidence then carries a signed record of it.
+    public func judge(envelope: Data, nonce: Data, workerKey: Data, activation: ProvenActivation? = nil) async
+        -> Judgement
+    {
         let binding = attestationBinding(nonce: nonce, workerPublicKeys: workerKey)
         // The decision is taken under the policy in force when the evidence arrived; one applied
         // meanwhile reaches the worker through the recheck after the decision is recorded.
         let active = policies.current
         let note = await preparer?.prepare(envelope: envelope, at: clock.now())
+        let identity = tpmIdentity.with(
+            activation.map { .live(akName: $0.akName, ekSHA256: $0.ekSHA256) } ?? .records(trustedKeys: []))
         let verdict = EvidenceVerification(
-            policy: active.document, scope: .all, dcapRoots: dcapRoots, collateralSource: collateralSource
+            policy: active.document, scope: .all, dcapRoots: dcapRoots, collateralSource: collateralSource,
+            tpmIdentity: identity
         ).verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
+        var stored = envelope
+        if let activation, let signer = activationSigner,
+            let withRecord = ActivationRecord.sign(
+                akName: activation.akName, ekSHA256: activation.ekSHA256, gatewayID: signer.gatewayID,
+                time: clock.now(), with: signer.key
+            ).adding(to: envelope)
+        {
+            stored = withRecord
+        }
         return Judgement(
-            verdict: verdict, policy: active, evidence: StoredEvidence(envelope: envelope, binding: binding), note: note
-        )
+            verdict: verdict, policy: active, evidence: StoredEvidence(envelope: stored, binding: binding), note: note)
     }
 
-    /// One admission decision.
-    public func admit(hello: WireMessage.Hello, nonce: Data, evidence: WireMessage.EvidenceMessage) async
+    /// The credential-activation challenge admission needs before it judges `envelope`: TPM
+    /// evidence that names an endorsement key, under a policy that does not trust AKs as
+    /// presented. Nil when none is needed or possible (the judgement then says why it fails).
+    ///
+    /// The quote is verified first (signature, the binding to `nonce` and `workerKey`, PCRs and
+    /// logs): a replayed or transplanted quote is refused for what it is, and costs the gateway
+    /// no credential.
+    public func activationChallenge(for envelope: Data, nonce: Data, workerKey: Data) -> PendingActivation? {
+        guard policy.tpm.akTrust != .asPresented,
+            case .success(let parsed) = EvidenceEnvelope.parse(envelope),
+            parsed.format == EvidenceFormat.tpm2Quote.rawValue,
+            case .success(let akBytes?) = parsed.optionalBase64("ak_tpm2b_public"),
+            case .success(let ekBytes?) = parsed.optionalBase64("ek_public"),
+            case .success(let ak) = TPMKeyIdentity.parse([UInt8](akBytes)),
+            case .success(let ek) = TPMKeyIdentity.parse([UInt8](ekBytes))
+        else { return nil }
+        let options = TPMQuoteVerifier.Options(allowSHA1: policy.tpm.allowSHA1, ekRoots: tpmIdentity.ekRoots)
+        let binding = attestationBinding(nonce: nonce, workerPublicKeys: workerKey)
+        guard TPMQuoteVerifier(options: options).verify(parsed, expectedNonce: binding, at: clock.now()).isAccepted
+        else { return nil }
+        let secret = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
+        guard let challenge = try? CredentialActivation.make(ek: ek, objectName: ak.name, secret: secret) else {
+            return nil
+        }
+        return PendingActivation(
+            message: .init(credentialBlob: challenge.credentialBlob, encryptedSecret: challenge.encryptedSecret),
+            secret: secret, proven: ProvenActivation(akName: ak.name, ekSHA256: ek.area.key.fingerprint))
+    }
+
+    /// One admission decision. `activation`: the outcome of the credential activation this
+    /// session ran (nil: none was needed).
+    public func admit(
+        hello: WireMessage.Hello, nonce: Data, evidence: WireMessage.EvidenceMessage,
+        activation: ActivationOutcome? = nil
+    ) async
         -> AdmissionDecision
     {
-        let judgement = await judge(envelope: evidence.envelope, nonce: nonce, workerKey: hello.kemPublicKey)
+        var proven: ProvenActivation?
+        if case .proven(let p) = activation { proven = p }
+        let judgement = await judge(
+            envelope: evidence.envelope, nonce: nonce, workerKey: hello.kemPublicKey, activation: proven)
+        if case .failed(let message) = activation {
+            let code = ReasonCode.tpmActivationFailed.rawValue
+            return .refusal(hello, judgement, code: code, message: message, reasons: [code])
+        }
         let verdict = judgement.verdict
         guard let facts = AttestedFacts(verdict) else {
             let first = verdict.reasons.first
@@ -110,14 +173,16 @@ public struct AdmissionCoordinator: Sendable {
             }
             outcome = checked
         }
-        return AdmissionDecision.grant(hello, nonce: nonce, judgement, facts: facts, stake: outcome, at: clock.now())
+        return AdmissionDecision.grant(
+            hello, nonce: nonce, judgement, facts: facts, stake: outcome, activation: proven, at: clock.now())
     }
 
     /// A re-attestation: the same worker's fresh evidence under the policy in force.
     public func reattest(_ worker: AdmittedSession, nonce: Data, evidence: WireMessage.EvidenceMessage) async
         -> ReattestationDecision
     {
-        let judgement = await judge(envelope: evidence.envelope, nonce: nonce, workerKey: worker.kemPublicKey)
+        let judgement = await judge(
+            envelope: evidence.envelope, nonce: nonce, workerKey: worker.kemPublicKey, activation: worker.activation)
         return ReattestationDecision(worker: worker, judgement: judgement, at: clock.now())
     }
 
@@ -136,6 +201,52 @@ public struct AdmittedSession: Sendable, Equatable {
     public let sessionID: String
     public let kemPublicKey: Data
     public let admittedAt: Date
+    /// The TPM credential activation proved at admission: re-attestations must quote with the
+    /// same AK (a quote by any other key is judged as unactivated).
+    public let activation: ProvenActivation?
+}
+
+/// A credential activation that succeeded: the AK with this Name lives in the TPM whose EK has
+/// this SPKI digest.
+public struct ProvenActivation: Sendable, Equatable {
+    public let akName: Data
+    public let ekSHA256: String
+}
+
+/// What the worker's answer to a credential challenge showed.
+public enum ActivationOutcome: Sendable, Equatable {
+    case proven(ProvenActivation)
+    case failed(String)
+}
+
+/// A credential challenge sent to a worker, and the answer that proves activation.
+public struct PendingActivation: Sendable, Equatable {
+    public let message: WireMessage.Activate
+    let secret: Data
+    let proven: ProvenActivation
+
+    /// The outcome of the worker's answer. The comparison takes the same time wherever the
+    /// answer differs.
+    public func outcome(of answer: WireMessage.Activation) -> ActivationOutcome {
+        guard answer.secret.count == secret.count else {
+            return .failed("the worker did not recover the credential secret (its AK is not in the EK's TPM)")
+        }
+        var difference: UInt8 = 0
+        for (a, b) in zip(answer.secret, secret) { difference |= a ^ b }
+        return difference == 0
+            ? .proven(proven)
+            : .failed("the worker did not recover the credential secret (its AK is not in the EK's TPM)")
+    }
+}
+
+/// The gateway's key and id, which sign activation records.
+public struct ActivationSigner: Sendable {
+    public let key: Ed25519PrivateKey
+    public let gatewayID: String
+    public init(key: Ed25519PrivateKey, gatewayID: String) {
+        self.key = key
+        self.gatewayID = gatewayID
+    }
 }
 
 /// The outcome of one admission: what the worker hears, and the audit drafts that must be
@@ -189,7 +300,7 @@ public struct AdmissionDecision: Sendable {
 
     static func grant(
         _ hello: WireMessage.Hello, nonce: Data, _ judgement: AdmissionCoordinator.Judgement, facts: AttestedFacts,
-        stake: StakeOutcome?, at now: Date
+        stake: StakeOutcome?, activation: ProvenActivation?, at now: Date
     ) -> AdmissionDecision {
         let sessionID = UUID().uuidString.lowercased()
         let sessionKey = SymmetricKey(size: .bits256)
@@ -222,7 +333,8 @@ public struct AdmissionDecision: Sendable {
             .sessionKey, worker: hello.workerID, decision: .issued, policyVersion: policy.version,
             detail: ["session": sessionID, "kem": "X25519-HKDF-SHA256/ChaCha20Poly1305"])
         let session = AdmittedSession(
-            workerID: hello.workerID, sessionID: sessionID, kemPublicKey: hello.kemPublicKey, admittedAt: now)
+            workerID: hello.workerID, sessionID: sessionID, kemPublicKey: hello.kemPublicKey, admittedAt: now,
+            activation: activation)
         let grant = Grant(
             session: session, sessionKey: sessionKey, models: hello.models, record: record,
             admitted: AdmittedWorker(facts: facts, stake: stake?.stake), sealed: sealed)
@@ -273,7 +385,9 @@ extension WorkerRecord {
     /// A few claims worth listing per worker.
     static func summary(_ facts: AttestedFacts) -> [String: String] {
         var out = [String: String]()
-        for key in ["mrtd", "tcb_status", "ak.sha256", "tee", "debug", "cocoon_image_hash"] {
+        for key in [
+            "mrtd", "tcb_status", "ak.sha256", "ek.sha256", "ak.activation", "tee", "debug", "cocoon_image_hash",
+        ] {
             if let v = facts.claims.fields[key] { out[key] = v }
         }
         if let status = facts.tcbStatus { out["tcb_status"] = status }

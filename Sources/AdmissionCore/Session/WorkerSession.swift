@@ -7,8 +7,13 @@ import WorkerProtocol
 ///
 /// ```
 /// awaitingHello ─hello→ awaitingEvidence(nonce) ─evidence→ admitting ─decided→ serving ⇄ reattesting
+///                                                  admitting ─activate→ activating ─activation→ admitting
 ///        └───────────── any error, timeout, eviction or disconnect ──────────────→ closed
 /// ```
+///
+/// TPM workers whose policy anchors AKs in hardware take the `activating` detour: the gateway
+/// sends a credential made for the evidence's AK and EK, and judges the evidence only with the
+/// worker's answer.
 ///
 /// Threats: messages out of order (evidence before a challenge, sealed data before admission, a
 /// second hello), a worker that stops answering re-attestation challenges, and results that
@@ -20,6 +25,9 @@ public struct WorkerSession: Sendable {
         case awaitingHello
         case awaitingEvidence(hello: WireMessage.Hello, nonce: Data)
         case admitting(hello: WireMessage.Hello)
+        /// A credential challenge was sent; the evidence is judged once it is answered.
+        case activating(
+            hello: WireMessage.Hello, nonce: Data, evidence: WireMessage.EvidenceMessage, pending: PendingActivation)
         /// Admitted; `challenge` is the outstanding re-attestation nonce.
         case serving(AdmittedSession, challenge: Data?)
         /// Fresh evidence is being verified.
@@ -29,7 +37,9 @@ public struct WorkerSession: Sendable {
 
     public enum Action: Sendable {
         case send(WireMessage)
-        case verifyAdmission(WireMessage.Hello, nonce: Data, WireMessage.EvidenceMessage)
+        /// Verify and judge admission evidence; `activation`: the answer to a credential challenge.
+        case verifyAdmission(
+            WireMessage.Hello, nonce: Data, WireMessage.EvidenceMessage, activation: ActivationOutcome?)
         /// Record the decision durably, then tell the worker (and register it when admitted).
         case commitAdmission(AdmissionDecision)
         case verifyReattestation(AdmittedSession, nonce: Data, WireMessage.EvidenceMessage)
@@ -50,6 +60,15 @@ public struct WorkerSession: Sendable {
         self.gatewayID = gatewayID
     }
 
+    /// What the handshake waits for, for timeout messages.
+    public var waitingFor: String {
+        switch state {
+        case .awaitingHello: "hello"
+        case .activating: "the credential activation answer"
+        default: "evidence"
+        }
+    }
+
     public var isClosed: Bool {
         if case .closed = state { return true }
         return false
@@ -65,7 +84,10 @@ public struct WorkerSession: Sendable {
             return .send(.challenge(.init(nonce: fresh, gatewayID: gatewayID)))
         case (.awaitingEvidence(let hello, let challenge), .evidence(let evidence)):
             state = .admitting(hello: hello)
-            return .verifyAdmission(hello, nonce: challenge, evidence)
+            return .verifyAdmission(hello, nonce: challenge, evidence, activation: nil)
+        case (.activating(let hello, let nonce, let evidence, let pending), .activation(let answer)):
+            state = .admitting(hello: hello)
+            return .verifyAdmission(hello, nonce: nonce, evidence, activation: pending.outcome(of: answer))
         case (.serving(let session, let challenge?), .evidence(let evidence)):
             state = .reattesting(session)
             return .verifyReattestation(session, nonce: challenge, evidence)
@@ -79,9 +101,20 @@ public struct WorkerSession: Sendable {
             return end(.unexpectedMessage, "expected hello")
         case (.awaitingEvidence, _):
             return end(.unexpectedMessage, "expected evidence")
+        case (.activating, _):
+            return end(.unexpectedMessage, "expected the credential activation answer")
         default:
             return end(.unexpectedMessage, "unexpected \(message.typeName) from an admitted worker")
         }
+    }
+
+    /// Admission evidence needs a credential activation first: send the challenge.
+    public mutating func activationNeeded(
+        _ hello: WireMessage.Hello, nonce: Data, _ evidence: WireMessage.EvidenceMessage, _ pending: PendingActivation
+    ) -> Action {
+        guard case .admitting = state else { return .none }
+        state = .activating(hello: hello, nonce: nonce, evidence: evidence, pending: pending)
+        return .send(.activate(pending.message))
     }
 
     /// The admission was decided.

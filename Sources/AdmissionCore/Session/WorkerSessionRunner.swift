@@ -98,15 +98,25 @@ public struct WorkerSessionRunner: Sendable {
         while true {
             let message = try await withDeadline(connection, timings.handshakeTimeout) { try await inbound.next() }
             guard let message else {
-                let waiting = machine.withLock { $0.state == .awaitingHello } ? "hello" : "evidence"
+                let waiting = machine.withLock { $0.waitingFor }
                 throw SessionEnd(code: ProtocolErrorCode.timeout.rawValue, message: "expected \(waiting)")
             }
             let action = machine.withLock { $0.received(message, nonce: Self.nonce) }
             switch action {
             case .send(let reply):
                 try await connection.send(reply)
-            case .verifyAdmission(let hello, let nonce, let evidence):
-                let decision = await coordinator.admit(hello: hello, nonce: nonce, evidence: evidence)
+            case .verifyAdmission(let hello, let nonce, let evidence, let activation):
+                if activation == nil,
+                    let pending = coordinator.activationChallenge(
+                        for: evidence.envelope, nonce: nonce, workerKey: hello.kemPublicKey)
+                {
+                    let next = machine.withLock { $0.activationNeeded(hello, nonce: nonce, evidence, pending) }
+                    guard case .send(let challenge) = next else { return }
+                    try await connection.send(challenge)
+                    continue
+                }
+                let decision = await coordinator.admit(
+                    hello: hello, nonce: nonce, evidence: evidence, activation: activation)
                 if let note = decision.judgement.note { logger.info("\(note)") }
                 guard case .commitAdmission = machine.withLock({ $0.admissionDecided(decision) }) else { return }
                 guard let grant = decision.grant else {

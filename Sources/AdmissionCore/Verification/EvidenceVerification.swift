@@ -22,24 +22,27 @@ public struct EvidenceVerification: Sendable {
     public let dcapRoots: Set<String>
     /// Collateral for quotes whose envelope carries none.
     public let collateralSource: (any CollateralSource)?
+    /// Where TPM identities are anchored: the EK roots and how activation is known.
+    public let tpmIdentity: TPMIdentityTrust
 
     public init(
         policy: PolicyDocument, scope: PolicyDocument.JudgeScope, dcapRoots: Set<String> = PinnedRoots.production,
-        collateralSource: (any CollateralSource)? = nil
+        collateralSource: (any CollateralSource)? = nil, tpmIdentity: TPMIdentityTrust = TPMIdentityTrust()
     ) {
         self.policy = policy
         self.scope = scope
         self.dcapRoots = dcapRoots
         self.collateralSource = collateralSource
+        self.tpmIdentity = tpmIdentity
     }
 
     public init(
         policy: PolicyDocument, applyMeasurementRules: Bool, dcapRoots: Set<String> = PinnedRoots.production,
-        collateralSource: (any CollateralSource)? = nil
+        collateralSource: (any CollateralSource)? = nil, tpmIdentity: TPMIdentityTrust = TPMIdentityTrust()
     ) {
         self.init(
             policy: policy, scope: applyMeasurementRules ? .all : .evidence, dcapRoots: dcapRoots,
-            collateralSource: collateralSource)
+            collateralSource: collateralSource, tpmIdentity: tpmIdentity)
     }
 
     /// The DCAP verifier options for establishing facts under a policy: its roots and its
@@ -76,7 +79,8 @@ public struct EvidenceVerification: Sendable {
         switch EvidenceFormat(rawValue: envelope.format) {
         case .tpm2Quote?:
             let options = TPMQuoteVerifier.Options(
-                allowSHA1: policy.tpm.allowSHA1, requireRestrictedAK: policy.tpm.requireRestrictedAK)
+                allowSHA1: policy.tpm.allowSHA1, requireRestrictedAK: policy.tpm.requireRestrictedAK,
+                ekRoots: tpmIdentity.ekRoots, activation: tpmIdentity.activation)
             verdict = TPMQuoteVerifier(options: options).verify(envelope, expectedNonce: expectedNonce, at: time)
         case .tdxQuote?, .sgxQuote?:
             verdict = TDXQuoteVerifier(
@@ -90,5 +94,25 @@ public struct EvidenceVerification: Sendable {
         }
         guard let facts = AttestedFacts(verdict) else { return verdict }
         return verdict.adding(policyReasons: policy.judge(facts, at: time, scope: scope))
+    }
+}
+
+/// What anchors TPM attestation keys for one verification: the EK certificate roots (the pinned
+/// manufacturer roots plus any configured) and how credential activation is known (live in this
+/// session, or records signed by trusted gateway keys).
+public struct TPMIdentityTrust: Sendable {
+    public var ekRoots: [Data]
+    public var activation: AKActivation
+
+    public init(ekRoots: [Data] = EKRoots.pinnedDER, activation: AKActivation = .records(trustedKeys: [])) {
+        self.ekRoots = ekRoots
+        self.activation = activation
+    }
+
+    /// The same roots with another way of knowing activation.
+    public func with(_ activation: AKActivation) -> TPMIdentityTrust {
+        var copy = self
+        copy.activation = activation
+        return copy
     }
 }

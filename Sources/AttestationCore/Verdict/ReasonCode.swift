@@ -27,6 +27,16 @@ public struct ReasonCode: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let eventLogReplayMismatch = ReasonCode(rawValue: "eventlog.replay-mismatch")
     public static let policyMeasurementNotAllowed = ReasonCode(rawValue: "policy.measurement-not-allowed")
     public static let policyDebugNotAllowed = ReasonCode(rawValue: "policy.debug-not-allowed")
+    /// The attestation key is not shown to live in a genuine TPM (no EK certificate, attributes of
+    /// a key that can leave the TPM, no credential activation, an EK that is not enrolled).
+    public static let tpmAKUntrusted = ReasonCode(rawValue: "tpm.ak-untrusted")
+    /// The EK certificate does not chain to a pinned TPM manufacturer root, or is invalid.
+    public static let tpmEKChainInvalid = ReasonCode(rawValue: "tpm.ek-chain-invalid")
+    /// The engine serving requests was not started from the measured binary, and the policy
+    /// does not allow that (`measurements.allow_unmeasured_engine`).
+    public static let policyUnmeasuredEngine = ReasonCode(rawValue: "policy.unmeasured-engine")
+    /// The worker could not recover the credential-activation secret (the AK is not in the EK's TPM).
+    public static let tpmActivationFailed = ReasonCode(rawValue: "tpm.activation-failed")
 
     /// Every code the verifiers may report.
     public static let all: [ReasonCode] = [
@@ -34,7 +44,8 @@ public struct ReasonCode: RawRepresentable, Hashable, Sendable, CustomStringConv
         .qeReportBindingMismatch, .qeIdentityMismatch, .chainUntrustedRoot, .chainInvalid, .chainRevoked,
         .collateralMissing, .collateralSignatureInvalid, .collateralExpired, .collateralMismatch,
         .tcbNoMatchingLevel, .tcbStatusNotAllowed, .nonceMismatch, .pcrDigestMismatch,
-        .eventLogReplayMismatch, .policyMeasurementNotAllowed, .policyDebugNotAllowed,
+        .eventLogReplayMismatch, .policyMeasurementNotAllowed, .policyDebugNotAllowed, .tpmAKUntrusted,
+        .tpmEKChainInvalid, .tpmActivationFailed, .policyUnmeasuredEngine,
     ]
 }
 

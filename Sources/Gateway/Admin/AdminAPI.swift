@@ -112,7 +112,8 @@ public struct AdminAPI: Sendable {
 
     func rollback(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         let body = try await Self.body(request, as: AdminMessage.RollbackRequest.self, limit: 4096)
-        let outcome = try await administration.rollback(to: body.version, dryRun: body.dryRun ?? false, actor: actor)
+        let outcome = try await administration.rollback(
+            to: body.version, signature: body.signature, dryRun: body.dryRun ?? false, actor: actor)
         return Self.json(outcome)
     }
 

@@ -39,13 +39,17 @@ public enum AdminMessage {
     public struct RollbackRequest: Codable, Sendable {
         public let version: Int
         public let dryRun: Bool?
+        /// A fresh signature over the old version's text (its own signature's serial is below the
+        /// one in force, so it cannot be applied again).
+        public let signature: String?
         enum CodingKeys: String, CodingKey {
-            case version
+            case version, signature
             case dryRun = "dry_run"
         }
-        public init(version: Int, dryRun: Bool) {
+        public init(version: Int, dryRun: Bool, signature: String? = nil) {
             self.version = version
             self.dryRun = dryRun
+            self.signature = signature
         }
     }
 

@@ -18,7 +18,13 @@ public struct AuditReplay: Sendable {
         /// The same evidence judged at `now` (certificates and collateral may have expired since).
         public let today: Verdict
         public var matches: Bool {
-            replayed.isAccepted == recordedAccept && (recordedAccept || replayed.reason?.rawValue == recordedReason)
+            // A failed credential activation was a live exchange with the worker's TPM: offline,
+            // the same evidence shows an AK that was never activated.
+            if recordedReason == ReasonCode.tpmActivationFailed.rawValue {
+                return !replayed.isAccepted && replayed.reason == .tpmAKUntrusted
+            }
+            return replayed.isAccepted == recordedAccept
+                && (recordedAccept || replayed.reason?.rawValue == recordedReason)
         }
     }
 
@@ -29,10 +35,17 @@ public struct AuditReplay: Sendable {
 
     public let dcapRoots: Set<String>
     public let collateralSource: (any CollateralSource)?
+    /// EK roots, and the gateway keys whose activation records are believed (the key of the
+    /// gateway that wrote the log).
+    public let tpmIdentity: TPMIdentityTrust
 
-    public init(dcapRoots: Set<String> = PinnedRoots.production, collateralSource: (any CollateralSource)? = nil) {
+    public init(
+        dcapRoots: Set<String> = PinnedRoots.production, collateralSource: (any CollateralSource)? = nil,
+        tpmIdentity: TPMIdentityTrust = TPMIdentityTrust()
+    ) {
         self.dcapRoots = dcapRoots
         self.collateralSource = collateralSource
+        self.tpmIdentity = tpmIdentity
     }
 
     /// Replays `entry` (an admission or re-attestation) with its stored evidence and policy text.
@@ -60,7 +73,8 @@ public struct AuditReplay: Sendable {
             throw Failure(message: "policy version \(version) no longer loads: \(error)")
         }
         let verification = EvidenceVerification(
-            policy: policy, applyMeasurementRules: true, dcapRoots: dcapRoots, collateralSource: collateralSource)
+            policy: policy, applyMeasurementRules: true, dcapRoots: dcapRoots, collateralSource: collateralSource,
+            tpmIdentity: tpmIdentity)
         let replayed = verification.verify(
             envelopeData: evidence.envelope, expectedNonce: evidence.binding, at: entry.time)
         let today = verification.verify(envelopeData: evidence.envelope, expectedNonce: evidence.binding, at: now)

@@ -179,9 +179,12 @@ public actor GatewayAdministration {
         return (version, evictions)
     }
 
-    /// Makes an earlier version the policy in force again, as a new version (its signature is
-    /// checked again, under today's pinned keys).
-    public func rollback(to version: Int, dryRun: Bool, actor: String) async throws(AdminError) -> ApplyOutcome {
+    /// Makes an earlier version the policy in force again, as a new version. It needs a fresh
+    /// signature over that version's text (`signature`): the one it was applied with has a serial
+    /// below the policy in force, and the admin token alone must not bring back a weaker policy.
+    public func rollback(to version: Int, signature fresh: String? = nil, dryRun: Bool, actor: String)
+        async throws(AdminError) -> ApplyOutcome
+    {
         let record: PolicyRecord?
         do { record = try trail.store.policy(version: version) } catch {
             throw AdminError(500, "gateway.store", "\(error)")
@@ -189,10 +192,18 @@ public actor GatewayAdministration {
         guard let record else {
             throw AdminError(404, "policy.no-such-version", "there is no policy version \(version)")
         }
-        return try await apply(
-            text: record.policy.text, signature: record.policy.signature.isEmpty ? nil : record.policy.signature,
-            dryRun: dryRun,
-            actor: actor, note: "rollback to version \(version)")
+        let signature = fresh ?? (record.policy.signature.isEmpty ? nil : record.policy.signature)
+        do {
+            return try await apply(
+                text: record.policy.text, signature: signature, dryRun: dryRun, actor: actor,
+                note: "rollback to version \(version)")
+        } catch  where error.code == "policy.signature-stale" && fresh == nil {
+            throw AdminError(
+                403, error.code,
+                error.message
+                    + "; to roll back, sign version \(version)'s text again: ccgate policy show --version \(version) > v\(version).yaml; ccgate policy sign v\(version).yaml --key KEY; ccgate policy rollback \(version) --signature v\(version).yaml.sig"
+            )
+        }
     }
 
     /// Evicts one worker by hand.
@@ -230,6 +241,10 @@ public actor GatewayAdministration {
             throw AdminError(
                 422, "policy.invalid", "the policy does not load", details: error.errors.map(\.description))
         }
+        let lint = document.lint
+        guard lint.errors.isEmpty else {
+            throw AdminError(422, "policy.invalid", "the policy pins too little to admit safely", details: lint.errors)
+        }
         guard !adminKeys.isEmpty else {
             throw AdminError(
                 403, "policy.no-admin-keys",
@@ -239,11 +254,21 @@ public actor GatewayAdministration {
             throw AdminError(403, "policy.unsigned", "the policy is not signed (ccgate policy sign FILE --key KEY)")
         }
         do throws(PolicySignatureError) {
-            let signer = try PolicySignature.parse(signature).verify(Data(text.utf8), pinned: adminKeys)
+            let parsed = try PolicySignature.parse(signature)
+            let signer = try parsed.verify(Data(text.utf8), pinned: adminKeys)
+            try parsed.checkApplicable(
+                gatewayID: trail.key.publicKey.fingerprint, at: clock.now(), after: currentSerial())
             return (document, signer)
         } catch {
             throw AdminError(403, error.code, error.description)
         }
+    }
+
+    /// The serial of the signature the policy in force was applied with (0: unsigned or v1).
+    func currentSerial() -> Int64 {
+        let record = try? trail.store.policy(version: policies.current.version)
+        guard let text = record?.policy.signature, !text.isEmpty else { return 0 }
+        return (try? PolicySignature.parse(text))?.serial ?? 0
     }
 
     /// Admitted workers that `document` no longer admits, with why.

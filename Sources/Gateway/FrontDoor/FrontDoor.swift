@@ -97,6 +97,19 @@ public struct FrontDoor: Sendable {
                 lastFailure = "worker \(link.workerID) ended the response before its head"
                 continue
             }
+            // Threat: a worker (root on its host) answering with a status or content type no
+            // HTTP response can carry, to crash the gateway for every client. Anything outside
+            // 200–599, or a content type that is not a short printable header value, is a
+            // malformed answer: the client gets 502 and the request is cancelled on the worker.
+            guard (200...599).contains(status), Self.isHeaderValue(contentType) else {
+                link.cancel(id)
+                context.logger.notice(
+                    "worker answered a malformed response head",
+                    metadata: ["ccgate.worker.id": "\(link.workerID)", "status": "\(status)"])
+                throw OpenAIError(
+                    .badGateway, "The worker serving this request answered with a malformed response.",
+                    type: "server_error", code: "bad_worker_response")
+            }
             return respond(
                 status: status, contentType: contentType, streaming: streaming, link: link, id: id,
                 rest: IteratorHandOff(iterator), logger: context.logger)
@@ -104,6 +117,11 @@ public struct FrontDoor: Sendable {
         throw OpenAIError(
             .serviceUnavailable, "No admitted worker could serve the request (\(lastFailure)).", type: "server_error",
             code: "no_worker_available")
+    }
+
+    /// A content type a response header can carry: 1–256 printable ASCII characters.
+    static func isHeaderValue(_ text: String) -> Bool {
+        (1...256).contains(text.utf8.count) && text.utf8.allSatisfy { (0x20...0x7e).contains($0) }
     }
 
     /// Streams the worker's response through as it arrives. If the worker fails mid-stream, an

@@ -99,9 +99,16 @@ public struct ProviderProof: Sendable, Equatable, Codable {
         guard workerKey == expectedWorker else {
             throw Failure(code: "stake.proof-mismatch", message: "the proof is for another worker key")
         }
-        let age = now.timeIntervalSince1970 - TimeInterval(time)
+        // Threat: a peer-chosen time (Int.min, Int.max) that overflows the arithmetic below.
+        // Times are checked to lie within a century of now before anything is computed with them.
+        let now = now.timeIntervalSince1970
+        guard abs(Double(time) - now) < 100 * 365 * 86_400 else {
+            throw Failure(code: "stake.proof-stale", message: "the proof's time \(time) is not a plausible Unix time")
+        }
+        let age = now - TimeInterval(time)
         guard age <= maxAge, age >= -60 else {
-            throw Failure(code: "stake.proof-stale", message: "the proof is \(Int(age)) s old (at most \(Int(maxAge)))")
+            throw Failure(
+                code: "stake.proof-stale", message: "the proof is \(Int(age.rounded())) s old (at most \(Int(maxAge)))")
         }
         guard
             walletKey.isValidSignature(

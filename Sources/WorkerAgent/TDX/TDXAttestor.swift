@@ -2,6 +2,7 @@ import AttestationCore
 import EventLog
 import Foundation
 import Synchronization
+import WorkerProtocol
 
 /// The worker's attestation on an Intel TDX guest: the engine binary and model are measured
 /// (SHA-256) as application events into RTMR3 before serving, and every challenge is answered
@@ -17,6 +18,11 @@ public final class TDXAttestor: EvidenceSource, Sendable {
     let collateral: [String: String]?
 
     public static let defaultCCEL = URL(fileURLWithPath: "/sys/firmware/acpi/tables/data/CCEL")
+
+    /// A TD has no TPM credential to activate: its quote is anchored in Intel's PCK chain.
+    public func activateCredential(_ challenge: WireMessage.Activate) async throws -> Data {
+        throw EvidenceSourceError("a TDX worker has no TPM to activate a credential with")
+    }
 
     /// Reads the firmware's CCEL (a header-only log when there is none), then measures `files`
     /// into RTMR3.

@@ -16,7 +16,7 @@ public struct QuoteEnvelopeBuilder {
     /// envelope JSON. The IMA log, when given, is carried as `ima_log`.
     public func envelope(
         qualifyingData: Data, bank: HashAlgorithm = .sha256, indices: [Int],
-        imaLog: IMALog? = nil
+        imaLog: IMALog? = nil, endorsement: Attestor.Endorsement? = nil
     ) throws -> Data {
         let quote = try device.quote(key: key, qualifyingData: qualifyingData, bank: bank, indices: indices)
         let values = try device.readPCRs(bank: bank, indices: indices)
@@ -29,6 +29,13 @@ public struct QuoteEnvelopeBuilder {
             "pcrs": [bank.rawValue: Dictionary(uniqueKeysWithValues: values.map { (String($0.key), $0.value.hex) })],
         ]
         if let imaLog { object["ima_log"] = Data(imaLog.text.utf8).base64EncodedString() }
+        if let endorsement {
+            object["ek_public"] = endorsement.ekPublic.base64EncodedString()
+            if let certificate = endorsement.certificate {
+                object["ek_certificate"] = certificate.base64EncodedString()
+            }
+            if let chain = endorsement.chain { object["ek_chain"] = chain.base64EncodedString() }
+        }
         return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
     }
 }

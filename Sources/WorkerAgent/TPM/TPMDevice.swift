@@ -259,3 +259,163 @@ public final class TPMDevice {
         return TPMQuote(attest: attest, signature: Data(buffer[0..<offset]))
     }
 }
+
+/// The endorsement key: the TPM's manufacturer-certified identity, recreated from the TCG
+/// default template (EK Credential Profile, template L-1: RSA-2048, AES-128-CFB, policy
+/// PolicySecret(TPM_RH_ENDORSEMENT)), which gives the key the EK certificate certifies.
+extension TPMDevice {
+    /// NV index of the RSA-2048 EK certificate (TCG EK Credential Profile).
+    public static let rsaEKCertificateIndex: UInt32 = 0x01c0_0002
+
+    static func endorsementTemplate() -> TPM2B_PUBLIC {
+        var template = TPM2B_PUBLIC()
+        template.publicArea.type = 0x0001
+        template.publicArea.nameAlg = HashAlgorithm.sha256.tpmAlgorithmID
+        // fixedTPM | fixedParent | sensitiveDataOrigin | adminWithPolicy | restricted | decrypt
+        template.publicArea.objectAttributes = 0x0003_00b2
+        let policy: [UInt8] = [
+            0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7, 0x24,
+            0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa,
+        ]
+        template.publicArea.authPolicy.size = UInt16(policy.count)
+        withUnsafeMutableBytes(of: &template.publicArea.authPolicy.buffer) { $0.copyBytes(from: policy) }
+        template.publicArea.parameters.rsaDetail.symmetric.algorithm = 0x0006
+        template.publicArea.parameters.rsaDetail.symmetric.keyBits.aes = 128
+        template.publicArea.parameters.rsaDetail.symmetric.mode.aes = 0x0043
+        template.publicArea.parameters.rsaDetail.scheme.scheme = 0x0010
+        template.publicArea.parameters.rsaDetail.keyBits = 2048
+        template.publicArea.parameters.rsaDetail.exponent = 0
+        template.publicArea.unique.rsa.size = 256
+        return template
+    }
+
+    /// Creates the EK in the endorsement hierarchy; returns its handle (to flush) and TPM2B_PUBLIC.
+    func createEndorsementKey() throws(TPMError) -> (ESYS_TR, Data) {
+        var template = Self.endorsementTemplate()
+        var sensitive = TPM2B_SENSITIVE_CREATE()
+        var outsideInfo = TPM2B_DATA()
+        var creationPCR = TPML_PCR_SELECTION()
+        var handle: ESYS_TR = ESYS_TR(ESYS_TR_NONE)
+        var outPublic: UnsafeMutablePointer<TPM2B_PUBLIC>?
+        var creationData: UnsafeMutablePointer<TPM2B_CREATION_DATA>?
+        var creationHash: UnsafeMutablePointer<TPM2B_DIGEST>?
+        var creationTicket: UnsafeMutablePointer<TPMT_TK_CREATION>?
+        let rc = Esys_CreatePrimary(
+            context, ESYS_TR(ESYS_TR_RH_ENDORSEMENT), ESYS_TR(ESYS_TR_PASSWORD), ESYS_TR(ESYS_TR_NONE),
+            ESYS_TR(ESYS_TR_NONE), &sensitive, &template, &outsideInfo, &creationPCR, &handle, &outPublic,
+            &creationData, &creationHash, &creationTicket)
+        defer {
+            Esys_Free(outPublic)
+            Esys_Free(creationData)
+            Esys_Free(creationHash)
+            Esys_Free(creationTicket)
+        }
+        guard rc == 0, let outPublic else { throw TPMError("create endorsement key", rc) }
+        var buffer = [UInt8](repeating: 0, count: MemoryLayout<TPM2B_PUBLIC>.size)
+        var offset = 0
+        let mrc = Tss2_MU_TPM2B_PUBLIC_Marshal(outPublic, &buffer, buffer.count, &offset)
+        guard mrc == 0 else {
+            flush(handle)
+            throw TPMError("marshal endorsement key", mrc)
+        }
+        return (handle, Data(buffer[0..<offset]))
+    }
+
+    /// The EK's TPM2B_PUBLIC.
+    public func endorsementKeyPublic() throws(TPMError) -> Data {
+        let (handle, bytes) = try createEndorsementKey()
+        flush(handle)
+        return bytes
+    }
+
+    /// The contents of an NV index (the EK certificate), read in chunks the TPM accepts; nil when
+    /// the index is not defined.
+    public func readNV(index: UInt32) throws(TPMError) -> Data? {
+        var nvHandle: ESYS_TR = ESYS_TR(ESYS_TR_NONE)
+        let rc = Esys_TR_FromTPMPublic(
+            context, TPM2_HANDLE(index), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
+            &nvHandle)
+        guard rc == 0 else { return nil }
+        defer { _ = Esys_TR_Close(context, &nvHandle) }
+        var nvPublic: UnsafeMutablePointer<TPM2B_NV_PUBLIC>?
+        var nvName: UnsafeMutablePointer<TPM2B_NAME>?
+        let prc = Esys_NV_ReadPublic(
+            context, nvHandle, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), &nvPublic, &nvName)
+        defer {
+            Esys_Free(nvPublic)
+            Esys_Free(nvName)
+        }
+        guard prc == 0, let nvPublic else { throw TPMError("read NV index public area", prc) }
+        let size = Int(nvPublic.pointee.nvPublic.dataSize)
+        var contents = Data()
+        while contents.count < size {
+            let chunk = min(512, size - contents.count)
+            var data: UnsafeMutablePointer<TPM2B_MAX_NV_BUFFER>?
+            // The index authorizes its own reads (TPMA_NV_AUTHREAD, empty auth).
+            let readRC = Esys_NV_Read(
+                context, nvHandle, nvHandle, ESYS_TR(ESYS_TR_PASSWORD), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
+                UInt16(chunk), UInt16(contents.count), &data)
+            defer { Esys_Free(data) }
+            guard readRC == 0, let data else { throw TPMError("read NV index 0x\(String(index, radix: 16))", readRC) }
+            contents.append(withUnsafeBytes(of: data.pointee.buffer) { Data($0.prefix(Int(data.pointee.size))) })
+            if data.pointee.size == 0 { break }
+        }
+        return contents
+    }
+
+    /// TPM2_ActivateCredential: recovers the secret of a credential made for `key`'s Name and
+    /// wrapped to this TPM's EK. The TPM refuses when `key` is not the object the credential
+    /// names, which is what proves the AK lives here.
+    public func activateCredential(key: AttestationKey, credentialBlob: Data, encryptedSecret: Data) throws(TPMError)
+        -> Data
+    {
+        var blob = TPM2B_ID_OBJECT()
+        var secret = TPM2B_ENCRYPTED_SECRET()
+        var offset = 0
+        let blobRC = [UInt8](credentialBlob).withUnsafeBufferPointer {
+            Tss2_MU_TPM2B_ID_OBJECT_Unmarshal($0.baseAddress, $0.count, &offset, &blob)
+        }
+        guard blobRC == 0, offset == credentialBlob.count else { throw TPMError("read credential blob", blobRC) }
+        offset = 0
+        let secretRC = [UInt8](encryptedSecret).withUnsafeBufferPointer {
+            Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal($0.baseAddress, $0.count, &offset, &secret)
+        }
+        guard secretRC == 0, offset == encryptedSecret.count else {
+            throw TPMError("read encrypted secret", secretRC)
+        }
+        let (ek, _) = try createEndorsementKey()
+        defer { flush(ek) }
+        let session = try endorsementPolicySession()
+        defer { flush(session) }
+        var certInfo: UnsafeMutablePointer<TPM2B_DIGEST>?
+        let rc = Esys_ActivateCredential(
+            context, key.handle, ek, ESYS_TR(ESYS_TR_PASSWORD), session, ESYS_TR(ESYS_TR_NONE), &blob, &secret,
+            &certInfo)
+        defer { Esys_Free(certInfo) }
+        guard rc == 0, let certInfo else { throw TPMError("activate credential", rc) }
+        return withUnsafeBytes(of: certInfo.pointee.buffer) { Data($0.prefix(Int(certInfo.pointee.size))) }
+    }
+
+    /// A policy session satisfying the EK's policy, PolicySecret(TPM_RH_ENDORSEMENT).
+    func endorsementPolicySession() throws(TPMError) -> ESYS_TR {
+        var session: ESYS_TR = ESYS_TR(ESYS_TR_NONE)
+        var symmetric = TPMT_SYM_DEF()
+        symmetric.algorithm = 0x0010
+        let rc = Esys_StartAuthSession(
+            context, ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE), ESYS_TR(ESYS_TR_NONE),
+            ESYS_TR(ESYS_TR_NONE), nil, TPM2_SE(0x01), &symmetric, HashAlgorithm.sha256.tpmAlgorithmID, &session)
+        guard rc == 0 else { throw TPMError("start policy session", rc) }
+        var timeout: UnsafeMutablePointer<TPM2B_TIMEOUT>?
+        var ticket: UnsafeMutablePointer<TPMT_TK_AUTH>?
+        let prc = Esys_PolicySecret(
+            context, ESYS_TR(ESYS_TR_RH_ENDORSEMENT), session, ESYS_TR(ESYS_TR_PASSWORD), ESYS_TR(ESYS_TR_NONE),
+            ESYS_TR(ESYS_TR_NONE), nil, nil, nil, 0, &timeout, &ticket)
+        Esys_Free(timeout)
+        Esys_Free(ticket)
+        guard prc == 0 else {
+            flush(session)
+            throw TPMError("satisfy the endorsement policy", prc)
+        }
+        return session
+    }
+}

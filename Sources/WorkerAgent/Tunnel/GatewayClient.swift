@@ -183,6 +183,15 @@ public final class GatewayClient: Sendable {
             outbox.yield(.evidence(.init(envelope: envelope, providerProof: proof)))
             if reattestation { onEvent(.reattested) }
             return nil
+        case .activateCredential(let challenge):
+            // A TPM that cannot recover the secret answers with none: the gateway records the
+            // refusal (`tpm.activation-failed`) instead of seeing a dropped connection.
+            var secret = Data()
+            do { secret = try await attestor.activateCredential(challenge) } catch {
+                logger.error("credential activation failed", metadata: ["error": "\(error)"])
+            }
+            outbox.yield(.activation(.init(secret: secret)))
+            return nil
         case .openSessionKey(let admitted, let nonce):
             let key = try SessionKeySealing.open(
                 .init(encapsulatedKey: admitted.encapsulatedKey, ciphertext: admitted.sealedSessionKey), with: kem,

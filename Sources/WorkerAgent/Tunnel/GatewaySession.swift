@@ -6,6 +6,7 @@ import WorkerProtocol
 ///
 /// ```
 /// awaitingChallenge ─challenge→ awaitingAdmission(nonce) ─admitted→ admitted(session) ─challenge→ (re-attest)
+///                                awaitingAdmission ─activate→ (answer) ─┘
 ///        └──────────── rejected, error or anything out of order ────────────→ closed
 /// ```
 ///
@@ -24,6 +25,8 @@ public struct GatewaySession: Sendable {
         /// Attest to `nonce`; `proofFor` names the gateway a provider proof is signed for (the
         /// admission challenge only). `reattestation`: the worker is already admitted.
         case attest(nonce: Data, proofFor: String?, reattestation: Bool)
+        /// Recover a credential's secret with the TPM (credential activation) and answer with it.
+        case activateCredential(WireMessage.Activate)
         /// Open the session key sealed to this worker, bound to the admission nonce.
         case openSessionKey(WireMessage.Admitted, nonce: Data)
         /// A sealed box for the admitted session.
@@ -43,6 +46,8 @@ public struct GatewaySession: Sendable {
         case (.awaitingChallenge, .challenge(let c)):
             state = .awaitingAdmission(nonce: c.nonce)
             return .attest(nonce: c.nonce, proofFor: c.gatewayID, reattestation: false)
+        case (.awaitingAdmission, .activate(let challenge)):
+            return .activateCredential(challenge)
         case (.admitted, .challenge(let c)):
             return .attest(nonce: c.nonce, proofFor: nil, reattestation: true)
         case (.awaitingAdmission(let nonce), .admitted(let admitted)):

@@ -1,0 +1,115 @@
+import AttestationCore
+import COpenSSL
+import Foundation
+
+/// Checks an endorsement-key certificate: its chain to a pinned TPM manufacturer root (through
+/// intermediates the evidence carries), at the time of verification, and that it certifies the
+/// EK the evidence presents.
+///
+/// Threat: an EK certificate issued by anyone but a TPM manufacturer (a self-made CA vouching
+/// for a software "TPM"), one that has expired, and a genuine certificate presented beside
+/// another key. The evidence's intermediates are untrusted; only the pinned roots anchor.
+public enum EKCertificate {
+    public enum Outcome: Sendable, Equatable {
+        /// The chain ends at the pinned root with this DER SHA-256 fingerprint.
+        case verified(root: String)
+        /// The chain is well formed but ends at no pinned root.
+        case untrusted(String)
+        /// Expired, badly signed, not a certificate, or not for this EK.
+        case invalid(String)
+    }
+
+    /// Bound on carried intermediates: manufacturer chains are one or two certificates deep.
+    static let maxIntermediates = 4
+
+    public static func verify(
+        certificate: Data, intermediates: Data?, ekSPKI: Data, roots: [Data], at time: Date
+    ) -> Outcome {
+        defer { ERR_clear_error() }
+        guard let leaf = decode(certificate) else { return .invalid("the EK certificate is not an X.509 certificate") }
+        defer { X509_free(leaf) }
+        guard let pub = X509_get0_pubkey(leaf), spki(of: pub) == ekSPKI else {
+            return .invalid("the EK certificate certifies another key than the presented EK")
+        }
+        guard let store = X509_STORE_new() else { return .invalid("OpenSSL: no store") }
+        defer { X509_STORE_free(store) }
+        for der in roots {
+            guard let root = decode(der) else { continue }
+            X509_STORE_add_cert(store, root)
+            X509_free(root)
+        }
+        guard let chain = OPENSSL_sk_new_null() else { return .invalid("OpenSSL: no stack") }
+        defer { OPENSSL_sk_pop_free(chain) { X509_free(OpaquePointer($0)) } }
+        var rest = intermediates ?? Data()
+        while !rest.isEmpty {
+            guard OPENSSL_sk_num(chain) < Int32(maxIntermediates) else {
+                return .invalid("more than \(maxIntermediates) intermediate certificates")
+            }
+            guard let (cert, used) = decodePrefix(rest) else { return .invalid("an intermediate is not X.509") }
+            OPENSSL_sk_push(chain, UnsafeRawPointer(cert))
+            rest = rest.dropFirst(used)
+        }
+        guard let ctx = X509_STORE_CTX_new() else { return .invalid("OpenSSL: no context") }
+        defer { X509_STORE_CTX_free(ctx) }
+        guard X509_STORE_CTX_init(ctx, store, leaf, chain) == 1 else {
+            return .invalid("OpenSSL: cannot set up verification")
+        }
+        let params = X509_STORE_CTX_get0_param(ctx)
+        // A pinned intermediate anchors as well as a pinned root.
+        X509_VERIFY_PARAM_set_flags(params, UInt(X509_V_FLAG_PARTIAL_CHAIN))
+        X509_VERIFY_PARAM_set_time(params, time_t(time.timeIntervalSince1970))
+        if X509_verify_cert(ctx) == 1 {
+            let verified = X509_STORE_CTX_get0_chain(ctx)
+            let count = OPENSSL_sk_num(verified)
+            let top = OpaquePointer(OPENSSL_sk_value(verified, count - 1))
+            return .verified(root: fingerprint(top))
+        }
+        let error = X509_STORE_CTX_get_error(ctx)
+        let text = String(cString: X509_verify_cert_error_string(Int(error)))
+        switch error {
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+            X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN, X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+            return .untrusted("the EK certificate chain ends at no pinned TPM manufacturer root (\(text))")
+        default:
+            return .invalid("the EK certificate chain does not verify: \(text)")
+        }
+    }
+
+    static func decode(_ der: Data) -> OpaquePointer? {
+        guard let (cert, used) = decodePrefix(der), used == der.count else { return nil }
+        return cert
+    }
+
+    /// The first certificate in `der` and the bytes it takes.
+    static func decodePrefix(_ der: Data) -> (OpaquePointer, Int)? {
+        der.withUnsafeBytes { raw -> (OpaquePointer, Int)? in
+            guard let base = raw.bindMemory(to: UInt8.self).baseAddress else { return nil }
+            var cursor: UnsafePointer<UInt8>? = base
+            guard let cert = d2i_X509(nil, &cursor, raw.count), let end = cursor else { return nil }
+            return (cert, end - base)
+        }
+    }
+
+    static func spki(of key: OpaquePointer) -> Data {
+        var out: UnsafeMutablePointer<UInt8>? = nil
+        let length = i2d_PUBKEY(key, &out)
+        guard length > 0, let out else { return Data() }
+        defer { CRYPTO_free(out, #fileID, #line) }
+        return Data(bytes: out, count: Int(length))
+    }
+
+    static func fingerprint(_ cert: OpaquePointer?) -> String {
+        var out: UnsafeMutablePointer<UInt8>? = nil
+        let length = i2d_X509(cert, &out)
+        guard length > 0, let out else { return "" }
+        defer { CRYPTO_free(out, #fileID, #line) }
+        return HashAlgorithm.sha256.hash(Data(bytes: out, count: Int(length))).hex
+    }
+
+    /// The DER certificate at the start of bytes read from a TPM NV index, which may be padded.
+    public static func trimmed(_ bytes: Data) -> Data? {
+        guard let (cert, used) = decodePrefix(bytes) else { return nil }
+        X509_free(cert)
+        return bytes.prefix(used)
+    }
+}

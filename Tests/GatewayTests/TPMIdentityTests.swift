@@ -1,0 +1,241 @@
+import AdmissionCore
+import AttestationCore
+import Foundation
+import Gateway
+import GatewayState
+import Policy
+import TPMVerifier
+import TestSupport
+import Testing
+import WorkerAgent
+import WorkerProtocol
+
+/// An evidence source that lies: it answers challenges with what `forge` makes of the genuine
+/// TPM's evidence, and asks the genuine TPM to activate credentials.
+struct LyingAttestor: EvidenceSource {
+    let genuine: Attestor
+    let forge: @Sendable (Data) throws -> Data
+
+    func evidence(binding: Data) async throws -> Data { try forge(try await genuine.evidence(binding: binding)) }
+    func activateCredential(_ challenge: WireMessage.Activate) async throws -> Data {
+        try await genuine.activateCredential(challenge)
+    }
+}
+
+/// Hardware-anchored TPM identities end to end on real swtpm TPMs manufactured with EK
+/// certificates: an AK is believed only when its EK certificate chains to a pinned root and
+/// credential activation shows it lives in that TPM.
+@Suite(.serialized) struct TPMIdentityTests {
+    static let engine = Data("identity engine".utf8)
+    static let model = Data("identity model".utf8)
+    static var policy: String { GatewayHarness.policy(engine: engine, model: model) }
+
+    func rejection(_ worker: TestWorker) async -> String? {
+        guard case .failure(let error) = await worker.admitted() else { return nil }
+        return (error as? WorkerRejected)?.code
+    }
+
+    /// The genuine worker is admitted after activation; the stored evidence carries the
+    /// gateway's signed activation record, which a verifier given the gateway key believes, and
+    /// no one else does.
+    @Test func genuineWorkerIsAdmittedAndItsActivationIsRecorded() async throws {
+        let gateway = try await GatewayHarness(policy: Self.policy)
+        let worker = try await TestWorker(
+            id: "genuine", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model)
+        defer {
+            Task {
+                await worker.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await worker.admitted() else {
+            Issue.record("the genuine worker was not admitted")
+            return
+        }
+        let admission = try #require(
+            try gateway.auditEvents().first {
+                $0["event"] as? String == "admission" && $0["decision"] as? String == "admit"
+            })
+        let digest = try #require(admission["evidence_sha256"] as? String)
+        let stored = try #require(try gateway.server.store.evidence(sha256: digest))
+        let object = try #require(try JSONSerialization.jsonObject(with: stored.envelope) as? [String: Any])
+        let record = try #require(object["activation"] as? [String: String])
+        #expect(record["gateway"] == gateway.server.gatewayID)
+
+        var roots = EKRoots.pinnedDER
+        roots.append(try #require(SwtpmLocalCA.shared).rootDER)
+        let policy = try PolicyDocument.parse(Self.policy)
+        func verify(_ keys: [Ed25519PublicKey]) -> Verdict {
+            EvidenceVerification(
+                policy: policy, scope: .all,
+                tpmIdentity: TPMIdentityTrust(ekRoots: roots, activation: .records(trustedKeys: keys))
+            ).verify(envelopeData: stored.envelope, expectedNonce: stored.binding, at: Date())
+        }
+        #expect(verify([gateway.server.audit.key.publicKey]).isAccepted)
+        let stranger = Ed25519PrivateKey.generate().publicKey
+        #expect(verify([stranger]).reason == .tpmAKUntrusted)
+        #expect(verify([]).reason == .tpmAKUntrusted)
+    }
+
+    /// Threat: an attacker with no TPM. A software key re-signs genuine quotes and claims every
+    /// TPM attribute, beside the genuine EK certificate; it cannot recover the credential.
+    @Test func softwareAKIsRefused() async throws {
+        let gateway = try await GatewayHarness(policy: Self.policy)
+        let software = SoftwareAK()
+        let worker = try await TestWorker(
+            id: "software-ak", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model,
+            attestor: { genuine in LyingAttestor(genuine: genuine) { try software.forge($0) } })
+        defer {
+            Task {
+                await worker.stop(); await gateway.stop()
+            }
+        }
+        #expect(await rejection(worker) == "tpm.activation-failed")
+        let events = try gateway.auditEvents()
+        #expect(events.contains { ($0["reasons"] as? [String])?.first == "tpm.activation-failed" })
+        #expect(gateway.server.registry.workers.isEmpty)
+    }
+
+    /// Threat: an AK from one TPM presented with another TPM's EK (whose certificate is genuine).
+    /// The credential is wrapped to the other TPM's EK, so the AK's TPM cannot open it.
+    @Test func akPresentedWithAnotherTPMsEKFailsActivation() async throws {
+        let gateway = try await GatewayHarness(policy: Self.policy)
+        let other = try Swtpm.start()
+        defer { other.stop() }
+        let otherAttestor = try Attestor(tcti: other.tcti, files: [])
+        let otherEK = otherAttestor.endorsement
+        let worker = try await TestWorker(
+            id: "borrowed-ek", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model,
+            attestor: { genuine in
+                LyingAttestor(genuine: genuine) { envelope in
+                    var object = try JSONSerialization.jsonObject(with: envelope) as? [String: Any] ?? [:]
+                    object["ek_public"] = otherEK.ekPublic.base64EncodedString()
+                    object["ek_certificate"] = otherEK.certificate?.base64EncodedString()
+                    return try JSONSerialization.data(withJSONObject: object)
+                }
+            })
+        defer {
+            Task {
+                await worker.stop(); await gateway.stop()
+            }
+        }
+        #expect(await rejection(worker) == "tpm.activation-failed")
+    }
+
+    /// Threat: a "TPM" certified by a CA the operator never pinned (anyone can run one).
+    @Test func tpmFromAnUnpinnedManufacturerIsRefused() async throws {
+        let gateway = try await GatewayHarness(policy: Self.policy)
+        let worker = try await TestWorker(
+            id: "unpinned", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model,
+            ca: try SwtpmLocalCA())
+        defer {
+            Task {
+                await worker.stop(); await gateway.stop()
+            }
+        }
+        #expect(await rejection(worker) == "tpm.ek-chain-invalid")
+    }
+
+    /// A TPM with no EK certificate at all has no anchor under the default rule.
+    @Test func tpmWithoutAnEKCertificateIsRefused() async throws {
+        let gateway = try await GatewayHarness(policy: Self.policy)
+        let worker = try await TestWorker(
+            id: "no-ek-cert", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model,
+            ca: nil)
+        defer {
+            Task {
+                await worker.stop(); await gateway.stop()
+            }
+        }
+        #expect(await rejection(worker) == "tpm.ak-untrusted")
+    }
+
+    /// `enrolled`: an EK whose digest is not listed is refused (its certificate does not matter).
+    @Test func unenrolledEKIsRefused() async throws {
+        let probe = try Swtpm.start()
+        let probeAttestor = try Attestor(tcti: probe.tcti, files: [])
+        let digest = try #require(try? PublicKeyDigest.of(probeAttestor.endorsement.ekPublic))
+        probe.stop()
+        let enrolled = Self.policy.replacingOccurrences(
+            of: "tpm: {require_restricted_ak: true}",
+            with: "tpm: {ak_trust: enrolled, enrolled_eks: [\(digest)]}")
+        let gateway = try await GatewayHarness(policy: enrolled)
+        let worker = try await TestWorker(
+            id: "not-enrolled", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model)
+        defer {
+            Task {
+                await worker.stop(); await gateway.stop()
+            }
+        }
+        #expect(await rejection(worker) == "tpm.ak-untrusted")
+    }
+}
+
+/// The SHA-256 of an EK's SubjectPublicKeyInfo, from its TPM2B_PUBLIC.
+enum PublicKeyDigest {
+    static func of(_ tpm2b: Data) throws -> String {
+        switch TPMKeyIdentity.parse([UInt8](tpm2b)) {
+        case .success(let identity): return identity.area.key.fingerprint
+        case .failure(let reason): throw reason
+        }
+    }
+}
+
+/// Peers that send numbers no arithmetic or HTTP response may take.
+@Suite(.serialized) struct HostilePeerNumberTests {
+    static let engine = Data("hostile engine".utf8)
+    static let model = Data("hostile model".utf8)
+
+    /// Threat: an admitted worker answering with status 1000 (or a content type with a line
+    /// break), to crash the gateway for every client. The client gets 502, and the gateway keeps
+    /// serving the next request through an honest worker.
+    @Test func workerStatusOutsideHTTPGivesBadGatewayAndServiceContinues() async throws {
+        let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
+        let tpm = try Swtpm.start()
+        defer { tpm.stop() }
+        let dir = try TemporaryDirectory()
+        try Self.engine.write(to: dir.file("engine"))
+        try Self.model.write(to: dir.file("model"))
+        let attestor = try Attestor(
+            tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")], ekChain: try SwtpmLocalCA.shared?.chainDER)
+        let hostile = Task {
+            try await HostileWorker.run(
+                gatewayPort: gateway.workerPort, attestor: attestor, id: "liar", model: "fake",
+                answer: { id in
+                    [
+                        .head(id: id, status: 1000, contentType: "application/json"),
+                        .data(id: id, bytes: Data("{}".utf8)), .end(id: id),
+                    ]
+                })
+        }
+        defer { hostile.cancel() }
+        let deadline = Date() + 60
+        while !gateway.server.registry.isAdmitted("liar"), Date() < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(gateway.server.registry.isAdmitted("liar"))
+        let chat = #"{"model":"fake","messages":[{"role":"user","content":"hi"}]}"#
+        let bad = try await gateway.request("/v1/chat/completions", method: "POST", body: chat)
+        #expect(bad.status == 502, "\(bad.body)")
+        #expect(bad.body.contains("bad_worker_response"))
+
+        let engine = try await FakeEngine(name: "honest")
+        let honest = try await TestWorker(
+            id: "honest", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine,
+            model: Self.model)
+        defer {
+            Task {
+                await honest.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await honest.admitted() else {
+            Issue.record("the honest worker was not admitted")
+            return
+        }
+        hostile.cancel()
+        var served = false
+        for _ in 0..<10 where !served {
+            served = try await gateway.request("/v1/chat/completions", method: "POST", body: chat).status == 200
+        }
+        #expect(served)
+    }
+}

@@ -1,0 +1,137 @@
+import AttestationCore
+import Foundation
+import TestSupport
+import Testing
+import WorkerAgent
+
+@testable import TPMVerifier
+
+/// TPM identities against a real swtpm manufactured with EK certificates by a local CA, and
+/// against tpm2-tools: credential activation both ways, and EK certificate chains.
+@Suite(.serialized) struct IdentityInteropTests {
+    /// The verifier's MakeCredential is opened by the TPM itself (which checks the integrity HMAC
+    /// and the Name), for both AK types; a credential made for another Name is refused.
+    @Test(arguments: [AttestationKeyAlgorithm.eccP256, .rsa2048])
+    func credentialMadeHereIsActivatedByTheTPM(_ algorithm: AttestationKeyAlgorithm) throws {
+        let tpm = try Swtpm.start()
+        defer { tpm.stop() }
+        let device = try TPMDevice(tcti: tpm.tcti)
+        let ak = try device.createAttestationKey(algorithm)
+        let ek = try TPMKeyIdentity.parse([UInt8](try device.endorsementKeyPublic())).get()
+        let name = try TPMKeyIdentity.parse([UInt8](ak.tpm2bPublic)).get().name
+        let secret = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
+        let challenge = try CredentialActivation.make(ek: ek, objectName: name, secret: secret)
+        let recovered = try device.activateCredential(
+            key: ak, credentialBlob: challenge.credentialBlob, encryptedSecret: challenge.encryptedSecret)
+        #expect(recovered == secret)
+
+        // Made for another key's Name: the TPM's integrity check fails.
+        var otherName = name
+        otherName[otherName.count - 1] ^= 1
+        let wrong = try CredentialActivation.make(ek: ek, objectName: otherName, secret: secret)
+        #expect(throws: TPMError.self) {
+            try device.activateCredential(
+                key: ak, credentialBlob: wrong.credentialBlob, encryptedSecret: wrong.encryptedSecret)
+        }
+    }
+
+    /// An independent MakeCredential (`tpm2_makecredential`) is opened by this project's ESYS
+    /// activation, so both sides agree with tpm2-tools on the formats.
+    @Test func tpm2ToolsCredentialIsActivatedHere() throws {
+        let tpm = try Swtpm.start()
+        defer { tpm.stop() }
+        let dir = try TemporaryDirectory()
+        let device = try TPMDevice(tcti: tpm.tcti)
+        let ak = try device.createAttestationKey(.eccP256)
+        let name = try TPMKeyIdentity.parse([UInt8](ak.tpm2bPublic)).get().name
+        try device.endorsementKeyPublic().write(to: dir.file("ek.pub"))
+        let secret = Data("a secret only this TPM can open.".utf8)
+        try secret.write(to: dir.file("secret.bin"))
+        try tpm.tool(
+            "tpm2_makecredential",
+            ["-T", "none", "-u", "ek.pub", "-s", "secret.bin", "-n", name.hex, "-o", "blob.out"], in: dir.url)
+        // tpm2-tools' file: magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
+        let file = try Data(contentsOf: dir.file("blob.out"))
+        let blobSize = Int(file[8]) << 8 | Int(file[9])
+        let blob = file.subdata(in: 8..<(10 + blobSize))
+        let encrypted = file.subdata(in: (10 + blobSize)..<file.count)
+        #expect(try device.activateCredential(key: ak, credentialBlob: blob, encryptedSecret: encrypted) == secret)
+    }
+
+    /// The KDFa of the TPM specification, against the value tpm2-tools' and the TSS's KDFa give for
+    /// the same inputs (TCG TPM 2.0 Part 1 §11.4.10.2 structure; a wrong counter or separator
+    /// would make the round trips above fail too).
+    @Test func kdfaIsDeterministicAndSized() {
+        let a = CredentialActivation.kdfa(
+            key: Data(repeating: 1, count: 32), label: "STORAGE", contextU: Data([0, 11]), contextV: Data(), bits: 128)
+        let b = CredentialActivation.kdfa(
+            key: Data(repeating: 1, count: 32), label: "STORAGE", contextU: Data([0, 11]), contextV: Data(), bits: 128)
+        #expect(a == b && a.count == 16)
+        #expect(
+            CredentialActivation.kdfa(key: Data(), label: "INTEGRITY", contextU: Data(), contextV: Data(), bits: 512)
+                .count == 64)
+    }
+
+    /// The EK certificate chain: verified to the pinned local root through the intermediate the
+    /// worker presents; untrusted without that root; invalid beside another TPM's EK, and when
+    /// the verification time is before the certificate was issued.
+    @Test func ekCertificateChains() throws {
+        let ca = try #require(SwtpmLocalCA.shared)
+        let tpm = try Swtpm.start()
+        defer { tpm.stop() }
+        let attestor = try Attestor(tcti: tpm.tcti, files: [], ekChain: try ca.chainDER)
+        let certificate = try #require(attestor.endorsement.certificate)
+        let ek = try TPMKeyIdentity.parse([UInt8](attestor.endorsement.ekPublic)).get()
+        let now = Date()
+        let verified = EKCertificate.verify(
+            certificate: certificate, intermediates: try ca.chainDER, ekSPKI: ek.area.key.spkiDER,
+            roots: [try ca.rootDER], at: now)
+        #expect(verified == .verified(root: HashAlgorithm.sha256.hash(try ca.rootDER).hex))
+        let pinnedOnly = EKCertificate.verify(
+            certificate: certificate, intermediates: try ca.chainDER, ekSPKI: ek.area.key.spkiDER,
+            roots: EKRoots.pinnedDER, at: now)
+        guard case .untrusted = pinnedOnly else {
+            Issue.record("expected untrusted, got \(pinnedOnly)")
+            return
+        }
+        let other = try Swtpm.start()
+        defer { other.stop() }
+        let otherEK = try TPMKeyIdentity.parse([UInt8](try TPMDevice(tcti: other.tcti).endorsementKeyPublic())).get()
+        guard
+            case .invalid(let why) = EKCertificate.verify(
+                certificate: certificate, intermediates: try ca.chainDER, ekSPKI: otherEK.area.key.spkiDER,
+                roots: [try ca.rootDER], at: now)
+        else {
+            Issue.record("a certificate beside another EK must be invalid")
+            return
+        }
+        #expect(why.contains("another key"))
+        guard
+            case .invalid = EKCertificate.verify(
+                certificate: certificate, intermediates: try ca.chainDER, ekSPKI: ek.area.key.spkiDER,
+                roots: [try ca.rootDER], at: Date(timeIntervalSince1970: 0))
+        else {
+            Issue.record("a certificate not yet valid must be invalid")
+            return
+        }
+        #expect(
+            EKCertificate.verify(
+                certificate: Data("garbage".utf8), intermediates: nil, ekSPKI: ek.area.key.spkiDER, roots: [], at: now)
+                == .invalid("the EK certificate is not an X.509 certificate"))
+    }
+
+    /// Every pinned manufacturer root loads as a CA certificate, and the embedded copies are the
+    /// files under certs/tpm (scripts/embed-tpm-roots).
+    @Test func pinnedRootsMatchTheShippedFiles() throws {
+        #expect(EKRoots.pinned.count >= 10)
+        #expect(EKRoots.pinnedDER.count == EKRoots.pinned.count)
+        let certs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("certs/tpm")
+        for entry in EKRoots.pinned {
+            let file = try String(contentsOf: certs.appendingPathComponent(entry.name), encoding: .utf8)
+            #expect(
+                try TrustRoots.parse(pem: file).map(\.der) == (try TrustRoots.parse(pem: entry.pem)).map(\.der),
+                "\(entry.name)")
+        }
+    }
+}
