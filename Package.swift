@@ -42,6 +42,7 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CTSS2", pkgConfig: "tss2-esys", providers: [.apt(["libtss2-dev"])]),
         .systemLibrary(name: "CVulkan", pkgConfig: "vulkan", providers: [.apt(["libvulkan-dev"])]),
+        .target(name: "CLinuxShims"),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
 
         // Verification core: no I/O.
@@ -112,6 +113,7 @@ let package = Package(
                 "AuditLog", "GatewayState",
                 "TONKit", "TONStake", "AdmissionCore", "HTTPFetch",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -121,7 +123,8 @@ let package = Package(
         .target(
             name: "WorkerAgent",
             dependencies: [
-                "AttestationCore", "EventLog", "CTSS2", "Sealing", "WorkerProtocol", "WorkerFraming", "TONKit",
+                "AttestationCore", "EventLog", "CTSS2", "CLinuxShims", "Sealing", "WorkerProtocol", "WorkerFraming",
+                "TONKit",
                 "TONStake",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Subprocess", package: "swift-subprocess"),

@@ -5,6 +5,7 @@ import GatewayState
 import Crypto
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import Policy
@@ -52,6 +53,9 @@ public struct GatewayConfiguration: Sendable {
     public var collateralPrefetcher: CollateralPrefetcher?
     /// The clock admission decides by (certificate and collateral windows).
     public var clock: any AttestationClock = SystemClock()
+    /// How long a front-door or admin connection may sit idle (or take to send a request head)
+    /// before it is closed; responses in progress are not cut.
+    public var idleTimeout: Duration = .seconds(30)
     /// toncenter v2 endpoints stake is read from (at least two for a policy with a stake rule).
     public var toncenter: [ToncenterEndpoint] = []
     /// How often admitted providers' stake is re-checked; nil: a quarter of the policy's refresh time.
@@ -97,9 +101,10 @@ public struct GatewayServer: Sendable {
         let token = try configuration.adminToken ?? GatewayKeys.adminToken(in: data)
         let audit = AuditTrail(store: store, key: key, clock: configuration.clock)
         let active: ActivePolicy
-        if let latest = try store.policies().last {
-            try StoredPolicyCheck(store: store, configuration: configuration, gatewayID: key.publicKey.fingerprint)
-                .check(latest)
+        let latestStored = try store.policies().last
+        try StoredPolicyCheck(store: store, configuration: configuration, gatewayID: key.publicKey.fingerprint)
+            .check(latestStored)
+        if let latest = latestStored {
             do throws(PolicyLoadErrors) {
                 active = ActivePolicy(
                     version: latest.version,
@@ -114,6 +119,13 @@ public struct GatewayServer: Sendable {
                     "the initial policy's text is needed for the policy history (GatewayConfiguration.policyText)")
             }
             let text = configuration.policyText ?? PolicyDocument.builtinDefaultText
+            // Checked before it is recorded: a seed that cannot be used must not become version 1.
+            let lint = configuration.policy.lint
+            guard lint.errors.isEmpty else {
+                throw GatewayStartError(
+                    "the initial policy '\(configuration.policy.name)' pins too little to admit safely:\n  "
+                        + lint.errors.joined(separator: "\n  "))
+            }
             var signer: String?
             if !configuration.adminKeys.isEmpty {
                 guard let signature = configuration.policySignature else {
@@ -122,9 +134,10 @@ public struct GatewayServer: Sendable {
                     )
                 }
                 do throws(PolicySignatureError) {
-                    signer = try PolicySignature.parse(signature).verify(
-                        Data(text.utf8), pinned: configuration.adminKeys
-                    ).fingerprint
+                    let parsed = try PolicySignature.parse(signature)
+                    signer = try parsed.verify(Data(text.utf8), pinned: configuration.adminKeys).fingerprint
+                    try parsed.checkApplicable(
+                        gatewayID: key.publicKey.fingerprint, at: configuration.clock.now(), after: 0)
                 } catch { throw GatewayStartError("the initial policy's signature is refused: \(error)") }
             }
             let entry = try await audit.recordPolicy(
@@ -205,6 +218,7 @@ public struct GatewayServer: Sendable {
         let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)
         let app = Application(
             router: frontDoor.router(),
+            server: .http1(configuration: Self.http1(configuration)),
             configuration: .init(
                 address: .hostname(configuration.host, port: configuration.port), serverName: "ccgate"),
             onServerRunning: { channel in ports.api(channel.localAddress?.port ?? 0) },
@@ -215,6 +229,7 @@ public struct GatewayServer: Sendable {
                     administration: administration, trail: audit, registry: registry, policies: policies,
                     token: adminToken
                 ).router(),
+                server: .http1(configuration: Self.http1(configuration)),
                 configuration: .init(
                     address: .hostname(configuration.adminHost, port: port), serverName: "ccgate-admin"),
                 onServerRunning: { channel in ports.admin(channel.localAddress?.port ?? 0) },
@@ -243,6 +258,20 @@ public struct GatewayServer: Sendable {
             try await group.next()
         }
         _ = try? await audit.checkpoint()
+    }
+}
+
+extension GatewayServer {
+    /// HTTP/1.1 settings of the front door and the admin API.
+    ///
+    /// Threat: slowloris — connections opened and left idle, or fed a request head a byte at a
+    /// time, until the gateway runs out of descriptors. Idle connections, and ones whose request
+    /// head does not complete, are closed after the idle timeout; a response being streamed is
+    /// never cut by it.
+    static func http1(_ configuration: GatewayConfiguration) -> HTTP1Channel.Configuration {
+        let seconds = configuration.idleTimeout.components
+        return HTTP1Channel.Configuration(
+            idleTimeout: TimeAmount.nanoseconds(seconds.seconds * 1_000_000_000 + seconds.attoseconds / 1_000_000_000))
     }
 }
 
@@ -296,9 +325,18 @@ enum GatewayKeys {
         }
         defer { close(fd) }
         let bytes = Array(text.utf8)
-        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        guard written == bytes.count, fsync(fd) == 0 else {
-            throw GatewayStartError("\(url.path): cannot write: \(String(cString: strerror(errno)))")
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { break }
+            offset += n
+        }
+        guard offset == bytes.count, fsync(fd) == 0 else {
+            let reason = String(cString: strerror(errno))
+            // A partial secret must not be found (and trusted) by the next start.
+            unlink(url.path)
+            throw GatewayStartError("\(url.path): cannot write: \(reason)")
         }
     }
 
@@ -348,29 +386,48 @@ final class PortRendezvous: Sendable {
 
 /// Re-checks, at every start, the policy the data directory says is in force.
 ///
-/// Threat: a reader-and-writer of the data directory who edits the `policies` table to put a
-/// weaker policy in force at the next start. The stored text must hash to the digest its audit
-/// entry recorded (an edit of the row alone is caught; editing the entry too breaks the hash
-/// chain that `ccgate audit verify` checks), and, when admin keys are pinned, its signature must
-/// verify under them (keys that live outside the data directory). Fails closed: the gateway
-/// does not start.
+/// Threat: a writer of the data directory who edits the `policies` table to put a weaker policy
+/// in force at the next start — by editing the latest row, or by deleting the newest rows so
+/// that an older one becomes the latest. The latest row must be the latest version the audit
+/// chain recorded, its text must hash to the digest recorded there, and, when admin keys are
+/// pinned, its signature must verify under them. Fails closed: the gateway does not start.
+/// Only admin keys kept outside the data directory protect against a writer who also rewrites
+/// the audit chain (the gateway's own key lives in that directory).
 struct StoredPolicyCheck {
     let store: SQLiteStore
     let configuration: GatewayConfiguration
     let gatewayID: String
 
-    func check(_ record: PolicyRecord) throws {
-        let recorded = try recordedDigest(of: record)
-        guard let recorded else {
+    /// `record`: the latest `policies` row (nil: the table is empty).
+    func check(_ record: PolicyRecord?) throws {
+        let recorded = try recordedPolicies()
+        guard let record else {
+            if let newest = recorded.keys.max() {
+                throw GatewayStartError(
+                    "the audit log records policy version \(newest) but the policies table is empty: the data directory was edited; restore it from a backup"
+                )
+            }
+            return
+        }
+        if let newest = recorded.keys.max(), newest > record.version {
+            throw GatewayStartError(
+                "the audit log records policy version \(newest) but the newest stored policy is version \(record.version): policy versions were removed from the data directory; restore it from a backup"
+            )
+        }
+        guard let digest = recorded[record.version] else {
             throw GatewayStartError(
                 "no audit entry records policy version \(record.version): the data directory was edited or is incomplete; restore it from a backup"
             )
         }
-        guard recorded == record.sha256 else {
+        guard digest == record.sha256 else {
             throw GatewayStartError(
-                "policy version \(record.version) in the data directory (sha256 \(record.sha256.prefix(16))…) is not the policy its audit entry records (sha256 \(recorded.prefix(16))…): the policies table was edited; restore the data directory from a backup"
+                "policy version \(record.version) in the data directory (sha256 \(record.sha256.prefix(16))…) is not the policy its audit entry records (sha256 \(digest.prefix(16))…): the policies table was edited; restore the data directory from a backup"
             )
         }
+        try checkSignature(record)
+    }
+
+    func checkSignature(_ record: PolicyRecord) throws {
         guard !configuration.adminKeys.isEmpty else { return }
         guard !record.policy.signature.isEmpty else {
             // The initial policy seeded from the configuration may be unsigned only while the
@@ -390,24 +447,21 @@ struct StoredPolicyCheck {
                 throw .invalid("the signature is for another gateway")
             }
         } catch {
-            throw GatewayStartError("policy version \(record.version) in force fails its signature check: \(error)")
+            throw GatewayStartError(
+                "policy version \(record.version) in force fails its signature check under the pinned admin keys: \(error)"
+            )
         }
     }
 
-    /// The digest the `policy-applied` entry of `record`'s version recorded (nil: no entry).
-    func recordedDigest(of record: PolicyRecord) throws -> String? {
-        var found: String?
-        let find = { (entry: AuditEntry) -> Bool in
-            guard entry.event.event == AuditEventKind.policyApplied.rawValue,
-                entry.event.policyVersion == record.version
-            else { return true }
-            found = entry.event.detail["sha256"] ?? ""
-            return false
+    /// Version → recorded digest, from every `policy-applied` entry of the chain.
+    func recordedPolicies() throws -> [Int: String] {
+        var found = [Int: String]()
+        try store.entries(AuditQuery()) { entry in
+            if entry.event.event == AuditEventKind.policyApplied.rawValue, let version = entry.event.policyVersion {
+                found[version] = entry.event.detail["sha256"] ?? ""
+            }
+            return true
         }
-        let near = AuditQuery(
-            since: record.appliedAt.addingTimeInterval(-60), until: record.appliedAt.addingTimeInterval(60))
-        try store.entries(near, find)
-        if found == nil { try store.entries(AuditQuery(), find) }
         return found
     }
 }

@@ -10,6 +10,9 @@ public struct AllowedArtifact: Sendable, Equatable {
     /// Lowercase hex SHA-256.
     public let sha256: String
     public let size: Int?
+    /// Models: the names clients request it by (`names`); once any model entry lists names, a
+    /// worker may advertise only names of models it measured.
+    public var names: [String] = []
 }
 
 /// A policy document (`Policies/*.yaml`, schema `ccgate.policy/v1`): what evidence is accepted
@@ -553,7 +556,7 @@ struct NodeReader {
         var out = [AllowedArtifact]()
         for (i, item) in seq.enumerated() {
             let p = "\(path)[\(i)]"
-            let fields = mapping(item, p, allowed: ["name", "version", "sha256", "size"])
+            let fields = mapping(item, p, allowed: ["name", "version", "sha256", "size", "names"])
             let name = string(fields["name"], p + ".name")
             let digest = hex(fields["sha256"], p + ".sha256", bytes: 32)
             if fields["name"] == nil { fail(item, "\(p) is missing 'name'") }
@@ -564,9 +567,10 @@ struct NodeReader {
                 if size == nil || size! < 0 { fail(sizeNode, "\(p).size must be a non-negative integer") }
             }
             if let name, let digest {
-                out.append(
-                    AllowedArtifact(
-                        name: name, version: string(fields["version"], p + ".version"), sha256: digest, size: size))
+                var artifact = AllowedArtifact(
+                    name: name, version: string(fields["version"], p + ".version"), sha256: digest, size: size)
+                artifact.names = strings(fields["names"], p + ".names") ?? []
+                out.append(artifact)
             }
         }
         return out

@@ -28,17 +28,11 @@ extension PolicyDocument {
         }
         if claims.fields["tee"] == "tdx" { reasons += evaluateTD(claims.fields, source: source) }
         if claims.fields["mrenclave"] != nil { reasons += evaluateEnclave(claims.fields, source: source) }
-        if claims.fields["engine.measured"] == "false", !allowUnmeasuredEngine {
-            reasons.append(
-                Reason(
-                    .policyUnmeasuredEngine, source,
-                    "the engine serving requests was not started from the measured binary (allow_unmeasured_engine is off)"
-                ))
-        }
         guard requireMeasurements else { return reasons }
         let binaryDigests = Set(binaries.map(\.sha256))
         let modelDigests = Set(models.map(\.sha256))
         var sawBinary = false
+        var sawExecutedBinary = false
         var sawModel = false
         for file in claims.measuredFiles {
             guard file.algorithm == "sha256" else {
@@ -50,6 +44,7 @@ extension PolicyDocument {
             }
             if binaryDigests.contains(file.digestHex) {
                 sawBinary = true
+                sawExecutedBinary = sawExecutedBinary || file.wasExecutedFromMeasuredCopy
             } else if modelDigests.contains(file.digestHex) {
                 sawModel = true
             } else {
@@ -65,16 +60,22 @@ extension PolicyDocument {
         if !sawModel {
             reasons.append(Reason(.policyMeasurementNotAllowed, source, "no allowlisted model was measured"))
         }
+        // Threat: a binary hashed on disk while another one serves. Only a binary the worker
+        // measured in a sealed copy and executed from it counts, unless the policy says otherwise.
+        if sawBinary, !sawExecutedBinary, !allowUnmeasuredEngine {
+            reasons.append(
+                Reason(
+                    .policyUnmeasuredEngine, source,
+                    "the allowlisted inference binary was hashed, not executed from its measured copy (measurements.allow_unmeasured_engine is off)"
+                ))
+        }
         return reasons
     }
 
-    /// TD measurement rules: MRTD, RTMR sets and Cocoon image hashes, each an allowlist that
-    /// applies when non-empty.
-    ///
-    /// Threat: a genuine TDX platform running a guest image nobody audited (another firmware,
-    /// kernel or command line changes MRTD and the RTMRs).
     /// An SGX enclave against `evidence.sgx`: its MRENCLAVE listed, or its signer with the
     /// product id and at least the minimum security version. Fails closed on missing fields.
+    ///
+    /// Threat: a genuine SGX platform running an enclave nobody audited.
     func evaluateEnclave(_ fields: [String: String], source: String) -> [Reason] {
         if sgx.mrenclaves.isEmpty, sgx.signers.isEmpty { return [] }
         if let enclave = fields["mrenclave"], sgx.mrenclaves.contains(enclave) { return [] }
@@ -92,6 +93,11 @@ extension PolicyDocument {
         ]
     }
 
+    /// TD measurement rules: MRTD, RTMR sets and Cocoon image hashes, each an allowlist that
+    /// applies when non-empty.
+    ///
+    /// Threat: a genuine TDX platform running a guest image nobody audited (another firmware,
+    /// kernel or command line changes MRTD and the RTMRs).
     func evaluateTD(_ fields: [String: String], source: String) -> [Reason] {
         var reasons = [Reason]()
         if !tdx.mrtds.isEmpty, !tdx.mrtds.contains(fields["mrtd"] ?? "") {
@@ -112,5 +118,18 @@ extension PolicyDocument {
                     "image hash \(fields["cocoon_image_hash"] ?? "?") is not among the accepted image hashes"))
         }
         return reasons
+    }
+
+    /// The names in `advertised` that no allowlisted model the worker measured binds (empty:
+    /// all are bound). Names are bound by model entries' `names`; a policy none of whose model
+    /// entries lists names checks nothing (lint warns about it).
+    ///
+    /// Threat: a worker attested with one model advertising another model's name, so that
+    /// clients asking for the larger model get the smaller one's answers.
+    public func unboundModelNames(_ advertised: [String], measured: [MeasuredFile]) -> [String] {
+        guard models.contains(where: { !$0.names.isEmpty }) else { return [] }
+        let digests = Set(measured.filter { $0.algorithm == "sha256" }.map(\.digestHex))
+        let bound = Set(models.filter { digests.contains($0.sha256) }.flatMap(\.names))
+        return advertised.filter { !bound.contains($0) }
     }
 }

@@ -88,7 +88,7 @@ extension PolicyDocument {
     /// Threat: a quote signed by a software key. Fails closed: facts that do not say the EK
     /// certificate verified, or that activation happened, meet neither `ek-certificate` nor
     /// `enrolled`.
-    func judgeAK(_ fields: [String: String], source: String) -> [Reason] {
+    public func judgeAK(_ fields: [String: String], source: String) -> [Reason] {
         let untrusted = ReasonCode.tpmAKUntrusted
         switch tpm.akTrust {
         case .asPresented:

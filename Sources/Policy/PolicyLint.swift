@@ -40,6 +40,11 @@ extension PolicyDocument {
                 "evidence.tpm.ak_trust: as-presented believes any attestation key a worker names, including one made in software (labs only)"
             )
         }
+        if !models.isEmpty, models.allSatisfy({ $0.names.isEmpty }) {
+            lint.warnings.append(
+                "measurements.models list no names: workers may advertise any model name for the models they measured (give each model its client names with `names: [...]`)"
+            )
+        }
         if allowUnmeasuredEngine {
             lint.warnings.append(
                 "measurements.allow_unmeasured_engine: true admits workers whose engine was not started from the measured binary (labs and benchmarks only)"

@@ -45,9 +45,11 @@ public struct PolicySignature: Sendable, Equatable, Codable {
         policySHA256 = try c.decode(String.self, forKey: .policySHA256)
         key = try c.decode(String.self, forKey: .key)
         signature = try c.decode(String.self, forKey: .signature)
-        serial = try c.decodeIfPresent(Int64.self, forKey: .serial) ?? 0
-        notAfter = try c.decodeIfPresent(String.self, forKey: .notAfter)
-        gateway = try c.decodeIfPresent(String.self, forKey: .gateway) ?? "*"
+        // A v1 signature covers the digest only: whatever else its document says is ignored.
+        let v1 = schema == Self.schemaV1
+        serial = v1 ? 0 : try c.decode(Int64.self, forKey: .serial)
+        notAfter = v1 ? nil : try c.decodeIfPresent(String.self, forKey: .notAfter)
+        gateway = v1 ? "*" : try c.decode(String.self, forKey: .gateway)
     }
 
     init(

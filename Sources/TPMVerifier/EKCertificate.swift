@@ -2,13 +2,17 @@ import AttestationCore
 import COpenSSL
 import Foundation
 
-/// Checks an endorsement-key certificate: its chain to a pinned TPM manufacturer root (through
-/// intermediates the evidence carries), at the time of verification, and that it certifies the
-/// EK the evidence presents.
+/// Checks an endorsement-key certificate: that it is an EK certificate (the TCG EK extended key
+/// usage 2.23.133.8.1, not a CA), that it certifies the EK the evidence presents, and that it
+/// chains to a pinned TPM manufacturer root through intermediates the evidence carries.
 ///
-/// Threat: an EK certificate issued by anyone but a TPM manufacturer (a self-made CA vouching
-/// for a software "TPM"), one that has expired, and a genuine certificate presented beside
-/// another key. The evidence's intermediates are untrusted; only the pinned roots anchor.
+/// Threats: an EK certificate issued by anyone but a TPM manufacturer (a self-made CA vouching
+/// for a software "TPM"); a genuine certificate presented beside another key; and a key a
+/// manufacturer certified for something other than a TPM's EK (a secure element's decryption
+/// key that would answer credential activation for any Name) — hence the EK usage. The
+/// evidence's intermediates are untrusted; only the pinned roots anchor. Validity periods are
+/// not enforced: an EK certificate names a TPM for the TPM's life, and TPMs outlive their
+/// certificates' dates (the TCG's and common verifiers' practice).
 public enum EKCertificate {
     public enum Outcome: Sendable, Equatable {
         /// The chain ends at the pinned root with this DER SHA-256 fingerprint.
@@ -22,14 +26,21 @@ public enum EKCertificate {
     /// Bound on carried intermediates: manufacturer chains are one or two certificates deep.
     static let maxIntermediates = 4
 
-    public static func verify(
-        certificate: Data, intermediates: Data?, ekSPKI: Data, roots: [Data], at time: Date
-    ) -> Outcome {
+    /// The TCG EK certificate extended key usage (tcg-kp-EKCertificate).
+    static let ekUsage = "2.23.133.8.1"
+
+    public static func verify(certificate: Data, intermediates: Data?, ek: PublicKey, roots: [Data]) -> Outcome {
         defer { ERR_clear_error() }
         guard let leaf = decode(certificate) else { return .invalid("the EK certificate is not an X.509 certificate") }
         defer { X509_free(leaf) }
-        guard let pub = X509_get0_pubkey(leaf), spki(of: pub) == ekSPKI else {
+        // Compared as keys, not encodings: some EK certificates label RSA keys id-RSAES-OAEP.
+        guard let pub = X509_get0_pubkey(leaf), EVP_PKEY_eq(pub, ek.pkey) == 1 else {
             return .invalid("the EK certificate certifies another key than the presented EK")
+        }
+        guard X509_check_ca(leaf) == 0 else { return .invalid("the EK certificate is a CA certificate") }
+        guard usages(of: leaf).contains(ekUsage) else {
+            return .invalid(
+                "the certificate lacks the TCG EK certificate usage (\(ekUsage)): it does not certify an EK")
         }
         guard let store = X509_STORE_new() else { return .invalid("OpenSSL: no store") }
         defer { X509_STORE_free(store) }
@@ -56,8 +67,7 @@ public enum EKCertificate {
         }
         let params = X509_STORE_CTX_get0_param(ctx)
         // A pinned intermediate anchors as well as a pinned root.
-        X509_VERIFY_PARAM_set_flags(params, UInt(X509_V_FLAG_PARTIAL_CHAIN))
-        X509_VERIFY_PARAM_set_time(params, time_t(time.timeIntervalSince1970))
+        X509_VERIFY_PARAM_set_flags(params, UInt(X509_V_FLAG_PARTIAL_CHAIN | X509_V_FLAG_NO_CHECK_TIME))
         if X509_verify_cert(ctx) == 1 {
             let verified = X509_STORE_CTX_get0_chain(ctx)
             let count = OPENSSL_sk_num(verified)
@@ -73,6 +83,22 @@ public enum EKCertificate {
         default:
             return .invalid("the EK certificate chain does not verify: \(text)")
         }
+    }
+
+    /// The extended key usage OIDs of a certificate, dotted.
+    static func usages(of cert: OpaquePointer) -> [String] {
+        guard let raw = X509_get_ext_d2i(cert, NID_ext_key_usage, nil, nil) else { return [] }
+        let stack = OpaquePointer(raw)
+        defer { EXTENDED_KEY_USAGE_free(stack) }
+        var out = [String]()
+        for i in 0..<OPENSSL_sk_num(stack) {
+            var buffer = [CChar](repeating: 0, count: 80)
+            let n = OBJ_obj2txt(&buffer, Int32(buffer.count), OpaquePointer(OPENSSL_sk_value(stack, i)), 1)
+            if n > 0, n < Int32(buffer.count) {
+                out.append(String(decoding: buffer.prefix(Int(n)).map { UInt8(bitPattern: $0) }, as: UTF8.self))
+            }
+        }
+        return out
     }
 
     static func decode(_ der: Data) -> OpaquePointer? {

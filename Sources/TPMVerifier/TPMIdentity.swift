@@ -36,7 +36,9 @@ public struct TPMKeyIdentity: Sendable {
         }
         let publicBytes = Array(bytes[2...])
         var pub = TPM2B_PUBLIC()
-        _ = TPMParse.unmarshal(bytes, into: &pub, what: "TPM2B_PUBLIC", Tss2_MU_TPM2B_PUBLIC_Unmarshal)
+        if let reason = TPMParse.unmarshal(bytes, into: &pub, what: "TPM2B_PUBLIC", Tss2_MU_TPM2B_PUBLIC_Unmarshal) {
+            return .failure(reason)
+        }
         let p = pub.publicArea
         let symmetric =
             p.type == TPMConstant.algRSA ? p.parameters.rsaDetail.symmetric : p.parameters.eccDetail.symmetric

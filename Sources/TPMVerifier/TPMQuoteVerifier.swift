@@ -325,8 +325,8 @@ private struct TPMRun {
         facts["ek.sha256"] = ekSHA256
         if let certificate = endorsement.certificate {
             switch EKCertificate.verify(
-                certificate: certificate, intermediates: endorsement.intermediates,
-                ekSPKI: endorsement.ek.area.key.spkiDER, roots: options.ekRoots, at: time)
+                certificate: certificate, intermediates: endorsement.intermediates, ek: endorsement.ek.area.key,
+                roots: options.ekRoots)
             {
             case .verified(let root):
                 facts["ek.certificate"] = "verified"
@@ -358,6 +358,9 @@ private struct TPMRun {
             guard let record = ActivationRecord(fields: fields) else { return ("none", "malformed activation record") }
             guard record.akName == akName, record.ekSHA256 == ekSHA256 else {
                 return ("none", "the activation record names another AK or EK")
+            }
+            guard record.gatewayID == record.key.fingerprint else {
+                return ("none", "the activation record's gateway id is not its key's")
             }
             guard trusted.contains(record.key) else {
                 return (

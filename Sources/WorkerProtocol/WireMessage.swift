@@ -190,6 +190,9 @@ public enum ProtocolErrorCode: String, Sendable, CaseIterable {
     case disconnected = "worker.disconnected"
     /// A newer session of the same worker took this one's place.
     case replaced = "worker.replaced"
+    /// Another attested identity holds a session under this worker id; an admission never ends
+    /// a session of another identity.
+    case idInUse = "worker.id-in-use"
     /// The session key reached the policy's lifetime; the worker attests again for a new one.
     case keyExpired = "session.key-expired"
     /// The gateway could not record a decision durably, so it did not make it.

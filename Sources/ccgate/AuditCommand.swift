@@ -227,7 +227,12 @@ struct AuditCommand: ParsableCommand {
             let policyText: String?
             let gatewayKey: String?
             if let dataDir {
-                gatewayKey = try? String(contentsOfFile: dataDir + "/gateway.pub", encoding: .utf8)
+                guard let key = try? String(contentsOfFile: dataDir + "/gateway.pub", encoding: .utf8) else {
+                    throw failure(
+                        "\(dataDir)/gateway.pub: cannot read (the gateway key whose activation records replay believes)"
+                    )
+                }
+                gatewayKey = key
                 let store = try AuditCommand.offlineStore(dataDir)
                 do {
                     guard let e = try store.entry(seq: entry) else { throw failure("there is no audit entry \(entry)") }

@@ -107,7 +107,7 @@ struct PolicyCommand: ParsableCommand {
         var notAfter: String?
         @Option(
             help: ArgumentHelp(
-                "The gateway id (SHA-256 of its gateway.pub, as `ccgate serve` logs it) the signature is for; default any.",
+                "The gateway id the signature is for (the `fingerprint` of `GET /v1/admin/audit/key`, the gateway_key of its gateway-start audit entry); default any.",
                 valueName: "ID"))
         var gateway: String?
 

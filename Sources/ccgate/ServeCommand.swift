@@ -63,6 +63,11 @@ struct ServeCommand: AsyncParsableCommand {
     var adminKeys: [String] = []
     @Option(help: ArgumentHelp("Longest time between signed audit checkpoints.", valueName: "S"))
     var checkpointSeconds = 60
+    @Option(
+        help: ArgumentHelp(
+            "Seconds a front-door or admin connection may stay idle, or take to send a request head, before it is closed.",
+            valueName: "S"))
+    var idleTimeout = 30
     @Option(help: ArgumentHelp("Seconds between re-attestations of each worker.", valueName: "S")) var reattestSeconds =
         60
     @Option(help: ArgumentHelp("Write 'api=PORT worker=PORT' here once listening.", valueName: "FILE")) var portsFile:
@@ -117,6 +122,7 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("ports are 0-65535")
         }
         guard (1...86400).contains(reattestSeconds) else { throw ValidationError("--reattest-seconds must be 1-86400") }
+        guard (1...3600).contains(idleTimeout) else { throw ValidationError("--idle-timeout must be 1-3600") }
         guard (-1...65535).contains(adminPort) else { throw ValidationError("--admin-port is -1 (none) or 0-65535") }
         guard (1...3600).contains(checkpointSeconds) else {
             throw ValidationError("--checkpoint-seconds must be 1-3600")
@@ -189,6 +195,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         configuration.checkpointInterval = .seconds(checkpointSeconds)
         configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))
+        configuration.idleTimeout = .seconds(idleTimeout)
         if !dcapRoots.isEmpty { configuration.dcapRoots = try dcapRootFingerprints(dcapRoots) }
         configuration.tpmEKRoots = try tpmEKRoots(tpmEKRootFiles)
         if let pccsURL {

@@ -70,12 +70,27 @@ struct ModelOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Context length in tokens (default: the model's, at most 4096).", valueName: "N"))
     var context: Int?
     @Option(help: ArgumentHelp("Prompt tokens evaluated per step.", valueName: "N")) var batch = 32
+    @Option(
+        help: ArgumentHelp(
+            "Refuse to serve unless the model's bytes hash to this SHA-256 (default: $CCINFER_MODEL_SHA256, which ccworker sets to the digest it measured).",
+            valueName: "HEX"))
+    var modelSHA256: String?
+
+    /// The digest the model must have: the option, else the worker's environment variable.
+    var expectedModelSHA256: String? {
+        (modelSHA256 ?? ProcessInfo.processInfo.environment["CCINFER_MODEL_SHA256"])?.lowercased()
+    }
 
     func validate() throws {
         guard FileManager.default.isReadableFile(atPath: model) else {
             throw ValidationError("--model \(model): not a readable file")
         }
         if let context, context < 16 { throw ValidationError("--context must be at least 16") }
+        if let expected = expectedModelSHA256,
+            expected.count != 64 || !expected.allSatisfy({ $0.isHexDigit && $0.isASCII })
+        {
+            throw ValidationError("--model-sha256 (or CCINFER_MODEL_SHA256) must be 64 hex digits")
+        }
         guard (1...512).contains(batch) else { throw ValidationError("--batch must be 1-512") }
     }
 
@@ -90,6 +105,18 @@ struct ModelOptions: ParsableArguments {
         let model = try Transformer(
             url: URL(fileURLWithPath: self.model), device: vulkan, contextLength: context, batchSize: batch,
             progress: say)
+        // Threat: a model swapped on disk after the worker measured it. The bytes the weights were
+        // uploaded from are hashed after the upload and must be the measured ones.
+        if let expected = expectedModelSHA256 {
+            say("checking the model's SHA-256")
+            let actual = model.gguf.sha256Hex()
+            guard actual == expected else {
+                throw InferenceError(
+                    .modelDigestMismatch,
+                    "\(self.model) has SHA-256 \(actual), not the measured \(expected): refusing to serve a model other than the measured one"
+                )
+            }
+        }
         if progress {
             FileHandle.standardError.write(
                 Data(

@@ -14,7 +14,11 @@ struct Run: AsyncParsableCommand {
             The engine binary and the model file are measured (SHA-256) into an ima-ng log and extended into
             --measure-pcr; every gateway challenge is answered with a fresh quote bound to SHA-256(nonce ‖ the
             worker's key). With --engine-command the engine is started and restarted when it exits; give its
-            arguments after --.
+            arguments after --, the first being the --engine file: that file is copied into a sealed memory file,
+            measured there and executed from there (so replacing it on disk changes neither the measurement nor
+            what runs), and the engine is told the measured model digest (CCINFER_MODEL_SHA256), which ccinfer
+            checks as it loads the model. Without --engine-command the engine at --engine-url is one ccworker did
+            not start: policies refuse it unless they set measurements.allow_unmeasured_engine.
 
             With --tee tdx the worker runs in an Intel TDX guest instead: the engine and model digests are \
             measured as application events into RTMR3 (through --rtmr-dir), and each challenge is answered with a \
@@ -77,6 +81,11 @@ struct Run: AsyncParsableCommand {
             throw ValidationError("\(path): not a readable file")
         }
         if engineCommand, command.isEmpty { throw ValidationError("--engine-command needs the command after --") }
+        if engineCommand, let first = command.first, !Self.sameFile(first, engine) {
+            throw ValidationError(
+                "the engine command must start the measured engine: its first word (\(first)) is not --engine (\(engine))"
+            )
+        }
         guard (providerWallet == nil) == (providerKey == nil) else {
             throw ValidationError("--provider-wallet and --provider-key go together")
         }
@@ -105,6 +114,14 @@ struct Run: AsyncParsableCommand {
         }
     }
 
+    /// Whether two paths name the same file (after symlinks).
+    static func sameFile(_ a: String, _ b: String) -> Bool {
+        var sa = stat()
+        var sb = stat()
+        guard stat(a, &sa) == 0, stat(b, &sb) == 0 else { return false }
+        return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
+    }
+
     var hostPort: (String, Int)? {
         guard let colon = gateway.lastIndex(of: ":"), let port = Int(gateway[gateway.index(after: colon)...]) else {
             return nil
@@ -120,22 +137,39 @@ struct Run: AsyncParsableCommand {
         let provider = try provider()
         let engineClient = EngineClient(url: engineURL)!
         let attestor: any EvidenceSource
-        let files = [URL(fileURLWithPath: engine).standardizedFileURL, URL(fileURLWithPath: model).standardizedFileURL]
+        let engineFile = URL(fileURLWithPath: engine).standardizedFileURL
+        let modelFile = URL(fileURLWithPath: model).standardizedFileURL
+        let supervisor: EngineSupervisor?
         do {
+            // The engine ccworker starts is measured as its sealed copy and runs from it; an
+            // engine it does not start is measured as a file (and judged as unmeasured).
+            let sealed = engineCommand ? try SealedExecutable(copying: engineFile) : nil
+            let files = sealed == nil ? [engineFile, modelFile] : [modelFile]
             if tdx.tee == "tdx" {
-                attestor = try tdx.attestor(files: files)
+                attestor = try tdx.attestor(files: files, executable: sealed)
             } else {
                 attestor = try Attestor(
                     tcti: tpm, akAlgorithm: AttestationKeyAlgorithm(rawValue: ak)!, files: files,
-                    measurePCR: measurePCR,
-                    ekChain: try ekChain(tpmEKChain))
+                    measurePCR: measurePCR, ekChain: try ekChain(tpmEKChain), executable: sealed)
+            }
+            if let sealed {
+                let modelDigest = try FileMeasurer.digest(of: modelFile).hex
+                supervisor = EngineSupervisor(
+                    executable: sealed, arguments: Array(command.dropFirst()),
+                    environment: ["CCINFER_MODEL_SHA256": modelDigest], logger: logger)
+                logger.info(
+                    "engine sealed and measured",
+                    metadata: [
+                        "ccworker.engine.sha256": "\(sealed.digest.hex)", "ccworker.model.sha256": "\(modelDigest)",
+                    ])
+            } else {
+                supervisor = nil
             }
         } catch let failure as ReportedFailure {
             throw failure
         } catch {
             throw ReportedFailure("ccworker", "\(error)", status: 1)
         }
-        let supervisor = engineCommand ? EngineSupervisor(command: command, logger: logger) : nil
         // Stop the engine with the worker: SIGTERM and SIGINT end both.
         let signalSources = [SIGTERM, SIGINT].map { sig -> any DispatchSourceSignal in
             signal(sig, SIG_IGN)

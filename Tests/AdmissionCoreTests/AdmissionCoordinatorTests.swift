@@ -55,7 +55,9 @@ import WorkerProtocol
         #expect(evidence.binding == attestationBinding(nonce: nonce, workerPublicKeys: worker.kem.publicKeyBytes))
     }
 
-    @Test func evidenceBoundToAnotherNonceOrKeyIsRefusedAndAuditedWithItsEvidence() async throws {
+    /// Evidence that does not verify is refused and audited by its digest; the envelope itself is
+    /// not stored (it proves nothing, and storing it would let anyone fill the disk).
+    @Test func evidenceBoundToAnotherNonceOrKeyIsRefusedAndAuditedByDigest() async throws {
         let core = try Core()
         for evidence in [
             core.evidence(nonce: Data(repeating: 6, count: 32), key: worker.kem.publicKeyBytes),
@@ -64,14 +66,14 @@ import WorkerProtocol
             let decision = await core.coordinator.admit(hello: hello, nonce: nonce, evidence: evidence)
             #expect(decision.grant == nil)
             #expect(decision.refusal?.code == ReasonCode.nonceMismatch.rawValue)
-            guard case .event(let event, let stored?, nil) = decision.drafts.first else {
-                Issue.record("refusal not drafted with its evidence")
+            guard case .event(let event, nil, nil) = decision.drafts.first else {
+                Issue.record("refusal of unverified evidence drafted with the envelope")
                 return
             }
             #expect(
                 event.kind == .admission && event.decision == "reject"
                     && event.reasons == [ReasonCode.nonceMismatch.rawValue])
-            #expect(stored.envelope == evidence.envelope)
+            #expect(event.evidenceSHA256 == HashAlgorithm.sha256.hash(evidence.envelope).hex)
         }
     }
 

@@ -101,7 +101,9 @@ final class GatewayProcess: @unchecked Sendable {
             evidence: {formats: [tpm2-quote]}
             measurements:
               binaries: [{name: engine, sha256: \(HashAlgorithm.sha256.hash(Data("crash-test engine".utf8)).hex)}]
-              models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(Data("crash-test model".utf8)).hex)}]
+              models: [{name: model, names: [fake], sha256: \(HashAlgorithm.sha256.hash(Data("crash-test model".utf8)).hex)}]
+              # The engine is a stand-in the worker does not start: it is hashed, not executed from its measured copy.
+              allow_unmeasured_engine: true
             """.utf8
         ).write(to: policy)
         let data = dir.file("data")

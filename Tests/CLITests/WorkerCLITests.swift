@@ -57,6 +57,8 @@ import Testing
             measurements:
               binaries: [{name: ccinfer, sha256: \(digest)}]
               models: [{name: m, sha256: \(String(repeating: "00", count: 32))}]
+              # The engine is a stand-in the worker does not start: it is hashed, not executed from its measured copy.
+              allow_unmeasured_engine: true
             """.utf8
         ).write(to: dir.file("p.yaml"))
         let policy = try ProcessRunner.run(

@@ -139,7 +139,11 @@ import WorkerProtocol
         async let streamed = Task.detached {
             try await gateway.request("/v1/chat/completions", method: "POST", body: Self.streamingChat)
         }.value
-        try await Task.sleep(for: .milliseconds(700))
+        // Kill a once it streams (the engine has the request and has had time for a first chunk):
+        // a fixed delay is not enough on a loaded machine.
+        let deadline = Date() + 60
+        while slow.requestCount == 0, Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        try await Task.sleep(for: .milliseconds(600))
         a.kill()
         let result = try await streamed
         #expect(result.status == 200)

@@ -36,7 +36,9 @@ final class GatewayHarness: Sendable {
           tpm: {require_restricted_ak: true}
         measurements:
           binaries: [\(engines.enumerated().map { "{name: engine-\($0.offset), sha256: \(HashAlgorithm.sha256.hash($0.element).hex)}" }.joined(separator: ", "))]
-          models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
+          models: [{name: model, names: [fake], sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
+          # The engine is a stand-in the worker does not start: it is hashed, not executed from its measured copy.
+          allow_unmeasured_engine: true
         """
     }
 
@@ -220,13 +222,15 @@ final class TestWorker: Sendable {
         id: String, gatewayPort: Int, enginePort: Int, measured: [URL], modelName: String,
         files: TemporaryDirectory? = nil,
         provider: GatewayClient.ProviderIdentity? = nil, ca: SwtpmLocalCA? = .shared,
+        executable: SealedExecutable? = nil,
         attestor makeAttestor: (Attestor) throws -> any EvidenceSource = { $0 }
     ) async throws {
         self.id = id
         tpm = try Swtpm.start(ca: ca)
         self.files = try files ?? TemporaryDirectory("worker")
         let attestor = try makeAttestor(
-            try Attestor(tcti: tpm.tcti, files: measured, ekChain: try ca.map { try $0.chainDER }))
+            try Attestor(
+                tcti: tpm.tcti, files: measured, ekChain: try ca.map { try $0.chainDER }, executable: executable))
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         self.events = events
         let client = GatewayClient(

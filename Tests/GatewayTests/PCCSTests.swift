@@ -94,7 +94,7 @@ import Testing
         #expect(note?.hasPrefix("fetched") == true, "\(note ?? "nil")")
         #expect(pccs.requests == 4)
         let verification = EvidenceVerification(
-            policy: .builtinDefault, applyMeasurementRules: false, collateralSource: cache)
+            policy: .handVerification, applyMeasurementRules: false, collateralSource: cache)
         let verdict = verification.verify(envelopeData: envelope, expectedNonce: nil, at: Self.at)
         #expect(verdict.isAccepted, "\(verdict.reasons)")
         #expect(verdict.claims?.fields["collateral.source"] == "online")
@@ -115,7 +115,7 @@ import Testing
         #expect(note?.contains("failed") == true)
         #expect(cache.all.isEmpty)
         let verdict = EvidenceVerification(
-            policy: .builtinDefault, applyMeasurementRules: false, collateralSource: cache
+            policy: .handVerification, applyMeasurementRules: false, collateralSource: cache
         )
         .verify(envelopeData: envelope, expectedNonce: nil, at: Self.at)
         #expect(verdict.reason == .collateralMissing)

@@ -346,3 +346,57 @@ import Testing
         _ = server
     }
 }
+
+/// More ways the stored state could be swapped underneath a gateway.
+@Suite(.serialized) struct StoredPolicyTests {
+    /// Threat: deleting the newest policy versions so that an older (weaker, validly signed) one
+    /// is in force at the next start, or deleting them all so that the seed is used again.
+    @Test func removedPolicyVersionsStopTheGatewayAtStart() async throws {
+        let admin = Ed25519PrivateKey.generate()
+        let gateway = try await PolicyAdminTests.gateway(admin: admin, engines: [PolicyAdminTests.engineA])
+        let v2 = GatewayHarness.policyText(
+            engines: [PolicyAdminTests.engineA, PolicyAdminTests.engineB], model: PolicyAdminTests.model, name: "v2")
+        let applied = try await gateway.admin(
+            "/v1/admin/policy/apply", method: "POST", json: PolicyAdminTests.signed(v2, admin))
+        #expect(applied.status == 200, "\(applied.body)")
+        let configuration = gateway.server.configuration
+        await gateway.stop()
+        let db = gateway.dataDirectory.appendingPathComponent("ccgate.db").path
+        for (statement, expected) in [
+            ("DELETE FROM policies WHERE version = 2", "were removed"), ("DELETE FROM policies", "is empty"),
+        ] {
+            let edit = try await ProcessRunner.run("sqlite3", [db, statement])
+            #expect(edit.status == 0, "\(edit.stderr)")
+            do {
+                _ = try await GatewayServer.open(configuration: configuration)
+                Issue.record("the gateway started after '\(statement)'")
+            } catch let error as GatewayStartError {
+                #expect(error.message.contains(expected), "\(error.message)")
+            }
+        }
+    }
+
+    /// A seed policy that pins nothing about a TDX guest is refused before it is recorded, so a
+    /// corrected one can seed the same data directory.
+    @Test func aSeedFailingLintIsNotRecorded() async throws {
+        let dir = try TemporaryDirectory("seed")
+        var configuration = GatewayConfiguration()
+        configuration.dataDirectory = dir.file("data")
+        let loose = "schema: ccgate.policy/v1\nname: loose\nevidence: {formats: [tdx-quote]}\n"
+        configuration.policy = try PolicyDocument.parse(loose)
+        configuration.policyText = loose
+        do {
+            _ = try await GatewayServer.open(configuration: configuration)
+            Issue.record("the gateway started with a TDX policy that pins nothing")
+        } catch let error as GatewayStartError {
+            #expect(error.message.contains("pins too little"), "\(error.message)")
+        }
+        let pinned = loose.replacingOccurrences(
+            of: "{formats: [tdx-quote]}",
+            with: "{formats: [tdx-quote], tdx: {image_hashes: [\(String(repeating: "ab", count: 32))]}}")
+        configuration.policy = try PolicyDocument.parse(pinned)
+        configuration.policyText = pinned
+        let server = try await GatewayServer.open(configuration: configuration)
+        #expect(server.policies.current.document.name == "loose" && server.policies.current.version == 1)
+    }
+}

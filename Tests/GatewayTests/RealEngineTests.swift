@@ -45,10 +45,15 @@ import WorkerAgent
         }) {
             setenv("VK_ICD_FILENAMES", "/usr/share/vulkan/icd.d/\(icd)", 1)
         }
-        let engine = EngineSupervisor(command: [
-            env.engine.path, "serve", "--model", env.model.path, "--model-name", "smollm2-135m-instruct",
-            "--host", "127.0.0.1", "--port", String(port), "--context", "1024",
-        ])
+        // As ccworker runs it: from a sealed, measured copy, told the measured model digest.
+        let sealed = try SealedExecutable(copying: env.engine)
+        let modelDigest = try FileMeasurer.digest(of: env.model).hex
+        let engine = EngineSupervisor(
+            executable: sealed,
+            arguments: [
+                "serve", "--model", env.model.path, "--model-name", "smollm2-135m-instruct",
+                "--host", "127.0.0.1", "--port", String(port), "--context", "1024",
+            ], environment: ["CCINFER_MODEL_SHA256": modelDigest])
         let supervision = Task { await engine.run() }
         defer { engine.stop(); supervision.cancel() }
         let client = EngineClient(port: port)
@@ -65,12 +70,12 @@ import WorkerAgent
             evidence: {formats: [tpm2-quote], tpm: {require_restricted_ak: true}}
             measurements:
               binaries: [{name: ccinfer, sha256: \(try FileMeasurer.digest(of: env.engine).hex)}]
-              models: [{name: smollm2, sha256: b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53}]
+              models: [{name: smollm2, names: [smollm2-135m-instruct], sha256: b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53}]
             """
         let gateway = try await GatewayHarness(policy: policy)
         let worker = try await TestWorker(
             id: "gpu-1", gatewayPort: gateway.workerPort, enginePort: port,
-            measured: [env.engine, env.model], modelName: "smollm2-135m-instruct")
+            measured: [env.model], modelName: "smollm2-135m-instruct", executable: sealed)
         defer {
             Task {
                 await worker.stop(); await gateway.stop()

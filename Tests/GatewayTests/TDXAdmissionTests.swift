@@ -28,7 +28,9 @@ import WorkerAgent
                 rtmrs: [{rtmr0: \(zero), rtmr1: \(zero), rtmr2: \(zero)}]
             measurements:
               binaries: [{name: engine, sha256: \(HashAlgorithm.sha256.hash(engine).hex)}]
-              models: [{name: model, sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
+              models: [{name: model, names: [fake], sha256: \(HashAlgorithm.sha256.hash(model).hex)}]
+              # The engine is a stand-in the worker does not start: it is hashed, not executed from its measured copy.
+              allow_unmeasured_engine: true
             """
     }
 

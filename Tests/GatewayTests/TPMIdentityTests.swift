@@ -7,6 +7,7 @@ import Policy
 import TPMVerifier
 import TestSupport
 import Testing
+import Synchronization
 import WorkerAgent
 import WorkerProtocol
 
@@ -237,5 +238,118 @@ enum PublicKeyDigest {
             served = try await gateway.request("/v1/chat/completions", method: "POST", body: chat).status == 200
         }
         #expect(served)
+    }
+}
+
+/// Re-attestation is bound to the AK that admission activated.
+@Suite(.serialized) struct ReattestationIdentityTests {
+    /// Threat: a worker admitted with one TPM's AK that re-attests with a quote from another
+    /// (genuine, certified) TPM, e.g. to move its session onto a machine running something else.
+    /// The later quote's AK was never activated in this session: the worker is evicted.
+    @Test func reattestingWithAnotherAKEvicts() async throws {
+        let gateway = try await GatewayHarness(policy: TPMIdentityTests.policy, reattest: .seconds(1))
+        let other = try Swtpm.start()
+        defer { other.stop() }
+        let dir = try TemporaryDirectory()
+        try TPMIdentityTests.engine.write(to: dir.file("engine"))
+        try TPMIdentityTests.model.write(to: dir.file("model"))
+        let second = try Attestor(
+            tcti: other.tcti, files: [dir.file("engine"), dir.file("model")],
+            ekChain: try SwtpmLocalCA.shared?.chainDER)
+        let calls = Counter()
+        let worker = try await TestWorker(
+            id: "switcher", gatewayPort: gateway.workerPort, enginePort: 1, engine: TPMIdentityTests.engine,
+            model: TPMIdentityTests.model,
+            attestor: { genuine in SwitchingAttestor(first: genuine, later: second, calls: calls) })
+        defer {
+            Task {
+                await worker.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await worker.admitted() else {
+            Issue.record("the worker was not admitted with its first TPM")
+            return
+        }
+        let outcome = await worker.outcome()
+        #expect((outcome as? WorkerRejected)?.code == "tpm.ak-untrusted", "\(String(describing: outcome))")
+        #expect(!gateway.server.registry.isAdmitted("switcher"))
+    }
+}
+
+final class Counter: Sendable {
+    private let value = Mutex(0)
+    func next() -> Int {
+        value.withLock {
+            $0 += 1; return $0
+        }
+    }
+}
+
+/// Answers the admission challenge with one TPM, and every later one with another.
+struct SwitchingAttestor: EvidenceSource {
+    let first: Attestor
+    let later: Attestor
+    let calls: Counter
+
+    func evidence(binding: Data) async throws -> Data {
+        calls.next() == 1 ? try await first.evidence(binding: binding) : try await later.evidence(binding: binding)
+    }
+    func activateCredential(_ challenge: WireMessage.Activate) async throws -> Data {
+        try await first.activateCredential(challenge)
+    }
+}
+
+/// Names clients use are bound to measured models, and worker ids to attested identities.
+@Suite(.serialized) struct BoundNamesTests {
+    /// Threat: a worker attested with one model advertising another model's name, so that
+    /// clients asking for that name get its answers.
+    @Test func aModelNameNotBoundToTheMeasuredModelIsRefused() async throws {
+        let gateway = try await GatewayHarness(policy: TPMIdentityTests.policy)
+        let worker = try await TestWorker(
+            id: "liar", gatewayPort: gateway.workerPort, enginePort: 1, engine: TPMIdentityTests.engine,
+            model: TPMIdentityTests.model, modelName: "llama-3.1-405b-instruct")
+        defer {
+            Task {
+                await worker.stop(); await gateway.stop()
+            }
+        }
+        guard case .failure(let error) = await worker.admitted() else {
+            Issue.record("a worker advertising an unbound model name was admitted")
+            return
+        }
+        #expect((error as? WorkerRejected)?.code == "policy.model-name-not-bound")
+        #expect((error as? WorkerRejected)?.message.contains("llama-3.1-405b-instruct") == true)
+    }
+
+    /// Threat: an admitted worker's id claimed by another machine, to end its session and take
+    /// its traffic. The second identity is refused; the first keeps serving.
+    @Test func anIdHeldByAnotherIdentityIsRefusedAndTheHolderKeepsServing() async throws {
+        let gateway = try await GatewayHarness(policy: TPMIdentityTests.policy)
+        let engine = try await FakeEngine(name: "holder")
+        let holder = try await TestWorker(
+            id: "gpu-7", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: TPMIdentityTests.engine,
+            model: TPMIdentityTests.model)
+        defer {
+            Task {
+                await holder.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await holder.admitted() else {
+            Issue.record("the holder was not admitted")
+            return
+        }
+        let squatter = try await TestWorker(
+            id: "gpu-7", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: TPMIdentityTests.engine,
+            model: TPMIdentityTests.model)
+        defer { Task { await squatter.stop() } }
+        guard case .failure(let error) = await squatter.admitted() else {
+            Issue.record("a second identity took over the worker id")
+            return
+        }
+        #expect((error as? WorkerRejected)?.code == "worker.id-in-use")
+        let chat = #"{"model":"fake","messages":[{"role":"user","content":"hi"}]}"#
+        let reply = try await gateway.request("/v1/chat/completions", method: "POST", body: chat)
+        #expect(reply.status == 200 && reply.body.contains("hello from holder"), "\(reply.body)")
+        #expect(gateway.server.registry.isAdmitted("gpu-7"))
     }
 }

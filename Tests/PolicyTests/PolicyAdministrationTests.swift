@@ -123,7 +123,8 @@ import TONKit
         let claims = VerifiedClaims(
             measuredFiles: [
                 MeasuredFile(
-                    path: "/engine", algorithm: "sha256", digestHex: String(repeating: "a", count: 64), pcr: 23),
+                    path: "ccworker-exec:/engine", algorithm: "sha256", digestHex: String(repeating: "a", count: 64),
+                    pcr: 23),
                 MeasuredFile(
                     path: "/model", algorithm: "sha256", digestHex: String(repeating: "b", count: 64), pcr: 23),
             ],

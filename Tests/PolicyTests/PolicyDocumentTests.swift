@@ -76,14 +76,15 @@ import Testing
               binaries: [{name: ccinfer, sha256: \(engine)}]
               models: [{name: m, sha256: \(model)}]
             """)
-        #expect(doc.evaluate(Self.claims(files: [("/e", engine), ("/m", model)])).isEmpty)
+        let executed = "ccworker-exec:/e"
+        #expect(doc.evaluate(Self.claims(files: [(executed, engine), ("/m", model)])).isEmpty)
         let oneByteOff = String(repeating: "aa", count: 31) + "ab"
-        let reasons = doc.evaluate(Self.claims(files: [("/e", oneByteOff), ("/m", model)]))
+        let reasons = doc.evaluate(Self.claims(files: [(executed, oneByteOff), ("/m", model)]))
         #expect(reasons.first?.code == .policyMeasurementNotAllowed)
         #expect(!doc.evaluate(Self.claims(files: [("/m", model)])).isEmpty)
         #expect(
             !doc.evaluate(
-                Self.claims(files: [("/e", engine), ("/m", model), ("/x", String(repeating: "cc", count: 32))])
+                Self.claims(files: [(executed, engine), ("/m", model), ("/x", String(repeating: "cc", count: 32))])
             ).isEmpty)
     }
 

@@ -115,13 +115,22 @@ import Testing
         #expect(reasons([:]).count == 1)
     }
 
-    /// An engine not started from the measured binary is refused unless the policy allows it.
+    /// An engine hashed on disk but not executed from its measured copy is refused unless the
+    /// policy allows it.
     @Test func unmeasuredEngineNeedsThePolicyFlag() throws {
-        let strict = try PolicyDocument.parse("schema: ccgate.policy/v1\nname: t\nmeasurements: {require: false}")
+        let model = String(repeating: "12", count: 32)
+        let measurements = "binaries: [{name: e, sha256: \(Self.digest)}], models: [{name: m, sha256: \(model)}]"
+        let strict = try PolicyDocument.parse("schema: ccgate.policy/v1\nname: t\nmeasurements: {\(measurements)}")
         let lab = try PolicyDocument.parse(
-            "schema: ccgate.policy/v1\nname: t\nmeasurements: {require: false, allow_unmeasured_engine: true}")
-        let claims = VerifiedClaims(fields: ["engine.measured": "false"])
-        #expect(strict.evaluate(claims).map(\.code) == [.policyUnmeasuredEngine])
-        #expect(lab.evaluate(claims).isEmpty)
+            "schema: ccgate.policy/v1\nname: t\nmeasurements: {\(measurements), allow_unmeasured_engine: true}")
+        func claims(_ enginePath: String) -> VerifiedClaims {
+            VerifiedClaims(measuredFiles: [
+                MeasuredFile(path: enginePath, algorithm: "sha256", digestHex: Self.digest, pcr: 23),
+                MeasuredFile(path: "/m", algorithm: "sha256", digestHex: model, pcr: 23),
+            ])
+        }
+        #expect(strict.evaluate(claims("/opt/ccinfer")).map(\.code) == [.policyUnmeasuredEngine])
+        #expect(strict.evaluate(claims("ccworker-exec:/opt/ccinfer")).isEmpty)
+        #expect(lab.evaluate(claims("/opt/ccinfer")).isEmpty)
     }
 }

@@ -73,25 +73,25 @@ import WorkerAgent
     }
 
     /// The EK certificate chain: verified to the pinned local root through the intermediate the
-    /// worker presents; untrusted without that root; invalid beside another TPM's EK, and when
-    /// the verification time is before the certificate was issued.
+    /// worker presents; untrusted without that root; invalid beside another TPM's EK; and a
+    /// certificate the same CA issued for the EK's key without the TCG EK usage is no EK
+    /// certificate.
     @Test func ekCertificateChains() throws {
         let ca = try #require(SwtpmLocalCA.shared)
         let tpm = try Swtpm.start()
         defer { tpm.stop() }
         let attestor = try Attestor(tcti: tpm.tcti, files: [], ekChain: try ca.chainDER)
         let certificate = try #require(attestor.endorsement.certificate)
-        let ek = try TPMKeyIdentity.parse([UInt8](attestor.endorsement.ekPublic)).get()
-        let now = Date()
+        let ek = try TPMKeyIdentity.parse([UInt8](attestor.endorsement.ekPublic)).get().area.key
+        let chain = try ca.chainDER
         let verified = EKCertificate.verify(
-            certificate: certificate, intermediates: try ca.chainDER, ekSPKI: ek.area.key.spkiDER,
-            roots: [try ca.rootDER], at: now)
+            certificate: certificate, intermediates: chain, ek: ek, roots: [try ca.rootDER])
         #expect(verified == .verified(root: HashAlgorithm.sha256.hash(try ca.rootDER).hex))
-        let pinnedOnly = EKCertificate.verify(
-            certificate: certificate, intermediates: try ca.chainDER, ekSPKI: ek.area.key.spkiDER,
-            roots: EKRoots.pinnedDER, at: now)
-        guard case .untrusted = pinnedOnly else {
-            Issue.record("expected untrusted, got \(pinnedOnly)")
+        guard
+            case .untrusted = EKCertificate.verify(
+                certificate: certificate, intermediates: chain, ek: ek, roots: EKRoots.pinnedDER)
+        else {
+            Issue.record("a chain to an unpinned root must be untrusted")
             return
         }
         let other = try Swtpm.start()
@@ -99,25 +99,37 @@ import WorkerAgent
         let otherEK = try TPMKeyIdentity.parse([UInt8](try TPMDevice(tcti: other.tcti).endorsementKeyPublic())).get()
         guard
             case .invalid(let why) = EKCertificate.verify(
-                certificate: certificate, intermediates: try ca.chainDER, ekSPKI: otherEK.area.key.spkiDER,
-                roots: [try ca.rootDER], at: now)
+                certificate: certificate, intermediates: chain, ek: otherEK.area.key, roots: [try ca.rootDER])
         else {
             Issue.record("a certificate beside another EK must be invalid")
             return
         }
         #expect(why.contains("another key"))
+        #expect(
+            EKCertificate.verify(certificate: Data("garbage".utf8), intermediates: nil, ek: ek, roots: [])
+                == .invalid("the EK certificate is not an X.509 certificate"))
+
+        // The same CA certifies the EK's key without the EK usage: not an EK certificate.
+        let dir = try TemporaryDirectory()
+        try PEMBlock.encode(ek.spkiDER, label: "PUBLIC KEY").write(
+            to: dir.file("ek.pem"), atomically: true, encoding: .utf8)
+        let made = try ProcessRunner.run(
+            "openssl",
+            [
+                "x509", "-new", "-subj", "/CN=not an EK", "-force_pubkey", dir.file("ek.pem").path, "-CA",
+                ca.issuerCertificate.path, "-CAkey", ca.directory.appendingPathComponent("signkey.pem").path,
+                "-days", "30", "-outform", "DER", "-out", dir.file("plain.der").path,
+            ])
+        #expect(made.status == 0, "\(made.stderr)")
         guard
-            case .invalid = EKCertificate.verify(
-                certificate: certificate, intermediates: try ca.chainDER, ekSPKI: ek.area.key.spkiDER,
-                roots: [try ca.rootDER], at: Date(timeIntervalSince1970: 0))
+            case .invalid(let usage) = EKCertificate.verify(
+                certificate: try Data(contentsOf: dir.file("plain.der")), intermediates: chain, ek: ek,
+                roots: [try ca.rootDER])
         else {
-            Issue.record("a certificate not yet valid must be invalid")
+            Issue.record("a certificate without the EK usage must be invalid")
             return
         }
-        #expect(
-            EKCertificate.verify(
-                certificate: Data("garbage".utf8), intermediates: nil, ekSPKI: ek.area.key.spkiDER, roots: [], at: now)
-                == .invalid("the EK certificate is not an X.509 certificate"))
+        #expect(usage.contains("2.23.133.8.1"))
     }
 
     /// Every pinned manufacturer root loads as a CA certificate, and the embedded copies are the

@@ -93,10 +93,12 @@ public struct AdmissionCoordinator: Sendable {
             tpmIdentity: identity
         ).verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
         var stored = envelope
-        if let activation, let signer = activationSigner,
+        // The record states what this session proved: only evidence quoting with the activated AK
+        // carries it, dated when the activation happened.
+        if let activation, let signer = activationSigner, Self.akName(of: envelope) == activation.akName,
             let withRecord = ActivationRecord.sign(
                 akName: activation.akName, ekSHA256: activation.ekSHA256, gatewayID: signer.gatewayID,
-                time: clock.now(), with: signer.key
+                time: activation.activatedAt ?? clock.now(), with: signer.key
             ).adding(to: envelope)
         {
             stored = withRecord
@@ -105,33 +107,65 @@ public struct AdmissionCoordinator: Sendable {
             verdict: verdict, policy: active, evidence: StoredEvidence(envelope: stored, binding: binding), note: note)
     }
 
-    /// The credential-activation challenge admission needs before it judges `envelope`: TPM
-    /// evidence that names an endorsement key, under a policy that does not trust AKs as
-    /// presented. Nil when none is needed or possible (the judgement then says why it fails).
+    /// What admission needs before it judges TPM evidence whose AK is anchored by activation.
+    public enum ActivationStep: Sendable {
+        /// No activation: the policy trusts AKs as presented, the evidence is not TPM evidence,
+        /// or it fails for reasons activation cannot change (the judgement says which).
+        case notNeeded
+        case challenge(PendingActivation)
+        /// Activation is needed but cannot be run for this EK (the reason is the refusal).
+        case impossible(String)
+    }
+
+    /// Whether `envelope` needs a credential activation before it is judged, and the challenge.
     ///
-    /// The quote is verified first (signature, the binding to `nonce` and `workerKey`, PCRs and
-    /// logs): a replayed or transplanted quote is refused for what it is, and costs the gateway
-    /// no credential.
-    public func activationChallenge(for envelope: Data, nonce: Data, workerKey: Data) -> PendingActivation? {
+    /// Threat: a peer making the gateway spend credential-making work, or hiding the real reason
+    /// it fails behind an activation failure. A challenge is issued only for a quote that
+    /// verifies (signature, the binding to `nonce` and `workerKey`, PCRs, logs) and whose AK
+    /// facts meet the policy in every respect but the activation itself.
+    public func activationStep(for envelope: Data, nonce: Data, workerKey: Data) -> ActivationStep {
         guard policy.tpm.akTrust != .asPresented,
             case .success(let parsed) = EvidenceEnvelope.parse(envelope),
-            parsed.format == EvidenceFormat.tpm2Quote.rawValue,
+            parsed.format == EvidenceFormat.tpm2Quote.rawValue
+        else { return .notNeeded }
+        let options = TPMQuoteVerifier.Options(allowSHA1: policy.tpm.allowSHA1, ekRoots: tpmIdentity.ekRoots)
+        let binding = attestationBinding(nonce: nonce, workerPublicKeys: workerKey)
+        let facts = TPMQuoteVerifier(options: options).verify(parsed, expectedNonce: binding, at: clock.now())
+        guard var fields = facts.claims?.fields, facts.isAccepted else { return .notNeeded }
+        fields["ak.activation"] = "live"
+        guard policy.judgeAK(fields, source: "policy").isEmpty,
             case .success(let akBytes?) = parsed.optionalBase64("ak_tpm2b_public"),
             case .success(let ekBytes?) = parsed.optionalBase64("ek_public"),
             case .success(let ak) = TPMKeyIdentity.parse([UInt8](akBytes)),
             case .success(let ek) = TPMKeyIdentity.parse([UInt8](ekBytes))
-        else { return nil }
-        let options = TPMQuoteVerifier.Options(allowSHA1: policy.tpm.allowSHA1, ekRoots: tpmIdentity.ekRoots)
-        let binding = attestationBinding(nonce: nonce, workerPublicKeys: workerKey)
-        guard TPMQuoteVerifier(options: options).verify(parsed, expectedNonce: binding, at: clock.now()).isAccepted
-        else { return nil }
+        else { return .notNeeded }
         let secret = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
-        guard let challenge = try? CredentialActivation.make(ek: ek, objectName: ak.name, secret: secret) else {
-            return nil
+        do throws(CredentialActivation.Failure) {
+            let challenge = try CredentialActivation.make(ek: ek, objectName: ak.name, secret: secret)
+            return .challenge(
+                PendingActivation(
+                    message: .init(
+                        credentialBlob: challenge.credentialBlob, encryptedSecret: challenge.encryptedSecret),
+                    secret: secret, proven: ProvenActivation(akName: ak.name, ekSHA256: ek.area.key.fingerprint)))
+        } catch {
+            return .impossible("credential activation cannot be run for this EK: \(error)")
         }
-        return PendingActivation(
-            message: .init(credentialBlob: challenge.credentialBlob, encryptedSecret: challenge.encryptedSecret),
-            secret: secret, proven: ProvenActivation(akName: ak.name, ekSHA256: ek.area.key.fingerprint))
+    }
+
+    /// The Name of the AK a `tpm2-quote` envelope presents as a TPM2B_PUBLIC.
+    static func akName(of envelope: Data) -> Data? {
+        guard case .success(let parsed) = EvidenceEnvelope.parse(envelope),
+            case .success(let bytes?) = parsed.optionalBase64("ak_tpm2b_public"),
+            case .success(let ak) = TPMKeyIdentity.parse([UInt8](bytes))
+        else { return nil }
+        return ak.name
+    }
+
+    /// A refusal of evidence that was judged (an id held by another identity).
+    public func refusal(_ hello: WireMessage.Hello, _ judgement: Judgement, code: String, message: String)
+        -> AdmissionDecision
+    {
+        .refusal(hello, judgement, code: code, message: message, reasons: [code])
     }
 
     /// One admission decision. `activation`: the outcome of the credential activation this
@@ -143,7 +177,10 @@ public struct AdmissionCoordinator: Sendable {
         -> AdmissionDecision
     {
         var proven: ProvenActivation?
-        if case .proven(let p) = activation { proven = p }
+        if case .proven(var p) = activation {
+            p.activatedAt = clock.now()
+            proven = p
+        }
         let judgement = await judge(
             envelope: evidence.envelope, nonce: nonce, workerKey: hello.kemPublicKey, activation: proven)
         if case .failed(let message) = activation {
@@ -157,6 +194,15 @@ public struct AdmissionCoordinator: Sendable {
                 hello, judgement, code: first?.code.rawValue ?? ReasonCode.evidenceMalformed.rawValue,
                 message: first?.message ?? "",
                 reasons: verdict.reasons.map(\.code.rawValue))
+        }
+        let unbound = judgement.policy.document.unboundModelNames(hello.models, measured: facts.claims.measuredFiles)
+        if !unbound.isEmpty {
+            let code = ReasonCode.policyModelNameNotBound.rawValue
+            return .refusal(
+                hello, judgement, code: code,
+                message:
+                    "the worker advertises \(unbound.joined(separator: ", ")), which no model it measured is bound to by the policy",
+                reasons: [code])
         }
         // The provider's stake, when the policy in force requires one (after the evidence: a
         // worker that cannot attest costs no chain reads).
@@ -211,6 +257,8 @@ public struct AdmittedSession: Sendable, Equatable {
 public struct ProvenActivation: Sendable, Equatable {
     public let akName: Data
     public let ekSHA256: String
+    /// When the worker answered (set when the admission is decided).
+    public var activatedAt: Date?
 }
 
 /// What the worker's answer to a credential challenge showed.
@@ -287,15 +335,23 @@ public struct AdmissionDecision: Sendable {
         reasons: [String],
         detail: [String: String] = [:]
     ) -> AdmissionDecision {
+        // Threat: a peer filling the data directory with garbage (each rejected envelope up to
+        // the 2 MiB frame). Evidence that did not verify proves nothing about anyone and is
+        // recorded by digest only; evidence that verified and was refused by the policy is kept,
+        // so that the refusal can be replayed.
+        let verified = judgement.verdict.reasons.allSatisfy { $0.source.hasPrefix("policy") }
         let event = AuditEvent(
             .admission, worker: hello.workerID, decision: .reject, reasons: reasons,
-            policyVersion: judgement.policy.version,
+            policyVersion: judgement.policy.version, evidenceSHA256: verified ? nil : judgement.evidence.sha256,
             collateralSHA256: judgement.collateralSHA256,
-            detail: ["message": message, "policy": judgement.policy.document.name, "format": judgement.verdict.format]
-                .merging(detail) { a, _ in a })
+            detail: [
+                "message": message, "policy": judgement.policy.document.name, "format": judgement.verdict.format,
+                "evidence": verified ? "stored" : "digest only (did not verify)",
+            ]
+            .merging(detail) { a, _ in a })
         return AdmissionDecision(
             judgement: judgement, grant: nil, refusal: .init(code: code, message: message),
-            drafts: [.event(event, evidence: judgement.evidence)])
+            drafts: [.event(event, evidence: verified ? judgement.evidence : nil)])
     }
 
     static func grant(

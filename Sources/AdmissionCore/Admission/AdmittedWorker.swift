@@ -14,6 +14,18 @@ public struct AdmittedWorker: Sendable {
         self.stake = stake
     }
 
+    /// Who the worker is, by what it attested rather than the id it chose: the TPM's EK (or its
+    /// AK), or for DCAP evidence the platform model and guest image, with the provider when one
+    /// staked. A session under the same worker id is replaced only by the same identity.
+    public var identity: String {
+        let f = facts.claims.fields
+        let provider = stake.map { " provider:\($0.provider)" } ?? ""
+        if let ek = f["ek.sha256"] { return "tpm-ek:\(ek)\(provider)" }
+        if let ak = f["ak.sha256"] { return "tpm-ak:\(ak)\(provider)" }
+        let image = ["fmspc", "mrtd", "rtmr0", "rtmr1", "rtmr2", "mrenclave", "mrsigner"].map { f[$0] ?? "-" }
+        return "dcap:" + image.joined(separator: ":") + provider
+    }
+
     /// Why `document` would not admit this worker now, from what its admission proved: the one
     /// policy judgement, with the stake rule met only if the admission proved a stake. (A changed
     /// minimum or source is the stake monitor's to check, on the chain.)

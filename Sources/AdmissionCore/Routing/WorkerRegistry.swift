@@ -25,14 +25,28 @@ public final class WorkerRegistry: Sendable {
 
     public init() {}
 
-    /// Registers an admitted worker; a previous session of the same worker id is returned so the
-    /// caller can close it (one live session per worker).
-    package func add(_ link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker) -> WorkerLink? {
+    package enum Added {
+        /// Registered; the previous session of the same identity under this id, to close.
+        case added(previous: WorkerLink?)
+        /// Not registered: another attested identity holds this id.
+        case heldByAnotherIdentity
+    }
+
+    /// Registers an admitted worker. A previous session under the same worker id is replaced
+    /// only when it is the same attested identity (one live session per worker); a session of
+    /// another identity is never ended by an admission.
+    package func add(_ link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker) -> Added {
         entries.withLock { e in
-            let previous = e[link.workerID]?.link
+            let previous = e[link.workerID]
+            if let previous, previous.admission.identity != admission.identity { return .heldByAnotherIdentity }
             e[link.workerID] = Entry(link: link, record: record, admission: admission)
-            return previous
+            return .added(previous: previous?.link)
         }
+    }
+
+    /// Whether a session of another attested identity holds `workerID`.
+    package func isHeldByAnother(_ workerID: String, identity: String) -> Bool {
+        entries.withLock { e in e[workerID].map { $0.admission.identity != identity } ?? false }
     }
 
     /// The row of this session, if it is registered.

@@ -106,17 +106,30 @@ public struct WorkerSessionRunner: Sendable {
             case .send(let reply):
                 try await connection.send(reply)
             case .verifyAdmission(let hello, let nonce, let evidence, let activation):
-                if activation == nil,
-                    let pending = coordinator.activationChallenge(
+                var outcome = activation
+                if activation == nil {
+                    switch coordinator.activationStep(
                         for: evidence.envelope, nonce: nonce, workerKey: hello.kemPublicKey)
-                {
-                    let next = machine.withLock { $0.activationNeeded(hello, nonce: nonce, evidence, pending) }
-                    guard case .send(let challenge) = next else { return }
-                    try await connection.send(challenge)
-                    continue
+                    {
+                    case .challenge(let pending):
+                        let next = machine.withLock { $0.activationNeeded(hello, nonce: nonce, evidence, pending) }
+                        guard case .send(let challenge) = next else { return }
+                        try await connection.send(challenge)
+                        continue
+                    case .impossible(let why): outcome = .failed(why)
+                    case .notNeeded: break
+                    }
                 }
-                let decision = await coordinator.admit(
-                    hello: hello, nonce: nonce, evidence: evidence, activation: activation)
+                var decision = await coordinator.admit(
+                    hello: hello, nonce: nonce, evidence: evidence, activation: outcome)
+                // Threat: an admitted worker's id claimed by another machine to end its session.
+                if let grant = decision.grant,
+                    registry.isHeldByAnother(hello.workerID, identity: grant.admitted.identity)
+                {
+                    decision = coordinator.refusal(
+                        hello, decision.judgement, code: ProtocolErrorCode.idInUse.rawValue,
+                        message: "worker id '\(hello.workerID)' is held by another attested identity")
+                }
                 if let note = decision.judgement.note { logger.info("\(note)") }
                 guard case .commitAdmission = machine.withLock({ $0.admissionDecided(decision) }) else { return }
                 guard let grant = decision.grant else {
@@ -157,26 +170,36 @@ public struct WorkerSessionRunner: Sendable {
                 sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .workerToGateway),
             outbox: outboxContinuation, disconnect: { connection.close() })
         try await record(decision.drafts)
-        if let previous = registry.add(link, record: grant.record, admission: grant.admitted) {
+        var heldByAnother = false
+        switch registry.add(link, record: grant.record, admission: grant.admitted) {
+        case .added(let previous?):
             previous.end(
                 code: ProtocolErrorCode.replaced.rawValue, message: "replaced by a new session of the same worker")
+        case .added(nil): break
+        case .heldByAnotherIdentity: heldByAnother = true
         }
         // From here on the worker is registered: every way out goes through `sessionEnded`, so a
         // connection that fails before or while it hears `admitted` never leaves a routable
         // worker behind, and its end is audited.
         let end: (code: String, message: String, notify: Bool)
-        do {
-            // A policy applied while this worker was being admitted has not seen it: check it now.
-            if decision.judgement.policy.version != coordinator.policies.current.version {
-                recheck(link, grant.admitted)
+        if heldByAnother {
+            // Lost a race with another identity's admission under the same id after the check in
+            // the handshake: this session ends, the other stays.
+            end = (ProtocolErrorCode.idInUse.rawValue, "another attested identity holds this worker id", true)
+        } else {
+            do {
+                // A policy applied while this worker was being admitted has not seen it: check it now.
+                if decision.judgement.policy.version != coordinator.policies.current.version {
+                    recheck(link, grant.admitted)
+                }
+                try await connection.send(grant.message(reattestSeconds: Int(reattestInterval.components.seconds)))
+                logger.info(
+                    "worker admitted",
+                    metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.session": "\(session.sessionID)"])
+                end = await serving(link, session, outbox, &inbound, machine, connection)
+            } catch {
+                end = (ProtocolErrorCode.disconnected.rawValue, "connection error: \(error)", false)
             }
-            try await connection.send(grant.message(reattestSeconds: Int(reattestInterval.components.seconds)))
-            logger.info(
-                "worker admitted",
-                metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.session": "\(session.sessionID)"])
-            end = await serving(link, session, outbox, &inbound, machine, connection)
-        } catch {
-            end = (ProtocolErrorCode.disconnected.rawValue, "connection error: \(error)", false)
         }
         do { try await evictor.sessionEnded(link, code: end.code, message: end.message) } catch {
             logger.error("audit append failed", metadata: ["error": "\(error)"])

@@ -35,6 +35,8 @@ public struct ReasonCode: RawRepresentable, Hashable, Sendable, CustomStringConv
     /// The engine serving requests was not started from the measured binary, and the policy
     /// does not allow that (`measurements.allow_unmeasured_engine`).
     public static let policyUnmeasuredEngine = ReasonCode(rawValue: "policy.unmeasured-engine")
+    /// The worker advertises a model name no model it measured is bound to by the policy.
+    public static let policyModelNameNotBound = ReasonCode(rawValue: "policy.model-name-not-bound")
     /// The worker could not recover the credential-activation secret (the AK is not in the EK's TPM).
     public static let tpmActivationFailed = ReasonCode(rawValue: "tpm.activation-failed")
 
@@ -45,7 +47,7 @@ public struct ReasonCode: RawRepresentable, Hashable, Sendable, CustomStringConv
         .collateralMissing, .collateralSignatureInvalid, .collateralExpired, .collateralMismatch,
         .tcbNoMatchingLevel, .tcbStatusNotAllowed, .nonceMismatch, .pcrDigestMismatch,
         .eventLogReplayMismatch, .policyMeasurementNotAllowed, .policyDebugNotAllowed, .tpmAKUntrusted,
-        .tpmEKChainInvalid, .tpmActivationFailed, .policyUnmeasuredEngine,
+        .tpmEKChainInvalid, .tpmActivationFailed, .policyUnmeasuredEngine, .policyModelNameNotBound,
     ]
 }
 

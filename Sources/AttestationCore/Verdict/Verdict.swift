@@ -10,6 +10,13 @@ public struct MeasuredFile: Hashable, Sendable, Codable {
     /// The register the measurement was extended into.
     public let pcr: Int
 
+    /// Log path prefix of an engine the worker measured in a sealed copy and executed from that
+    /// copy (`ccworker-exec:<path>`), as opposed to a file that was only hashed.
+    public static let executedPrefix = "ccworker-exec:"
+
+    /// Whether the worker executed this file from the measured, sealed copy.
+    public var wasExecutedFromMeasuredCopy: Bool { path.hasPrefix(Self.executedPrefix) }
+
     public init(path: String, algorithm: String, digestHex: String, pcr: Int) {
         self.path = path
         self.algorithm = algorithm

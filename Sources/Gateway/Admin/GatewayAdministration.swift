@@ -253,11 +253,11 @@ public actor GatewayAdministration {
         guard let signature, !signature.isEmpty else {
             throw AdminError(403, "policy.unsigned", "the policy is not signed (ccgate policy sign FILE --key KEY)")
         }
+        let current = try currentSerial()
         do throws(PolicySignatureError) {
             let parsed = try PolicySignature.parse(signature)
             let signer = try parsed.verify(Data(text.utf8), pinned: adminKeys)
-            try parsed.checkApplicable(
-                gatewayID: trail.key.publicKey.fingerprint, at: clock.now(), after: currentSerial())
+            try parsed.checkApplicable(gatewayID: trail.key.publicKey.fingerprint, at: clock.now(), after: current)
             return (document, signer)
         } catch {
             throw AdminError(403, error.code, error.description)
@@ -265,10 +265,16 @@ public actor GatewayAdministration {
     }
 
     /// The serial of the signature the policy in force was applied with (0: unsigned or v1).
-    func currentSerial() -> Int64 {
-        let record = try? trail.store.policy(version: policies.current.version)
+    /// Fails closed: a store that cannot say refuses the apply.
+    func currentSerial() throws(AdminError) -> Int64 {
+        let record: PolicyRecord?
+        do { record = try trail.store.policy(version: policies.current.version) } catch {
+            throw AdminError(503, "gateway.store", "the policy in force cannot be read: \(error)")
+        }
         guard let text = record?.policy.signature, !text.isEmpty else { return 0 }
-        return (try? PolicySignature.parse(text))?.serial ?? 0
+        do throws(PolicySignatureError) { return try PolicySignature.parse(text).serial } catch {
+            throw AdminError(500, error.code, "the signature of the policy in force does not parse: \(error)")
+        }
     }
 
     /// Admitted workers that `document` no longer admits, with why.

@@ -26,6 +26,9 @@ public final class GGUFFile: @unchecked Sendable {
 
     private let mapping: UnsafeRawBufferPointer
 
+    /// The whole mapped file.
+    public func withMappedBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try body(mapping) }
+
     public init(url: URL) throws(InferenceError) {
         self.url = url
         let fd = open(url.path, O_RDONLY)

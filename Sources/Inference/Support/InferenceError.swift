@@ -11,6 +11,8 @@ public struct InferenceError: Error, Equatable, CustomStringConvertible, Sendabl
         public static let modelMalformed = Code(rawValue: "model.malformed")
         /// The file parses, but uses an architecture, tensor type or tokenizer the engine lacks.
         public static let modelUnsupported = Code(rawValue: "model.unsupported")
+        /// The model's bytes do not hash to the digest the worker measured (`--model-sha256`).
+        public static let modelDigestMismatch = Code(rawValue: "model.digest-mismatch")
         /// The model file cannot be opened or mapped.
         public static let modelUnreadable = Code(rawValue: "model.unreadable")
         /// No Vulkan loader or driver is usable.

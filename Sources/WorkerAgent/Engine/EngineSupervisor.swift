@@ -16,10 +16,32 @@ public final class EngineSupervisor: Sendable {
     /// How long the engine has to exit after SIGTERM before it is killed.
     static let gracePeriod: Duration = .seconds(5)
 
-    public init(command: [String], logger: Logger = Logger(label: "ccworker.engine")) {
+    /// Variables added to the engine's environment (the measured model digest it must load).
+    let environment: [String: String]
+
+    /// The sealed engine copy the command executes, kept open for as long as the engine may
+    /// be (re)started.
+    let sealed: SealedExecutable?
+
+    public init(
+        command: [String], environment: [String: String] = [:], logger: Logger = Logger(label: "ccworker.engine")
+    ) {
         precondition(!command.isEmpty)
         self.command = command
+        self.environment = environment
         self.logger = logger
+        sealed = nil
+    }
+
+    /// Supervises the engine executed from its sealed, measured copy with `arguments`.
+    public init(
+        executable: SealedExecutable, arguments: [String], environment: [String: String] = [:],
+        logger: Logger = Logger(label: "ccworker.engine")
+    ) {
+        command = [executable.executablePath] + arguments
+        self.environment = environment
+        self.logger = logger
+        sealed = executable
     }
 
     /// Runs until cancelled or stopped.
@@ -59,7 +81,11 @@ public final class EngineSupervisor: Sendable {
         var options = PlatformOptions()
         options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: Self.gracePeriod)]
         let result = try await Subprocess.run(
-            .path("/usr/bin/env"), arguments: Arguments(command), platformOptions: options, input: .none,
+            .path("/usr/bin/env"), arguments: Arguments(command),
+            environment: .inherit.updating(
+                Dictionary(uniqueKeysWithValues: environment.map { (Environment.Key(stringLiteral: $0.key), $0.value) })
+            ),
+            platformOptions: options, input: .none,
             output: .currentStandardOutput, error: .currentStandardError
         ) { execution in
             let pid = execution.processIdentifier.value

@@ -26,8 +26,12 @@ public struct FileMeasurer {
 
     /// Measures `url` into `device` and returns the log entry to append.
     public func measure(_ url: URL, into device: TPMDevice) throws -> IMALog.Entry {
-        let digest = try Self.digest(of: url)
-        let entry = IMALog.Entry(pcr: pcr, fileAlgorithm: .sha256, fileDigest: digest, path: url.path)
+        try measure(digest: try Self.digest(of: url), path: url.path, into: device)
+    }
+
+    /// Records a SHA-256 already taken (a sealed executable's) under `path`.
+    public func measure(digest: Data, path: String, into device: TPMDevice) throws -> IMALog.Entry {
+        let entry = IMALog.Entry(pcr: pcr, fileAlgorithm: .sha256, fileDigest: digest, path: path)
         try device.extend(
             pcr: pcr, digests: Dictionary(uniqueKeysWithValues: banks.map { ($0, entry.extendValue(for: $0)) }))
         return entry

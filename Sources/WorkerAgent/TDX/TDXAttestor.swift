@@ -28,7 +28,7 @@ public final class TDXAttestor: EvidenceSource, Sendable {
     /// into RTMR3.
     public init(
         tsm: ConfigfsTSM = ConfigfsTSM(), rtmr: RTMRExtender = RTMRExtender(), ccel: URL = defaultCCEL,
-        files: [URL], collateral: [String: String]? = nil
+        files: [URL], executable: SealedExecutable? = nil, collateral: [String: String]? = nil
     ) throws {
         self.tsm = tsm
         self.rtmr = rtmr
@@ -39,15 +39,19 @@ public final class TDXAttestor: EvidenceSource, Sendable {
         } else {
             firmwareLog = CCELEncoder.header()
         }
+        if let executable { try record(path: executable.logPath, sha256: executable.digest) }
         for file in files { try measure(file) }
     }
 
     /// Measures a file into RTMR3 (and the application log); the next quote reports it.
     public func measure(_ url: URL) throws {
-        let digest = try FileMeasurer.digest(of: url)
+        try record(path: url.path, sha256: try FileMeasurer.digest(of: url))
+    }
+
+    func record(path: String, sha256 digest: Data) throws {
         try events.withLock { log in
-            try rtmr.extendRTMR3(with: CCEL.applicationEvent(path: url.path, sha256: digest).digest)
-            log += CCELEncoder.applicationEvent(path: url.path, sha256: digest)
+            try rtmr.extendRTMR3(with: CCEL.applicationEvent(path: path, sha256: digest).digest)
+            log += CCELEncoder.applicationEvent(path: path, sha256: digest)
         }
     }
 

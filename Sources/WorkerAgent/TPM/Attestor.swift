@@ -31,18 +31,25 @@ public actor Attestor {
         }
     }
 
-    /// Opens the TPM, creates the AK, reads the EK and its certificate, and measures `files`
-    /// into `measurePCR`. `ekChain`: intermediate certificates (concatenated DER) to present.
+    /// Opens the TPM, creates the AK, reads the EK and its certificate, and measures the sealed
+    /// engine `executable` (when the worker starts it) and `files` into `measurePCR`. `ekChain`:
+    /// intermediate certificates (concatenated DER) to present.
     public init(
         tcti: String, akAlgorithm: AttestationKeyAlgorithm = .eccP256, files: [URL], measurePCR: Int = 23,
-        quotedPCRs: [Int] = [0, 1, 2, 3, 4, 5, 6, 7], ekChain: Data? = nil
+        quotedPCRs: [Int] = [0, 1, 2, 3, 4, 5, 6, 7], ekChain: Data? = nil, executable: SealedExecutable? = nil
     ) throws {
         let device = try TPMDevice(tcti: tcti)
         let key = try device.createAttestationKey(akAlgorithm)
-        let certificate = try device.readNV(index: TPMDevice.rsaEKCertificateIndex).flatMap(Self.derPrefix)
+        // A TPM whose certificate index cannot be read is one without a certificate (enrolled
+        // EKs need none); the policy decides.
+        let certificate = (try? device.readNV(index: TPMDevice.rsaEKCertificateIndex))?.flatMap(Self.derPrefix)
         endorsement = Endorsement(ekPublic: try device.endorsementKeyPublic(), certificate: certificate, chain: ekChain)
         let measurer = FileMeasurer(pcr: measurePCR)
-        log = IMALog(entries: try files.map { try measurer.measure($0, into: device) })
+        var entries = [IMALog.Entry]()
+        if let executable {
+            entries.append(try measurer.measure(digest: executable.digest, path: executable.logPath, into: device))
+        }
+        log = IMALog(entries: entries + (try files.map { try measurer.measure($0, into: device) }))
         self.device = device
         self.key = key
         self.measurePCR = measurePCR
