@@ -32,6 +32,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         // The worker's engine supervisor: staged teardown (SIGTERM, then SIGKILL) and an async wait.
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         // Outbound HTTP (PCCS, toncenter, the admin CLI): deadlines and capped, streamed bodies.
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         // Traits off: no swift-configuration, no full-Foundation extras.
@@ -128,6 +129,7 @@ let package = Package(
                 "TONStake",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ] + nio,

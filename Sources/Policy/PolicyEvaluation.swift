@@ -28,6 +28,14 @@ extension PolicyDocument {
         }
         if claims.fields["tee"] == "tdx" { reasons += evaluateTD(claims.fields, source: source) }
         if claims.fields["mrenclave"] != nil { reasons += evaluateEnclave(claims.fields, source: source) }
+        // Threat: a file IMA measured while it was open for writing; what ran is unknown.
+        if let violations = claims.fields["ima.violations"].flatMap(Int.init), violations > 0 {
+            reasons.append(
+                Reason(
+                    .policyMeasurementNotAllowed, source,
+                    "the IMA log records \(violations) violation\(violations == 1 ? "" : "s") (a file measured while open for writing): what ran is unknown"
+                ))
+        }
         guard requireMeasurements else { return reasons }
         let binaryDigests = Set(binaries.map(\.sha256))
         let modelDigests = Set(models.map(\.sha256))
@@ -131,5 +139,17 @@ extension PolicyDocument {
         let digests = Set(measured.filter { $0.algorithm == "sha256" }.map(\.digestHex))
         let bound = Set(models.filter { digests.contains($0.sha256) }.flatMap(\.names))
         return advertised.filter { !bound.contains($0) }
+    }
+
+    /// The reasons advertised `names` fail ``unboundModelNames(_:measured:)``.
+    public func nameReasons(_ names: [String], _ facts: AttestedFacts) -> [Reason] {
+        let unbound = unboundModelNames(names, measured: facts.claims.measuredFiles)
+        guard !unbound.isEmpty else { return [] }
+        return [
+            Reason(
+                .policyModelNameNotBound, "policy.\(name)",
+                "the worker advertises \(unbound.joined(separator: ", ")), which no model it measured is bound to by the policy"
+            )
+        ]
     }
 }

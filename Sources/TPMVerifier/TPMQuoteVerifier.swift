@@ -66,7 +66,9 @@ public struct TPMQuoteVerifier: Sendable {
         guard let quoted = run.fatal({ try $0.quotedPCRs(evidence, hash) }) else { return run.verdict() }
         run.replayEventLog(evidence, quoted)
         let measured = run.replayIMA(evidence, quoted)
-        return run.verdict(claims: Self.claims(evidence, scheme, quoted, measured, identity))
+        var facts = identity
+        if evidence.imaLog != nil { facts["ima.violations"] = String(run.violations) }
+        return run.verdict(claims: Self.claims(evidence, scheme, quoted, measured, facts))
     }
 
     static func claims(
@@ -221,6 +223,8 @@ private struct TPMRun {
     let options: TPMQuoteVerifier.Options
     var passed = [String]()
     var reasons = [Reason]()
+    /// IMA entries that are violations (files measured while open for writing).
+    var violations = 0
 
     init(options: TPMQuoteVerifier.Options) { self.options = options }
 
@@ -452,6 +456,9 @@ private struct TPMRun {
         passed.append(
             "ima log: \(ima.entries.count) entries replay to quoted PCR \(registers.sorted().map(String.init).joined(separator: ","))"
         )
+        // Threat: a file changed while it was measured (IMA's open-writers and ToMToU
+        // violations): its content is unknown, so the log cannot vouch for it. The policy judges.
+        violations = ima.entries.filter(\.isViolation).count
         return ima.entries.filter { !$0.isViolation }.map {
             MeasuredFile(path: $0.path, algorithm: $0.fileAlgorithm, digestHex: $0.fileDigest.hex, pcr: $0.pcr)
         }

@@ -173,8 +173,13 @@ struct ServeCommand: AsyncParsableCommand {
             }
         }
         for (index, text) in toncenter.enumerated() {
-            guard let base = URL(string: text), base.scheme == "https" || base.scheme == "http", base.host != nil else {
+            guard let base = URL(string: text), base.scheme == "https" || base.scheme == "http", let host = base.host
+            else {
                 throw failure("--toncenter \(text) is not an http(s) URL")
+            }
+            // Threat: a network in the middle answering stake reads for a plain-HTTP endpoint.
+            guard base.scheme == "https" || ["127.0.0.1", "localhost", "::1", "[::1]"].contains(host) else {
+                throw failure("--toncenter \(text): stake is read over https only (plain http only on loopback)")
             }
             var key: String?
             if index < toncenterKeyFiles.count, toncenterKeyFiles[index] != "-" {

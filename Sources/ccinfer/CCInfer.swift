@@ -76,9 +76,10 @@ struct ModelOptions: ParsableArguments {
             valueName: "HEX"))
     var modelSHA256: String?
 
-    /// The digest the model must have: the option, else the worker's environment variable.
+    /// The digest the model must have. The worker's environment variable wins: the engine's
+    /// arguments come from the host owner, who must not be able to name another digest.
     var expectedModelSHA256: String? {
-        (modelSHA256 ?? ProcessInfo.processInfo.environment["CCINFER_MODEL_SHA256"])?.lowercased()
+        (ProcessInfo.processInfo.environment["CCINFER_MODEL_SHA256"] ?? modelSHA256)?.lowercased()
     }
 
     func validate() throws {
@@ -86,6 +87,12 @@ struct ModelOptions: ParsableArguments {
             throw ValidationError("--model \(model): not a readable file")
         }
         if let context, context < 16 { throw ValidationError("--context must be at least 16") }
+        if let worker = ProcessInfo.processInfo.environment["CCINFER_MODEL_SHA256"], let modelSHA256,
+            worker.lowercased() != modelSHA256.lowercased()
+        {
+            throw ValidationError(
+                "--model-sha256 contradicts the measured digest the worker gave (CCINFER_MODEL_SHA256)")
+        }
         if let expected = expectedModelSHA256,
             expected.count != 64 || !expected.allSatisfy({ $0.isHexDigit && $0.isASCII })
         {

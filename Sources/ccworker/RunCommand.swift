@@ -32,9 +32,9 @@ struct Run: AsyncParsableCommand {
 
             Examples:
               ccworker run --gateway 127.0.0.1:8444 --tpm swtpm:host=127.0.0.1,port=2321 \\
-                --engine ./ccinfer --model ./model.gguf --model-name smollm2 --engine-url http://127.0.0.1:8081 \\
-                --engine-command -- ./ccinfer serve --model ./model.gguf --port 8081
-              ccworker run --tee tdx --gateway gw.example:8444 --engine ./ccinfer --model ./model.gguf --model-name smollm2
+                --engine ./ccinfer --model ./model.gguf --model-name smollm2-135m-instruct \\
+                --engine-url http://127.0.0.1:8081 --engine-command -- ./ccinfer serve --model ./model.gguf --port 8081
+              ccworker run --tee tdx --gateway gw.example:8444 --engine ./ccinfer --model ./model.gguf --model-name smollm2-135m-instruct
             """)
 
     @OptionGroup var tdx: TDXOptions
@@ -85,6 +85,13 @@ struct Run: AsyncParsableCommand {
             throw ValidationError(
                 "the engine command must start the measured engine: its first word (\(first)) is not --engine (\(engine))"
             )
+        }
+        if engineCommand, let url = EngineClient(url: engineURL), !["127.0.0.1", "localhost", "::1"].contains(url.host)
+        {
+            throw ValidationError("with --engine-command the engine is on loopback: --engine-url must name 127.0.0.1")
+        }
+        if engineCommand, command.contains(where: { $0.hasPrefix("--model-sha256") }) {
+            throw ValidationError("the engine command must not name a model digest: ccworker passes the measured one")
         }
         guard (providerWallet == nil) == (providerKey == nil) else {
             throw ValidationError("--provider-wallet and --provider-key go together")
@@ -144,16 +151,19 @@ struct Run: AsyncParsableCommand {
             // The engine ccworker starts is measured as its sealed copy and runs from it; an
             // engine it does not start is measured as a file (and judged as unmeasured).
             let sealed = engineCommand ? try SealedExecutable(copying: engineFile) : nil
-            let files = sealed == nil ? [engineFile, modelFile] : [modelFile]
+            let files = sealed == nil ? [engineFile] : []
+            // The model is read once: the digest in the log is the one the engine must load.
+            let modelMeasurement = FileMeasurement(path: modelFile.path, sha256: try FileMeasurer.digest(of: modelFile))
             if tdx.tee == "tdx" {
-                attestor = try tdx.attestor(files: files, executable: sealed)
+                attestor = try tdx.attestor(files: files, executable: sealed, premeasured: [modelMeasurement])
             } else {
                 attestor = try Attestor(
                     tcti: tpm, akAlgorithm: AttestationKeyAlgorithm(rawValue: ak)!, files: files,
-                    measurePCR: measurePCR, ekChain: try ekChain(tpmEKChain), executable: sealed)
+                    measurePCR: measurePCR, ekChain: try ekChain(tpmEKChain), executable: sealed,
+                    premeasured: [modelMeasurement])
             }
             if let sealed {
-                let modelDigest = try FileMeasurer.digest(of: modelFile).hex
+                let modelDigest = modelMeasurement.sha256.hex
                 supervisor = EngineSupervisor(
                     executable: sealed, arguments: Array(command.dropFirst()),
                     environment: ["CCINFER_MODEL_SHA256": modelDigest], logger: logger)
@@ -206,7 +216,7 @@ enum WorkerLoop {
                 }
             }
             group.addTask {
-                await waitForEngine(engine, logger: logger)
+                await waitForEngine(engine, supervisor: supervisor, logger: logger)
                 return await connect(client, logger: logger)
             }
             let first = await group.next() ?? nil
@@ -215,9 +225,19 @@ enum WorkerLoop {
         }
     }
 
-    static func waitForEngine(_ engine: EngineClient, logger: Logger) async {
+    /// Waits until the engine answers, and, when ccworker started it, until the process answering
+    /// on its port is that engine (not another process holding the port).
+    static func waitForEngine(_ engine: EngineClient, supervisor: EngineSupervisor?, logger: Logger) async {
         var waited = 0
-        while !(await engine.isReady()), !Task.isCancelled {
+        while !Task.isCancelled {
+            if await engine.isReady() {
+                guard let supervisor, !supervisor.ownsListener(port: engine.port) else { return }
+                if waited % 10 == 0 {
+                    logger.error(
+                        "another process than the started engine listens on the engine port; not attesting",
+                        metadata: ["ccworker.engine": "\(engine.host):\(engine.port)"])
+                }
+            }
             if waited % 10 == 0 {
                 logger.info("waiting for the engine", metadata: ["ccworker.engine": "\(engine.host):\(engine.port)"])
             }

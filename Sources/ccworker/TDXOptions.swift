@@ -24,7 +24,9 @@ struct TDXOptions: ParsableArguments {
         guard ["tpm", "tdx"].contains(tee) else { throw ValidationError("--tee must be tpm or tdx") }
     }
 
-    func attestor(files: [URL], executable: SealedExecutable? = nil) throws -> TDXAttestor {
+    func attestor(files: [URL], executable: SealedExecutable? = nil, premeasured: [FileMeasurement] = []) throws
+        -> TDXAttestor
+    {
         var fields: [String: String]?
         if let collateral {
             guard let data = FileManager.default.contents(atPath: collateral),
@@ -35,6 +37,7 @@ struct TDXOptions: ParsableArguments {
         return try TDXAttestor(
             tsm: ConfigfsTSM(root: URL(fileURLWithPath: tsmDir)),
             rtmr: RTMRExtender(directory: URL(fileURLWithPath: rtmrDir)),
-            ccel: URL(fileURLWithPath: ccel), files: files, executable: executable, collateral: fields)
+            ccel: URL(fileURLWithPath: ccel), files: files, executable: executable, premeasured: premeasured,
+            collateral: fields)
     }
 }

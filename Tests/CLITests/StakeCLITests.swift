@@ -134,3 +134,18 @@ import TONStake
         #expect(((try? String(contentsOf: log, encoding: .utf8)) ?? "").contains("stake.below-minimum"))
     }
 }
+
+/// Stake is read over https: a network in the middle must not answer for the chain.
+@Suite struct ToncenterTransportTests {
+    @Test func plainHTTPToncenterIsRefusedExceptOnLoopback() throws {
+        let dir = try TemporaryDirectory("toncenter-http")
+        let result = try ProcessRunner.run(
+            EvidenceVerifyCLITests.ccgate,
+            [
+                "serve", "--port", "0", "--worker-port", "0", "--api-key", "k", "--data-dir", dir.file("data").path,
+                "--toncenter", "http://toncenter.example.com", "--toncenter", "https://toncenter.example.net",
+            ])
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderr.contains("https only"), "\(result.stderr)")
+    }
+}

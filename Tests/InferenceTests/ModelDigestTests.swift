@@ -54,6 +54,13 @@ import Testing
             EngineErrorTests.ccinfer, ["generate", "--model", model, "--prompt", "x", "--max-tokens", "1"],
             environment: env)
         #expect(measured.status == 0, "\(measured.stderr)")
+        // The worker's digest wins: an engine argument naming another digest is refused.
+        let contradicted = try await ProcessRunner.run(
+            EngineErrorTests.ccinfer,
+            ["generate", "--model", model, "--model-sha256", String(repeating: "1", count: 64), "--prompt", "x"],
+            environment: env)
+        #expect(contradicted.status == 2)
+        #expect(contradicted.stderr.contains("contradicts"), "\(contradicted.stderr)")
         let bad = try await ProcessRunner.run(
             EngineErrorTests.ccinfer, ["generate", "--model", model, "--model-sha256", "xyz", "--prompt", "x"])
         #expect(bad.status == 2)

@@ -115,6 +115,35 @@ import Testing
         #expect(reasons([:]).count == 1)
     }
 
+    /// Names bind to measured models once any model entry lists names; policy apply and
+    /// re-attestation use the same check.
+    @Test func modelNamesAreBoundToMeasuredModels() throws {
+        let small = String(repeating: "12", count: 32)
+        let large = String(repeating: "34", count: 32)
+        let policy = try PolicyDocument.parse(
+            """
+            schema: ccgate.policy/v1
+            name: t
+            measurements:
+              require: false
+              models:
+                - {name: small.gguf, names: [smollm2-135m], sha256: \(small)}
+                - {name: large.gguf, names: [llama-405b, llama-405b-instruct], sha256: \(large)}
+            """)
+        let measuredSmall = [MeasuredFile(path: "/m", algorithm: "sha256", digestHex: small, pcr: 23)]
+        #expect(policy.unboundModelNames(["smollm2-135m"], measured: measuredSmall).isEmpty)
+        #expect(policy.unboundModelNames(["llama-405b"], measured: measuredSmall) == ["llama-405b"])
+        #expect(policy.unboundModelNames(["SmolLM2-135M"], measured: measuredSmall) == ["SmolLM2-135M"])
+        let facts = AttestedFacts(
+            format: "tpm2-quote", claims: VerifiedClaims(measuredFiles: measuredSmall), tcbStatus: nil, advisoryIDs: [])
+        #expect(policy.nameReasons(["llama-405b-instruct"], facts).map(\.code) == [.policyModelNameNotBound])
+        // A policy whose models list no names binds nothing (lint warns).
+        let unnamed = try PolicyDocument.parse(
+            "schema: ccgate.policy/v1\nname: t\nmeasurements: {require: false, models: [{name: m, sha256: \(small)}]}")
+        #expect(unnamed.unboundModelNames(["anything"], measured: measuredSmall).isEmpty)
+        #expect(unnamed.lint.warnings.contains { $0.contains("names") })
+    }
+
     /// An engine hashed on disk but not executed from its measured copy is refused unless the
     /// policy allows it.
     @Test func unmeasuredEngineNeedsThePolicyFlag() throws {

@@ -1,5 +1,7 @@
 import AttestationCore
+import EventLog
 import Foundation
+import Policy
 import TestSupport
 import Testing
 import WorkerAgent
@@ -145,5 +147,33 @@ import WorkerAgent
                 try TrustRoots.parse(pem: file).map(\.der) == (try TrustRoots.parse(pem: entry.pem)).map(\.der),
                 "\(entry.name)")
         }
+    }
+}
+
+/// IMA violations (a file measured while open for writing) are reported, and the policy refuses them.
+@Suite(.serialized) struct IMAViolationTests {
+    @Test func violationsAreCountedAndRefused() throws {
+        let tpm = try Swtpm.start()
+        defer { tpm.stop() }
+        let device = try TPMDevice(tcti: tpm.tcti)
+        let ak = try device.createAttestationKey(.eccP256)
+        let zeros = String(repeating: "0", count: 40)
+        let text = "23 \(zeros) ima-ng sha256:\(String(repeating: "0", count: 64)) /opt/engine\n"
+        let log = try IMALog.parse(Data(text.utf8))
+        #expect(log.entries.first?.isViolation == true)
+        for entry in log.entries {
+            try device.extend(
+                pcr: 23, digests: [.sha1: entry.extendValue(for: .sha1), .sha256: entry.extendValue(for: .sha256)])
+        }
+        let nonce = Data(repeating: 9, count: 32)
+        let envelope = try QuoteEnvelopeBuilder(device: device, key: ak).envelope(
+            qualifyingData: nonce, indices: [23], imaLog: log)
+        let verdict = TPMQuoteVerifier().verify(envelopeData: envelope, expectedNonce: nonce, at: Date())
+        #expect(verdict.isAccepted, "\(verdict.reasons)")
+        #expect(verdict.claims?.fields["ima.violations"] == "1")
+        let policy = try PolicyDocument.parse("schema: ccgate.policy/v1\nname: t\nmeasurements: {require: false}")
+        let reasons = policy.evaluate(try #require(verdict.claims))
+        #expect(reasons.map(\.code) == [.policyMeasurementNotAllowed])
+        #expect(reasons.first?.message.contains("violation") == true)
     }
 }

@@ -227,8 +227,17 @@ public struct AdmissionCoordinator: Sendable {
     public func reattest(_ worker: AdmittedSession, nonce: Data, evidence: WireMessage.EvidenceMessage) async
         -> ReattestationDecision
     {
-        let judgement = await judge(
+        var judgement = await judge(
             envelope: evidence.envelope, nonce: nonce, workerKey: worker.kemPublicKey, activation: worker.activation)
+        // Threat: a worker admitted with one model re-attesting with another, keeping its names.
+        if let facts = AttestedFacts(judgement.verdict) {
+            let unbound = judgement.policy.document.nameReasons(worker.models, facts)
+            if !unbound.isEmpty {
+                judgement = Judgement(
+                    verdict: judgement.verdict.adding(policyReasons: unbound), policy: judgement.policy,
+                    evidence: judgement.evidence, note: judgement.note)
+            }
+        }
         return ReattestationDecision(worker: worker, judgement: judgement, at: clock.now())
     }
 
@@ -250,6 +259,8 @@ public struct AdmittedSession: Sendable, Equatable {
     /// The TPM credential activation proved at admission: re-attestations must quote with the
     /// same AK (a quote by any other key is judged as unactivated).
     public let activation: ProvenActivation?
+    /// The model names the worker advertised; every re-attestation must still bind them.
+    public let models: [String]
 }
 
 /// A credential activation that succeeded: the AK with this Name lives in the TPM whose EK has
@@ -336,10 +347,14 @@ public struct AdmissionDecision: Sendable {
         detail: [String: String] = [:]
     ) -> AdmissionDecision {
         // Threat: a peer filling the data directory with garbage (each rejected envelope up to
-        // the 2 MiB frame). Evidence that did not verify proves nothing about anyone and is
-        // recorded by digest only; evidence that verified and was refused by the policy is kept,
-        // so that the refusal can be replayed.
-        let verified = judgement.verdict.reasons.allSatisfy { $0.source.hasPrefix("policy") }
+        // the 2 MiB frame). Evidence that did not verify, or whose key is not anchored in
+        // hardware (a format the policy does not take, an untrusted AK or EK chain), proves
+        // nothing about anyone and is recorded by digest only; evidence from anchored hardware
+        // that the policy refused is kept, so that the refusal can be replayed.
+        let unanchored: Set<ReasonCode> = [.evidenceUnsupported, .tpmAKUntrusted, .tpmEKChainInvalid]
+        let verified = judgement.verdict.reasons.allSatisfy {
+            $0.source.hasPrefix("policy") && !unanchored.contains($0.code)
+        }
         let event = AuditEvent(
             .admission, worker: hello.workerID, decision: .reject, reasons: reasons,
             policyVersion: judgement.policy.version, evidenceSHA256: verified ? nil : judgement.evidence.sha256,
@@ -390,10 +405,10 @@ public struct AdmissionDecision: Sendable {
             detail: ["session": sessionID, "kem": "X25519-HKDF-SHA256/ChaCha20Poly1305"])
         let session = AdmittedSession(
             workerID: hello.workerID, sessionID: sessionID, kemPublicKey: hello.kemPublicKey, admittedAt: now,
-            activation: activation)
+            activation: activation, models: hello.models)
         let grant = Grant(
             session: session, sessionKey: sessionKey, models: hello.models, record: record,
-            admitted: AdmittedWorker(facts: facts, stake: stake?.stake), sealed: sealed)
+            admitted: AdmittedWorker(facts: facts, stake: stake?.stake, models: hello.models), sealed: sealed)
         // One transaction: the admission, the key issued on it, the worker's row.
         return AdmissionDecision(
             judgement: judgement, grant: grant, refusal: nil,

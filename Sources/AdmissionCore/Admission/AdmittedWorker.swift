@@ -8,10 +8,13 @@ public struct AdmittedWorker: Sendable {
     public let facts: AttestedFacts
     /// The provider's stake, when the policy required one.
     public let stake: ProviderStake?
+    /// The model names the worker advertises (bound, by the policy, to models it measured).
+    public let models: [String]
 
-    public init(facts: AttestedFacts, stake: ProviderStake?) {
+    public init(facts: AttestedFacts, stake: ProviderStake?, models: [String] = []) {
         self.facts = facts
         self.stake = stake
+        self.models = models
     }
 
     /// Who the worker is, by what it attested rather than the id it chose: the TPM's EK (or its
@@ -20,7 +23,11 @@ public struct AdmittedWorker: Sendable {
     public var identity: String {
         let f = facts.claims.fields
         let provider = stake.map { " provider:\($0.provider)" } ?? ""
-        if let ek = f["ek.sha256"] { return "tpm-ek:\(ek)\(provider)" }
+        // The EK names the TPM only when activation showed the AK lives in it; a presented EK
+        // alone is anyone's to copy.
+        if let ek = f["ek.sha256"], ["live", "record"].contains(f["ak.activation"]) {
+            return "tpm-ek:\(ek)\(provider)"
+        }
         if let ak = f["ak.sha256"] { return "tpm-ak:\(ak)\(provider)" }
         let image = ["fmspc", "mrtd", "rtmr0", "rtmr1", "rtmr2", "mrenclave", "mrsigner"].map { f[$0] ?? "-" }
         return "dcap:" + image.joined(separator: ":") + provider
@@ -36,6 +43,6 @@ public struct AdmittedWorker: Sendable {
     public func reasons(under document: PolicyDocument, at time: Date) -> [Reason] {
         var facts = facts
         facts.stake = stake == nil ? .absent : .proven
-        return document.judge(facts, at: time)
+        return document.judge(facts, at: time) + document.nameReasons(models, facts)
     }
 }

@@ -60,7 +60,7 @@ public final class WorkerRegistry: Sendable {
         entries.withLock { e in
             guard var entry = e[record.id], entry.link.sessionID == record.session else { return }
             entry.record = record
-            entry.admission = AdmittedWorker(facts: facts, stake: entry.admission.stake)
+            entry.admission = AdmittedWorker(facts: facts, stake: entry.admission.stake, models: entry.admission.models)
             e[record.id] = entry
         }
     }

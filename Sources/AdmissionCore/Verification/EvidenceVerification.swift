@@ -64,15 +64,22 @@ public struct EvidenceVerification: Sendable {
         }
     }
 
+    /// A peer-chosen string as it may appear in reasons and the audit log: printable ASCII, at
+    /// most 64 characters.
+    static func printable(_ text: String) -> String {
+        let cleaned = String(text.unicodeScalars.filter { $0.isASCII && $0.value >= 0x20 && $0.value < 0x7f })
+        return cleaned.count <= 64 ? cleaned : String(cleaned.prefix(64)) + "…"
+    }
+
     /// Verifies a parsed envelope, then judges the facts under the policy.
     public func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?, at time: Date) -> Verdict {
         guard policy.formats.contains(envelope.format) else {
             return .reject(
-                format: envelope.format,
+                format: Self.printable(envelope.format),
                 reasons: [
                     Reason(
                         .evidenceUnsupported, "policy.\(policy.name)",
-                        "evidence format '\(envelope.format)' is not accepted by this policy")
+                        "evidence format '\(Self.printable(envelope.format))' is not accepted by this policy")
                 ])
         }
         let verdict: Verdict
@@ -89,8 +96,12 @@ public struct EvidenceVerification: Sendable {
             .verify(envelope, expectedNonce: expectedNonce, at: time)
         case nil:
             verdict = .reject(
-                format: envelope.format,
-                reasons: [Reason(.evidenceUnsupported, "verifier", "unknown evidence format '\(envelope.format)'")])
+                format: Self.printable(envelope.format),
+                reasons: [
+                    Reason(
+                        .evidenceUnsupported, "verifier", "unknown evidence format '\(Self.printable(envelope.format))'"
+                    )
+                ])
         }
         guard let facts = AttestedFacts(verdict) else { return verdict }
         return verdict.adding(policyReasons: policy.judge(facts, at: time, scope: scope))

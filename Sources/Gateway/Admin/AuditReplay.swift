@@ -23,6 +23,14 @@ public struct AuditReplay: Sendable {
             if recordedReason == ReasonCode.tpmActivationFailed.rawValue {
                 return !replayed.isAccepted && replayed.reason == .tpmAKUntrusted
             }
+            // Refusals decided on the session, not the evidence (the names the worker advertised,
+            // an id another identity holds, the provider's stake): the evidence replays as accepted.
+            if let code = recordedReason,
+                [ReasonCode.policyModelNameNotBound.rawValue, "worker.id-in-use"].contains(code)
+                    || code.hasPrefix("stake.")
+            {
+                return replayed.isAccepted
+            }
             return replayed.isAccepted == recordedAccept
                 && (recordedAccept || replayed.reason?.rawValue == recordedReason)
         }

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import Subprocess
+import SystemPackage
 import Synchronization
 
 /// Starts the inference engine and restarts it when it exits, with a growing delay between
@@ -32,6 +33,15 @@ public final class EngineSupervisor: Sendable {
         self.logger = logger
         sealed = nil
     }
+
+    /// Threat: a host owner loading unmeasured code into the measured engine through the dynamic
+    /// loader or the Vulkan loader. These variables are removed from a sealed engine's
+    /// environment. (The system libraries and the Vulkan driver themselves remain host code the
+    /// measurement does not cover.)
+    static let injectionVariables = [
+        "LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "VK_INSTANCE_LAYERS", "VK_LAYER_PATH", "VK_ADD_LAYER_PATH",
+        "VK_LOADER_LAYERS_ENABLE", "VK_IMPLICIT_LAYER_PATH", "VK_EXPLICIT_LAYER_PATH",
+    ]
 
     /// Supervises the engine executed from its sealed, measured copy with `arguments`.
     public init(
@@ -80,11 +90,17 @@ public final class EngineSupervisor: Sendable {
         defer { state.withLock { $0.starting = false } }
         var options = PlatformOptions()
         options.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: Self.gracePeriod)]
+        // A sealed engine is executed directly from its copy (no launcher read from disk), and
+        // without the variables that would load other code into it.
+        let executable: Executable = sealed.map { .path(FilePath($0.executablePath)) } ?? .path("/usr/bin/env")
+        let arguments = sealed == nil ? command : Array(command.dropFirst())
+        var variables = [Environment.Key: String?]()
+        if sealed != nil {
+            for name in Self.injectionVariables { variables[Environment.Key(stringLiteral: name)] = .some(nil) }
+        }
+        for (name, value) in environment { variables[Environment.Key(stringLiteral: name)] = value }
         let result = try await Subprocess.run(
-            .path("/usr/bin/env"), arguments: Arguments(command),
-            environment: .inherit.updating(
-                Dictionary(uniqueKeysWithValues: environment.map { (Environment.Key(stringLiteral: $0.key), $0.value) })
-            ),
+            executable, arguments: Arguments(arguments), environment: .inherit.updating(variables),
             platformOptions: options, input: .none,
             output: .currentStandardOutput, error: .currentStandardError
         ) { execution in
@@ -129,5 +145,42 @@ public final class EngineSupervisor: Sendable {
             let close = stat.lastIndex(of: ")")
         else { return true }
         return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first != "Z"
+    }
+}
+
+extension EngineSupervisor {
+    /// Whether the process listening on loopback TCP `port` is the supervised engine (read from
+    /// /proc: the listening socket's inode among the engine's descriptors).
+    ///
+    /// Threat: requests sealed for the measured engine served by another process that holds the
+    /// engine's port (started first, or named by a mistaken `--engine-url`).
+    public func ownsListener(port: Int) -> Bool {
+        guard let pid = enginePID else { return false }
+        let inodes = Self.listeningInodes(port: port)
+        guard !inodes.isEmpty else { return false }
+        let fdDirectory = "/proc/\(pid)/fd"
+        let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: fdDirectory)) ?? []
+        return descriptors.contains { fd in
+            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(fdDirectory)/\(fd)"),
+                target.hasPrefix("socket:["), target.hasSuffix("]")
+            else { return false }
+            return inodes.contains(String(target.dropFirst(8).dropLast()))
+        }
+    }
+
+    /// Inodes of the TCP sockets listening on `port` (IPv4 and IPv6).
+    static func listeningInodes(port: Int) -> Set<String> {
+        var inodes = Set<String>()
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            guard let text = try? String(contentsOfFile: table, encoding: .utf8) else { continue }
+            for line in text.split(separator: "\n").dropFirst() {
+                let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+                guard fields.count > 9, fields[3] == "0A", let colon = fields[1].lastIndex(of: ":"),
+                    Int(fields[1][fields[1].index(after: colon)...], radix: 16) == port
+                else { continue }
+                inodes.insert(String(fields[9]))
+            }
+        }
+        return inodes
     }
 }

@@ -2,6 +2,17 @@ import AttestationCore
 import EventLog
 import Foundation
 
+/// A file's SHA-256, taken once and recorded as it was read (so that what a log says and what a
+/// consumer is told to expect are the same read).
+public struct FileMeasurement: Sendable {
+    public let path: String
+    public let sha256: Data
+    public init(path: String, sha256: Data) {
+        self.path = path
+        self.sha256 = sha256
+    }
+}
+
 /// Measures files into an `ima-ng` log and a TPM PCR, the way the kernel's IMA would: the file's
 /// SHA-256 goes into the entry, the entry's template hash is extended into the PCR of every bank.
 public struct FileMeasurer {

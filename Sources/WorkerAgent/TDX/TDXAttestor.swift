@@ -28,7 +28,8 @@ public final class TDXAttestor: EvidenceSource, Sendable {
     /// into RTMR3.
     public init(
         tsm: ConfigfsTSM = ConfigfsTSM(), rtmr: RTMRExtender = RTMRExtender(), ccel: URL = defaultCCEL,
-        files: [URL], executable: SealedExecutable? = nil, collateral: [String: String]? = nil
+        files: [URL], executable: SealedExecutable? = nil, premeasured: [FileMeasurement] = [],
+        collateral: [String: String]? = nil
     ) throws {
         self.tsm = tsm
         self.rtmr = rtmr
@@ -40,6 +41,7 @@ public final class TDXAttestor: EvidenceSource, Sendable {
             firmwareLog = CCELEncoder.header()
         }
         if let executable { try record(path: executable.logPath, sha256: executable.digest) }
+        for m in premeasured { try record(path: m.path, sha256: m.sha256) }
         for file in files { try measure(file) }
     }
 

@@ -36,7 +36,8 @@ public actor Attestor {
     /// intermediate certificates (concatenated DER) to present.
     public init(
         tcti: String, akAlgorithm: AttestationKeyAlgorithm = .eccP256, files: [URL], measurePCR: Int = 23,
-        quotedPCRs: [Int] = [0, 1, 2, 3, 4, 5, 6, 7], ekChain: Data? = nil, executable: SealedExecutable? = nil
+        quotedPCRs: [Int] = [0, 1, 2, 3, 4, 5, 6, 7], ekChain: Data? = nil, executable: SealedExecutable? = nil,
+        premeasured: [FileMeasurement] = []
     ) throws {
         let device = try TPMDevice(tcti: tcti)
         let key = try device.createAttestationKey(akAlgorithm)
@@ -49,6 +50,7 @@ public actor Attestor {
         if let executable {
             entries.append(try measurer.measure(digest: executable.digest, path: executable.logPath, into: device))
         }
+        for m in premeasured { entries.append(try measurer.measure(digest: m.sha256, path: m.path, into: device)) }
         log = IMALog(entries: entries + (try files.map { try measurer.measure($0, into: device) }))
         self.device = device
         self.key = key
