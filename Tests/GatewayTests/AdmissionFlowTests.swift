@@ -86,11 +86,7 @@ import WorkerProtocol
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let tpm = try Swtpm.start()
         defer { tpm.stop() }
-        let dir = try TemporaryDirectory()
-        try Self.engine.write(to: dir.file("engine"))
-        try Self.model.write(to: dir.file("model"))
-        let attestor = try Attestor(
-            tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")], ekChain: try SwtpmLocalCA.shared?.chainDER)
+        let (attestor, _) = try measuredAttestor(on: tpm, engine: Self.engine, model: Self.model)
         defer { Task { await gateway.stop() } }
 
         let ourKey = WorkerKEMKey()
@@ -139,11 +135,11 @@ import WorkerProtocol
         async let streamed = Task.detached {
             try await gateway.request("/v1/chat/completions", method: "POST", body: Self.streamingChat)
         }.value
-        // Kill a once it streams (the engine has the request and has had time for a first chunk):
-        // a fixed delay is not enough on a loaded machine.
+        // Kill a once it streams (the engine has written chunks, and a moment has passed for the
+        // first to reach the client): a fixed delay is not enough on a loaded machine.
         let deadline = Date() + 60
-        while slow.requestCount == 0, Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
-        try await Task.sleep(for: .milliseconds(600))
+        while slow.chunksSent < 3, Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        try await Task.sleep(for: .seconds(1))
         a.kill()
         let result = try await streamed
         #expect(result.status == 200)

@@ -143,6 +143,7 @@ final class FakeEngine: Sendable {
     init(name: String, chunks: Int = 5, chunkDelay: Duration = .milliseconds(20)) async throws {
         let router = Router()
         let counter = Counter()
+        let sent = Counter()
         router.get("/v1/models") { _, _ in #"{"object":"list","data":[{"id":"fake","object":"model"}]}"# }
         router.post("/v1/chat/completions") { request, _ -> Response in
             counter.increment()
@@ -161,6 +162,7 @@ final class FakeEngine: Sendable {
                             try await writer.write(
                                 ByteBuffer(
                                     string: "data: {\"choices\":[{\"delta\":{\"content\":\"\(name)-\(i) \"}}]}\n\n"))
+                            sent.increment()
                         }
                         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                         try await writer.finish(nil)
@@ -179,10 +181,14 @@ final class FakeEngine: Sendable {
         (port, task) = await serveOnLoopback(router)
         self.chunkDelay = chunkDelay
         self.counter = counter
+        self.sent = sent
     }
 
     private let counter: Counter
+    private let sent: Counter
     var requestCount: Int { counter.value }
+    /// Stream chunks written so far, over all requests.
+    var chunksSent: Int { sent.value }
 
     final class Counter: Sendable {
         private let count = Mutex<Int>(0)
@@ -285,4 +291,15 @@ func admission(_ events: AsyncStream<GatewayClient.Event>, _ task: Task<Void, an
         try await task.value
         return .failure(CancellationError())
     } catch { return .failure(error) }
+}
+
+/// An attestor on `tpm` (with the test CA's EK chain) that measured `engine` and `model`, written
+/// to a new directory (kept alive by the caller).
+func measuredAttestor(on tpm: Swtpm, engine: Data, model: Data) throws -> (Attestor, TemporaryDirectory) {
+    let dir = try TemporaryDirectory()
+    try engine.write(to: dir.file("engine"))
+    try model.write(to: dir.file("model"))
+    let attestor = try Attestor(
+        tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")], ekChain: try SwtpmLocalCA.shared?.chainDER)
+    return (attestor, dir)
 }

@@ -245,11 +245,7 @@ import WorkerAgent
         }
         let tpm = try Swtpm.start()
         defer { tpm.stop() }
-        let dir = try TemporaryDirectory()
-        try Self.engine.write(to: dir.file("engine"))
-        try Self.model.write(to: dir.file("model"))
-        let attestor = try Attestor(
-            tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")], ekChain: try SwtpmLocalCA.shared?.chainDER)
+        let (attestor, _) = try measuredAttestor(on: tpm, engine: Self.engine, model: Self.model)
         for time in [Int.min, Int.max] {
             let ending = try await HostileWorker.run(
                 gatewayPort: gateway.workerPort, attestor: attestor, id: "time-\(time)", model: "fake",

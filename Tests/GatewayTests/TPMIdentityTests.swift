@@ -193,11 +193,7 @@ enum PublicKeyDigest {
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let tpm = try Swtpm.start()
         defer { tpm.stop() }
-        let dir = try TemporaryDirectory()
-        try Self.engine.write(to: dir.file("engine"))
-        try Self.model.write(to: dir.file("model"))
-        let attestor = try Attestor(
-            tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")], ekChain: try SwtpmLocalCA.shared?.chainDER)
+        let (attestor, _) = try measuredAttestor(on: tpm, engine: Self.engine, model: Self.model)
         let hostile = Task {
             try await HostileWorker.run(
                 gatewayPort: gateway.workerPort, attestor: attestor, id: "liar", model: "fake",
@@ -250,12 +246,8 @@ enum PublicKeyDigest {
         let gateway = try await GatewayHarness(policy: TPMIdentityTests.policy, reattest: .seconds(1))
         let other = try Swtpm.start()
         defer { other.stop() }
-        let dir = try TemporaryDirectory()
-        try TPMIdentityTests.engine.write(to: dir.file("engine"))
-        try TPMIdentityTests.model.write(to: dir.file("model"))
-        let second = try Attestor(
-            tcti: other.tcti, files: [dir.file("engine"), dir.file("model")],
-            ekChain: try SwtpmLocalCA.shared?.chainDER)
+        let (second, _) = try measuredAttestor(
+            on: other, engine: TPMIdentityTests.engine, model: TPMIdentityTests.model)
         let calls = Counter()
         let worker = try await TestWorker(
             id: "switcher", gatewayPort: gateway.workerPort, enginePort: 1, engine: TPMIdentityTests.engine,

@@ -119,6 +119,14 @@ public final class TPMDevice {
             template.publicArea.parameters.rsaDetail.keyBits = 2048
             template.publicArea.parameters.rsaDetail.exponent = 0
         }
+        let (handle, tpm2bPublic) = try createPrimary(template, what: "attestation key")
+        return AttestationKey(handle: handle, device: self, tpm2bPublic: tpm2bPublic, algorithm: algorithm)
+    }
+
+    /// A primary key in the endorsement hierarchy from `template`: its handle (the caller
+    /// flushes it) and its TPM2B_PUBLIC as the TPM marshals it.
+    func createPrimary(_ template: TPM2B_PUBLIC, what: String) throws(TPMError) -> (ESYS_TR, Data) {
+        var template = template
         var sensitive = TPM2B_SENSITIVE_CREATE()
         var outsideInfo = TPM2B_DATA()
         var creationPCR = TPML_PCR_SELECTION()
@@ -137,15 +145,15 @@ public final class TPMDevice {
             Esys_Free(creationHash)
             Esys_Free(creationTicket)
         }
-        guard rc == 0, let outPublic else { throw TPMError("create attestation key", rc) }
+        guard rc == 0, let outPublic else { throw TPMError("create \(what)", rc) }
         var buffer = [UInt8](repeating: 0, count: MemoryLayout<TPM2B_PUBLIC>.size)
         var offset = 0
         let mrc = Tss2_MU_TPM2B_PUBLIC_Marshal(outPublic, &buffer, buffer.count, &offset)
         guard mrc == 0 else {
             flush(handle)
-            throw TPMError("marshal attestation key", mrc)
+            throw TPMError("marshal \(what)", mrc)
         }
-        return AttestationKey(handle: handle, device: self, tpm2bPublic: Data(buffer[0..<offset]), algorithm: algorithm)
+        return (handle, Data(buffer[0..<offset]))
     }
 
     /// Extends `pcr` in each bank with the digest given for it.
@@ -291,34 +299,7 @@ extension TPMDevice {
 
     /// Creates the EK in the endorsement hierarchy; returns its handle (to flush) and TPM2B_PUBLIC.
     func createEndorsementKey() throws(TPMError) -> (ESYS_TR, Data) {
-        var template = Self.endorsementTemplate()
-        var sensitive = TPM2B_SENSITIVE_CREATE()
-        var outsideInfo = TPM2B_DATA()
-        var creationPCR = TPML_PCR_SELECTION()
-        var handle: ESYS_TR = ESYS_TR(ESYS_TR_NONE)
-        var outPublic: UnsafeMutablePointer<TPM2B_PUBLIC>?
-        var creationData: UnsafeMutablePointer<TPM2B_CREATION_DATA>?
-        var creationHash: UnsafeMutablePointer<TPM2B_DIGEST>?
-        var creationTicket: UnsafeMutablePointer<TPMT_TK_CREATION>?
-        let rc = Esys_CreatePrimary(
-            context, ESYS_TR(ESYS_TR_RH_ENDORSEMENT), ESYS_TR(ESYS_TR_PASSWORD), ESYS_TR(ESYS_TR_NONE),
-            ESYS_TR(ESYS_TR_NONE), &sensitive, &template, &outsideInfo, &creationPCR, &handle, &outPublic,
-            &creationData, &creationHash, &creationTicket)
-        defer {
-            Esys_Free(outPublic)
-            Esys_Free(creationData)
-            Esys_Free(creationHash)
-            Esys_Free(creationTicket)
-        }
-        guard rc == 0, let outPublic else { throw TPMError("create endorsement key", rc) }
-        var buffer = [UInt8](repeating: 0, count: MemoryLayout<TPM2B_PUBLIC>.size)
-        var offset = 0
-        let mrc = Tss2_MU_TPM2B_PUBLIC_Marshal(outPublic, &buffer, buffer.count, &offset)
-        guard mrc == 0 else {
-            flush(handle)
-            throw TPMError("marshal endorsement key", mrc)
-        }
-        return (handle, Data(buffer[0..<offset]))
+        try createPrimary(Self.endorsementTemplate(), what: "endorsement key")
     }
 
     /// The EK's TPM2B_PUBLIC.
