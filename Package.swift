@@ -61,7 +61,9 @@ let package = Package(
             name: "Policy", dependencies: ["AttestationCore", "TONKit", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
         .target(
-            name: "Sealing", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
+            name: "Sealing",
+            dependencies: ["AttestationCore", "WorkerProtocol", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
         // The worker protocol's messages (no I/O) and their NIO framing.
         .target(name: "WorkerProtocol", swiftSettings: strict),
         .target(
@@ -153,7 +155,7 @@ let package = Package(
         .executableTarget(
             name: "ccworker",
             dependencies: [
-                "AttestationCore", "WorkerAgent", "CommandLineSupport", "TONKit", "TONStake",
+                "AttestationCore", "WorkerAgent", "CommandLineSupport", "TONKit", "TONStake", "Sealing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -168,7 +170,7 @@ let package = Package(
             name: "ccgate-bench",
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "WorkerAgent", "Gateway", "AdmissionCore", "Policy",
-                "Inference",
+                "Inference", "Sealing",
                 "AuditLog", "GatewayState",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -213,7 +215,9 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
-        .testTarget(name: "WorkerAgentTests", dependencies: ["WorkerAgent", "WorkerProtocol"], swiftSettings: strict),
+        .testTarget(
+            name: "WorkerAgentTests", dependencies: ["WorkerAgent", "WorkerProtocol", "Sealing", "AttestationCore"],
+            swiftSettings: strict),
         .testTarget(
             name: "AdmissionCoreTests",
             dependencies: [
@@ -240,6 +244,7 @@ let package = Package(
             name: "CLITests",
             dependencies: [
                 "AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TPMVerifier", "TONKit", "TONStake",
+                "Sealing",
             ],
             swiftSettings: strict),
     ]

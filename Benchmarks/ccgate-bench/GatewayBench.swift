@@ -7,6 +7,7 @@ import HTTPTypes
 import Hummingbird
 import NIOCore
 import Policy
+import Sealing
 import Synchronization
 import WorkerAgent
 
@@ -117,7 +118,9 @@ func gatewayBench() async throws {
     for i in 0..<rounds {
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         let client = GatewayClient(
-            configuration: .init(host: "127.0.0.1", port: workerPort, workerID: "bench-\(i)", models: ["bench"]),
+            configuration: .init(
+                host: "127.0.0.1", port: workerPort, gatewayKey: GatewayKeyPin(key: server.gatewayKey),
+                workerID: "bench-\(i)", models: ["bench"]),
             attestor: attestor, engine: EngineClient(port: enginePort), onEvent: { continuation.yield($0) })
         let start = ContinuousClock.now
         let task = Task { try await client.runOnce() }

@@ -84,6 +84,8 @@ public struct GatewayServer: Sendable {
     public let adminToken: String
     /// The id provider proofs name: the fingerprint (SHA-256) of the gateway's public key.
     public var gatewayID: String { audit.key.publicKey.fingerprint }
+    /// The gateway's identity key (public half): workers pin it, receipts verify under it.
+    public var gatewayKey: Ed25519PublicKey { audit.key.publicKey }
     let logger: Logger
 
     /// Opens the data directory: the store, the gateway's signing key, the admin token, and the
@@ -214,7 +216,9 @@ public struct GatewayServer: Sendable {
         let runner = WorkerSessionRunner(
             coordinator: coordinator, registry: registry, trail: audit, timings: configuration.timings, logger: logger)
         let workers = WorkerServer(runner: runner, logger: logger)
-        let frontDoor = FrontDoor(registry: registry, apiKeyDigests: keyDigests)
+        let publisher = AttestationPublisher(
+            key: audit.key, policies: policies, registry: registry, trail: audit, clock: configuration.clock)
+        let frontDoor = FrontDoor(registry: registry, publisher: publisher, apiKeyDigests: keyDigests)
         let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)
         let app = Application(
             router: frontDoor.router(),

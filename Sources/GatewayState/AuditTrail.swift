@@ -50,6 +50,9 @@ public final class AuditTrail: Sendable {
         try await writer.submit([.policy(event, policy)])[0]
     }
 
+    /// The newest signed checkpoint this gateway wrote since it started (what clients are shown).
+    public var latestCheckpoint: AuditEntry? { writer.latestCheckpoint }
+
     /// Appends a signed checkpoint of the chain so far, unless the last entry already is one.
     @discardableResult
     public func checkpoint() async throws -> AuditEntry? {
@@ -75,6 +78,8 @@ public final class AuditTrail: Sendable {
         let store: any GatewayStore
         let key: Ed25519PrivateKey
         let clock: any AttestationClock
+        private let newestCheckpoint = Mutex<AuditEntry?>(nil)
+        var latestCheckpoint: AuditEntry? { newestCheckpoint.withLock { $0 } }
 
         init(store: any GatewayStore, key: Ed25519PrivateKey, clock: any AttestationClock) {
             self.store = store
@@ -132,6 +137,9 @@ public final class AuditTrail: Sendable {
                     let entries = try store.append(batch.flatMap(\.0), at: clock.now(), checkpointKey: key)
                     let last = entries.last?.event.event
                     condition.withLock { uncheckpointed = last != "checkpoint" }
+                    if let checkpoint = entries.last(where: { $0.event.event == "checkpoint" }) {
+                        newestCheckpoint.withLock { $0 = checkpoint }
+                    }
                     var offset = 0
                     for item in batch {
                         item.1.resume(returning: Array(entries[offset..<offset + item.0.count]))

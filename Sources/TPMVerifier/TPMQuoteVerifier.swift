@@ -89,6 +89,8 @@ public struct TPMQuoteVerifier: Sendable {
             "extra_data": Data(evidence.quote.extraData).hex,
         ]
         if let restricted = evidence.ak.restricted { fields["ak.restricted"] = String(restricted) }
+        // Only reached with the log replayed to the quoted PCRs (a mismatch is a reject).
+        if evidence.eventLog != nil { fields["tpm.event_log"] = "replayed" }
         fields.merge(identity) { a, _ in a }
         return VerifiedClaims(pcrs: quoted.mapValues { $0.mapValues(\.hex) }, measuredFiles: measured, fields: fields)
     }

@@ -4,9 +4,15 @@ import Foundation
 /// a 4-byte big-endian length, then that many bytes of JSON (`{"type": …, …}`).
 ///
 /// Sequence: worker `hello` → gateway `challenge` → worker `evidence` → gateway `admitted` (or
-/// `rejected`, then close). Then `sealed` messages both ways, and at any time a gateway
-/// `challenge` that the worker answers with fresh `evidence` (re-attestation). `error` ends a
-/// connection with a reason.
+/// `rejected`, then close). Then `sealed` messages both ways. From admission on, everything the
+/// gateway says travels sealed (``ChannelPayload``): requests, re-attestation challenges (answered
+/// by the worker with fresh `evidence` in the clear: evidence is public, and it answers a nonce
+/// only the channel carried) and the session's end. `error` ends a connection before admission;
+/// it is unsigned, so a worker takes it as a transient failure only.
+///
+/// The gateway signs every handshake message it sends (`challenge`, `activate`, `admitted`,
+/// `rejected`) with its Ed25519 identity key over the handshake transcript (Sealing's
+/// `HandshakeTranscript`): a worker that pins the key talks to nobody else.
 public enum WireMessage: Sendable, Equatable {
     case hello(Hello)
     case challenge(Challenge)
@@ -27,22 +33,43 @@ public enum WireMessage: Sendable, Equatable {
         /// session key is sealed to.
         public var kemPublicKey: Data
         public var models: [String]
+        /// 32 random bytes, fresh per connection: the gateway's signed challenge covers it, so a
+        /// recorded challenge cannot be replayed to this worker.
+        public var workerNonce: Data
 
-        public init(protocolVersion: Int = 1, workerID: String, kemPublicKey: Data, models: [String]) {
+        public static let currentVersion = 2
+
+        /// 32 bytes from the system's secure generator (getrandom on Linux).
+        public static func freshNonce() -> Data {
+            var generator = SystemRandomNumberGenerator()
+            return Data((0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+        }
+
+        public init(
+            protocolVersion: Int = Hello.currentVersion, workerID: String, kemPublicKey: Data, models: [String],
+            workerNonce: Data = Hello.freshNonce()
+        ) {
             self.protocolVersion = protocolVersion
             self.workerID = workerID
             self.kemPublicKey = kemPublicKey
             self.models = models
+            self.workerNonce = workerNonce
         }
     }
 
     public struct Challenge: Codable, Sendable, Equatable {
         public var nonce: Data
-        /// The gateway's id, which a provider proof names (sent on the admission challenge).
-        public var gatewayID: String?
-        public init(nonce: Data, gatewayID: String? = nil) {
+        /// The gateway's id (its key's fingerprint), which a provider proof names.
+        public var gatewayID: String
+        /// The gateway's Ed25519 identity key (32 bytes).
+        public var gatewayKey: Data
+        /// The gateway's signature over the handshake transcript (hello, nonce, id, key).
+        public var signature: Data
+        public init(nonce: Data, gatewayID: String, gatewayKey: Data, signature: Data) {
             self.nonce = nonce
             self.gatewayID = gatewayID
+            self.gatewayKey = gatewayKey
+            self.signature = signature
         }
     }
 
@@ -63,11 +90,17 @@ public enum WireMessage: Sendable, Equatable {
         public var encapsulatedKey: Data
         public var sealedSessionKey: Data
         public var reattestSeconds: Int
-        public init(sessionID: String, encapsulatedKey: Data, sealedSessionKey: Data, reattestSeconds: Int) {
+        /// The gateway's signature over the transcript, these fields and the evidence it judged.
+        public var signature: Data
+        public init(
+            sessionID: String, encapsulatedKey: Data, sealedSessionKey: Data, reattestSeconds: Int,
+            signature: Data = Data()
+        ) {
             self.sessionID = sessionID
             self.encapsulatedKey = encapsulatedKey
             self.sealedSessionKey = sealedSessionKey
             self.reattestSeconds = reattestSeconds
+            self.signature = signature
         }
     }
 
@@ -78,9 +111,12 @@ public enum WireMessage: Sendable, Equatable {
         public var credentialBlob: Data
         /// TPM2B_ENCRYPTED_SECRET bytes.
         public var encryptedSecret: Data
-        public init(credentialBlob: Data, encryptedSecret: Data) {
+        /// The gateway's signature over the transcript and both fields.
+        public var signature: Data
+        public init(credentialBlob: Data, encryptedSecret: Data, signature: Data = Data()) {
             self.credentialBlob = credentialBlob
             self.encryptedSecret = encryptedSecret
+            self.signature = signature
         }
     }
 
@@ -92,9 +128,13 @@ public enum WireMessage: Sendable, Equatable {
     public struct Rejection: Codable, Sendable, Equatable {
         public var code: String
         public var message: String
-        public init(code: String, message: String) {
+        /// On `rejected`: the gateway's signature over the transcript, code and message. `error`
+        /// messages carry none.
+        public var signature: Data?
+        public init(code: String, message: String, signature: Data? = nil) {
             self.code = code
             self.message = message
+            self.signature = signature
         }
     }
 
@@ -165,12 +205,18 @@ public enum ChannelPayload: Codable, Sendable, Equatable {
     case failure(id: UInt64, message: String)
     /// Gateway → worker: the client went away; stop generating.
     case cancel(id: UInt64)
+    /// Gateway → worker: attest again to `nonce` (answered with an `evidence` message).
+    case challenge(nonce: Data)
+    /// Gateway → worker: the session ends (eviction, failed re-attestation, key lifetime, …).
+    case ended(code: String, message: String)
 
+    /// The request a payload belongs to; 0 for control payloads (request ids start at 1).
     public var id: UInt64 {
         switch self {
         case .request(let id, _, _, _), .head(let id, _, _), .data(let id, _), .end(let id), .failure(let id, _),
             .cancel(let id):
             id
+        case .challenge, .ended: 0
         }
     }
 }
@@ -199,12 +245,19 @@ public enum ProtocolErrorCode: String, Sendable, CaseIterable {
     case auditUnavailable = "gateway.audit-unavailable"
     /// An operator evicted the worker through the admin API.
     case adminEvicted = "admin.evicted"
+    /// The gateway presented a validly signed handshake under a key this worker does not pin.
+    case gatewayKeyMismatch = "protocol.gateway-key-mismatch"
+    /// A gateway message failed its signature or arrived outside the sealed channel after
+    /// admission: someone other than the pinned gateway is speaking.
+    case gatewayUnauthenticated = "protocol.gateway-unauthenticated"
 
     /// Whether a worker that hears this code may connect again unchanged and expect a different
     /// outcome: connection and protocol trouble, an expired key, a gateway that could not write
     /// its log. Evidence, policy and stake refusals need a change first.
     public var isTransient: Bool {
         switch self {
+        // A key mismatch stays transient: anyone on the path can present a key of their own, and
+        // a worker that gave up on it would hand them a way to stop it for good.
         case .adminEvicted: false
         default: true
         }

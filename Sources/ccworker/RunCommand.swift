@@ -3,6 +3,7 @@ import AttestationCore
 import CommandLineSupport
 import Foundation
 import Logging
+import Sealing
 import TONKit
 import TONStake
 import WorkerAgent
@@ -25,21 +26,31 @@ struct Run: AsyncParsableCommand {
             DCAP quote from Linux configfs-tsm (--tsm-dir) whose REPORTDATA is SHA-256(nonce ‖ key) followed by zeros, \
             together with the CCEL event log (--ccel) extended by those events.
 
+            The worker talks only to the gateway whose identity key it pins (--gateway-key: the gateway's \
+            DATA_DIR/gateway.pub, or the fingerprint `ccgate serve` logs): the gateway signs its challenge over \
+            this connection's hello, and every later handshake message; a gateway that cannot is refused before \
+            anything is quoted or signed, and after admission only sealed messages are taken.
+
             When the gateway's policy requires a TON stake, give the provider's wallet (--provider-wallet) and its \
             Ed25519 private key (--provider-key, PEM as `ccgate keys generate` writes it, or the wallet's 32-byte seed \
             as hex): on admission the worker signs a provider proof over the gateway's id, its own key and the time. \
             For a jetton or Cocoon proxy stake, --stake-account names the provider's jetton wallet or proxy contract.
 
             Examples:
-              ccworker run --gateway 127.0.0.1:8444 --tpm swtpm:host=127.0.0.1,port=2321 \\
+              ccworker run --gateway 127.0.0.1:8444 --gateway-key ./data/gateway.pub --tpm swtpm:host=127.0.0.1,port=2321 \\
                 --engine ./ccinfer --model ./model.gguf --model-name smollm2-135m-instruct \\
                 --engine-url http://127.0.0.1:8081 --engine-command -- ./ccinfer serve --model ./model.gguf --port 8081
-              ccworker run --tee tdx --gateway gw.example:8444 --engine ./ccinfer --model ./model.gguf --model-name smollm2-135m-instruct
+              ccworker run --tee tdx --gateway gw.example:8444 --gateway-key 3f9a…(64 hex) --engine ./ccinfer --model ./model.gguf --model-name smollm2-135m-instruct
             """)
 
     @OptionGroup var tdx: TDXOptions
 
     @Option(help: ArgumentHelp("The gateway's worker port.", valueName: "HOST:PORT")) var gateway: String
+    @Option(
+        help: ArgumentHelp(
+            "The gateway's identity key: its gateway.pub (PEM), or the key's SHA-256 fingerprint (64 hex digits).",
+            valueName: "PEM|FINGERPRINT"))
+    var gatewayKey: String
     @Option(help: ArgumentHelp("TPM as a TCTI string.", valueName: "TCTI")) var tpm = "device:/dev/tpmrm0"
     @Option(
         help: ArgumentHelp(
@@ -72,6 +83,7 @@ struct Run: AsyncParsableCommand {
 
     func validate() throws {
         guard hostPort != nil else { throw ValidationError("--gateway must be HOST:PORT") }
+        _ = try pin()
         guard EngineClient(url: engineURL) != nil else {
             throw ValidationError("--engine-url must be http://HOST:PORT")
         }
@@ -98,6 +110,17 @@ struct Run: AsyncParsableCommand {
         }
         if stakeAccount != nil, providerWallet == nil {
             throw ValidationError("--stake-account needs --provider-wallet and --provider-key")
+        }
+    }
+
+    /// The pinned gateway key from --gateway-key: a file (PEM) or the text itself (a fingerprint).
+    func pin() throws -> GatewayKeyPin {
+        let text =
+            FileManager.default.fileExists(atPath: gatewayKey)
+            ? (try? String(contentsOfFile: gatewayKey, encoding: .utf8)) ?? "" : gatewayKey
+        do { return try GatewayKeyPin(text: text) } catch {
+            throw ValidationError(
+                "--gateway-key: \(error) (give the gateway's gateway.pub or its 64-hex-digit fingerprint)")
         }
     }
 
@@ -194,7 +217,9 @@ struct Run: AsyncParsableCommand {
         }
         defer { signalSources.forEach { $0.cancel() } }
         let client = GatewayClient(
-            configuration: .init(host: host, port: port, workerID: workerID, models: [modelName], provider: provider),
+            configuration: .init(
+                host: host, port: port, gatewayKey: try pin(), workerID: workerID, models: [modelName],
+                provider: provider),
             attestor: attestor, engine: engineClient, logger: logger)
         let outcome = await WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)
         supervisor?.stop()

@@ -25,10 +25,7 @@ import WorkerProtocol
             hello: hello, nonce: nonce, evidence: core.evidence(nonce: nonce, key: worker.kem.publicKeyBytes))
         let grant = try #require(decision.grant)
         #expect(decision.refusal == nil)
-        guard case .admitted(let message) = grant.message(reattestSeconds: 60) else {
-            Issue.record("no admitted message")
-            return
-        }
+        let message = grant.message(reattestSeconds: 60)
         #expect(message.reattestSeconds == 60)
         let opened = try SessionKeySealing.open(
             .init(encapsulatedKey: message.encapsulatedKey, ciphertext: message.sealedSessionKey), with: worker.kem,

@@ -119,7 +119,10 @@ struct Refused: Error {
 struct TestWorker {
     let id: String
     let kem = WorkerKEMKey()
-    var hello: WireMessage { .hello(.init(workerID: id, kemPublicKey: kem.publicKeyBytes, models: ["m"])) }
+    let helloNonce = WireMessage.Hello.freshNonce()
+    var hello: WireMessage {
+        .hello(.init(workerID: id, kemPublicKey: kem.publicKeyBytes, models: ["m"], workerNonce: helloNonce))
+    }
 
     init(_ id: String = "w1") { self.id = id }
 

@@ -117,15 +117,19 @@ import WorkerProtocol
             timings: .init(handshakeTimeout: .seconds(30), reattestInterval: .milliseconds(50)))
         let (connection, task) = start(core)
         let worker = TestWorker()
-        guard case .success(let (session, _)) = await worker.admit(core, connection) else {
+        guard case .success(let (session, key)) = await worker.admit(core, connection) else {
             Issue.record("not admitted")
             return
         }
-        guard case .challenge(let challenge)? = await connection.next() else {
-            Issue.record("no re-attestation challenge")
+        let opener = ChannelOpener(sessionKey: key, sessionID: session, direction: .gatewayToWorker)
+        // Sealed: after admission the gateway says nothing in the clear.
+        guard case .sealed(let box)? = await connection.next(),
+            case .challenge(let nonce)? = try? JSONDecoder().decode(ChannelPayload.self, from: opener.open(box))
+        else {
+            Issue.record("no sealed re-attestation challenge")
             return
         }
-        connection.deliver(.evidence(core.evidence(nonce: challenge.nonce, key: worker.kem.publicKeyBytes)))
+        connection.deliver(.evidence(core.evidence(nonce: nonce, key: worker.kem.publicKeyBytes)))
         await gate.reached(1)
         let link = try #require(core.registry.link("w1"))
         let evicted = try await core.runner.evictor.evict(
@@ -195,11 +199,14 @@ import WorkerProtocol
         let evictions = try core.evictions(session: session)
         #expect(evictions.count == 1)
         #expect(evictions.first?.reasons == [ProtocolErrorCode.channelAuthentication.rawValue])
-        guard case .error(let error)? = await connection.next() else {
-            Issue.record("the worker was not told")
+        // Told inside the channel: nobody else can end a worker's session.
+        guard case .sealed(let farewell)? = await connection.next(),
+            case .ended(let code, _)? = try? JSONDecoder().decode(ChannelPayload.self, from: opener.open(farewell))
+        else {
+            Issue.record("the worker was not told, sealed")
             return
         }
-        #expect(error.code == ProtocolErrorCode.channelAuthentication.rawValue)
+        #expect(code == ProtocolErrorCode.channelAuthentication.rawValue)
     }
 
     @Test func aFrameErrorIsAuditedByCodeAndAnsweredWithIt() async throws {
@@ -273,17 +280,21 @@ import WorkerProtocol
             timings: .init(handshakeTimeout: .seconds(30), reattestInterval: .milliseconds(50)))
         let (connection, task) = start(core)
         let worker = TestWorker()
-        guard case .success(let (session, _)) = await worker.admit(core, connection) else {
+        guard case .success(let (session, key)) = await worker.admit(core, connection) else {
             Issue.record("not admitted")
             return
         }
+        let opener = ChannelOpener(sessionKey: key, sessionID: session, direction: .gatewayToWorker)
         #expect(core.registry.admission(workerID: "w1", sessionID: session)?.facts.tcbStatus == "UpToDate")
-        guard case .challenge(let challenge)? = await connection.next() else {
-            Issue.record("no re-attestation challenge")
+        // Sealed: after admission the gateway says nothing in the clear.
+        guard case .sealed(let box)? = await connection.next(),
+            case .challenge(let nonce)? = try? JSONDecoder().decode(ChannelPayload.self, from: opener.open(box))
+        else {
+            Issue.record("no sealed re-attestation challenge")
             return
         }
         // The platform re-attests from an out-of-date TCB level, which the lenient policy accepts.
-        let outOfDate = core.evidence(nonce: challenge.nonce, key: worker.kem.publicKeyBytes) {
+        let outOfDate = core.evidence(nonce: nonce, key: worker.kem.publicKeyBytes) {
             $0.cpuSVN = [2, 2, 2, 2, 3, 1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0]
             $0.pceSVN = 11
         }

@@ -10,6 +10,7 @@ import WorkerProtocol
 @Suite struct WorkerSessionTests {
     let nonce = Data(repeating: 7, count: 32)
     let worker = TestWorker()
+    let gateway = GatewayHandshakeKey(Ed25519PrivateKey.generate())
 
     var hello: WireMessage.Hello {
         guard case .hello(let h) = worker.hello else { fatalError() }
@@ -18,7 +19,7 @@ import WorkerProtocol
 
     /// A machine that has sent its admission challenge.
     func challenged() -> WorkerSession {
-        var session = WorkerSession(gatewayID: "gw")
+        var session = WorkerSession(identity: gateway)
         _ = session.received(.hello(hello), nonce: { nonce })
         return session
     }
@@ -34,18 +35,21 @@ import WorkerProtocol
     }
 
     @Test func helloIsAnsweredWithAChallengeNamingTheGateway() {
-        var session = WorkerSession(gatewayID: "gw")
+        var session = WorkerSession(identity: gateway)
         guard case .send(.challenge(let c)) = session.received(.hello(hello), nonce: { nonce }) else {
             Issue.record("no challenge")
             return
         }
         #expect(c.nonce == nonce)
-        #expect(c.gatewayID == "gw")
+        #expect(c.gatewayID == gateway.gatewayID)
+        // Signed over this hello: the worker's pin accepts it.
+        #expect(throws: Never.self) { try GatewayKeyPin(key: gateway.key.publicKey).verify(c, hello: hello) }
         #expect(session.state == .awaitingEvidence(hello: hello, nonce: nonce))
     }
 
     @Test(arguments: [
-        WireMessage.Hello(protocolVersion: 2, workerID: "w", kemPublicKey: Data(count: 32), models: ["m"]),
+        WireMessage.Hello(protocolVersion: 1, workerID: "w", kemPublicKey: Data(count: 32), models: ["m"]),
+        WireMessage.Hello(workerID: "w", kemPublicKey: Data(count: 32), models: ["m"], workerNonce: Data(count: 31)),
         WireMessage.Hello(workerID: "", kemPublicKey: Data(count: 32), models: ["m"]),
         WireMessage.Hello(workerID: "../../etc", kemPublicKey: Data(count: 32), models: ["m"]),
         WireMessage.Hello(workerID: "wörker", kemPublicKey: Data(count: 32), models: ["m"]),
@@ -56,7 +60,7 @@ import WorkerProtocol
         WireMessage.Hello(workerID: "w", kemPublicKey: Data(count: 32), models: [String(repeating: "m", count: 257)]),
     ])
     func badHellosEndTheSession(_ bad: WireMessage.Hello) {
-        var session = WorkerSession()
+        var session = WorkerSession(identity: gateway)
         guard case .end(let code, _, true) = session.received(.hello(bad), nonce: { nonce }) else {
             Issue.record("not ended")
             return
@@ -66,12 +70,13 @@ import WorkerProtocol
     }
 
     @Test(arguments: [
-        WireMessage.evidence(.init(envelope: Data())), .sealed(Data([1])), .challenge(.init(nonce: Data())),
+        WireMessage.evidence(.init(envelope: Data())), .sealed(Data([1])),
+        .challenge(.init(nonce: Data(), gatewayID: "", gatewayKey: Data(), signature: Data())),
         .admitted(.init(sessionID: "s", encapsulatedKey: Data(), sealedSessionKey: Data(), reattestSeconds: 1)),
         .rejected(.init(code: "c", message: "m")), .error(.init(code: "c", message: "m")),
     ])
     func anythingButHelloFirstIsUnexpected(_ first: WireMessage) {
-        var session = WorkerSession()
+        var session = WorkerSession(identity: gateway)
         guard case .end(let code, let message, true) = session.received(first, nonce: { nonce }) else {
             Issue.record("not ended")
             return
@@ -148,11 +153,12 @@ import WorkerProtocol
         let core = try Core()
         var (session, _) = await serving(core)
         let fresh = Data(repeating: 1, count: 32)
-        guard case .send(.challenge(let c)) = session.reattestDue(nonce: fresh, keyAge: 10, keyLifetime: nil) else {
-            Issue.record("no challenge")
+        // Sealed: after admission the gateway says nothing in the clear.
+        guard case .seal(.challenge(let c)) = session.reattestDue(nonce: fresh, keyAge: 10, keyLifetime: nil) else {
+            Issue.record("no sealed challenge")
             return
         }
-        #expect(c.nonce == fresh && c.gatewayID == nil)
+        #expect(c == fresh)
         // A deadline for another challenge does nothing; this one's ends the session.
         guard case .none = session.reattestDeadline(nonce: Data(repeating: 2, count: 32)) else {
             Issue.record("stale deadline acted on")
@@ -183,7 +189,7 @@ import WorkerProtocol
     @Test func theSessionKeyLifetimeEndsTheSession() async throws {
         let core = try Core()
         var (session, _) = await serving(core)
-        guard case .send = session.reattestDue(nonce: nonce, keyAge: 99, keyLifetime: 100) else {
+        guard case .seal = session.reattestDue(nonce: nonce, keyAge: 99, keyLifetime: 100) else {
             Issue.record("ended early")
             return
         }

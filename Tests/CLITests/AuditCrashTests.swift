@@ -1,5 +1,6 @@
 import AttestationCore
 import Foundation
+import Sealing
 import Synchronization
 import TestSupport
 import Testing
@@ -52,6 +53,12 @@ final class GatewayProcess: @unchecked Sendable {
     struct GatewayProcessError: Error, CustomStringConvertible {
         let message: String
         var description: String { message }
+    }
+
+    /// The gateway's public key file, which a worker pins.
+    var keyFile: URL { data.appendingPathComponent("gateway.pub") }
+    var pin: GatewayKeyPin {
+        get throws { try GatewayKeyPin(text: String(contentsOf: keyFile, encoding: .utf8)) }
     }
 
     var adminArgs: [String] {
@@ -118,6 +125,7 @@ final class GatewayProcess: @unchecked Sendable {
         let target = 1_000
         let burst = Burst()
         let workerPort = gateway.ports["worker"]!
+        let pin = try gateway.pin
         await withTaskGroup(of: Void.self) { group in
             for _ in 0..<4 {
                 group.addTask {
@@ -127,7 +135,8 @@ final class GatewayProcess: @unchecked Sendable {
                         let id = "crash-\(i)"
                         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
                         let client = GatewayClient(
-                            configuration: .init(host: "127.0.0.1", port: workerPort, workerID: id, models: ["fake"]),
+                            configuration: .init(
+                                host: "127.0.0.1", port: workerPort, gatewayKey: pin, workerID: id, models: ["fake"]),
                             attestor: attestor, engine: EngineClient(port: 1), onEvent: { continuation.yield($0) })
                         let task = Task {
                             defer { continuation.finish() }

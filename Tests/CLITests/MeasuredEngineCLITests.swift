@@ -81,7 +81,8 @@ import Testing
         let worker = Process()
         worker.executableURL = URL(fileURLWithPath: Self.ccworker)
         worker.arguments = [
-            "run", "--gateway", "127.0.0.1:\(gateway.ports["worker"]!)", "--tpm", tpm.tcti, "--engine", engine.path,
+            "run", "--gateway", "127.0.0.1:\(gateway.ports["worker"]!)", "--gateway-key", gateway.keyFile.path, "--tpm",
+            tpm.tcti, "--engine", engine.path,
             "--model", dir.file("model").path, "--model-name", "sealed", "--engine-url", "http://127.0.0.1:\(port)",
             "--worker-id", "sealed-1", "--tpm-ek-chain", ca.issuerCertificate.path, "--engine-command", "--",
             engine.path, server.path, String(port),

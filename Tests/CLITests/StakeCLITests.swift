@@ -101,7 +101,8 @@ import TONStake
         // The wallet as a wallet app shows it (user-friendly, non-bounceable).
         let friendly = try #require(try TONAddress.parseRaw(wallet).friendly(bounceable: false))
         let common = [
-            "run", "--gateway", "127.0.0.1:\(gateway.ports["worker"]!)", "--tpm", tpm.tcti, "--engine", engine.path,
+            "run", "--gateway", "127.0.0.1:\(gateway.ports["worker"]!)", "--gateway-key", gateway.keyFile.path, "--tpm",
+            tpm.tcti, "--engine", engine.path,
             "--model", model.path, "--tpm-ek-chain", SwtpmLocalCA.shared?.issuerCertificate.path ?? "",
             "--model-name", "fake", "--engine-url", "http://127.0.0.1:\(fake.port)", "--worker-id", "cli-staked",
             "--provider-wallet", friendly,

@@ -24,7 +24,8 @@ import WorkerProtocol
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let engine = try await FakeEngine(name: "w1")
         let worker = try await TestWorker(
-            id: "w1", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model)
+            id: "w1", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: Self.engine, model: Self.model)
         defer {
             Task {
                 await worker.stop(); await engine.stop(); await gateway.stop()
@@ -58,7 +59,8 @@ import WorkerProtocol
         var tampered = Self.engine
         tampered[tampered.count - 1] ^= 0x01
         let worker = try await TestWorker(
-            id: "evil", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: tampered, model: Self.model)
+            id: "evil", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: tampered, model: Self.model)
         defer {
             Task {
                 await worker.stop(); await engine.stop(); await gateway.stop()
@@ -95,7 +97,11 @@ import WorkerProtocol
         let replayed = try await attestor.evidence(
             binding: attestationBinding(nonce: oldNonce, workerPublicKeys: ourKey.publicKeyBytes))
         let first = try await RawWorker.handshake(port: gateway.workerPort, key: ourKey) { _ in replayed }
-        #expect(first == .rejected(.init(code: "nonce.mismatch", message: first.rejectionMessage)))
+        guard case .rejected(let refusal) = first else {
+            Issue.record("not rejected: \(first)")
+            return
+        }
+        #expect(refusal.code == "nonce.mismatch" && refusal.signature?.count == 64)
 
         // 2. Fresh nonce, but bound to another worker's key.
         let otherKey = WorkerKEMKey()
@@ -122,7 +128,8 @@ import WorkerProtocol
         let slow = try await FakeEngine(name: "slow", chunks: 50, chunkDelay: .milliseconds(100))
         let healthy = try await FakeEngine(name: "healthy")
         let a = try await TestWorker(
-            id: "a-slow", gatewayPort: gateway.workerPort, enginePort: slow.port, engine: Self.engine, model: Self.model
+            id: "a-slow", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: slow.port,
+            engine: Self.engine, model: Self.model
         )
         guard case .success = await a.admitted() else { Issue.record("a not admitted"); return }
         defer {
@@ -148,7 +155,8 @@ import WorkerProtocol
         #expect(!result.body.contains("[DONE]"))
 
         let b = try await TestWorker(
-            id: "b-healthy", gatewayPort: gateway.workerPort, enginePort: healthy.port, engine: Self.engine,
+            id: "b-healthy", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: healthy.port,
+            engine: Self.engine,
             model: Self.model)
         defer { Task { await b.stop() } }
         guard case .success = await b.admitted() else { Issue.record("b not admitted"); return }
@@ -168,9 +176,11 @@ import WorkerProtocol
         }()
         // Worker "a-dead" has no engine behind it (its engine port is closed): it fails before any byte.
         let dead = try await TestWorker(
-            id: "a-dead", gatewayPort: gateway.workerPort, enginePort: deadPort, engine: Self.engine, model: Self.model)
+            id: "a-dead", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: deadPort,
+            engine: Self.engine, model: Self.model)
         let good = try await TestWorker(
-            id: "b-good", gatewayPort: gateway.workerPort, enginePort: healthy.port, engine: Self.engine,
+            id: "b-good", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: healthy.port,
+            engine: Self.engine,
             model: Self.model)
         defer {
             Task {

@@ -69,7 +69,8 @@ import WorkerProtocol
         // Still serving: an honest worker is admitted afterwards.
         let engine = try await FakeEngine(name: "after")
         let worker = try await TestWorker(
-            id: "after-flood", gatewayPort: port, enginePort: engine.port, engine: AdmissionFlowTests.engine,
+            id: "after-flood", gatewayPort: port, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: AdmissionFlowTests.engine,
             model: AdmissionFlowTests.model)
         defer {
             Task {
@@ -91,7 +92,8 @@ import WorkerProtocol
         ) { c in c.idleTimeout = .seconds(2) }
         let engine = try await FakeEngine(name: "busy")
         let worker = try await TestWorker(
-            id: "busy", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: AdmissionFlowTests.engine,
+            id: "busy", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: AdmissionFlowTests.engine,
             model: AdmissionFlowTests.model)
         defer {
             Task {

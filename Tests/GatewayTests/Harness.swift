@@ -7,6 +7,7 @@ import Gateway
 import Hummingbird
 import NIOCore
 import Policy
+import Sealing
 import Synchronization
 import TestSupport
 import WorkerAgent
@@ -71,6 +72,9 @@ final class GatewayHarness: Sendable {
         workerPort = bound.worker
         adminPort = bound.admin
     }
+
+    /// The gateway's identity key, as a worker pins it.
+    var pin: GatewayKeyPin { GatewayKeyPin(key: server.gatewayKey) }
 
     func stop() async {
         task.cancel()
@@ -211,7 +215,8 @@ final class TestWorker: Sendable {
     let id: String
 
     convenience init(
-        id: String, gatewayPort: Int, enginePort: Int, engine: Data, model: Data, modelName: String = "fake",
+        id: String, gatewayPort: Int, gatewayKey: GatewayKeyPin, enginePort: Int, engine: Data, model: Data,
+        modelName: String = "fake",
         provider: GatewayClient.ProviderIdentity? = nil, ca: SwtpmLocalCA? = .shared,
         attestor: (Attestor) throws -> any EvidenceSource = { $0 }
     ) async throws {
@@ -219,13 +224,13 @@ final class TestWorker: Sendable {
         try engine.write(to: files.file("engine"))
         try model.write(to: files.file("model.gguf"))
         try await self.init(
-            id: id, gatewayPort: gatewayPort, enginePort: enginePort,
+            id: id, gatewayPort: gatewayPort, gatewayKey: gatewayKey, enginePort: enginePort,
             measured: [files.file("engine"), files.file("model.gguf")], modelName: modelName, files: files,
             provider: provider, ca: ca, attestor: attestor)
     }
 
     init(
-        id: String, gatewayPort: Int, enginePort: Int, measured: [URL], modelName: String,
+        id: String, gatewayPort: Int, gatewayKey: GatewayKeyPin, enginePort: Int, measured: [URL], modelName: String,
         files: TemporaryDirectory? = nil,
         provider: GatewayClient.ProviderIdentity? = nil, ca: SwtpmLocalCA? = .shared,
         executable: SealedExecutable? = nil,
@@ -241,7 +246,8 @@ final class TestWorker: Sendable {
         self.events = events
         let client = GatewayClient(
             configuration: .init(
-                host: "127.0.0.1", port: gatewayPort, workerID: id, models: [modelName], provider: provider),
+                host: "127.0.0.1", port: gatewayPort, gatewayKey: gatewayKey, workerID: id, models: [modelName],
+                provider: provider),
             attestor: attestor, engine: EngineClient(port: enginePort),
             onEvent: { continuation.yield($0) })
         task = Task {

@@ -76,7 +76,8 @@ import WorkerProtocol
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let engine = try await FakeEngine(name: "w")
         let worker = try await TestWorker(
-            id: "w", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model)
+            id: "w", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: Self.engine, model: Self.model)
         defer {
             Task {
                 await worker.stop(); await engine.stop(); await gateway.stop()
@@ -154,7 +155,8 @@ import WorkerProtocol
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
         let engine = try await FakeEngine(name: "w")
         let worker = try await TestWorker(
-            id: "w", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model)
+            id: "w", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: Self.engine, model: Self.model)
         defer {
             Task {
                 await worker.stop(); await engine.stop(); await gateway.stop()
@@ -210,7 +212,9 @@ import WorkerProtocol
             tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model")], ekChain: try SwtpmLocalCA.shared?.chainDER)
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         let client = GatewayClient(
-            configuration: .init(host: "127.0.0.1", port: gateway.workerPort, workerID: "drifter", models: ["fake"]),
+            configuration: .init(
+                host: "127.0.0.1", port: gateway.workerPort, gatewayKey: gateway.pin, workerID: "drifter",
+                models: ["fake"]),
             attestor: attestor, engine: EngineClient(port: engine.port), onEvent: { continuation.yield($0) })
         let task = Task { try await client.runOnce() }
         defer {

@@ -38,7 +38,7 @@ enum HostileWorker {
                     nonce = challenge.nonce
                     let binding = attestationBinding(nonce: challenge.nonce, workerPublicKeys: kem.publicKeyBytes)
                     let envelope = try await attestor.evidence(binding: binding)
-                    let signed = challenge.gatewayID.flatMap { gateway in proof?(gateway, kem.publicKeyBytes) }
+                    let signed = proof?(challenge.gatewayID, kem.publicKeyBytes)
                     try await outbound.write(.evidence(.init(envelope: envelope, providerProof: signed)))
                 case .activate(let challenge):
                     try await outbound.write(

@@ -57,10 +57,12 @@ import Testing
         let gateway = try await Self.gateway(admin: admin, engines: [Self.engineA, Self.engineB])
         let engine = try await FakeEngine(name: "a")
         let a = try await TestWorker(
-            id: "worker-a", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineA,
+            id: "worker-a", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: Self.engineA,
             model: Self.model)
         let b = try await TestWorker(
-            id: "worker-b", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineB,
+            id: "worker-b", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: Self.engineB,
             model: Self.model)
         defer {
             Task {
@@ -236,10 +238,12 @@ import Testing
         let gateway = try await Self.gateway(admin: admin, engines: [Self.engineA])
         let engine = try await FakeEngine(name: "a")
         let good = try await TestWorker(
-            id: "good", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineA,
+            id: "good", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: Self.engineA,
             model: Self.model)
         let bad = try await TestWorker(
-            id: "bad", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engineB, model: Self.model
+            id: "bad", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: Self.engineB, model: Self.model
         )
         defer {
             Task {

@@ -74,7 +74,7 @@ import WorkerAgent
             """
         let gateway = try await GatewayHarness(policy: policy)
         let worker = try await TestWorker(
-            id: "gpu-1", gatewayPort: gateway.workerPort, enginePort: port,
+            id: "gpu-1", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: port,
             measured: [env.model], modelName: "smollm2-135m-instruct", executable: sealed)
         defer {
             Task {

@@ -57,7 +57,8 @@ import WorkerAgent
         async throws -> TestWorker
     {
         try await TestWorker(
-            id: id, gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine, model: Self.model,
+            id: id, gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: Self.engine, model: Self.model,
             provider: provider)
     }
 

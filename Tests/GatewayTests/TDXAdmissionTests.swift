@@ -60,7 +60,9 @@ import WorkerAgent
             ccel: module.ccel, files: [files.file("engine"), files.file("model.gguf")])
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         let client = GatewayClient(
-            configuration: .init(host: "127.0.0.1", port: gateway.workerPort, workerID: "tdx-1", models: ["fake"]),
+            configuration: .init(
+                host: "127.0.0.1", port: gateway.workerPort, gatewayKey: gateway.pin, workerID: "tdx-1",
+                models: ["fake"]),
             attestor: attestor, engine: EngineClient(port: enginePort), onEvent: { continuation.yield($0) })
         let task = Task {
             defer { continuation.finish() }

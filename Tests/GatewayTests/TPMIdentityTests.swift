@@ -42,7 +42,8 @@ struct LyingAttestor: EvidenceSource {
     @Test func genuineWorkerIsAdmittedAndItsActivationIsRecorded() async throws {
         let gateway = try await GatewayHarness(policy: Self.policy)
         let worker = try await TestWorker(
-            id: "genuine", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model)
+            id: "genuine", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1, engine: Self.engine,
+            model: Self.model)
         defer {
             Task {
                 await worker.stop(); await gateway.stop()
@@ -83,7 +84,8 @@ struct LyingAttestor: EvidenceSource {
         let gateway = try await GatewayHarness(policy: Self.policy)
         let software = SoftwareAK()
         let worker = try await TestWorker(
-            id: "software-ak", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model,
+            id: "software-ak", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1,
+            engine: Self.engine, model: Self.model,
             attestor: { genuine in LyingAttestor(genuine: genuine) { try software.forge($0) } })
         defer {
             Task {
@@ -105,7 +107,8 @@ struct LyingAttestor: EvidenceSource {
         let otherAttestor = try Attestor(tcti: other.tcti, files: [])
         let otherEK = otherAttestor.endorsement
         let worker = try await TestWorker(
-            id: "borrowed-ek", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model,
+            id: "borrowed-ek", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1,
+            engine: Self.engine, model: Self.model,
             attestor: { genuine in
                 LyingAttestor(genuine: genuine) { envelope in
                     var object = try JSONSerialization.jsonObject(with: envelope) as? [String: Any] ?? [:]
@@ -126,7 +129,8 @@ struct LyingAttestor: EvidenceSource {
     @Test func tpmFromAnUnpinnedManufacturerIsRefused() async throws {
         let gateway = try await GatewayHarness(policy: Self.policy)
         let worker = try await TestWorker(
-            id: "unpinned", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model,
+            id: "unpinned", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1,
+            engine: Self.engine, model: Self.model,
             ca: try SwtpmLocalCA())
         defer {
             Task {
@@ -140,7 +144,8 @@ struct LyingAttestor: EvidenceSource {
     @Test func tpmWithoutAnEKCertificateIsRefused() async throws {
         let gateway = try await GatewayHarness(policy: Self.policy)
         let worker = try await TestWorker(
-            id: "no-ek-cert", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model,
+            id: "no-ek-cert", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1,
+            engine: Self.engine, model: Self.model,
             ca: nil)
         defer {
             Task {
@@ -161,7 +166,8 @@ struct LyingAttestor: EvidenceSource {
             with: "tpm: {ak_trust: enrolled, enrolled_eks: [\(digest)]}")
         let gateway = try await GatewayHarness(policy: enrolled)
         let worker = try await TestWorker(
-            id: "not-enrolled", gatewayPort: gateway.workerPort, enginePort: 1, engine: Self.engine, model: Self.model)
+            id: "not-enrolled", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1,
+            engine: Self.engine, model: Self.model)
         defer {
             Task {
                 await worker.stop(); await gateway.stop()
@@ -217,7 +223,8 @@ enum PublicKeyDigest {
 
         let engine = try await FakeEngine(name: "honest")
         let honest = try await TestWorker(
-            id: "honest", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: Self.engine,
+            id: "honest", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: Self.engine,
             model: Self.model)
         defer {
             Task {
@@ -250,7 +257,8 @@ enum PublicKeyDigest {
             on: other, engine: TPMIdentityTests.engine, model: TPMIdentityTests.model)
         let calls = Counter()
         let worker = try await TestWorker(
-            id: "switcher", gatewayPort: gateway.workerPort, enginePort: 1, engine: TPMIdentityTests.engine,
+            id: "switcher", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1,
+            engine: TPMIdentityTests.engine,
             model: TPMIdentityTests.model,
             attestor: { genuine in SwitchingAttestor(first: genuine, later: second, calls: calls) })
         defer {
@@ -298,7 +306,8 @@ struct SwitchingAttestor: EvidenceSource {
     @Test func aModelNameNotBoundToTheMeasuredModelIsRefused() async throws {
         let gateway = try await GatewayHarness(policy: TPMIdentityTests.policy)
         let worker = try await TestWorker(
-            id: "liar", gatewayPort: gateway.workerPort, enginePort: 1, engine: TPMIdentityTests.engine,
+            id: "liar", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1,
+            engine: TPMIdentityTests.engine,
             model: TPMIdentityTests.model, modelName: "llama-3.1-405b-instruct")
         defer {
             Task {
@@ -319,7 +328,8 @@ struct SwitchingAttestor: EvidenceSource {
         let gateway = try await GatewayHarness(policy: TPMIdentityTests.policy)
         let engine = try await FakeEngine(name: "holder")
         let holder = try await TestWorker(
-            id: "gpu-7", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: TPMIdentityTests.engine,
+            id: "gpu-7", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: TPMIdentityTests.engine,
             model: TPMIdentityTests.model)
         defer {
             Task {
@@ -331,7 +341,8 @@ struct SwitchingAttestor: EvidenceSource {
             return
         }
         let squatter = try await TestWorker(
-            id: "gpu-7", gatewayPort: gateway.workerPort, enginePort: engine.port, engine: TPMIdentityTests.engine,
+            id: "gpu-7", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: TPMIdentityTests.engine,
             model: TPMIdentityTests.model)
         defer { Task { await squatter.stop() } }
         guard case .failure(let error) = await squatter.admitted() else {

@@ -1,78 +1,203 @@
+import AttestationCore
 import Foundation
+import Sealing
 import Testing
 import WorkerAgent
 import WorkerProtocol
 
-/// Every transition of the worker's side of the protocol, with no I/O.
+/// Every transition of the worker's side of the protocol, with no I/O, against a gateway key
+/// made here: signed messages pass, anything else is refused before the worker acts on it.
 @Suite struct GatewaySessionTests {
+    let gateway = GatewayHandshakeKey(Ed25519PrivateKey.generate())
     let nonce = Data(repeating: 1, count: 32)
-    let admitted = WireMessage.Admitted(
-        sessionID: "s1", encapsulatedKey: Data([1]), sealedSessionKey: Data([2]), reattestSeconds: 60)
+    let hello = WireMessage.Hello(
+        workerID: "w", kemPublicKey: Data(repeating: 7, count: 32), models: ["m"],
+        workerNonce: Data(repeating: 3, count: 32))
+    let envelope = Data("evidence".utf8)
+    var pin: GatewayKeyPin { GatewayKeyPin(key: gateway.key.publicKey) }
+    var transcript: HandshakeTranscript { gateway.transcript(hello: hello, nonce: nonce) }
 
-    func admittedSession() -> GatewaySession {
-        var session = GatewaySession()
-        _ = session.received(.challenge(.init(nonce: nonce, gatewayID: "gw")))
-        _ = session.received(.admitted(admitted))
+    func admitted(evidence: Data? = nil) -> WireMessage.Admitted {
+        var message = WireMessage.Admitted(
+            sessionID: "s1", encapsulatedKey: Data([1]), sealedSessionKey: Data([2]), reattestSeconds: 60)
+        message.signature = gateway.sign(
+            .admitted, transcript, message.signedFields(evidenceSHA256: HashAlgorithm.sha256.hash(evidence ?? envelope))
+        )
+        return message
+    }
+
+    /// Challenged, evidence sent.
+    func waiting() -> GatewaySession {
+        var session = GatewaySession(hello: hello, pin: pin)
+        _ = session.received(.challenge(gateway.challenge(hello: hello, nonce: nonce)))
+        session.sending(evidence: envelope)
         return session
     }
 
-    @Test func theAdmissionChallengeCarriesTheProofsGatewayAndTheKeyIsBoundToItsNonce() {
-        var session = GatewaySession()
+    func admittedSession() -> GatewaySession {
+        var session = waiting()
+        _ = session.received(.admitted(admitted()))
+        return session
+    }
+
+    @Test func aSignedChallengeIsAnsweredAndASignedAdmissionOpensTheKey() {
+        var session = GatewaySession(hello: hello, pin: pin)
         #expect(
-            session.received(.challenge(.init(nonce: nonce, gatewayID: "gw")))
-                == .attest(nonce: nonce, proofFor: "gw", reattestation: false))
-        #expect(session.state == .awaitingAdmission(nonce: nonce))
-        #expect(session.received(.admitted(admitted)) == .openSessionKey(admitted, nonce: nonce))
+            session.received(.challenge(gateway.challenge(hello: hello, nonce: nonce)))
+                == .attest(nonce: nonce, proofFor: gateway.gatewayID, reattestation: false))
+        session.sending(evidence: envelope)
+        #expect(session.received(.admitted(admitted())) == .openSessionKey(admitted(), nonce: nonce))
         #expect(session.state == .admitted(sessionID: "s1"))
     }
 
-    @Test func reattestationSignsNoProofAndSealedDataIsOpened() {
+    /// Must show: a worker pinned to key A refuses a gateway with key B before it quotes.
+    @Test func aGatewayWithAnotherKeyIsRefusedBeforeAnyQuote() {
+        let other = GatewayHandshakeKey(Ed25519PrivateKey.generate())
+        var session = GatewaySession(hello: hello, pin: pin)
+        guard
+            case .fail(let code, _, let authenticated) = session.received(
+                .challenge(other.challenge(hello: hello, nonce: nonce)))
+        else {
+            Issue.record("a challenge signed by another key was answered")
+            return
+        }
+        #expect(code == ProtocolErrorCode.gatewayKeyMismatch.rawValue && !authenticated)
+    }
+
+    /// Threat: the pinned key presented with a signature someone else made, a recorded challenge
+    /// replayed to a new connection (another worker nonce), or an id that is not the key's.
+    @Test func forgedReplayedOrMislabelledChallengesAreRefused() {
+        var forged = gateway.challenge(hello: hello, nonce: nonce)
+        forged.signature = GatewayHandshakeKey(Ed25519PrivateKey.generate()).sign(.challenge, transcript, [])
+        var later = hello
+        later.workerNonce = Data(repeating: 4, count: 32)
+        var relabelled = gateway.challenge(hello: hello, nonce: nonce)
+        relabelled.gatewayID = String(repeating: "0", count: 64)
+        var swappedNonce = gateway.challenge(hello: hello, nonce: nonce)
+        swappedNonce.nonce = Data(repeating: 9, count: 32)
+        for (session, challenge) in [
+            (GatewaySession(hello: hello, pin: pin), forged),
+            (GatewaySession(hello: later, pin: pin), gateway.challenge(hello: hello, nonce: nonce)),
+            (GatewaySession(hello: hello, pin: pin), relabelled),
+            (GatewaySession(hello: hello, pin: pin), swappedNonce),
+        ] {
+            var session = session
+            guard case .fail(let code, _, _) = session.received(.challenge(challenge)) else {
+                Issue.record("an unauthenticated challenge was answered")
+                continue
+            }
+            #expect(code == ProtocolErrorCode.gatewayUnauthenticated.rawValue)
+        }
+    }
+
+    /// Threat: a network in the middle substituting its own `admitted` (a session key it chose)
+    /// or keeping the admission while swapping the evidence.
+    @Test func anUnsignedOrSubstitutedAdmissionIsRefused() {
+        var unsigned = admitted()
+        unsigned.signature = Data(repeating: 0, count: 64)
+        var swappedKey = admitted()
+        swappedKey.sealedSessionKey = Data([3])
+        for message in [unsigned, swappedKey, admitted(evidence: Data("other evidence".utf8))] {
+            var session = waiting()
+            guard case .fail(let code, _, let authenticated) = session.received(.admitted(message)) else {
+                Issue.record("an unauthenticated admission was accepted")
+                continue
+            }
+            #expect(code == ProtocolErrorCode.gatewayUnauthenticated.rawValue && !authenticated)
+        }
+    }
+
+    @Test func credentialChallengesMustBeSigned() {
+        var activate = WireMessage.Activate(credentialBlob: Data([1, 2]), encryptedSecret: Data([3]))
+        activate.signature = gateway.sign(.activate, transcript, activate.signedFields)
+        var session = waiting()
+        #expect(session.received(.activate(activate)) == .activateCredential(activate))
+        var tampered = activate
+        tampered.credentialBlob = Data([1, 3])
+        guard case .fail(let code, _, _) = session.received(.activate(tampered)) else {
+            Issue.record("a tampered credential was activated")
+            return
+        }
+        #expect(code == ProtocolErrorCode.gatewayUnauthenticated.rawValue)
+    }
+
+    /// Must show: a plaintext challenge injected after admission is refused (no quote), as is any
+    /// other plaintext message; only sealed payloads are taken.
+    @Test(arguments: [
+        WireMessage.challenge(
+            .init(nonce: Data(repeating: 2, count: 32), gatewayID: "", gatewayKey: Data(), signature: Data())),
+        .error(.init(code: "admin.evicted", message: "bye")),
+        .rejected(.init(code: "nonce.mismatch", message: "m")),
+    ])
+    func plaintextAfterAdmissionIsRefused(_ message: WireMessage) {
         var session = admittedSession()
-        let fresh = Data(repeating: 2, count: 32)
-        // A gateway id on a later challenge is ignored: proofs are for admissions only.
-        #expect(
-            session.received(.challenge(.init(nonce: fresh, gatewayID: "other")))
-                == .attest(nonce: fresh, proofFor: nil, reattestation: true))
         #expect(session.received(.sealed(Data([9]))) == .open(Data([9])))
+        guard case .fail(let code, _, let authenticated) = session.received(message) else {
+            Issue.record("plaintext \(message.typeName) accepted after admission")
+            return
+        }
+        #expect(code == ProtocolErrorCode.gatewayUnauthenticated.rawValue && !authenticated)
+        #expect(session.state == .closed(code: code))
     }
 
     @Test func aSecondAdmittedCannotSwapTheKey() {
         var session = admittedSession()
-        #expect(
-            session.received(.admitted(admitted))
-                == .fail(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "admitted twice"))
-        #expect(session.state == .closed(code: ProtocolErrorCode.unexpectedMessage.rawValue))
-        #expect(
-            session.received(.sealed(Data([1])))
-                == .fail(code: ProtocolErrorCode.unexpectedMessage.rawValue, message: "the session is closed"))
+        guard case .fail = session.received(.admitted(admitted())) else {
+            Issue.record("admitted twice")
+            return
+        }
+        guard case .fail(_, "the session is closed", _) = session.received(.sealed(Data([1]))) else {
+            Issue.record("sealed data after the session closed")
+            return
+        }
     }
 
     @Test(arguments: [
         WireMessage.admitted(
             .init(sessionID: "s", encapsulatedKey: Data(), sealedSessionKey: Data(), reattestSeconds: 1)),
-        .sealed(Data([1])), .hello(.init(workerID: "w", kemPublicKey: Data(count: 32), models: ["m"])),
+        .sealed(Data([1])),
+        .hello(.init(workerID: "w", kemPublicKey: Data(count: 32), models: ["m"], workerNonce: Data(count: 32))),
         .evidence(.init(envelope: Data())),
     ])
     func outOfOrderMessagesEndTheSession(_ message: WireMessage) {
-        var session = GatewaySession()
-        guard case .fail(let code, _) = session.received(message) else {
+        var session = GatewaySession(hello: hello, pin: pin)
+        guard case .fail(let code, _, _) = session.received(message) else {
             Issue.record("accepted \(message.typeName) before a challenge")
             return
         }
         #expect(code == ProtocolErrorCode.unexpectedMessage.rawValue)
     }
 
-    @Test func refusalsAndErrorsEndTheSessionWithTheGatewaysCode() {
-        var waiting = GatewaySession()
-        _ = waiting.received(.challenge(.init(nonce: nonce)))
+    /// A signed refusal is the gateway's verdict; an unsigned one, or an `error`, is only a reason
+    /// to retry: anyone on the path could have sent it.
+    @Test func onlySignedRefusalsAreVerdicts() {
+        var refusal = WireMessage.Rejection(code: "nonce.mismatch", message: "m")
+        refusal.signature = gateway.sign(.rejected, transcript, refusal.signedFields)
+        var signed = waiting()
+        #expect(signed.received(.rejected(refusal)) == .fail(code: "nonce.mismatch", message: "m", authenticated: true))
+        var unsigned = waiting()
+        guard case .fail(_, _, false) = unsigned.received(.rejected(.init(code: "admin.evicted", message: "m"))) else {
+            Issue.record("an unsigned refusal was taken as the gateway's")
+            return
+        }
+        var errored = waiting()
         #expect(
-            waiting.received(.rejected(.init(code: "nonce.mismatch", message: "m")))
-                == .fail(code: "nonce.mismatch", message: "m"))
+            errored.received(.error(.init(code: "admin.evicted", message: "bye")))
+                == .fail(code: "admin.evicted", message: "bye", authenticated: false))
+        #expect(
+            WorkerRejected(code: "admin.evicted", message: "bye", authenticated: false).isRetryable(hasProvider: false))
         var serving = admittedSession()
         #expect(
-            serving.received(.error(.init(code: "admin.evicted", message: "bye")))
-                == .fail(code: "admin.evicted", message: "bye"))
-        #expect(serving.state == .closed(code: "admin.evicted"))
+            serving.ended(code: "admin.evicted", message: "bye")
+                == .fail(code: "admin.evicted", message: "bye", authenticated: true))
+    }
+
+    @Test func pinsReadFingerprintsAndKeys() throws {
+        let key = gateway.key.publicKey
+        #expect(try GatewayKeyPin(text: key.pem) == pin)
+        #expect(try GatewayKeyPin(text: key.fingerprint.uppercased()) == pin)
+        #expect(try GatewayKeyPin(text: key.base64) == pin)
+        #expect(throws: Ed25519KeyError.self) { try GatewayKeyPin(text: "not a key") }
     }
 
     @Test func onlyTransientCodesAreRetried() {
@@ -86,5 +211,8 @@ import WorkerProtocol
         #expect(!WorkerRejected(code: "nonce.mismatch", message: "").isRetryable(hasProvider: true))
         #expect(!WorkerRejected(code: "stake.proof-missing", message: "").isRetryable(hasProvider: false))
         #expect(WorkerRejected(code: "stake.proof-missing", message: "").isRetryable(hasProvider: true))
+        #expect(
+            WorkerRejected(code: ProtocolErrorCode.gatewayKeyMismatch.rawValue, message: "").isRetryable(
+                hasProvider: false))
     }
 }

@@ -323,12 +323,11 @@ public struct AdmissionDecision: Sendable {
         public let sealed: SessionKeySealing.Sealed
 
         /// What the worker hears, with the re-attestation interval the gateway will keep.
-        public func message(reattestSeconds: Int) -> WireMessage {
-            .admitted(
-                .init(
-                    sessionID: session.sessionID, encapsulatedKey: sealed.encapsulatedKey,
-                    sealedSessionKey: sealed.ciphertext,
-                    reattestSeconds: reattestSeconds))
+        public func message(reattestSeconds: Int) -> WireMessage.Admitted {
+            .init(
+                sessionID: session.sessionID, encapsulatedKey: sealed.encapsulatedKey,
+                sealedSessionKey: sealed.ciphertext,
+                reattestSeconds: reattestSeconds)
         }
     }
 

@@ -1,3 +1,4 @@
+import AttestationCore
 import Foundation
 import Policy
 import Synchronization
@@ -9,11 +10,14 @@ public struct ActivePolicy: Sendable {
     public let document: PolicyDocument
     /// The document's text, as signed.
     public let text: String
+    /// SHA-256 of the text (lowercase hex): how clients and receipts name the policy.
+    public let sha256: String
 
     public init(version: Int, document: PolicyDocument, text: String) {
         self.version = version
         self.document = document
         self.text = text
+        sha256 = HashAlgorithm.sha256.hash(Data(text.utf8)).hex
     }
 }
 

@@ -45,11 +45,8 @@ public final class WorkerLink: Sendable {
         self.outbox = outbox
     }
 
-    /// Queues an unsealed control message (challenges).
-    package func sendControl(_ message: WireMessage) { outbox.yield(message) }
-
     /// Seals and queues a payload; the sequence order is the queue order.
-    func send(_ payload: ChannelPayload) throws {
+    package func send(_ payload: ChannelPayload) throws {
         let json = try JSONEncoder().encode(payload)
         try sealer.seal(json) { box in outbox.yield(.sealed(box)) }
     }
@@ -74,6 +71,14 @@ public final class WorkerLink: Sendable {
             throw error
         }
         return (id, stream)
+    }
+
+    /// Seals a payload for sending outside the outbox (the session's last word, after the outbox
+    /// is closed).
+    package func seal(_ payload: ChannelPayload) throws -> Data {
+        var sealed = Data()
+        try sealer.seal(try JSONEncoder().encode(payload)) { sealed = $0 }
+        return sealed
     }
 
     /// Tells the worker a client went away, and forgets the request.
@@ -165,8 +170,10 @@ public final class WorkerLink: Sendable {
         disconnectNow()
     }
 
-    /// Fails the requests in flight and closes the connection, for an end already claimed.
+    /// Fails the requests in flight, tells the worker why (sealed, the outbox's last message) and
+    /// closes the connection, for an end already claimed.
     package func disconnectNow() {
+        if let ending, !isClosed { try? send(.ended(code: ending.code, message: ending.message)) }
         close(reason: ending?.message ?? "the session ended")
         disconnect()
     }

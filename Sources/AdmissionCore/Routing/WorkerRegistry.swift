@@ -20,6 +20,8 @@ public final class WorkerRegistry: Sendable {
         let link: WorkerLink
         var record: WorkerRecord
         var admission: AdmittedWorker
+        /// The audit sequence number of this session's admission entry.
+        let admissionSeq: Int
     }
     private let entries = Mutex<[String: Entry]>([:])
 
@@ -35,11 +37,13 @@ public final class WorkerRegistry: Sendable {
     /// Registers an admitted worker. A previous session under the same worker id is replaced
     /// only when it is the same attested identity (one live session per worker); a session of
     /// another identity is never ended by an admission.
-    package func add(_ link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker) -> Added {
+    package func add(_ link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker, admissionSeq: Int = 0)
+        -> Added
+    {
         entries.withLock { e in
             let previous = e[link.workerID]
             if let previous, previous.admission.identity != admission.identity { return .heldByAnotherIdentity }
-            e[link.workerID] = Entry(link: link, record: record, admission: admission)
+            e[link.workerID] = Entry(link: link, record: record, admission: admission, admissionSeq: admissionSeq)
             return .added(previous: previous?.link)
         }
     }
@@ -109,6 +113,22 @@ public final class WorkerRegistry: Sendable {
     package func admitted() -> [(link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker)] {
         entries.withLock { e in
             e.values.map { ($0.link, $0.record, $0.admission) }.sorted { $0.0.workerID < $1.0.workerID }
+        }
+    }
+
+    /// What a client is told about the session serving it: its current row (evidence digest,
+    /// claims) and the audit sequence number of its admission. Nil once the session is gone.
+    public func served(workerID: String, sessionID: String) -> (record: WorkerRecord, admissionSeq: Int)? {
+        entries.withLock { e in
+            e[workerID].flatMap { $0.link.sessionID == sessionID ? ($0.record, $0.admissionSeq) : nil }
+        }
+    }
+
+    /// Every admitted session with its row, admission entry and what it proved, for clients.
+    public func published() -> [(link: WorkerLink, record: WorkerRecord, admissionSeq: Int, facts: AttestedFacts)] {
+        entries.withLock { e in
+            e.values.map { ($0.link, $0.record, $0.admissionSeq, $0.admission.facts) }
+                .sorted { $0.0.workerID < $1.0.workerID }
         }
     }
 

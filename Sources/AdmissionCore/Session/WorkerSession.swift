@@ -1,4 +1,6 @@
+import AttestationCore
 import Foundation
+import Sealing
 import WorkerProtocol
 
 /// The gateway's side of the worker protocol as a state machine: events in (messages from the
@@ -14,6 +16,10 @@ import WorkerProtocol
 /// TPM workers whose policy anchors AKs in hardware take the `activating` detour: the gateway
 /// sends a credential made for the evidence's AK and EK, and judges the evidence only with the
 /// worker's answer.
+///
+/// Every handshake message it emits is signed by the gateway's identity key over the handshake
+/// transcript (``HandshakeTranscript``); after admission, what the gateway says goes sealed
+/// (``Action/seal(_:)``).
 ///
 /// Threats: messages out of order (evidence before a challenge, sealed data before admission, a
 /// second hello), a worker that stops answering re-attestation challenges, and results that
@@ -37,6 +43,8 @@ public struct WorkerSession: Sendable {
 
     public enum Action: Sendable {
         case send(WireMessage)
+        /// Seal and send a control payload on the admitted session's channel.
+        case seal(ChannelPayload)
         /// Verify and judge admission evidence; `activation`: the answer to a credential challenge.
         case verifyAdmission(
             WireMessage.Hello, nonce: Data, WireMessage.EvidenceMessage, activation: ActivationOutcome?)
@@ -53,11 +61,13 @@ public struct WorkerSession: Sendable {
     }
 
     public private(set) var state: State = .awaitingHello
-    /// The id provider proofs name, sent on the admission challenge.
-    let gatewayID: String?
+    /// The gateway's identity: signs the handshake; its fingerprint is the id provider proofs name.
+    let identity: GatewayHandshakeKey
+    /// What the handshake's signatures cover, from the hello on.
+    public private(set) var transcript: HandshakeTranscript?
 
-    public init(gatewayID: String? = nil) {
-        self.gatewayID = gatewayID
+    public init(identity: GatewayHandshakeKey) {
+        self.identity = identity
     }
 
     /// What the handshake waits for, for timeout messages.
@@ -81,7 +91,8 @@ public struct WorkerSession: Sendable {
             if let problem = Self.problem(with: hello) { return end(.badHello, problem) }
             let fresh = nonce()
             state = .awaitingEvidence(hello: hello, nonce: fresh)
-            return .send(.challenge(.init(nonce: fresh, gatewayID: gatewayID)))
+            transcript = identity.transcript(hello: hello, nonce: fresh)
+            return .send(.challenge(identity.challenge(hello: hello, nonce: fresh)))
         case (.awaitingEvidence(let hello, let challenge), .evidence(let evidence)):
             state = .admitting(hello: hello)
             return .verifyAdmission(hello, nonce: challenge, evidence, activation: nil)
@@ -112,9 +123,11 @@ public struct WorkerSession: Sendable {
     public mutating func activationNeeded(
         _ hello: WireMessage.Hello, nonce: Data, _ evidence: WireMessage.EvidenceMessage, _ pending: PendingActivation
     ) -> Action {
-        guard case .admitting = state else { return .none }
+        guard case .admitting = state, let transcript else { return .none }
         state = .activating(hello: hello, nonce: nonce, evidence: evidence, pending: pending)
-        return .send(.activate(pending.message))
+        var message = pending.message
+        message.signature = identity.sign(.activate, transcript, message.signedFields)
+        return .send(.activate(message))
     }
 
     /// The admission was decided.
@@ -139,7 +152,7 @@ public struct WorkerSession: Sendable {
                     notify: false)
             }
             state = .serving(session, challenge: nonce)
-            return .send(.challenge(.init(nonce: nonce)))
+            return .seal(.challenge(nonce: nonce))
         case .serving(_, _?):
             return end(.timeout, "re-attestation challenge unanswered", notify: false)
         case .reattesting:
@@ -179,11 +192,30 @@ public struct WorkerSession: Sendable {
         end(code: code.rawValue, message: message, notifyPeer: notify)
     }
 
+    /// `admitted`, signed over the transcript and the evidence judged (`evidence`: its bytes).
+    public func signed(_ admitted: WireMessage.Admitted, evidence: Data) -> WireMessage.Admitted {
+        guard let transcript else { return admitted }
+        var message = admitted
+        message.signature = identity.sign(
+            .admitted, transcript, admitted.signedFields(evidenceSHA256: HashAlgorithm.sha256.hash(evidence)))
+        return message
+    }
+
+    /// A refusal, signed over the transcript.
+    public func signed(_ rejection: WireMessage.Rejection) -> WireMessage.Rejection {
+        guard let transcript else { return rejection }
+        var message = rejection
+        message.signature = identity.sign(.rejected, transcript, rejection.signedFields)
+        return message
+    }
+
     /// Bounds on hello: ids are names, not payloads; a worker serves a handful of models.
     static func problem(with hello: WireMessage.Hello) -> String? {
-        guard hello.protocolVersion == 1 else {
-            return "protocol version \(hello.protocolVersion) is not supported (1)"
+        guard hello.protocolVersion == WireMessage.Hello.currentVersion else {
+            return
+                "protocol version \(hello.protocolVersion) is not supported (\(WireMessage.Hello.currentVersion): the gateway signs the handshake)"
         }
+        guard hello.workerNonce.count == 32 else { return "worker nonce must be 32 bytes" }
         let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_.:"))
         let idOK =
             (1...128).contains(hello.workerID.utf8.count)

@@ -75,7 +75,7 @@ public struct WorkerSessionRunner: Sendable {
     /// its last frame is flushed).
     public func run<Inbound: AsyncSequence & Sendable>(_ inbound: Inbound, on connection: some WorkerConnection) async
     where Inbound.Element == WireMessage {
-        let machine = SessionMachine(WorkerSession(gatewayID: coordinator.gatewayID))
+        let machine = SessionMachine(WorkerSession(identity: GatewayHandshakeKey(trail.key)))
         var iterator = inbound.makeAsyncIterator()
         do {
             try await handshake(&iterator, machine, connection)
@@ -139,11 +139,11 @@ public struct WorkerSessionRunner: Sendable {
                         metadata: [
                             "ccgate.worker.id": "\(hello.workerID)", "ccgate.reason": "\(decision.refusal?.code ?? "")",
                         ])
-                    try await connection.send(
-                        .rejected(decision.refusal ?? .init(code: "evidence.malformed", message: "")))
+                    let refusal = decision.refusal ?? .init(code: "evidence.malformed", message: "")
+                    try await connection.send(.rejected(machine.withLock { $0.signed(refusal) }))
                     return
                 }
-                try await serve(grant, decision, &inbound, machine, connection)
+                try await serve(grant, decision, evidence: evidence.envelope, &inbound, machine, connection)
                 return
             case .end(let code, let message, _):
                 throw SessionEnd(code: code, message: message)
@@ -156,8 +156,8 @@ public struct WorkerSessionRunner: Sendable {
 
     /// Records an admission, registers the worker, tells it, then serves it until it goes.
     func serve<I: AsyncIteratorProtocol>(
-        _ grant: AdmissionDecision.Grant, _ decision: AdmissionDecision, _ inbound: inout I, _ machine: SessionMachine,
-        _ connection: some WorkerConnection
+        _ grant: AdmissionDecision.Grant, _ decision: AdmissionDecision, evidence: Data, _ inbound: inout I,
+        _ machine: SessionMachine, _ connection: some WorkerConnection
     ) async throws where I.Element == WireMessage {
         let session = grant.session
         let (outbox, outboxContinuation) = AsyncStream<WireMessage>.makeStream()
@@ -168,10 +168,19 @@ public struct WorkerSessionRunner: Sendable {
                 sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .gatewayToWorker),
             opener: ChannelOpener(
                 sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .workerToGateway),
-            outbox: outboxContinuation, disconnect: { connection.close() })
-        try await record(decision.drafts)
+            outbox: outboxContinuation,
+            // The outbox's writer closes the connection once it has sent the sealed farewell;
+            // this is the fallback for a worker that stops reading.
+            disconnect: {
+                Task {
+                    try? await Task.sleep(for: .seconds(2))
+                    connection.close()
+                }
+            })
+        let entries = try await record(decision.drafts)
+        let admissionSeq = entries.first { $0.event.kind == .admission }?.seq ?? 0
         var heldByAnother = false
-        switch registry.add(link, record: grant.record, admission: grant.admitted) {
+        switch registry.add(link, record: grant.record, admission: grant.admitted, admissionSeq: admissionSeq) {
         case .added(let previous?):
             previous.end(
                 code: ProtocolErrorCode.replaced.rawValue, message: "replaced by a new session of the same worker")
@@ -192,7 +201,8 @@ public struct WorkerSessionRunner: Sendable {
                 if decision.judgement.policy.version != coordinator.policies.current.version {
                     recheck(link, grant.admitted)
                 }
-                try await connection.send(grant.message(reattestSeconds: Int(reattestInterval.components.seconds)))
+                let admitted = grant.message(reattestSeconds: Int(reattestInterval.components.seconds))
+                try await connection.send(.admitted(machine.withLock { $0.signed(admitted, evidence: evidence) }))
                 logger.info(
                     "worker admitted",
                     metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.session": "\(session.sessionID)"])
@@ -209,7 +219,10 @@ public struct WorkerSessionRunner: Sendable {
             metadata: [
                 "ccgate.worker.id": "\(session.workerID)", "ccgate.reason": "\(link.ending?.message ?? end.message)",
             ])
-        if end.notify { try? await connection.send(.error(.init(code: end.code, message: end.message))) }
+        // The end is said inside the channel: nobody but this gateway can end a worker's session.
+        if end.notify, let box = try? link.seal(.ended(code: end.code, message: end.message)) {
+            try? await connection.send(.sealed(box))
+        }
     }
 
     /// The admitted session: drains the outbox, re-attests on a schedule, routes what the worker
@@ -220,7 +233,11 @@ public struct WorkerSessionRunner: Sendable {
     ) async -> (code: String, message: String, notify: Bool) where I.Element == WireMessage {
         do {
             return try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { for await message in outbox { try await connection.send(message) } }
+                group.addTask {
+                    for await message in outbox { try await connection.send(message) }
+                    // The link finished its outbox (an eviction, after its sealed farewell): close.
+                    if !Task.isCancelled { connection.close() }
+                }
                 group.addTask { try await self.reattestLoop(link, session, machine) }
                 defer { group.cancelAll() }
                 while let message = try await inbound.next() {
@@ -319,7 +336,7 @@ public struct WorkerSessionRunner: Sendable {
             let age = coordinator.clock.now().timeIntervalSince(session.admittedAt)
             let lifetime = coordinator.policy.workers.sessionKeyLifetimeSeconds
             switch machine.withLock({ $0.reattestDue(nonce: fresh, keyAge: age, keyLifetime: lifetime) }) {
-            case .send(let challenge): link.sendControl(challenge)
+            case .seal(let challenge): try link.send(challenge)
             case .end(let code, let message, _):
                 link.end(code: code, message: message)
                 return
@@ -334,8 +351,9 @@ public struct WorkerSessionRunner: Sendable {
     }
 
     /// Records decisions before they are acted on; a decision that cannot be recorded is not made.
-    func record(_ drafts: [AuditDraft]) async throws {
-        do { try await trail.record(drafts) } catch {
+    @discardableResult
+    func record(_ drafts: [AuditDraft]) async throws -> [AuditEntry] {
+        do { return try await trail.record(drafts) } catch {
             logger.error("audit append failed", metadata: ["error": "\(error)"])
             throw SessionEnd(
                 code: ProtocolErrorCode.auditUnavailable.rawValue,

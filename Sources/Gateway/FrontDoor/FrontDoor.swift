@@ -1,4 +1,7 @@
 import AdmissionCore
+import AttestationCore
+import AuditLog
+import Crypto
 import Foundation
 import WorkerProtocol
 import HTTPTypes
@@ -9,21 +12,23 @@ import NIOCore
 /// The OpenAI-compatible API: `GET /v1/models`, `POST /v1/chat/completions`,
 /// `POST /v1/completions`. Requests go only to admitted workers serving the requested model,
 /// least-loaded first; a worker that fails before the first response byte is replaced by another.
+/// `GET /v1/attestation` tells clients who serves them; every relayed response names its worker
+/// and policy and carries a signed receipt (``AttestationPublisher``).
 public struct FrontDoor: Sendable {
     public let registry: WorkerRegistry
+    public let publisher: AttestationPublisher
     /// SHA-256 of each accepted API key: the keys themselves are kept nowhere.
     public let apiKeyDigests: Set<Data>
     /// Largest accepted request body. Chat requests with long histories are tens of KiB.
     public var maxBodySize = 1 << 20
     /// Workers tried for one request before giving up.
     public var maxAttempts = 3
+    /// Largest non-streamed response: it is held whole so that its receipt can go in a header.
+    public var maxResponseSize = 16 << 20
 
-    public init(registry: WorkerRegistry, apiKeys: [String]) {
-        self.init(registry: registry, apiKeyDigests: Set(apiKeys.map { Data(SHA256Digest.of(Data($0.utf8))) }))
-    }
-
-    public init(registry: WorkerRegistry, apiKeyDigests: Set<Data>) {
+    public init(registry: WorkerRegistry, publisher: AttestationPublisher, apiKeyDigests: Set<Data>) {
         self.registry = registry
+        self.publisher = publisher
         self.apiKeyDigests = apiKeyDigests
     }
 
@@ -33,6 +38,15 @@ public struct FrontDoor: Sendable {
         router.get("/healthz") { _, _ in "ok\n" }
         let api = router.group("v1").add(middleware: APIKeyMiddleware(keyDigests: apiKeyDigests))
         api.get("models") { _, _ in try self.modelsResponse() }
+        api.get("attestation") { request, _ in
+            let full = request.uri.queryParameters.get("evidence") == "full"
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json"
+            headers[.cacheControl] = "no-store"
+            return Response(
+                status: .ok, headers: headers,
+                body: .init(byteBuffer: ByteBuffer(bytes: try self.publisher.document(full: full))))
+        }
         api.post("chat/completions") { request, context in
             try await self.forward(request, context, path: "/v1/chat/completions", required: "messages")
         }
@@ -57,6 +71,7 @@ public struct FrontDoor: Sendable {
     {
         var request = request
         let body = Data(try await request.collectBody(upTo: maxBodySize).readableBytesView)
+        let requestSHA256 = HashAlgorithm.sha256.hash(body).hex
         guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
             throw OpenAIError(.badRequest, "The request body must be a JSON object.")
         }
@@ -66,7 +81,6 @@ public struct FrontDoor: Sendable {
         guard object[required] != nil else {
             throw OpenAIError(.badRequest, "'\(required)' is required.", param: required)
         }
-        let streaming = (object["stream"] as? Bool) == true
         guard !registry.models.isEmpty, registry.models.contains(model) else {
             throw OpenAIError(
                 .notFound, "The model '\(model)' is not served by any admitted worker.", code: "model_not_found",
@@ -110,9 +124,18 @@ public struct FrontDoor: Sendable {
                     .badGateway, "The worker serving this request answered with a malformed response.",
                     type: "server_error", code: "bad_worker_response")
             }
-            return respond(
-                status: status, contentType: contentType, streaming: streaming, link: link, id: id,
-                rest: IteratorHandOff(iterator), logger: context.logger)
+            guard let served = publisher.served(link) else {
+                link.cancel(id)
+                lastFailure = "worker \(link.workerID) left before responding"
+                continue
+            }
+            let exchange = Exchange(
+                status: status, contentType: contentType, model: model, requestSHA256: requestSHA256, served: served,
+                link: link, id: id)
+            if contentType.hasPrefix("text/event-stream") {
+                return respond(exchange, rest: IteratorHandOff(iterator), logger: context.logger)
+            }
+            return try await respondWhole(exchange, &iterator, logger: context.logger)
         }
         throw OpenAIError(
             .serviceUnavailable, "No admitted worker could serve the request (\(lastFailure)).", type: "server_error",
@@ -124,23 +147,40 @@ public struct FrontDoor: Sendable {
         (1...256).contains(text.utf8.count) && text.utf8.allSatisfy { (0x20...0x7e).contains($0) }
     }
 
-    /// Streams the worker's response through as it arrives. If the worker fails mid-stream, an
-    /// event-stream response ends with an OpenAI-shaped `error` event; other responses end short.
-    func respond(
-        status: Int, contentType: String, streaming: Bool, link: WorkerLink, id: UInt64,
-        rest: IteratorHandOff, logger: Logger
-    ) -> Response {
+    /// One relayed response: what the receipt is signed over, and the request on the worker.
+    struct Exchange {
+        let status: Int
+        let contentType: String
+        let model: String
+        let requestSHA256: String
+        let served: AttestationPublisher.Served
+        let link: WorkerLink
+        let id: UInt64
+    }
+
+    /// Streams an event stream through as it arrives, hashing it, and ends it with the signed
+    /// receipt as a last `ccgate-receipt` event after `[DONE]` (OpenAI clients stop reading at
+    /// `[DONE]`). If the worker fails mid-stream, the stream ends with an OpenAI-shaped `error`
+    /// event, and the receipt covers that too.
+    func respond(_ exchange: Exchange, rest: IteratorHandOff, logger: Logger) -> Response {
         var headers = HTTPFields()
-        headers[.contentType] = contentType
-        if contentType.hasPrefix("text/event-stream") { headers[.cacheControl] = "no-cache" }
+        headers[.contentType] = exchange.contentType
+        headers[.cacheControl] = "no-cache"
+        publisher.name(exchange.served, in: &headers)
+        let (link, id) = (exchange.link, exchange.id)
         let body = ResponseBody { writer in
             var iterator = rest.iterator
             var finished = false
+            var hasher = SHA256()
+            var usage = JSONValue.null
             defer { if !finished { link.cancel(id) } }
             do {
                 while let event = try await iterator.next() {
                     switch event {
-                    case .data(_, let bytes): try await writer.write(ByteBuffer(bytes: bytes))
+                    case .data(_, let bytes):
+                        hasher.update(data: bytes)
+                        if let found = Self.usage(inEvents: bytes) { usage = found }
+                        try await writer.write(ByteBuffer(bytes: bytes))
                     case .end:
                         finished = true
                     default: continue
@@ -153,16 +193,88 @@ public struct FrontDoor: Sendable {
                 logger.notice(
                     "worker failed mid-response",
                     metadata: ["ccgate.worker.id": "\(link.workerID)", "error": "\(failure)"])
-                if contentType.hasPrefix("text/event-stream") {
-                    let error = OpenAIError.body(
-                        message: "The worker serving this request failed: \(failure.message)", type: "server_error",
-                        code: "worker_failed")
-                    try await writer.write(ByteBuffer(bytes: Data("data: ".utf8) + error + Data("\n\n".utf8)))
-                }
+                let error = OpenAIError.body(
+                    message: "The worker serving this request failed: \(failure.message)", type: "server_error",
+                    code: "worker_failed")
+                let bytes = Data("data: ".utf8) + error + Data("\n\n".utf8)
+                hasher.update(data: bytes)
+                try await writer.write(ByteBuffer(bytes: bytes))
             }
+            let receipt = publisher.receipt(
+                exchange.served, request: exchange.requestSHA256, response: Data(hasher.finalize()).hex,
+                status: exchange.status, model: exchange.model, usage: usage)
+            try await writer.write(ByteBuffer(bytes: receipt.event))
             try await writer.finish(nil)
         }
-        return Response(status: HTTPResponse.Status(code: status), headers: headers, body: body)
+        return Response(status: HTTPResponse.Status(code: exchange.status), headers: headers, body: body)
+    }
+
+    /// Collects a plain response whole (up to ``maxResponseSize``) so that its receipt, over its
+    /// exact bytes, can travel in the `ccgate-receipt` header. A worker that fails before the
+    /// end, or answers too much, gets the client a 502 instead of a truncated body.
+    func respondWhole(
+        _ exchange: Exchange, _ iterator: inout AsyncThrowingStream<ChannelPayload, any Error>.AsyncIterator,
+        logger: Logger
+    ) async throws -> Response {
+        var body = Data()
+        do {
+            loop: while let event = try await iterator.next() {
+                switch event {
+                case .data(_, let bytes):
+                    body.append(bytes)
+                    guard body.count <= maxResponseSize else {
+                        exchange.link.cancel(exchange.id)
+                        throw OpenAIError(
+                            .badGateway, "The worker's response exceeds \(maxResponseSize) bytes.",
+                            type: "server_error", code: "bad_worker_response")
+                    }
+                case .end: break loop
+                default: continue
+                }
+            }
+        } catch let failure as WorkerFailure {
+            logger.notice(
+                "worker failed mid-response",
+                metadata: ["ccgate.worker.id": "\(exchange.link.workerID)", "error": "\(failure)"])
+            throw OpenAIError(
+                .badGateway, "The worker serving this request failed: \(failure.message)", type: "server_error",
+                code: "worker_failed")
+        }
+        let receipt = publisher.receipt(
+            exchange.served, request: exchange.requestSHA256, response: HashAlgorithm.sha256.hash(body).hex,
+            status: exchange.status, model: exchange.model, usage: Self.usage(inObject: body))
+        var headers = HTTPFields()
+        headers[.contentType] = exchange.contentType
+        publisher.name(exchange.served, in: &headers)
+        headers[AttestationPublisher.receiptHeader] = receipt.headerValue
+        return Response(
+            status: HTTPResponse.Status(code: exchange.status), headers: headers,
+            body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+
+    /// The `usage` object of a JSON response, as the receipt carries it (integers only).
+    static func usage(inObject body: Data) -> JSONValue {
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
+            let usage = object["usage"] as? [String: Any],
+            let bytes = try? JSONSerialization.data(withJSONObject: usage),
+            let value = try? JSONDecoder().decode(JSONValue.self, from: bytes)
+        else { return .null }
+        return value
+    }
+
+    static let usageMarker = Data(#""usage":{"#.utf8)
+
+    /// The `usage` of the last event in `chunk` that reports one (engines send it in the final
+    /// chunk when asked with `stream_options.include_usage`). Chunks without the marker cost a
+    /// byte search only.
+    static func usage(inEvents chunk: Data) -> JSONValue? {
+        guard chunk.range(of: usageMarker) != nil else { return nil }
+        var found: JSONValue?
+        for line in chunk.split(separator: 0x0A) where line.starts(with: Data("data: ".utf8)) {
+            let value = usage(inObject: Data(line.dropFirst(6)))
+            if value != .null { found = value }
+        }
+        return found
     }
 }
 

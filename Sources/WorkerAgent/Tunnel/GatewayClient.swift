@@ -15,11 +15,19 @@ import AttestationCore
 public struct WorkerRejected: Error, CustomStringConvertible {
     public let code: String
     public let message: String
-    public var description: String { "gateway rejected this worker: \(code): \(message)" }
+    /// Whether the pinned gateway said it (a signed refusal, a sealed end). Anything else may
+    /// come from anyone on the path and is only ever a reason to retry.
+    public let authenticated: Bool
+    public var description: String {
+        authenticated
+            ? "gateway rejected this worker: \(code): \(message)"
+            : "connection ended (not said by the pinned gateway): \(code): \(message)"
+    }
 
-    public init(code: String, message: String) {
+    public init(code: String, message: String, authenticated: Bool = true) {
         self.code = code
         self.message = message
+        self.authenticated = authenticated
     }
 
     /// Whether connecting again (with backoff) can succeed unchanged: the connection or protocol
@@ -29,6 +37,7 @@ public struct WorkerRejected: Error, CustomStringConvertible {
     /// proof on the next connection). Anything else (evidence, policy, stake below the minimum)
     /// needs a change first.
     public func isRetryable(hasProvider: Bool) -> Bool {
+        if !authenticated { return true }
         if let known = ProtocolErrorCode(rawValue: code) { return known.isTransient }
         if code.hasPrefix("protocol.") || code == "stake.unknown" { return true }
         return hasProvider && code == "stake.proof-missing"
@@ -47,9 +56,16 @@ public final class GatewayClient: Sendable {
         public var models: [String]
         /// The provider this worker stakes for; a gateway with a stake rule admits it only with a proof.
         public var provider: ProviderIdentity?
-        public init(host: String, port: Int, workerID: String, models: [String], provider: ProviderIdentity? = nil) {
+        /// The only gateway this worker talks to: checked on the signed challenge, before any quote
+        /// or provider proof leaves the worker.
+        public var gatewayKey: GatewayKeyPin
+        public init(
+            host: String, port: Int, gatewayKey: GatewayKeyPin, workerID: String, models: [String],
+            provider: ProviderIdentity? = nil
+        ) {
             self.host = host
             self.port = port
+            self.gatewayKey = gatewayKey
             self.workerID = workerID
             self.models = models
             self.provider = provider
@@ -150,16 +166,15 @@ public final class GatewayClient: Sendable {
                     outboxContinuation.finish()
                     group.cancelAll()
                 }
-                outboxContinuation.yield(
-                    .hello(
-                        .init(
-                            workerID: configuration.workerID, kemPublicKey: kem.publicKeyBytes,
-                            models: configuration.models)))
-                var machine = GatewaySession()
+                let hello = WireMessage.Hello(
+                    workerID: configuration.workerID, kemPublicKey: kem.publicKeyBytes, models: configuration.models,
+                    workerNonce: SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) })
+                outboxContinuation.yield(.hello(hello))
+                var machine = GatewaySession(hello: hello, pin: configuration.gatewayKey)
                 var session: Session?
                 for try await message in inbound {
-                    session =
-                        try await perform(machine.received(message), session, outbox: outboxContinuation) ?? session
+                    let action = machine.received(message)
+                    session = try await perform(action, session, &machine, outbox: outboxContinuation) ?? session
                 }
                 if let session {
                     for task in session.tasks.withLock({ Array($0.values) }) { task.cancel() }
@@ -169,19 +184,16 @@ public final class GatewayClient: Sendable {
     }
 
     /// Performs one action of the session state machine; returns the session once admitted.
-    func perform(_ action: GatewaySession.Action, _ session: Session?, outbox: AsyncStream<WireMessage>.Continuation)
+    func perform(
+        _ action: GatewaySession.Action, _ session: Session?, _ machine: inout GatewaySession,
+        outbox: AsyncStream<WireMessage>.Continuation
+    )
         async throws
         -> Session?
     {
         switch action {
         case .attest(let nonce, let gatewayID, let reattestation):
-            let binding = attestationBinding(nonce: nonce, workerPublicKeys: kem.publicKeyBytes)
-            let envelope = try await attestor.evidence(binding: binding)
-            let proof = gatewayID.flatMap {
-                configuration.provider?.proof(gatewayID: $0, workerKey: kem.publicKeyBytes)
-            }
-            outbox.yield(.evidence(.init(envelope: envelope, providerProof: proof)))
-            if reattestation { onEvent(.reattested) }
+            try await attest(nonce: nonce, proofFor: gatewayID, reattestation: reattestation, &machine, outbox: outbox)
             return nil
         case .activateCredential(let challenge):
             // A TPM that cannot recover the secret answers with none: the gateway records the
@@ -201,12 +213,41 @@ public final class GatewayClient: Sendable {
             return Session(id: admitted.sessionID, key: key, outbox: outbox)
         case .open(let box):
             guard let session else { return nil }
-            let payload = try JSONDecoder().decode(ChannelPayload.self, from: try session.opener.open(box))
-            handle(payload, in: session)
+            let plain: Data
+            do { plain = try session.opener.open(box) } catch {
+                throw WorkerRejected(
+                    code: ProtocolErrorCode.channelAuthentication.rawValue, message: "a sealed message did not open",
+                    authenticated: false)
+            }
+            switch try JSONDecoder().decode(ChannelPayload.self, from: plain) {
+            case .challenge(let nonce):
+                try await attest(nonce: nonce, proofFor: nil, reattestation: true, &machine, outbox: outbox)
+            case .ended(let code, let message):
+                _ = machine.ended(code: code, message: message)
+                throw WorkerRejected(code: code, message: message, authenticated: true)
+            case let payload:
+                handle(payload, in: session)
+            }
             return nil
-        case .fail(let code, let message):
-            throw WorkerRejected(code: code, message: message)
+        case .fail(let code, let message, let authenticated):
+            throw WorkerRejected(code: code, message: message, authenticated: authenticated)
         }
+    }
+
+    /// Quotes `nonce` (bound to this worker's KEM key) and sends the evidence; on the admission
+    /// challenge also a provider proof for the gateway that signed it.
+    func attest(
+        nonce: Data, proofFor gatewayID: String?, reattestation: Bool, _ machine: inout GatewaySession,
+        outbox: AsyncStream<WireMessage>.Continuation
+    ) async throws {
+        let binding = attestationBinding(nonce: nonce, workerPublicKeys: kem.publicKeyBytes)
+        let envelope = try await attestor.evidence(binding: binding)
+        let proof = gatewayID.flatMap {
+            configuration.provider?.proof(gatewayID: $0, workerKey: kem.publicKeyBytes)
+        }
+        machine.sending(evidence: envelope)
+        outbox.yield(.evidence(.init(envelope: envelope, providerProof: proof)))
+        if reattestation { onEvent(.reattested) }
     }
 
     func handle(_ payload: ChannelPayload, in session: Session) {

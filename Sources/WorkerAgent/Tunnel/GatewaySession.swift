@@ -1,4 +1,6 @@
+import AttestationCore
 import Foundation
+import Sealing
 import WorkerProtocol
 
 /// The worker's side of the worker protocol as a state machine: each message from the gateway
@@ -10,13 +12,17 @@ import WorkerProtocol
 ///        └──────────── rejected, error or anything out of order ────────────→ closed
 /// ```
 ///
-/// Threats: a gateway (or a network in the middle) sending messages out of order, a second
-/// `admitted` that would swap the session key, sealed data before a key exists.
+/// Threats: someone other than the pinned gateway speaking: every handshake message must carry a
+/// signature by the pinned key over this connection's transcript (checked before the worker
+/// quotes, activates a credential, signs a provider proof or serves), and after admission only
+/// sealed messages are taken, so a plaintext challenge, error or second `admitted` injected by the
+/// network ends the connection without effect. Also: messages out of order, sealed data before a
+/// key exists.
 public struct GatewaySession: Sendable {
     public enum State: Sendable, Equatable {
         case awaitingChallenge
-        /// Evidence for the admission challenge `nonce` was sent.
-        case awaitingAdmission(nonce: Data)
+        /// Evidence for the admission challenge `nonce` was sent (its SHA-256: `evidenceSHA256`).
+        case awaitingAdmission(nonce: Data, transcript: HandshakeTranscript, gatewayKey: Data)
         case admitted(sessionID: String)
         case closed(code: String)
     }
@@ -31,34 +37,74 @@ public struct GatewaySession: Sendable {
         case openSessionKey(WireMessage.Admitted, nonce: Data)
         /// A sealed box for the admitted session.
         case open(Data)
-        /// The session is over: the gateway refused, or the peer broke the protocol.
-        case fail(code: String, message: String)
+        /// The session is over. `authenticated`: the pinned gateway said so (a signed refusal, a
+        /// sealed end); otherwise it may be anyone on the path, and the worker only retries.
+        case fail(code: String, message: String, authenticated: Bool)
     }
 
     public private(set) var state: State = .awaitingChallenge
+    let hello: WireMessage.Hello
+    let pin: GatewayKeyPin
+    /// SHA-256 of the admission evidence sent, which the signed `admitted` must cover.
+    var evidenceSHA256: Data?
 
-    public init() {}
+    public init(hello: WireMessage.Hello, pin: GatewayKeyPin) {
+        self.hello = hello
+        self.pin = pin
+    }
+
+    /// The admission evidence about to be sent (its digest is checked against `admitted`).
+    public mutating func sending(evidence envelope: Data) {
+        if case .awaitingAdmission = state, evidenceSHA256 == nil {
+            evidenceSHA256 = HashAlgorithm.sha256.hash(envelope)
+        }
+    }
 
     public mutating func received(_ message: WireMessage) -> Action {
         switch (state, message) {
         case (.closed(let code), _):
-            return .fail(code: code, message: "the session is closed")
+            return .fail(code: code, message: "the session is closed", authenticated: false)
         case (.awaitingChallenge, .challenge(let c)):
-            state = .awaitingAdmission(nonce: c.nonce)
-            return .attest(nonce: c.nonce, proofFor: c.gatewayID, reattestation: false)
-        case (.awaitingAdmission, .activate(let challenge)):
-            return .activateCredential(challenge)
-        case (.admitted, .challenge(let c)):
-            return .attest(nonce: c.nonce, proofFor: nil, reattestation: true)
-        case (.awaitingAdmission(let nonce), .admitted(let admitted)):
+            do {
+                let transcript = try pin.verify(c, hello: hello)
+                state = .awaitingAdmission(nonce: c.nonce, transcript: transcript, gatewayKey: c.gatewayKey)
+                return .attest(nonce: c.nonce, proofFor: c.gatewayID, reattestation: false)
+            } catch {
+                return fail(error)
+            }
+        case (.awaitingAdmission(_, let transcript, let key), .activate(let challenge)):
+            do {
+                try pin.verify(challenge.signature, .activate, transcript, gatewayKey: key, challenge.signedFields)
+                return .activateCredential(challenge)
+            } catch {
+                return fail(error)
+            }
+        case (.awaitingAdmission(let nonce, let transcript, let key), .admitted(let admitted)):
+            do {
+                try pin.verify(
+                    admitted.signature, .admitted, transcript, gatewayKey: key,
+                    admitted.signedFields(evidenceSHA256: evidenceSHA256 ?? Data()))
+            } catch {
+                return fail(error)
+            }
             state = .admitted(sessionID: admitted.sessionID)
             return .openSessionKey(admitted, nonce: nonce)
+        case (.awaitingAdmission(_, let transcript, let key), .rejected(let r)):
+            guard (try? pin.verify(r.signature, .rejected, transcript, gatewayKey: key, r.signedFields)) != nil else {
+                return fail(.unauthenticated("a refusal not signed by the pinned gateway: \(r.code)"))
+            }
+            return fail(r.code, r.message, authenticated: true)
         case (.admitted, .sealed(let box)):
             return .open(box)
-        case (_, .rejected(let r)), (_, .error(let r)):
-            return fail(r.code, r.message)
-        case (.admitted, .admitted):
-            return fail(ProtocolErrorCode.unexpectedMessage.rawValue, "admitted twice")
+        case (.admitted, _):
+            // Threat: an injected plaintext challenge, error or admission after the channel exists.
+            return fail(
+                ProtocolErrorCode.gatewayUnauthenticated.rawValue,
+                "plaintext \(message.typeName) after admission (the gateway speaks only sealed now)",
+                authenticated: false)
+        case (_, .error(let r)):
+            // Unsigned: a reason worth logging, never a verdict.
+            return fail(r.code, r.message, authenticated: false)
         case (_, .sealed):
             return fail(ProtocolErrorCode.unexpectedMessage.rawValue, "sealed message before admission")
         default:
@@ -66,8 +112,17 @@ public struct GatewaySession: Sendable {
         }
     }
 
-    mutating func fail(_ code: String, _ message: String) -> Action {
+    /// A sealed `ended` from the admitted session: the gateway's own word.
+    public mutating func ended(code: String, message: String) -> Action {
+        fail(code, message, authenticated: true)
+    }
+
+    mutating func fail(_ error: GatewayAuthenticationError) -> Action {
+        fail(error.code.rawValue, error.description, authenticated: false)
+    }
+
+    mutating func fail(_ code: String, _ message: String, authenticated: Bool = false) -> Action {
         state = .closed(code: code)
-        return .fail(code: code, message: message)
+        return .fail(code: code, message: message, authenticated: authenticated)
     }
 }

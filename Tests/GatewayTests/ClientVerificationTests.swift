@@ -1,0 +1,157 @@
+import AttestationCore
+import AuditLog
+import Foundation
+import Policy
+import TestSupport
+import Testing
+
+/// What a client can check about what served it: `GET /v1/attestation`, the worker and policy
+/// headers, and receipts that verify offline and fail on any changed byte.
+@Suite(.serialized) struct ClientVerificationTests {
+    /// A request through curl with the response body and headers kept as bytes.
+    static func exchange(_ gateway: GatewayHarness, _ path: String, body: String? = nil) async throws -> (
+        status: Int, headers: [String: String], body: Data
+    ) {
+        let dir = try TemporaryDirectory("exchange")
+        var args = [
+            "-s", "-o", dir.file("body").path, "-D", dir.file("headers").path, "-w", "%{http_code}",
+            gateway.baseURL + path, "--max-time", "120", "-H", "Authorization: Bearer \(gateway.apiKey)",
+        ]
+        if let body { args += ["-H", "Content-Type: application/json", "--data-binary", body] }
+        let result = try await ProcessRunner.run("curl", args)
+        var headers = [String: String]()
+        for line in (try String(contentsOf: dir.file("headers"), encoding: .utf8)).split(separator: "\r\n") {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(
+                in: .whitespaces)
+        }
+        return (Int(result.stdout) ?? 0, headers, (try? Data(contentsOf: dir.file("body"))) ?? Data())
+    }
+
+    @Test func theAttestationDocumentListsEachWorkerWithItsEvidence() async throws {
+        let policy = GatewayHarness.policy(engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
+        let gateway = try await GatewayHarness(policy: policy)
+        let engine = try await FakeEngine(name: "listed")
+        let worker = try await TestWorker(
+            id: "listed", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
+        defer {
+            Task {
+                await worker.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await worker.admitted() else {
+            Issue.record("not admitted")
+            return
+        }
+        #expect(try await gateway.request("/v1/attestation", key: "wrong").status == 401)
+        try await gateway.server.audit.checkpoint()
+        let plain = try await Self.exchange(gateway, "/v1/attestation")
+        let document = try #require(try JSONSerialization.jsonObject(with: plain.body) as? [String: Any])
+        let gatewayInfo = try #require(document["gateway"] as? [String: Any])
+        #expect(gatewayInfo["id"] as? String == gateway.server.gatewayKey.fingerprint)
+        let policyInfo = try #require(document["policy"] as? [String: Any])
+        #expect(policyInfo["sha256"] as? String == HashAlgorithm.sha256.hash(Data(policy.utf8)).hex)
+        let models = try #require(document["models"] as? [[String: Any]])
+        #expect(models.map { $0["id"] as? String } == ["fake"])
+        let listed = try #require((models.first?["workers"] as? [[String: Any]])?.first)
+        #expect(listed["worker"] as? String == "listed")
+        #expect(listed["tier"] as? String == "tpm-agent-log" && listed["confidential"] as? Bool == false)
+        #expect(Data(base64Encoded: listed["e2e_public_key"] as? String ?? "")?.count == 32)
+        #expect(listed["evidence"] == nil)
+        let admission = try #require(
+            try gateway.auditEvents().first {
+                $0["event"] as? String == "admission" && $0["decision"] as? String == "admit"
+            })
+        #expect(listed["admission_seq"] as? Int == admission["seq"] as? Int)
+        #expect(listed["evidence_sha256"] as? String == admission["evidence_sha256"] as? String)
+        let checkpoint = try #require(document["checkpoint"] as? [String: Any])
+        #expect(checkpoint["event"] as? String == "checkpoint")
+
+        // With the evidence itself, a client can verify it independently: it hashes to the digest.
+        let full = try await Self.exchange(gateway, "/v1/attestation?evidence=full")
+        let fullDocument = try #require(try JSONSerialization.jsonObject(with: full.body) as? [String: Any])
+        let fullWorker = try #require(
+            ((fullDocument["models"] as? [[String: Any]])?.first?["workers"] as? [[String: Any]])?.first)
+        let envelope = try #require(Data(base64Encoded: fullWorker["evidence"] as? String ?? ""))
+        #expect(HashAlgorithm.sha256.hash(envelope).hex == listed["evidence_sha256"] as? String)
+    }
+
+    /// Must show: receipts verify offline; a changed byte in the response or the receipt fails.
+    @Test func receiptsVerifyOfflineAndFailOnAnyChangedByte() async throws {
+        let policy = GatewayHarness.policy(engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
+        let gateway = try await GatewayHarness(policy: policy)
+        let engine = try await FakeEngine(name: "receipt")
+        let worker = try await TestWorker(
+            id: "receipted", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
+        defer {
+            Task {
+                await worker.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await worker.admitted() else {
+            Issue.record("not admitted")
+            return
+        }
+        let key = gateway.server.gatewayKey
+        let request = AdmissionFlowTests.chat
+        let plain = try await Self.exchange(gateway, "/v1/chat/completions", body: request)
+        #expect(plain.status == 200)
+        #expect(plain.headers["ccgate-worker"] == "receipted")
+        #expect(plain.headers["ccgate-policy"] == "1 sha256:\(HashAlgorithm.sha256.hash(Data(policy.utf8)).hex)")
+        let receipt = try SignedReceipt(text: try #require(plain.headers["ccgate-receipt"]))
+        try receipt.verify(key: key, response: plain.body, request: Data(request.utf8))
+        let record = try #require(gateway.server.registry.workers.first?.record)
+        #expect(receipt.receipt.worker == "receipted" && receipt.receipt.evidenceSHA256 == record.evidenceSHA256)
+        #expect(receipt.receipt.status == 200 && receipt.receipt.model == "fake")
+
+        var changed = plain.body
+        changed[changed.count / 2] ^= 0x01
+        #expect(throws: ReceiptError.responseMismatch("the response is not the one the receipt names")) {
+            try receipt.verify(key: key, response: changed)
+        }
+        #expect(throws: ReceiptError.self) { try receipt.verify(key: key, request: Data("{}".utf8)) }
+        // A receipt edited to name another worker, or re-signed by another key, fails.
+        var forged = try #require(String(bytes: receipt.json, encoding: .utf8))
+        forged = forged.replacingOccurrences(of: "\"receipted\"", with: "\"elsewhere\"")
+        #expect(throws: ReceiptError.self) { try SignedReceipt(text: forged).verify(key: key) }
+        var flipped = Data(receipt.json)
+        flipped[flipped.count - 10] ^= 0x01
+        #expect(throws: ReceiptError.self) {
+            try SignedReceipt(text: String(decoding: flipped, as: UTF8.self)).verify(key: key)
+        }
+        #expect(throws: ReceiptError.self) {
+            try receipt.verify(key: Ed25519PrivateKey.generate().publicKey, response: plain.body)
+        }
+
+        // A stream ends with its receipt after [DONE], covering every byte before it.
+        let streamed = try await Self.exchange(gateway, "/v1/chat/completions", body: AdmissionFlowTests.streamingChat)
+        #expect(streamed.status == 200 && streamed.headers["ccgate-worker"] == "receipted")
+        let (body, streamReceipt) = try #require(SignedReceipt.split(stream: streamed.body))
+        #expect(String(decoding: body, as: UTF8.self).hasSuffix("data: [DONE]\n\n"))
+        try streamReceipt.verify(key: key, response: body, request: Data(AdmissionFlowTests.streamingChat.utf8))
+        var cut = body
+        cut.removeLast()
+        #expect(throws: ReceiptError.self) { try streamReceipt.verify(key: key, response: cut) }
+    }
+
+    @Test func tiersFollowWhatTheEvidenceProves() {
+        let agent = VerifiedClaims(pcrs: ["sha256": [23: "00"]], measuredFiles: [], fields: [:])
+        #expect(AssuranceTier(format: "tpm2-quote", claims: agent) == .tpmAgentLog)
+        let boot = VerifiedClaims(
+            pcrs: ["sha256": Dictionary(uniqueKeysWithValues: (0...10).map { ($0, "00") })],
+            measuredFiles: [MeasuredFile(path: "/usr/bin/ccinfer", algorithm: "sha256", digestHex: "00", pcr: 10)],
+            fields: ["tpm.event_log": "replayed"])
+        #expect(AssuranceTier(format: "tpm2-quote", claims: boot) == .tpmMeasuredBoot)
+        // Files measured by the agent into its own PCR keep the agent tier, event log or not.
+        let mixed = VerifiedClaims(
+            pcrs: boot.pcrs,
+            measuredFiles: [MeasuredFile(path: "engine", algorithm: "sha256", digestHex: "00", pcr: 23)],
+            fields: ["tpm.event_log": "replayed"])
+        #expect(AssuranceTier(format: "tpm2-quote", claims: mixed) == .tpmAgentLog)
+        #expect(AssuranceTier(format: "tdx-quote", claims: agent) == .tdx)
+        #expect(AssuranceTier.tdx.meets(.tpmMeasuredBoot) && !AssuranceTier.tpmAgentLog.meets(.tpmMeasuredBoot))
+        #expect(AssuranceTier.tdx.isConfidential && !AssuranceTier.tpmMeasuredBoot.isConfidential)
+    }
+}
