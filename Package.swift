@@ -244,7 +244,7 @@ let package = Package(
             name: "CLITests",
             dependencies: [
                 "AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TPMVerifier", "TONKit", "TONStake",
-                "Sealing",
+                "Sealing", "AuditLog",
             ],
             swiftSettings: strict),
     ]
