@@ -56,6 +56,11 @@ public struct GatewayConfiguration: Sendable {
     /// How long a front-door or admin connection may sit idle (or take to send a request head)
     /// before it is closed; responses in progress are not cut.
     public var idleTimeout: Duration = .seconds(30)
+    /// The front door's and the admin API's TLS certificate and key (PEM); nil: plain HTTP, which
+    /// is refused on a non-loopback address unless `allowPlainHTTP`.
+    public var tls: TLSIdentity?
+    /// Serve plain HTTP on a non-loopback address (logged as a warning at start).
+    public var allowPlainHTTP = false
     /// toncenter v2 endpoints stake is read from (at least two for a policy with a stake rule).
     public var toncenter: [ToncenterEndpoint] = []
     /// How often admitted providers' stake is re-checked; nil: a quarter of the policy's refresh time.
@@ -94,6 +99,7 @@ public struct GatewayServer: Sendable {
     public static func open(configuration: GatewayConfiguration, logger: Logger = Logger(label: "ccgate")) async throws
         -> GatewayServer
     {
+        _ = try plainHTTPHost(configuration)
         let data = configuration.dataDirectory
         try FileManager.default.createDirectory(
             at: data, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -220,9 +226,10 @@ public struct GatewayServer: Sendable {
             key: audit.key, policies: policies, registry: registry, trail: audit, clock: configuration.clock)
         let frontDoor = FrontDoor(registry: registry, publisher: publisher, apiKeyDigests: keyDigests)
         let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)
+        let server = try Self.httpServer(configuration, logger: logger)
         let app = Application(
             router: frontDoor.router(),
-            server: .http1(configuration: Self.http1(configuration)),
+            server: server,
             configuration: .init(
                 address: .hostname(configuration.host, port: configuration.port), serverName: "ccgate"),
             onServerRunning: { channel in ports.api(channel.localAddress?.port ?? 0) },
@@ -233,7 +240,7 @@ public struct GatewayServer: Sendable {
                     administration: administration, trail: audit, registry: registry, policies: policies,
                     token: adminToken
                 ).router(),
-                server: .http1(configuration: Self.http1(configuration)),
+                server: server,
                 configuration: .init(
                     address: .hostname(configuration.adminHost, port: port), serverName: "ccgate-admin"),
                 onServerRunning: { channel in ports.admin(channel.localAddress?.port ?? 0) },
@@ -247,6 +254,22 @@ public struct GatewayServer: Sendable {
             }
             group.addTask { try await app.runService(gracefulShutdownSignals: signals) }
             if let adminApp { group.addTask { try await adminApp.runService(gracefulShutdownSignals: signals) } }
+            // Only a gateway that owns its process's signals (ccgate serve) takes SIGHUP.
+            if let tls = configuration.tls, !signals.isEmpty {
+                group.addTask {
+                    // SIGHUP: read the certificate and key again; open connections keep theirs.
+                    for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                        do {
+                            try tls.reload()
+                            logger.notice(
+                                "TLS certificate reloaded", metadata: ["ccgate.tls.leaf": "\(tls.leafFingerprint)"])
+                        } catch {
+                            logger.error(
+                                "TLS reload failed; the previous certificate stays", metadata: ["error": "\(error)"])
+                        }
+                    }
+                }
+            }
             group.addTask {
                 await audit.runCheckpoints(every: configuration.checkpointInterval)
                 throw CancellationError()
@@ -272,6 +295,33 @@ extension GatewayServer {
     /// time, until the gateway runs out of descriptors. Idle connections, and ones whose request
     /// head does not complete, are closed after the idle timeout; a response being streamed is
     /// never cut by it.
+    /// Threat: prompts and keys in plain text on a network. HTTP without TLS is served only on
+    /// loopback, or where the operator said so (`allowPlainHTTP`, logged as a warning).
+    static func httpServer(_ configuration: GatewayConfiguration, logger: Logger) throws -> HTTPServerBuilder {
+        if let tls = configuration.tls { return tls.server(http1(configuration)) }
+        let plain = HTTPServerBuilder.http1(configuration: http1(configuration))
+        if let host = try plainHTTPHost(configuration) {
+            logger.warning(
+                "serving plain HTTP on a non-loopback address: prompts and API keys cross the network unencrypted",
+                metadata: ["ccgate.host": "\(host)"])
+        }
+        return plain
+    }
+
+    /// The non-loopback address plain HTTP would be served on (nil: none); throws unless the
+    /// configuration allows it. Checked when the gateway opens, before anything is recorded.
+    static func plainHTTPHost(_ configuration: GatewayConfiguration) throws -> String? {
+        guard configuration.tls == nil else { return nil }
+        let exposed = [configuration.host] + (configuration.adminPort == nil ? [] : [configuration.adminHost])
+        guard let host = exposed.first(where: { !isLoopback($0) }) else { return nil }
+        guard configuration.allowPlainHTTP else {
+            throw GatewayStartError(
+                "refusing plain HTTP on \(host): prompts and API keys would cross the network unencrypted. Give --tls-cert and --tls-key, or --allow-plain-http to serve it anyway"
+            )
+        }
+        return host
+    }
+
     static func http1(_ configuration: GatewayConfiguration) -> HTTP1Channel.Configuration {
         let seconds = configuration.idleTimeout.components
         return HTTP1Channel.Configuration(

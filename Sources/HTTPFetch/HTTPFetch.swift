@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+import NIOSSL
 import NIOHTTP1
 
 /// The outbound HTTP the gateway and its tools make (the PCCS, toncenter, the admin API), on
@@ -30,10 +31,10 @@ public enum HTTPFetch {
     public static func send(
         _ method: String, _ url: URL, headers: [(String, String)] = [], body: Data? = nil,
         timeout: Duration = .seconds(30),
-        maxBody: Int
+        maxBody: Int, client: HTTPClient = .shared
     ) async throws(Failure) -> Response {
         do {
-            let response = try await HTTPClient.shared.execute(
+            let response = try await client.execute(
                 request(method, url, headers: headers, body: body), timeout: timeAmount(timeout))
             let buffer: ByteBuffer
             do { buffer = try await response.body.collect(upTo: maxBody) } catch is NIOTooManyBytesError {
@@ -52,15 +53,36 @@ public enum HTTPFetch {
     /// Sends one request and hands the answer's body to `chunk` as it arrives: the next chunk is
     /// read only once `chunk` returns (back-pressure). Returns the status and headers.
     public static func stream(
-        _ method: String, _ url: URL, headers: [(String, String)] = [], timeout: Duration,
+        _ method: String, _ url: URL, headers: [(String, String)] = [], timeout: Duration, client: HTTPClient = .shared,
         chunk: (Int, [(name: String, value: String)], Data) async throws -> Void
     ) async throws -> (status: Int, headers: [(name: String, value: String)]) {
-        let response = try await HTTPClient.shared.execute(
+        let response = try await client.execute(
             request(method, url, headers: headers), timeout: timeAmount(timeout))
         let status = Int(response.status.code)
         let fields = response.headers.map { (name: $0.name, value: $0.value) }
         for try await part in response.body { try await chunk(status, fields, Data(part.readableBytesView)) }
         return (status, fields)
+    }
+
+    /// Runs `body` with a client that trusts only the CA certificates in `caFile` (PEM), for a
+    /// server whose certificate a private CA issued; nil: the system's trust store. The client is
+    /// shut down afterwards.
+    public static func withClient<T>(trusting caFile: String?, _ body: (HTTPClient) async throws -> T) async throws -> T
+    {
+        guard let caFile else { return try await body(.shared) }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        do { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile)) } catch {
+            throw Failure(description: "\(caFile): not a PEM CA certificate (\(error))")
+        }
+        let client = HTTPClient(configuration: .init(tlsConfiguration: tls))
+        do {
+            let result = try await body(client)
+            try? await client.shutdown()
+            return result
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
     }
 
     static func request(_ method: String, _ url: URL, headers: [(String, String)], body: Data? = nil)

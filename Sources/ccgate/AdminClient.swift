@@ -15,6 +15,11 @@ struct AdminOptions: ParsableArguments {
             "File holding the admin token (default: $CCGATE_ADMIN_TOKEN if set, else data/admin.token).",
             valueName: "FILE"))
     var tokenFile: String?
+    @Option(
+        help: ArgumentHelp(
+            "The CA certificate (PEM) that issued the admin API's TLS certificate (default $CCGATE_ADMIN_CA; else the system's trust store).",
+            valueName: "PEM"))
+    var adminCA: String?
 
     func client() throws -> AdminClient {
         let env = ProcessInfo.processInfo.environment
@@ -33,7 +38,7 @@ struct AdminOptions: ParsableArguments {
             }
             token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
-        return AdminClient(base: url, token: token)
+        return AdminClient(base: url, token: token, caFile: adminCA ?? env["CCGATE_ADMIN_CA"])
     }
 }
 
@@ -42,6 +47,8 @@ struct AdminOptions: ParsableArguments {
 struct AdminClient {
     let base: URL
     let token: String
+    /// A private CA the admin API's certificate chains to.
+    var caFile: String?
 
     /// Admin answers other than exports: a policy document and its history, a worker list.
     static let maxAnswer = 16 << 20
@@ -70,9 +77,12 @@ struct AdminClient {
         }
         let answer: HTTPFetch.Response
         do {
-            answer = try await HTTPFetch.send(
-                method, try url(path, query: query), headers: headers, body: bytes, timeout: Self.timeout,
-                maxBody: Self.maxAnswer)
+            let target = try url(path, query: query)
+            answer = try await HTTPFetch.withClient(trusting: caFile) { client in
+                try await HTTPFetch.send(
+                    method, target, headers: headers, body: bytes, timeout: Self.timeout, maxBody: Self.maxAnswer,
+                    client: client)
+            }
         } catch {
             throw failure("admin API: \(error)")
         }
@@ -106,17 +116,20 @@ struct AdminClient {
         var errorBody = Data()
         let answer: (status: Int, headers: [(name: String, value: String)])
         do {
-            answer = try await HTTPFetch.stream(
-                "GET", try url(path, query: query), headers: [authorization], timeout: Self.timeout
-            ) { status, headers, data in
-                guard status == 200 else {
-                    // An error answer is a small JSON document; more is not read.
-                    if errorBody.count < 1 << 16 { errorBody.append(data.prefix((1 << 16) - errorBody.count)) }
-                    return
+            let target = try url(path, query: query)
+            answer = try await HTTPFetch.withClient(trusting: caFile) { client in
+                try await HTTPFetch.stream(
+                    "GET", target, headers: [authorization], timeout: Self.timeout, client: client
+                ) { status, headers, data in
+                    guard status == 200 else {
+                        // An error answer is a small JSON document; more is not read.
+                        if errorBody.count < 1 << 16 { errorBody.append(data.prefix((1 << 16) - errorBody.count)) }
+                        return
+                    }
+                    bytes += data.count
+                    try sink(data)
+                    progress(bytes, Self.entries(headers))
                 }
-                bytes += data.count
-                try sink(data)
-                progress(bytes, Self.entries(headers))
             }
         } catch let reported as ReportedFailure {
             throw reported

@@ -29,14 +29,28 @@ struct ServeCommand: AsyncParsableCommand {
             the minimum; the stake is re-read every stake.refresh_seconds and a withdrawal evicts the provider's workers \
             (docs/STAKE.md).
 
+            With --tls-cert and --tls-key the API and the admin API speak TLS 1.2 or 1.3; `kill -HUP` reads both \
+            files again (connections already open keep their certificate, so streams in progress finish). Without \
+            them, plain HTTP is served only on a loopback address unless --allow-plain-http is given. Workers \
+            authenticate the gateway by its identity key (DATA_DIR/gateway.pub, `ccworker run --gateway-key`), \
+            whatever the transport.
+
             Examples:
               ccgate serve --api-key-file keys.txt --policy Policies/default.yaml --admin-key admin.pub
               ccgate serve --api-key-file keys.txt --policy staked.yaml --admin-key admin.pub \
                 --toncenter https://toncenter.com --toncenter-key-file toncenter.key --toncenter https://ton.example.net
+              ccgate serve --host 0.0.0.0 --tls-cert gw.crt --tls-key gw.key --api-key-file keys.txt
               ccgate serve --port 0 --worker-port 0 --admin-port 0 --api-key demo-key --data-dir /tmp/ccgate
             """)
 
     @Option(help: ArgumentHelp("Address the API listens on.", valueName: "HOST")) var host = "127.0.0.1"
+    @Option(
+        help: ArgumentHelp(
+            "TLS certificate chain (PEM) for the API and the admin API; read again on SIGHUP.", valueName: "PEM"))
+    var tlsCert: String?
+    @Option(help: ArgumentHelp("The TLS certificate's private key (PEM).", valueName: "PEM")) var tlsKey: String?
+    @Flag(help: "Serve plain HTTP on a non-loopback address (prompts and API keys cross the network unencrypted).")
+    var allowPlainHttp = false
     @Option(help: ArgumentHelp("API port (0: any free port).", valueName: "N")) var port = 8080
     @Option(help: ArgumentHelp("Address the worker port listens on.", valueName: "HOST")) var workerHost = "127.0.0.1"
     @Option(help: ArgumentHelp("Worker port (0: any free port).", valueName: "N")) var workerPort = 8444
@@ -201,6 +215,15 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.checkpointInterval = .seconds(checkpointSeconds)
         configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))
         configuration.idleTimeout = .seconds(idleTimeout)
+        configuration.allowPlainHTTP = allowPlainHttp
+        switch (tlsCert, tlsKey) {
+        case (let cert?, let key?):
+            do { configuration.tls = try TLSIdentity(certificatePath: cert, keyPath: key) } catch {
+                throw failure("\(error)")
+            }
+        case (nil, nil): break
+        default: throw failure("--tls-cert and --tls-key go together")
+        }
         if !dcapRoots.isEmpty { configuration.dcapRoots = try dcapRootFingerprints(dcapRoots) }
         configuration.tpmEKRoots = try tpmEKRoots(tpmEKRootFiles)
         if let pccsURL {
@@ -235,11 +258,14 @@ struct ServeCommand: AsyncParsableCommand {
                         "ccgate: policy version \(active.version) ('\(active.document.name)') from \(dataDir) is in force; --policy seeds only a new data directory (change policy with `ccgate policy apply`)\n"
                             .utf8))
             }
+            let scheme = settings.tls == nil ? "http" : "https"
+            FileHandle.standardError.write(
+                Data("ccgate: gateway key \(server.gatewayKey.fingerprint) (\(dataDir)/gateway.pub)\n".utf8))
             try await server.run { ports in
-                let admin = ports.admin > 0 ? ", admin API http://\(settings.adminHost):\(ports.admin)" : ""
+                let admin = ports.admin > 0 ? ", admin API \(scheme)://\(settings.adminHost):\(ports.admin)" : ""
                 FileHandle.standardError.write(
                     Data(
-                        "ccgate: API on http://\(settings.host):\(ports.api), worker port \(settings.workerHost):\(ports.worker)\(admin), policy version \(active.version) '\(active.document.name)'\n"
+                        "ccgate: API on \(scheme)://\(settings.host):\(ports.api), worker port \(settings.workerHost):\(ports.worker)\(admin), policy version \(active.version) '\(active.document.name)'\n"
                             .utf8))
                 if let portsFile {
                     try? Data("api=\(ports.api) worker=\(ports.worker) admin=\(ports.admin)\n".utf8).write(
