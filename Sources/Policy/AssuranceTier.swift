@@ -5,9 +5,10 @@ import Foundation
 ///
 /// - `tdx`: an Intel TDX guest (DCAP quote): memory encrypted and integrity-protected against
 ///   the host; the host owner cannot read prompts. `sgx` likewise, for an SGX enclave.
-/// - `tpm-measured-boot`: a TPM quote whose PCRs 0–7 replay a firmware event log and whose
-///   files were measured by the kernel's IMA (PCR 10): the boot chain and the files are known,
-///   but the host owner can read memory; integrity, not confidentiality.
+/// - `tpm-measured-boot`: a TPM quote whose PCRs 0–7 (one bank, all eight) replay a firmware
+///   event log and whose files were measured into PCR 10 (the kernel IMA's register): a record
+///   of the boot chain and of the files, no stronger than the firmware and kernel that wrote it,
+///   and the host owner can read memory: integrity, not confidentiality.
 /// - `tpm-agent-log`: a TPM quote over what ccworker itself measured (its own PCR): trust in the
 ///   agent and the host it runs on; root on the host can extend anything.
 public enum AssuranceTier: String, Sendable, CaseIterable, Comparable, Codable {

@@ -50,19 +50,28 @@ extension WireMessage.Activate {
     public var signedFields: [Data] { [credentialBlob, encryptedSecret] }
 }
 
+/// SHA-256 over what the worker sent and the gateway judged: the evidence envelope, the provider
+/// proof and the credential activation answer. A decision signed over it is a decision on the
+/// worker's own messages; one on messages altered on the way does not match, and the worker
+/// takes it for what it is (someone on the path), not for the gateway's verdict.
+public func judgedDigest(_ evidence: WireMessage.EvidenceMessage, activation: Data?) -> Data {
+    var bytes = Data("ccgate/judged/v2\0".utf8)
+    bytes.appendField(evidence.envelope)
+    bytes.appendField(evidence.providerProof ?? Data())
+    bytes.appendField(activation ?? Data())
+    return Data(SHA256.hash(data: bytes))
+}
+
 extension WireMessage.Admitted {
-    /// The admission's fields and the SHA-256 of the evidence envelope the gateway judged, so a
-    /// network in the middle cannot substitute evidence and keep the worker's admission.
-    public func signedFields(evidenceSHA256: Data) -> [Data] {
-        [
-            Data(sessionID.utf8), encapsulatedKey, sealedSessionKey, Data(String(reattestSeconds).utf8),
-            evidenceSHA256,
-        ]
+    /// The admission's fields and the digest of what was judged (``judgedDigest(_:activation:)``).
+    public func signedFields(judged: Data) -> [Data] {
+        [Data(sessionID.utf8), encapsulatedKey, sealedSessionKey, Data(String(reattestSeconds).utf8), judged]
     }
 }
 
 extension WireMessage.Rejection {
-    public var signedFields: [Data] { [Data(code.utf8), Data(message.utf8)] }
+    /// The refusal and the digest of what was judged (``judgedDigest(_:activation:)``).
+    public func signedFields(judged: Data) -> [Data] { [Data(code.utf8), Data(message.utf8), judged] }
 }
 
 /// The gateway's identity key as the handshake uses it.
@@ -168,7 +177,7 @@ public enum GatewayAuthenticationError: Error, Equatable, CustomStringConvertibl
 
 extension Data {
     /// A 4-byte big-endian length, then the bytes.
-    fileprivate mutating func appendField(_ field: Data) {
+    mutating func appendField(_ field: Data) {
         var length = UInt32(field.count).bigEndian
         append(Data(bytes: &length, count: 4))
         append(field)

@@ -64,9 +64,11 @@ public struct TPMQuoteVerifier: Sendable {
         run.checkNonce(evidence, expectedNonce)
         let identity = run.identity(evidence, at: time)
         guard let quoted = run.fatal({ try $0.quotedPCRs(evidence, hash) }) else { return run.verdict() }
-        run.replayEventLog(evidence, quoted)
+        let bootReplayed = run.replayEventLog(evidence, quoted)
         let measured = run.replayIMA(evidence, quoted)
         var facts = identity
+        // PCRs 0–7 of one bank all replayed from the firmware log: what a measured-boot tier needs.
+        if bootReplayed { facts["tpm.boot_pcrs"] = "replayed" }
         if evidence.imaLog != nil { facts["ima.violations"] = String(run.violations) }
         return run.verdict(claims: Self.claims(evidence, scheme, quoted, measured, facts))
     }
@@ -89,8 +91,6 @@ public struct TPMQuoteVerifier: Sendable {
             "extra_data": Data(evidence.quote.extraData).hex,
         ]
         if let restricted = evidence.ak.restricted { fields["ak.restricted"] = String(restricted) }
-        // Only reached with the log replayed to the quoted PCRs (a mismatch is a reject).
-        if evidence.eventLog != nil { fields["tpm.event_log"] = "replayed" }
         fields.merge(identity) { a, _ in a }
         return VerifiedClaims(pcrs: quoted.mapValues { $0.mapValues(\.hex) }, measuredFiles: measured, fields: fields)
     }
@@ -408,16 +408,20 @@ private struct TPMRun {
         return quoted
     }
 
-    /// The firmware event log replays to the quoted PCRs it touches.
-    mutating func replayEventLog(_ evidence: TPMEvidence, _ quoted: [String: [Int: Data]]) {
-        guard let log = evidence.eventLog else { return }
+    /// The firmware event log replays to the quoted PCRs it touches. Returns whether PCRs 0–7 of
+    /// one bank were all replayed and matched (the boot chain is known, not only some registers).
+    @discardableResult
+    mutating func replayEventLog(_ evidence: TPMEvidence, _ quoted: [String: [Int: Data]]) -> Bool {
+        guard let log = evidence.eventLog else { return false }
         var compared = 0
+        var bootBanks = [String: Set<Int>]()
         var mismatches = [String]()
         for (bank, values) in log.replay() {
             for (index, value) in values.sorted(by: { $0.key < $1.key }) {
                 guard let quotedValue = quoted[bank.rawValue]?[index] else { continue }
                 compared += 1
                 if quotedValue != value { mismatches.append("\(bank.rawValue)[\(index)]") }
+                if (0...7).contains(index) { bootBanks[bank.rawValue, default: []].insert(index) }
             }
         }
         if mismatches.isEmpty {
@@ -429,6 +433,7 @@ private struct TPMRun {
                     .eventLogReplayMismatch, "tpm.eventlog",
                     "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
         }
+        return mismatches.isEmpty && bootBanks.values.contains { $0.count == 8 }
     }
 
     /// The runtime measurement (IMA) log replays to quoted registers (every register it extends

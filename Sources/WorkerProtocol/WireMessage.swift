@@ -39,6 +39,19 @@ public enum WireMessage: Sendable, Equatable {
 
         public static let currentVersion = 2
 
+        enum CodingKeys: String, CodingKey { case protocolVersion, workerID, kemPublicKey, models, workerNonce }
+
+        /// A hello of an older version lacks the nonce: it decodes, so the gateway can say which
+        /// version it needs instead of calling the frame malformed.
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            protocolVersion = try c.decode(Int.self, forKey: .protocolVersion)
+            workerID = try c.decode(String.self, forKey: .workerID)
+            kemPublicKey = try c.decode(Data.self, forKey: .kemPublicKey)
+            models = try c.decode([String].self, forKey: .models)
+            workerNonce = try c.decodeIfPresent(Data.self, forKey: .workerNonce) ?? Data()
+        }
+
         /// 32 bytes from the system's secure generator (getrandom on Linux).
         public static func freshNonce() -> Data {
             var generator = SystemRandomNumberGenerator()
@@ -205,16 +218,25 @@ public enum ChannelPayload: Codable, Sendable, Equatable {
     case failure(id: UInt64, message: String)
     /// Gateway → worker: the client went away; stop generating.
     case cancel(id: UInt64)
+    /// Gateway → worker: a gateway-blind request: `envelope` is the client's sealed request (Sealing's
+    /// `EndToEnd.Request` as JSON), which only the worker's key opens. Answered with `head`,
+    /// `data` frames sealed for the client, `usage` and `end`.
+    case sealedRequest(id: UInt64, path: String, envelope: Data)
+    /// Worker → gateway: the token counts of a gateway-blind answer (JSON `usage` object), in the
+    /// clear beside its ciphertext so that quotas and billing work.
+    case usage(id: UInt64, counts: Data)
     /// Gateway → worker: attest again to `nonce` (answered with an `evidence` message).
     case challenge(nonce: Data)
     /// Gateway → worker: the session ends (eviction, failed re-attestation, key lifetime, …).
-    case ended(code: String, message: String)
+    /// `judged`: the SHA-256 of the evidence whose judgement ended it, so the worker can tell a
+    /// verdict on what it sent from one on evidence altered on the way.
+    case ended(code: String, message: String, judged: Data?)
 
     /// The request a payload belongs to; 0 for control payloads (request ids start at 1).
     public var id: UInt64 {
         switch self {
         case .request(let id, _, _, _), .head(let id, _, _), .data(let id, _), .end(let id), .failure(let id, _),
-            .cancel(let id):
+            .cancel(let id), .sealedRequest(let id, _, _), .usage(let id, _):
             id
         case .challenge, .ended: 0
         }

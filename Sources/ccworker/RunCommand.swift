@@ -216,9 +216,11 @@ struct Run: AsyncParsableCommand {
             return source
         }
         defer { signalSources.forEach { $0.cancel() } }
+        let pinned = try pin()
+        logger.info("gateway key pinned", metadata: ["ccworker.gateway.fingerprint": "\(pinned)"])
         let client = GatewayClient(
             configuration: .init(
-                host: host, port: port, gatewayKey: try pin(), workerID: workerID, models: [modelName],
+                host: host, port: port, gatewayKey: pinned, workerID: workerID, models: [modelName],
                 provider: provider),
             attestor: attestor, engine: engineClient, logger: logger)
         let outcome = await WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)

@@ -201,7 +201,7 @@ import WorkerProtocol
         #expect(evictions.first?.reasons == [ProtocolErrorCode.channelAuthentication.rawValue])
         // Told inside the channel: nobody else can end a worker's session.
         guard case .sealed(let farewell)? = await connection.next(),
-            case .ended(let code, _)? = try? JSONDecoder().decode(ChannelPayload.self, from: opener.open(farewell))
+            case .ended(let code, _, _)? = try? JSONDecoder().decode(ChannelPayload.self, from: opener.open(farewell))
         else {
             Issue.record("the worker was not told, sealed")
             return
@@ -312,5 +312,33 @@ import WorkerProtocol
         #expect(evictions.count == 1)
         #expect(evictions.first?.reasons == [ReasonCode.tcbStatusNotAllowed.rawValue])
         #expect(evictions.first?.policyVersion == 2)
+    }
+}
+
+/// The writer of an admitted session's outbox.
+@Suite struct WorkerLinkOutboxTests {
+    /// Threat: prompts queued for a worker reaching it after it was evicted. Once the session is
+    /// ending, queued requests are dropped; the sealed farewell and cancellations still go, in
+    /// order, each sealed as it is written (so the farewell's sequence number is the next one).
+    @Test func anEndingSessionSendsItsFarewellButNoQueuedPrompt() async throws {
+        let (outbox, continuation) = AsyncStream<ChannelPayload>.makeStream()
+        let key = SymmetricKey(size: .bits256)
+        let link = WorkerLink(
+            workerID: "w", sessionID: "s", models: ["m"], kemPublicKey: Data(count: 32),
+            sealer: ChannelSealer(sessionKey: key, sessionID: "s", direction: .gatewayToWorker),
+            opener: ChannelOpener(sessionKey: key, sessionID: "s", direction: .workerToGateway),
+            outbox: continuation, disconnect: {})
+        let (id, _) = try link.startRequest(method: "POST", path: "/v1/completions", body: Data("{}".utf8))
+        #expect(id == 1)
+        link.end(code: "admin.evicted", message: "bye")
+        var written = [ChannelPayload]()
+        let opener = ChannelOpener(sessionKey: key, sessionID: "s", direction: .gatewayToWorker)
+        var iterator = outbox.makeAsyncIterator()
+        // The link finished the outbox when it ended: this loop ends.
+        while let payload = await iterator.next() {
+            guard link.mayStillSend(payload) else { continue }
+            written.append(try JSONDecoder().decode(ChannelPayload.self, from: opener.open(try link.seal(payload))))
+        }
+        #expect(written == [.ended(code: "admin.evicted", message: "bye", judged: nil)])
     }
 }

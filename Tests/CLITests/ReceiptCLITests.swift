@@ -15,7 +15,8 @@ import Testing
 
     func receipt(for body: Data, signer: Ed25519PrivateKey? = nil) -> SignedReceipt {
         Receipt(
-            gateway: key.publicKey.fingerprint, requestSHA256: HashAlgorithm.sha256.hash(request).hex,
+            gateway: key.publicKey.fingerprint, path: "/v1/chat/completions",
+            requestSHA256: HashAlgorithm.sha256.hash(request).hex,
             responseSHA256: HashAlgorithm.sha256.hash(body).hex, status: 200, model: "fake",
             usage: .object(["prompt_tokens": .int(3), "completion_tokens": .int(5)]), worker: "w1", session: "s1",
             evidenceSHA256: String(repeating: "ab", count: 32), policyVersion: 2,

@@ -2,6 +2,7 @@ import AttestationCore
 import AuditLog
 import Foundation
 import Policy
+import Sealing
 import TestSupport
 import Testing
 
@@ -134,6 +135,37 @@ import Testing
         var cut = body
         cut.removeLast()
         #expect(throws: ReceiptError.self) { try streamReceipt.verify(key: key, response: cut) }
+    }
+
+    /// A gateway-blind request goes only to the worker session whose key it is sealed to; the
+    /// gateway refuses anything else without trying another worker.
+    @Test func sealedRequestsGoOnlyToTheKeyTheyAreSealedTo() async throws {
+        let policy = GatewayHarness.policy(engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
+        let gateway = try await GatewayHarness(policy: policy)
+        let engine = try await FakeEngine(name: "blind")
+        let worker = try await TestWorker(
+            id: "blind", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
+        defer {
+            Task {
+                await worker.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await worker.admitted() else {
+            Issue.record("not admitted")
+            return
+        }
+        let (elsewhere, _) = try EndToEnd.seal(
+            Data(AdmissionFlowTests.chat.utf8), path: "/v1/chat/completions", model: "fake", stream: false,
+            worker: "blind", workerKey: WorkerKEMKey().publicKeyBytes)
+        let body = String(decoding: try JSONEncoder().encode(elsewhere), as: UTF8.self)
+        let e2e = ["-H", "ccgate-e2e: v1"]
+        let wrongKey = try await gateway.request("/v1/chat/completions", method: "POST", body: body, extra: e2e)
+        #expect(wrongKey.status == 503 && wrongKey.body.contains("e2e_worker_unavailable"), "\(wrongKey.body)")
+        let garbage = try await gateway.request(
+            "/v1/chat/completions", method: "POST", body: AdmissionFlowTests.chat, extra: e2e)
+        #expect(garbage.status == 400)
+        #expect(engine.requestCount == 0, "a request reached the engine")
     }
 
     @Test func tiersFollowWhatTheEvidenceProves() {

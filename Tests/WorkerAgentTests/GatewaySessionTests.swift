@@ -13,24 +13,31 @@ import WorkerProtocol
     let hello = WireMessage.Hello(
         workerID: "w", kemPublicKey: Data(repeating: 7, count: 32), models: ["m"],
         workerNonce: Data(repeating: 3, count: 32))
-    let envelope = Data("evidence".utf8)
+    let evidence = WireMessage.EvidenceMessage(envelope: Data("evidence".utf8), providerProof: Data("proof".utf8))
     var pin: GatewayKeyPin { GatewayKeyPin(key: gateway.key.publicKey) }
     var transcript: HandshakeTranscript { gateway.transcript(hello: hello, nonce: nonce) }
 
-    func admitted(evidence: Data? = nil) -> WireMessage.Admitted {
+    /// An admission signed over what the gateway judged (by default: what this worker sent).
+    func admitted(judging judged: WireMessage.EvidenceMessage? = nil) -> WireMessage.Admitted {
         var message = WireMessage.Admitted(
             sessionID: "s1", encapsulatedKey: Data([1]), sealedSessionKey: Data([2]), reattestSeconds: 60)
         message.signature = gateway.sign(
-            .admitted, transcript, message.signedFields(evidenceSHA256: HashAlgorithm.sha256.hash(evidence ?? envelope))
-        )
+            .admitted, transcript, message.signedFields(judged: judgedDigest(judged ?? evidence, activation: nil)))
         return message
+    }
+
+    func refusal(judging judged: WireMessage.EvidenceMessage, activation: Data? = nil) -> WireMessage.Rejection {
+        var refusal = WireMessage.Rejection(code: "nonce.mismatch", message: "m")
+        refusal.signature = gateway.sign(
+            .rejected, transcript, refusal.signedFields(judged: judgedDigest(judged, activation: activation)))
+        return refusal
     }
 
     /// Challenged, evidence sent.
     func waiting() -> GatewaySession {
         var session = GatewaySession(hello: hello, pin: pin)
         _ = session.received(.challenge(gateway.challenge(hello: hello, nonce: nonce)))
-        session.sending(evidence: envelope)
+        session.sending(evidence: evidence)
         return session
     }
 
@@ -45,7 +52,7 @@ import WorkerProtocol
         #expect(
             session.received(.challenge(gateway.challenge(hello: hello, nonce: nonce)))
                 == .attest(nonce: nonce, proofFor: gateway.gatewayID, reattestation: false))
-        session.sending(evidence: envelope)
+        session.sending(evidence: evidence)
         #expect(session.received(.admitted(admitted())) == .openSessionKey(admitted(), nonce: nonce))
         #expect(session.state == .admitted(sessionID: "s1"))
     }
@@ -71,8 +78,13 @@ import WorkerProtocol
         forged.signature = GatewayHandshakeKey(Ed25519PrivateKey.generate()).sign(.challenge, transcript, [])
         var later = hello
         later.workerNonce = Data(repeating: 4, count: 32)
+        // Signed by the pinned key, but naming another gateway id (a proof would be for it).
         var relabelled = gateway.challenge(hello: hello, nonce: nonce)
         relabelled.gatewayID = String(repeating: "0", count: 64)
+        relabelled.signature = gateway.sign(
+            .challenge,
+            HandshakeTranscript(
+                hello: hello, nonce: nonce, gatewayID: relabelled.gatewayID, gatewayKey: gateway.key.publicKey.raw), [])
         var swappedNonce = gateway.challenge(hello: hello, nonce: nonce)
         swappedNonce.nonce = Data(repeating: 9, count: 32)
         for (session, challenge) in [
@@ -97,7 +109,7 @@ import WorkerProtocol
         unsigned.signature = Data(repeating: 0, count: 64)
         var swappedKey = admitted()
         swappedKey.sealedSessionKey = Data([3])
-        for message in [unsigned, swappedKey, admitted(evidence: Data("other evidence".utf8))] {
+        for message in [unsigned, swappedKey, admitted(judging: .init(envelope: Data("other evidence".utf8)))] {
             var session = waiting()
             guard case .fail(let code, _, let authenticated) = session.received(.admitted(message)) else {
                 Issue.record("an unauthenticated admission was accepted")
@@ -111,7 +123,6 @@ import WorkerProtocol
         var activate = WireMessage.Activate(credentialBlob: Data([1, 2]), encryptedSecret: Data([3]))
         activate.signature = gateway.sign(.activate, transcript, activate.signedFields)
         var session = waiting()
-        #expect(session.received(.activate(activate)) == .activateCredential(activate))
         var tampered = activate
         tampered.credentialBlob = Data([1, 3])
         guard case .fail(let code, _, _) = session.received(.activate(tampered)) else {
@@ -119,6 +130,13 @@ import WorkerProtocol
             return
         }
         #expect(code == ProtocolErrorCode.gatewayUnauthenticated.rawValue)
+        // The genuine one runs once; a replay of it on the same connection does not reach the TPM.
+        var fresh = waiting()
+        #expect(fresh.received(.activate(activate)) == .activateCredential(activate))
+        guard case .fail = fresh.received(.activate(activate)) else {
+            Issue.record("a replayed credential challenge was activated again")
+            return
+        }
     }
 
     /// Must show: a plaintext challenge injected after admission is refused (no quote), as is any
@@ -171,10 +189,10 @@ import WorkerProtocol
     /// A signed refusal is the gateway's verdict; an unsigned one, or an `error`, is only a reason
     /// to retry: anyone on the path could have sent it.
     @Test func onlySignedRefusalsAreVerdicts() {
-        var refusal = WireMessage.Rejection(code: "nonce.mismatch", message: "m")
-        refusal.signature = gateway.sign(.rejected, transcript, refusal.signedFields)
         var signed = waiting()
-        #expect(signed.received(.rejected(refusal)) == .fail(code: "nonce.mismatch", message: "m", authenticated: true))
+        #expect(
+            signed.received(.rejected(refusal(judging: evidence)))
+                == .fail(code: "nonce.mismatch", message: "m", authenticated: true))
         var unsigned = waiting()
         guard case .fail(_, _, false) = unsigned.received(.rejected(.init(code: "admin.evicted", message: "m"))) else {
             Issue.record("an unsigned refusal was taken as the gateway's")
@@ -188,8 +206,60 @@ import WorkerProtocol
             WorkerRejected(code: "admin.evicted", message: "bye", authenticated: false).isRetryable(hasProvider: false))
         var serving = admittedSession()
         #expect(
-            serving.ended(code: "admin.evicted", message: "bye")
+            serving.ended(code: "admin.evicted", message: "bye", judged: nil)
                 == .fail(code: "admin.evicted", message: "bye", authenticated: true))
+    }
+
+    /// Threat: someone on the path altering or replacing the worker's evidence, proof or
+    /// activation answer so that the real gateway refuses it, to stop the worker for good. The
+    /// gateway's signed refusal covers what it judged; a refusal of anything but what this worker
+    /// sent is not a verdict on it, and the worker only retries.
+    @Test func refusalsOfEvidenceAlteredOnTheWayAreNotVerdicts() {
+        let altered = [
+            WireMessage.EvidenceMessage(envelope: Data("older evidence".utf8), providerProof: evidence.providerProof),
+            WireMessage.EvidenceMessage(envelope: evidence.envelope, providerProof: Data("forged proof".utf8)),
+            WireMessage.EvidenceMessage(envelope: evidence.envelope, providerProof: nil),
+        ]
+        for judged in altered {
+            var session = waiting()
+            guard case .fail(let code, _, false) = session.received(.rejected(refusal(judging: judged))) else {
+                Issue.record("a refusal of altered evidence was taken as the gateway's verdict")
+                continue
+            }
+            #expect(code == ProtocolErrorCode.gatewayUnauthenticated.rawValue)
+        }
+        var activated = waiting()
+        activated.sending(activation: Data([1, 2, 3]))
+        guard case .fail(_, _, false) = activated.received(.rejected(refusal(judging: evidence, activation: Data([9]))))
+        else {
+            Issue.record("a refusal of an altered activation answer was taken as a verdict")
+            return
+        }
+        var honest = waiting()
+        honest.sending(activation: Data([1, 2, 3]))
+        guard
+            case .fail(_, _, true) = honest.received(
+                .rejected(refusal(judging: evidence, activation: Data([1, 2, 3]))))
+        else {
+            Issue.record("a refusal of exactly what was sent is the gateway's verdict")
+            return
+        }
+        // After admission: a sealed end naming evidence other than the last sent is not a verdict.
+        var serving = admittedSession()
+        let sent = WireMessage.EvidenceMessage(envelope: Data("re-attestation".utf8))
+        serving.sending(evidence: sent)
+        guard
+            case .fail(_, _, false) = serving.ended(
+                code: "nonce.mismatch", message: "m", judged: HashAlgorithm.sha256.hash(Data("other".utf8)))
+        else {
+            Issue.record("an end judging other evidence was taken as a verdict")
+            return
+        }
+        var judgedRight = admittedSession()
+        judgedRight.sending(evidence: sent)
+        #expect(
+            judgedRight.ended(code: "nonce.mismatch", message: "m", judged: HashAlgorithm.sha256.hash(sent.envelope))
+                == .fail(code: "nonce.mismatch", message: "m", authenticated: true))
     }
 
     @Test func pinsReadFingerprintsAndKeys() throws {
@@ -201,18 +271,28 @@ import WorkerProtocol
     }
 
     @Test func onlyTransientCodesAreRetried() {
-        #expect(WorkerRejected(code: ProtocolErrorCode.timeout.rawValue, message: "").isRetryable(hasProvider: false))
         #expect(
-            WorkerRejected(code: ProtocolErrorCode.auditUnavailable.rawValue, message: "").isRetryable(
+            WorkerRejected(code: ProtocolErrorCode.timeout.rawValue, message: "", authenticated: true).isRetryable(
                 hasProvider: false))
-        #expect(WorkerRejected(code: "stake.unknown", message: "").isRetryable(hasProvider: false))
         #expect(
-            !WorkerRejected(code: ProtocolErrorCode.adminEvicted.rawValue, message: "").isRetryable(hasProvider: false))
-        #expect(!WorkerRejected(code: "nonce.mismatch", message: "").isRetryable(hasProvider: true))
-        #expect(!WorkerRejected(code: "stake.proof-missing", message: "").isRetryable(hasProvider: false))
-        #expect(WorkerRejected(code: "stake.proof-missing", message: "").isRetryable(hasProvider: true))
+            WorkerRejected(code: ProtocolErrorCode.auditUnavailable.rawValue, message: "", authenticated: true)
+                .isRetryable(
+                    hasProvider: false))
+        #expect(WorkerRejected(code: "stake.unknown", message: "", authenticated: true).isRetryable(hasProvider: false))
         #expect(
-            WorkerRejected(code: ProtocolErrorCode.gatewayKeyMismatch.rawValue, message: "").isRetryable(
+            !WorkerRejected(code: ProtocolErrorCode.adminEvicted.rawValue, message: "", authenticated: true)
+                .isRetryable(hasProvider: false))
+        #expect(
+            !WorkerRejected(code: "nonce.mismatch", message: "", authenticated: true).isRetryable(hasProvider: true))
+        #expect(
+            !WorkerRejected(code: "stake.proof-missing", message: "", authenticated: true).isRetryable(
                 hasProvider: false))
+        #expect(
+            WorkerRejected(code: "stake.proof-missing", message: "", authenticated: true).isRetryable(hasProvider: true)
+        )
+        #expect(
+            WorkerRejected(code: ProtocolErrorCode.gatewayKeyMismatch.rawValue, message: "", authenticated: false)
+                .isRetryable(
+                    hasProvider: false))
     }
 }

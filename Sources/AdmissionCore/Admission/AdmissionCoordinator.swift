@@ -60,9 +60,6 @@ public struct AdmissionCoordinator: Sendable {
 
     public var policy: PolicyDocument { policies.current.document }
 
-    /// The id provider proofs must name, sent on the admission challenge.
-    public var gatewayID: String? { stake?.gatewayID }
-
     /// The evidence judged under the policy in force: the verdict, the policy version it was
     /// reached under, and what the audit log keeps so it can be re-derived.
     public struct Judgement: Sendable {

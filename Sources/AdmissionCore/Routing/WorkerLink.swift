@@ -6,11 +6,13 @@ import WorkerProtocol
 /// An error delivered to a request whose worker failed.
 public struct WorkerFailure: Error, CustomStringConvertible {
     public let message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 
 /// The gateway's side of one admitted worker: its sealed channel, its outbox (drained in order by
-/// one writer), and the requests in flight on it.
+/// one writer, which seals each payload as it writes it, so sequence numbers follow the wire),
+/// and the requests in flight on it.
 public final class WorkerLink: Sendable {
     public let workerID: String
     public let sessionID: String
@@ -18,7 +20,7 @@ public final class WorkerLink: Sendable {
     public let kemPublicKey: Data
     let sealer: ChannelSealer
     package let opener: ChannelOpener
-    private let outbox: AsyncStream<WireMessage>.Continuation
+    private let outbox: AsyncStream<ChannelPayload>.Continuation
 
     private struct State {
         var nextRequestID: UInt64 = 1
@@ -28,12 +30,13 @@ public final class WorkerLink: Sendable {
         var ending: SessionEnding?
     }
     private let state = Mutex(State())
-    /// Closes the worker's connection.
+    /// Closes the worker's connection if the writer has not done so after the farewell.
     let disconnect: @Sendable () -> Void
 
     package init(
         workerID: String, sessionID: String, models: [String], kemPublicKey: Data, sealer: ChannelSealer,
-        opener: ChannelOpener, outbox: AsyncStream<WireMessage>.Continuation, disconnect: @escaping @Sendable () -> Void
+        opener: ChannelOpener, outbox: AsyncStream<ChannelPayload>.Continuation,
+        disconnect: @escaping @Sendable () -> Void
     ) {
         self.disconnect = disconnect
         self.workerID = workerID
@@ -45,15 +48,53 @@ public final class WorkerLink: Sendable {
         self.outbox = outbox
     }
 
-    /// Seals and queues a payload; the sequence order is the queue order.
+    /// Queues a payload for the writer.
     package func send(_ payload: ChannelPayload) throws {
         let json = try JSONEncoder().encode(payload)
-        try sealer.seal(json) { box in outbox.yield(.sealed(box)) }
+        guard json.count <= ChannelSealer.maxMessageSize else { throw SealingError.tooLarge(json.count) }
+        outbox.yield(payload)
+    }
+
+    /// Seals a payload as the writer puts it on the wire: the next sequence number.
+    package func seal(_ payload: ChannelPayload) throws -> Data {
+        var sealed = Data()
+        try sealer.seal(try JSONEncoder().encode(payload)) { sealed = $0 }
+        return sealed
+    }
+
+    /// Whether the writer may still send `payload`: once the session is ending, requests queued
+    /// before it are dropped (threat: prompts reaching a worker already evicted); the farewell
+    /// and cancellations still go.
+    package func mayStillSend(_ payload: ChannelPayload) -> Bool {
+        guard ending != nil || isClosed else { return true }
+        switch payload {
+        case .request, .sealedRequest: return false
+        default: return true
+        }
+    }
+
+    /// The session's last word, queued before the outbox closes: why it ended, and the digest of
+    /// the evidence whose judgement ended it.
+    package func farewell(code: String, message: String, judged: Data? = nil) {
+        outbox.yield(.ended(code: code, message: message, judged: judged))
     }
 
     /// Starts a request; the returned stream yields `head`, `data`… and finishes at `end`, or
     /// throws when the worker fails or goes away.
     public func startRequest(method: String, path: String, body: Data) throws -> (
+        UInt64, AsyncThrowingStream<ChannelPayload, any Error>
+    ) {
+        try start { .request(id: $0, method: method, path: path, body: body) }
+    }
+
+    /// Starts a gateway-blind request: `envelope` is the client's sealed request, passed on as is.
+    public func startSealedRequest(path: String, envelope: Data) throws -> (
+        UInt64, AsyncThrowingStream<ChannelPayload, any Error>
+    ) {
+        try start { .sealedRequest(id: $0, path: path, envelope: envelope) }
+    }
+
+    func start(_ payload: (UInt64) -> ChannelPayload) throws -> (
         UInt64, AsyncThrowingStream<ChannelPayload, any Error>
     ) {
         let (stream, continuation) = AsyncThrowingStream<ChannelPayload, any Error>.makeStream()
@@ -65,20 +106,12 @@ public final class WorkerLink: Sendable {
             return id
         }
         do {
-            try send(.request(id: id, method: method, path: path, body: body))
+            try send(payload(id))
         } catch {
             _ = state.withLock { $0.pending.removeValue(forKey: id) }
             throw error
         }
         return (id, stream)
-    }
-
-    /// Seals a payload for sending outside the outbox (the session's last word, after the outbox
-    /// is closed).
-    package func seal(_ payload: ChannelPayload) throws -> Data {
-        var sealed = Data()
-        try sealer.seal(try JSONEncoder().encode(payload)) { sealed = $0 }
-        return sealed
     }
 
     /// Tells the worker a client went away, and forgets the request.
@@ -164,16 +197,17 @@ public final class WorkerLink: Sendable {
 
     /// Ends the session from the gateway's side for a reason its own loop records (key lifetime,
     /// an unanswered challenge, a newer session, a policy applied mid-admission): requests in
-    /// flight fail, nothing more is sent, the connection closes.
+    /// flight fail, the worker is told why (sealed), the connection closes.
     package func end(code: String, message: String) {
         _ = claimEnding(SessionEnding(code: code, message: message, auditor: .session))
         disconnectNow()
     }
 
-    /// Fails the requests in flight, tells the worker why (sealed, the outbox's last message) and
-    /// closes the connection, for an end already claimed.
+    /// Fails the requests in flight, tells the worker why (sealed, the outbox's last message; the
+    /// writer closes the connection after it) for an end already claimed.
     package func disconnectNow() {
-        if let ending, !isClosed { try? send(.ended(code: ending.code, message: ending.message)) }
+        let first = state.withLock { s -> Bool in s.closed == nil }
+        if first, let ending { farewell(code: ending.code, message: ending.message) }
         close(reason: ending?.message ?? "the session ended")
         disconnect()
     }

@@ -22,6 +22,8 @@ public final class WorkerRegistry: Sendable {
         var admission: AdmittedWorker
         /// The audit sequence number of this session's admission entry.
         let admissionSeq: Int
+        /// The nonce the current evidence answered (clients recompute its binding to the key).
+        var nonce: Data
     }
     private let entries = Mutex<[String: Entry]>([:])
 
@@ -37,13 +39,14 @@ public final class WorkerRegistry: Sendable {
     /// Registers an admitted worker. A previous session under the same worker id is replaced
     /// only when it is the same attested identity (one live session per worker); a session of
     /// another identity is never ended by an admission.
-    package func add(_ link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker, admissionSeq: Int = 0)
-        -> Added
-    {
+    package func add(
+        _ link: WorkerLink, record: WorkerRecord, admission: AdmittedWorker, admissionSeq: Int, nonce: Data
+    ) -> Added {
         entries.withLock { e in
             let previous = e[link.workerID]
             if let previous, previous.admission.identity != admission.identity { return .heldByAnotherIdentity }
-            e[link.workerID] = Entry(link: link, record: record, admission: admission, admissionSeq: admissionSeq)
+            e[link.workerID] = Entry(
+                link: link, record: record, admission: admission, admissionSeq: admissionSeq, nonce: nonce)
             return .added(previous: previous?.link)
         }
     }
@@ -60,10 +63,11 @@ public final class WorkerRegistry: Sendable {
 
     /// Notes a recorded re-attestation: its row, and what it proved (the stake proven at
     /// admission stays). Ignored when that session is no longer registered.
-    package func attested(_ record: WorkerRecord, facts: AttestedFacts) {
+    package func attested(_ record: WorkerRecord, facts: AttestedFacts, nonce: Data) {
         entries.withLock { e in
             guard var entry = e[record.id], entry.link.sessionID == record.session else { return }
             entry.record = record
+            entry.nonce = nonce
             entry.admission = AdmittedWorker(facts: facts, stake: entry.admission.stake, models: entry.admission.models)
             e[record.id] = entry
         }
@@ -125,9 +129,11 @@ public final class WorkerRegistry: Sendable {
     }
 
     /// Every admitted session with its row, admission entry and what it proved, for clients.
-    public func published() -> [(link: WorkerLink, record: WorkerRecord, admissionSeq: Int, facts: AttestedFacts)] {
+    public func published() -> [(
+        link: WorkerLink, record: WorkerRecord, admissionSeq: Int, nonce: Data, facts: AttestedFacts
+    )] {
         entries.withLock { e in
-            e.values.map { ($0.link, $0.record, $0.admissionSeq, $0.admission.facts) }
+            e.values.map { ($0.link, $0.record, $0.admissionSeq, $0.nonce, $0.admission.facts) }
                 .sorted { $0.0.workerID < $1.0.workerID }
         }
     }

@@ -65,6 +65,9 @@ public struct WorkerSession: Sendable {
     let identity: GatewayHandshakeKey
     /// What the handshake's signatures cover, from the hello on.
     public private(set) var transcript: HandshakeTranscript?
+    /// What the worker sent to be judged: its admission evidence and its activation answer.
+    private var judgedEvidence: WireMessage.EvidenceMessage?
+    private var activationAnswer: Data?
 
     public init(identity: GatewayHandshakeKey) {
         self.identity = identity
@@ -95,9 +98,11 @@ public struct WorkerSession: Sendable {
             return .send(.challenge(identity.challenge(hello: hello, nonce: fresh)))
         case (.awaitingEvidence(let hello, let challenge), .evidence(let evidence)):
             state = .admitting(hello: hello)
+            judgedEvidence = evidence
             return .verifyAdmission(hello, nonce: challenge, evidence, activation: nil)
         case (.activating(let hello, let nonce, let evidence, let pending), .activation(let answer)):
             state = .admitting(hello: hello)
+            activationAnswer = answer.secret
             return .verifyAdmission(hello, nonce: nonce, evidence, activation: pending.outcome(of: answer))
         case (.serving(let session, let challenge?), .evidence(let evidence)):
             state = .reattesting(session)
@@ -192,20 +197,24 @@ public struct WorkerSession: Sendable {
         end(code: code.rawValue, message: message, notifyPeer: notify)
     }
 
-    /// `admitted`, signed over the transcript and the evidence judged (`evidence`: its bytes).
-    public func signed(_ admitted: WireMessage.Admitted, evidence: Data) -> WireMessage.Admitted {
-        guard let transcript else { return admitted }
+    /// The digest of what the worker sent to be judged (empty fields before its evidence).
+    var judged: Data {
+        judgedDigest(judgedEvidence ?? .init(envelope: Data()), activation: activationAnswer)
+    }
+
+    /// `admitted`, signed over the transcript and what was judged. Only after a hello.
+    public func signed(_ admitted: WireMessage.Admitted) -> WireMessage.Admitted {
+        guard let transcript else { preconditionFailure("an admission before a hello") }
         var message = admitted
-        message.signature = identity.sign(
-            .admitted, transcript, admitted.signedFields(evidenceSHA256: HashAlgorithm.sha256.hash(evidence)))
+        message.signature = identity.sign(.admitted, transcript, admitted.signedFields(judged: judged))
         return message
     }
 
-    /// A refusal, signed over the transcript.
+    /// A refusal, signed over the transcript and what was judged. Only after a hello.
     public func signed(_ rejection: WireMessage.Rejection) -> WireMessage.Rejection {
-        guard let transcript else { return rejection }
+        guard let transcript else { preconditionFailure("a refusal before a hello") }
         var message = rejection
-        message.signature = identity.sign(.rejected, transcript, rejection.signedFields)
+        message.signature = identity.sign(.rejected, transcript, rejection.signedFields(judged: judged))
         return message
     }
 

@@ -143,7 +143,7 @@ public struct WorkerSessionRunner: Sendable {
                     try await connection.send(.rejected(machine.withLock { $0.signed(refusal) }))
                     return
                 }
-                try await serve(grant, decision, evidence: evidence.envelope, &inbound, machine, connection)
+                try await serve(grant, decision, nonce: nonce, &inbound, machine, connection)
                 return
             case .end(let code, let message, _):
                 throw SessionEnd(code: code, message: message)
@@ -154,33 +154,31 @@ public struct WorkerSessionRunner: Sendable {
         }
     }
 
+    /// Why an admitted session ended: the code and message audited and, when `notify`, told to the
+    /// worker (sealed), with the digest of the evidence whose judgement ended it.
+    struct Ending {
+        let code: String
+        let message: String
+        let notify: Bool
+        var judged: Data? = nil
+    }
+
     /// Records an admission, registers the worker, tells it, then serves it until it goes.
     func serve<I: AsyncIteratorProtocol>(
-        _ grant: AdmissionDecision.Grant, _ decision: AdmissionDecision, evidence: Data, _ inbound: inout I,
+        _ grant: AdmissionDecision.Grant, _ decision: AdmissionDecision, nonce: Data, _ inbound: inout I,
         _ machine: SessionMachine, _ connection: some WorkerConnection
     ) async throws where I.Element == WireMessage {
         let session = grant.session
-        let (outbox, outboxContinuation) = AsyncStream<WireMessage>.makeStream()
-        let link = WorkerLink(
-            workerID: session.workerID, sessionID: session.sessionID, models: grant.models,
-            kemPublicKey: session.kemPublicKey,
-            sealer: ChannelSealer(
-                sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .gatewayToWorker),
-            opener: ChannelOpener(
-                sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .workerToGateway),
-            outbox: outboxContinuation,
-            // The outbox's writer closes the connection once it has sent the sealed farewell;
-            // this is the fallback for a worker that stops reading.
-            disconnect: {
-                Task {
-                    try? await Task.sleep(for: .seconds(2))
-                    connection.close()
-                }
-            })
+        let (outbox, outboxContinuation) = AsyncStream<ChannelPayload>.makeStream()
+        let link = Self.link(for: grant, outbox: outboxContinuation, connection)
         let entries = try await record(decision.drafts)
-        let admissionSeq = entries.first { $0.event.kind == .admission }?.seq ?? 0
+        guard let admissionSeq = entries.first(where: { $0.event.kind == .admission })?.seq else {
+            throw SessionEnd(code: ProtocolErrorCode.auditUnavailable.rawValue, message: "no admission entry recorded")
+        }
         var heldByAnother = false
-        switch registry.add(link, record: grant.record, admission: grant.admitted, admissionSeq: admissionSeq) {
+        switch registry.add(
+            link, record: grant.record, admission: grant.admitted, admissionSeq: admissionSeq, nonce: nonce)
+        {
         case .added(let previous?):
             previous.end(
                 code: ProtocolErrorCode.replaced.rawValue, message: "replaced by a new session of the same worker")
@@ -190,11 +188,15 @@ public struct WorkerSessionRunner: Sendable {
         // From here on the worker is registered: every way out goes through `sessionEnded`, so a
         // connection that fails before or while it hears `admitted` never leaves a routable
         // worker behind, and its end is audited.
-        let end: (code: String, message: String, notify: Bool)
+        let end: Ending
+        let writer = Self.writer(link, outbox, connection)
         if heldByAnother {
             // Lost a race with another identity's admission under the same id after the check in
-            // the handshake: this session ends, the other stays.
-            end = (ProtocolErrorCode.idInUse.rawValue, "another attested identity holds this worker id", true)
+            // the handshake: this session ends before admission, with a signed refusal.
+            let refusal = WireMessage.Rejection(
+                code: ProtocolErrorCode.idInUse.rawValue, message: "another attested identity holds this worker id")
+            try? await connection.send(.rejected(machine.withLock { $0.signed(refusal) }))
+            end = Ending(code: refusal.code, message: refusal.message, notify: false)
         } else {
             do {
                 // A policy applied while this worker was being admitted has not seen it: check it now.
@@ -202,15 +204,19 @@ public struct WorkerSessionRunner: Sendable {
                     recheck(link, grant.admitted)
                 }
                 let admitted = grant.message(reattestSeconds: Int(reattestInterval.components.seconds))
-                try await connection.send(.admitted(machine.withLock { $0.signed(admitted, evidence: evidence) }))
+                try await connection.send(.admitted(machine.withLock { $0.signed(admitted) }))
                 logger.info(
                     "worker admitted",
                     metadata: ["ccgate.worker.id": "\(session.workerID)", "ccgate.session": "\(session.sessionID)"])
-                end = await serving(link, session, outbox, &inbound, machine, connection)
+                end = await serving(link, session, &inbound, machine, connection)
             } catch {
-                end = (ProtocolErrorCode.disconnected.rawValue, "connection error: \(error)", false)
+                end = Ending(
+                    code: ProtocolErrorCode.disconnected.rawValue, message: "connection error: \(error)", notify: false)
             }
         }
+        // The end is said inside the channel, as the outbox's last message: nobody but this
+        // gateway can end a worker's session.
+        if end.notify { link.farewell(code: end.code, message: end.message, judged: end.judged) }
         do { try await evictor.sessionEnded(link, code: end.code, message: end.message) } catch {
             logger.error("audit append failed", metadata: ["error": "\(error)"])
         }
@@ -219,37 +225,71 @@ public struct WorkerSessionRunner: Sendable {
             metadata: [
                 "ccgate.worker.id": "\(session.workerID)", "ccgate.reason": "\(link.ending?.message ?? end.message)",
             ])
-        // The end is said inside the channel: nobody but this gateway can end a worker's session.
-        if end.notify, let box = try? link.seal(.ended(code: end.code, message: end.message)) {
-            try? await connection.send(.sealed(box))
+        // The outbox is closed now: let the writer send what is left, for a bounded time.
+        try? await withDeadline(connection, .seconds(2)) { await writer.value }
+    }
+
+    /// The gateway's side of an admitted session's channel.
+    static func link(
+        for grant: AdmissionDecision.Grant, outbox: AsyncStream<ChannelPayload>.Continuation,
+        _ connection: some WorkerConnection
+    ) -> WorkerLink {
+        let session = grant.session
+        return WorkerLink(
+            workerID: session.workerID, sessionID: session.sessionID, models: grant.models,
+            kemPublicKey: session.kemPublicKey,
+            sealer: ChannelSealer(
+                sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .gatewayToWorker),
+            opener: ChannelOpener(
+                sessionKey: grant.sessionKey, sessionID: session.sessionID, direction: .workerToGateway),
+            outbox: outbox,
+            // The writer closes the connection once it has sent the farewell; this is the fallback
+            // for a worker that stops reading.
+            disconnect: {
+                Task {
+                    try? await Task.sleep(for: .seconds(2))
+                    connection.close()
+                }
+            })
+    }
+
+    /// Writes the outbox in order, sealing each payload as it goes (so sequence numbers follow the
+    /// wire); closes the connection when the link closes its outbox, after the farewell.
+    static func writer(
+        _ link: WorkerLink, _ outbox: AsyncStream<ChannelPayload>, _ connection: some WorkerConnection
+    ) -> Task<Void, Never> {
+        Task {
+            for await payload in outbox where link.mayStillSend(payload) {
+                guard let box = try? link.seal(payload) else { continue }
+                do { try await connection.send(.sealed(box)) } catch { break }
+            }
+            connection.close()
         }
     }
 
-    /// The admitted session: drains the outbox, re-attests on a schedule, routes what the worker
-    /// sends. Returns why it ended.
+    /// The admitted session: re-attests on a schedule and routes what the worker sends (the
+    /// outbox has its own writer). Returns why it ended.
     func serving<I: AsyncIteratorProtocol>(
-        _ link: WorkerLink, _ session: AdmittedSession, _ outbox: AsyncStream<WireMessage>, _ inbound: inout I,
-        _ machine: SessionMachine, _ connection: some WorkerConnection
-    ) async -> (code: String, message: String, notify: Bool) where I.Element == WireMessage {
+        _ link: WorkerLink, _ session: AdmittedSession, _ inbound: inout I, _ machine: SessionMachine,
+        _ connection: some WorkerConnection
+    ) async -> Ending where I.Element == WireMessage {
         do {
             return try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for await message in outbox { try await connection.send(message) }
-                    // The link finished its outbox (an eviction, after its sealed farewell): close.
-                    if !Task.isCancelled { connection.close() }
-                }
                 group.addTask { try await self.reattestLoop(link, session, machine) }
                 defer { group.cancelAll() }
                 while let message = try await inbound.next() {
                     if let end = try await handle(message, link, machine) { return end }
                 }
-                return (ProtocolErrorCode.disconnected.rawValue, "worker disconnected", false)
+                return Ending(
+                    code: ProtocolErrorCode.disconnected.rawValue, message: "worker disconnected", notify: false)
             }
         } catch let frame as FrameError {
-            await protocolError(frame, connection)
-            return (frame.code.rawValue, frame.description, false)
+            // Audited here; the worker hears it sealed, as the session's farewell.
+            await protocolError(frame, connection, answer: false)
+            return Ending(code: frame.code.rawValue, message: frame.description, notify: true)
         } catch {
-            return (ProtocolErrorCode.disconnected.rawValue, "connection error: \(error)", false)
+            return Ending(
+                code: ProtocolErrorCode.disconnected.rawValue, message: "connection error: \(error)", notify: false)
         }
     }
 
@@ -261,9 +301,7 @@ public struct WorkerSessionRunner: Sendable {
     }
 
     /// One message from an admitted worker; returns the session's end when it ends it.
-    func handle(_ message: WireMessage, _ link: WorkerLink, _ machine: SessionMachine) async throws
-        -> (code: String, message: String, notify: Bool)?
-    {
+    func handle(_ message: WireMessage, _ link: WorkerLink, _ machine: SessionMachine) async throws -> Ending? {
         switch machine.withLock({ $0.received(message, nonce: Self.nonce) }) {
         case .route(let box):
             let plain: Data
@@ -298,14 +336,17 @@ public struct WorkerSessionRunner: Sendable {
             }
             do { try await trail.record([decision.draft(updated: updated)]) } catch {
                 logger.error("audit append failed", metadata: ["error": "\(error)"])
-                return (
-                    ProtocolErrorCode.auditUnavailable.rawValue,
-                    "the gateway cannot record decisions now; try again later", true
-                )
+                return Ending(
+                    code: ProtocolErrorCode.auditUnavailable.rawValue,
+                    message: "the gateway cannot record decisions now; try again later", notify: true)
             }
-            if let failure = decision.failure { return (failure.code, failure.message, true) }
+            if let failure = decision.failure {
+                return Ending(
+                    code: failure.code, message: failure.message, notify: true,
+                    judged: HashAlgorithm.sha256.hash(evidence.envelope))
+            }
             // Only now, with the pass durable, does the registry judge later policies by what it proved.
-            if let updated, let facts { registry.attested(updated, facts: facts) }
+            if let updated, let facts { registry.attested(updated, facts: facts, nonce: nonce) }
             // A policy applied while this re-attestation was judged has not seen its facts.
             if decision.judgement.policy.version != coordinator.policies.current.version,
                 let admitted = registry.admission(workerID: session.workerID, sessionID: session.sessionID)
@@ -314,17 +355,15 @@ public struct WorkerSessionRunner: Sendable {
             }
             return nil
         case .end(let code, let message, let notify):
-            return (code, message, notify)
+            return Ending(code: code, message: message, notify: notify)
         default:
             return nil
         }
     }
 
-    func endSession(_ machine: SessionMachine, _ code: ProtocolErrorCode, _ message: String) -> (
-        code: String, message: String, notify: Bool
-    ) {
+    func endSession(_ machine: SessionMachine, _ code: ProtocolErrorCode, _ message: String) -> Ending {
         _ = machine.withLock { $0.end(code: code.rawValue, message: message, notifyPeer: true) }
-        return (code.rawValue, message, true)
+        return Ending(code: code.rawValue, message: message, notify: true)
     }
 
     /// Challenges the worker every interval; ends the link when a challenge goes unanswered or
@@ -361,8 +400,9 @@ public struct WorkerSessionRunner: Sendable {
         }
     }
 
-    /// A bad frame: audited (never the frame's bytes), answered with its code.
-    func protocolError(_ frame: FrameError, _ connection: some WorkerConnection) async {
+    /// A bad frame: audited (never the frame's bytes), answered with its code in the clear before
+    /// admission (`answer`); after admission the session's sealed farewell carries it.
+    func protocolError(_ frame: FrameError, _ connection: some WorkerConnection, answer: Bool = true) async {
         logger.notice(
             "bad frame from worker connection", metadata: ["ccgate.peer": "\(connection.peer)", "error": "\(frame)"])
         do {
@@ -373,7 +413,7 @@ public struct WorkerSessionRunner: Sendable {
         } catch {
             logger.error("audit append failed", metadata: ["error": "\(error)"])
         }
-        try? await connection.send(.error(.init(code: frame.code.rawValue, message: frame.description)))
+        if answer { try? await connection.send(.error(.init(code: frame.code.rawValue, message: frame.description))) }
     }
 
     /// Closes the connection unless `body` finishes within `timeout`.

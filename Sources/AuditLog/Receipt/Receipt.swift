@@ -1,9 +1,10 @@
 import AttestationCore
 import Foundation
 
-/// What the gateway signs for each response it relays: which request (its digest), which
-/// response (its digest), the usage the engine reported, the worker that served it and the
-/// evidence it was admitted on, the policy in force and the audit entry of the admission.
+/// What the gateway signs for each response it relays: which request (its path and digest),
+/// which response (its digest), the token counts the engine reported, the worker that served it
+/// with the evidence it last attested with, the policy version that worker was last judged under,
+/// and the audit entry of its admission.
 ///
 /// Threat: a gateway operator (or anyone between gateway and client) claiming afterwards that
 /// another worker, another policy or another answer was involved, and a client that cannot tell
@@ -16,12 +17,14 @@ public struct Receipt: Sendable, Equatable {
 
     /// The gateway key's fingerprint.
     public var gateway: String
+    public var path: String
     public var requestSHA256: String
     /// SHA-256 of the response body exactly as sent, before the receipt itself.
     public var responseSHA256: String
     public var status: Int
     public var model: String
-    /// The engine's `usage` object when it reported one.
+    /// The engine's token counts when it reported them (`prompt_tokens`, `completion_tokens`,
+    /// `total_tokens`, integers), else null.
     public var usage: JSONValue
     public var worker: String
     public var session: String
@@ -34,11 +37,12 @@ public struct Receipt: Sendable, Equatable {
     public var time: Int
 
     public init(
-        gateway: String, requestSHA256: String, responseSHA256: String, status: Int, model: String, usage: JSONValue,
-        worker: String, session: String, evidenceSHA256: String, policyVersion: Int, policySHA256: String,
-        admissionSeq: Int, time: Int
+        gateway: String, path: String, requestSHA256: String, responseSHA256: String, status: Int, model: String,
+        usage: JSONValue, worker: String, session: String, evidenceSHA256: String, policyVersion: Int,
+        policySHA256: String, admissionSeq: Int, time: Int
     ) {
         self.gateway = gateway
+        self.path = path
         self.requestSHA256 = requestSHA256
         self.responseSHA256 = responseSHA256
         self.status = status
@@ -55,7 +59,8 @@ public struct Receipt: Sendable, Equatable {
 
     public var json: JSONValue {
         .object([
-            "schema": .string(Self.schema), "gateway": .string(gateway), "request_sha256": .string(requestSHA256),
+            "schema": .string(Self.schema), "gateway": .string(gateway), "path": .string(path),
+            "request_sha256": .string(requestSHA256),
             "response_sha256": .string(responseSHA256), "status": .int(status), "model": .string(model),
             "usage": usage, "worker": .string(worker), "session": .string(session),
             "evidence_sha256": .string(evidenceSHA256), "policy_version": .int(policyVersion),
@@ -75,9 +80,9 @@ public struct Receipt: Sendable, Equatable {
             guard let v = o[key]?.int else { throw .malformed("'\(key)' is missing or not an integer") }
             return v
         }
-        guard o.count == 14 else { throw .malformed("a receipt has exactly 14 fields, not \(o.count)") }
+        guard o.count == 15 else { throw .malformed("a receipt has exactly 15 fields, not \(o.count)") }
         self.init(
-            gateway: try string("gateway"), requestSHA256: try string("request_sha256"),
+            gateway: try string("gateway"), path: try string("path"), requestSHA256: try string("request_sha256"),
             responseSHA256: try string("response_sha256"), status: try int("status"), model: try string("model"),
             usage: o["usage"] ?? .null, worker: try string("worker"), session: try string("session"),
             evidenceSHA256: try string("evidence_sha256"), policyVersion: try int("policy_version"),
@@ -121,6 +126,11 @@ public struct SignedReceipt: Sendable, Equatable {
             let signature = Data(base64Encoded: sig), signature.count == 64
         else {
             throw .malformed("not a signed ccgate receipt (JSON or its base64)")
+        }
+        // Threat: a receipt that parses differently elsewhere (duplicate keys, other escapes).
+        // Only the one canonical byte form is a receipt.
+        guard Array(bytes) == CanonicalJSON.encode(value) else {
+            throw .malformed("the receipt is not in canonical form")
         }
         self.receipt = try Receipt(json: receipt)
         self.signature = signature

@@ -38,16 +38,22 @@ public struct AttestationPublisher: Sendable {
         let session: String
         let evidenceSHA256: String
         let admissionSeq: Int
-        let policy: ActivePolicy
+        /// The policy version the worker was last judged under, and its digest.
+        let policyVersion: Int
+        let policySHA256: String
     }
 
     func served(_ link: WorkerLink) -> Served? {
         guard let (record, seq) = registry.served(workerID: link.workerID, sessionID: link.sessionID) else {
             return nil
         }
+        let current = policies.current
+        let digest =
+            record.policyVersion == current.version
+            ? current.sha256 : ((try? trail.store.policy(version: record.policyVersion))??.sha256 ?? "unknown")
         return Served(
             worker: link.workerID, session: link.sessionID, evidenceSHA256: record.evidenceSHA256, admissionSeq: seq,
-            policy: policies.current)
+            policyVersion: record.policyVersion, policySHA256: digest)
     }
 
     static let workerHeader = HTTPField.Name("ccgate-worker")!
@@ -57,31 +63,43 @@ public struct AttestationPublisher: Sendable {
     /// `ccgate-worker: ID` and `ccgate-policy: VERSION sha256:HEX`.
     func name(_ served: Served, in headers: inout HTTPFields) {
         headers[Self.workerHeader] = served.worker
-        headers[Self.policyHeader] = "\(served.policy.version) sha256:\(served.policy.sha256)"
+        headers[Self.policyHeader] = "\(served.policyVersion) sha256:\(served.policySHA256)"
     }
 
     func receipt(
-        _ served: Served, request: String, response: String, status: Int, model: String, usage: JSONValue
+        _ served: Served, path: String, request: String, response: String, status: Int, model: String,
+        usage: JSONValue
     ) -> SignedReceipt {
         Receipt(
-            gateway: key.publicKey.fingerprint, requestSHA256: request, responseSHA256: response, status: status,
-            model: model, usage: usage, worker: served.worker, session: served.session,
-            evidenceSHA256: served.evidenceSHA256, policyVersion: served.policy.version,
-            policySHA256: served.policy.sha256, admissionSeq: served.admissionSeq,
+            gateway: key.publicKey.fingerprint, path: path, requestSHA256: request, responseSHA256: response,
+            status: status, model: model, usage: usage, worker: served.worker, session: served.session,
+            evidenceSHA256: served.evidenceSHA256, policyVersion: served.policyVersion,
+            policySHA256: served.policySHA256, admissionSeq: served.admissionSeq,
             time: Int(clock.now().timeIntervalSince1970)
         ).signed(by: key)
     }
 
-    /// The `GET /v1/attestation` document; `full`: with each worker's evidence envelope.
-    func document(full: Bool) throws -> Data {
+    /// Most envelopes one `?evidence=full` answer carries; beyond, ask per worker.
+    static let maxFullEnvelopes = 16
+
+    /// The `GET /v1/attestation` document; `full`: with each worker's evidence envelope (only
+    /// `worker` when given).
+    func document(full: Bool, worker only: String? = nil) throws(AttestationDocumentError) -> Data {
         let policy = policies.current
         var models = [String: [JSONValue]]()
-        for (link, record, seq, facts) in registry.published() {
+        let published = registry.published().filter { only == nil || $0.link.workerID == only }
+        if full, published.count > Self.maxFullEnvelopes {
+            throw AttestationDocumentError(
+                "\(published.count) workers: ask for the evidence of one at a time (?evidence=full&worker=ID)")
+        }
+        for (link, record, seq, nonce, facts) in published {
             var worker: [String: JSONValue] = [
                 "worker": .string(link.workerID), "session": .string(link.sessionID), "format": .string(facts.format),
                 "tier": .string(facts.tier.rawValue), "confidential": .bool(facts.tier.isConfidential),
                 "evidence_sha256": .string(record.evidenceSHA256),
                 "e2e_public_key": .string(link.kemPublicKey.base64EncodedString()),
+                // The evidence binds SHA-256(nonce ‖ e2e_public_key): a client recomputes it.
+                "nonce": .string(nonce.base64EncodedString()),
                 "admission_seq": .int(seq), "admitted_at": .string(record.admittedAt.rfc3339),
                 "last_attested": .string(record.lastAttested.rfc3339), "policy_version": .int(record.policyVersion),
                 "tcb_status": facts.tcbStatus.map(JSONValue.string) ?? .null,
@@ -89,7 +107,7 @@ public struct AttestationPublisher: Sendable {
             ]
             if let provider = record.provider { worker["provider"] = .string(provider) }
             if full {
-                let envelope = try trail.store.evidence(sha256: record.evidenceSHA256)?.envelope
+                let envelope = try? trail.store.evidence(sha256: record.evidenceSHA256)?.envelope
                 worker["evidence"] = envelope.map { .string($0.base64EncodedString()) } ?? .null
             }
             for model in link.models { models[model, default: []].append(.object(worker)) }
@@ -129,6 +147,13 @@ public struct AttestationPublisher: Sendable {
         var files = [String: JSONValue]()
         for file in facts.claims.measuredFiles.prefix(64) { files[file.path] = .string(file.digestHex) }
         out["files"] = .object(files)
+        if facts.claims.measuredFiles.count > 64 { out["files_total"] = .int(facts.claims.measuredFiles.count) }
         return out
     }
+}
+
+/// A `/v1/attestation` request that cannot be answered as asked.
+struct AttestationDocumentError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

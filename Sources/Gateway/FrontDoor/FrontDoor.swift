@@ -24,7 +24,7 @@ public struct FrontDoor: Sendable {
     /// Workers tried for one request before giving up.
     public var maxAttempts = 3
     /// Largest non-streamed response: it is held whole so that its receipt can go in a header.
-    public var maxResponseSize = 16 << 20
+    public var maxResponseSize = 4 << 20
 
     public init(registry: WorkerRegistry, publisher: AttestationPublisher, apiKeyDigests: Set<Data>) {
         self.registry = registry
@@ -40,12 +40,15 @@ public struct FrontDoor: Sendable {
         api.get("models") { _, _ in try self.modelsResponse() }
         api.get("attestation") { request, _ in
             let full = request.uri.queryParameters.get("evidence") == "full"
+            let worker: String? = request.uri.queryParameters.get("worker").map { String($0) }
+            let document: Data
+            do { document = try self.publisher.document(full: full, worker: worker) } catch {
+                throw OpenAIError(.badRequest, "\(error)", param: "worker")
+            }
             var headers = HTTPFields()
             headers[.contentType] = "application/json"
             headers[.cacheControl] = "no-store"
-            return Response(
-                status: .ok, headers: headers,
-                body: .init(byteBuffer: ByteBuffer(bytes: try self.publisher.document(full: full))))
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: document)))
         }
         api.post("chat/completions") { request, context in
             try await self.forward(request, context, path: "/v1/chat/completions", required: "messages")
@@ -72,6 +75,9 @@ public struct FrontDoor: Sendable {
         var request = request
         let body = Data(try await request.collectBody(upTo: maxBodySize).readableBytesView)
         let requestSHA256 = HashAlgorithm.sha256.hash(body).hex
+        if request.headers[Self.e2eHeader] != nil {
+            return try await forwardSealed(body, path: path, requestSHA256: requestSHA256, logger: context.logger)
+        }
         guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
             throw OpenAIError(.badRequest, "The request body must be a JSON object.")
         }
@@ -130,8 +136,8 @@ public struct FrontDoor: Sendable {
                 continue
             }
             let exchange = Exchange(
-                status: status, contentType: contentType, model: model, requestSHA256: requestSHA256, served: served,
-                link: link, id: id)
+                status: status, contentType: contentType, model: model, path: path, requestSHA256: requestSHA256,
+                served: served, link: link, id: id)
             if contentType.hasPrefix("text/event-stream") {
                 return respond(exchange, rest: IteratorHandOff(iterator), logger: context.logger)
             }
@@ -152,6 +158,7 @@ public struct FrontDoor: Sendable {
         let status: Int
         let contentType: String
         let model: String
+        let path: String
         let requestSHA256: String
         let served: AttestationPublisher.Served
         let link: WorkerLink
@@ -162,6 +169,11 @@ public struct FrontDoor: Sendable {
     /// receipt as a last `ccgate-receipt` event after `[DONE]` (OpenAI clients stop reading at
     /// `[DONE]`). If the worker fails mid-stream, the stream ends with an OpenAI-shaped `error`
     /// event, and the receipt covers that too.
+    ///
+    /// Threat: a worker writing a receipt event of its own (replaying an earlier stream and its
+    /// genuine receipt) so that a client takes it for this one. A worker's bytes that name the
+    /// receipt event end the stream with an error instead; and the gateway's receipt always starts
+    /// an event of its own.
     func respond(_ exchange: Exchange, rest: IteratorHandOff, logger: Logger) -> Response {
         var headers = HTTPFields()
         headers[.contentType] = exchange.contentType
@@ -172,14 +184,22 @@ public struct FrontDoor: Sendable {
             var iterator = rest.iterator
             var finished = false
             var hasher = SHA256()
-            var usage = JSONValue.null
+            var counts = UsageScan()
+            var tail = Data()
             defer { if !finished { link.cancel(id) } }
             do {
                 while let event = try await iterator.next() {
                     switch event {
                     case .data(_, let bytes):
+                        // The marker may straddle chunks: search the previous chunk's tail too.
+                        let window = tail + bytes.prefix(Self.receiptMarker.count + 64)
+                        guard window.range(of: Self.receiptMarker) == nil, bytes.range(of: Self.receiptMarker) == nil
+                        else {
+                            throw WorkerFailure(message: "the worker's stream carries a receipt event of its own")
+                        }
+                        tail = Data(bytes.suffix(Self.receiptMarker.count))
                         hasher.update(data: bytes)
-                        if let found = Self.usage(inEvents: bytes) { usage = found }
+                        counts.scan(bytes)
                         try await writer.write(ByteBuffer(bytes: bytes))
                     case .end:
                         finished = true
@@ -200,9 +220,16 @@ public struct FrontDoor: Sendable {
                 hasher.update(data: bytes)
                 try await writer.write(ByteBuffer(bytes: bytes))
             }
+            // The receipt starts an event of its own, whatever the worker's last bytes were.
+            if !tail.isEmpty, !tail.suffix(2).elementsEqual([0x0A, 0x0A]) {
+                let separator = Data("\n\n".utf8)
+                hasher.update(data: separator)
+                try await writer.write(ByteBuffer(bytes: separator))
+            }
             let receipt = publisher.receipt(
-                exchange.served, request: exchange.requestSHA256, response: Data(hasher.finalize()).hex,
-                status: exchange.status, model: exchange.model, usage: usage)
+                exchange.served, path: exchange.path, request: exchange.requestSHA256,
+                response: Data(hasher.finalize()).hex, status: exchange.status, model: exchange.model,
+                usage: Self.jsonValue(counts.found))
             try await writer.write(ByteBuffer(bytes: receipt.event))
             try await writer.finish(nil)
         }
@@ -241,8 +268,9 @@ public struct FrontDoor: Sendable {
                 code: "worker_failed")
         }
         let receipt = publisher.receipt(
-            exchange.served, request: exchange.requestSHA256, response: HashAlgorithm.sha256.hash(body).hex,
-            status: exchange.status, model: exchange.model, usage: Self.usage(inObject: body))
+            exchange.served, path: exchange.path, request: exchange.requestSHA256,
+            response: HashAlgorithm.sha256.hash(body).hex, status: exchange.status, model: exchange.model,
+            usage: Self.usage(inObject: body))
         var headers = HTTPFields()
         headers[.contentType] = exchange.contentType
         publisher.name(exchange.served, in: &headers)
@@ -252,30 +280,14 @@ public struct FrontDoor: Sendable {
             body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 
-    /// The `usage` object of a JSON response, as the receipt carries it (integers only).
-    static func usage(inObject body: Data) -> JSONValue {
-        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
-            let usage = object["usage"] as? [String: Any],
-            let bytes = try? JSONSerialization.data(withJSONObject: usage),
-            let value = try? JSONDecoder().decode(JSONValue.self, from: bytes)
-        else { return .null }
-        return value
+    /// The token counts of a JSON response, as the receipt carries them (``UsageScan``).
+    static func usage(inObject body: Data) -> JSONValue { jsonValue(UsageScan.counts(inJSON: body)) }
+
+    static func jsonValue(_ counts: Data?) -> JSONValue {
+        counts.flatMap { try? JSONDecoder().decode(JSONValue.self, from: $0) } ?? .null
     }
 
-    static let usageMarker = Data(#""usage":{"#.utf8)
-
-    /// The `usage` of the last event in `chunk` that reports one (engines send it in the final
-    /// chunk when asked with `stream_options.include_usage`). Chunks without the marker cost a
-    /// byte search only.
-    static func usage(inEvents chunk: Data) -> JSONValue? {
-        guard chunk.range(of: usageMarker) != nil else { return nil }
-        var found: JSONValue?
-        for line in chunk.split(separator: 0x0A) where line.starts(with: Data("data: ".utf8)) {
-            let value = usage(inObject: Data(line.dropFirst(6)))
-            if value != .null { found = value }
-        }
-        return found
-    }
+    static let receiptMarker = Data("event: \(SignedReceipt.eventName)".utf8)
 }
 
 /// Hands the response iterator from the request handler to the body writer. The two run one

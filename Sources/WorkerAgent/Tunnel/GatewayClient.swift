@@ -24,7 +24,7 @@ public struct WorkerRejected: Error, CustomStringConvertible {
             : "connection ended (not said by the pinned gateway): \(code): \(message)"
     }
 
-    public init(code: String, message: String, authenticated: Bool = true) {
+    public init(code: String, message: String, authenticated: Bool) {
         self.code = code
         self.message = message
         self.authenticated = authenticated
@@ -168,7 +168,7 @@ public final class GatewayClient: Sendable {
                 }
                 let hello = WireMessage.Hello(
                     workerID: configuration.workerID, kemPublicKey: kem.publicKeyBytes, models: configuration.models,
-                    workerNonce: SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) })
+                    workerNonce: WireMessage.Hello.freshNonce())
                 outboxContinuation.yield(.hello(hello))
                 var machine = GatewaySession(hello: hello, pin: configuration.gatewayKey)
                 var session: Session?
@@ -202,6 +202,7 @@ public final class GatewayClient: Sendable {
             do { secret = try await attestor.activateCredential(challenge) } catch {
                 logger.error("credential activation failed", metadata: ["error": "\(error)"])
             }
+            machine.sending(activation: secret)
             outbox.yield(.activation(.init(secret: secret)))
             return nil
         case .openSessionKey(let admitted, let nonce):
@@ -222,9 +223,12 @@ public final class GatewayClient: Sendable {
             switch try JSONDecoder().decode(ChannelPayload.self, from: plain) {
             case .challenge(let nonce):
                 try await attest(nonce: nonce, proofFor: nil, reattestation: true, &machine, outbox: outbox)
-            case .ended(let code, let message):
-                _ = machine.ended(code: code, message: message)
-                throw WorkerRejected(code: code, message: message, authenticated: true)
+            case .ended(let code, let message, let judged):
+                if case .fail(let code, let message, let authenticated) = machine.ended(
+                    code: code, message: message, judged: judged)
+                {
+                    throw WorkerRejected(code: code, message: message, authenticated: authenticated)
+                }
             case let payload:
                 handle(payload, in: session)
             }
@@ -245,13 +249,24 @@ public final class GatewayClient: Sendable {
         let proof = gatewayID.flatMap {
             configuration.provider?.proof(gatewayID: $0, workerKey: kem.publicKeyBytes)
         }
-        machine.sending(evidence: envelope)
-        outbox.yield(.evidence(.init(envelope: envelope, providerProof: proof)))
+        let evidence = WireMessage.EvidenceMessage(envelope: envelope, providerProof: proof)
+        machine.sending(evidence: evidence)
+        outbox.yield(.evidence(evidence))
         if reattestation { onEvent(.reattested) }
     }
 
     func handle(_ payload: ChannelPayload, in session: Session) {
         switch payload {
+        case .sealedRequest(let id, let path, let envelope):
+            guard ["/v1/chat/completions", "/v1/completions"].contains(path) else {
+                try? session.send(.failure(id: id, message: "path not forwarded: POST \(path)"))
+                return
+            }
+            let task = Task {
+                await serveSealed(id: id, path: path, envelope: envelope, in: session)
+                _ = session.tasks.withLock { $0.removeValue(forKey: id) }
+            }
+            session.tasks.withLock { $0[id] = task }
         case .request(let id, let method, let path, let body):
             // Only the API the gateway fronts is forwarded; nothing else on the engine is reachable.
             guard method == "POST", ["/v1/chat/completions", "/v1/completions"].contains(path) else {
@@ -282,6 +297,42 @@ public final class GatewayClient: Sendable {
             session.tasks.withLock { $0.removeValue(forKey: id) }?.cancel()
         default:
             break
+        }
+    }
+
+    /// A gateway-blind request: opened with this worker's key, forwarded to the engine, and
+    /// answered in frames sealed for the client (the gateway sees the status, the content type,
+    /// the token counts and ciphertext).
+    func serveSealed(id: UInt64, path: String, envelope: Data, in session: Session) async {
+        let body: Data
+        let sealer: EndToEnd.ResponseSealer
+        do {
+            let request = try JSONDecoder().decode(EndToEnd.Request.self, from: envelope)
+            (body, sealer) = try EndToEnd.open(request, path: path, privateKey: kem.privateKey)
+        } catch {
+            try? session.send(.failure(id: id, message: "e2e: the sealed request does not open: \(error)"))
+            return
+        }
+        var counts = UsageScan()
+        do {
+            try await engine.send(
+                method: "POST", path: path, body: body,
+                onHead: { status, type in try session.send(.head(id: id, status: status, contentType: type)) },
+                onData: { data in
+                    counts.scan(data)
+                    var offset = 0
+                    while offset < data.count {
+                        let end = min(offset + 128 * 1024, data.count)
+                        try session.send(
+                            .data(id: id, bytes: sealer.seal(data.subdata(in: offset..<end), final: false)))
+                        offset = end
+                    }
+                })
+            try session.send(.data(id: id, bytes: sealer.seal(Data(), final: true)))
+            if let usage = counts.found { try session.send(.usage(id: id, counts: usage)) }
+            try session.send(.end(id: id))
+        } catch {
+            try? session.send(.failure(id: id, message: "engine: \(error)"))
         }
     }
 }

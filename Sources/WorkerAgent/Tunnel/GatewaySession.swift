@@ -21,7 +21,7 @@ import WorkerProtocol
 public struct GatewaySession: Sendable {
     public enum State: Sendable, Equatable {
         case awaitingChallenge
-        /// Evidence for the admission challenge `nonce` was sent (its SHA-256: `evidenceSHA256`).
+        /// The admission challenge `nonce` was answered (or is being answered) with evidence.
         case awaitingAdmission(nonce: Data, transcript: HandshakeTranscript, gatewayKey: Data)
         case admitted(sessionID: String)
         case closed(code: String)
@@ -45,27 +45,41 @@ public struct GatewaySession: Sendable {
     public private(set) var state: State = .awaitingChallenge
     let hello: WireMessage.Hello
     let pin: GatewayKeyPin
-    /// SHA-256 of the admission evidence sent, which the signed `admitted` must cover.
-    var evidenceSHA256: Data?
+    /// What this worker sent to be judged (admission evidence, activation answer): a signed
+    /// decision must cover exactly these.
+    var admissionEvidence: WireMessage.EvidenceMessage?
+    var activationAnswer: Data?
+    var activationAsked = false
+    /// SHA-256 of the latest re-attestation envelope sent, which a sealed end for a failed
+    /// re-attestation must name.
+    var reattestationSHA256: Data?
 
     public init(hello: WireMessage.Hello, pin: GatewayKeyPin) {
         self.hello = hello
         self.pin = pin
     }
 
-    /// The admission evidence about to be sent (its digest is checked against `admitted`).
-    public mutating func sending(evidence envelope: Data) {
-        if case .awaitingAdmission = state, evidenceSHA256 == nil {
-            evidenceSHA256 = HashAlgorithm.sha256.hash(envelope)
+    /// Evidence about to be sent: for admission it is what `admitted` or `rejected` must cover;
+    /// after admission, what a sealed end for a failed re-attestation must name.
+    public mutating func sending(evidence: WireMessage.EvidenceMessage) {
+        switch state {
+        case .awaitingAdmission where admissionEvidence == nil: admissionEvidence = evidence
+        case .admitted: reattestationSHA256 = HashAlgorithm.sha256.hash(evidence.envelope)
+        default: break
         }
     }
+
+    /// The credential activation answer about to be sent.
+    public mutating func sending(activation secret: Data) { activationAnswer = secret }
+
+    var judged: Data { judgedDigest(admissionEvidence ?? .init(envelope: Data()), activation: activationAnswer) }
 
     public mutating func received(_ message: WireMessage) -> Action {
         switch (state, message) {
         case (.closed(let code), _):
             return .fail(code: code, message: "the session is closed", authenticated: false)
         case (.awaitingChallenge, .challenge(let c)):
-            do {
+            do throws(GatewayAuthenticationError) {
                 let transcript = try pin.verify(c, hello: hello)
                 state = .awaitingAdmission(nonce: c.nonce, transcript: transcript, gatewayKey: c.gatewayKey)
                 return .attest(nonce: c.nonce, proofFor: c.gatewayID, reattestation: false)
@@ -73,25 +87,36 @@ public struct GatewaySession: Sendable {
                 return fail(error)
             }
         case (.awaitingAdmission(_, let transcript, let key), .activate(let challenge)):
-            do {
+            // One credential per admission: a replayed one is not run through the TPM again.
+            guard !activationAsked else {
+                return fail(ProtocolErrorCode.unexpectedMessage.rawValue, "a second credential challenge")
+            }
+            do throws(GatewayAuthenticationError) {
                 try pin.verify(challenge.signature, .activate, transcript, gatewayKey: key, challenge.signedFields)
+                activationAsked = true
                 return .activateCredential(challenge)
             } catch {
                 return fail(error)
             }
         case (.awaitingAdmission(let nonce, let transcript, let key), .admitted(let admitted)):
-            do {
+            do throws(GatewayAuthenticationError) {
                 try pin.verify(
-                    admitted.signature, .admitted, transcript, gatewayKey: key,
-                    admitted.signedFields(evidenceSHA256: evidenceSHA256 ?? Data()))
+                    admitted.signature, .admitted, transcript, gatewayKey: key, admitted.signedFields(judged: judged))
             } catch {
                 return fail(error)
             }
             state = .admitted(sessionID: admitted.sessionID)
             return .openSessionKey(admitted, nonce: nonce)
         case (.awaitingAdmission(_, let transcript, let key), .rejected(let r)):
-            guard (try? pin.verify(r.signature, .rejected, transcript, gatewayKey: key, r.signedFields)) != nil else {
-                return fail(.unauthenticated("a refusal not signed by the pinned gateway: \(r.code)"))
+            // Signed by the pinned gateway over exactly what this worker sent: its verdict. A
+            // refusal of evidence altered on the way is someone on the path's doing.
+            guard
+                (try? pin.verify(r.signature, .rejected, transcript, gatewayKey: key, r.signedFields(judged: judged)))
+                    != nil
+            else {
+                return fail(
+                    .unauthenticated(
+                        "a refusal not signed by the pinned gateway over this worker's evidence: \(r.code)"))
             }
             return fail(r.code, r.message, authenticated: true)
         case (.admitted, .sealed(let box)):
@@ -112,9 +137,16 @@ public struct GatewaySession: Sendable {
         }
     }
 
-    /// A sealed `ended` from the admitted session: the gateway's own word.
-    public mutating func ended(code: String, message: String) -> Action {
-        fail(code, message, authenticated: true)
+    /// A sealed `ended` from the admitted session: the gateway's own word, unless it judged
+    /// evidence other than what this worker last sent (altered on the way).
+    public mutating func ended(code: String, message: String, judged: Data?) -> Action {
+        if let judged, judged != reattestationSHA256 {
+            return fail(
+                ProtocolErrorCode.gatewayUnauthenticated.rawValue,
+                "the gateway judged evidence this worker did not send (\(code)): altered on the way",
+                authenticated: false)
+        }
+        return fail(code, message, authenticated: true)
     }
 
     mutating func fail(_ error: GatewayAuthenticationError) -> Action {
