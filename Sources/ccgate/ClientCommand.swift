@@ -50,6 +50,11 @@ struct ClientCommand: AsyncParsableCommand {
         var tpmEKRootFiles: [String] = []
         @Option(name: .customLong("dcap-root"), help: ArgumentHelp("A DCAP root replacing Intel's.", valueName: "PEM"))
         var dcapRoots: [String] = []
+        @Option(
+            help: ArgumentHelp(
+                "Use only workers whose evidence proves at least this: tdx, sgx, tpm-measured-boot or tpm-agent-log.",
+                valueName: "TIER"))
+        var minTier: String?
         @Option(help: ArgumentHelp("Seconds between verifications of the worker list.", valueName: "S"))
         var refreshSeconds = 30
         @Option(help: ArgumentHelp("Write `port=N` here once listening.", valueName: "FILE")) var portsFile: String?
@@ -81,6 +86,12 @@ struct ClientCommand: AsyncParsableCommand {
             configuration.tpmEKRoots = try tpmEKRoots(tpmEKRootFiles)
             if !dcapRoots.isEmpty { configuration.dcapRoots = try dcapRootFingerprints(dcapRoots) }
             configuration.refresh = .seconds(max(refreshSeconds, 1))
+            if let minTier {
+                guard let tier = AssuranceTier(rawValue: minTier) else {
+                    throw failure("--min-tier must be tdx, sgx, tpm-measured-boot or tpm-agent-log")
+                }
+                configuration.minimumTier = tier
+            }
             var logger = Logger(label: "ccgate.client")
             logger.logLevel = .info
             let proxy: ClientProxy

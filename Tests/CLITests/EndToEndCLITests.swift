@@ -246,5 +246,11 @@ import Testing
                 "http://127.0.0.1:\(strict.port)/v1/chat/completions",
             ])
         #expect(refused.stdout.hasSuffix("503") && refused.stdout.contains("no_verified_worker"), "\(refused.stdout)")
+
+        // A client that requires a TEE refuses a TPM worker whatever its policy says.
+        let tee = try ProxyProcess(
+            common + ["--policy", dir.file("client.yaml").path, "--min-tier", "tdx"], in: dir)
+        try #require(tee.port > 0, "the tier-requiring proxy did not start: \(tee.output)")
+        #expect(tee.output.contains("tier tpm-agent-log is below the required tdx"), "\(tee.output)")
     }
 }

@@ -168,6 +168,36 @@ import Testing
         #expect(engine.requestCount == 0, "a request reached the engine")
     }
 
+    /// A request may require a minimum assurance tier: only workers whose evidence proves it serve.
+    @Test func requestsCanRequireAMinimumTier() async throws {
+        let policy = GatewayHarness.policy(engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
+        let gateway = try await GatewayHarness(policy: policy)
+        let engine = try await FakeEngine(name: "tiered")
+        let worker = try await TestWorker(
+            id: "tiered", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
+        defer {
+            Task {
+                await worker.stop(); await engine.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await worker.admitted() else {
+            Issue.record("not admitted")
+            return
+        }
+        let chat = AdmissionFlowTests.chat
+        let tdx = try await gateway.request(
+            "/v1/chat/completions", method: "POST", body: chat, extra: ["-H", "ccgate-min-tier: tdx"])
+        #expect(tdx.status == 503 && tdx.body.contains("meets the tier tdx"), "\(tdx.body)")
+        let agent = try await gateway.request(
+            "/v1/chat/completions", method: "POST", body: chat, extra: ["-H", "ccgate-min-tier: tpm-agent-log"])
+        #expect(agent.status == 200)
+        let bad = try await gateway.request(
+            "/v1/chat/completions", method: "POST", body: chat, extra: ["-H", "ccgate-min-tier: gold"])
+        #expect(bad.status == 400)
+        #expect(engine.requestCount == 1)
+    }
+
     @Test func tiersFollowWhatTheEvidenceProves() {
         let agent = VerifiedClaims(pcrs: ["sha256": [23: "00"]], measuredFiles: [], fields: [:])
         #expect(AssuranceTier(format: "tpm2-quote", claims: agent) == .tpmAgentLog)

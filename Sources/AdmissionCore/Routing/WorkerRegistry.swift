@@ -90,12 +90,18 @@ public final class WorkerRegistry: Sendable {
     }
 
     /// The least-loaded admitted worker serving `model`, not among `excluding`.
-    public func pick(model: String, excluding: Set<String> = []) -> WorkerLink? {
+    /// `minimumTier`: only workers whose evidence proves at least that much.
+    public func pick(model: String, excluding: Set<String> = [], minimumTier: AssuranceTier? = nil) -> WorkerLink? {
         entries.withLock { e in
-            e.values.map(\.link)
+            e.values.filter { minimumTier.map($0.admission.facts.tier.meets) ?? true }.map(\.link)
                 .filter { $0.models.contains(model) && !excluding.contains($0.workerID) && !$0.isClosed }
                 .min { ($0.inFlight, $0.workerID) < ($1.inFlight, $1.workerID) }
         }
+    }
+
+    /// The assurance tier of a registered worker's current evidence.
+    public func tier(workerID: String) -> AssuranceTier? {
+        entries.withLock { $0[workerID]?.admission.facts.tier }
     }
 
     public var models: [String] {

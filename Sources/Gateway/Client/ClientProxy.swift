@@ -42,6 +42,8 @@ public final class ClientProxy: Sendable {
         public var tpmEKRoots: [Data] = EKRoots.pinnedDER
         public var dcapRoots: Set<String> = PinnedRoots.production
         public var refresh: Duration = .seconds(30)
+        /// Only workers whose evidence proves at least this tier are used.
+        public var minimumTier: AssuranceTier?
         public var clock: any AttestationClock = SystemClock()
 
         public init(gateway: URL, gatewayKey: Ed25519PublicKey, policy: PolicyDocument) {
@@ -142,6 +144,9 @@ public final class ClientProxy: Sendable {
         guard verdict.isAccepted, let facts = AttestedFacts(verdict) else {
             let reason = verdict.reasons.first.map { "\($0.code.rawValue): \($0.message)" } ?? "rejected"
             return .failure(ClientProxyError(reason))
+        }
+        if let minimum = configuration.minimumTier, !facts.tier.meets(minimum) {
+            return .failure(ClientProxyError("tier \(facts.tier.rawValue) is below the required \(minimum.rawValue)"))
         }
         return .success(VerifiedWorker(worker: worker, key: key, tier: facts.tier.rawValue))
     }

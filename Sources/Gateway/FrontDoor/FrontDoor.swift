@@ -8,6 +8,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import Policy
 
 /// The OpenAI-compatible API: `GET /v1/models`, `POST /v1/chat/completions`,
 /// `POST /v1/completions`. Requests go only to admitted workers serving the requested model,
@@ -75,8 +76,10 @@ public struct FrontDoor: Sendable {
         var request = request
         let body = Data(try await request.collectBody(upTo: maxBodySize).readableBytesView)
         let requestSHA256 = HashAlgorithm.sha256.hash(body).hex
+        let minimumTier = try Self.minimumTier(request)
         if request.headers[Self.e2eHeader] != nil {
-            return try await forwardSealed(body, path: path, requestSHA256: requestSHA256, logger: context.logger)
+            return try await forwardSealed(
+                body, path: path, requestSHA256: requestSHA256, minimumTier: minimumTier, logger: context.logger)
         }
         guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
             throw OpenAIError(.badRequest, "The request body must be a JSON object.")
@@ -96,7 +99,12 @@ public struct FrontDoor: Sendable {
         var tried = Set<String>()
         var lastFailure = "no admitted worker serves this model"
         for _ in 0..<maxAttempts {
-            guard let link = registry.pick(model: model, excluding: tried) else { break }
+            guard let link = registry.pick(model: model, excluding: tried, minimumTier: minimumTier) else {
+                if tried.isEmpty, let minimumTier {
+                    lastFailure = "no admitted worker serving this model meets the tier \(minimumTier.rawValue)"
+                }
+                break
+            }
             tried.insert(link.workerID)
             let id: UInt64
             let stream: AsyncThrowingStream<ChannelPayload, any Error>
@@ -146,6 +154,20 @@ public struct FrontDoor: Sendable {
         throw OpenAIError(
             .serviceUnavailable, "No admitted worker could serve the request (\(lastFailure)).", type: "server_error",
             code: "no_worker_available")
+    }
+
+    static let minimumTierHeader = HTTPField.Name("ccgate-min-tier")!
+
+    /// The request's `ccgate-min-tier` (tdx, sgx, tpm-measured-boot, tpm-agent-log), if any.
+    static func minimumTier(_ request: Request) throws -> AssuranceTier? {
+        guard let text = request.headers[minimumTierHeader] else { return nil }
+        guard let tier = AssuranceTier(rawValue: text.trimmingCharacters(in: .whitespaces)) else {
+            throw OpenAIError(
+                .badRequest,
+                "ccgate-min-tier must be one of \(AssuranceTier.allCases.map(\.rawValue).joined(separator: ", ")).",
+                param: "ccgate-min-tier")
+        }
+        return tier
     }
 
     /// A content type a response header can carry: 1–256 printable ASCII characters.

@@ -7,6 +7,7 @@ import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
+import Policy
 import Sealing
 import WorkerProtocol
 
@@ -22,13 +23,16 @@ extension FrontDoor {
     static let e2eHeader = HTTPField.Name(EndToEnd.header)!
     static let e2eContentTypeHeader = HTTPField.Name("ccgate-e2e-content-type")!
 
-    func forwardSealed(_ body: Data, path: String, requestSHA256: String, logger: Logger) async throws -> Response {
+    func forwardSealed(
+        _ body: Data, path: String, requestSHA256: String, minimumTier: AssuranceTier?, logger: Logger
+    ) async throws -> Response {
         guard let sealed = try? JSONDecoder().decode(EndToEnd.Request.self, from: body) else {
             throw OpenAIError(.badRequest, "A gateway-blind request must be a sealed request (ccgate-e2e: v1).")
         }
         // Sealed to one worker's key: only that session can serve it; no other worker is tried.
         guard let link = registry.link(sealed.worker), !link.isClosed, link.models.contains(sealed.model),
-            HashAlgorithm.sha256.hash(link.kemPublicKey).hex == sealed.keySHA256
+            HashAlgorithm.sha256.hash(link.kemPublicKey).hex == sealed.keySHA256,
+            minimumTier.map({ registry.tier(workerID: sealed.worker)?.meets($0) == true }) ?? true
         else {
             throw OpenAIError(
                 .serviceUnavailable,
