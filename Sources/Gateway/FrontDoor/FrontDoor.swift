@@ -81,21 +81,7 @@ public struct FrontDoor: Sendable {
             return try await forwardSealed(
                 body, path: path, requestSHA256: requestSHA256, minimumTier: minimumTier, logger: context.logger)
         }
-        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
-            throw OpenAIError(.badRequest, "The request body must be a JSON object.")
-        }
-        guard let model = object["model"] as? String, !model.isEmpty else {
-            throw OpenAIError(.badRequest, "'model' is required and must be a string.", param: "model")
-        }
-        guard object[required] != nil else {
-            throw OpenAIError(.badRequest, "'\(required)' is required.", param: required)
-        }
-        guard !registry.models.isEmpty, registry.models.contains(model) else {
-            throw OpenAIError(
-                .notFound, "The model '\(model)' is not served by any admitted worker.", code: "model_not_found",
-                param: "model")
-        }
-
+        let model = try servedModel(body, required: required)
         var tried = Set<String>()
         var lastFailure = "no admitted worker serves this model"
         for _ in 0..<maxAttempts {
@@ -154,6 +140,25 @@ public struct FrontDoor: Sendable {
         throw OpenAIError(
             .serviceUnavailable, "No admitted worker could serve the request (\(lastFailure)).", type: "server_error",
             code: "no_worker_available")
+    }
+
+    /// The model a plain request names, checked to be served; its other required field present.
+    func servedModel(_ body: Data, required: String) throws -> String {
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
+            throw OpenAIError(.badRequest, "The request body must be a JSON object.")
+        }
+        guard let model = object["model"] as? String, !model.isEmpty else {
+            throw OpenAIError(.badRequest, "'model' is required and must be a string.", param: "model")
+        }
+        guard object[required] != nil else {
+            throw OpenAIError(.badRequest, "'\(required)' is required.", param: required)
+        }
+        guard !registry.models.isEmpty, registry.models.contains(model) else {
+            throw OpenAIError(
+                .notFound, "The model '\(model)' is not served by any admitted worker.", code: "model_not_found",
+                param: "model")
+        }
+        return model
     }
 
     static let minimumTierHeader = HTTPField.Name("ccgate-min-tier")!
