@@ -41,14 +41,16 @@ extension AttestedFacts {
 extension AssuranceTier {
     public init(format: String, claims: VerifiedClaims) {
         switch format {
-        case "tdx-quote": self = .tdx
-        case "sgx-quote": self = .sgx
+        // A debug guest or enclave can be read by the host: no confidential tier for it.
+        case "tdx-quote" where claims.fields["debug"] == "false": self = .tdx
+        case "sgx-quote" where claims.fields["debug"] == "false": self = .sgx
         default:
-            let bootQuoted = claims.pcrs.values.contains { bank in (0...7).allSatisfy { bank[$0] != nil } }
             let kernelIMA = !claims.measuredFiles.isEmpty && claims.measuredFiles.allSatisfy { $0.pcr == 10 }
             self =
-                claims.fields["tpm.event_log"] == "replayed" && bootQuoted && kernelIMA
-                ? .tpmMeasuredBoot : .tpmAgentLog
+                claims.fields[Self.bootReplayedField] == "replayed" && kernelIMA ? .tpmMeasuredBoot : .tpmAgentLog
         }
     }
+
+    /// The claim TPMVerifier sets when PCRs 0–7 of one bank all replayed from the firmware log.
+    public static let bootReplayedField = "tpm.boot_pcrs"
 }

@@ -433,6 +433,14 @@ private struct TPMRun {
                     .eventLogReplayMismatch, "tpm.eventlog",
                     "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
         }
+        // A boot PCR the log never extends must still hold its reset value (zeros).
+        for (bank, values) in quoted {
+            for index in 0...7 where values[index].map({ $0.allSatisfy { $0 == 0 } }) == true {
+                if bootBanks[bank] != nil || log.replay().keys.contains(where: { $0.rawValue == bank }) {
+                    bootBanks[bank, default: []].insert(index)
+                }
+            }
+        }
         return mismatches.isEmpty && bootBanks.values.contains { $0.count == 8 }
     }
 

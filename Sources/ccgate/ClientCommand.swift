@@ -23,7 +23,10 @@ struct ClientCommand: AsyncParsableCommand {
                 routes ciphertext and never holds the prompt or the answer. Each answer must open in order, end with \
                 its final frame, and carry a receipt signed by the pinned gateway key (--gateway-key) over exactly \
                 the bytes received; otherwise a plain answer is refused (502) and a stream ends with an error event. \
-                The worker list is verified again every --refresh-seconds.
+                The worker list is verified again every --refresh-seconds. TPM workers are used only with \
+                --trust-gateway-activation: their AK is anchored by a credential activation the gateway ran and \
+                signed, so a gateway that lies about it could have prompts sealed to itself; TDX evidence needs no \
+                such statement.
 
                 The listening address must be loopback: what travels between the local client and this proxy is \
                 plaintext.
@@ -58,6 +61,15 @@ struct ClientCommand: AsyncParsableCommand {
         @Option(help: ArgumentHelp("Seconds between verifications of the worker list.", valueName: "S"))
         var refreshSeconds = 30
         @Option(help: ArgumentHelp("Write `port=N` here once listening.", valueName: "FILE")) var portsFile: String?
+        @Flag(
+            help:
+                "Believe the gateway's credential-activation records for TPM workers (otherwise only evidence that needs no gateway statement, e.g. TDX, is used)."
+        )
+        var trustGatewayActivation = false
+        @Flag(
+            help: "Talk to a non-loopback gateway over plain HTTP (its API key and answers cross the network in clear)."
+        )
+        var allowPlainHttp = false
 
         func run() async throws {
             guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
@@ -70,6 +82,11 @@ struct ClientCommand: AsyncParsableCommand {
             guard let base = URL(string: gateway.hasSuffix("/") ? String(gateway.dropLast()) : gateway),
                 base.scheme == "https" || base.scheme == "http"
             else { throw failure("--gateway must be an http(s) URL") }
+            if base.scheme == "http", !["127.0.0.1", "localhost", "::1", "[::1]"].contains(base.host ?? ""),
+                !allowPlainHttp
+            {
+                throw failure("--gateway \(gateway): plain HTTP to another machine (use https, or --allow-plain-http)")
+            }
             let document: PolicyDocument
             do { document = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: policy)) } catch {
                 throw failure("policy \(policy) is invalid:\n\(error)")
@@ -86,6 +103,7 @@ struct ClientCommand: AsyncParsableCommand {
             configuration.tpmEKRoots = try tpmEKRoots(tpmEKRootFiles)
             if !dcapRoots.isEmpty { configuration.dcapRoots = try dcapRootFingerprints(dcapRoots) }
             configuration.refresh = .seconds(max(refreshSeconds, 1))
+            configuration.trustGatewayActivation = trustGatewayActivation
             if let minTier {
                 guard let tier = AssuranceTier(rawValue: minTier) else {
                     throw failure("--min-tier must be tdx, sgx, tpm-measured-boot or tpm-agent-log")
@@ -98,7 +116,10 @@ struct ClientCommand: AsyncParsableCommand {
             do { proxy = try ClientProxy(configuration: configuration, logger: logger) } catch {
                 throw failure("\(error)")
             }
-            do { try await proxy.refresh() } catch { throw failure("the gateway: \(error)", status: 1) }
+            do { try await proxy.refresh() } catch {
+                await proxy.shutdown()
+                throw failure("the gateway: \(error)", status: 1)
+            }
             report(proxy)
             let portsFile = self.portsFile
             let app = Application(
@@ -111,6 +132,7 @@ struct ClientCommand: AsyncParsableCommand {
                     }
                 }, logger: logger)
             let (interval, log) = (configuration.refresh, logger)
+            defer { Task { await proxy.shutdown() } }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await app.runService() }
                 group.addTask {
@@ -124,7 +146,6 @@ struct ClientCommand: AsyncParsableCommand {
                 defer { group.cancelAll() }
                 try await group.next()
             }
-            await proxy.shutdown()
         }
 
         func report(_ proxy: ClientProxy) {

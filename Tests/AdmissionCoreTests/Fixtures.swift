@@ -107,6 +107,9 @@ final class TestConnection: WorkerConnection {
         }
         return nil
     }
+
+    /// The next message already sent, without waiting (nil: none left).
+    func nextSent() async -> WireMessage? { sent.withLock { $0.isEmpty ? nil : $0.removeFirst() } }
 }
 
 /// A refusal as the test worker heard it.

@@ -331,13 +331,15 @@ import WorkerProtocol
         let (id, _) = try link.startRequest(method: "POST", path: "/v1/completions", body: Data("{}".utf8))
         #expect(id == 1)
         link.end(code: "admin.evicted", message: "bye")
-        var written = [ChannelPayload]()
+        // The session's own writer drains the outbox onto a connection, then closes it.
+        let connection = TestConnection()
+        await WorkerSessionRunner.writer(link, outbox, connection).value
+        #expect(connection.closes.withLock { $0 } == 1)
         let opener = ChannelOpener(sessionKey: key, sessionID: "s", direction: .gatewayToWorker)
-        var iterator = outbox.makeAsyncIterator()
-        // The link finished the outbox when it ended: this loop ends.
-        while let payload = await iterator.next() {
-            guard link.mayStillSend(payload) else { continue }
-            written.append(try JSONDecoder().decode(ChannelPayload.self, from: opener.open(try link.seal(payload))))
+        var written = [ChannelPayload]()
+        while let message = await connection.nextSent() {
+            guard case .sealed(let box) = message else { continue }
+            written.append(try JSONDecoder().decode(ChannelPayload.self, from: opener.open(box)))
         }
         #expect(written == [.ended(code: "admin.evicted", message: "bye", judged: nil)])
     }

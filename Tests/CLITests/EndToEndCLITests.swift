@@ -102,8 +102,12 @@ import Testing
 
     /// How many times `marker` occurs in the file (bytes, as grep counts lines holding it).
     static func occurrences(of marker: String, in file: URL) throws -> Int {
-        let r = try ProcessRunner.run("bash", ["-c", "grep -c -a -F '\(marker)' '\(file.path)' || true"])
-        return Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        // grep exits 1 when it finds nothing, 2 when it cannot read: only the last is a failure.
+        let r = try ProcessRunner.run("grep", ["-c", "-a", "-F", marker, file.path])
+        guard r.status <= 1, let count = Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw GatewayProcess.GatewayProcessError(message: "grep \(file.path): \(r.stderr)")
+        }
+        return count
     }
 
     /// A core dump of the running process `pid` (gcore), while it serves.
@@ -174,7 +178,7 @@ import Testing
 
         let common = [
             "--gateway", api, "--gateway-key", gateway.keyFile.path, "--api-key-file", dir.file("api.key").path,
-            "--tpm-ek-root", SwtpmLocalCA.shared?.rootCertificate.path ?? "",
+            "--tpm-ek-root", SwtpmLocalCA.shared?.rootCertificate.path ?? "", "--trust-gateway-activation",
         ]
         let proxy = try ProxyProcess(common + ["--policy", dir.file("client.yaml").path], in: dir)
         try #require(proxy.port > 0, "the proxy did not start: \(proxy.output)")

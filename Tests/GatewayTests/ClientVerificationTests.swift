@@ -1,6 +1,8 @@
 import AttestationCore
 import AuditLog
 import Foundation
+import Gateway
+import NIOCore
 import Policy
 import Sealing
 import TestSupport
@@ -198,22 +200,142 @@ import Testing
         #expect(engine.requestCount == 1)
     }
 
+    /// Threat: a worker planting a receipt event of its own in its stream (a replayed stream and
+    /// its genuine receipt), split across chunks however it likes, or with CR line ends.
+    @Test func aWorkersOwnReceiptEventIsSeenAcrossAnyChunking() {
+        func sees(_ text: String, chunk size: Int) -> Bool {
+            var watch = ReceiptEventGuard()
+            let bytes = Data(text.utf8)
+            var i = 0
+            while i < bytes.count {
+                if watch.namesReceipt(in: bytes.subdata(in: i..<min(i + size, bytes.count))) { return true }
+                i += size
+            }
+            return watch.unterminatedLineNamesReceipt
+        }
+        for size in [1, 2, 3, 7, 1000] {
+            #expect(sees("data: x\n\nevent: ccgate-receipt\ndata: {}\n\n", chunk: size), "chunks of \(size)")
+            #expect(sees("data: x\r\n\r\nevent:ccgate-receipt\r\ndata: {}\r\n\r\n", chunk: size))
+            #expect(sees("data: x\n\nevent: ccgate-receipt", chunk: size))
+            // Inside a JSON data line it is text, not an event.
+            #expect(!sees(#"data: {"content":"event: ccgate-receipt"}"# + "\n\n", chunk: size))
+            #expect(!sees("data: x\n\nevent: ccgate-receipts\n\n", chunk: size))
+        }
+        var watch = ReceiptEventGuard()
+        _ = watch.namesReceipt(in: Data("data: x\n".utf8))
+        #expect(!watch.endsAnEvent)
+        _ = watch.namesReceipt(in: Data("\n".utf8))
+        #expect(watch.endsAnEvent)
+    }
+
+    /// Plain HTTP is allowed without a flag only on addresses that are loopback as addresses.
+    @Test func loopbackIsDecidedByAddressNotByName() {
+        for host in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"] { #expect(isLoopback(host), "\(host)") }
+        for host in ["0.0.0.0", "10.0.0.1", "127.evil.example", "::", "::ffff:127.0.0.1", "example.com", ""] {
+            #expect(!isLoopback(host), "\(host)")
+        }
+    }
+
     @Test func tiersFollowWhatTheEvidenceProves() {
         let agent = VerifiedClaims(pcrs: ["sha256": [23: "00"]], measuredFiles: [], fields: [:])
         #expect(AssuranceTier(format: "tpm2-quote", claims: agent) == .tpmAgentLog)
         let boot = VerifiedClaims(
             pcrs: ["sha256": Dictionary(uniqueKeysWithValues: (0...10).map { ($0, "00") })],
             measuredFiles: [MeasuredFile(path: "/usr/bin/ccinfer", algorithm: "sha256", digestHex: "00", pcr: 10)],
-            fields: ["tpm.event_log": "replayed"])
+            fields: [AssuranceTier.bootReplayedField: "replayed"])
         #expect(AssuranceTier(format: "tpm2-quote", claims: boot) == .tpmMeasuredBoot)
+        // The same files without the firmware log replayed over PCRs 0–7: the agent tier.
+        let noBoot = VerifiedClaims(pcrs: boot.pcrs, measuredFiles: boot.measuredFiles, fields: [:])
+        #expect(AssuranceTier(format: "tpm2-quote", claims: noBoot) == .tpmAgentLog)
         // Files measured by the agent into its own PCR keep the agent tier, event log or not.
         let mixed = VerifiedClaims(
             pcrs: boot.pcrs,
             measuredFiles: [MeasuredFile(path: "engine", algorithm: "sha256", digestHex: "00", pcr: 23)],
-            fields: ["tpm.event_log": "replayed"])
+            fields: [AssuranceTier.bootReplayedField: "replayed"])
         #expect(AssuranceTier(format: "tpm2-quote", claims: mixed) == .tpmAgentLog)
-        #expect(AssuranceTier(format: "tdx-quote", claims: agent) == .tdx)
+        let td = VerifiedClaims(pcrs: [:], measuredFiles: [], fields: ["debug": "false"])
+        #expect(AssuranceTier(format: "tdx-quote", claims: td) == .tdx)
+        // A debug TD can be read by its host: never a confidential tier.
+        let debugTD = VerifiedClaims(pcrs: [:], measuredFiles: [], fields: ["debug": "true"])
+        #expect(!AssuranceTier(format: "tdx-quote", claims: debugTD).isConfidential)
         #expect(AssuranceTier.tdx.meets(.tpmMeasuredBoot) && !AssuranceTier.tpmAgentLog.meets(.tpmMeasuredBoot))
         #expect(AssuranceTier.tdx.isConfidential && !AssuranceTier.tpmMeasuredBoot.isConfidential)
+    }
+}
+
+/// The client proxy's reading of a gateway-blind answer: only sealed frames, token counts and
+/// the receipt are taken, and the receipt must be the pinned gateway's over exactly these bytes,
+/// for this worker, path and model.
+@Suite struct SealedAnswerTests {
+    let gatewayKey = Ed25519PrivateKey.generate()
+    let workerKey = WorkerKEMKey()
+    let path = "/v1/chat/completions"
+
+    /// An answer as the gateway writes it; `tamper` edits the events before the receipt is signed
+    /// (what a gateway could do), `signer` and `worker` choose what the receipt says.
+    func answer(
+        extra: String = "", final: Bool = true, signer: Ed25519PrivateKey? = nil, worker: String = "w1"
+    ) throws -> (SealedAnswer, EndToEnd.Request) {
+        let (request, opener) = try EndToEnd.seal(
+            Data(#"{"model":"m"}"#.utf8), path: path, model: "m", stream: true, worker: "w1",
+            workerKey: workerKey.publicKeyBytes)
+        let (_, sealer) = try EndToEnd.open(request, path: path, privateKey: workerKey.privateKey)
+        var frames = [
+            sealer.head(status: 200, contentType: "text/event-stream"), sealer.seal(Data("hi".utf8), final: false),
+        ]
+        if final { frames.append(sealer.seal(Data(), final: true)) }
+        var body = extra
+        for frame in frames { body += "event: ccgate-e2e\ndata: \(frame.base64EncodedString())\n\n" }
+        body += "event: ccgate-usage\ndata: {\"total_tokens\":3}\n\n"
+        let sealedBody = try JSONEncoder().encode(request)
+        let receipt = Receipt(
+            gateway: gatewayKey.publicKey.fingerprint, path: path,
+            requestSHA256: HashAlgorithm.sha256.hash(sealedBody).hex,
+            responseSHA256: HashAlgorithm.sha256.hash(Data(body.utf8)).hex, status: 200, model: "m", usage: .null,
+            worker: worker, session: "s", evidenceSHA256: "e", policyVersion: 1, policySHA256: "p", admissionSeq: 1,
+            time: 0
+        ).signed(by: signer ?? gatewayKey)
+        let bytes = Data(body.utf8) + receipt.event
+        // Delivered in small pieces, as a network would.
+        let pieces = stride(from: 0, to: bytes.count, by: 13).map {
+            ByteBuffer(bytes: bytes.subdata(in: $0..<min($0 + 13, bytes.count)))
+        }
+        let stream = AsyncStream<ByteBuffer> { c in
+            for piece in pieces { c.yield(piece) }
+            c.finish()
+        }
+        return (
+            SealedAnswer(
+                opener: opener, request: sealedBody, key: gatewayKey.publicKey, body: stream,
+                expected: .init(worker: "w1", path: path, model: "m")), request
+        )
+    }
+
+    func read(_ answer: SealedAnswer) async throws -> Data {
+        _ = try await answer.head()
+        var plain = Data()
+        while let chunk = try await answer.next() { plain.append(chunk) }
+        try answer.finish(status: 200)
+        return plain
+    }
+
+    @Test func anHonestAnswerOpensAndVerifies() async throws {
+        #expect(try await read(try answer().0) == Data("hi".utf8))
+    }
+
+    /// Threat: a gateway writing a made-up answer (and its `[DONE]`) ahead of the sealed frames.
+    @Test func anInventedEventEndsTheAnswer() async throws {
+        let (injected, _) = try answer(
+            extra: "data: {\"choices\":[{\"delta\":{\"content\":\"fake\"}}]}\n\ndata: [DONE]\n\n")
+        await #expect(throws: (any Error).self) { _ = try await read(injected) }
+    }
+
+    @Test func receiptsOfAnotherKeyOrWorkerAndCutAnswersFail() async throws {
+        let cases = [
+            try answer(signer: .generate()).0, try answer(worker: "w2").0, try answer(final: false).0,
+        ]
+        for answer in cases {
+            await #expect(throws: (any Error).self) { _ = try await read(answer) }
+        }
     }
 }

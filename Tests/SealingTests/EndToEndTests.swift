@@ -20,6 +20,8 @@ import Testing
         #expect(request.ciphertext.range(of: Data("secret".utf8)) == nil)
         let (opened, sealer) = try EndToEnd.open(request, path: "/v1/chat/completions", privateKey: worker.privateKey)
         #expect(opened == body)
+        let head = sealer.head(status: 201, contentType: "text/event-stream")
+        #expect(try opener.openHead(head) == EndToEnd.Head(status: 201, contentType: "text/event-stream"))
         let frames = [
             sealer.seal(Data("a".utf8), final: false), sealer.seal(Data("b".utf8), final: false),
             sealer.seal(Data(), final: true),
@@ -54,12 +56,18 @@ import Testing
     @Test func answersOpenOnlyWholeAndInOrder() throws {
         let (request, opener) = try sealed()
         let (_, sealer) = try EndToEnd.open(request, path: "/v1/chat/completions", privateKey: worker.privateKey)
+        let head = sealer.head(status: 200, contentType: "application/json")
         let first = sealer.seal(Data("a".utf8), final: false)
         let second = sealer.seal(Data("b".utf8), final: false)
         let last = sealer.seal(Data(), final: true)
 
         let (_, otherClient) = try sealed()
-        #expect(throws: EndToEnd.Failure.self) { try otherClient.open(first) }
+        #expect(throws: EndToEnd.Failure.self) { try otherClient.openHead(head) }
+        #expect(throws: EndToEnd.Failure.self) { try opener.open(first) }  // before the head
+        var kindFlipped = head
+        kindFlipped[kindFlipped.count - 1] ^= 1
+        #expect(throws: EndToEnd.Failure.self) { try opener.openHead(kindFlipped) }
+        _ = try opener.openHead(head)
 
         #expect(throws: EndToEnd.Failure.self) { try opener.open(second) }
         #expect(try opener.open(first) == Data("a".utf8))
@@ -67,10 +75,31 @@ import Testing
         var flipped = second
         flipped[flipped.count - 1] ^= 1
         #expect(throws: EndToEnd.Failure.self) { try opener.open(flipped) }
+        // The kind byte is authenticated: a data frame passed off as the final one fails.
+        var finalized = second
+        finalized[0] = 1
+        #expect(throws: EndToEnd.Failure.self) { try opener.open(finalized) }
         #expect(try opener.open(second) == Data("b".utf8))
         #expect(throws: EndToEnd.Failure.truncated) { try opener.finish() }
         #expect(try opener.open(last).isEmpty)
         try opener.finish()
         #expect(throws: EndToEnd.Failure.outOfOrder) { try opener.open(second) }
+    }
+
+    /// Threat: a gateway replaying a sealed request so that the worker answers twice under one
+    /// key and nonce sequence. Each answer draws its own salt: the same plaintext seals to
+    /// different frames, and one answer's frames do not open under the other's head.
+    @Test func aReplayedRequestIsAnsweredUnderAFreshKey() throws {
+        let (request, opener) = try sealed()
+        let (_, one) = try EndToEnd.open(request, path: "/v1/chat/completions", privateKey: worker.privateKey)
+        let (_, two) = try EndToEnd.open(request, path: "/v1/chat/completions", privateKey: worker.privateKey)
+        let headOne = one.head(status: 200, contentType: "application/json")
+        let headTwo = two.head(status: 200, contentType: "application/json")
+        let frameOne = one.seal(Data("same answer".utf8), final: true)
+        let frameTwo = two.seal(Data("same answer".utf8), final: true)
+        #expect(headOne != headTwo && frameOne != frameTwo)
+        _ = try opener.openHead(headOne)
+        #expect(throws: EndToEnd.Failure.self) { try opener.open(frameTwo) }
+        #expect(try opener.open(frameOne) == Data("same answer".utf8))
     }
 }

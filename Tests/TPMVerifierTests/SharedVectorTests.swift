@@ -45,5 +45,12 @@ import Testing
             envelopeData: data, expectedNonce: Data(), at: at)
         #expect(loose.isAccepted, "\(loose.reasons)")
         #expect(loose.passedChecks.contains { $0.hasPrefix("event log:") })
+        // A real firmware log replaying over every boot PCR: the fact a measured-boot tier needs.
+        #expect(loose.claims?.fields["tpm.boot_pcrs"] == "replayed")
+        // The shared swtpm-style vectors carry no firmware log: no such fact.
+        if let plain = try? SharedTestData.data("tpm/swtpm-ecc-sha256.json") {
+            let verdict = TPMQuoteVerifier().verify(envelopeData: plain, expectedNonce: nil, at: at)
+            #expect(verdict.claims?.fields["tpm.boot_pcrs"] == nil)
+        }
     }
 }

@@ -66,15 +66,24 @@ public final class FakeTDXModule: @unchecked Sendable {
         while !stopped.load(ordering: .relaxed) {
             var p = pollfd(fd: fifo, events: Int16(POLLIN), revents: 0)
             guard poll(&p, 1, 20) > 0 else { continue }
-            let n = read(fifo, &buffer, buffer.count)
-            guard n > 0 else { continue }
-            pending += buffer[0..<n]
-            while pending.count >= 48 {
-                let digest = Data(pending.prefix(48))
-                pending.removeFirst(48)
-                rtmr3.withLock { $0 = HashAlgorithm.sha384.extend($0, with: digest) }
+            // Read and extend under the register's lock: a quote never sees a write half-applied.
+            rtmr3.withLock { register in
+                let n = read(fifo, &buffer, buffer.count)
+                guard n > 0 else { return }
+                pending += buffer[0..<n]
+                while pending.count >= 48 {
+                    register = HashAlgorithm.sha384.extend(register, with: Data(pending.prefix(48)))
+                    pending.removeFirst(48)
+                }
             }
         }
+    }
+
+    /// Bytes written to the register file and not read yet (FIONREAD).
+    private var unreadExtensionBytes: Int32 {
+        var available: Int32 = 0
+        _ = ioctl(fifo, 0x541B, &available)
+        return available
     }
 
     private func answerReports() {
@@ -87,6 +96,10 @@ public final class FakeTDXModule: @unchecked Sendable {
                 guard let data = FileManager.default.contents(atPath: inblob), data.count == 64,
                     (FileManager.default.contents(atPath: outblob) ?? Data()).isEmpty
                 else { continue }
+                // The guest driver extends synchronously: the writes made before this quote was
+                // asked for are in the register before it is read (a loaded machine may not have
+                // run the reader yet).
+                while unreadExtensionBytes > 0 { usleep(1_000) }
                 var w = world
                 w.reportData = [UInt8](data)
                 w.rtmrs = [

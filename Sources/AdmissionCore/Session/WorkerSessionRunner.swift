@@ -255,7 +255,7 @@ public struct WorkerSessionRunner: Sendable {
 
     /// Writes the outbox in order, sealing each payload as it goes (so sequence numbers follow the
     /// wire); closes the connection when the link closes its outbox, after the farewell.
-    static func writer(
+    package static func writer(
         _ link: WorkerLink, _ outbox: AsyncStream<ChannelPayload>, _ connection: some WorkerConnection
     ) -> Task<Void, Never> {
         Task {

@@ -44,6 +44,10 @@ public final class ClientProxy: Sendable {
         public var refresh: Duration = .seconds(30)
         /// Only workers whose evidence proves at least this tier are used.
         public var minimumTier: AssuranceTier?
+        /// Believe the gateway's credential-activation records for TPM workers. Off by default: a
+        /// gateway that signs a record for a key of its own could pass a software AK off as a
+        /// TPM's and have prompts sealed to itself; TEE evidence needs no such statement.
+        public var trustGatewayActivation = false
         public var clock: any AttestationClock = SystemClock()
 
         public init(gateway: URL, gatewayKey: Ed25519PublicKey, policy: PolicyDocument) {
@@ -67,6 +71,8 @@ public final class ClientProxy: Sendable {
     private let catalog = Mutex<[String: [VerifiedWorker]]>([:])
     /// Why each refused worker was refused, at the last refresh (worker → reason).
     private let refusals = Mutex<[String: String]>([:])
+    /// When the worker list was last refreshed because the gateway said a worker was gone.
+    private let lastEarlyRefresh = Mutex<ContinuousClock.Instant?>(nil)
 
     public init(configuration: Configuration, logger: Logger = Logger(label: "ccgate.client")) throws {
         self.configuration = configuration
@@ -88,6 +94,18 @@ public final class ClientProxy: Sendable {
 
     public var verified: [String: [VerifiedWorker]] { catalog.withLock { $0 } }
     public var refused: [String: String] { refusals.withLock { $0 } }
+
+    /// Refreshes the worker list now unless that was done in the last 5 seconds (a gateway cannot
+    /// make every request cost a full verification round).
+    func refreshSoon() async {
+        let now = ContinuousClock.now
+        let due = lastEarlyRefresh.withLock { last -> Bool in
+            guard last.map({ now - $0 > .seconds(5) }) ?? true else { return false }
+            last = now
+            return true
+        }
+        if due { try? await refresh() }
+    }
 
     // MARK: Verification
 
@@ -137,7 +155,9 @@ public final class ClientProxy: Sendable {
         let verification = EvidenceVerification(
             policy: configuration.policy, scope: .all, dcapRoots: configuration.dcapRoots,
             tpmIdentity: TPMIdentityTrust(
-                ekRoots: configuration.tpmEKRoots, activation: .records(trustedKeys: [configuration.gatewayKey])))
+                ekRoots: configuration.tpmEKRoots,
+                activation: .records(
+                    trustedKeys: configuration.trustGatewayActivation ? [configuration.gatewayKey] : [])))
         let verdict = verification.verify(
             envelopeData: envelope, expectedNonce: attestationBinding(nonce: nonce, workerPublicKeys: key),
             at: configuration.clock.now())

@@ -62,88 +62,191 @@ extension ClientProxy {
         if let key { upstream.headers.add(name: "Authorization", value: "Bearer \(key)") }
         upstream.body = .bytes(ByteBuffer(bytes: sealedBody))
         let response = try await http.execute(upstream, timeout: .seconds(600))
-        guard response.status == .ok || response.headers.first(name: "ccgate-e2e-content-type") != nil else {
-            // The gateway's own refusal (no worker, bad key): passed on as it came.
-            let text = try await response.body.collect(upTo: 1 << 20)
-            if response.status.code == 503 { try? await refresh() }
-            var headers = HTTPFields()
-            headers[.contentType] = response.headers.first(name: "content-type") ?? "application/json"
-            return Response(
-                status: .init(code: Int(response.status.code)), headers: headers, body: .init(byteBuffer: text))
+        guard response.status == .ok, response.headers.first(name: "ccgate-e2e-content-type") != nil else {
+            throw try await refusal(response)
         }
+        let answer = SealedAnswer(
+            opener: opener, request: sealedBody, key: configuration.gatewayKey, body: response.body,
+            expected: .init(worker: worker.worker, path: path, model: model))
+        let head: EndToEnd.Head
+        do { head = try await answer.head() } catch {
+            throw OpenAIError(.badGateway, "\(error)", type: "server_error", code: "e2e_unverified")
+        }
+        // What the client is told comes from what it verified and what the worker sealed.
         var headers = HTTPFields()
-        headers[.contentType] = response.headers.first(name: "ccgate-e2e-content-type") ?? "application/json"
-        for name in ["ccgate-worker", "ccgate-policy"] {
-            if let value = response.headers.first(name: name) { headers[HTTPField.Name(name)!] = value }
-        }
+        headers[.contentType] = head.contentType
+        headers[HTTPField.Name("ccgate-worker")!] = worker.worker
         headers[HTTPField.Name("ccgate-e2e-tier")!] = worker.tier
-        let reader = SealedAnswer(
-            opener: opener, request: sealedBody, key: configuration.gatewayKey, body: response.body, logger: logger)
-        let status = HTTPResponse.Status(code: Int(response.status.code))
+        let status = HTTPResponse.Status(code: head.status)
         if stream {
             return Response(
                 status: status, headers: headers,
                 body: ResponseBody { writer in
-                    let problem = try await reader.read { plain in try await writer.write(ByteBuffer(bytes: plain)) }
-                    if let problem {
-                        let event = OpenAIError.body(message: problem, type: "server_error", code: "e2e_unverified")
-                        try await writer.write(ByteBuffer(bytes: Data("data: ".utf8) + event + Data("\n\n".utf8)))
-                    }
-                    try await writer.finish(nil)
+                    try await Self.relay(answer, to: &writer)
                 })
         }
         var plain = Data()
-        if let problem = try await reader.read({ plain.append($0) }) {
-            throw OpenAIError(.badGateway, problem, type: "server_error", code: "e2e_unverified")
+        do {
+            while let chunk = try await answer.next() {
+                plain.append(chunk)
+                guard plain.count <= 4 << 20 else { throw ClientProxyError("an answer over 4 MiB") }
+            }
+            try answer.finish(status: head.status)
+        } catch {
+            throw OpenAIError(.badGateway, "\(error)", type: "server_error", code: "e2e_unverified")
         }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: plain)))
+    }
+
+    /// Writes an opened stream through, one chunk behind: the last chunk (with the engine's
+    /// `[DONE]`) goes out only once the answer ended whole and its receipt verified, so that an
+    /// SDK that stops at `[DONE]` sees a failure as an error event instead of never.
+    static func relay(_ answer: SealedAnswer, to writer: inout any ResponseBodyWriter) async throws {
+        var pending: Data?
+        do {
+            while let chunk = try await answer.next() {
+                if let pending { try await writer.write(ByteBuffer(bytes: pending)) }
+                pending = chunk
+            }
+            try answer.finish(status: nil)
+            if let pending { try await writer.write(ByteBuffer(bytes: pending)) }
+        } catch {
+            let event = OpenAIError.body(message: "\(error)", type: "server_error", code: "e2e_unverified")
+            try await writer.write(ByteBuffer(bytes: Data("data: ".utf8) + event + Data("\n\n".utf8)))
+        }
+        try await writer.finish(nil)
+    }
+
+    /// A gateway answer that is not a gateway-blind answer: its refusals (4xx, 5xx) are passed on
+    /// as this proxy's own error, never as the gateway's bytes; anything else is a 502.
+    func refusal(_ response: HTTPClientResponse) async throws -> OpenAIError {
+        let code = Int(response.status.code)
+        let text = (try? await response.body.collect(upTo: 1 << 16)).map { String(buffer: $0) } ?? ""
+        if code == 503 { await refreshSoon() }
+        guard (400...599).contains(code) else {
+            return OpenAIError(
+                .badGateway, "The gateway answered HTTP \(code) without a sealed answer.", type: "server_error",
+                code: "e2e_unverified")
+        }
+        let message = (try? JSONDecoder().decode(JSONValue.self, from: Data(text.utf8)))?.object?["error"]?.object?[
+            "message"]?.string
+        return OpenAIError(
+            .init(code: code), "The gateway refused the request: \(message ?? "HTTP \(code)")", type: "server_error",
+            code: "gateway_refused")
     }
 }
 
 /// Reads a gateway-blind answer: server-sent events of sealed frames, token counts and the
-/// receipt. Hands each opened frame to `emit`; returns a problem (unopened frame, missing end,
-/// receipt not verifying) or nil.
-struct SealedAnswer {
+/// receipt, and nothing else. The head first (``head()``), then the opened chunks (``next()``),
+/// then ``finish(status:)``: the final frame came, and the receipt verifies under the pinned key
+/// over exactly the bytes received, naming the worker, path and model this request was sealed for.
+///
+/// Threat: a gateway (or a network over plain HTTP) inventing events, e.g. a fake answer and its
+/// `[DONE]` ahead of the real frames. Any event other than the three kinds ends the answer.
+package final class SealedAnswer: @unchecked Sendable {
+    package struct Expected {
+        let worker: String
+        let path: String
+        let model: String
+        package init(worker: String, path: String, model: String) {
+            self.worker = worker
+            self.path = path
+            self.model = model
+        }
+    }
     let opener: EndToEnd.ResponseOpener
     let request: Data
     let key: Ed25519PublicKey
-    let body: HTTPClientResponse.Body
-    let logger: Logger
+    let expected: Expected
+    private let pull: () async throws -> ByteBuffer?
+    private var buffer = Data()
+    private var hasher = SHA256()
+    private var receipt: SignedReceipt?
+    private var sealedStatus: Int?
 
-    func read(_ emit: (Data) async throws -> Void) async throws -> String? {
-        var buffer = Data()
-        var covered = Data()
-        var receipt: SignedReceipt?
-        for try await part in body {
-            buffer.append(contentsOf: part.readableBytesView)
-            guard buffer.count <= 8 << 20 else { return "an event larger than 8 MiB" }
-            while let end = buffer.range(of: Data("\n\n".utf8)) {
-                let event = Data(buffer[buffer.startIndex..<end.upperBound])
+    package init<Body: AsyncSequence & Sendable>(
+        opener: EndToEnd.ResponseOpener, request: Data, key: Ed25519PublicKey, body: Body, expected: Expected
+    ) where Body.Element == ByteBuffer {
+        self.opener = opener
+        self.request = request
+        self.key = key
+        self.expected = expected
+        let box = IteratorBox(body.makeAsyncIterator())
+        pull = { try await box.next() }
+    }
+
+    /// The body's iterator, advanced by one reader at a time.
+    final class IteratorBox<I: AsyncIteratorProtocol>: @unchecked Sendable {
+        var iterator: I
+        init(_ iterator: I) { self.iterator = iterator }
+        func next() async throws -> I.Element? { try await iterator.next() }
+    }
+
+    /// The next event: its name and data; nil at the end of the body.
+    private func event() async throws -> (name: String?, data: Data, raw: Data)? {
+        while true {
+            if let end = buffer.range(of: Data("\n\n".utf8)) {
+                let raw = Data(buffer[buffer.startIndex..<end.upperBound])
                 buffer = Data(buffer[end.upperBound...])
-                let (name, data) = Self.parse(event)
-                if name == SignedReceipt.eventName {
-                    receipt = try? SignedReceipt(text: String(decoding: data, as: UTF8.self))
-                    continue
+                let (name, data) = Self.parse(raw)
+                return (name, data, raw)
+            }
+            guard let part = try await pull() else { return nil }
+            buffer.append(contentsOf: part.readableBytesView)
+            guard buffer.count <= 8 << 20 else { throw ClientProxyError("an event larger than 8 MiB") }
+        }
+    }
+
+    /// The next frame's bytes, hashing what the receipt must cover; nil once the receipt came.
+    private func frame() async throws -> Data? {
+        while let (name, data, raw) = try await event() {
+            switch name {
+            case SignedReceipt.eventName?:
+                receipt = try? SignedReceipt(text: String(decoding: data, as: UTF8.self))
+                guard receipt != nil else { throw ClientProxyError("the receipt is malformed") }
+                return nil
+            case EndToEnd.frameEvent?:
+                hasher.update(data: raw)
+                guard receipt == nil, let frame = Data(base64Encoded: data) else {
+                    throw ClientProxyError("a frame that is not base64, or after the receipt")
                 }
-                covered.append(event)
-                switch name {
-                case EndToEnd.frameEvent:
-                    guard let frame = Data(base64Encoded: data) else { return "a frame that is not base64" }
-                    do { try await emit(try opener.open(frame)) } catch { return "the answer: \(error)" }
-                case EndToEnd.usageEvent: continue
-                default:
-                    // The gateway's own error event (the worker failed): passed on as it is.
-                    if !data.isEmpty { try await emit(Data("data: ".utf8) + data + Data("\n\n".utf8)) }
-                }
+                return frame
+            case EndToEnd.usageEvent?:
+                hasher.update(data: raw)
+            default:
+                throw ClientProxyError("the gateway sent an event that is not part of a sealed answer")
             }
         }
-        do { try opener.finish() } catch { return "the answer: \(error)" }
-        guard let receipt else { return "the answer carries no receipt" }
-        do { try receipt.verify(key: key, response: covered, request: request) } catch {
-            logger.error("receipt does not verify", metadata: ["error": "\(error)"])
-            return "the receipt does not verify: \(error)"
-        }
         return nil
+    }
+
+    package func head() async throws -> EndToEnd.Head {
+        guard let frame = try await frame() else { throw ClientProxyError("the answer has no head") }
+        let head = try opener.openHead(frame)
+        sealedStatus = head.status
+        return head
+    }
+
+    package func next() async throws -> Data? {
+        guard let frame = try await frame() else { return nil }
+        return try opener.open(frame)
+    }
+
+    package func finish(status: Int?) throws {
+        try opener.finish()
+        guard let receipt else { throw ClientProxyError("the answer carries no receipt") }
+        do { try receipt.verify(key: key, request: request) } catch {
+            throw ClientProxyError("the receipt does not verify: \(error)")
+        }
+        let r = receipt.receipt
+        guard r.responseSHA256 == Data(hasher.finalize()).hex else {
+            throw ClientProxyError("the receipt does not cover the answer received")
+        }
+        guard r.worker == expected.worker, r.path == expected.path, r.model == expected.model,
+            r.status == sealedStatus
+        else {
+            throw ClientProxyError("the receipt names another worker, path, model or status than this answer's")
+        }
     }
 
     /// The event's name and its data (one `data:` line per event here).

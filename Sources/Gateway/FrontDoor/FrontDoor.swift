@@ -212,19 +212,15 @@ public struct FrontDoor: Sendable {
             var finished = false
             var hasher = SHA256()
             var counts = UsageScan()
-            var tail = Data()
+            var watch = ReceiptEventGuard()
             defer { if !finished { link.cancel(id) } }
             do {
                 while let event = try await iterator.next() {
                     switch event {
                     case .data(_, let bytes):
-                        // The marker may straddle chunks: search the previous chunk's tail too.
-                        let window = tail + bytes.prefix(Self.receiptMarker.count + 64)
-                        guard window.range(of: Self.receiptMarker) == nil, bytes.range(of: Self.receiptMarker) == nil
-                        else {
+                        guard !watch.namesReceipt(in: bytes) else {
                             throw WorkerFailure(message: "the worker's stream carries a receipt event of its own")
                         }
-                        tail = Data(bytes.suffix(Self.receiptMarker.count))
                         hasher.update(data: bytes)
                         counts.scan(bytes)
                         try await writer.write(ByteBuffer(bytes: bytes))
@@ -235,6 +231,9 @@ public struct FrontDoor: Sendable {
                     if finished { break }
                 }
                 finished = true
+                if watch.unterminatedLineNamesReceipt {
+                    throw WorkerFailure(message: "the worker's stream carries a receipt event of its own")
+                }
             } catch let failure as WorkerFailure {
                 finished = true
                 logger.notice(
@@ -248,7 +247,7 @@ public struct FrontDoor: Sendable {
                 try await writer.write(ByteBuffer(bytes: bytes))
             }
             // The receipt starts an event of its own, whatever the worker's last bytes were.
-            if !tail.isEmpty, !tail.suffix(2).elementsEqual([0x0A, 0x0A]) {
+            if !watch.endsAnEvent {
                 let separator = Data("\n\n".utf8)
                 hasher.update(data: separator)
                 try await writer.write(ByteBuffer(bytes: separator))
@@ -314,7 +313,51 @@ public struct FrontDoor: Sendable {
         counts.flatMap { try? JSONDecoder().decode(JSONValue.self, from: $0) } ?? .null
     }
 
-    static let receiptMarker = Data("event: \(SignedReceipt.eventName)".utf8)
+}
+
+/// Watches a worker's event stream, line by line across chunks, for an `event:` line naming the
+/// gateway's receipt event (`event:ccgate-receipt` or `event: ccgate-receipt`, lines ended by LF,
+/// CR or CRLF). Only lines that start an event line can name it: text inside a JSON data line
+/// cannot (JSON escapes line breaks).
+package struct ReceiptEventGuard {
+    package init() {}
+    static let names: Set<Data> = [
+        Data("event:\(SignedReceipt.eventName)".utf8), Data("event: \(SignedReceipt.eventName)".utf8),
+    ]
+    /// The current line so far, while it is short enough to be such a line.
+    private var line = Data()
+    private var tooLong = false
+    private var lastTwo = Data()
+
+    /// Whether `chunk` completes a line naming the receipt event.
+    package mutating func namesReceipt(in chunk: Data) -> Bool {
+        lastTwo = Data((lastTwo + chunk.suffix(2)).suffix(2))
+        var start = chunk.startIndex
+        while let end = chunk[start...].firstIndex(where: { $0 == 0x0A || $0 == 0x0D }) {
+            extend(chunk[start..<end])
+            if !tooLong, Self.names.contains(line) { return true }
+            line.removeAll()
+            tooLong = false
+            start = chunk.index(after: end)
+        }
+        extend(chunk[start...])
+        return false
+    }
+
+    private mutating func extend(_ part: Data.SubSequence) {
+        guard !tooLong else { return }
+        if line.count + part.count > 32 {
+            tooLong = true
+            line.removeAll()
+        } else {
+            line.append(contentsOf: part)
+        }
+    }
+
+    /// Whether the stream's last, unterminated line would name the receipt once ended.
+    package var unterminatedLineNamesReceipt: Bool { !tooLong && Self.names.contains(line) }
+    /// Whether the stream so far ends an event (a blank line), so the next bytes start one.
+    package var endsAnEvent: Bool { lastTwo.isEmpty || lastTwo == Data("\n\n".utf8) }
 }
 
 /// Hands the response iterator from the request handler to the body writer. The two run one

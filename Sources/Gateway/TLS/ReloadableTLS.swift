@@ -89,7 +89,17 @@ struct ReloadableTLSChannel<Base: ServerChildChannel>: ServerChildChannel {
     }
 }
 
-/// Whether `host` is a loopback address (where plain HTTP is allowed without a flag).
-func isLoopback(_ host: String) -> Bool {
-    ["127.0.0.1", "::1", "localhost", "[::1]"].contains(host) || host.hasPrefix("127.")
+/// Whether `host` is a loopback address (where plain HTTP is allowed without a flag): `localhost`,
+/// an IPv4 address in 127.0.0.0/8 or `::1`, parsed as addresses (a name like `127.evil.example`
+/// is not one).
+package func isLoopback(_ host: String) -> Bool {
+    if host == "localhost" { return true }
+    var v4 = in_addr()
+    if inet_pton(AF_INET, host, &v4) == 1 { return UInt32(bigEndian: v4.s_addr) >> 24 == 127 }
+    var v6 = in6_addr()
+    let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+    if inet_pton(AF_INET6, bare, &v6) == 1 {
+        return withUnsafeBytes(of: &v6) { Array($0) } == [UInt8](repeating: 0, count: 15) + [1]
+    }
+    return false
 }

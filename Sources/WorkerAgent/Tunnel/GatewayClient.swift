@@ -300,24 +300,39 @@ public final class GatewayClient: Sendable {
         }
     }
 
-    /// A gateway-blind request: opened with this worker's key, forwarded to the engine, and
-    /// answered in frames sealed for the client (the gateway sees the status, the content type,
-    /// the token counts and ciphertext).
+    /// A gateway-blind request: opened with this worker's key, checked against its authenticated
+    /// routing fields, forwarded to the engine, and answered in frames sealed for the client (the
+    /// gateway sees the status, the content type, the token counts and ciphertext; the client
+    /// takes status and content type from the sealed head).
     func serveSealed(id: UInt64, path: String, envelope: Data, in session: Session) async {
         let body: Data
         let sealer: EndToEnd.ResponseSealer
         do {
             let request = try JSONDecoder().decode(EndToEnd.Request.self, from: envelope)
             (body, sealer) = try EndToEnd.open(request, path: path, privateKey: kem.privateKey)
+            // Threat: a client routing (and billing) under one model while the body asks another.
+            let object = try JSONSerialization.jsonObject(with: body) as? [String: Any]
+            guard object?["model"] as? String == request.model,
+                (object?["stream"] as? Bool ?? false) == request.stream,
+                configuration.models.contains(request.model)
+            else {
+                try? session.send(.failure(id: id, message: "e2e: the sealed body does not match its routing fields"))
+                return
+            }
         } catch {
-            try? session.send(.failure(id: id, message: "e2e: the sealed request does not open: \(error)"))
+            try? session.send(.failure(id: id, message: "e2e: the sealed request does not open"))
             return
         }
         var counts = UsageScan()
+        var headSent = false
         do {
             try await engine.send(
                 method: "POST", path: path, body: body,
-                onHead: { status, type in try session.send(.head(id: id, status: status, contentType: type)) },
+                onHead: { status, type in
+                    headSent = true
+                    try session.send(.head(id: id, status: status, contentType: type))
+                    try session.send(.data(id: id, bytes: sealer.head(status: status, contentType: type)))
+                },
                 onData: { data in
                     counts.scan(data)
                     var offset = 0
@@ -328,6 +343,10 @@ public final class GatewayClient: Sendable {
                         offset = end
                     }
                 })
+            guard headSent else {
+                try session.send(.failure(id: id, message: "engine: no response head"))
+                return
+            }
             try session.send(.data(id: id, bytes: sealer.seal(Data(), final: true)))
             if let usage = counts.found { try session.send(.usage(id: id, counts: usage)) }
             try session.send(.end(id: id))
