@@ -141,6 +141,16 @@ import Testing
                 "--token-file", gateway.data.appendingPathComponent("admin.token").path,
             ])
         #expect(admin.status == 0 && admin.stdout.contains("tls-worker"), "\(admin.stderr)")
+        // The official openai SDK, unchanged, over TLS: it trusts the local CA through SSL_CERT_FILE.
+        let env = try ReferenceEnvironment.shared.get()
+        let sdk = try await ProcessRunner.run(
+            env.python.path,
+            [
+                "-c",
+                "import sys; from openai import OpenAI; print(','.join(m.id for m in OpenAI(base_url=sys.argv[1], api_key='crash-test-key', max_retries=0).models.list()))",
+                "https://127.0.0.1:\(api)/v1",
+            ], environment: ["SSL_CERT_FILE": ca.path])
+        #expect(sdk.status == 0 && sdk.stdout.contains("fake"), "\(sdk.stderr)")
         // Without the CA the certificate is not trusted; plain HTTP to the TLS port gets nothing.
         #expect(try await ProcessRunner.run("curl", ["-s", "https://127.0.0.1:\(api)/v1/models"]).status != 0)
         let plain = try await ProcessRunner.run(

@@ -27,7 +27,7 @@ import WorkerProtocol
             id: "w1", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: Self.engine, model: Self.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -62,7 +62,7 @@ import WorkerProtocol
             id: "evil", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: tampered, model: Self.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -89,7 +89,7 @@ import WorkerProtocol
         let tpm = try Swtpm.start()
         defer { tpm.stop() }
         let (attestor, _) = try measuredAttestor(on: tpm, engine: Self.engine, model: Self.model)
-        defer { Task { await gateway.stop() } }
+        defer { Teardown.after { await gateway.stop() } }
 
         let ourKey = WorkerKEMKey()
         // 1. Old nonce: a quote made for an earlier challenge.
@@ -133,7 +133,7 @@ import WorkerProtocol
         )
         guard case .success = await a.admitted() else { Issue.record("a not admitted"); return }
         defer {
-            Task {
+            Teardown.after {
                 await a.stop(); await slow.stop(); await healthy.stop(); await gateway.stop()
             }
         }
@@ -158,7 +158,7 @@ import WorkerProtocol
             id: "b-healthy", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: healthy.port,
             engine: Self.engine,
             model: Self.model)
-        defer { Task { await b.stop() } }
+        defer { Teardown.after { await b.stop() } }
         guard case .success = await b.admitted() else { Issue.record("b not admitted"); return }
         let next = try await gateway.request("/v1/chat/completions", method: "POST", body: Self.chat)
         #expect(next.status == 200)
@@ -183,7 +183,7 @@ import WorkerProtocol
             engine: Self.engine,
             model: Self.model)
         defer {
-            Task {
+            Teardown.after {
                 await dead.stop(); await good.stop(); await healthy.stop(); await gateway.stop()
             }
         }

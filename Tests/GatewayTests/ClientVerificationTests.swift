@@ -39,7 +39,7 @@ import Testing
             id: "listed", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -89,7 +89,7 @@ import Testing
             id: "receipted", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -149,7 +149,7 @@ import Testing
             id: "blind", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -179,7 +179,7 @@ import Testing
             id: "tiered", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }

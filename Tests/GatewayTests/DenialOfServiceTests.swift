@@ -38,7 +38,7 @@ import WorkerProtocol
     @Test func tenThousandGarbageAdmissionsStayWithinTwentyMegabytes() async throws {
         let gateway = try await GatewayHarness(
             policy: GatewayHarness.policy(engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model))
-        defer { Task { await gateway.stop() } }
+        defer { Teardown.after { await gateway.stop() } }
         let before = Self.size(of: gateway.dataDirectory)
         let port = gateway.workerPort
         let refused = Counter()
@@ -73,7 +73,7 @@ import WorkerProtocol
             engine: AdmissionFlowTests.engine,
             model: AdmissionFlowTests.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop()
             }
         }
@@ -96,7 +96,7 @@ import WorkerProtocol
             engine: AdmissionFlowTests.engine,
             model: AdmissionFlowTests.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }

@@ -79,7 +79,7 @@ import WorkerProtocol
             id: "w", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: Self.engine, model: Self.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -158,7 +158,7 @@ import WorkerProtocol
             id: "w", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: Self.engine, model: Self.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -218,7 +218,7 @@ import WorkerProtocol
             attestor: attestor, engine: EngineClient(port: engine.port), onEvent: { continuation.yield($0) })
         let task = Task { try await client.runOnce() }
         defer {
-            Task {
+            Teardown.after {
                 task.cancel(); tpm.stop(); await engine.stop(); await gateway.stop()
             }
         }

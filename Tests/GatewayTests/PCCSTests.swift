@@ -85,7 +85,7 @@ import Testing
 
     @Test func missingCollateralIsFetchedOnceAndTheQuoteVerifies() async throws {
         let pccs = try await FakePCCS(collateral: try Self.cocoonCollateral())
-        defer { Task { await pccs.stop() } }
+        defer { Teardown.after { await pccs.stop() } }
         let (cache, prefetcher, dir) = try Self.online(pccs.base)
         defer { _ = dir }
         let envelope = try SharedTestData.data("tdx/cocoon-quote-no-collateral.json")
@@ -107,7 +107,7 @@ import Testing
     /// Threat: a PCCS that answers garbage. Nothing is stored, the quote is rejected, nothing crashes.
     @Test func brokenPCCSAdmitsNothing() async throws {
         let pccs = try await FakePCCS(collateral: try Self.cocoonCollateral(), broken: true)
-        defer { Task { await pccs.stop() } }
+        defer { Teardown.after { await pccs.stop() } }
         let (cache, prefetcher, dir) = try Self.online(pccs.base)
         defer { _ = dir }
         let envelope = try SharedTestData.data("tdx/cocoon-quote-no-collateral.json")

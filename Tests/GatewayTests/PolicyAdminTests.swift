@@ -65,7 +65,7 @@ import Testing
             engine: Self.engineB,
             model: Self.model)
         defer {
-            Task {
+            Teardown.after {
                 await a.stop(); await b.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -157,7 +157,7 @@ import Testing
     @Test func unsignedOrWronglySignedPoliciesAndBadTokensAreRefused() async throws {
         let admin = Ed25519PrivateKey.generate()
         let gateway = try await Self.gateway(admin: admin, engines: [Self.engineA])
-        defer { Task { await gateway.stop() } }
+        defer { Teardown.after { await gateway.stop() } }
         let text = GatewayHarness.policyText(engines: [Self.engineB], model: Self.model, name: "evil")
 
         let unsigned = try await gateway.admin("/v1/admin/policy/apply", method: "POST", json: ["policy": text])
@@ -216,7 +216,7 @@ import Testing
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engineA, model: Self.model)) {
             $0.adminPort = 0
         }
-        defer { Task { await gateway.stop() } }
+        defer { Teardown.after { await gateway.stop() } }
         let admin = Ed25519PrivateKey.generate()
         let r = try await gateway.admin(
             "/v1/admin/policy/apply", method: "POST",
@@ -246,7 +246,7 @@ import Testing
             engine: Self.engineB, model: Self.model
         )
         defer {
-            Task {
+            Teardown.after {
                 await good.stop(); await bad.stop(); await engine.stop(); await gateway.stop()
             }
         }

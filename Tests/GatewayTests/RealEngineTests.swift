@@ -77,7 +77,7 @@ import WorkerAgent
             id: "gpu-1", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: port,
             measured: [env.model], modelName: "smollm2-135m-instruct", executable: sealed)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await gateway.stop()
             }
         }

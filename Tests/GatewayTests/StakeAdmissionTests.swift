@@ -86,7 +86,7 @@ import WorkerAgent
         let provider = try await Self.provider(chain, stake: 15_000)
         let worker = try await Self.worker("staked-1", gateway, engine, provider)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -145,7 +145,7 @@ import WorkerAgent
         let newcomer = try await Self.provider(chain, stake: 12_000)
         let a = try await Self.worker("grace-a", gateway, engine, admitted)
         defer {
-            Task {
+            Teardown.after {
                 await a.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -154,7 +154,7 @@ import WorkerAgent
         try await chain.mode("down", endpoint: 0)
         try await chain.mode("down", endpoint: 1)
         let b = try await Self.worker("grace-b", gateway, engine, newcomer)
-        defer { Task { await b.stop() } }
+        defer { Teardown.after { await b.stop() } }
         #expect(await Self.rejection(b) == "stake.unknown")
         let served = try await gateway.request(
             "/v1/chat/completions", method: "POST",
@@ -179,7 +179,7 @@ import WorkerAgent
         let engine = try await FakeEngine(name: "staked")
         let provider = try await Self.provider(chain, stake: 15_000)
         defer {
-            Task {
+            Teardown.after {
                 await engine.stop(); await gateway.stop()
             }
         }
@@ -205,7 +205,7 @@ import WorkerAgent
         let staked = try await Self.provider(chain, stake: 15_000)
         let other = try await Self.provider(chain, stake: nil)
         defer {
-            Task {
+            Teardown.after {
                 await engine.stop(); await gateway.stop()
             }
         }
@@ -225,7 +225,7 @@ import WorkerAgent
         }
         // A gateway whose policy allows only the wallet code: the pool is a contract it does not know.
         let strict = try await Self.gateway(chain, policy: Self.policy(codeHashes: [TONChain.walletCodeHash]))
-        defer { Task { await strict.stop() } }
+        defer { Teardown.after { await strict.stop() } }
         let w = try await Self.worker("look-alike", strict, engine, staked)
         #expect(await Self.rejection(w) == "stake.code-not-allowed")
         await w.stop()
@@ -240,7 +240,7 @@ import WorkerAgent
         let engine = try await FakeEngine(name: "staked")
         let staked = try await Self.provider(chain, stake: 15_000)
         defer {
-            Task {
+            Teardown.after {
                 await engine.stop(); await gateway.stop()
             }
         }
@@ -262,7 +262,7 @@ import WorkerAgent
             #expect(rejection.code == "stake.proof-stale", "\(time)")
         }
         let w = try await Self.worker("after", gateway, engine, staked)
-        defer { Task { await w.stop() } }
+        defer { Teardown.after { await w.stop() } }
         guard case .success = await w.admitted() else {
             Issue.record("the gateway stopped admitting after the hostile proofs")
             return
@@ -288,7 +288,7 @@ import WorkerAgent
         let plain = try await Self.worker("plain", gateway, engine, nil)
         let backed = try await Self.worker("backed", gateway, engine, staked)
         defer {
-            Task {
+            Teardown.after {
                 await plain.stop(); await backed.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -317,7 +317,7 @@ import WorkerAgent
         let again = try await Self.worker("backed", gateway, engine, staked)
         let bare = try await Self.worker("plain", gateway, engine, nil)
         defer {
-            Task {
+            Teardown.after {
                 await again.stop(); await bare.stop()
             }
         }

@@ -78,7 +78,7 @@ import WorkerAgent
         let engine = try await FakeEngine(name: "tdx")
         let (task, events, files) = try worker(module, gateway: gateway, enginePort: engine.port, engine: Self.engine)
         defer {
-            Task {
+            Teardown.after {
                 task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop();
                 _ = (cache, files)
             }
@@ -109,7 +109,7 @@ import WorkerAgent
         tampered[0] ^= 1
         let (task, events, files) = try worker(module, gateway: gateway, enginePort: engine.port, engine: tampered)
         defer {
-            Task {
+            Teardown.after {
                 task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop();
                 _ = (cache, files)
             }
@@ -131,7 +131,7 @@ import WorkerAgent
         let engine = try await FakeEngine(name: "debug")
         let (task, events, files) = try worker(module, gateway: gateway, enginePort: engine.port, engine: Self.engine)
         defer {
-            Task {
+            Teardown.after {
                 task.cancel(); _ = try? await task.value; await engine.stop(); await gateway.stop(); module.stop();
                 _ = (cache, files)
             }

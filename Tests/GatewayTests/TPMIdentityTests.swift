@@ -45,7 +45,7 @@ struct LyingAttestor: EvidenceSource {
             id: "genuine", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1, engine: Self.engine,
             model: Self.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await gateway.stop()
             }
         }
@@ -88,7 +88,7 @@ struct LyingAttestor: EvidenceSource {
             engine: Self.engine, model: Self.model,
             attestor: { genuine in LyingAttestor(genuine: genuine) { try software.forge($0) } })
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await gateway.stop()
             }
         }
@@ -118,7 +118,7 @@ struct LyingAttestor: EvidenceSource {
                 }
             })
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await gateway.stop()
             }
         }
@@ -133,7 +133,7 @@ struct LyingAttestor: EvidenceSource {
             engine: Self.engine, model: Self.model,
             ca: try SwtpmLocalCA())
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await gateway.stop()
             }
         }
@@ -148,7 +148,7 @@ struct LyingAttestor: EvidenceSource {
             engine: Self.engine, model: Self.model,
             ca: nil)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await gateway.stop()
             }
         }
@@ -169,7 +169,7 @@ struct LyingAttestor: EvidenceSource {
             id: "not-enrolled", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 1,
             engine: Self.engine, model: Self.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await gateway.stop()
             }
         }
@@ -227,7 +227,7 @@ enum PublicKeyDigest {
             engine: Self.engine,
             model: Self.model)
         defer {
-            Task {
+            Teardown.after {
                 await honest.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -262,7 +262,7 @@ enum PublicKeyDigest {
             model: TPMIdentityTests.model,
             attestor: { genuine in SwitchingAttestor(first: genuine, later: second, calls: calls) })
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await gateway.stop()
             }
         }
@@ -310,7 +310,7 @@ struct SwitchingAttestor: EvidenceSource {
             engine: TPMIdentityTests.engine,
             model: TPMIdentityTests.model, modelName: "llama-3.1-405b-instruct")
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await gateway.stop()
             }
         }
@@ -332,7 +332,7 @@ struct SwitchingAttestor: EvidenceSource {
             engine: TPMIdentityTests.engine,
             model: TPMIdentityTests.model)
         defer {
-            Task {
+            Teardown.after {
                 await holder.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -344,7 +344,7 @@ struct SwitchingAttestor: EvidenceSource {
             id: "gpu-7", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: TPMIdentityTests.engine,
             model: TPMIdentityTests.model)
-        defer { Task { await squatter.stop() } }
+        defer { Teardown.after { await squatter.stop() } }
         guard case .failure(let error) = await squatter.admitted() else {
             Issue.record("a second identity took over the worker id")
             return

@@ -28,7 +28,7 @@ import WorkerProtocol
             engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model, provider: provider,
             attestor: { CountingSource(inner: $0, count: quotes) })
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await gateway.stop()
             }
         }
@@ -52,7 +52,7 @@ import WorkerProtocol
             engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model,
             attestor: { CountingSource(inner: $0, count: quotes) })
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await proxy.stop(); await gateway.stop()
             }
         }
@@ -87,7 +87,7 @@ import WorkerProtocol
             id: "sealed", gatewayPort: proxy.port, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
         defer {
-            Task {
+            Teardown.after {
                 await worker.stop(); await engine.stop(); await proxy.stop(); await gateway.stop()
             }
         }
