@@ -61,6 +61,25 @@ final class GatewayProcess: @unchecked Sendable {
         get throws { try GatewayKeyPin(text: String(contentsOf: keyFile, encoding: .utf8)) }
     }
 
+    /// `ccworker run` against this gateway (pinned to its key) on swtpm, measuring `engine` and
+    /// `model` and serving model `fake` from the engine at `enginePort` (one ccworker does not
+    /// start); killed when the returned process is released by the caller's `defer`.
+    func startWorker(id: String, tpm: Swtpm, engine: URL, model: URL, enginePort: Int) throws -> Process {
+        let worker = Process()
+        worker.executableURL = URL(
+            fileURLWithPath: EvidenceVerifyCLITests.binDirectory.appendingPathComponent("ccworker").path)
+        worker.arguments = [
+            "run", "--gateway", "127.0.0.1:\(ports["worker"]!)", "--gateway-key", keyFile.path, "--tpm", tpm.tcti,
+            "--engine", engine.path, "--model", model.path, "--tpm-ek-chain",
+            SwtpmLocalCA.shared?.issuerCertificate.path ?? "", "--model-name", "fake", "--engine-url",
+            "http://127.0.0.1:\(enginePort)", "--worker-id", id,
+        ]
+        worker.standardOutput = FileHandle.nullDevice
+        worker.standardError = FileHandle.nullDevice
+        try worker.run()
+        return worker
+    }
+
     var adminArgs: [String] {
         [
             "--admin-url", "http://127.0.0.1:\(ports["admin"]!)", "--token-file",

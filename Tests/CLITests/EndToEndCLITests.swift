@@ -10,26 +10,14 @@ import Testing
 /// gateway admitted under a laxer policy than the client's.
 @Suite(.serialized) struct EndToEndCLITests {
     static let ccgate = EvidenceVerifyCLITests.ccgate
-    static let ccworker = EvidenceVerifyCLITests.binDirectory.appendingPathComponent("ccworker").path
 
     /// An engine that echoes the last user message: as JSON, or as 16 events 0.4 s apart.
-    final class EchoEngine: @unchecked Sendable {
-        let process = Process()
-        let port: Int
-        init(in dir: TemporaryDirectory) throws {
-            let portFile = dir.file("echo-port")
-            process.executableURL = LoopbackServer.systemPython
-            process.arguments = [
-                "-c",
+    static func echoEngine(in dir: TemporaryDirectory) throws -> PythonServer {
+        try PythonServer(
+            [
+                PythonServer.modelsHandler,
                 """
-                import http.server, json, os, sys, time
-                class H(http.server.BaseHTTPRequestHandler):
-                    protocol_version = "HTTP/1.1"
-                    def log_message(self, *a): pass
-                    def do_GET(self):
-                        body = b'{"object":"list","data":[{"id":"fake","object":"model"}]}'
-                        self.send_response(200); self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+                class H(Models):
                     def do_POST(self):
                         req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
                         said = req["messages"][-1]["content"]
@@ -44,16 +32,9 @@ import Testing
                             self.wfile.write(("data: " + json.dumps(chunk) + "\\n\\n").encode()); self.wfile.flush()
                             time.sleep(0.4)
                         self.wfile.write(b"data: [DONE]\\n\\n"); self.wfile.flush()
-                s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-                open(sys.argv[1] + ".tmp", "w").write(str(s.server_address[1])); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-                s.serve_forever()
-                """,
-                portFile.path,
-            ]
-            try process.run()
-            port = LoopbackServer.ports(in: portFile, of: process, timeout: 30).first ?? 0
-        }
-        deinit { kill(process.processIdentifier, SIGKILL) }
+
+                """, PythonServer.serveH,
+            ], in: dir)
     }
 
     /// `ccgate client proxy` as a process.
@@ -155,20 +136,12 @@ import Testing
         let gateway = try GatewayProcess(data: dir.file("data"), policy: dir.file("gateway.yaml"), in: dir)
         defer { gateway.stop() }
         let api = "http://127.0.0.1:\(gateway.ports["api"]!)"
-        let echo = try EchoEngine(in: dir)
+        let echo = try Self.echoEngine(in: dir)
         let tpm = try Swtpm.start()
         defer { tpm.stop() }
-        let worker = Process()
-        worker.executableURL = URL(fileURLWithPath: Self.ccworker)
-        worker.arguments = [
-            "run", "--gateway", "127.0.0.1:\(gateway.ports["worker"]!)", "--gateway-key", gateway.keyFile.path, "--tpm",
-            tpm.tcti, "--engine", dir.file("engine").path, "--model", dir.file("model.gguf").path, "--tpm-ek-chain",
-            SwtpmLocalCA.shared?.issuerCertificate.path ?? "", "--model-name", "fake", "--engine-url",
-            "http://127.0.0.1:\(echo.port)", "--worker-id", "e2e-worker",
-        ]
-        worker.standardOutput = FileHandle.nullDevice
-        worker.standardError = FileHandle.nullDevice
-        try worker.run()
+        let worker = try gateway.startWorker(
+            id: "e2e-worker", tpm: tpm, engine: dir.file("engine"), model: dir.file("model.gguf"), enginePort: echo.port
+        )
         defer { if worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
         let admitted = StakeCLITests.waitFor(90) {
             (try? ProcessRunner.run("curl", ["-s", "-H", "Authorization: Bearer crash-test-key", api + "/v1/models"])

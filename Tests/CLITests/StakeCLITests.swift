@@ -12,32 +12,9 @@ import TONStake
     static var ccworker: String { EvidenceVerifyCLITests.binDirectory.appendingPathComponent("ccworker").path }
 
     /// An engine stand-in that answers `GET /v1/models` (all the worker waits for).
-    final class ModelsOnly: @unchecked Sendable {
-        let process = Process()
-        let port: Int
-        init(in dir: TemporaryDirectory) throws {
-            let portFile = dir.file("engine-port")
-            process.executableURL = LoopbackServer.systemPython
-            process.arguments = [
-                "-c",
-                """
-                import http.server, os, sys
-                class H(http.server.BaseHTTPRequestHandler):
-                    def log_message(self, *a): pass
-                    def do_GET(self):
-                        body = b'{"object":"list","data":[{"id":"fake","object":"model"}]}'
-                        self.send_response(200); self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-                s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-                open(sys.argv[1] + ".tmp", "w").write(str(s.server_address[1])); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-                s.serve_forever()
-                """,
-                portFile.path,
-            ]
-            try process.run()
-            port = LoopbackServer.ports(in: portFile, of: process, timeout: 30).first ?? 0
-        }
-        deinit { kill(process.processIdentifier, SIGKILL) }
+    /// An engine that only lists its model (the worker checks it is up; nothing is served).
+    static func modelsOnly(in dir: TemporaryDirectory) throws -> PythonServer {
+        try PythonServer([PythonServer.modelsHandler, "class H(Models): pass", PythonServer.serveH], in: dir)
     }
 
     static func workers(_ gateway: GatewayProcess) throws -> String {
@@ -94,7 +71,7 @@ import TONStake
         defer { gateway.stop() }
         let tpm = try Swtpm.start()
         defer { tpm.stop() }
-        let fake = try ModelsOnly(in: dir)
+        let fake = try Self.modelsOnly(in: dir)
 
         // A key file that is not a key: a clear error before anything is dialled.
         try "not a key".write(to: dir.file("bad.key"), atomically: true, encoding: .utf8)

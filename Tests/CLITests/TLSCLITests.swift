@@ -8,7 +8,6 @@ import Testing
 /// certificate while a stream opened before it completes.
 @Suite(.serialized) struct TLSCLITests {
     static let ccgate = EvidenceVerifyCLITests.ccgate
-    static let ccworker = EvidenceVerifyCLITests.binDirectory.appendingPathComponent("ccworker").path
 
     /// A local CA and two server certificates for 127.0.0.1 from it (subjects `ccgate-a`, `ccgate-b`).
     static func pki(in dir: TemporaryDirectory) throws {
@@ -46,23 +45,12 @@ import Testing
     }
 
     /// An engine whose chat completions stream 12 events 0.25 s apart.
-    final class SlowEngine: @unchecked Sendable {
-        let process = Process()
-        let port: Int
-        init(in dir: TemporaryDirectory) throws {
-            let portFile = dir.file("engine-port")
-            process.executableURL = LoopbackServer.systemPython
-            process.arguments = [
-                "-c",
+    static func slowEngine(in dir: TemporaryDirectory) throws -> PythonServer {
+        try PythonServer(
+            [
+                PythonServer.modelsHandler,
                 """
-                import http.server, os, sys, time
-                class H(http.server.BaseHTTPRequestHandler):
-                    protocol_version = "HTTP/1.1"
-                    def log_message(self, *a): pass
-                    def do_GET(self):
-                        body = b'{"object":"list","data":[{"id":"fake","object":"model"}]}'
-                        self.send_response(200); self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+                class H(Models):
                     def do_POST(self):
                         self.rfile.read(int(self.headers.get("Content-Length", "0")))
                         self.send_response(200); self.send_header("Content-Type", "text/event-stream")
@@ -71,16 +59,9 @@ import Testing
                             self.wfile.write(('data: {"choices":[{"delta":{"content":"tick-%d"}}]}\\n\\n' % i).encode()); self.wfile.flush()
                             time.sleep(0.25)
                         self.wfile.write(b"data: [DONE]\\n\\n"); self.wfile.flush()
-                s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-                open(sys.argv[1] + ".tmp", "w").write(str(s.server_address[1])); os.rename(sys.argv[1] + ".tmp", sys.argv[1])
-                s.serve_forever()
-                """,
-                portFile.path,
-            ]
-            try process.run()
-            port = LoopbackServer.ports(in: portFile, of: process, timeout: 30).first ?? 0
-        }
-        deinit { kill(process.processIdentifier, SIGKILL) }
+
+                """, PythonServer.serveH,
+            ], in: dir)
     }
 
     @Test func tlsServesVerifiesAndReloadsWithoutDroppingAStream() async throws {
@@ -110,20 +91,11 @@ import Testing
         let ca = dir.file("ca.crt")
         #expect(try Self.servedSubject(api, ca: ca).contains("ccgate-a"))
 
-        let slow = try SlowEngine(in: dir)
+        let slow = try Self.slowEngine(in: dir)
         let tpm = try Swtpm.start()
         defer { tpm.stop() }
-        let worker = Process()
-        worker.executableURL = URL(fileURLWithPath: Self.ccworker)
-        worker.arguments = [
-            "run", "--gateway", "127.0.0.1:\(gateway.ports["worker"]!)", "--gateway-key", gateway.keyFile.path, "--tpm",
-            tpm.tcti, "--engine", engine.path, "--model", model.path, "--tpm-ek-chain",
-            SwtpmLocalCA.shared?.issuerCertificate.path ?? "", "--model-name", "fake", "--engine-url",
-            "http://127.0.0.1:\(slow.port)", "--worker-id", "tls-worker",
-        ]
-        worker.standardOutput = FileHandle.nullDevice
-        worker.standardError = FileHandle.nullDevice
-        try worker.run()
+        let worker = try gateway.startWorker(
+            id: "tls-worker", tpm: tpm, engine: engine, model: model, enginePort: slow.port)
         defer { if worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
 
         // curl --cacert: the API over TLS, verified against the local CA.

@@ -31,22 +31,32 @@ import Testing
         return (Int(result.stdout) ?? 0, headers, (try? Data(contentsOf: dir.file("body"))) ?? Data())
     }
 
-    @Test func theAttestationDocumentListsEachWorkerWithItsEvidence() async throws {
+    /// A gateway with one admitted worker on a fake engine, and what stops them (for the test's
+    /// `defer`); throws when the worker is not admitted.
+    static func admitted(_ id: String, engine name: String) async throws -> (
+        GatewayHarness, FakeEngine, String, @Sendable () async -> Void
+    ) {
         let policy = GatewayHarness.policy(engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
         let gateway = try await GatewayHarness(policy: policy)
-        let engine = try await FakeEngine(name: "listed")
+        let engine = try await FakeEngine(name: name)
         let worker = try await TestWorker(
-            id: "listed", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
+            id: id, gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
             engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
-        defer {
-            Teardown.after {
-                await worker.stop(); await engine.stop(); await gateway.stop()
-            }
+        let stop: @Sendable () async -> Void = {
+            await worker.stop(); await engine.stop(); await gateway.stop()
         }
         guard case .success = await worker.admitted() else {
-            Issue.record("not admitted")
-            return
+            Teardown.after(stop)
+            throw NotAdmitted()
         }
+        return (gateway, engine, policy, stop)
+    }
+
+    struct NotAdmitted: Error {}
+
+    @Test func theAttestationDocumentListsEachWorkerWithItsEvidence() async throws {
+        let (gateway, _, policy, stop) = try await Self.admitted("listed", engine: "listed")
+        defer { Teardown.after(stop) }
         #expect(try await gateway.request("/v1/attestation", key: "wrong").status == 401)
         try await gateway.server.audit.checkpoint()
         let plain = try await Self.exchange(gateway, "/v1/attestation")
@@ -82,21 +92,8 @@ import Testing
 
     /// Must show: receipts verify offline; a changed byte in the response or the receipt fails.
     @Test func receiptsVerifyOfflineAndFailOnAnyChangedByte() async throws {
-        let policy = GatewayHarness.policy(engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
-        let gateway = try await GatewayHarness(policy: policy)
-        let engine = try await FakeEngine(name: "receipt")
-        let worker = try await TestWorker(
-            id: "receipted", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
-            engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
-        defer {
-            Teardown.after {
-                await worker.stop(); await engine.stop(); await gateway.stop()
-            }
-        }
-        guard case .success = await worker.admitted() else {
-            Issue.record("not admitted")
-            return
-        }
+        let (gateway, _, policy, stop) = try await Self.admitted("receipted", engine: "receipt")
+        defer { Teardown.after(stop) }
         let key = gateway.server.gatewayKey
         let request = AdmissionFlowTests.chat
         let plain = try await Self.exchange(gateway, "/v1/chat/completions", body: request)
@@ -142,21 +139,8 @@ import Testing
     /// A gateway-blind request goes only to the worker session whose key it is sealed to; the
     /// gateway refuses anything else without trying another worker.
     @Test func sealedRequestsGoOnlyToTheKeyTheyAreSealedTo() async throws {
-        let policy = GatewayHarness.policy(engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
-        let gateway = try await GatewayHarness(policy: policy)
-        let engine = try await FakeEngine(name: "blind")
-        let worker = try await TestWorker(
-            id: "blind", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
-            engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
-        defer {
-            Teardown.after {
-                await worker.stop(); await engine.stop(); await gateway.stop()
-            }
-        }
-        guard case .success = await worker.admitted() else {
-            Issue.record("not admitted")
-            return
-        }
+        let (gateway, engine, _, stop) = try await Self.admitted("blind", engine: "blind")
+        defer { Teardown.after(stop) }
         let (elsewhere, _) = try EndToEnd.seal(
             Data(AdmissionFlowTests.chat.utf8), path: "/v1/chat/completions", model: "fake", stream: false,
             worker: "blind", workerKey: WorkerKEMKey().publicKeyBytes)
@@ -172,21 +156,8 @@ import Testing
 
     /// A request may require a minimum assurance tier: only workers whose evidence proves it serve.
     @Test func requestsCanRequireAMinimumTier() async throws {
-        let policy = GatewayHarness.policy(engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
-        let gateway = try await GatewayHarness(policy: policy)
-        let engine = try await FakeEngine(name: "tiered")
-        let worker = try await TestWorker(
-            id: "tiered", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: engine.port,
-            engine: AdmissionFlowTests.engine, model: AdmissionFlowTests.model)
-        defer {
-            Teardown.after {
-                await worker.stop(); await engine.stop(); await gateway.stop()
-            }
-        }
-        guard case .success = await worker.admitted() else {
-            Issue.record("not admitted")
-            return
-        }
+        let (gateway, engine, _, stop) = try await Self.admitted("tiered", engine: "tiered")
+        defer { Teardown.after(stop) }
         let chat = AdmissionFlowTests.chat
         let tdx = try await gateway.request(
             "/v1/chat/completions", method: "POST", body: chat, extra: ["-H", "ccgate-min-tier: tdx"])

@@ -236,15 +236,7 @@ public struct FrontDoor: Sendable {
                 }
             } catch let failure as WorkerFailure {
                 finished = true
-                logger.notice(
-                    "worker failed mid-response",
-                    metadata: ["ccgate.worker.id": "\(link.workerID)", "error": "\(failure)"])
-                let error = OpenAIError.body(
-                    message: "The worker serving this request failed: \(failure.message)", type: "server_error",
-                    code: "worker_failed")
-                let bytes = Data("data: ".utf8) + error + Data("\n\n".utf8)
-                hasher.update(data: bytes)
-                try await writer.write(ByteBuffer(bytes: bytes))
+                try await Self.emit(failure, of: exchange, &hasher, &writer, logger: logger)
             }
             // The receipt starts an event of its own, whatever the worker's last bytes were.
             if !watch.endsAnEvent {
@@ -252,14 +244,36 @@ public struct FrontDoor: Sendable {
                 hasher.update(data: separator)
                 try await writer.write(ByteBuffer(bytes: separator))
             }
-            let receipt = publisher.receipt(
-                exchange.served, path: exchange.path, request: exchange.requestSHA256,
-                response: Data(hasher.finalize()).hex, status: exchange.status, model: exchange.model,
-                usage: Self.jsonValue(counts.found))
-            try await writer.write(ByteBuffer(bytes: receipt.event))
-            try await writer.finish(nil)
+            try await endStream(exchange, hasher, usage: Self.jsonValue(counts.found), &writer)
         }
         return Response(status: HTTPResponse.Status(code: exchange.status), headers: headers, body: body)
+    }
+
+    /// A worker that failed mid-stream: logged, and an OpenAI-shaped `error` event the receipt covers.
+    static func emit(
+        _ failure: WorkerFailure, of exchange: Exchange, _ hasher: inout SHA256,
+        _ writer: inout any ResponseBodyWriter, logger: Logger
+    ) async throws {
+        logger.notice(
+            "worker failed mid-response",
+            metadata: ["ccgate.worker.id": "\(exchange.link.workerID)", "error": "\(failure)"])
+        let error = OpenAIError.body(
+            message: "The worker serving this request failed: \(failure.message)", type: "server_error",
+            code: "worker_failed")
+        let bytes = Data("data: ".utf8) + error + Data("\n\n".utf8)
+        hasher.update(data: bytes)
+        try await writer.write(ByteBuffer(bytes: bytes))
+    }
+
+    /// Ends a stream with its receipt over every byte sent before it.
+    func endStream(
+        _ exchange: Exchange, _ hasher: SHA256, usage: JSONValue, _ writer: inout any ResponseBodyWriter
+    ) async throws {
+        let receipt = publisher.receipt(
+            exchange.served, path: exchange.path, request: exchange.requestSHA256,
+            response: Data(hasher.finalize()).hex, status: exchange.status, model: exchange.model, usage: usage)
+        try await writer.write(ByteBuffer(bytes: receipt.event))
+        try await writer.finish(nil)
     }
 
     /// Collects a plain response whole (up to ``maxResponseSize``) so that its receipt, over its

@@ -97,21 +97,9 @@ extension FrontDoor {
                 }
             }
         } catch let failure as WorkerFailure {
-            logger.notice(
-                "worker failed mid-response",
-                metadata: ["ccgate.worker.id": "\(exchange.link.workerID)", "error": "\(failure)"])
-            let error = OpenAIError.body(
-                message: "The worker serving this request failed: \(failure.message)", type: "server_error",
-                code: "worker_failed")
-            let bytes = Data("data: ".utf8) + error + Data("\n\n".utf8)
-            hasher.update(data: bytes)
-            try await writer.write(ByteBuffer(bytes: bytes))
+            try await Self.emit(failure, of: exchange, &hasher, &writer, logger: logger)
         }
         finished = true
-        let receipt = publisher.receipt(
-            exchange.served, path: exchange.path, request: exchange.requestSHA256,
-            response: Data(hasher.finalize()).hex, status: exchange.status, model: exchange.model, usage: usage)
-        try await writer.write(ByteBuffer(bytes: receipt.event))
-        try await writer.finish(nil)
+        try await endStream(exchange, hasher, usage: usage, &writer)
     }
 }
