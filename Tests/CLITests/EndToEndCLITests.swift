@@ -82,9 +82,9 @@ import Testing
     }
 
     /// How many times `marker` occurs in the file (bytes, as grep counts lines holding it).
-    static func occurrences(of marker: String, in file: URL) throws -> Int {
+    static func occurrences(of marker: String, in file: URL) async throws -> Int {
         // grep exits 1 when it finds nothing, 2 when it cannot read: only the last is a failure.
-        let r = try ProcessRunner.run("grep", ["-c", "-a", "-F", marker, file.path])
+        let r = try await ProcessRunner.run("grep", ["-c", "-a", "-F", marker, file.path])
         guard r.status <= 1, let count = Int(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             throw GatewayProcess.GatewayProcessError(message: "grep \(file.path): \(r.stderr)")
         }
@@ -92,9 +92,9 @@ import Testing
     }
 
     /// A core dump of the running process `pid` (gcore), while it serves.
-    static func core(of pid: Int32, into dir: TemporaryDirectory, name: String) throws -> URL {
+    static func core(of pid: Int32, into dir: TemporaryDirectory, name: String) async throws -> URL {
         let prefix = dir.file(name)
-        let r = try ProcessRunner.run("gcore", ["-o", prefix.path, String(pid)])
+        let r = try await ProcessRunner.run("gcore", ["-o", prefix.path, String(pid)])
         let core = URL(fileURLWithPath: prefix.path + ".\(pid)")
         guard FileManager.default.fileExists(atPath: core.path) else {
             throw GatewayProcess.GatewayProcessError(message: "gcore wrote no core: \(r.stderr)")
@@ -133,7 +133,9 @@ import Testing
             to: dir.file("strict.yaml"), atomically: true, encoding: .utf8)
         try "crash-test-key\n".write(to: dir.file("api.key"), atomically: true, encoding: .utf8)
 
-        let gateway = try GatewayProcess(data: dir.file("data"), policy: dir.file("gateway.yaml"), in: dir)
+        let gateway = try await offPool {
+            try GatewayProcess(data: dir.file("data"), policy: dir.file("gateway.yaml"), in: dir)
+        }
         defer { gateway.stop() }
         let api = "http://127.0.0.1:\(gateway.ports["api"]!)"
         let echo = try Self.echoEngine(in: dir)
@@ -143,9 +145,11 @@ import Testing
             id: "e2e-worker", tpm: tpm, engine: dir.file("engine"), model: dir.file("model.gguf"), enginePort: echo.port
         )
         defer { if worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
-        let admitted = StakeCLITests.waitFor(90) {
-            (try? ProcessRunner.run("curl", ["-s", "-H", "Authorization: Bearer crash-test-key", api + "/v1/models"])
-                .stdout.contains("fake")) == true
+        let admitted = await eventually(90) {
+            (try? await ProcessRunner.run(
+                "curl", ["-s", "-H", "Authorization: Bearer crash-test-key", api + "/v1/models"]
+            )
+            .stdout.contains("fake")) == true
         }
         try #require(admitted, "the worker was not admitted")
 
@@ -153,7 +157,9 @@ import Testing
             "--gateway", api, "--gateway-key", gateway.keyFile.path, "--api-key-file", dir.file("api.key").path,
             "--tpm-ek-root", SwtpmLocalCA.shared?.rootCertificate.path ?? "", "--trust-gateway-activation",
         ]
-        let proxy = try ProxyProcess(common + ["--policy", dir.file("client.yaml").path], in: dir)
+        let proxy = try await offPool {
+            try ProxyProcess(common + ["--policy", dir.file("client.yaml").path], in: dir)
+        }
         try #require(proxy.port > 0, "the proxy did not start: \(proxy.output)")
         let proxyURL = "http://127.0.0.1:\(proxy.port)"
 
@@ -170,14 +176,14 @@ import Testing
         // The marker, end to end: while its answer streams, the gateway's memory is dumped.
         let marker = "MARKER-E2E-\(UUID().uuidString)"
         let (sealed, sealedOut) = try Self.stream(proxyURL + "/v1/chat/completions", said: marker, key: nil, e2e: dir)
-        let flowing = StakeCLITests.waitFor(30) {
+        let flowing = await eventually(30) {
             ((try? String(contentsOf: sealedOut, encoding: .utf8)) ?? "").contains("tick-2")
         }
         #expect(flowing, "the end-to-end stream did not start: \(proxy.output)")
-        let sealedCore = try Self.core(of: gateway.process.processIdentifier, into: dir, name: "sealed-core")
-        #expect(try Self.occurrences(of: marker, in: sealedCore) == 0, "the marker is in the gateway's memory")
+        let sealedCore = try await Self.core(of: gateway.process.processIdentifier, into: dir, name: "sealed-core")
+        #expect(try await Self.occurrences(of: marker, in: sealedCore) == 0, "the marker is in the gateway's memory")
         try? FileManager.default.removeItem(at: sealedCore)
-        #expect(StakeCLITests.waitFor(60) { !sealed.isRunning })
+        #expect(await eventually(60) { !sealed.isRunning })
         let answer = (try? String(contentsOf: sealedOut, encoding: .utf8)) ?? ""
         #expect(answer.contains("\(marker) tick-15") && answer.contains("[DONE]"), "\(answer)")
 
@@ -185,14 +191,15 @@ import Testing
         let control = "MARKER-PLAIN-\(UUID().uuidString)"
         let (plain, plainOut) = try Self.stream(
             api + "/v1/chat/completions", said: control, key: "crash-test-key", e2e: dir)
-        let plainFlowing = StakeCLITests.waitFor(30) {
+        let plainFlowing = await eventually(30) {
             ((try? String(contentsOf: plainOut, encoding: .utf8)) ?? "").contains("tick-2")
         }
         #expect(plainFlowing)
-        let plainCore = try Self.core(of: gateway.process.processIdentifier, into: dir, name: "plain-core")
-        #expect(try Self.occurrences(of: control, in: plainCore) > 0, "the search does not find a plaintext marker")
+        let plainCore = try await Self.core(of: gateway.process.processIdentifier, into: dir, name: "plain-core")
+        #expect(
+            try await Self.occurrences(of: control, in: plainCore) > 0, "the search does not find a plaintext marker")
         try? FileManager.default.removeItem(at: plainCore)
-        _ = StakeCLITests.waitFor(60) { !plain.isRunning }
+        _ = await eventually(60) { !plain.isRunning }
 
         // Nor is it in the gateway's log, data directory or audit export.
         let export = dir.file("audit.jsonl")
@@ -205,11 +212,13 @@ import Testing
             .filter { $0.lastPathComponent.hasPrefix("gateway-") && $0.pathExtension == "log" }
         #expect(searched.count >= 3)
         for file in searched {
-            #expect(try Self.occurrences(of: marker, in: file) == 0, "the marker is in \(file.lastPathComponent)")
+            #expect(try await Self.occurrences(of: marker, in: file) == 0, "the marker is in \(file.lastPathComponent)")
         }
 
         // A client stricter than the gateway: the worker is refused, nothing is sent to it.
-        let strict = try ProxyProcess(common + ["--policy", dir.file("strict.yaml").path], in: dir)
+        let strict = try await offPool {
+            try ProxyProcess(common + ["--policy", dir.file("strict.yaml").path], in: dir)
+        }
         try #require(strict.port > 0, "the strict proxy did not start: \(strict.output)")
         #expect(strict.output.contains("refused e2e-worker"), "\(strict.output)")
         let none = try await ProcessRunner.run(
@@ -225,8 +234,9 @@ import Testing
         #expect(refused.stdout.hasSuffix("503") && refused.stdout.contains("no_verified_worker"), "\(refused.stdout)")
 
         // A client that requires a TEE refuses a TPM worker whatever its policy says.
-        let tee = try ProxyProcess(
-            common + ["--policy", dir.file("client.yaml").path, "--min-tier", "tdx"], in: dir)
+        let tee = try await offPool {
+            try ProxyProcess(common + ["--policy", dir.file("client.yaml").path, "--min-tier", "tdx"], in: dir)
+        }
         try #require(tee.port > 0, "the tier-requiring proxy did not start: \(tee.output)")
         #expect(tee.output.contains("tier tpm-agent-log is below the required tdx"), "\(tee.output)")
     }

@@ -17,17 +17,8 @@ import TONStake
         try PythonServer([PythonServer.modelsHandler, "class H(Models): pass", PythonServer.serveH], in: dir)
     }
 
-    static func workers(_ gateway: GatewayProcess) throws -> String {
-        try ProcessRunner.run(EvidenceVerifyCLITests.ccgate, ["workers", "list"] + gateway.adminArgs).stdout
-    }
-
-    static func waitFor(_ limit: TimeInterval, _ condition: () throws -> Bool) rethrows -> Bool {
-        let deadline = Date() + limit
-        while Date() < deadline {
-            if try condition() { return true }
-            Thread.sleep(forTimeInterval: 0.25)
-        }
-        return false
+    static func workers(_ gateway: GatewayProcess) async throws -> String {
+        try await ProcessRunner.run(EvidenceVerifyCLITests.ccgate, ["workers", "list"] + gateway.adminArgs).stdout
     }
 
     @Test func stakedWorkerThroughTheExecutables() async throws {
@@ -63,11 +54,13 @@ import TONStake
         let lint = try await ProcessRunner.run(EvidenceVerifyCLITests.ccgate, ["policy", "lint", policy.path])
         #expect(lint.status == 0, "\(lint.stderr)")
 
-        let gateway = try GatewayProcess(
-            data: dir.file("data"), policy: policy, in: dir,
-            extra: chain.ports.indices.flatMap {
+        let extra =
+            chain.ports.indices.flatMap {
                 ["--toncenter", chain.url($0).absoluteString, "--toncenter-key-file", dir.file("toncenter.key").path]
-            } + ["--toncenter-rps", "100"])
+            } + ["--toncenter-rps", "100"]
+        let gateway = try await offPool {
+            try GatewayProcess(data: dir.file("data"), policy: policy, in: dir, extra: extra)
+        }
         defer { gateway.stop() }
         let tpm = try Swtpm.start()
         defer { tpm.stop() }
@@ -98,15 +91,15 @@ import TONStake
         defer { if worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
 
         let short = String(wallet.prefix(8))
-        let admitted = try Self.waitFor(90) { try Self.workers(gateway).contains("cli-staked") }
+        let admitted = try await eventually(90) { try await Self.workers(gateway).contains("cli-staked") }
         #expect(admitted, "not admitted: \((try? String(contentsOf: log, encoding: .utf8)) ?? "")")
-        #expect(try Self.workers(gateway).contains(short), "the provider is listed")
+        #expect(try await Self.workers(gateway).contains(short), "the provider is listed")
 
         #expect(try await chain.send(from: wallet, to: TONChain.pool, value: 1_000_000_000, comment: "w").exitCode == 0)
-        let evicted = try Self.waitFor(90) { try !Self.workers(gateway).contains("cli-staked") }
+        let evicted = try await eventually(90) { try await !Self.workers(gateway).contains("cli-staked") }
         #expect(evicted, "still admitted after the withdrawal")
         // The gateway told the worker why; a rejection ends ccworker with status 1.
-        let ended = Self.waitFor(60) { !worker.isRunning }
+        let ended = await eventually(60) { !worker.isRunning }
         #expect(ended)
         if ended { #expect(worker.terminationStatus == 1) }
         #expect(((try? String(contentsOf: log, encoding: .utf8)) ?? "").contains("stake.below-minimum"))

@@ -34,8 +34,8 @@ import Testing
     }
 
     /// The subject of the certificate the server at `port` presents to a new connection.
-    static func servedSubject(_ port: Int, ca: URL) throws -> String {
-        let r = try ProcessRunner.run(
+    static func servedSubject(_ port: Int, ca: URL) async throws -> String {
+        let r = try await ProcessRunner.run(
             "bash",
             [
                 "-c",
@@ -66,7 +66,7 @@ import Testing
 
     @Test func tlsServesVerifiesAndReloadsWithoutDroppingAStream() async throws {
         let dir = try TemporaryDirectory("tls-cli")
-        try Self.pki(in: dir)
+        try await offPool { try Self.pki(in: dir) }
         try FileManager.default.copyItem(at: dir.file("a.crt"), to: dir.file("served.crt"))
         try FileManager.default.copyItem(at: dir.file("a.key"), to: dir.file("served.key"))
         let engine = dir.file("engine"), model = dir.file("model.gguf")
@@ -83,13 +83,15 @@ import Testing
           # The engine is a stand-in the worker does not start: it is hashed, not executed from its measured copy.
           allow_unmeasured_engine: true
         """.write(to: policy, atomically: true, encoding: .utf8)
-        let gateway = try GatewayProcess(
-            data: dir.file("data"), policy: policy, in: dir,
-            extra: ["--tls-cert", dir.file("served.crt").path, "--tls-key", dir.file("served.key").path])
+        let gateway = try await offPool {
+            try GatewayProcess(
+                data: dir.file("data"), policy: policy, in: dir,
+                extra: ["--tls-cert", dir.file("served.crt").path, "--tls-key", dir.file("served.key").path])
+        }
         defer { gateway.stop() }
         let api = gateway.ports["api"]!
         let ca = dir.file("ca.crt")
-        #expect(try Self.servedSubject(api, ca: ca).contains("ccgate-a"))
+        #expect(try await Self.servedSubject(api, ca: ca).contains("ccgate-a"))
 
         let slow = try Self.slowEngine(in: dir)
         let tpm = try Swtpm.start()
@@ -100,8 +102,8 @@ import Testing
 
         // curl --cacert: the API over TLS, verified against the local CA.
         let curl = ["-s", "--cacert", ca.path, "-H", "Authorization: Bearer crash-test-key"]
-        let listed = StakeCLITests.waitFor(90) {
-            (try? ProcessRunner.run("curl", curl + ["https://127.0.0.1:\(api)/v1/models"]).stdout.contains("fake"))
+        let listed = await eventually(90) {
+            (try? await ProcessRunner.run("curl", curl + ["https://127.0.0.1:\(api)/v1/models"]).stdout.contains("fake"))
                 == true
         }
         #expect(listed, "no worker listed over TLS")
@@ -140,7 +142,7 @@ import Testing
                 "https://127.0.0.1:\(api)/v1/chat/completions",
             ]
         try stream.run()
-        let started = StakeCLITests.waitFor(30) {
+        let started = await eventually(30) {
             ((try? String(contentsOf: streamFile, encoding: .utf8)) ?? "").contains("tick-0")
         }
         #expect(started, "the stream did not start")
@@ -148,18 +150,18 @@ import Testing
         #expect(rename(dir.file("b.crt").path, dir.file("served.crt").path) == 0)
         #expect(rename(dir.file("b.key").path, dir.file("served.key").path) == 0)
         kill(gateway.process.processIdentifier, SIGHUP)
-        let reloaded = StakeCLITests.waitFor(10) {
-            (try? Self.servedSubject(api, ca: ca).contains("ccgate-b")) == true
+        let reloaded = await eventually(10) {
+            (try? await Self.servedSubject(api, ca: ca).contains("ccgate-b")) == true
         }
         #expect(reloaded, "new connections do not get the new certificate")
         #expect(gateway.process.isRunning, "SIGHUP stopped the gateway")
-        let finished = StakeCLITests.waitFor(60) { !stream.isRunning }
+        let finished = await eventually(60) { !stream.isRunning }
         #expect(finished && stream.terminationStatus == 0)
         let text = (try? String(contentsOf: streamFile, encoding: .utf8)) ?? ""
         #expect(text.contains("tick-11") && text.contains("data: [DONE]") && text.contains("event: ccgate-receipt"))
     }
 
-    @Test func plainHTTPOnANonLoopbackAddressNeedsTheFlag() throws {
+    @Test func plainHTTPOnANonLoopbackAddressNeedsTheFlag() async throws {
         let dir = try TemporaryDirectory("plain-http")
         try "schema: ccgate.policy/v1\nname: plain\nevidence: {formats: [tpm2-quote]}\n".write(
             to: dir.file("policy.yaml"), atomically: true, encoding: .utf8)
@@ -167,7 +169,7 @@ import Testing
             "serve", "--host", "0.0.0.0", "--port", "0", "--worker-port", "0", "--admin-port=-1", "--api-key",
             "plain-key", "--policy", dir.file("policy.yaml").path, "--data-dir", dir.file("data").path,
         ]
-        let refused = try ProcessRunner.run(Self.ccgate, base)
+        let refused = try await ProcessRunner.run(Self.ccgate, base)
         #expect(refused.status == 2 && refused.stderr.contains("refusing plain HTTP on 0.0.0.0"), "\(refused.stderr)")
 
         let allowed = Process()
@@ -178,7 +180,7 @@ import Testing
         allowed.standardError = try FileHandle(forWritingTo: log)
         try allowed.run()
         defer { if allowed.isRunning { allowed.terminate() } }
-        let up = StakeCLITests.waitFor(60) { FileManager.default.fileExists(atPath: dir.file("ports").path) }
+        let up = await eventually(60) { FileManager.default.fileExists(atPath: dir.file("ports").path) }
         #expect(up && allowed.isRunning)
         #expect(
             ((try? String(contentsOf: log, encoding: .utf8)) ?? "").contains("plain HTTP on a non-loopback address"))

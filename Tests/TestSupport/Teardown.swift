@@ -27,3 +27,22 @@ public enum Teardown {
         _ = done.wait(timeout: .now() + 60)
     }
 }
+
+/// Waits up to `limit` seconds for `condition`, sleeping between looks without holding a thread
+/// of the shared pool (a blocking wait there starves every other test on a 2-core machine).
+public func eventually(_ limit: TimeInterval, _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = Date() + limit
+    while Date() < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(100))
+    }
+    return try await condition()
+}
+
+/// Runs blocking work (a process start that polls, a wait) on a thread of its own, not on the
+/// shared pool that async tests run on.
+public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}
