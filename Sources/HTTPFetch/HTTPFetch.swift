@@ -70,11 +70,7 @@ public enum HTTPFetch {
     public static func withClient<T>(trusting caFile: String?, _ body: (HTTPClient) async throws -> T) async throws -> T
     {
         guard let caFile else { return try await body(.shared) }
-        var tls = TLSConfiguration.makeClientConfiguration()
-        do { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile)) } catch {
-            throw Failure(description: "\(caFile): not a PEM CA certificate (\(error))")
-        }
-        let client = HTTPClient(configuration: .init(tlsConfiguration: tls))
+        let client = try client(trusting: caFile)
         do {
             let result = try await body(client)
             try? await client.shutdown()
@@ -83,6 +79,15 @@ public enum HTTPFetch {
             try? await client.shutdown()
             throw error
         }
+    }
+
+    /// A client that trusts only the CA certificates in `caFile` (PEM); the caller shuts it down.
+    public static func client(trusting caFile: String) throws(Failure) -> HTTPClient {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        do { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile)) } catch {
+            throw Failure(description: "\(caFile): not a PEM CA certificate (\(error))")
+        }
+        return HTTPClient(configuration: .init(tlsConfiguration: tls))
     }
 
     static func request(_ method: String, _ url: URL, headers: [(String, String)], body: Data? = nil)

@@ -416,7 +416,8 @@ private struct TPMRun {
         var compared = 0
         var bootBanks = [String: Set<Int>]()
         var mismatches = [String]()
-        for (bank, values) in log.replay() {
+        let replayed = log.replay()
+        for (bank, values) in replayed {
             for (index, value) in values.sorted(by: { $0.key < $1.key }) {
                 guard let quotedValue = quoted[bank.rawValue]?[index] else { continue }
                 compared += 1
@@ -433,12 +434,12 @@ private struct TPMRun {
                     .eventLogReplayMismatch, "tpm.eventlog",
                     "replaying the event log does not give quoted " + mismatches.joined(separator: ", ")))
         }
-        // A boot PCR the log never extends must still hold its reset value (zeros).
-        for (bank, values) in quoted {
+        // A boot PCR the log never extends must still hold its reset value (zeros), in a bank the
+        // log covers.
+        let loggedBanks = Set(replayed.keys.map(\.rawValue))
+        for (bank, values) in quoted where loggedBanks.contains(bank) {
             for index in 0...7 where values[index].map({ $0.allSatisfy { $0 == 0 } }) == true {
-                if bootBanks[bank] != nil || log.replay().keys.contains(where: { $0.rawValue == bank }) {
-                    bootBanks[bank, default: []].insert(index)
-                }
+                bootBanks[bank, default: []].insert(index)
             }
         }
         return mismatches.isEmpty && bootBanks.values.contains { $0.count == 8 }

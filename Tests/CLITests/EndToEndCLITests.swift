@@ -52,17 +52,7 @@ import Testing
             process.standardOutput = handle
             process.standardError = handle
             try process.run()
-            var found = 0
-            let deadline = Date() + 60
-            while found == 0, Date() < deadline, process.isRunning {
-                let text = (try? String(contentsOf: portsFile, encoding: .utf8)) ?? ""
-                found =
-                    Int(
-                        text.replacingOccurrences(of: "port=", with: "").trimmingCharacters(in: .whitespacesAndNewlines)
-                    ) ?? 0
-                if found == 0 { Thread.sleep(forTimeInterval: 0.05) }
-            }
-            port = found
+            port = LoopbackServer.ports(in: portsFile, of: process, timeout: 60).first ?? 0
         }
         var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
         deinit { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }

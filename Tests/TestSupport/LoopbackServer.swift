@@ -11,12 +11,15 @@ public enum LoopbackServer {
                 ? "/usr/bin/python3" : "/usr/local/bin/python3")
     }
 
-    /// The space-separated ports `process` writes to `file`; empty when it exits or `timeout` passes first.
+    /// The space-separated ports `process` writes to `file` (`N` or `name=N`); empty when it exits
+    /// or `timeout` passes first.
     public static func ports(in file: URL, of process: Process, timeout: TimeInterval) -> [Int] {
         let deadline = Date() + timeout
         while Date() < deadline, process.isRunning {
             if let text = try? String(contentsOf: file, encoding: .utf8) {
-                let ports = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+                let ports = text.split(whereSeparator: \.isWhitespace).compactMap {
+                    Int($0.split(separator: "=").last ?? "")
+                }
                 if !ports.isEmpty { return ports }
             }
             Thread.sleep(forTimeInterval: 0.05)

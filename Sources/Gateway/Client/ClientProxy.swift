@@ -3,11 +3,11 @@ import AsyncHTTPClient
 import AttestationCore
 import AuditLog
 import Foundation
+import HTTPFetch
 import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
-import NIOSSL
 import Policy
 import Sealing
 import Synchronization
@@ -78,9 +78,7 @@ public final class ClientProxy: Sendable {
         self.configuration = configuration
         self.logger = logger
         if let caFile = configuration.caFile {
-            var tls = TLSConfiguration.makeClientConfiguration()
-            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
-            http = HTTPClient(configuration: .init(tlsConfiguration: tls))
+            http = try HTTPFetch.client(trusting: caFile)
             ownsClient = true
         } else {
             http = .shared
