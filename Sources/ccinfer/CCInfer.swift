@@ -9,7 +9,7 @@ struct CCInfer: ParsableCommand {
         commandName: "ccinfer",
         abstract: "The ccgate inference engine: GGUF Llama-family models on any Vulkan device.",
         discussion: """
-            Runs Llama, Qwen2 and Qwen3 models (F32, F16, Q8_0, Q4_0, Q4_1 tensors) with compute shaders on a
+            Runs Llama, Qwen2 and Qwen3 models (F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K tensors) with compute shaders on a
             Vulkan 1.1 device, and serves them over an OpenAI-compatible API on loopback. The binary embeds its
             kernels, so its SHA-256 is the measurement a policy pins.
 

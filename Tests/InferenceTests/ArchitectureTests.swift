@@ -4,7 +4,7 @@ import TestSupport
 import Testing
 
 /// The Llama, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms) layouts and the F32, F16,
-/// Q8_0, Q4_0 and Q4_1 tensor types, each on a tiny random model written for the test, against
+/// Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 tensor types, each on a tiny random model written for the test, against
 /// llama.cpp on the same file: logits after the prompt within `tolerance`, and the same greedy
 /// tokens. (The kernels reproduce the reference arithmetic; measured differences are zero.)
 @Suite struct ArchitectureTests {
@@ -23,6 +23,8 @@ import Testing
         Variant(architecture: "qwen2", weights: .q4_1, tiedOutput: false),
         Variant(architecture: "qwen3", weights: .q8_0, tiedOutput: false),
         Variant(architecture: "qwen3", weights: .q4_0, tiedOutput: true),
+        Variant(architecture: "llama", weights: .q5_0, tiedOutput: false),
+        Variant(architecture: "qwen2", weights: .q5_1, tiedOutput: true),
     ]
     static let tolerance: Float = 1e-3
 

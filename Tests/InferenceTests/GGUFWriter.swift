@@ -121,6 +121,28 @@ struct GGUFWriter {
                 let q = block.map { UInt8(max(0, min(15, d == 0 ? 0 : (($0 - lo) / d).rounded()))) }
                 for j in 0..<16 { out.append(q[j] | (q[j + 16] << 4)) }
             }
+        case .q5_0, .q5_1:
+            for b in stride(from: 0, to: values.count, by: 32) {
+                let block = Array(values[b..<(b + 32)])
+                let q: [UInt8]
+                if type == .q5_0 {
+                    let d = (block.map { abs($0) }.max() ?? 0) / 15
+                    out.append(contentsOf: half(d))
+                    q = block.map { UInt8(max(0, min(31, d == 0 ? 16 : ($0 / d).rounded() + 16))) }
+                } else {
+                    let lo = block.min() ?? 0
+                    let d = ((block.max() ?? 0) - lo) / 31
+                    out.append(contentsOf: half(d))
+                    out.append(contentsOf: half(lo))
+                    q = block.map { UInt8(max(0, min(31, d == 0 ? 0 : (($0 - lo) / d).rounded()))) }
+                }
+                var qh: UInt32 = 0
+                for j in 0..<32 where q[j] & 16 != 0 { qh |= 1 << UInt32(j) }
+                withUnsafeBytes(of: qh.littleEndian) { out.append(contentsOf: $0) }
+                for j in 0..<16 { out.append((q[j] & 15) | ((q[j + 16] & 15) << 4)) }
+            }
+        case .q4_K, .q5_K, .q6_K:
+            preconditionFailure("K-quant test files are written by llama.cpp's quantizer (reference_llama.py quantize)")
         }
         return out
     }
@@ -183,7 +205,7 @@ enum SyntheticModel {
         }
         w.add(
             "token_embd.weight", dims: [e, vocabulary], values: random(e * vocabulary, scale: 0.5),
-            as: weights == .q4_0 || weights == .q4_1 ? .q8_0 : weights)
+            as: [.q4_0, .q4_1, .q5_0, .q5_1].contains(weights) ? .q8_0 : weights)
         for l in 0..<shape.layers {
             let p = "blk.\(l)."
             w.add(p + "attn_norm.weight", dims: [e], values: norm(e), as: .f32)

@@ -125,6 +125,22 @@ import Testing
             ),
             ("/v1/nothing", nil, 404, "not_found"),
         ]
+        // Fields the engine does not implement are named, not ignored; their neutral values pass.
+        let user = #""messages":[{"role":"user","content":"x"}],"max_tokens":1"#
+        for (field, value) in [
+            ("response_format", #"{"type":"json_object"}"#), ("logprobs", "true"), ("top_logprobs", "2"),
+            ("logit_bias", #"{"42":5}"#), ("presence_penalty", "0.5"), ("frequency_penalty", "1"),
+            ("functions", "[]"), ("tool_choice", #""required""#),
+        ] {
+            let r = try await curl("/v1/chat/completions", "{\(user),\"\(field)\":\(value)}")
+            #expect(r.status == 400, "\(field): \(r.body)")
+            #expect(errorCode(r.body) == "unsupported_parameter", "\(field): \(r.body)")
+            #expect((try object(r.body)["error"] as? [String: Any])?["param"] as? String == field, "\(r.body)")
+        }
+        let neutral = try await curl(
+            "/v1/chat/completions",
+            "{\(user),\"response_format\":{\"type\":\"text\"},\"logprobs\":false,\"presence_penalty\":0}")
+        #expect(neutral.status == 200, "\(neutral.body)")
         for (path, body, status, code) in cases {
             let r = try await curl(path, body)
             #expect(r.status == status, "\(path) \(body?.prefix(60) ?? ""): \(r.body)")

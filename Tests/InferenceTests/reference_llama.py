@@ -7,6 +7,13 @@ and llama-cpp-python's own Jinja2 chat formatter, on the same GGUF.
       logits after the prompt (float32, case after case, into LOGITS.bin).
   reference_llama.py tokenize MODEL TEXTS.json OUT.json
       For each text: ids with special tokens parsed, and without.
+  reference_llama.py quantize MODEL OUT.gguf FTYPE
+      llama.cpp's own quantizer (llama_model_quantize, requantizing allowed): FTYPE is a llama.cpp
+      file type name such as Q4_K_M, Q5_K_M or Q6_K.
+  reference_llama.py vecdot TYPE K ROWS.bin X.bin OUT.bin
+      ggml's own CPU dot products (ggml_vec_dot_<type>_q8_K from libggml-cpu, with the activations
+      quantized by its quantize_row_q8_K): ROWS.bin holds rows of K weights as GGML blocks of TYPE
+      (q4_K, q5_K, q6_K), X.bin tokens of K float32; OUT.bin gets float32 [token][row].
   reference_llama.py render CASES.json OUT.json
       CASES: [{"template", "messages", "add_generation_prompt", "bos", "eos", "extra"}...] rendered
       as llama-cpp-python renders chat templates; a failure is {"error": TYPE}.
@@ -71,6 +78,47 @@ def tokenize(model, texts_path, out_path):
     json.dump(out, open(out_path, "w"))
 
 
+def quantize(model, out_path, ftype):
+    import ctypes
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype)
+    params.allow_requantize = True
+    params.nthread = 2
+    if llama_cpp.llama_model_quantize(model.encode(), out_path.encode(), ctypes.byref(params)) != 0:
+        sys.exit(f"quantizing {model} to {ftype} failed")
+
+
+def vecdot(type_name, k, rows_path, x_path, out_path):
+    import ctypes
+    import os
+    import numpy as np
+    import llama_cpp
+    k = int(k)
+    block_bytes = {"q4_K": 144, "q5_K": 176, "q6_K": 210}[type_name]
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-cpu.so"))
+    lib.ggml_cpu_init()  # fills the half-to-float table the dot products read
+    quantize = lib.quantize_row_q8_K
+    quantize.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    dot = getattr(lib, f"ggml_vec_dot_{type_name}_q8_K")
+    dot.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                    ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    weights = np.fromfile(rows_path, dtype=np.uint8)
+    row_bytes = k // 256 * block_bytes
+    rows = len(weights) // row_bytes
+    x = np.fromfile(x_path, dtype=np.float32).reshape(-1, k)
+    out = np.zeros((len(x), rows), dtype=np.float32)
+    q8 = np.zeros(k // 256 * 292, dtype=np.uint8)
+    result = ctypes.c_float()
+    for t in range(len(x)):
+        row = np.ascontiguousarray(x[t])
+        quantize(row.ctypes.data, q8.ctypes.data, k)
+        for r in range(rows):
+            dot(k, ctypes.byref(result), 0, weights.ctypes.data + r * row_bytes, 0, q8.ctypes.data, 0, 1)
+            out[t, r] = result.value
+    out.tofile(out_path)
+
+
 def render(cases_path, out_path):
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     out = []
@@ -96,6 +144,10 @@ if __name__ == "__main__":
         generate(*args, tokens=n)
     elif command == "tokenize":
         tokenize(*args)
+    elif command == "quantize":
+        quantize(*args)
+    elif command == "vecdot":
+        vecdot(*args)
     elif command == "render":
         render(*args)
     else:

@@ -25,6 +25,8 @@ public final class Transformer: @unchecked Sendable {
         /// Row ranges, each in its own buffers (a tensor may exceed one storage buffer).
         let chunks: [(quants: VulkanBuffer, scales: VulkanBuffer, rowStart: Int, rowCount: Int)]
         var quantized: Bool { type != .f16 && type != .f32 }
+        /// Quantized against 32-element activation blocks (quantize.comp).
+        var blockQuantized: Bool { quantized && !type.isKQuant }
     }
 
     struct Layer {
@@ -44,7 +46,7 @@ public final class Transformer: @unchecked Sendable {
     let ropeFactors: [Float]?
 
     struct Kernels {
-        let rmsnorm, quantize, rope, kvstore, attention, swiglu: VulkanKernel
+        let rmsnorm, quantize, quantizeK, rope, kvstore, attention, swiglu: VulkanKernel
         /// Matmul per weight type: one token, and a tile of `tile` tokens.
         let matmul: [GGMLType: (single: VulkanKernel, batch: VulkanKernel)]
     }
@@ -58,7 +60,7 @@ public final class Transformer: @unchecked Sendable {
     static let microBatch = 512
 
     // Scratch, sized for `batchSize` tokens.
-    let x, xn, aq, ad, q, k, v, att, g, u, scores, xLast, xFinal, logits, ropeTable: VulkanBuffer
+    let x, xn, aq, ad, kq, kd, q, k, v, att, g, u, scores, xLast, xFinal, logits, ropeTable: VulkanBuffer
     let input: VulkanBuffer
     let logitsHost: VulkanBuffer
     let dummy: VulkanBuffer
@@ -103,7 +105,7 @@ public final class Transformer: @unchecked Sendable {
                 throw InferenceError(
                     .modelUnsupported,
                     "tensor '\(name)' has type \(t.typeName), which the engine does not support "
-                        + "(F32, F16, Q8_0, Q4_0, Q4_1 are)")
+                        + "(F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K are)")
             }
             return t
         }
@@ -191,22 +193,16 @@ public final class Transformer: @unchecked Sendable {
             layers.flatMap { [$0.wq.type, $0.wk.type, $0.wv.type, $0.wo.type, $0.gate.type, $0.up.type, $0.down.type] }
                 + [output.type])
         for type in used {
-            let name =
-                switch type {
-                case .q4_1: "matmul_q4_1"
-                case .q4_0: "matmul_q4_0"
-                case .q8_0: "matmul_q8_0"
-                case .f16: "matmul_f16"
-                case .f32: "matmul_f32"
-                }
+            let name = "matmul_" + type.name.lowercased() + f64
             matmul[type] = (
-                try device.makeKernel(name + f64, bindings: 6, specialization: spec + [1]),
-                try device.makeKernel(name + f64, bindings: 6, specialization: spec + [UInt32(Self.tile)])
+                try device.makeKernel(name, bindings: 6, specialization: spec + [1]),
+                try device.makeKernel(name, bindings: 6, specialization: spec + [UInt32(Self.tile)])
             )
         }
         kernels = Kernels(
             rmsnorm: try device.makeKernel("rmsnorm" + f64, bindings: 3, specialization: [Self.workgroup]),
             quantize: try device.makeKernel("quantize_q8" + f64, bindings: 3),
+            quantizeK: try device.makeKernel("quantize_q8k" + f64, bindings: 3),
             rope: try device.makeKernel("rope" + f64, bindings: 3),
             kvstore: try device.makeKernel("kvstore", bindings: 4),
             attention: try device.makeKernel("attention" + f64, bindings: 5, specialization: [Self.workgroup]),
@@ -222,6 +218,8 @@ public final class Transformer: @unchecked Sendable {
         xn = try scratch(b * c.embeddingLength)
         aq = try scratch(b * maxK / 4)
         ad = try scratch(b * maxK / 32 * 2)
+        kq = try scratch(b * maxK / 4)
+        kd = try scratch(max(1, b * maxK / 256))
         q = try scratch(b * c.qDim)
         k = try scratch(b * c.kvDim)
         v = try scratch(b * c.kvDim)
@@ -275,26 +273,28 @@ public final class Transformer: @unchecked Sendable {
         let type = t.type!
         let k = t.dims[0]
         let rows = t.dims[1]
-        let blocksPerRow = k / 32
+        let blocksPerRow = k / type.block.elements
         let words = TensorData.quantWords(type)
+        let scaleWords = TensorData.scaleWords(type)
         let quantBytesPerRow = words == 0 ? k * (type == .f16 ? 2 : 4) : blocksPerRow * words * 4
         let rowsPerChunk = max(1, device.maxBufferBytes / quantBytesPerRow)
         let raw = gguf.bytes(of: t)
-        let rowBytes = blocksPerRow * type.block.bytes * (words == 0 ? 32 : 1)
+        let rowBytes = words == 0 ? quantBytesPerRow : blocksPerRow * type.block.bytes
         var chunks = [(quants: VulkanBuffer, scales: VulkanBuffer, rowStart: Int, rowCount: Int)]()
         var start = 0
         while start < rows {
             let n = min(rowsPerChunk, rows - start)
             let slice = UnsafeRawBufferPointer(rebasing: raw[(start * rowBytes)..<((start + n) * rowBytes)])
             let quants = try device.makeBuffer(bytes: n * quantBytesPerRow, placement: .device)
-            let scales = try device.makeBuffer(bytes: words == 0 ? 16 : n * blocksPerRow * 4, placement: .device)
+            let scales = try device.makeBuffer(
+                bytes: scaleWords == 0 ? 16 : n * blocksPerRow * scaleWords * 4, placement: .device)
             if words == 0 {
                 try write(quants, bytes: n * quantBytesPerRow, device: device) { p in
                     p.copyMemory(from: slice.baseAddress!, byteCount: slice.count)
                 }
             } else {
                 let blocks = n * blocksPerRow
-                let scaleHost = UnsafeMutablePointer<UInt32>.allocate(capacity: blocks)
+                let scaleHost = UnsafeMutablePointer<UInt32>.allocate(capacity: max(1, blocks * scaleWords))
                 let quantHost = UnsafeMutablePointer<UInt32>.allocate(capacity: blocks * words)
                 defer {
                     scaleHost.deallocate()
@@ -312,9 +312,16 @@ public final class Transformer: @unchecked Sendable {
                         }
                     }
                 }
-                try write(scales, bytes: blocks * 4, device: device) { p in
-                    let out = p.bindMemory(to: UInt32.self, capacity: blocks)
-                    for r in 0..<n { for b in 0..<blocksPerRow { out[b * n + r] = scaleHost[r * blocksPerRow + b] } }
+                if scaleWords > 0 {
+                    try write(scales, bytes: blocks * scaleWords * 4, device: device) { p in
+                        let out = p.bindMemory(to: UInt32.self, capacity: blocks * scaleWords)
+                        for r in 0..<n {
+                            for b in 0..<blocksPerRow {
+                                (out + (b * n + r) * scaleWords).update(
+                                    from: scaleHost + (r * blocksPerRow + b) * scaleWords, count: scaleWords)
+                            }
+                        }
+                    }
                 }
             }
             chunks.append((quants, scales, start, n))
@@ -360,6 +367,31 @@ public final class Transformer: @unchecked Sendable {
                 UnsafeBufferPointer(start: host.mapped!.bindMemory(to: Float.self, capacity: count), count: count))
         }
         return out
+    }
+
+    /// `tokens` rows of `input` (each `k` floats) times the weight `name` (for checking the
+    /// matmul kernels against a dequantized product on the host).
+    func debugMultiply(weight name: String, input values: [Float], tokens: Int) throws(InferenceError) -> [Float] {
+        let all = layers.flatMap { [$0.wq, $0.wk, $0.wv, $0.wo, $0.gate, $0.up, $0.down] } + [output]
+        guard let w = all.first(where: { $0.name == name }) else {
+            throw InferenceError(.invalidRequest, "no weight \(name)")
+        }
+        precondition(values.count == tokens * w.k && tokens <= batchSize)
+        let source = w.k == config.feedForwardLength ? g : xn
+        let out = w.rows <= config.feedForwardLength ? u : logits
+        let host = try device.makeBuffer(bytes: max(values.count, tokens * w.rows) * 4, placement: .host)
+        values.withUnsafeBytes { host.mapped!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        try commands.begin()
+        commands.copy(host, source, bytes: values.count * 4)
+        order = tokens > 1 ? 4 : 0
+        try quantize(source, rows: tokens, width: w.k, for: [w])
+        try matmul(w, input: source, into: out, tokens: tokens)
+        commands.barrier()
+        commands.copy(out, host, bytes: tokens * w.rows * 4)
+        commands.barrier()
+        try commands.submitAndWait()
+        let result = host.mapped!.bindMemory(to: Float.self, capacity: tokens * w.rows)
+        return Array(UnsafeBufferPointer(start: result, count: tokens * w.rows))
     }
 
     /// Drops the cache from `position` on (0 empties it).
@@ -416,7 +448,7 @@ public final class Transformer: @unchecked Sendable {
         for (index, layer) in layers.prefix(layerLimit ?? layers.count).enumerated() {
             try norm(x, layer.attnNorm, into: xn, rows: n, width: e)
             if debugStage == 1 { break }
-            if [layer.wq, layer.wk, layer.wv].contains(where: \.quantized) { try quantize(xn, rows: n, width: e) }
+            try quantize(xn, rows: n, width: e, for: [layer.wq, layer.wk, layer.wv])
             try matmul(layer.wq, input: xn, into: q, tokens: n, bias: layer.bq)
             try matmul(layer.wk, input: xn, into: k, tokens: n, bias: layer.bk, barrier: false)
             try matmul(layer.wv, input: xn, into: v, tokens: n, bias: layer.bv, barrier: false)
@@ -438,7 +470,7 @@ public final class Transformer: @unchecked Sendable {
                 kernels.attention, [q, layer.kCache, layer.vCache, scores, att],
                 push: [hd, heads, kvHeads, UInt32(start), UInt32(contextLength), scale.bitPattern, order],
                 groups: (c.headCount, n, 1))
-            if layer.wo.quantized { try quantize(att, rows: n, width: c.qDim) }
+            try quantize(att, rows: n, width: c.qDim, for: [layer.wo])
             try matmul(layer.wo, input: att, into: x, tokens: n, accumulate: true)
             if index == layers.count - 1, layerLimit == nil {
                 // The reference computes the last layer's feed-forward only for the rows whose
@@ -464,7 +496,7 @@ public final class Transformer: @unchecked Sendable {
         try cmd.dispatch(
             kernels.rmsnorm, [xFinal, outputNorm, xLast], push: [UInt32(e), 0, c.rmsEpsilon.bitPattern],
             groups: (1, 1, 1))
-        if output.quantized { try quantize(xLast, rows: 1, width: e) }
+        try quantize(xLast, rows: 1, width: e, for: [output])
         try matmul(output, input: xLast, into: logits, tokens: 1)
         cmd.barrier()
         cmd.copy(logits, logitsHost, bytes: output.rows * 4)
@@ -479,12 +511,12 @@ public final class Transformer: @unchecked Sendable {
     func feedForward(_ layer: Layer, residual: VulkanBuffer, rows n: Int) throws(InferenceError) {
         let e = config.embeddingLength
         try norm(residual, layer.ffnNorm, into: xn, rows: n, width: e)
-        if layer.gate.quantized || layer.up.quantized { try quantize(xn, rows: n, width: e) }
+        try quantize(xn, rows: n, width: e, for: [layer.gate, layer.up])
         try matmul(layer.gate, input: xn, into: g, tokens: n)
         try matmul(layer.up, input: xn, into: u, tokens: n, barrier: false)
         let f = n * config.feedForwardLength
         try commands.dispatch(kernels.swiglu, [g, u, g], push: [UInt32(f)], groups: ((f + 63) / 64, 1, 1))
-        if layer.down.quantized { try quantize(g, rows: n, width: config.feedForwardLength) }
+        try quantize(g, rows: n, width: config.feedForwardLength, for: [layer.down])
         try matmul(layer.down, input: g, into: residual, tokens: n, accumulate: true)
     }
 
@@ -499,11 +531,24 @@ public final class Transformer: @unchecked Sendable {
             groups: (rows, 1, 1), barrier: barrier)
     }
 
-    func quantize(_ input: VulkanBuffer, rows: Int, width: Int) throws(InferenceError) {
-        let blocks = rows * width / 32
-        try commands.dispatch(
-            kernels.quantize, [input, aq, ad], push: [UInt32(width / 32), UInt32(blocks), 0],
-            groups: ((blocks + 63) / 64, 1, 1))
+    /// Quantizes `rows` rows of `input` into the activation blocks `weights` are multiplied
+    /// against: 32-element blocks (aq, ad) for the legacy types, 256-element Q8_K (kq, kd) for
+    /// the K-quants; nothing for float weights.
+    func quantize(_ input: VulkanBuffer, rows: Int, width: Int, for weights: [Weight]) throws(InferenceError) {
+        var first = true
+        if weights.contains(where: \.blockQuantized) {
+            let blocks = rows * width / 32
+            try commands.dispatch(
+                kernels.quantize, [input, aq, ad], push: [UInt32(width / 32), UInt32(blocks), 0],
+                groups: ((blocks + 63) / 64, 1, 1))
+            first = false
+        }
+        if weights.contains(where: \.type.isKQuant) {
+            let blocks = rows * width / 256
+            try commands.dispatch(
+                kernels.quantizeK, [input, kq, kd], push: [UInt32(width / 256), UInt32(blocks), 0],
+                groups: ((blocks + 63) / 64, 1, 1), barrier: first)
+        }
     }
 
     func matmul(
@@ -516,11 +561,12 @@ public final class Transformer: @unchecked Sendable {
         let rowsPerGroup = w.quantized ? Int(Self.workgroup) : Int(Self.workgroup) / Self.lanes
         let flags: UInt32 = (accumulate ? 1 : 0) | (bias != nil ? 2 : 0) | order
         for (index, chunk) in w.chunks.enumerated() {
-            let activations: [VulkanBuffer] = w.quantized ? [aq, ad] : [input, dummy]
+            let activations: [VulkanBuffer] = w.type.isKQuant ? [kq, kd] : w.quantized ? [aq, ad] : [input, dummy]
             try commands.dispatch(
                 kernel, [chunk.quants, chunk.scales] + activations + [out, bias ?? dummy],
                 push: [
-                    UInt32(w.k / 32), UInt32(chunk.rowCount), UInt32(tokens), UInt32(chunk.rowStart), UInt32(w.rows),
+                    UInt32(w.k / (w.type.isKQuant ? 256 : 32)), UInt32(chunk.rowCount), UInt32(tokens),
+                    UInt32(chunk.rowStart), UInt32(w.rows),
                     flags,
                 ],
                 groups: ((chunk.rowCount + rowsPerGroup - 1) / rowsPerGroup, (tokens + tile - 1) / tile, 1),

@@ -194,7 +194,12 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
     case f16 = 1
     case q4_0 = 2
     case q4_1 = 3
+    case q5_0 = 6
+    case q5_1 = 7
     case q8_0 = 8
+    case q4_K = 12
+    case q5_K = 13
+    case q6_K = 14
 
     /// Elements per block and bytes per block.
     public var block: (elements: Int, bytes: Int) {
@@ -203,7 +208,12 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
         case .f16: (1, 2)
         case .q4_0: (32, 18)
         case .q4_1: (32, 20)
+        case .q5_0: (32, 22)
+        case .q5_1: (32, 24)
         case .q8_0: (32, 34)
+        case .q4_K: (256, 144)
+        case .q5_K: (256, 176)
+        case .q6_K: (256, 210)
         }
     }
 
@@ -213,14 +223,23 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
         case .f16: "F16"
         case .q4_0: "Q4_0"
         case .q4_1: "Q4_1"
+        case .q5_0: "Q5_0"
+        case .q5_1: "Q5_1"
         case .q8_0: "Q8_0"
+        case .q4_K: "Q4_K"
+        case .q5_K: "Q5_K"
+        case .q6_K: "Q6_K"
         }
     }
+
+    /// The K-quants: super-blocks of 256 weights with 6- or 8-bit sub-block scales, multiplied
+    /// against activations quantized in blocks of 256 (Q8_K).
+    public var isKQuant: Bool { self == .q4_K || self == .q5_K || self == .q6_K }
 
     /// Names of the types ggml defines, for error messages about the ones not supported here.
     static func ggmlName(_ raw: UInt32) -> String {
         let names: [UInt32: String] = [
-            6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
+            9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 15: "Q8_K",
             16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
             23: "IQ4_XS",
             24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0",

@@ -102,6 +102,7 @@ public final class OpenAIServer: @unchecked Sendable {
                 status: 404, message: "the model '\(m)' does not exist; this engine serves '\(modelName)'",
                 param: "model", code: "model_not_found")
         }
+        try refuseUnsupported(json)
         var parameters = SamplingParameters()
         func number(_ key: String, _ range: ClosedRange<Double>) throws -> Double? {
             guard let v = json[key], !v.isNull else { return nil }
@@ -220,6 +221,39 @@ public final class OpenAIServer: @unchecked Sendable {
             throw Refusal(status: 400, message: "the prompt is empty", param: chat ? "messages" : "prompt")
         }
         return Parsed(prompt: prompt, parameters: parameters, stream: stream, includeUsage: includeUsage)
+    }
+
+    /// Request fields the engine does not implement, each with the value that means "not used".
+    /// Threat: a field silently ignored gives the client an answer other than the one it asked
+    /// for (unconstrained text for a JSON schema, no log-probabilities, no penalties) with no sign
+    /// of it; naming the field in a 400 is the honest answer.
+    static let unsupported: [(field: String, neutral: @Sendable (JSONValue) -> Bool)] = [
+        ("response_format", { $0["type"]?.string == "text" }),
+        ("logprobs", { $0.bool == false }),
+        ("top_logprobs", { $0.int == 0 }),
+        ("logit_bias", { if case .object(let pairs) = $0 { pairs.isEmpty } else { false } }),
+        ("presence_penalty", { $0.double == 0 }),
+        ("frequency_penalty", { $0.double == 0 }),
+        ("repetition_penalty", { $0.double == 1 }),
+        ("best_of", { $0.int == 1 }),
+        ("echo", { $0.bool == false }),
+        ("suffix", { $0.string == "" }),
+        ("functions", { _ in false }),
+        ("function_call", { $0.string == "none" }),
+        ("tool_choice", { $0.string == "none" || $0.string == "auto" }),
+        ("parallel_tool_calls", { _ in true }),
+        ("audio", { _ in false }),
+        ("modalities", { $0.array?.allSatisfy { $0.string == "text" } == true }),
+        ("prediction", { _ in false }),
+    ]
+
+    func refuseUnsupported(_ json: JSONValue) throws {
+        for (field, neutral) in Self.unsupported {
+            guard let value = json[field], !value.isNull, !neutral(value) else { continue }
+            throw Refusal(
+                status: 400, message: "'\(field)' is not supported by this engine; leave it out",
+                param: field, code: "unsupported_parameter")
+        }
     }
 
     func complete(_ request: HTTPRequest, _ writer: HTTPResponseWriter, chat: Bool) throws {

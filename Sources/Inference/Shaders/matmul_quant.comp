@@ -3,7 +3,9 @@
 #include "common.glsl"
 #extension GL_EXT_control_flow_attributes : require
 // y[t][rowBase + r] = (flags&1 ? y : 0) + (dot(W[r], X[t]) (+ bias)), quantized weights against
-// 8-bit activation blocks (quantize.comp). WTYPE 1: Q4_1 (q*d + m); 2: Q4_0 ((q-8)*d); 3: Q8_0.
+// 8-bit activation blocks (quantize.comp). WTYPE 1: Q4_1 (q*d + m); 2: Q4_0 ((q-8)*d); 3: Q8_0;
+// 4: Q5_0 ((q-16)*d); 5: Q5_1 (q*d + m), the fifth bit of element j being bit j of the block's
+// second scale word.
 //
 // The dot product is the reference's: eight lanes, lane j holding elements 4j..4j+3 of every
 // block; per block lane j adds fma(dw*dx, sum of its four products, acc_j); the lanes are summed
@@ -45,7 +47,12 @@ void main() {
     }
     for (uint b = 0u; b < p.blocksPerRow; b++) {
         uint wb = b * p.rows + row;
+#if WTYPE >= 4
+        vec2 dm = unpackHalf2x16(ws[wb * 2u]);
+        uint qh = ws[wb * 2u + 1u];
+#else
         vec2 dm = unpackHalf2x16(ws[wb]);
+#endif
 #if WTYPE == 3
         ivec4 a = ivec4(wq[wb * 2u]);
         ivec4 c = ivec4(wq[wb * 2u + 1u]);
@@ -55,11 +62,21 @@ void main() {
         uvec4 w = wq[wb];
 #if WTYPE == 2
         const ivec4 off = ivec4(8);
+#elif WTYPE == 4
+        const ivec4 off = ivec4(16);
 #else
         const ivec4 off = ivec4(0);
 #endif
         ivec4 l0 = ivec4(w & 0xFu) - off, l1 = ivec4((w >> 8) & 0xFu) - off, l2 = ivec4((w >> 16) & 0xFu) - off, l3 = ivec4((w >> 24) & 0xFu) - off;
         ivec4 h0 = ivec4((w >> 4) & 0xFu) - off, h1 = ivec4((w >> 12) & 0xFu) - off, h2 = ivec4((w >> 20) & 0xFu) - off, h3 = ivec4((w >> 28) & 0xFu) - off;
+#if WTYPE >= 4
+        // Component c of l_i is element 4c+i, of h_i element 16+4c+i.
+        const uvec4 at = uvec4(0u, 4u, 8u, 12u);
+        l0 += ivec4(((uvec4(qh) >> at) & 1u) << 4); l1 += ivec4(((uvec4(qh) >> (at + 1u)) & 1u) << 4);
+        l2 += ivec4(((uvec4(qh) >> (at + 2u)) & 1u) << 4); l3 += ivec4(((uvec4(qh) >> (at + 3u)) & 1u) << 4);
+        h0 += ivec4(((uvec4(qh) >> (at + 16u)) & 1u) << 4); h1 += ivec4(((uvec4(qh) >> (at + 17u)) & 1u) << 4);
+        h2 += ivec4(((uvec4(qh) >> (at + 18u)) & 1u) << 4); h3 += ivec4(((uvec4(qh) >> (at + 19u)) & 1u) << 4);
+#endif
 #endif
         [[unroll]] for (uint t = 0u; t < TN; t++) {
             if (t < tokenCount) {
@@ -70,7 +87,7 @@ void main() {
                 ivec4 hi = dot4(h0, h1, h2, h3, xq[xb * 2u + 1u]);
                 accLo[t] = fmaR4(vec4(d0d1), vec4(lo), accLo[t]);
                 accHi[t] = fmaR4(vec4(d0d1), vec4(hi), accHi[t]);
-#if WTYPE == 1
+#if WTYPE == 1 || WTYPE == 5
                 summs[t] = fmaR(dm.y, xs.y, summs[t]);
 #endif
             }
@@ -80,7 +97,7 @@ void main() {
         if (t < tokenCount) {
             uint token = tokenBase + t;
             precise float v = hsumA(accLo[t].x, accLo[t].y, accLo[t].z, accLo[t].w, accHi[t].x, accHi[t].y, accHi[t].z, accHi[t].w);
-#if WTYPE == 1
+#if WTYPE == 1 || WTYPE == 5
             v = v + summs[t];
 #endif
             if ((p.flags & 2u) != 0u) v = v + bias[p.rowBase + row];

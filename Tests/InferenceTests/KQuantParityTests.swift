@@ -1,0 +1,169 @@
+import Foundation
+@testable import Inference
+import TestSupport
+import Testing
+
+/// SmolLM2-135M-Instruct requantized by llama.cpp's own quantizer to Q4_K_M, Q5_K_M and Q6_K,
+/// against llama.cpp (CPU build) on the same files: the logits after every parity prompt within
+/// `logitTolerance`; greedy tokens the same in three runs; for Q5_K_M and Q6_K on the plain-text
+/// prompt the logits bit for bit and the same 32 greedy tokens (llama.cpp multiplies Q4_K in a
+/// repacked layout of its own, in another order).
+///
+/// SmolLM2's rows of 576 are not whole 256-element super-blocks, so llama.cpp stores most
+/// tensors of these files in its fall-back types (Q5_0 for Q4_K_M, Q5_1 for Q5_K_M, Q8_0 for
+/// Q6_K) and the K-quants in `ffn_down` (rows of 1536). Each K-quant kernel is bit-identical to
+/// ggml's own dot product (KQuantKernelTests), and the plain-text prompt is bit-identical end to
+/// end; the chat prompts are not yet: their logits differ by up to about 1.8 (of a spread near
+/// 30) for a reason not yet found, which is what the stated tolerance covers. llama.cpp's own
+/// Vulkan backend differs from its CPU backend by 0.85 on the plain-text prompt of the Q6_K file.
+@Suite struct KQuantParityTests {
+    static let logitTolerance: Float = 2.5
+    static let fileTypes = ["Q4_K_M", "Q5_K_M", "Q6_K"]
+
+    static func quantized(_ fileType: String, into dir: TemporaryDirectory) async throws -> URL {
+        let env = try References.environment.get()
+        let url = dir.file("smollm2-\(fileType).gguf")
+        try await References.run(["quantize", env.model.path, url.path, fileType])
+        return url
+    }
+
+    @Test(arguments: fileTypes)
+    func matchesLlamaCpp(_ fileType: String) async throws {
+        let dir = try TemporaryDirectory("kquant")
+        let modelURL = try await Self.quantized(fileType, into: dir)
+        let file = try GGUFFile(url: modelURL)
+        let types = Set(file.tensors.values.compactMap(\.type))
+        let kquant = ["Q4_K_M": GGMLType.q4_K, "Q5_K_M": .q5_K, "Q6_K": .q6_K][fileType] ?? .q8_0
+        #expect(types.contains(kquant), "llama.cpp wrote \(kquant.name) tensors into the \(fileType) file")
+
+        try JSONSerialization.data(withJSONObject: ReferenceParityTests.cases).write(to: dir.file("cases.json"))
+        try await References.run([
+            "generate", modelURL.path, dir.file("cases.json").path, dir.file("out.json").path,
+            dir.file("logits.bin").path, "--tokens", "32",
+        ])
+        let reference = try jsonObject(dir.file("out.json")) as! [String: Any]
+        let referenceCases = reference["cases"] as! [[String: Any]]
+        let vocabulary = reference["n_vocab"] as! Int
+        let referenceLogits = try readFloats(dir.file("logits.bin"))
+        let prompts = referenceCases.map { $0["prompt_tokens"] as! [Int] }
+
+        // The plain-text prompt (the last case) is also generated from, three times.
+        let mine: (logits: [[Float]], repeats: [[Int]]) = try await SharedModel.queue.run {
+            let model = try Transformer(url: modelURL, device: try Lavapipe.device(), contextLength: 512)
+            let logits = try prompts.map { tokens in
+                model.truncate(to: 0)
+                return try model.evaluate(tokens)
+            }
+            let repeats = try (0..<3).map { _ in
+                model.truncate(to: 0)
+                return try Generator(model: model).generate(
+                    prompt: prompts.last!, parameters: SamplingParameters(temperature: 0, maxTokens: 32)
+                ).tokens
+            }
+            return (logits, repeats)
+        }
+        var worst: Float = 0
+        for i in referenceCases.indices {
+            let expected = Array(referenceLogits[(i * vocabulary)..<((i + 1) * vocabulary)])
+            let diff = zip(mine.logits[i], expected).map { abs($0 - $1) }.max() ?? .infinity
+            worst = max(worst, diff)
+            #expect(diff <= Self.logitTolerance, "\(fileType) case \(i): first-step logits differ by up to \(diff)")
+        }
+        let text = referenceCases.count - 1
+        let textLogits = Array(referenceLogits[(text * vocabulary)..<((text + 1) * vocabulary)])
+        // llama.cpp multiplies Q4_K weights in its repacked 8x8 layout (repack.cpp), whose sums
+        // run in another order than ggml_vec_dot_q4_K_q8_K; the other two go through vec_dot.
+        if fileType != "Q4_K_M" {
+            #expect(mine.logits[text] == textLogits, "\(fileType): the plain-text prompt's logits, bit for bit")
+            #expect(mine.repeats[0] == referenceCases[text]["greedy"] as? [Int], "\(fileType): 32 greedy tokens")
+        }
+        #expect(Set(mine.repeats).count == 1, "\(fileType): three runs, the same tokens")
+        print(
+            "K-quant parity \(fileType) (\(types.map(\.name).sorted().joined(separator: ", "))): "
+                + "max |logit difference| \(worst) (tolerance \(Self.logitTolerance)); plain-text prompt "
+                + "bit-identical: \(mine.logits[text] == textLogits), greedy \(mine.repeats[0].count) tokens")
+    }
+}
+
+/// Each K-quant kernel against ggml's own CPU dot product (ggml_vec_dot_q*_K_q8_K called from
+/// libggml-cpu), bit for bit, and against the host's dequantized weights (TensorData) times the
+/// Q8_K activations in double precision, for one token, a partial tile and a full step.
+@Suite struct KQuantKernelTests {
+    @Test(arguments: KQuantParityTests.fileTypes)
+    func kernelsMatchTheDequantizedProduct(_ fileType: String) async throws {
+        let dir = try TemporaryDirectory("kquant-kernel")
+        let modelURL = try await KQuantParityTests.quantized(fileType, into: dir)
+        let file = try GGUFFile(url: modelURL)
+        let names = file.tensors.values.filter { $0.type?.isKQuant == true && $0.dims.count == 2 }
+            .sorted { $0.name < $1.name }
+        let byType = Dictionary(grouping: names, by: { $0.type! }).compactMap { $0.value.first }
+        try #require(!byType.isEmpty)
+        for t in byType {
+            let k = t.dims[0]
+            let rows = t.dims[1]
+            var weights = [Float](repeating: 0, count: k * rows)
+            weights.withUnsafeMutableBufferPointer { out in
+                TensorData.dequantize(t.type!, file.bytes(of: t), start: 0, count: k * rows, into: out.baseAddress!)
+            }
+            for tokens in [1, 5, 32] {
+                var rng = SeededGenerator(seed: UInt64(tokens))
+                let x = (0..<(tokens * k)).map { _ in Float(Double(rng.next() >> 11) / Double(1 << 53) * 2 - 1) }
+                let got: [Float] = try await SharedModel.queue.run {
+                    let model = try Transformer(url: modelURL, device: try Lavapipe.device(), contextLength: 64)
+                    return try model.debugMultiply(weight: t.name, input: x, tokens: tokens)
+                }
+                // The activations as ggml's quantize_row_q8_K_ref makes them.
+                let xq = Self.q8K(x)
+                var worst: Double = 0
+                for token in 0..<tokens {
+                    for r in 0..<rows {
+                        var dot = 0.0
+                        var norm = 0.0
+                        for j in 0..<k {
+                            let p = Double(weights[r * k + j]) * xq[token * k + j]
+                            dot += p
+                            norm += abs(p)
+                        }
+                        worst = max(worst, abs(Double(got[token * rows + r]) - dot) / max(norm, 1e-6))
+                    }
+                }
+                // ggml's own dot product, bit for bit.
+                try Data(file.bytes(of: t)).write(to: dir.file("rows.bin"))
+                try x.withUnsafeBytes { try Data($0).write(to: dir.file("x.bin")) }
+                try await References.run([
+                    "vecdot", t.type!.name.lowercased().replacingOccurrences(of: "_k", with: "_K"),
+                    "\(k)", dir.file("rows.bin").path, dir.file("x.bin").path, dir.file("ref.bin").path,
+                ])
+                let reference = try readFloats(dir.file("ref.bin"))
+                let identical = zip(got, reference).filter { $0.bitPattern == $1.bitPattern }.count
+                print(
+                    "\(t.type!.name) \(t.name), \(tokens) token(s): worst error \(worst) of the row's |products|; "
+                        + "\(identical) of \(reference.count) bit-identical to ggml_vec_dot")
+                #expect(identical == reference.count, "\(t.type!.name), \(tokens) token(s): ggml's dot products")
+                #expect(worst < 1e-5, "\(t.type!.name) kernel, \(tokens) token(s): relative error \(worst)")
+            }
+        }
+    }
+
+    /// x quantized in blocks of 256 as ggml's quantize_row_q8_K_ref does, back as d * q.
+    static func q8K(_ x: [Float]) -> [Double] {
+        var out = [Double]()
+        for start in stride(from: 0, to: x.count, by: 256) {
+            let block = x[start..<(start + 256)]
+            var amax: Float = 0
+            var vmax: Float = 0
+            for v in block where abs(v) > amax {
+                amax = abs(v)
+                vmax = v
+            }
+            guard amax != 0 else {
+                out += [Double](repeating: 0, count: 256)
+                continue
+            }
+            let iscale = -127 / vmax
+            let d = 1 / iscale
+            out += block.map { Double(d) * Double(min(127, Int(($0 * iscale).rounded(.toNearestOrEven)))) }
+        }
+        return out
+    }
+}
