@@ -208,8 +208,9 @@ struct Serve: ParsableCommand {
         discussion: """
             Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (JSON, or server-sent events
             with "stream": true), GET /health. One model per process; requests are served one at a time and
-            queue meanwhile (at most --queue waiting, then 503). Listens on loopback by default: the worker
-            agent in front of it is what the network sees.
+            queue meanwhile (at most --queue waiting, then 503). Listens on loopback by default, or with --socket on
+            a Unix socket only its owner can open (what a worker should use): the worker agent in front of it is
+            what the network sees.
 
             Example:
               ccinfer serve --model SmolLM2-135M-Instruct.Q4_1.gguf --port 8081
@@ -224,10 +225,19 @@ struct Serve: ParsableCommand {
     var modelName: String?
     @Option(help: ArgumentHelp("Requests allowed to wait for the engine.", valueName: "N")) var queue = 32
     @Option(help: ArgumentHelp("Write the bound port here once listening.", valueName: "FILE")) var portFile: String?
+    @Option(
+        help: ArgumentHelp(
+            "Listen on a Unix socket at this absolute path (mode 0600, owner only) instead of TCP; ccworker reaches it with --engine-url unix:PATH.",
+            valueName: "PATH"))
+    var socket: String?
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
         guard (1...4096).contains(queue) else { throw ValidationError("--queue must be 1-4096") }
+        if let socket, !socket.hasPrefix("/") || socket.utf8.count > 107 {
+            throw ValidationError("--socket must be an absolute path of at most 107 bytes")
+        }
+        if socket != nil, portFile != nil { throw ValidationError("--port-file has no meaning with --socket") }
     }
 
     func run() throws {
@@ -237,9 +247,16 @@ struct Serve: ParsableCommand {
             let name = modelName ?? URL(fileURLWithPath: options.model).deletingPathExtension().lastPathComponent
             let api = OpenAIServer(generator: Generator(model: model), modelName: name, maxQueue: queue)
             let server = HTTPServer { request, writer in api.handle(request, writer) }
-            let bound = try server.bind(host: host, port: port)
-            if let portFile { try? Data("\(bound)\n".utf8).write(to: URL(fileURLWithPath: portFile), options: .atomic) }
-            FileHandle.standardError.write(Data("ccinfer: serving '\(name)' on http://\(host):\(bound)\n".utf8))
+            if let socket {
+                try server.bind(unixSocket: socket)
+                FileHandle.standardError.write(Data("ccinfer: serving '\(name)' on unix:\(socket)\n".utf8))
+            } else {
+                let bound = try server.bind(host: host, port: port)
+                if let portFile {
+                    try? Data("\(bound)\n".utf8).write(to: URL(fileURLWithPath: portFile), options: .atomic)
+                }
+                FileHandle.standardError.write(Data("ccinfer: serving '\(name)' on http://\(host):\(bound)\n".utf8))
+            }
             for sig in [SIGTERM, SIGINT] {
                 signal(sig, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())

@@ -61,7 +61,11 @@ struct Run: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The model file to measure.", valueName: "PATH")) var model: String
     @Option(help: ArgumentHelp("Model name this worker serves (as clients request it).", valueName: "NAME"))
     var modelName: String
-    @Option(help: ArgumentHelp("Where the engine's OpenAI API listens (loopback).", valueName: "URL")) var engineURL =
+    @Option(
+        help: ArgumentHelp(
+            "Where the engine's OpenAI API listens: http://127.0.0.1:PORT, or unix:/PATH for the engine's Unix socket (ccinfer serve --socket; mode 0600).",
+            valueName: "URL"))
+    var engineURL =
         "http://127.0.0.1:8081"
     @Option(help: ArgumentHelp("This worker's id.", valueName: "ID")) var workerID = ProcessInfo.processInfo.hostName
     @Option(help: ArgumentHelp("The PCR measurements are extended into.", valueName: "N")) var measurePCR = 23
@@ -85,7 +89,7 @@ struct Run: AsyncParsableCommand {
         guard hostPort != nil else { throw ValidationError("--gateway must be HOST:PORT") }
         _ = try pin()
         guard EngineClient(url: engineURL) != nil else {
-            throw ValidationError("--engine-url must be http://HOST:PORT")
+            throw ValidationError("--engine-url must be http://HOST:PORT or unix:/ABSOLUTE/PATH")
         }
         guard AttestationKeyAlgorithm(rawValue: ak) != nil else { throw ValidationError("--ak must be ecc or rsa") }
         try tdx.validate()
@@ -98,7 +102,8 @@ struct Run: AsyncParsableCommand {
                 "the engine command must start the measured engine: its first word (\(first)) is not --engine (\(engine))"
             )
         }
-        if engineCommand, let url = EngineClient(url: engineURL), !["127.0.0.1", "localhost", "::1"].contains(url.host)
+        if engineCommand, let url = EngineClient(url: engineURL), url.socketPath == nil,
+            !["127.0.0.1", "localhost", "::1"].contains(url.host)
         {
             throw ValidationError("with --engine-command the engine is on loopback: --engine-url must name 127.0.0.1")
         }
@@ -258,15 +263,15 @@ enum WorkerLoop {
         var waited = 0
         while !Task.isCancelled {
             if await engine.isReady() {
-                guard let supervisor, !supervisor.ownsListener(port: engine.port) else { return }
+                guard let supervisor, !supervisor.ownsListener(engine) else { return }
                 if waited % 10 == 0 {
                     logger.error(
-                        "another process than the started engine listens on the engine port; not attesting",
-                        metadata: ["ccworker.engine": "\(engine.host):\(engine.port)"])
+                        "another process than the started engine listens on the engine's address; not attesting",
+                        metadata: ["ccworker.engine": "\(engine.address)"])
                 }
             }
             if waited % 10 == 0 {
-                logger.info("waiting for the engine", metadata: ["ccworker.engine": "\(engine.host):\(engine.port)"])
+                logger.info("waiting for the engine", metadata: ["ccworker.engine": "\(engine.address)"])
             }
             waited += 1
             try? await Task.sleep(for: .seconds(1))

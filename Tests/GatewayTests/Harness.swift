@@ -233,7 +233,7 @@ final class TestWorker: Sendable {
         id: String, gatewayPort: Int, gatewayKey: GatewayKeyPin, enginePort: Int, measured: [URL], modelName: String,
         files: TemporaryDirectory? = nil,
         provider: GatewayClient.ProviderIdentity? = nil, ca: SwtpmLocalCA? = .shared,
-        executable: SealedExecutable? = nil,
+        executable: SealedExecutable? = nil, engine: EngineClient? = nil,
         attestor makeAttestor: (Attestor) throws -> any EvidenceSource = { $0 }
     ) async throws {
         self.id = id
@@ -248,7 +248,7 @@ final class TestWorker: Sendable {
             configuration: .init(
                 host: "127.0.0.1", port: gatewayPort, gatewayKey: gatewayKey, workerID: id, models: [modelName],
                 provider: provider),
-            attestor: attestor, engine: EngineClient(port: enginePort),
+            attestor: attestor, engine: engine ?? EngineClient(port: enginePort),
             onEvent: { continuation.yield($0) })
         task = Task {
             defer { continuation.finish() }

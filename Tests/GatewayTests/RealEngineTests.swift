@@ -38,7 +38,8 @@ import WorkerAgent
 
     @Test func completionsFromTheRealModelThroughTheGateway() async throws {
         let env = try Self.environment()
-        let port = try Self.freePort()
+        let socketDirectory = try TemporaryDirectory("engine-socket")
+        let socketPath = socketDirectory.file("ccinfer.sock").path
         setenv("XDG_RUNTIME_DIR", NSTemporaryDirectory(), 0)
         if let icd = try? FileManager.default.contentsOfDirectory(atPath: "/usr/share/vulkan/icd.d").first(where: {
             $0.hasPrefix("lvp_icd")
@@ -52,17 +53,21 @@ import WorkerAgent
             executable: sealed,
             arguments: [
                 "serve", "--model", env.model.path, "--model-name", "smollm2-135m-instruct",
-                "--host", "127.0.0.1", "--port", String(port), "--context", "1024",
+                "--socket", socketPath, "--context", "1024",
             ], environment: ["CCINFER_MODEL_SHA256": modelDigest])
         let supervision = Task { await engine.run() }
         defer { engine.stop(); supervision.cancel() }
-        let client = EngineClient(port: port)
+        // The engine listens on a Unix socket only its owner may open.
+        let client = try #require(EngineClient(url: "unix:" + socketPath))
         var ready = false
         for _ in 0..<240 where !ready {
             ready = await client.isReady()
             if !ready { try await Task.sleep(for: .milliseconds(500)) }
         }
         try #require(ready, "the engine did not come up")
+        let mode = try FileManager.default.attributesOfItem(atPath: socketPath)[.posixPermissions] as? Int
+        #expect(mode == 0o600, "the engine's socket has mode \(String(mode ?? 0, radix: 8))")
+        #expect(engine.ownsListener(client), "the started engine is the one listening on the socket")
 
         let policy = """
             schema: ccgate.policy/v1
@@ -74,8 +79,8 @@ import WorkerAgent
             """
         let gateway = try await GatewayHarness(policy: policy)
         let worker = try await TestWorker(
-            id: "gpu-1", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: port,
-            measured: [env.model], modelName: "smollm2-135m-instruct", executable: sealed)
+            id: "gpu-1", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: 0,
+            measured: [env.model], modelName: "smollm2-135m-instruct", executable: sealed, engine: client)
         defer {
             Teardown.after {
                 await worker.stop(); await gateway.stop()

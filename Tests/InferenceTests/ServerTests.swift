@@ -157,6 +157,33 @@ import Testing
         #expect(try await curl("/health").status == 200)
     }
 
+    /// `ccinfer serve --socket`: a Unix socket of mode 0600 that serves the API; a stale socket is
+    /// replaced, any other file at the path is refused and left alone.
+    @Test func unixSocketIsOwnerOnly() async throws {
+        let dir = try TemporaryDirectory("unix-socket")
+        let path = dir.file("engine.sock").path
+        let http = HTTPServer { _, writer in writer.send(status: 200, body: Data(#"{"status":"ok"}"#.utf8)) }
+        try http.bind(unixSocket: path)
+        Thread.detachNewThread { http.serve() }
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o600, "mode \(String(mode ?? 0, radix: 8))")
+        let r = try await ProcessRunner.run(
+            "curl", ["-s", "--max-time", "10", "--unix-socket", path, "http://x/health"])
+        #expect(r.stdout.contains("ok"), "\(r.stdout) \(r.stderr)")
+
+        // A stale socket (its server gone) is replaced.
+        let again = HTTPServer { _, writer in writer.send(status: 200, body: Data("{}".utf8)) }
+        http.stop()
+        try again.bind(unixSocket: path)
+        again.stop()
+
+        // A regular file is not the engine's to delete.
+        let file = dir.file("not-a-socket").path
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: file))
+        #expect(throws: InferenceError.self) { try HTTPServer { _, _ in }.bind(unixSocket: file) }
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == "keep")
+    }
+
     /// Bytes that are not HTTP, heads and bodies beyond the caps, truncated bodies, clients that
     /// vanish mid-stream: each is answered or dropped, and the next client is served.
     @Test func hostileConnectionsDoNotStopTheServer() async throws {

@@ -163,6 +163,47 @@ public final class HTTPServer: @unchecked Sendable {
         return self.port
     }
 
+    /// Binds and listens on a Unix socket at `path`, created with mode 0600 (owner only).
+    ///
+    /// Threat: another local user connecting to the engine, which holds prompts in plaintext,
+    /// and a process other than the worker's taking the path first. The socket is created
+    /// under umask 0177, so it is never reachable by others even for a moment; an existing
+    /// socket at the path (a stale one) is replaced, anything else there is refused rather
+    /// than deleted.
+    public func bind(unixSocket path: String) throws(InferenceError) {
+        guard path.hasPrefix("/"), path.utf8.count <= 107 else {
+            throw InferenceError(.invalidRequest, "the socket path must be absolute and at most 107 bytes: \(path)")
+        }
+        var existing = stat()
+        if lstat(path, &existing) == 0 {
+            guard existing.st_mode & S_IFMT == S_IFSOCK else {
+                throw InferenceError(.invalidRequest, "\(path) exists and is not a socket; refusing to replace it")
+            }
+            unlink(path)
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw InferenceError(.invalidRequest, "socket: \(String(cString: strerror(errno)))") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
+        }
+        let previous = umask(0o177)
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Foundation.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        umask(previous)
+        guard bound == 0, chmod(path, 0o600) == 0, listen(fd, 128) == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            throw InferenceError(.invalidRequest, "cannot listen on \(path): \(message)")
+        }
+        listener = fd
+        port = 0
+    }
+
     /// Accepts connections until `stop()`.
     public func serve() {
         while true {

@@ -3,24 +3,43 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// A minimal HTTP/1.1 client for the inference engine on loopback: one request per connection,
-/// the response streamed to the caller as it arrives.
+/// A minimal HTTP/1.1 client for the inference engine on loopback or on a Unix socket: one
+/// request per connection, the response streamed to the caller as it arrives.
 public struct EngineClient: Sendable {
     public let host: String
     public let port: Int
+    /// The engine's Unix socket (`unix:/path`), instead of host and port.
+    public let socketPath: String?
 
     public init(host: String = "127.0.0.1", port: Int) {
         self.host = host
         self.port = port
+        socketPath = nil
     }
 
-    /// Parses `http://HOST:PORT`.
+    public init(socketPath: String) {
+        host = "localhost"
+        port = 0
+        self.socketPath = socketPath
+    }
+
+    /// Parses `http://HOST:PORT` or `unix:/ABSOLUTE/PATH`.
     public init?(url: String) {
+        if url.hasPrefix("unix:") {
+            let path = String(url.dropFirst(5))
+            // sun_path holds 107 bytes and a terminator.
+            guard path.hasPrefix("/"), path.utf8.count <= 107, !path.contains("\0") else { return nil }
+            self.init(socketPath: path)
+            return
+        }
         guard let components = URLComponents(string: url), components.scheme == "http", let host = components.host,
             let port = components.port
         else { return nil }
         self.init(host: host, port: port)
     }
+
+    /// Where the engine is, for logs.
+    public var address: String { socketPath.map { "unix:\($0)" } ?? "\(host):\(port)" }
 
     public struct EngineError: Error, CustomStringConvertible {
         public let description: String
@@ -31,18 +50,26 @@ public struct EngineClient: Sendable {
         method: String, path: String, body: Data, headers extra: [(String, String)] = [],
         onHead: (Int, String) async throws -> Void, onData: (Data) async throws -> Void
     ) async throws {
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.seconds(5))
-            .connect(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
-                        wrappingChannelSynchronously: channel)
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connectTimeout(.seconds(5))
+        let wrap:
+            @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>> =
+                {
+                    channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
+                            wrappingChannelSynchronously: channel)
+                    }
                 }
+        let channel =
+            if let socketPath {
+                try await bootstrap.connect(unixDomainSocketPath: socketPath, channelInitializer: wrap)
+            } else {
+                try await bootstrap.connect(host: host, port: port, channelInitializer: wrap)
             }
         try await channel.executeThenClose { inbound, outbound in
             var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)
-            head.headers.add(name: "Host", value: "\(host):\(port)")
+            head.headers.add(name: "Host", value: socketPath == nil ? "\(host):\(port)" : "localhost")
             head.headers.add(name: "Content-Type", value: "application/json")
             head.headers.add(name: "Content-Length", value: String(body.count))
             head.headers.add(name: "Connection", value: "close")

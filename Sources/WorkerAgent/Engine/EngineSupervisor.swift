@@ -154,9 +154,15 @@ extension EngineSupervisor {
     ///
     /// Threat: requests sealed for the measured engine served by another process that holds the
     /// engine's port (started first, or named by a mistaken `--engine-url`).
-    public func ownsListener(port: Int) -> Bool {
+    public func ownsListener(_ engine: EngineClient) -> Bool {
+        ownsListener(
+            inodes: engine.socketPath.map(Self.listeningInodes(unixPath:)) ?? Self.listeningInodes(port: engine.port))
+    }
+
+    public func ownsListener(port: Int) -> Bool { ownsListener(inodes: Self.listeningInodes(port: port)) }
+
+    func ownsListener(inodes: Set<String>) -> Bool {
         guard let pid = enginePID else { return false }
-        let inodes = Self.listeningInodes(port: port)
         guard !inodes.isEmpty else { return false }
         let fdDirectory = "/proc/\(pid)/fd"
         let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: fdDirectory)) ?? []
@@ -166,6 +172,20 @@ extension EngineSupervisor {
             else { return false }
             return inodes.contains(String(target.dropFirst(8).dropLast()))
         }
+    }
+
+    /// Inodes of the Unix sockets listening at `path` (/proc/net/unix: flags __SO_ACCEPTCON).
+    static func listeningInodes(unixPath path: String) -> Set<String> {
+        guard let text = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return [] }
+        var inodes = Set<String>()
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 8, fields[3] == "00010000", fields[7...].joined(separator: " ") == path else {
+                continue
+            }
+            inodes.insert(String(fields[6]))
+        }
+        return inodes
     }
 
     /// Inodes of the TCP sockets listening on `port` (IPv4 and IPv6).
