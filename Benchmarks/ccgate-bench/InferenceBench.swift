@@ -1,5 +1,7 @@
-// ccinfer's prompt-processing and generation speed, next to llama.cpp (llama-cpp-python, CPU
-// build) on the same model, prompt and machine, in the same run.
+// ccinfer's prompt-processing and generation speed, next to llama.cpp (llama-cpp-python) on the
+// same model file, prompt and machine, in the same run: its CPU build, and its Vulkan backend on
+// the same Vulkan device as ccinfer (scripts/llama-vulkan builds it once; bench only). Models:
+// SmolLM2-135M-Instruct as fetched (Q4_1) and requantized by llama.cpp to Q4_K_M.
 import Foundation
 import Inference
 
@@ -44,53 +46,105 @@ func inferenceBench() {
         "Benchmarks compare like with like: the same model, the same prompt, the same machine, measured in the same "
         + "run, so that the ratio means something even on a noisy shared computer. This prompt is long enough to measure "
         + "prompt processing and short enough to leave room for generation in a small context window."
-    do {
-        let device = try VulkanDevice(instance: try VulkanInstance())
-        let model = try Transformer(url: URL(fileURLWithPath: modelPath), device: device, contextLength: 2048)
-        let prompt = model.tokenizer.encode(text, addSpecial: true)
-        let clock = ContinuousClock()
-        func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
-        _ = try model.evaluate(prompt)  // warm-up: pipelines compiled, caches filled
-        var pp = [Double]()
-        var tg = [Double]()
-        for _ in 0..<rounds {
-            model.truncate(to: 0)
-            var t = clock.now
-            var logits = try model.evaluate(prompt)
-            pp.append(Double(prompt.count) / seconds(clock.now - t))
-            var token = Sampler.argmax(logits)
-            t = clock.now
-            for _ in 0..<generate {
-                logits = try model.evaluate([token])
-                token = Sampler.argmax(logits)
-            }
-            tg.append(Double(generate) / seconds(clock.now - t))
+    var vulkanVenv: String?
+    let (vs, vo, ve) = run(root.appendingPathComponent("scripts/llama-vulkan").path, [])
+    if vs == 0, let line = vo.split(separator: "\n").first(where: { $0.hasPrefix("VULKAN_VENV=") }) {
+        vulkanVenv = String(line.dropFirst("VULKAN_VENV=".count))
+    } else {
+        print(
+            "\nccgate bench: inference: llama.cpp Vulkan baseline unavailable (scripts/llama-vulkan: \(ve.suffix(400)))"
+        )
+    }
+    let cache = ProcessInfo.processInfo.environment["CCGATE_CACHE"] ?? (NSHomeDirectory() + "/.cache/ccgate")
+    let kquant = cache + "/models/bench-SmolLM2-135M-Instruct.Q4_K_M.gguf"
+    if !FileManager.default.fileExists(atPath: kquant) {
+        let quantize = run(
+            venv + "/bin/python",
+            [
+                root.appendingPathComponent("Tests/InferenceTests/reference_llama.py").path, "quantize", modelPath,
+                kquant, "Q4_K_M",
+            ])
+        if quantize.0 != 0 { print("ccgate bench: inference: quantizing to Q4_K_M failed: \(quantize.2)") }
+    }
+    for (label, path) in [("Q4_1", modelPath), ("Q4_K_M", kquant)] where FileManager.default.fileExists(atPath: path) {
+        do {
+            try engineComparison(
+                label: label, modelPath: path, text: text, generate: generate, rounds: rounds, venv: venv,
+                vulkanVenv: vulkanVenv, root: root, run: run)
+        } catch {
+            print("\nccgate bench: inference (\(label)) failed: \(error)")
         }
-        let mine = (pp.sorted()[pp.count / 2], tg.sorted()[tg.count / 2])
+    }
+}
 
-        let tokensFile = FileManager.default.temporaryDirectory.appendingPathComponent("ccinfer-bench-\(getpid()).json")
-        try Data("[\(prompt.map(String.init).joined(separator: ","))]".utf8).write(to: tokensFile)
-        defer { try? FileManager.default.removeItem(at: tokensFile) }
-        let script = root.appendingPathComponent("Benchmarks/ccgate-bench/llama_bench.py").path
+func engineComparison(
+    label: String, modelPath: String, text: String, generate: Int, rounds: Int, venv: String, vulkanVenv: String?,
+    root: URL, run: (String, [String], [String: String]) -> (Int32, String, String)
+) throws {
+    let device = try VulkanDevice(instance: try VulkanInstance())
+    let model = try Transformer(url: URL(fileURLWithPath: modelPath), device: device, contextLength: 2048)
+    let prompt = model.tokenizer.encode(text, addSpecial: true)
+    let clock = ContinuousClock()
+    func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+    _ = try model.evaluate(prompt)  // warm-up: pipelines compiled, caches filled
+    var pp = [Double]()
+    var tg = [Double]()
+    for _ in 0..<rounds {
+        model.truncate(to: 0)
+        var t = clock.now
+        var logits = try model.evaluate(prompt)
+        pp.append(Double(prompt.count) / seconds(clock.now - t))
+        var token = Sampler.argmax(logits)
+        t = clock.now
+        for _ in 0..<generate {
+            logits = try model.evaluate([token])
+            token = Sampler.argmax(logits)
+        }
+        tg.append(Double(generate) / seconds(clock.now - t))
+    }
+    let mine = (pp.sorted()[pp.count / 2], tg.sorted()[tg.count / 2])
+
+    let tokensFile = FileManager.default.temporaryDirectory.appendingPathComponent("ccinfer-bench-\(getpid()).json")
+    try Data("[\(prompt.map(String.init).joined(separator: ","))]".utf8).write(to: tokensFile)
+    defer { try? FileManager.default.removeItem(at: tokensFile) }
+    let script = root.appendingPathComponent("Benchmarks/ccgate-bench/llama_bench.py").path
+    func baseline(_ python: String, vulkan: Bool) -> (pp: Double, tg: Double, device: String)? {
         let (rs, ro, re) = run(
-            venv + "/bin/python", [script, modelPath, tokensFile.path, String(generate), String(rounds)])
+            python,
+            [script, modelPath, tokensFile.path, String(generate), String(rounds)] + (vulkan ? ["vulkan"] : []),
+            vulkan ? ["GGML_VK_VISIBLE_DEVICES": "0"] : [:])
         guard rs == 0, let json = try? JSONSerialization.jsonObject(with: Data(ro.utf8)) as? [String: Any],
             let rpp = json["prompt_tokens_per_s"] as? Double, let rtg = json["generate_tokens_per_s"] as? Double
         else {
-            print("\nccgate bench: inference: llama-cpp-python baseline failed: \(re)")
-            return
+            print("ccgate bench: inference: llama.cpp \(vulkan ? "Vulkan" : "CPU") baseline failed: \(re.suffix(600))")
+            return nil
         }
-        print("")
-        print(
-            "ccgate bench: inference (SmolLM2-135M-Instruct Q4_1, \(prompt.count)-token prompt, \(generate) generated tokens, median of \(rounds))"
-        )
-        print("ccinfer device: \(device.info.summary)")
-        print("baseline: llama.cpp CPU build via llama-cpp-python, \(json["threads"] ?? "?") threads, same run")
-        print("                       prompt tok/s   generate tok/s")
-        print(String(format: "  ccinfer            %12.1f   %14.1f", mine.0, mine.1))
-        print(String(format: "  llama.cpp (CPU)    %12.1f   %14.1f", rpp, rtg))
-        print(String(format: "  ccinfer/llama.cpp  %12.3f   %14.3f", mine.0 / rpp, mine.1 / rtg))
-    } catch {
-        print("\nccgate bench: inference failed: \(error)")
+        // llama.cpp names the device it runs on; a Vulkan run that fell back to the CPU is not one.
+        let named = re.split(separator: "\n").first { $0.hasPrefix("ggml_vulkan: 0 = ") }.map {
+            String($0.dropFirst(17))
+        }
+        if vulkan, named == nil || !re.contains("assigned to device Vulkan0") {
+            print("ccgate bench: inference: llama.cpp did not run on the Vulkan device; its figures are left out")
+            return nil
+        }
+        return (rpp, rtg, named ?? "CPU, \(json["threads"] ?? "?") threads")
+    }
+    let cpu = baseline(venv + "/bin/python", vulkan: false)
+    let vulkan = vulkanVenv.flatMap { baseline($0 + "/bin/python", vulkan: true) }
+    print("")
+    print(
+        "ccgate bench: inference (SmolLM2-135M-Instruct \(label), \(prompt.count)-token prompt, \(generate) generated tokens, median of \(rounds))"
+    )
+    print("ccinfer device: \(device.info.summary)")
+    if let vulkan { print("llama.cpp Vulkan device: \(vulkan.device)") }
+    print("                              prompt tok/s   generate tok/s")
+    print(String(format: "  ccinfer                   %12.1f   %14.1f", mine.0, mine.1))
+    if let vulkan {
+        print(String(format: "  llama.cpp (Vulkan)        %12.1f   %14.1f", vulkan.pp, vulkan.tg))
+        print(String(format: "  ccinfer/llama.cpp Vulkan  %12.3f   %14.3f", mine.0 / vulkan.pp, mine.1 / vulkan.tg))
+    }
+    if let cpu {
+        print(String(format: "  llama.cpp (CPU)           %12.1f   %14.1f", cpu.pp, cpu.tg))
+        print(String(format: "  ccinfer/llama.cpp CPU     %12.3f   %14.3f", mine.0 / cpu.pp, mine.1 / cpu.tg))
     }
 }

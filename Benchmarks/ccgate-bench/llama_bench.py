@@ -1,7 +1,9 @@
-"""Baseline for ccinfer's benchmark: llama.cpp (llama-cpp-python, CPU build) on the same model,
-prompt and machine. Prints one JSON object: prompt-processing and generation tokens per second.
+"""Baseline for ccinfer's benchmark: llama.cpp (llama-cpp-python) on the same model, prompt and
+machine. Prints one JSON object: prompt-processing and generation tokens per second.
 
-usage: llama_bench.py MODEL TOKENS_JSON GENERATE_N ROUNDS
+usage: llama_bench.py MODEL TOKENS_JSON GENERATE_N ROUNDS [vulkan]
+  vulkan: every layer offloaded (n_gpu_layers=-1), for a build with -DGGML_VULKAN=on; the
+  caller sets GGML_VK_VISIBLE_DEVICES and reads the device llama.cpp names on standard error.
 """
 import json
 import multiprocessing
@@ -13,7 +15,9 @@ from llama_cpp import Llama
 
 model, tokens_path, n_gen, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 prompt = json.load(open(tokens_path))
-llm = Llama(model_path=model, n_ctx=2048, n_threads=multiprocessing.cpu_count(), n_batch=512, verbose=False)
+vulkan = len(sys.argv) > 5 and sys.argv[5] == "vulkan"
+llm = Llama(model_path=model, n_ctx=2048, n_threads=multiprocessing.cpu_count(), n_batch=512, verbose=vulkan,
+            n_gpu_layers=-1 if vulkan else 0)
 n_vocab = llm.n_vocab()
 
 def logits():
