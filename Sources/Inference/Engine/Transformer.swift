@@ -301,33 +301,33 @@ public final class Transformer: @unchecked Sendable {
                     quantHost.deallocate()
                 }
                 TensorData.repack(type, slice, blocks: blocks, scales: scaleHost, quants: quantHost)
-                // Block-major (block b of every row, then block b+1): neighbouring invocations,
-                // which compute neighbouring rows, read neighbouring words.
-                try write(quants, bytes: blocks * words * 4, device: device) { p in
-                    let out = p.bindMemory(to: UInt32.self, capacity: blocks * words)
-                    for r in 0..<n {
-                        for b in 0..<blocksPerRow {
-                            (out + (b * n + r) * words).update(
-                                from: quantHost + (r * blocksPerRow + b) * words, count: words)
-                        }
-                    }
-                }
+                try writeBlockMajor(quants, from: quantHost, words: words, rows: n, blocksPerRow: blocksPerRow, device)
                 if scaleWords > 0 {
-                    try write(scales, bytes: blocks * scaleWords * 4, device: device) { p in
-                        let out = p.bindMemory(to: UInt32.self, capacity: blocks * scaleWords)
-                        for r in 0..<n {
-                            for b in 0..<blocksPerRow {
-                                (out + (b * n + r) * scaleWords).update(
-                                    from: scaleHost + (r * blocksPerRow + b) * scaleWords, count: scaleWords)
-                            }
-                        }
-                    }
+                    try writeBlockMajor(
+                        scales, from: scaleHost, words: scaleWords, rows: n, blocksPerRow: blocksPerRow, device)
                 }
             }
             chunks.append((quants, scales, start, n))
             start += n
         }
         return Weight(name: t.name, type: type, rows: rows, k: k, chunks: chunks)
+    }
+
+    /// Writes `rows` rows of `blocksPerRow` blocks of `words` words from row-major `host` into
+    /// `buffer` block-major (block b of every row, then block b+1): neighbouring invocations,
+    /// which compute neighbouring rows, read neighbouring words.
+    static func writeBlockMajor(
+        _ buffer: VulkanBuffer, from host: UnsafeMutablePointer<UInt32>, words: Int, rows n: Int, blocksPerRow: Int,
+        _ device: VulkanDevice
+    ) throws(InferenceError) {
+        try write(buffer, bytes: n * blocksPerRow * words * 4, device: device) { p in
+            let out = p.bindMemory(to: UInt32.self, capacity: n * blocksPerRow * words)
+            for r in 0..<n {
+                for b in 0..<blocksPerRow {
+                    (out + (b * n + r) * words).update(from: host + (r * blocksPerRow + b) * words, count: words)
+                }
+            }
+        }
     }
 
     // MARK: Evaluation
