@@ -58,13 +58,19 @@ func inferenceBench() {
     let cache = ProcessInfo.processInfo.environment["CCGATE_CACHE"] ?? (NSHomeDirectory() + "/.cache/ccgate")
     let kquant = cache + "/models/bench-SmolLM2-135M-Instruct.Q4_K_M.gguf"
     if !FileManager.default.fileExists(atPath: kquant) {
+        // Written aside and renamed: an interrupted run leaves no partial model behind.
+        let partial = kquant + ".part"
         let quantize = run(
             venv + "/bin/python",
             [
                 root.appendingPathComponent("Tests/InferenceTests/reference_llama.py").path, "quantize", modelPath,
-                kquant, "Q4_K_M",
+                partial, "Q4_K_M",
             ])
-        if quantize.0 != 0 { print("ccgate bench: inference: quantizing to Q4_K_M failed: \(quantize.2)") }
+        if quantize.0 == 0 {
+            _ = rename(partial, kquant)
+        } else {
+            print("ccgate bench: inference: quantizing to Q4_K_M failed: \(quantize.2)")
+        }
     }
     for (label, path) in [("Q4_1", modelPath), ("Q4_K_M", kquant)] where FileManager.default.fileExists(atPath: path) {
         do {

@@ -170,7 +170,7 @@ struct Run: AsyncParsableCommand {
         let (host, port) = hostPort!
         // Before the TPM is touched: a bad provider identity leaves no measurement behind.
         let provider = try provider()
-        let engineClient = EngineClient(url: engineURL)!
+        var engineClient = EngineClient(url: engineURL)!
         let attestor: any EvidenceSource
         let engineFile = URL(fileURLWithPath: engine).standardizedFileURL
         let modelFile = URL(fileURLWithPath: model).standardizedFileURL
@@ -207,6 +207,9 @@ struct Run: AsyncParsableCommand {
             throw failure
         } catch {
             throw ReportedFailure("ccworker", "\(error)", status: 1)
+        }
+        if let supervisor, engineClient.socketPath != nil {
+            engineClient.expectedPeer = { supervisor.enginePID }
         }
         // Stop the engine with the worker: SIGTERM and SIGINT end both.
         let signalSources = [SIGTERM, SIGINT].map { sig -> any DispatchSourceSignal in

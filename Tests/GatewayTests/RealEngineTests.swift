@@ -58,7 +58,8 @@ import WorkerAgent
         let supervision = Task { await engine.run() }
         defer { engine.stop(); supervision.cancel() }
         // The engine listens on a Unix socket only its owner may open.
-        let client = try #require(EngineClient(url: "unix:" + socketPath))
+        var client = try #require(EngineClient(url: "unix:" + socketPath))
+        client.expectedPeer = { engine.enginePID }
         var ready = false
         for _ in 0..<240 where !ready {
             ready = await client.isReady()

@@ -171,8 +171,11 @@ import Testing
             "curl", ["-s", "--max-time", "10", "--unix-socket", path, "http://x/health"])
         #expect(r.stdout.contains("ok"), "\(r.stdout) \(r.stderr)")
 
-        // A stale socket (its server gone) is replaced.
+        // A live socket is not taken from the server on it; a stale one (its server gone) is replaced.
         let again = HTTPServer { _, writer in writer.send(status: 200, body: Data("{}".utf8)) }
+        #expect(throws: InferenceError.self) { try again.bind(unixSocket: path) }
+        #expect(
+            try await ProcessRunner.run("curl", ["-s", "--unix-socket", path, "http://x/health"]).stdout.contains("ok"))
         http.stop()
         try again.bind(unixSocket: path)
         again.stop()

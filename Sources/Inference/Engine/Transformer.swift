@@ -376,9 +376,13 @@ public final class Transformer: @unchecked Sendable {
         guard let w = all.first(where: { $0.name == name }) else {
             throw InferenceError(.invalidRequest, "no weight \(name)")
         }
+        // The scratch buffers used must hold the product: xn or g for the input, u for the output.
         precondition(values.count == tokens * w.k && tokens <= batchSize)
+        precondition(w.k == config.feedForwardLength || w.k == config.embeddingLength, "input wider than the scratch")
+        precondition(w.rows <= config.feedForwardLength, "output wider than the scratch")
         let source = w.k == config.feedForwardLength ? g : xn
-        let out = w.rows <= config.feedForwardLength ? u : logits
+        let out = u
+        defer { order = 0 }
         let host = try device.makeBuffer(bytes: max(values.count, tokens * w.rows) * 4, placement: .host)
         values.withUnsafeBytes { host.mapped!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         try commands.begin()

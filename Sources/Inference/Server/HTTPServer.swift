@@ -165,40 +165,54 @@ public final class HTTPServer: @unchecked Sendable {
 
     /// Binds and listens on a Unix socket at `path`, created with mode 0600 (owner only).
     ///
-    /// Threat: another local user connecting to the engine, which holds prompts in plaintext,
-    /// and a process other than the worker's taking the path first. The socket is created
-    /// under umask 0177, so it is never reachable by others even for a moment; an existing
-    /// socket at the path (a stale one) is replaced, anything else there is refused rather
-    /// than deleted.
+    /// Threat: another local user connecting to the engine, which holds prompts in plaintext, and
+    /// an engine started twice taking the path from the one serving. The socket's mode is set on
+    /// the socket before it is bound (Linux gives the file the socket inode's mode), so the file
+    /// is never reachable by others, even for a moment, and no umask (process-wide) or path-based
+    /// chmod (which follows links) is involved. A socket at the path that refuses connections (a
+    /// stale one) is replaced; a live one, or anything that is not a socket, is refused and left.
     public func bind(unixSocket path: String) throws(InferenceError) {
-        guard path.hasPrefix("/"), path.utf8.count <= 107 else {
+        guard path.hasPrefix("/"), path.utf8.count <= 107, !path.utf8.contains(0) else {
             throw InferenceError(.invalidRequest, "the socket path must be absolute and at most 107 bytes: \(path)")
+        }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
+        }
+        func withAddress<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    body($0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
         }
         var existing = stat()
         if lstat(path, &existing) == 0 {
             guard existing.st_mode & S_IFMT == S_IFSOCK else {
                 throw InferenceError(.invalidRequest, "\(path) exists and is not a socket; refusing to replace it")
             }
+            let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let answered = withAddress { connect(probe, $0, $1) } == 0
+            let refused = errno == ECONNREFUSED
+            close(probe)
+            guard !answered, refused else {
+                throw InferenceError(.invalidRequest, "\(path): another server is listening there; refusing to take it")
+            }
             unlink(path)
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw InferenceError(.invalidRequest, "socket: \(String(cString: strerror(errno)))") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
-        }
-        let previous = umask(0o177)
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Foundation.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        umask(previous)
-        guard bound == 0, chmod(path, 0o600) == 0, listen(fd, 128) == 0 else {
+        guard fchmod(fd, 0o600) == 0, withAddress({ Foundation.bind(fd, $0, $1) }) == 0, listen(fd, 128) == 0 else {
             let message = String(cString: strerror(errno))
             close(fd)
             throw InferenceError(.invalidRequest, "cannot listen on \(path): \(message)")
+        }
+        var created = stat()
+        guard lstat(path, &created) == 0, created.st_mode & 0o077 == 0 else {
+            close(fd)
+            unlink(path)
+            throw InferenceError(.invalidRequest, "\(path) was not created owner-only; refusing to serve on it")
         }
         listener = fd
         port = 0

@@ -189,7 +189,10 @@ public final class OpenAIServer: @unchecked Sendable {
                     code: "no_chat_template")
             }
             var extra = [String: JSONValue]()
-            if let tools = json["tools"], !tools.isNull { extra["tools"] = tools }
+            // tool_choice "none": the model is not to call tools, so it is not shown them.
+            if let tools = json["tools"], !tools.isNull, json["tool_choice"]?.string != "none" {
+                extra["tools"] = tools
+            }
             let text: String
             do {
                 text = try template.render(
@@ -241,7 +244,7 @@ public final class OpenAIServer: @unchecked Sendable {
         ("functions", { _ in false }),
         ("function_call", { $0.string == "none" }),
         ("tool_choice", { $0.string == "none" || $0.string == "auto" }),
-        ("parallel_tool_calls", { _ in true }),
+        ("parallel_tool_calls", { $0.bool == true }),
         ("audio", { _ in false }),
         ("modalities", { $0.array?.allSatisfy { $0.string == "text" } == true }),
         ("prediction", { _ in false }),

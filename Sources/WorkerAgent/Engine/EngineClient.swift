@@ -10,6 +10,14 @@ public struct EngineClient: Sendable {
     public let port: Int
     /// The engine's Unix socket (`unix:/path`), instead of host and port.
     public let socketPath: String?
+    /// The process that must be serving the Unix socket (the engine ccworker started); nil when
+    /// any peer will do (an engine ccworker did not start).
+    ///
+    /// Threat: whoever can write the socket's directory deleting or renaming over the engine's
+    /// socket and listening there in its place; a path names no process. Each connection asks
+    /// the kernel who is at the other end (SO_PEERCRED) and goes no further unless it is this
+    /// process, so no prompt reaches an impostor, however late it takes the path.
+    public var expectedPeer: (@Sendable () -> pid_t?)?
 
     public init(host: String = "127.0.0.1", port: Int) {
         self.host = host
@@ -21,6 +29,41 @@ public struct EngineClient: Sendable {
         host = "localhost"
         port = 0
         self.socketPath = socketPath
+    }
+
+    /// A connected Unix socket to `path`, its peer checked against `expectedPeer`.
+    static func connectUnix(_ path: String, expectedPeer: (@Sendable () -> pid_t?)?) throws -> CInt {
+        let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw EngineError(description: "socket: \(String(cString: strerror(errno)))") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, byte) in path.utf8.prefix(raw.count - 1).enumerated() { raw[i] = byte }
+        }
+        let connected = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else {
+            let message = String(cString: strerror(errno))
+            close(fd)
+            throw EngineError(description: "cannot connect to the engine at unix:\(path): \(message)")
+        }
+        if let expectedPeer {
+            // struct ucred { pid_t pid; uid_t uid; gid_t gid; } (Glibc hides the type behind _GNU_SOURCE).
+            var credentials: (pid: Int32, uid: UInt32, gid: UInt32) = (0, 0, 0)
+            var length = socklen_t(MemoryLayout<(Int32, UInt32, UInt32)>.size)
+            let asked = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length)
+            guard asked == 0, let expected = expectedPeer(), credentials.pid == expected else {
+                close(fd)
+                throw EngineError(
+                    description:
+                        "the process at unix:\(path) (pid \(credentials.pid)) is not the engine ccworker started; not sending it anything"
+                )
+            }
+        }
+        return fd
     }
 
     /// Parses `http://HOST:PORT` or `unix:/ABSOLUTE/PATH`.
@@ -63,7 +106,8 @@ public struct EngineClient: Sendable {
                 }
         let channel =
             if let socketPath {
-                try await bootstrap.connect(unixDomainSocketPath: socketPath, channelInitializer: wrap)
+                try await bootstrap.withConnectedSocket(
+                    try Self.connectUnix(socketPath, expectedPeer: expectedPeer), channelInitializer: wrap)
             } else {
                 try await bootstrap.connect(host: host, port: port, channelInitializer: wrap)
             }

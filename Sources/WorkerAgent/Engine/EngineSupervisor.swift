@@ -149,8 +149,11 @@ public final class EngineSupervisor: Sendable {
 }
 
 extension EngineSupervisor {
-    /// Whether the process listening on loopback TCP `port` is the supervised engine (read from
-    /// /proc: the listening socket's inode among the engine's descriptors).
+    /// Whether the process listening at the engine's address (loopback TCP port or Unix socket
+    /// path) is the supervised engine (read from /proc: the listening socket's inode among the
+    /// engine's descriptors). For a Unix socket this is checked again on every connection by the
+    /// peer's process id (EngineClient.expectedPeer), since /proc/net/unix names the path a
+    /// socket was bound at even after that path is taken over.
     ///
     /// Threat: requests sealed for the measured engine served by another process that holds the
     /// engine's port (started first, or named by a mistaken `--engine-url`).
@@ -174,15 +177,20 @@ extension EngineSupervisor {
         }
     }
 
-    /// Inodes of the Unix sockets listening at `path` (/proc/net/unix: flags __SO_ACCEPTCON).
+    /// Inodes of the Unix stream sockets listening at `path` (/proc/net/unix: flags
+    /// __SO_ACCEPTCON, type SOCK_STREAM; the path is the rest of the line after the inode).
     static func listeningInodes(unixPath path: String) -> Set<String> {
         guard let text = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return [] }
         var inodes = Set<String>()
         for line in text.split(separator: "\n").dropFirst() {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count >= 8, fields[3] == "00010000", fields[7...].joined(separator: " ") == path else {
-                continue
+            var rest = line[...]
+            var fields = [Substring]()
+            while fields.count < 7, let end = rest.firstIndex(of: " ") ?? (rest.isEmpty ? nil : rest.endIndex) {
+                let field = rest[..<end]
+                if !field.isEmpty { fields.append(field) }
+                rest = end == rest.endIndex ? "" : rest[rest.index(after: end)...]
             }
+            guard fields.count == 7, fields[3] == "00010000", fields[4] == "0001", rest == path[...] else { continue }
             inodes.insert(String(fields[6]))
         }
         return inodes
