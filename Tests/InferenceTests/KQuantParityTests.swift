@@ -101,34 +101,48 @@ import Testing
         for t in byType {
             let k = t.dims[0]
             let rows = t.dims[1]
-            var weights = [Float](repeating: 0, count: k * rows)
-            weights.withUnsafeMutableBufferPointer { out in
-                TensorData.dequantize(t.type!, file.bytes(of: t), start: 0, count: k * rows, into: out.baseAddress!)
-            }
-            for tokens in [1, 5, 32] {
-                var rng = SeededGenerator(seed: UInt64(tokens))
-                let x = (0..<(tokens * k)).map { _ in Float(Double(rng.next() >> 11) / Double(1 << 53) * 2 - 1) }
-                let got: [Float] = try await SharedModel.queue.run {
-                    let model = try Transformer(url: modelURL, device: try Lavapipe.device(), contextLength: 64)
-                    return try model.debugMultiply(weight: t.name, input: x, tokens: tokens)
-                }
-                // The activations as ggml's quantize_row_q8_K_ref makes them.
-                let xq = Self.q8K(x)
-                var worst: Double = 0
-                for token in 0..<tokens {
-                    for r in 0..<rows {
-                        var dot = 0.0
-                        var norm = 0.0
-                        for j in 0..<k {
-                            let p = Double(weights[r * k + j]) * xq[token * k + j]
-                            dot += p
-                            norm += abs(p)
-                        }
-                        worst = max(worst, abs(Double(got[token * rows + r]) - dot) / max(norm, 1e-6))
+            let raw = Data(file.bytes(of: t))
+            let type = t.type!
+            // Host arithmetic runs on a thread of its own, not on the shared cooperative pool.
+            let weights: [Float] = try await offPool {
+                var out = [Float](repeating: 0, count: k * rows)
+                raw.withUnsafeBytes { bytes in
+                    out.withUnsafeMutableBufferPointer {
+                        TensorData.dequantize(type, bytes, start: 0, count: k * rows, into: $0.baseAddress!)
                     }
                 }
+                return out
+            }
+            let counts = [1, 5, 32]
+            let inputs = counts.map { tokens in
+                var rng = SeededGenerator(seed: UInt64(tokens))
+                return (0..<(tokens * k)).map { _ in Float(Double(rng.next() >> 11) / Double(1 << 53) * 2 - 1) }
+            }
+            let products: [[Float]] = try await SharedModel.queue.run {
+                let model = try Transformer(url: modelURL, device: try Lavapipe.device(), contextLength: 64)
+                return try zip(counts, inputs).map { try model.debugMultiply(weight: t.name, input: $1, tokens: $0) }
+            }
+            for (tokens, (x, got)) in zip(counts, zip(inputs, products)) {
+                // The activations as ggml's quantize_row_q8_K_ref makes them.
+                let worst: Double = try await offPool {
+                    let xq = Self.q8K(x)
+                    var worst: Double = 0
+                    for token in 0..<tokens {
+                        for r in 0..<rows {
+                            var dot = 0.0
+                            var norm = 0.0
+                            for j in 0..<k {
+                                let p = Double(weights[r * k + j]) * xq[token * k + j]
+                                dot += p
+                                norm += abs(p)
+                            }
+                            worst = max(worst, abs(Double(got[token * rows + r]) - dot) / max(norm, 1e-6))
+                        }
+                    }
+                    return worst
+                }
                 // ggml's own dot product, bit for bit.
-                try Data(file.bytes(of: t)).write(to: dir.file("rows.bin"))
+                try raw.write(to: dir.file("rows.bin"))
                 try x.withUnsafeBytes { try Data($0).write(to: dir.file("x.bin")) }
                 try await References.run([
                     "vecdot", t.type!.name.lowercased().replacingOccurrences(of: "_k", with: "_K"),

@@ -136,14 +136,14 @@ import Testing
         let dir = try TemporaryDirectory("unsupported")
         var w = SyntheticModel.make(architecture: "llama", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model))
         let i = w.tensors.firstIndex { $0.name == "blk.0.attn_q.weight" }!
-        w.tensors[i].type = 6  // Q5_0: 22 bytes per 32 weights
-        w.tensors[i].data = [UInt8](repeating: 0, count: w.tensors[i].data.count / 64 * 22)
-        try w.write(to: dir.file("q5.gguf"))
+        w.tensors[i].type = 20  // IQ4_NL: 18 bytes per 32 weights
+        w.tensors[i].data = [UInt8](repeating: 0, count: w.tensors[i].data.count / 64 * 18)
+        try w.write(to: dir.file("iq4.gguf"))
         var arch = SyntheticModel.make(
             architecture: "llama", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model))
         arch.metadata[0] = ("general.architecture", .string("mamba"))
         try arch.write(to: dir.file("mamba.gguf"))
-        let urls = (dir.file("q5.gguf"), dir.file("mamba.gguf"))
+        let urls = (dir.file("iq4.gguf"), dir.file("mamba.gguf"))
         let errors: [InferenceError?] = try await SharedModel.queue.run {
             let device = try Lavapipe.device()
             return [urls.0, urls.1].map { url -> InferenceError? in
@@ -155,7 +155,7 @@ import Testing
         }
         #expect(errors[0]?.code == .modelUnsupported)
         #expect(
-            errors[0]?.message.contains("blk.0.attn_q.weight") == true && errors[0]?.message.contains("Q5_0") == true,
+            errors[0]?.message.contains("blk.0.attn_q.weight") == true && errors[0]?.message.contains("IQ4_NL") == true,
             "\(String(describing: errors[0]))")
         #expect(errors[1]?.code == .modelUnsupported)
         #expect(errors[1]?.message.contains("mamba") == true)
