@@ -15,14 +15,20 @@ func inferenceBench() {
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
         p.environment = env
+        // Standard error goes to a file: a child that writes much of it (llama.cpp's logs) would
+        // otherwise fill its pipe and wait while standard output is read to its end.
+        let errFile = FileManager.default.temporaryDirectory.appendingPathComponent("ccgate-bench-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: errFile.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: errFile) }
         let out = Pipe()
-        let err = Pipe()
+        guard let err = try? FileHandle(forWritingTo: errFile) else { return (-1, "", "cannot write \(errFile.path)") }
         p.standardOutput = out
         p.standardError = err
         guard (try? p.run()) != nil else { return (-1, "", "cannot run \(path)") }
         let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
+        try? err.close()
+        let e = (try? Data(contentsOf: errFile)) ?? Data()
         return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
     }
     let (status, out, err) = run(root.appendingPathComponent("scripts/reference-env").path, [])
