@@ -18,7 +18,7 @@ func inferenceBench() {
         // Standard error goes to a file: a child that writes much of it (llama.cpp's logs) would
         // otherwise fill its pipe and wait while standard output is read to its end.
         let errFile = FileManager.default.temporaryDirectory.appendingPathComponent("ccgate-bench-\(UUID().uuidString)")
-        FileManager.default.createFile(atPath: errFile.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: errFile.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: errFile) }
         let out = Pipe()
         guard let err = try? FileHandle(forWritingTo: errFile) else { return (-1, "", "cannot write \(errFile.path)") }

@@ -30,8 +30,8 @@ for _ in range(rounds):
     llm.reset()
     start = time.perf_counter()
     llm.eval(prompt)
+    token = int(np.argmax(logits()))  # reading the logits waits for the device to finish
     pp.append(len(prompt) / (time.perf_counter() - start))
-    token = int(np.argmax(logits()))
     start = time.perf_counter()
     for _ in range(n_gen):
         llm.eval([token])
