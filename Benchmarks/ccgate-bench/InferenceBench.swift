@@ -159,4 +159,66 @@ func engineComparison(
         print(String(format: "  llama.cpp (CPU)           %12.1f   %14.1f", cpu.pp, cpu.tg))
         print(String(format: "  ccinfer/llama.cpp CPU     %12.3f   %14.3f", mine.0 / cpu.pp, mine.1 / cpu.tg))
     }
+    try concurrentStreams(
+        model: modelPath, device: device, prompt: prompt, tokensFile: tokensFile.path, generate: generate,
+        rounds: rounds, script: script, vulkanVenv: vulkanVenv, run: run)
+}
+
+/// Aggregate generation speed with 1, 4 and 8 sequences generating together (one step per
+/// token for all of them), ccinfer's slots beside llama.cpp's multi-sequence batches on its
+/// Vulkan backend; both read the prompt into every sequence first, untimed.
+func concurrentStreams(
+    model path: String, device: VulkanDevice, prompt: [Int], tokensFile: String, generate: Int, rounds: Int,
+    script: String, vulkanVenv: String?, run: (String, [String], [String: String]) -> (Int32, String, String)
+) throws {
+    let streams = [1, 4, 8]
+    let model = try Transformer(
+        url: URL(fileURLWithPath: path), device: device, contextLength: 512, slots: streams.max()!)
+    let clock = ContinuousClock()
+    var mine = [Int: Double]()
+    for n in streams {
+        var rates = [Double]()
+        for _ in 0...rounds {  // the first round warms up
+            var tokens = [Int]()
+            for slot in 0..<n {
+                model.truncate(slot: slot, to: 0)
+                tokens.append(Sampler.argmax(try model.evaluate(prompt, slot: slot)))
+            }
+            let start = clock.now
+            for _ in 0..<generate {
+                tokens = try model.evaluateNext(tokens.enumerated().map { ($0.offset, $0.element) }).map(Sampler.argmax)
+            }
+            let elapsed = clock.now - start
+            rates.append(
+                Double(n * generate)
+                    / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+        }
+        rates.removeFirst()
+        mine[n] = rates.sorted()[rates.count / 2]
+    }
+    var theirs: [Int: Double]?
+    if let vulkanVenv {
+        let (rs, ro, re) = run(
+            vulkanVenv + "/bin/python",
+            [
+                script, "batched", streams.map(String.init).joined(separator: ","), path, tokensFile, String(generate),
+                String(rounds), "vulkan",
+            ],
+            ["GGML_VK_VISIBLE_DEVICES": "0"])
+        if rs == 0, re.contains("assigned to device Vulkan0") || re.contains("ggml_vulkan: 0 = "),
+            let json = try? JSONSerialization.jsonObject(with: Data(ro.utf8)) as? [String: Any],
+            let rates = json["aggregate_generate_tokens_per_s"] as? [String: Double]
+        {
+            theirs = Dictionary(uniqueKeysWithValues: rates.compactMap { k, v in Int(k).map { ($0, v) } })
+        } else {
+            print("ccgate bench: inference: llama.cpp Vulkan batched baseline failed: \(re.suffix(600))")
+        }
+    }
+    print("  aggregate generate tok/s    ccinfer   llama.cpp Vulkan   ratio")
+    for n in streams {
+        let other = theirs?[n]
+        print(
+            String(format: "  %2d stream%@               %8.1f", n, n == 1 ? " " : "s", mine[n]!)
+                + (other.map { String(format: "   %16.1f   %5.2f×", $0, mine[n]! / $0) } ?? "   (no baseline)"))
+    }
 }

@@ -101,7 +101,7 @@ struct ModelOptions: ParsableArguments {
         guard (1...512).contains(batch) else { throw ValidationError("--batch must be 1-512") }
     }
 
-    func load(progress: Bool) throws(InferenceError) -> Transformer {
+    func load(progress: Bool, slots: Int = 1) throws(InferenceError) -> Transformer {
         prepareVulkanEnvironment()
         let instance = try VulkanInstance()
         let vulkan = try VulkanDevice(instance: instance, index: device)
@@ -111,7 +111,7 @@ struct ModelOptions: ParsableArguments {
         if progress { FileHandle.standardError.write(Data("ccinfer: device \(vulkan.info.summary)\n".utf8)) }
         let model = try Transformer(
             url: URL(fileURLWithPath: self.model), device: vulkan, contextLength: context, batchSize: batch,
-            progress: say)
+            slots: slots, progress: say)
         // Threat: a model swapped on disk after the worker measured it. The bytes the weights were
         // uploaded from are hashed after the upload and must be the measured ones.
         if let expected = expectedModelSHA256 {
@@ -125,9 +125,10 @@ struct ModelOptions: ParsableArguments {
             }
         }
         if progress {
+            let slots = model.slots > 1 ? " in each of \(model.slots) slots" : ""
             FileHandle.standardError.write(
                 Data(
-                    "\rccinfer: loaded \(model.config.architecture.rawValue), \(model.config.layerCount) layers, context \(model.contextLength)\u{1B}[K\n"
+                    "\rccinfer: loaded \(model.config.architecture.rawValue), \(model.config.layerCount) layers, context \(model.contextLength)\(slots)\u{1B}[K\n"
                         .utf8))
         }
         return model
@@ -207,8 +208,11 @@ struct Serve: ParsableCommand {
         abstract: "Serve the model over an OpenAI-compatible API.",
         discussion: """
             Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (JSON, or server-sent events
-            with "stream": true), GET /health. One model per process; requests are served one at a time and
-            queue meanwhile (at most --queue waiting, then 503). Listens on loopback by default, or with --socket on
+            with "stream": true), GET /health. One model per process. Up to --parallel requests are generated at
+            once, sharing each step (each slot has its own cache of --context positions); a long prompt is read in
+            chunks of --batch tokens between the running streams' steps; a client that goes away frees its slot at
+            the next step. Further requests queue (at most --queue, then 503). Each request's tokens are the same
+            whatever else runs beside it. Listens on loopback by default, or with --socket on
             a Unix socket only its owner can open (what a worker should use): the worker agent in front of it is
             what the network sees.
 
@@ -223,7 +227,9 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("Port (0: any free port).", valueName: "N")) var port = 8081
     @Option(help: ArgumentHelp("The model name clients use (default: the file name without .gguf).", valueName: "NAME"))
     var modelName: String?
-    @Option(help: ArgumentHelp("Requests allowed to wait for the engine.", valueName: "N")) var queue = 32
+    @Option(help: ArgumentHelp("Requests generated at once, each in its own cache slot.", valueName: "N"))
+    var parallel = 4
+    @Option(help: ArgumentHelp("Requests allowed to wait for a free slot.", valueName: "N")) var queue = 32
     @Option(help: ArgumentHelp("Write the bound port here once listening.", valueName: "FILE")) var portFile: String?
     @Option(
         help: ArgumentHelp(
@@ -234,6 +240,9 @@ struct Serve: ParsableCommand {
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
         guard (1...4096).contains(queue) else { throw ValidationError("--queue must be 1-4096") }
+        guard (1...64).contains(parallel), parallel <= options.batch else {
+            throw ValidationError("--parallel must be 1-64 and at most --batch (\(options.batch))")
+        }
         if let socket, !socket.hasPrefix("/") || socket.utf8.count > 107 {
             throw ValidationError("--socket must be an absolute path of at most 107 bytes")
         }
@@ -243,7 +252,7 @@ struct Serve: ParsableCommand {
     func run() throws {
         signal(SIGPIPE, SIG_IGN)
         do {
-            let model = try options.load(progress: true)
+            let model = try options.load(progress: true, slots: parallel)
             let name = modelName ?? URL(fileURLWithPath: options.model).deletingPathExtension().lastPathComponent
             let api = OpenAIServer(generator: Generator(model: model), modelName: name, maxQueue: queue)
             let server = HTTPServer { request, writer in api.handle(request, writer) }

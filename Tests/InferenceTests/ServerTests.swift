@@ -224,11 +224,12 @@ import Testing
     }
 }
 
-/// A raw TCP exchange on loopback: send bytes, read the answer (until EOF, a marker, or 60 s).
+/// A raw TCP exchange on loopback: send bytes, read the answer (until EOF, a marker, or a
+/// read waiting `giveUpAfter` seconds), then close.
 enum RawSocket {
-    static func exchange(port: Int, send data: Data, halfClose: Bool, readUntil marker: String? = nil) async throws
-        -> String
-    {
+    static func exchange(
+        port: Int, send data: Data, halfClose: Bool, readUntil marker: String? = nil, giveUpAfter: Int = 60
+    ) async throws -> String {
         try await DispatchQueue.global().run {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             defer { close(fd) }
@@ -242,7 +243,7 @@ enum RawSocket {
                 }
             }
             guard connected == 0 else { throw SetupError("connect failed") }
-            var timeout = timeval(tv_sec: 60, tv_usec: 0)
+            var timeout = timeval(tv_sec: giveUpAfter, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
             _ = data.withUnsafeBytes { Foundation.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if halfClose { shutdown(fd, Int32(SHUT_WR)) }

@@ -17,98 +17,216 @@ public struct Generation: Sendable, Equatable {
     public var finishReason: FinishReason
 }
 
-/// Turns prompts into text on one `Transformer`: reuses the cached prefix of the previous
-/// prompt, samples, stops on end-of-generation tokens, stop sequences and limits, and hands
-/// out text in pieces that never split a UTF-8 character or reveal the start of a stop sequence.
+/// Runs generations on one `Transformer`, up to one per slot at once (continuous batching):
+/// every step evaluates the next token of each generating sequence together, and between
+/// those steps one chunk of one waiting prompt (prompts take turns), so a long prompt never
+/// stalls running streams for more than a chunk. New requests join at the next step; a
+/// cancelled one leaves its slot at the next step.
+///
+/// Each sequence's arithmetic is that of the sequence evaluated alone: every row of a step is
+/// computed independently, decode rows in the one-token order, prompt rows in the order fixed by
+/// their position, and a slot reuses a cached prefix only where the new prompt would compute
+/// it the same way. So a request's tokens do not depend on what else is running, nor on what
+/// the slot held before.
+///
+/// The model is driven by one thread, started when work arrives and ended when there is none;
+/// callers wait for their own pieces of text.
 public final class Generator: @unchecked Sendable {
     public let model: Transformer
-    private let lock = NSLock()
+    /// Sequences generated at once.
+    public var slots: Int { model.slots }
+
+    private let condition = NSCondition()
+    /// Requests in arrival order, waiting or running (guarded by `condition`).
+    private var requests: [Request] = []
+    private var driving = false
+    /// Which prompt reads its next chunk (rotates).
+    private var prefillTurn = 0
+    private var counters = Stats()
+
+    /// What the generator is doing and has done.
+    public struct Stats: Sendable, Equatable {
+        /// Requests holding a slot.
+        public var running = 0
+        /// Requests waiting for one.
+        public var waiting = 0
+        /// The most sequences one step has evaluated together.
+        public var peakBatch = 0
+        /// Requests stopped because their consumer went away.
+        public var cancelled = 0
+        /// Steps run: next-token steps and prompt chunks.
+        public var decodeSteps = 0
+        public var prefillSteps = 0
+    }
+
+    public var stats: Stats {
+        condition.lock()
+        defer { condition.unlock() }
+        var s = counters
+        s.running = requests.filter { $0.slot != nil && $0.outcome == nil }.count
+        s.waiting = requests.filter { $0.slot == nil && $0.outcome == nil }.count
+        return s
+    }
 
     public init(model: Transformer) { self.model = model }
 
-    /// Generates after `prompt`. `onText` receives each new piece of text and returns false to
-    /// stop. Throws `request.context-exceeded` when the prompt (plus `maxTokens`) cannot fit.
-    public func generate(prompt: [Int], parameters: SamplingParameters, onText: (String) -> Bool = { _ in true })
-        throws(InferenceError) -> Generation
-    {
-        lock.lock()
-        defer { lock.unlock() }
-        let context = model.contextLength
-        guard !prompt.isEmpty else { throw InferenceError(.invalidRequest, "the prompt is empty") }
-        guard prompt.count < context else {
-            throw InferenceError(.contextExceeded, "the prompt is \(prompt.count) tokens; the context holds \(context)")
+    /// Generates after `prompt`. `onText` receives each new piece of text on the calling thread
+    /// and returns false to stop; `isCancelled`, asked while waiting, stops it too (a client
+    /// gone). Throws `request.context-exceeded` when the prompt (plus `maxTokens`) cannot fit.
+    public func generate(
+        prompt: [Int], parameters: SamplingParameters, onText: (String) -> Bool = { _ in true },
+        isCancelled: () -> Bool = { false }
+    ) throws(InferenceError) -> Generation {
+        let request = try Request(prompt: prompt, parameters: parameters, model: model)
+        if request.limit == 0 {
+            return Generation(text: "", tokens: [], promptTokens: prompt.count, finishReason: .length)
         }
-        if let maxTokens = parameters.maxTokens {
-            guard maxTokens >= 0 else { throw InferenceError(.invalidRequest, "max_tokens must not be negative") }
-            guard prompt.count + maxTokens <= context else {
-                throw InferenceError(
-                    .contextExceeded,
-                    "the prompt (\(prompt.count) tokens) plus max_tokens (\(maxTokens)) exceed the context of \(context)"
+        condition.lock()
+        requests.append(request)
+        if !driving {
+            driving = true
+            Thread.detachNewThread { [self] in drive() }
+        }
+        condition.broadcast()
+        while true {
+            if request.cancelled { request.pieces.removeAll() }
+            if !request.pieces.isEmpty {
+                let pieces = request.pieces
+                request.pieces.removeAll()
+                condition.unlock()
+                var listening = true
+                for piece in pieces where listening { listening = onText(piece) }
+                condition.lock()
+                if !listening { request.cancelled = true }
+                continue
+            }
+            if let outcome = request.outcome {
+                condition.unlock()
+                return try outcome.get()
+            }
+            if !request.cancelled {
+                condition.unlock()
+                let gone = isCancelled()
+                condition.lock()
+                if gone { request.cancelled = true }
+            }
+            if request.pieces.isEmpty, request.outcome == nil {
+                _ = condition.wait(until: Date(timeIntervalSinceNow: 0.05))
+            }
+        }
+    }
+
+    // MARK: Driving the model
+
+    /// The engine thread: steps until no request is left.
+    private func drive() {
+        while true {
+            condition.lock()
+            let (decoding, prefilling) = schedule()
+            if decoding.isEmpty, prefilling == nil {
+                driving = false
+                condition.unlock()
+                return
+            }
+            condition.unlock()
+            if !decoding.isEmpty { decodeStep(decoding) }
+            if let prefilling { prefillStep(prefilling) }
+        }
+    }
+
+    /// Under the lock: ends cancelled requests, gives waiting ones free slots, and picks this
+    /// iteration's work: every generating sequence, and the prompt whose turn it is.
+    private func schedule() -> (decoding: [Request], prefilling: Request?) {
+        for request in requests where request.cancelled && request.outcome == nil {
+            finish(request, .cancelled)
+            counters.cancelled += 1
+        }
+        requests.removeAll { $0.outcome != nil }
+        var free = Set(0..<model.slots).subtracting(requests.compactMap(\.slot))
+        for request in requests where request.slot == nil && !free.isEmpty {
+            // The free slot that already holds the longest usable prefix of this prompt.
+            let slot = free.max { a, b in
+                let (pa, pb) = (
+                    model.reusablePrefix(slot: a, prompt: request.prompt),
+                    model.reusablePrefix(slot: b, prompt: request.prompt)
                 )
-            }
+                return pa != pb ? pa < pb : a > b
+            }!
+            free.remove(slot)
+            request.start(slot: slot, model: model)
         }
-        let limit = parameters.maxTokens ?? (context - prompt.count)
-        var logits = try prefill(prompt)
-        var sampler = Sampler(parameters)
-        var tokens = [Int]()
-        var bytes = [UInt8]()
-        var emitted = 0
-        let stops = parameters.stop.filter { !$0.isEmpty }.map { Array($0.utf8) }
-        var finish = Generation.FinishReason.length
-
-        func flush(upTo end: Int) -> Bool {
-            guard end > emitted else { return true }
-            let piece = String(decoding: bytes[emitted..<end], as: UTF8.self)
-            emitted = end
-            return onText(piece)
+        let decoding = requests.filter { $0.next != nil }
+        if !decoding.isEmpty {
+            counters.decodeSteps += 1
+            counters.peakBatch = max(counters.peakBatch, decoding.count)
         }
-
-        while tokens.count < limit {
-            let token = sampler.sample(logits)
-            if model.tokenizer.endOfGeneration.contains(token) {
-                finish = .stop
-                break
-            }
-            tokens.append(token)
-            bytes.append(contentsOf: model.tokenizer.bytes(of: token))
-            let complete = Self.completeUTF8Prefix(bytes)
-            if let (at, _) = Self.firstStop(
-                in: bytes[..<complete], stops: stops, from: max(0, emitted - (stops.map(\.count).max() ?? 0)))
-            {
-                bytes.removeLast(bytes.count - at)
-                _ = flush(upTo: at)
-                finish = .stop
-                break
-            }
-            // Hold back a tail that could still become a stop sequence.
-            let held = Self.partialStopSuffix(bytes[..<complete], stops: stops)
-            if !flush(upTo: complete - held) {
-                finish = .cancelled
-                break
-            }
-            if tokens.count == limit || model.cached.count >= context { break }
-            logits = try model.evaluate([token])
-        }
-        if finish != .cancelled { _ = flush(upTo: bytes.count) }
-        return Generation(
-            text: String(decoding: bytes, as: UTF8.self), tokens: tokens, promptTokens: prompt.count,
-            finishReason: finish)
+        let waiting = requests.filter { $0.slot != nil && $0.next == nil && $0.outcome == nil }
+        guard !waiting.isEmpty else { return (decoding, nil) }
+        counters.prefillSteps += 1
+        prefillTurn = (prefillTurn + 1) % waiting.count
+        return (decoding, waiting[prefillTurn])
     }
 
-    /// Logits after `prompt`, evaluating only what the cache does not already hold.
-    func prefill(_ prompt: [Int]) throws(InferenceError) -> [Float] {
-        var common = 0
-        let cached = model.cached
-        while common < min(cached.count, prompt.count), cached[common] == prompt[common] { common += 1 }
-        if common == prompt.count { common -= 1 }
-        model.truncate(to: common)
+    /// The next token of every generating sequence, in one step.
+    private func decodeStep(_ batch: [Request]) {
         do {
-            return try model.evaluate(Array(prompt[common...]))
+            let logits = try model.evaluateNext(batch.map { ($0.slot!, $0.next!) })
+            condition.lock()
+            defer { condition.unlock() }
+            for (request, row) in zip(batch, logits) { advance(request, logits: row) }
         } catch {
-            model.truncate(to: 0)
-            throw error
+            fail(batch, error)
         }
     }
+
+    /// The next chunk of one prompt; its last chunk yields the first token.
+    private func prefillStep(_ request: Request) {
+        let chunk = request.chunks.removeFirst()
+        let last = request.chunks.isEmpty
+        do {
+            let logits = try model.step(
+                [Transformer.Segment(slot: request.slot!, tokens: chunk.tokens)], order: chunk.order,
+                wantLogits: last)
+            guard last else { return }
+            condition.lock()
+            defer { condition.unlock() }
+            advance(request, logits: logits[0])
+        } catch {
+            fail([request], error)
+        }
+    }
+
+    /// Under the lock: samples `request`'s next token from `logits` and hands out its text.
+    private func advance(_ request: Request, logits: [Float]) {
+        guard !request.cancelled else { return }
+        if let reason = request.take(logits: logits, model: model) {
+            finish(request, reason)
+        } else if model.slotTokens[request.slot!].count >= model.contextLength {
+            finish(request, .length)
+        }
+        condition.broadcast()
+    }
+
+    /// Under the lock: the request's outcome, its slot free again.
+    private func finish(_ request: Request, _ reason: Generation.FinishReason) {
+        request.finish(reason)
+        request.slot = nil
+        request.next = nil
+        condition.broadcast()
+    }
+
+    private func fail(_ batch: [Request], _ error: InferenceError) {
+        condition.lock()
+        defer { condition.unlock() }
+        for request in batch {
+            request.outcome = .failure(error)
+            request.slot = nil
+            request.next = nil
+        }
+        condition.broadcast()
+    }
+
+    // MARK: Text
 
     /// Length of the longest prefix of `bytes` that ends on a UTF-8 character boundary.
     static func completeUTF8Prefix(_ bytes: [UInt8]) -> Int {
@@ -152,5 +270,93 @@ public final class Generator: @unchecked Sendable {
             }
         }
         return held
+    }
+}
+
+/// One generation's state: its prompt chunks, sampler, tokens and text, and what the caller
+/// has yet to collect. Mutated by the engine thread and the caller under the generator's lock
+/// (the chunks only by the engine thread).
+private final class Request {
+    let prompt: [Int]
+    let limit: Int
+    let stops: [[UInt8]]
+    var sampler: Sampler
+    var slot: Int?
+    /// Prompt tokens still to evaluate, in steps.
+    var chunks: [(tokens: [Int], order: UInt32)] = []
+    /// The sampled token to evaluate next, while generating.
+    var next: Int?
+    var tokens: [Int] = []
+    var bytes: [UInt8] = []
+    var emitted = 0
+    var pieces: [String] = []
+    var cancelled = false
+    var outcome: Result<Generation, InferenceError>?
+
+    init(prompt: [Int], parameters: SamplingParameters, model: Transformer) throws(InferenceError) {
+        let context = model.contextLength
+        guard !prompt.isEmpty else { throw InferenceError(.invalidRequest, "the prompt is empty") }
+        guard prompt.count < context else {
+            throw InferenceError(.contextExceeded, "the prompt is \(prompt.count) tokens; the context holds \(context)")
+        }
+        for t in prompt where t < 0 || t >= model.tokenizer.count {
+            throw InferenceError(.invalidRequest, "token \(t) is outside the vocabulary of \(model.tokenizer.count)")
+        }
+        if let maxTokens = parameters.maxTokens {
+            guard maxTokens >= 0 else { throw InferenceError(.invalidRequest, "max_tokens must not be negative") }
+            guard prompt.count + maxTokens <= context else {
+                throw InferenceError(
+                    .contextExceeded,
+                    "the prompt (\(prompt.count) tokens) plus max_tokens (\(maxTokens)) exceed the context of \(context)"
+                )
+            }
+        }
+        self.prompt = prompt
+        limit = parameters.maxTokens ?? (context - prompt.count)
+        stops = parameters.stop.filter { !$0.isEmpty }.map { Array($0.utf8) }
+        sampler = Sampler(parameters)
+    }
+
+    /// Takes `slot`, keeps what it holds of the prompt, and plans the rest in chunks.
+    func start(slot: Int, model: Transformer) {
+        self.slot = slot
+        let common = model.reusablePrefix(slot: slot, prompt: prompt)
+        model.truncate(slot: slot, to: common)
+        let orders = Transformer.promptOrders(count: prompt.count)
+        chunks = Transformer.chunks(Array(prompt[common...]), orders: Array(orders[common...]), limit: model.batchSize)
+    }
+
+    /// Samples the next token; returns why the generation ends, if it does.
+    func take(logits: [Float], model: Transformer) -> Generation.FinishReason? {
+        let token = sampler.sample(logits)
+        if model.tokenizer.endOfGeneration.contains(token) { return .stop }
+        tokens.append(token)
+        bytes.append(contentsOf: model.tokenizer.bytes(of: token))
+        let complete = Generator.completeUTF8Prefix(bytes)
+        let longest = stops.map(\.count).max() ?? 0
+        if let (at, _) = Generator.firstStop(in: bytes[..<complete], stops: stops, from: max(0, emitted - longest)) {
+            bytes.removeLast(bytes.count - at)
+            return .stop
+        }
+        // Hold back a tail that could still become a stop sequence.
+        emit(upTo: complete - Generator.partialStopSuffix(bytes[..<complete], stops: stops))
+        if tokens.count == limit { return .length }
+        next = token
+        return nil
+    }
+
+    func emit(upTo end: Int) {
+        guard end > emitted else { return }
+        pieces.append(String(decoding: bytes[emitted..<end], as: UTF8.self))
+        emitted = end
+    }
+
+    func finish(_ reason: Generation.FinishReason) {
+        guard outcome == nil else { return }
+        if reason != .cancelled { emit(upTo: bytes.count) }
+        outcome = .success(
+            Generation(
+                text: String(decoding: bytes, as: UTF8.self), tokens: tokens, promptTokens: prompt.count,
+                finishReason: reason))
     }
 }

@@ -14,8 +14,15 @@ public final class Transformer: @unchecked Sendable {
     public let contextLength: Int
     /// Tokens evaluated per command buffer while reading a prompt.
     public let batchSize: Int
-    /// Tokens whose keys and values are in the cache, in order.
-    public private(set) var cached: [Int] = []
+    /// Sequences the KV cache holds at once, each with `contextLength` positions of its own.
+    public let slots: Int
+    /// Per slot: the tokens whose keys and values are in its cache, in order, and the
+    /// summation order each was computed in (a cached position is reused only when a new
+    /// prompt would compute it the same way, so reuse never changes a result).
+    private(set) var slotTokens: [[Int]]
+    private(set) var slotOrders: [[UInt32]]
+    /// Slot 0's cached tokens.
+    public var cached: [Int] { slotTokens[0] }
 
     struct Weight {
         let name: String
@@ -61,6 +68,8 @@ public final class Transformer: @unchecked Sendable {
 
     // Scratch, sized for `batchSize` tokens.
     let x, xn, aq, ad, kq, kd, q, k, v, att, g, u, scores, xLast, xFinal, logits, ropeTable: VulkanBuffer
+    /// Per row of a step: (first cache position of its slot, positions it attends to).
+    let rowInfo: VulkanBuffer
     let input: VulkanBuffer
     let logitsHost: VulkanBuffer
     let dummy: VulkanBuffer
@@ -70,10 +79,10 @@ public final class Transformer: @unchecked Sendable {
     /// Stops a layer early, for kernel checks (1: after the attention norm, 2: after q, k, v).
     var debugStage = 0
 
-    /// Loads `url` onto `device`. `contextLength` defaults to the model's, capped at 4096;
-    /// `progress` hears about each stage.
+    /// Loads `url` onto `device`. `contextLength` (per slot) defaults to the model's, capped at
+    /// 4096; `slots` sequences can be evaluated together; `progress` hears about each stage.
     public init(
-        url: URL, device: VulkanDevice, contextLength: Int? = nil, batchSize: Int = 32,
+        url: URL, device: VulkanDevice, contextLength: Int? = nil, batchSize: Int = 32, slots: Int = 1,
         progress: (String) -> Void = { _ in }
     ) throws(InferenceError) {
         let gguf = try GGUFFile(url: url)
@@ -96,6 +105,20 @@ public final class Transformer: @unchecked Sendable {
         // The scores scratch (batch × heads × context floats) must fit one storage buffer.
         let scoreRow = c.headCount * context * 4
         self.batchSize = max(1, min(batchSize, 512, device.maxBufferBytes / scoreRow))
+        // A decode step holds one row per slot, and each layer's cache for all slots is one buffer.
+        guard slots >= 1, slots <= self.batchSize else {
+            throw InferenceError(.invalidRequest, "slots must be 1…\(self.batchSize) (the batch size)")
+        }
+        let cacheBytes = slots * context * c.kvDim * 2
+        guard cacheBytes <= device.maxBufferBytes else {
+            throw InferenceError(
+                .invalidRequest,
+                "\(slots) slots of \(context) positions need \(cacheBytes) bytes of cache per layer; the device "
+                    + "allows \(device.maxBufferBytes) in one buffer (lower the slots or the context)")
+        }
+        self.slots = slots
+        slotTokens = Array(repeating: [], count: slots)
+        slotOrders = Array(repeating: [], count: slots)
 
         func tensor(_ name: String) throws(InferenceError) -> GGUFTensorInfo {
             guard let t = gguf.tensors[name] else {
@@ -165,8 +188,8 @@ public final class Transformer: @unchecked Sendable {
                         : try optionalVector(p + "attn_v.bias", count: c.kvDim),
                     qNorm: c.hasQKNorm ? try vector(p + "attn_q_norm.weight", count: c.headDim) : nil,
                     kNorm: c.hasQKNorm ? try vector(p + "attn_k_norm.weight", count: c.headDim) : nil,
-                    kCache: try device.makeBuffer(bytes: context * c.kvDim * 2, placement: .device),
-                    vCache: try device.makeBuffer(bytes: context * c.kvDim * 2, placement: .device)))
+                    kCache: try device.makeBuffer(bytes: cacheBytes, placement: .device),
+                    vCache: try device.makeBuffer(bytes: cacheBytes, placement: .device)))
         }
         self.layers = layers
         outputNorm = try vector("output_norm.weight", count: c.embeddingLength)
@@ -204,8 +227,8 @@ public final class Transformer: @unchecked Sendable {
             quantize: try device.makeKernel("quantize_q8" + f64, bindings: 3),
             quantizeK: try device.makeKernel("quantize_q8k" + f64, bindings: 3),
             rope: try device.makeKernel("rope" + f64, bindings: 3),
-            kvstore: try device.makeKernel("kvstore", bindings: 4),
-            attention: try device.makeKernel("attention" + f64, bindings: 5, specialization: [Self.workgroup]),
+            kvstore: try device.makeKernel("kvstore", bindings: 5),
+            attention: try device.makeKernel("attention" + f64, bindings: 6, specialization: [Self.workgroup]),
             swiglu: try device.makeKernel("swiglu" + f64, bindings: 3),
             matmul: matmul)
 
@@ -227,12 +250,13 @@ public final class Transformer: @unchecked Sendable {
         g = try scratch(b * c.feedForwardLength)
         u = try scratch(b * c.feedForwardLength)
         scores = try scratch(b * c.headCount * context)
-        xLast = try scratch(c.embeddingLength)
-        xFinal = try scratch(c.embeddingLength)
-        logits = try scratch(output.rows)
+        xLast = try scratch(slots * c.embeddingLength)
+        xFinal = try scratch(slots * c.embeddingLength)
+        logits = try scratch(slots * output.rows)
         ropeTable = try scratch(b * c.ropeDimensions)
-        input = try device.makeBuffer(bytes: b * (c.embeddingLength + c.ropeDimensions) * 4, placement: .host)
-        logitsHost = try device.makeBuffer(bytes: output.rows * 4, placement: .host)
+        rowInfo = try device.makeBuffer(bytes: b * 8, placement: .device)
+        input = try device.makeBuffer(bytes: b * (c.embeddingLength + c.ropeDimensions + 2) * 4, placement: .host)
+        logitsHost = try device.makeBuffer(bytes: slots * output.rows * 4, placement: .host)
         dummy = try device.makeBuffer(bytes: 16, placement: .device)
         commands = try device.makeCommands()
     }
@@ -332,6 +356,24 @@ public final class Transformer: @unchecked Sendable {
 
     // MARK: Evaluation
 
+    /// Tokens appended to one slot in one step.
+    struct Segment {
+        var slot: Int
+        var tokens: [Int]
+    }
+
+    /// The summation order of each position of a prompt of `count` tokens evaluated from
+    /// position 0: micro-batches of `microBatch` positions, each summed in the prompt kernels'
+    /// order (4) when it holds two or more tokens, else in the one-token order (0), as the
+    /// reference evaluates a prompt. Fixed by position, so a result never depends on how much of
+    /// the prompt a cache already held.
+    static func promptOrders(count: Int) -> [UInt32] {
+        (0..<count).map { p in
+            let start = p / microBatch * microBatch
+            return min(count, start + microBatch) - start > 1 ? 4 : 0
+        }
+    }
+
     /// The residual stream of the last token after `layers` layers (for checking kernels).
     func hiddenState(_ tokens: [Int], layers: Int) throws(InferenceError) -> [Float] {
         truncate(to: 0)
@@ -339,8 +381,8 @@ public final class Transformer: @unchecked Sendable {
         var result = [Float]()
         for start in stride(from: 0, to: tokens.count, by: batchSize) {
             result = try step(
-                Array(tokens[start..<min(tokens.count, start + batchSize)]), batchOrder: tokens.count > 1,
-                layerLimit: layers)
+                [Segment(slot: 0, tokens: Array(tokens[start..<min(tokens.count, start + batchSize)]))],
+                order: tokens.count > 1 ? 4 : 0, layerLimit: layers)[0]
         }
         return result
     }
@@ -350,7 +392,7 @@ public final class Transformer: @unchecked Sendable {
     func debugBuffers(_ tokens: [Int], layers: Int) throws(InferenceError) -> [String: [Float]] {
         truncate(to: 0)
         defer { truncate(to: 0) }
-        _ = try step(tokens, batchOrder: tokens.count > 1, layerLimit: layers)
+        _ = try step([Segment(slot: 0, tokens: tokens)], order: tokens.count > 1 ? 4 : 0, layerLimit: layers)
         let n = tokens.count
         let c = config
         var out = [String: [Float]]()
@@ -398,117 +440,214 @@ public final class Transformer: @unchecked Sendable {
         return Array(UnsafeBufferPointer(start: result, count: tokens * w.rows))
     }
 
-    /// Drops the cache from `position` on (0 empties it).
+    /// Drops slot 0's cache from `position` on (0 empties it).
     public func truncate(to position: Int) {
-        cached.removeLast(max(0, cached.count - position))
+        truncate(slot: 0, to: position)
     }
 
-    /// Appends `tokens` to the cache and returns the logits after the last of them.
-    public func evaluate(_ tokens: [Int]) throws(InferenceError) -> [Float] {
+    /// Drops `slot`'s cache from `position` on (0 empties it).
+    public func truncate(slot: Int, to position: Int) {
+        let drop = max(0, slotTokens[slot].count - position)
+        slotTokens[slot].removeLast(drop)
+        slotOrders[slot].removeLast(drop)
+    }
+
+    /// How many leading positions of `prompt` `slot` can keep: same token, computed in the order
+    /// the prompt would compute it; at most `prompt.count - 1`, so the last token is evaluated
+    /// and yields logits.
+    func reusablePrefix(slot: Int, prompt: [Int]) -> Int {
+        let orders = Self.promptOrders(count: prompt.count)
+        let tokens = slotTokens[slot]
+        let held = slotOrders[slot]
+        var common = 0
+        while common < min(tokens.count, prompt.count - 1), tokens[common] == prompt[common],
+            held[common] == orders[common]
+        {
+            common += 1
+        }
+        return common
+    }
+
+    /// Checks that `count` more tokens fit `slot` and that `tokens` are in the vocabulary.
+    func checkAppend(_ tokens: [Int], slot: Int) throws(InferenceError) {
         guard !tokens.isEmpty else { throw InferenceError(.invalidRequest, "nothing to evaluate") }
-        guard cached.count + tokens.count <= contextLength else {
+        let have = slotTokens[slot].count
+        guard have + tokens.count <= contextLength else {
             throw InferenceError(
-                .contextExceeded, "\(cached.count + tokens.count) tokens exceed the context of \(contextLength)")
+                .contextExceeded, "\(have + tokens.count) tokens exceed the context of \(contextLength)")
         }
         for t in tokens where t < 0 || t >= tokenizer.count {
             throw InferenceError(.invalidRequest, "token \(t) is outside the vocabulary of \(tokenizer.count)")
         }
+    }
+
+    /// Appends `tokens` to `slot`'s cache, summed as a prompt of those tokens, and returns the
+    /// logits after the last of them.
+    public func evaluate(_ tokens: [Int], slot: Int = 0) throws(InferenceError) -> [Float] {
+        guard (0..<slots).contains(slot) else { throw InferenceError(.invalidRequest, "no slot \(slot)") }
+        try checkAppend(tokens, slot: slot)
+        let chunks = Self.chunks(tokens, orders: Self.promptOrders(count: tokens.count), limit: batchSize)
         var result = [Float]()
-        for ubatchStart in stride(from: 0, to: tokens.count, by: Self.microBatch) {
-            let ubatch = tokens[ubatchStart..<min(tokens.count, ubatchStart + Self.microBatch)]
-            var done = ubatch.startIndex
-            while done < ubatch.endIndex {
-                let n = min(batchSize, ubatch.endIndex - done)
-                result = try step(Array(tokens[done..<(done + n)]), batchOrder: ubatch.count > 1)
-                done += n
-            }
+        for (i, chunk) in chunks.enumerated() {
+            result = try step(
+                [Segment(slot: slot, tokens: chunk.tokens)], order: chunk.order, wantLogits: i == chunks.count - 1)[0]
         }
         return result
     }
 
-    /// One command buffer: `tokens` at positions `cached.count…`.
-    func step(_ tokens: [Int], batchOrder: Bool, layerLimit: Int? = nil) throws(InferenceError) -> [Float] {
-        precondition(!tokens.isEmpty && tokens.count <= batchSize, "a step holds 1-\(batchSize) tokens")
-        let c = config
-        let n = tokens.count
-        let start = cached.count
-        let e = c.embeddingLength
-        // Inputs: embedding rows, then the RoPE table, written on the host.
-        let inputFloats = input.mapped!.bindMemory(to: Float.self, capacity: batchSize * (e + c.ropeDimensions))
-        let raw = gguf.bytes(of: embedding)
-        for (i, token) in tokens.enumerated() {
-            TensorData.dequantize(embedding.type!, raw, start: token * e, count: e, into: inputFloats + i * e)
+    /// Appends one token to each of several slots in one step (the one-token order, so each
+    /// result is the one that slot's token gives alone) and returns each slot's logits.
+    public func evaluateNext(_ next: [(slot: Int, token: Int)]) throws(InferenceError) -> [[Float]] {
+        guard !next.isEmpty, next.count <= slots, Set(next.map(\.slot)).count == next.count,
+            next.allSatisfy({ (0..<slots).contains($0.slot) })
+        else {
+            throw InferenceError(.invalidRequest, "one token for each of up to \(slots) distinct slots")
         }
-        fillRopeTable(inputFloats + n * e, positions: start..<(start + n))
+        for item in next { try checkAppend([item.token], slot: item.slot) }
+        return try step(next.map { Segment(slot: $0.slot, tokens: [$0.token]) }, order: 0)
+    }
 
+    /// `tokens` cut into steps of at most `limit` tokens, each in one summation order.
+    static func chunks(_ tokens: [Int], orders: [UInt32], limit: Int) -> [(tokens: [Int], order: UInt32)] {
+        precondition(tokens.count == orders.count)
+        var chunks = [(tokens: [Int], order: UInt32)]()
+        var i = 0
+        while i < tokens.count {
+            var end = i + 1
+            while end < tokens.count, end - i < limit, orders[end] == orders[i] { end += 1 }
+            chunks.append((Array(tokens[i..<end]), orders[i]))
+            i = end
+        }
+        return chunks
+    }
+
+    /// One command buffer: each segment's tokens appended to its slot at the slot's next
+    /// positions, all summed in `order`. Returns, per segment, the logits after its last token
+    /// (empty arrays when `wantLogits` is false: the last layer's feed-forward and the output
+    /// are then skipped, as the reference skips them for rows whose logits are not wanted).
+    func step(_ segments: [Segment], order stepOrder: UInt32, wantLogits: Bool = true, layerLimit: Int? = nil)
+        throws(InferenceError) -> [[Float]]
+    {
+        let n = segments.reduce(0) { $0 + $1.tokens.count }
+        precondition(n > 0 && n <= batchSize, "a step holds 1-\(batchSize) tokens")
+        precondition(Set(segments.map(\.slot)).count == segments.count, "one segment per slot")
+        let c = config
+        let e = c.embeddingLength
+        // Inputs: embedding rows, the RoPE table, then per row (slot start, positions attended).
+        let inputFloats = input.mapped!.bindMemory(to: Float.self, capacity: batchSize * (e + c.ropeDimensions + 2))
+        let raw = gguf.bytes(of: embedding)
+        let info = UnsafeMutableRawPointer(inputFloats + n * (e + c.ropeDimensions)).bindMemory(
+            to: UInt32.self, capacity: n * 2)
+        var row = 0
+        for segment in segments {
+            let start = slotTokens[segment.slot].count
+            fillRopeTable(
+                inputFloats + n * e + row * c.ropeDimensions, positions: start..<(start + segment.tokens.count))
+            for (i, token) in segment.tokens.enumerated() {
+                TensorData.dequantize(embedding.type!, raw, start: token * e, count: e, into: inputFloats + row * e)
+                info[row * 2] = UInt32(segment.slot * contextLength)
+                info[row * 2 + 1] = UInt32(start + i + 1)
+                row += 1
+            }
+        }
         let cmd = commands
         try cmd.begin()
         cmd.copy(input, x, bytes: n * e * 4)
         cmd.copy(input, ropeTable, bytes: n * c.ropeDimensions * 4, fromOffset: n * e * 4)
-        order = batchOrder ? 4 : 0
-        let heads = UInt32(c.headCount)
-        let kvHeads = UInt32(c.kvHeadCount)
-        let hd = UInt32(c.headDim)
+        cmd.copy(input, rowInfo, bytes: n * 8, fromOffset: n * (e + c.ropeDimensions) * 4)
+        order = stepOrder
+        let last = layerLimit == nil && wantLogits ? layers.count - 1 : layers.count
         for (index, layer) in layers.prefix(layerLimit ?? layers.count).enumerated() {
-            try norm(x, layer.attnNorm, into: xn, rows: n, width: e)
-            if debugStage == 1 { break }
-            try quantize(xn, rows: n, width: e, for: [layer.wq, layer.wk, layer.wv])
-            try matmul(layer.wq, input: xn, into: q, tokens: n, bias: layer.bq)
-            try matmul(layer.wk, input: xn, into: k, tokens: n, bias: layer.bk, barrier: false)
-            try matmul(layer.wv, input: xn, into: v, tokens: n, bias: layer.bv, barrier: false)
-            if debugStage == 2 { break }
-            if let qNorm = layer.qNorm, let kNorm = layer.kNorm {
-                try norm(q, qNorm, into: q, rows: n * c.headCount, width: c.headDim)
-                try norm(k, kNorm, into: k, rows: n * c.kvHeadCount, width: c.headDim, barrier: false)
-            }
-            let ropeWork = n * (c.headCount + c.kvHeadCount) * (c.ropeDimensions / 2)
-            try cmd.dispatch(
-                kernels.rope, [q, k, ropeTable],
-                push: [UInt32(n), heads, kvHeads, hd, UInt32(c.ropeDimensions), c.ropeStyle == .neox ? 1 : 0],
-                groups: ((ropeWork + 63) / 64, 1, 1))
-            try cmd.dispatch(
-                kernels.kvstore, [k, v, layer.kCache, layer.vCache], push: [UInt32(c.kvDim), UInt32(n), UInt32(start)],
-                groups: ((n * c.kvDim / 2 + 63) / 64, 1, 1))
-            let scale = 1 / Float(c.headDim).squareRoot()
-            try cmd.dispatch(
-                kernels.attention, [q, layer.kCache, layer.vCache, scores, att],
-                push: [hd, heads, kvHeads, UInt32(start), UInt32(contextLength), scale.bitPattern, order],
-                groups: (c.headCount, n, 1))
-            try quantize(att, rows: n, width: c.qDim, for: [layer.wo])
-            try matmul(layer.wo, input: att, into: x, tokens: n, accumulate: true)
-            if index == layers.count - 1, layerLimit == nil {
-                // The reference computes the last layer's feed-forward only for the rows whose
-                // logits are wanted: the last token, as a one-row product (one-token order).
+            try attentionBlock(layer, rows: n)
+            if debugStage != 0 { break }
+            if index == last {
+                // Only each segment's last row is wanted: its feed-forward is a one-token-order
+                // product on those rows, gathered into xFinal.
                 cmd.barrier()
-                cmd.copy(x, xFinal, bytes: e * 4, fromOffset: (n - 1) * e * 4)
+                var end = 0
+                for (s, segment) in segments.enumerated() {
+                    end += segment.tokens.count
+                    cmd.copy(x, xFinal, bytes: e * 4, fromOffset: (end - 1) * e * 4, toOffset: s * e * 4)
+                }
                 order = 0
-                try feedForward(layer, residual: xFinal, rows: 1)
-            } else {
+                try feedForward(layer, residual: xFinal, rows: segments.count)
+            } else if index < layers.count - 1 || layerLimit != nil {
                 try feedForward(layer, residual: x, rows: n)
             }
+        }
+        for segment in segments {
+            slotTokens[segment.slot].append(contentsOf: segment.tokens)
+            slotOrders[segment.slot].append(contentsOf: repeatElement(stepOrder, count: segment.tokens.count))
         }
         if layerLimit != nil {
             cmd.barrier()
             cmd.copy(x, logitsHost, bytes: e * 4, fromOffset: (n - 1) * e * 4)
             cmd.barrier()
-            try cmd.submitAndWait()
-            cached.append(contentsOf: tokens)
+            try submit(segments)
             let values = logitsHost.mapped!.bindMemory(to: Float.self, capacity: e)
-            return Array(UnsafeBufferPointer(start: values, count: e))
+            return [Array(UnsafeBufferPointer(start: values, count: e))]
         }
-        // Only the last token's logits are needed; its residual is in xFinal.
+        guard wantLogits else {
+            try submit(segments)
+            return segments.map { _ in [] }
+        }
+        let s = segments.count
         try cmd.dispatch(
             kernels.rmsnorm, [xFinal, outputNorm, xLast], push: [UInt32(e), 0, c.rmsEpsilon.bitPattern],
-            groups: (1, 1, 1))
-        try quantize(xLast, rows: 1, width: e, for: [output])
-        try matmul(output, input: xLast, into: logits, tokens: 1)
+            groups: (s, 1, 1))
+        try quantize(xLast, rows: s, width: e, for: [output])
+        try matmul(output, input: xLast, into: logits, tokens: s)
         cmd.barrier()
-        cmd.copy(logits, logitsHost, bytes: output.rows * 4)
+        cmd.copy(logits, logitsHost, bytes: s * output.rows * 4)
         cmd.barrier()
-        try cmd.submitAndWait()
-        cached.append(contentsOf: tokens)
-        let values = logitsHost.mapped!.bindMemory(to: Float.self, capacity: output.rows)
-        return Array(UnsafeBufferPointer(start: values, count: tokenizer.count))
+        try submit(segments)
+        let values = logitsHost.mapped!.bindMemory(to: Float.self, capacity: s * output.rows)
+        return (0..<s).map { Array(UnsafeBufferPointer(start: values + $0 * output.rows, count: tokenizer.count)) }
+    }
+
+    /// Submits the recorded step; on failure the segments' slots are emptied (their caches may
+    /// hold part of the step).
+    private func submit(_ segments: [Segment]) throws(InferenceError) {
+        do { try commands.submitAndWait() } catch {
+            for segment in segments { truncate(slot: segment.slot, to: 0) }
+            throw error
+        }
+    }
+
+    /// Norm, q/k/v, RoPE, the cache store, attention and the output projection for `n` rows.
+    private func attentionBlock(_ layer: Layer, rows n: Int) throws(InferenceError) {
+        let c = config
+        let e = c.embeddingLength
+        let cmd = commands
+        try norm(x, layer.attnNorm, into: xn, rows: n, width: e)
+        if debugStage == 1 { return }
+        try quantize(xn, rows: n, width: e, for: [layer.wq, layer.wk, layer.wv])
+        try matmul(layer.wq, input: xn, into: q, tokens: n, bias: layer.bq)
+        try matmul(layer.wk, input: xn, into: k, tokens: n, bias: layer.bk, barrier: false)
+        try matmul(layer.wv, input: xn, into: v, tokens: n, bias: layer.bv, barrier: false)
+        if debugStage == 2 { return }
+        if let qNorm = layer.qNorm, let kNorm = layer.kNorm {
+            try norm(q, qNorm, into: q, rows: n * c.headCount, width: c.headDim)
+            try norm(k, kNorm, into: k, rows: n * c.kvHeadCount, width: c.headDim, barrier: false)
+        }
+        let heads = UInt32(c.headCount)
+        let kvHeads = UInt32(c.kvHeadCount)
+        let hd = UInt32(c.headDim)
+        let ropeWork = n * (c.headCount + c.kvHeadCount) * (c.ropeDimensions / 2)
+        try cmd.dispatch(
+            kernels.rope, [q, k, ropeTable],
+            push: [UInt32(n), heads, kvHeads, hd, UInt32(c.ropeDimensions), c.ropeStyle == .neox ? 1 : 0],
+            groups: ((ropeWork + 63) / 64, 1, 1))
+        try cmd.dispatch(
+            kernels.kvstore, [k, v, layer.kCache, layer.vCache, rowInfo], push: [UInt32(c.kvDim), UInt32(n)],
+            groups: ((n * c.kvDim / 2 + 63) / 64, 1, 1))
+        let scale = 1 / Float(c.headDim).squareRoot()
+        try cmd.dispatch(
+            kernels.attention, [q, layer.kCache, layer.vCache, scores, att, rowInfo],
+            push: [hd, heads, kvHeads, UInt32(contextLength), scale.bitPattern, order],
+            groups: (c.headCount, n, 1))
+        try quantize(att, rows: n, width: c.qDim, for: [layer.wo])
+        try matmul(layer.wo, input: att, into: x, tokens: n, accumulate: true)
     }
 
     /// x += down(silu(gate(norm(x))) * up(norm(x))) for `rows` rows of `residual`.

@@ -79,6 +79,17 @@ public final class HTTPResponseWriter: @unchecked Sendable {
         return raw(Data(head.utf8) + body)
     }
 
+    /// Whether the client has closed its side or the connection failed, asked without waiting.
+    /// A generation for a client that is gone is stopped, so it does not hold a slot. (A
+    /// client that half-closes after its request is taken as gone: HTTP clients do not.)
+    public var peerGone: Bool {
+        if failed { return true }
+        // POLLRDHUP (Linux): the peer shut down its writing side.
+        var p = pollfd(fd: fd, events: Int16(POLLIN) | 0x2000, revents: 0)
+        guard poll(&p, 1, 0) == 1 else { return false }
+        return p.revents & (0x2000 | Int16(POLLHUP) | Int16(POLLERR) | Int16(POLLNVAL)) != 0
+    }
+
     /// Starts a chunked response (server-sent events by default).
     @discardableResult
     public func start(status: Int = 200, contentType: String = "text/event-stream") -> Bool {
@@ -284,7 +295,7 @@ public final class HTTPServer: @unchecked Sendable {
     }
 }
 
-/// Buffered reads of requests from a socket.
+/// Buffered reads of requests from a socket (or, with `fd` -1, from `buffer` alone).
 struct SocketReader {
     let fd: Int32
     var buffer = [UInt8]()
@@ -341,7 +352,18 @@ struct SocketReader {
         }
         var request = HTTPRequest(
             method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: Data())
-        if request.header("Transfer-Encoding")?.lowercased().contains("chunked") == true {
+        // Threat: a body whose length two parsers on the path read differently (request
+        // smuggling). A request that gives both framings, or a transfer coding other than
+        // chunked, is refused.
+        if let coding = request.header("Transfer-Encoding") {
+            guard request.header("Content-Length") == nil else {
+                throw HTTPParseError(status: 400, message: "both Transfer-Encoding and Content-Length")
+            }
+            guard coding.lowercased() == "chunked" else {
+                throw HTTPParseError(status: 501, message: "unsupported Transfer-Encoding '\(coding)'")
+            }
+        }
+        if request.header("Transfer-Encoding") != nil {
             request.body = try readChunked()
         } else if let lengthText = request.header("Content-Length") {
             guard let length = Int(lengthText), length >= 0 else {
@@ -382,6 +404,9 @@ struct SocketReader {
             }
             while buffer.count < size + 2 {
                 guard fill() else { throw HTTPParseError(status: 400, message: "truncated chunk") }
+            }
+            guard buffer[size] == 13, buffer[size + 1] == 10 else {
+                throw HTTPParseError(status: 400, message: "chunk not followed by CRLF")
             }
             body.append(contentsOf: buffer[0..<size])
             buffer.removeFirst(size + 2)

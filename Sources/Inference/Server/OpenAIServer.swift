@@ -2,8 +2,8 @@ import Foundation
 
 /// The engine's OpenAI-compatible API: `GET /v1/models`, `POST /v1/chat/completions`,
 /// `POST /v1/completions` (JSON or server-sent events, with `usage`), `GET /health`.
-/// One model per process; requests wait their turn for the engine (at most `maxQueue`
-/// waiting, then 503), bad requests get OpenAI-shaped errors, nothing a client sends ends the
+/// One model per process; up to the generator's slot count run at once and the rest wait
+/// (at most `maxQueue` waiting, then 503); a client that disconnects stops its generation, bad requests get OpenAI-shaped errors, nothing a client sends ends the
 /// process.
 public final class OpenAIServer: @unchecked Sendable {
     public let generator: Generator
@@ -35,7 +35,12 @@ public final class OpenAIServer: @unchecked Sendable {
         do {
             switch (request.method, path) {
             case ("GET", "/health"):
-                writer.send(status: 200, body: Data(#"{"status":"ok"}"#.utf8))
+                let stats = generator.stats
+                let health: JSONValue = .object([
+                    ("status", .string("ok")), ("slots", .number(Double(generator.slots))),
+                    ("running", .number(Double(stats.running))), ("waiting", .number(Double(stats.waiting))),
+                ])
+                writer.send(status: 200, body: Data(health.serialized.utf8))
             case ("GET", "/v1/models"):
                 let entry: JSONValue = .object([
                     ("id", .string(modelName)), ("object", .string("model")), ("created", .number(Double(created))),
@@ -263,7 +268,7 @@ public final class OpenAIServer: @unchecked Sendable {
         let parsed = try parse(request.body, chat: chat)
         guard
             lock.withLock({ () -> Bool in
-                guard waiting < maxQueue else { return false }
+                guard waiting < maxQueue + generator.slots else { return false }
                 waiting += 1
                 return true
             })
@@ -288,9 +293,13 @@ public final class OpenAIServer: @unchecked Sendable {
 
         if !parsed.stream {
             let result: Generation
-            do { result = try generator.generate(prompt: parsed.prompt, parameters: parsed.parameters) } catch {
+            do {
+                result = try generator.generate(
+                    prompt: parsed.prompt, parameters: parsed.parameters, isCancelled: { writer.peerGone })
+            } catch {
                 throw refusal(error)
             }
+            if result.finishReason == .cancelled { return }
             let choice: JSONValue =
                 chat
                 ? .object([
@@ -337,13 +346,15 @@ public final class OpenAIServer: @unchecked Sendable {
         var first = true
         let result: Generation
         do {
-            let g = try generator.generate(prompt: parsed.prompt, parameters: parsed.parameters) { piece in
-                if first {
-                    guard writer.start() else { return false }
-                }
-                defer { first = false }
-                return writer.write(event(delta(piece, first: first)))
-            }
+            let g = try generator.generate(
+                prompt: parsed.prompt, parameters: parsed.parameters,
+                onText: { piece in
+                    if first {
+                        guard writer.start() else { return false }
+                    }
+                    defer { first = false }
+                    return writer.write(event(delta(piece, first: first)))
+                }, isCancelled: { writer.peerGone })
             result = g
         } catch {
             throw refusal(error)

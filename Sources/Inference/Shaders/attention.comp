@@ -7,7 +7,8 @@
 // probabilities p = half(e * float(1/sum)), then the dot of p with v per dimension.
 // The two dot products follow the reference's prompt kernel (flags&4: eight lanes, hsum_float_8)
 // or its one-token kernel (four accumulators of eight lanes over steps of 32, hadd reduce).
-// Scores live in a scratch row of `ctx` floats per (token, head).
+// Scores live in a scratch row of `ctx` floats per (token, head). Row t attends to positions
+// 0..rowInfo[t].y-1 of the cache region starting at position rowInfo[t].x (its sequence's slot).
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
@@ -15,7 +16,8 @@ layout(std430, binding = 1) readonly buffer KC { uint kc[]; };
 layout(std430, binding = 2) readonly buffer VC { uint vc[]; };
 layout(std430, binding = 3) buffer S { float scores[]; };
 layout(std430, binding = 4) writeonly buffer O { float outv[]; };
-layout(push_constant) uniform P { uint headDim; uint heads; uint kvHeads; uint start; uint ctx; float scale; uint flags; } p;
+layout(std430, binding = 5) readonly buffer R { uvec2 rowInfo[]; };
+layout(push_constant) uniform P { uint headDim; uint heads; uint kvHeads; uint ctx; float scale; uint flags; } p;
 shared float qh[512];
 shared float red[WG];
 #ifdef HAS_F64
@@ -45,11 +47,12 @@ void main() {
     uint qBase = (t * p.heads + h) * hd;
     for (uint d = lid; d < hd; d += WG) qh[d] = roundHalf(q[qBase + d]);
     barrier();
-    uint n = p.start + t + 1u;
+    uint base = rowInfo[t].x;
+    uint n = rowInfo[t].y;
     uint sBase = (t * p.heads + h) * p.ctx;
     float mx = -1.0 / 0.0;
     for (uint pos = lid; pos < n; pos += WG) {
-        uint kBase = pos * kvDim + kvh * hd;
+        uint kBase = (base + pos) * kvDim + kvh * hd;
         float a[8];
         for (uint l = 0u; l < 8u; l++) a[l] = 0.0;
         float dot;
@@ -137,7 +140,7 @@ void main() {
     memoryBarrierBuffer();
     barrier();
     for (uint d = lid; d < hd; d += WG) {
-        uint vOffset = kvh * hd + d;
+        uint vOffset = base * kvDim + kvh * hd + d;
         float a[8];
         for (uint l = 0u; l < 8u; l++) a[l] = 0.0;
         float result;
