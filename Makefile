@@ -26,7 +26,7 @@ bench: setup
 	$(SWIFT) build -c release --product ccgate-bench
 	.build/release/ccgate-bench
 
-# The DCAP parsers under libFuzzer + AddressSanitizer; FUZZ_SECONDS=600 by default.
+# The DCAP and engine parsers under libFuzzer + AddressSanitizer; FUZZ_SECONDS=600 per target by default.
 fuzz: setup
 	@scripts/fuzz
 

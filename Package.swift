@@ -188,6 +188,9 @@ let package = Package(
         .executableTarget(
             name: "dcap-fuzz", dependencies: ["TDXVerifier", "AttestationCore"], path: "Fuzz/dcap-fuzz",
             swiftSettings: strict),
+        // libFuzzer target for the engine's HTTP and JSON parsers (`make fuzz`); a replayer otherwise.
+        .executableTarget(
+            name: "engine-fuzz", dependencies: ["Inference"], path: "Fuzz/engine-fuzz", swiftSettings: strict),
 
         // Tests.
         .target(

@@ -87,6 +87,9 @@ struct JSONParser {
         case UInt8(ascii: "{"):
             index += 1
             var pairs = [(String, JSONValue)]()
+            // Where each key is, so a repeated key replaces its value without a scan: a body of
+            // many keys must not cost time quadratic in its size.
+            var positions = [String: Int]()
             skipSpace()
             if index < bytes.count, bytes[index] == UInt8(ascii: "}") { index += 1; return .object(pairs) }
             while true {
@@ -98,9 +101,10 @@ struct JSONParser {
                 index += 1
                 skipSpace()
                 let v = try value(depth: depth + 1)
-                if let existing = pairs.firstIndex(where: { $0.0 == key }) {
+                if let existing = positions[key] {
                     pairs[existing].1 = v
                 } else {
+                    positions[key] = pairs.count
                     pairs.append((key, v))
                 }
                 skipSpace()
