@@ -1,10 +1,13 @@
 """Independent references for ccinfer's tests: llama.cpp (through llama-cpp-python, CPU build)
 and llama-cpp-python's own Jinja2 chat formatter, on the same GGUF.
 
-  reference_llama.py generate MODEL CASES.json OUT.json LOGITS.bin [--tokens N]
+  reference_llama.py generate MODEL CASES.json OUT.json LOGITS.bin [--tokens N] [--stock]
       CASES: [{"chat": TEXT} | {"text": TEXT}, ...]. For each: the rendered prompt, its token ids,
       the greedy continuation (up to N tokens, ending at an end-of-generation token) and the
       logits after the prompt (float32, case after case, into LOGITS.bin).
+      --stock: every matrix product through ggml's stock path (ggml_vec_dot per row and column):
+      its tiled K-quant kernels (GGML_CPU_TILED_MM, taken for 8 or more rows) and its repacked
+      weights (extra buffer types; Q4_K on AVX2) off. Both are llama.cpp's own switches.
   reference_llama.py tokenize MODEL TEXTS.json OUT.json
       For each text: ids with special tokens parsed, and without.
   reference_llama.py quantize MODEL OUT.gguf FTYPE
@@ -19,20 +22,31 @@ and llama-cpp-python's own Jinja2 chat formatter, on the same GGUF.
       as llama-cpp-python renders chat templates; a failure is {"error": TYPE}.
 """
 import json
+import os
 import sys
 
 
-def load(model, vocab_only=False):
+def load(model, vocab_only=False, stock=False):
+    import llama_cpp.llama_cpp as low
     from llama_cpp import Llama
+    if stock:
+        os.environ["GGML_CPU_TILED_MM"] = "0"  # read by ggml at its first matrix product
+        default_params = low.llama_model_default_params
+
+        def stock_params():
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+        low.llama_model_default_params = stock_params
     return Llama(model_path=model, n_ctx=2048, n_threads=2, n_batch=512, verbose=False, seed=0, vocab_only=vocab_only)
 
 
-def generate(model, cases_path, out_path, logits_path, tokens=32):
+def generate(model, cases_path, out_path, logits_path, tokens=32, stock=False):
     import numpy as np
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    llm = load(model)
+    llm = load(model, stock=stock)
     template = llm.metadata.get("tokenizer.chat_template")
     eos = llm._model.token_get_text(llm.token_eos())
     bos = llm._model.token_get_text(llm.token_bos())
@@ -141,7 +155,8 @@ if __name__ == "__main__":
             i = args.index("--tokens")
             n = int(args[i + 1])
             args = args[:i] + args[i + 2:]
-        generate(*args, tokens=n)
+        stock = "--stock" in args
+        generate(*[a for a in args if a != "--stock"], tokens=n, stock=stock)
     elif command == "tokenize":
         tokenize(*args)
     elif command == "quantize":
