@@ -1,7 +1,8 @@
 // ccinfer's prompt-processing and generation speed, next to llama.cpp (llama-cpp-python) on the
 // same model file, prompt and machine, in the same run: its CPU build, and its Vulkan backend on
 // the same Vulkan device as ccinfer (scripts/llama-vulkan builds it once; bench only). Models:
-// SmolLM2-135M-Instruct as fetched (Q4_1) and requantized by llama.cpp to Q4_K_M.
+// SmolLM2-135M-Instruct as fetched (Q4_1) and requantized by llama.cpp to Q4_K_M, and a synthetic
+// Llama-shaped model of about a billion parameters (random weights, scripts/synthetic-model).
 import Foundation
 import Inference
 
@@ -78,11 +79,25 @@ func inferenceBench() {
             print("ccgate bench: inference: quantizing to Q4_K_M failed: \(quantize.2)")
         }
     }
-    for (label, path) in [("Q4_1", modelPath), ("Q4_K_M", kquant)] where FileManager.default.fileExists(atPath: path) {
+    // name, file, tokens generated, rounds, whether the concurrent-stream comparison runs
+    var models = [
+        ("SmolLM2-135M-Instruct Q4_1", modelPath, generate, rounds, true),
+        ("SmolLM2-135M-Instruct Q4_K_M", kquant, generate, rounds, true),
+    ]
+    let synthetic = run(root.appendingPathComponent("scripts/synthetic-model").path, [])
+    if synthetic.0 == 0,
+        let line = synthetic.1.split(separator: "\n").first(where: { $0.hasPrefix("SYNTHETIC_MODEL=") })
+    {
+        // A billion parameters on a CPU device: fewer tokens, one round.
+        models.append(("synthetic Llama 1B Q4_K_M", String(line.dropFirst(16)), 8, 1, false))
+    } else {
+        print("ccgate bench: inference: the synthetic 1B model is unavailable: \(synthetic.2.suffix(400))")
+    }
+    for (label, path, generate, rounds, streams) in models where FileManager.default.fileExists(atPath: path) {
         do {
             try engineComparison(
-                label: label, modelPath: path, text: text, generate: generate, rounds: rounds, venv: venv,
-                vulkanVenv: vulkanVenv, root: root, run: run)
+                label: label, modelPath: path, text: text, generate: generate, rounds: rounds, streams: streams,
+                venv: venv, vulkanVenv: vulkanVenv, root: root, run: run)
         } catch {
             print("\nccgate bench: inference (\(label)) failed: \(error)")
         }
@@ -90,31 +105,38 @@ func inferenceBench() {
 }
 
 func engineComparison(
-    label: String, modelPath: String, text: String, generate: Int, rounds: Int, venv: String, vulkanVenv: String?,
-    root: URL, run: (String, [String], [String: String]) -> (Int32, String, String)
+    label: String, modelPath: String, text: String, generate: Int, rounds: Int, streams: Bool, venv: String,
+    vulkanVenv: String?, root: URL, run: (String, [String], [String: String]) -> (Int32, String, String)
 ) throws {
     let device = try VulkanDevice(instance: try VulkanInstance())
-    let model = try Transformer(url: URL(fileURLWithPath: modelPath), device: device, contextLength: 2048)
-    let prompt = model.tokenizer.encode(text, addSpecial: true)
-    let clock = ContinuousClock()
-    func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
-    _ = try model.evaluate(prompt)  // warm-up: pipelines compiled, caches filled
-    var pp = [Double]()
-    var tg = [Double]()
-    for _ in 0..<rounds {
-        model.truncate(to: 0)
-        var t = clock.now
-        var logits = try model.evaluate(prompt)
-        pp.append(Double(prompt.count) / seconds(clock.now - t))
-        var token = Sampler.argmax(logits)
-        t = clock.now
-        for _ in 0..<generate {
-            logits = try model.evaluate([token])
-            token = Sampler.argmax(logits)
+    var prompt = [Int]()
+    /// Prompt and generation tokens per second, medians of `rounds`, in one arithmetic.
+    func measure(_ arithmetic: Arithmetic) throws -> (Double, Double) {
+        let model = try Transformer(
+            url: URL(fileURLWithPath: modelPath), device: device, contextLength: 2048, arithmetic: arithmetic)
+        prompt = model.tokenizer.encode(text, addSpecial: true)
+        let clock = ContinuousClock()
+        func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+        _ = try model.evaluate(prompt)  // warm-up: pipelines compiled, caches filled
+        var pp = [Double]()
+        var tg = [Double]()
+        for _ in 0..<rounds {
+            model.truncate(to: 0)
+            var t = clock.now
+            var logits = try model.evaluate(prompt)
+            pp.append(Double(prompt.count) / seconds(clock.now - t))
+            var token = Sampler.argmax(logits)
+            t = clock.now
+            for _ in 0..<generate {
+                logits = try model.evaluate([token])
+                token = Sampler.argmax(logits)
+            }
+            tg.append(Double(generate) / seconds(clock.now - t))
         }
-        tg.append(Double(generate) / seconds(clock.now - t))
+        return (pp.sorted()[pp.count / 2], tg.sorted()[tg.count / 2])
     }
-    let mine = (pp.sorted()[pp.count / 2], tg.sorted()[tg.count / 2])
+    let mine = try measure(.fast)
+    let exact = device.hasFloat64 ? try measure(.exact) : nil
 
     let tokensFile = FileManager.default.temporaryDirectory.appendingPathComponent("ccinfer-bench-\(getpid()).json")
     try Data("[\(prompt.map(String.init).joined(separator: ","))]".utf8).write(to: tokensFile)
@@ -145,52 +167,69 @@ func engineComparison(
     let vulkan = vulkanVenv.flatMap { baseline($0 + "/bin/python", vulkan: true) }
     print("")
     print(
-        "ccgate bench: inference (SmolLM2-135M-Instruct \(label), \(prompt.count)-token prompt, \(generate) generated tokens, median of \(rounds))"
+        "ccgate bench: inference (\(label), \(prompt.count)-token prompt, \(generate) generated tokens, median of \(rounds))"
     )
     print("ccinfer device: \(device.info.summary)")
     if let vulkan { print("llama.cpp Vulkan device: \(vulkan.device)") }
     print("                              prompt tok/s   generate tok/s")
     print(String(format: "  ccinfer                   %12.1f   %14.1f", mine.0, mine.1))
+    if let exact {
+        print(String(format: "  ccinfer --exact           %12.1f   %14.1f", exact.0, exact.1))
+    }
     if let vulkan {
         print(String(format: "  llama.cpp (Vulkan)        %12.1f   %14.1f", vulkan.pp, vulkan.tg))
         print(String(format: "  ccinfer/llama.cpp Vulkan  %12.3f   %14.3f", mine.0 / vulkan.pp, mine.1 / vulkan.tg))
+        if let exact {
+            print(
+                String(format: "  --exact/llama.cpp Vulkan  %12.3f   %14.3f", exact.0 / vulkan.pp, exact.1 / vulkan.tg))
+        }
     }
     if let cpu {
         print(String(format: "  llama.cpp (CPU)           %12.1f   %14.1f", cpu.pp, cpu.tg))
         print(String(format: "  ccinfer/llama.cpp CPU     %12.3f   %14.3f", mine.0 / cpu.pp, mine.1 / cpu.tg))
     }
+    guard streams else { return }
+    // Sixteen tokens per stream: llama.cpp's Vulkan backend on a CPU device takes minutes for more.
     try concurrentStreams(
-        model: modelPath, device: device, prompt: prompt, tokensFile: tokensFile.path, generate: generate,
-        rounds: rounds, script: script, vulkanVenv: vulkanVenv, run: run)
+        model: modelPath, device: device, prompt: prompt, generate: 16, rounds: rounds, script: script,
+        vulkanVenv: vulkanVenv, run: run)
 }
 
 /// Aggregate generation speed with 1, 4 and 8 sequences generating together (one step per
 /// token for all of them), ccinfer's slots beside llama.cpp's multi-sequence batches on its
-/// Vulkan backend; both read the prompt into every sequence first, untimed.
+/// Vulkan backend; both read the prompt's first eight tokens into every sequence first, untimed
+/// (what is measured is generation; a short prompt keeps the untimed part short).
 func concurrentStreams(
-    model path: String, device: VulkanDevice, prompt: [Int], tokensFile: String, generate: Int, rounds: Int,
+    model path: String, device: VulkanDevice, prompt whole: [Int], generate: Int, rounds: Int,
     script: String, vulkanVenv: String?, run: (String, [String], [String: String]) -> (Int32, String, String)
 ) throws {
     let streams = [1, 4, 8]
+    let prompt = Array(whole.prefix(8))
+    let tokensFile = FileManager.default.temporaryDirectory.appendingPathComponent(
+        "ccinfer-bench-streams-\(getpid()).json"
+    ).path
+    try Data("[\(prompt.map(String.init).joined(separator: ","))]".utf8).write(to: URL(fileURLWithPath: tokensFile))
+    defer { try? FileManager.default.removeItem(atPath: tokensFile) }
     let model = try Transformer(
-        url: URL(fileURLWithPath: path), device: device, contextLength: 512, slots: streams.max()!)
+        url: URL(fileURLWithPath: path), device: device, contextLength: 512, slots: streams.max()!, arithmetic: .fast)
     let clock = ContinuousClock()
     var mine = [Int: Double]()
     for n in streams {
         var rates = [Double]()
-        for _ in 0...rounds {  // the first round warms up
+        for round in 0...rounds {  // the first round, of two tokens, warms up
+            let steps = round == 0 ? 2 : generate
             var tokens = [Int]()
             for slot in 0..<n {
                 model.truncate(slot: slot, to: 0)
                 tokens.append(Sampler.argmax(try model.evaluate(prompt, slot: slot)))
             }
             let start = clock.now
-            for _ in 0..<generate {
+            for _ in 0..<steps {
                 tokens = try model.evaluateNext(tokens.enumerated().map { ($0.offset, $0.element) }).map(Sampler.argmax)
             }
             let elapsed = clock.now - start
             rates.append(
-                Double(n * generate)
+                Double(n * steps)
                     / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
         }
         rates.removeFirst()
@@ -214,7 +253,10 @@ func concurrentStreams(
             print("ccgate bench: inference: llama.cpp Vulkan batched baseline failed: \(re.suffix(600))")
         }
     }
-    print("  aggregate generate tok/s    ccinfer   llama.cpp Vulkan   ratio")
+    print(
+        "  aggregate generate tok/s (\(generate) tokens per stream after \(prompt.count) prompt tokens, median of \(rounds))"
+    )
+    print("                             ccinfer   llama.cpp Vulkan   ratio")
     for n in streams {
         let other = theirs?[n]
         print(

@@ -70,6 +70,11 @@ struct ModelOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Context length in tokens (default: the model's, at most 4096).", valueName: "N"))
     var context: Int?
     @Option(help: ArgumentHelp("Prompt tokens evaluated per step.", valueName: "N")) var batch = 32
+    @Flag(
+        help: ArgumentHelp(
+            "Exact arithmetic: llama.cpp's CPU results bit for bit (needs shaderFloat64). Default: the device's own fma, division and square root, deterministic on one device and driver and within the tolerance docs/INFERENCE.md states."
+        ))
+    var exact = false
     @Option(
         help: ArgumentHelp(
             "Refuse to serve unless the model's bytes hash to this SHA-256 (default: $CCINFER_MODEL_SHA256, which ccworker sets to the digest it measured).",
@@ -111,7 +116,7 @@ struct ModelOptions: ParsableArguments {
         if progress { FileHandle.standardError.write(Data("ccinfer: device \(vulkan.info.summary)\n".utf8)) }
         let model = try Transformer(
             url: URL(fileURLWithPath: self.model), device: vulkan, contextLength: context, batchSize: batch,
-            slots: slots, progress: say)
+            slots: slots, arithmetic: exact ? .exact : .fast, progress: say)
         // Threat: a model swapped on disk after the worker measured it. The bytes the weights were
         // uploaded from are hashed after the upload and must be the measured ones.
         if let expected = expectedModelSHA256 {
@@ -125,7 +130,9 @@ struct ModelOptions: ParsableArguments {
             }
         }
         if progress {
-            let slots = model.slots > 1 ? " in each of \(model.slots) slots" : ""
+            let slots =
+                (model.slots > 1 ? " in each of \(model.slots) slots" : "")
+                + ", \(model.arithmetic.rawValue) arithmetic"
             FileHandle.standardError.write(
                 Data(
                     "\rccinfer: loaded \(model.config.architecture.rawValue), \(model.config.layerCount) layers, context \(model.contextLength)\(slots)\u{1B}[K\n"
@@ -230,6 +237,11 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp("Requests generated at once, each in its own cache slot.", valueName: "N"))
     var parallel = 4
     @Option(help: ArgumentHelp("Requests allowed to wait for a free slot.", valueName: "N")) var queue = 32
+    @Flag(
+        help: ArgumentHelp(
+            "Let a request start from what its slot holds of an earlier request's prompt (faster multi-turn chat). Only for one trust domain: a faster first token reveals that a prompt began like an earlier one."
+        ))
+    var prefixReuse = false
     @Option(help: ArgumentHelp("Write the bound port here once listening.", valueName: "FILE")) var portFile: String?
     @Option(
         help: ArgumentHelp(
@@ -254,7 +266,8 @@ struct Serve: ParsableCommand {
         do {
             let model = try options.load(progress: true, slots: parallel)
             let name = modelName ?? URL(fileURLWithPath: options.model).deletingPathExtension().lastPathComponent
-            let api = OpenAIServer(generator: Generator(model: model), modelName: name, maxQueue: queue)
+            let api = OpenAIServer(
+                generator: Generator(model: model, prefixReuse: prefixReuse), modelName: name, maxQueue: queue)
             let server = HTTPServer { request, writer in api.handle(request, writer) }
             if let socket {
                 try server.bind(unixSocket: socket)

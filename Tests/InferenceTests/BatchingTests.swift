@@ -5,8 +5,9 @@ import Testing
 
 /// Continuous batching on the real model: requests running together through `ccinfer serve`'s
 /// API return exactly what each returns alone, on a server whose slots may hold earlier
-/// prompts, and a client that goes away frees its slot.
-@Suite struct BatchingTests {
+/// prompts, and a client that goes away frees its slot. Serialized: the tests share one server
+/// and read its counters.
+@Suite(.serialized) struct BatchingTests {
     static let slots = 8
 
     /// A server with eight slots (context 512 each) on a model of its own, for the life of the
@@ -15,7 +16,9 @@ import Testing
         let model = try Transformer(
             url: try References.environment.get().model, device: try Lavapipe.device(), contextLength: 512,
             slots: slots)
-        let generator = Generator(model: model)
+        // Prefix reuse on (one trust domain: the test), so the second round starts from slots
+        // holding the first round's prompts.
+        let generator = Generator(model: model, prefixReuse: true)
         let api = OpenAIServer(generator: generator, modelName: "smollm2", maxQueue: 8)
         let http = HTTPServer { request, writer in api.handle(request, writer) }
         let port = try http.bind(host: "127.0.0.1", port: 0)
@@ -68,6 +71,7 @@ import Testing
     /// first): the same text every time, streamed or not.
     @Test func concurrentRequestsReturnWhatTheyReturnAlone() async throws {
         let generator = try Self.server.get().generator
+        let before = generator.stats
         var alone = [String]()
         for question in Self.questions {
             alone.append(try await Self.aloneOnSharedModel(question))
@@ -89,15 +93,17 @@ import Testing
         let stats = generator.stats
         #expect(stats.peakBatch >= 2, "requests should have shared steps: \(stats)")
         #expect(stats.running == 0 && stats.waiting == 0)
+        #expect(stats.reusedPromptTokens > before.reusedPromptTokens, "the second round reused cached prompts")
     }
 
     /// The greedy answer on the shared one-slot model, through the same template and API
     /// parsing as the server.
     static func aloneOnSharedModel(_ question: String) async throws -> String {
         try await SharedModel.run { model in
-            let api = OpenAIServer(generator: Generator(model: model), modelName: "smollm2")
+            let generator = Generator(model: model)
+            let api = OpenAIServer(generator: generator, modelName: "smollm2")
             let parsed = try api.parse(Data(body(question, stream: false).utf8), chat: true)
-            return try Generator(model: model).generate(prompt: parsed.prompt, parameters: parsed.parameters).text
+            return try generator.generate(prompt: parsed.prompt, parameters: parsed.parameters).text
         }
     }
 
@@ -108,11 +114,12 @@ import Testing
         let (port, generator) = try Self.server.get()
         let before = generator.stats.cancelled
         for stream in [true, false] {
+            // A prompt the model continues for all its 400 tokens (it counts on).
             let body =
-                #"{"model":"smollm2","messages":[{"role":"user","content":"Tell me a long story"}],"#
+                #"{"model":"smollm2","prompt":"1, 2, 3, 4, 5, 6, 7, 8, 9, 10,","#
                 + #""max_tokens":400,"temperature":0,"stream":\#(stream)}"#
             let request =
-                "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+                "POST /v1/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
                 + "Content-Length: \(body.utf8.count)\r\n\r\n" + body
             _ = try await RawSocket.exchange(
                 port: port, send: Data(request.utf8), halfClose: false, readUntil: stream ? "data: " : nil,
@@ -123,6 +130,48 @@ import Testing
             return stats.cancelled == before + 2 && stats.running == 0 && stats.waiting == 0
         }
         #expect(freed, "\(generator.stats)")
+    }
+
+    /// Threat to determinism: positions reused that were computed in another summation order.
+    /// A slot holds a 513-token prompt, whose last position is alone in its micro-batch (the
+    /// one-token order); a 600-token prompt starting with the same 513 tokens computes position
+    /// 512 in the prompt order, so only 512 positions may be reused — and its greedy tokens are
+    /// those of a fresh evaluation. (F16 weights: their products depend on the order.)
+    @Test func reuseStopsWhereTheOrderDiffers() async throws {
+        let env = try References.environment.get()
+        let dir = try TemporaryDirectory("reuse")
+        let url = dir.file("tiny.gguf")
+        try SyntheticModel.make(architecture: "llama", weights: .f16, tokenizerFrom: GGUFFile(url: env.model))
+            .write(to: url)
+        let first = (0..<513).map { 100 + ($0 * 37) % 5000 }
+        let second = first + (0..<87).map { 7000 + $0 }
+        let (kept, fresh, reused, counted) = try await SharedModel.queue.run {
+            let model = try Transformer(url: url, device: try Lavapipe.device(), contextLength: 1024)
+            let parameters = SamplingParameters(temperature: 0, maxTokens: 8)
+            let fresh = try Generator(model: model).generate(prompt: second, parameters: parameters).tokens
+            model.truncate(to: 0)
+            _ = try model.evaluate(first)
+            let kept = model.reusablePrefix(slot: 0, prompt: second)
+            let generator = Generator(model: model, prefixReuse: true)
+            let reused = try generator.generate(prompt: second, parameters: parameters).tokens
+            return (kept, fresh, reused, generator.stats.reusedPromptTokens)
+        }
+        #expect(kept == 512, "position 512 was computed in the one-token order")
+        #expect(counted == 512)
+        #expect(reused == fresh && fresh.count == 8)
+    }
+
+    /// Without prefix reuse (the default) a slot's earlier prompt is never a head start.
+    @Test func noReuseByDefault() async throws {
+        let prompt = [1, 2, 3, 4, 5, 6, 7, 8]
+        let counted = try await SharedModel.run { model in
+            let generator = Generator(model: model)
+            for _ in 0..<2 {
+                _ = try generator.generate(prompt: prompt, parameters: SamplingParameters(temperature: 0, maxTokens: 2))
+            }
+            return generator.stats.reusedPromptTokens
+        }
+        #expect(counted == 0)
     }
 
     @Test func promptOrdersFollowMicroBatches() {

@@ -41,6 +41,20 @@ import Testing
         #expect(ParserExercise.run(both) == [.refused(status: 400)])
         let gzip = Array("POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".utf8)
         #expect(ParserExercise.run(gzip) == [.refused(status: 501)])
+        // Repeated or disguised framing headers, signed or padded numbers, folded lines.
+        for head in [
+            "Content-Length: 2\r\nContent-Length: 5", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+            "Content-Length: +2", "Content-Length:  0x2", "Transfer-Encoding : chunked", "X-A: 1\r\n folded",
+        ] {
+            let bytes = Array("POST /v1/completions HTTP/1.1\r\n\(head)\r\n\r\nab".utf8)
+            #expect(ParserExercise.run(bytes) == [.refused(status: 400)], "\(head.debugDescription)")
+        }
+        // A chunk size that would overflow the body count, and one with a sign.
+        for size in ["7fffffffffffffff", "-1", "+a", " a"] {
+            let bytes = Array(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n\(size)\r\n".utf8)
+            #expect(ParserExercise.run(bytes) == [.refused(status: 400)], "\(size)")
+        }
         // A chunk longer than its size line says.
         let overlong = Array(
             "POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n".utf8)

@@ -54,6 +54,8 @@ public final class Generator: @unchecked Sendable {
         public var peakBatch = 0
         /// Requests stopped because their consumer went away.
         public var cancelled = 0
+        /// Prompt tokens not evaluated because their slot already held them (`prefixReuse`).
+        public var reusedPromptTokens = 0
         /// Steps run: next-token steps and prompt chunks.
         public var decodeSteps = 0
         public var prefillSteps = 0
@@ -68,7 +70,18 @@ public final class Generator: @unchecked Sendable {
         return s
     }
 
-    public init(model: Transformer) { self.model = model }
+    /// Whether a request may start from what its slot holds of an earlier request's prompt.
+    ///
+    /// Threat: another tenant's prompt read through timing. A request that reuses a cached
+    /// prefix gets its first token sooner, so a client that can send prompts could test guesses
+    /// about a prompt an earlier request left in a slot, token by token. Off unless every
+    /// request comes from one trust domain (one tenant, or a test).
+    public let prefixReuse: Bool
+
+    public init(model: Transformer, prefixReuse: Bool = false) {
+        self.model = model
+        self.prefixReuse = prefixReuse
+    }
 
     /// Generates after `prompt`. `onText` receives each new piece of text on the calling thread
     /// and returns false to stop; `isCancelled`, asked while waiting, stops it too (a client
@@ -144,16 +157,19 @@ public final class Generator: @unchecked Sendable {
         requests.removeAll { $0.outcome != nil }
         var free = Set(0..<model.slots).subtracting(requests.compactMap(\.slot))
         for request in requests where request.slot == nil && !free.isEmpty {
-            // The free slot that already holds the longest usable prefix of this prompt.
-            let slot = free.max { a, b in
-                let (pa, pb) = (
-                    model.reusablePrefix(slot: a, prompt: request.prompt),
-                    model.reusablePrefix(slot: b, prompt: request.prompt)
-                )
-                return pa != pb ? pa < pb : a > b
-            }!
+            // The free slot that already holds the longest usable prefix of this prompt, where
+            // reuse is allowed; else the lowest.
+            let slot =
+                prefixReuse
+                ? free.max { a, b in
+                    let (pa, pb) = (
+                        model.reusablePrefix(slot: a, prompt: request.prompt),
+                        model.reusablePrefix(slot: b, prompt: request.prompt)
+                    )
+                    return pa != pb ? pa < pb : a > b
+                }! : free.min()!
             free.remove(slot)
-            request.start(slot: slot, model: model)
+            counters.reusedPromptTokens += request.start(slot: slot, model: model, reuse: prefixReuse)
         }
         let decoding = requests.filter { $0.next != nil }
         if !decoding.isEmpty {
@@ -171,9 +187,10 @@ public final class Generator: @unchecked Sendable {
     private func decodeStep(_ batch: [Request]) {
         do {
             let logits = try model.evaluateNext(batch.map { ($0.slot!, $0.next!) })
+            let endings = zip(batch, logits).map { conclude($0, logits: $1) }
             condition.lock()
             defer { condition.unlock() }
-            for (request, row) in zip(batch, logits) { advance(request, logits: row) }
+            for (request, ending) in zip(batch, endings) { publish(request, ending) }
         } catch {
             fail(batch, error)
         }
@@ -188,22 +205,27 @@ public final class Generator: @unchecked Sendable {
                 [Transformer.Segment(slot: request.slot!, tokens: chunk.tokens)], order: chunk.order,
                 wantLogits: last)
             guard last else { return }
+            let ending = conclude(request, logits: logits[0])
             condition.lock()
             defer { condition.unlock() }
-            advance(request, logits: logits[0])
+            publish(request, ending)
         } catch {
             fail([request], error)
         }
     }
 
-    /// Under the lock: samples `request`'s next token from `logits` and hands out its text.
-    private func advance(_ request: Request, logits: [Float]) {
+    /// On the engine thread, without the lock (so sampling and stop matching never hold up
+    /// the callers): samples `request`'s next token from `logits`; returns why it ends, if it does.
+    private func conclude(_ request: Request, logits: [Float]) -> Generation.FinishReason? {
+        if let reason = request.take(logits: logits, model: model) { return reason }
+        return model.slotTokens[request.slot!].count >= model.contextLength ? .length : nil
+    }
+
+    /// Under the lock: hands out the request's new text, and its outcome when it ends.
+    private func publish(_ request: Request, _ ending: Generation.FinishReason?) {
         guard !request.cancelled else { return }
-        if let reason = request.take(logits: logits, model: model) {
-            finish(request, reason)
-        } else if model.slotTokens[request.slot!].count >= model.contextLength {
-            finish(request, .length)
-        }
+        request.publish()
+        if let ending { finish(request, ending) }
         condition.broadcast()
     }
 
@@ -289,6 +311,9 @@ private final class Request {
     var tokens: [Int] = []
     var bytes: [UInt8] = []
     var emitted = 0
+    /// Text made on the engine thread, not yet handed to the caller.
+    var produced: [String] = []
+    /// Text for the caller (guarded by the generator's lock).
     var pieces: [String] = []
     var cancelled = false
     var outcome: Result<Generation, InferenceError>?
@@ -317,13 +342,15 @@ private final class Request {
         sampler = Sampler(parameters)
     }
 
-    /// Takes `slot`, keeps what it holds of the prompt, and plans the rest in chunks.
-    func start(slot: Int, model: Transformer) {
+    /// Takes `slot`, keeps what it holds of the prompt (when `reuse` allows), and plans the
+    /// rest in chunks. Returns how many prompt tokens were kept.
+    func start(slot: Int, model: Transformer, reuse: Bool) -> Int {
         self.slot = slot
-        let common = model.reusablePrefix(slot: slot, prompt: prompt)
+        let common = reuse ? model.reusablePrefix(slot: slot, prompt: prompt) : 0
         model.truncate(slot: slot, to: common)
         let orders = Transformer.promptOrders(count: prompt.count)
         chunks = Transformer.chunks(Array(prompt[common...]), orders: Array(orders[common...]), limit: model.batchSize)
+        return common
     }
 
     /// Samples the next token; returns why the generation ends, if it does.
@@ -347,13 +374,23 @@ private final class Request {
 
     func emit(upTo end: Int) {
         guard end > emitted else { return }
-        pieces.append(String(decoding: bytes[emitted..<end], as: UTF8.self))
+        produced.append(String(decoding: bytes[emitted..<end], as: UTF8.self))
         emitted = end
     }
 
+    /// Under the lock: the text made so far goes to the caller.
+    func publish() {
+        pieces += produced
+        produced.removeAll()
+    }
+
+    /// Under the lock.
     func finish(_ reason: Generation.FinishReason) {
         guard outcome == nil else { return }
-        if reason != .cancelled { emit(upTo: bytes.count) }
+        if reason != .cancelled {
+            emit(upTo: bytes.count)
+            publish()
+        }
         outcome = .success(
             Generation(
                 text: String(decoding: bytes, as: UTF8.self), tokens: tokens, promptTokens: prompt.count,

@@ -1,21 +1,34 @@
 import Foundation
 
+/// How the kernels round.
+public enum Arithmetic: String, Sendable, CaseIterable {
+    /// llama.cpp's CPU arithmetic bit for bit: correctly rounded fused multiply-adds, divisions
+    /// and square roots and double-precision row sums, built from doubles where the device does
+    /// not provide them (needs `shaderFloat64`).
+    case exact
+    /// The same kernels with the device's own fma, division and square root and single-precision
+    /// row sums: deterministic on a given device and driver, within a stated tolerance of
+    /// llama.cpp, and faster where the device lacks a fused multiply-add.
+    case fast
+}
+
 /// A GGUF model loaded onto a Vulkan device: weights in device memory (device-local where the
 /// device has it), a half-precision KV cache, and the kernels of one forward pass.
 ///
-/// Not thread-safe: one `Engine` drives it from one thread at a time.
+/// Not thread-safe: one `Generator` (or one caller) drives it from one thread at a time.
 public final class Transformer: @unchecked Sendable {
     public let gguf: GGUFFile
     public let config: ModelConfig
     public let tokenizer: Tokenizer
     public let chatTemplate: ChatTemplate?
     public let device: VulkanDevice
-    /// Tokens the KV cache can hold.
+    /// Tokens the KV cache can hold, per slot.
     public let contextLength: Int
     /// Tokens evaluated per command buffer while reading a prompt.
     public let batchSize: Int
     /// Sequences the KV cache holds at once, each with `contextLength` positions of its own.
     public let slots: Int
+    public let arithmetic: Arithmetic
     /// Per slot: the tokens whose keys and values are in its cache, in order, and the
     /// summation order each was computed in (a cached position is reused only when a new
     /// prompt would compute it the same way, so reuse never changes a result).
@@ -83,8 +96,14 @@ public final class Transformer: @unchecked Sendable {
     /// 4096; `slots` sequences can be evaluated together; `progress` hears about each stage.
     public init(
         url: URL, device: VulkanDevice, contextLength: Int? = nil, batchSize: Int = 32, slots: Int = 1,
-        progress: (String) -> Void = { _ in }
+        arithmetic: Arithmetic = .exact, progress: (String) -> Void = { _ in }
     ) throws(InferenceError) {
+        guard arithmetic == .fast || device.hasFloat64 else {
+            throw InferenceError(
+                .vulkanNoDevice,
+                "\(device.info.name) lacks shaderFloat64, which exact arithmetic needs; use the fast arithmetic")
+        }
+        self.arithmetic = arithmetic
         let gguf = try GGUFFile(url: url)
         self.gguf = gguf
         let c = try ModelConfig(gguf: gguf)
@@ -209,7 +228,7 @@ public final class Transformer: @unchecked Sendable {
         }
 
         progress("kernels")
-        let f64 = device.hasFloat64 ? "_f64" : ""
+        let f64 = arithmetic == .exact ? "_f64" : ""
         let spec = [Self.workgroup, UInt32(Self.lanes)]
         var matmul = [GGMLType: (single: VulkanKernel, batch: VulkanKernel)]()
         let used = Set(
@@ -575,20 +594,16 @@ public final class Transformer: @unchecked Sendable {
                 try feedForward(layer, residual: x, rows: n)
             }
         }
-        for segment in segments {
-            slotTokens[segment.slot].append(contentsOf: segment.tokens)
-            slotOrders[segment.slot].append(contentsOf: repeatElement(stepOrder, count: segment.tokens.count))
-        }
         if layerLimit != nil {
             cmd.barrier()
             cmd.copy(x, logitsHost, bytes: e * 4, fromOffset: (n - 1) * e * 4)
             cmd.barrier()
-            try submit(segments)
+            try submit(segments, order: stepOrder)
             let values = logitsHost.mapped!.bindMemory(to: Float.self, capacity: e)
             return [Array(UnsafeBufferPointer(start: values, count: e))]
         }
         guard wantLogits else {
-            try submit(segments)
+            try submit(segments, order: stepOrder)
             return segments.map { _ in [] }
         }
         let s = segments.count
@@ -600,17 +615,22 @@ public final class Transformer: @unchecked Sendable {
         cmd.barrier()
         cmd.copy(logits, logitsHost, bytes: s * output.rows * 4)
         cmd.barrier()
-        try submit(segments)
+        try submit(segments, order: stepOrder)
         let values = logitsHost.mapped!.bindMemory(to: Float.self, capacity: s * output.rows)
         return (0..<s).map { Array(UnsafeBufferPointer(start: values + $0 * output.rows, count: tokenizer.count)) }
     }
 
-    /// Submits the recorded step; on failure the segments' slots are emptied (their caches may
-    /// hold part of the step).
-    private func submit(_ segments: [Segment]) throws(InferenceError) {
+    /// Submits the recorded step and records the segments' tokens as cached; on failure the
+    /// segments' slots are emptied (their caches may hold part of the step). A step that fails
+    /// while being recorded changes nothing: its positions are recorded only here.
+    private func submit(_ segments: [Segment], order: UInt32) throws(InferenceError) {
         do { try commands.submitAndWait() } catch {
             for segment in segments { truncate(slot: segment.slot, to: 0) }
             throw error
+        }
+        for segment in segments {
+            slotTokens[segment.slot].append(contentsOf: segment.tokens)
+            slotOrders[segment.slot].append(contentsOf: repeatElement(order, count: segment.tokens.count))
         }
     }
 

@@ -296,17 +296,51 @@ public final class HTTPServer: @unchecked Sendable {
 }
 
 /// Buffered reads of requests from a socket (or, with `fd` -1, from `buffer` alone).
+///
+/// Strict where leniency would let two readers on the path disagree about a request (RFC 9112
+/// §5, §6): one Content-Length of digits only or one Transfer-Encoding of exactly `chunked`,
+/// never both; no whitespace before a header's colon; no folded header lines; chunk sizes of
+/// hex digits only, each chunk followed by CRLF. Consumed bytes are skipped with a cursor, so a
+/// body in many small chunks costs time linear in its size.
 struct SocketReader {
     let fd: Int32
     var buffer = [UInt8]()
+    /// Bytes of `buffer` before this index are consumed.
+    var start = 0
+
+    init(fd: Int32, buffer: [UInt8] = []) {
+        self.fd = fd
+        self.buffer = buffer
+    }
+
+    var available: Int { buffer.count - start }
 
     /// Reads more bytes; false at end of stream or error.
     mutating func fill() -> Bool {
+        if start > 0, start >= buffer.count / 2 {
+            buffer.removeFirst(start)
+            start = 0
+        }
         var chunk = [UInt8](repeating: 0, count: 64 << 10)
         let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         guard n > 0 else { return false }
         buffer.append(contentsOf: chunk[0..<n])
         return true
+    }
+
+    /// Offset (from `start`) of the first `needle` among the unconsumed bytes.
+    func find(_ needle: [UInt8]) -> Int? {
+        guard available >= needle.count else { return nil }
+        for i in start...(buffer.count - needle.count) where buffer[i] == needle[0] {
+            if buffer[i..<(i + needle.count)].elementsEqual(needle) { return i - start }
+        }
+        return nil
+    }
+
+    /// Takes `count` unconsumed bytes.
+    mutating func take(_ count: Int) -> ArraySlice<UInt8> {
+        defer { start += count }
+        return buffer[start..<(start + count)]
     }
 
     static let crlfcrlf: [UInt8] = [13, 10, 13, 10]
@@ -315,22 +349,57 @@ struct SocketReader {
     mutating func readRequest() throws -> HTTPRequest? {
         var headEnd: Int?
         while headEnd == nil {
-            if let r = find(Self.crlfcrlf, in: buffer) { headEnd = r; break }
-            guard buffer.count <= HTTPServer.maxHead else {
+            if let r = find(Self.crlfcrlf) { headEnd = r; break }
+            guard available <= HTTPServer.maxHead else {
                 throw HTTPParseError(status: 431, message: "request head exceeds 16 KiB")
             }
             guard fill() else {
-                if buffer.isEmpty { return nil }
+                if available == 0 { return nil }
                 throw HTTPParseError(status: 400, message: "incomplete request head")
             }
         }
         guard headEnd! <= HTTPServer.maxHead else {
             throw HTTPParseError(status: 431, message: "request head exceeds 16 KiB")
         }
-        guard let head = String(validating: buffer[0..<headEnd!], as: UTF8.self) else {
+        guard let head = String(validating: take(headEnd!), as: UTF8.self) else {
             throw HTTPParseError(status: 400, message: "request head is not UTF-8")
         }
-        buffer.removeFirst(headEnd! + 4)
+        start += 4
+        var request = try Self.parseHead(head)
+        let lengths = request.headers.filter { $0.0.caseInsensitiveCompare("Content-Length") == .orderedSame }
+        let codings = request.headers.filter { $0.0.caseInsensitiveCompare("Transfer-Encoding") == .orderedSame }
+        // Threat: a body whose length two parsers on the path read differently (request
+        // smuggling).
+        guard lengths.count <= 1, codings.count <= 1, lengths.isEmpty || codings.isEmpty else {
+            throw HTTPParseError(status: 400, message: "ambiguous framing: repeated or combined length headers")
+        }
+        if let coding = codings.first?.1 {
+            guard coding.lowercased() == "chunked" else {
+                throw HTTPParseError(status: 501, message: "unsupported Transfer-Encoding '\(coding)'")
+            }
+            request.body = try readChunked()
+        } else if let lengthText = lengths.first?.1 {
+            guard !lengthText.isEmpty, lengthText.utf8.count <= 18,
+                lengthText.utf8.allSatisfy({ (48...57).contains($0) }),
+                let length = Int(lengthText)
+            else {
+                throw HTTPParseError(status: 400, message: "bad Content-Length")
+            }
+            guard length <= HTTPServer.maxBody else {
+                throw HTTPParseError(status: 413, message: "request body exceeds 4 MiB")
+            }
+            while available < length {
+                guard fill() else {
+                    throw HTTPParseError(status: 400, message: "request body is shorter than its Content-Length")
+                }
+            }
+            request.body = Data(take(length))
+        }
+        return request
+    }
+
+    /// The request line and header fields of `head`.
+    static func parseHead(_ head: String) throws -> HTTPRequest {
         var lines = head.components(separatedBy: "\r\n")
         let requestLine = lines.removeFirst().split(separator: " ", omittingEmptySubsequences: false)
         guard requestLine.count == 3, requestLine[2].hasPrefix("HTTP/1.") else {
@@ -341,85 +410,53 @@ struct SocketReader {
         }
         var headers = [(String, String)]()
         for line in lines {
-            guard let colon = line.firstIndex(of: ":") else {
+            guard let colon = line.firstIndex(of: ":"), colon != line.startIndex,
+                let first = line.unicodeScalars.first, first != " ", first != "\t",
+                let last = line[..<colon].unicodeScalars.last, last != " ", last != "\t"
+            else {
                 throw HTTPParseError(status: 400, message: "malformed header line")
             }
             headers.append(
                 (
-                    String(line[..<colon]).trimmingCharacters(in: .whitespaces),
+                    String(line[..<colon]),
                     String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
                 ))
         }
-        var request = HTTPRequest(
-            method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: Data())
-        // Threat: a body whose length two parsers on the path read differently (request
-        // smuggling). A request that gives both framings, or a transfer coding other than
-        // chunked, is refused.
-        if let coding = request.header("Transfer-Encoding") {
-            guard request.header("Content-Length") == nil else {
-                throw HTTPParseError(status: 400, message: "both Transfer-Encoding and Content-Length")
-            }
-            guard coding.lowercased() == "chunked" else {
-                throw HTTPParseError(status: 501, message: "unsupported Transfer-Encoding '\(coding)'")
-            }
-        }
-        if request.header("Transfer-Encoding") != nil {
-            request.body = try readChunked()
-        } else if let lengthText = request.header("Content-Length") {
-            guard let length = Int(lengthText), length >= 0 else {
-                throw HTTPParseError(status: 400, message: "bad Content-Length")
-            }
-            guard length <= HTTPServer.maxBody else {
-                throw HTTPParseError(status: 413, message: "request body exceeds 4 MiB")
-            }
-            while buffer.count < length {
-                guard fill() else {
-                    throw HTTPParseError(status: 400, message: "request body is shorter than its Content-Length")
-                }
-            }
-            request.body = Data(buffer[0..<length])
-            buffer.removeFirst(length)
-        }
-        return request
+        return HTTPRequest(method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: Data())
     }
 
     mutating func readChunked() throws -> Data {
         var body = Data()
         while true {
-            var lineEnd = find([13, 10], in: buffer)
+            var lineEnd = find([13, 10])
             while lineEnd == nil {
-                guard buffer.count < 1024, fill() else {
+                guard available < 1024, fill() else {
                     throw HTTPParseError(status: 400, message: "malformed chunked body")
                 }
-                lineEnd = find([13, 10], in: buffer)
+                lineEnd = find([13, 10])
             }
-            let sizeText =
-                String(decoding: buffer[0..<lineEnd!], as: UTF8.self).split(separator: ";").first.map(String.init) ?? ""
-            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
+            // The size in hex digits, then optional extensions after ';'.
+            let line = take(lineEnd!)
+            start += 2
+            let digits = line.prefix { $0 != UInt8(ascii: ";") }
+            guard !digits.isEmpty, digits.count <= 8,
+                digits.allSatisfy({ (48...57).contains($0) || (65...70).contains($0) || (97...102).contains($0) }),
+                let size = Int(String(decoding: digits, as: UTF8.self), radix: 16)
+            else {
                 throw HTTPParseError(status: 400, message: "malformed chunk size")
             }
-            buffer.removeFirst(lineEnd! + 2)
-            guard body.count + size <= HTTPServer.maxBody else {
+            guard size <= HTTPServer.maxBody - body.count else {
                 throw HTTPParseError(status: 413, message: "request body exceeds 4 MiB")
             }
-            while buffer.count < size + 2 {
+            while available < size + 2 {
                 guard fill() else { throw HTTPParseError(status: 400, message: "truncated chunk") }
             }
-            guard buffer[size] == 13, buffer[size + 1] == 10 else {
+            body.append(contentsOf: take(size))
+            guard take(2).elementsEqual([13, 10]) else {
                 throw HTTPParseError(status: 400, message: "chunk not followed by CRLF")
             }
-            body.append(contentsOf: buffer[0..<size])
-            buffer.removeFirst(size + 2)
             if size == 0 { return body }
         }
-    }
-
-    func find(_ needle: [UInt8], in haystack: [UInt8]) -> Int? {
-        guard haystack.count >= needle.count else { return nil }
-        for i in 0...(haystack.count - needle.count) where haystack[i] == needle[0] {
-            if haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
-        }
-        return nil
     }
 }
 

@@ -146,6 +146,12 @@ public final class OpenAIServer: @unchecked Sendable {
         default:
             throw Refusal(status: 400, message: "'stop' must be a string or an array of up to 4 strings", param: "stop")
         }
+        // Stop sequences are matched against the text on the engine's thread after every token:
+        // a long one would slow every stream.
+        guard parameters.stop.allSatisfy({ $0.utf8.count <= Self.maxStopBytes }) else {
+            throw Refusal(
+                status: 400, message: "each stop sequence must be at most \(Self.maxStopBytes) bytes", param: "stop")
+        }
         guard json["stream"] == nil || json["stream"]?.bool != nil || json["stream"]?.isNull == true else {
             throw Refusal(status: 400, message: "'stream' must be a boolean", param: "stream")
         }
@@ -254,6 +260,8 @@ public final class OpenAIServer: @unchecked Sendable {
         ("modalities", { $0.array?.allSatisfy { $0.string == "text" } == true }),
         ("prediction", { _ in false }),
     ]
+
+    static let maxStopBytes = 256
 
     func refuseUnsupported(_ json: JSONValue) throws {
         for (field, neutral) in Self.unsupported {
