@@ -110,6 +110,14 @@ struct Run: AsyncParsableCommand {
         if engineCommand, command.contains(where: { $0.hasPrefix("--model-sha256") }) {
             throw ValidationError("the engine command must not name a model digest: ccworker passes the measured one")
         }
+        // Threat: a provider turning on prefix reuse, so a faster first token tells one tenant
+        // that its prompt began like another tenant's. The engine's flags are not measured; the
+        // worker, which is, refuses the one that would open that channel.
+        if engineCommand, command.contains(where: { $0.hasPrefix("--prefix-reuse") }) {
+            throw ValidationError(
+                "the engine command must not turn on --prefix-reuse: a worker serves many tenants, and reuse reveals shared prompt prefixes by timing"
+            )
+        }
         guard (providerWallet == nil) == (providerKey == nil) else {
             throw ValidationError("--provider-wallet and --provider-key go together")
         }

@@ -35,6 +35,27 @@ import Testing
         }
     }
 
+    /// Threat: a provider turning on the engine's prefix reuse, so that a faster first token
+    /// tells one tenant its prompt began like another's. ccworker refuses the engine command
+    /// before starting anything (usage error, exit 2), naming the flag.
+    @Test func anEngineCommandWithPrefixReuseIsRefused() async throws {
+        let dir = try TemporaryDirectory("prefix-reuse")
+        let engine = dir.file("engine")
+        try Data("#!/bin/sh\n".utf8).write(to: engine)
+        chmod(engine.path, 0o755)
+        try Data().write(to: dir.file("model"))
+        let result = try await ProcessRunner.run(
+            Self.ccworker,
+            [
+                "run", "--gateway", "127.0.0.1:1", "--gateway-key", String(repeating: "ab", count: 32), "--tpm",
+                "swtpm:host=127.0.0.1,port=1", "--engine", engine.path, "--model", dir.file("model").path,
+                "--model-name", "m", "--engine-url", "http://127.0.0.1:1", "--engine-command", "--", engine.path,
+                "serve", "--prefix-reuse",
+            ])
+        #expect(result.status == 2, "\(result.stderr)")
+        #expect(result.stderr.contains("--prefix-reuse"), "\(result.stderr)")
+    }
+
     /// Threat: a provider (root on the worker host) swapping the engine file after it was
     /// measured. What runs is the sealed copy: the running engine's /proc/PID/exe hashes to the
     /// measured digest before and after the file on disk is replaced, and the strict policy (no

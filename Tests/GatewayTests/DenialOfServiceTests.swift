@@ -52,7 +52,8 @@ import WorkerProtocol
             let hello = WireMessage.hello(
                 .init(workerID: "junk-\(i)", kemPublicKey: Data(repeating: 7, count: 32), models: ["fake"]))
             guard let frames = try? hello.frame() + WireMessage.evidence(.init(envelope: envelope)).frame(),
-                let answer = try? HostileInputTests.raw(frames, port: port),
+                // A generous wait: 32 clients at once on a 2-core machine shared with other tests.
+                let answer = try? HostileInputTests.raw(frames, port: port, timeout: 120),
                 HostileInputTests.errorCode(answer) != nil
             else { return }
             _ = refused.next()

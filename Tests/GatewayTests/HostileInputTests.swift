@@ -17,7 +17,7 @@ import WorkerProtocol
     static let model = AdmissionFlowTests.model
 
     /// Sends raw bytes to the worker port; returns what the gateway answered before closing.
-    static func raw(_ bytes: Data, port: Int, halfClose: Bool = true) throws -> Data {
+    static func raw(_ bytes: Data, port: Int, halfClose: Bool = true, timeout seconds: Int = 15) throws -> Data {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         precondition(fd >= 0)
         defer { close(fd) }
@@ -25,7 +25,7 @@ import WorkerProtocol
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var timeout = timeval(tv_sec: 15, tv_usec: 0)
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {

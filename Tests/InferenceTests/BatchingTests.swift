@@ -35,7 +35,7 @@ import Testing
     static func body(_ question: String, stream: Bool) -> String {
         let escaped = question.replacingOccurrences(of: "\"", with: "\\\"")
         return #"{"model":"smollm2","messages":[{"role":"user","content":"\#(escaped)"}],"#
-            + #""max_tokens":24,"temperature":0,"stream":\#(stream)}"#
+            + #""max_tokens":16,"temperature":0,"stream":\#(stream)}"#
     }
 
     func completion(_ body: String) async throws -> String {

@@ -50,6 +50,8 @@ import Testing
             #expect(diff <= Self.tolerance, "case \(i): first-step logits differ by \(diff)")
             #expect(mine.logits[i].allSatisfy { $0.isFinite })
         }
+        // On a device without a fused multiply-add (lavapipe) the fast kernels round differently.
+        #expect(worst > 0, "the fast kernels ran (exact ones would match llama.cpp bit for bit)")
         #expect(mine.runs[0] == mine.runs[1] && mine.runs[1] == mine.runs[2], "three runs, the same tokens")
         #expect(mine.runs[0].allSatisfy { $0.count > 4 })
         let agree = zip(mine.runs[0], [cases.first!, cases.last!]).map { run, c in

@@ -64,18 +64,36 @@ import Testing
         #expect(stock.prompts == tuned.prompts)
         let prompts = stock.prompts
 
-        // Every prompt is generated from; the plain-text prompt (the last) twice more.
+        // Every prompt is generated from, all at once in one slot each (continuous batching:
+        // each sequence's tokens are those it gets alone); the plain-text prompt (the last) twice
+        // more on its own.
         let mine: (logits: [[Float]], greedy: [[Int]], repeats: [[Int]]) = try await SharedModel.queue.run {
-            let model = try Transformer(url: modelURL, device: try Lavapipe.device(), contextLength: 512)
+            let model = try Transformer(
+                url: modelURL, device: try Lavapipe.device(), contextLength: 512, slots: prompts.count)
             let logits = try prompts.map { tokens in
                 model.truncate(to: 0)
                 return try model.evaluate(tokens)
             }
-            let greedy = try prompts.map { tokens in
-                try Generator(model: model).generate(
-                    prompt: tokens, parameters: SamplingParameters(temperature: 0, maxTokens: 32)
-                ).tokens
+            let generator = Generator(model: model)
+            let results = UncheckedBox<[Int: Result<[Int], InferenceError>]>()
+            results.value = [:]
+            let lock = NSLock()
+            let group = DispatchGroup()
+            for i in prompts.indices {
+                group.enter()
+                // A thread each: all six wait on the generator at once.
+                Thread.detachNewThread {
+                    let result = Result { () throws(InferenceError) -> [Int] in
+                        try generator.generate(
+                            prompt: prompts[i], parameters: SamplingParameters(temperature: 0, maxTokens: 32)
+                        ).tokens
+                    }
+                    lock.withLock { results.value![i] = result }
+                    group.leave()
+                }
             }
+            group.wait()
+            let greedy = try prompts.indices.map { try results.value![$0]!.get() }
             let repeats = try (0..<2).map { _ in
                 model.truncate(to: 0)
                 return try Generator(model: model).generate(

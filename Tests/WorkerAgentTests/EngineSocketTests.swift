@@ -30,14 +30,24 @@ import WorkerAgent
                 while true {
                     let client = accept(fd, nil, nil)
                     if client < 0 { return }
+                    // The whole request head before answering: closing with unread bytes would
+                    // reset the connection before the client reads the answer.
+                    var request = [UInt8]()
                     var buffer = [UInt8](repeating: 0, count: 4096)
-                    let n = read(client, &buffer, buffer.count)
-                    lock.withLock { received += max(0, n) }
+                    while true {
+                        let n = read(client, &buffer, buffer.count)
+                        if n <= 0 { break }
+                        request += buffer[0..<n]
+                        lock.withLock { received += n }
+                        if request.count >= 4, request.suffix(4) == [13, 10, 13, 10] { break }
+                    }
                     let body = #"{"data":[]}"#
                     let response =
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n"
                         + "Connection: close\r\n\r\n\(body)"
                     _ = response.withCString { write(client, $0, strlen($0)) }
+                    shutdown(client, CInt(SHUT_WR))
+                    while read(client, &buffer, buffer.count) > 0 {}
                     close(client)
                 }
             }

@@ -25,8 +25,8 @@ public struct Generation: Sendable, Equatable {
 ///
 /// Each sequence's arithmetic is that of the sequence evaluated alone: every row of a step is
 /// computed independently, decode rows in the one-token order, prompt rows in the order fixed by
-/// their position, and a slot reuses a cached prefix only where the new prompt would compute
-/// it the same way. So a request's tokens do not depend on what else is running, nor on what
+/// their position, and (with `prefixReuse`) a slot reuses a cached prefix only where the new
+/// prompt would compute it the same way. So a request's tokens do not depend on what else is running, nor on what
 /// the slot held before.
 ///
 /// The model is driven by one thread, started when work arrives and ended when there is none;

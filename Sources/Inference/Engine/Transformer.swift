@@ -93,14 +93,15 @@ public final class Transformer: @unchecked Sendable {
     var debugStage = 0
 
     /// Loads `url` onto `device`. `contextLength` (per slot) defaults to the model's, capped at
-    /// 4096; `slots` sequences can be evaluated together; `progress` hears about each stage.
+    /// 4096; `slots` sequences can be evaluated together; `arithmetic` defaults to exact here
+    /// (what the parity tests need; `ccinfer` defaults to fast); `progress` hears about each stage.
     public init(
         url: URL, device: VulkanDevice, contextLength: Int? = nil, batchSize: Int = 32, slots: Int = 1,
         arithmetic: Arithmetic = .exact, progress: (String) -> Void = { _ in }
     ) throws(InferenceError) {
         guard arithmetic == .fast || device.hasFloat64 else {
             throw InferenceError(
-                .vulkanNoDevice,
+                .invalidRequest,
                 "\(device.info.name) lacks shaderFloat64, which exact arithmetic needs; use the fast arithmetic")
         }
         self.arithmetic = arithmetic

@@ -374,7 +374,7 @@ struct SocketReader {
             throw HTTPParseError(status: 400, message: "ambiguous framing: repeated or combined length headers")
         }
         if let coding = codings.first?.1 {
-            guard coding.lowercased() == "chunked" else {
+            guard coding.utf8.count == 7, coding.lowercased() == "chunked" else {
                 throw HTTPParseError(status: 501, message: "unsupported Transfer-Encoding '\(coding)'")
             }
             request.body = try readChunked()
@@ -408,21 +408,38 @@ struct SocketReader {
         guard lines.count <= HTTPServer.maxHeaders else {
             throw HTTPParseError(status: 431, message: "more than 100 header lines")
         }
+        // Control bytes (a lone CR or LF among them) end no line here, but might in another
+        // reader; they are refused anywhere in the head.
+        guard head.utf8.allSatisfy({ ($0 >= 0x20 && $0 != 0x7F) || $0 == 0x09 || $0 == 0x0D || $0 == 0x0A }),
+            !lines.contains(where: { $0.utf8.contains(0x0D) || $0.utf8.contains(0x0A) })
+        else {
+            throw HTTPParseError(status: 400, message: "control characters in the request head")
+        }
         var headers = [(String, String)]()
         for line in lines {
-            guard let colon = line.firstIndex(of: ":"), colon != line.startIndex,
-                let first = line.unicodeScalars.first, first != " ", first != "\t",
-                let last = line[..<colon].unicodeScalars.last, last != " ", last != "\t"
+            let bytes = Array(line.utf8)
+            // A field name of token characters (RFC 9110 §5.6.2), directly followed by ':'.
+            guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), colon > 0,
+                bytes[..<colon].allSatisfy(Self.isTokenCharacter)
             else {
                 throw HTTPParseError(status: 400, message: "malformed header line")
             }
+            // Optional whitespace is SP and HTAB only.
+            let value = bytes[(colon + 1)...].drop { $0 == 0x20 || $0 == 0x09 }
+            let trimmed = value.reversed().drop { $0 == 0x20 || $0 == 0x09 }.reversed()
             headers.append(
-                (
-                    String(line[..<colon]),
-                    String(line[line.index(after: colon)...]).trimmingCharacters(in: .whitespaces)
-                ))
+                (String(decoding: bytes[..<colon], as: UTF8.self), String(decoding: Array(trimmed), as: UTF8.self)))
         }
         return HTTPRequest(method: String(requestLine[0]), path: String(requestLine[1]), headers: headers, body: Data())
+    }
+
+    static func isTokenCharacter(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
+        default: Array("!#$%&'*+-.^_`|~".utf8).contains(byte)
+        }
     }
 
     mutating func readChunked() throws -> Data {
@@ -436,8 +453,13 @@ struct SocketReader {
                 lineEnd = find([13, 10])
             }
             // The size in hex digits, then optional extensions after ';'.
+            guard lineEnd! <= 1024 else { throw HTTPParseError(status: 400, message: "chunk-size line over 1 KiB") }
             let line = take(lineEnd!)
             start += 2
+            // Extensions after ';' are ignored, but only visible ASCII and tabs are accepted.
+            guard line.allSatisfy({ ($0 >= 0x20 && $0 < 0x7F) || $0 == 0x09 }) else {
+                throw HTTPParseError(status: 400, message: "control characters in a chunk-size line")
+            }
             let digits = line.prefix { $0 != UInt8(ascii: ";") }
             guard !digits.isEmpty, digits.count <= 8,
                 digits.allSatisfy({ (48...57).contains($0) || (65...70).contains($0) || (97...102).contains($0) }),

@@ -39,6 +39,8 @@ public final class OpenAIServer: @unchecked Sendable {
                 let health: JSONValue = .object([
                     ("status", .string("ok")), ("slots", .number(Double(generator.slots))),
                     ("running", .number(Double(stats.running))), ("waiting", .number(Double(stats.waiting))),
+                    ("prefix_reuse", .bool(generator.prefixReuse)),
+                    ("arithmetic", .string(model.arithmetic.rawValue)),
                 ])
                 writer.send(status: 200, body: Data(health.serialized.utf8))
             case ("GET", "/v1/models"):

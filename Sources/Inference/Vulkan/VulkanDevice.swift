@@ -173,8 +173,8 @@ public final class VulkanDevice: @unchecked Sendable {
     let fence: VkFence
     let memory: VkPhysicalDeviceMemoryProperties
     let limits: VkPhysicalDeviceLimits
-    /// shaderFloat64: the kernels then reproduce the reference arithmetic exactly (correctly
-    /// rounded divisions and square roots, double-precision row sums).
+    /// shaderFloat64: needed for exact arithmetic (`Arithmetic.exact`: correctly rounded
+    /// divisions and square roots, double-precision row sums, as the reference computes).
     public let hasFloat64: Bool
 
     /// Opens device `index` (the order of `devices()`); nil picks the first discrete GPU, then
