@@ -84,7 +84,13 @@ func inferenceBench() {
         ("SmolLM2-135M-Instruct Q4_1", modelPath, generate, rounds, true),
         ("SmolLM2-135M-Instruct Q4_K_M", kquant, generate, rounds, true),
     ]
-    let synthetic = run(root.appendingPathComponent("scripts/synthetic-model").path, [])
+    // CCGATE_BENCH_MODELS=TEXT,...: only the models whose names contain one of them.
+    let wanted = ProcessInfo.processInfo.environment["CCGATE_BENCH_MODELS"]?.split(separator: ",").map(String.init)
+    func selected(_ name: String) -> Bool { wanted?.contains { name.contains($0) } ?? true }
+    models.removeAll { !selected($0.0) }
+    let synthetic =
+        selected("synthetic Llama 1B Q4_K_M")
+        ? run(root.appendingPathComponent("scripts/synthetic-model").path, []) : (1, "", "not selected")
     if synthetic.0 == 0,
         let line = synthetic.1.split(separator: "\n").first(where: { $0.hasPrefix("SYNTHETIC_MODEL=") })
     {

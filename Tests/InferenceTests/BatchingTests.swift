@@ -26,6 +26,11 @@ import Testing
         return (port, generator)
     }
 
+    /// The server, started off the cooperative pool (see ServerTests.started).
+    static func started() async throws -> (port: Int, generator: Generator) {
+        try await offPool { try server.get() }
+    }
+
     static let questions = [
         "What is the capital of France?", "Name three colours.", "Why is the sky blue?",
         "Write a haiku about rain.", "What is 12 times 12?", "Give me a word that rhymes with cat.",
@@ -39,7 +44,7 @@ import Testing
     }
 
     func completion(_ body: String) async throws -> String {
-        let port = try Self.server.get().port
+        let port = try await Self.started().port
         let result = try await ProcessRunner.run(
             "curl",
             [
@@ -70,7 +75,7 @@ import Testing
     /// through the eight-slot server, twice (the second time every slot holds a prompt from the
     /// first): the same text every time, streamed or not.
     @Test func concurrentRequestsReturnWhatTheyReturnAlone() async throws {
-        let generator = try Self.server.get().generator
+        let generator = try await Self.started().generator
         let before = generator.stats
         var alone = [String]()
         for question in Self.questions {
@@ -111,7 +116,7 @@ import Testing
     /// disconnects while waiting: each generation stops and its slot is free again, long before
     /// its 400 tokens.
     @Test func disconnectedClientsFreeTheirSlots() async throws {
-        let (port, generator) = try Self.server.get()
+        let (port, generator) = try await Self.started()
         let before = generator.stats.cancelled
         for stream in [true, false] {
             // A prompt the model continues for all its 400 tokens (it counts on).
@@ -141,8 +146,10 @@ import Testing
         let env = try References.environment.get()
         let dir = try TemporaryDirectory("reuse")
         let url = dir.file("tiny.gguf")
-        try SyntheticModel.make(architecture: "llama", weights: .f16, tokenizerFrom: GGUFFile(url: env.model))
-            .write(to: url)
+        try await offPool {
+            try SyntheticModel.make(architecture: "llama", weights: .f16, tokenizerFrom: GGUFFile(url: env.model))
+                .write(to: url)
+        }
         let first = (0..<513).map { 100 + ($0 * 37) % 5000 }
         let second = first + (0..<87).map { 7000 + $0 }
         let (kept, fresh, reused, counted) = try await SharedModel.queue.run {

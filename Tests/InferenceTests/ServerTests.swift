@@ -18,10 +18,16 @@ import Testing
         return port
     }
 
+    /// The server, started (model load and kernel compilation: many seconds) on a thread of its
+    /// own: never on one of the cooperative pool's two threads, which every other test needs.
+    static func started() async throws -> Int {
+        try await offPool { try server.get() }
+    }
+
     func curl(_ path: String, _ body: String? = nil, method: String? = nil, extra: [String] = []) async throws -> (
         status: Int, body: String
     ) {
-        let port = try Self.server.get()
+        let port = try await Self.started()
         var args = ["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "300", "http://127.0.0.1:\(port)\(path)"]
         if let method { args += ["-X", method] }
         if let body { args += ["-H", "Content-Type: application/json", "--data-binary", body] }
@@ -190,7 +196,7 @@ import Testing
     /// Bytes that are not HTTP, heads and bodies beyond the caps, truncated bodies, clients that
     /// vanish mid-stream: each is answered or dropped, and the next client is served.
     @Test func hostileConnectionsDoNotStopTheServer() async throws {
-        let port = try Self.server.get()
+        let port = try await Self.started()
         let oversizedBody = "POST /v1/completions HTTP/1.1\r\nContent-Length: \(HTTPServer.maxBody + 1)\r\n\r\n"
         let payloads: [(String, Int?)] = [
             ("\u{0}\u{1}\u{2} garbage \r\n\r\n", 400),
