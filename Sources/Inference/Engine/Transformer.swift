@@ -34,8 +34,6 @@ public final class Transformer: @unchecked Sendable {
     /// prompt would compute it the same way, so reuse never changes a result).
     private(set) var slotTokens: [[Int]]
     private(set) var slotOrders: [[UInt32]]
-    /// Slot 0's cached tokens.
-    public var cached: [Int] { slotTokens[0] }
 
     struct Weight {
         let name: String
