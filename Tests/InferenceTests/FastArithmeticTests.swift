@@ -6,13 +6,15 @@ import Testing
 /// The default (fast) arithmetic, the device's own fma, division and square root, on
 /// SmolLM2-135M-Instruct Q4_1 against llama.cpp's CPU build: first-step logits within
 /// `tolerance` on every parity prompt, and the same greedy tokens in three runs (the property
-/// that lets a seeded canary prompt be re-checked on the same binary, device and driver).
+/// that lets a seeded canary prompt be re-checked on the same binary, device and driver). Both
+/// matmul shapes run here: the serial one lavapipe uses and the split one GPUs use.
 @Suite struct FastArithmeticTests {
     /// The largest first-step logit difference from llama.cpp allowed (of a spread near 30);
     /// llama.cpp's own Vulkan backend differs from its CPU backend by 0.85 on a K-quant file.
     static let tolerance: Float = 2.5
 
-    @Test func withinToleranceAndDeterministic() async throws {
+    @Test(arguments: [MatmulShape.serial, .split8])
+    func withinToleranceAndDeterministic(shape: MatmulShape) async throws {
         let dir = try TemporaryDirectory("fast")
         let env = try References.environment.get()
         try JSONSerialization.data(withJSONObject: ReferenceParityTests.cases).write(to: dir.file("cases.json"))
@@ -28,7 +30,8 @@ import Testing
 
         let mine: (logits: [[Float]], runs: [[[Int]]]) = try await SharedModel.queue.run {
             let model = try Transformer(
-                url: env.model, device: try Lavapipe.device(), contextLength: 512, arithmetic: .fast)
+                url: env.model, device: try Lavapipe.device(), contextLength: 512, arithmetic: .fast,
+                matmulShape: shape)
             let logits = try prompts.map { tokens in
                 model.truncate(to: 0)
                 return try model.evaluate(tokens)
@@ -58,7 +61,50 @@ import Testing
             zip(run, c["greedy"] as! [Int]).prefix { $0 == $1 }.count
         }
         print(
-            "fast arithmetic: max |logit difference| \(worst) (tolerance \(Self.tolerance)); greedy tokens "
+            "fast arithmetic, \(shape) matmuls: max |logit difference| \(worst) (tolerance \(Self.tolerance)); greedy tokens "
                 + "agreeing with llama.cpp before the first difference: \(agree)")
+    }
+
+    /// With split matmuls a sequence's logits are still the same bits whether it steps alone or
+    /// beside another (the slices are added in a fixed order, whatever the batch holds).
+    @Test func splitMatmulsIndependentOfTheBatch() async throws {
+        let env = try References.environment.get()
+        let prompts = ReferenceParityTests.cases.prefix(2).map { $0["chat"] ?? $0["text"]! }
+        let (alone, together, exactShapeRefused) = try await SharedModel.queue.run {
+            let device = try Lavapipe.device()
+            let model = try Transformer(
+                url: env.model, device: device, contextLength: 256, slots: 2, arithmetic: .fast, matmulShape: .split8)
+            let tokens = prompts.map { model.tokenizer.encode($0, addSpecial: true) }
+            let first = try tokens.enumerated().map { slot, t in Sampler.argmax(try model.evaluate(t, slot: slot)) }
+            let together = try model.evaluateNext([(0, first[0]), (1, first[1])])[0]
+            model.truncate(slot: 0, to: 0)
+            _ = try model.evaluate(tokens[0], slot: 0)
+            let alone = try model.evaluateNext([(0, first[0])])[0]
+            var refused = false
+            do {
+                _ = try Transformer(url: env.model, device: device, arithmetic: .exact, matmulShape: .split8)
+            } catch let error as InferenceError { refused = error.code == .invalidRequest }
+            return (alone, together, refused)
+        }
+        #expect(alone.count == together.count && alone.count > 1000)
+        #expect(zip(alone, together).allSatisfy { $0.bitPattern == $1.bitPattern }, "alone and batched, the same bits")
+        #expect(exactShapeRefused, "the exact arithmetic keeps the reference's order")
+    }
+
+    /// The shape follows what the device reports: serial on CPU devices and for the exact
+    /// arithmetic, 8 slices on GPUs, fewer where workgroups are small.
+    @Test func shapeChosenPerDevice() {
+        func device(_ type: String, invocations: UInt32) -> VulkanDeviceInfo {
+            VulkanDeviceInfo(
+                index: 0, name: "test", type: type, apiVersion: "1.3", driverName: "test", driverInfo: "", vendorID: 0,
+                deviceLocalBytes: 0, totalBytes: 0, hasComputeQueue: true, maxStorageBufferRange: 1 << 30,
+                maxWorkgroupInvocations: invocations)
+        }
+        #expect(MatmulShape.preferred(for: device("CPU", invocations: 1024), arithmetic: .fast) == .serial)
+        #expect(MatmulShape.preferred(for: device("discrete GPU", invocations: 1024), arithmetic: .fast) == .split8)
+        #expect(
+            MatmulShape.preferred(for: device("integrated GPU", invocations: 128), arithmetic: .fast)
+                == MatmulShape(rowsPerGroup: 32, split: 4))
+        #expect(MatmulShape.preferred(for: device("discrete GPU", invocations: 1024), arithmetic: .exact) == .serial)
     }
 }

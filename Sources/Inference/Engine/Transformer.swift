@@ -12,6 +12,40 @@ public enum Arithmetic: String, Sendable, CaseIterable {
     case fast
 }
 
+/// How the quantized matmuls share out their rows. On a CPU device (lavapipe) one invocation
+/// sums a whole row in the reference's order, the layout a vector unit runs best. A GPU has
+/// thousands of lanes and a matrix of a few hundred rows would leave most of them idle: there
+/// `split` invocations share each row, each summing every `split`-th block, and the slices are
+/// added in a fixed order (deterministic for a given split; the fast arithmetic only, since the
+/// order is not the reference's). Workgroups are `rowsPerGroup` rows times `split` slices.
+public struct MatmulShape: Sendable, Equatable, CustomStringConvertible {
+    public let rowsPerGroup: Int
+    public let split: Int
+
+    public init(rowsPerGroup: Int, split: Int) {
+        self.rowsPerGroup = rowsPerGroup
+        self.split = split
+    }
+
+    /// One invocation per row, 64 rows per workgroup: the reference's order.
+    public static let serial = MatmulShape(rowsPerGroup: 64, split: 1)
+    /// 32 neighbouring rows (one NVIDIA warp reads 32 neighbouring blocks) times 8 slices. Any
+    /// split shape also widens attention's workgroups to 256 invocations, which split the
+    /// product with v among runs of positions.
+    public static let split8 = MatmulShape(rowsPerGroup: 32, split: 8)
+
+    /// What `device` runs best in `arithmetic`: serial on CPU devices and always for the exact
+    /// arithmetic; on GPUs 8 slices, fewer where the device's workgroups hold fewer than 256
+    /// invocations.
+    public static func preferred(for device: VulkanDeviceInfo, arithmetic: Arithmetic) -> MatmulShape {
+        if arithmetic == .exact || device.type == "CPU" { return .serial }
+        let split = min(8, Int(device.maxWorkgroupInvocations) / 32)
+        return split >= 2 ? MatmulShape(rowsPerGroup: 32, split: split) : .serial
+    }
+
+    public var description: String { split == 1 ? "serial" : "split \(split)" }
+}
+
 /// A GGUF model loaded onto a Vulkan device: weights in device memory (device-local where the
 /// device has it), a half-precision KV cache, and the kernels of one forward pass.
 ///
@@ -29,6 +63,8 @@ public final class Transformer: @unchecked Sendable {
     /// Sequences the KV cache holds at once, each with `contextLength` positions of its own.
     public let slots: Int
     public let arithmetic: Arithmetic
+    /// How the quantized matmuls share out their rows on this device.
+    public let matmulShape: MatmulShape
     /// Per slot: the tokens whose keys and values are in its cache, in order, and the
     /// summation order each was computed in (a cached position is reused only when a new
     /// prompt would compute it the same way, so reuse never changes a result).
@@ -92,17 +128,29 @@ public final class Transformer: @unchecked Sendable {
 
     /// Loads `url` onto `device`. `contextLength` (per slot) defaults to the model's, capped at
     /// 4096; `slots` sequences can be evaluated together; `arithmetic` defaults to exact here
-    /// (what the parity tests need; `ccinfer` defaults to fast); `progress` hears about each stage.
+    /// (what the parity tests need; `ccinfer` defaults to fast); `matmulShape` defaults to the
+    /// device's preferred one; `progress` hears about each stage.
     public init(
         url: URL, device: VulkanDevice, contextLength: Int? = nil, batchSize: Int = 32, slots: Int = 1,
-        arithmetic: Arithmetic = .exact, progress: (String) -> Void = { _ in }
+        arithmetic: Arithmetic = .exact, matmulShape: MatmulShape? = nil, progress: (String) -> Void = { _ in }
     ) throws(InferenceError) {
         guard arithmetic == .fast || device.hasFloat64 else {
             throw InferenceError(
                 .invalidRequest,
                 "\(device.info.name) lacks shaderFloat64, which exact arithmetic needs; use the fast arithmetic")
         }
+        let shape = matmulShape ?? .preferred(for: device.info, arithmetic: arithmetic)
+        let most = min(256, Int(device.info.maxWorkgroupInvocations))
+        guard (1...16).contains(shape.split), (1...256).contains(shape.rowsPerGroup),
+            shape.split * shape.rowsPerGroup <= most, arithmetic == .fast || shape.split == 1
+        else {
+            throw InferenceError(
+                .invalidRequest,
+                "matmul shape \(shape.rowsPerGroup) rows × \(shape.split) slices: at most \(most) invocations on this device, at most 16 slices, and one slice for the exact arithmetic"
+            )
+        }
         self.arithmetic = arithmetic
+        self.matmulShape = shape
         let gguf = try GGUFFile(url: url)
         self.gguf = gguf
         let c = try ModelConfig(gguf: gguf)
@@ -228,16 +276,19 @@ public final class Transformer: @unchecked Sendable {
 
         progress("kernels")
         let f64 = arithmetic == .exact ? "_f64" : ""
-        let spec = [Self.workgroup, UInt32(Self.lanes)]
         var matmul = [GGMLType: (single: VulkanKernel, batch: VulkanKernel)]()
         let used = Set(
             layers.flatMap { [$0.wq.type, $0.wk.type, $0.wv.type, $0.wo.type, $0.gate.type, $0.up.type, $0.down.type] }
                 + [output.type])
         for type in used {
             let name = "matmul_" + type.name.lowercased() + f64
+            // Specialization: workgroup rows, lanes per row (float kernels), tokens per tile, slices.
+            let rows = type == .f16 || type == .f32 ? Self.workgroup : UInt32(shape.rowsPerGroup)
+            let split = type == .f16 || type == .f32 ? 1 : UInt32(shape.split)
             matmul[type] = (
-                try device.makeKernel(name, bindings: 6, specialization: spec + [1]),
-                try device.makeKernel(name, bindings: 6, specialization: spec + [UInt32(Self.tile)])
+                try device.makeKernel(name, bindings: 6, specialization: [rows, UInt32(Self.lanes), 1, split]),
+                try device.makeKernel(
+                    name, bindings: 6, specialization: [rows, UInt32(Self.lanes), UInt32(Self.tile), split])
             )
         }
         kernels = Kernels(
@@ -246,7 +297,13 @@ public final class Transformer: @unchecked Sendable {
             quantizeK: try device.makeKernel("quantize_q8k" + f64, bindings: 3),
             rope: try device.makeKernel("rope" + f64, bindings: 3),
             kvstore: try device.makeKernel("kvstore", bindings: 5),
-            attention: try device.makeKernel("attention" + f64, bindings: 6, specialization: [Self.workgroup]),
+            // A GPU's attention workgroups are 256 wide (128 where the device allows no more): the
+            // product with v split among runs of positions.
+            attention: try device.makeKernel(
+                "attention" + f64, bindings: 6,
+                specialization: [
+                    shape.split == 1 ? Self.workgroup : device.info.maxWorkgroupInvocations >= 256 ? 256 : 128
+                ]),
             swiglu: try device.makeKernel("swiglu" + f64, bindings: 3),
             matmul: matmul)
 
@@ -720,7 +777,7 @@ public final class Transformer: @unchecked Sendable {
         let pair = kernels.matmul[w.type]!
         let kernel = tokens == 1 ? pair.single : pair.batch
         let tile = tokens == 1 ? 1 : Self.tile
-        let rowsPerGroup = w.quantized ? Int(Self.workgroup) : Int(Self.workgroup) / Self.lanes
+        let rowsPerGroup = w.quantized ? matmulShape.rowsPerGroup : Int(Self.workgroup) / Self.lanes
         let flags: UInt32 = (accumulate ? 1 : 0) | (bias != nil ? 2 : 0) | order
         for (index, chunk) in w.chunks.enumerated() {
             let activations: [VulkanBuffer] = w.type.isKQuant ? [kq, kd] : w.quantized ? [aq, ad] : [input, dummy]

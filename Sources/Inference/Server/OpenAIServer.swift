@@ -41,6 +41,7 @@ public final class OpenAIServer: @unchecked Sendable {
                     ("running", .number(Double(stats.running))), ("waiting", .number(Double(stats.waiting))),
                     ("prefix_reuse", .bool(generator.prefixReuse)),
                     ("arithmetic", .string(model.arithmetic.rawValue)),
+                    ("matmul_split", .number(Double(model.matmulShape.split))),
                 ])
                 writer.send(status: 200, body: Data(health.serialized.utf8))
             case ("GET", "/v1/models"):

@@ -7,7 +7,8 @@
 // probabilities p = half(e * float(1/sum)), then the dot of p with v per dimension.
 // The two dot products follow the reference's prompt kernel (flags&4: eight lanes, hsum_float_8)
 // or its one-token kernel (four accumulators of eight lanes over steps of 32, hadd reduce).
-// Scores live in a scratch row of `ctx` floats per (token, head). Row t attends to positions
+// WG is 64 for the reference's order; wider workgroups (GPUs) split the product with v among
+// position slices (below). Scores live in a scratch row of `ctx` floats per (token, head). Row t attends to positions
 // 0..rowInfo[t].y-1 of the cache region starting at position rowInfo[t].x (its sequence's slot).
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
@@ -139,18 +140,24 @@ void main() {
     }
     memoryBarrierBuffer();
     barrier();
-    for (uint d = lid; d < hd; d += WG) {
+    // The product with v: invocation lid takes dimension lid % hd of position slice lid / hd
+    // (runs of 32 positions dealt to the slices in turn). With WG = 64 and hd >= 64 there is
+    // one slice: the reference's order. Wider workgroups (GPUs, the fast kernels) add the slices'
+    // sums in slice order, so the result depends on WG alone.
+    uint slices = WG >= hd ? WG / hd : 1u;
+    uint slice = lid / hd;
+    float result = 0.0;
+    for (uint d = lid % hd; d < hd && slice < slices; d += WG) {
         uint vOffset = base * kvDim + kvh * hd + d;
         float a[8];
         for (uint l = 0u; l < 8u; l++) a[l] = 0.0;
-        float result;
         if (batch) {
-            for (uint pos = 0u; pos < n; pos++) a[pos % 8u] = fmaR(scores[sBase + pos], vAt(pos * kvDim + vOffset), a[pos % 8u]);
+            for (uint pos = slice * 32u; pos < n; pos += (pos % 32u == 31u) ? 32u * (slices - 1u) + 1u : 1u) a[pos % 8u] = fmaR(scores[sBase + pos], vAt(pos * kvDim + vOffset), a[pos % 8u]);
             result = hsumA(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
         } else {
             float b[8], c[8], e[8];
             for (uint l = 0u; l < 8u; l++) { b[l] = 0.0; c[l] = 0.0; e[l] = 0.0; }
-            for (uint pos = 0u; pos < n; pos++) {
+            for (uint pos = slice * 32u; pos < n; pos += (pos % 32u == 31u) ? 32u * (slices - 1u) + 1u : 1u) {
                 float prod = scores[sBase + pos];
                 float vv = vAt(pos * kvDim + vOffset);
                 uint l = pos % 8u;
@@ -168,6 +175,14 @@ void main() {
             }
             result = hsumB(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
         }
-        outv[qBase + d] = result;
+        if (slices == 1u) outv[qBase + d] = result;
+    }
+    if (slices == 1u) return;
+    red[lid] = result;
+    barrier();
+    if (lid < hd) {
+        precise float total = red[lid];
+        for (uint k = 1u; k < slices; k++) total = total + red[k * hd + lid];
+        outv[qBase + lid] = total;
     }
 }

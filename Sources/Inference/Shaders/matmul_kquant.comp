@@ -14,10 +14,12 @@
 // the activation sums of chunk w); per super-block each lane adds fma(d, lane, acc_w); the lanes
 // are summed as hsum_float_8. The minimum terms: Q4_K four lanes, lane j adding fma(dmin, the
 // mins of chunk j times its activation sums, ...), summed (m0+m2)+(m1+m3); Q5_K one scalar.
-// One invocation computes one row for TN tokens.
-layout(local_size_x_id = 0) in;
+// One invocation computes one row for TN tokens; with SPLIT > 1 (GPUs, the fast arithmetic
+// only) SPLIT invocations share a row, each taking every SPLIT-th super-block (split.glsl).
+layout(local_size_x_id = 0, local_size_y_id = 3) in;
 layout(constant_id = 0) const uint WG = 64;
 layout(constant_id = 2) const uint TN = 1;
+layout(constant_id = 3) const uint SPLIT = 1;
 layout(std430, binding = 0) readonly buffer WQ { uint wq[]; };
 layout(std430, binding = 1) readonly buffer WS { uint unused[]; };
 layout(std430, binding = 2) readonly buffer XQ { uint xq[]; };
@@ -39,9 +41,10 @@ int dotI(ivec4 a, ivec4 b) { ivec4 m = a * b; return (m.x + m.y) + (m.z + m.w); 
 int sumI(ivec4 a) { return (a.x + a.y) + (a.z + a.w); }
 uint byteAt(uint base, uint i) { return (wq[base + i / 4u] >> (8u * (i % 4u))) & 0xFFu; }
 
+#include "split.glsl"
+
 void main() {
     uint row = gl_GlobalInvocationID.x;
-    if (row >= p.rows) return;
     uint tokenBase = gl_WorkGroupID.y * TN;
     uint tokenCount = min(TN, p.tokens - tokenBase);
     vec4 accA[TN];
@@ -52,7 +55,8 @@ void main() {
     ivec4 extra[TN];
     [[unroll]] for (uint t = 0u; t < TN; t++) { accA[t] = vec4(0.0); accB[t] = vec4(0.0); accM[t] = vec4(0.0); }
     const uvec4 shifts = uvec4(0u, 8u, 16u, 24u);
-    for (uint b = 0u; b < p.blocksPerRow; b++) {
+    uint blocks = row < p.rows ? p.blocksPerRow : 0u;
+    for (uint b = gl_LocalInvocationID.y; b < blocks; b += SPLIT) {
         uint base = (b * p.rows + row) * WORDS;
         [[unroll]] for (uint t = 0u; t < TN; t++) { lanesA[t] = ivec4(0); lanesB[t] = ivec4(0); extra[t] = ivec4(0); }
 #if KTYPE == 1 || KTYPE == 2
@@ -170,17 +174,23 @@ void main() {
         }
 #endif
     }
+    float sums[TN];
+    [[unroll]] for (uint t = 0u; t < TN; t++) {
+        precise float v = hsumA(accA[t].x, accA[t].y, accA[t].z, accA[t].w, accB[t].x, accB[t].y, accB[t].z, accB[t].w);
+#if KTYPE == 1
+        precise float m02 = accM[t].x + accM[t].z;
+        precise float m13 = accM[t].y + accM[t].w;
+        precise float m = m02 + m13;
+        v = v + m;
+#elif KTYPE == 2
+        v = v + accM[t].x;
+#endif
+        sums[t] = v;
+    }
+    if (!combineSlices(sums) || row >= p.rows) return;
     [[unroll]] for (uint t = 0u; t < TN; t++) {
         if (t < tokenCount) {
-            precise float v = hsumA(accA[t].x, accA[t].y, accA[t].z, accA[t].w, accB[t].x, accB[t].y, accB[t].z, accB[t].w);
-#if KTYPE == 1
-            precise float m02 = accM[t].x + accM[t].z;
-            precise float m13 = accM[t].y + accM[t].w;
-            precise float m = m02 + m13;
-            v = v + m;
-#elif KTYPE == 2
-            v = v + accM[t].x;
-#endif
+            precise float v = sums[t];
             if ((p.flags & 2u) != 0u) v = v + bias[p.rowBase + row];
             uint at = (tokenBase + t) * p.yStride + p.rowBase + row;
             if ((p.flags & 1u) != 0u) v = v + y[at];

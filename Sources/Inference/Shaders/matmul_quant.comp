@@ -13,9 +13,13 @@
 // row for TN tokens, each block's weights unpacked once for all of them. Lanes 0-3 and
 // 4-7 are the components of two vec4 accumulators. Weights are stored block-major: block b of
 // row r at b * rows + r.
-layout(local_size_x_id = 0) in;
+//
+// SPLIT > 1 (GPUs, the fast arithmetic only; split.glsl): SPLIT invocations share a row, each
+// taking every SPLIT-th block, and their sums are added in a fixed order.
+layout(local_size_x_id = 0, local_size_y_id = 3) in;
 layout(constant_id = 0) const uint WG = 64;
 layout(constant_id = 2) const uint TN = 1;
+layout(constant_id = 3) const uint SPLIT = 1;
 layout(std430, binding = 0) readonly buffer WQ { uvec4 wq[]; };
 layout(std430, binding = 1) readonly buffer WS { uint ws[]; };
 layout(std430, binding = 2) readonly buffer XQ { uvec4 xq[]; };
@@ -32,9 +36,10 @@ ivec4 dot4(ivec4 w0, ivec4 w1, ivec4 w2, ivec4 w3, uvec4 x) {
         + w3 * bitfieldExtract(xv, 24, 8);
 }
 
+#include "split.glsl"
+
 void main() {
     uint row = gl_GlobalInvocationID.x;
-    if (row >= p.rows) return;
     uint tokenBase = gl_WorkGroupID.y * TN;
     uint tokenCount = min(TN, p.tokens - tokenBase);
     vec4 accLo[TN];
@@ -45,7 +50,8 @@ void main() {
         accHi[t] = vec4(0.0);
         summs[t] = 0.0;
     }
-    for (uint b = 0u; b < p.blocksPerRow; b++) {
+    uint blocks = row < p.rows ? p.blocksPerRow : 0u;
+    for (uint b = gl_LocalInvocationID.y; b < blocks; b += SPLIT) {
         uint wb = b * p.rows + row;
 #if WTYPE >= 4
         vec2 dm = unpackHalf2x16(ws[wb * 2u]);
@@ -93,15 +99,20 @@ void main() {
             }
         }
     }
+    float sums[TN];
+    [[unroll]] for (uint t = 0u; t < TN; t++) {
+        precise float v = hsumA(accLo[t].x, accLo[t].y, accLo[t].z, accLo[t].w, accHi[t].x, accHi[t].y, accHi[t].z, accHi[t].w);
+#if WTYPE == 1 || WTYPE == 5
+        v = v + summs[t];
+#endif
+        sums[t] = v;
+    }
+    if (!combineSlices(sums) || row >= p.rows) return;
     [[unroll]] for (uint t = 0u; t < TN; t++) {
         if (t < tokenCount) {
-            uint token = tokenBase + t;
-            precise float v = hsumA(accLo[t].x, accLo[t].y, accLo[t].z, accLo[t].w, accHi[t].x, accHi[t].y, accHi[t].z, accHi[t].w);
-#if WTYPE == 1 || WTYPE == 5
-            v = v + summs[t];
-#endif
+            precise float v = sums[t];
             if ((p.flags & 2u) != 0u) v = v + bias[p.rowBase + row];
-            uint at = token * p.yStride + p.rowBase + row;
+            uint at = (tokenBase + t) * p.yStride + p.rowBase + row;
             if ((p.flags & 1u) != 0u) v = v + y[at];
             y[at] = v;
         }

@@ -16,6 +16,8 @@ public struct VulkanDeviceInfo: Sendable, Equatable {
     public let totalBytes: UInt64
     public let hasComputeQueue: Bool
     public let maxStorageBufferRange: UInt32
+    /// The most invocations one workgroup may have (at least 128 on every Vulkan device).
+    public let maxWorkgroupInvocations: UInt32
 
     public var summary: String {
         let gib = Double(deviceLocalBytes) / Double(1 << 30)
@@ -142,7 +144,8 @@ public final class VulkanInstance: @unchecked Sendable {
             index: index, name: name, type: type, apiVersion: apiText, driverName: driverName, driverInfo: driverInfo,
             vendorID: props.vendorID, deviceLocalBytes: deviceLocal, totalBytes: total,
             hasComputeQueue: computeQueueFamily(device) != nil,
-            maxStorageBufferRange: props.limits.maxStorageBufferRange)
+            maxStorageBufferRange: props.limits.maxStorageBufferRange,
+            maxWorkgroupInvocations: props.limits.maxComputeWorkGroupInvocations)
     }
 
     static func computeQueueFamily(_ device: VkPhysicalDevice) -> UInt32? {
