@@ -49,10 +49,6 @@ func inferenceBench() {
 
     let rounds = Int(ProcessInfo.processInfo.environment["CCGATE_BENCH_ROUNDS"] ?? "") ?? 3
     let generate = 32
-    let text =
-        "Benchmarks compare like with like: the same model, the same prompt, the same machine, measured in the same "
-        + "run, so that the ratio means something even on a noisy shared computer. This prompt is long enough to measure "
-        + "prompt processing and short enough to leave room for generation in a small context window."
     var vulkanVenv: String?
     let (vs, vo, ve) = run(root.appendingPathComponent("scripts/llama-vulkan").path, [])
     if vs == 0, let line = vo.split(separator: "\n").first(where: { $0.hasPrefix("VULKAN_VENV=") }) {
@@ -102,7 +98,7 @@ func inferenceBench() {
     for (label, path, generate, rounds, streams) in models where FileManager.default.fileExists(atPath: path) {
         do {
             try engineComparison(
-                label: label, modelPath: path, text: text, generate: generate, rounds: rounds, streams: streams,
+                label: label, modelPath: path, generate: generate, rounds: rounds, streams: streams,
                 venv: venv, vulkanVenv: vulkanVenv, root: root, run: run)
         } catch {
             print("\nccgate bench: inference (\(label)) failed: \(error)")
@@ -111,7 +107,7 @@ func inferenceBench() {
 }
 
 func engineComparison(
-    label: String, modelPath: String, text: String, generate: Int, rounds: Int, streams: Bool, venv: String,
+    label: String, modelPath: String, generate: Int, rounds: Int, streams: Bool, venv: String,
     vulkanVenv: String?, root: URL, run: (String, [String], [String: String]) -> (Int32, String, String)
 ) throws {
     let device = try VulkanDevice(instance: try VulkanInstance())
@@ -120,26 +116,9 @@ func engineComparison(
     func measure(_ arithmetic: Arithmetic) throws -> (Double, Double) {
         let model = try Transformer(
             url: URL(fileURLWithPath: modelPath), device: device, contextLength: 2048, arithmetic: arithmetic)
-        prompt = model.tokenizer.encode(text, addSpecial: true)
-        let clock = ContinuousClock()
-        func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
-        _ = try model.evaluate(prompt)  // warm-up: pipelines compiled, caches filled
-        var pp = [Double]()
-        var tg = [Double]()
-        for _ in 0..<rounds {
-            model.truncate(to: 0)
-            var t = clock.now
-            var logits = try model.evaluate(prompt)
-            pp.append(Double(prompt.count) / seconds(clock.now - t))
-            var token = Sampler.argmax(logits)
-            t = clock.now
-            for _ in 0..<generate {
-                logits = try model.evaluate([token])
-                token = Sampler.argmax(logits)
-            }
-            tg.append(Double(generate) / seconds(clock.now - t))
-        }
-        return (pp.sorted()[pp.count / 2], tg.sorted()[tg.count / 2])
+        prompt = EngineBench.prompt(for: model)
+        let rates = try EngineBench.single(model: model, prompt: prompt, generate: generate, rounds: rounds)
+        return (rates.prompt, rates.generate)
     }
     let mine = try measure(.fast)
     let exact = device.hasFloat64 ? try measure(.exact) : nil
@@ -218,29 +197,8 @@ func concurrentStreams(
     defer { try? FileManager.default.removeItem(atPath: tokensFile) }
     let model = try Transformer(
         url: URL(fileURLWithPath: path), device: device, contextLength: 512, slots: streams.max()!, arithmetic: .fast)
-    let clock = ContinuousClock()
-    var mine = [Int: Double]()
-    for n in streams {
-        var rates = [Double]()
-        for round in 0...rounds {  // the first round, of two tokens, warms up
-            let steps = round == 0 ? 2 : generate
-            var tokens = [Int]()
-            for slot in 0..<n {
-                model.truncate(slot: slot, to: 0)
-                tokens.append(Sampler.argmax(try model.evaluate(prompt, slot: slot)))
-            }
-            let start = clock.now
-            for _ in 0..<steps {
-                tokens = try model.evaluateNext(tokens.enumerated().map { ($0.offset, $0.element) }).map(Sampler.argmax)
-            }
-            let elapsed = clock.now - start
-            rates.append(
-                Double(n * steps)
-                    / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
-        }
-        rates.removeFirst()
-        mine[n] = rates.sorted()[rates.count / 2]
-    }
+    let mine = try EngineBench.streams(
+        model: model, prompt: prompt, streams: streams, generate: generate, rounds: rounds)
     var theirs: [Int: Double]?
     if let vulkanVenv {
         let (rs, ro, re) = run(

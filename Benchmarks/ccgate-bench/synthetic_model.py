@@ -2,8 +2,10 @@
 weights (they do the same work as trained ones), F16, with the tokenizer and chat template of a
 real GGUF so that both engines load it. Quantize it with llama.cpp's own quantizer afterwards.
 
-usage: synthetic_model.py TOKENIZER_SOURCE.gguf OUT.gguf
-Shape (Llama 3.2 1B's body): 16 layers, embedding 2048, 32 heads, 8 KV heads, feed-forward 8192.
+usage: synthetic_model.py TOKENIZER_SOURCE.gguf OUT.gguf [1b|smollm2]
+Shapes: 1b (default; Llama 3.2 1B's body): 16 layers, embedding 2048, 32 heads, 8 KV heads,
+feed-forward 8192, its own output matrix. smollm2 (SmolLM2-135M's): 30 layers, embedding 576,
+9 heads, 3 KV heads, feed-forward 1536, output tied to the embedding.
 """
 import sys
 
@@ -11,12 +13,18 @@ import numpy as np
 import gguf
 
 source, out = sys.argv[1], sys.argv[2]
-layers, embedding, heads, kv_heads, ff = 16, 2048, 32, 8, 8192
+shape = sys.argv[3] if len(sys.argv) > 3 else "1b"
+if shape == "smollm2":
+    layers, embedding, heads, kv_heads, ff, tied = 30, 576, 9, 3, 1536, True
+elif shape == "1b":
+    layers, embedding, heads, kv_heads, ff, tied = 16, 2048, 32, 8, 8192, False
+else:
+    raise SystemExit(f"synthetic_model.py: unknown shape {shape} (1b or smollm2)")
 head_dim = embedding // heads
 
 reader = gguf.GGUFReader(source)
 writer = gguf.GGUFWriter(out, "llama")
-writer.add_name("synthetic llama 1B")
+writer.add_name(f"synthetic llama {shape}")
 writer.add_context_length(4096)
 writer.add_embedding_length(embedding)
 writer.add_block_count(layers)
@@ -49,7 +57,8 @@ def matrix(rows, k):
 
 writer.add_tensor("token_embd.weight", matrix(vocabulary, embedding))
 writer.add_tensor("output_norm.weight", np.ones(embedding, dtype=np.float32))
-writer.add_tensor("output.weight", matrix(vocabulary, embedding))
+if not tied:
+    writer.add_tensor("output.weight", matrix(vocabulary, embedding))
 for layer in range(layers):
     p = f"blk.{layer}."
     writer.add_tensor(p + "attn_norm.weight", np.ones(embedding, dtype=np.float32))

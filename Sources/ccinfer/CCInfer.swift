@@ -15,7 +15,7 @@ struct CCInfer: ParsableCommand {
 
             Exit status: 0 success, 1 engine failure (no device, bad model), 2 bad usage.
             """,
-        subcommands: [Serve.self, Generate.self, Devices.self, Version.self])
+        subcommands: [Serve.self, Generate.self, Bench.self, Devices.self, Version.self])
 
     static func main() { runWithProjectExitCodes() }
 }
@@ -77,6 +77,11 @@ struct ModelOptions: ParsableArguments {
     var exact = false
     @Option(
         help: ArgumentHelp(
+            "Invocations sharing each row of a quantized matmul: 1 sums a row in the reference's order (CPU devices, and always with --exact); 2, 4 or 8 split it, added in a fixed order (default: 8 on GPUs, 1 on CPU devices).",
+            valueName: "N"))
+    var matmulSplit: Int?
+    @Option(
+        help: ArgumentHelp(
             "Refuse to serve unless the model's bytes hash to this SHA-256 (default: $CCINFER_MODEL_SHA256, which ccworker sets to the digest it measured).",
             valueName: "HEX"))
     var modelSHA256: String?
@@ -104,6 +109,18 @@ struct ModelOptions: ParsableArguments {
             throw ValidationError("--model-sha256 (or CCINFER_MODEL_SHA256) must be 64 hex digits")
         }
         guard (1...512).contains(batch) else { throw ValidationError("--batch must be 1-512") }
+        if let matmulSplit {
+            guard [1, 2, 4, 8].contains(matmulSplit) else {
+                throw ValidationError("--matmul-split must be 1, 2, 4 or 8")
+            }
+            guard matmulSplit == 1 || !exact else {
+                throw ValidationError("--exact sums each row in the reference's order: --matmul-split must be 1")
+            }
+        }
+    }
+
+    var matmulShape: MatmulShape? {
+        matmulSplit.map { $0 == 1 ? .serial : MatmulShape(rowsPerGroup: 32, split: $0) }
     }
 
     func load(progress: Bool, slots: Int = 1) throws(InferenceError) -> Transformer {
@@ -116,7 +133,7 @@ struct ModelOptions: ParsableArguments {
         if progress { FileHandle.standardError.write(Data("ccinfer: device \(vulkan.info.summary)\n".utf8)) }
         let model = try Transformer(
             url: URL(fileURLWithPath: self.model), device: vulkan, contextLength: context, batchSize: batch,
-            slots: slots, arithmetic: exact ? .exact : .fast, progress: say)
+            slots: slots, arithmetic: exact ? .exact : .fast, matmulShape: matmulShape, progress: say)
         // Threat: a model swapped on disk after the worker measured it. The bytes the weights were
         // uploaded from are hashed after the upload and must be the measured ones.
         if let expected = expectedModelSHA256 {
@@ -132,7 +149,7 @@ struct ModelOptions: ParsableArguments {
         if progress {
             let slots =
                 (model.slots > 1 ? " in each of \(model.slots) slots" : "")
-                + ", \(model.arithmetic.rawValue) arithmetic"
+                + ", \(model.arithmetic.rawValue) arithmetic, \(model.matmulShape) matmuls"
             FileHandle.standardError.write(
                 Data(
                     "\rccinfer: loaded \(model.config.architecture.rawValue), \(model.config.layerCount) layers, context \(model.contextLength)\(slots)\u{1B}[K\n"
@@ -203,6 +220,100 @@ struct Generate: ParsableCommand {
                     Data(
                         "ccinfer: \(tokens.count) prompt tokens, \(result.tokens.count) generated in \(String(format: "%.2f", seconds)) s (\(result.finishReason.rawValue))\n"
                             .utf8))
+            }
+        } catch let error as InferenceError {
+            throw fail(error)
+        }
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure prompt-processing and generation speed on this device.",
+        discussion: """
+            One stream: prompt tokens per second reading the prompt, then generation tokens per second for
+            --generate greedy tokens (medians of --rounds, after a warm-up). Then the aggregate generation rate
+            with several streams stepping together (--streams), each after the prompt's first 8 tokens. The
+            prompt is a fixed English text, or that text repeated to --prompt-tokens tokens. --tokens-out and
+            --stream-tokens-out write the prompts' token ids (JSON arrays) so that another engine can be run on
+            the very same tokens.
+
+            Examples:
+              ccinfer bench --model SmolLM2-135M-Instruct.Q4_K_M.gguf
+              ccinfer bench --model model.gguf --prompt-tokens 512 --generate 128 --streams 1,8,32 --json
+            """)
+
+    @OptionGroup var options: ModelOptions
+    @Option(help: ArgumentHelp("Prompt length in tokens (default: the text once).", valueName: "N")) var promptTokens:
+        Int?
+    @Option(help: ArgumentHelp("Tokens generated per round.", valueName: "N")) var generate = 32
+    @Option(help: ArgumentHelp("Timed rounds; the median is reported.", valueName: "N")) var rounds = 3
+    @Option(help: ArgumentHelp("Concurrent stream counts, comma-separated (at most 64).", valueName: "LIST"))
+    var streams = "1,4,8"
+    @Option(help: ArgumentHelp("Write the prompt's token ids here (a JSON array).", valueName: "FILE"))
+    var tokensOut: String?
+    @Option(help: ArgumentHelp("Write the streams' prompt token ids here (a JSON array).", valueName: "FILE"))
+    var streamTokensOut: String?
+    @Flag(help: "Print one JSON object instead of a table.") var json = false
+
+    var streamCounts: [Int] { streams.split(separator: ",").compactMap { Int($0) } }
+
+    func validate() throws {
+        if let promptTokens, !(1...8192).contains(promptTokens) {
+            throw ValidationError("--prompt-tokens must be 1-8192")
+        }
+        guard (1...4096).contains(generate) else { throw ValidationError("--generate must be 1-4096") }
+        guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be 1-100") }
+        let counts = streamCounts
+        guard counts.count == streams.split(separator: ",").count, !counts.isEmpty,
+            counts.allSatisfy({ (1...64).contains($0) && $0 <= options.batch })
+        else { throw ValidationError("--streams must list counts of 1-64, each at most --batch") }
+    }
+
+    func run() throws {
+        do {
+            let model = try options.load(progress: !json, slots: streamCounts.max()!)
+            let prompt = EngineBench.prompt(for: model, length: promptTokens)
+            guard prompt.count + generate <= model.contextLength else {
+                throw InferenceError(
+                    .invalidRequest,
+                    "\(prompt.count) prompt and \(generate) generated tokens exceed the context of \(model.contextLength)"
+                )
+            }
+            let streamPrompt = Array(prompt.prefix(8))
+            for (path, tokens) in [(tokensOut, prompt), (streamTokensOut, streamPrompt)] {
+                guard let path else { continue }
+                do {
+                    try Data("[\(tokens.map(String.init).joined(separator: ","))]".utf8).write(
+                        to: URL(fileURLWithPath: path))
+                } catch {
+                    throw InferenceError(.invalidRequest, "cannot write \(path): \(error.localizedDescription)")
+                }
+            }
+            let one = try EngineBench.single(model: model, prompt: prompt, generate: generate, rounds: rounds)
+            let many = try EngineBench.streams(
+                model: model, prompt: streamPrompt, streams: streamCounts, generate: generate, rounds: rounds)
+            if json {
+                let object: [String: Any] = [
+                    "device": model.device.info.summary, "arithmetic": model.arithmetic.rawValue,
+                    "matmul": model.matmulShape.description, "prompt_tokens": prompt.count, "generated": generate,
+                    "prompt_tokens_per_s": one.prompt, "generate_tokens_per_s": one.generate,
+                    "aggregate_generate_tokens_per_s": Dictionary(
+                        uniqueKeysWithValues: many.map { (String($0.key), $0.value) }),
+                ]
+                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+                return
+            }
+            print(
+                "\(prompt.count)-token prompt, \(generate) generated tokens, median of \(rounds) (\(model.arithmetic.rawValue) arithmetic, \(model.matmulShape) matmuls)"
+            )
+            print(String(format: "  prompt processing  %10.1f tok/s", one.prompt))
+            print(String(format: "  generation         %10.1f tok/s", one.generate))
+            for n in streamCounts {
+                print(
+                    String(format: "  %2d stream%@         %10.1f tok/s aggregate", n, n == 1 ? " " : "s", many[n] ?? 0)
+                )
             }
         } catch let error as InferenceError {
             throw fail(error)
