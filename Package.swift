@@ -181,7 +181,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/ccgate-bench",
-            exclude: ["llama_bench.py", "synthetic_model.py"],
+            exclude: ["llama_bench.py", "engine_compare.py", "synthetic_model.py"],
             swiftSettings: strict),
 
         // libFuzzer target for the DCAP parsers (`make fuzz`); a corpus replayer otherwise.

@@ -25,9 +25,15 @@ parser.add_argument("--streams", default="1,4,8")
 parser.add_argument("--splits", default="")
 parser.add_argument("--label", default="")
 args = parser.parse_args()
-streams = [int(n) for n in args.streams.split(",")]
-tmp = tempfile.mkdtemp(prefix="engine-compare-")
-prompt_file, stream_file = os.path.join(tmp, "prompt.json"), os.path.join(tmp, "streams.json")
+try:
+    streams = [int(n) for n in args.streams.split(",")]
+except ValueError:
+    raise SystemExit(f"engine_compare: --streams must be comma-separated counts, not {args.streams!r}")
+# llama_bench.py's contexts: 2048 positions for one stream, 512 per stream when batched.
+if args.prompt_tokens + args.generate > 2048 or 8 + args.generate > 512:
+    raise SystemExit("engine_compare: --prompt-tokens + --generate must be at most 2048 and --generate at most 504")
+tmp = tempfile.TemporaryDirectory(prefix="engine-compare-")
+prompt_file, stream_file = os.path.join(tmp.name, "prompt.json"), os.path.join(tmp.name, "streams.json")
 
 
 def run(cmd, env=None):
@@ -43,7 +49,7 @@ for split in (args.splits.split(",") if args.splits else [""]):
     cmd = [args.ccinfer, "bench", "--model", args.model, "--prompt-tokens", str(args.prompt_tokens), "--generate",
            str(args.generate), "--rounds", str(args.rounds), "--streams", args.streams, "--batch", "512",
            "--context", str(args.prompt_tokens + args.generate + 16), "--tokens-out", prompt_file,
-           "--stream-tokens-out", stream_file, "--json"] + (["--matmul-split", split] if split else [])
+           "--stream-tokens-out", stream_file, "--device", "0", "--json"] + (["--matmul-split", split] if split else [])
     mine.append(json.loads(run(cmd).stdout))
 
 bench = os.path.join(here, "llama_bench.py")
@@ -53,11 +59,21 @@ named = [line[len("ggml_vulkan: 0 = "):] for line in single.stderr.splitlines() 
 if not named or "assigned to device Vulkan0" not in single.stderr:
     raise SystemExit("engine_compare: llama.cpp did not run on the Vulkan device")
 theirs = json.loads(single.stdout)
+# Both on one device: ccinfer's device 0 and the one llama.cpp names (GGML_VK_VISIBLE_DEVICES=0).
+mine_name = mine[0]["device"].split(": ", 1)[-1].split(" (", 1)[0]
+if not named[0].startswith(mine_name):
+    raise SystemExit(f"engine_compare: ccinfer ran on {mine_name!r} but llama.cpp on {named[0]!r}")
 batched = json.loads(run([sys.executable, bench, "batched", args.streams, args.model, stream_file,
                           str(args.generate), str(args.rounds), "vulkan"], vk).stdout)
 theirs["aggregate_generate_tokens_per_s"] = batched["aggregate_generate_tokens_per_s"]
 
 first = mine[0]
+
+
+def ratio(a, b):
+    return a / b if b > 0 else float("nan")
+
+
 print(f"\n{args.label or os.path.basename(args.model)}: {first['prompt_tokens']}-token prompt, "
       f"{args.generate} generated tokens, median of {args.rounds}")
 print(f"ccinfer device:          {first['device']}")
@@ -66,14 +82,15 @@ print("                                     prompt tok/s   generate tok/s")
 for m in mine:
     print(f"  ccinfer ({m['matmul']:>8} matmuls)   {m['prompt_tokens_per_s']:12.1f}   {m['generate_tokens_per_s']:14.1f}")
 print(f"  llama.cpp Vulkan                 {theirs['prompt_tokens_per_s']:12.1f}   {theirs['generate_tokens_per_s']:14.1f}")
-print(f"  ccinfer/llama.cpp Vulkan         {first['prompt_tokens_per_s'] / theirs['prompt_tokens_per_s']:12.3f}   "
-      f"{first['generate_tokens_per_s'] / theirs['generate_tokens_per_s']:14.3f}")
-print(f"  aggregate generate tok/s ({args.generate} tokens per stream after 8 prompt tokens)")
+print(f"  ccinfer/llama.cpp Vulkan         {ratio(first['prompt_tokens_per_s'], theirs['prompt_tokens_per_s']):12.3f}   "
+      f"{ratio(first['generate_tokens_per_s'], theirs['generate_tokens_per_s']):14.3f}")
+print(f"  aggregate generate tok/s ({args.generate} tokens per stream after 8 prompt tokens; "
+      f"ccinfer with {first['matmul']} matmuls)")
 print("                ccinfer   llama.cpp Vulkan   ratio")
 for n in streams:
     a, b = first["aggregate_generate_tokens_per_s"][str(n)], theirs["aggregate_generate_tokens_per_s"][str(n)]
-    print(f"  {n:3d} stream{'s' if n > 1 else ' '}  {a:9.1f}   {b:16.1f}   {a / b:5.2f}×")
+    print(f"  {n:3d} stream{'s' if n > 1 else ' '}  {a:9.1f}   {b:16.1f}   {ratio(a, b):5.2f}×")
 base = first["aggregate_generate_tokens_per_s"][str(streams[0])]
 print(f"  ccinfer {streams[-1]} streams / {streams[0]}: "
-      f"{first['aggregate_generate_tokens_per_s'][str(streams[-1])] / base:.2f}×")
+      f"{ratio(first['aggregate_generate_tokens_per_s'][str(streams[-1])], base):.2f}×")
 print(json.dumps({"ccinfer": mine, "llama_cpp_vulkan": theirs}))

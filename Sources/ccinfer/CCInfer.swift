@@ -77,7 +77,7 @@ struct ModelOptions: ParsableArguments {
     var exact = false
     @Option(
         help: ArgumentHelp(
-            "Invocations sharing each row of a quantized matmul: 1 sums a row in the reference's order (CPU devices, and always with --exact); 2, 4 or 8 split it, added in a fixed order (default: 8 on GPUs, 1 on CPU devices).",
+            "Invocations sharing each row of a quantized matmul: 1 sums a row in the reference's order (CPU devices, and always with --exact); 2, 4 or 8 split it and also split attention's product with v, added in a fixed order (default: 8 on GPUs, fewer where workgroups are small; 1 on CPU devices). Outputs repeat exactly for the same binary, device, driver, arithmetic and split.",
             valueName: "N"))
     var matmulSplit: Int?
     @Option(
@@ -256,7 +256,9 @@ struct Bench: ParsableCommand {
     var streamTokensOut: String?
     @Flag(help: "Print one JSON object instead of a table.") var json = false
 
-    var streamCounts: [Int] { streams.split(separator: ",").compactMap { Int($0) } }
+    var streamCounts: [Int] {
+        streams.split(separator: ",", omittingEmptySubsequences: false).compactMap { Int($0) }
+    }
 
     func validate() throws {
         if let promptTokens, !(1...8192).contains(promptTokens) {
@@ -265,9 +267,10 @@ struct Bench: ParsableCommand {
         guard (1...4096).contains(generate) else { throw ValidationError("--generate must be 1-4096") }
         guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be 1-100") }
         let counts = streamCounts
-        guard counts.count == streams.split(separator: ",").count, !counts.isEmpty,
+        guard counts.count == streams.split(separator: ",", omittingEmptySubsequences: false).count,
+            !counts.isEmpty, Set(counts).count == counts.count,
             counts.allSatisfy({ (1...64).contains($0) && $0 <= options.batch })
-        else { throw ValidationError("--streams must list counts of 1-64, each at most --batch") }
+        else { throw ValidationError("--streams must list different counts of 1-64, each at most --batch") }
     }
 
     func run() throws {

@@ -32,6 +32,7 @@ import Testing
             let model = try Transformer(
                 url: env.model, device: try Lavapipe.device(), contextLength: 512, arithmetic: .fast,
                 matmulShape: shape)
+            #expect(model.matmulShape == shape)
             let logits = try prompts.map { tokens in
                 model.truncate(to: 0)
                 return try model.evaluate(tokens)
@@ -98,7 +99,7 @@ import Testing
             VulkanDeviceInfo(
                 index: 0, name: "test", type: type, apiVersion: "1.3", driverName: "test", driverInfo: "", vendorID: 0,
                 deviceLocalBytes: 0, totalBytes: 0, hasComputeQueue: true, maxStorageBufferRange: 1 << 30,
-                maxWorkgroupInvocations: invocations)
+                maxWorkgroupInvocations: invocations, maxWorkgroupSizeX: invocations, maxWorkgroupSizeY: 64)
         }
         #expect(MatmulShape.preferred(for: device("CPU", invocations: 1024), arithmetic: .fast) == .serial)
         #expect(MatmulShape.preferred(for: device("discrete GPU", invocations: 1024), arithmetic: .fast) == .split8)
@@ -106,5 +107,74 @@ import Testing
             MatmulShape.preferred(for: device("integrated GPU", invocations: 128), arithmetic: .fast)
                 == MatmulShape(rowsPerGroup: 32, split: 4))
         #expect(MatmulShape.preferred(for: device("discrete GPU", invocations: 1024), arithmetic: .exact) == .serial)
+        // Only powers of two, which --matmul-split can name.
+        #expect(
+            MatmulShape.preferred(for: device("discrete GPU", invocations: 192), arithmetic: .fast)
+                == MatmulShape(rowsPerGroup: 32, split: 4))
+        #expect(MatmulShape.split8.attentionWidth(on: device("discrete GPU", invocations: 1024)) == 256)
+        #expect(MatmulShape.split8.attentionWidth(on: device("discrete GPU", invocations: 128)) == 128)
+    }
+
+    /// The split kernels where SmolLM2 does not reach: K-quant weights (rows of two and three
+    /// super-blocks, fewer than the slices), 48 K/V rows (a workgroup of 32 rows left partly
+    /// empty), heads of 48 (not dividing attention's width), splits of 4 and 8, and a prompt of
+    /// over 100 positions (several position slices). Against the exact serial kernels on the same
+    /// file, which are llama.cpp's bits (`ArchitectureTests`, `KQuantKernelTests`): within the
+    /// stated tolerance and not the same bits (the split ran); the same bits in a second run and
+    /// when batched beside another sequence.
+    @Test func splitKernelsOnUnevenShapes() async throws {
+        let env = try References.environment.get()
+        let dir = try TemporaryDirectory("split")
+        let f16 = dir.file("model-f16.gguf")
+        let url = dir.file("model.gguf")
+        try SyntheticModel.make(
+            architecture: "llama", weights: .f16, tokenizerFrom: GGUFFile(url: env.model),
+            shape: .init(embedding: 768, heads: 16, kvHeads: 1, feedForward: 512, layers: 2)
+        ).write(to: f16)
+        try await References.run(["quantize", f16.path, url.path, "Q4_K_M"])  // llama.cpp's own quantizer
+        let text = String(repeating: "The quick brown fox jumps over the lazy dog while the cat sleeps. ", count: 8)
+        struct Run { var logits: [Float]; var again: [Float]; var alone: [Float]; var together: [Float] }
+        let (exact, runs, kquantTypes) = try await SharedModel.queue.run {
+            let device = try Lavapipe.device()
+            let reference = try Transformer(url: url, device: device, contextLength: 256)
+            let types = Set(reference.gguf.tensors.values.compactMap(\.type))
+            let prompt = reference.tokenizer.encode(text, addSpecial: true)
+            let other = reference.tokenizer.encode("Once upon a time", addSpecial: true)
+            let exact = try reference.evaluate(prompt)
+            var runs = [Int: Run]()
+            for split in [1, 4, 8] {
+                let shape = split == 1 ? MatmulShape.serial : MatmulShape(rowsPerGroup: 32, split: split)
+                let model = try Transformer(
+                    url: url, device: device, contextLength: 256, slots: 2, arithmetic: .fast, matmulShape: shape)
+                let logits = try model.evaluate(prompt)
+                model.truncate(slot: 0, to: 0)
+                let again = try model.evaluate(prompt)
+                let next = Sampler.argmax(again)
+                let alone = try model.evaluateNext([(0, next)])[0]
+                model.truncate(slot: 0, to: 0)
+                _ = try model.evaluate(prompt)
+                let first = Sampler.argmax(try model.evaluate(other, slot: 1))
+                let together = try model.evaluateNext([(0, next), (1, first)])[0]
+                runs[split] = Run(logits: logits, again: again, alone: alone, together: together)
+            }
+            return (exact, runs, types)
+        }
+        func same(_ a: [Float], _ b: [Float]) -> Bool {
+            a.count == b.count && zip(a, b).allSatisfy { $0.bitPattern == $1.bitPattern }
+        }
+        let spread = (exact.max() ?? 0) - (exact.min() ?? 0)
+        #expect(spread > 1, "the random model's logits are not degenerate")
+        #expect(kquantTypes.contains(.q4_K) && kquantTypes.contains(.q6_K), "the file holds K-quants: \(kquantTypes)")
+        for split in [1, 4, 8] {
+            let run = runs[split]!
+            let diff = zip(run.logits, exact).map { abs($0 - $1) }.max() ?? .infinity
+            print(
+                "split \(split) on K-quant, 48 K/V rows, heads of 48: max |logit difference| \(diff) of a spread \(spread)"
+            )
+            #expect(diff <= Self.tolerance, "split \(split): logits differ by \(diff)")
+            #expect(same(run.logits, run.again), "split \(split): a second run, the same bits")
+            #expect(same(run.alone, run.together), "split \(split): alone and batched, the same bits")
+            if split > 1 { #expect(!same(run.logits, runs[1]!.logits), "split \(split) sums in its own order") }
+        }
     }
 }

@@ -30,17 +30,24 @@ public struct MatmulShape: Sendable, Equatable, CustomStringConvertible {
     /// One invocation per row, 64 rows per workgroup: the reference's order.
     public static let serial = MatmulShape(rowsPerGroup: 64, split: 1)
     /// 32 neighbouring rows (one NVIDIA warp reads 32 neighbouring blocks) times 8 slices. Any
-    /// split shape also widens attention's workgroups to 256 invocations, which split the
+    /// split shape also widens attention's workgroups (`attentionWidth`), which then split the
     /// product with v among runs of positions.
     public static let split8 = MatmulShape(rowsPerGroup: 32, split: 8)
 
     /// What `device` runs best in `arithmetic`: serial on CPU devices and always for the exact
-    /// arithmetic; on GPUs 8 slices, fewer where the device's workgroups hold fewer than 256
-    /// invocations.
+    /// arithmetic; on GPUs 8 slices, 4 or 2 where the device's workgroups hold fewer than 256
+    /// invocations (a power of two, so that `--matmul-split` can name every shape chosen).
     public static func preferred(for device: VulkanDeviceInfo, arithmetic: Arithmetic) -> MatmulShape {
         if arithmetic == .exact || device.type == "CPU" { return .serial }
-        let split = min(8, Int(device.maxWorkgroupInvocations) / 32)
-        return split >= 2 ? MatmulShape(rowsPerGroup: 32, split: split) : .serial
+        let room = Int(min(device.maxWorkgroupInvocations, device.maxWorkgroupSizeY * 32)) / 32
+        let split = [8, 4, 2].first { $0 <= room } ?? 1
+        return split == 1 ? .serial : MatmulShape(rowsPerGroup: 32, split: split)
+    }
+
+    /// Attention's workgroup width with a split shape: 256, or 128 where the device allows no
+    /// more in one dimension or one workgroup (Vulkan guarantees 128).
+    func attentionWidth(on device: VulkanDeviceInfo) -> Int {
+        min(device.maxWorkgroupInvocations, device.maxWorkgroupSizeX) >= 256 ? 256 : 128
     }
 
     public var description: String { split == 1 ? "serial" : "split \(split)" }
@@ -142,7 +149,8 @@ public final class Transformer: @unchecked Sendable {
         let shape = matmulShape ?? .preferred(for: device.info, arithmetic: arithmetic)
         let most = min(256, Int(device.info.maxWorkgroupInvocations))
         guard (1...16).contains(shape.split), (1...256).contains(shape.rowsPerGroup),
-            shape.split * shape.rowsPerGroup <= most, arithmetic == .fast || shape.split == 1
+            shape.split * shape.rowsPerGroup <= most, shape.split <= device.info.maxWorkgroupSizeY,
+            shape.rowsPerGroup <= device.info.maxWorkgroupSizeX, arithmetic == .fast || shape.split == 1
         else {
             throw InferenceError(
                 .invalidRequest,
@@ -301,9 +309,9 @@ public final class Transformer: @unchecked Sendable {
             // product with v split among runs of positions.
             attention: try device.makeKernel(
                 "attention" + f64, bindings: 6,
-                specialization: [
-                    shape.split == 1 ? Self.workgroup : device.info.maxWorkgroupInvocations >= 256 ? 256 : 128
-                ]),
+                specialization: shape.split == 1
+                    ? [Self.workgroup, 0] : [UInt32(shape.attentionWidth(on: device.info)), 1]
+            ),
             swiglu: try device.makeKernel("swiglu" + f64, bindings: 3),
             matmul: matmul)
 

@@ -7,11 +7,13 @@
 // probabilities p = half(e * float(1/sum)), then the dot of p with v per dimension.
 // The two dot products follow the reference's prompt kernel (flags&4: eight lanes, hsum_float_8)
 // or its one-token kernel (four accumulators of eight lanes over steps of 32, hadd reduce).
-// WG is 64 for the reference's order; wider workgroups (GPUs) split the product with v among
-// position slices (below). Scores live in a scratch row of `ctx` floats per (token, head). Row t attends to positions
+// WG is 64 for the reference's order; with VSLICE (GPUs) it is wider and the product with v is
+// split among position slices (below). Scores live in a scratch row of `ctx` floats per (token, head). Row t attends to positions
 // 0..rowInfo[t].y-1 of the cache region starting at position rowInfo[t].x (its sequence's slot).
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
+// 1: split the product with v among position slices (GPUs, the fast kernels only).
+layout(constant_id = 1) const uint VSLICE = 0;
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
 layout(std430, binding = 1) readonly buffer KC { uint kc[]; };
 layout(std430, binding = 2) readonly buffer VC { uint vc[]; };
@@ -140,11 +142,11 @@ void main() {
     }
     memoryBarrierBuffer();
     barrier();
-    // The product with v: invocation lid takes dimension lid % hd of position slice lid / hd
-    // (runs of 32 positions dealt to the slices in turn). With WG = 64 and hd >= 64 there is
-    // one slice: the reference's order. Wider workgroups (GPUs, the fast kernels) add the slices'
-    // sums in slice order, so the result depends on WG alone.
-    uint slices = WG >= hd ? WG / hd : 1u;
+    // The product with v: one slice (the reference's order) unless VSLICE; then invocation lid
+    // takes dimension lid % hd of position slice lid / hd (runs of 32 positions dealt to the
+    // slices in turn) and the slices' sums are added in slice order, so the result depends on
+    // WG and hd alone.
+    uint slices = VSLICE != 0u && WG >= hd ? WG / hd : 1u;
     uint slice = lid / hd;
     float result = 0.0;
     for (uint d = lid % hd; d < hd && slice < slices; d += WG) {

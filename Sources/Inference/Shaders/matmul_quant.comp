@@ -108,13 +108,5 @@ void main() {
         sums[t] = v;
     }
     if (!combineSlices(sums) || row >= p.rows) return;
-    [[unroll]] for (uint t = 0u; t < TN; t++) {
-        if (t < tokenCount) {
-            precise float v = sums[t];
-            if ((p.flags & 2u) != 0u) v = v + bias[p.rowBase + row];
-            uint at = (tokenBase + t) * p.yStride + p.rowBase + row;
-            if ((p.flags & 1u) != 0u) v = v + y[at];
-            y[at] = v;
-        }
-    }
+    storeRow(sums, row, tokenBase, tokenCount);
 }

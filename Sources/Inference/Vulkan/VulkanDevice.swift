@@ -16,8 +16,11 @@ public struct VulkanDeviceInfo: Sendable, Equatable {
     public let totalBytes: UInt64
     public let hasComputeQueue: Bool
     public let maxStorageBufferRange: UInt32
-    /// The most invocations one workgroup may have (at least 128 on every Vulkan device).
+    /// The most invocations one workgroup may have, in all and along x and y (at least 128, 128
+    /// and 128 on every Vulkan device).
     public let maxWorkgroupInvocations: UInt32
+    public let maxWorkgroupSizeX: UInt32
+    public let maxWorkgroupSizeY: UInt32
 
     public var summary: String {
         let gib = Double(deviceLocalBytes) / Double(1 << 30)
@@ -145,7 +148,9 @@ public final class VulkanInstance: @unchecked Sendable {
             vendorID: props.vendorID, deviceLocalBytes: deviceLocal, totalBytes: total,
             hasComputeQueue: computeQueueFamily(device) != nil,
             maxStorageBufferRange: props.limits.maxStorageBufferRange,
-            maxWorkgroupInvocations: props.limits.maxComputeWorkGroupInvocations)
+            maxWorkgroupInvocations: props.limits.maxComputeWorkGroupInvocations,
+            maxWorkgroupSizeX: props.limits.maxComputeWorkGroupSize.0,
+            maxWorkgroupSizeY: props.limits.maxComputeWorkGroupSize.1)
     }
 
     static func computeQueueFamily(_ device: VkPhysicalDevice) -> UInt32? {
