@@ -61,6 +61,8 @@ if not named or "assigned to device Vulkan0" not in single.stderr:
 theirs = json.loads(single.stdout)
 # Both on one device: ccinfer's device 0 and the one llama.cpp names (GGML_VK_VISIBLE_DEVICES=0).
 mine_name = mine[0]["device"].split(": ", 1)[-1].split(" (", 1)[0]
+if "(CPU," in mine[0]["device"]:
+    raise SystemExit(f"engine_compare: device 0 is a CPU device ({mine[0]['device']}); this comparison is for GPUs")
 if not named[0].startswith(mine_name):
     raise SystemExit(f"engine_compare: ccinfer ran on {mine_name!r} but llama.cpp on {named[0]!r}")
 batched = json.loads(run([sys.executable, bench, "batched", args.streams, args.model, stream_file,

@@ -77,7 +77,7 @@ struct ModelOptions: ParsableArguments {
     var exact = false
     @Option(
         help: ArgumentHelp(
-            "Invocations sharing each row of a quantized matmul: 1 sums a row in the reference's order (CPU devices, and always with --exact); 2, 4 or 8 split it and also split attention's product with v, added in a fixed order (default: 8 on GPUs, fewer where workgroups are small; 1 on CPU devices). Outputs repeat exactly for the same binary, device, driver, arithmetic and split.",
+            "Invocations sharing each row of a quantized matmul: 1 sums a row in the reference's order (CPU devices, and always with --exact); 2, 4 or 8 split it and also split attention's product with v, added in a fixed order (default: 8 on GPUs, 4 where workgroups are small; 1 on CPU devices). Outputs repeat exactly for the same binary, device, driver, arithmetic and split.",
             valueName: "N"))
     var matmulSplit: Int?
     @Option(

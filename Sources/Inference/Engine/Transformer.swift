@@ -35,11 +35,11 @@ public struct MatmulShape: Sendable, Equatable, CustomStringConvertible {
     public static let split8 = MatmulShape(rowsPerGroup: 32, split: 8)
 
     /// What `device` runs best in `arithmetic`: serial on CPU devices and always for the exact
-    /// arithmetic; on GPUs 8 slices, 4 or 2 where the device's workgroups hold fewer than 256
+    /// arithmetic; on GPUs 8 slices, 4 where the device's workgroups hold fewer than 256
     /// invocations (a power of two, so that `--matmul-split` can name every shape chosen).
     public static func preferred(for device: VulkanDeviceInfo, arithmetic: Arithmetic) -> MatmulShape {
         if arithmetic == .exact || device.type == "CPU" { return .serial }
-        let room = Int(min(device.maxWorkgroupInvocations, device.maxWorkgroupSizeY * 32)) / 32
+        let room = min(Int(device.maxWorkgroupInvocations) / 32, Int(device.maxWorkgroupSizeY))
         let split = [8, 4, 2].first { $0 <= room } ?? 1
         return split == 1 ? .serial : MatmulShape(rowsPerGroup: 32, split: split)
     }
@@ -154,7 +154,7 @@ public final class Transformer: @unchecked Sendable {
         else {
             throw InferenceError(
                 .invalidRequest,
-                "matmul shape \(shape.rowsPerGroup) rows × \(shape.split) slices: at most \(most) invocations on this device, at most 16 slices, and one slice for the exact arithmetic"
+                "matmul shape \(shape.rowsPerGroup) rows × \(shape.split) slices: at most \(most) invocations on this device and within its workgroup sizes (\(device.info.maxWorkgroupSizeX) × \(device.info.maxWorkgroupSizeY)), at most 16 slices, and one slice for the exact arithmetic"
             )
         }
         self.arithmetic = arithmetic
