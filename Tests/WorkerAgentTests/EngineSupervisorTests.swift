@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import WorkerAgent
+@testable import WorkerAgent
 
 /// The engine supervisor with real processes: no engine outlives its worker.
 @Suite struct EngineSupervisorTests {
@@ -65,5 +65,35 @@ import WorkerAgent
         #expect(supervisor.enginePID == nil, "restarted after stop")
         task.cancel()
         await task.value
+    }
+
+    /// Threat (to availability): the check that the engine owns its port misreading a busy
+    /// host. /proc/net/tcp with hundreds of sockets is far longer than the first page Foundation
+    /// reads; the listener opened last must still be found.
+    @Test func listenersFoundInALongSocketTable() throws {
+        var descriptors = [Int32]()
+        defer { descriptors.forEach { close($0) } }
+        func listen() -> (fd: Int32, port: Int) {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, length) == 0 && Glibc.listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0
+                }
+            }
+            descriptors.append(fd)
+            return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+        }
+        for _ in 0..<300 { _ = listen() }
+        let last = listen()
+        let table = try #require(EngineSupervisor.procFile("/proc/net/tcp"))
+        #expect(table.utf8.count > 300 * 100, "the whole table was read (\(table.utf8.count) bytes)")
+        let inodes = EngineSupervisor.listeningInodes(port: last.port)
+        #expect(inodes.count == 1, "the last listener's line is found")
+        let mine = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(last.fd)")
+        #expect(inodes.map { "socket:[\($0)]" } == [mine])
     }
 }

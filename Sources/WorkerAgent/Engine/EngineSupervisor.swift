@@ -180,7 +180,7 @@ extension EngineSupervisor {
     /// Inodes of the Unix stream sockets listening at `path` (/proc/net/unix: flags
     /// __SO_ACCEPTCON, type SOCK_STREAM; the path is the rest of the line after the inode).
     static func listeningInodes(unixPath path: String) -> Set<String> {
-        guard let text = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else { return [] }
+        guard let text = procFile("/proc/net/unix") else { return [] }
         var inodes = Set<String>()
         for line in text.split(separator: "\n").dropFirst() {
             var rest = line[...]
@@ -196,11 +196,31 @@ extension EngineSupervisor {
         return inodes
     }
 
+    /// A /proc file read to its end. Procfs reports a size of zero and Foundation's file readers
+    /// stop after the first page (about 4 KiB): on a host with a few dozen sockets the listener's
+    /// line in /proc/net/tcp lay beyond it, and the engine was taken for a stranger.
+    static func procFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0, errno == EINTR { continue }
+            guard n >= 0 else { return nil }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[..<n])
+            guard bytes.count <= 64 << 20 else { return nil }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     /// Inodes of the TCP sockets listening on `port` (IPv4 and IPv6).
     static func listeningInodes(port: Int) -> Set<String> {
         var inodes = Set<String>()
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            guard let text = try? String(contentsOfFile: table, encoding: .utf8) else { continue }
+            guard let text = procFile(table) else { continue }
             for line in text.split(separator: "\n").dropFirst() {
                 let fields = line.split(separator: " ", omittingEmptySubsequences: true)
                 guard fields.count > 9, fields[3] == "0A", let colon = fields[1].lastIndex(of: ":"),
