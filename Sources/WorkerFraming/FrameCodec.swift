@@ -2,7 +2,7 @@ import Foundation
 import NIOCore
 import WorkerProtocol
 
-/// Decodes length-prefixed JSON frames into messages.
+/// Decodes length-prefixed frames into messages (JSON, or binary for `sealed`).
 ///
 /// Cap: ``WireMessage/maxFrameSize``, checked on the length prefix before the body is buffered.
 public struct WireFrameDecoder: ByteToMessageDecoder {
@@ -18,7 +18,7 @@ public struct WireFrameDecoder: ByteToMessageDecoder {
         guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: 4)
         let body = buffer.readSlice(length: Int(length))!
-        context.fireChannelRead(wrapInboundOut(try Self.message(from: body)))
+        context.fireChannelRead(wrapInboundOut(try WireMessage(frameBody: body.readableBytesView)))
         return .continue
     }
 
@@ -29,25 +29,17 @@ public struct WireFrameDecoder: ByteToMessageDecoder {
         if buffer.readableBytes > 0 { throw FrameError.malformed("connection closed inside a frame") }
         return .needMoreData
     }
-
-    static func message(from body: ByteBuffer) throws -> WireMessage {
-        do {
-            return try JSONDecoder().decode(WireMessage.self, from: Data(body.readableBytesView))
-        } catch {
-            throw FrameError.malformed(String(describing: error).prefix(200).description)
-        }
-    }
 }
 
-/// Encodes messages as length-prefixed JSON frames.
+/// Encodes messages as length-prefixed frames.
 public struct WireFrameEncoder: MessageToByteEncoder {
     public typealias OutboundIn = WireMessage
     public init() {}
 
     public func encode(data: WireMessage, out: inout ByteBuffer) throws {
-        let json = try JSONEncoder().encode(data)
-        guard json.count <= WireFrameDecoder.maxFrameSize else { throw FrameError.tooLarge(json.count) }
-        out.writeInteger(UInt32(json.count))
-        out.writeBytes(json)
+        let body = try data.frameBody()
+        guard body.count <= WireFrameDecoder.maxFrameSize else { throw FrameError.tooLarge(body.count) }
+        out.writeInteger(UInt32(body.count))
+        out.writeBytes(body)
     }
 }

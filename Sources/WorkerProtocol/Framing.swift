@@ -23,14 +23,15 @@ public enum FrameError: Error, Equatable, CustomStringConvertible {
 }
 
 extension WireMessage {
-    /// The largest frame body either side accepts. A sealed chunk of at most 1 MiB becomes about
-    /// 1.4 MiB of base64 JSON; frames above 2 MiB are refused before any of their bytes are buffered.
+    /// The largest frame body either side accepts. A sealed chunk of at most 1 MiB travels as a
+    /// binary frame of about that size; frames above 2 MiB are refused before any of their bytes
+    /// are buffered.
     public static let maxFrameSize = 2 << 20
 
     /// The frame bytes for this message (for tests and raw clients).
     public func frame() throws -> Data {
-        let json = try JSONEncoder().encode(self)
-        var length = UInt32(json.count).bigEndian
-        return Data(bytes: &length, count: 4) + json
+        let body = try frameBody()
+        var length = UInt32(body.count).bigEndian
+        return Data(bytes: &length, count: 4) + body
     }
 }

@@ -37,7 +37,7 @@ public enum WireMessage: Sendable, Equatable {
         /// recorded challenge cannot be replayed to this worker.
         public var workerNonce: Data
 
-        public static let currentVersion = 2
+        public static let currentVersion = 3
 
         enum CodingKeys: String, CodingKey { case protocolVersion, workerID, kemPublicKey, models, workerNonce }
 
@@ -204,8 +204,8 @@ extension WireMessage: Codable {
     }
 }
 
-/// Contents of `sealed` messages, after opening.
-public enum ChannelPayload: Codable, Sendable, Equatable {
+/// Contents of `sealed` messages, after opening (in the binary form of BinaryCoding.swift).
+public enum ChannelPayload: Sendable, Equatable {
     /// Gateway → worker: an API request to forward to the engine.
     case request(id: UInt64, method: String, path: String, body: Data)
     /// Worker → gateway: the engine's response status and content type.

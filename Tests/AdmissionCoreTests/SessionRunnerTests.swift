@@ -124,7 +124,7 @@ import WorkerProtocol
         let opener = ChannelOpener(sessionKey: key, sessionID: session, direction: .gatewayToWorker)
         // Sealed: after admission the gateway says nothing in the clear.
         guard case .sealed(let box)? = await connection.next(),
-            case .challenge(let nonce)? = try? JSONDecoder().decode(ChannelPayload.self, from: opener.open(box))
+            case .challenge(let nonce)? = try? ChannelPayload(decoding: opener.open(box))
         else {
             Issue.record("no sealed re-attestation challenge")
             return
@@ -176,14 +176,14 @@ import WorkerProtocol
             return
         }
         let opener = ChannelOpener(sessionKey: key, sessionID: session, direction: .gatewayToWorker)
-        let request = try JSONDecoder().decode(ChannelPayload.self, from: try opener.open(box))
+        let request = try ChannelPayload(decoding: try opener.open(box))
         #expect(request == .request(id: id, method: "POST", path: "/v1/completions", body: Data("{}".utf8)))
         let sealer = ChannelSealer(sessionKey: key, sessionID: session, direction: .workerToGateway)
         for payload in [
             ChannelPayload.head(id: id, status: 200, contentType: "text/event-stream"),
             .data(id: id, bytes: Data("data: 1\n\n".utf8)),
         ] {
-            try sealer.seal(try JSONEncoder().encode(payload)) { connection.deliver(.sealed($0)) }
+            try sealer.seal(payload.encoded()) { connection.deliver(.sealed($0)) }
         }
         // A forged frame: the channel refuses it, and the session ends.
         connection.deliver(.sealed(Data(repeating: 0xAA, count: 64)))
@@ -201,7 +201,7 @@ import WorkerProtocol
         #expect(evictions.first?.reasons == [ProtocolErrorCode.channelAuthentication.rawValue])
         // Told inside the channel: nobody else can end a worker's session.
         guard case .sealed(let farewell)? = await connection.next(),
-            case .ended(let code, _, _)? = try? JSONDecoder().decode(ChannelPayload.self, from: opener.open(farewell))
+            case .ended(let code, _, _)? = try? ChannelPayload(decoding: opener.open(farewell))
         else {
             Issue.record("the worker was not told, sealed")
             return
@@ -288,7 +288,7 @@ import WorkerProtocol
         #expect(core.registry.admission(workerID: "w1", sessionID: session)?.facts.tcbStatus == "UpToDate")
         // Sealed: after admission the gateway says nothing in the clear.
         guard case .sealed(let box)? = await connection.next(),
-            case .challenge(let nonce)? = try? JSONDecoder().decode(ChannelPayload.self, from: opener.open(box))
+            case .challenge(let nonce)? = try? ChannelPayload(decoding: opener.open(box))
         else {
             Issue.record("no sealed re-attestation challenge")
             return
@@ -339,7 +339,7 @@ import WorkerProtocol
         var written = [ChannelPayload]()
         while let message = await connection.nextSent() {
             guard case .sealed(let box) = message else { continue }
-            written.append(try JSONDecoder().decode(ChannelPayload.self, from: opener.open(box)))
+            written.append(try ChannelPayload(decoding: opener.open(box)))
         }
         #expect(written == [.ended(code: "admin.evicted", message: "bye", judged: nil)])
     }

@@ -51,11 +51,11 @@ enum HostileWorker {
                     opener = ChannelOpener(sessionKey: key, sessionID: admitted.sessionID, direction: .gatewayToWorker)
                 case .sealed(let box):
                     guard let sealer, let opener else { return message }
-                    let payload = try JSONDecoder().decode(ChannelPayload.self, from: try opener.open(box))
+                    let payload = try ChannelPayload(decoding: try opener.open(box))
                     guard case .request(let requestID, _, _, _) = payload else { continue }
                     var frames = [WireMessage]()
                     for reply in answer(requestID) {
-                        try sealer.seal(try JSONEncoder().encode(reply)) { frames.append(.sealed($0)) }
+                        try sealer.seal(reply.encoded()) { frames.append(.sealed($0)) }
                     }
                     for frame in frames { try await outbound.write(frame) }
                 default:

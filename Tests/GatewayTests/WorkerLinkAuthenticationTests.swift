@@ -67,7 +67,7 @@ import WorkerProtocol
 
         // The gateway's own signed challenge, replayed in the clear into the admitted session.
         let replayed = try #require(proxy.firstFrameToWorker())
-        guard case .challenge = try JSONDecoder().decode(WireMessage.self, from: replayed.dropFirst(4)) else {
+        guard case .challenge = try WireMessage(frameBody: replayed.dropFirst(4)) else {
             Issue.record("the first frame to the worker was not the challenge")
             return
         }
@@ -102,7 +102,7 @@ import WorkerProtocol
         #expect(ending?.code == ProtocolErrorCode.adminEvicted.rawValue && ending?.authenticated == true)
         // After the handshake, every frame the gateway sent was sealed.
         let types = proxy.framesToWorker().compactMap {
-            try? JSONDecoder().decode(WireMessage.self, from: $0.dropFirst(4))
+            try? WireMessage(frameBody: $0.dropFirst(4))
         }
         .map(\.typeName)
         #expect(Array(types.prefix(3)) == ["challenge", "activate", "admitted"], "\(types)")

@@ -50,15 +50,15 @@ public final class WorkerLink: Sendable {
 
     /// Queues a payload for the writer.
     package func send(_ payload: ChannelPayload) throws {
-        let json = try JSONEncoder().encode(payload)
-        guard json.count <= ChannelSealer.maxMessageSize else { throw SealingError.tooLarge(json.count) }
+        let size = payload.encoded().count
+        guard size <= ChannelSealer.maxMessageSize else { throw SealingError.tooLarge(size) }
         outbox.yield(payload)
     }
 
     /// Seals a payload as the writer puts it on the wire: the next sequence number.
     package func seal(_ payload: ChannelPayload) throws -> Data {
         var sealed = Data()
-        try sealer.seal(try JSONEncoder().encode(payload)) { sealed = $0 }
+        try sealer.seal(payload.encoded()) { sealed = $0 }
         return sealed
     }
 

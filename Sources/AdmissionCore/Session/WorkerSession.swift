@@ -222,7 +222,7 @@ public struct WorkerSession: Sendable {
     static func problem(with hello: WireMessage.Hello) -> String? {
         guard hello.protocolVersion == WireMessage.Hello.currentVersion else {
             return
-                "protocol version \(hello.protocolVersion) is not supported (\(WireMessage.Hello.currentVersion): the gateway signs the handshake)"
+                "protocol version \(hello.protocolVersion) is not supported (\(WireMessage.Hello.currentVersion): the gateway signs the handshake, and traffic travels in binary sealed frames)"
         }
         guard hello.workerNonce.count == 32 else { return "worker nonce must be 32 bytes" }
         let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_.:"))

@@ -308,7 +308,7 @@ public struct WorkerSessionRunner: Sendable {
             do { plain = try link.opener.open(box) } catch {
                 return endSession(machine, .channelAuthentication, "\(error)")
             }
-            guard let payload = try? JSONDecoder().decode(ChannelPayload.self, from: plain) else {
+            guard let payload = try? ChannelPayload(decoding: plain) else {
                 return endSession(machine, .malformedFrame, "sealed payload is not a channel message")
             }
             link.deliver(payload)

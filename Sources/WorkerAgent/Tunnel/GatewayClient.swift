@@ -138,8 +138,7 @@ public final class GatewayClient: Sendable {
         }
 
         func send(_ payload: ChannelPayload) throws {
-            let json = try JSONEncoder().encode(payload)
-            try sealer.seal(json) { outbox.yield(.sealed($0)) }
+            try sealer.seal(payload.encoded()) { outbox.yield(.sealed($0)) }
         }
     }
 
@@ -220,7 +219,7 @@ public final class GatewayClient: Sendable {
                     code: ProtocolErrorCode.channelAuthentication.rawValue, message: "a sealed message did not open",
                     authenticated: false)
             }
-            switch try JSONDecoder().decode(ChannelPayload.self, from: plain) {
+            switch try ChannelPayload(decoding: plain) {
             case .challenge(let nonce):
                 try await attest(nonce: nonce, proofFor: nil, reattestation: true, &machine, outbox: outbox)
             case .ended(let code, let message, let judged):
