@@ -71,7 +71,14 @@ import WorkerAgent
         #expect(client.socketPath == server.path && client.address == "unix:" + server.path)
         let me = getpid()
         client.expectedPeer = { me }
-        #expect(await client.isReady(), "the expected process answers")
+        // The expected process answers (the error, if any, is reported).
+        var status = 0
+        do {
+            try await client.send(
+                method: "GET", path: "/v1/models", body: Data(), onHead: { code, _ in status = code },
+                onData: { _ in })
+        } catch { Issue.record("the expected process did not answer: \(error)") }
+        #expect(status == 200)
         let sent = server.bytesReceived
         #expect(sent > 0)
 

@@ -118,9 +118,13 @@ public struct EngineClient: Sendable {
             head.headers.add(name: "Content-Length", value: String(body.count))
             head.headers.add(name: "Connection", value: "close")
             for (name, value) in extra { head.headers.add(name: name, value: value) }
-            try await outbound.write(.head(head))
-            if !body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-            try await outbound.write(.end(nil))
+            // The whole request in one write: an engine that answers as soon as it has read the
+            // head, and closes, must not find the rest of the request still to come (the close
+            // would fail the late write and lose the answer).
+            var parts: [HTTPClientRequestPart] = [.head(head)]
+            if !body.isEmpty { parts.append(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
+            parts.append(.end(nil))
+            try await outbound.write(contentsOf: parts)
             var sawHead = false
             for try await part in inbound {
                 switch part {
