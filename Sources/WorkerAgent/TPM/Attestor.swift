@@ -5,7 +5,14 @@ import WorkerProtocol
 
 /// The worker's attestation: one TPM, one attestation key, and the measurement log of the engine
 /// binary and model measured at start. Serializes TPM access (one ESYS context, one caller).
+///
+/// TPM commands block their thread on device I/O (tens of milliseconds, seconds for key
+/// creation): the actor runs them on a thread of its own (``TPMExecutor``), never on one of the
+/// few threads of Swift's cooperative pool that the worker's connection to the gateway and its
+/// engine traffic run on.
 public actor Attestor {
+    private nonisolated let executor = TPMExecutor()
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
     let device: TPMDevice
     let key: AttestationKey
     public private(set) var log: IMALog
@@ -92,5 +99,17 @@ public actor Attestor {
     public func activateCredential(_ challenge: WireMessage.Activate) throws -> Data {
         try device.activateCredential(
             key: key, credentialBlob: challenge.credentialBlob, encryptedSecret: challenge.encryptedSecret)
+    }
+}
+
+/// A serial executor on one dispatch queue of its own: dispatch runs such a queue on a thread
+/// outside the cooperative pool, so blocking TPM I/O holds no thread that other work waits for.
+final class TPMExecutor: SerialExecutor {
+    private let queue = DispatchQueue(label: "ccworker.tpm")
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedSerialExecutor()
+        queue.async { job.runSynchronously(on: executor) }
     }
 }
