@@ -124,7 +124,7 @@ func engineComparison(
     let exact = device.hasFloat64 ? try measure(.exact) : nil
 
     let tokensFile = FileManager.default.temporaryDirectory.appendingPathComponent("ccinfer-bench-\(getpid()).json")
-    try Data("[\(prompt.map(String.init).joined(separator: ","))]".utf8).write(to: tokensFile)
+    try EngineBench.writeTokenIDs(prompt, to: tokensFile)
     defer { try? FileManager.default.removeItem(at: tokensFile) }
     let script = root.appendingPathComponent("Benchmarks/ccgate-bench/llama_bench.py").path
     func baseline(_ python: String, vulkan: Bool) -> (pp: Double, tg: Double, device: String)? {

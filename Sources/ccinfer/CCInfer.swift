@@ -287,8 +287,7 @@ struct Bench: ParsableCommand {
             for (path, tokens) in [(tokensOut, prompt), (streamTokensOut, streamPrompt)] {
                 guard let path else { continue }
                 do {
-                    try Data("[\(tokens.map(String.init).joined(separator: ","))]".utf8).write(
-                        to: URL(fileURLWithPath: path))
+                    try EngineBench.writeTokenIDs(tokens, to: URL(fileURLWithPath: path))
                 } catch {
                     throw InferenceError(.invalidRequest, "cannot write \(path): \(error.localizedDescription)")
                 }

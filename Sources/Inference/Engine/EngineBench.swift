@@ -77,4 +77,10 @@ public enum EngineBench {
         }
         return rates
     }
+
+    /// Writes token ids as a JSON array of integers: the prompt another engine is given, so that
+    /// both engines process the same tokens.
+    public static func writeTokenIDs(_ tokens: [Int], to url: URL) throws {
+        try Data("[\(tokens.map(String.init).joined(separator: ","))]".utf8).write(to: url)
+    }
 }
