@@ -224,7 +224,8 @@ let package = Package(
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
         .testTarget(
-            name: "WorkerAgentTests", dependencies: ["WorkerAgent", "WorkerProtocol", "Sealing", "AttestationCore"],
+            name: "WorkerAgentTests",
+            dependencies: ["WorkerAgent", "WorkerProtocol", "Sealing", "AttestationCore", "TestSupport"],
             swiftSettings: strict),
         .testTarget(
             name: "AdmissionCoreTests",

@@ -37,20 +37,22 @@ import Testing
     ]
 
     @Test(arguments: cases)
-    func opensslSignaturesVerify(_ c: KeyCase) throws {
+    func opensslSignaturesVerify(_ c: KeyCase) async throws {
         let dir = try TemporaryDirectory()
         let message = Data("TPMS_ATTEST stand-in \(c)".utf8)
         try message.write(to: dir.file("msg"))
         try #require(
-            try ProcessRunner.run("openssl", ["genpkey"] + c.genArgs + ["-out", "key.pem"], currentDirectory: dir.url)
-                .status == 0)
+            try await ProcessRunner.run(
+                "openssl", ["genpkey"] + c.genArgs + ["-out", "key.pem"], currentDirectory: dir.url
+            )
+            .status == 0)
         try #require(
-            try ProcessRunner.run(
+            try await ProcessRunner.run(
                 "openssl", ["pkey", "-in", "key.pem", "-pubout", "-outform", "DER", "-out", "pub.der"],
                 currentDirectory: dir.url
             ).status == 0)
         try #require(
-            try ProcessRunner.run(
+            try await ProcessRunner.run(
                 "openssl", ["dgst"] + c.signArgs + ["-sign", "key.pem", "-out", "sig", "msg"],
                 currentDirectory: dir.url
             ).status == 0)
@@ -75,15 +77,15 @@ import Testing
     }
 
     /// Threat: forging under a factorable key. RSA below 2048 bits is refused outright.
-    @Test func shortRSAKeysAreRefused() throws {
+    @Test func shortRSAKeysAreRefused() async throws {
         let dir = try TemporaryDirectory()
         try #require(
-            try ProcessRunner.run(
+            try await ProcessRunner.run(
                 "openssl", ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out", "k.pem"],
                 currentDirectory: dir.url
             ).status == 0)
         try #require(
-            try ProcessRunner.run(
+            try await ProcessRunner.run(
                 "openssl", ["pkey", "-in", "k.pem", "-pubout", "-outform", "DER", "-out", "p.der"],
                 currentDirectory: dir.url
             ).status == 0)
@@ -91,15 +93,15 @@ import Testing
     }
 
     /// A key rebuilt from its raw parts (as TPM structures carry it) equals the DER original.
-    @Test func rawPartsRebuildTheSameKey() throws {
+    @Test func rawPartsRebuildTheSameKey() async throws {
         let dir = try TemporaryDirectory()
         try #require(
-            try ProcessRunner.run(
+            try await ProcessRunner.run(
                 "openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "k.pem"],
                 currentDirectory: dir.url
             ).status == 0)
         try #require(
-            try ProcessRunner.run(
+            try await ProcessRunner.run(
                 "openssl", ["pkey", "-in", "k.pem", "-pubout", "-outform", "DER", "-out", "p.der"],
                 currentDirectory: dir.url
             ).status == 0)

@@ -115,7 +115,7 @@ final class GatewayProcess: @unchecked Sendable {
 
     @Test func killedGatewayKeepsEveryAcknowledgedDecision() async throws {
         let dir = try TemporaryDirectory("crash")
-        let tpm = try Swtpm.start()
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         try Data("crash-test engine".utf8).write(to: dir.file("engine"))
         try Data("crash-test model".utf8).write(to: dir.file("model.gguf"))
@@ -133,7 +133,7 @@ final class GatewayProcess: @unchecked Sendable {
             """.utf8
         ).write(to: policy)
         let data = dir.file("data")
-        let gateway = try GatewayProcess(data: data, policy: policy, in: dir)
+        let gateway = try await offPool { try GatewayProcess(data: data, policy: policy, in: dir) }
         defer { gateway.stop() }
         let attestor = try Attestor(
             tcti: tpm.tcti, files: [dir.file("engine"), dir.file("model.gguf")],
@@ -186,7 +186,7 @@ final class GatewayProcess: @unchecked Sendable {
         #expect(wasKilled)
 
         // Restart on the same data directory; export through the admin API and verify offline.
-        let restarted = try GatewayProcess(data: data, policy: policy, in: dir)
+        let restarted = try await offPool { try GatewayProcess(data: data, policy: policy, in: dir) }
         defer { restarted.stop() }
         let export = dir.file("audit.jsonl")
         let exported = try await ProcessRunner.run(

@@ -14,11 +14,11 @@ import Testing
     }
 
     @Test(arguments: dcapCases)
-    func sharedCasesThroughTheCLI(_ c: SharedTestData.Case) throws {
+    func sharedCasesThroughTheCLI(_ c: SharedTestData.Case) async throws {
         var args = ["evidence", "verify", SharedTestData.url(c.envelope).path, "--at", c.verify_at, "--json"]
         if let nonce = c.nonce_hex { args += ["--nonce", nonce] }
         for root in c.roots ?? [] { args += ["--root", SharedTestData.url(root).path] }
-        let result = try ProcessRunner.run(Self.ccgate, args)
+        let result = try await ProcessRunner.run(Self.ccgate, args)
         let object = try json(result)
         #expect(object["verdict"] as? String == c.expect.verdict, "\(c.id): \(object["reasons"] ?? "")")
         #expect(result.status == (c.expect.verdict == "accept" ? 0 : 1))
@@ -32,15 +32,15 @@ import Testing
 
     /// Offline mode: a quote without collateral is rejected, then accepted once its collateral is
     /// imported into a cache directory, and the verdict names the cache.
-    @Test func importedCollateralVerifiesAQuoteWithoutIt() throws {
+    @Test func importedCollateralVerifiesAQuoteWithoutIt() async throws {
         let dir = try TemporaryDirectory()
         let bare = SharedTestData.url("tdx/cocoon-quote-no-collateral.json").path
         let at = "2026-03-01T00:00:00Z"
-        let before = try ProcessRunner.run(
+        let before = try await ProcessRunner.run(
             Self.ccgate, ["evidence", "verify", bare, "--at", at, "--collateral-dir", dir.url.path, "--json"])
         #expect(try json(before)["reason"] as? String == "collateral.missing")
 
-        let imported = try ProcessRunner.run(
+        let imported = try await ProcessRunner.run(
             Self.ccgate,
             [
                 "collateral", "import", "--dir", dir.url.path, "--at", at,
@@ -48,7 +48,7 @@ import Testing
             ])
         #expect(imported.status == 0, "\(imported.stderr)")
         #expect(imported.stdout.contains("4 added"))
-        let again = try ProcessRunner.run(
+        let again = try await ProcessRunner.run(
             Self.ccgate,
             [
                 "collateral", "import", "--dir", dir.url.path, "--at", at,
@@ -56,13 +56,13 @@ import Testing
             ])
         #expect(again.stdout.contains("0 added, 0 replaced, 4 kept"))
 
-        let listed = try ProcessRunner.run(
+        let listed = try await ProcessRunner.run(
             Self.ccgate, ["collateral", "list", "--dir", dir.url.path, "--at", at, "--json"])
         let lines = listed.stdout.split(separator: "\n")
         #expect(lines.count == 4)
         #expect(lines.allSatisfy { $0.contains("\"state\":\"current\"") })
 
-        let after = try ProcessRunner.run(
+        let after = try await ProcessRunner.run(
             Self.ccgate, ["evidence", "verify", bare, "--at", at, "--collateral-dir", dir.url.path, "--json"])
         let object = try json(after)
         #expect(after.status == 0, "\(object)")
@@ -70,9 +70,9 @@ import Testing
     }
 
     /// The shipped Cocoon policy admits the Cocoon image and no other genuine TD.
-    @Test func cocoonPolicyPinsTheImageHash() throws {
+    @Test func cocoonPolicyPinsTheImageHash() async throws {
         let policy = SharedTestData.packageRoot.appendingPathComponent("Policies/cocoon-tdx.yaml").path
-        let cocoon = try ProcessRunner.run(
+        let cocoon = try await ProcessRunner.run(
             Self.ccgate,
             [
                 "evidence", "verify", SharedTestData.url("tdx/cocoon-quote-d5-collateral.json").path, "--at",
@@ -80,7 +80,7 @@ import Testing
                 "--policy", policy, "--json",
             ])
         #expect(cocoon.status == 0, "\(cocoon.stdout)")
-        let other = try ProcessRunner.run(
+        let other = try await ProcessRunner.run(
             Self.ccgate,
             [
                 "evidence", "verify", SharedTestData.url("tdx/d2-near-gas-test.json").path, "--at",
@@ -91,10 +91,10 @@ import Testing
         #expect(try json(other)["reason"] as? String == "policy.measurement-not-allowed")
     }
 
-    @Test func garbageBundleIsAClearError() throws {
+    @Test func garbageBundleIsAClearError() async throws {
         let dir = try TemporaryDirectory()
         try Data("{\"tcb_info\": 3}".utf8).write(to: dir.file("bad.json"))
-        let result = try ProcessRunner.run(
+        let result = try await ProcessRunner.run(
             Self.ccgate, ["collateral", "import", "--dir", dir.file("cache").path, dir.file("bad.json").path])
         #expect(result.status == 2)
         #expect(result.stderr.contains("bad.json"))

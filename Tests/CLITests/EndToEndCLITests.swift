@@ -12,29 +12,31 @@ import Testing
     static let ccgate = EvidenceVerifyCLITests.ccgate
 
     /// An engine that echoes the last user message: as JSON, or as 16 events 0.4 s apart.
-    static func echoEngine(in dir: TemporaryDirectory) throws -> PythonServer {
-        try PythonServer(
-            [
-                PythonServer.modelsHandler,
-                """
-                class H(Models):
-                    def do_POST(self):
-                        req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-                        said = req["messages"][-1]["content"]
-                        if not req.get("stream"):
-                            body = json.dumps({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo " + said}}], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}).encode()
-                            self.send_response(200); self.send_header("Content-Type", "application/json")
-                            self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body); return
-                        self.send_response(200); self.send_header("Content-Type", "text/event-stream")
-                        self.send_header("Connection", "close"); self.end_headers()
-                        for i in range(16):
-                            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "%s tick-%d " % (said, i)}}]}
-                            self.wfile.write(("data: " + json.dumps(chunk) + "\\n\\n").encode()); self.wfile.flush()
-                            time.sleep(0.4)
-                        self.wfile.write(b"data: [DONE]\\n\\n"); self.wfile.flush()
+    static func echoEngine(in dir: TemporaryDirectory) async throws -> PythonServer {
+        try await offPool {
+            try PythonServer(
+                [
+                    PythonServer.modelsHandler,
+                    """
+                    class H(Models):
+                        def do_POST(self):
+                            req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+                            said = req["messages"][-1]["content"]
+                            if not req.get("stream"):
+                                body = json.dumps({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": "echo " + said}}], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}).encode()
+                                self.send_response(200); self.send_header("Content-Type", "application/json")
+                                self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body); return
+                            self.send_response(200); self.send_header("Content-Type", "text/event-stream")
+                            self.send_header("Connection", "close"); self.end_headers()
+                            for i in range(16):
+                                chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "%s tick-%d " % (said, i)}}]}
+                                self.wfile.write(("data: " + json.dumps(chunk) + "\\n\\n").encode()); self.wfile.flush()
+                                time.sleep(0.4)
+                            self.wfile.write(b"data: [DONE]\\n\\n"); self.wfile.flush()
 
-                """, PythonServer.serveH,
-            ], in: dir)
+                    """, PythonServer.serveH,
+                ], in: dir)
+        }
     }
 
     /// `ccgate client proxy` as a process.
@@ -128,8 +130,8 @@ import Testing
         }
         defer { gateway.stop() }
         let api = "http://127.0.0.1:\(gateway.ports["api"]!)"
-        let echo = try Self.echoEngine(in: dir)
-        let tpm = try Swtpm.start()
+        let echo = try await Self.echoEngine(in: dir)
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let worker = try gateway.startWorker(
             id: "e2e-worker", tpm: tpm, engine: dir.file("engine"), model: dir.file("model.gguf"), enginePort: echo.port

@@ -8,21 +8,6 @@ import Testing
 @Suite(.serialized) struct MeasuredEngineCLITests {
     static var ccworker: String { EvidenceVerifyCLITests.binDirectory.appendingPathComponent("ccworker").path }
 
-    static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
-
     /// The children of `pid` (from /proc).
     static func children(of pid: Int32) -> [Int32] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
@@ -62,7 +47,7 @@ import Testing
     /// allow_unmeasured_engine) admits the worker because its engine was executed from the copy.
     @Test func replacingTheEngineFileAfterMeasurementDoesNotChangeWhatRuns() async throws {
         let ca = try #require(SwtpmLocalCA.shared)
-        let tpm = try Swtpm.start()
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let dir = try TemporaryDirectory("sealed-engine")
         // The engine: a copy of the Python interpreter (an ELF binary) running a tiny OpenAI-shaped server.
@@ -95,10 +80,10 @@ import Testing
           binaries: [{name: engine, sha256: \(engineDigest)}]
           models: [{name: model, names: [sealed], sha256: \(HashAlgorithm.sha256.hash(Data("sealed model".utf8)).hex)}]
         """.write(to: policy, atomically: true, encoding: .utf8)
-        let gateway = try GatewayProcess(data: dir.file("data"), policy: policy, in: dir)
+        let gateway = try await offPool { try GatewayProcess(data: dir.file("data"), policy: policy, in: dir) }
         defer { gateway.stop() }
 
-        let port = Self.freePort()
+        let port = LoopbackPort.free()
         let worker = Process()
         worker.executableURL = URL(fileURLWithPath: Self.ccworker)
         worker.arguments = [

@@ -24,7 +24,7 @@ import Testing
         ).signed(by: signer ?? key)
     }
 
-    @Test func streamsAndHeaderReceiptsVerifyAndChangedBytesFail() throws {
+    @Test func streamsAndHeaderReceiptsVerifyAndChangedBytesFail() async throws {
         let dir = try TemporaryDirectory("receipts")
         try key.publicKey.pem.write(to: dir.file("gateway.pub"), atomically: true, encoding: .utf8)
         try Ed25519PrivateKey.generate().publicKey.pem.write(
@@ -33,7 +33,7 @@ import Testing
         try (stream + receipt(for: stream).event).write(to: dir.file("stream.txt"))
         let key = ["--key", dir.file("gateway.pub").path]
 
-        let good = try ProcessRunner.run(
+        let good = try await ProcessRunner.run(
             Self.ccgate,
             ["receipt", "verify", dir.file("stream.txt").path, "--request", dir.file("request.json").path] + key)
         #expect(
@@ -43,7 +43,7 @@ import Testing
         let body = Data(#"{"choices":[{"message":{"content":"hi"}}]}"#.utf8)
         try body.write(to: dir.file("body.json"))
         try receipt(for: body).headerValue.write(to: dir.file("receipt.txt"), atomically: true, encoding: .utf8)
-        let header = try ProcessRunner.run(
+        let header = try await ProcessRunner.run(
             Self.ccgate,
             ["receipt", "verify", dir.file("receipt.txt").path, "--response", dir.file("body.json").path] + key)
         #expect(header.status == 0, "\(header.stdout)\(header.stderr)")
@@ -60,13 +60,14 @@ import Testing
             ("forged.txt", [], "receipt.signature-invalid"),
             ("body.json", [], "receipt.malformed"),
         ] {
-            let result = try ProcessRunner.run(Self.ccgate, ["receipt", "verify", dir.file(file).path] + extra + key)
+            let result = try await ProcessRunner.run(
+                Self.ccgate, ["receipt", "verify", dir.file(file).path] + extra + key)
             #expect(result.status == 1 && result.stdout.contains(code), "\(file): \(result.stdout)")
         }
-        let otherKey = try ProcessRunner.run(
+        let otherKey = try await ProcessRunner.run(
             Self.ccgate, ["receipt", "verify", dir.file("stream.txt").path, "--key", dir.file("other.pub").path])
         #expect(otherKey.status == 1 && otherKey.stdout.contains("receipt.key-mismatch"))
-        let noKey = try ProcessRunner.run(
+        let noKey = try await ProcessRunner.run(
             Self.ccgate, ["receipt", "verify", dir.file("stream.txt").path, "--key", dir.file("absent.pub").path])
         #expect(noKey.status == 2)
     }

@@ -13,8 +13,10 @@ import TONStake
 
     /// An engine stand-in that answers `GET /v1/models` (all the worker waits for).
     /// An engine that only lists its model (the worker checks it is up; nothing is served).
-    static func modelsOnly(in dir: TemporaryDirectory) throws -> PythonServer {
-        try PythonServer([PythonServer.modelsHandler, "class H(Models): pass", PythonServer.serveH], in: dir)
+    static func modelsOnly(in dir: TemporaryDirectory) async throws -> PythonServer {
+        try await offPool {
+            try PythonServer([PythonServer.modelsHandler, "class H(Models): pass", PythonServer.serveH], in: dir)
+        }
     }
 
     static func workers(_ gateway: GatewayProcess) async throws -> String {
@@ -23,7 +25,7 @@ import TONStake
 
     @Test func stakedWorkerThroughTheExecutables() async throws {
         let dir = try TemporaryDirectory("stake-cli")
-        let chain = try TONChain()
+        let chain = try await offPool { try TONChain() }
         let key = Ed25519PrivateKey.generate()
         let wallet = try await chain.wallet(publicKey: key.publicKey.raw, balance: 40_000_000_000_000)
         #expect(
@@ -62,9 +64,9 @@ import TONStake
             try GatewayProcess(data: dir.file("data"), policy: policy, in: dir, extra: extra)
         }
         defer { gateway.stop() }
-        let tpm = try Swtpm.start()
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
-        let fake = try Self.modelsOnly(in: dir)
+        let fake = try await Self.modelsOnly(in: dir)
 
         // A key file that is not a key: a clear error before anything is dialled.
         try "not a key".write(to: dir.file("bad.key"), atomically: true, encoding: .utf8)
@@ -108,9 +110,9 @@ import TONStake
 
 /// Stake is read over https: a network in the middle must not answer for the chain.
 @Suite struct ToncenterTransportTests {
-    @Test func plainHTTPToncenterIsRefusedExceptOnLoopback() throws {
+    @Test func plainHTTPToncenterIsRefusedExceptOnLoopback() async throws {
         let dir = try TemporaryDirectory("toncenter-http")
-        let result = try ProcessRunner.run(
+        let result = try await ProcessRunner.run(
             EvidenceVerifyCLITests.ccgate,
             [
                 "serve", "--port", "0", "--worker-port", "0", "--api-key", "k", "--data-dir", dir.file("data").path,

@@ -9,7 +9,7 @@ import Testing
 @Suite struct TDXWorkerCLITests {
     static var ccworker: String { EvidenceVerifyCLITests.binDirectory.appendingPathComponent("ccworker").path }
 
-    @Test func tdxQuoteFromConfigfsTSMVerifiesWithItsMeasurements() throws {
+    @Test func tdxQuoteFromConfigfsTSMVerifiesWithItsMeasurements() async throws {
         let world = DCAPWorld()
         let module = try FakeTDXModule(world: world)
         defer { module.stop() }
@@ -21,7 +21,7 @@ import Testing
         try bundle.write(to: dir.file("collateral.json"))
         let nonce = String(repeating: "5a", count: 32)
 
-        let quote = try ProcessRunner.run(
+        let quote = try await ProcessRunner.run(
             Self.ccworker,
             [
                 "quote", "--tee", "tdx", "--tsm-dir", module.tsm.path, "--rtmr-dir", module.measurements.path, "--ccel",
@@ -33,14 +33,14 @@ import Testing
         // The register saw both measurements before the quote was made.
         #expect(module.currentRTMR3 != Data(count: 48))
 
-        let imported = try ProcessRunner.run(
+        let imported = try await ProcessRunner.run(
             EvidenceVerifyCLITests.ccgate,
             [
                 "collateral", "import", "--dir", dir.file("cache").path, "--root", dir.file("root.pem").path, "--at",
                 DCAPWorld.referenceTime.rfc3339, dir.file("collateral.json").path,
             ])
         #expect(imported.status == 0, "\(imported.stderr)")
-        let verify = try ProcessRunner.run(
+        let verify = try await ProcessRunner.run(
             EvidenceVerifyCLITests.ccgate,
             [
                 "evidence", "verify", dir.file("tdx.json").path, "--root", dir.file("root.pem").path,
@@ -58,10 +58,10 @@ import Testing
         #expect(claims["rtmr3"] as? String == module.currentRTMR3.hex)
     }
 
-    @Test func missingConfigfsTSMIsAClearError() throws {
+    @Test func missingConfigfsTSMIsAClearError() async throws {
         let dir = try TemporaryDirectory()
         try Data("x".utf8).write(to: dir.file("f"))
-        let result = try ProcessRunner.run(
+        let result = try await ProcessRunner.run(
             Self.ccworker,
             [
                 "quote", "--tee", "tdx", "--tsm-dir", dir.file("absent").path, "--rtmr-dir", dir.url.path, "--ccel",

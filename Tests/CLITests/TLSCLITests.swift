@@ -10,22 +10,22 @@ import Testing
     static let ccgate = EvidenceVerifyCLITests.ccgate
 
     /// A local CA and two server certificates for 127.0.0.1 from it (subjects `ccgate-a`, `ccgate-b`).
-    static func pki(in dir: TemporaryDirectory) throws {
-        func openssl(_ args: [String]) throws {
-            let r = try ProcessRunner.run("openssl", args)
+    static func pki(in dir: TemporaryDirectory) async throws {
+        func openssl(_ args: [String]) async throws {
+            let r = try await ProcessRunner.run("openssl", args)
             guard r.status == 0 else { throw GatewayProcess.GatewayProcessError(message: "openssl: \(r.stderr)") }
         }
-        try openssl([
+        try await openssl([
             "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
             "-subj", "/CN=ccgate test CA", "-keyout", dir.file("ca.key").path, "-out", dir.file("ca.crt").path,
         ])
         try "subjectAltName=IP:127.0.0.1\n".write(to: dir.file("san.ext"), atomically: true, encoding: .utf8)
         for name in ["a", "b"] {
-            try openssl([
+            try await openssl([
                 "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=ccgate-\(name)",
                 "-keyout", dir.file("\(name).key").path, "-out", dir.file("\(name).csr").path,
             ])
-            try openssl([
+            try await openssl([
                 "x509", "-req", "-in", dir.file("\(name).csr").path, "-CA", dir.file("ca.crt").path, "-CAkey",
                 dir.file("ca.key").path, "-CAcreateserial", "-days", "2", "-extfile", dir.file("san.ext").path,
                 "-out", dir.file("\(name).crt").path,
@@ -45,28 +45,30 @@ import Testing
     }
 
     /// An engine whose chat completions stream 12 events 0.25 s apart.
-    static func slowEngine(in dir: TemporaryDirectory) throws -> PythonServer {
-        try PythonServer(
-            [
-                PythonServer.modelsHandler,
-                """
-                class H(Models):
-                    def do_POST(self):
-                        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                        self.send_response(200); self.send_header("Content-Type", "text/event-stream")
-                        self.send_header("Connection", "close"); self.end_headers()
-                        for i in range(12):
-                            self.wfile.write(('data: {"choices":[{"delta":{"content":"tick-%d"}}]}\\n\\n' % i).encode()); self.wfile.flush()
-                            time.sleep(0.25)
-                        self.wfile.write(b"data: [DONE]\\n\\n"); self.wfile.flush()
+    static func slowEngine(in dir: TemporaryDirectory) async throws -> PythonServer {
+        try await offPool {
+            try PythonServer(
+                [
+                    PythonServer.modelsHandler,
+                    """
+                    class H(Models):
+                        def do_POST(self):
+                            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                            self.send_response(200); self.send_header("Content-Type", "text/event-stream")
+                            self.send_header("Connection", "close"); self.end_headers()
+                            for i in range(12):
+                                self.wfile.write(('data: {"choices":[{"delta":{"content":"tick-%d"}}]}\\n\\n' % i).encode()); self.wfile.flush()
+                                time.sleep(0.25)
+                            self.wfile.write(b"data: [DONE]\\n\\n"); self.wfile.flush()
 
-                """, PythonServer.serveH,
-            ], in: dir)
+                    """, PythonServer.serveH,
+                ], in: dir)
+        }
     }
 
     @Test func tlsServesVerifiesAndReloadsWithoutDroppingAStream() async throws {
         let dir = try TemporaryDirectory("tls-cli")
-        try await offPool { try Self.pki(in: dir) }
+        try await Self.pki(in: dir)
         try FileManager.default.copyItem(at: dir.file("a.crt"), to: dir.file("served.crt"))
         try FileManager.default.copyItem(at: dir.file("a.key"), to: dir.file("served.key"))
         let engine = dir.file("engine"), model = dir.file("model.gguf")
@@ -93,8 +95,8 @@ import Testing
         let ca = dir.file("ca.crt")
         #expect(try await Self.servedSubject(api, ca: ca).contains("ccgate-a"))
 
-        let slow = try Self.slowEngine(in: dir)
-        let tpm = try Swtpm.start()
+        let slow = try await Self.slowEngine(in: dir)
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let worker = try gateway.startWorker(
             id: "tls-worker", tpm: tpm, engine: engine, model: model, enginePort: slow.port)

@@ -9,13 +9,13 @@ import Testing
     static var ccworker: String { EvidenceVerifyCLITests.binDirectory.appendingPathComponent("ccworker").path }
     static var ccgate: String { EvidenceVerifyCLITests.ccgate }
 
-    @Test func quoteMadeByTheWorkerVerifies() throws {
-        let tpm = try Swtpm.start()
+    @Test func quoteMadeByTheWorkerVerifies() async throws {
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let dir = try TemporaryDirectory()
         try Data("engine v1".utf8).write(to: dir.file("ccinfer"))
         let nonce = String(repeating: "5a", count: 32)
-        let quote = try ProcessRunner.run(
+        let quote = try await ProcessRunner.run(
             Self.ccworker,
             [
                 "quote", "--tpm", tpm.tcti, "--nonce", nonce,
@@ -26,7 +26,7 @@ import Testing
         let root = try #require(SwtpmLocalCA.shared).rootCertificate.path
         // The default policy anchors AKs in hardware: a file proves the EK certificate, but not
         // that the AK lives in that TPM (credential activation is a live exchange).
-        let anchored = try ProcessRunner.run(
+        let anchored = try await ProcessRunner.run(
             Self.ccgate,
             ["evidence", "verify", dir.file("e.json").path, "--nonce", nonce, "--tpm-ek-root", root, "--json"])
         #expect(anchored.status == 1, "\(anchored.stdout)")
@@ -36,7 +36,7 @@ import Testing
         #expect(why.contains("credential activation"), "\(why)")
         try Data("schema: ccgate.policy/v1\nname: lab\nevidence: {tpm: {ak_trust: as-presented}}\n".utf8).write(
             to: dir.file("lab.yaml"))
-        let verify = try ProcessRunner.run(
+        let verify = try await ProcessRunner.run(
             Self.ccgate,
             [
                 "evidence", "verify", dir.file("e.json").path, "--nonce", nonce, "--policy", dir.file("lab.yaml").path,
@@ -61,7 +61,7 @@ import Testing
               allow_unmeasured_engine: true
             """.utf8
         ).write(to: dir.file("p.yaml"))
-        let policy = try ProcessRunner.run(
+        let policy = try await ProcessRunner.run(
             Self.ccgate,
             [
                 "evidence", "verify", dir.file("e.json").path, "--nonce", nonce,
@@ -79,13 +79,13 @@ import Testing
     /// certificate), re-signs it with a software key presented as a TPM key, and adds an
     /// activation record signed by a key of its own. `ccgate evidence verify` under the default
     /// policy refuses it, whichever gateway key it is told to believe.
-    @Test func forgedEnvelopeIsRejectedUnderTheDefaultPolicy() throws {
+    @Test func forgedEnvelopeIsRejectedUnderTheDefaultPolicy() async throws {
         let ca = try #require(SwtpmLocalCA.shared)
-        let tpm = try Swtpm.start()
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let dir = try TemporaryDirectory()
         let nonce = String(repeating: "3c", count: 32)
-        let quote = try ProcessRunner.run(
+        let quote = try await ProcessRunner.run(
             Self.ccworker,
             [
                 "quote", "--tpm", tpm.tcti, "--nonce", nonce, "--out", dir.file("genuine.json").path,
@@ -106,7 +106,7 @@ import Testing
         try #require(record.adding(to: forged)).write(to: dir.file("forged.json"))
         let gatewayKey = Ed25519PrivateKey.generate().publicKey
         try gatewayKey.pem.write(to: dir.file("gateway.pub"), atomically: true, encoding: .utf8)
-        let verify = try ProcessRunner.run(
+        let verify = try await ProcessRunner.run(
             Self.ccgate,
             [
                 "evidence", "verify", dir.file("forged.json").path, "--nonce", nonce, "--json",
@@ -120,8 +120,8 @@ import Testing
         #expect(codes == ["tpm.ak-untrusted"])
     }
 
-    @Test func unreachableTPMIsAClearError() throws {
-        let result = try ProcessRunner.run(Self.ccworker, ["quote", "--tpm", "swtpm:host=127.0.0.1,port=1"])
+    @Test func unreachableTPMIsAClearError() async throws {
+        let result = try await ProcessRunner.run(Self.ccworker, ["quote", "--tpm", "swtpm:host=127.0.0.1,port=1"])
         #expect(result.status == 1)
         #expect(result.stderr.hasPrefix("ccworker: TPM open"))
         #expect(!result.stderr.contains("ERROR:tcti"))
@@ -131,8 +131,8 @@ import Testing
         ["quote", "--ak", "dsa"], ["quote", "--nonce", String(repeating: "00", count: 65)],
         ["quote", "--pcrs", "0,99"], ["quote", "--measure", "/nonexistent"], ["nope"],
     ])
-    func badUsageExitsTwo(_ args: [String]) throws {
-        let result = try ProcessRunner.run(Self.ccworker, args)
+    func badUsageExitsTwo(_ args: [String]) async throws {
+        let result = try await ProcessRunner.run(Self.ccworker, args)
         #expect(result.status == 2, "\(args): \(result.stderr)")
     }
 }

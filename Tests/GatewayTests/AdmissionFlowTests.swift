@@ -86,7 +86,7 @@ import WorkerProtocol
     /// Threats: a replayed quote (bound to an old nonce) and a quote bound to another worker's key.
     @Test func replayedAndTransplantedQuotesAreRejected() async throws {
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
-        let tpm = try Swtpm.start()
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let (attestor, _) = try measuredAttestor(on: tpm, engine: Self.engine, model: Self.model)
         defer { Teardown.after { await gateway.stop() } }

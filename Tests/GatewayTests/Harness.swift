@@ -237,7 +237,7 @@ final class TestWorker: Sendable {
         attestor makeAttestor: (Attestor) throws -> any EvidenceSource = { $0 }
     ) async throws {
         self.id = id
-        tpm = try Swtpm.start(ca: ca)
+        tpm = try await Swtpm.start(ca: ca)
         self.files = try files ?? TemporaryDirectory("worker")
         let attestor = try makeAttestor(
             try Attestor(
@@ -271,7 +271,8 @@ final class TestWorker: Sendable {
     func stop() async {
         task.cancel()
         _ = try? await task.value
-        tpm.stop()
+        let tpm = tpm
+        await onOwnThread { tpm.stop() }
     }
 }
 

@@ -45,6 +45,12 @@ import WorkerProtocol
         return out
     }
 
+    /// ``raw(_:port:halfClose:timeout:)`` for async tests: the blocking socket calls on a thread of
+    /// their own, so that the in-process gateway they talk to keeps the cooperative pool.
+    static func exchange(_ bytes: Data, port: Int) async throws -> Data {
+        try await onOwnThread { try raw(bytes, port: port) }
+    }
+
     /// Decodes the frames in a byte string.
     static func frames(_ data: Data) -> [WireMessage] {
         var messages = [WireMessage]()
@@ -55,8 +61,7 @@ import WorkerProtocol
                 Int(bytes[offset]) << 24 | Int(bytes[offset + 1]) << 16 | Int(bytes[offset + 2]) << 8
                 | Int(bytes[offset + 3])
             guard offset + 4 + length <= bytes.count,
-                let message = try? JSONDecoder().decode(
-                    WireMessage.self, from: Data(bytes[(offset + 4)..<(offset + 4 + length)]))
+                let message = try? WireMessage(frameBody: bytes[(offset + 4)..<(offset + 4 + length)])
             else { break }
             messages.append(message)
             offset += 4 + length
@@ -129,7 +134,7 @@ import WorkerProtocol
             ),
         ]
         for (name, bytes, expected) in cases {
-            let answer = try Self.raw(bytes, port: gateway.workerPort)
+            let answer = try await Self.exchange(bytes, port: gateway.workerPort)
             if let expected {
                 #expect(Self.errorCode(answer) == expected, "\(name): \(Self.frames(answer))")
             } else {
@@ -143,7 +148,7 @@ import WorkerProtocol
         // A thousand random frames in a row do not take it down either.
         for _ in 0..<200 {
             let length = Int.random(in: 1...64, using: &rng)
-            _ = try Self.raw(
+            _ = try await Self.exchange(
                 withUnsafeBytes(of: UInt32(length).bigEndian) { Data($0) } + Data(rng.bytes(length)),
                 port: gateway.workerPort)
         }
@@ -203,7 +208,7 @@ import WorkerProtocol
         let gateway = try await GatewayHarness(
             policy: GatewayHarness.policy(engine: Self.engine, model: Self.model), reattest: .seconds(1))
         let engine = try await FakeEngine(name: "w")
-        let tpm = try Swtpm.start()
+        let tpm = try await Swtpm.start()
         let dir = try TemporaryDirectory()
         try Self.engine.write(to: dir.file("engine"))
         try Self.model.write(to: dir.file("model"))

@@ -27,15 +27,6 @@ import WorkerAgent
         init(_ d: String) { description = d }
     }
 
-    static func freePort() throws -> Int {
-        Int(
-            try ProcessRunner.run(
-                "python3",
-                ["-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]
-            )
-            .stdout.trimmingCharacters(in: .whitespacesAndNewlines))!
-    }
-
     @Test func completionsFromTheRealModelThroughTheGateway() async throws {
         let env = try Self.environment()
         let socketDirectory = try TemporaryDirectory("engine-socket")

@@ -80,7 +80,7 @@ import WorkerAgent
     /// observed stake); after a withdrawal message lowers its stake, its worker is evicted within
     /// one refresh.
     @Test func stakedProviderIsAdmittedAndEvictedAfterWithdrawal() async throws {
-        let chain = try TONChain()
+        let chain = try await offPool { try TONChain() }
         let gateway = try await Self.gateway(chain)
         let engine = try await FakeEngine(name: "staked")
         let provider = try await Self.provider(chain, stake: 15_000)
@@ -138,7 +138,7 @@ import WorkerAgent
     /// Must show: with both endpoints down a new provider is refused, while an admitted one keeps
     /// serving through the grace window and is evicted when it ends.
     @Test func bothEndpointsDownRefuseNewProvidersAndKeepAdmittedOnesThroughGrace() async throws {
-        let chain = try TONChain()
+        let chain = try await offPool { try TONChain() }
         let gateway = try await Self.gateway(chain, policy: Self.policy(refresh: 2, grace: 30))
         let engine = try await FakeEngine(name: "staked")
         let admitted = try await Self.provider(chain, stake: 12_000)
@@ -174,7 +174,7 @@ import WorkerAgent
 
     /// Must show: 429 responses and garbage JSON never admit anyone, on one endpoint or both.
     @Test func rateLimitsAndGarbageNeverAdmit() async throws {
-        let chain = try TONChain()
+        let chain = try await offPool { try TONChain() }
         let gateway = try await Self.gateway(chain)
         let engine = try await FakeEngine(name: "staked")
         let provider = try await Self.provider(chain, stake: 15_000)
@@ -199,7 +199,7 @@ import WorkerAgent
     /// little stake, and a stake on a contract whose code hash the policy does not allow are each
     /// refused with their reason.
     @Test func forgedProofsAndUnknownContractsAreRefused() async throws {
-        let chain = try TONChain()
+        let chain = try await offPool { try TONChain() }
         let gateway = try await Self.gateway(chain)
         let engine = try await FakeEngine(name: "staked")
         let staked = try await Self.provider(chain, stake: 15_000)
@@ -235,7 +235,7 @@ import WorkerAgent
     /// Threat: a provider proof whose time is Int.min (or Int.max), to overflow the gateway's
     /// age arithmetic. It is refused with a coded reason and the gateway goes on admitting.
     @Test func proofWithAnExtremeTimeIsRefusedAndServiceContinues() async throws {
-        let chain = try TONChain()
+        let chain = try await offPool { try TONChain() }
         let gateway = try await Self.gateway(chain)
         let engine = try await FakeEngine(name: "staked")
         let staked = try await Self.provider(chain, stake: 15_000)
@@ -244,7 +244,7 @@ import WorkerAgent
                 await engine.stop(); await gateway.stop()
             }
         }
-        let tpm = try Swtpm.start()
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let (attestor, _) = try measuredAttestor(on: tpm, engine: Self.engine, model: Self.model)
         for time in [Int.min, Int.max] {
@@ -272,7 +272,7 @@ import WorkerAgent
     /// A signed policy that adds the stake rule evicts, at once, the worker admitted without a
     /// provider proof and keeps the staked one.
     @Test func applyingAStakeRuleEvictsWorkersWithoutProof() async throws {
-        let chain = try TONChain()
+        let chain = try await offPool { try TONChain() }
         let admin = Ed25519PrivateKey.generate()
         let unstakedText = GatewayHarness.policyText(engines: [Self.engine], model: Self.model, name: "unstaked")
         let gateway = try await GatewayHarness(policy: unstakedText) { c in

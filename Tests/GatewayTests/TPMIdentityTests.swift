@@ -102,7 +102,7 @@ struct LyingAttestor: EvidenceSource {
     /// The credential is wrapped to the other TPM's EK, so the AK's TPM cannot open it.
     @Test func akPresentedWithAnotherTPMsEKFailsActivation() async throws {
         let gateway = try await GatewayHarness(policy: Self.policy)
-        let other = try Swtpm.start()
+        let other = try await Swtpm.start()
         defer { other.stop() }
         let otherAttestor = try Attestor(tcti: other.tcti, files: [])
         let otherEK = otherAttestor.endorsement
@@ -157,7 +157,7 @@ struct LyingAttestor: EvidenceSource {
 
     /// `enrolled`: an EK whose digest is not listed is refused (its certificate does not matter).
     @Test func unenrolledEKIsRefused() async throws {
-        let probe = try Swtpm.start()
+        let probe = try await Swtpm.start()
         let probeAttestor = try Attestor(tcti: probe.tcti, files: [])
         let digest = try #require(try? PublicKeyDigest.of(probeAttestor.endorsement.ekPublic))
         probe.stop()
@@ -197,7 +197,7 @@ enum PublicKeyDigest {
     /// serving the next request through an honest worker.
     @Test func workerStatusOutsideHTTPGivesBadGatewayAndServiceContinues() async throws {
         let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: Self.engine, model: Self.model))
-        let tpm = try Swtpm.start()
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let (attestor, _) = try measuredAttestor(on: tpm, engine: Self.engine, model: Self.model)
         let hostile = Task {
@@ -251,7 +251,7 @@ enum PublicKeyDigest {
     /// The later quote's AK was never activated in this session: the worker is evicted.
     @Test func reattestingWithAnotherAKEvicts() async throws {
         let gateway = try await GatewayHarness(policy: TPMIdentityTests.policy, reattest: .seconds(1))
-        let other = try Swtpm.start()
+        let other = try await Swtpm.start()
         defer { other.stop() }
         let (second, _) = try measuredAttestor(
             on: other, engine: TPMIdentityTests.engine, model: TPMIdentityTests.model)

@@ -55,7 +55,7 @@ import Testing
     func matchesLlamaCpp(_ fileType: String) async throws {
         let dir = try TemporaryDirectory("kquant")
         let modelURL = try await Self.quantized(fileType, into: dir)
-        let file = try GGUFFile(url: modelURL)
+        let file = try await onOwnThread { try GGUFFile(url: modelURL) }
         let types = Set(file.tensors.values.compactMap(\.type))
         let kquant = ["Q4_K_M": GGMLType.q4_K, "Q5_K_M": .q5_K, "Q6_K": .q6_K][fileType] ?? .q8_0
         #expect(types.contains(kquant), "llama.cpp wrote \(kquant.name) tensors into the \(fileType) file")

@@ -134,15 +134,19 @@ import Testing
     @Test func unsupportedTensorTypesAndArchitecturesAreNamed() async throws {
         let env = try References.environment.get()
         let dir = try TemporaryDirectory("unsupported")
-        var w = SyntheticModel.make(architecture: "llama", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model))
-        let i = w.tensors.firstIndex { $0.name == "blk.0.attn_q.weight" }!
-        w.tensors[i].type = 20  // IQ4_NL: 18 bytes per 32 weights
-        w.tensors[i].data = [UInt8](repeating: 0, count: w.tensors[i].data.count / 64 * 18)
-        try w.write(to: dir.file("iq4.gguf"))
-        var arch = SyntheticModel.make(
-            architecture: "llama", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model))
-        arch.metadata[0] = ("general.architecture", .string("mamba"))
-        try arch.write(to: dir.file("mamba.gguf"))
+        // Writing the models is seconds of work in a debug build: off the cooperative pool.
+        try await offPool {
+            var w = SyntheticModel.make(
+                architecture: "llama", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model))
+            let i = w.tensors.firstIndex { $0.name == "blk.0.attn_q.weight" }!
+            w.tensors[i].type = 20  // IQ4_NL: 18 bytes per 32 weights
+            w.tensors[i].data = [UInt8](repeating: 0, count: w.tensors[i].data.count / 64 * 18)
+            try w.write(to: dir.file("iq4.gguf"))
+            var arch = SyntheticModel.make(
+                architecture: "llama", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model))
+            arch.metadata[0] = ("general.architecture", .string("mamba"))
+            try arch.write(to: dir.file("mamba.gguf"))
+        }
         let urls = (dir.file("iq4.gguf"), dir.file("mamba.gguf"))
         let errors: [InferenceError?] = try await SharedModel.queue.run {
             let device = try Lavapipe.device()

@@ -43,12 +43,14 @@ import Testing
     func otherPreTokenizersMatchLlamaCpp(_ pre: String) async throws {
         let env = try References.environment.get()
         let dir = try TemporaryDirectory("pre-\(pre)")
-        var w = SyntheticModel.make(
-            architecture: "qwen2", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model),
-            shape: .init(embedding: 32, heads: 1, kvHeads: 1, feedForward: 32, layers: 1))
-        let i = w.metadata.firstIndex { $0.0 == "tokenizer.ggml.pre" }!
-        w.metadata[i] = ("tokenizer.ggml.pre", .string(pre == "llama3" ? "llama-bpe" : pre))
-        try w.write(to: dir.file("m.gguf"))
+        try await offPool {
+            var w = SyntheticModel.make(
+                architecture: "qwen2", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model),
+                shape: .init(embedding: 32, heads: 1, kvHeads: 1, feedForward: 32, layers: 1))
+            let i = w.metadata.firstIndex { $0.0 == "tokenizer.ggml.pre" }!
+            w.metadata[i] = ("tokenizer.ggml.pre", .string(pre == "llama3" ? "llama-bpe" : pre))
+            try w.write(to: dir.file("m.gguf"))
+        }
         try JSONSerialization.data(withJSONObject: Self.texts).write(to: dir.file("texts.json"))
         try await References.run([
             "tokenize", dir.file("m.gguf").path, dir.file("texts.json").path, dir.file("out.json").path,
@@ -220,9 +222,12 @@ import Testing
         }
     }
 
-    @Test func runawayOutputIsStopped() throws {
-        let t = try ChatTemplate(
-            "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'xxxxxxxxxxxxxxxx' }}{% endfor %}{% endfor %}")
-        #expect(throws: InferenceError(.templateFailed, "")) { try t.render(messages: []) }
+    @Test func runawayOutputIsStopped() async throws {
+        try await onOwnThread {
+            let t = try ChatTemplate(
+                "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'xxxxxxxxxxxxxxxx' }}{% endfor %}{% endfor %}"
+            )
+            #expect(throws: InferenceError(.templateFailed, "")) { try t.render(messages: []) }
+        }
     }
 }

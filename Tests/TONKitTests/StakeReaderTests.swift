@@ -43,7 +43,7 @@ import TONStake
     }
 
     @Test func agreeingEndpointsGiveTheStake() async throws {
-        let a = try Stub(mode: "ok"), b = try Stub(mode: "ok")
+        let a = try await onOwnThread { try Stub(mode: "ok") }, b = try await onOwnThread { try Stub(mode: "ok") }
         let reader = StakeReader(clients: [a.client(), b.client()])
         let reading = await reader.nominatorStake(
             pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
@@ -59,7 +59,8 @@ import TONStake
 
     /// A position with a withdrawal requested leaves the pool at the next round: it counts as no stake.
     @Test func aWithdrawalRequestCountsAsNoStake() async throws {
-        let a = try Stub(mode: "leaving"), b = try Stub(mode: "leaving")
+        let a = try await onOwnThread { try Stub(mode: "leaving") },
+            b = try await onOwnThread { try Stub(mode: "leaving") }
         let reading = await StakeReader(clients: [a.client(), b.client()])
             .nominatorStake(pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
         guard case .observed(let o) = reading else { Issue.record("\(reading)"); return }
@@ -68,7 +69,7 @@ import TONStake
 
     /// Threat: a contract that merely answers `get_nominator_data` like a pool.
     @Test func unknownCodeHashIsRefused() async throws {
-        let a = try Stub(mode: "ok"), b = try Stub(mode: "ok")
+        let a = try await onOwnThread { try Stub(mode: "ok") }, b = try await onOwnThread { try Stub(mode: "ok") }
         let reading = await StakeReader(clients: [a.client(), b.client()])
             .nominatorStake(
                 pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: [String(repeating: "0", count: 64)])
@@ -83,7 +84,7 @@ import TONStake
 
     @Test(arguments: ["ratelimit", "garbage", "other-amount"])
     func oneBadEndpointMeansUnknown(_ mode: String) async throws {
-        let good = try Stub(mode: "ok"), bad = try Stub(mode: mode)
+        let good = try await onOwnThread { try Stub(mode: "ok") }, bad = try await onOwnThread { try Stub(mode: mode) }
         let reading = await StakeReader(clients: [good.client(), bad.client()])
             .nominatorStake(pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
         guard case .unknown(let why) = reading else { Issue.record("\(mode): \(reading)"); return }
@@ -93,7 +94,7 @@ import TONStake
     }
 
     @Test func wrongKeyAndSingleEndpointMeanUnknown() async throws {
-        let a = try Stub(mode: "ok"), b = try Stub(mode: "ok")
+        let a = try await onOwnThread { try Stub(mode: "ok") }, b = try await onOwnThread { try Stub(mode: "ok") }
         let wrong = await StakeReader(clients: [a.client(), b.client(key: "wrong")])
             .nominatorStake(pool: Self.pool, nominator: Self.nominator, allowedCodeHashes: Self.poolCode)
         guard case .unknown(let why) = wrong else { Issue.record("\(wrong)"); return }

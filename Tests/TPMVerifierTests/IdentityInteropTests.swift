@@ -14,8 +14,8 @@ import WorkerAgent
     /// The verifier's MakeCredential is opened by the TPM itself (which checks the integrity HMAC
     /// and the Name), for both AK types; a credential made for another Name is refused.
     @Test(arguments: [AttestationKeyAlgorithm.eccP256, .rsa2048])
-    func credentialMadeHereIsActivatedByTheTPM(_ algorithm: AttestationKeyAlgorithm) throws {
-        let tpm = try Swtpm.start()
+    func credentialMadeHereIsActivatedByTheTPM(_ algorithm: AttestationKeyAlgorithm) async throws {
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let device = try TPMDevice(tcti: tpm.tcti)
         let ak = try device.createAttestationKey(algorithm)
@@ -39,8 +39,8 @@ import WorkerAgent
 
     /// An independent MakeCredential (`tpm2_makecredential`) is opened by this project's ESYS
     /// activation, so both sides agree with tpm2-tools on the formats.
-    @Test func tpm2ToolsCredentialIsActivatedHere() throws {
-        let tpm = try Swtpm.start()
+    @Test func tpm2ToolsCredentialIsActivatedHere() async throws {
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let dir = try TemporaryDirectory()
         let device = try TPMDevice(tcti: tpm.tcti)
@@ -49,7 +49,7 @@ import WorkerAgent
         try device.endorsementKeyPublic().write(to: dir.file("ek.pub"))
         let secret = Data("a secret only this TPM can open.".utf8)
         try secret.write(to: dir.file("secret.bin"))
-        try tpm.tool(
+        try await tpm.tool(
             "tpm2_makecredential",
             ["-T", "none", "-u", "ek.pub", "-s", "secret.bin", "-n", name.hex, "-o", "blob.out"], in: dir.url)
         // tpm2-tools' file: magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
@@ -78,9 +78,9 @@ import WorkerAgent
     /// worker presents; untrusted without that root; invalid beside another TPM's EK; and a
     /// certificate the same CA issued for the EK's key without the TCG EK usage is no EK
     /// certificate.
-    @Test func ekCertificateChains() throws {
+    @Test func ekCertificateChains() async throws {
         let ca = try #require(SwtpmLocalCA.shared)
-        let tpm = try Swtpm.start()
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let attestor = try Attestor(tcti: tpm.tcti, files: [], ekChain: try ca.chainDER)
         let certificate = try #require(attestor.endorsement.certificate)
@@ -96,7 +96,7 @@ import WorkerAgent
             Issue.record("a chain to an unpinned root must be untrusted")
             return
         }
-        let other = try Swtpm.start()
+        let other = try await Swtpm.start()
         defer { other.stop() }
         let otherEK = try TPMKeyIdentity.parse([UInt8](try TPMDevice(tcti: other.tcti).endorsementKeyPublic())).get()
         guard
@@ -115,7 +115,7 @@ import WorkerAgent
         let dir = try TemporaryDirectory()
         try PEMBlock.encode(ek.spkiDER, label: "PUBLIC KEY").write(
             to: dir.file("ek.pem"), atomically: true, encoding: .utf8)
-        let made = try ProcessRunner.run(
+        let made = try await ProcessRunner.run(
             "openssl",
             [
                 "x509", "-new", "-subj", "/CN=not an EK", "-force_pubkey", dir.file("ek.pem").path, "-CA",
@@ -152,8 +152,8 @@ import WorkerAgent
 
 /// IMA violations (a file measured while open for writing) are reported, and the policy refuses them.
 @Suite(.serialized) struct IMAViolationTests {
-    @Test func violationsAreCountedAndRefused() throws {
-        let tpm = try Swtpm.start()
+    @Test func violationsAreCountedAndRefused() async throws {
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let device = try TPMDevice(tcti: tpm.tcti)
         let ak = try device.createAttestationKey(.eccP256)

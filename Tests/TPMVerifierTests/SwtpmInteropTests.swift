@@ -15,30 +15,30 @@ import WorkerAgent
 
     /// A quote by `tpm2_quote` with an AK made by `tpm2_createak` under the EK.
     @Test(arguments: ["ecc", "rsa"])
-    func tpm2ToolsQuoteVerifies(_ keyAlg: String) throws {
-        let tpm = try Swtpm.start()
+    func tpm2ToolsQuoteVerifies(_ keyAlg: String) async throws {
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let dir = try TemporaryDirectory()
         let nonce = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
-        try tpm.tool("tpm2_createek", ["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"], in: dir.url)
-        try tpm.tool("tpm2_flushcontext", ["-t"], in: dir.url)
-        try tpm.tool(
+        try await tpm.tool("tpm2_createek", ["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"], in: dir.url)
+        try await tpm.tool("tpm2_flushcontext", ["-t"], in: dir.url)
+        try await tpm.tool(
             "tpm2_createak",
             [
                 "-C", "ek.ctx", "-c", "ak.ctx", "-G", keyAlg, "-g", "sha256",
                 "-s", keyAlg == "ecc" ? "ecdsa" : "rsassa", "-u", "ak.pem", "-f", "pem", "-n", "ak.name",
             ],
             in: dir.url)
-        try tpm.tool("tpm2_flushcontext", ["-t"], in: dir.url)
-        try tpm.tool("tpm2_pcrextend", ["16:sha256=" + String(repeating: "ab", count: 32)], in: dir.url)
-        try tpm.tool(
+        try await tpm.tool("tpm2_flushcontext", ["-t"], in: dir.url)
+        try await tpm.tool("tpm2_pcrextend", ["16:sha256=" + String(repeating: "ab", count: 32)], in: dir.url)
+        try await tpm.tool(
             "tpm2_quote",
             [
                 "-c", "ak.ctx", "-l", "sha256:0,1,2,16", "-q", nonce.hex, "-m", "quote.msg",
                 "-s", "quote.sig", "-g", "sha256",
             ], in: dir.url)
-        try tpm.tool("tpm2_flushcontext", ["-t"], in: dir.url)
-        let pcrText = try tpm.tool("tpm2_pcrread", ["sha256:0,1,2,16"], in: dir.url).stdout
+        try await tpm.tool("tpm2_flushcontext", ["-t"], in: dir.url)
+        let pcrText = try await tpm.tool("tpm2_pcrread", ["sha256:0,1,2,16"], in: dir.url).stdout
         let pcrs = Self.parsePCRRead(pcrText)
         #expect(pcrs.count == 4)
 
@@ -64,8 +64,8 @@ import WorkerAgent
     /// A quote by this project's ESYS code verifies with `tpm2_checkquote` (signature, nonce and
     /// PCR values), and in this project's verifier.
     @Test(arguments: AttestationKeyAlgorithm.allCases)
-    func esysQuoteVerifiesWithCheckquote(_ keyAlg: AttestationKeyAlgorithm) throws {
-        let tpm = try Swtpm.start()
+    func esysQuoteVerifiesWithCheckquote(_ keyAlg: AttestationKeyAlgorithm) async throws {
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let dir = try TemporaryDirectory()
         let nonce = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
@@ -85,7 +85,7 @@ import WorkerAgent
         try quote.attest.write(to: dir.file("quote.msg"))
         try quote.signature.write(to: dir.file("quote.sig"))
         try Data(indices.flatMap { pcrValues[$0]! }).write(to: dir.file("pcrs.bin"))
-        let check = try ProcessRunner.run(
+        let check = try await ProcessRunner.run(
             "tpm2_checkquote",
             [
                 "-u", "ak.tss", "-m", "quote.msg", "-s", "quote.sig", "-f", "pcrs.bin", "-l", "sha256:0,7,16,23",
@@ -94,7 +94,7 @@ import WorkerAgent
         #expect(check.status == 0, "tpm2_checkquote: \(check.stderr)")
 
         // Independent check of a negative: tpm2_checkquote refuses a wrong nonce too.
-        let wrong = try ProcessRunner.run(
+        let wrong = try await ProcessRunner.run(
             "tpm2_checkquote",
             [
                 "-u", "ak.tss", "-m", "quote.msg", "-s", "quote.sig", "-f", "pcrs.bin", "-l", "sha256:0,7,16,23",
@@ -116,8 +116,8 @@ import WorkerAgent
 
     /// The negatives the gateway depends on, each from a genuine swtpm quote changed in one place:
     /// an old nonce, an altered PCR value, an altered measurement-log entry.
-    @Test func negativesFromARealQuote() throws {
-        let tpm = try Swtpm.start()
+    @Test func negativesFromARealQuote() async throws {
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let dir = try TemporaryDirectory()
         let engine = dir.file("ccinfer")
@@ -177,8 +177,8 @@ import WorkerAgent
     /// Mutations of a genuine ECDSA quote with an IMA log, made on swtpm: every change to a
     /// signed field or to the log is rejected with a known code (an emptied log proves nothing
     /// and so yields no measured files).
-    @Test func mutatedSwtpmEvidenceIsRejected() throws {
-        let tpm = try Swtpm.start()
+    @Test func mutatedSwtpmEvidenceIsRejected() async throws {
+        let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let dir = try TemporaryDirectory()
         try Data("engine".utf8).write(to: dir.file("engine"))

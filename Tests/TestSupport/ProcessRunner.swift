@@ -10,9 +10,12 @@ public struct ProcessResult: Sendable {
 }
 
 public enum ProcessRunner {
-    /// Runs `executable` (a path, or a name looked up in PATH) with `arguments`.
+    /// Runs `executable` (a path, or a name looked up in PATH) with `arguments`, blocking the
+    /// calling thread until it exits. For one-time set-up outside Swift concurrency only: tests
+    /// call the async `run`, so that no thread of the cooperative pool waits on a process.
+    @available(*, noasync, message: "blocks a thread of the cooperative pool: use the async run")
     @discardableResult
-    public static func run(
+    public static func runBlocking(
         _ executable: String, _ arguments: [String], environment: [String: String] = [:],
         stdin: Data? = nil, currentDirectory: URL? = nil
     ) throws -> ProcessResult {
@@ -65,9 +68,9 @@ public enum ProcessRunner {
             Thread.detachNewThread {
                 continuation.resume(
                     with: Result {
-                        try run(
+                        try runBlocking(
                             executable, arguments, environment: environment, stdin: stdin,
-                            currentDirectory: currentDirectory) as ProcessResult
+                            currentDirectory: currentDirectory)
                     })
             }
         }
@@ -75,7 +78,7 @@ public enum ProcessRunner {
 
     /// True when `name` is on PATH.
     public static func available(_ name: String) -> Bool {
-        (try? run("sh", ["-c", "command -v \(name)"]).status) == 0
+        (try? runBlocking("sh", ["-c", "command -v \(name)"]).status) == 0
     }
 }
 

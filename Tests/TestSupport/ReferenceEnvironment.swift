@@ -18,7 +18,7 @@ public struct ReferenceEnvironment: Sendable {
     /// Prepared once per test process.
     public static let shared: Result<ReferenceEnvironment, SetupError> = {
         do {
-            let result = try ProcessRunner.run(
+            let result = try ProcessRunner.runBlocking(
                 SharedTestData.packageRoot.appendingPathComponent("scripts/reference-env").path, [])
             guard result.status == 0 else {
                 return .failure(SetupError(description: "scripts/reference-env failed: \(result.stderr)"))

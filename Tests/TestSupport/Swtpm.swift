@@ -24,7 +24,13 @@ public final class Swtpm: @unchecked Sendable {
 
     /// Starts a TPM. `ca`: manufacture it first with `swtpm_setup`, its EK certificates issued
     /// by that local CA (nil: a bare TPM with no EK certificate).
-    public static func start(ca: SwtpmLocalCA? = .shared) throws -> Swtpm {
+    /// (The start waits on processes and polls: it runs on a thread of its own, never on the
+    /// cooperative pool.)
+    public static func start(ca: SwtpmLocalCA? = .shared) async throws -> Swtpm {
+        try await offPool { try startBlocking(ca: ca) }
+    }
+
+    private static func startBlocking(ca: SwtpmLocalCA?) throws -> Swtpm {
         guard ProcessRunner.available("swtpm") else { throw StartError.notInstalled }
         var lastError = ""
         // Ports are picked at random from a high range; a clash makes swtpm exit, and we retry.
@@ -127,8 +133,8 @@ public final class Swtpm: @unchecked Sendable {
 
     /// Runs a tpm2-tools command against this TPM, throwing with its stderr on failure.
     @discardableResult
-    public func tool(_ name: String, _ arguments: [String], in dir: URL) throws -> ProcessResult {
-        let result = try ProcessRunner.run(
+    public func tool(_ name: String, _ arguments: [String], in dir: URL) async throws -> ProcessResult {
+        let result = try await ProcessRunner.run(
             name, arguments, environment: ["TPM2TOOLS_TCTI": tcti], currentDirectory: dir)
         guard result.status == 0 else {
             throw StartError.didNotStart(
@@ -199,7 +205,7 @@ public final class SwtpmLocalCA: Sendable {
 
     /// Writes a manufactured TPM state (EKs, EK certificates in NV) into `state`.
     public func manufacture(_ state: URL) throws {
-        let result = try ProcessRunner.run(
+        let result = try ProcessRunner.runBlocking(
             "swtpm_setup",
             [
                 "--tpm2", "--tpmstate", state.path, "--create-ek-cert", "--overwrite",

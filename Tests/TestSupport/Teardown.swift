@@ -46,3 +46,25 @@ public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) asy
         Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }
+
+/// Runs `body` as part of the calling task (its test, its task-locals: `#expect` inside records
+/// against the running test) but on a thread of its own, not on Swift's cooperative pool: for
+/// seconds of CPU work or blocking calls in a test, which on a two-core machine would hold one of
+/// the pool's two threads and stall every other test's servers and timeouts.
+public func onOwnThread<T, Failure: Error>(
+    isolation: isolated (any Actor)? = #isolation, _ body: () async throws(Failure) -> T
+) async throws(Failure) -> T {
+    try await withTaskExecutorPreference(OwnThreadExecutor(), isolation: isolation, operation: body)
+}
+
+/// A task executor running its jobs on one serial dispatch queue of its own (dispatch gives such
+/// a queue a thread outside the cooperative pool).
+final class OwnThreadExecutor: TaskExecutor {
+    private let queue = DispatchQueue(label: "ccgate.tests.own-thread")
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        queue.async { job.runSynchronously(on: executor) }
+    }
+}

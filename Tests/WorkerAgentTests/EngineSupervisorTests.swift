@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 @testable import WorkerAgent
 
@@ -8,7 +9,7 @@ import Testing
 
     /// Waits up to `limit` for `condition`, with a last look after the deadline (a loaded
     /// machine may not run this task for a long while).
-    static func eventually(within limit: Duration = .seconds(60), _ condition: () -> Bool) async -> Bool {
+    static func eventually(within limit: Duration = .seconds(180), _ condition: () -> Bool) async -> Bool {
         let deadline = ContinuousClock.now + limit
         while ContinuousClock.now < deadline {
             if condition() { return true }
@@ -20,7 +21,7 @@ import Testing
     /// Waits up to `limit` for the supervisor to report a running engine.
     /// (A loaded machine may not run this task for a long while: the last look comes after the
     /// deadline, so a starved poll is not mistaken for an engine that never started.)
-    static func started(_ supervisor: EngineSupervisor, within limit: Duration = .seconds(60)) async -> pid_t? {
+    static func started(_ supervisor: EngineSupervisor, within limit: Duration = .seconds(180)) async -> pid_t? {
         let deadline = ContinuousClock.now + limit
         while ContinuousClock.now < deadline {
             if let pid = supervisor.enginePID { return pid }
@@ -73,22 +74,11 @@ import Testing
     @Test func listenersFoundInALongSocketTable() throws {
         var descriptors = [Int32]()
         defer { descriptors.forEach { close($0) } }
-        func listen() -> (fd: Int32, port: Int) {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            _ = withUnsafeMutablePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, length) == 0 && Glibc.listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0
-                }
-            }
-            descriptors.append(fd)
-            return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+        for _ in 0..<300 {
+            descriptors.append(try #require(LoopbackPort.bind(listening: true)).fd)
         }
-        for _ in 0..<300 { _ = listen() }
-        let last = listen()
+        let last = try #require(LoopbackPort.bind(listening: true))
+        descriptors.append(last.fd)
         let table = try #require(EngineSupervisor.procFile("/proc/net/tcp"))
         #expect(table.utf8.count > 300 * 100, "the whole table was read (\(table.utf8.count) bytes)")
         let inodes = EngineSupervisor.listeningInodes(port: last.port)
