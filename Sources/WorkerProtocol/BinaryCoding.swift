@@ -7,9 +7,10 @@ import Foundation
 ///
 /// Layout: big-endian integers; strings and byte fields as a 4-byte length and that many bytes.
 ///
-/// Threat: a peer (a worker, or anyone on the path before the channel authenticates) sending
-/// lengths that point past the end, truncated fields, unknown tags, trailing bytes or strings that
-/// are not UTF-8. Every read is bounds-checked against the bytes at hand before anything is
+/// Threat: the peer at the other end of the channel (a worker's host owner, or a gateway) sending
+/// payloads with lengths that point past the end, truncated fields, unknown tags, trailing bytes
+/// or strings that are not UTF-8 (anyone else on the path is stopped by the channel's
+/// authentication before this decoder, and reaches only the frame decoding). Every read is bounds-checked against the bytes at hand before anything is
 /// copied, and any of these is a ``FrameError/malformed(_:)``, never a crash or an allocation of
 /// the claimed size.
 extension ChannelPayload {
@@ -17,7 +18,24 @@ extension ChannelPayload {
         case request = 1, head, data, end, failure, cancel, sealedRequest, usage, challenge, ended
     }
 
-    /// The payload's bytes, as sealed into the channel.
+    /// The number of bytes ``encoded()`` returns, without encoding.
+    public var encodedSize: Int {
+        switch self {
+        case .request(_, let method, let path, let body): 9 + 12 + method.utf8.count + path.utf8.count + body.count
+        case .head(_, _, let contentType): 9 + 8 + 4 + contentType.utf8.count
+        case .data(_, let bytes): 9 + 4 + bytes.count
+        case .end, .cancel: 9
+        case .failure(_, let message): 9 + 4 + message.utf8.count
+        case .sealedRequest(_, let path, let envelope): 9 + 8 + path.utf8.count + envelope.count
+        case .usage(_, let counts): 9 + 4 + counts.count
+        case .challenge(let nonce): 9 + 4 + nonce.count
+        case .ended(let code, let message, let judged):
+            9 + 8 + code.utf8.count + message.utf8.count + 1 + (judged.map { 4 + $0.count } ?? 0)
+        }
+    }
+
+    /// The payload's bytes, as sealed into the channel. Fields are at most 4 GiB - 1 bytes (the
+    /// channel's messages are capped at 1 MiB long before that).
     public func encoded() -> Data {
         var out = BinaryWriter()
         switch self {
@@ -113,14 +131,11 @@ extension WireMessage {
             self = .sealed(Data(body.dropFirst()))
             return
         }
-        let message: WireMessage
         do {
-            message = try JSONDecoder().decode(WireMessage.self, from: Data(body))
+            self = try JSONDecoder().decode(WireMessage.self, from: Data(body))
         } catch {
             throw .malformed(String(describing: error).prefix(200).description)
         }
-        if case .sealed = message { throw .malformed("a sealed message must travel as a binary frame") }
-        self = message
     }
 }
 
@@ -140,6 +155,7 @@ struct BinaryWriter {
     }
 
     mutating func bytes(_ value: Data) {
+        precondition(value.count <= UInt32.max, "a field of 4 GiB or more")
         withUnsafeBytes(of: UInt32(value.count).bigEndian) { data.append(contentsOf: $0) }
         data.append(value)
     }

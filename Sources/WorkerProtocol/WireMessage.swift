@@ -1,7 +1,8 @@
 import Foundation
 
-/// Messages between a worker and the gateway's worker port. Each travels as one frame:
-/// a 4-byte big-endian length, then that many bytes of JSON (`{"type": …, …}`).
+/// Messages between a worker and the gateway's worker port. Each travels as one frame: a 4-byte
+/// big-endian length, then that many bytes: JSON (`{"type": …, …}`) for the handshake messages,
+/// and for `sealed` a marker byte and the sealed box (BinaryCoding.swift).
 ///
 /// Sequence: worker `hello` → gateway `challenge` → worker `evidence` → gateway `admitted` (or
 /// `rejected`, then close). Then `sealed` messages both ways. From admission on, everything the
@@ -168,7 +169,6 @@ public enum WireMessage: Sendable, Equatable {
 
 extension WireMessage: Codable {
     private enum Keys: String, CodingKey { case type, body }
-    private struct SealedBody: Codable { var box: Data }
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: Keys.self)
@@ -178,7 +178,9 @@ extension WireMessage: Codable {
         case "evidence": self = .evidence(try c.decode(EvidenceMessage.self, forKey: .body))
         case "admitted": self = .admitted(try c.decode(Admitted.self, forKey: .body))
         case "rejected": self = .rejected(try c.decode(Rejection.self, forKey: .body))
-        case "sealed": self = .sealed(try c.decode(SealedBody.self, forKey: .body).box)
+        case "sealed":
+            throw DecodingError.dataCorruptedError(
+                forKey: .type, in: c, debugDescription: "a sealed message must travel as a binary frame")
         case "error": self = .error(try c.decode(Rejection.self, forKey: .body))
         case "activate": self = .activate(try c.decode(Activate.self, forKey: .body))
         case "activation": self = .activation(try c.decode(Activation.self, forKey: .body))
@@ -197,7 +199,9 @@ extension WireMessage: Codable {
         case .evidence(let v): try c.encode(v, forKey: .body)
         case .admitted(let v): try c.encode(v, forKey: .body)
         case .rejected(let v), .error(let v): try c.encode(v, forKey: .body)
-        case .sealed(let box): try c.encode(SealedBody(box: box), forKey: .body)
+        case .sealed:
+            throw EncodingError.invalidValue(
+                self, .init(codingPath: [], debugDescription: "a sealed message travels as a binary frame (frameBody)"))
         case .activate(let v): try c.encode(v, forKey: .body)
         case .activation(let v): try c.encode(v, forKey: .body)
         }

@@ -23,6 +23,7 @@ import WorkerProtocol
     @Test func everyPayloadRoundTrips() throws {
         for payload in Self.payloads {
             #expect(try ChannelPayload(decoding: payload.encoded()) == payload)
+            #expect(payload.encodedSize == payload.encoded().count)
             // Also from a slice that does not start at index 0 (as bytes cut from a larger buffer).
             let padded = Data([0xFF]) + payload.encoded()
             #expect(try ChannelPayload(decoding: padded.dropFirst()) == payload)
@@ -74,9 +75,8 @@ import WorkerProtocol
         #expect(try WireMessage(frameBody: helloFrame.dropFirst(4)) == hello)
         // The JSON form of a sealed message is refused: each message has one form.
         let json = Data(#"{"type":"sealed","body":{"box":"AAEC"}}"#.utf8)
-        #expect(throws: FrameError.malformed("a sealed message must travel as a binary frame")) {
-            try WireMessage(frameBody: json)
-        }
+        #expect(throws: FrameError.self) { try WireMessage(frameBody: json) }
+        #expect(throws: EncodingError.self) { try JSONEncoder().encode(WireMessage.sealed(box)) }
         #expect(throws: FrameError.empty) { try WireMessage(frameBody: Data()) }
     }
 }

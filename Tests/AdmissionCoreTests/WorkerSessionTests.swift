@@ -49,6 +49,8 @@ import WorkerProtocol
 
     @Test(arguments: [
         WireMessage.Hello(protocolVersion: 1, workerID: "w", kemPublicKey: Data(count: 32), models: ["m"]),
+        // Version 2 sent its traffic as JSON: refused by name, not misread.
+        WireMessage.Hello(protocolVersion: 2, workerID: "w", kemPublicKey: Data(count: 32), models: ["m"]),
         WireMessage.Hello(workerID: "w", kemPublicKey: Data(count: 32), models: ["m"], workerNonce: Data(count: 31)),
         WireMessage.Hello(workerID: "", kemPublicKey: Data(count: 32), models: ["m"]),
         WireMessage.Hello(workerID: "../../etc", kemPublicKey: Data(count: 32), models: ["m"]),

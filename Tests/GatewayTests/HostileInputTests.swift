@@ -132,6 +132,11 @@ import WorkerProtocol
                 "sealed before admission", hello + (try WireMessage.sealed(Data(rng.bytes(40))).frame()),
                 ProtocolErrorCode.unexpectedMessage.rawValue
             ),
+            (
+                // A sealed message has one form, the binary frame: its JSON form is malformed.
+                "JSON sealed frame", Data([0, 0, 0, 43]) + Data(#"{"type":"sealed","body":{"box":"AAECAw=="}}"#.utf8),
+                ProtocolErrorCode.malformedFrame.rawValue
+            ),
         ]
         for (name, bytes, expected) in cases {
             let answer = try await Self.exchange(bytes, port: gateway.workerPort)

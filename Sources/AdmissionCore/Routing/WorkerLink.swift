@@ -50,7 +50,7 @@ public final class WorkerLink: Sendable {
 
     /// Queues a payload for the writer.
     package func send(_ payload: ChannelPayload) throws {
-        let size = payload.encoded().count
+        let size = payload.encodedSize
         guard size <= ChannelSealer.maxMessageSize else { throw SealingError.tooLarge(size) }
         outbox.yield(payload)
     }

@@ -308,8 +308,9 @@ public struct WorkerSessionRunner: Sendable {
             do { plain = try link.opener.open(box) } catch {
                 return endSession(machine, .channelAuthentication, "\(error)")
             }
-            guard let payload = try? ChannelPayload(decoding: plain) else {
-                return endSession(machine, .malformedFrame, "sealed payload is not a channel message")
+            let payload: ChannelPayload
+            do { payload = try ChannelPayload(decoding: plain) } catch {
+                return endSession(machine, .malformedFrame, "sealed payload is not a channel message: \(error)")
             }
             link.deliver(payload)
             return nil

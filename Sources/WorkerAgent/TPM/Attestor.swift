@@ -6,8 +6,8 @@ import WorkerProtocol
 /// The worker's attestation: one TPM, one attestation key, and the measurement log of the engine
 /// binary and model measured at start. Serializes TPM access (one ESYS context, one caller).
 ///
-/// TPM commands block their thread on device I/O (tens of milliseconds, seconds for key
-/// creation): the actor runs them on a thread of its own (``TPMExecutor``), never on one of the
+/// TPM commands block their thread on device I/O (tens of milliseconds for a quote or a
+/// credential activation): once made, the actor runs them on a thread of its own (``TPMExecutor``), never on one of the
 /// few threads of Swift's cooperative pool that the worker's connection to the gateway and its
 /// engine traffic run on.
 public actor Attestor {
