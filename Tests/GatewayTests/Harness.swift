@@ -239,9 +239,13 @@ final class TestWorker: Sendable {
         self.id = id
         tpm = try await Swtpm.start(ca: ca)
         self.files = try files ?? TemporaryDirectory("worker")
+        // Making the attestor creates keys in the TPM (blocking I/O): off the cooperative pool.
+        let tcti = tpm.tcti
         let attestor = try makeAttestor(
-            try Attestor(
-                tcti: tpm.tcti, files: measured, ekChain: try ca.map { try $0.chainDER }, executable: executable))
+            try await onOwnThread {
+                try Attestor(
+                    tcti: tcti, files: measured, ekChain: try ca.map { try $0.chainDER }, executable: executable)
+            })
         let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
         self.events = events
         let client = GatewayClient(

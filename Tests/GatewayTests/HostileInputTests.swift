@@ -47,8 +47,9 @@ import WorkerProtocol
 
     /// ``raw(_:port:halfClose:timeout:)`` for async tests: the blocking socket calls on a thread of
     /// their own, so that the in-process gateway they talk to keeps the cooperative pool.
+    /// (The answer may wait for minutes on a loaded machine: what is checked is the answer.)
     static func exchange(_ bytes: Data, port: Int) async throws -> Data {
-        try await onOwnThread { try raw(bytes, port: port) }
+        try await onOwnThread { try raw(bytes, port: port, timeout: 120) }
     }
 
     /// Decodes the frames in a byte string.

@@ -100,22 +100,25 @@ import Testing
 /// never accepted.
 @Suite struct MutatedQuoteTests {
     @Test(arguments: SharedVectorTests.dcapCases.filter { $0.expect.verdict == "accept" })
-    func mutationsNeverCrashOrAccept(_ c: SharedTestData.Case) throws {
-        let envelope = try EvidenceEnvelope.parse(try SharedTestData.data(c.envelope)).get()
-        let quote = [UInt8](try envelope.base64("quote").get())
-        let fields = try #require(try envelope.stringObject("collateral").get())
-        let collateral = try Collateral.read(fields).get()
-        let signedCount = try DCAPQuote.parse(quote).signedBytes.count
-        let at = try #require(Date.rfc3339(c.verify_at))
-        let verifier = try SharedVectorTests.verifier(roots: c.roots)
-        var rng = SeededRandom(seed: 0xDCA9 ^ UInt64(quote.count))
-        for i in 0..<150 {
-            let mutation = Mutation.allCases[i % Mutation.allCases.count]
-            let mutated = mutation.apply(quote, &rng)
-            QuoteExercise.run(mutated, collateral: collateral, at: at)
-            let verdict = verifier.verify(quote: mutated, collateral: collateral, expectedNonce: nil, at: at)
-            if mutated.count < signedCount || mutated.prefix(signedCount) != quote.prefix(signedCount) {
-                #expect(!verdict.isAccepted, "\(c.id): mutation \(i) (\(mutation)) of the signed bytes was accepted")
+    func mutationsNeverCrashOrAccept(_ c: SharedTestData.Case) async throws {
+        try await onOwnThread {
+            let envelope = try EvidenceEnvelope.parse(try SharedTestData.data(c.envelope)).get()
+            let quote = [UInt8](try envelope.base64("quote").get())
+            let fields = try #require(try envelope.stringObject("collateral").get())
+            let collateral = try Collateral.read(fields).get()
+            let signedCount = try DCAPQuote.parse(quote).signedBytes.count
+            let at = try #require(Date.rfc3339(c.verify_at))
+            let verifier = try SharedVectorTests.verifier(roots: c.roots)
+            var rng = SeededRandom(seed: 0xDCA9 ^ UInt64(quote.count))
+            for i in 0..<150 {
+                let mutation = Mutation.allCases[i % Mutation.allCases.count]
+                let mutated = mutation.apply(quote, &rng)
+                QuoteExercise.run(mutated, collateral: collateral, at: at)
+                let verdict = verifier.verify(quote: mutated, collateral: collateral, expectedNonce: nil, at: at)
+                if mutated.count < signedCount || mutated.prefix(signedCount) != quote.prefix(signedCount) {
+                    #expect(
+                        !verdict.isAccepted, "\(c.id): mutation \(i) (\(mutation)) of the signed bytes was accepted")
+                }
             }
         }
     }
