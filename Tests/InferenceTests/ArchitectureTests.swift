@@ -34,7 +34,7 @@ import Testing
         let env = try References.environment.get()
         let dir = try TemporaryDirectory("arch")
         let modelURL = dir.file("model.gguf")
-        try await offPool {
+        try await onCPULane {
             try SyntheticModel.make(
                 architecture: variant.architecture, weights: variant.weights, tokenizerFrom: GGUFFile(url: env.model),
                 tiedOutput: variant.tiedOutput

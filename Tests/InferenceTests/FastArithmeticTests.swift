@@ -127,7 +127,7 @@ import Testing
         let dir = try TemporaryDirectory("split")
         let f16 = dir.file("model-f16.gguf")
         let url = dir.file("model.gguf")
-        try await offPool {
+        try await onCPULane {
             try SyntheticModel.make(
                 architecture: "llama", weights: .f16, tokenizerFrom: GGUFFile(url: env.model),
                 shape: .init(embedding: 768, heads: 16, kvHeads: 1, feedForward: 1280, layers: 2)

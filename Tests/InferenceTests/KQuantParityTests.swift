@@ -55,7 +55,7 @@ import Testing
     func matchesLlamaCpp(_ fileType: String) async throws {
         let dir = try TemporaryDirectory("kquant")
         let modelURL = try await Self.quantized(fileType, into: dir)
-        let file = try await onOwnThread { try GGUFFile(url: modelURL) }
+        let file = try await onCPULane { try GGUFFile(url: modelURL) }
         let types = Set(file.tensors.values.compactMap(\.type))
         let kquant = ["Q4_K_M": GGMLType.q4_K, "Q5_K_M": .q5_K, "Q6_K": .q6_K][fileType] ?? .q8_0
         #expect(types.contains(kquant), "llama.cpp wrote \(kquant.name) tensors into the \(fileType) file")
@@ -138,7 +138,7 @@ import Testing
             let raw = Data(file.bytes(of: t))
             let type = t.type!
             // Host arithmetic runs on a thread of its own, not on the shared cooperative pool.
-            let weights: [Float] = try await offPool {
+            let weights: [Float] = await onCPULane {
                 var out = [Float](repeating: 0, count: k * rows)
                 raw.withUnsafeBytes { bytes in
                     out.withUnsafeMutableBufferPointer {
@@ -158,7 +158,7 @@ import Testing
             }
             for (tokens, (x, got)) in zip(counts, zip(inputs, products)) {
                 // The activations as ggml's quantize_row_q8_K_ref makes them.
-                let worst: Double = try await offPool {
+                let worst: Double = await onCPULane {
                     let xq = Self.q8K(x)
                     var worst: Double = 0
                     for token in 0..<tokens {

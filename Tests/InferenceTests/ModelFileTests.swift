@@ -135,7 +135,7 @@ import Testing
         let env = try References.environment.get()
         let dir = try TemporaryDirectory("unsupported")
         // Writing the models is seconds of work in a debug build: off the cooperative pool.
-        try await offPool {
+        try await onCPULane {
             var w = SyntheticModel.make(
                 architecture: "llama", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model))
             let i = w.tensors.firstIndex { $0.name == "blk.0.attn_q.weight" }!

@@ -43,7 +43,7 @@ import Testing
     func otherPreTokenizersMatchLlamaCpp(_ pre: String) async throws {
         let env = try References.environment.get()
         let dir = try TemporaryDirectory("pre-\(pre)")
-        try await offPool {
+        try await onCPULane {
             var w = SyntheticModel.make(
                 architecture: "qwen2", weights: .f16, tokenizerFrom: try GGUFFile(url: env.model),
                 shape: .init(embedding: 32, heads: 1, kvHeads: 1, feedForward: 32, layers: 1))
@@ -223,7 +223,7 @@ import Testing
     }
 
     @Test func runawayOutputIsStopped() async throws {
-        try await onOwnThread {
+        try await onCPULane {
             let t = try ChatTemplate(
                 "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'xxxxxxxxxxxxxxxx' }}{% endfor %}{% endfor %}"
             )

@@ -101,7 +101,7 @@ import Testing
 @Suite struct MutatedQuoteTests {
     @Test(arguments: SharedVectorTests.dcapCases.filter { $0.expect.verdict == "accept" })
     func mutationsNeverCrashOrAccept(_ c: SharedTestData.Case) async throws {
-        try await onOwnThread {
+        try await onCPULane {
             let envelope = try EvidenceEnvelope.parse(try SharedTestData.data(c.envelope)).get()
             let quote = [UInt8](try envelope.base64("quote").get())
             let fields = try #require(try envelope.stringObject("collateral").get())

@@ -8,7 +8,7 @@ import TONKit
 /// generated there, decode here and re-encode to identical bytes, hashes, depths and strings.
 @Suite struct PytoniqDifferentialTests {
     @Test func corpusRoundTripsToIdenticalBytes() async throws {
-        try await onOwnThread {
+        try await onCPULane {
             let env = try ReferenceEnvironment.shared.get()
             let script = SharedTestData.packageRoot.appendingPathComponent("Tests/TONKitTests/pytoniq_corpus.py")
             let result = try await ProcessRunner.run(env.tonPython.path, [script.path, "20261201", "5000", "5000"])

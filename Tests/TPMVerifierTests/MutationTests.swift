@@ -39,7 +39,7 @@ import Testing
     /// Every mutation of a signed or key field must be rejected.
     @Test(arguments: seeds)
     func mutatedSignedFieldsAreRejected(_ seed: Seed) async throws {
-        try await onOwnThread {
+        try await onCPULane {
             let (object, verifier, nonce) = try load(seed)
             #expect(
                 verifier.verify(
@@ -100,7 +100,7 @@ import Testing
     /// a known code, and an accept is only possible when the evidence bytes are unchanged.
     @Test(arguments: seeds)
     func mutatedEnvelopeTextNeverCrashes(_ seed: Seed) async throws {
-        try await onOwnThread {
+        try await onCPULane {
             let (object, verifier, nonce) = try load(seed)
             let text = [UInt8](try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
             var rng = SeededRandom(seed: 0x5EED)

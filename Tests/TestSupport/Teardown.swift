@@ -68,3 +68,17 @@ final class OwnThreadExecutor: TaskExecutor {
         queue.async { job.runSynchronously(on: executor) }
     }
 }
+
+/// ``onOwnThread(isolation:_:)`` for seconds of CPU work (mutation loops, model files written and
+/// parsed): such work from every test takes turns on one shared thread outside the pool. Given a
+/// thread each, a dozen of them at once would share two cores with the servers under test and
+/// starve those instead.
+public func onCPULane<T, Failure: Error>(
+    isolation: isolated (any Actor)? = #isolation, _ body: () async throws(Failure) -> T
+) async throws(Failure) -> T {
+    try await withTaskExecutorPreference(OwnThreadExecutor.cpuLane, isolation: isolation, operation: body)
+}
+
+extension OwnThreadExecutor {
+    static let cpuLane = OwnThreadExecutor()
+}
