@@ -84,11 +84,15 @@ final class GatewayHarness: Sendable {
     var baseURL: String { "http://127.0.0.1:\(apiPort)" }
 
     /// A request through curl (an independent HTTP client); returns status and body.
+    /// `seconds`: how long the whole exchange may take (a real model on the CPU device, beside
+    /// the rest of the suite, needs minutes).
     func request(
         _ path: String, method: String = "GET", body: String? = nil, key: String? = nil,
-        extra: [String] = []
+        extra: [String] = [], seconds: Int = 120
     ) async throws -> (status: Int, body: String) {
-        var args = ["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, baseURL + path, "--max-time", "120"]
+        var args = [
+            "-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, baseURL + path, "--max-time", String(seconds),
+        ]
         if let k = key ?? Optional(apiKey), !k.isEmpty { args += ["-H", "Authorization: Bearer \(k)"] }
         if let body { args += ["-H", "Content-Type: application/json", "--data-binary", body] }
         args += extra

@@ -82,7 +82,7 @@ import WorkerAgent
 
         let chat =
             #"{"model":"smollm2-135m-instruct","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16,"temperature":0}"#
-        let plain = try await gateway.request("/v1/chat/completions", method: "POST", body: chat)
+        let plain = try await gateway.request("/v1/chat/completions", method: "POST", body: chat, seconds: 600)
         #expect(plain.status == 200, "\(plain.body)")
         let object = try JSONSerialization.jsonObject(with: Data(plain.body.utf8)) as? [String: Any]
         let content =
@@ -91,7 +91,7 @@ import WorkerAgent
         #expect((object?["usage"] as? [String: Any])?["completion_tokens"] as? Int ?? 0 > 0)
 
         let streaming = chat.replacingOccurrences(of: #""max_tokens":16"#, with: #""max_tokens":16,"stream":true"#)
-        let stream = try await gateway.request("/v1/chat/completions", method: "POST", body: streaming)
+        let stream = try await gateway.request("/v1/chat/completions", method: "POST", body: streaming, seconds: 600)
         #expect(stream.status == 200)
         #expect(stream.body.components(separatedBy: "data: ").count > 3)
         #expect(stream.body.contains("[DONE]"))

@@ -9,7 +9,7 @@ import openai
 from openai import OpenAI
 
 base_url, api_key, model = sys.argv[1:4]
-client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
+client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=600)
 report = {"models": [m.id for m in client.models.list()]}
 
 chat = client.chat.completions.create(
