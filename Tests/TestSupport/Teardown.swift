@@ -42,9 +42,7 @@ public func eventually(_ limit: TimeInterval, _ condition: () async throws -> Bo
 /// Runs blocking work (a process start that polls, a wait) on a thread of its own, not on the
 /// shared pool that async tests run on.
 public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
+    try await onOwnThread { try body() }
 }
 
 /// Runs `body` as part of the calling task (its test, its task-locals: `#expect` inside records
