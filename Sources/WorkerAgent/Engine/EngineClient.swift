@@ -3,8 +3,9 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// A minimal HTTP/1.1 client for the inference engine on loopback or on a Unix socket: one
-/// request per connection, the response streamed to the caller as it arrives.
+/// A minimal HTTP/1.1 client for the inference engine on loopback or on a Unix socket: kept-alive
+/// connections, one request at a time on each, the response streamed to the caller as it
+/// arrives.
 public struct EngineClient: Sendable {
     public let host: String
     public let port: Int
@@ -18,6 +19,8 @@ public struct EngineClient: Sendable {
     /// the kernel who is at the other end (SO_PEERCRED) and goes no further unless it is this
     /// process, so no prompt reaches an impostor, however late it takes the path.
     public var expectedPeer: (@Sendable () -> pid_t?)?
+    /// Shared by copies of this client.
+    let pool = EngineConnectionPool()
 
     public init(host: String = "127.0.0.1", port: Int) {
         self.host = host
@@ -32,7 +35,7 @@ public struct EngineClient: Sendable {
     }
 
     /// A connected Unix socket to `path`, its peer checked against `expectedPeer`.
-    static func connectUnix(_ path: String, expectedPeer: (@Sendable () -> pid_t?)?) throws -> CInt {
+    static func connectUnix(_ path: String, expectedPeer: (@Sendable () -> pid_t?)?) throws -> (CInt, pid_t?) {
         let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw EngineError(description: "socket: \(String(cString: strerror(errno)))") }
         var addr = sockaddr_un()
@@ -62,8 +65,9 @@ public struct EngineClient: Sendable {
                         "the process at unix:\(path) (pid \(credentials.pid)) is not the engine ccworker started; not sending it anything"
                 )
             }
+            return (fd, expected)
         }
-        return fd
+        return (fd, nil)
     }
 
     /// Parses `http://HOST:PORT` or `unix:/ABSOLUTE/PATH`.
@@ -88,60 +92,127 @@ public struct EngineClient: Sendable {
         public let description: String
     }
 
+    /// Starts one request; `handler` hears its response on the connection's event loop, with no
+    /// task in between. Connections are kept alive and reused (``EngineConnectionPool``).
+    @discardableResult
+    public func start(
+        method: String, path: String, body: Data, headers extra: [(String, String)] = [],
+        on exchange: EngineExchange = EngineExchange(), handler: EngineResponseHandler
+    ) -> EngineExchange {
+        var fields = HTTPHeaders()
+        fields.add(name: "Host", value: socketPath == nil ? "\(host):\(port)" : "localhost")
+        fields.add(name: "Content-Type", value: "application/json")
+        fields.add(name: "Content-Length", value: String(body.count))
+        for (name, value) in extra { fields.add(name: name, value: value) }
+        let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path, headers: fields)
+        dispatch(EngineRequestParts(head: head, body: body.isEmpty ? nil : ByteBuffer(bytes: body)), exchange, handler)
+        return exchange
+    }
+
+    /// Puts a request on a kept-alive connection, or on a new one. A kept-alive connection that
+    /// fails before any byte of the response (the engine's idle timeout closing it as the
+    /// request went out) costs one retry on a new connection; a new connection is never retried.
+    func dispatch(
+        _ parts: EngineRequestParts, _ exchange: EngineExchange, _ handler: EngineResponseHandler, fresh: Bool = false
+    ) {
+        let pool = self.pool
+        let reused = fresh ? nil : pool.take(peer: socketPath == nil ? nil : expectedPeer?())
+        let connection = reused.map { $0.channel.eventLoop.makeSucceededFuture($0) } ?? openConnection()
+        let answered = LoopFlag()
+        let relayed = EngineResponseHandler(
+            head: { status, type in
+                answered.value = true
+                try handler.head(status, type)
+            },
+            body: handler.body, end: handler.end,
+            failure: { error in
+                if reused != nil, !answered.value, !exchange.isCancelled {
+                    dispatch(parts, exchange, handler, fresh: true)
+                } else {
+                    handler.failure(error)
+                }
+            })
+        connection.whenComplete { result in
+            switch result {
+            case .failure(let error): handler.failure(error)
+            case .success(let idle):
+                guard exchange.attach(idle.channel) else {
+                    pool.put(.init(channel: idle.channel, peer: idle.peer, since: .now))
+                    handler.failure(EngineError(description: "cancelled"))
+                    return
+                }
+                let request = EngineRequest(
+                    head: parts.head, body: parts.body, handler: relayed,
+                    finished: { reusable in
+                        guard reusable else {
+                            idle.channel.close(promise: nil)
+                            return
+                        }
+                        pool.put(.init(channel: idle.channel, peer: idle.peer, since: .now))
+                    })
+                idle.channel.writeAndFlush(request, promise: nil)
+            }
+        }
+    }
+
+    /// A new connection to the engine, its peer checked (``expectedPeer``).
+    func openConnection() -> EventLoopFuture<EngineConnectionPool.Idle> {
+        let relay = EngineRelay()
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connectTimeout(.seconds(5))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(relay)
+                }
+            }
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        do {
+            if let socketPath {
+                let (fd, peer) = try Self.connectUnix(socketPath, expectedPeer: expectedPeer)
+                return bootstrap.withConnectedSocket(fd).map { .init(channel: $0, peer: peer, since: .now) }
+            }
+            let channel =
+                if let address = try? SocketAddress(ipAddress: host, port: port) {
+                    bootstrap.connect(to: address)
+                } else {
+                    bootstrap.connect(host: host, port: port)
+                }
+            return channel.map { .init(channel: $0, peer: nil, since: .now) }
+        } catch {
+            return loop.makeFailedFuture(error)
+        }
+    }
+
     /// Sends one request; `onHead` receives status and content type, `onData` each body chunk.
     public func send(
         method: String, path: String, body: Data, headers extra: [(String, String)] = [],
         onHead: (Int, String) async throws -> Void, onData: (Data) async throws -> Void
     ) async throws {
-        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton).connectTimeout(.seconds(5))
-        let wrap:
-            @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>> =
-                {
-                    channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                        return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(
-                            wrappingChannelSynchronously: channel)
+        enum Part {
+            case head(Int, String)
+            case body(ByteBuffer)
+        }
+        let (parts, continuation) = AsyncThrowingStream<Part, any Error>.makeStream()
+        let exchange = start(
+            method: method, path: path, body: body, headers: extra,
+            handler: EngineResponseHandler(
+                head: { continuation.yield(.head($0, $1)) }, body: { continuation.yield(.body($0)) },
+                end: { continuation.finish() }, failure: { continuation.finish(throwing: $0) }))
+        do {
+            try await withTaskCancellationHandler {
+                for try await part in parts {
+                    switch part {
+                    case .head(let status, let type): try await onHead(status, type)
+                    case .body(let buffer): try await onData(Data(buffer.readableBytesView))
                     }
                 }
-        let channel =
-            if let socketPath {
-                try await bootstrap.withConnectedSocket(
-                    try Self.connectUnix(socketPath, expectedPeer: expectedPeer), channelInitializer: wrap)
-            } else {
-                try await bootstrap.connect(host: host, port: port, channelInitializer: wrap)
+                try Task.checkCancellation()
+            } onCancel: {
+                exchange.cancel()
             }
-        try await channel.executeThenClose { inbound, outbound in
-            var head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: path)
-            head.headers.add(name: "Host", value: socketPath == nil ? "\(host):\(port)" : "localhost")
-            head.headers.add(name: "Content-Type", value: "application/json")
-            head.headers.add(name: "Content-Length", value: String(body.count))
-            head.headers.add(name: "Connection", value: "close")
-            for (name, value) in extra { head.headers.add(name: name, value: value) }
-            // The whole request in one write: an engine that answers as soon as it has read the
-            // head, and closes, must not find the rest of the request still to come (the close
-            // would fail the late write and lose the answer).
-            var parts: [HTTPClientRequestPart] = [.head(head)]
-            if !body.isEmpty { parts.append(.body(.byteBuffer(ByteBuffer(bytes: body)))) }
-            parts.append(.end(nil))
-            try await outbound.write(contentsOf: parts)
-            var sawHead = false
-            for try await part in inbound {
-                switch part {
-                case .head(let response):
-                    sawHead = true
-                    try await onHead(
-                        Int(response.status.code),
-                        response.headers.first(name: "Content-Type") ?? "application/octet-stream")
-                case .body(let buffer):
-                    try await onData(Data(buffer.readableBytesView))
-                case .end:
-                    return
-                }
-            }
-            throw EngineError(
-                description: sawHead
-                    ? "engine closed the connection mid-response" : "engine closed the connection without a response")
+        } catch {
+            exchange.cancel()
+            throw error
         }
     }
 

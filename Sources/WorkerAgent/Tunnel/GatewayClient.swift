@@ -128,7 +128,8 @@ public final class GatewayClient: Sendable {
         let sealer: ChannelSealer
         let opener: ChannelOpener
         let outbox: AsyncStream<WireMessage>.Continuation
-        let tasks = Mutex<[UInt64: Task<Void, Never>]>([:])
+        /// How to stop each request in flight.
+        private let inFlight = Mutex<[UInt64: @Sendable () -> Void]>([:])
 
         init(id: String, key: SymmetricKey, outbox: AsyncStream<WireMessage>.Continuation) {
             self.id = id
@@ -139,6 +140,23 @@ public final class GatewayClient: Sendable {
 
         func send(_ payload: ChannelPayload) throws {
             try sealer.seal(payload.encoded()) { outbox.yield(.sealed($0)) }
+        }
+
+        func track(_ id: UInt64, cancel: @escaping @Sendable () -> Void) { inFlight.withLock { $0[id] = cancel } }
+
+        /// Forgets a finished request; whether it was still in flight (not cancelled).
+        @discardableResult func forget(_ id: UInt64) -> Bool { inFlight.withLock { $0.removeValue(forKey: id) } != nil }
+
+        /// Stops a request the gateway no longer wants.
+        func cancel(_ id: UInt64) { inFlight.withLock { $0.removeValue(forKey: id) }?() }
+
+        /// Stops every request in flight (the connection to the gateway ended).
+        func cancelAll() {
+            let all = inFlight.withLock { s in
+                defer { s.removeAll() }
+                return Array(s.values)
+            }
+            for cancel in all { cancel() }
         }
     }
 
@@ -175,9 +193,7 @@ public final class GatewayClient: Sendable {
                     let action = machine.received(message)
                     session = try await perform(action, session, &machine, outbox: outboxContinuation) ?? session
                 }
-                if let session {
-                    for task in session.tasks.withLock({ Array($0.values) }) { task.cancel() }
-                }
+                session?.cancelAll()
             }
         }
     }
@@ -261,39 +277,42 @@ public final class GatewayClient: Sendable {
                 try? session.send(.failure(id: id, message: "path not forwarded: POST \(path)"))
                 return
             }
-            let task = Task {
-                await serveSealed(id: id, path: path, envelope: envelope, in: session)
-                _ = session.tasks.withLock { $0.removeValue(forKey: id) }
+            let handle = TaskHandle()
+            session.track(id) { handle.cancel() }
+            handle.run {
+                await self.serveSealed(id: id, path: path, envelope: envelope, in: session)
+                session.forget(id)
             }
-            session.tasks.withLock { $0[id] = task }
         case .request(let id, let method, let path, let body):
             // Only the API the gateway fronts is forwarded; nothing else on the engine is reachable.
             guard method == "POST", ["/v1/chat/completions", "/v1/completions"].contains(path) else {
                 try? session.send(.failure(id: id, message: "path not forwarded: \(method) \(path)"))
                 return
             }
-            let task = Task {
-                do {
-                    try await engine.send(
-                        method: method, path: path, body: body,
-                        onHead: { status, type in try session.send(.head(id: id, status: status, contentType: type)) },
-                        onData: { data in
-                            var offset = 0
-                            while offset < data.count {
-                                let end = min(offset + 256 * 1024, data.count)
-                                try session.send(.data(id: id, bytes: data.subdata(in: offset..<end)))
-                                offset = end
-                            }
-                        })
-                    try session.send(.end(id: id))
-                } catch {
-                    try? session.send(.failure(id: id, message: "engine: \(error)"))
-                }
-                _ = session.tasks.withLock { $0.removeValue(forKey: id) }
-            }
-            session.tasks.withLock { $0[id] = task }
+            // Answered from the engine connection's event loop as the parts arrive: no task
+            // between the engine and the sealed channel.
+            let exchange = EngineExchange()
+            session.track(id) { exchange.cancel() }
+            engine.start(
+                method: method, path: path, body: body, on: exchange,
+                handler: EngineResponseHandler(
+                    head: { status, type in try session.send(.head(id: id, status: status, contentType: type)) },
+                    body: { buffer in
+                        var buffer = buffer
+                        while buffer.readableBytes > 0 {
+                            let chunk = buffer.readSlice(length: min(256 * 1024, buffer.readableBytes))!
+                            try session.send(.data(id: id, bytes: Data(chunk.readableBytesView)))
+                        }
+                    },
+                    end: {
+                        try? session.send(.end(id: id))
+                        session.forget(id)
+                    },
+                    failure: { error in
+                        if session.forget(id) { try? session.send(.failure(id: id, message: "engine: \(error)")) }
+                    }))
         case .cancel(let id):
-            session.tasks.withLock { $0.removeValue(forKey: id) }?.cancel()
+            session.cancel(id)
         default:
             break
         }
@@ -352,5 +371,28 @@ public final class GatewayClient: Sendable {
         } catch {
             try? session.send(.failure(id: id, message: "engine: \(error)"))
         }
+    }
+}
+
+/// A task that may be cancelled before it exists: one that is started after being cancelled
+/// starts cancelled.
+final class TaskHandle: Sendable {
+    private let state = Mutex<(task: Task<Void, Never>?, cancelled: Bool)>((nil, false))
+
+    func run(_ body: @escaping @Sendable () async -> Void) {
+        let task = Task { await body() }
+        let cancelled = state.withLock { s -> Bool in
+            s.task = task
+            return s.cancelled
+        }
+        if cancelled { task.cancel() }
+    }
+
+    func cancel() {
+        let task = state.withLock { s -> Task<Void, Never>? in
+            s.cancelled = true
+            return s.task
+        }
+        task?.cancel()
     }
 }
