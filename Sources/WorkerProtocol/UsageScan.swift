@@ -5,47 +5,63 @@ import Foundation
 /// with `stream_options.include_usage`). Only `prompt_tokens`, `completion_tokens` and
 /// `total_tokens` are kept, as integers. Text without the marker costs a byte search only.
 public struct UsageScan: Sendable {
+    /// The counts, once found.
+    public private(set) var usage: Counts?
     /// The counts as a JSON object, once found.
-    public private(set) var found: Data?
+    public var found: Data? { usage?.json }
 
     public init() {}
 
     static let marker = Data(#""usage":{"#.utf8)
 
-    struct Counts: Codable, Equatable {
-        struct Usage: Codable, Equatable {
-            var promptTokens: Int?
-            var completionTokens: Int?
-            var totalTokens: Int?
-            enum CodingKeys: String, CodingKey {
-                case promptTokens = "prompt_tokens"
-                case completionTokens = "completion_tokens"
-                case totalTokens = "total_tokens"
-            }
+    /// The three counts an engine reports; at least one is present.
+    public struct Counts: Codable, Equatable, Sendable {
+        public var promptTokens: Int?
+        public var completionTokens: Int?
+        public var totalTokens: Int?
+        enum CodingKeys: String, CodingKey {
+            case promptTokens = "prompt_tokens"
+            case completionTokens = "completion_tokens"
+            case totalTokens = "total_tokens"
         }
-        var usage: Usage?
+
+        /// The present counts by their JSON names.
+        public var fields: [(name: String, value: Int)] {
+            [("completion_tokens", completionTokens), ("prompt_tokens", promptTokens), ("total_tokens", totalTokens)]
+                .compactMap { name, value in value.map { (name, $0) } }
+        }
+
+        /// `{"completion_tokens":N,"prompt_tokens":N,"total_tokens":N}`, keys sorted, absent ones left out.
+        public var json: Data {
+            Data(("{" + fields.map { "\"\($0.name)\":\($0.value)" }.joined(separator: ",") + "}").utf8)
+        }
+    }
+
+    struct Document: Decodable {
+        var usage: Counts?
+    }
+
+    /// The counts of one JSON document; nil without them.
+    public static func usage(inJSON body: Data) -> Counts? {
+        guard body.range(of: marker) != nil,
+            let usage = (try? JSONDecoder().decode(Document.self, from: body))?.usage,
+            usage.promptTokens != nil || usage.completionTokens != nil || usage.totalTokens != nil
+        else { return nil }
+        return usage
     }
 
     /// The counts of one JSON document, re-encoded with the three fields only; nil without them.
-    public static func counts(inJSON body: Data) -> Data? {
-        guard body.range(of: marker) != nil,
-            let usage = (try? JSONDecoder().decode(Counts.self, from: body))?.usage,
-            usage.promptTokens != nil || usage.completionTokens != nil || usage.totalTokens != nil
-        else { return nil }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        return try? encoder.encode(usage)
-    }
+    public static func counts(inJSON body: Data) -> Data? { usage(inJSON: body)?.json }
 
     /// Scans a chunk: a whole JSON answer, or server-sent events (`data: {…}` lines).
     public mutating func scan(_ chunk: Data) {
         guard chunk.range(of: Self.marker) != nil else { return }
-        if let whole = Self.counts(inJSON: chunk) {
-            found = whole
+        if let whole = Self.usage(inJSON: chunk) {
+            usage = whole
             return
         }
         for line in chunk.split(separator: 0x0A) where line.starts(with: Data("data: ".utf8)) {
-            if let counts = Self.counts(inJSON: Data(line.dropFirst(6))) { found = counts }
+            if let counts = Self.usage(inJSON: Data(line.dropFirst(6))) { usage = counts }
         }
     }
 }

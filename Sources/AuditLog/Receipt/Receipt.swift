@@ -90,10 +90,14 @@ public struct Receipt: Sendable, Equatable {
     }
 
     /// The bytes the signature covers: a domain line, then the receipt's canonical JSON.
-    public var signedBytes: Data { Data("\(Self.schema)\n".utf8) + Data(CanonicalJSON.encode(json)) }
+    public var signedBytes: Data { Self.signedBytes(canonical: CanonicalJSON.encode(json)) }
+
+    static func signedBytes(canonical: [UInt8]) -> Data { Data("\(Self.schema)\n".utf8) + Data(canonical) }
 
     public func signed(by key: Ed25519PrivateKey) -> SignedReceipt {
-        SignedReceipt(receipt: self, signature: key.signature(for: signedBytes))
+        let canonical = CanonicalJSON.encode(json)
+        return SignedReceipt(
+            receipt: self, signature: key.signature(for: Self.signedBytes(canonical: canonical)), canonical: canonical)
     }
 }
 
@@ -107,9 +111,9 @@ public struct SignedReceipt: Sendable, Equatable {
     public static let headerName = "ccgate-receipt"
     public static let eventName = "ccgate-receipt"
 
-    public var json: [UInt8] {
-        CanonicalJSON.encode(.object(["receipt": receipt.json, "signature": .string(signature.base64EncodedString())]))
-    }
+    /// Its canonical JSON: `{"receipt":…,"signature":"…"}` ("receipt" sorts first), from the
+    /// receipt's canonical bytes, encoded once.
+    public let json: [UInt8]
 
     public var headerValue: String { Data(json).base64EncodedString() }
 
@@ -134,11 +138,19 @@ public struct SignedReceipt: Sendable, Equatable {
         }
         self.receipt = try Receipt(json: receipt)
         self.signature = signature
+        json = Array(bytes)
     }
 
-    init(receipt: Receipt, signature: Data) {
+    init(receipt: Receipt, signature: Data, canonical: [UInt8]) {
         self.receipt = receipt
         self.signature = signature
+        var out = Array(#"{"receipt":"#.utf8)
+        out.reserveCapacity(canonical.count + 120)
+        out += canonical
+        out += Array(#","signature":"#.utf8)
+        CanonicalJSON.writeString(signature.base64EncodedString(), into: &out)
+        out.append(UInt8(ascii: "}"))
+        json = out
     }
 
     /// Checks the signature under `key`, and, when given, that `response` and `request` are the

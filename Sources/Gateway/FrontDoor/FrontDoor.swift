@@ -244,7 +244,7 @@ public struct FrontDoor: Sendable {
                 hasher.update(data: separator)
                 try await writer.write(ByteBuffer(bytes: separator))
             }
-            try await endStream(exchange, hasher, usage: Self.jsonValue(counts.found), &writer)
+            try await endStream(exchange, hasher, usage: Self.jsonValue(counts.usage), &writer)
         }
         return Response(status: HTTPResponse.Status(code: exchange.status), headers: headers, body: body)
     }
@@ -321,10 +321,11 @@ public struct FrontDoor: Sendable {
     }
 
     /// The token counts of a JSON response, as the receipt carries them (``UsageScan``).
-    static func usage(inObject body: Data) -> JSONValue { jsonValue(UsageScan.counts(inJSON: body)) }
+    static func usage(inObject body: Data) -> JSONValue { jsonValue(UsageScan.usage(inJSON: body)) }
 
-    static func jsonValue(_ counts: Data?) -> JSONValue {
-        counts.flatMap { try? JSONDecoder().decode(JSONValue.self, from: $0) } ?? .null
+    static func jsonValue(_ counts: UsageScan.Counts?) -> JSONValue {
+        guard let counts else { return .null }
+        return .object(Dictionary(uniqueKeysWithValues: counts.fields.map { ($0.name, JSONValue.int($0.value)) }))
     }
 
 }

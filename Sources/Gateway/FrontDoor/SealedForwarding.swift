@@ -90,7 +90,7 @@ extension FrontDoor {
                 switch event {
                 case .data(_, let frame): try await emit(EndToEnd.frameEvent, Data(frame.base64EncodedString().utf8))
                 case .usage(_, let counts):
-                    usage = Self.jsonValue(UsageScan.counts(inJSON: Data(#"{"usage":"#.utf8) + counts + Data("}".utf8)))
+                    usage = Self.jsonValue(UsageScan.usage(inJSON: Data(#"{"usage":"#.utf8) + counts + Data("}".utf8)))
                     if usage != .null { try await emit(EndToEnd.usageEvent, Data(CanonicalJSON.encode(usage))) }
                 case .end: break loop
                 default: continue
