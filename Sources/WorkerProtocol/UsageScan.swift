@@ -16,6 +16,12 @@ public struct UsageScan: Sendable {
 
     /// The three counts an engine reports; at least one is present.
     public struct Counts: Codable, Equatable, Sendable {
+        public init(promptTokens: Int?, completionTokens: Int?, totalTokens: Int?) {
+            self.promptTokens = promptTokens
+            self.completionTokens = completionTokens
+            self.totalTokens = totalTokens
+        }
+
         public var promptTokens: Int?
         public var completionTokens: Int?
         public var totalTokens: Int?
@@ -37,17 +43,20 @@ public struct UsageScan: Sendable {
         }
     }
 
-    struct Document: Decodable {
-        var usage: Counts?
-    }
-
-    /// The counts of one JSON document; nil without them.
+    /// The counts of one JSON object; nil without them, or when they are not plain integers or
+    /// are named twice (an answer read two ways is not counted).
     public static func usage(inJSON body: Data) -> Counts? {
-        guard body.range(of: marker) != nil,
-            let usage = (try? JSONDecoder().decode(Document.self, from: body))?.usage,
-            usage.promptTokens != nil || usage.completionTokens != nil || usage.totalTokens != nil
+        guard body.range(of: marker) != nil, let document = try? JSONMembers(body),
+            !document.duplicates.contains("usage"), let usage = document.object("usage"), usage.duplicates.isEmpty
         else { return nil }
-        return usage
+        func count(_ name: String) -> Int?? {
+            guard let value = usage.members[name], value.kind != .null else { return .some(nil) }
+            return usage.integer(name).map { .some($0) }
+        }
+        guard let prompt = count("prompt_tokens"), let completion = count("completion_tokens"),
+            let total = count("total_tokens"), prompt != nil || completion != nil || total != nil
+        else { return nil }
+        return Counts(promptTokens: prompt, completionTokens: completion, totalTokens: total)
     }
 
     /// The counts of one JSON document, re-encoded with the three fields only; nil without them.

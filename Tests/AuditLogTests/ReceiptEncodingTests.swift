@@ -36,8 +36,20 @@ import Testing
         // One changed field is another receipt: its signature no longer verifies.
         var other = parsed.receipt
         other.status = 500
-        let forged = SignedReceipt(
-            receipt: other, signature: parsed.signature, canonical: CanonicalJSON.encode(other.json))
+        let forged = SignedReceipt(receipt: other, signature: parsed.signature)
         #expect(throws: ReceiptError.self) { try forged.verify(key: key.publicKey) }
+    }
+
+    /// Threat: a genuine receipt with no token counts (`"usage":null`) whose `usage` field is
+    /// swapped for a field of the attacker's: the 15 fields are the receipt's own, or it is not one.
+    @Test func aFieldInPlaceOfUsageIsRefused() throws {
+        let key = Ed25519PrivateKey.generate()
+        let signed = Self.receipt(usage: .null, model: "m", key: key).signed(by: key)
+        var fields = try #require(signed.receipt.json.object)
+        fields["usage"] = nil
+        fields["verified_by"] = .string("an auditor")
+        let swapped = CanonicalJSON.encode(
+            .object(["receipt": .object(fields), "signature": .string(signed.signature.base64EncodedString())]))
+        #expect(throws: ReceiptError.self) { try SignedReceipt(text: String(decoding: swapped, as: UTF8.self)) }
     }
 }

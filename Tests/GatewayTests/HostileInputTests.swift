@@ -186,6 +186,15 @@ import WorkerProtocol
             ("model not a string", "/v1/chat/completions", #"{"model":5,"messages":[]}"#, gateway.apiKey, [], 400),
             ("no messages", "/v1/chat/completions", #"{"model":"fake"}"#, gateway.apiKey, [], 400),
             ("no prompt", "/v1/completions", #"{"model":"fake"}"#, gateway.apiKey, [], 400),
+            // Threat: routed under one model while the engine reads the other.
+            (
+                "model named twice", "/v1/chat/completions", #"{"model":"\#(Self.model)","messages":[],"model":"x"}"#,
+                gateway.apiKey, [], 400
+            ),
+            (
+                "trailing comma", "/v1/chat/completions", #"{"model":"\#(Self.model)","messages":[],}"#, gateway.apiKey,
+                [], 400
+            ),
             ("unknown model", "/v1/chat/completions", #"{"model":"gpt-9","messages":[]}"#, gateway.apiKey, [], 404),
             ("unknown path", "/v1/embeddings", #"{}"#, gateway.apiKey, [], 404),
             (

@@ -17,6 +17,11 @@ import WorkerAgent
             case dropAfterEachAnswer
             /// Streams 1,000 chunks, 10 ms apart; records when the client went away.
             case slowStream
+            /// Answers each request after 300 ms, keeping the connection.
+            case slowAnswer
+            /// Answers the first request on a connection; reads the second and closes unanswered
+            /// (an engine that crashed on it).
+            case crashOnSecond
         }
         let path: String
         let fd: CInt
@@ -55,6 +60,7 @@ import WorkerAgent
             defer { close(client) }
             var pending = [UInt8]()
             var buffer = [UInt8](repeating: 0, count: 4096)
+            var served = 0
             while true {
                 // One request: its head, then Content-Length bytes of body.
                 var headEnd: Int?
@@ -78,8 +84,11 @@ import WorkerAgent
                 }
                 pending.removeFirst(headEnd! + length)
                 state.withLock { $0.requests += 1 }
+                if mode == .crashOnSecond, served == 1 { return }
+                served += 1
+                if mode == .slowAnswer { usleep(300_000) }
                 switch mode {
-                case .keepAlive, .dropAfterEachAnswer:
+                case .keepAlive, .dropAfterEachAnswer, .slowAnswer, .crashOnSecond:
                     let body = #"{"ok":true}"#
                     send(
                         client,
@@ -181,9 +190,10 @@ import WorkerAgent
             moved.expectedPeer = { other }
             await #expect(throws: EngineClient.EngineError.self) { _ = try await Self.ask(moved) }
             #expect(server.requests == 1, "a request went to a connection checked against another process")
-            // The connection checked against the old process is gone; the engine is reached anew.
+            // The connection checked against the old process is gone (and the refused one was
+            // connected, checked, and closed with nothing sent); the engine is reached anew.
             _ = try await Self.ask(client)
-            #expect(server.requests == 2 && server.accepted == 2)
+            #expect(server.requests == 2 && server.accepted == 3)
         }
     }
 
@@ -208,6 +218,48 @@ import WorkerAgent
             #expect(last == "failed")
             for _ in 0..<200 where server.clientsLeft == 0 { try await Task.sleep(for: .milliseconds(20)) }
             #expect(server.clientsLeft == 1, "the engine kept streaming to a cancelled exchange")
+        }
+    }
+
+    /// Threat: one client's cancellation landing on another's request. An exchange that has
+    /// finished gave its connection back; cancelling it then must not close that connection
+    /// under the next request.
+    @Test func cancellingAFinishedExchangeLeavesTheNextOneAlone() async throws {
+        try await Self.withServer(.slowAnswer) { server, client in
+            let (first, firstDone) = AsyncStream<Bool>.makeStream()
+            let earlier = client.start(
+                method: "POST", path: "/v1/chat/completions", body: Data("{}".utf8),
+                handler: EngineResponseHandler(
+                    head: { _, _ in }, body: { _ in }, end: { firstDone.yield(true) },
+                    failure: { _ in firstDone.yield(false) }))
+            var iterator = first.makeAsyncIterator()
+            #expect(await iterator.next() == true)
+            async let later = Self.ask(client)
+            try await Task.sleep(for: .milliseconds(100))
+            earlier.cancel()
+            let (status, body) = try await later
+            #expect(status == 200 && body == #"{"ok":true}"#)
+            #expect(server.accepted == 1, "the later request did not reuse the connection")
+        }
+    }
+
+    /// A request the engine read and then failed on (it crashed) is reported, not sent again: a
+    /// prompt is never run twice, even on a kept connection.
+    @Test func aRequestTheEngineReadIsNeverSentAgain() async throws {
+        try await Self.withServer(.crashOnSecond) { server, client in
+            _ = try await Self.ask(client)
+            await #expect(throws: (any Error).self) { _ = try await Self.ask(client) }
+            #expect(server.requests == 2, "the failed request was sent again")
+        }
+    }
+
+    /// The readiness probe runs before the worker knows who owns the engine's port: its
+    /// connection is never kept for prompts.
+    @Test func theReadinessProbesConnectionIsNotKept() async throws {
+        try await Self.withServer(.keepAlive) { server, client in
+            #expect(await client.isReady())
+            _ = try await Self.ask(client)
+            #expect(server.accepted == 2)
         }
     }
 }

@@ -2,7 +2,7 @@ import AttestationCore
 import Foundation
 import Sealing
 import Testing
-import WorkerAgent
+@testable import WorkerAgent
 import WorkerProtocol
 
 /// Every transition of the worker's side of the protocol, with no I/O, against a gateway key
@@ -294,5 +294,24 @@ import WorkerProtocol
             WorkerRejected(code: ProtocolErrorCode.gatewayKeyMismatch.rawValue, message: "", authenticated: false)
                 .isRetryable(
                     hasProvider: false))
+    }
+}
+
+/// The worker's check of a gateway-blind request against the routing fields the gateway saw.
+@Suite struct SealedRoutingTests {
+    @Test func theBodyMustAskWhatItWasRoutedAs() {
+        let ask = { (body: String, model: String, stream: Bool) in
+            GatewayClient.bodyMatchesRouting(Data(body.utf8), model: model, stream: stream)
+        }
+        #expect(ask(#"{"model":"m","messages":[]}"#, "m", false))
+        #expect(ask(#"{"model":"m","stream":true,"messages":[]}"#, "m", true))
+        #expect(!ask(#"{"model":"m","stream":true}"#, "m", false))
+        #expect(!ask(#"{"model":"other","messages":[]}"#, "m", false))
+        // Threat: named twice, the gateway's reading and the engine's may differ.
+        #expect(!ask(#"{"model":"m","model":"other"}"#, "m", false))
+        #expect(!ask(#"{"model":"m","m\u006fdel":"other"}"#, "m", false))
+        #expect(!ask(#"{"model":"m","stream":false,"stream":true}"#, "m", false))
+        #expect(!ask(#"{"model":"m",}"#, "m", false))
+        #expect(!ask("not json", "m", false))
     }
 }

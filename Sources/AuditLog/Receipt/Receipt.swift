@@ -80,11 +80,16 @@ public struct Receipt: Sendable, Equatable {
             guard let v = o[key]?.int else { throw .malformed("'\(key)' is missing or not an integer") }
             return v
         }
-        guard o.count == 15 else { throw .malformed("a receipt has exactly 15 fields, not \(o.count)") }
+        // Exactly the 15 fields, usage included: any other field would ride along unsigned.
+        guard o.count == 15, o["usage"] != nil else {
+            throw .malformed(
+                "a receipt has exactly its 15 fields (\(o.count) here, usage \(o["usage"] == nil ? "missing" : "present"))"
+            )
+        }
         self.init(
             gateway: try string("gateway"), path: try string("path"), requestSHA256: try string("request_sha256"),
             responseSHA256: try string("response_sha256"), status: try int("status"), model: try string("model"),
-            usage: o["usage"] ?? .null, worker: try string("worker"), session: try string("session"),
+            usage: o["usage"]!, worker: try string("worker"), session: try string("session"),
             evidenceSHA256: try string("evidence_sha256"), policyVersion: try int("policy_version"),
             policySHA256: try string("policy_sha256"), admissionSeq: try int("admission_seq"), time: try int("time"))
     }
@@ -141,7 +146,12 @@ public struct SignedReceipt: Sendable, Equatable {
         json = Array(bytes)
     }
 
-    init(receipt: Receipt, signature: Data, canonical: [UInt8]) {
+    init(receipt: Receipt, signature: Data) {
+        self.init(receipt: receipt, signature: signature, canonical: CanonicalJSON.encode(receipt.json))
+    }
+
+    /// `canonical` must be `CanonicalJSON.encode(receipt.json)` (``Receipt/signed(by:)``).
+    fileprivate init(receipt: Receipt, signature: Data, canonical: [UInt8]) {
         self.receipt = receipt
         self.signature = signature
         var out = Array(#"{"receipt":"#.utf8)

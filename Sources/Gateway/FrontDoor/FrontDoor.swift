@@ -143,14 +143,21 @@ public struct FrontDoor: Sendable {
     }
 
     /// The model a plain request names, checked to be served; its other required field present.
+    ///
+    /// Threat: a request naming its model twice, routed (and receipted) under one while the
+    /// engine reads the other: refused.
     func servedModel(_ body: Data, required: String) throws -> String {
-        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
-            throw OpenAIError(.badRequest, "The request body must be a JSON object.")
+        let object: JSONMembers
+        do { object = try JSONMembers(body) } catch {
+            throw OpenAIError(.badRequest, "The request body must be a JSON object (\(error)).")
         }
-        guard let model = object["model"] as? String, !model.isEmpty else {
+        guard let model = object.string("model"), !model.isEmpty else {
             throw OpenAIError(.badRequest, "'model' is required and must be a string.", param: "model")
         }
-        guard object[required] != nil else {
+        guard object.duplicates.isDisjoint(with: ["model", "stream"]) else {
+            throw OpenAIError(.badRequest, "'model' and 'stream' may each appear only once.", param: "model")
+        }
+        guard object.members[required] != nil else {
             throw OpenAIError(.badRequest, "'\(required)' is required.", param: required)
         }
         guard !registry.models.isEmpty, registry.models.contains(model) else {

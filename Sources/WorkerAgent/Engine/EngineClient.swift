@@ -36,7 +36,9 @@ public struct EngineClient: Sendable {
 
     /// A connected Unix socket to `path`, its peer checked against `expectedPeer`.
     static func connectUnix(_ path: String, expectedPeer: (@Sendable () -> pid_t?)?) throws -> (CInt, pid_t?) {
-        let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
+        // Non-blocking: a process at the path that never accepts (its backlog full) fails the
+        // connect at once instead of holding the thread that asked.
+        let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw EngineError(description: "socket: \(String(cString: strerror(errno)))") }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -110,23 +112,22 @@ public struct EngineClient: Sendable {
     }
 
     /// Puts a request on a kept-alive connection, or on a new one. A kept-alive connection that
-    /// fails before any byte of the response (the engine's idle timeout closing it as the
-    /// request went out) costs one retry on a new connection; a new connection is never retried.
+    /// fails before the whole request was written (the engine's idle timeout closed it) costs
+    /// one retry on a new connection. Once written, the engine may have read it: a request is
+    /// never sent twice (a prompt that crashes the engine would crash it again), nor is a new
+    /// connection retried.
     func dispatch(
         _ parts: EngineRequestParts, _ exchange: EngineExchange, _ handler: EngineResponseHandler, fresh: Bool = false
     ) {
         let pool = self.pool
         let reused = fresh ? nil : pool.take(peer: socketPath == nil ? nil : expectedPeer?())
         let connection = reused.map { $0.channel.eventLoop.makeSucceededFuture($0) } ?? openConnection()
-        let answered = LoopFlag()
+        let accepted = LoopFlag()
+        let written = LoopFlag()
         let relayed = EngineResponseHandler(
-            head: { status, type in
-                answered.value = true
-                try handler.head(status, type)
-            },
-            body: handler.body, end: handler.end,
+            head: handler.head, body: handler.body, end: handler.end,
             failure: { error in
-                if reused != nil, !answered.value, !exchange.isCancelled {
+                if reused != nil, !written.value, !exchange.isCancelled {
                     dispatch(parts, exchange, handler, fresh: true)
                 } else {
                     handler.failure(error)
@@ -136,6 +137,13 @@ public struct EngineClient: Sendable {
             switch result {
             case .failure(let error): handler.failure(error)
             case .success(let idle):
+                // On the connection's event loop from here: a connection the engine closed since
+                // it was taken fails before anything is written (and, reused, is replaced).
+                guard idle.channel.isActive else {
+                    idle.channel.close(promise: nil)
+                    relayed.failure(EngineError(description: "engine closed the connection"))
+                    return
+                }
                 guard exchange.attach(idle.channel) else {
                     pool.put(.init(channel: idle.channel, peer: idle.peer, since: .now))
                     handler.failure(EngineError(description: "cancelled"))
@@ -144,13 +152,20 @@ public struct EngineClient: Sendable {
                 let request = EngineRequest(
                     head: parts.head, body: parts.body, handler: relayed,
                     finished: { reusable in
-                        guard reusable else {
+                        let cancelled = exchange.finish()
+                        guard reusable, !cancelled else {
                             idle.channel.close(promise: nil)
                             return
                         }
                         pool.put(.init(channel: idle.channel, peer: idle.peer, since: .now))
-                    })
-                idle.channel.writeAndFlush(request, promise: nil)
+                    }, accepted: accepted, written: written)
+                let sent = idle.channel.eventLoop.makePromise(of: Void.self)
+                sent.futureResult.whenFailure { error in
+                    // A pipeline already torn down by a close never reached the relay: nobody
+                    // else reports this request.
+                    if !accepted.value { relayed.failure(error) }
+                }
+                idle.channel.writeAndFlush(request, promise: sent)
             }
         }
     }
@@ -217,11 +232,14 @@ public struct EngineClient: Sendable {
     }
 
     /// True when the engine answers `GET /v1/models` with 200.
+    /// Its connection is not kept: it runs before the worker checks who owns the engine's port
+    /// (``EngineConnectionPool``).
     public func isReady() async -> Bool {
         var status = 0
         do {
             try await send(
-                method: "GET", path: "/v1/models", body: Data(), onHead: { code, _ in status = code }, onData: { _ in })
+                method: "GET", path: "/v1/models", body: Data(), headers: [("Connection", "close")],
+                onHead: { code, _ in status = code }, onData: { _ in })
         } catch { return false }
         return status == 200
     }

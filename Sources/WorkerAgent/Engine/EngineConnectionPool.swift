@@ -35,13 +35,24 @@ public final class EngineExchange: Sendable {
     public init() {}
 
     /// Ends the exchange: its connection is closed, not reused; the handler hears nothing more
-    /// than a failure.
+    /// than a failure. Once the exchange has finished, its connection is no longer its own (it
+    /// may carry another client's request): cancelling then does nothing.
     public func cancel() {
-        let channel = state.withLock { s -> (any Channel)? in
+        // The close is asked for under the lock, so that it cannot land on a connection that
+        // ``finish()`` has meanwhile handed back to the pool.
+        state.withLock { s in
             s.cancelled = true
-            return s.channel
+            s.channel?.close(promise: nil)
         }
-        channel?.close(promise: nil)
+    }
+
+    /// Gives the connection up at the end of the exchange; true when it was cancelled first
+    /// (the connection is then closing, and must not be reused).
+    func finish() -> Bool {
+        state.withLock { s in
+            s.channel = nil
+            return s.cancelled
+        }
     }
 
     var isCancelled: Bool { state.withLock { $0.cancelled } }
@@ -59,10 +70,16 @@ public final class EngineExchange: Sendable {
 /// Kept-alive connections to the engine, each carrying one exchange at a time.
 ///
 /// A connection to the engine is reused only after a complete response that allowed it
-/// (HTTP/1.1 keep-alive), only while it is still open, idle for less than ``maxIdleTime`` and,
+/// (HTTP/1.1 keep-alive) and came after the whole request was written, only while it is still
+/// open, idle for less than ``maxIdleTime`` (older ones are closed when next looked at) and,
 /// for a Unix socket with an expected peer, only while that peer is still the process the
 /// connection was checked against when it was made (``EngineClient/expectedPeer``): a restarted
 /// engine is reached on fresh, freshly checked connections.
+///
+/// Threat: a process that held the engine's TCP port before the engine did (a TCP connection
+/// names no process, so it has no per-connection check). Connections are pooled only from
+/// requests, never from the readiness probe that runs before the worker has checked who owns
+/// the port (``EngineClient/isReady()`` asks for `Connection: close`).
 final class EngineConnectionPool: Sendable {
     /// Connections kept idle at most; more are closed after their response. Each idle connection
     /// holds one of the engine's connection slots (ccinfer serves 64).
@@ -98,6 +115,7 @@ final class EngineConnectionPool: Sendable {
     /// Keeps a connection whose exchange ended cleanly, or closes it when the pool is full.
     func put(_ connection: Idle) {
         let kept = idle.withLock { list -> Bool in
+            list.removeAll { !$0.channel.isActive }
             guard list.count < Self.maxIdle else { return false }
             list.append(connection)
             return true
@@ -128,6 +146,10 @@ struct EngineRequest: Sendable {
     let handler: EngineResponseHandler
     /// Called once the response ended, with whether the connection may carry another exchange.
     let finished: @Sendable (_ reusable: Bool) -> Void
+    /// Set once the relay owns the request (it then reports its end or failure).
+    let accepted: LoopFlag
+    /// Set once the whole request is on the wire.
+    let written: LoopFlag
 }
 
 /// Writes one request at a time and hands its response parts to that request's handler.
@@ -145,13 +167,14 @@ final class EngineRelay: ChannelDuplexHandler, @unchecked Sendable {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let request = unwrapOutboundIn(data)
         guard current == nil else {
-            // The pool hands a connection to one exchange at a time; this is never reached.
+            // The pool hands a connection to one exchange at a time: this would be a bug.
             let error = EngineClient.EngineError(description: "a second exchange on a busy engine connection")
             request.handler.failure(error)
             promise?.fail(error)
             return
         }
         current = request
+        request.accepted.value = true
         exchanges += 1
         let number = exchanges
         sawHead = false
@@ -161,9 +184,12 @@ final class EngineRelay: ChannelDuplexHandler, @unchecked Sendable {
         let written = context.eventLoop.makePromise(of: Void.self)
         let channel = context.channel
         written.futureResult.whenComplete { result in
-            if case .failure(let error) = result, self.exchanges == number {
+            switch result {
+            case .success: request.written.value = true
+            case .failure(let error) where self.exchanges == number:
                 self.fail(error)
                 channel.close(promise: nil)
+            case .failure: break
             }
             promise?.completeWith(result)
         }
@@ -190,8 +216,13 @@ final class EngineRelay: ChannelDuplexHandler, @unchecked Sendable {
                 try request.handler.body(buffer)
             case .end:
                 current = nil
+                // Threat: an engine answering before it read the whole request, and keeping the
+                // connection: the rest of the request would be read as the next one, and its
+                // answer go to the next client. Only a connection whose request was all written
+                // before the answer ended is reused. It is back in the pool before the end is
+                // reported, so that the request that follows finds it.
+                request.finished(keepAlive && request.written.value && context.channel.isActive)
                 request.handler.end()
-                request.finished(keepAlive && context.channel.isActive)
             }
         } catch {
             fail(error)

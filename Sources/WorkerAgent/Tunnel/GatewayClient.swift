@@ -305,8 +305,7 @@ public final class GatewayClient: Sendable {
                         }
                     },
                     end: {
-                        try? session.send(.end(id: id))
-                        session.forget(id)
+                        if session.forget(id) { try? session.send(.end(id: id)) }
                     },
                     failure: { error in
                         if session.forget(id) { try? session.send(.failure(id: id, message: "engine: \(error)")) }
@@ -316,6 +315,17 @@ public final class GatewayClient: Sendable {
         default:
             break
         }
+    }
+
+    /// Whether a sealed request's body asks what its routing fields (seen by the gateway) say.
+    ///
+    /// Threat: a client routing (and billing) under one model while the body asks another, or
+    /// names it twice for the engine to read the other.
+    static func bodyMatchesRouting(_ body: Data, model: String, stream: Bool) -> Bool {
+        guard let object = try? JSONMembers(body), object.duplicates.isDisjoint(with: ["model", "stream"]) else {
+            return false
+        }
+        return object.string("model") == model && (object.bool("stream") ?? false) == stream
     }
 
     /// A gateway-blind request: opened with this worker's key, checked against its authenticated
@@ -328,10 +338,7 @@ public final class GatewayClient: Sendable {
         do {
             let request = try JSONDecoder().decode(EndToEnd.Request.self, from: envelope)
             (body, sealer) = try EndToEnd.open(request, path: path, privateKey: kem.privateKey)
-            // Threat: a client routing (and billing) under one model while the body asks another.
-            let object = try JSONSerialization.jsonObject(with: body) as? [String: Any]
-            guard object?["model"] as? String == request.model,
-                (object?["stream"] as? Bool ?? false) == request.stream,
+            guard Self.bodyMatchesRouting(body, model: request.model, stream: request.stream),
                 configuration.models.contains(request.model)
             else {
                 try? session.send(.failure(id: id, message: "e2e: the sealed body does not match its routing fields"))
