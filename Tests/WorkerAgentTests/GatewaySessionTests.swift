@@ -313,5 +313,10 @@ import WorkerProtocol
         #expect(!ask(#"{"model":"m","stream":false,"stream":true}"#, "m", false))
         #expect(!ask(#"{"model":"m",}"#, "m", false))
         #expect(!ask("not json", "m", false))
+        // A `stream` that is not a boolean is not "absent": an engine may read it as true.
+        #expect(!ask(#"{"model":"m","stream":1}"#, "m", false))
+        #expect(!ask(#"{"model":"m","stream":"true"}"#, "m", true))
+        // Canonically equivalent is not the same name: "é" precomposed against e + combining accent.
+        #expect(!ask(#"{"model":"caf\u00e9"}"#, "cafe\u{301}", false))
     }
 }

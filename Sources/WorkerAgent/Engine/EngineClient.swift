@@ -112,8 +112,8 @@ public struct EngineClient: Sendable {
     }
 
     /// Puts a request on a kept-alive connection, or on a new one. A kept-alive connection that
-    /// fails before the whole request was written (the engine's idle timeout closed it) costs
-    /// one retry on a new connection. Once written, the engine may have read it: a request is
+    /// fails before the whole request was written and before any answer (the engine's idle
+    /// timeout closed it) costs one retry on a new connection. Once written, the engine may have read it: a request is
     /// never sent twice (a prompt that crashes the engine would crash it again), nor is a new
     /// connection retried.
     func dispatch(
@@ -124,10 +124,15 @@ public struct EngineClient: Sendable {
         let connection = reused.map { $0.channel.eventLoop.makeSucceededFuture($0) } ?? openConnection()
         let accepted = LoopFlag()
         let written = LoopFlag()
+        let answered = LoopFlag()
         let relayed = EngineResponseHandler(
-            head: handler.head, body: handler.body, end: handler.end,
+            head: { status, type in
+                answered.value = true
+                try handler.head(status, type)
+            },
+            body: handler.body, end: handler.end,
             failure: { error in
-                if reused != nil, !written.value, !exchange.isCancelled {
+                if reused != nil, !written.value, !answered.value, !exchange.isCancelled {
                     dispatch(parts, exchange, handler, fresh: true)
                 } else {
                     handler.failure(error)
@@ -145,14 +150,20 @@ public struct EngineClient: Sendable {
                     return
                 }
                 guard exchange.attach(idle.channel) else {
-                    pool.put(.init(channel: idle.channel, peer: idle.peer, since: .now))
+                    // Cancelled meanwhile: a kept connection goes back unused; a new one (it may
+                    // be the readiness probe's) is not kept.
+                    if reused != nil {
+                        pool.put(.init(channel: idle.channel, peer: idle.peer, since: .now))
+                    } else {
+                        idle.channel.close(promise: nil)
+                    }
                     handler.failure(EngineError(description: "cancelled"))
                     return
                 }
                 let request = EngineRequest(
                     head: parts.head, body: parts.body, handler: relayed,
                     finished: { reusable in
-                        let cancelled = exchange.finish()
+                        let cancelled = exchange.finish(idle.channel)
                         guard reusable, !cancelled else {
                             idle.channel.close(promise: nil)
                             return

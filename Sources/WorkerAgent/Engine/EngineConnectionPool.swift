@@ -40,17 +40,20 @@ public final class EngineExchange: Sendable {
     public func cancel() {
         // The close is asked for under the lock, so that it cannot land on a connection that
         // ``finish()`` has meanwhile handed back to the pool.
+        // Queued on the loop, never run inline: the close reports the failure, which takes this
+        // lock again.
         state.withLock { s in
             s.cancelled = true
-            s.channel?.close(promise: nil)
+            if let channel = s.channel { channel.eventLoop.execute { channel.close(promise: nil) } }
         }
     }
 
-    /// Gives the connection up at the end of the exchange; true when it was cancelled first
-    /// (the connection is then closing, and must not be reused).
-    func finish() -> Bool {
+    /// Gives `channel` up at the end of its part of the exchange (a retry may already hold
+    /// another); true when the exchange was cancelled first (the connection is then closing,
+    /// and must not be reused).
+    func finish(_ channel: any Channel) -> Bool {
         state.withLock { s in
-            s.channel = nil
+            if s.channel === channel { s.channel = nil }
             return s.cancelled
         }
     }
@@ -69,7 +72,7 @@ public final class EngineExchange: Sendable {
 
 /// Kept-alive connections to the engine, each carrying one exchange at a time.
 ///
-/// A connection to the engine is reused only after a complete response that allowed it
+/// A connection to the engine is reused only after a complete success (2xx) that allowed it
 /// (HTTP/1.1 keep-alive) and came after the whole request was written, only while it is still
 /// open, idle for less than ``maxIdleTime`` (older ones are closed when next looked at) and,
 /// for a Unix socket with an expected peer, only while that peer is still the process the
@@ -168,9 +171,8 @@ final class EngineRelay: ChannelDuplexHandler, @unchecked Sendable {
         let request = unwrapOutboundIn(data)
         guard current == nil else {
             // The pool hands a connection to one exchange at a time: this would be a bug.
-            let error = EngineClient.EngineError(description: "a second exchange on a busy engine connection")
-            request.handler.failure(error)
-            promise?.fail(error)
+            // The request is reported once, by the writer of the failed promise.
+            promise?.fail(EngineClient.EngineError(description: "a second exchange on a busy engine connection"))
             return
         }
         current = request
@@ -208,7 +210,9 @@ final class EngineRelay: ChannelDuplexHandler, @unchecked Sendable {
             switch unwrapInboundIn(data) {
             case .head(let response):
                 sawHead = true
-                keepAlive = keepAlive && response.isKeepAlive
+                // Only after a success: an engine refusing a request early (4xx) may not have
+                // read all of it.
+                keepAlive = keepAlive && response.isKeepAlive && (200..<300).contains(response.status.code)
                 try request.handler.head(
                     Int(response.status.code),
                     response.headers.first(name: "Content-Type") ?? "application/octet-stream")
@@ -247,7 +251,8 @@ final class EngineRelay: ChannelDuplexHandler, @unchecked Sendable {
     func fail(_ error: any Error) {
         guard let request = current else { return }
         current = nil
-        request.handler.failure(error)
+        // The connection is given up before the failure is reported (which may retry elsewhere).
         request.finished(false)
+        request.handler.failure(error)
     }
 }

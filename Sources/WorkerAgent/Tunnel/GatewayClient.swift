@@ -322,10 +322,16 @@ public final class GatewayClient: Sendable {
     /// Threat: a client routing (and billing) under one model while the body asks another, or
     /// names it twice for the engine to read the other.
     static func bodyMatchesRouting(_ body: Data, model: String, stream: Bool) -> Bool {
-        guard let object = try? JSONMembers(body), object.duplicates.isDisjoint(with: ["model", "stream"]) else {
-            return false
+        guard let object = try? JSONMembers(body), object.duplicates.isDisjoint(with: ["model", "stream"]),
+            let named = object.string("model"), named.utf8.elementsEqual(model.utf8)
+        else { return false }
+        // `stream` absent or a boolean: an engine that coerces `1` or `"true"` must not stream
+        // an answer routed as a plain one.
+        switch object.members["stream"]?.kind {
+        case nil: return !stream
+        case .bool?: return object.bool("stream") == stream
+        default: return false
         }
-        return object.string("model") == model && (object.bool("stream") ?? false) == stream
     }
 
     /// A gateway-blind request: opened with this worker's key, checked against its authenticated
