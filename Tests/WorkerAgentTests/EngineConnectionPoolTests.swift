@@ -35,18 +35,7 @@ import WorkerAgent
         init(path: String, mode: Mode) throws {
             self.path = path
             self.mode = mode
-            fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-                for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
-            }
-            let bound = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
-            guard bound == 0, listen(fd, 8) == 0 else { throw POSIXError(.EADDRINUSE) }
+            fd = try EngineSocketTests.SocketServer.listen(at: path)
             Thread.detachNewThread { [self] in
                 while true {
                     let client = accept(fd, nil, nil)

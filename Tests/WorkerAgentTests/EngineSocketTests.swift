@@ -14,18 +14,7 @@ import WorkerAgent
 
         init(path: String) throws {
             self.path = path
-            fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-                for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
-            }
-            let bound = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
-            guard bound == 0, listen(fd, 8) == 0 else { throw POSIXError(.EADDRINUSE) }
+            fd = try Self.listen(at: path)
             Thread.detachNewThread { [self] in
                 while true {
                     let client = accept(fd, nil, nil)
@@ -56,6 +45,26 @@ import WorkerAgent
         func stop() {
             shutdown(fd, CInt(SHUT_RDWR))
             close(fd)
+        }
+
+        /// A listening Unix socket at `path`.
+        static func listen(at path: String) throws -> CInt {
+            let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+                for (i, byte) in path.utf8.enumerated() { raw[i] = byte }
+            }
+            let bound = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+            guard bound == 0, Glibc.listen(fd, 8) == 0 else {
+                close(fd)
+                throw POSIXError(.EADDRINUSE)
+            }
+            return fd
         }
     }
 
