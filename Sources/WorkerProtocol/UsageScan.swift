@@ -15,23 +15,12 @@ public struct UsageScan: Sendable {
     static let marker = Data(#""usage":{"#.utf8)
 
     /// The three counts an engine reports; at least one is present.
-    public struct Counts: Codable, Equatable, Sendable {
-        public init(promptTokens: Int?, completionTokens: Int?, totalTokens: Int?) {
-            self.promptTokens = promptTokens
-            self.completionTokens = completionTokens
-            self.totalTokens = totalTokens
-        }
-
+    public struct Counts: Equatable, Sendable {
         public var promptTokens: Int?
         public var completionTokens: Int?
         public var totalTokens: Int?
-        enum CodingKeys: String, CodingKey {
-            case promptTokens = "prompt_tokens"
-            case completionTokens = "completion_tokens"
-            case totalTokens = "total_tokens"
-        }
 
-        /// The present counts by their JSON names.
+        /// The present counts by their JSON names, sorted by name.
         public var fields: [(name: String, value: Int)] {
             [("completion_tokens", completionTokens), ("prompt_tokens", promptTokens), ("total_tokens", totalTokens)]
                 .compactMap { name, value in value.map { (name, $0) } }
@@ -58,9 +47,6 @@ public struct UsageScan: Sendable {
         else { return nil }
         return Counts(promptTokens: prompt, completionTokens: completion, totalTokens: total)
     }
-
-    /// The counts of one JSON document, re-encoded with the three fields only; nil without them.
-    public static func counts(inJSON body: Data) -> Data? { usage(inJSON: body)?.json }
 
     /// Scans a chunk: a whole JSON answer, or server-sent events (`data: {…}` lines).
     public mutating func scan(_ chunk: Data) {

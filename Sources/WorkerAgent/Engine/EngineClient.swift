@@ -113,9 +113,9 @@ public struct EngineClient: Sendable {
 
     /// Puts a request on a kept-alive connection, or on a new one. A kept-alive connection that
     /// fails before the whole request was written and before any answer (the engine's idle
-    /// timeout closed it) costs one retry on a new connection. Once written, the engine may have read it: a request is
-    /// never sent twice (a prompt that crashes the engine would crash it again), nor is a new
-    /// connection retried.
+    /// timeout closed it) costs one retry on a new connection. Once written, the engine may have
+    /// read it: a request is never sent twice (a prompt that crashes the engine would crash it
+    /// again), nor is a new connection retried.
     func dispatch(
         _ parts: EngineRequestParts, _ exchange: EngineExchange, _ handler: EngineResponseHandler, fresh: Bool = false
     ) {
@@ -153,7 +153,7 @@ public struct EngineClient: Sendable {
                     // Cancelled meanwhile: a kept connection goes back unused; a new one (it may
                     // be the readiness probe's) is not kept.
                     if reused != nil {
-                        pool.put(.init(channel: idle.channel, peer: idle.peer, since: .now))
+                        pool.put(idle.channel, peer: idle.peer)
                     } else {
                         idle.channel.close(promise: nil)
                     }
@@ -168,7 +168,7 @@ public struct EngineClient: Sendable {
                             idle.channel.close(promise: nil)
                             return
                         }
-                        pool.put(.init(channel: idle.channel, peer: idle.peer, since: .now))
+                        pool.put(idle.channel, peer: idle.peer)
                     }, accepted: accepted, written: written)
                 let sent = idle.channel.eventLoop.makePromise(of: Void.self)
                 sent.futureResult.whenFailure { error in

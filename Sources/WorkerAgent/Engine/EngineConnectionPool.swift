@@ -39,9 +39,8 @@ public final class EngineExchange: Sendable {
     /// may carry another client's request): cancelling then does nothing.
     public func cancel() {
         // The close is asked for under the lock, so that it cannot land on a connection that
-        // ``finish()`` has meanwhile handed back to the pool.
-        // Queued on the loop, never run inline: the close reports the failure, which takes this
-        // lock again.
+        // ``finish(_:)`` has meanwhile handed back to the pool; it is queued on the loop, never
+        // run inline, because the close reports the failure, which takes this lock again.
         state.withLock { s in
             s.cancelled = true
             if let channel = s.channel { channel.eventLoop.execute { channel.close(promise: nil) } }
@@ -115,15 +114,16 @@ final class EngineConnectionPool: Sendable {
         }
     }
 
-    /// Keeps a connection whose exchange ended cleanly, or closes it when the pool is full.
-    func put(_ connection: Idle) {
+    /// Keeps a connection whose exchange ended cleanly (idle from now), or closes it when the
+    /// pool is full.
+    func put(_ channel: any Channel, peer: pid_t?) {
         let kept = idle.withLock { list -> Bool in
             list.removeAll { !$0.channel.isActive }
             guard list.count < Self.maxIdle else { return false }
-            list.append(connection)
+            list.append(Idle(channel: channel, peer: peer, since: .now))
             return true
         }
-        if !kept { connection.channel.close(promise: nil) }
+        if !kept { channel.close(promise: nil) }
     }
 
     deinit {
