@@ -67,7 +67,7 @@ let package = Package(
             dependencies: ["AttestationCore", "WorkerProtocol", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         // The worker protocol's messages (no I/O) and their NIO framing.
-        .target(name: "WorkerProtocol", swiftSettings: strict),
+        .target(name: "WorkerProtocol", dependencies: ["AttestationCore"], swiftSettings: strict),
         .target(
             name: "WorkerFraming", dependencies: ["WorkerProtocol", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict),

@@ -1,3 +1,4 @@
+import AttestationCore
 import AuditLog
 import Foundation
 

@@ -87,7 +87,8 @@ public struct TPMQuoteVerifier: Sendable {
             "tpm.reset_count": String(evidence.quote.resetCount),
             "tpm.restart_count": String(evidence.quote.restartCount),
             "tpm.safe": String(evidence.quote.safe),
-            "tpm.firmware_version": String(format: "%016llx", evidence.quote.firmwareVersion),
+            // 16 hex digits, most significant first.
+            "tpm.firmware_version": withUnsafeBytes(of: evidence.quote.firmwareVersion.bigEndian) { $0.hexString },
             "extra_data": Data(evidence.quote.extraData).hex,
         ]
         if let restricted = evidence.ak.restricted { fields["ak.restricted"] = String(restricted) }

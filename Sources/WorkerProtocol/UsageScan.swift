@@ -1,3 +1,4 @@
+import AttestationCore
 import Foundation
 
 /// Finds the token counts an OpenAI-style engine reports: the `usage` object of a JSON answer, or

@@ -151,4 +151,33 @@ import Testing
         #expect(try env.stringTable("pcrs").get()?["sha256"]?["0"] == "00")
         #expect(throws: Reason.self) { try EvidenceEnvelope.parse(Data(#"{"format":"x","version":true}"#.utf8)).get() }
     }
+
+    /// Threat: evidence text two readers see differently. A member named twice, at the top or in
+    /// an object a verifier reads, is malformed evidence, whichever copy a reader would take;
+    /// and base64 with bytes outside ASCII is not quietly read around them.
+    @Test func envelopeMembersNamedTwiceAreMalformed() throws {
+        let twice = #"{"format":"tpm2-quote","version":1,"quote":"AAEC","quote":"AAED"}"#
+        let failure = EvidenceEnvelope.parse(Data(twice.utf8))
+        guard case .failure(let reason) = failure else {
+            Issue.record("an envelope naming 'quote' twice was read")
+            return
+        }
+        #expect(reason.code == .evidenceMalformed && reason.message.contains("quote"))
+        let escapedTwice = #"{"format":"tpm2-quote","version":1,"quote":"AAEC","quote":"AAED"}"#
+        #expect(throws: Reason.self) { try EvidenceEnvelope.parse(Data(escapedTwice.utf8)).get() }
+
+        let nested = try EvidenceEnvelope.parse(
+            Data(
+                #"{"format":"f","version":1,"pcrs":{"sha256":{"0":"00","0":"11"}},"collateral":{"a":"1","a":"2"},"ok":{"a":"1"}}"#
+                    .utf8)
+        ).get()
+        #expect(throws: Reason.self) { try nested.stringTable("pcrs").get() }
+        #expect(throws: Reason.self) { try nested.stringObject("collateral").get() }
+        #expect(try nested.stringObject("ok").get() == ["a": "1"])
+
+        let foreign = try EvidenceEnvelope.parse(Data(#"{"format":"f","version":1,"quote":"AAéEC"}"#.utf8)).get()
+        #expect(throws: Reason.self) { try foreign.base64("quote").get() }
+        let wrapped = try EvidenceEnvelope.parse(Data(#"{"format":"f","version":1,"quote":"AA\nEC"}"#.utf8)).get()
+        #expect(try wrapped.base64("quote").get() == Data([0, 1, 2]))
+    }
 }

@@ -119,13 +119,21 @@ public final class PublicKey: @unchecked Sendable {
     /// OpenSSL 3 about ten signature checks, and workers present the same AK at every
     /// re-attestation, so verifiers go through this cache.
     public static func cached(spkiDER der: Data) throws(PublicKeyError) -> PublicKey {
-        if let hit = cache.withLock({ $0[der] }) { return hit }
+        let name = CacheKey(der: der)
+        if let hit = cache.withLock({ $0[name] }) { return hit }
         let key = try PublicKey(spkiDER: der)
         cache.withLock { entries in
             if entries.count >= maxCachedKeys { entries.removeAll(keepingCapacity: true) }
-            entries[der] = key
+            entries[name] = key
         }
         return key
+    }
+
+    /// DER bytes as a dictionary key, hashed as one buffer (`Data`'s own hashing walks it a byte
+    /// at a time). Equality is on every byte, so a colliding hash never returns another key.
+    private struct CacheKey: Hashable {
+        let der: Data
+        func hash(into hasher: inout Hasher) { der.withUnsafeBytes { hasher.combine(bytes: $0) } }
     }
 
     /// Forgets every decoded key (benchmarks of a cold verifier).
@@ -133,7 +141,7 @@ public final class PublicKey: @unchecked Sendable {
 
     /// Bound on the cache: a gateway sees one AK per worker; past this many, it starts over.
     static let maxCachedKeys = 4096
-    private static let cache = Mutex<[Data: PublicKey]>([:])
+    private static let cache = Mutex<[CacheKey: PublicKey]>([:])
 
     /// An EC key from its affine coordinates (TPM2B_PUBLIC form).
     public convenience init(curve: ECCurve, x: [UInt8], y: [UInt8]) throws(PublicKeyError) {

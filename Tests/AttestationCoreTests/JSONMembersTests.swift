@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import WorkerProtocol
+import AttestationCore
 
 /// The one-pass JSON member reader the gateway routes and counts with, checked against
 /// Foundation's JSON parser on the same texts.

@@ -10,7 +10,7 @@ import Foundation
 /// are reported (``duplicates``) for the caller to refuse, and a string value is decoded with
 /// its escapes exactly as JSON defines them. And text built to exhaust the parser (deep
 /// nesting, truncated escapes, invalid UTF-8) is a ``Malformed`` error, never a crash.
-public struct JSONMembers {
+public struct JSONMembers: Sendable {
     /// One member's value: its kind and where its bytes are.
     public struct Value: Equatable, Sendable {
         public enum Kind: Equatable, Sendable { case string, number, object, array, bool, null }
@@ -31,14 +31,14 @@ public struct JSONMembers {
     public private(set) var duplicates: Set<String> = []
     let bytes: [UInt8]
 
-    /// Reads `text`, which must be one JSON object.
-    public init(_ text: Data) throws(Malformed) {
-        try self.init(bytes: Array(text))
+    /// Reads `text`, which must be one JSON object nested at most `maxDepth` levels.
+    public init(_ text: Data, maxDepth: Int = JSONMembers.maxDepth) throws(Malformed) {
+        try self.init(bytes: Array(text), maxDepth: maxDepth)
     }
 
-    init(bytes: [UInt8]) throws(Malformed) {
+    init(bytes: [UInt8], maxDepth: Int = JSONMembers.maxDepth) throws(Malformed) {
         self.bytes = bytes
-        var reader = Reader(bytes: bytes)
+        var reader = Reader(bytes: bytes, maxDepth: maxDepth)
         reader.skipSpace()
         guard reader.peek == UInt8(ascii: "{") else { throw reader.failure("not a JSON object") }
         var members: [String: Value] = [:]
@@ -58,10 +58,28 @@ public struct JSONMembers {
         return try? JSONMembers(bytes: Array(bytes[value.range]))
     }
 
+    /// Every member's value as a string (escapes decoded); nil when any is not a
+    /// string or a name occurs twice.
+    public func strings() -> [String: String]? {
+        guard duplicates.isEmpty else { return nil }
+        var out = [String: String](minimumCapacity: members.count)
+        for name in members.keys {
+            guard let text = string(name) else { return nil }
+            out[name] = text
+        }
+        return out
+    }
+
+    /// Member `name`'s value as it is written in the text (valid JSON, whitespace around it
+    /// trimmed); nil when there is no such member.
+    public func text(of name: String) -> ArraySlice<UInt8>? {
+        members[name].map { bytes[$0.range] }
+    }
+
     /// Member `name`'s value as a string (escapes decoded); nil when it is not a string.
     public func string(_ name: String) -> String? {
         guard let value = members[name], value.kind == .string else { return nil }
-        var reader = Reader(bytes: bytes)
+        var reader = Reader(bytes: bytes, maxDepth: JSONMembers.maxDepth)
         reader.at = value.range.lowerBound
         return try? reader.string(decode: true)
     }
@@ -72,6 +90,12 @@ public struct JSONMembers {
         return Int(String(decoding: bytes[value.range], as: UTF8.self))
     }
 
+    /// Member `name`'s value as a number; nil when it is not one.
+    public func number(_ name: String) -> Double? {
+        guard let value = members[name], value.kind == .number else { return nil }
+        return Double(String(decoding: bytes[value.range], as: UTF8.self))
+    }
+
     /// Member `name`'s value as a boolean; nil when it is not one.
     public func bool(_ name: String) -> Bool? {
         guard let value = members[name], value.kind == .bool else { return nil }
@@ -80,6 +104,7 @@ public struct JSONMembers {
 
     struct Reader {
         let bytes: [UInt8]
+        let maxDepth: Int
         var at = 0
 
         var peek: UInt8? { at < bytes.count ? bytes[at] : nil }
@@ -126,7 +151,7 @@ public struct JSONMembers {
         }
 
         mutating func value(depth: Int) throws(Malformed) -> Value.Kind {
-            guard depth < JSONMembers.maxDepth else { throw failure("nested deeper than \(JSONMembers.maxDepth)") }
+            guard depth < maxDepth else { throw failure("nested deeper than \(maxDepth)") }
             switch peek {
             case UInt8(ascii: "{"):
                 try object(depth: depth + 1)
@@ -199,7 +224,18 @@ public struct JSONMembers {
         /// A string at `at` (its opening quote); its decoded text when `decode`.
         mutating func string(decode: Bool) throws(Malformed) -> String? {
             try expect(UInt8(ascii: "\""))
-            var scalars = String.UnicodeScalarView()
+            // Printable ASCII without escapes (names, base64, hex, most prose) is taken as a run.
+            let start = at
+            while at < bytes.count, bytes[at] >= 0x20, bytes[at] < 0x80, bytes[at] != UInt8(ascii: "\""),
+                bytes[at] != UInt8(ascii: "\\")
+            {
+                at += 1
+            }
+            if peek == UInt8(ascii: "\"") {
+                at += 1
+                return decode ? String(decoding: bytes[start..<(at - 1)], as: UTF8.self) : nil
+            }
+            var scalars = decode ? String(decoding: bytes[start..<at], as: UTF8.self).unicodeScalars : .init()
             while true {
                 guard let byte = peek else { throw failure("unterminated string") }
                 switch byte {
