@@ -71,10 +71,23 @@ public struct ActivationRecord: Sendable, Equatable {
             signature, for: Self.message(akName: akName, ekSHA256: ekSHA256, gatewayID: gatewayID, time: time))
     }
 
-    /// `envelope` (JSON) with this record as its `activation` field, keys sorted.
+    /// `envelope` (a JSON object) with this record as its `activation` member, in place of any
+    /// the envelope had; members sorted by name, every other value's text kept byte for byte.
+    /// Nil for text that is not a JSON object or names a member twice (which of two copies a
+    /// later reader takes is not for the stored evidence to leave open).
     public func adding(to envelope: Data) -> Data? {
-        guard var object = (try? JSONSerialization.jsonObject(with: envelope)) as? [String: Any] else { return nil }
-        object["activation"] = fields
-        return try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        guard let members = try? JSONMembers(envelope), members.duplicates.isEmpty else { return nil }
+        let record = CanonicalJSON.encode(.object(fields.mapValues(JSONValue.string)))
+        var out: [UInt8] = [UInt8(ascii: "{")]
+        out.reserveCapacity(envelope.count + record.count + 16)
+        let names = Set(members.members.keys).union(["activation"])
+        for (i, name) in names.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }).enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            CanonicalJSON.writeString(name, into: &out)
+            out.append(UInt8(ascii: ":"))
+            if name == "activation" { out += record } else if let text = members.text(of: name) { out += text }
+        }
+        out.append(UInt8(ascii: "}"))
+        return Data(out)
     }
 }

@@ -1,6 +1,8 @@
 import AttestationCore
 import COpenSSL
+import Crypto
 import Foundation
+import Synchronization
 
 /// Checks an endorsement-key certificate: that it is an EK certificate (the TCG EK extended key
 /// usage 2.23.133.8.1, not a CA), that it certifies the EK the evidence presents, and that it
@@ -42,13 +44,7 @@ public enum EKCertificate {
             return .invalid(
                 "the certificate lacks the TCG EK certificate usage (\(ekUsage)): it does not certify an EK")
         }
-        guard let store = X509_STORE_new() else { return .invalid("OpenSSL: no store") }
-        defer { X509_STORE_free(store) }
-        for der in roots {
-            guard let root = decode(der) else { continue }
-            X509_STORE_add_cert(store, root)
-            X509_free(root)
-        }
+        guard let store = TrustStore.of(roots)?.store else { return .invalid("OpenSSL: no store") }
         guard let chain = OPENSSL_sk_new_null() else { return .invalid("OpenSSL: no stack") }
         defer { OPENSSL_sk_pop_free(chain) { X509_free(OpaquePointer($0)) } }
         var rest = intermediates ?? Data()
@@ -82,6 +78,47 @@ public enum EKCertificate {
             return .untrusted("the EK certificate chain ends at no pinned TPM manufacturer root (\(text))")
         default:
             return .invalid("the EK certificate chain does not verify: \(text)")
+        }
+    }
+
+    /// An OpenSSL store of root certificates, built once per list of roots and kept: decoding
+    /// the pinned manufacturer roots costs more than checking a chain against them, and a gateway
+    /// checks against the same list at every admission. OpenSSL stores are safe to verify
+    /// against from several threads at once; nothing is added to one after it is built.
+    final class TrustStore: @unchecked Sendable {
+        let store: OpaquePointer
+
+        private init?(_ roots: [Data]) {
+            guard let store = X509_STORE_new() else { return nil }
+            for der in roots {
+                guard let root = decode(der) else { continue }
+                X509_STORE_add_cert(store, root)
+                X509_free(root)
+            }
+            self.store = store
+        }
+
+        deinit { X509_STORE_free(store) }
+
+        /// Keyed by a SHA-256 over every root's length and bytes, so that a list differing in
+        /// any byte never gets another list's store. A few lists are kept (a gateway has one).
+        private static let built = Mutex<[Data: TrustStore]>([:])
+        static let maxKept = 16
+
+        static func of(_ roots: [Data]) -> TrustStore? {
+            var hash = SHA256()
+            for der in roots {
+                withUnsafeBytes(of: UInt64(der.count).bigEndian) { hash.update(bufferPointer: $0) }
+                hash.update(data: der)
+            }
+            let key = Data(hash.finalize())
+            if let kept = built.withLock({ $0[key] }) { return kept }
+            guard let made = TrustStore(roots) else { return nil }
+            built.withLock { kept in
+                if kept.count >= maxKept { kept.removeAll() }
+                kept[key] = made
+            }
+            return made
         }
     }
 

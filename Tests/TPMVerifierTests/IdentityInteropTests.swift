@@ -96,6 +96,14 @@ import WorkerAgent
             Issue.record("a chain to an unpinned root must be untrusted")
             return
         }
+        // Stores are kept per list of roots: neither list's answer leaks into the other's.
+        #expect(
+            EKCertificate.verify(certificate: certificate, intermediates: chain, ek: ek, roots: [try ca.rootDER])
+                == verified)
+        #expect(
+            EKCertificate.verify(
+                certificate: certificate, intermediates: chain, ek: ek, roots: EKRoots.pinnedDER + [Data([0x30, 0])])
+                != verified)
         let other = try await Swtpm.start()
         defer { other.stop() }
         let otherEK = try TPMKeyIdentity.parse([UInt8](try TPMDevice(tcti: other.tcti).endorsementKeyPublic())).get()
@@ -175,5 +183,37 @@ import WorkerAgent
         let reasons = policy.evaluate(try #require(verdict.claims))
         #expect(reasons.map(\.code) == [.policyMeasurementNotAllowed])
         #expect(reasons.first?.message.contains("violation") == true)
+    }
+}
+
+/// The activation record a gateway adds to stored evidence.
+@Suite struct ActivationRecordTests {
+    static let record = ActivationRecord.sign(
+        akName: Data([0, 11, 1, 2]), ekSHA256: String(repeating: "ab", count: 32), gatewayID: "gw-1",
+        time: Date(timeIntervalSince1970: 1_772_323_200), with: Ed25519PrivateKey.generate())
+
+    /// The record replaces any the text had; every other value is kept as written (its escapes
+    /// too), and the result is one JSON object whose record verifies.
+    @Test func addingReplacesTheRecordAndKeepsEveryOtherValue() throws {
+        let text =
+            #"{"quote":"AAEC","activation":{"forged":"yes"},"note":"caf\u00e9 \"x\"","pcrs":{"sha256":{"0":"00"}}}"#
+        let out = try #require(Self.record.adding(to: Data(text.utf8)))
+        let written = String(decoding: out, as: UTF8.self)
+        #expect(written.hasPrefix(#"{"activation":{"#) && written.contains(#""note":"caf\u00e9 \"x\"""#))
+        let object = try #require(try JSONSerialization.jsonObject(with: out) as? [String: Any])
+        #expect(Set(object.keys) == ["activation", "note", "pcrs", "quote"])
+        #expect(object["note"] as? String == "café \"x\"")
+        let fields = try #require(object["activation"] as? [String: String])
+        #expect(fields["forged"] == nil)
+        #expect(ActivationRecord(fields: fields) == Self.record)
+        #expect(Self.record.isValidlySigned)
+    }
+
+    /// Threat: stored evidence whose meaning depends on which copy of a member a reader takes.
+    /// Text naming a member twice, or that is not one JSON object, gets no record.
+    @Test func addingRefusesTextThatIsNotOneObjectOfDistinctNames() {
+        for text in [#"{"quote":"AA","quote":"AB"}"#, #"{"quote":"AA"} {}"#, "[1]", "", #"{"quote":"#] {
+            #expect(Self.record.adding(to: Data(text.utf8)) == nil, "\(text)")
+        }
     }
 }

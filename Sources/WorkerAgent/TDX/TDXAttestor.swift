@@ -72,11 +72,11 @@ public final class TDXAttestor: EvidenceSource, Sendable {
         guard quote.range(of: reportData) != nil else {
             throw TDXError("configfs-tsm returned a quote that is not over the report data written")
         }
-        var object: [String: Any] = [
-            "format": "tdx-quote", "version": 1, "quote": quote.base64EncodedString(),
-            "event_log": log.base64EncodedString(),
+        var object: [String: JSONValue] = [
+            "format": .string("tdx-quote"), "version": .int(1), "quote": .string(quote.base64EncodedString()),
+            "event_log": .string(log.base64EncodedString()),
         ]
-        if let collateral { object["collateral"] = collateral }
-        return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        if let collateral { object["collateral"] = .object(collateral.mapValues(JSONValue.string)) }
+        return Data(CanonicalJSON.encode(.object(object)))
     }
 }

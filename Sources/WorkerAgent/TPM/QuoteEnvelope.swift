@@ -20,22 +20,24 @@ public struct QuoteEnvelopeBuilder {
     ) throws -> Data {
         let quote = try device.quote(key: key, qualifyingData: qualifyingData, bank: bank, indices: indices)
         let values = try device.readPCRs(bank: bank, indices: indices)
-        var object: [String: Any] = [
-            "format": "tpm2-quote",
-            "version": 1,
-            "ak_tpm2b_public": key.tpm2bPublic.base64EncodedString(),
-            "quote": quote.attest.base64EncodedString(),
-            "signature": quote.signature.base64EncodedString(),
-            "pcrs": [bank.rawValue: Dictionary(uniqueKeysWithValues: values.map { (String($0.key), $0.value.hex) })],
+        var object: [String: JSONValue] = [
+            "format": .string("tpm2-quote"),
+            "version": .int(1),
+            "ak_tpm2b_public": .string(key.tpm2bPublic.base64EncodedString()),
+            "quote": .string(quote.attest.base64EncodedString()),
+            "signature": .string(quote.signature.base64EncodedString()),
+            "pcrs": .object([
+                bank.rawValue: .object(values.reduce(into: [:]) { $0[String($1.key)] = .string($1.value.hex) })
+            ]),
         ]
-        if let imaLog { object["ima_log"] = Data(imaLog.text.utf8).base64EncodedString() }
+        if let imaLog { object["ima_log"] = .string(Data(imaLog.text.utf8).base64EncodedString()) }
         if let endorsement {
-            object["ek_public"] = endorsement.ekPublic.base64EncodedString()
+            object["ek_public"] = .string(endorsement.ekPublic.base64EncodedString())
             if let certificate = endorsement.certificate {
-                object["ek_certificate"] = certificate.base64EncodedString()
+                object["ek_certificate"] = .string(certificate.base64EncodedString())
             }
-            if let chain = endorsement.chain { object["ek_chain"] = chain.base64EncodedString() }
+            if let chain = endorsement.chain { object["ek_chain"] = .string(chain.base64EncodedString()) }
         }
-        return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
+        return Data(CanonicalJSON.encode(.object(object)))
     }
 }
