@@ -125,6 +125,72 @@ struct LyingAttestor: EvidenceSource {
         #expect(await rejection(worker) == "tpm.activation-failed")
     }
 
+    /// A worker that reconnects is not asked to activate again: its AK was activated with its EK
+    /// in its first session, and its second admission stores the record of that activation.
+    /// Threat: the memory lending trust to another key. A software AK presented beside the same
+    /// genuine EK is still challenged, and refused.
+    @Test func reconnectingWorkerIsNotChallengedAgainButAnotherAKIs() async throws {
+        let gateway = try await GatewayHarness(policy: Self.policy)
+        let tpm = try await Swtpm.start()
+        let (attestor, files) = try await onOwnThread {
+            try measuredAttestor(on: tpm, engine: Self.engine, model: Self.model)
+        }
+        let counted = CountingAttestor(genuine: attestor)
+        let tasks = Connections()
+        defer {
+            Teardown.after {
+                tasks.cancelAll()
+                await gateway.stop()
+                await onOwnThread { tpm.stop() }
+                _ = files
+            }
+        }
+        func connect(_ source: any EvidenceSource) -> Task<Result<String, any Error>, Never> {
+            let (events, continuation) = AsyncStream<GatewayClient.Event>.makeStream()
+            let client = GatewayClient(
+                configuration: .init(
+                    host: "127.0.0.1", port: gateway.workerPort, gatewayKey: gateway.pin, workerID: "returning",
+                    models: ["fake"]),
+                attestor: source, engine: EngineClient(port: 1), onEvent: { continuation.yield($0) })
+            let task = Task {
+                defer { continuation.finish() }
+                try await client.runOnce()
+            }
+            tasks.add(task)
+            return Task { await admission(events, task) }
+        }
+        guard case .success = await connect(counted).value else {
+            Issue.record("the worker was not admitted the first time")
+            return
+        }
+        #expect(counted.activations.current == 1, "one activation in the first session")
+        await tasks.end(0)
+        guard case .success = await connect(counted).value else {
+            Issue.record("the worker was not admitted again")
+            return
+        }
+        #expect(counted.activations.current == 1, "no activation in the second session")
+
+        // Both admissions stored a record of the one activation, dated the same.
+        var times = [String]()
+        for event in try gateway.auditEvents() where event["decision"] as? String == "admit" {
+            let digest = try #require(event["evidence_sha256"] as? String)
+            let stored = try #require(try gateway.server.store.evidence(sha256: digest))
+            let object = try #require(try JSONSerialization.jsonObject(with: stored.envelope) as? [String: Any])
+            times.append(try #require((object["activation"] as? [String: String])?["time"]))
+        }
+        #expect(times.count == 2 && Set(times).count == 1, "\(times)")
+
+        await tasks.end(1)
+        let software = SoftwareAK()
+        let forged = await connect(LyingAttestor(genuine: attestor) { try software.forge($0) }).value
+        guard case .failure(let error) = forged else {
+            Issue.record("a software AK beside a remembered EK was admitted")
+            return
+        }
+        #expect((error as? WorkerRejected)?.code == "tpm.activation-failed", "\(error)")
+    }
+
     /// Threat: a "TPM" certified by a CA the operator never pinned (anyone can run one).
     @Test func tpmFromAnUnpinnedManufacturerIsRefused() async throws {
         let gateway = try await GatewayHarness(policy: Self.policy)
@@ -276,8 +342,33 @@ enum PublicKeyDigest {
     }
 }
 
+/// Passes everything to a genuine attestor, counting credential activations.
+struct CountingAttestor: EvidenceSource {
+    let genuine: Attestor
+    let activations = Counter()
+
+    func evidence(binding: Data) async throws -> Data { try await genuine.evidence(binding: binding) }
+    func activateCredential(_ challenge: WireMessage.Activate) async throws -> Data {
+        _ = activations.next()
+        return try await genuine.activateCredential(challenge)
+    }
+}
+
+/// Worker connections a test opened, to end one or all.
+final class Connections: Sendable {
+    private let tasks = Mutex<[Task<Void, any Error>]>([])
+    func add(_ task: Task<Void, any Error>) { tasks.withLock { $0.append(task) } }
+    func end(_ index: Int) async {
+        let task = tasks.withLock { $0[index] }
+        task.cancel()
+        _ = try? await task.value
+    }
+    func cancelAll() { tasks.withLock { $0.forEach { $0.cancel() } } }
+}
+
 final class Counter: Sendable {
     private let value = Mutex(0)
+    var current: Int { value.withLock { $0 } }
     func next() -> Int {
         value.withLock {
             $0 += 1; return $0

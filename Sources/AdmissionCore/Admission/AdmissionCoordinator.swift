@@ -5,6 +5,7 @@ import Crypto
 import Foundation
 import Policy
 import Sealing
+import Synchronization
 import TDXVerifier
 import TPMVerifier
 import WorkerProtocol
@@ -40,6 +41,8 @@ public struct AdmissionCoordinator: Sendable {
     public let tpmIdentity: TPMIdentityTrust
     /// Signs the activation records added to stored TPM evidence, so that replay re-checks them.
     public let activationSigner: ActivationSigner?
+    /// The AKs this gateway has seen activated, so that a worker reconnecting is not asked again.
+    public let activations = ActivationMemory()
 
     public init(
         policies: PolicyState, clock: any AttestationClock = SystemClock(),
@@ -110,6 +113,8 @@ public struct AdmissionCoordinator: Sendable {
         /// or it fails for reasons activation cannot change (the judgement says which).
         case notNeeded
         case challenge(PendingActivation)
+        /// This AK was activated with this EK in an earlier session of this gateway.
+        case known(ProvenActivation)
         /// Activation is needed but cannot be run for this EK (the reason is the refusal).
         case impossible(String)
     }
@@ -136,6 +141,7 @@ public struct AdmissionCoordinator: Sendable {
             case .success(let ak) = TPMKeyIdentity.parse([UInt8](akBytes)),
             case .success(let ek) = TPMKeyIdentity.parse([UInt8](ekBytes))
         else { return .notNeeded }
+        if let known = activations.recall(akName: ak.name, ekSHA256: ek.area.key.fingerprint) { return .known(known) }
         let secret = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
         do throws(CredentialActivation.Failure) {
             let challenge = try CredentialActivation.make(ek: ek, objectName: ak.name, secret: secret)
@@ -175,7 +181,8 @@ public struct AdmissionCoordinator: Sendable {
     {
         var proven: ProvenActivation?
         if case .proven(var p) = activation {
-            p.activatedAt = clock.now()
+            // A remembered activation keeps the time it happened.
+            if p.activatedAt == nil { p.activatedAt = clock.now() }
             proven = p
         }
         let judgement = await judge(
@@ -216,6 +223,7 @@ public struct AdmissionCoordinator: Sendable {
             }
             outcome = checked
         }
+        if let proven { activations.remember(proven) }
         return AdmissionDecision.grant(
             hello, nonce: nonce, judgement, facts: facts, stake: outcome, activation: proven, at: clock.now())
     }
@@ -267,6 +275,34 @@ public struct ProvenActivation: Sendable, Equatable {
     public let ekSHA256: String
     /// When the worker answered (set when the admission is decided).
     public var activatedAt: Date?
+}
+
+/// The AK Names this gateway has seen activated, each with its EK and the time of activation.
+///
+/// Why remembering is sound: an activation proves the AK is a fixed, restricted key inside the
+/// TPM of that EK, and an AK never leaves its TPM; the AK is derived from the TPM's seed, so the
+/// same TPM presents the same Name at every start. A later quote that verifies under that AK
+/// therefore comes from the same TPM, and asking again (tens of milliseconds of TPM work each
+/// time a worker reconnects) proves nothing new. Only the exact pair is remembered: the same AK
+/// beside another EK, or another AK beside this EK, is challenged. Remembered in memory only,
+/// and only after an admission the activation took part in; bounded, forgetting all at the bound.
+public final class ActivationMemory: Sendable {
+    private let entries = Mutex<[Data: ProvenActivation]>([:])
+    static let capacity = 65_536
+
+    public init() {}
+
+    func remember(_ activation: ProvenActivation) {
+        entries.withLock { entries in
+            if entries[activation.akName] == nil, entries.count >= Self.capacity { entries.removeAll() }
+            entries[activation.akName] = activation
+        }
+    }
+
+    func recall(akName: Data, ekSHA256: String) -> ProvenActivation? {
+        guard let known = entries.withLock({ $0[akName] }), known.ekSHA256 == ekSHA256 else { return nil }
+        return known
+    }
 }
 
 /// What the worker's answer to a credential challenge showed.

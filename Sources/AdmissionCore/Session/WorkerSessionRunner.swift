@@ -116,6 +116,7 @@ public struct WorkerSessionRunner: Sendable {
                         guard case .send(let challenge) = next else { return }
                         try await connection.send(challenge)
                         continue
+                    case .known(let proven): outcome = .proven(proven)
                     case .impossible(let why): outcome = .failed(why)
                     case .notNeeded: break
                     }
