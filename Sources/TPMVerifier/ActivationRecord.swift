@@ -8,8 +8,8 @@ import Foundation
 /// Ed25519 key; a verifier given that gateway's public key accepts the record. A record signed
 /// by a key the verifier was not given proves nothing.
 public enum AKActivation: Sendable, Equatable {
-    /// Activation succeeded in this session for the AK with this Name and the EK with this
-    /// SPKI digest (the gateway, during admission and re-attestation).
+    /// Activation succeeded for the AK with this Name and the EK with this SPKI digest, in this
+    /// session or in an earlier one the gateway remembers (admission and re-attestation).
     case live(akName: Data, ekSHA256: String)
     /// Records signed by any of these keys are accepted (audit replay, `ccgate evidence verify`).
     case records(trustedKeys: [Ed25519PublicKey])

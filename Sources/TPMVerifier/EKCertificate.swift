@@ -44,7 +44,13 @@ public enum EKCertificate {
             return .invalid(
                 "the certificate lacks the TCG EK certificate usage (\(ekUsage)): it does not certify an EK")
         }
-        guard let store = TrustStore.of(roots)?.store else { return .invalid("OpenSSL: no store") }
+        guard let trust = TrustStore.of(roots) else { return .invalid("OpenSSL: no store") }
+        // The store lives while this reference does, whatever the cache drops meanwhile.
+        return withExtendedLifetime(trust) { check(leaf, intermediates, trust.store) }
+    }
+
+    /// The chain from `leaf` through `intermediates` to a root in `store`.
+    private static func check(_ leaf: OpaquePointer, _ intermediates: Data?, _ store: OpaquePointer) -> Outcome {
         guard let chain = OPENSSL_sk_new_null() else { return .invalid("OpenSSL: no stack") }
         defer { OPENSSL_sk_pop_free(chain) { X509_free(OpaquePointer($0)) } }
         var rest = intermediates ?? Data()
@@ -83,8 +89,8 @@ public enum EKCertificate {
 
     /// An OpenSSL store of root certificates, built once per list of roots and kept: decoding
     /// the pinned manufacturer roots costs more than checking a chain against them, and a gateway
-    /// checks against the same list at every admission. OpenSSL stores are safe to verify
-    /// against from several threads at once; nothing is added to one after it is built.
+    /// checks against the same list at every admission. OpenSSL (3.0 and later) stores are safe
+    /// to verify against from several threads at once; nothing is added to one after it is built.
     final class TrustStore: @unchecked Sendable {
         let store: OpaquePointer
 
@@ -114,11 +120,14 @@ public enum EKCertificate {
             let key = Data(hash.finalize())
             if let kept = built.withLock({ $0[key] }) { return kept }
             guard let made = TrustStore(roots) else { return nil }
-            built.withLock { kept in
+            // Two first uses may race: both get the store kept first. Callers hold the store
+            // they were given, so one dropped here is freed only after its last check.
+            return built.withLock { kept in
+                if let first = kept[key] { return first }
                 if kept.count >= maxKept { kept.removeAll() }
                 kept[key] = made
+                return made
             }
-            return made
         }
     }
 

@@ -357,7 +357,7 @@ private struct TPMRun {
         switch options.activation {
         case .live(let name, let ek):
             guard name == akName, ek == ekSHA256 else {
-                return ("none", "credential activation in this session was for another AK or EK")
+                return ("none", "the credential activation this session relies on was for another AK or EK")
             }
             return ("live", nil)
         case .records(let trusted):

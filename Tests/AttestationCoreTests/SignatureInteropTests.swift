@@ -152,6 +152,23 @@ import Testing
         #expect(throws: Reason.self) { try EvidenceEnvelope.parse(Data(#"{"format":"x","version":true}"#.utf8)).get() }
     }
 
+    /// Nesting up to 16 levels is read; deeper is refused before it costs stack.
+    @Test func envelopeNestingIsBoundedAtSixteen() {
+        func nested(_ levels: Int) -> Data {
+            let arrays = levels - 1
+            return Data(
+                (#"{"format":"f","version":1,"a":"# + String(repeating: "[", count: arrays)
+                    + String(repeating: "]", count: arrays) + "}").utf8)
+        }
+        #expect((try? EvidenceEnvelope.parse(nested(16)).get()) != nil)
+        let scalarAtSixteen = Data(
+            (#"{"format":"f","version":1,"a":"# + String(repeating: "[", count: 15) + "1"
+                + String(repeating: "]", count: 15) + "}").utf8)
+        #expect((try? EvidenceEnvelope.parse(scalarAtSixteen).get()) != nil)
+        #expect(throws: Reason.self) { try EvidenceEnvelope.parse(nested(17)).get() }
+        #expect(throws: Reason.self) { try EvidenceEnvelope.parse(nested(100_000)).get() }
+    }
+
     /// Threat: evidence text two readers see differently. A member named twice, at the top or in
     /// an object a verifier reads, is malformed evidence, whichever copy a reader would take;
     /// and base64 with bytes outside ASCII is not quietly read around them.
@@ -163,7 +180,7 @@ import Testing
             return
         }
         #expect(reason.code == .evidenceMalformed && reason.message.contains("quote"))
-        let escapedTwice = #"{"format":"tpm2-quote","version":1,"quote":"AAEC","quote":"AAED"}"#
+        let escapedTwice = #"{"format":"tpm2-quote","version":1,"quote":"AAEC","\u0071uote":"AAED"}"#
         #expect(throws: Reason.self) { try EvidenceEnvelope.parse(Data(escapedTwice.utf8)).get() }
 
         let nested = try EvidenceEnvelope.parse(
@@ -175,8 +192,16 @@ import Testing
         #expect(throws: Reason.self) { try nested.stringObject("collateral").get() }
         #expect(try nested.stringObject("ok").get() == ["a": "1"])
 
-        let foreign = try EvidenceEnvelope.parse(Data(#"{"format":"f","version":1,"quote":"AAéEC"}"#.utf8)).get()
+        let foreign = try EvidenceEnvelope.parse(Data(#"{"format":"f","version":1,"quote":"AA\u00e9EC"}"#.utf8)).get()
         #expect(throws: Reason.self) { try foreign.base64("quote").get() }
+        // The peer's name is not echoed when it is not short printable text (refusals are audited).
+        let hostile = EvidenceEnvelope.parse(Data(#"{"format":"f","version":1,"\u001b[2J":1,"\u001b[2J":2}"#.utf8))
+        guard case .failure(let hidden) = hostile else {
+            Issue.record("an envelope naming a member twice was read")
+            return
+        }
+        #expect(!hidden.message.unicodeScalars.contains("\u{1B}"), "\(hidden.message)")
+
         let wrapped = try EvidenceEnvelope.parse(Data(#"{"format":"f","version":1,"quote":"AA\nEC"}"#.utf8)).get()
         #expect(try wrapped.base64("quote").get() == Data([0, 1, 2]))
     }

@@ -189,6 +189,25 @@ struct LyingAttestor: EvidenceSource {
             return
         }
         #expect((error as? WorkerRejected)?.code == "tpm.activation-failed", "\(error)")
+
+        // The remembered AK beside another TPM's (certified) EK: challenged, and its TPM cannot
+        // open a credential wrapped to the other EK.
+        let other = try await Swtpm.start()
+        defer { other.stop() }
+        let otherEK = try await onOwnThread { try Attestor(tcti: other.tcti, files: []).endorsement }
+        let borrowed = await connect(
+            LyingAttestor(genuine: attestor) { envelope in
+                var object = try JSONSerialization.jsonObject(with: envelope) as? [String: Any] ?? [:]
+                object["ek_public"] = otherEK.ekPublic.base64EncodedString()
+                object["ek_certificate"] = otherEK.certificate?.base64EncodedString()
+                return try JSONSerialization.data(withJSONObject: object)
+            }
+        ).value
+        guard case .failure(let borrowedError) = borrowed else {
+            Issue.record("a remembered AK beside another EK was admitted")
+            return
+        }
+        #expect((borrowedError as? WorkerRejected)?.code == "tpm.activation-failed", "\(borrowedError)")
     }
 
     /// Threat: a "TPM" certified by a CA the operator never pinned (anyone can run one).

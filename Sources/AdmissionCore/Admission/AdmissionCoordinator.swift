@@ -141,7 +141,9 @@ public struct AdmissionCoordinator: Sendable {
             case .success(let ak) = TPMKeyIdentity.parse([UInt8](akBytes)),
             case .success(let ek) = TPMKeyIdentity.parse([UInt8](ekBytes))
         else { return .notNeeded }
-        if let known = activations.recall(akName: ak.name, ekSHA256: ek.area.key.fingerprint) { return .known(known) }
+        if let known = activations.recall(akName: ak.name, ekSHA256: ek.area.key.fingerprint, at: clock.now()) {
+            return .known(known)
+        }
         let secret = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
         do throws(CredentialActivation.Failure) {
             let challenge = try CredentialActivation.make(ek: ek, objectName: ak.name, secret: secret)
@@ -223,7 +225,6 @@ public struct AdmissionCoordinator: Sendable {
             }
             outcome = checked
         }
-        if let proven { activations.remember(proven) }
         return AdmissionDecision.grant(
             hello, nonce: nonce, judgement, facts: facts, stake: outcome, activation: proven, at: clock.now())
     }
@@ -273,7 +274,8 @@ public struct AdmittedSession: Sendable, Equatable {
 public struct ProvenActivation: Sendable, Equatable {
     public let akName: Data
     public let ekSHA256: String
-    /// When the worker answered (set when the admission is decided).
+    /// When the worker answered the challenge (set when the admission is decided; for an
+    /// activation remembered from an earlier session, that session's time).
     public var activatedAt: Date?
 }
 
@@ -283,24 +285,34 @@ public struct ProvenActivation: Sendable, Equatable {
 /// TPM of that EK, and an AK never leaves its TPM; the AK is derived from the TPM's seed, so the
 /// same TPM presents the same Name at every start. A later quote that verifies under that AK
 /// therefore comes from the same TPM, and asking again (tens of milliseconds of TPM work each
-/// time a worker reconnects) proves nothing new. Only the exact pair is remembered: the same AK
-/// beside another EK, or another AK beside this EK, is challenged. Remembered in memory only,
-/// and only after an admission the activation took part in; bounded, forgetting all at the bound.
+/// time a worker reconnects) proves nothing new. Only the exact pair is recalled: the same AK
+/// beside another EK, or another AK beside this EK, is challenged.
+///
+/// Threat: an AK's private key extracted from its TPM once (a timing attack on the TPM's
+/// signing) being used from elsewhere for as long as the gateway remembers. An activation is
+/// recalled for at most ``maxAge``, after which the TPM must answer again. Remembered in memory
+/// only, once the admission it took part in is recorded and the worker registered; bounded,
+/// forgetting all at the bound.
 public final class ActivationMemory: Sendable {
     private let entries = Mutex<[Data: ProvenActivation]>([:])
     static let capacity = 65_536
+    public static let maxAge: TimeInterval = 24 * 3600
 
     public init() {}
 
-    func remember(_ activation: ProvenActivation) {
+    public func remember(_ activation: ProvenActivation) {
+        guard activation.activatedAt != nil else { return }
         entries.withLock { entries in
             if entries[activation.akName] == nil, entries.count >= Self.capacity { entries.removeAll() }
             entries[activation.akName] = activation
         }
     }
 
-    func recall(akName: Data, ekSHA256: String) -> ProvenActivation? {
-        guard let known = entries.withLock({ $0[akName] }), known.ekSHA256 == ekSHA256 else { return nil }
+    func recall(akName: Data, ekSHA256: String, at now: Date) -> ProvenActivation? {
+        guard let known = entries.withLock({ $0[akName] }), known.ekSHA256 == ekSHA256,
+            let activatedAt = known.activatedAt, now.timeIntervalSince(activatedAt) < Self.maxAge,
+            activatedAt.timeIntervalSince(now) < 60
+        else { return nil }
         return known
     }
 }

@@ -186,6 +186,7 @@ public struct WorkerSessionRunner: Sendable {
         case .added(nil): break
         case .heldByAnotherIdentity: heldByAnother = true
         }
+        if !heldByAnother, let activation = session.activation { coordinator.activations.remember(activation) }
         // From here on the worker is registered: every way out goes through `sessionEnded`, so a
         // connection that fails before or while it hears `admitted` never leaves a routable
         // worker behind, and its end is audited.

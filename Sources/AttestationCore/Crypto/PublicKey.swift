@@ -129,8 +129,9 @@ public final class PublicKey: @unchecked Sendable {
         return key
     }
 
-    /// DER bytes as a dictionary key, hashed as one buffer (`Data`'s own hashing walks it a byte
-    /// at a time). Equality is on every byte, so a colliding hash never returns another key.
+    /// DER bytes as a dictionary key, hashed whole as one buffer (`Data`'s own hashing reads its
+    /// first 80 bytes one at a time, so keys sharing those would all collide). Equality is on
+    /// every byte, so a colliding hash never returns another key.
     private struct CacheKey: Hashable {
         let der: Data
         func hash(into hasher: inout Hasher) { der.withUnsafeBytes { hasher.combine(bytes: $0) } }

@@ -31,9 +31,10 @@ public struct JSONMembers: Sendable {
     public private(set) var duplicates: Set<String> = []
     let bytes: [UInt8]
 
-    /// Reads `text`, which must be one JSON object nested at most `maxDepth` levels.
+    /// Reads `text`, which must be one JSON object nested at most `maxDepth` levels (never more
+    /// than ``maxDepth``, which bounds the reader's stack).
     public init(_ text: Data, maxDepth: Int = JSONMembers.maxDepth) throws(Malformed) {
-        try self.init(bytes: Array(text), maxDepth: maxDepth)
+        try self.init(bytes: Array(text), maxDepth: min(maxDepth, JSONMembers.maxDepth))
     }
 
     init(bytes: [UInt8], maxDepth: Int = JSONMembers.maxDepth) throws(Malformed) {
@@ -150,8 +151,12 @@ public struct JSONMembers: Sendable {
             }
         }
 
+        /// A value inside a container at level `depth` (the outer object is level 1); a
+        /// container opened here is at level `depth + 1`, which may not pass ``maxDepth``.
         mutating func value(depth: Int) throws(Malformed) -> Value.Kind {
-            guard depth < maxDepth else { throw failure("nested deeper than \(maxDepth)") }
+            if peek == UInt8(ascii: "{") || peek == UInt8(ascii: "[") {
+                guard depth < maxDepth else { throw failure("nested deeper than \(maxDepth)") }
+            }
             switch peek {
             case UInt8(ascii: "{"):
                 try object(depth: depth + 1)

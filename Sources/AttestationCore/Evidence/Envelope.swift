@@ -18,9 +18,9 @@ public struct EvidenceEnvelope: Sendable {
     public let version: Int
     private let fields: JSONMembers
 
-    /// Threat: evidence text that two readers see differently (a duplicated `quote`, `nonce` or
-    /// PCR whose first copy one parser verifies and whose last another records) is refused, at
-    /// the top level here and inside the objects the accessors read.
+    /// Threat: evidence text that two readers see differently (a duplicated `quote`, `signature`
+    /// or PCR whose first copy one parser verifies and whose last another records) is refused,
+    /// at the top level here and inside the objects the accessors read.
     public static func parse(_ data: Data) -> Result<EvidenceEnvelope, Reason> {
         guard data.count <= maxSize else {
             return .failure(Reason(.evidenceMalformed, "envelope", "envelope is \(data.count) bytes; limit \(maxSize)"))
@@ -32,7 +32,12 @@ public struct EvidenceEnvelope: Sendable {
             return .failure(Reason(.evidenceMalformed, "envelope", "not a JSON object: \(error.description)"))
         }
         if let name = fields.duplicates.sorted().first {
-            return .failure(Reason(.evidenceMalformed, "envelope", "member '\(name)' occurs more than once"))
+            // The name is the peer's text: shown only when it is short and printable ASCII.
+            let shown = name.unicodeScalars.allSatisfy { (0x20..<0x7F).contains($0.value) } && name.count <= 64
+            return .failure(
+                Reason(
+                    .evidenceMalformed, "envelope",
+                    shown ? "member '\(name)' occurs more than once" : "a member occurs more than once"))
         }
         guard let format = fields.string("format") else {
             return .failure(Reason(.evidenceMalformed, "envelope", "missing string field 'format'"))

@@ -65,10 +65,6 @@ public final class TPMDevice {
     private var tcti: OpaquePointer?
     private var context: OpaquePointer?
     public let tctiConfiguration: String
-    /// The EK, made once and kept loaded: the TPM derives it from its endorsement seed, so every
-    /// creation returns the same key, and an RSA primary costs a software TPM tens of
-    /// milliseconds (a hardware one, seconds). Keeping it changes nothing a credential proves.
-    private var endorsement: (handle: ESYS_TR, bytes: Data)?
 
     /// Opens the TPM named by a TCTI configuration string (`name:conf`).
     public init(tcti configuration: String) throws(TPMError) {
@@ -91,7 +87,6 @@ public final class TPMDevice {
     }
 
     deinit {
-        if let endorsement { flush(endorsement.handle) }
         Esys_Finalize(&context)
         Tss2_TctiLdr_Finalize(&tcti)
     }
@@ -302,17 +297,17 @@ extension TPMDevice {
         return template
     }
 
-    /// The EK in the endorsement hierarchy, created on first use and kept loaded; its handle and
-    /// TPM2B_PUBLIC.
-    func endorsementKey() throws(TPMError) -> (handle: ESYS_TR, bytes: Data) {
-        if let endorsement { return endorsement }
-        let made = try createPrimary(Self.endorsementTemplate(), what: "endorsement key")
-        endorsement = made
-        return made
+    /// Creates the EK in the endorsement hierarchy; returns its handle (to flush) and TPM2B_PUBLIC.
+    func createEndorsementKey() throws(TPMError) -> (ESYS_TR, Data) {
+        try createPrimary(Self.endorsementTemplate(), what: "endorsement key")
     }
 
     /// The EK's TPM2B_PUBLIC.
-    public func endorsementKeyPublic() throws(TPMError) -> Data { try endorsementKey().bytes }
+    public func endorsementKeyPublic() throws(TPMError) -> Data {
+        let (handle, bytes) = try createEndorsementKey()
+        flush(handle)
+        return bytes
+    }
 
     /// The contents of an NV index (the EK certificate), read in chunks the TPM accepts; nil when
     /// the index is not defined.
@@ -369,7 +364,8 @@ extension TPMDevice {
         guard secretRC == 0, offset == encryptedSecret.count else {
             throw TPMError("read encrypted secret", secretRC)
         }
-        let ek = try endorsementKey().handle
+        let (ek, _) = try createEndorsementKey()
+        defer { flush(ek) }
         let session = try endorsementPolicySession()
         defer { flush(session) }
         var certInfo: UnsafeMutablePointer<TPM2B_DIGEST>?
