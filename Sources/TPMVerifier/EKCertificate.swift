@@ -32,6 +32,29 @@ public enum EKCertificate {
     static let ekUsage = "2.23.133.8.1"
 
     public static func verify(certificate: Data, intermediates: Data?, ek: PublicKey, roots: [Data]) -> Outcome {
+        // The outcome depends on these bytes alone (no dates, no revocation lists), so a TPM
+        // presenting the same certificate again is answered from memory.
+        var hash = SHA256()
+        for part in [certificate, intermediates ?? Data(), ek.spkiDER] + roots {
+            withUnsafeBytes(of: UInt64(part.count).bigEndian) { hash.update(bufferPointer: $0) }
+            hash.update(data: part)
+        }
+        let key = Data(hash.finalize())
+        if let known = outcomes.withLock({ $0[key] }) { return known }
+        let outcome = check(certificate: certificate, intermediates: intermediates, ek: ek, roots: roots)
+        outcomes.withLock { kept in
+            if kept.count >= maxOutcomes { kept.removeAll() }
+            kept[key] = outcome
+        }
+        return outcome
+    }
+
+    /// Outcomes kept, by SHA-256 over every input's length and bytes; a gateway sees one EK
+    /// certificate per worker TPM. Past the bound, it starts over.
+    private static let outcomes = Mutex<[Data: Outcome]>([:])
+    static let maxOutcomes = 4096
+
+    static func check(certificate: Data, intermediates: Data?, ek: PublicKey, roots: [Data]) -> Outcome {
         defer { ERR_clear_error() }
         guard let leaf = decode(certificate) else { return .invalid("the EK certificate is not an X.509 certificate") }
         defer { X509_free(leaf) }

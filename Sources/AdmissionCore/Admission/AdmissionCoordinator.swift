@@ -130,20 +130,22 @@ public struct AdmissionCoordinator: Sendable {
             case .success(let parsed) = EvidenceEnvelope.parse(envelope),
             parsed.format == EvidenceFormat.tpm2Quote.rawValue
         else { return .notNeeded }
+        guard case .success(let akBytes?) = parsed.optionalBase64("ak_tpm2b_public"),
+            case .success(let ekBytes?) = parsed.optionalBase64("ek_public"),
+            case .success(let ak) = TPMKeyIdentity.parse([UInt8](akBytes)),
+            case .success(let ek) = TPMKeyIdentity.parse([UInt8](ekBytes))
+        else { return .notNeeded }
+        // A remembered pair costs no challenge, so nothing is verified twice: the judgement that
+        // follows verifies the evidence in full, bound to this AK and EK, and gives its reasons.
+        if let known = activations.recall(akName: ak.name, ekSHA256: ek.area.key.fingerprint, at: clock.now()) {
+            return .known(known)
+        }
         let options = TPMQuoteVerifier.Options(allowSHA1: policy.tpm.allowSHA1, ekRoots: tpmIdentity.ekRoots)
         let binding = attestationBinding(nonce: nonce, workerPublicKeys: workerKey)
         let facts = TPMQuoteVerifier(options: options).verify(parsed, expectedNonce: binding, at: clock.now())
         guard var fields = facts.claims?.fields, facts.isAccepted else { return .notNeeded }
         fields["ak.activation"] = "live"
-        guard policy.judgeAK(fields, source: "policy").isEmpty,
-            case .success(let akBytes?) = parsed.optionalBase64("ak_tpm2b_public"),
-            case .success(let ekBytes?) = parsed.optionalBase64("ek_public"),
-            case .success(let ak) = TPMKeyIdentity.parse([UInt8](akBytes)),
-            case .success(let ek) = TPMKeyIdentity.parse([UInt8](ekBytes))
-        else { return .notNeeded }
-        if let known = activations.recall(akName: ak.name, ekSHA256: ek.area.key.fingerprint, at: clock.now()) {
-            return .known(known)
-        }
+        guard policy.judgeAK(fields, source: "policy").isEmpty else { return .notNeeded }
         let secret = Data((0..<32).map { _ in UInt8.random(in: 0...255) })
         do throws(CredentialActivation.Failure) {
             let challenge = try CredentialActivation.make(ek: ek, objectName: ak.name, secret: secret)
