@@ -152,6 +152,23 @@ import Testing
         #expect(throws: Reason.self) { try EvidenceEnvelope.parse(Data(#"{"format":"x","version":true}"#.utf8)).get() }
     }
 
+    /// Certificate chains as collateral carries them: every block in order, line breaks of
+    /// either kind and text between blocks allowed; a block without an end or with a body that
+    /// is not base64 makes the whole text unreadable, never a shorter chain.
+    @Test func pemBlocksAreReadInOrderOrNotAtAll() {
+        let a = Data([0x30, 0x03, 0x02, 0x01, 0x01])
+        let b = Data(repeating: 0xAB, count: 100)
+        let text =
+            "junk\r\n" + PEMBlock.encode(a, label: "CERTIFICATE").replacingOccurrences(of: "\n", with: "\r\n")
+            + "between\n" + PEMBlock.encode(b, label: "CERTIFICATE")
+        #expect(PEMBlock.all(in: Array(text.utf8), label: "CERTIFICATE") == [a, b])
+        #expect(PEMBlock.all(in: Array("no blocks".utf8), label: "CERTIFICATE") == [])
+        let unterminated = PEMBlock.encode(a, label: "CERTIFICATE") + "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n"
+        #expect(PEMBlock.all(in: Array(unterminated.utf8), label: "CERTIFICATE") == nil)
+        let notBase64 = "-----BEGIN CERTIFICATE-----\nMAM*AQE=\n-----END CERTIFICATE-----\n"
+        #expect(PEMBlock.all(in: Array(notBase64.utf8), label: "CERTIFICATE") == nil)
+    }
+
     /// Nesting up to 16 levels is read; deeper is refused before it costs stack.
     @Test func envelopeNestingIsBoundedAtSixteen() {
         func nested(_ levels: Int) -> Data {

@@ -116,6 +116,40 @@ public enum PEMBlock {
         return Data(base64Encoded: String(body))
     }
 
+    /// The DER of every block with `label`, in order, read from the bytes as they are; nil when
+    /// a block has no end or its body (whitespace aside) is not base64. Text between blocks is
+    /// ignored.
+    public static func all(in text: [UInt8], label: String) -> [Data]? {
+        let begin = Array("-----BEGIN \(label)-----".utf8)
+        let end = Array("-----END \(label)-----".utf8)
+        var blocks = [Data]()
+        var at = 0
+        while let opened = find(begin, in: text, from: at) {
+            let start = opened + begin.count
+            guard let closed = find(end, in: text, from: start) else { return nil }
+            var body = [UInt8]()
+            body.reserveCapacity(closed - start)
+            for byte in text[start..<closed] where byte != 0x20 && byte != 0x09 && byte != 0x0A && byte != 0x0D {
+                body.append(byte)
+            }
+            guard let der = Data(base64Encoded: Data(body)) else { return nil }
+            blocks.append(der)
+            at = closed + end.count
+        }
+        return blocks
+    }
+
+    /// The first index at or after `from` where `needle` occurs in `text`.
+    static func find(_ needle: [UInt8], in text: [UInt8], from: Int) -> Int? {
+        guard let first = needle.first, text.count >= needle.count else { return nil }
+        var i = from
+        while i <= text.count - needle.count {
+            if text[i] == first, text[i..<(i + needle.count)].elementsEqual(needle) { return i }
+            i += 1
+        }
+        return nil
+    }
+
     public static func encode(_ der: Data, label: String) -> String {
         let b64 = der.base64EncodedString()
         var lines = [String]()

@@ -119,9 +119,25 @@ public final class PublicKey: @unchecked Sendable {
     /// OpenSSL 3 about ten signature checks, and workers present the same AK at every
     /// re-attestation, so verifiers go through this cache.
     public static func cached(spkiDER der: Data) throws(PublicKeyError) -> PublicKey {
+        try cached(der) { () throws(PublicKeyError) in try PublicKey(spkiDER: der) }
+    }
+
+    /// The key of a certificate OpenSSL has decoded: `pkey` (its public key, retained here when
+    /// it is kept) named by `der`, the certificate's SubjectPublicKeyInfo, so that the key is
+    /// neither decoded again nor re-encoded.
+    package static func cached(retaining pkey: OpaquePointer, spkiDER der: Data) throws(PublicKeyError) -> PublicKey {
+        try cached(der) { () throws(PublicKeyError) in
+            EVP_PKEY_up_ref(pkey)
+            return try PublicKey(taking: pkey, spkiDER: der)
+        }
+    }
+
+    private static func cached(_ der: Data, _ make: () throws(PublicKeyError) -> PublicKey) throws(PublicKeyError)
+        -> PublicKey
+    {
         let name = CacheKey(der: der)
         if let hit = cache.withLock({ $0[name] }) { return hit }
-        let key = try PublicKey(spkiDER: der)
+        let key = try make()
         cache.withLock { entries in
             if entries.count >= maxCachedKeys { entries.removeAll(keepingCapacity: true) }
             entries[name] = key
@@ -158,7 +174,8 @@ public final class PublicKey: @unchecked Sendable {
         return Data(DER.sequence(DER.sequence(DER.oidECPublicKey, curve.oid), DER.bitString(point)))
     }
 
-    private init(taking pkey: OpaquePointer) throws(PublicKeyError) {
+    /// Takes ownership of `pkey`; `spkiDER`, when known, is its DER SubjectPublicKeyInfo.
+    private init(taking pkey: OpaquePointer, spkiDER known: Data? = nil) throws(PublicKeyError) {
         self.pkey = pkey
         let bits = Int(EVP_PKEY_get_bits(pkey))
         switch EVP_PKEY_get_base_id(pkey) {
@@ -177,13 +194,14 @@ public final class PublicKey: @unchecked Sendable {
                 EVP_PKEY_free(pkey)
                 throw .unsupported("EC key of \(bits) bits")
             }
-        default:
+        case let type:
             EVP_PKEY_free(pkey)
-            throw .unsupported("key type \(EVP_PKEY_get_base_id(pkey))")
+            throw .unsupported("key type \(type)")
         }
         var out: UnsafeMutablePointer<UInt8>? = nil
-        let len = i2d_PUBKEY(pkey, &out)
-        if len > 0, let out {
+        if let known {
+            spkiDER = known
+        } else if case let len = i2d_PUBKEY(pkey, &out), len > 0, let out {
             spkiDER = Data(bytes: out, count: Int(len))
             CRYPTO_free(out, #fileID, #line)
         } else {

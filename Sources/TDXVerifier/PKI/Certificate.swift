@@ -57,12 +57,14 @@ final class Certificate: @unchecked Sendable {
         }
         notBefore = before
         notAfter = after
-        guard let pkey = X509_get0_pubkey(x509) else {
+        // The SubjectPublicKeyInfo as the certificate holds it (OpenSSL 3's key encoder, which
+        // i2d_PUBKEY goes through, costs more than decoding the whole certificate).
+        guard let pkey = X509_get0_pubkey(x509), let info = X509_get_X509_PUBKEY(x509) else {
             X509_free(x509)
             throw .invalid("certificate public key is unreadable")
         }
         var out: UnsafeMutablePointer<UInt8>? = nil
-        let length = i2d_PUBKEY(pkey, &out)
+        let length = i2d_X509_PUBKEY(info, &out)
         guard length > 0, let out else {
             X509_free(x509)
             throw .invalid("certificate public key is unreadable")
@@ -70,7 +72,7 @@ final class Certificate: @unchecked Sendable {
         let spki = Data(bytes: out, count: Int(length))
         CRYPTO_free(out, #fileID, #line)
         do {
-            publicKey = try PublicKey.cached(spkiDER: spki)
+            publicKey = try PublicKey.cached(retaining: pkey, spkiDER: spki)
         } catch {
             X509_free(x509)
             throw .invalid("certificate key: \(error)")
@@ -85,20 +87,20 @@ final class Certificate: @unchecked Sendable {
     static let maxChainLength = 5
 
     /// Every certificate in PEM text, in order. Text too long or with more certificates than any
-    /// Intel chain has is refused before anything is decoded.
-    static func chain(pem: String) throws(DecodeError) -> [Certificate] {
-        guard pem.utf8.count <= maxChainPEM else {
+    /// Intel chain has is refused before any certificate is decoded.
+    static func chain(pemBytes: [UInt8]) throws(DecodeError) -> [Certificate] {
+        guard pemBytes.count <= maxChainPEM else {
             throw .invalid("certificate chain larger than \(maxChainPEM) bytes")
         }
-        guard pem.components(separatedBy: "-----BEGIN CERTIFICATE-----").count - 1 <= maxChainLength else {
+        guard let blocks = PEMBlock.all(in: pemBytes, label: "CERTIFICATE") else {
+            throw .invalid("certificate chain: bad PEM block")
+        }
+        guard blocks.count <= maxChainLength else {
             throw .invalid("certificate chain of more than \(maxChainLength) certificates")
         }
-        let roots: [TrustRoots.Root]
-        do { roots = try TrustRoots.parse(pem: pem, source: "certificate chain") } catch {
-            throw .invalid("\(error)")
-        }
+        // Each block is decoded once, here: a block that is not an X.509 certificate fails.
         var certs = [Certificate]()
-        for root in roots { certs.append(try Certificate(der: [UInt8](root.der))) }
+        for der in blocks { certs.append(try Certificate(der: [UInt8](der))) }
         return certs
     }
 

@@ -67,7 +67,7 @@ enum Memo {
 
     static func chain(pemBytes: [UInt8]) throws(Certificate.DecodeError) -> [Certificate] {
         try chains.value(key(pemBytes)) { () throws(Certificate.DecodeError) in
-            try Certificate.chain(pem: String(decoding: pemBytes, as: UTF8.self))
+            try Certificate.chain(pemBytes: pemBytes)
         }
     }
 
