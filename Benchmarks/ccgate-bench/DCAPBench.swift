@@ -48,3 +48,48 @@ func dcapBench() {
         "  ccgate    full verification, cold cache   \(String(format: "%9.0f", cold)) /s  ratio \(String(format: "%.3f", cold / raw))  = \(String(format: "%.2f", raw / cold)) P-256 verifications each"
     )
 }
+
+/// Every accepted TDX case of the shared vectors that carries its collateral, verified cold (the
+/// verifier's memo tables reset before each verification: a platform never seen) and warm, as
+/// `name: value` lines that `scripts/bench-dcap` sets beside dcap-qvl's on the same cases.
+func dcapCasesBench() {
+    struct Case: Decodable {
+        let id: String
+        let envelope: String
+        let verify_at: String
+        let nonce_hex: String?
+        let expect: Expect
+    }
+    struct Expect: Decodable { let verdict: String }
+    guard let data = try? Data(contentsOf: sharedRootURL.appendingPathComponent("cases.json")),
+        let cases = try? JSONDecoder().decode([Case].self, from: data)
+    else {
+        print("ccgate bench: DCAP cases: skipped (cases.json not readable)")
+        return
+    }
+    let verifier = TDXQuoteVerifier(options: .init(pinnedRootFingerprints: PinnedRoots.production))
+    for c in cases where c.id.hasPrefix("tdx") && c.expect.verdict == "accept" {
+        guard let text = try? Data(contentsOf: sharedRootURL.appendingPathComponent(c.envelope)),
+            case .success(let envelope) = EvidenceEnvelope.parse(text), envelope.has("collateral"),
+            case .success(let quote) = envelope.base64("quote"),
+            case .success(let fields?) = envelope.stringObject("collateral"),
+            let collateral = try? Collateral.read(fields).get(), let at = Date.rfc3339(c.verify_at)
+        else { continue }
+        let bytes = [UInt8](quote)
+        let nonce = c.nonce_hex.flatMap { Data(hex: $0) }
+        func verify() -> Bool {
+            verifier.verify(quote: bytes, collateral: collateral, expectedNonce: nonce, at: at).isAccepted
+        }
+        guard verify() else {
+            print("ccgate bench: DCAP case \(c.id) does not verify; skipped")
+            continue
+        }
+        let cold = rate {
+            TDXQuoteVerifier.resetCaches()
+            return verify()
+        }
+        let warm = rate(verify)
+        print("ccgate_cold.\(c.id): \(Int(cold))")
+        print("ccgate_warm.\(c.id): \(Int(warm))")
+    }
+}

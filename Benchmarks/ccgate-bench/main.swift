@@ -14,6 +14,7 @@ LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
 let only = ProcessInfo.processInfo.environment["CCGATE_BENCH_ONLY"]
 if only == nil || only == "tpm" { tpmBench() }
 if only == nil || only == "dcap" { dcapBench() }
+if only == "dcap-cases" { dcapCasesBench() }
 if only == nil || only == "inference" { inferenceBench() }
 let done = DispatchSemaphore(value: 0)
 Task.detached {
