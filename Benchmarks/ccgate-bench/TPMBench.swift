@@ -100,8 +100,24 @@ final class BenchSwtpm: @unchecked Sendable {
         ]
         swtpm.standardError = FileHandle.nullDevice
         guard (try? swtpm.run()) != nil else { return nil }
-        usleep(300_000)
+        // Ready once its command port accepts a connection (up to 5 s; a busy machine is slow).
+        for _ in 0..<100 where !accepts(port) { usleep(50_000) }
         return BenchSwtpm(process: swtpm, directory: dir, port: port)
+    }
+
+    static func accepts(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
     }
 
     /// swtpm_setup with a local CA, as the test kit and `scripts/lib.sh` do.
