@@ -42,6 +42,8 @@ public enum EKCertificate {
         let key = Data(hash.finalize())
         if let known = outcomes.withLock({ $0[key] }) { return known }
         let outcome = check(certificate: certificate, intermediates: intermediates, ek: ek, roots: roots)
+        // OpenSSL failing to allocate says nothing about the certificate: not remembered.
+        if case .invalid(let why) = outcome, why.hasPrefix(openSSLFailure) { return outcome }
         outcomes.withLock { kept in
             if kept.count >= maxOutcomes { kept.removeAll() }
             kept[key] = outcome
@@ -52,6 +54,7 @@ public enum EKCertificate {
     /// Outcomes kept, by SHA-256 over every input's length and bytes; a gateway sees one EK
     /// certificate per worker TPM. Past the bound, it starts over.
     private static let outcomes = Mutex<[Data: Outcome]>([:])
+    static let openSSLFailure = "OpenSSL: "
     static let maxOutcomes = 4096
 
     static func check(certificate: Data, intermediates: Data?, ek: PublicKey, roots: [Data]) -> Outcome {
@@ -67,14 +70,14 @@ public enum EKCertificate {
             return .invalid(
                 "the certificate lacks the TCG EK certificate usage (\(ekUsage)): it does not certify an EK")
         }
-        guard let trust = TrustStore.of(roots) else { return .invalid("OpenSSL: no store") }
+        guard let trust = TrustStore.of(roots) else { return .invalid(openSSLFailure + "no store") }
         // The store lives while this reference does, whatever the cache drops meanwhile.
         return withExtendedLifetime(trust) { check(leaf, intermediates, trust.store) }
     }
 
     /// The chain from `leaf` through `intermediates` to a root in `store`.
     private static func check(_ leaf: OpaquePointer, _ intermediates: Data?, _ store: OpaquePointer) -> Outcome {
-        guard let chain = OPENSSL_sk_new_null() else { return .invalid("OpenSSL: no stack") }
+        guard let chain = OPENSSL_sk_new_null() else { return .invalid(openSSLFailure + "no stack") }
         defer { OPENSSL_sk_pop_free(chain) { X509_free(OpaquePointer($0)) } }
         var rest = intermediates ?? Data()
         while !rest.isEmpty {
@@ -85,10 +88,10 @@ public enum EKCertificate {
             OPENSSL_sk_push(chain, UnsafeRawPointer(cert))
             rest = rest.dropFirst(used)
         }
-        guard let ctx = X509_STORE_CTX_new() else { return .invalid("OpenSSL: no context") }
+        guard let ctx = X509_STORE_CTX_new() else { return .invalid(openSSLFailure + "no context") }
         defer { X509_STORE_CTX_free(ctx) }
         guard X509_STORE_CTX_init(ctx, store, leaf, chain) == 1 else {
-            return .invalid("OpenSSL: cannot set up verification")
+            return .invalid(openSSLFailure + "cannot set up verification")
         }
         let params = X509_STORE_CTX_get0_param(ctx)
         // A pinned intermediate anchors as well as a pinned root.

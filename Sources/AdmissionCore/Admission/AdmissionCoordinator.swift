@@ -93,9 +93,11 @@ public struct AdmissionCoordinator: Sendable {
             tpmIdentity: identity
         ).verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
         var stored = envelope
-        // The record states what this session proved: only evidence quoting with the activated AK
-        // carries it, dated when the activation happened.
-        if let activation, let signer = activationSigner, Self.akName(of: envelope) == activation.akName,
+        // The record states what this session proved: only accepted evidence quoting with the
+        // activated AK carries it, dated when the activation happened. Refused evidence keeps the
+        // bytes the worker sent, so its audited digest is theirs.
+        if verdict.isAccepted, let activation, let signer = activationSigner,
+            Self.akName(of: envelope) == activation.akName,
             let withRecord = ActivationRecord.sign(
                 akName: activation.akName, ekSHA256: activation.ekSHA256, gatewayID: signer.gatewayID,
                 time: activation.activatedAt ?? clock.now(), with: signer.key

@@ -119,23 +119,26 @@ public final class PublicKey: @unchecked Sendable {
     /// OpenSSL 3 about ten signature checks, and workers present the same AK at every
     /// re-attestation, so verifiers go through this cache.
     public static func cached(spkiDER der: Data) throws(PublicKeyError) -> PublicKey {
-        try cached(der) { () throws(PublicKeyError) in try PublicKey(spkiDER: der) }
+        try cached(CacheKey(der: der, fromCertificate: false)) { () throws(PublicKeyError) in
+            try PublicKey(spkiDER: der)
+        }
     }
 
     /// The key of a certificate OpenSSL has decoded: `pkey` (its public key, retained here when
-    /// it is kept) named by `der`, the certificate's SubjectPublicKeyInfo, so that the key is
-    /// neither decoded again nor re-encoded.
+    /// it is kept) named by `der`, the certificate's SubjectPublicKeyInfo as the certificate
+    /// writes it, so that the key is neither decoded again nor re-encoded. Kept apart from keys
+    /// loaded from bytes, whose `spkiDER` is OpenSSL's own encoding: bytes OpenSSL would write
+    /// differently must not get one key's name through one door and another through the other.
     package static func cached(retaining pkey: OpaquePointer, spkiDER der: Data) throws(PublicKeyError) -> PublicKey {
-        try cached(der) { () throws(PublicKeyError) in
+        try cached(CacheKey(der: der, fromCertificate: true)) { () throws(PublicKeyError) in
             EVP_PKEY_up_ref(pkey)
             return try PublicKey(taking: pkey, spkiDER: der)
         }
     }
 
-    private static func cached(_ der: Data, _ make: () throws(PublicKeyError) -> PublicKey) throws(PublicKeyError)
+    private static func cached(_ name: CacheKey, _ make: () throws(PublicKeyError) -> PublicKey) throws(PublicKeyError)
         -> PublicKey
     {
-        let name = CacheKey(der: der)
         if let hit = cache.withLock({ $0[name] }) { return hit }
         let key = try make()
         cache.withLock { entries in
@@ -150,7 +153,11 @@ public final class PublicKey: @unchecked Sendable {
     /// every byte, so a colliding hash never returns another key.
     private struct CacheKey: Hashable {
         let der: Data
-        func hash(into hasher: inout Hasher) { der.withUnsafeBytes { hasher.combine(bytes: $0) } }
+        let fromCertificate: Bool
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(fromCertificate)
+            der.withUnsafeBytes { hasher.combine(bytes: $0) }
+        }
     }
 
     /// Forgets every decoded key (benchmarks of a cold verifier).
