@@ -93,10 +93,11 @@ public struct AdmissionCoordinator: Sendable {
             tpmIdentity: identity
         ).verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
         var stored = envelope
-        // The record states what this session proved: only accepted evidence quoting with the
-        // activated AK carries it, dated when the activation happened. Refused evidence keeps the
-        // bytes the worker sent, so its audited digest is theirs.
-        if verdict.isAccepted, let activation, let signer = activationSigner,
+        // The record states what this session proved: only evidence that verified (accepted, or
+        // refused by policy and kept for replay) quoting with the activated AK carries it, dated
+        // when the activation happened. Evidence that did not verify keeps the bytes the worker
+        // sent, so its audited digest is theirs.
+        if AdmissionDecision.verifiedAndAnchored(verdict), let activation, let signer = activationSigner,
             Self.akName(of: envelope) == activation.akName,
             let withRecord = ActivationRecord.sign(
                 akName: activation.akName, ekSHA256: activation.ekSHA256, gatewayID: signer.gatewayID,
@@ -389,6 +390,13 @@ public struct AdmissionDecision: Sendable {
     public let drafts: [AuditDraft]
     public var verdict: Verdict { judgement.verdict }
 
+    /// Whether the evidence verified and its key is anchored in hardware, whatever the policy
+    /// then decided: what a refusal keeps, and what an activation record is added to.
+    static func verifiedAndAnchored(_ verdict: Verdict) -> Bool {
+        let unanchored: Set<ReasonCode> = [.evidenceUnsupported, .tpmAKUntrusted, .tpmEKChainInvalid]
+        return verdict.reasons.allSatisfy { $0.source.hasPrefix("policy") && !unanchored.contains($0.code) }
+    }
+
     static func refusal(
         _ hello: WireMessage.Hello, _ judgement: AdmissionCoordinator.Judgement, code: String, message: String,
         reasons: [String],
@@ -399,10 +407,7 @@ public struct AdmissionDecision: Sendable {
         // hardware (a format the policy does not take, an untrusted AK or EK chain), proves
         // nothing about anyone and is recorded by digest only; evidence from anchored hardware
         // that the policy refused is kept, so that the refusal can be replayed.
-        let unanchored: Set<ReasonCode> = [.evidenceUnsupported, .tpmAKUntrusted, .tpmEKChainInvalid]
-        let verified = judgement.verdict.reasons.allSatisfy {
-            $0.source.hasPrefix("policy") && !unanchored.contains($0.code)
-        }
+        let verified = verifiedAndAnchored(judgement.verdict)
         let event = AuditEvent(
             .admission, worker: hello.workerID, decision: .reject, reasons: reasons,
             policyVersion: judgement.policy.version, evidenceSHA256: verified ? nil : judgement.evidence.sha256,
