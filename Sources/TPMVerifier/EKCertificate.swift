@@ -1,6 +1,5 @@
 import AttestationCore
 import COpenSSL
-import Crypto
 import Foundation
 import Synchronization
 
@@ -34,12 +33,7 @@ public enum EKCertificate {
     public static func verify(certificate: Data, intermediates: Data?, ek: PublicKey, roots: [Data]) -> Outcome {
         // The outcome depends on these bytes alone (no dates, no revocation lists), so a TPM
         // presenting the same certificate again is answered from memory.
-        var hash = SHA256()
-        for part in [certificate, intermediates ?? Data(), ek.spkiDER] + roots {
-            withUnsafeBytes(of: UInt64(part.count).bigEndian) { hash.update(bufferPointer: $0) }
-            hash.update(data: part)
-        }
-        let key = Data(hash.finalize())
+        let key = IncrementalHash.framed(.sha256, [certificate, intermediates ?? Data(), ek.spkiDER] + roots)
         if let known = outcomes.withLock({ $0[key] }) { return known }
         let outcome = check(certificate: certificate, intermediates: intermediates, ek: ek, roots: roots)
         // OpenSSL failing to allocate says nothing about the certificate: not remembered.
@@ -138,12 +132,7 @@ public enum EKCertificate {
         static let maxKept = 16
 
         static func of(_ roots: [Data]) -> TrustStore? {
-            var hash = SHA256()
-            for der in roots {
-                withUnsafeBytes(of: UInt64(der.count).bigEndian) { hash.update(bufferPointer: $0) }
-                hash.update(data: der)
-            }
-            let key = Data(hash.finalize())
+            let key = IncrementalHash.framed(.sha256, roots)
             if let kept = built.withLock({ $0[key] }) { return kept }
             guard let made = TrustStore(roots) else { return nil }
             // Two first uses may race: both get the store kept first. Callers hold the store

@@ -83,4 +83,17 @@ public final class IncrementalHash {
         precondition(EVP_DigestFinal_ex(ctx, &out, &len) == 1)
         return Data(out[0..<Int(len)])
     }
+
+    /// The digest of `parts`, each preceded by its length (8 bytes, little-endian), so that two
+    /// different lists of parts never hash the same input: a key for what was computed from them.
+    public static func framed(_ algorithm: HashAlgorithm, _ parts: [some ContiguousBytes]) -> Data {
+        let hash = IncrementalHash(algorithm)
+        for part in parts {
+            part.withUnsafeBytes { bytes in
+                withUnsafeBytes(of: UInt64(bytes.count).littleEndian) { hash.update($0) }
+                hash.update(bytes)
+            }
+        }
+        return hash.finalize()
+    }
 }

@@ -51,15 +51,7 @@ enum Memo {
     static let qeIdentities = Table<QEIdentity>()
     static let verified = Table<Bool>()
 
-    static func key(_ parts: [UInt8]...) -> Data {
-        let h = IncrementalHash(.sha256)
-        for p in parts {
-            var n = UInt64(p.count).littleEndian
-            withUnsafeBytes(of: &n) { h.update($0) }
-            p.withUnsafeBytes { h.update($0) }
-        }
-        return h.finalize()
-    }
+    static func key(_ parts: [UInt8]...) -> Data { IncrementalHash.framed(.sha256, parts) }
 
     static func chain(pem: String) throws(Certificate.DecodeError) -> [Certificate] {
         try chain(pemBytes: Array(pem.utf8))
