@@ -39,6 +39,8 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         // TLS on the front door and the admin API (Hummingbird's own TLS support builds on it).
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        // The shared store of several gateways (PostgreSQL's wire protocol on SwiftNIO).
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // System-library shims.
@@ -74,8 +76,14 @@ let package = Package(
         // The audit chain's format: entries, canonical JSON, checkpoints, offline verification.
         .target(name: "AuditLog", dependencies: ["AttestationCore"], swiftSettings: strict),
         // The gateway's durable state: the store interface (workers, API keys, policy history and
-        // the audit chain), its SQLite and in-memory stores, the group-committing audit trail, export.
-        .target(name: "GatewayState", dependencies: ["AuditLog", "AttestationCore", "CSQLite"], swiftSettings: strict),
+        // the audit chain), its SQLite, PostgreSQL and in-memory stores, schema migrations, the
+        // group-committing audit trail, export.
+        .target(
+            name: "GatewayState",
+            dependencies: [
+                "AuditLog", "AttestationCore", "CSQLite", .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Logging", package: "swift-log"),
+            ] + nio, swiftSettings: strict),
         // TON: addresses, cells, bags of cells.
         .target(name: "TONKit", dependencies: ["AttestationCore"], swiftSettings: strict),
         // Outbound HTTP on AsyncHTTPClient.
@@ -255,7 +263,7 @@ let package = Package(
                 "AttestationCore", "TestSupport", "WorkerAgent", "TDXVerifier", "TPMVerifier", "TONKit", "TONStake",
                 "Sealing", "AuditLog",
             ],
-            exclude: ["e2e_sdk_check.py"],
+            exclude: ["e2e_sdk_check.py", "Fixtures"],
             swiftSettings: strict),
     ]
 )

@@ -32,6 +32,9 @@ public struct GatewayConfiguration: Sendable {
     public var policySignature: String?
     /// Where durable state lives: `ccgate.db` (SQLite), `gateway.key`, `admin.token`.
     public var dataDirectory = URL(fileURLWithPath: "data")
+    /// A PostgreSQL database shared with other gateways, in place of `ccgate.db`; the data
+    /// directory still holds this gateway's key and admin token.
+    public var database: PostgresLocation?
     /// The admin API's address; no port: no admin API.
     public var adminHost = "127.0.0.1"
     public var adminPort: Int?
@@ -81,7 +84,7 @@ public struct GatewayStartError: Error, CustomStringConvertible {
 public struct GatewayServer: Sendable {
     public let configuration: GatewayConfiguration
     public let registry = WorkerRegistry()
-    public let store: SQLiteStore
+    public let store: any GatewayStore
     public let audit: AuditTrail
     public let policies: PolicyState
     public let administration: GatewayAdministration
@@ -104,8 +107,12 @@ public struct GatewayServer: Sendable {
         try FileManager.default.createDirectory(
             at: data, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try GatewayKeys.checkDataDirectory(data)
-        let store = try SQLiteStore(url: data.appendingPathComponent("ccgate.db"))
+        let store: any GatewayStore =
+            try configuration.database.map { try PostgresStore(location: $0) }
+            ?? SQLiteStore(url: data.appendingPathComponent("ccgate.db"))
         let key = try GatewayKeys.signingKey(in: data)
+        // Before anything is written: the entries and worker rows this gateway writes name it.
+        try store.registerGateway(key.publicKey, at: configuration.clock.now())
         let token = try configuration.adminToken ?? GatewayKeys.adminToken(in: data)
         let audit = AuditTrail(store: store, key: key, clock: configuration.clock)
         let active: ActivePolicy
@@ -177,7 +184,7 @@ public struct GatewayServer: Sendable {
     }
 
     init(
-        configuration: GatewayConfiguration, store: SQLiteStore, audit: AuditTrail, policies: PolicyState,
+        configuration: GatewayConfiguration, store: any GatewayStore, audit: AuditTrail, policies: PolicyState,
         adminToken: String,
         logger: Logger
     ) {
@@ -448,7 +455,7 @@ final class PortRendezvous: Sendable {
 /// Only admin keys kept outside the data directory protect against a writer who also rewrites
 /// the audit chain (the gateway's own key lives in that directory).
 struct StoredPolicyCheck {
-    let store: SQLiteStore
+    let store: any GatewayStore
     let configuration: GatewayConfiguration
     let gatewayID: String
 

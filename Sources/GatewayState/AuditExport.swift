@@ -14,7 +14,7 @@ public enum AuditExportFormat: String, Sendable, CaseIterable {
 public enum AuditExport {
     public static let csvColumns = [
         "seq", "time", "actor", "event", "worker", "decision", "reasons", "policy_version", "evidence_sha256",
-        "collateral_sha256", "detail", "prev", "hash",
+        "collateral_sha256", "detail", "gateway", "prev", "hash",
     ]
 
     /// Streams the entries matching `query` to `sink` in chunks of about 64 KiB; `progress` gets
@@ -63,7 +63,7 @@ public enum AuditExport {
         let cells = [
             String(entry.seq), entry.time.rfc3339, e.actor, e.event, e.worker ?? "", e.decision ?? "",
             e.reasons.joined(separator: ";"), e.policyVersion.map(String.init) ?? "", e.evidenceSHA256 ?? "",
-            e.collateralSHA256 ?? "", detail, entry.prev, entry.hash,
+            e.collateralSHA256 ?? "", detail, e.gateway ?? "", entry.prev, entry.hash,
         ]
         return cells.map(csvCell).joined(separator: ",") + "\r\n"
     }

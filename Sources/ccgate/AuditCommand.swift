@@ -126,26 +126,61 @@ struct AuditCommand: ParsableCommand {
             abstract: "Check an exported chain offline and name the first bad entry.",
             discussion: """
                 Checks every entry's hash, every link to the entry before, the sequence, and every checkpoint's
-                signature under the gateway's public key. Exit status: 0 the export verifies, 1 it does not (the first
-                bad entry is named), 2 unreadable input.
+                signature under the gateway's public key. Where several gateways share one chain (one PostgreSQL
+                database), each signs its own checkpoints: give every gateway's key (--key repeated), or
+                --database URL to take the keys the database lists (trusting whoever can write to it); the summary
+                names which key signed how many checkpoints. Exit status: 0 the export verifies, 1 it does not (the
+                first bad entry is named), 2 unreadable input.
 
-                Example:
+                Examples:
                   ccgate audit verify audit.jsonl --key data/gateway.pub
+                  ccgate audit verify audit.jsonl --key gw1/gateway.pub --key gw2/gateway.pub --key gw3/gateway.pub
                 """)
         @Argument(help: ArgumentHelp("The export (JSON Lines).", valueName: "FILE")) var file: String
         @Option(
+            name: .customLong("key"),
             help: ArgumentHelp(
-                "The gateway's public key (PEM, or the base64 of its 32 bytes).", valueName: "GATEWAY_PUB"))
-        var key: String
+                "A gateway's public key (PEM, or the base64 of its 32 bytes); repeatable.", valueName: "GATEWAY_PUB"))
+        var keys: [String] = []
+        @Option(
+            help: ArgumentHelp(
+                "Also accept the gateway keys listed in this PostgreSQL database (see `ccgate serve --help`).",
+                valueName: "URL"))
+        var database: String?
+        @Option(help: ArgumentHelp("The database password (its first line).", valueName: "FILE"))
+        var databasePasswordFile: String?
         @Flag(help: "Accept gaps in the sequence (an export filtered by --worker).") var allowGaps = false
 
+        func validate() throws {
+            guard !keys.isEmpty || database != nil else {
+                throw ValidationError("give --key GATEWAY_PUB or --database URL")
+            }
+        }
+
+        func publicKeys() throws -> [Ed25519PublicKey] {
+            var out = try keys.map { key in
+                let keyText = (try? String(contentsOfFile: key, encoding: .utf8)) ?? key
+                do { return try Ed25519PublicKey(text: keyText) } catch { throw failure("--key \(key): \(error)") }
+            }
+            if let database {
+                let target = try DatabaseCommand.Target.parse(
+                    ["--database", database] + (databasePasswordFile.map { ["--database-password-file", $0] } ?? []))
+                do {
+                    guard let location = try target.location() else { return out }
+                    for g in try PostgresStore(location: location, inspect: true).gateways() {
+                        out.append(try Ed25519PublicKey(text: g.publicKey))
+                    }
+                } catch let error as ReportedFailure { throw error } catch { throw failure("--database: \(error)") }
+                guard !out.isEmpty else { throw failure("\(database) lists no gateway keys") }
+            }
+            return out
+        }
+
         func run() throws {
-            let keyText = (try? String(contentsOfFile: key, encoding: .utf8)) ?? key
-            let publicKey: Ed25519PublicKey
-            do { publicKey = try Ed25519PublicKey(text: keyText) } catch { throw failure("--key \(key): \(error)") }
+            let publicKeys = try publicKeys()
             guard let handle = FileHandle(forReadingAtPath: file) else { throw failure("\(file): cannot read") }
             defer { try? handle.close() }
-            var verifier = AuditVerifier(key: publicKey, allowGaps: allowGaps)
+            var verifier = AuditVerifier(keys: publicKeys, allowGaps: allowGaps)
             var pending = Data()
             var lineNumber = 0
             do {
@@ -169,6 +204,11 @@ struct AuditCommand: ParsableCommand {
                 print(
                     "\(file): ok — \(range), \(s.checkpoints) signed checkpoint\(s.checkpoints == 1 ? "" : "s"), head \(s.head)"
                 )
+                if s.signers.count > 1 || publicKeys.count > 1 {
+                    for (fingerprint, n) in s.signers.sorted(by: { $0.key < $1.key }) {
+                        print("  \(n) checkpoint\(n == 1 ? "" : "s") signed by gateway \(fingerprint.prefix(16))…")
+                    }
+                }
                 if s.firstSeq > 1 {
                     print("  starts at entry \(s.firstSeq), linked to the entry before it by hash \(s.anchoredOn)")
                 }

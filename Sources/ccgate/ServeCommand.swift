@@ -4,6 +4,7 @@ import AttestationCore
 import CommandLineSupport
 import Foundation
 import Gateway
+import GatewayState
 import Logging
 import Policy
 import TONKit
@@ -21,6 +22,10 @@ struct ServeCommand: AsyncParsableCommand {
 
             The data directory holds ccgate.db (policies, audit log, workers, API keys), gateway.key and gateway.pub
             (the checkpoint signing key, made on first start) and admin.token (the admin API token, likewise).
+            With --database, the state that ccgate.db would hold is in PostgreSQL instead, shared with every gateway \
+            that names the same database: one audit chain (each entry names the gateway that wrote it, each gateway \
+            signs its own checkpoints), one policy history. Its schema is created on an empty database; an older one \
+            is migrated by `ccgate db migrate` (README, "Several gateways").
             --policy seeds a new data directory as policy version 1; after that the stored history is in force and
             changes go through `ccgate policy apply`, which needs a signature by a key given with --admin-key.
 
@@ -41,6 +46,8 @@ struct ServeCommand: AsyncParsableCommand {
                 --toncenter https://toncenter.com --toncenter-key-file toncenter.key --toncenter https://ton.example.net
               ccgate serve --host 0.0.0.0 --tls-cert gw.crt --tls-key gw.key --api-key-file keys.txt
               ccgate serve --port 0 --worker-port 0 --admin-port 0 --api-key demo-key --data-dir /tmp/ccgate
+              CCGATE_DATABASE_PASSWORD=… ccgate serve --database postgres://ccgate@db.internal/ccgate?sslmode=verify-full \
+                --data-dir gw1 --api-key-file keys.txt
             """)
 
     @Option(help: ArgumentHelp("Address the API listens on.", valueName: "HOST")) var host = "127.0.0.1"
@@ -64,6 +71,13 @@ struct ServeCommand: AsyncParsableCommand {
     var policy = "Policies/default.yaml"
     @Option(help: ArgumentHelp("Durable state: ccgate.db, gateway.key, admin.token.", valueName: "DIR")) var dataDir =
         "data"
+    @Option(
+        help: ArgumentHelp(
+            "A PostgreSQL database shared by several gateways, in place of DIR/ccgate.db: postgres://USER@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=CA.pem] or postgres://USER@/DB?host=/run/postgresql (a Unix socket). The password comes from --database-password-file or CCGATE_DATABASE_PASSWORD, never the URL.",
+            valueName: "URL"))
+    var database: String?
+    @Option(help: ArgumentHelp("The database password (its first line).", valueName: "FILE"))
+    var databasePasswordFile: String?
     @Option(help: ArgumentHelp("Address the admin API listens on.", valueName: "HOST")) var adminHost = "127.0.0.1"
     @Option(help: ArgumentHelp("Admin API port (0: any free port; -1: no admin API).", valueName: "N")) var adminPort =
         8445
@@ -168,6 +182,16 @@ struct ServeCommand: AsyncParsableCommand {
         }
         configuration.policySignature = try? String(contentsOfFile: policy + ".sig", encoding: .utf8)
         configuration.dataDirectory = URL(fileURLWithPath: dataDir)
+        if let database {
+            do {
+                configuration.database = try PostgresLocation(
+                    url: database,
+                    password: PostgresLocation.password(
+                        file: databasePasswordFile, environment: ProcessInfo.processInfo.environment))
+            } catch { throw failure("\(error)") }
+        } else if databasePasswordFile != nil {
+            throw failure("--database-password-file without --database")
+        }
         configuration.adminHost = adminHost
         configuration.adminPort = adminPort < 0 ? nil : adminPort
         if let adminTokenFile {

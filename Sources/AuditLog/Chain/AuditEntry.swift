@@ -19,6 +19,9 @@ public struct AuditEvent: Sendable, Equatable {
     /// SHA-256 of the collateral the decision used, where it came from outside the evidence.
     public var collateralSHA256: String?
     public var detail: [String: String]
+    /// The fingerprint of the key of the gateway that wrote the entry, where several gateways
+    /// share one chain (set by the store; absent in a single gateway's older entries).
+    public var gateway: String?
 
     public init(
         event: String, actor: String = "gateway", worker: String? = nil, decision: String? = nil,
@@ -78,6 +81,7 @@ public struct AuditEntry: Sendable, Equatable {
         if let v = event.policyVersion { body["policy_version"] = .int(v) }
         if let e = event.evidenceSHA256 { body["evidence_sha256"] = .string(e) }
         if let c = event.collateralSHA256 { body["collateral_sha256"] = .string(c) }
+        if let g = event.gateway { body["gateway"] = .string(g) }
         if !event.detail.isEmpty { body["detail"] = .object(event.detail.mapValues(JSONValue.string)) }
         return body
     }
@@ -103,19 +107,21 @@ public struct AuditEntry: Sendable, Equatable {
         decoded.policyVersion = fields["policy_version"]?.int
         decoded.evidenceSHA256 = fields["evidence_sha256"]?.string
         decoded.collateralSHA256 = fields["collateral_sha256"]?.string
+        decoded.gateway = fields["gateway"]?.string
         decoded.detail = fields["detail"]?.object?.compactMapValues(\.string) ?? [:]
         // Nothing beyond the schema, in no other shape: it would otherwise ride along unread
         // (the hash covers it, but no reader would show it).
         guard Set(fields.keys).isSubset(of: schemaKeys), time.rfc3339 == timeText,
             fields["reasons"]?.array?.count == decoded.reasons.count,
-            fields["detail"].map({ $0.object?.count == decoded.detail.count }) ?? true
+            fields["detail"].map({ $0.object?.count == decoded.detail.count }) ?? true,
+            fields["gateway"].map({ $0.string != nil }) ?? true
         else { return .failure(.init("holds fields outside the audit schema")) }
         return .success(AuditEntry(seq: seq, time: time, prev: prev, hash: hash, event: decoded, line: Array(line)))
     }
 
     static let schemaKeys: Set<String> = [
         "seq", "time", "prev", "event", "actor", "reasons", "worker", "decision", "policy_version", "evidence_sha256",
-        "collateral_sha256", "detail",
+        "collateral_sha256", "detail", "gateway",
     ]
 
     private init(seq: Int, time: Date, prev: String, hash: String, event: AuditEvent, line: [UInt8]) {

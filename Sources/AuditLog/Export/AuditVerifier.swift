@@ -2,8 +2,9 @@ import AttestationCore
 import Foundation
 
 /// Checks an exported chain (JSON Lines, one entry per line) offline: every entry's own hash,
-/// every link, the sequence, and every checkpoint's signature under the gateway's public key.
-/// Reports the first bad entry by number.
+/// every link, the sequence, and every checkpoint's signature under the gateway's public key —
+/// or, for a chain several gateways share, under the key of the gateway that signed it, which
+/// must be one of the keys given. Reports the first bad entry by number.
 ///
 /// Threat: an export (or the database behind it) edited after the fact — an entry changed,
 /// removed, reordered or inserted, or the chain rewritten and re-linked from some point on.
@@ -11,7 +12,9 @@ import Foundation
 /// checkpoint. What a chain cannot show is a cut after its last checkpoint, so the result says
 /// how many entries at the end no checkpoint covers.
 public struct AuditVerifier {
-    public let key: Ed25519PublicKey
+    /// The gateway keys whose checkpoints count, by fingerprint.
+    public let keys: [String: Ed25519PublicKey]
+    private let firstKey: Ed25519PublicKey
     /// Accept gaps in the sequence (an export filtered by worker): links are then checked only
     /// between consecutive entries.
     public let allowGaps: Bool
@@ -23,9 +26,17 @@ public struct AuditVerifier {
     private var lastCheckpointSeq: Int?
     private var gaps = 0
     private var anchoredOn = AuditEntry.genesis
+    private var signers: [String: Int] = [:]
 
     public init(key: Ed25519PublicKey, allowGaps: Bool = false) {
-        self.key = key
+        self.init(keys: [key], allowGaps: allowGaps)
+    }
+
+    /// `keys`: at least one.
+    public init(keys: [Ed25519PublicKey], allowGaps: Bool = false) {
+        precondition(!keys.isEmpty, "an audit verifier needs a gateway key")
+        self.keys = Dictionary(keys.map { ($0.fingerprint, $0) }, uniquingKeysWith: { a, _ in a })
+        firstKey = keys[0]
         self.allowGaps = allowGaps
     }
 
@@ -42,6 +53,8 @@ public struct AuditVerifier {
         /// Entries after the last checkpoint: linked, but not yet signed.
         public let unsignedTail: Int
         public let gaps: Int
+        /// Checkpoints per signing key (fingerprint).
+        public var signers: [String: Int] = [:]
     }
 
     /// The first problem found.
@@ -104,10 +117,13 @@ public struct AuditVerifier {
         if entry.event.event == "checkpoint" {
             // A checkpoint states the head before it; after a gap only its signature can be checked.
             let before = ChainHead(count: entry.seq - 1, hash: entry.prev)
+            // The key the checkpoint names, when it is one of ours; else the first, which then fails.
+            let key = entry.event.detail["key"].flatMap { keys[$0] } ?? firstKey
             if let problem = Checkpoint.problem(with: entry, head: before, key: key) {
                 throw Failure(entry: entry.seq, line: lineNumber, message: problem)
             }
             checkpoints += 1
+            signers[key.fingerprint, default: 0] += 1
             lastCheckpointSeq = entry.seq
         }
         head = ChainHead(count: entry.seq, hash: entry.hash)
@@ -131,12 +147,18 @@ public struct AuditVerifier {
         return Summary(
             entries: entries, firstSeq: firstSeq, lastSeq: head.count, anchoredOn: anchoredOn, head: head.hash,
             checkpoints: checkpoints, lastCheckpointSeq: lastCheckpointSeq,
-            unsignedTail: head.count - (lastCheckpointSeq ?? 0), gaps: gaps)
+            unsignedTail: head.count - (lastCheckpointSeq ?? 0), gaps: gaps, signers: signers)
     }
 
     /// Verifies a whole export held in memory or read from a file.
     public static func verify(_ data: Data, key: Ed25519PublicKey, allowGaps: Bool = false) throws(Failure) -> Summary {
-        var verifier = AuditVerifier(key: key, allowGaps: allowGaps)
+        try verify(data, keys: [key], allowGaps: allowGaps)
+    }
+
+    public static func verify(_ data: Data, keys: [Ed25519PublicKey], allowGaps: Bool = false) throws(Failure)
+        -> Summary
+    {
+        var verifier = AuditVerifier(keys: keys, allowGaps: allowGaps)
         var lineNumber = 0
         for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             lineNumber += 1

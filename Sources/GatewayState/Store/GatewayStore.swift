@@ -25,9 +25,18 @@ public protocol GatewayStore: Sendable {
     func policies() throws -> [PolicyRecord]
     func policy(version: Int) throws -> PolicyRecord?
 
+    /// This gateway's admitted workers (every gateway on a shared database keeps its own rows:
+    /// they are its live connections).
     func workers() throws -> [WorkerRecord]
-    /// Forgets every worker (at start: connections do not survive a restart).
+    /// Forgets this gateway's workers (at start: connections do not survive a restart).
     func clearWorkers() throws
+
+    /// Names the gateway that writes through this store: its key's fingerprint goes on the
+    /// entries and worker rows it writes from now on, and its public key is listed for
+    /// `ccgate audit verify` (the checkpoints it signs).
+    func registerGateway(_ key: Ed25519PublicKey, at time: Date) throws
+    /// Every gateway that has written to this store.
+    func gateways() throws -> [GatewayRecord]
 
     /// SHA-256 digests (hex) of the accepted API keys.
     func apiKeyDigests() throws -> Set<String>

@@ -18,6 +18,8 @@ public final class MemoryStore: GatewayStore {
         var apiKeys: [String: Set<String>] = [:]
         var failAppends = false
         var failNext = 0
+        var gateway: String?
+        var gateways: [GatewayRecord] = []
     }
     private let state = Mutex(State())
 
@@ -40,43 +42,40 @@ public final class MemoryStore: GatewayStore {
                 s.failNext -= 1
                 throw StoreError("the store refuses this append")
             }
-            var staged = s
-            var out = [AuditEntry]()
-            for draft in drafts {
-                let head = staged.entries.last.map { ChainHead(count: $0.seq, hash: $0.hash) } ?? .empty
-                var event: AuditEvent
-                switch draft {
-                case .event(let e, let evidence, let worker):
-                    event = e
-                    switch worker {
-                    case .upsert(let record)?: staged.workers[record.id] = record
-                    case .update(let record)? where staged.workers[record.id]?.session == record.session:
-                        staged.workers[record.id] = record
-                    case .remove(let id, let session)? where staged.workers[id]?.session == session:
-                        staged.workers[id] = nil
-                    default: break
-                    }
-                    if let evidence {
-                        staged.evidence[evidence.sha256] = staged.evidence[evidence.sha256] ?? evidence
-                        event.evidenceSHA256 = evidence.sha256
-                    }
-                case .policy(let e, let policy):
-                    event = e
-                    let version = (staged.policies.last?.version ?? 0) + 1
-                    staged.policies.append(
-                        PolicyRecord(version: version, policy: policy, appliedAt: time, actor: e.actor))
-                    event.policyVersion = version
-                case .checkpoint:
-                    guard let checkpointKey else { throw StoreError("a checkpoint needs the gateway key") }
-                    event = Checkpoint.event(head: head, time: time, key: checkpointKey)
-                }
-                let entry = AuditEntry(seq: head.count + 1, time: time, prev: head.hash, event: event)
-                staged.entries.append(entry)
-                out.append(entry)
-            }
-            s = staged
+            let head = s.entries.last.map { ChainHead(count: $0.seq, hash: $0.hash) } ?? .empty
+            let staging = Staging(s)
+            let out = try staging.appendDrafts(drafts, after: head, at: time, key: checkpointKey, gateway: s.gateway)
+            s = staging.state
             return out
         }
+    }
+
+    /// An append's writes, staged on a copy of the state that replaces it only when all succeed.
+    private final class Staging: ChainTables {
+        var state: State
+        init(_ state: State) { self.state = state }
+
+        func insertEvidence(_ evidence: StoredEvidence) throws {
+            state.evidence[evidence.sha256] = state.evidence[evidence.sha256] ?? evidence
+        }
+
+        func insertPolicy(_ policy: NewPolicy, actor: String, at time: Date) throws -> Int {
+            let version = (state.policies.last?.version ?? 0) + 1
+            state.policies.append(PolicyRecord(version: version, policy: policy, appliedAt: time, actor: actor))
+            return version
+        }
+
+        func apply(_ change: WorkerChange) throws {
+            switch change {
+            case .upsert(let record): state.workers[record.id] = record
+            case .update(let record) where state.workers[record.id]?.session == record.session:
+                state.workers[record.id] = record
+            case .remove(let id, let session) where state.workers[id]?.session == session: state.workers[id] = nil
+            default: break
+            }
+        }
+
+        func insertEntry(_ entry: AuditEntry) throws { state.entries.append(entry) }
     }
 
     public func head() throws -> ChainHead {
@@ -117,6 +116,22 @@ public final class MemoryStore: GatewayStore {
     public func workers() throws -> [WorkerRecord] { state.withLock { $0.workers.values.sorted { $0.id < $1.id } } }
 
     public func clearWorkers() throws { state.withLock { $0.workers = [:] } }
+
+    public func registerGateway(_ key: Ed25519PublicKey, at time: Date) throws {
+        state.withLock { s in
+            s.gateway = key.fingerprint
+            if let i = s.gateways.firstIndex(where: { $0.id == key.fingerprint }) {
+                let first = s.gateways[i].firstSeen
+                s.gateways[i] = GatewayRecord(
+                    id: key.fingerprint, publicKey: key.base64, firstSeen: first, lastSeen: time)
+            } else {
+                s.gateways.append(
+                    GatewayRecord(id: key.fingerprint, publicKey: key.base64, firstSeen: time, lastSeen: time))
+            }
+        }
+    }
+
+    public func gateways() throws -> [GatewayRecord] { state.withLock { $0.gateways } }
 
     public func apiKeyDigests() throws -> Set<String> {
         state.withLock { $0.apiKeys.values.reduce(into: Set()) { $0.formUnion($1) } }

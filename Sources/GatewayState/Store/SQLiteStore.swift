@@ -14,11 +14,14 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
     private let db: SQLiteConnection
     public let url: URL
     private var cachedHead: ChainHead?
-
-    public static let schemaVersion = 1
+    private var gateway: String?
 
     /// Opens or creates the database; `readOnly` for inspecting a gateway's data from outside.
-    public init(url: URL, readOnly: Bool = false) throws {
+    /// An older schema is migrated unless `migrate` is false (then opening fails and names
+    /// `ccgate db migrate`); a newer one is refused either way (``Schema``).
+    public init(
+        url: URL, readOnly: Bool = false, migrate: Bool = true, progress: (Schema.Migration) -> Void = { _ in }
+    ) throws {
         self.url = url
         if !readOnly {
             try FileManager.default.createDirectory(
@@ -27,32 +30,54 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
             throw StoreError("\(url.path): no such database")
         }
         db = try SQLiteConnection(path: url.path, readOnly: readOnly)
-        if readOnly { return }
+        if readOnly {
+            if let refusal = Schema.refusal(try Self.version(db), database: url.path) { throw refusal }
+            return
+        }
         // Evidence and key digests: the database is the gateway's alone (SQLite gives its journal files the same mode).
         chmod(url.path, 0o600)
         try db.exec("PRAGMA journal_mode=WAL")
         try db.exec("PRAGMA synchronous=FULL")
-        try db.exec(
-            """
-            CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS audit(
-              seq INTEGER PRIMARY KEY, time TEXT NOT NULL, event TEXT NOT NULL, worker TEXT,
-              hash TEXT NOT NULL, line BLOB NOT NULL);
-            CREATE INDEX IF NOT EXISTS audit_time ON audit(time);
-            CREATE INDEX IF NOT EXISTS audit_worker ON audit(worker);
-            CREATE TABLE IF NOT EXISTS evidence(sha256 TEXT PRIMARY KEY, envelope BLOB NOT NULL, binding BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS policies(
-              version INTEGER PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL, signature TEXT NOT NULL,
-              signer TEXT, note TEXT NOT NULL, applied_at TEXT NOT NULL, actor TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS workers(id TEXT PRIMARY KEY, session TEXT NOT NULL, record TEXT NOT NULL);
-            CREATE TABLE IF NOT EXISTS api_keys(sha256 TEXT PRIMARY KEY, source TEXT NOT NULL, created_at TEXT NOT NULL);
-            """)
-        if let version = try db.scalar("SELECT CAST(value AS INTEGER) FROM meta WHERE key='schema'") {
-            guard version == Self.schemaVersion else {
-                throw StoreError("\(url.path): schema version \(version) is not \(Self.schemaVersion)")
+        let version = try Self.version(db)
+        if let refusal = Schema.refusal(version, database: url.path) { throw refusal }
+        guard version < Schema.current else { return }
+        guard migrate || version == 0 else {
+            throw StoreError(
+                "\(url.path) has schema version \(version); this ccgate uses \(Schema.current): run `ccgate db migrate` first"
+            )
+        }
+        try runMigrations(from: version, progress: progress)
+    }
+
+    /// The schema version of the database behind `db` (0: empty).
+    private static func version(_ db: SQLiteConnection) throws -> Int {
+        guard try db.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name='meta'") == 1 else {
+            return 0
+        }
+        return try db.scalar("SELECT CAST(value AS INTEGER) FROM meta WHERE key='schema'") ?? 0
+    }
+
+    /// Where the database at `url` stands, read without changing it (whatever its version).
+    public static func schemaStatus(url: URL) throws -> SchemaStatus {
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw StoreError("\(url.path): no such database")
+        }
+        return SchemaStatus(version: try version(SQLiteConnection(path: url.path, readOnly: true)))
+    }
+
+    /// Where the database stands against this build's migrations.
+    public func schemaStatus() throws -> SchemaStatus { SchemaStatus(version: try locked { try Self.version(db) }) }
+
+    /// Applies the pending migrations, each in its own transaction; `progress` is told each one.
+    private func runMigrations(from version: Int, progress: (Schema.Migration) -> Void) throws {
+        for migration in Schema.pending(from: version) {
+            progress(migration)
+            try db.transaction {
+                for statement in migration.sqlite { try db.exec(statement) }
+                try db.run(
+                    "INSERT INTO meta(key, value) VALUES('schema', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    [.text(String(migration.version))])
             }
-        } else {
-            try db.run("INSERT INTO meta(key, value) VALUES('schema', ?)", [.text(String(Self.schemaVersion))])
         }
     }
 
@@ -80,46 +105,8 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
         try locked {
             let start = try currentHead()
             do {
-                let entries = try db.transaction { () throws -> [AuditEntry] in
-                    var head = start
-                    var out = [AuditEntry]()
-                    for draft in drafts {
-                        var event: AuditEvent
-                        switch draft {
-                        case .event(let e, let evidence, let worker):
-                            event = e
-                            if let worker { try apply(worker) }
-                            if let evidence {
-                                try db.run(
-                                    "INSERT OR IGNORE INTO evidence(sha256, envelope, binding) VALUES(?, ?, ?)",
-                                    [.text(evidence.sha256), .blob(evidence.envelope), .blob(evidence.binding)])
-                                event.evidenceSHA256 = evidence.sha256
-                            }
-                        case .policy(let e, let policy):
-                            event = e
-                            let version = (try db.scalar("SELECT MAX(version) FROM policies") ?? 0) + 1
-                            try db.run(
-                                "INSERT INTO policies(version, name, text, signature, signer, note, applied_at, actor) VALUES(?,?,?,?,?,?,?,?)",
-                                [
-                                    .int(version), .text(policy.name), .text(policy.text), .text(policy.signature),
-                                    .optional(policy.signer), .text(policy.note), .text(time.rfc3339), .text(e.actor),
-                                ])
-                            event.policyVersion = version
-                        case .checkpoint:
-                            guard let checkpointKey else { throw StoreError("a checkpoint needs the gateway key") }
-                            event = Checkpoint.event(head: head, time: time, key: checkpointKey)
-                        }
-                        let entry = AuditEntry(seq: head.count + 1, time: time, prev: head.hash, event: event)
-                        try db.run(
-                            "INSERT INTO audit(seq, time, event, worker, hash, line) VALUES(?, ?, ?, ?, ?, ?)",
-                            [
-                                .int(entry.seq), .text(time.rfc3339), .text(event.event), .optional(event.worker),
-                                .text(entry.hash), .blob(Data(entry.line)),
-                            ])
-                        head = ChainHead(count: entry.seq, hash: entry.hash)
-                        out.append(entry)
-                    }
-                    return out
+                let entries = try db.transaction {
+                    try appendDrafts(drafts, after: start, at: time, key: checkpointKey, gateway: gateway)
                 }
                 if let last = entries.last { cachedHead = ChainHead(count: last.seq, hash: last.hash) }
                 return entries
@@ -238,48 +225,49 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
 
     // MARK: Workers
 
-    static let encoder: JSONEncoder = {
-        let e = JSONEncoder()
-        e.dateEncodingStrategy = .secondsSince1970
-        e.outputFormatting = .sortedKeys
-        return e
-    }()
-    static let decoder: JSONDecoder = {
-        let d = JSONDecoder()
-        d.dateDecodingStrategy = .secondsSince1970
-        return d
-    }()
-
-    /// Inside `append`'s transaction.
-    private func apply(_ change: WorkerChange) throws {
-        switch change {
-        case .upsert(let worker):
-            let json = String(decoding: try Self.encoder.encode(worker), as: UTF8.self)
-            try db.run(
-                "INSERT INTO workers(id, session, record) VALUES(?, ?, ?) ON CONFLICT(id) DO UPDATE SET session=excluded.session, record=excluded.record",
-                [.text(worker.id), .text(worker.session), .text(json)])
-        case .update(let worker):
-            let json = String(decoding: try Self.encoder.encode(worker), as: UTF8.self)
-            try db.run(
-                "UPDATE workers SET record = ? WHERE id = ? AND session = ?",
-                [.text(json), .text(worker.id), .text(worker.session)])
-        case .remove(let id, let session):
-            try db.run("DELETE FROM workers WHERE id = ? AND session = ?", [.text(id), .text(session)])
-        }
-    }
-
     public func workers() throws -> [WorkerRecord] {
         try locked {
             var out = [WorkerRecord]()
-            try db.run("SELECT record FROM workers ORDER BY id") { row in
-                if let w = try? Self.decoder.decode(WorkerRecord.self, from: row.blob(0)) { out.append(w) }
+            try db.run("SELECT record FROM workers WHERE gateway = ? ORDER BY id", [.text(gateway ?? "")]) { row in
+                if let w = try? WorkerJSON.decoder.decode(WorkerRecord.self, from: row.blob(0)) { out.append(w) }
                 return true
             }
             return out
         }
     }
 
-    public func clearWorkers() throws { try locked { try db.exec("DELETE FROM workers") } }
+    public func clearWorkers() throws {
+        try locked { try db.run("DELETE FROM workers WHERE gateway = ?", [.text(gateway ?? "")]) }
+    }
+
+    // MARK: Gateways
+
+    public func registerGateway(_ key: Ed25519PublicKey, at time: Date) throws {
+        try locked {
+            try db.run(
+                """
+                INSERT INTO gateways(id, public_key, first_seen, last_seen) VALUES(?, ?, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET last_seen=excluded.last_seen
+                """,
+                [.text(key.fingerprint), .text(key.base64), .text(time.rfc3339), .text(time.rfc3339)])
+            gateway = key.fingerprint
+        }
+    }
+
+    public func gateways() throws -> [GatewayRecord] {
+        try locked {
+            var out = [GatewayRecord]()
+            try db.run("SELECT id, public_key, first_seen, last_seen FROM gateways ORDER BY first_seen, id") { row in
+                out.append(
+                    GatewayRecord(
+                        id: row.text(0) ?? "", publicKey: row.text(1) ?? "",
+                        firstSeen: Date.rfc3339(row.text(2) ?? "") ?? .distantPast,
+                        lastSeen: Date.rfc3339(row.text(3) ?? "") ?? .distantPast))
+                return true
+            }
+            return out
+        }
+    }
 
     // MARK: API keys
 
@@ -305,5 +293,54 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
                 }
             }
         }
+    }
+}
+
+extension SQLiteStore: ChainTables {
+    func insertEvidence(_ evidence: StoredEvidence) throws {
+        try db.run(
+            "INSERT OR IGNORE INTO evidence(sha256, envelope, binding) VALUES(?, ?, ?)",
+            [.text(evidence.sha256), .blob(evidence.envelope), .blob(evidence.binding)])
+    }
+
+    func insertPolicy(_ policy: NewPolicy, actor: String, at time: Date) throws -> Int {
+        let version = (try db.scalar("SELECT MAX(version) FROM policies") ?? 0) + 1
+        try db.run(
+            "INSERT INTO policies(version, name, text, signature, signer, note, applied_at, actor) VALUES(?,?,?,?,?,?,?,?)",
+            [
+                .int(version), .text(policy.name), .text(policy.text), .text(policy.signature),
+                .optional(policy.signer), .text(policy.note), .text(time.rfc3339), .text(actor),
+            ])
+        return version
+    }
+
+    func apply(_ change: WorkerChange) throws {
+        let gateway = SQLiteValue.text(self.gateway ?? "")
+        switch change {
+        case .upsert(let worker):
+            try db.run(
+                """
+                INSERT INTO workers(gateway, id, session, record) VALUES(?, ?, ?, ?)
+                ON CONFLICT(gateway, id) DO UPDATE SET session=excluded.session, record=excluded.record
+                """,
+                [gateway, .text(worker.id), .text(worker.session), .text(try WorkerJSON.text(worker))])
+        case .update(let worker):
+            try db.run(
+                "UPDATE workers SET record = ? WHERE gateway = ? AND id = ? AND session = ?",
+                [.text(try WorkerJSON.text(worker)), gateway, .text(worker.id), .text(worker.session)])
+        case .remove(let id, let session):
+            try db.run(
+                "DELETE FROM workers WHERE gateway = ? AND id = ? AND session = ?",
+                [gateway, .text(id), .text(session)])
+        }
+    }
+
+    func insertEntry(_ entry: AuditEntry) throws {
+        try db.run(
+            "INSERT INTO audit(seq, time, event, worker, hash, line) VALUES(?, ?, ?, ?, ?, ?)",
+            [
+                .int(entry.seq), .text(entry.time.rfc3339), .text(entry.event.event), .optional(entry.event.worker),
+                .text(entry.hash), .blob(Data(entry.line)),
+            ])
     }
 }

@@ -1,0 +1,83 @@
+import AttestationCore
+import AuditLog
+import Foundation
+
+/// The rows one append writes, inside a store's open transaction. The database stores implement
+/// these four writes; ``appendDrafts`` turns drafts into linked entries the same way for each.
+protocol ChainTables {
+    /// Stores an evidence envelope once per digest (a second copy is ignored).
+    func insertEvidence(_ evidence: StoredEvidence) throws
+    /// Stores the next policy version and returns its number.
+    func insertPolicy(_ policy: NewPolicy, actor: String, at time: Date) throws -> Int
+    func apply(_ change: WorkerChange) throws
+    func insertEntry(_ entry: AuditEntry) throws
+}
+
+extension ChainTables {
+    /// Links `drafts` after `start`. `gateway`, when known, is named on every entry that does not
+    /// name one (the chain is shared by every gateway on the database).
+    func appendDrafts(
+        _ drafts: [AuditDraft], after start: ChainHead, at time: Date, key: Ed25519PrivateKey?, gateway: String?
+    ) throws -> [AuditEntry] {
+        var head = start
+        var out = [AuditEntry]()
+        out.reserveCapacity(drafts.count)
+        for draft in drafts {
+            var event: AuditEvent
+            switch draft {
+            case .event(let e, let evidence, let worker):
+                event = e
+                if let worker { try apply(worker) }
+                if let evidence {
+                    try insertEvidence(evidence)
+                    event.evidenceSHA256 = evidence.sha256
+                }
+            case .policy(let e, let policy):
+                event = e
+                event.policyVersion = try insertPolicy(policy, actor: e.actor, at: time)
+            case .checkpoint:
+                guard let key else { throw StoreError("a checkpoint needs the gateway key") }
+                event = Checkpoint.event(head: head, time: time, key: key)
+            }
+            if event.gateway == nil { event.gateway = gateway }
+            let entry = AuditEntry(seq: head.count + 1, time: time, prev: head.hash, event: event)
+            try insertEntry(entry)
+            head = ChainHead(count: entry.seq, hash: entry.hash)
+            out.append(entry)
+        }
+        return out
+    }
+}
+
+/// A gateway that writes to a store: its key's fingerprint names it on entries and worker rows.
+public struct GatewayRecord: Sendable, Equatable {
+    public let id: String
+    /// The Ed25519 public key (base64 of its 32 bytes) that signs this gateway's checkpoints.
+    public let publicKey: String
+    public let firstSeen: Date
+    public let lastSeen: Date
+    public init(id: String, publicKey: String, firstSeen: Date, lastSeen: Date) {
+        self.id = id
+        self.publicKey = publicKey
+        self.firstSeen = firstSeen
+        self.lastSeen = lastSeen
+    }
+}
+
+/// Worker rows as JSON, the same bytes in every store.
+enum WorkerJSON {
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.dateEncodingStrategy = .secondsSince1970
+        e.outputFormatting = .sortedKeys
+        return e
+    }()
+    static let decoder: JSONDecoder = {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .secondsSince1970
+        return d
+    }()
+    static func text(_ worker: WorkerRecord) throws -> String {
+        String(decoding: try encoder.encode(worker), as: UTF8.self)
+    }
+}

@@ -1,0 +1,495 @@
+import AttestationCore
+import AuditLog
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import PostgresNIO
+import Synchronization
+
+/// The gateway's state in PostgreSQL, shared by every gateway that names the same database: one
+/// audit chain, one policy history, one list of gateways; worker rows kept per gateway.
+///
+/// Appends from all gateways are serialized in the database: each takes `LOCK TABLE audit IN
+/// EXCLUSIVE MODE` in its transaction, reads the chain head there and links after it, so two
+/// gateways never give out the same sequence number or link to the same entry, and readers
+/// (`EXCLUSIVE` lets them in) always see a prefix of the chain. A transaction is durable when
+/// `COMMIT` returns (the server's `synchronous_commit`, on by default).
+///
+/// The interface is synchronous, as ``GatewayStore`` is: each call waits for its reply on the
+/// calling thread (never a thread of the database connection's event loop). One connection,
+/// used under a lock; it is opened again on the next call after the server drops it.
+public final class PostgresStore: GatewayStore, @unchecked Sendable {
+    // `connection` and `gateway` are used only under `lock`.
+    private let lock = NSLock()
+    private var connection: PostgresConnection?
+    private var gateway: String?
+    public let location: PostgresLocation
+    private let tls: PostgresConnection.Configuration.TLS
+    private static let logger = Logger(label: "ccgate.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    /// Rows fetched per round trip when streaming the chain.
+    static let pageSize = 512
+
+    /// Connects and checks the schema. An empty database gets the current schema; an older one
+    /// is migrated when `migrate` is true, else refused (`ccgate db migrate` migrates it once,
+    /// for every gateway); a newer one is refused. `inspect`: no schema check at all (for
+    /// `ccgate db status`, which reports what it finds).
+    public init(location: PostgresLocation, migrate: Bool = false, inspect: Bool = false) throws {
+        self.location = location
+        switch location.tls {
+        case .disable: tls = .disable
+        case .verifyFull:
+            var configuration = TLSConfiguration.makeClientConfiguration()
+            configuration.certificateVerification = .fullVerification
+            if let file = location.rootCertificate { configuration.trustRoots = .file(file) }
+            do { tls = .require(try NIOSSLContext(configuration: configuration)) } catch {
+                throw StoreError("\(location): TLS setup: \(error)")
+            }
+        }
+        if inspect {
+            _ = try locked { try connected() }
+            return
+        }
+        let version = try schemaStatus().version
+        if let refusal = Schema.refusal(version, database: location.description) { throw refusal }
+        guard version < Schema.current else { return }
+        guard migrate || version == 0 else {
+            throw StoreError(
+                "\(location) has schema version \(version); this ccgate uses \(Schema.current): run `ccgate db migrate --database …` once (every gateway on it then starts)"
+            )
+        }
+        try self.migrate()
+    }
+
+    deinit { Self.closing(connection) }
+
+    /// Starts closing `connection` without waiting: its event loop finishes the goodbye, and the
+    /// connection is kept until then (PostgresNIO requires it to be closed before it goes).
+    private static func closing(_ connection: PostgresConnection?) {
+        guard let connection else { return }
+        let done: EventLoopFuture<Void> = connection.close()
+        done.whenComplete { _ in withExtendedLifetime(connection) {} }
+    }
+
+    // MARK: Connection
+
+    private func locked<T>(_ body: () throws -> T) throws -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        do { return try body() } catch let error as StoreError { throw error } catch {
+            throw StoreError("\(location): \(Self.describe(error))")
+        }
+    }
+
+    /// The connection, opened (again) when there is none or the server closed it.
+    private func connected() throws -> PostgresConnection {
+        if let c = connection, !c.isClosed { return c }
+        var configuration: PostgresConnection.Configuration
+        if let socket = location.socketPath {
+            configuration = .init(
+                unixSocketPath: socket, username: location.user, password: location.password,
+                database: location.database)
+        } else {
+            configuration = .init(
+                host: location.host ?? "localhost", port: location.port, username: location.user,
+                password: location.password, database: location.database, tls: tls)
+        }
+        configuration.options.connectTimeout = .seconds(10)
+        // A statement stuck behind a lock (another gateway's crashed transaction, until the server
+        // notices) fails instead of holding up the audit writer for ever.
+        configuration.options.additionalStartupParameters = [("statement_timeout", "30s")]
+        do {
+            let c = try Self.wait(
+                PostgresConnection.connect(
+                    on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration, id: 1,
+                    logger: Self.logger))
+            connection = c
+            return c
+        } catch {
+            throw StoreError("cannot connect to \(location): \(Self.describe(error))")
+        }
+    }
+
+    /// Waits on the calling thread for `future` (a semaphore, not `wait()`: callers may be on a
+    /// thread of another event loop, where NIO forbids `wait()`).
+    private static func wait<T: Sendable>(_ future: EventLoopFuture<T>) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        let outcome = Mutex<Result<T, any Error>?>(nil)
+        future.whenComplete { result in
+            outcome.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        return try outcome.withLock { $0! }.get()
+    }
+
+    @discardableResult
+    private func run(_ query: PostgresQuery) throws -> PostgresQueryResult {
+        try Self.wait(try connected().query(query, logger: Self.logger))
+    }
+
+    /// What went wrong, in the server's words where it gave some (PostgresNIO's own description
+    /// is deliberately generic).
+    static func describe(_ error: any Error) -> String {
+        guard let e = error as? PSQLError else { return "\(error)" }
+        if let message = e.serverInfo?[.message] {
+            return message + (e.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? "")
+        }
+        if let underlying = e.underlying { return "\(e.code): \(underlying)" }
+        return "\(e.code)"
+    }
+
+    /// Runs `body` in one transaction: committed when it returns, rolled back when it throws.
+    private func transaction<T>(_ body: () throws -> T) throws -> T {
+        try run("BEGIN")
+        do {
+            let result = try body()
+            try run("COMMIT")
+            return result
+        } catch {
+            _ = try? run("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Closes the connection (a later call opens another).
+    public func close() {
+        lock.withLock {
+            Self.closing(connection)
+            connection = nil
+        }
+    }
+
+    // MARK: Schema
+
+    private func schemaVersion() throws -> Int {
+        let exists = try run("SELECT to_regclass('meta') IS NOT NULL").first?.decode(Bool.self) ?? false
+        guard exists else { return 0 }
+        let text = try run("SELECT value FROM meta WHERE key = 'schema'").first?.decode(String.self)
+        return text.flatMap { Int($0) } ?? 0
+    }
+
+    public func schemaStatus() throws -> SchemaStatus { SchemaStatus(version: try locked { try schemaVersion() }) }
+
+    /// Applies the pending migrations, each in its own transaction under an advisory lock, so
+    /// gateways starting together on an empty database create the schema once.
+    public func migrate(progress: (Schema.Migration) -> Void = { _ in }) throws {
+        try locked {
+            for migration in Schema.pending(from: try schemaVersion()) {
+                try transaction {
+                    try run("SELECT pg_advisory_xact_lock(\(Self.migrationLock))")
+                    guard try schemaVersion() < migration.version else { return }
+                    progress(migration)
+                    for statement in migration.postgres { try run(PostgresQuery(unsafeSQL: statement)) }
+                    let version = String(migration.version)
+                    try run(
+                        "INSERT INTO meta(key, value) VALUES('schema', \(version)) ON CONFLICT(key) DO UPDATE SET value = EXCLUDED.value"
+                    )
+                }
+            }
+        }
+    }
+
+    /// The advisory lock key migrations take ("ccgate" in ASCII).
+    static let migrationLock = 0x63_6367_6174_65
+
+    // MARK: Audit chain
+
+    private func currentHead() throws -> ChainHead {
+        guard let row = try run("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").first else { return .empty }
+        let (seq, hash) = try row.decode((Int, String).self)
+        return ChainHead(count: seq, hash: hash)
+    }
+
+    public func append(_ drafts: [AuditDraft], at time: Date, checkpointKey: Ed25519PrivateKey?) throws -> [AuditEntry]
+    {
+        try locked {
+            try transaction {
+                // Serializes appends from every gateway on this database (readers are not held up).
+                try run("LOCK TABLE audit IN EXCLUSIVE MODE")
+                return try appendDrafts(
+                    drafts, after: try currentHead(), at: time, key: checkpointKey, gateway: gateway)
+            }
+        }
+    }
+
+    public func head() throws -> ChainHead { try locked { try currentHead() } }
+
+    static func whereClause(_ q: AuditQuery, after: Int?) throws -> (String, PostgresBindings) {
+        var clauses = [String]()
+        var binds = PostgresBindings()
+        func add(_ sql: String, _ value: some PostgresEncodable & Sendable) throws {
+            try binds.append(value)
+            clauses.append(sql.replacingOccurrences(of: "?", with: "$\(binds.count)"))
+        }
+        if let s = q.since { try add("time >= ?", s.rfc3339) }
+        if let u = q.until { try add("time <= ?", u.rfc3339) }
+        if let w = q.worker { try add("worker = ?", w) }
+        if let f = q.fromSeq { try add("seq >= ?", f) }
+        if let after { try add("seq > ?", after) }
+        return (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "), binds)
+    }
+
+    /// Streams the lines a page at a time; the store is not locked while `body` runs. Entries
+    /// are only ever appended, in sequence order, so the pages together are one prefix of the chain.
+    public func lines(_ query: AuditQuery, _ body: (Int, [UInt8]) throws -> Bool) throws {
+        var after: Int?
+        while true {
+            let page: [(Int, [UInt8])] = try locked {
+                let (clause, binds) = try Self.whereClause(query, after: after)
+                let sql = "SELECT seq, line FROM audit\(clause) ORDER BY seq LIMIT \(Self.pageSize)"
+                return try run(PostgresQuery(unsafeSQL: sql, binds: binds)).map { row in
+                    let (seq, line) = try row.decode((Int, ByteBuffer).self)
+                    return (seq, Array(line.readableBytesView))
+                }
+            }
+            for (seq, line) in page {
+                guard try body(seq, line) else { return }
+                after = seq
+            }
+            if page.count < Self.pageSize { return }
+        }
+    }
+
+    public func entries(_ query: AuditQuery, _ body: (AuditEntry) throws -> Bool) throws {
+        try lines(query) { seq, line in
+            guard case .success(let entry) = AuditEntry.parse(line: line) else {
+                throw StoreError("\(location): audit entry \(seq) in the database does not match its hash")
+            }
+            return try body(entry)
+        }
+    }
+
+    public func count(_ query: AuditQuery) throws -> Int {
+        try locked {
+            let (clause, binds) = try Self.whereClause(query, after: nil)
+            return try run(PostgresQuery(unsafeSQL: "SELECT COUNT(*) FROM audit\(clause)", binds: binds)).first?.decode(
+                Int.self) ?? 0
+        }
+    }
+
+    public func entry(seq: Int) throws -> AuditEntry? {
+        let line = try locked {
+            try run("SELECT line FROM audit WHERE seq = \(seq)").first.map {
+                Array(try $0.decode(ByteBuffer.self).readableBytesView)
+            }
+        }
+        guard let line else { return nil }
+        switch AuditEntry.parse(line: line) {
+        case .success(let e): return e
+        case .failure(let e): throw StoreError("\(location): audit entry \(seq): \(e)")
+        }
+    }
+
+    public func evidence(sha256: String) throws -> StoredEvidence? {
+        try locked {
+            try run("SELECT envelope, binding FROM evidence WHERE sha256 = \(sha256)").first.map { row in
+                let (envelope, binding) = try row.decode((Data, Data).self)
+                return StoredEvidence(sha256: sha256, envelope: envelope, binding: binding)
+            }
+        }
+    }
+
+    // MARK: Policies
+
+    private func policyRows(_ query: PostgresQuery) throws -> [PolicyRecord] {
+        try locked {
+            try run(query).map { row in
+                let (version, name, text, signature, signer, note, appliedAt, actor) = try row.decode(
+                    (Int, String, String, String, String?, String, String, String).self)
+                return PolicyRecord(
+                    version: version,
+                    policy: NewPolicy(name: name, text: text, signature: signature, signer: signer, note: note),
+                    appliedAt: Date.rfc3339(appliedAt) ?? .distantPast, actor: actor)
+            }
+        }
+    }
+
+    public func policies() throws -> [PolicyRecord] {
+        try policyRows(
+            "SELECT version, name, text, signature, signer, note, applied_at, actor FROM policies ORDER BY version")
+    }
+
+    public func policy(version: Int) throws -> PolicyRecord? {
+        try policyRows(
+            "SELECT version, name, text, signature, signer, note, applied_at, actor FROM policies WHERE version = \(version)"
+        ).first
+    }
+
+    // MARK: Workers and gateways
+
+    public func workers() throws -> [WorkerRecord] {
+        try locked {
+            let gateway = self.gateway ?? ""
+            return try run("SELECT record FROM workers WHERE gateway = \(gateway) ORDER BY id").compactMap { row in
+                try? WorkerJSON.decoder.decode(WorkerRecord.self, from: Data(try row.decode(String.self).utf8))
+            }
+        }
+    }
+
+    public func clearWorkers() throws {
+        try locked {
+            let gateway = self.gateway ?? ""
+            try run("DELETE FROM workers WHERE gateway = \(gateway)")
+        }
+    }
+
+    public func registerGateway(_ key: Ed25519PublicKey, at time: Date) throws {
+        try locked {
+            let (id, publicKey, now) = (key.fingerprint, key.base64, time.rfc3339)
+            try run(
+                """
+                INSERT INTO gateways(id, public_key, first_seen, last_seen) VALUES(\(id), \(publicKey), \(now), \(now))
+                ON CONFLICT(id) DO UPDATE SET last_seen = EXCLUDED.last_seen
+                """)
+            gateway = id
+        }
+    }
+
+    public func gateways() throws -> [GatewayRecord] {
+        try locked {
+            try run("SELECT id, public_key, first_seen, last_seen FROM gateways ORDER BY first_seen, id").map { row in
+                let (id, key, first, last) = try row.decode((String, String, String, String).self)
+                return GatewayRecord(
+                    id: id, publicKey: key, firstSeen: Date.rfc3339(first) ?? .distantPast,
+                    lastSeen: Date.rfc3339(last) ?? .distantPast)
+            }
+        }
+    }
+
+    // MARK: API keys
+
+    public func apiKeyDigests() throws -> Set<String> {
+        try locked { Set(try run("SELECT sha256 FROM api_keys").map { try $0.decode(String.self) }) }
+    }
+
+    public func replaceAPIKeys(source: String, digests: Set<String>, at time: Date) throws {
+        try locked {
+            try transaction {
+                try run("DELETE FROM api_keys WHERE source = \(source)")
+                let created = time.rfc3339
+                for d in digests.sorted() {
+                    try run(
+                        "INSERT INTO api_keys(sha256, source, created_at) VALUES(\(d), \(source), \(created)) ON CONFLICT(sha256) DO NOTHING"
+                    )
+                }
+            }
+        }
+    }
+}
+
+extension PostgresStore {
+    /// Copies another store's chain, evidence and policy history into this (empty) database in
+    /// one transaction, byte for byte: every entry keeps its number, time, links and line, so
+    /// exports verify as before. `sourceGateway`, the key of the gateway that wrote the source,
+    /// is listed with the gateways. The source chain is checked link by link on the way (a
+    /// broken one is not copied); API keys are not copied (each gateway records its own at start)
+    /// nor are worker rows (connections). `progress` gets the entries copied so far.
+    public func copy(
+        from source: any GatewayStore, sourceGateway: Ed25519PublicKey?, progress: (Int) -> Void = { _ in }
+    ) throws -> Int {
+        try locked {
+            try transaction {
+                try run("LOCK TABLE audit IN EXCLUSIVE MODE")
+                let existing = try currentHead()
+                guard existing.count == 0 else {
+                    throw StoreError(
+                        "\(location) already holds \(existing.count) audit entries: copy only into a database with an empty chain"
+                    )
+                }
+                var head = ChainHead.empty
+                var first: Date?
+                try source.entries(AuditQuery()) { entry in
+                    guard entry.seq == head.count + 1, entry.prev == head.hash else {
+                        throw StoreError(
+                            "the source chain breaks at entry \(entry.seq) (expected entry \(head.count + 1) after \(head.hash.prefix(16))…): nothing was copied; check it with `ccgate audit verify`"
+                        )
+                    }
+                    if let digest = entry.event.evidenceSHA256, let evidence = try source.evidence(sha256: digest) {
+                        try insertEvidence(evidence)
+                    }
+                    try insertEntry(entry)
+                    head = ChainHead(count: entry.seq, hash: entry.hash)
+                    first = first ?? entry.time
+                    if entry.seq % 1000 == 0 { progress(entry.seq) }
+                    return true
+                }
+                for record in try source.policies() {
+                    let p = record.policy
+                    let applied = record.appliedAt.rfc3339
+                    try run(
+                        """
+                        INSERT INTO policies(version, name, text, signature, signer, note, applied_at, actor)
+                        VALUES(\(record.version), \(p.name), \(p.text), \(p.signature), \(p.signer), \(p.note), \(applied), \(record.actor))
+                        """)
+                }
+                var gateways = try source.gateways()
+                if let key = sourceGateway, !gateways.contains(where: { $0.id == key.fingerprint }) {
+                    let seen = first ?? Date()
+                    gateways.append(
+                        GatewayRecord(id: key.fingerprint, publicKey: key.base64, firstSeen: seen, lastSeen: seen))
+                }
+                for g in gateways {
+                    let (first, last) = (g.firstSeen.rfc3339, g.lastSeen.rfc3339)
+                    try run(
+                        "INSERT INTO gateways(id, public_key, first_seen, last_seen) VALUES(\(g.id), \(g.publicKey), \(first), \(last))"
+                    )
+                }
+                progress(head.count)
+                return head.count
+            }
+        }
+    }
+}
+
+extension PostgresStore: ChainTables {
+    func insertEvidence(_ evidence: StoredEvidence) throws {
+        try run(
+            """
+            INSERT INTO evidence(sha256, envelope, binding) VALUES(\(evidence.sha256), \(evidence.envelope), \(evidence.binding))
+            ON CONFLICT(sha256) DO NOTHING
+            """)
+    }
+
+    func insertPolicy(_ policy: NewPolicy, actor: String, at time: Date) throws -> Int {
+        let version = try run("SELECT COALESCE(MAX(version), 0) + 1 FROM policies").first?.decode(Int.self) ?? 1
+        let applied = time.rfc3339
+        try run(
+            """
+            INSERT INTO policies(version, name, text, signature, signer, note, applied_at, actor)
+            VALUES(\(version), \(policy.name), \(policy.text), \(policy.signature), \(policy.signer), \(policy.note), \(applied), \(actor))
+            """)
+        return version
+    }
+
+    func apply(_ change: WorkerChange) throws {
+        let gateway = self.gateway ?? ""
+        switch change {
+        case .upsert(let worker):
+            let record = try WorkerJSON.text(worker)
+            try run(
+                """
+                INSERT INTO workers(gateway, id, session, record) VALUES(\(gateway), \(worker.id), \(worker.session), \(record))
+                ON CONFLICT(gateway, id) DO UPDATE SET session = EXCLUDED.session, record = EXCLUDED.record
+                """)
+        case .update(let worker):
+            let record = try WorkerJSON.text(worker)
+            try run(
+                "UPDATE workers SET record = \(record) WHERE gateway = \(gateway) AND id = \(worker.id) AND session = \(worker.session)"
+            )
+        case .remove(let id, let session):
+            try run("DELETE FROM workers WHERE gateway = \(gateway) AND id = \(id) AND session = \(session)")
+        }
+    }
+
+    func insertEntry(_ entry: AuditEntry) throws {
+        let (time, event, worker, hash, line) = (
+            entry.time.rfc3339, entry.event.event, entry.event.worker, entry.hash, Data(entry.line)
+        )
+        try run(
+            "INSERT INTO audit(seq, time, event, worker, hash, line) VALUES(\(entry.seq), \(time), \(event), \(worker), \(hash), \(line))"
+        )
+    }
+}

@@ -1,0 +1,112 @@
+import Foundation
+
+/// The stores' schema as numbered migrations, one list for SQLite and PostgreSQL alike: version N
+/// of either database holds the same tables with the same meaning, so `ccgate db copy` moves
+/// rows between them unchanged.
+///
+/// The version a database is at lives in `meta` (`key = 'schema'`). A migration runs in one
+/// transaction with the version bump, so a crash leaves the database at the old version or the
+/// new one, never between. A gateway refuses a database whose version is newer than the newest
+/// it knows: a newer gateway may have added tables an older one would not keep up to date.
+public enum Schema {
+    public struct Migration: Sendable {
+        public let version: Int
+        public let summary: String
+        let sqlite: [String]
+        let postgres: [String]
+    }
+
+    public static var current: Int { migrations.last?.version ?? 0 }
+
+    public static let migrations: [Migration] = [
+        Migration(
+            version: 1,
+            summary: "the audit chain, evidence, policy history, admitted workers and API keys",
+            sqlite: [
+                "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                """
+                CREATE TABLE audit(seq INTEGER PRIMARY KEY, time TEXT NOT NULL, event TEXT NOT NULL, worker TEXT,
+                  hash TEXT NOT NULL, line BLOB NOT NULL)
+                """,
+                "CREATE INDEX audit_time ON audit(time)",
+                "CREATE INDEX audit_worker ON audit(worker)",
+                "CREATE TABLE evidence(sha256 TEXT PRIMARY KEY, envelope BLOB NOT NULL, binding BLOB NOT NULL)",
+                """
+                CREATE TABLE policies(version INTEGER PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL,
+                  signature TEXT NOT NULL, signer TEXT, note TEXT NOT NULL, applied_at TEXT NOT NULL, actor TEXT NOT NULL)
+                """,
+                "CREATE TABLE workers(id TEXT PRIMARY KEY, session TEXT NOT NULL, record TEXT NOT NULL)",
+                "CREATE TABLE api_keys(sha256 TEXT PRIMARY KEY, source TEXT NOT NULL, created_at TEXT NOT NULL)",
+            ],
+            postgres: [
+                "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                """
+                CREATE TABLE audit(seq BIGINT PRIMARY KEY, time TEXT NOT NULL, event TEXT NOT NULL, worker TEXT,
+                  hash TEXT NOT NULL, line BYTEA NOT NULL)
+                """,
+                "CREATE INDEX audit_time ON audit(time)",
+                "CREATE INDEX audit_worker ON audit(worker)",
+                "CREATE TABLE evidence(sha256 TEXT PRIMARY KEY, envelope BYTEA NOT NULL, binding BYTEA NOT NULL)",
+                """
+                CREATE TABLE policies(version BIGINT PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL,
+                  signature TEXT NOT NULL, signer TEXT, note TEXT NOT NULL, applied_at TEXT NOT NULL, actor TEXT NOT NULL)
+                """,
+                "CREATE TABLE workers(id TEXT PRIMARY KEY, session TEXT NOT NULL, record TEXT NOT NULL)",
+                "CREATE TABLE api_keys(sha256 TEXT PRIMARY KEY, source TEXT NOT NULL, created_at TEXT NOT NULL)",
+            ]),
+        Migration(
+            version: 2,
+            summary: "several gateways on one database: the gateways' public keys, admitted workers per gateway",
+            sqlite: [
+                """
+                CREATE TABLE gateways(id TEXT PRIMARY KEY, public_key TEXT NOT NULL, first_seen TEXT NOT NULL,
+                  last_seen TEXT NOT NULL)
+                """,
+                // Worker rows are a gateway's live connections (cleared at its start): none to carry over.
+                "DROP TABLE workers",
+                """
+                CREATE TABLE workers(gateway TEXT NOT NULL, id TEXT NOT NULL, session TEXT NOT NULL, record TEXT NOT NULL,
+                  PRIMARY KEY(gateway, id))
+                """,
+            ],
+            postgres: [
+                """
+                CREATE TABLE gateways(id TEXT PRIMARY KEY, public_key TEXT NOT NULL, first_seen TEXT NOT NULL,
+                  last_seen TEXT NOT NULL)
+                """,
+                "DROP TABLE workers",
+                """
+                CREATE TABLE workers(gateway TEXT NOT NULL, id TEXT NOT NULL, session TEXT NOT NULL, record TEXT NOT NULL,
+                  PRIMARY KEY(gateway, id))
+                """,
+            ]),
+    ]
+
+    /// The migrations a database at `version` still needs.
+    public static func pending(from version: Int) -> [Migration] { migrations.filter { $0.version > version } }
+
+    /// Why a database at `version` cannot be used by this build, or nil when it can (after
+    /// `pending` migrations, when there are any).
+    public static func refusal(_ version: Int, database: String) -> StoreError? {
+        guard version > current else { return nil }
+        return StoreError(
+            "\(database) has schema version \(version), and this ccgate knows versions up to \(current): it was written by a newer ccgate; run that release (or newer), which needs schema \(version)"
+        )
+    }
+}
+
+/// Where a database stands against this build's migrations (`ccgate db status`).
+public struct SchemaStatus: Sendable, Equatable {
+    /// The version the database is at (0: empty).
+    public let version: Int
+    /// The newest version this build knows.
+    public let known: Int
+    /// The versions `ccgate db migrate` would apply, with what each adds.
+    public let pending: [String]
+
+    init(version: Int) {
+        self.version = version
+        known = Schema.current
+        pending = Schema.pending(from: version).map { "\($0.version): \($0.summary)" }
+    }
+}
