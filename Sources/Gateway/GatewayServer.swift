@@ -35,6 +35,9 @@ public struct GatewayConfiguration: Sendable {
     /// A PostgreSQL database shared with other gateways, in place of `ccgate.db`; the data
     /// directory still holds this gateway's key and admin token.
     public var database: PostgresLocation?
+    /// How often a gateway on a shared database re-reads the policy history, besides being
+    /// notified of each new version.
+    public var policySyncInterval: Duration = .seconds(5)
     /// The admin API's address; no port: no admin API.
     public var adminHost = "127.0.0.1"
     public var adminPort: Int?
@@ -107,12 +110,8 @@ public struct GatewayServer: Sendable {
         try FileManager.default.createDirectory(
             at: data, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try GatewayKeys.checkDataDirectory(data)
-        let store: any GatewayStore =
-            try configuration.database.map { try PostgresStore(location: $0) }
-            ?? SQLiteStore(url: data.appendingPathComponent("ccgate.db"))
         let key = try GatewayKeys.signingKey(in: data)
-        // Before anything is written: the entries and worker rows this gateway writes name it.
-        try store.registerGateway(key.publicKey, at: configuration.clock.now())
+        let store = try openStore(configuration, key: key.publicKey)
         let token = try configuration.adminToken ?? GatewayKeys.adminToken(in: data)
         let audit = AuditTrail(store: store, key: key, clock: configuration.clock)
         let active: ActivePolicy
@@ -181,6 +180,16 @@ public struct GatewayServer: Sendable {
         return GatewayServer(
             configuration: configuration, store: store, audit: audit, policies: policies, adminToken: token,
             logger: logger)
+    }
+
+    /// The data directory's SQLite file, or the shared PostgreSQL database, with this gateway
+    /// registered in it before anything is written (its entries and worker rows name it).
+    static func openStore(_ configuration: GatewayConfiguration, key: Ed25519PublicKey) throws -> any GatewayStore {
+        let store: any GatewayStore =
+            try configuration.database.map { try PostgresStore(location: $0) }
+            ?? SQLiteStore(url: configuration.dataDirectory.appendingPathComponent("ccgate.db"))
+        try store.registerGateway(key, at: configuration.clock.now())
+        return store
     }
 
     init(
@@ -280,6 +289,10 @@ public struct GatewayServer: Sendable {
             group.addTask {
                 await audit.runCheckpoints(every: configuration.checkpointInterval)
                 throw CancellationError()
+            }
+            group.addTask {
+                await administration.followStore(every: configuration.policySyncInterval)
+                try await Task.sleep(for: .seconds(1 << 40))
             }
             group.addTask {
                 await stake.monitor(

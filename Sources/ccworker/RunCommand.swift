@@ -31,6 +31,11 @@ struct Run: AsyncParsableCommand {
             this connection's hello, and every later handshake message; a gateway that cannot is refused before \
             anything is quoted or signed, and after admission only sealed messages are taken.
 
+            Several gateways (behind one load balancer, on one shared database) are given as --gateway / \
+            --gateway-key pairs: the worker keeps a connection to each, answers each one's challenges with its own \
+            quote, and serves requests from all of them; a gateway that goes away costs only the requests it was \
+            relaying, and the worker dials it again with backoff.
+
             When the gateway's policy requires a TON stake, give the provider's wallet (--provider-wallet) and its \
             Ed25519 private key (--provider-key, PEM as `ccgate keys generate` writes it, or the wallet's 32-byte seed \
             as hex): on admission the worker signs a provider proof over the gateway's id, its own key and the time. \
@@ -40,17 +45,26 @@ struct Run: AsyncParsableCommand {
               ccworker run --gateway 127.0.0.1:8444 --gateway-key ./data/gateway.pub --tpm swtpm:host=127.0.0.1,port=2321 \\
                 --engine ./ccinfer --model ./model.gguf --model-name smollm2-135m-instruct \\
                 --engine-url http://127.0.0.1:8081 --engine-command -- ./ccinfer serve --model ./model.gguf --port 8081
+              ccworker run --gateway gw1:8444 --gateway-key gw1.pub --gateway gw2:8444 --gateway-key gw2.pub \
+                --tpm device:/dev/tpmrm0 --engine ./ccinfer --model ./model.gguf --model-name smollm2-135m-instruct \
+                --engine-url http://127.0.0.1:8081
               ccworker run --tee tdx --gateway gw.example:8444 --gateway-key 3f9a…(64 hex) --engine ./ccinfer --model ./model.gguf --model-name smollm2-135m-instruct
             """)
 
     @OptionGroup var tdx: TDXOptions
 
-    @Option(help: ArgumentHelp("The gateway's worker port.", valueName: "HOST:PORT")) var gateway: String
     @Option(
+        name: .customLong("gateway"),
         help: ArgumentHelp(
-            "The gateway's identity key: its gateway.pub (PEM), or the key's SHA-256 fingerprint (64 hex digits).",
+            "A gateway's worker port; repeatable: the worker attests to each gateway on its own connection.",
+            valueName: "HOST:PORT"))
+    var gateways: [String] = []
+    @Option(
+        name: .customLong("gateway-key"),
+        help: ArgumentHelp(
+            "The identity key of the --gateway in the same position: its gateway.pub (PEM), or the key's SHA-256 fingerprint (64 hex digits).",
             valueName: "PEM|FINGERPRINT"))
-    var gatewayKey: String
+    var gatewayKeys: [String] = []
     @Option(help: ArgumentHelp("TPM as a TCTI string.", valueName: "TCTI")) var tpm = "device:/dev/tpmrm0"
     @Option(
         help: ArgumentHelp(
@@ -86,8 +100,15 @@ struct Run: AsyncParsableCommand {
     @Argument(parsing: .postTerminator, help: "The engine command (with --engine-command).") var command: [String] = []
 
     func validate() throws {
-        guard hostPort != nil else { throw ValidationError("--gateway must be HOST:PORT") }
-        _ = try pin()
+        guard !gateways.isEmpty else { throw ValidationError("give --gateway HOST:PORT and its --gateway-key") }
+        guard gateways.count == gatewayKeys.count else {
+            throw ValidationError(
+                "\(gateways.count) --gateway but \(gatewayKeys.count) --gateway-key: give each gateway's key after it")
+        }
+        for gateway in gateways where Self.hostPort(gateway) == nil {
+            throw ValidationError("--gateway \(gateway) must be HOST:PORT")
+        }
+        _ = try pins()
         guard EngineClient(url: engineURL) != nil else {
             throw ValidationError("--engine-url must be http://HOST:PORT or unix:/ABSOLUTE/PATH")
         }
@@ -126,8 +147,11 @@ struct Run: AsyncParsableCommand {
         }
     }
 
-    /// The pinned gateway key from --gateway-key: a file (PEM) or the text itself (a fingerprint).
-    func pin() throws -> GatewayKeyPin {
+    /// The pinned gateway keys, one per --gateway.
+    func pins() throws -> [GatewayKeyPin] { try gatewayKeys.map(pin) }
+
+    /// A pinned gateway key from --gateway-key: a file (PEM) or the text itself (a fingerprint).
+    func pin(_ gatewayKey: String) throws -> GatewayKeyPin {
         let text =
             FileManager.default.fileExists(atPath: gatewayKey)
             ? (try? String(contentsOfFile: gatewayKey, encoding: .utf8)) ?? "" : gatewayKey
@@ -165,7 +189,7 @@ struct Run: AsyncParsableCommand {
         return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino
     }
 
-    var hostPort: (String, Int)? {
+    static func hostPort(_ gateway: String) -> (String, Int)? {
         guard let colon = gateway.lastIndex(of: ":"), let port = Int(gateway[gateway.index(after: colon)...]) else {
             return nil
         }
@@ -175,7 +199,6 @@ struct Run: AsyncParsableCommand {
     func run() async throws {
         var logger = Logger(label: "ccworker")
         logger.logLevel = .info
-        let (host, port) = hostPort!
         // Before the TPM is touched: a bad provider identity leaves no measurement behind.
         let provider = try provider()
         var engineClient = EngineClient(url: engineURL)!
@@ -232,24 +255,31 @@ struct Run: AsyncParsableCommand {
             return source
         }
         defer { signalSources.forEach { $0.cancel() } }
-        let pinned = try pin()
-        logger.info("gateway key pinned", metadata: ["ccworker.gateway.fingerprint": "\(pinned)"])
-        let client = GatewayClient(
-            configuration: .init(
-                host: host, port: port, gatewayKey: pinned, workerID: workerID, models: [modelName],
-                provider: provider),
-            attestor: attestor, engine: engineClient, logger: logger)
-        let outcome = await WorkerLoop.run(client: client, engine: engineClient, supervisor: supervisor, logger: logger)
+        let clients = try zip(gateways, pins()).map { gateway, pinned in
+            let (host, port) = Self.hostPort(gateway)!
+            var gatewayLogger = logger
+            gatewayLogger[metadataKey: "ccworker.gateway"] = "\(gateway)"
+            gatewayLogger.info("gateway key pinned", metadata: ["ccworker.gateway.fingerprint": "\(pinned)"])
+            return GatewayClient(
+                configuration: .init(
+                    host: host, port: port, gatewayKey: pinned, workerID: workerID, models: [modelName],
+                    provider: provider),
+                attestor: attestor, engine: engineClient, logger: gatewayLogger)
+        }
+        let outcome = await WorkerLoop.run(
+            clients: clients, engine: engineClient, supervisor: supervisor, logger: logger)
         supervisor?.stop()
         if let rejected = outcome { throw ReportedFailure("ccworker", rejected.description, status: 1) }
     }
 }
 
-/// Waits for the engine, then keeps a gateway connection up, reconnecting with backoff, until
-/// the gateway rejects this worker (returned) or the process is stopped.
+/// Waits for the engine, then keeps a connection up to each gateway, reconnecting with backoff,
+/// until every gateway has rejected this worker (the first rejection is returned) or the process
+/// is stopped. Each gateway challenges and admits on its own: a gateway that goes away costs the
+/// requests it was relaying, and the others go on.
 enum WorkerLoop {
-    static func run(client: GatewayClient, engine: EngineClient, supervisor: EngineSupervisor?, logger: Logger) async
-        -> WorkerRejected?
+    static func run(clients: [GatewayClient], engine: EngineClient, supervisor: EngineSupervisor?, logger: Logger)
+        async -> WorkerRejected?
     {
         await withTaskGroup(of: WorkerRejected?.self) { group in
             if let supervisor {
@@ -260,7 +290,7 @@ enum WorkerLoop {
             }
             group.addTask {
                 await waitForEngine(engine, supervisor: supervisor, logger: logger)
-                return await connect(client, logger: logger)
+                return await connectAll(clients, logger: logger)
             }
             let first = await group.next() ?? nil
             group.cancelAll()
@@ -286,6 +316,21 @@ enum WorkerLoop {
             }
             waited += 1
             try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    /// Every gateway's connection at once; ends when each has ended (the first refusal is returned).
+    static func connectAll(_ clients: [GatewayClient], logger: Logger) async -> WorkerRejected? {
+        await withTaskGroup(of: WorkerRejected?.self) { group in
+            for client in clients {
+                var gatewayLogger = logger
+                gatewayLogger[metadataKey: "ccworker.gateway"] =
+                    "\(client.configuration.host):\(client.configuration.port)"
+                group.addTask { await connect(client, logger: gatewayLogger) }
+            }
+            var first: WorkerRejected?
+            for await outcome in group { first = first ?? outcome }
+            return first
         }
     }
 

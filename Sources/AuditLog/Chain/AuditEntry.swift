@@ -162,6 +162,8 @@ public enum AuditEventKind: String, Sendable, CaseIterable {
     case protocolError = "protocol-error"
     case policyApplied = "policy-applied"
     case policyApply = "policy-apply"
+    /// A version another gateway on the shared store applied, put in force (or refused) here.
+    case policyAdopted = "policy-adopted"
     case adminLogin = "admin-login"
     case gatewayStart = "gateway-start"
     case stakeCheck = "stake-check"

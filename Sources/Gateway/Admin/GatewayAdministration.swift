@@ -81,6 +81,9 @@ public actor GatewayAdministration {
     public func apply(text: String, signature: String?, dryRun: Bool, actor: String, note: String = "apply")
         async throws(AdminError) -> ApplyOutcome
     {
+        // Another gateway on a shared store may have applied a version since: in force here
+        // first, so the serial and the changes are judged against the newest version.
+        await syncFromStore()
         let digest = HashAlgorithm.sha256.hash(Data(text.utf8)).hex
         let document: PolicyDocument
         let signer: Ed25519PublicKey

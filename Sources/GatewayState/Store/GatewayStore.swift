@@ -38,10 +38,19 @@ public protocol GatewayStore: Sendable {
     /// Every gateway that has written to this store.
     func gateways() throws -> [GatewayRecord]
 
+    /// Yields whenever a gateway sharing this store may have recorded a new policy version (and
+    /// once on each (re)connection, when one may have been missed); nil for a store no other
+    /// gateway writes to.
+    func policyNotifications() -> AsyncStream<Void>?
+
     /// SHA-256 digests (hex) of the accepted API keys.
     func apiKeyDigests() throws -> Set<String>
     /// Replaces the keys that came from `source` (e.g. `config`) with `digests`.
     func replaceAPIKeys(source: String, digests: Set<String>, at time: Date) throws
+}
+
+extension GatewayStore {
+    public func policyNotifications() -> AsyncStream<Void>? { nil }
 }
 
 /// What `append` writes.

@@ -83,9 +83,8 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
         }
     }
 
-    /// The connection, opened (again) when there is none or the server closed it.
-    private func connected() throws -> PostgresConnection {
-        if let c = connection, !c.isClosed { return c }
+    /// How to reach the server.
+    private func configuration() -> PostgresConnection.Configuration {
         var configuration: PostgresConnection.Configuration
         if let socket = location.socketPath {
             configuration = .init(
@@ -100,16 +99,53 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
         // A statement stuck behind a lock (another gateway's crashed transaction, until the server
         // notices) fails instead of holding up the audit writer for ever.
         configuration.options.additionalStartupParameters = [("statement_timeout", "30s")]
+        return configuration
+    }
+
+    /// The connection, opened (again) when there is none or the server closed it.
+    private func connected() throws -> PostgresConnection {
+        if let c = connection, !c.isClosed { return c }
         do {
             let c = try Self.wait(
                 PostgresConnection.connect(
-                    on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration, id: 1,
+                    on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration(), id: 1,
                     logger: Self.logger))
             connection = c
             return c
         } catch {
             throw StoreError("cannot connect to \(location): \(Self.describe(error))")
         }
+    }
+
+    /// The channel a gateway notifies in the transaction that records a policy version.
+    static let policyChannel = "ccgate_policy"
+
+    /// LISTENs on a connection of its own, opened again a second after it drops; yields once
+    /// per connection and once per notification.
+    public func policyNotifications() -> AsyncStream<Void>? {
+        let configuration = configuration()
+        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let open = Mutex<PostgresConnection?>(nil)
+        let task = Task {
+            while !Task.isCancelled {
+                do {
+                    let listener = try await PostgresConnection.connect(
+                        on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration, id: 2,
+                        logger: Self.logger)
+                    open.withLock { $0 = listener }
+                    let notifications = try await listener.listen(Self.policyChannel)
+                    continuation.yield()
+                    for try await _ in notifications { continuation.yield() }
+                } catch {}
+                Self.closing(open.withLock { $0.take() })
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        continuation.onTermination = { _ in
+            task.cancel()
+            Self.closing(open.withLock { $0.take() })
+        }
+        return stream
     }
 
     /// Waits on the calling thread for `future` (a semaphore, not `wait()`: callers may be on a
@@ -209,8 +245,13 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
             try transaction {
                 // Serializes appends from every gateway on this database (readers are not held up).
                 try run("LOCK TABLE audit IN EXCLUSIVE MODE")
-                return try appendDrafts(
+                let entries = try appendDrafts(
                     drafts, after: try currentHead(), at: time, key: checkpointKey, gateway: gateway)
+                // Delivered to every listening gateway when this transaction commits.
+                if drafts.contains(where: { if case .policy = $0 { true } else { false } }) {
+                    try run(PostgresQuery(unsafeSQL: "NOTIFY \(Self.policyChannel)"))
+                }
+                return entries
             }
         }
     }

@@ -1,0 +1,119 @@
+import AdmissionCore
+import AttestationCore
+import AuditLog
+import Foundation
+import GatewayState
+import Policy
+
+extension GatewayAdministration {
+    /// Puts in force a policy version that another gateway on the same store applied (several
+    /// gateways on one PostgreSQL database), and evicts this gateway's workers it no longer
+    /// admits, each eviction audited once, by this gateway. Returns whether the version is now
+    /// in force here.
+    ///
+    /// Threat: a writer of the shared database who adds a `policies` row to weaken the policy on
+    /// every gateway. The row is adopted only if it loads and lints, the chain records its digest
+    /// under that version, and its signature verifies under this gateway's own pinned admin keys,
+    /// with a serial above the one in force and for this gateway, for any (`*`), or for a gateway
+    /// the store lists. A version that fails is refused, audited, and the policy in force stays.
+    /// (A store writer can list a foreign gateway id: a policy the same admins signed for another
+    /// deployment's gateway would then be accepted; sign shared policies for `*`.)
+    public func adopt(_ record: PolicyRecord) async -> Bool {
+        let current = policies.current
+        guard record.version > current.version else { return record.version == current.version }
+        let document: PolicyDocument
+        do throws(AdminError) { document = try checkAdopted(record) } catch {
+            _ = try? await trail.record(
+                AuditEvent(
+                    .policyAdopted, decision: .refused, reasons: [error.code], policyVersion: current.version,
+                    detail: ["version": String(record.version), "sha256": record.sha256, "message": error.message]))
+            return false
+        }
+        policies.replace(with: ActivePolicy(version: record.version, document: document, text: record.policy.text))
+        let failing = failing(under: document, at: clock.now())
+        _ = try? await trail.record(
+            AuditEvent(
+                .policyAdopted, decision: .applied, policyVersion: record.version,
+                detail: [
+                    "name": document.name, "sha256": record.sha256, "previous_version": String(current.version),
+                    "evictions": String(failing.count),
+                ]))
+        for item in failing {
+            let message = "policy version \(record.version) ('\(document.name)'): \(item.reasons[0].message)"
+            let cause = Evictor.Cause(code: item.reasons[0].code.rawValue, message: message, actor: "gateway")
+            _ = try? await evictor.evict(item.link, cause, reasons: item.reasons.map(\.code.rawValue))
+        }
+        return true
+    }
+
+    /// Checks a stored version written by another gateway (see ``adopt(_:)``).
+    func checkAdopted(_ record: PolicyRecord) throws(AdminError) -> PolicyDocument {
+        let document: PolicyDocument
+        do throws(PolicyLoadErrors) {
+            document = try PolicyDocument.parse(record.policy.text, file: "policy version \(record.version)")
+        } catch {
+            throw AdminError(422, "policy.invalid", "version \(record.version) does not load: \(error)")
+        }
+        guard document.lint.errors.isEmpty else {
+            throw AdminError(422, "policy.invalid", "version \(record.version) pins too little to admit safely")
+        }
+        var recorded: String?
+        do {
+            try trail.store.entries(AuditQuery()) { entry in
+                if entry.event.event == AuditEventKind.policyApplied.rawValue,
+                    entry.event.policyVersion == record.version
+                {
+                    recorded = entry.event.detail["sha256"]
+                }
+                return recorded == nil
+            }
+        } catch { throw AdminError(503, "gateway.store", "\(error)") }
+        guard recorded == record.sha256 else {
+            throw AdminError(
+                409, "policy.not-recorded",
+                "version \(record.version) in the store is not the policy the audit chain records for it")
+        }
+        guard !adminKeys.isEmpty else {
+            throw AdminError(403, "policy.no-admin-keys", "no admin keys are pinned here to check its signature")
+        }
+        let listed = Set(((try? trail.store.gateways()) ?? []).map(\.id))
+        let serial = try currentSerial()
+        do throws(PolicySignatureError) {
+            let signature = try PolicySignature.parse(record.policy.signature)
+            _ = try signature.verify(Data(record.policy.text.utf8), pinned: adminKeys)
+            let gateway = listed.contains(signature.gateway) ? signature.gateway : trail.key.publicKey.fingerprint
+            try signature.checkApplicable(gatewayID: gateway, at: clock.now(), after: serial)
+        } catch {
+            throw AdminError(403, error.code, error.description)
+        }
+        return document
+    }
+}
+
+extension GatewayAdministration {
+    /// Adopts the newest stored version when another gateway recorded it (nothing to do on a
+    /// store no other gateway writes to).
+    public func syncFromStore() async {
+        guard let latest = try? trail.store.policies().last, latest.version > policies.current.version else { return }
+        _ = await adopt(latest)
+    }
+
+    /// Keeps this gateway's policy in step with the other gateways on a shared store: on each
+    /// notification from the store and, as a safety net for a lost notification, every `interval`.
+    /// Returns at once for a store no other gateway writes to.
+    func followStore(every interval: Duration) async {
+        guard let notifications = trail.store.policyNotifications() else { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await _ in notifications { await self.syncFromStore() }
+            }
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    await self.syncFromStore()
+                }
+            }
+            await group.waitForAll()
+        }
+    }
+}
