@@ -143,3 +143,57 @@ final class AppendCounter: @unchecked Sendable {
     }
     var value: Int { lock.withLock { n } }
 }
+
+/// Durable appends to one chain in PostgreSQL (`CCGATE_BENCH_DATABASE`), from 1 and from 3
+/// gateways (each its own store, connection, key and group-committing writer), beside pgbench's
+/// simple-update transactions per second on the same server in the same run
+/// (`CCGATE_BENCH_PGBENCH`: `clients:tps,…`, measured by scripts/bench-postgres just before).
+func postgresAuditBench() async throws {
+    let env = ProcessInfo.processInfo.environment
+    guard let url = env["CCGATE_BENCH_DATABASE"] else {
+        print("audit-pg: CCGATE_BENCH_DATABASE is not set (scripts/bench-postgres sets it); skipped")
+        return
+    }
+    var pgbench = [Int: Double]()
+    for pair in (env["CCGATE_BENCH_PGBENCH"] ?? "").split(separator: ",") {
+        let parts = pair.split(separator: ":")
+        if parts.count == 2, let c = Int(parts[0]), let tps = Double(parts[1]) { pgbench[c] = tps }
+    }
+    let location = try PostgresLocation(url: url)
+    let clock = ContinuousClock()
+    let window = Duration.milliseconds(Int(seconds * 1000))
+    for (gateways, appenders) in [(1, 1), (1, 24), (3, 8)] {
+        var trails = [AuditTrail]()
+        for _ in 0..<gateways {
+            let store = try PostgresStore(location: location)
+            let key = Ed25519PrivateKey.generate()
+            try store.registerGateway(key.publicKey, at: Date())
+            trails.append(AuditTrail(store: store, key: key))
+        }
+        defer { for t in trails { t.close() } }
+        let counter = AppendCounter()
+        let start = clock.now
+        let deadline = start + window
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for trail in trails {
+                for _ in 0..<appenders {
+                    group.addTask {
+                        while clock.now < deadline { try await trail.record(benchEvent(counter.increment())) }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let rate = Double(counter.value) / elapsedSeconds(clock.now - start)
+        let clients = gateways * appenders
+        let baseline =
+            pgbench[clients].map {
+                String(format: "(%.2f × pgbench simple-update, %d clients: %.0f tps)", rate / $0, clients, $0)
+            } ?? "(no pgbench figure)"
+        print(
+            String(
+                format: "audit-pg: durable appends, %d gateway%@ × %2d appenders: %8.0f /s  ", gateways,
+                gateways == 1 ? " " : "s", appenders, rate)
+                + baseline)
+    }
+}

@@ -21,6 +21,9 @@ Task.detached {
     if only == nil || only == "audit" {
         do { try await auditBench() } catch { print("ccgate bench: audit failed: \(error)") }
     }
+    if only == "audit-postgres" {
+        do { try await postgresAuditBench() } catch { print("ccgate bench: audit-pg failed: \(error)") }
+    }
     if only == nil || only == "gateway" {
         do { try await gatewayBench() } catch { print("ccgate bench: gateway failed: \(error)") }
     }

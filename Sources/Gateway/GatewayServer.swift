@@ -123,49 +123,15 @@ public struct GatewayServer: Sendable {
                 active = ActivePolicy(
                     version: latest.version,
                     document: try PolicyDocument.parse(latest.policy.text, file: "policy version \(latest.version)"),
-                    text: latest.policy.text)
+                    text: latest.policy.text,
+                    // Verified by StoredPolicyCheck above when admin keys are pinned (none: no
+                    // version can be applied, and the serial is never compared).
+                    serial: (try? PolicySignature.parse(latest.policy.signature).serial) ?? 0)
             } catch {
                 throw GatewayStartError("the stored policy version \(latest.version) no longer loads:\n\(error)")
             }
         } else {
-            guard configuration.policyText != nil || configuration.policy == .builtinDefault else {
-                throw GatewayStartError(
-                    "the initial policy's text is needed for the policy history (GatewayConfiguration.policyText)")
-            }
-            let text = configuration.policyText ?? PolicyDocument.builtinDefaultText
-            // Checked before it is recorded: a seed that cannot be used must not become version 1.
-            let lint = configuration.policy.lint
-            guard lint.errors.isEmpty else {
-                throw GatewayStartError(
-                    "the initial policy '\(configuration.policy.name)' pins too little to admit safely:\n  "
-                        + lint.errors.joined(separator: "\n  "))
-            }
-            var signer: String?
-            if !configuration.adminKeys.isEmpty {
-                guard let signature = configuration.policySignature else {
-                    throw GatewayStartError(
-                        "admin keys are pinned, so the initial policy must be signed (ccgate policy sign FILE --key KEY)"
-                    )
-                }
-                do throws(PolicySignatureError) {
-                    let parsed = try PolicySignature.parse(signature)
-                    signer = try parsed.verify(Data(text.utf8), pinned: configuration.adminKeys).fingerprint
-                    try parsed.checkApplicable(
-                        gatewayID: key.publicKey.fingerprint, at: configuration.clock.now(), after: 0)
-                } catch { throw GatewayStartError("the initial policy's signature is refused: \(error)") }
-            }
-            let entry = try await audit.recordPolicy(
-                AuditEvent(
-                    .policyApplied, actor: "config", decision: .applied,
-                    detail: [
-                        "name": configuration.policy.name, "sha256": HashAlgorithm.sha256.hash(Data(text.utf8)).hex,
-                        "note": "initial policy",
-                    ]),
-                NewPolicy(
-                    name: configuration.policy.name, text: text, signature: configuration.policySignature ?? "",
-                    signer: signer,
-                    note: "initial policy"))
-            active = ActivePolicy(version: entry.event.policyVersion ?? 1, document: configuration.policy, text: text)
+            active = try await seedPolicy(configuration, audit: audit, gatewayID: key.publicKey.fingerprint)
         }
         let lint = active.document.lint
         guard lint.errors.isEmpty else {
@@ -180,6 +146,61 @@ public struct GatewayServer: Sendable {
         return GatewayServer(
             configuration: configuration, store: store, audit: audit, policies: policies, adminToken: token,
             logger: logger)
+    }
+
+    /// Records the configured policy as version 1 of an empty history.
+    static func seedPolicy(_ configuration: GatewayConfiguration, audit: AuditTrail, gatewayID: String) async throws
+        -> ActivePolicy
+    {
+        guard configuration.policyText != nil || configuration.policy == .builtinDefault else {
+            throw GatewayStartError(
+                "the initial policy's text is needed for the policy history (GatewayConfiguration.policyText)")
+        }
+        let text = configuration.policyText ?? PolicyDocument.builtinDefaultText
+        // Checked before it is recorded: a seed that cannot be used must not become version 1.
+        let lint = configuration.policy.lint
+        guard lint.errors.isEmpty else {
+            throw GatewayStartError(
+                "the initial policy '\(configuration.policy.name)' pins too little to admit safely:\n  "
+                    + lint.errors.joined(separator: "\n  "))
+        }
+        var signer: String?
+        if !configuration.adminKeys.isEmpty {
+            guard let signature = configuration.policySignature else {
+                throw GatewayStartError(
+                    "admin keys are pinned, so the initial policy must be signed (ccgate policy sign FILE --key KEY)"
+                )
+            }
+            do throws(PolicySignatureError) {
+                let parsed = try PolicySignature.parse(signature)
+                signer = try parsed.verify(Data(text.utf8), pinned: configuration.adminKeys).fingerprint
+                try parsed.checkApplicable(
+                    gatewayID: gatewayID, at: configuration.clock.now(), after: 0)
+            } catch { throw GatewayStartError("the initial policy's signature is refused: \(error)") }
+        }
+        var seed = NewPolicy(
+            name: configuration.policy.name, text: text, signature: configuration.policySignature ?? "",
+            signer: signer, note: "initial policy")
+        // Only into an empty history: gateways started together on one empty database seed once.
+        seed.after = 0
+        let entry: AuditEntry
+        do {
+            entry = try await audit.recordPolicy(
+                AuditEvent(
+                    .policyApplied, actor: "config", decision: .applied,
+                    detail: [
+                        "name": configuration.policy.name, "sha256": HashAlgorithm.sha256.hash(Data(text.utf8)).hex,
+                        "note": "initial policy",
+                    ]),
+                seed)
+        } catch is PolicyVersionConflict {
+            throw GatewayStartError(
+                "another gateway recorded the initial policy at the same moment: start this one again (it will use that policy)"
+            )
+        }
+        let serial = (try? PolicySignature.parse(configuration.policySignature ?? "").serial) ?? 0
+        return ActivePolicy(
+            version: entry.event.policyVersion ?? 1, document: configuration.policy, text: text, serial: serial)
     }
 
     /// The data directory's SQLite file, or the shared PostgreSQL database, with this gateway

@@ -172,6 +172,10 @@ struct AuditCommand: ParsableCommand {
                     }
                 } catch let error as ReportedFailure { throw error } catch { throw failure("--database: \(error)") }
                 guard !out.isEmpty else { throw failure("\(database) lists no gateway keys") }
+                FileHandle.standardError.write(
+                    Data(
+                        "note: the gateway keys were taken from \(database): whoever can write to it can list a key of their own; give the keys with --key to check against keys you hold\n"
+                            .utf8))
             }
             return out
         }

@@ -194,6 +194,10 @@ import Testing
             ("postgres://ccgate@db/", "name the database"),
             ("mysql://ccgate@db/ccgate", "not a postgres:// URL"),
             ("postgres://ccgate@db/x?host=relative", "absolute path"),
+            // Threat: a network in the middle. Off this machine the operator must choose.
+            ("postgres://ccgate@db.internal/ccgate", "sslmode=verify-full"),
+            ("postgres://ccgate@db/ccgate?sslmode=verify-full&sslmode=disable", "given twice"),
+            ("postgres://ccgate@db/ccgate?sslmode=disable&sslrootcert=ca.pem", "only with sslmode=verify-full"),
         ] {
             #expect(failure { _ = try PostgresLocation(url: url) }?.contains(expected) == true, "\(url)")
         }
@@ -214,6 +218,30 @@ import Testing
             let database = try server.createDatabase()
             let socket = try PostgresLocation(url: server.socketURL(database), password: server.password)
             #expect(try PostgresStore(location: socket).head() == .empty)
+        }
+    }
+
+    /// Two gateways applying a policy at once: the second, checked against a version that is no
+    /// longer the newest, is refused by the store and writes nothing.
+    @Test func aPolicyCheckedAgainstAStaleVersionIsRefused() async throws {
+        let server = try await PostgresServer.shared()
+        let key = Ed25519PrivateKey.generate()
+        let first = try await Self.postgres(server, key: key)
+        let location = first.location
+        try await offPool {
+            let second = try PostgresStore(location: location)
+            var policy = NewPolicy(name: "p", text: "a", signature: "", signer: nil, note: "")
+            policy.after = 0
+            let applied = AuditEvent(event: "policy-applied")
+            _ = try first.append([.policy(applied, policy)], at: Self.time, checkpointKey: key)
+            #expect(throws: PolicyVersionConflict.self) {
+                _ = try second.append([.policy(applied, policy)], at: Self.time, checkpointKey: key)
+            }
+            #expect(try second.policies().count == 1 && second.head().count == 1)
+            policy.after = 1
+            #expect(
+                try second.append([.policy(applied, policy)], at: Self.time, checkpointKey: key)[0].event.policyVersion
+                    == 2)
         }
     }
 

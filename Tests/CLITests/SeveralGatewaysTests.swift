@@ -218,5 +218,27 @@ import Testing
         let verified = try await ProcessRunner.run(Self.ccgate, ["audit", "verify", final.path] + keys)
         #expect(verified.status == 0, "\(verified.stdout)\(verified.stderr)")
         #expect(verified.stdout.contains("signed by gateway"), "\(verified.stdout)")
+
+        // Threat: a writer of the database adds a version (the first policy's text and signature,
+        // an older serial) and notifies. No gateway puts it in force; each audits its refusal once.
+        try await offPool {
+            _ = try server.psql(
+                database,
+                "INSERT INTO policies SELECT 3, name, text, signature, signer, note, applied_at, actor FROM policies WHERE version = 1; NOTIFY ccgate_policy"
+            )
+        }
+        try await Task.sleep(for: .seconds(7))
+        for g in gateways {
+            let show = try await ProcessRunner.run(Self.ccgate, ["policy", "show"] + g.adminArgs)
+            #expect(show.stderr.contains("# version 2 (in force)"), "\(show.stderr)")
+        }
+        let after = dir.file("after.jsonl")
+        #expect(
+            try await ProcessRunner.run(Self.ccgate, ["audit", "export", "--out", after.path] + gateways[0].adminArgs)
+                .status == 0)
+        let refusals = try String(contentsOf: after, encoding: .utf8).split(separator: "\n").filter {
+            $0.contains("\"event\":\"policy-adopted\"") && $0.contains("\"decision\":\"refused\"")
+        }
+        #expect(refusals.count == 3, "one refusal per gateway, not one per re-read: \(refusals)")
     }
 }

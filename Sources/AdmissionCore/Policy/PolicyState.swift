@@ -12,11 +12,16 @@ public struct ActivePolicy: Sendable {
     public let text: String
     /// SHA-256 of the text (lowercase hex): how clients and receipts name the policy.
     public let sha256: String
+    /// The serial of the signature it was verified with (0: unsigned). Held here, not re-read:
+    /// a writer of the store who blanks the stored signature must not lower the bar a newer
+    /// version has to clear.
+    public let serial: Int64
 
-    public init(version: Int, document: PolicyDocument, text: String) {
+    public init(version: Int, document: PolicyDocument, text: String, serial: Int64 = 0) {
         self.version = version
         self.document = document
         self.text = text
+        self.serial = serial
         sha256 = HashAlgorithm.sha256.hash(Data(text.utf8)).hex
     }
 }

@@ -61,6 +61,9 @@ public actor GatewayAdministration {
     let adminKeys: [Ed25519PublicKey]
     let clock: any AttestationClock
     let evictor: Evictor
+    /// Versions from a shared store that were refused here (version and digest): each is
+    /// audited once, not at every re-read.
+    var refusedVersions: Set<String> = []
 
     /// Policy documents are a few KiB; the cap is the document loader's.
     static let maxPolicySize = 1 << 20
@@ -127,10 +130,12 @@ public actor GatewayAdministration {
         async throws(AdminError) -> (Int, [ApplyOutcome.Eviction])
     {
         // Versions are assigned by the store; the version in force is the latest, applies are
-        // serialized by this actor and nothing else adds versions while the gateway runs, so the
-        // next one is known without a read.
+        // serialized by this actor, and the store refuses the record when another gateway on a
+        // shared store added a version since this one was checked (`NewPolicy.after`).
         let current = policies.current
         let version = current.version + 1
+        var signed = signed
+        signed.after = current.version
         let claimed = evictor.claim(
             failing(under: document, at: clock.now()).map { item in
                 let message = "policy version \(version) ('\(document.name)'): \(item.reasons[0].message)"
@@ -148,6 +153,11 @@ public actor GatewayAdministration {
         do {
             entries = try await trail.record(
                 [.policy(applied, signed)] + claimed.map { $0.draft(policyVersion: version) })
+        } catch let conflict as PolicyVersionConflict {
+            evictor.finishUnrecorded(claimed)
+            await syncFromStore()
+            throw AdminError(
+                409, "policy.conflict", "\(conflict): nothing was applied; check the policy in force and apply again")
         } catch {
             evictor.finishUnrecorded(claimed)
             throw AdminError(
@@ -160,7 +170,8 @@ public actor GatewayAdministration {
                 500, "gateway.internal",
                 "the policy was recorded as version \(entries.first?.event.policyVersion ?? 0), not \(version)")
         }
-        policies.replace(with: ActivePolicy(version: version, document: document, text: signed.text))
+        policies.replace(
+            with: ActivePolicy(version: version, document: document, text: signed.text, serial: serial(of: signed)))
         evictor.finish(claimed)
         var evictions = claimed.map {
             ApplyOutcome.Eviction(
@@ -267,17 +278,13 @@ public actor GatewayAdministration {
         }
     }
 
-    /// The serial of the signature the policy in force was applied with (0: unsigned or v1).
-    /// Fails closed: a store that cannot say refuses the apply.
-    func currentSerial() throws(AdminError) -> Int64 {
-        let record: PolicyRecord?
-        do { record = try trail.store.policy(version: policies.current.version) } catch {
-            throw AdminError(503, "gateway.store", "the policy in force cannot be read: \(error)")
-        }
-        guard let text = record?.policy.signature, !text.isEmpty else { return 0 }
-        do throws(PolicySignatureError) { return try PolicySignature.parse(text).serial } catch {
-            throw AdminError(500, error.code, "the signature of the policy in force does not parse: \(error)")
-        }
+    /// The serial of the signature the policy in force was verified with (0: unsigned or v1),
+    /// as held in memory since it was put in force (never re-read from the store).
+    func currentSerial() throws(AdminError) -> Int64 { policies.current.serial }
+
+    /// The serial of a signature that has been verified (0: none).
+    func serial(of policy: NewPolicy) -> Int64 {
+        (try? PolicySignature.parse(policy.signature).serial) ?? 0
     }
 
     /// Admitted workers that `document` no longer admits, with why.

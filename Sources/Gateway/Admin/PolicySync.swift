@@ -14,22 +14,25 @@ extension GatewayAdministration {
     /// Threat: a writer of the shared database who adds a `policies` row to weaken the policy on
     /// every gateway. The row is adopted only if it loads and lints, the chain records its digest
     /// under that version, and its signature verifies under this gateway's own pinned admin keys,
-    /// with a serial above the one in force and for this gateway, for any (`*`), or for a gateway
-    /// the store lists. A version that fails is refused, audited, and the policy in force stays.
-    /// (A store writer can list a foreign gateway id: a policy the same admins signed for another
-    /// deployment's gateway would then be accepted; sign shared policies for `*`.)
+    /// with a serial above the one in force (held in memory, never re-read from the store) and for
+    /// any gateway (`*`) or this one — as at start. A version that fails is refused, audited once,
+    /// and the policy in force stays. The digest check stops an edited row, not a writer who can
+    /// also append entries: the admin signature and the serial are what such a writer cannot forge.
     public func adopt(_ record: PolicyRecord) async -> Bool {
         let current = policies.current
         guard record.version > current.version else { return record.version == current.version }
         let document: PolicyDocument
-        do throws(AdminError) { document = try checkAdopted(record) } catch {
+        let serial: Int64
+        do throws(AdminError) { (document, serial) = try checkAdopted(record) } catch {
+            guard refusedVersions.insert("\(record.version) \(record.sha256)").inserted else { return false }
             _ = try? await trail.record(
                 AuditEvent(
                     .policyAdopted, decision: .refused, reasons: [error.code], policyVersion: current.version,
                     detail: ["version": String(record.version), "sha256": record.sha256, "message": error.message]))
             return false
         }
-        policies.replace(with: ActivePolicy(version: record.version, document: document, text: record.policy.text))
+        policies.replace(
+            with: ActivePolicy(version: record.version, document: document, text: record.policy.text, serial: serial))
         let failing = failing(under: document, at: clock.now())
         _ = try? await trail.record(
             AuditEvent(
@@ -47,7 +50,7 @@ extension GatewayAdministration {
     }
 
     /// Checks a stored version written by another gateway (see ``adopt(_:)``).
-    func checkAdopted(_ record: PolicyRecord) throws(AdminError) -> PolicyDocument {
+    func checkAdopted(_ record: PolicyRecord) throws(AdminError) -> (PolicyDocument, Int64) {
         let document: PolicyDocument
         do throws(PolicyLoadErrors) {
             document = try PolicyDocument.parse(record.policy.text, file: "policy version \(record.version)")
@@ -76,17 +79,15 @@ extension GatewayAdministration {
         guard !adminKeys.isEmpty else {
             throw AdminError(403, "policy.no-admin-keys", "no admin keys are pinned here to check its signature")
         }
-        let listed = Set(((try? trail.store.gateways()) ?? []).map(\.id))
         let serial = try currentSerial()
         do throws(PolicySignatureError) {
             let signature = try PolicySignature.parse(record.policy.signature)
             _ = try signature.verify(Data(record.policy.text.utf8), pinned: adminKeys)
-            let gateway = listed.contains(signature.gateway) ? signature.gateway : trail.key.publicKey.fingerprint
-            try signature.checkApplicable(gatewayID: gateway, at: clock.now(), after: serial)
+            try signature.checkApplicable(gatewayID: trail.key.publicKey.fingerprint, at: clock.now(), after: serial)
+            return (document, signature.serial)
         } catch {
             throw AdminError(403, error.code, error.description)
         }
-        return document
     }
 }
 
@@ -94,7 +95,10 @@ extension GatewayAdministration {
     /// Adopts the newest stored version when another gateway recorded it (nothing to do on a
     /// store no other gateway writes to).
     public func syncFromStore() async {
-        guard let latest = try? trail.store.policies().last, latest.version > policies.current.version else { return }
+        // One small read when nothing is new; the whole history only when a version follows ours.
+        guard (try? trail.store.policy(version: policies.current.version + 1)) ?? nil != nil,
+            let latest = try? trail.store.policies().last, latest.version > policies.current.version
+        else { return }
         _ = await adopt(latest)
     }
 

@@ -34,7 +34,11 @@ extension ChainTables {
                 }
             case .policy(let e, let policy):
                 event = e
-                event.policyVersion = try insertPolicy(policy, actor: e.actor, at: time)
+                let version = try insertPolicy(policy, actor: e.actor, at: time)
+                if let after = policy.after, version != after + 1 {
+                    throw PolicyVersionConflict(expected: after, found: version - 1)
+                }
+                event.policyVersion = version
             case .checkpoint:
                 guard let key else { throw StoreError("a checkpoint needs the gateway key") }
                 event = Checkpoint.event(head: head, time: time, key: key)

@@ -102,6 +102,10 @@ public struct NewPolicy: Sendable, Equatable {
     public let signature: String
     public let signer: String?
     public let note: String
+    /// When set, the version this one must follow: the append fails with
+    /// ``PolicyVersionConflict`` if the newest stored version is another (another gateway on a
+    /// shared store recorded one since this one was checked against `after`).
+    public var after: Int?
     public init(name: String, text: String, signature: String, signer: String?, note: String) {
         self.name = name
         self.text = text
@@ -162,6 +166,15 @@ public struct WorkerRecord: Sendable, Equatable, Codable {
         self.lastAttested = lastAttested
         self.evidenceSHA256 = evidenceSHA256
         self.policyVersion = policyVersion
+    }
+}
+
+/// A policy version recorded by someone else first: the append wrote nothing.
+public struct PolicyVersionConflict: Error, CustomStringConvertible {
+    public let expected: Int
+    public let found: Int
+    public var description: String {
+        "policy version \(found) was recorded meanwhile (this one was checked against version \(expected))"
     }
 }
 

@@ -43,6 +43,9 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
         }
         var options = [String: String]()
         for item in url.queryItems ?? [] {
+            guard options[item.name] == nil else {
+                throw StoreError("--database \(text): option '\(item.name)' is given twice")
+            }
             guard ["sslmode", "sslrootcert", "host", "port"].contains(item.name), let value = item.value, !value.isEmpty
             else {
                 throw StoreError(
@@ -56,6 +59,9 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
                 "--database \(text): sslmode must be disable or verify-full (require does not check the server and is not offered)"
             )
         }
+        guard options["sslrootcert"] == nil || tls == .verifyFull else {
+            throw StoreError("--database \(text): sslrootcert is used only with sslmode=verify-full")
+        }
         if let socket = options["host"] {
             guard socket.hasPrefix("/"), (url.host ?? "").isEmpty else {
                 throw StoreError(
@@ -66,6 +72,13 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
             socketDirectory = socket
         } else {
             guard let h = url.host, !h.isEmpty else { throw StoreError("--database \(text): name the host") }
+            // Threat: a network in the middle asks for the password in clear text and then writes
+            // the chain. Off this machine, the operator says which: verify-full, or disable.
+            guard options["sslmode"] != nil || ["localhost", "127.0.0.1", "::1", "[::1]"].contains(h) else {
+                throw StoreError(
+                    "--database \(text): \(h) is not this machine: add sslmode=verify-full (with sslrootcert=CA.pem for a private CA), or sslmode=disable to send the password and the chain unencrypted"
+                )
+            }
             host = h
             socketDirectory = nil
         }
@@ -95,7 +108,8 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
     }
 
     static func redacted(_ text: String) -> String {
-        guard var url = URLComponents(string: text), url.password != nil else { return text }
+        guard var url = URLComponents(string: text) else { return "(a URL that does not parse)" }
+        guard url.password != nil else { return text }
         url.password = "***"
         return url.string ?? "(unreadable URL)"
     }
@@ -106,7 +120,10 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                 throw StoreError("--database-password-file \(file): cannot read it")
             }
-            let line = text.split(separator: "\n", omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            let line =
+                text.split(separator: "\n", omittingEmptySubsequences: false).first.map {
+                    String($0.hasSuffix("\r") ? $0.dropLast() : $0)
+                } ?? ""
             guard !line.isEmpty else { throw StoreError("--database-password-file \(file): the first line is empty") }
             return line
         }

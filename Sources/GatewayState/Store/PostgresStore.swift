@@ -21,9 +21,12 @@ import Synchronization
 /// calling thread (never a thread of the database connection's event loop). One connection,
 /// used under a lock; it is opened again on the next call after the server drops it.
 public final class PostgresStore: GatewayStore, @unchecked Sendable {
-    // `connection` and `gateway` are used only under `lock`.
+    // `connection`, `inTransaction` and `gateway` are used only under `lock`.
     private let lock = NSLock()
     private var connection: PostgresConnection?
+    /// The connection a transaction began on: every statement of it runs there or fails (never
+    /// on a connection opened again half-way, outside the transaction and its lock).
+    private var inTransaction: PostgresConnection?
     private var gateway: String?
     public let location: PostgresLocation
     private let tls: PostgresConnection.Configuration.TLS
@@ -78,7 +81,10 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     private func locked<T>(_ body: () throws -> T) throws -> T {
         lock.lock()
         defer { lock.unlock() }
-        do { return try body() } catch let error as StoreError { throw error } catch {
+        do { return try body() } catch let error as StoreError { throw error } catch let error as PolicyVersionConflict
+        {
+            throw error
+        } catch {
             throw StoreError("\(location): \(Self.describe(error))")
         }
     }
@@ -98,7 +104,11 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
         configuration.options.connectTimeout = .seconds(10)
         // A statement stuck behind a lock (another gateway's crashed transaction, until the server
         // notices) fails instead of holding up the audit writer for ever.
-        configuration.options.additionalStartupParameters = [("statement_timeout", "30s")]
+        // A gateway that stops half-way through a transaction (paused, partitioned) does not hold
+        // the chain's lock for the others for longer than a minute.
+        configuration.options.additionalStartupParameters = [
+            ("statement_timeout", "30s"), ("lock_timeout", "20s"), ("idle_in_transaction_session_timeout", "60s"),
+        ]
         return configuration
     }
 
@@ -149,21 +159,39 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     }
 
     /// Waits on the calling thread for `future` (a semaphore, not `wait()`: callers may be on a
-    /// thread of another event loop, where NIO forbids `wait()`).
-    private static func wait<T: Sendable>(_ future: EventLoopFuture<T>) throws -> T {
+    /// thread of another event loop, where NIO forbids `wait()`), at most `limit`: a server that
+    /// stops answering (a black-holed connection) fails the call instead of holding the store.
+    private static func wait<T: Sendable>(_ future: EventLoopFuture<T>, limit: Double = 60) throws -> T {
+        precondition(!future.eventLoop.inEventLoop, "a PostgresStore call on its own connection's event loop")
         let done = DispatchSemaphore(value: 0)
         let outcome = Mutex<Result<T, any Error>?>(nil)
         future.whenComplete { result in
             outcome.withLock { $0 = result }
             done.signal()
         }
-        done.wait()
+        guard done.wait(timeout: .now() + limit) == .success else {
+            throw StoreError("the database did not answer within \(Int(limit)) s")
+        }
         return try outcome.withLock { $0! }.get()
     }
 
     @discardableResult
     private func run(_ query: PostgresQuery) throws -> PostgresQueryResult {
-        try Self.wait(try connected().query(query, logger: Self.logger))
+        let target: PostgresConnection
+        if let open = inTransaction {
+            guard !open.isClosed else {
+                throw StoreError("the connection closed during a transaction; nothing of it was committed")
+            }
+            target = open
+        } else {
+            target = try connected()
+        }
+        do { return try Self.wait(target.query(query, logger: Self.logger)) } catch let error as StoreError {
+            // No answer: this connection is no longer trusted to be in step; the next call opens another.
+            Self.closing(target)
+            if connection === target { connection = nil }
+            throw error
+        }
     }
 
     /// What went wrong, in the server's words where it gave some (PostgresNIO's own description
@@ -180,6 +208,8 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     /// Runs `body` in one transaction: committed when it returns, rolled back when it throws.
     private func transaction<T>(_ body: () throws -> T) throws -> T {
         try run("BEGIN")
+        inTransaction = connection
+        defer { inTransaction = nil }
         do {
             let result = try body()
             try run("COMMIT")
@@ -466,7 +496,8 @@ extension PostgresStore {
                         VALUES(\(record.version), \(p.name), \(p.text), \(p.signature), \(p.signer), \(p.note), \(applied), \(record.actor))
                         """)
                 }
-                var gateways = try source.gateways()
+                // A schema-1 source has no gateways table: its writer is `sourceGateway`.
+                var gateways = (try? source.gateways()) ?? []
                 if let key = sourceGateway, !gateways.contains(where: { $0.id == key.fingerprint }) {
                     let seen = first ?? Date()
                     gateways.append(
@@ -475,7 +506,7 @@ extension PostgresStore {
                 for g in gateways {
                     let (first, last) = (g.firstSeen.rfc3339, g.lastSeen.rfc3339)
                     try run(
-                        "INSERT INTO gateways(id, public_key, first_seen, last_seen) VALUES(\(g.id), \(g.publicKey), \(first), \(last))"
+                        "INSERT INTO gateways(id, public_key, first_seen, last_seen) VALUES(\(g.id), \(g.publicKey), \(first), \(last)) ON CONFLICT(id) DO NOTHING"
                     )
                 }
                 progress(head.count)
