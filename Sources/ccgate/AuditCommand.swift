@@ -142,17 +142,11 @@ struct AuditCommand: ParsableCommand {
             help: ArgumentHelp(
                 "A gateway's public key (PEM, or the base64 of its 32 bytes); repeatable.", valueName: "GATEWAY_PUB"))
         var keys: [String] = []
-        @Option(
-            help: ArgumentHelp(
-                "Also accept the gateway keys listed in this PostgreSQL database (see `ccgate serve --help`).",
-                valueName: "URL"))
-        var database: String?
-        @Option(help: ArgumentHelp("The database password (its first line).", valueName: "FILE"))
-        var databasePasswordFile: String?
+        @OptionGroup(title: "Also accept the gateway keys a shared database lists") var db: DatabaseOptions
         @Flag(help: "Accept gaps in the sequence (an export filtered by --worker).") var allowGaps = false
 
         func validate() throws {
-            guard !keys.isEmpty || database != nil else {
+            guard !keys.isEmpty || db.database != nil else {
                 throw ValidationError("give --key GATEWAY_PUB or --database URL")
             }
         }
@@ -162,11 +156,9 @@ struct AuditCommand: ParsableCommand {
                 let keyText = (try? String(contentsOfFile: key, encoding: .utf8)) ?? key
                 do { return try Ed25519PublicKey(text: keyText) } catch { throw failure("--key \(key): \(error)") }
             }
-            if let database {
-                let target = try DatabaseCommand.Target.parse(
-                    ["--database", database] + (databasePasswordFile.map { ["--database-password-file", $0] } ?? []))
+            if let location = try db.location() {
+                let database = location.description
                 do {
-                    guard let location = try target.location() else { return out }
                     for g in try PostgresStore(location: location, inspect: true).gateways() {
                         out.append(try Ed25519PublicKey(text: g.publicKey))
                     }

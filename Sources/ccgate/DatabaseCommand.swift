@@ -28,30 +28,21 @@ struct DatabaseCommand: ParsableCommand {
 
     struct Target: ParsableArguments {
         @Option(help: ArgumentHelp("A data directory (its ccgate.db).", valueName: "DIR")) var dataDir: String?
-        @Option(help: ArgumentHelp("A PostgreSQL database (see `ccgate serve --help`).", valueName: "URL"))
-        var database: String?
-        @Option(help: ArgumentHelp("The database password (its first line).", valueName: "FILE"))
-        var databasePasswordFile: String?
+        @OptionGroup var db: DatabaseOptions
 
         func validate() throws {
-            guard (dataDir == nil) != (database == nil) else {
+            guard (dataDir == nil) != (db.database == nil) else {
                 throw ValidationError("give one of --data-dir DIR or --database URL")
             }
         }
 
-        func location() throws -> PostgresLocation? {
-            guard let database else { return nil }
-            do {
-                return try PostgresLocation(
-                    url: database,
-                    password: PostgresLocation.password(
-                        file: databasePasswordFile, environment: ProcessInfo.processInfo.environment))
-            } catch { throw failure("\(error)") }
-        }
+        func location() throws -> PostgresLocation? { try db.location() }
+
+        var database: String? { db.database }
 
         var sqliteURL: URL { URL(fileURLWithPath: dataDir ?? "data").appendingPathComponent("ccgate.db") }
 
-        var name: String { database ?? sqliteURL.path }
+        var name: String { db.database ?? sqliteURL.path }
     }
 
     struct Status: ParsableCommand {
@@ -141,14 +132,14 @@ struct DatabaseCommand: ParsableCommand {
                 Afterwards start the gateway with --database URL and the same --data-dir (its key stays there).
                 """)
         @Option(help: ArgumentHelp("The data directory to copy from.", valueName: "DIR")) var dataDir: String
-        @Option(help: ArgumentHelp("The PostgreSQL database to copy into.", valueName: "URL")) var database: String
-        @Option(help: ArgumentHelp("The database password (its first line).", valueName: "FILE"))
-        var databasePasswordFile: String?
+        @OptionGroup var db: DatabaseOptions
+
+        func validate() throws {
+            guard db.database != nil else { throw ValidationError("give --database URL to copy into") }
+        }
 
         func run() throws {
-            let target = try Target.parse(
-                ["--database", database] + (databasePasswordFile.map { ["--database-password-file", $0] } ?? []))
-            guard let location = try target.location() else { return }
+            guard let location = try db.location() else { return }
             let bar = ProgressBar("copying")
             do {
                 let source = try SQLiteStore(
@@ -167,5 +158,30 @@ struct DatabaseCommand: ParsableCommand {
                 if key == nil { print("note: \(dataDir)/gateway.pub was not found; its gateway is not listed") }
             } catch let error as ReportedFailure { throw error } catch { throw failure("\(error)") }
         }
+    }
+}
+
+/// `--database URL` and its password, as `serve`, `db` and `audit verify` take them.
+struct DatabaseOptions: ParsableArguments {
+    @Option(
+        help: ArgumentHelp(
+            "A PostgreSQL database shared by several gateways: postgres://USER@HOST[:PORT]/DB?sslmode=verify-full[&sslrootcert=CA.pem] (a host off this machine needs sslmode: verify-full, or disable to go unencrypted), or postgres://USER@/DB?host=/run/postgresql[&port=N] (a Unix socket). The password comes from --database-password-file or CCGATE_DATABASE_PASSWORD, never the URL.",
+            valueName: "URL"))
+    var database: String?
+    @Option(help: ArgumentHelp("The database password (its first line).", valueName: "FILE"))
+    var databasePasswordFile: String?
+
+    /// The database named, with its password; nil when none is.
+    func location() throws -> PostgresLocation? {
+        guard let database else {
+            if databasePasswordFile != nil { throw failure("--database-password-file without --database") }
+            return nil
+        }
+        do {
+            return try PostgresLocation(
+                url: database,
+                password: PostgresLocation.password(
+                    file: databasePasswordFile, environment: ProcessInfo.processInfo.environment))
+        } catch { throw failure("\(error)") }
     }
 }

@@ -71,13 +71,7 @@ struct ServeCommand: AsyncParsableCommand {
     var policy = "Policies/default.yaml"
     @Option(help: ArgumentHelp("Durable state: ccgate.db, gateway.key, admin.token.", valueName: "DIR")) var dataDir =
         "data"
-    @Option(
-        help: ArgumentHelp(
-            "A PostgreSQL database shared by several gateways, in place of DIR/ccgate.db: postgres://USER@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=CA.pem] or postgres://USER@/DB?host=/run/postgresql (a Unix socket). The password comes from --database-password-file or CCGATE_DATABASE_PASSWORD, never the URL.",
-            valueName: "URL"))
-    var database: String?
-    @Option(help: ArgumentHelp("The database password (its first line).", valueName: "FILE"))
-    var databasePasswordFile: String?
+    @OptionGroup(title: "Shared state (several gateways; in place of DIR/ccgate.db)") var db: DatabaseOptions
     @Option(help: ArgumentHelp("Address the admin API listens on.", valueName: "HOST")) var adminHost = "127.0.0.1"
     @Option(help: ArgumentHelp("Admin API port (0: any free port; -1: no admin API).", valueName: "N")) var adminPort =
         8445
@@ -182,16 +176,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         configuration.policySignature = try? String(contentsOfFile: policy + ".sig", encoding: .utf8)
         configuration.dataDirectory = URL(fileURLWithPath: dataDir)
-        if let database {
-            do {
-                configuration.database = try PostgresLocation(
-                    url: database,
-                    password: PostgresLocation.password(
-                        file: databasePasswordFile, environment: ProcessInfo.processInfo.environment))
-            } catch { throw failure("\(error)") }
-        } else if databasePasswordFile != nil {
-            throw failure("--database-password-file without --database")
-        }
+        configuration.database = try db.location()
         configuration.adminHost = adminHost
         configuration.adminPort = adminPort < 0 ? nil : adminPort
         if let adminTokenFile {

@@ -73,6 +73,8 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
         for migration in Schema.pending(from: version) {
             progress(migration)
             try db.transaction {
+                // Another process may have migrated since the version was read (BEGIN IMMEDIATE holds the lock now).
+                guard try Self.version(db) < migration.version else { return }
                 for statement in migration.sqlite { try db.exec(statement) }
                 try db.run(
                     "INSERT INTO meta(key, value) VALUES('schema', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",

@@ -12,43 +12,38 @@ public enum Schema {
     public struct Migration: Sendable {
         public let version: Int
         public let summary: String
-        let sqlite: [String]
-        let postgres: [String]
+        /// The statements, with `INTEGER`/`BLOB` spelled `{INT}`/`{BYTES}` (the one difference
+        /// between the two dialects here).
+        let statements: [String]
+
+        var sqlite: [String] { render(int: "INTEGER", bytes: "BLOB") }
+        var postgres: [String] { render(int: "BIGINT", bytes: "BYTEA") }
+
+        func render(int: String, bytes: String) -> [String] {
+            statements.map {
+                $0.replacingOccurrences(of: "{INT}", with: int).replacingOccurrences(of: "{BYTES}", with: bytes)
+            }
+        }
     }
 
     public static var current: Int { migrations.last?.version ?? 0 }
 
+    /// Frozen once released: a change to the schema is a new migration at the end.
     public static let migrations: [Migration] = [
         Migration(
             version: 1,
             summary: "the audit chain, evidence, policy history, admitted workers and API keys",
-            sqlite: [
+            statements: [
                 "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
                 """
-                CREATE TABLE audit(seq INTEGER PRIMARY KEY, time TEXT NOT NULL, event TEXT NOT NULL, worker TEXT,
-                  hash TEXT NOT NULL, line BLOB NOT NULL)
+                CREATE TABLE audit(seq {INT} PRIMARY KEY, time TEXT NOT NULL, event TEXT NOT NULL, worker TEXT,
+                  hash TEXT NOT NULL, line {BYTES} NOT NULL)
                 """,
                 "CREATE INDEX audit_time ON audit(time)",
                 "CREATE INDEX audit_worker ON audit(worker)",
-                "CREATE TABLE evidence(sha256 TEXT PRIMARY KEY, envelope BLOB NOT NULL, binding BLOB NOT NULL)",
+                "CREATE TABLE evidence(sha256 TEXT PRIMARY KEY, envelope {BYTES} NOT NULL, binding {BYTES} NOT NULL)",
                 """
-                CREATE TABLE policies(version INTEGER PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL,
-                  signature TEXT NOT NULL, signer TEXT, note TEXT NOT NULL, applied_at TEXT NOT NULL, actor TEXT NOT NULL)
-                """,
-                "CREATE TABLE workers(id TEXT PRIMARY KEY, session TEXT NOT NULL, record TEXT NOT NULL)",
-                "CREATE TABLE api_keys(sha256 TEXT PRIMARY KEY, source TEXT NOT NULL, created_at TEXT NOT NULL)",
-            ],
-            postgres: [
-                "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-                """
-                CREATE TABLE audit(seq BIGINT PRIMARY KEY, time TEXT NOT NULL, event TEXT NOT NULL, worker TEXT,
-                  hash TEXT NOT NULL, line BYTEA NOT NULL)
-                """,
-                "CREATE INDEX audit_time ON audit(time)",
-                "CREATE INDEX audit_worker ON audit(worker)",
-                "CREATE TABLE evidence(sha256 TEXT PRIMARY KEY, envelope BYTEA NOT NULL, binding BYTEA NOT NULL)",
-                """
-                CREATE TABLE policies(version BIGINT PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL,
+                CREATE TABLE policies(version {INT} PRIMARY KEY, name TEXT NOT NULL, text TEXT NOT NULL,
                   signature TEXT NOT NULL, signer TEXT, note TEXT NOT NULL, applied_at TEXT NOT NULL, actor TEXT NOT NULL)
                 """,
                 "CREATE TABLE workers(id TEXT PRIMARY KEY, session TEXT NOT NULL, record TEXT NOT NULL)",
@@ -57,23 +52,12 @@ public enum Schema {
         Migration(
             version: 2,
             summary: "several gateways on one database: the gateways' public keys, admitted workers per gateway",
-            sqlite: [
+            statements: [
                 """
                 CREATE TABLE gateways(id TEXT PRIMARY KEY, public_key TEXT NOT NULL, first_seen TEXT NOT NULL,
                   last_seen TEXT NOT NULL)
                 """,
                 // Worker rows are a gateway's live connections (cleared at its start): none to carry over.
-                "DROP TABLE workers",
-                """
-                CREATE TABLE workers(gateway TEXT NOT NULL, id TEXT NOT NULL, session TEXT NOT NULL, record TEXT NOT NULL,
-                  PRIMARY KEY(gateway, id))
-                """,
-            ],
-            postgres: [
-                """
-                CREATE TABLE gateways(id TEXT PRIMARY KEY, public_key TEXT NOT NULL, first_seen TEXT NOT NULL,
-                  last_seen TEXT NOT NULL)
-                """,
                 "DROP TABLE workers",
                 """
                 CREATE TABLE workers(gateway TEXT NOT NULL, id TEXT NOT NULL, session TEXT NOT NULL, record TEXT NOT NULL,
