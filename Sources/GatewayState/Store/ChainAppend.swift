@@ -53,6 +53,18 @@ extension ChainTables {
     }
 }
 
+extension GatewayStore {
+    /// `entries` for a store that keeps lines: each read back and checked against its own hash.
+    func parsedEntries(_ query: AuditQuery, source: String, _ body: (AuditEntry) throws -> Bool) throws {
+        try lines(query) { seq, line in
+            guard case .success(let entry) = AuditEntry.parse(line: line) else {
+                throw StoreError("\(source): audit entry \(seq) in the database does not match its hash")
+            }
+            return try body(entry)
+        }
+    }
+}
+
 /// A gateway that writes to a store: its key's fingerprint names it on entries and worker rows.
 public struct GatewayRecord: Sendable, Equatable {
     public let id: String

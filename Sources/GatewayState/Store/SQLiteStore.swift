@@ -156,12 +156,7 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
     }
 
     public func entries(_ query: AuditQuery, _ body: (AuditEntry) throws -> Bool) throws {
-        try lines(query) { seq, line in
-            guard case .success(let entry) = AuditEntry.parse(line: line) else {
-                throw StoreError("\(url.path): audit entry \(seq) in the database does not match its hash")
-            }
-            return try body(entry)
-        }
+        try parsedEntries(query, source: url.path, body)
     }
 
     public func count(_ query: AuditQuery) throws -> Int {
