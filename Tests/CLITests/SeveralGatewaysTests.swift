@@ -224,7 +224,7 @@ import Testing
         try await offPool {
             _ = try server.psql(
                 database,
-                "INSERT INTO policies SELECT 3, name, text, signature, signer, note, applied_at, actor FROM policies WHERE version = 1; NOTIFY ccgate_policy"
+                "INSERT INTO policies SELECT 3, name, text, signature, signer, note, applied_at, actor FROM policies WHERE version = 1; NOTIFY ccgate_changes"
             )
         }
         try await Task.sleep(for: .seconds(7))
@@ -240,5 +240,31 @@ import Testing
             $0.contains("\"event\":\"policy-adopted\"") && $0.contains("\"decision\":\"refused\"")
         }
         #expect(refusals.count == 3, "one refusal per gateway, not one per re-read: \(refusals)")
+
+        // An admin's eviction on gateway 3 reaches gateways 1 and 2: each evicts its own session
+        // of worker-a, audited as its own decision at the admin's request.
+        let evict = try await ProcessRunner.run(Self.ccgate, ["workers", "evict", "worker-a"] + gateways[2].adminArgs)
+        #expect(evict.status == 0, "\(evict.stdout)\(evict.stderr)")
+        var followed = [Substring]()
+        let reached = await eventually(20) {
+            let file = dir.file("evict-\(UUID().uuidString).jsonl")
+            guard
+                (try? await ProcessRunner.run(
+                    Self.ccgate, ["audit", "export", "--out", file.path] + gateways[0].adminArgs))?
+                    .status == 0,
+                let text = try? String(contentsOf: file, encoding: .utf8)
+            else { return false }
+            followed = text.split(separator: "\n").filter {
+                $0.contains("\"event\":\"eviction\"") && $0.contains("\"worker\":\"worker-a\"")
+                    && $0.contains("\"requested_by\":\"admin:")
+            }
+            return followed.count == 2
+        }
+        #expect(reached, "evictions that followed the admin's: \(followed)")
+        let gatewaysThatFollowed = Set(
+            followed.compactMap { line in
+                line.range(of: #""gateway":"[0-9a-f]+""#, options: .regularExpression).map { String(line[$0]) }
+            })
+        #expect(gatewaysThatFollowed.count == 2)
     }
 }

@@ -64,6 +64,8 @@ public actor GatewayAdministration {
     /// Versions from a shared store that were refused here (version and digest): each is
     /// audited once, not at every re-read.
     var refusedVersions: Set<String> = []
+    /// The last chain entry looked at for other gateways' admin evictions (nil: not following).
+    var followedSeq: Int?
 
     /// Policy documents are a few KiB; the cap is the document loader's.
     static let maxPolicySize = 1 << 20

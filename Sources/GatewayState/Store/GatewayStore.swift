@@ -38,10 +38,10 @@ public protocol GatewayStore: Sendable {
     /// Every gateway that has written to this store.
     func gateways() throws -> [GatewayRecord]
 
-    /// Yields whenever a gateway sharing this store may have recorded a new policy version (and
-    /// once on each (re)connection, when one may have been missed); nil for a store no other
-    /// gateway writes to.
-    func policyNotifications() -> AsyncStream<Void>?
+    /// Yields whenever a gateway sharing this store may have recorded something the others act
+    /// on (``AuditDraft/concernsOtherGateways``), and once on each (re)connection, when a
+    /// notification may have been missed; nil for a store no other gateway writes to.
+    func changeNotifications() -> AsyncStream<Void>?
 
     /// SHA-256 digests (hex) of the accepted API keys.
     func apiKeyDigests() throws -> Set<String>
@@ -50,7 +50,7 @@ public protocol GatewayStore: Sendable {
 }
 
 extension GatewayStore {
-    public func policyNotifications() -> AsyncStream<Void>? { nil }
+    public func changeNotifications() -> AsyncStream<Void>? { nil }
 }
 
 /// What `append` writes.
@@ -63,6 +63,22 @@ public enum AuditDraft: Sendable {
     case policy(AuditEvent, NewPolicy)
     /// A signed statement of the chain head so far (``Checkpoint``).
     case checkpoint
+}
+
+extension AuditDraft {
+    /// A policy version, or an eviction by an admin: what every gateway on a shared store follows.
+    public var concernsOtherGateways: Bool {
+        switch self {
+        case .policy: true
+        case .event(let e, _, _): e.isAdminEviction
+        case .checkpoint: false
+        }
+    }
+}
+
+extension AuditEvent {
+    /// An eviction an admin asked for (`actor` `admin:…`), as opposed to one the gateway decided.
+    public var isAdminEviction: Bool { event == "eviction" && actor.hasPrefix("admin") }
 }
 
 /// A change to the admitted-workers table that goes with a decision.

@@ -127,12 +127,13 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
         }
     }
 
-    /// The channel a gateway notifies in the transaction that records a policy version.
-    static let policyChannel = "ccgate_policy"
+    /// The channel a gateway notifies in the transaction that records something the other
+    /// gateways act on: a policy version, an admin's eviction.
+    static let changesChannel = "ccgate_changes"
 
     /// LISTENs on a connection of its own, opened again a second after it drops; yields once
     /// per connection and once per notification.
-    public func policyNotifications() -> AsyncStream<Void>? {
+    public func changeNotifications() -> AsyncStream<Void>? {
         let configuration = configuration()
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         let open = Mutex<PostgresConnection?>(nil)
@@ -143,7 +144,7 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
                         on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration, id: 2,
                         logger: Self.logger)
                     open.withLock { $0 = listener }
-                    let notifications = try await listener.listen(Self.policyChannel)
+                    let notifications = try await listener.listen(Self.changesChannel)
                     continuation.yield()
                     for try await _ in notifications { continuation.yield() }
                 } catch {}
@@ -278,8 +279,8 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
                 let entries = try appendDrafts(
                     drafts, after: try currentHead(), at: time, key: checkpointKey, gateway: gateway)
                 // Delivered to every listening gateway when this transaction commits.
-                if drafts.contains(where: { if case .policy = $0 { true } else { false } }) {
-                    try run(PostgresQuery(unsafeSQL: "NOTIFY \(Self.policyChannel)"))
+                if drafts.contains(where: \.concernsOtherGateways) {
+                    try run(PostgresQuery(unsafeSQL: "NOTIFY \(Self.changesChannel)"))
                 }
                 return entries
             }

@@ -4,6 +4,7 @@ import AuditLog
 import Foundation
 import GatewayState
 import Policy
+import WorkerProtocol
 
 extension GatewayAdministration {
     /// Puts in force a policy version that another gateway on the same store applied (several
@@ -102,22 +103,65 @@ extension GatewayAdministration {
         _ = await adopt(latest)
     }
 
-    /// Keeps this gateway's policy in step with the other gateways on a shared store: on each
-    /// notification from the store and, as a safety net for a lost notification, every `interval`.
-    /// Returns at once for a store no other gateway writes to.
+    /// Keeps this gateway in step with the other gateways on a shared store — their policy
+    /// versions and their admins' evictions — on each notification from the store and, as a
+    /// safety net for a lost notification, every `interval`. Returns at once for a store no
+    /// other gateway writes to.
     func followStore(every interval: Duration) async {
-        guard let notifications = trail.store.policyNotifications() else { return }
+        guard let notifications = trail.store.changeNotifications() else { return }
+        followedSeq = (try? trail.store.head().count) ?? 0
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                for await _ in notifications { await self.syncFromStore() }
+                for await _ in notifications { await self.syncWithStore() }
             }
             group.addTask {
                 while !Task.isCancelled {
                     try? await Task.sleep(for: interval)
-                    await self.syncFromStore()
+                    await self.syncWithStore()
                 }
             }
             await group.waitForAll()
         }
     }
+
+    func syncWithStore() async {
+        await syncFromStore()
+        await followEvictions()
+    }
+
+    /// Evicts here the workers an admin evicted on another gateway since the last look: the
+    /// eviction of a worker means its sessions on every gateway. Each is audited by this gateway
+    /// for its own session, as the gateway's decision at the admin's request (not as an admin
+    /// eviction, which the others would follow in turn). A session admitted here after the
+    /// admin's entry is left alone.
+    func followEvictions() async {
+        guard let from = followedSeq else { return }
+        var requests = [(worker: String, seq: Int, actor: String, gateway: String)]()
+        var last = from
+        let me = trail.key.publicKey.fingerprint
+        try? trail.store.entries(AuditQuery(fromSeq: from + 1)) { entry in
+            last = entry.seq
+            if entry.event.isAdminEviction, let gateway = entry.event.gateway, gateway != me,
+                let worker = entry.event.worker
+            {
+                requests.append((worker, entry.seq, entry.event.actor, gateway))
+            }
+            return true
+        }
+        followedSeq = last
+        for request in requests {
+            guard let link = registry.link(request.worker),
+                let (_, admitted) = registry.served(workerID: link.workerID, sessionID: link.sessionID),
+                admitted < request.seq
+            else { continue }
+            let cause = Evictor.Cause(
+                code: ProtocolErrorCode.adminEvicted.rawValue,
+                message: "evicted by \(request.actor) on gateway \(request.gateway.prefix(16))…", actor: "gateway",
+                detail: [
+                    "requested_by": request.actor, "requested_on": request.gateway, "request_seq": String(request.seq),
+                ])
+            _ = try? await evictor.evict(link, cause)
+        }
+    }
+
 }
