@@ -108,6 +108,7 @@ public final class PostgresServer: @unchecked Sendable {
                     self.port = port
                     self.process = process
                     Self.stopAtExit(process.processIdentifier, directory: directory)
+                    try Self.watch(server: process.processIdentifier, directory: directory)
                     // Keep draining the server's log so it never blocks on a full pipe.
                     log.fileHandleForReading.readabilityHandler = { handle in _ = handle.availableData }
                     return
@@ -133,6 +134,21 @@ public final class PostgresServer: @unchecked Sendable {
             }
         }
     }()
+
+    /// A test process that dies without running its exit handlers (a crash, SIGKILL) must not
+    /// leave its server behind: a small shell watches this process and stops the server (and
+    /// removes its directory) once this process is gone.
+    private static func watch(server pid: Int32, directory: URL) throws {
+        let watcher = Process()
+        watcher.executableURL = URL(fileURLWithPath: "/bin/sh")
+        watcher.arguments = [
+            "-c",
+            "while kill -0 \(getpid()) 2>/dev/null; do sleep 2; done; kill -QUIT \(pid) 2>/dev/null; sleep 2; rm -rf '\(directory.path)'",
+        ]
+        watcher.standardOutput = FileHandle.nullDevice
+        watcher.standardError = FileHandle.nullDevice
+        try watcher.run()
+    }
 
     private static func stopAtExit(_ pid: Int32, directory: URL) {
         _ = installed

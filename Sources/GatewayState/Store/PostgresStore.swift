@@ -18,8 +18,10 @@ import Synchronization
 /// `COMMIT` returns (the server's `synchronous_commit`, on by default).
 ///
 /// The interface is synchronous, as ``GatewayStore`` is: each call waits for its reply on the
-/// calling thread (never a thread of the database connection's event loop). One connection,
-/// used under a lock; it is opened again on the next call after the server drops it.
+/// calling thread (never a thread of the database connection's event loop). Two connections,
+/// each used under its own lock and opened again on the next call after the server drops it: one
+/// for appends and other writes, one for reads outside a transaction (exports, the admin API,
+/// the followers of the other gateways), which so never wait behind the audit writer.
 public final class PostgresStore: GatewayStore, @unchecked Sendable {
     // `connection`, `inTransaction` and `gateway` are used only under `lock`.
     private let lock = NSLock()
@@ -28,6 +30,9 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     /// on a connection opened again half-way, outside the transaction and its lock).
     private var inTransaction: PostgresConnection?
     private var gateway: String?
+    // `reader` is used only under `readLock`.
+    private let readLock = NSLock()
+    private var reader: PostgresConnection?
     public let location: PostgresLocation
     private let tls: PostgresConnection.Configuration.TLS
     private static let logger = Logger(label: "ccgate.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -66,7 +71,10 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
         try self.migrate()
     }
 
-    deinit { Self.closing(connection) }
+    deinit {
+        Self.closing(connection)
+        Self.closing(reader)
+    }
 
     /// Starts closing `connection` without waiting: its event loop finishes the goodbye, and the
     /// connection is kept until then (PostgresNIO requires it to be closed before it goes).
@@ -81,6 +89,18 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     private func locked<T>(_ body: () throws -> T) throws -> T {
         lock.lock()
         defer { lock.unlock() }
+        return try explained(body)
+    }
+
+    /// Runs `body` with the reading connection to itself.
+    private func reading<T>(_ body: () throws -> T) throws -> T {
+        readLock.lock()
+        defer { readLock.unlock() }
+        return try explained(body)
+    }
+
+    /// Errors as the store's: the server's words, with the database named.
+    private func explained<T>(_ body: () throws -> T) throws -> T {
         do { return try body() } catch let error as StoreError { throw error } catch let error as PolicyVersionConflict
         {
             throw error
@@ -115,15 +135,30 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     /// The connection, opened (again) when there is none or the server closed it.
     private func connected() throws -> PostgresConnection {
         if let c = connection, !c.isClosed { return c }
+        let c = try open(id: 1)
+        connection = c
+        return c
+    }
+
+    private func open(id: Int) throws -> PostgresConnection {
         do {
-            let c = try Self.wait(
+            return try Self.wait(
                 PostgresConnection.connect(
-                    on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration(), id: 1,
+                    on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration(), id: id,
                     logger: Self.logger))
-            connection = c
-            return c
         } catch {
             throw StoreError("cannot connect to \(location): \(Self.describe(error))")
+        }
+    }
+
+    /// A query on the reading connection (under `readLock`).
+    private func read(_ query: PostgresQuery) throws -> PostgresQueryResult {
+        if reader?.isClosed ?? true { reader = try open(id: 3) }
+        let target = reader!
+        do { return try Self.wait(target.query(query, logger: Self.logger)) } catch let error as StoreError {
+            Self.closing(target)
+            reader = nil
+            throw error
         }
     }
 
@@ -309,10 +344,10 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     public func lines(_ query: AuditQuery, _ body: (Int, [UInt8]) throws -> Bool) throws {
         var after: Int?
         while true {
-            let page: [(Int, [UInt8])] = try locked {
+            let page: [(Int, [UInt8])] = try reading {
                 let (clause, binds) = try Self.whereClause(query, after: after)
                 let sql = "SELECT seq, line FROM audit\(clause) ORDER BY seq LIMIT \(Self.pageSize)"
-                return try run(PostgresQuery(unsafeSQL: sql, binds: binds)).map { row in
+                return try read(PostgresQuery(unsafeSQL: sql, binds: binds)).map { row in
                     let (seq, line) = try row.decode((Int, ByteBuffer).self)
                     return (seq, Array(line.readableBytesView))
                 }
@@ -330,16 +365,17 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     }
 
     public func count(_ query: AuditQuery) throws -> Int {
-        try locked {
+        try reading {
             let (clause, binds) = try Self.whereClause(query, after: nil)
-            return try run(PostgresQuery(unsafeSQL: "SELECT COUNT(*) FROM audit\(clause)", binds: binds)).first?.decode(
-                Int.self) ?? 0
+            return try read(PostgresQuery(unsafeSQL: "SELECT COUNT(*) FROM audit\(clause)", binds: binds)).first?
+                .decode(
+                    Int.self) ?? 0
         }
     }
 
     public func entry(seq: Int) throws -> AuditEntry? {
-        let line = try locked {
-            try run("SELECT line FROM audit WHERE seq = \(seq)").first.map {
+        let line = try reading {
+            try read("SELECT line FROM audit WHERE seq = \(seq)").first.map {
                 Array(try $0.decode(ByteBuffer.self).readableBytesView)
             }
         }
@@ -351,8 +387,8 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     }
 
     public func evidence(sha256: String) throws -> StoredEvidence? {
-        try locked {
-            try run("SELECT envelope, binding FROM evidence WHERE sha256 = \(sha256)").first.map { row in
+        try reading {
+            try read("SELECT envelope, binding FROM evidence WHERE sha256 = \(sha256)").first.map { row in
                 let (envelope, binding) = try row.decode((Data, Data).self)
                 return StoredEvidence(sha256: sha256, envelope: envelope, binding: binding)
             }
@@ -362,8 +398,8 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     // MARK: Policies
 
     private func policyRows(_ query: PostgresQuery) throws -> [PolicyRecord] {
-        try locked {
-            try run(query).map { row in
+        try reading {
+            try read(query).map { row in
                 let (version, name, text, signature, signer, note, appliedAt, actor) = try row.decode(
                     (Int, String, String, String, String?, String, String, String).self)
                 return PolicyRecord(
@@ -388,9 +424,9 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     // MARK: Workers and gateways
 
     public func workers() throws -> [WorkerRecord] {
-        try locked {
-            let gateway = self.gateway ?? ""
-            return try run("SELECT record FROM workers WHERE gateway = \(gateway) ORDER BY id").compactMap { row in
+        let gateway = lock.withLock { self.gateway ?? "" }
+        return try reading {
+            try read("SELECT record FROM workers WHERE gateway = \(gateway) ORDER BY id").compactMap { row in
                 try? WorkerJSON.decoder.decode(WorkerRecord.self, from: Data(try row.decode(String.self).utf8))
             }
         }
@@ -416,8 +452,8 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     }
 
     public func gateways() throws -> [GatewayRecord] {
-        try locked {
-            try run("SELECT id, public_key, first_seen, last_seen FROM gateways ORDER BY first_seen, id").map { row in
+        try reading {
+            try read("SELECT id, public_key, first_seen, last_seen FROM gateways ORDER BY first_seen, id").map { row in
                 let (id, key, first, last) = try row.decode((String, String, String, String).self)
                 return GatewayRecord(
                     id: id, publicKey: key, firstSeen: Date.rfc3339(first) ?? .distantPast,
@@ -429,7 +465,7 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
     // MARK: API keys
 
     public func apiKeyDigests() throws -> Set<String> {
-        try locked { Set(try run("SELECT sha256 FROM api_keys").map { try $0.decode(String.self) }) }
+        try reading { Set(try read("SELECT sha256 FROM api_keys").map { try $0.decode(String.self) }) }
     }
 
     public func replaceAPIKeys(source: String, digests: Set<String>, at time: Date) throws {
