@@ -520,6 +520,29 @@ struct StoredPolicyCheck {
             )
         }
         try checkSignature(record)
+        try checkSerialOrder(record)
+    }
+
+    /// Threat: a writer of the store who re-inserts an older signed version as the newest (with
+    /// its audit entry, which needs no key): its signature is genuine, but its serial is below a
+    /// version applied after it. The newest version must carry the highest serial of the
+    /// history's signatures that verify under the pinned admin keys.
+    func checkSerialOrder(_ record: PolicyRecord) throws {
+        guard !configuration.adminKeys.isEmpty else { return }
+        func verifiedSerial(_ r: PolicyRecord) -> Int64? {
+            guard !r.policy.signature.isEmpty, let signature = try? PolicySignature.parse(r.policy.signature),
+                (try? signature.verify(Data(r.policy.text.utf8), pinned: configuration.adminKeys)) != nil
+            else { return nil }
+            return signature.serial
+        }
+        let newest = verifiedSerial(record) ?? 0
+        for earlier in try store.policies() where earlier.version < record.version {
+            if let serial = verifiedSerial(earlier), serial > newest {
+                throw GatewayStartError(
+                    "policy version \(record.version) in force carries signature serial \(newest), below version \(earlier.version)'s \(serial): an older policy was put back in the store; restore it from a backup"
+                )
+            }
+        }
     }
 
     func checkSignature(_ record: PolicyRecord) throws {

@@ -133,21 +133,36 @@ public final class AuditTrail: Sendable {
                     size += next.0.count
                 }
                 condition.unlock()
-                do {
-                    let entries = try store.append(batch.flatMap(\.0), at: clock.now(), checkpointKey: key)
-                    let last = entries.last?.event.event
-                    condition.withLock { uncheckpointed = last != "checkpoint" }
-                    if let checkpoint = entries.last(where: { $0.event.event == "checkpoint" }) {
-                        newestCheckpoint.withLock { $0 = checkpoint }
-                    }
-                    var offset = 0
-                    for item in batch {
-                        item.1.resume(returning: Array(entries[offset..<offset + item.0.count]))
-                        offset += item.0.count
-                    }
-                } catch {
-                    for item in batch { item.1.resume(throwing: error) }
+                commit(batch)
+            }
+        }
+
+        private func commit(_ batch: [([AuditDraft], CheckedContinuation<[AuditEntry], any Error>)]) {
+            do {
+                let entries = try store.append(batch.flatMap(\.0), at: clock.now(), checkpointKey: key)
+                let last = entries.last?.event.event
+                condition.withLock { uncheckpointed = last != "checkpoint" }
+                if let checkpoint = entries.last(where: { $0.event.event == "checkpoint" }) {
+                    newestCheckpoint.withLock { $0 = checkpoint }
                 }
+                var offset = 0
+                for item in batch {
+                    item.1.resume(returning: Array(entries[offset..<offset + item.0.count]))
+                    offset += item.0.count
+                }
+            } catch let conflict as PolicyVersionConflict {
+                // Only a policy checked against a version that is no longer the newest fails; the
+                // decisions batched with it are written again without it.
+                let stale = batch.filter { $0.0.contains(where: \.isConditional) }
+                let rest = batch.filter { !$0.0.contains(where: \.isConditional) }
+                guard !stale.isEmpty else {
+                    for item in batch { item.1.resume(throwing: conflict) }
+                    return
+                }
+                for item in stale { item.1.resume(throwing: conflict) }
+                if !rest.isEmpty { commit(rest) }
+            } catch {
+                for item in batch { item.1.resume(throwing: error) }
             }
         }
     }

@@ -21,7 +21,7 @@ struct DatabaseCommand: ParsableCommand {
 
             Examples:
               ccgate db status --data-dir data
-              ccgate db migrate --database postgres://ccgate@db.internal/ccgate --database-password-file pw.txt
+              ccgate db migrate --database 'postgres://ccgate@db.internal/ccgate?sslmode=verify-full' --database-password-file pw.txt
               ccgate db copy --data-dir data --database postgres://ccgate@/ccgate?host=/run/postgresql
             """,
         subcommands: [Status.self, Migrate.self, Copy.self])

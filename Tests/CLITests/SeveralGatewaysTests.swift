@@ -227,19 +227,27 @@ import Testing
                 "INSERT INTO policies SELECT 3, name, text, signature, signer, note, applied_at, actor FROM policies WHERE version = 1; NOTIFY ccgate_changes"
             )
         }
-        try await Task.sleep(for: .seconds(7))
+        func refusals() async -> [Substring] {
+            let file = dir.file("after-\(UUID().uuidString).jsonl")
+            guard
+                (try? await ProcessRunner.run(
+                    Self.ccgate, ["audit", "export", "--out", file.path] + gateways[0].adminArgs))?
+                    .status == 0,
+                let text = try? String(contentsOf: file, encoding: .utf8)
+            else { return [] }
+            return text.split(separator: "\n").filter {
+                $0.contains("\"event\":\"policy-adopted\"") && $0.contains("\"decision\":\"refused\"")
+            }
+        }
+        #expect(await eventually(30) { await refusals().count >= 3 })
+        // Past a re-read by every gateway (every 5 s): still one refusal each.
+        try await Task.sleep(for: .seconds(6))
+        let refused = await refusals()
+        #expect(refused.count == 3, "one refusal per gateway, not one per re-read: \(refused)")
         for g in gateways {
             let show = try await ProcessRunner.run(Self.ccgate, ["policy", "show"] + g.adminArgs)
             #expect(show.stderr.contains("# version 2 (in force)"), "\(show.stderr)")
         }
-        let after = dir.file("after.jsonl")
-        #expect(
-            try await ProcessRunner.run(Self.ccgate, ["audit", "export", "--out", after.path] + gateways[0].adminArgs)
-                .status == 0)
-        let refusals = try String(contentsOf: after, encoding: .utf8).split(separator: "\n").filter {
-            $0.contains("\"event\":\"policy-adopted\"") && $0.contains("\"decision\":\"refused\"")
-        }
-        #expect(refusals.count == 3, "one refusal per gateway, not one per re-read: \(refusals)")
 
         // An admin's eviction on gateway 3 reaches gateways 1 and 2: each evicts its own session
         // of worker-a, audited as its own decision at the admin's request.

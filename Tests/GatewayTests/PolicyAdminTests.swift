@@ -326,6 +326,37 @@ import Testing
         }
     }
 
+    /// Threat: a writer of the store re-inserts an older signed policy as the newest version,
+    /// with a matching audit entry (entries need no key). Its signature is genuine, but its serial
+    /// is below the version applied after it: the gateway refuses to start.
+    @Test func anOlderSignedPolicyPutBackStopsTheGatewayAtStart() async throws {
+        let admin = Ed25519PrivateKey.generate()
+        let gateway = try await PolicyAdminTests.gateway(admin: admin, engines: [PolicyAdminTests.engineA])
+        let v2 = GatewayHarness.policyText(
+            engines: [PolicyAdminTests.engineA, PolicyAdminTests.engineB], model: PolicyAdminTests.model, name: "v2")
+        let applied = try await gateway.admin(
+            "/v1/admin/policy/apply", method: "POST", json: PolicyAdminTests.signed(v2, admin))
+        #expect(applied.status == 200)
+        let configuration = gateway.server.configuration
+        await gateway.stop()
+        let store = try SQLiteStore(url: gateway.dataDirectory.appendingPathComponent("ccgate.db"))
+        let v1 = try #require(try store.policy(version: 1)).policy
+        _ = try store.append(
+            [
+                .policy(
+                    AuditEvent(
+                        .policyApplied, actor: "admin:forged", decision: .applied,
+                        detail: ["sha256": HashAlgorithm.sha256.hash(Data(v1.text.utf8)).hex]),
+                    NewPolicy(name: v1.name, text: v1.text, signature: v1.signature, signer: nil, note: "forged"))
+            ], at: Date(), checkpointKey: nil)
+        do {
+            _ = try await GatewayServer.open(configuration: configuration)
+            Issue.record("the gateway started on an older policy put back as the newest")
+        } catch let error as GatewayStartError {
+            #expect(error.message.contains("an older policy was put back"), "\(error.message)")
+        }
+    }
+
     /// Threat: a data directory others can read (the gateway key, the admin token).
     @Test func openDataDirectoryIsRefused() async throws {
         let dir = try TemporaryDirectory("open-data")

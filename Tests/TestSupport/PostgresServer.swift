@@ -143,7 +143,10 @@ public final class PostgresServer: @unchecked Sendable {
         watcher.executableURL = URL(fileURLWithPath: "/bin/sh")
         watcher.arguments = [
             "-c",
-            "while kill -0 \(getpid()) 2>/dev/null; do sleep 2; done; kill -QUIT \(pid) 2>/dev/null; sleep 2; rm -rf '\(directory.path)'",
+            // The server is stopped only if its pid file still names it (a pid can be reused).
+            "while kill -0 \(getpid()) 2>/dev/null; do sleep 2; done; "
+                + "[ \"$(head -n 1 '\(directory.path)/data/postmaster.pid' 2>/dev/null)\" = \(pid) ] && kill -QUIT \(pid); "
+                + "sleep 2; rm -rf '\(directory.path)'",
         ]
         watcher.standardOutput = FileHandle.nullDevice
         watcher.standardError = FileHandle.nullDevice

@@ -136,6 +136,15 @@ public actor GatewayAdministration {
         // shared store added a version since this one was checked (`NewPolicy.after`).
         let current = policies.current
         let version = current.version + 1
+        // Before any worker is claimed: a version another gateway recorded since the check is
+        // refused here without cutting anyone off (the store refuses the narrower race below).
+        if (try? trail.store.policy(version: version)) ?? nil != nil {
+            await syncFromStore()
+            throw AdminError(
+                409, "policy.conflict",
+                "policy version \(version) was recorded by another gateway meanwhile: nothing was applied; check the policy in force and apply again"
+            )
+        }
         var signed = signed
         signed.after = current.version
         let claimed = evictor.claim(
@@ -159,7 +168,9 @@ public actor GatewayAdministration {
             evictor.finishUnrecorded(claimed)
             await syncFromStore()
             throw AdminError(
-                409, "policy.conflict", "\(conflict): nothing was applied; check the policy in force and apply again")
+                409, "policy.conflict",
+                "\(conflict): the policy was not applied (the workers it would have evicted were disconnected and attest again under the policy in force); check the policy in force and apply again"
+            )
         } catch {
             evictor.finishUnrecorded(claimed)
             throw AdminError(

@@ -22,14 +22,20 @@ extension GatewayAdministration {
     public func adopt(_ record: PolicyRecord) async -> Bool {
         let current = policies.current
         guard record.version > current.version else { return record.version == current.version }
+        // A version refused here stays refused (its row, signature and serial do not change):
+        // not checked again, not audited again.
+        let refusal = "\(record.version) \(record.sha256)"
+        guard !refusedVersions.contains(refusal) else { return false }
         let document: PolicyDocument
         let serial: Int64
         do throws(AdminError) { (document, serial) = try checkAdopted(record) } catch {
-            guard refusedVersions.insert("\(record.version) \(record.sha256)").inserted else { return false }
-            _ = try? await trail.record(
+            // Marked before the await (the actor is re-entered meanwhile), unmarked if unrecorded.
+            refusedVersions.insert(refusal)
+            let recorded = try? await trail.record(
                 AuditEvent(
                     .policyAdopted, decision: .refused, reasons: [error.code], policyVersion: current.version,
                     detail: ["version": String(record.version), "sha256": record.sha256, "message": error.message]))
+            if recorded == nil { refusedVersions.remove(refusal) }
             return false
         }
         policies.replace(
@@ -139,9 +145,13 @@ extension GatewayAdministration {
         var requests = [(worker: String, seq: Int, actor: String, gateway: String)]()
         var last = from
         let me = trail.key.publicKey.fingerprint
+        // Threat: a writer of the database who adds eviction entries: only gateways the store
+        // lists are followed (a writer can list one too; the worst it buys is an eviction, after
+        // which the worker attests again).
+        let listed = Set(((try? trail.store.gateways()) ?? []).map(\.id))
         try? trail.store.entries(AuditQuery(fromSeq: from + 1)) { entry in
             last = entry.seq
-            if entry.event.isAdminEviction, let gateway = entry.event.gateway, gateway != me,
+            if entry.event.isAdminEviction, let gateway = entry.event.gateway, gateway != me, listed.contains(gateway),
                 let worker = entry.event.worker
             {
                 requests.append((worker, entry.seq, entry.event.actor, gateway))

@@ -66,6 +66,11 @@ public enum AuditDraft: Sendable {
 }
 
 extension AuditDraft {
+    /// A policy version that must follow a given one (``NewPolicy/after``).
+    var isConditional: Bool {
+        if case .policy(_, let policy) = self { policy.after != nil } else { false }
+    }
+
     /// A policy version, or an eviction by an admin: what every gateway on a shared store follows.
     public var concernsOtherGateways: Bool {
         switch self {
@@ -77,8 +82,11 @@ extension AuditDraft {
 }
 
 extension AuditEvent {
-    /// An eviction an admin asked for (`actor` `admin:…`), as opposed to one the gateway decided.
-    public var isAdminEviction: Bool { event == "eviction" && actor.hasPrefix("admin") }
+    /// An eviction of a worker by name that an admin asked for (`ccgate workers evict`: actor
+    /// `admin:…`, reason `admin.evicted`), as opposed to one a policy or the gateway decided.
+    public var isAdminEviction: Bool {
+        event == "eviction" && actor.hasPrefix("admin") && reasons == ["admin.evicted"]
+    }
 }
 
 /// A change to the admitted-workers table that goes with a decision.

@@ -20,8 +20,9 @@ import Synchronization
 /// The interface is synchronous, as ``GatewayStore`` is: each call waits for its reply on the
 /// calling thread (never a thread of the database connection's event loop). Two connections,
 /// each used under its own lock and opened again on the next call after the server drops it: one
-/// for appends and other writes, one for reads outside a transaction (exports, the admin API,
-/// the followers of the other gateways), which so never wait behind the audit writer.
+/// for appends and other writes, one for reads outside a transaction (exports, the admin API's
+/// reads, the policy history and chain the followers of the other gateways read), which so
+/// never wait behind the audit writer.
 public final class PostgresStore: GatewayStore, @unchecked Sendable {
     // `connection`, `inTransaction` and `gateway` are used only under `lock`.
     private let lock = NSLock()
@@ -179,9 +180,10 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
                         on: MultiThreadedEventLoopGroup.singleton.next(), configuration: configuration, id: 2,
                         logger: Self.logger)
                     open.withLock { $0 = listener }
-                    let notifications = try await listener.listen(Self.changesChannel)
-                    continuation.yield()
-                    for try await _ in notifications { continuation.yield() }
+                    try await listener.listen(on: Self.changesChannel) { notifications in
+                        continuation.yield()
+                        for try await _ in notifications { continuation.yield() }
+                    }
                 } catch {}
                 Self.closing(open.withLock { $0.take() })
                 try? await Task.sleep(for: .seconds(1))
