@@ -126,7 +126,7 @@ public struct GatewayServer: Sendable {
                     text: latest.policy.text,
                     // Verified by StoredPolicyCheck above when admin keys are pinned (none: no
                     // version can be applied, and the serial is never compared).
-                    serial: (try? PolicySignature.parse(latest.policy.signature).serial) ?? 0)
+                    serial: PolicySignature.serial(of: latest.policy.signature))
             } catch {
                 throw GatewayStartError("the stored policy version \(latest.version) no longer loads:\n\(error)")
             }
@@ -198,9 +198,9 @@ public struct GatewayServer: Sendable {
                 "another gateway recorded the initial policy at the same moment: start this one again (it will use that policy)"
             )
         }
-        let serial = (try? PolicySignature.parse(configuration.policySignature ?? "").serial) ?? 0
         return ActivePolicy(
-            version: entry.event.policyVersion ?? 1, document: configuration.policy, text: text, serial: serial)
+            version: entry.event.policyVersion ?? 1, document: configuration.policy, text: text,
+            serial: PolicySignature.serial(of: configuration.policySignature ?? ""))
     }
 
     /// The data directory's SQLite file, or the shared PostgreSQL database, with this gateway

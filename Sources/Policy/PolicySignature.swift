@@ -120,6 +120,10 @@ public struct PolicySignature: Sendable, Equatable, Codable {
     }
 
     /// Checks the signature over `text` and that its key is one of `pinned`; returns the signer.
+    /// The serial a signature document names (0: none, or a document that does not parse), for
+    /// a signature already verified.
+    public static func serial(of text: String) -> Int64 { (try? parse(text).serial) ?? 0 }
+
     /// Whether it may be applied here and now is ``checkApplicable(gatewayID:at:after:)``.
     public func verify(_ text: Data, pinned: [Ed25519PublicKey]) throws(PolicySignatureError) -> Ed25519PublicKey {
         let digest = HashAlgorithm.sha256.hash(text).hex

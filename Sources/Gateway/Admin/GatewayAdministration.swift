@@ -184,7 +184,9 @@ public actor GatewayAdministration {
                 "the policy was recorded as version \(entries.first?.event.policyVersion ?? 0), not \(version)")
         }
         policies.replace(
-            with: ActivePolicy(version: version, document: document, text: signed.text, serial: serial(of: signed)))
+            with: ActivePolicy(
+                version: version, document: document, text: signed.text,
+                serial: PolicySignature.serial(of: signed.signature)))
         evictor.finish(claimed)
         var evictions = claimed.map {
             ApplyOutcome.Eviction(
@@ -294,11 +296,6 @@ public actor GatewayAdministration {
     /// The serial of the signature the policy in force was verified with (0: unsigned or v1),
     /// as held in memory since it was put in force (never re-read from the store).
     func currentSerial() throws(AdminError) -> Int64 { policies.current.serial }
-
-    /// The serial of a signature that has been verified (0: none).
-    func serial(of policy: NewPolicy) -> Int64 {
-        (try? PolicySignature.parse(policy.signature).serial) ?? 0
-    }
 
     /// Admitted workers that `document` no longer admits, with why.
     func failing(under document: PolicyDocument, at time: Date) -> [(link: WorkerLink, reasons: [Reason])] {

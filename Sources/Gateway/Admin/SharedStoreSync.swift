@@ -145,13 +145,9 @@ extension GatewayAdministration {
         var requests = [(worker: String, seq: Int, actor: String, gateway: String)]()
         var last = from
         let me = trail.key.publicKey.fingerprint
-        // Threat: a writer of the database who adds eviction entries: only gateways the store
-        // lists are followed (a writer can list one too; the worst it buys is an eviction, after
-        // which the worker attests again).
-        let listed = Set(((try? trail.store.gateways()) ?? []).map(\.id))
         try? trail.store.entries(AuditQuery(fromSeq: from + 1)) { entry in
             last = entry.seq
-            if entry.event.isAdminEviction, let gateway = entry.event.gateway, gateway != me, listed.contains(gateway),
+            if entry.event.isAdminEviction, let gateway = entry.event.gateway, gateway != me,
                 let worker = entry.event.worker
             {
                 requests.append((worker, entry.seq, entry.event.actor, gateway))
@@ -159,7 +155,12 @@ extension GatewayAdministration {
             return true
         }
         followedSeq = last
-        for request in requests {
+        guard !requests.isEmpty else { return }
+        // Threat: a writer of the database who adds eviction entries: only gateways the store
+        // lists are followed (a writer can list one too; the worst it buys is an eviction, after
+        // which the worker attests again).
+        let listed = Set(((try? trail.store.gateways()) ?? []).map(\.id))
+        for request in requests where listed.contains(request.gateway) {
             guard let link = registry.link(request.worker),
                 let (_, admitted) = registry.served(workerID: link.workerID, sessionID: link.sessionID),
                 admitted < request.seq

@@ -123,10 +123,9 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
                 password: location.password, database: location.database, tls: tls)
         }
         configuration.options.connectTimeout = .seconds(10)
-        // A statement stuck behind a lock (another gateway's crashed transaction, until the server
-        // notices) fails instead of holding up the audit writer for ever.
-        // A gateway that stops half-way through a transaction (paused, partitioned) does not hold
-        // the chain's lock for the others for longer than a minute.
+        // A statement stuck behind a lock fails instead of holding up the audit writer for ever,
+        // and a gateway that stops half-way through a transaction (paused, partitioned) does not
+        // hold the chain's lock for the others for longer than a minute.
         configuration.options.additionalStartupParameters = [
             ("statement_timeout", "30s"), ("lock_timeout", "20s"), ("idle_in_transaction_session_timeout", "60s"),
         ]
@@ -255,14 +254,6 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
         } catch {
             _ = try? run("ROLLBACK")
             throw error
-        }
-    }
-
-    /// Closes the connection (a later call opens another).
-    public func close() {
-        lock.withLock {
-            Self.closing(connection)
-            connection = nil
         }
     }
 
