@@ -43,6 +43,12 @@ public struct GatewayConfiguration: Sendable {
     public var adminPort: Int?
     /// The admin token; nil: the one in `DATA/admin.token`, made on first start.
     public var adminToken: String?
+    /// The secret named API keys are hashed and their rows authenticated under (32 bytes as 64 hex
+    /// digits); nil: `DATA/api-keys.secret`, made on first start. Gateways sharing a database
+    /// need the same one.
+    public var apiKeySecretFile: URL?
+    /// How long usage rows may wait before they are written (a crash loses at most this much).
+    public var usageFlushInterval: Duration = .milliseconds(100)
     /// Keys whose signatures make a policy applicable.
     public var adminKeys: [Ed25519PublicKey] = []
     /// Longest time between signed audit checkpoints while entries arrive.
@@ -91,6 +97,11 @@ public struct GatewayServer: Sendable {
     public let audit: AuditTrail
     public let policies: PolicyState
     public let administration: GatewayAdministration
+    /// The accepted API keys and their limits.
+    public let keyring: ClientKeyring
+    /// The usage ledger's writer.
+    public let ledger: UsageLedger
+    public let keys: KeyAdministration
     /// The admin API's token (configured, or read from or made in the data directory).
     public let adminToken: String
     /// The id provider proofs name: the fingerprint (SHA-256) of the gateway's public key.
@@ -143,9 +154,26 @@ public struct GatewayServer: Sendable {
             logger.warning("policy in force uses a lab setting", metadata: ["ccgate.policy.warning": "\(warning)"])
         }
         let policies = PolicyState(active)
+        let ledger = UsageLedger(store: store, clock: configuration.clock, interval: configuration.usageFlushInterval)
+        let keyring = try ClientKeyring(
+            hashingKey: try GatewayKeys.apiKeySecret(file: configuration.apiKeySecretFile, in: data),
+            configKeys: configuration.apiKeys, ledger: ledger,
+            revisionsFile: data.appendingPathComponent("api-key-revisions.json"), clock: configuration.clock)
+        let rows = try store.clientKeys()
+        let refused = keyring.load(rows)
+        if !rows.isEmpty, refused.count == rows.count {
+            ledger.close()
+            throw GatewayStartError(
+                "none of the \(rows.count) API key rows in the store is authenticated by this gateway's key-hashing secret: gateways on one database need the same --api-key-secret-file"
+            )
+        }
+        for id in refused {
+            logger.error("API key row refused: its MAC does not verify", metadata: ["ccgate.key": "\(id)"])
+        }
+        await ledger.refreshQuotas(keyring.quotaKeys)
         return GatewayServer(
             configuration: configuration, store: store, audit: audit, policies: policies, adminToken: token,
-            logger: logger)
+            keyring: keyring, ledger: ledger, logger: logger)
     }
 
     /// Records the configured policy as version 1 of an empty history.
@@ -215,7 +243,7 @@ public struct GatewayServer: Sendable {
 
     init(
         configuration: GatewayConfiguration, store: any GatewayStore, audit: AuditTrail, policies: PolicyState,
-        adminToken: String,
+        adminToken: String, keyring: ClientKeyring, ledger: UsageLedger,
         logger: Logger
     ) {
         self.configuration = configuration
@@ -223,10 +251,21 @@ public struct GatewayServer: Sendable {
         self.audit = audit
         self.policies = policies
         self.adminToken = adminToken
+        self.keyring = keyring
+        self.ledger = ledger
         self.logger = logger
+        keys = KeyAdministration(trail: audit, keyring: keyring, ledger: ledger, clock: configuration.clock)
         administration = GatewayAdministration(
             trail: audit, policies: policies, registry: registry, adminKeys: configuration.adminKeys,
-            clock: configuration.clock)
+            clock: configuration.clock,
+            afterSync: { [logger] in
+                // Keys changed on another gateway, and the tokens it has counted since.
+                guard let rows = try? store.clientKeys() else { return }
+                for id in keyring.load(rows) {
+                    logger.error("API key row refused: its MAC does not verify", metadata: ["ccgate.key": "\(id)"])
+                }
+                await ledger.refreshQuotas(keyring.quotaKeys)
+            })
     }
 
     /// Runs until cancelled (or, with `signals`, until one arrives). `onReady` receives the bound
@@ -236,15 +275,15 @@ public struct GatewayServer: Sendable {
     )
         async throws
     {
-        defer { audit.close() }
+        defer {
+            ledger.close()
+            audit.close()
+        }
         // Connections do not survive a restart: workers attest again.
         try store.clearWorkers()
         try store.replaceAPIKeys(
             source: "config", digests: Set(configuration.apiKeys.map { Data(SHA256Digest.of(Data($0.utf8))).hex }),
             at: configuration.clock.now())
-        // Threat: a key row written into the data directory by someone other than the operator.
-        // The front door accepts the configured keys only; the store's rows are a record of them.
-        let keyDigests = Set(configuration.apiKeys.map { Data(SHA256Digest.of(Data($0.utf8))) })
         try await audit.record(
             AuditEvent(
                 .gatewayStart, decision: .started, policyVersion: policies.current.version,
@@ -261,7 +300,7 @@ public struct GatewayServer: Sendable {
         let workers = WorkerServer(runner: runner, logger: logger)
         let publisher = AttestationPublisher(
             key: audit.key, policies: policies, registry: registry, trail: audit, clock: configuration.clock)
-        let frontDoor = FrontDoor(registry: registry, publisher: publisher, apiKeyDigests: keyDigests)
+        let frontDoor = FrontDoor(registry: registry, publisher: publisher, keyring: keyring, ledger: ledger)
         let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)
         let server = try Self.httpServer(configuration, logger: logger)
         let app = Application(
@@ -275,7 +314,7 @@ public struct GatewayServer: Sendable {
             Application(
                 router: AdminAPI(
                     administration: administration, trail: audit, registry: registry, policies: policies,
-                    token: adminToken
+                    keys: keys, token: adminToken
                 ).router(),
                 server: server,
                 configuration: .init(
@@ -393,6 +432,23 @@ enum GatewayKeys {
         try writeSecret(key.pem, to: keyURL)
         try key.publicKey.pem.write(to: data.appendingPathComponent("gateway.pub"), atomically: true, encoding: .utf8)
         return key
+    }
+
+    /// The secret API keys are hashed under: `file` when given, else `api-keys.secret` in the
+    /// data directory (32 random bytes as hex, made on first start).
+    static func apiKeySecret(file: URL?, in data: URL) throws -> SymmetricKey {
+        let url = file ?? data.appendingPathComponent("api-keys.secret")
+        if let text = try? String(contentsOf: url, encoding: .utf8) {
+            let hex = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard hex.count == 64, let bytes = Data(hex: hex) else {
+                throw GatewayStartError("\(url.path): the API key secret must be 64 hex digits (32 bytes)")
+            }
+            return SymmetricKey(data: bytes)
+        }
+        guard file == nil else { throw GatewayStartError("\(url.path): cannot read the API key secret") }
+        let bytes = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }
+        try writeSecret(bytes.hex + "\n", to: url)
+        return SymmetricKey(data: bytes)
     }
 
     /// The admin token (`admin.token`, 32 random bytes as hex, made on first start).

@@ -49,6 +49,9 @@ public struct UsageScan: Sendable {
         return Counts(promptTokens: prompt, completionTokens: completion, totalTokens: total)
     }
 
+    /// Takes counts found elsewhere (an event taken out of the stream).
+    public mutating func take(_ counts: Counts) { usage = counts }
+
     /// Scans a chunk: a whole JSON answer, or server-sent events (`data: {…}` lines).
     public mutating func scan(_ chunk: Data) {
         guard chunk.range(of: Self.marker) != nil else { return }
@@ -58,6 +61,115 @@ public struct UsageScan: Sendable {
         }
         for line in chunk.split(separator: 0x0A) where line.starts(with: Data("data: ".utf8)) {
             if let counts = Self.usage(inJSON: Data(line.dropFirst(6))) { usage = counts }
+        }
+    }
+}
+
+/// Asks an engine for the token counts of a stream its client did not ask them for, and takes
+/// that answer back out of the stream, so that the usage ledger holds the engine's counts and the
+/// client gets the stream it asked for.
+public enum StreamUsage {
+    /// Why a request's stream options cannot be read one way only.
+    public struct Ambiguous: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// `body` with `stream_options.include_usage` set to true, when it streams without asking for
+    /// usage; nil when it is left as it is (no stream, or usage already asked for). Only the
+    /// bytes of that one member change.
+    ///
+    /// Threat: a client evading the ledger by asking the engine, in a second spelling, not to
+    /// count: a request naming `stream_options` or `include_usage` twice is refused.
+    public static func requestingUsage(_ body: Data) throws -> Data? {
+        let top: JSONMembers
+        do { top = try JSONMembers(body) } catch { return nil }
+        guard top.bool("stream") == true else { return nil }
+        guard !top.duplicates.contains("stream_options") else {
+            throw Ambiguous(description: "'stream_options' may appear only once")
+        }
+        let bytes = Array(body)
+        let asked = Array(#"{"include_usage":true}"#.utf8)
+        guard let options = top.members["stream_options"] else {
+            // The first member's place: after the opening brace (the object has members: `stream`).
+            guard let brace = bytes.firstIndex(of: UInt8(ascii: "{")) else { return nil }
+            return Data(
+                bytes[...brace] + Array(#""stream_options":"#.utf8) + asked + [UInt8(ascii: ",")]
+                    + bytes[(brace + 1)...])
+        }
+        guard options.kind == .object, let inner = top.object("stream_options") else {
+            return Data(bytes[..<options.range.lowerBound] + asked + bytes[options.range.upperBound...])
+        }
+        guard !inner.duplicates.contains("include_usage") else {
+            throw Ambiguous(description: "'stream_options.include_usage' may appear only once")
+        }
+        if inner.bool("include_usage") == true { return nil }
+        if let value = inner.members["include_usage"] {
+            let at = options.range.lowerBound
+            return Data(
+                bytes[..<(at + value.range.lowerBound)] + Array("true".utf8) + bytes[(at + value.range.upperBound)...])
+        }
+        if inner.members.isEmpty {
+            return Data(bytes[..<options.range.lowerBound] + asked + bytes[options.range.upperBound...])
+        }
+        let brace = options.range.lowerBound
+        return Data(bytes[...brace] + Array(#""include_usage":true,"#.utf8) + bytes[(brace + 1)...])
+    }
+}
+
+/// Takes the usage event out of an event stream whose client did not ask for it: the event whose
+/// data carries a `usage` object and no choices (what engines send last when asked with
+/// `stream_options.include_usage`). Events pass through as soon as they are whole; only the
+/// unfinished last one is held.
+public struct UsageEventFilter: Sendable {
+    private var held = Data()
+    /// The counts of the events taken out.
+    public private(set) var scan = UsageScan()
+
+    public init() {}
+
+    /// Longest unfinished event held: a stream that never ends an event passes through as it is.
+    static let holdLimit = 1 << 20
+
+    /// What of `chunk` goes to the client now.
+    public mutating func pass(_ chunk: Data) -> Data {
+        held.append(chunk)
+        if held.count > Self.holdLimit, held.range(of: Data("\n\n".utf8)) == nil { return finish() }
+        guard held.range(of: UsageScan.marker) != nil else {
+            // No usage in what is held: everything up to the last event end goes.
+            guard let end = held.range(of: Data("\n\n".utf8), options: .backwards) else { return Data() }
+            defer { held = Data(held[end.upperBound...]) }
+            return Data(held[..<end.upperBound])
+        }
+        var out = Data()
+        while let end = held.range(of: Data("\n\n".utf8)) {
+            let event = Data(held[..<end.upperBound])
+            held = Data(held[end.upperBound...])
+            if let counts = Self.usageOnly(event) {
+                scan.take(counts)
+            } else {
+                out.append(event)
+            }
+        }
+        return out
+    }
+
+    /// What is still held when the stream ends (an unfinished event goes as it is).
+    public mutating func finish() -> Data {
+        defer { held = Data() }
+        return held
+    }
+
+    /// The counts of an event that carries usage and no choices; nil for any other event.
+    static func usageOnly(_ event: Data) -> UsageScan.Counts? {
+        guard event.range(of: UsageScan.marker) != nil else { return nil }
+        let lines = event.split(separator: 0x0A)
+        guard lines.count == 1, let line = lines.first, line.starts(with: Data("data: ".utf8)) else { return nil }
+        let json = Data(line.dropFirst(6))
+        guard let object = try? JSONMembers(json), let counts = UsageScan.usage(inJSON: json) else { return nil }
+        switch object.members["choices"]?.kind {
+        case nil, .null?: return counts
+        case .array?: return object.text(of: "choices").map { $0.filter { $0 != 0x20 } } == [0x5B, 0x5D] ? counts : nil
+        default: return nil
         }
     }
 }

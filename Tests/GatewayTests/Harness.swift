@@ -148,10 +148,17 @@ final class FakeEngine: Sendable {
     let chunkDelay: Duration
     private let task: Task<Void, any Error>
 
-    init(name: String, chunks: Int = 5, chunkDelay: Duration = .milliseconds(20)) async throws {
+    /// `reportsUsage`: answers carry `usage` (JSON answers always, streams when asked with
+    /// `stream_options.include_usage`), with counts that depend on the request; each request's
+    /// counts are kept by the first `[tag]` in its text (``reported``).
+    init(name: String, chunks: Int = 5, chunkDelay: Duration = .milliseconds(20), reportsUsage: Bool = false)
+        async throws
+    {
         let router = Router()
         let counter = Counter()
         let sent = Counter()
+        let reported = UsageBook()
+        let askedForUsage = Counter()
         router.get("/v1/models") { _, _ in #"{"object":"list","data":[{"id":"fake","object":"model"}]}"# }
         router.post("/v1/chat/completions") { request, _ -> Response in
             counter.increment()
@@ -159,7 +166,17 @@ final class FakeEngine: Sendable {
             let body = try await request.collectBody(upTo: 1 << 20)
             let object =
                 (try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any]) ?? [:]
-            if object["stream"] as? Bool == true {
+            let text = String(decoding: body.readableBytesView, as: UTF8.self)
+            let tag = text.firstRange(of: /\[[a-z0-9-]+\]/).map { String(text[$0]) } ?? ""
+            let stream = object["stream"] as? Bool == true
+            let prompt = 7 + text.utf8.count / 9
+            let completion = stream ? chunks : 2 + text.utf8.count % 4
+            if reportsUsage { reported.counts.withLock { $0[tag] = (prompt, completion) } }
+            let usage =
+                #""usage":{"prompt_tokens":\#(prompt),"completion_tokens":\#(completion),"total_tokens":\#(prompt + completion)}"#
+            let includeUsage = (object["stream_options"] as? [String: Any])?["include_usage"] as? Bool == true
+            if includeUsage { askedForUsage.increment() }
+            if stream {
                 var headers = HTTPFields()
                 headers[.contentType] = "text/event-stream"
                 return Response(
@@ -172,6 +189,9 @@ final class FakeEngine: Sendable {
                                     string: "data: {\"choices\":[{\"delta\":{\"content\":\"\(name)-\(i) \"}}]}\n\n"))
                             sent.increment()
                         }
+                        if reportsUsage, includeUsage {
+                            try await writer.write(ByteBuffer(string: "data: {\"choices\":[],\(usage)}\n\n"))
+                        }
                         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                         try await writer.finish(nil)
                     })
@@ -183,14 +203,27 @@ final class FakeEngine: Sendable {
                 body: .init(
                     byteBuffer: ByteBuffer(
                         string:
-                            #"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello from \#(name)"}}]}"#
+                            #"{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello from \#(name)"}}]\#(reportsUsage ? "," + usage : "")}"#
                     )))
         }
         (port, task) = await serveOnLoopback(router)
         self.chunkDelay = chunkDelay
         self.counter = counter
         self.sent = sent
+        self.reportedUsage = reported
+        self.askedForUsage = askedForUsage
     }
+
+    private let reportedUsage: UsageBook
+    private let askedForUsage: Counter
+    /// The counts reported for each tagged request.
+    var reported: [String: (prompt: Int, completion: Int)] { reportedUsage.counts.withLock { $0 } }
+
+    final class UsageBook: Sendable {
+        let counts = Mutex<[String: (prompt: Int, completion: Int)]>([:])
+    }
+    /// Requests that asked for a stream's usage.
+    var usageRequests: Int { askedForUsage.value }
 
     private let counter: Counter
     private let sent: Counter

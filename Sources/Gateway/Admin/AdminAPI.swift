@@ -31,6 +31,7 @@ public struct AdminAPI: Sendable {
     let trail: AuditTrail
     let registry: WorkerRegistry
     let policies: PolicyState
+    let keys: KeyAdministration
     let tokenDigest: Data
     let logins = LoginAudit()
 
@@ -39,8 +40,9 @@ public struct AdminAPI: Sendable {
 
     init(
         administration: GatewayAdministration, trail: AuditTrail, registry: WorkerRegistry, policies: PolicyState,
-        token: String
+        keys: KeyAdministration, token: String
     ) {
+        self.keys = keys
         self.administration = administration
         self.trail = trail
         self.registry = registry
@@ -62,6 +64,23 @@ public struct AdminAPI: Sendable {
             let id = context.parameters.get("id") ?? ""
             let eviction = try await self.administration.evict(workerID: id, actor: self.actor)
             return Self.json(eviction)
+        }
+        admin.get("keys") { _, _ in Self.json(await self.keys.list()) }
+        admin.post("keys") { request, _ in
+            let settings = try await Self.body(request, as: AdminMessage.KeySettings.self, limit: 64 << 10)
+            return Self.json(try await self.keys.create(settings, actor: self.actor), status: .created)
+        }
+        admin.get("keys/:id") { _, context in
+            Self.json(try await self.keys.show(id: context.parameters.get("id") ?? ""))
+        }
+        admin.post("keys/:id/revoke") { _, context in
+            Self.json(try await self.keys.revoke(id: context.parameters.get("id") ?? "", actor: self.actor))
+        }
+        admin.post("keys/:id/rotate") { request, context in
+            let body = try await Self.body(request, as: AdminMessage.RotateRequest.self, limit: 4096)
+            return Self.json(
+                try await self.keys.rotate(
+                    id: context.parameters.get("id") ?? "", graceSeconds: body.graceSeconds ?? 0, actor: self.actor))
         }
         admin.get("audit/export") { request, _ in try await self.export(request) }
         admin.get("audit/entries/:seq") { _, context in try self.entry(context.parameters.get("seq") ?? "") }

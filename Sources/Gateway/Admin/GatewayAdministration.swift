@@ -66,14 +66,17 @@ public actor GatewayAdministration {
     var refusedVersions: Set<String> = []
     /// The last chain entry looked at for other gateways' admin evictions (nil: not following).
     var followedSeq: Int?
+    /// Runs after each re-read of a shared store (the named API keys and quota counts follow it).
+    let afterSync: (@Sendable () async -> Void)?
 
     /// Policy documents are a few KiB; the cap is the document loader's.
     static let maxPolicySize = 1 << 20
 
     init(
         trail: AuditTrail, policies: PolicyState, registry: WorkerRegistry, adminKeys: [Ed25519PublicKey],
-        clock: any AttestationClock
+        clock: any AttestationClock, afterSync: (@Sendable () async -> Void)? = nil
     ) {
+        self.afterSync = afterSync
         self.trail = trail
         self.policies = policies
         self.registry = registry

@@ -133,6 +133,7 @@ extension GatewayAdministration {
     func syncWithStore() async {
         await syncFromStore()
         await followEvictions()
+        await afterSync?()
     }
 
     /// Evicts here the workers an admin evicted on another gateway since the last look: the

@@ -41,6 +41,8 @@ public struct AttestationPublisher: Sendable {
         /// The policy version the worker was last judged under, and its digest.
         let policyVersion: Int
         let policySHA256: String
+        /// The provider wallet the worker proved it is paid to (nil: none proved).
+        var provider: String? = nil
     }
 
     func served(_ link: WorkerLink) -> Served? {
@@ -53,7 +55,7 @@ public struct AttestationPublisher: Sendable {
             ? current.sha256 : ((try? trail.store.policy(version: record.policyVersion))??.sha256 ?? "unknown")
         return Served(
             worker: link.workerID, session: link.sessionID, evidenceSHA256: record.evidenceSHA256, admissionSeq: seq,
-            policyVersion: record.policyVersion, policySHA256: digest)
+            policyVersion: record.policyVersion, policySHA256: digest, provider: record.provider)
     }
 
     static let workerHeader = HTTPField.Name("ccgate-worker")!

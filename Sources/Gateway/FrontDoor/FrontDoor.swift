@@ -3,6 +3,7 @@ import AttestationCore
 import AuditLog
 import Crypto
 import Foundation
+import GatewayState
 import WorkerProtocol
 import HTTPTypes
 import Hummingbird
@@ -18,8 +19,10 @@ import Policy
 public struct FrontDoor: Sendable {
     public let registry: WorkerRegistry
     public let publisher: AttestationPublisher
-    /// SHA-256 of each accepted API key: the keys themselves are kept nowhere.
-    public let apiKeyDigests: Set<Data>
+    /// The accepted API keys and their limits.
+    public let keyring: ClientKeyring
+    /// Where each served request's counts go.
+    public let ledger: UsageLedger?
     /// Largest accepted request body. Chat requests with long histories are tens of KiB.
     public var maxBodySize = 1 << 20
     /// Workers tried for one request before giving up.
@@ -27,17 +30,19 @@ public struct FrontDoor: Sendable {
     /// Largest non-streamed response: it is held whole so that its receipt can go in a header.
     public var maxResponseSize = 4 << 20
 
-    public init(registry: WorkerRegistry, publisher: AttestationPublisher, apiKeyDigests: Set<Data>) {
+    public init(registry: WorkerRegistry, publisher: AttestationPublisher, keyring: ClientKeyring, ledger: UsageLedger?)
+    {
         self.registry = registry
         self.publisher = publisher
-        self.apiKeyDigests = apiKeyDigests
+        self.keyring = keyring
+        self.ledger = ledger
     }
 
-    public func router() -> Router<BasicRequestContext> {
-        let router = Router(context: BasicRequestContext.self)
+    public func router() -> Router<FrontDoorContext> {
+        let router = Router(context: FrontDoorContext.self)
         router.add(middleware: OpenAIErrorMiddleware())
         router.get("/healthz") { _, _ in "ok\n" }
-        let api = router.group("v1").add(middleware: APIKeyMiddleware(keyDigests: apiKeyDigests))
+        let api = router.group("v1").add(middleware: APIKeyMiddleware(keyring: keyring))
         api.get("models") { _, _ in try self.modelsResponse() }
         api.get("attestation") { request, _ in
             let full = request.uri.queryParameters.get("evidence") == "full"
@@ -70,18 +75,71 @@ public struct FrontDoor: Sendable {
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 
-    func forward(_ request: Request, _ context: BasicRequestContext, path: String, required: String) async throws
+    func forward(_ request: Request, _ context: FrontDoorContext, path: String, required: String) async throws
         -> Response
     {
         var request = request
         let body = Data(try await request.collectBody(upTo: maxBodySize).readableBytesView)
         let requestSHA256 = HashAlgorithm.sha256.hash(body).hex
-        let minimumTier = try Self.minimumTier(request)
+        let asked = try Self.minimumTier(request)
+        guard let grant = context.grant else { throw OpenAIError.unauthorized }
+        let requestID = Self.requestID(request)
+        var response: Response
         if request.headers[Self.e2eHeader] != nil {
-            return try await forwardSealed(
-                body, path: path, requestSHA256: requestSHA256, minimumTier: minimumTier, logger: context.logger)
+            response = try await forwardSealed(
+                body, path: path, requestSHA256: requestSHA256, grant: grant, asked: asked, logger: context.logger)
+        } else {
+            response = try await forwardPlain(
+                body, path: path, required: required, requestSHA256: requestSHA256, grant: grant, asked: asked,
+                logger: context.logger)
         }
+        response.headers[Self.requestIDHeader] = requestID
+        return response
+    }
+
+    /// The stronger of the tier a request asks for and the one its key requires.
+    static func stronger(_ a: AssuranceTier?, _ b: AssuranceTier?) -> AssuranceTier? {
+        guard let a, let b else { return a ?? b }
+        return a < b ? b : a
+    }
+
+    /// A meter for a request the key was admitted for; nil without a ledger.
+    func meter(_ grant: ClientGrant, model: String, requestBytes: Int) throws -> UsageMeter? {
+        guard let ledger else { return nil }
+        // Threat: serving requests that cannot be recorded (the store refuses writes): the
+        // provider would go unpaid and quotas uncounted. Past the backlog limit, refuse.
+        guard !ledger.isBacklogged else {
+            throw OpenAIError(
+                .serviceUnavailable, "The usage ledger cannot be written; try again later.", type: "server_error",
+                code: "ledger_unavailable")
+        }
+        let keyring = self.keyring
+        return UsageMeter(
+            requestID: UUID().uuidString.lowercased(), keyID: grant.keyID, model: model, requestBytes: requestBytes,
+            time: publisher.clock.now()
+        ) { row in
+            ledger.record(row)
+            keyring.charge(keyID: row.keyID, tokens: row.totalTokens)
+        }
+    }
+
+    func forwardPlain(
+        _ body: Data, path: String, required: String, requestSHA256: String, grant: ClientGrant,
+        asked: AssuranceTier?, logger: Logger
+    ) async throws -> Response {
         let model = try servedModel(body, required: required)
+        let minimumTier = Self.stronger(asked, try keyring.admit(grant, model: model))
+        // A stream is always asked for its counts; the event carrying them is taken back out
+        // when the client did not ask for it.
+        var engineBody = body
+        var stripUsage = false
+        do {
+            if let withUsage = try StreamUsage.requestingUsage(body) {
+                engineBody = withUsage
+                stripUsage = true
+            }
+        } catch { throw OpenAIError(.badRequest, "\(error).", param: "stream_options") }
+        let meter = try meter(grant, model: model, requestBytes: body.count)
         var tried = Set<String>()
         var lastFailure = "no admitted worker serves this model"
         for _ in 0..<maxAttempts {
@@ -94,7 +152,7 @@ public struct FrontDoor: Sendable {
             tried.insert(link.workerID)
             let id: UInt64
             let stream: AsyncThrowingStream<ChannelPayload, any Error>
-            do { (id, stream) = try link.startRequest(method: "POST", path: path, body: body) } catch {
+            do { (id, stream) = try link.startRequest(method: "POST", path: path, body: engineBody) } catch {
                 lastFailure = "\(error)"
                 continue
             }
@@ -102,7 +160,7 @@ public struct FrontDoor: Sendable {
             let first: ChannelPayload?
             do { first = try await iterator.next() } catch {
                 lastFailure = "worker \(link.workerID) failed before responding: \(error)"
-                context.logger.notice(
+                logger.notice(
                     "retrying on another worker",
                     metadata: ["ccgate.worker.id": "\(link.workerID)", "error": "\(error)"])
                 continue
@@ -117,7 +175,7 @@ public struct FrontDoor: Sendable {
             // malformed answer: the client gets 502 and the request is cancelled on the worker.
             guard (200...599).contains(status), Self.isHeaderValue(contentType) else {
                 link.cancel(id)
-                context.logger.notice(
+                logger.notice(
                     "worker answered a malformed response head",
                     metadata: ["ccgate.worker.id": "\(link.workerID)", "status": "\(status)"])
                 throw OpenAIError(
@@ -129,14 +187,17 @@ public struct FrontDoor: Sendable {
                 lastFailure = "worker \(link.workerID) left before responding"
                 continue
             }
+            meter?.worker = link.workerID
+            meter?.provider = served.provider
             let exchange = Exchange(
                 status: status, contentType: contentType, model: model, path: path, requestSHA256: requestSHA256,
-                served: served, link: link, id: id)
+                served: served, link: link, id: id, meter: meter, stripUsage: stripUsage)
             if contentType.hasPrefix("text/event-stream") {
-                return respond(exchange, rest: IteratorHandOff(iterator), logger: context.logger)
+                return respond(exchange, rest: IteratorHandOff(iterator), logger: logger)
             }
-            return try await respondWhole(exchange, &iterator, logger: context.logger)
+            return try await respondWhole(exchange, &iterator, logger: logger)
         }
+        meter?.finish(status: 503, usage: nil, streamed: false)
         throw OpenAIError(
             .serviceUnavailable, "No admitted worker could serve the request (\(lastFailure)).", type: "server_error",
             code: "no_worker_available")
@@ -197,6 +258,10 @@ public struct FrontDoor: Sendable {
         let served: AttestationPublisher.Served
         let link: WorkerLink
         let id: UInt64
+        /// Where the request's counts go; nil without a ledger.
+        var meter: UsageMeter?
+        /// Whether the engine's usage event is taken out of the stream (the client did not ask for it).
+        var stripUsage = false
     }
 
     /// Streams an event stream through as it arrives, hashing it, and ends it with the signed
@@ -219,18 +284,28 @@ public struct FrontDoor: Sendable {
             var finished = false
             var hasher = SHA256()
             var counts = UsageScan()
+            var filter = exchange.stripUsage ? UsageEventFilter() : nil
             var watch = ReceiptEventGuard()
-            defer { if !finished { link.cancel(id) } }
+            defer {
+                if !finished { link.cancel(id) }
+                // A client gone mid-stream: the request is recorded with what was sent.
+                exchange.meter?.finish(
+                    status: exchange.status, usage: filter?.scan.usage ?? counts.usage, streamed: true)
+            }
+            func pass(_ received: Data) async throws {
+                let bytes = filter?.pass(received) ?? received
+                guard !watch.namesReceipt(in: bytes) else {
+                    throw WorkerFailure(message: "the worker's stream carries a receipt event of its own")
+                }
+                hasher.update(data: bytes)
+                counts.scan(bytes)
+                exchange.meter?.sent(bytes)
+                try await writer.write(ByteBuffer(bytes: bytes))
+            }
             do {
                 while let event = try await iterator.next() {
                     switch event {
-                    case .data(_, let bytes):
-                        guard !watch.namesReceipt(in: bytes) else {
-                            throw WorkerFailure(message: "the worker's stream carries a receipt event of its own")
-                        }
-                        hasher.update(data: bytes)
-                        counts.scan(bytes)
-                        try await writer.write(ByteBuffer(bytes: bytes))
+                    case .data(_, let bytes): try await pass(bytes)
                     case .end:
                         finished = true
                     default: continue
@@ -238,6 +313,11 @@ public struct FrontDoor: Sendable {
                     if finished { break }
                 }
                 finished = true
+                if var rest = filter {
+                    filter = nil
+                    try await pass(rest.finish())
+                    if let taken = rest.scan.usage { counts.take(taken) }
+                }
                 if watch.unterminatedLineNamesReceipt {
                     throw WorkerFailure(message: "the worker's stream carries a receipt event of its own")
                 }
@@ -251,7 +331,7 @@ public struct FrontDoor: Sendable {
                 hasher.update(data: separator)
                 try await writer.write(ByteBuffer(bytes: separator))
             }
-            try await endStream(exchange, hasher, usage: Self.jsonValue(counts.usage), &writer)
+            try await endStream(exchange, hasher, usage: Self.jsonValue(filter?.scan.usage ?? counts.usage), &writer)
         }
         return Response(status: HTTPResponse.Status(code: exchange.status), headers: headers, body: body)
     }
@@ -310,14 +390,18 @@ public struct FrontDoor: Sendable {
             logger.notice(
                 "worker failed mid-response",
                 metadata: ["ccgate.worker.id": "\(exchange.link.workerID)", "error": "\(failure)"])
+            exchange.meter?.finish(status: 502, usage: nil, streamed: false)
             throw OpenAIError(
                 .badGateway, "The worker serving this request failed: \(failure.message)", type: "server_error",
                 code: "worker_failed")
         }
+        let counts = UsageScan.usage(inJSON: body)
+        exchange.meter?.sent(body)
+        exchange.meter?.finish(status: exchange.status, usage: counts, streamed: false)
         let receipt = publisher.receipt(
             exchange.served, path: exchange.path, request: exchange.requestSHA256,
             response: HashAlgorithm.sha256.hash(body).hex, status: exchange.status, model: exchange.model,
-            usage: Self.usage(inObject: body))
+            usage: Self.jsonValue(counts))
         var headers = HTTPFields()
         headers[.contentType] = exchange.contentType
         publisher.name(exchange.served, in: &headers)

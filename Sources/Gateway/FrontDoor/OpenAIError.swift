@@ -11,16 +11,19 @@ public struct OpenAIError: HTTPResponseError, Sendable {
     public let type: String
     public let code: String?
     public let param: String?
+    /// Seconds to wait before trying again (sent as `Retry-After`, rounded up).
+    public let retryAfter: Double?
 
     public init(
         _ status: HTTPResponse.Status, _ message: String, type: String = "invalid_request_error", code: String? = nil,
-        param: String? = nil
+        param: String? = nil, retryAfter: Double? = nil
     ) {
         self.status = status
         self.message = message
         self.type = type
         self.code = code
         self.param = param
+        self.retryAfter = retryAfter
     }
 
     public static func body(message: String, type: String, code: String?, param: String? = nil) -> Data {
@@ -36,6 +39,7 @@ public struct OpenAIError: HTTPResponseError, Sendable {
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
+        if let retryAfter { headers[.retryAfter] = String(max(1, Int(retryAfter.rounded(.up)))) }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: json)))
     }
 
@@ -72,21 +76,29 @@ struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// Requires `Authorization: Bearer KEY` with one of the configured keys.
+/// Requires `Authorization: Bearer KEY` with an accepted key (``ClientKeyring``), and hands the
+/// request on with the client it came from.
 ///
-/// Threat: unauthenticated use of paid inference. Keys are compared as SHA-256 digests so the
-/// comparison time does not depend on how much of a guess is right.
-struct APIKeyMiddleware<Context: RequestContext>: RouterMiddleware {
-    let keyDigests: Set<Data>
+/// Threat: unauthenticated use of paid inference.
+struct APIKeyMiddleware: RouterMiddleware {
+    let keyring: ClientKeyring
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
-        -> Response
-    {
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
-            throw OpenAIError.unauthorized
-        }
-        let presented = Data(SHA256Digest.of(Data(header.dropFirst(7).utf8)))
-        guard keyDigests.contains(presented) else { throw OpenAIError.unauthorized }
+    func handle(
+        _ request: Request, context: FrontDoorContext,
+        next: (Request, FrontDoorContext) async throws -> Response
+    ) async throws -> Response {
+        var context = context
+        context.grant = try keyring.authenticate(request.headers[.authorization])
         return try await next(request, context)
+    }
+}
+
+/// The front door's request context: the client, once authenticated.
+public struct FrontDoorContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public var grant: ClientGrant?
+    public init(source: Source) {
+        coreContext = .init(source: source)
+        grant = nil
     }
 }

@@ -24,11 +24,13 @@ extension FrontDoor {
     static let e2eContentTypeHeader = HTTPField.Name("ccgate-e2e-content-type")!
 
     func forwardSealed(
-        _ body: Data, path: String, requestSHA256: String, minimumTier: AssuranceTier?, logger: Logger
+        _ body: Data, path: String, requestSHA256: String, grant: ClientGrant, asked: AssuranceTier?,
+        logger: Logger
     ) async throws -> Response {
         guard let sealed = try? JSONDecoder().decode(EndToEnd.Request.self, from: body) else {
             throw OpenAIError(.badRequest, "A gateway-blind request must be a sealed request (ccgate-e2e: v1).")
         }
+        let minimumTier = Self.stronger(asked, try keyring.admit(grant, model: sealed.model))
         // Sealed to one worker's key: only that session can serve it; no other worker is tried.
         guard let link = registry.link(sealed.worker), !link.isClosed, link.models.contains(sealed.model),
             HashAlgorithm.sha256.hash(link.kemPublicKey).hex == sealed.keySHA256,
@@ -39,10 +41,13 @@ extension FrontDoor {
                 "Worker '\(sealed.worker)' does not serve '\(sealed.model)' under the key this request is sealed to (fetch /v1/attestation again).",
                 type: "server_error", code: "e2e_worker_unavailable")
         }
+        let meter = try meter(grant, model: sealed.model, requestBytes: body.count)
+        meter?.worker = link.workerID
         let (id, stream) = try link.startSealedRequest(path: path, envelope: body)
         var iterator = stream.makeAsyncIterator()
         let first: ChannelPayload?
         do { first = try await iterator.next() } catch {
+            meter?.finish(status: 502, usage: nil, streamed: true)
             throw OpenAIError(
                 .badGateway, "The worker failed before responding: \(error)", type: "server_error",
                 code: "worker_failed")
@@ -51,10 +56,12 @@ extension FrontDoor {
             Self.isHeaderValue(contentType), let served = publisher.served(link)
         else {
             link.cancel(id)
+            meter?.finish(status: 502, usage: nil, streamed: true)
             throw OpenAIError(
                 .badGateway, "The worker serving this request answered with a malformed response.",
                 type: "server_error", code: "bad_worker_response")
         }
+        meter?.provider = served.provider
         var headers = HTTPFields()
         headers[.contentType] = "text/event-stream"
         headers[.cacheControl] = "no-cache"
@@ -62,7 +69,7 @@ extension FrontDoor {
         publisher.name(served, in: &headers)
         let exchange = Exchange(
             status: status, contentType: contentType, model: sealed.model, path: path, requestSHA256: requestSHA256,
-            served: served, link: link, id: id)
+            served: served, link: link, id: id, meter: meter)
         let rest = IteratorHandOff(iterator)
         let body = ResponseBody { writer in
             try await streamSealed(exchange, rest, writer, logger: logger)
@@ -78,19 +85,25 @@ extension FrontDoor {
         var iterator = rest.iterator
         var hasher = SHA256()
         var usage = JSONValue.null
+        var counts: UsageScan.Counts?
         var finished = false
-        defer { if !finished { exchange.link.cancel(exchange.id) } }
+        defer {
+            if !finished { exchange.link.cancel(exchange.id) }
+            exchange.meter?.finish(status: exchange.status, usage: counts, streamed: true)
+        }
         func emit(_ event: String, _ data: Data) async throws {
             let bytes = Data("event: \(event)\ndata: ".utf8) + data + Data("\n\n".utf8)
             hasher.update(data: bytes)
+            exchange.meter?.sent(bytes)
             try await writer.write(ByteBuffer(bytes: bytes))
         }
         do {
             loop: while let event = try await iterator.next() {
                 switch event {
                 case .data(_, let frame): try await emit(EndToEnd.frameEvent, Data(frame.base64EncodedString().utf8))
-                case .usage(_, let counts):
-                    usage = Self.jsonValue(UsageScan.usage(inJSON: Data(#"{"usage":"#.utf8) + counts + Data("}".utf8)))
+                case .usage(_, let reported):
+                    counts = UsageScan.usage(inJSON: Data(#"{"usage":"#.utf8) + reported + Data("}".utf8))
+                    usage = Self.jsonValue(counts)
                     if usage != .null { try await emit(EndToEnd.usageEvent, Data(CanonicalJSON.encode(usage))) }
                 case .end: break loop
                 default: continue

@@ -3,7 +3,7 @@ import AuditLog
 import Foundation
 
 /// The rows one append writes, inside a store's open transaction. The database stores implement
-/// these four writes; ``appendDrafts`` turns drafts into linked entries the same way for each.
+/// these writes; ``appendDrafts`` turns drafts into linked entries the same way for each.
 protocol ChainTables {
     /// Stores an evidence envelope once per digest (a second copy is ignored).
     func insertEvidence(_ evidence: StoredEvidence) throws
@@ -11,6 +11,8 @@ protocol ChainTables {
     func insertPolicy(_ policy: NewPolicy, actor: String, at time: Date) throws -> Int
     func apply(_ change: WorkerChange) throws
     func insertEntry(_ entry: AuditEntry) throws
+    /// Writes a named API key's row, replacing the one with its id.
+    func upsertClientKey(_ key: ClientKeyRecord) throws
 }
 
 extension ChainTables {
@@ -39,6 +41,9 @@ extension ChainTables {
                     throw PolicyVersionConflict(expected: after, found: version - 1)
                 }
                 event.policyVersion = version
+            case .clientKey(let e, let record):
+                event = e
+                try upsertClientKey(record)
             case .checkpoint:
                 guard let key else { throw StoreError("a checkpoint needs the gateway key") }
                 event = Checkpoint.event(head: head, time: time, key: key)

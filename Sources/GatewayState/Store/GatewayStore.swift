@@ -47,6 +47,15 @@ public protocol GatewayStore: Sendable {
     func apiKeyDigests() throws -> Set<String>
     /// Replaces the keys that came from `source` (e.g. `config`) with `digests`.
     func replaceAPIKeys(source: String, digests: Set<String>, at time: Date) throws
+
+    /// The named API keys, revoked ones included, by id.
+    func clientKeys() throws -> [ClientKeyRecord]
+
+    /// Adds requests to the usage ledger in one durable transaction, naming this gateway on each;
+    /// a request id already there is kept as first written.
+    func recordUsage(_ records: [UsageRecord]) throws
+    /// Ledger rows matching `query`, oldest first; `body` returns false to stop.
+    func usage(_ query: UsageQuery, _ body: (UsageRecord) throws -> Bool) throws
 }
 
 extension GatewayStore {
@@ -63,6 +72,9 @@ public enum AuditDraft: Sendable {
     case policy(AuditEvent, NewPolicy)
     /// A signed statement of the chain head so far (``Checkpoint``).
     case checkpoint
+    /// A named API key created or changed, with the entry that records why: the key's row is
+    /// written in the same transaction, so no key changes without its entry.
+    case clientKey(AuditEvent, ClientKeyRecord)
 }
 
 extension AuditDraft {
@@ -74,7 +86,7 @@ extension AuditDraft {
     /// A policy version, or an eviction by an admin: what every gateway on a shared store follows.
     public var concernsOtherGateways: Bool {
         switch self {
-        case .policy: true
+        case .policy, .clientKey: true
         case .event(let e, _, _): e.isAdminEviction
         case .checkpoint: false
         }

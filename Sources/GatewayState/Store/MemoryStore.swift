@@ -16,6 +16,8 @@ public final class MemoryStore: GatewayStore {
         var policies: [PolicyRecord] = []
         var workers: [String: WorkerRecord] = [:]
         var apiKeys: [String: Set<String>] = [:]
+        var clientKeys: [String: ClientKeyRecord] = [:]
+        var usage: [UsageRecord] = []
         var failAppends = false
         var failNext = 0
         var gateway: String?
@@ -76,6 +78,8 @@ public final class MemoryStore: GatewayStore {
         }
 
         func insertEntry(_ entry: AuditEntry) throws { state.entries.append(entry) }
+
+        func upsertClientKey(_ key: ClientKeyRecord) throws { state.clientKeys[key.id] = key }
     }
 
     public func head() throws -> ChainHead {
@@ -139,5 +143,26 @@ public final class MemoryStore: GatewayStore {
 
     public func replaceAPIKeys(source: String, digests: Set<String>, at time: Date) throws {
         state.withLock { $0.apiKeys[source] = digests }
+    }
+
+    public func clientKeys() throws -> [ClientKeyRecord] {
+        state.withLock { $0.clientKeys.values.sorted { $0.id < $1.id } }
+    }
+
+    public func recordUsage(_ records: [UsageRecord]) throws {
+        state.withLock { s in
+            guard !s.failAppends else { return }
+            var known = Set(s.usage.map(\.requestID))
+            for var r in records where known.insert(r.requestID).inserted {
+                r.gateway = s.gateway ?? ""
+                r.time = Date(timeIntervalSince1970: Double(UsageColumns.milliseconds(r.time)) / 1000)
+                s.usage.append(r)
+            }
+            s.usage.sort { ($0.time, $0.requestID) < ($1.time, $1.requestID) }
+        }
+    }
+
+    public func usage(_ query: UsageQuery, _ body: (UsageRecord) throws -> Bool) throws {
+        for r in state.withLock({ $0.usage }) where query.matches(r) { guard try body(r) else { return } }
     }
 }

@@ -477,14 +477,73 @@ public final class PostgresStore: GatewayStore, @unchecked Sendable {
 }
 
 extension PostgresStore {
+    // MARK: Named keys and the usage ledger
+
+    public func clientKeys() throws -> [ClientKeyRecord] {
+        try reading {
+            try read("SELECT id, record FROM client_keys ORDER BY id").map { row in
+                let (id, record) = try row.decode((String, String).self)
+                return try UsageColumns.key(id: id, record: record)
+            }
+        }
+    }
+
+    public func recordUsage(_ records: [UsageRecord]) throws {
+        guard !records.isEmpty else { return }
+        try locked {
+            let gateway = self.gateway ?? ""
+            try transaction { for r in records { try insertUsage(r, gateway: gateway) } }
+        }
+    }
+
+    /// One ledger row, under `gateway`'s name (a request id already there is kept).
+    private func insertUsage(_ r: UsageRecord, gateway: String) throws {
+        let ms = UsageColumns.milliseconds(r.time)
+        try run(
+            """
+            INSERT INTO usage_ledger(request_id, time_ms, gateway, key_id, model, worker, provider,
+              prompt_tokens, completion_tokens, ttft_ms, duration_ms, status, source)
+            VALUES(\(r.requestID), \(ms), \(gateway), \(r.keyID), \(r.model), \(r.worker), \(r.provider),
+              \(r.promptTokens), \(r.completionTokens), \(r.timeToFirstTokenMs), \(r.durationMs), \(r.status),
+              \(r.source))
+            ON CONFLICT(request_id) DO NOTHING
+            """)
+    }
+
+    public func usage(_ query: UsageQuery, _ body: (UsageRecord) throws -> Bool) throws {
+        var sql = "SELECT \(UsageColumns.list) FROM usage_ledger WHERE TRUE"
+        var binds = PostgresBindings()
+        func add(_ clause: String, _ value: some PostgresEncodable & Sendable) throws {
+            try binds.append(value)
+            sql += " AND \(clause) $\(binds.count)"
+        }
+        if let since = query.since { try add("time_ms >=", UsageColumns.milliseconds(since)) }
+        if let until = query.until { try add("time_ms <", UsageColumns.milliseconds(until)) }
+        if let key = query.keyID { try add("key_id =", key) }
+        if let provider = query.provider { try add("provider =", provider) }
+        let rows = try reading {
+            try read(PostgresQuery(unsafeSQL: sql + " ORDER BY time_ms, request_id", binds: binds))
+        }
+        for row in rows {
+            let c = try row.decode(
+                (String, Int, String, String, String, String?, String?, Int, Int, Int?, Int, Int, String).self)
+            let texts: [Int32: String?] = [0: c.0, 2: c.2, 3: c.3, 4: c.4, 5: c.5, 6: c.6, 12: c.12]
+            let ints: [Int32: Int?] = [1: c.1, 7: c.7, 8: c.8, 9: c.9, 10: c.10, 11: c.11]
+            guard try body(UsageColumns.record(text: { texts[$0] ?? nil }, int: { ints[$0] ?? nil })) else { return }
+        }
+    }
+}
+
+extension PostgresStore {
     /// Copies another store's chain, evidence and policy history into this (empty) database in
     /// one transaction, byte for byte: every entry keeps its number, time, links and line, so
     /// exports verify as before. `sourceGateway`, the key of the gateway that wrote the source,
     /// is listed with the gateways. The source chain is checked link by link on the way (a
-    /// broken one is not copied); API keys are not copied (each gateway records its own at start)
-    /// nor are worker rows (connections). `progress` gets the entries copied so far.
+    /// broken one is not copied); named API keys and the usage ledger are copied, the keys set by
+    /// flag are not (each gateway records its own at start), nor are worker rows (connections). `progress` gets the entries copied so far.
     public func copy(
-        from source: any GatewayStore, sourceGateway: Ed25519PublicKey?, progress: (Int) -> Void = { _ in }
+        from source: any GatewayStore, sourceGateway: Ed25519PublicKey?, withLedger: Bool = true,
+        progress: (Int) -> Void = { _ in }
     ) throws -> Int {
         try locked {
             try transaction {
@@ -534,6 +593,15 @@ extension PostgresStore {
                         "INSERT INTO gateways(id, public_key, first_seen, last_seen) VALUES(\(g.id), \(g.publicKey), \(first), \(last)) ON CONFLICT(id) DO NOTHING"
                     )
                 }
+                // Named keys and the ledger go along (a source older than schema 3 has neither); the
+                // keys' history is in the copied chain.
+                for key in try withLedger ? source.clientKeys() : [] { try upsertClientKey(key) }
+                if withLedger {
+                    try source.usage(UsageQuery()) { r in
+                        try insertUsage(r, gateway: r.gateway ?? "")
+                        return true
+                    }
+                }
                 progress(head.count)
                 return head.count
             }
@@ -542,6 +610,13 @@ extension PostgresStore {
 }
 
 extension PostgresStore: ChainTables {
+    func upsertClientKey(_ key: ClientKeyRecord) throws {
+        let (id, record) = (key.id, try key.json())
+        try run(
+            "INSERT INTO client_keys(id, record) VALUES(\(id), \(record)) ON CONFLICT(id) DO UPDATE SET record = EXCLUDED.record"
+        )
+    }
+
     func insertEvidence(_ evidence: StoredEvidence) throws {
         try run(
             """

@@ -293,7 +293,81 @@ public final class SQLiteStore: GatewayStore, @unchecked Sendable {
     }
 }
 
+extension SQLiteStore {
+    // MARK: Named keys and the usage ledger
+
+    public func clientKeys() throws -> [ClientKeyRecord] {
+        try locked {
+            var out = [ClientKeyRecord]()
+            try db.run("SELECT id, record FROM client_keys ORDER BY id") { row in
+                out.append(try UsageColumns.key(id: row.text(0), record: row.text(1)))
+                return true
+            }
+            return out
+        }
+    }
+
+    public func recordUsage(_ records: [UsageRecord]) throws {
+        guard !records.isEmpty else { return }
+        try locked {
+            let gateway = SQLiteValue.text(self.gateway ?? "")
+            try db.transaction {
+                for r in records {
+                    try db.run(
+                        """
+                        INSERT OR IGNORE INTO usage_ledger(request_id, time_ms, gateway, key_id, model, worker, provider,
+                          prompt_tokens, completion_tokens, ttft_ms, duration_ms, status, source)
+                        VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                        [
+                            .text(r.requestID), .int(UsageColumns.milliseconds(r.time)), gateway, .text(r.keyID),
+                            .text(r.model), .optional(r.worker), .optional(r.provider), .int(r.promptTokens),
+                            .int(r.completionTokens), .optional(r.timeToFirstTokenMs), .int(r.durationMs),
+                            .int(r.status), .text(r.source),
+                        ])
+                }
+            }
+        }
+    }
+
+    public func usage(_ query: UsageQuery, _ body: (UsageRecord) throws -> Bool) throws {
+        var clauses = [String]()
+        var binds = [SQLiteValue]()
+        if let since = query.since {
+            clauses.append("time_ms >= ?")
+            binds.append(.int(UsageColumns.milliseconds(since)))
+        }
+        if let until = query.until {
+            clauses.append("time_ms < ?")
+            binds.append(.int(UsageColumns.milliseconds(until)))
+        }
+        if let key = query.keyID {
+            clauses.append("key_id = ?")
+            binds.append(.text(key))
+        }
+        if let provider = query.provider {
+            clauses.append("provider = ?")
+            binds.append(.text(provider))
+        }
+        let filter = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
+        try locked {
+            try db.run("SELECT \(UsageColumns.list) FROM usage_ledger\(filter) ORDER BY time_ms, request_id", binds) {
+                row in
+                try body(
+                    UsageColumns.record(
+                        text: { row.isNull($0) ? nil : row.text($0) }, int: { row.isNull($0) ? nil : row.int($0) }))
+            }
+        }
+    }
+}
+
 extension SQLiteStore: ChainTables {
+    func upsertClientKey(_ key: ClientKeyRecord) throws {
+        try db.run(
+            "INSERT INTO client_keys(id, record) VALUES(?, ?) ON CONFLICT(id) DO UPDATE SET record=excluded.record",
+            [.text(key.id), .text(try key.json())])
+    }
+
     func insertEvidence(_ evidence: StoredEvidence) throws {
         try db.run(
             "INSERT OR IGNORE INTO evidence(sha256, envelope, binding) VALUES(?, ?, ?)",

@@ -64,6 +64,21 @@ public enum Schema {
                   PRIMARY KEY(gateway, id))
                 """,
             ]),
+        Migration(
+            version: 3,
+            summary: "named API keys with limits, and the usage ledger",
+            statements: [
+                "CREATE TABLE client_keys(id TEXT PRIMARY KEY, record TEXT NOT NULL)",
+                """
+                CREATE TABLE usage_ledger(request_id TEXT PRIMARY KEY, time_ms {INT} NOT NULL, gateway TEXT NOT NULL,
+                  key_id TEXT NOT NULL, model TEXT NOT NULL, worker TEXT, provider TEXT, prompt_tokens {INT} NOT NULL,
+                  completion_tokens {INT} NOT NULL, ttft_ms {INT}, duration_ms {INT} NOT NULL, status {INT} NOT NULL,
+                  source TEXT NOT NULL)
+                """,
+                "CREATE INDEX usage_time ON usage_ledger(time_ms)",
+                "CREATE INDEX usage_key_time ON usage_ledger(key_id, time_ms)",
+                "CREATE INDEX usage_provider_time ON usage_ledger(provider, time_ms)",
+            ]),
     ]
 
     /// The migrations a database at `version` still needs.

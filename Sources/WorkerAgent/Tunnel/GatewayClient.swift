@@ -354,11 +354,32 @@ public final class GatewayClient: Sendable {
             try? session.send(.failure(id: id, message: "e2e: the sealed request does not open"))
             return
         }
+        // The engine is asked for a stream's counts even when the client did not ask; the event
+        // carrying them is then taken out of what the client gets (the gateway still gets them).
+        var forwarded = body
+        var filter: UsageEventFilter?
+        do {
+            if let asked = try StreamUsage.requestingUsage(body) {
+                forwarded = asked
+                filter = UsageEventFilter()
+            }
+        } catch {
+            try? session.send(.failure(id: id, message: "e2e: \(error)"))
+            return
+        }
         var counts = UsageScan()
         var headSent = false
+        func relay(_ data: Data) throws {
+            var offset = 0
+            while offset < data.count {
+                let end = min(offset + 128 * 1024, data.count)
+                try session.send(.data(id: id, bytes: sealer.seal(data.subdata(in: offset..<end), final: false)))
+                offset = end
+            }
+        }
         do {
             try await engine.send(
-                method: "POST", path: path, body: body,
+                method: "POST", path: path, body: forwarded,
                 onHead: { status, type in
                     headSent = true
                     try session.send(.head(id: id, status: status, contentType: type))
@@ -366,17 +387,15 @@ public final class GatewayClient: Sendable {
                 },
                 onData: { data in
                     counts.scan(data)
-                    var offset = 0
-                    while offset < data.count {
-                        let end = min(offset + 128 * 1024, data.count)
-                        try session.send(
-                            .data(id: id, bytes: sealer.seal(data.subdata(in: offset..<end), final: false)))
-                        offset = end
-                    }
+                    try relay(filter?.pass(data) ?? data)
                 })
             guard headSent else {
                 try session.send(.failure(id: id, message: "engine: no response head"))
                 return
+            }
+            if var rest = filter {
+                try relay(rest.finish())
+                if let taken = rest.scan.usage { counts.take(taken) }
             }
             try session.send(.data(id: id, bytes: sealer.seal(Data(), final: true)))
             if let usage = counts.found { try session.send(.usage(id: id, counts: usage)) }

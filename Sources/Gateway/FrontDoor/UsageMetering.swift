@@ -1,0 +1,110 @@
+import AttestationCore
+import Foundation
+import GatewayState
+import HTTPTypes
+import Hummingbird
+import WorkerProtocol
+
+/// One request on its way to the usage ledger: who asked, what served it, when the first byte
+/// came, and what the engine counted.
+///
+/// Threat: a provider (root on its worker host) reporting more tokens than were served, to be
+/// paid more. The counts come from the attested engine, and are held to what the bytes allow: a
+/// prompt cannot have more tokens than its request has bytes (plus a chat template's), nor an
+/// answer more than its response has bytes; counts beyond that are cut to the bound and the row
+/// is marked `capped`. A stream the engine sent no counts for (the client went away) is
+/// `estimated` from its bytes, so a client cannot use tokens unrecorded by leaving early.
+final class UsageMeter: @unchecked Sendable {
+    // Used by one request at a time: the handler, then its response body writer.
+    let requestID: String
+    let keyID: String
+    let model: String
+    let requestBytes: Int
+    let started = ContinuousClock.now
+    let time: Date
+    var worker: String?
+    var provider: String?
+    var firstByte: Duration?
+    var responseBytes = 0
+    var events = 0
+    private var done = false
+    private let sink: (UsageRecord) -> Void
+
+    /// Tokens a chat template may add around a prompt's text.
+    static let templateAllowance = 512
+
+    init(
+        requestID: String, keyID: String, model: String, requestBytes: Int, time: Date,
+        sink: @escaping (UsageRecord) -> Void
+    ) {
+        self.requestID = requestID
+        self.keyID = keyID
+        self.model = model
+        self.requestBytes = requestBytes
+        self.time = time
+        self.sink = sink
+    }
+
+    /// Notes bytes sent to the client (the first one starts the time to first token).
+    func sent(_ bytes: Data) {
+        if firstByte == nil, !bytes.isEmpty { firstByte = ContinuousClock.now - started }
+        responseBytes += bytes.count
+        events += bytes.count < 6 ? 0 : bytes.split(separator: 0x0A).count { $0.starts(with: Data("data: ".utf8)) }
+    }
+
+    /// Records the request once: its status and the engine's counts (nil when it reported none).
+    func finish(status: Int, usage: UsageScan.Counts?, streamed: Bool) {
+        guard !done else { return }
+        done = true
+        var prompt = 0
+        var completion = 0
+        var source = "none"
+        if let usage {
+            prompt = usage.promptTokens ?? 0
+            completion = usage.completionTokens ?? max(0, (usage.totalTokens ?? 0) - prompt)
+            source = "engine"
+            let promptBound = requestBytes + Self.templateAllowance
+            if prompt > promptBound || completion > responseBytes || prompt < 0 || completion < 0 {
+                prompt = min(max(prompt, 0), promptBound)
+                completion = min(max(completion, 0), responseBytes)
+                source = "capped"
+            }
+        } else if (200..<300).contains(status), responseBytes > 0 {
+            // Roughly four bytes a token of English text; a stream's events are a token each.
+            prompt = (requestBytes + 3) / 4
+            completion = streamed ? max(0, events - 1) : (responseBytes + 3) / 4
+            source = "estimated"
+        }
+        let elapsed = ContinuousClock.now - started
+        sink(
+            UsageRecord(
+                requestID: requestID, time: time, keyID: keyID, model: model, worker: worker, provider: provider,
+                promptTokens: prompt, completionTokens: completion,
+                timeToFirstTokenMs: firstByte.map(Self.milliseconds), durationMs: Self.milliseconds(elapsed),
+                status: status, source: source))
+    }
+
+    static func milliseconds(_ d: Duration) -> Int {
+        Int(d.components.seconds) * 1000 + Int(d.components.attoseconds / 1_000_000_000_000_000)
+    }
+}
+
+extension FrontDoor {
+    static let requestIDHeader = HTTPField.Name("x-request-id")!
+
+    /// The request's id: the client's `x-request-id` when it is a short printable token (1–128
+    /// characters of letters, digits and `-_.:`), else a new UUID.
+    static func requestID(_ request: Request) -> String {
+        if let given = request.headers[requestIDHeader], (1...128).contains(given.utf8.count),
+            given.utf8.allSatisfy({ isIDByte($0) })
+        {
+            return given
+        }
+        return UUID().uuidString.lowercased()
+    }
+
+    static func isIDByte(_ b: UInt8) -> Bool {
+        (0x30...0x39).contains(b) || (0x41...0x5A).contains(b) || (0x61...0x7A).contains(b)
+            || [0x2D, 0x5F, 0x2E, 0x3A].contains(b)
+    }
+}
