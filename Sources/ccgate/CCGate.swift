@@ -19,7 +19,7 @@ struct CCGate: AsyncParsableCommand {
         subcommands: [
             ServeCommand.self, EvidenceCommand.self, PolicyCommand.self, CollateralCommand.self, WorkersCommand.self,
             AuditCommand.self,
-            KeysCommand.self, ReceiptCommand.self, ClientCommand.self, DatabaseCommand.self,
+            KeysCommand.self, UsageCommand.self, ReceiptCommand.self, ClientCommand.self, DatabaseCommand.self,
         ])
 
     static func main() async { await runAsyncWithProjectExitCodes() }

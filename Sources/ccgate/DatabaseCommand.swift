@@ -148,7 +148,8 @@ struct DatabaseCommand: ParsableCommand {
                 let pub = try? String(contentsOfFile: dataDir + "/gateway.pub", encoding: .utf8)
                 let key = try pub.map { try Ed25519PublicKey(text: $0) }
                 let store = try PostgresStore(location: location, migrate: true)
-                let copied = try store.copy(from: source, sourceGateway: key) {
+                let ledger = try source.schemaStatus().version >= 3
+                let copied = try store.copy(from: source, sourceGateway: key, withLedger: ledger) {
                     bar.update(done: $0, total: total, unit: "entries")
                 }
                 bar.finish(done: copied, total: total, unit: "entries")

@@ -66,6 +66,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("A file with one API key per line.", valueName: "FILE")) var apiKeyFile: String?
     @Option(
         help: ArgumentHelp(
+            "The secret named API keys are hashed under (64 hex digits; default DIR/api-keys.secret, made on first start). Gateways sharing a --database need the same one.",
+            valueName: "FILE"))
+    var apiKeySecretFile: String?
+    @Option(
+        help: ArgumentHelp(
             "The policy a new data directory starts with (YAML; FILE.sig beside it is its signature).",
             valueName: "FILE"))
     var policy = "Policies/default.yaml"
@@ -161,13 +166,18 @@ struct ServeCommand: AsyncParsableCommand {
                 !$0.isEmpty && !$0.hasPrefix("#")
             }
         }
-        guard !keys.isEmpty else { throw failure("no API keys: give --api-key KEY or --api-key-file FILE") }
+        guard !keys.isEmpty || adminPort >= 0 else {
+            throw failure(
+                "no API keys and no admin API to issue named ones: give --api-key KEY, --api-key-file FILE, or an --admin-port for `ccgate keys create`"
+            )
+        }
         var configuration = GatewayConfiguration()
         configuration.host = host
         configuration.port = port
         configuration.workerHost = workerHost
         configuration.workerPort = workerPort
         configuration.apiKeys = keys
+        configuration.apiKeySecretFile = apiKeySecretFile.map { URL(fileURLWithPath: $0) }
         do {
             configuration.policy = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: policy))
             configuration.policyText = try String(contentsOfFile: policy, encoding: .utf8)
