@@ -85,7 +85,8 @@ import Testing
         // Every key change is in the audit log.
         let export = try await Self.ccgate(["audit", "export"] + gateway.adminArgs)
         for event in ["key-created", "key-rotated", "key-revoked"] {
-            #expect(export.stdout.contains(#""event":"\#(event)""#), "no \(event) entry in \(export.stdout.count) bytes")
+            #expect(
+                export.stdout.contains(#""event":"\#(event)""#), "no \(event) entry in \(export.stdout.count) bytes")
         }
     }
 }
