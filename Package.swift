@@ -41,6 +41,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         // The shared store of several gateways (PostgreSQL's wire protocol on SwiftNIO).
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        // `/metrics` in Prometheus's text format, from a registry each gateway owns.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // System-library shims.
@@ -134,6 +136,7 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ] + nio,
             swiftSettings: strict),
         .target(

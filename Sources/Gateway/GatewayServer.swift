@@ -47,6 +47,8 @@ public struct GatewayConfiguration: Sendable {
     /// digits); nil: `DATA/api-keys.secret`, made on first start. Gateways sharing a database
     /// need the same one.
     public var apiKeySecretFile: URL?
+    /// `/readyz` also requires an admitted worker for every model the policy names.
+    public var readyRequiresWorkers = false
     /// How long usage rows may wait before they are written (a crash loses at most this much).
     public var usageFlushInterval: Duration = .milliseconds(100)
     /// Keys whose signatures make a policy applicable.
@@ -102,6 +104,7 @@ public struct GatewayServer: Sendable {
     /// The usage ledger's writer.
     public let ledger: UsageLedger
     public let keys: KeyAdministration
+    public let metrics = GatewayMetrics()
     /// The admin API's token (configured, or read from or made in the data directory).
     public let adminToken: String
     /// The id provider proofs name: the fingerprint (SHA-256) of the gateway's public key.
@@ -300,7 +303,13 @@ public struct GatewayServer: Sendable {
         let workers = WorkerServer(runner: runner, logger: logger)
         let publisher = AttestationPublisher(
             key: audit.key, policies: policies, registry: registry, trail: audit, clock: configuration.clock)
-        let frontDoor = FrontDoor(registry: registry, publisher: publisher, keyring: keyring, ledger: ledger)
+        var frontDoor = FrontDoor(registry: registry, publisher: publisher, keyring: keyring, ledger: ledger)
+        frontDoor.metrics = metrics
+        frontDoor.readiness = Readiness(
+            store: store, ledger: ledger, policies: policies, registry: registry, clock: configuration.clock,
+            requireWorkers: configuration.readyRequiresWorkers)
+        let metrics = self.metrics
+        audit.observe { metrics.committed($0, in: $1) }
         let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)
         let server = try Self.httpServer(configuration, logger: logger)
         let app = Application(
@@ -314,7 +323,7 @@ public struct GatewayServer: Sendable {
             Application(
                 router: AdminAPI(
                     administration: administration, trail: audit, registry: registry, policies: policies,
-                    keys: keys, token: adminToken
+                    keys: keys, metrics: metrics, ledger: ledger, token: adminToken
                 ).router(),
                 server: server,
                 configuration: .init(

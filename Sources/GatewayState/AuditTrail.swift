@@ -31,6 +31,12 @@ public final class AuditTrail: Sendable {
     /// Stops the writer thread once what is queued is written.
     public func close() { writer.stop() }
 
+    /// Calls `body` with each group of entries once committed, and how long the commit took
+    /// (metrics); on the writer thread, so it must be quick.
+    public func observe(_ body: @escaping @Sendable ([AuditEntry], Duration) -> Void) {
+        writer.observer.withLock { $0 = body }
+    }
+
     @discardableResult
     public func record(_ event: AuditEvent, evidence: StoredEvidence? = nil, worker: WorkerChange? = nil) async throws
         -> AuditEntry
@@ -79,6 +85,7 @@ public final class AuditTrail: Sendable {
         let key: Ed25519PrivateKey
         let clock: any AttestationClock
         private let newestCheckpoint = Mutex<AuditEntry?>(nil)
+        let observer = Mutex<(@Sendable ([AuditEntry], Duration) -> Void)?>(nil)
         var latestCheckpoint: AuditEntry? { newestCheckpoint.withLock { $0 } }
 
         init(store: any GatewayStore, key: Ed25519PrivateKey, clock: any AttestationClock) {
@@ -139,7 +146,9 @@ public final class AuditTrail: Sendable {
 
         private func commit(_ batch: [([AuditDraft], CheckedContinuation<[AuditEntry], any Error>)]) {
             do {
+                let started = ContinuousClock.now
                 let entries = try store.append(batch.flatMap(\.0), at: clock.now(), checkpointKey: key)
+                if let observe = observer.withLock({ $0 }) { observe(entries, ContinuousClock.now - started) }
                 let last = entries.last?.event.event
                 condition.withLock { uncheckpointed = last != "checkpoint" }
                 if let checkpoint = entries.last(where: { $0.event.event == "checkpoint" }) {

@@ -68,6 +68,9 @@ public final class UsageLedger: Sendable {
         if wake { condition.withLock { condition.signal() } }
     }
 
+    /// Rows recorded and not yet written.
+    public var backlog: Int { state.withLock { $0.pending.count } }
+
     /// Whether rows are waiting because the store refuses them.
     public var isBacklogged: Bool { state.withLock { $0.pending.count > Self.backlogLimit } }
     /// The store's last refusal while rows wait, nil when writes succeed.

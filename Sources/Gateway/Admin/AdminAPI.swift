@@ -32,6 +32,8 @@ public struct AdminAPI: Sendable {
     let registry: WorkerRegistry
     let policies: PolicyState
     let keys: KeyAdministration
+    let metrics: GatewayMetrics?
+    let ledger: UsageLedger?
     let tokenDigest: Data
     let logins = LoginAudit()
 
@@ -40,9 +42,11 @@ public struct AdminAPI: Sendable {
 
     init(
         administration: GatewayAdministration, trail: AuditTrail, registry: WorkerRegistry, policies: PolicyState,
-        keys: KeyAdministration, token: String
+        keys: KeyAdministration, metrics: GatewayMetrics? = nil, ledger: UsageLedger? = nil, token: String
     ) {
         self.keys = keys
+        self.metrics = metrics
+        self.ledger = ledger
         self.administration = administration
         self.trail = trail
         self.registry = registry
@@ -54,6 +58,14 @@ public struct AdminAPI: Sendable {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: AdminErrorMiddleware())
         router.add(middleware: AdminTokenMiddleware(api: self))
+        if let metrics {
+            router.get("metrics") { _, _ in
+                var headers = HTTPFields()
+                headers[.contentType] = "text/plain; version=0.0.4; charset=utf-8"
+                let text = metrics.scrape(registry: self.registry, ledger: self.ledger)
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: text)))
+            }
+        }
         let admin = router.group("v1/admin")
         admin.get("policy") { request, _ in try self.policy(request) }
         admin.get("policy/history") { _, _ in try self.history() }

@@ -23,6 +23,9 @@ public struct FrontDoor: Sendable {
     public let keyring: ClientKeyring
     /// Where each served request's counts go.
     public let ledger: UsageLedger?
+    public var metrics: GatewayMetrics?
+    /// `/readyz`; nil: not served.
+    public var readiness: Readiness?
     /// Largest accepted request body. Chat requests with long histories are tens of KiB.
     public var maxBodySize = 1 << 20
     /// Workers tried for one request before giving up.
@@ -40,8 +43,10 @@ public struct FrontDoor: Sendable {
 
     public func router() -> Router<FrontDoorContext> {
         let router = Router(context: FrontDoorContext.self)
+        if let metrics { router.add(middleware: RefusalCounting(metrics: metrics)) }
         router.add(middleware: OpenAIErrorMiddleware())
         router.get("/healthz") { _, _ in "ok\n" }
+        if let readiness { router.get("/readyz") { _, _ in await readiness.response() } }
         let api = router.group("v1").add(middleware: APIKeyMiddleware(keyring: keyring))
         api.get("models") { _, _ in try self.modelsResponse() }
         api.get("attestation") { request, _ in
@@ -113,13 +118,14 @@ public struct FrontDoor: Sendable {
                 .serviceUnavailable, "The usage ledger cannot be written; try again later.", type: "server_error",
                 code: "ledger_unavailable")
         }
-        let keyring = self.keyring
+        let (keyring, metrics) = (self.keyring, self.metrics)
         return UsageMeter(
             requestID: UUID().uuidString.lowercased(), keyID: grant.keyID, model: model, requestBytes: requestBytes,
             time: publisher.clock.now()
         ) { row in
             ledger.record(row)
             keyring.charge(keyID: row.keyID, tokens: row.totalTokens)
+            metrics?.request(row)
         }
     }
 

@@ -93,6 +93,20 @@ struct APIKeyMiddleware: RouterMiddleware {
     }
 }
 
+/// Counts the front door's error answers (``GatewayMetrics/refused(status:code:)``).
+struct RefusalCounting<Context: RequestContext>: RouterMiddleware {
+    let metrics: GatewayMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
+        -> Response
+    {
+        do { return try await next(request, context) } catch let error as OpenAIError {
+            metrics.refused(status: Int(error.status.code), code: error.code ?? error.type)
+            throw error
+        }
+    }
+}
+
 /// The front door's request context: the client, once authenticated.
 public struct FrontDoorContext: RequestContext {
     public var coreContext: CoreRequestContextStorage

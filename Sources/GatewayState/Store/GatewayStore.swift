@@ -48,6 +48,10 @@ public protocol GatewayStore: Sendable {
     /// Replaces the keys that came from `source` (e.g. `config`) with `digests`.
     func replaceAPIKeys(source: String, digests: Set<String>, at time: Date) throws
 
+    /// Writes and commits a row of its own (`meta` key `ready_probe`), durably: whether the store
+    /// takes writes now (`/readyz`).
+    func probeWrite(at time: Date) throws
+
     /// The named API keys, revoked ones included, by id.
     func clientKeys() throws -> [ClientKeyRecord]
 

@@ -149,6 +149,10 @@ public final class MemoryStore: GatewayStore {
         state.withLock { $0.clientKeys.values.sorted { $0.id < $1.id } }
     }
 
+    public func probeWrite(at time: Date) throws {
+        guard !failAppends else { throw StoreError("the store refuses writes") }
+    }
+
     public func recordUsage(_ records: [UsageRecord]) throws {
         state.withLock { s in
             guard !s.failAppends else { return }

@@ -488,6 +488,15 @@ extension PostgresStore {
         }
     }
 
+    public func probeWrite(at time: Date) throws {
+        try locked {
+            let now = time.rfc3339
+            try run(
+                "INSERT INTO meta(key, value) VALUES('ready_probe', \(now)) ON CONFLICT(key) DO UPDATE SET value = EXCLUDED.value"
+            )
+        }
+    }
+
     public func recordUsage(_ records: [UsageRecord]) throws {
         guard !records.isEmpty else { return }
         try locked {

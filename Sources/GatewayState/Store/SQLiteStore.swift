@@ -307,6 +307,16 @@ extension SQLiteStore {
         }
     }
 
+    public func probeWrite(at time: Date) throws {
+        try locked {
+            try db.transaction {
+                try db.run(
+                    "INSERT INTO meta(key, value) VALUES('ready_probe', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    [.text(time.rfc3339)])
+            }
+        }
+    }
+
     public func recordUsage(_ records: [UsageRecord]) throws {
         guard !records.isEmpty else { return }
         try locked {
