@@ -55,9 +55,11 @@ public final class Readiness: Sendable {
     }
 
     func probeStore() async -> String {
-        guard probing.withLock({ busy in busy ? false : { busy = true; return true }() }) else {
-            return "a write probe is still waiting on the store"
+        let started = probing.withLock { busy in
+            defer { busy = true }
+            return !busy
         }
+        guard started else { return "a write probe is still waiting on the store" }
         let (store, now) = (store, clock.now())
         let result = Mutex<String?>(nil)
         let thread = Thread {
