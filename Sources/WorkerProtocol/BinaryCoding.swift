@@ -21,12 +21,14 @@ extension ChannelPayload {
     /// The number of bytes ``encoded()`` returns, without encoding.
     public var encodedSize: Int {
         switch self {
-        case .request(_, let method, let path, let body): 9 + 12 + method.utf8.count + path.utf8.count + body.count
+        case .request(_, let method, let path, let body, let rid):
+            9 + 16 + method.utf8.count + path.utf8.count + body.count + rid.utf8.count
         case .head(_, _, let contentType): 9 + 8 + 4 + contentType.utf8.count
         case .data(_, let bytes): 9 + 4 + bytes.count
         case .end, .cancel: 9
         case .failure(_, let message): 9 + 4 + message.utf8.count
-        case .sealedRequest(_, let path, let envelope): 9 + 8 + path.utf8.count + envelope.count
+        case .sealedRequest(_, let path, let envelope, let rid):
+            9 + 12 + path.utf8.count + envelope.count + rid.utf8.count
         case .usage(_, let counts): 9 + 4 + counts.count
         case .challenge(let nonce): 9 + 4 + nonce.count
         case .ended(let code, let message, let judged):
@@ -39,11 +41,12 @@ extension ChannelPayload {
     public func encoded() -> Data {
         var out = BinaryWriter()
         switch self {
-        case .request(let id, let method, let path, let body):
+        case .request(let id, let method, let path, let body, let requestID):
             out.tag(Tag.request.rawValue, id)
             out.string(method)
             out.string(path)
             out.bytes(body)
+            out.string(requestID)
         case .head(let id, let status, let contentType):
             out.tag(Tag.head.rawValue, id)
             out.integer(UInt64(bitPattern: Int64(status)))
@@ -56,10 +59,11 @@ extension ChannelPayload {
             out.tag(Tag.failure.rawValue, id)
             out.string(message)
         case .cancel(let id): out.tag(Tag.cancel.rawValue, id)
-        case .sealedRequest(let id, let path, let envelope):
+        case .sealedRequest(let id, let path, let envelope, let requestID):
             out.tag(Tag.sealedRequest.rawValue, id)
             out.string(path)
             out.bytes(envelope)
+            out.string(requestID)
         case .usage(let id, let counts):
             out.tag(Tag.usage.rawValue, id)
             out.bytes(counts)
@@ -84,7 +88,9 @@ extension ChannelPayload {
         let id = try input.integer()
         switch tag {
         case .request:
-            self = .request(id: id, method: try input.string(), path: try input.string(), body: try input.bytes())
+            self = .request(
+                id: id, method: try input.string(), path: try input.string(), body: try input.bytes(),
+                requestID: try input.string())
         case .head:
             let status = Int64(bitPattern: try input.integer())
             guard let status = Int(exactly: status) else { throw .malformed("status out of range") }
@@ -93,7 +99,9 @@ extension ChannelPayload {
         case .end: self = .end(id: id)
         case .failure: self = .failure(id: id, message: try input.string())
         case .cancel: self = .cancel(id: id)
-        case .sealedRequest: self = .sealedRequest(id: id, path: try input.string(), envelope: try input.bytes())
+        case .sealedRequest:
+            self = .sealedRequest(
+                id: id, path: try input.string(), envelope: try input.bytes(), requestID: try input.string())
         case .usage: self = .usage(id: id, counts: try input.bytes())
         case .challenge: self = .challenge(nonce: try input.bytes())
         case .ended:

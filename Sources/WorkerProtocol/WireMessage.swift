@@ -210,8 +210,10 @@ extension WireMessage: Codable {
 
 /// Contents of `sealed` messages, after opening (in the binary form of BinaryCoding.swift).
 public enum ChannelPayload: Sendable, Equatable {
-    /// Gateway → worker: an API request to forward to the engine.
-    case request(id: UInt64, method: String, path: String, body: Data)
+    /// Gateway → worker: an API request to forward to the engine. `requestID` is the gateway's
+    /// request id (the client's `x-request-id`, or one the gateway made), passed to the engine
+    /// as `x-request-id` and named in the worker's logs.
+    case request(id: UInt64, method: String, path: String, body: Data, requestID: String)
     /// Worker → gateway: the engine's response status and content type.
     case head(id: UInt64, status: Int, contentType: String)
     /// Worker → gateway: response bytes, forwarded as they arrive.
@@ -225,7 +227,7 @@ public enum ChannelPayload: Sendable, Equatable {
     /// Gateway → worker: a gateway-blind request: `envelope` is the client's sealed request (Sealing's
     /// `EndToEnd.Request` as JSON), which only the worker's key opens. Answered with `head`,
     /// `data` frames sealed for the client, `usage` and `end`.
-    case sealedRequest(id: UInt64, path: String, envelope: Data)
+    case sealedRequest(id: UInt64, path: String, envelope: Data, requestID: String)
     /// Worker → gateway: the token counts of a gateway-blind answer (JSON `usage` object), in the
     /// clear beside its ciphertext so that quotas and billing work.
     case usage(id: UInt64, counts: Data)
@@ -239,8 +241,8 @@ public enum ChannelPayload: Sendable, Equatable {
     /// The request a payload belongs to; 0 for control payloads (request ids start at 1).
     public var id: UInt64 {
         switch self {
-        case .request(let id, _, _, _), .head(let id, _, _), .data(let id, _), .end(let id), .failure(let id, _),
-            .cancel(let id), .sealedRequest(let id, _, _), .usage(let id, _):
+        case .request(let id, _, _, _, _), .head(let id, _, _), .data(let id, _), .end(let id), .failure(let id, _),
+            .cancel(let id), .sealedRequest(let id, _, _, _), .usage(let id, _):
             id
         case .challenge, .ended: 0
         }

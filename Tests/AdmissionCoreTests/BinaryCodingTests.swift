@@ -5,15 +5,16 @@ import WorkerProtocol
 /// The binary forms of channel payloads and sealed frames (BinaryCoding.swift).
 @Suite struct BinaryCodingTests {
     static let payloads: [ChannelPayload] = [
-        .request(id: 1, method: "POST", path: "/v1/chat/completions", body: Data(#"{"model":"m"}"#.utf8)),
-        .request(id: .max, method: "", path: "", body: Data()),
+        .request(
+            id: 1, method: "POST", path: "/v1/chat/completions", body: Data(#"{"model":"m"}"#.utf8), requestID: "r-1"),
+        .request(id: .max, method: "", path: "", body: Data(), requestID: ""),
         .head(id: 2, status: 200, contentType: "text/event-stream"),
         .head(id: 3, status: -1, contentType: "ünïcode"),
         .data(id: 4, bytes: Data((0..<300).map { UInt8($0 % 256) })),
         .end(id: 5),
         .failure(id: 6, message: "engine closed the connection"),
         .cancel(id: 7),
-        .sealedRequest(id: 8, path: "/v1/completions", envelope: Data(repeating: 0xAB, count: 64)),
+        .sealedRequest(id: 8, path: "/v1/completions", envelope: Data(repeating: 0xAB, count: 64), requestID: "x"),
         .usage(id: 9, counts: Data(#"{"prompt_tokens":3}"#.utf8)),
         .challenge(nonce: Data(repeating: 7, count: 32)),
         .ended(code: "admin.evicted", message: "bye", judged: nil),

@@ -177,7 +177,8 @@ import WorkerProtocol
         }
         let opener = ChannelOpener(sessionKey: key, sessionID: session, direction: .gatewayToWorker)
         let request = try ChannelPayload(decoding: try opener.open(box))
-        #expect(request == .request(id: id, method: "POST", path: "/v1/completions", body: Data("{}".utf8)))
+        #expect(
+            request == .request(id: id, method: "POST", path: "/v1/completions", body: Data("{}".utf8), requestID: ""))
         let sealer = ChannelSealer(sessionKey: key, sessionID: session, direction: .workerToGateway)
         for payload in [
             ChannelPayload.head(id: id, status: 200, contentType: "text/event-stream"),

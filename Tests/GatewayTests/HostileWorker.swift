@@ -52,7 +52,7 @@ enum HostileWorker {
                 case .sealed(let box):
                     guard let sealer, let opener else { return message }
                     let payload = try ChannelPayload(decoding: try opener.open(box))
-                    guard case .request(let requestID, _, _, _) = payload else { continue }
+                    guard case .request(let requestID, _, _, _, _) = payload else { continue }
                     var frames = [WireMessage]()
                     for reply in answer(requestID) {
                         try sealer.seal(reply.encoded()) { frames.append(.sealed($0)) }

@@ -81,17 +81,17 @@ public final class WorkerLink: Sendable {
 
     /// Starts a request; the returned stream yields `head`, `data`… and finishes at `end`, or
     /// throws when the worker fails or goes away.
-    public func startRequest(method: String, path: String, body: Data) throws -> (
+    public func startRequest(method: String, path: String, body: Data, requestID: String = "") throws -> (
         UInt64, AsyncThrowingStream<ChannelPayload, any Error>
     ) {
-        try start { .request(id: $0, method: method, path: path, body: body) }
+        try start { .request(id: $0, method: method, path: path, body: body, requestID: requestID) }
     }
 
     /// Starts a gateway-blind request: `envelope` is the client's sealed request, passed on as is.
-    public func startSealedRequest(path: String, envelope: Data) throws -> (
+    public func startSealedRequest(path: String, envelope: Data, requestID: String = "") throws -> (
         UInt64, AsyncThrowingStream<ChannelPayload, any Error>
     ) {
-        try start { .sealedRequest(id: $0, path: path, envelope: envelope) }
+        try start { .sealedRequest(id: $0, path: path, envelope: envelope, requestID: requestID) }
     }
 
     func start(_ payload: (UInt64) -> ChannelPayload) throws -> (

@@ -43,7 +43,7 @@ public struct FrontDoor: Sendable {
 
     public func router() -> Router<FrontDoorContext> {
         let router = Router(context: FrontDoorContext.self)
-        if let metrics { router.add(middleware: RefusalCounting(metrics: metrics)) }
+        router.add(middleware: FrontDoorAccess(metrics: metrics))
         router.add(middleware: OpenAIErrorMiddleware())
         router.get("/healthz") { _, _ in "ok\n" }
         if let readiness { router.get("/readyz") { _, _ in await readiness.response() } }
@@ -88,18 +88,14 @@ public struct FrontDoor: Sendable {
         let requestSHA256 = HashAlgorithm.sha256.hash(body).hex
         let asked = try Self.minimumTier(request)
         guard let grant = context.grant else { throw OpenAIError.unauthorized }
-        let requestID = Self.requestID(request)
-        var response: Response
+        let trace = RequestTrace(id: context.requestID, note: context.note, logger: context.logger)
         if request.headers[Self.e2eHeader] != nil {
-            response = try await forwardSealed(
-                body, path: path, requestSHA256: requestSHA256, grant: grant, asked: asked, logger: context.logger)
-        } else {
-            response = try await forwardPlain(
-                body, path: path, required: required, requestSHA256: requestSHA256, grant: grant, asked: asked,
-                logger: context.logger)
+            return try await forwardSealed(
+                body, path: path, requestSHA256: requestSHA256, grant: grant, asked: asked, trace: trace)
         }
-        response.headers[Self.requestIDHeader] = requestID
-        return response
+        return try await forwardPlain(
+            body, path: path, required: required, requestSHA256: requestSHA256, grant: grant, asked: asked,
+            trace: trace)
     }
 
     /// The stronger of the tier a request asks for and the one its key requires.
@@ -109,7 +105,7 @@ public struct FrontDoor: Sendable {
     }
 
     /// A meter for a request the key was admitted for; nil without a ledger.
-    func meter(_ grant: ClientGrant, model: String, requestBytes: Int) throws -> UsageMeter? {
+    func meter(_ grant: ClientGrant, model: String, requestBytes: Int, trace: RequestTrace) throws -> UsageMeter? {
         guard let ledger else { return nil }
         // Threat: serving requests that cannot be recorded (the store refuses writes): the
         // provider would go unpaid and quotas uncounted. Past the backlog limit, refuse.
@@ -119,6 +115,8 @@ public struct FrontDoor: Sendable {
                 code: "ledger_unavailable")
         }
         let (keyring, metrics) = (self.keyring, self.metrics)
+        // The ledger's own id: the client's `x-request-id` is only a label (two requests may carry the same).
+        trace.note.metered()
         return UsageMeter(
             requestID: UUID().uuidString.lowercased(), keyID: grant.keyID, model: model, requestBytes: requestBytes,
             time: publisher.clock.now()
@@ -126,13 +124,15 @@ public struct FrontDoor: Sendable {
             ledger.record(row)
             keyring.charge(keyID: row.keyID, tokens: row.totalTokens)
             metrics?.request(row)
+            trace.access(row)
         }
     }
 
     func forwardPlain(
         _ body: Data, path: String, required: String, requestSHA256: String, grant: ClientGrant,
-        asked: AssuranceTier?, logger: Logger
+        asked: AssuranceTier?, trace: RequestTrace
     ) async throws -> Response {
+        let logger = trace.logger
         let model = try servedModel(body, required: required)
         let minimumTier = Self.stronger(asked, try keyring.admit(grant, model: model))
         // A stream is always asked for its counts; the event carrying them is taken back out
@@ -145,7 +145,7 @@ public struct FrontDoor: Sendable {
                 stripUsage = true
             }
         } catch { throw OpenAIError(.badRequest, "\(error).", param: "stream_options") }
-        let meter = try meter(grant, model: model, requestBytes: body.count)
+        let meter = try meter(grant, model: model, requestBytes: body.count, trace: trace)
         var tried = Set<String>()
         var lastFailure = "no admitted worker serves this model"
         for _ in 0..<maxAttempts {
@@ -158,7 +158,9 @@ public struct FrontDoor: Sendable {
             tried.insert(link.workerID)
             let id: UInt64
             let stream: AsyncThrowingStream<ChannelPayload, any Error>
-            do { (id, stream) = try link.startRequest(method: "POST", path: path, body: engineBody) } catch {
+            do {
+                (id, stream) = try link.startRequest(method: "POST", path: path, body: engineBody, requestID: trace.id)
+            } catch {
                 lastFailure = "\(error)"
                 continue
             }

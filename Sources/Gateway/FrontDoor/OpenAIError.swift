@@ -39,6 +39,7 @@ public struct OpenAIError: HTTPResponseError, Sendable {
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
+        if let context = context as? FrontDoorContext { headers[FrontDoor.requestIDHeader] = context.requestID }
         if let retryAfter { headers[.retryAfter] = String(max(1, Int(retryAfter.rounded(.up)))) }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: json)))
     }
@@ -88,22 +89,10 @@ struct APIKeyMiddleware: RouterMiddleware {
         next: (Request, FrontDoorContext) async throws -> Response
     ) async throws -> Response {
         var context = context
-        context.grant = try keyring.authenticate(request.headers[.authorization])
+        let grant = try keyring.authenticate(request.headers[.authorization])
+        context.grant = grant
+        context.note.keyID = grant.keyID
         return try await next(request, context)
-    }
-}
-
-/// Counts the front door's error answers (``GatewayMetrics/refused(status:code:)``).
-struct RefusalCounting<Context: RequestContext>: RouterMiddleware {
-    let metrics: GatewayMetrics
-
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws
-        -> Response
-    {
-        do { return try await next(request, context) } catch let error as OpenAIError {
-            metrics.refused(status: Int(error.status.code), code: error.code ?? error.type)
-            throw error
-        }
     }
 }
 
@@ -111,6 +100,10 @@ struct RefusalCounting<Context: RequestContext>: RouterMiddleware {
 public struct FrontDoorContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public var grant: ClientGrant?
+    /// The request's id (``FrontDoorAccess``).
+    public var requestID = ""
+    /// What the access log line of this request needs from the handlers further in.
+    public let note = AccessNote()
     public init(source: Source) {
         coreContext = .init(source: source)
         grant = nil

@@ -25,8 +25,9 @@ extension FrontDoor {
 
     func forwardSealed(
         _ body: Data, path: String, requestSHA256: String, grant: ClientGrant, asked: AssuranceTier?,
-        logger: Logger
+        trace: RequestTrace
     ) async throws -> Response {
+        let logger = trace.logger
         guard let sealed = try? JSONDecoder().decode(EndToEnd.Request.self, from: body) else {
             throw OpenAIError(.badRequest, "A gateway-blind request must be a sealed request (ccgate-e2e: v1).")
         }
@@ -41,9 +42,9 @@ extension FrontDoor {
                 "Worker '\(sealed.worker)' does not serve '\(sealed.model)' under the key this request is sealed to (fetch /v1/attestation again).",
                 type: "server_error", code: "e2e_worker_unavailable")
         }
-        let meter = try meter(grant, model: sealed.model, requestBytes: body.count)
+        let meter = try meter(grant, model: sealed.model, requestBytes: body.count, trace: trace)
         meter?.worker = link.workerID
-        let (id, stream) = try link.startSealedRequest(path: path, envelope: body)
+        let (id, stream) = try link.startSealedRequest(path: path, envelope: body, requestID: trace.id)
         var iterator = stream.makeAsyncIterator()
         let first: ChannelPayload?
         do { first = try await iterator.next() } catch {

@@ -3,6 +3,8 @@ import Foundation
 import GatewayState
 import HTTPTypes
 import Hummingbird
+import Logging
+import Synchronization
 import WorkerProtocol
 
 /// One request on its way to the usage ledger: who asked, what served it, when the first byte
@@ -86,6 +88,83 @@ final class UsageMeter: @unchecked Sendable {
 
     static func milliseconds(_ d: Duration) -> Int {
         Int(d.components.seconds) * 1000 + Int(d.components.attoseconds / 1_000_000_000_000_000)
+    }
+}
+
+/// One request's identity as the front door's handlers pass it on: its id (sent back as
+/// `x-request-id`, passed to the worker and its engine), the note the access log is written from,
+/// and the logger.
+struct RequestTrace: Sendable {
+    let id: String
+    let note: AccessNote
+    let logger: Logger
+
+    /// The access log line of a request that reached a worker (or was meant to): who, what, how
+    /// long and how many tokens. Never the prompt or the answer.
+    func access(_ row: UsageRecord) {
+        var metadata: Logger.Metadata = [
+            "ccgate.request_id": "\(id)", "ccgate.key": "\(row.keyID)", "ccgate.model": "\(row.model)",
+            "ccgate.status": "\(row.status)", "ccgate.duration_ms": "\(row.durationMs)",
+            "ccgate.prompt_tokens": "\(row.promptTokens)", "ccgate.completion_tokens": "\(row.completionTokens)",
+            "ccgate.usage_source": "\(row.source)",
+        ]
+        if let worker = row.worker { metadata["ccgate.worker.id"] = "\(worker)" }
+        if let provider = row.provider { metadata["ccgate.provider"] = "\(provider)" }
+        if let ttft = row.timeToFirstTokenMs { metadata["ccgate.ttft_ms"] = "\(ttft)" }
+        logger.info("access", metadata: metadata)
+    }
+}
+
+/// What the access log needs from further in: the key (once authenticated), and whether a usage
+/// meter took the request over (it then writes the line when the response ends).
+public final class AccessNote: Sendable {
+    private let state = Mutex<(keyID: String?, metered: Bool)>((nil, false))
+    public init() {}
+    var keyID: String? {
+        get { state.withLock { $0.keyID } }
+        set { state.withLock { $0.keyID = newValue } }
+    }
+    func metered() { state.withLock { $0.metered = true } }
+    var isMetered: Bool { state.withLock { $0.metered } }
+}
+
+/// The front door's outermost step: gives each request its id (the client's `x-request-id` when
+/// it is a short token, else a new UUID) and sends it back; writes the access log line of every
+/// request no usage meter took over (refusals, `/v1/models`, `/v1/attestation`, health checks),
+/// and counts refusals.
+struct FrontDoorAccess: RouterMiddleware {
+    let metrics: GatewayMetrics?
+
+    func handle(
+        _ request: Request, context: FrontDoorContext, next: (Request, FrontDoorContext) async throws -> Response
+    ) async throws -> Response {
+        var context = context
+        context.requestID = FrontDoor.requestID(request)
+        let started = ContinuousClock.now
+        let note = context.note
+        do {
+            var response = try await next(request, context)
+            response.headers[FrontDoor.requestIDHeader] = context.requestID
+            if !note.isMetered { log(request, context, status: Int(response.status.code), code: nil, started) }
+            return response
+        } catch let error as OpenAIError {
+            metrics?.refused(status: Int(error.status.code), code: error.code ?? error.type)
+            if !note.isMetered { log(request, context, status: Int(error.status.code), code: error.code, started) }
+            throw error
+        }
+    }
+
+    func log(
+        _ request: Request, _ context: FrontDoorContext, status: Int, code: String?, _ started: ContinuousClock.Instant
+    ) {
+        var metadata: Logger.Metadata = [
+            "ccgate.request_id": "\(context.requestID)", "ccgate.method": "\(request.method)",
+            "ccgate.path": "\(request.uri.path)", "ccgate.status": "\(status)",
+            "ccgate.duration_ms": "\(UsageMeter.milliseconds(ContinuousClock.now - started))",
+        ]
+        if let key = context.note.keyID { metadata["ccgate.key"] = "\(key)" }
+        if let code { metadata["ccgate.error"] = "\(code)" }
+        context.logger.info("access", metadata: metadata)
     }
 }
 

@@ -272,29 +272,31 @@ public final class GatewayClient: Sendable {
 
     func handle(_ payload: ChannelPayload, in session: Session) {
         switch payload {
-        case .sealedRequest(let id, let path, let envelope):
+        case .sealedRequest(let id, let path, let envelope, let requestID):
             guard ["/v1/chat/completions", "/v1/completions"].contains(path) else {
                 try? session.send(.failure(id: id, message: "path not forwarded: POST \(path)"))
                 return
             }
+            let headers = requestIDHeader(requestID, path: path, sealed: true)
             let handle = TaskHandle()
             session.track(id) { handle.cancel() }
             handle.run {
-                await self.serveSealed(id: id, path: path, envelope: envelope, in: session)
+                await self.serveSealed(id: id, path: path, envelope: envelope, headers: headers, in: session)
                 session.forget(id)
             }
-        case .request(let id, let method, let path, let body):
+        case .request(let id, let method, let path, let body, let requestID):
             // Only the API the gateway fronts is forwarded; nothing else on the engine is reachable.
             guard method == "POST", ["/v1/chat/completions", "/v1/completions"].contains(path) else {
                 try? session.send(.failure(id: id, message: "path not forwarded: \(method) \(path)"))
                 return
             }
+            let headers = requestIDHeader(requestID, path: path, sealed: false)
             // Answered from the engine connection's event loop as the parts arrive: no task
             // between the engine and the sealed channel.
             let exchange = EngineExchange()
             session.track(id) { exchange.cancel() }
             engine.start(
-                method: method, path: path, body: body, on: exchange,
+                method: method, path: path, body: body, headers: headers, on: exchange,
                 handler: EngineResponseHandler(
                     head: { status, type in try session.send(.head(id: id, status: status, contentType: type)) },
                     body: { buffer in
@@ -315,6 +317,22 @@ public final class GatewayClient: Sendable {
         default:
             break
         }
+    }
+
+    /// The request's id as the engine's `x-request-id` header, logged with the request (never its
+    /// body); none when the gateway sent none or one that is not a short token (1–128 letters,
+    /// digits and `-_.:`), which could not travel in a header.
+    func requestIDHeader(_ requestID: String, path: String, sealed: Bool) -> [(String, String)] {
+        guard (1...128).contains(requestID.utf8.count),
+            requestID.utf8.allSatisfy({ b in
+                (0x30...0x39).contains(b) || (0x41...0x5A).contains(b) || (0x61...0x7A).contains(b)
+                    || [0x2D, 0x5F, 0x2E, 0x3A].contains(b)
+            })
+        else { return [] }
+        logger.info(
+            "request",
+            metadata: ["ccgate.request_id": "\(requestID)", "ccgate.path": "\(path)", "ccgate.sealed": "\(sealed)"])
+        return [("x-request-id", requestID)]
     }
 
     /// Whether a sealed request's body asks what its routing fields (seen by the gateway) say.
@@ -338,7 +356,9 @@ public final class GatewayClient: Sendable {
     /// routing fields, forwarded to the engine, and answered in frames sealed for the client (the
     /// gateway sees the status, the content type, the token counts and ciphertext; the client
     /// takes status and content type from the sealed head).
-    func serveSealed(id: UInt64, path: String, envelope: Data, in session: Session) async {
+    func serveSealed(
+        id: UInt64, path: String, envelope: Data, headers: [(String, String)] = [], in session: Session
+    ) async {
         let body: Data
         let sealer: EndToEnd.ResponseSealer
         do {
@@ -379,7 +399,7 @@ public final class GatewayClient: Sendable {
         }
         do {
             try await engine.send(
-                method: "POST", path: path, body: forwarded,
+                method: "POST", path: path, body: forwarded, headers: headers,
                 onHead: { status, type in
                     headSent = true
                     try session.send(.head(id: id, status: status, contentType: type))
