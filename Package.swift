@@ -85,6 +85,7 @@ let package = Package(
             dependencies: [
                 "AuditLog", "AttestationCore", "CSQLite", .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ] + nio, swiftSettings: strict),
         // TON: addresses, cells, bags of cells.
         .target(name: "TONKit", dependencies: ["AttestationCore"], swiftSettings: strict),

@@ -157,9 +157,12 @@ public struct GatewayServer: Sendable {
             logger.warning("policy in force uses a lab setting", metadata: ["ccgate.policy.warning": "\(warning)"])
         }
         let policies = PolicyState(active)
-        let ledger = UsageLedger(store: store, clock: configuration.clock, interval: configuration.usageFlushInterval)
+        let secret = KeyHashingSecret(try GatewayKeys.apiKeySecret(file: configuration.apiKeySecretFile, in: data))
+        let ledger = UsageLedger(
+            store: store, clock: configuration.clock, interval: configuration.usageFlushInterval, secret: secret,
+            gateway: key.publicKey.fingerprint)
         let keyring = try ClientKeyring(
-            hashingKey: try GatewayKeys.apiKeySecret(file: configuration.apiKeySecretFile, in: data),
+            secret: secret,
             configKeys: configuration.apiKeys, ledger: ledger,
             revisionsFile: data.appendingPathComponent("api-key-revisions.json"), clock: configuration.clock)
         let rows = try store.clientKeys()
@@ -263,9 +266,13 @@ public struct GatewayServer: Sendable {
             clock: configuration.clock,
             afterSync: { [logger] in
                 // Keys changed on another gateway, and the tokens it has counted since.
-                guard let rows = try? store.clientKeys() else { return }
-                for id in keyring.load(rows) {
-                    logger.error("API key row refused: its MAC does not verify", metadata: ["ccgate.key": "\(id)"])
+                do {
+                    for id in keyring.load(try store.clientKeys()) {
+                        logger.warning(
+                            "API key row refused: its MAC does not verify", metadata: ["ccgate.key": "\(id)"])
+                    }
+                } catch {
+                    logger.error("the API keys could not be re-read", metadata: ["error": "\(error)"])
                 }
                 await ledger.refreshQuotas(keyring.quotaKeys)
             })

@@ -159,9 +159,10 @@ public final class AuditTrail: Sendable {
                     item.1.resume(returning: Array(entries[offset..<offset + item.0.count]))
                     offset += item.0.count
                 }
-            } catch let conflict as PolicyVersionConflict {
-                // Only a policy checked against a version that is no longer the newest fails; the
-                // decisions batched with it are written again without it.
+            } catch let conflict as any AppendConflict {
+                // Only a policy checked against a version that is no longer the newest (or a key
+                // change made from an older revision) fails; the decisions batched with it are
+                // written again without it.
                 let stale = batch.filter { $0.0.contains(where: \.isConditional) }
                 let rest = batch.filter { !$0.0.contains(where: \.isConditional) }
                 guard !stale.isEmpty else {

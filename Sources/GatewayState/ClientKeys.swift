@@ -1,4 +1,5 @@
 import AttestationCore
+import Crypto
 import Foundation
 
 /// A named API key as the store keeps it: who it is for, what it may do, and the keyed hashes of
@@ -134,6 +135,9 @@ public struct UsageRecord: Sendable, Equatable {
     /// Where the counts come from: `engine` (the engine's `usage`), `estimated` (the engine
     /// reported none, as when a stream was cut: counted from the bytes), `none` (nothing served).
     public var source: String
+    /// HMAC-SHA256 (hex) of the row under the ledger key (``KeyHashingSecret``), set by the
+    /// gateway that writes it; a row without a valid one was not written by a gateway.
+    public var mac: String?
 
     public init(
         requestID: String, time: Date, keyID: String, model: String, worker: String?, provider: String?,
@@ -179,7 +183,7 @@ public struct UsageQuery: Sendable, Equatable {
 /// The ledger's and key table's columns as every store reads and writes them.
 enum UsageColumns {
     static let list =
-        "request_id, time_ms, gateway, key_id, model, worker, provider, prompt_tokens, completion_tokens, ttft_ms, duration_ms, status, source"
+        "request_id, time_ms, gateway, key_id, model, worker, provider, prompt_tokens, completion_tokens, ttft_ms, duration_ms, status, source, mac"
 
     static func milliseconds(_ date: Date) -> Int { Int((date.timeIntervalSince1970 * 1000).rounded(.down)) }
 
@@ -188,19 +192,76 @@ enum UsageColumns {
         guard let id = text(0), let ms = int(1), let key = text(3), let model = text(4) else {
             throw StoreError("a usage ledger row lacks its request id, time, key or model")
         }
+        // Counts as written are at most 10^9 (UsageScan.maxCount); a row outside that was not
+        // written by a gateway and must not overflow a sum.
+        func count(_ i: Int32) -> Int { min(max(int(i) ?? 0, 0), 1_000_000_000) }
         var r = UsageRecord(
             requestID: id, time: Date(timeIntervalSince1970: Double(ms) / 1000), keyID: key, model: model,
-            worker: text(5), provider: text(6), promptTokens: int(7) ?? 0, completionTokens: int(8) ?? 0,
+            worker: text(5), provider: text(6), promptTokens: count(7), completionTokens: count(8),
             timeToFirstTokenMs: int(9), durationMs: int(10) ?? 0, status: int(11) ?? 0, source: text(12) ?? "")
         r.gateway = text(2)
+        r.mac = text(13)
         return r
     }
 
-    /// A key row, checked to be the key its id says.
-    static func key(id: String?, record: String?) throws -> ClientKeyRecord {
-        guard let id, let record, let key = try? ClientKeyRecord.parse(record), key.id == id else {
-            throw StoreError("the API key row \(id ?? "?") does not hold a readable key")
-        }
+    /// A key row, checked to be the key its id says; nil for a row that is not one (written by
+    /// someone other than a gateway: it names no key anyone can use, and does not stop the others
+    /// from loading).
+    static func key(id: String?, record: String?) -> ClientKeyRecord? {
+        guard let id, let record, let key = try? ClientKeyRecord.parse(record), key.id == id else { return nil }
         return key
+    }
+}
+
+/// The gateways' key-hashing secret (`DATA/api-keys.secret`, or the file every gateway on a
+/// shared database is given) and the keys derived from it with HKDF-SHA256, one per use: the
+/// hashes of API key secrets, the MACs of key rows, the MACs of usage ledger rows. The secret
+/// never goes into the database, so a writer of the database can forge none of them.
+public struct KeyHashingSecret: Sendable {
+    public let secretHashes: SymmetricKey
+    public let keyRows: SymmetricKey
+    public let ledgerRows: SymmetricKey
+
+    public init(_ secret: SymmetricKey) {
+        func derive(_ use: String) -> SymmetricKey {
+            HKDF<SHA256>.deriveKey(
+                inputKeyMaterial: secret, salt: Data("ccgate".utf8), info: Data(use.utf8), outputByteCount: 32)
+        }
+        secretHashes = derive("api key secrets")
+        keyRows = derive("api key rows")
+        ledgerRows = derive("usage ledger rows")
+    }
+
+    /// Reads a secret file: 64 hex digits (32 bytes).
+    public static func read(_ url: URL) throws -> KeyHashingSecret {
+        guard let text = try? String(contentsOf: url, encoding: .utf8) else {
+            throw StoreError("\(url.path): cannot read the API key secret")
+        }
+        let hex = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard hex.count == 64, let bytes = Data(hex: hex) else {
+            throw StoreError("\(url.path): the API key secret must be 64 hex digits (32 bytes)")
+        }
+        return KeyHashingSecret(SymmetricKey(data: bytes))
+    }
+
+    /// A ledger row's MAC (hex): HMAC-SHA256 over its canonical fields, the gateway's included.
+    public func mac(_ r: UsageRecord) -> String {
+        Data(HMAC<SHA256>.authenticationCode(for: Self.canonical(r), using: ledgerRows)).hex
+    }
+
+    /// Whether a ledger row read back carries the MAC its fields give.
+    public func isGenuine(_ r: UsageRecord) -> Bool {
+        guard let mac = r.mac, let given = Data(hex: mac) else { return false }
+        return HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: Self.canonical(r), using: ledgerRows)
+    }
+
+    static func canonical(_ r: UsageRecord) -> [UInt8] {
+        CanonicalJSON.encode(
+            .array([
+                .string(r.requestID), .int(UsageColumns.milliseconds(r.time)), .string(r.gateway ?? ""),
+                .string(r.keyID), .string(r.model), .string(r.worker ?? ""), .string(r.provider ?? ""),
+                .int(r.promptTokens), .int(r.completionTokens), .int(r.timeToFirstTokenMs ?? -1), .int(r.durationMs),
+                .int(r.status), .string(r.source),
+            ]))
     }
 }

@@ -19,6 +19,9 @@ public final class UsageLedger: Sendable {
     let store: any GatewayStore
     let clock: any AttestationClock
     let interval: Duration
+    /// Signs each row (its MAC) and names the gateway on it; nil: rows go unsigned (tools, tests).
+    let secret: KeyHashingSecret?
+    let gateway: String?
     public static let batchLimit = 1024
     public static let backlogLimit = 100_000
 
@@ -43,8 +46,11 @@ public final class UsageLedger: Sendable {
     private let condition = NSCondition()
 
     public init(
-        store: any GatewayStore, clock: any AttestationClock = SystemClock(), interval: Duration = .milliseconds(100)
+        store: any GatewayStore, clock: any AttestationClock = SystemClock(), interval: Duration = .milliseconds(100),
+        secret: KeyHashingSecret? = nil, gateway: String? = nil
     ) {
+        self.secret = secret
+        self.gateway = gateway
         self.store = store
         self.clock = clock
         self.interval = interval
@@ -53,8 +59,11 @@ public final class UsageLedger: Sendable {
         thread.start()
     }
 
-    /// Queues a finished request's row.
+    /// Queues a finished request's row (named and signed by this gateway).
     public func record(_ row: UsageRecord) {
+        var row = row
+        if let gateway { row.gateway = gateway }
+        if let secret { row.mac = secret.mac(row) }
         let wake = state.withLock { s -> Bool in
             s.pending.append(row)
             if var q = s.quota[row.keyID] {
@@ -169,27 +178,23 @@ public final class UsageLedger: Sendable {
         let now = clock.now()
         for (id, period) in keys {
             let start = period.start(of: now)
-            // The read covers what is written; rows still waiting (recorded since the last write)
-            // and rows recorded from here on are counted in `since`.
-            state.withLock { s in
-                let waiting = s.pending.lazy.filter { $0.keyID == id && $0.time >= start }.reduce(0) {
-                    $0 + $1.totalTokens
-                }
-                let stored = s.quota[id].map { $0.start == start ? $0.stored : 0 } ?? 0
-                s.quota[id] = QuotaCount(kind: period, start: start, stored: stored, since: waiting)
+            // What the store holds: everything written (this thread writes, and is here). Rows
+            // still waiting, and those recorded while the sum is read, are counted in `since`.
+            // Until a read succeeds the previous count stays (a failed read never lowers it).
+            let (waiting, sinceBefore) = state.withLock { s in
+                (
+                    s.pending.lazy.filter { $0.keyID == id && $0.time >= start }.reduce(0) { $0 + $1.totalTokens },
+                    s.quota[id].map { $0.start == start ? $0.since : 0 } ?? 0
+                )
             }
-            var total = 0
-            do {
-                try store.usage(UsageQuery(since: start, keyID: id)) { r in
-                    total += r.totalTokens
-                    return true
-                }
-            } catch {
+            let total: Int
+            do { total = try store.usedTokens(keyID: id, since: start) } catch {
                 state.withLock { $0.failing = "\(error)" }
                 continue
             }
             state.withLock { s in
-                if s.quota[id]?.start == start { s.quota[id]?.stored = total }
+                let meanwhile = (s.quota[id].map { $0.start == start ? $0.since : 0 } ?? 0) - sinceBefore
+                s.quota[id] = QuotaCount(kind: period, start: start, stored: total, since: waiting + max(0, meanwhile))
             }
         }
     }

@@ -1,4 +1,5 @@
 import AttestationCore
+import Crypto
 import Foundation
 
 /// Ledger rows added up: requests and tokens per group (a key, a provider, a model) and, when
@@ -40,24 +41,41 @@ public struct UsageTotals: Sendable, Equatable {
         }
     }
 
-    public private(set) var lines: [Line] = []
+    let grouping: Grouping
+    let hourly: Bool
+    private var unsorted: [Line] = []
+    private var index = [String: Int]()
+
+    /// The lines, by group and hour.
+    public var lines: [Line] {
+        unsorted.sorted { ($0.group, $0.hour ?? .distantPast) < ($1.group, $1.hour ?? .distantPast) }
+    }
+
+    /// Empty totals, to be given rows with ``add(_:)``.
+    public init(by grouping: Grouping, hourly: Bool) {
+        self.grouping = grouping
+        self.hourly = hourly
+    }
 
     /// Adds up the rows of `query` in `store`, by `grouping`, per hour when `hourly`.
     public init(store: any GatewayStore, query: UsageQuery, by grouping: Grouping, hourly: Bool) throws {
-        var index = [String: Int]()
+        self.init(by: grouping, hourly: hourly)
         try store.usage(query) { r in
-            let hour =
-                hourly ? Date(timeIntervalSince1970: (r.time.timeIntervalSince1970 / 3600).rounded(.down) * 3600) : nil
-            let group = grouping.group(r)
-            let slot = group + "\u{0}" + (hour?.rfc3339 ?? "")
-            if index[slot] == nil {
-                index[slot] = lines.count
-                lines.append(Line(group: group, hour: hour))
-            }
-            lines[index[slot]!].add(r)
+            add(r)
             return true
         }
-        lines.sort { ($0.group, $0.hour ?? .distantPast) < ($1.group, $1.hour ?? .distantPast) }
+    }
+
+    public mutating func add(_ r: UsageRecord) {
+        let hour =
+            hourly ? Date(timeIntervalSince1970: (r.time.timeIntervalSince1970 / 3600).rounded(.down) * 3600) : nil
+        let group = grouping.group(r)
+        let slot = group + "\u{0}" + (hour?.rfc3339 ?? "")
+        if index[slot] == nil {
+            index[slot] = unsorted.count
+            unsorted.append(Line(group: group, hour: hour))
+        }
+        unsorted[index[slot]!].add(r)
     }
 }
 
@@ -66,8 +84,10 @@ public struct UsageTotals: Sendable, Equatable {
 ///
 /// The statement is canonical JSON (``CanonicalJSON``) with a `signature` member: Ed25519 by the
 /// gateway key over the canonical JSON of every other member. It holds the totals, the totals per
-/// model and per hour, and `rows_sha256`, a digest over the ledger rows it adds up (so that the
-/// ledger it came from can be shown to give these numbers).
+/// model and per hour, `rows_sha256`, a digest over the ledger rows it adds up (each row's
+/// canonical fields, as its MAC covers them, one per line in ledger order: the ledger it came
+/// from can be shown to give these numbers), and `final`: whether the period had ended when it
+/// was signed (a statement of an open period is a partial one).
 ///
 /// Threat: a provider, or anyone carrying the statement, changing a number to be paid more: the
 /// signature no longer verifies. Verification takes the gateway key from the verifier (a pinned
@@ -75,32 +95,48 @@ public struct UsageTotals: Sendable, Equatable {
 public enum UsageStatement {
     public static let schema = "ccgate.usage-statement/v1"
 
-    /// Builds and signs the statement for `provider` over `[since, until)`.
+    /// Why a statement was not made: ledger rows that are not a gateway's.
+    public struct UnauthenticRows: Error, CustomStringConvertible {
+        public let count: Int
+        public let first: String
+        public var description: String {
+            "statement.unauthenticated-rows: \(count) ledger rows of this provider in the period do not carry a valid MAC (the first: request \(first)): the ledger was written by someone other than a gateway with this API key secret; nothing was signed"
+        }
+    }
+
+    /// Builds and signs the statement for `provider` over `[since, until)`, from one read of the
+    /// ledger. With `secret`, every row must carry its MAC (``KeyHashingSecret``): a statement is
+    /// never signed over rows a writer of the database added or changed.
     public static func make(
-        store: any GatewayStore, provider: String, since: Date, until: Date, key: Ed25519PrivateKey, at now: Date
+        store: any GatewayStore, provider: String, since: Date, until: Date, key: Ed25519PrivateKey, at now: Date,
+        secret: KeyHashingSecret?
     ) throws -> Data {
-        let query = UsageQuery(since: since, until: until, provider: provider)
         var total = UsageTotals.Line(group: provider)
-        var rows = SHA256Stream()
+        var models = UsageTotals(by: .model, hourly: false)
+        var hours = UsageTotals(by: .provider, hourly: true)
+        var digest = SHA256()
         var gateways = Set<String>()
-        try store.usage(query) { r in
+        var unauthentic = 0
+        var firstUnauthentic = ""
+        try store.usage(UsageQuery(since: since, until: until, provider: provider)) { r in
+            if let secret, !secret.isGenuine(r) {
+                if unauthentic == 0 { firstUnauthentic = r.requestID }
+                unauthentic += 1
+                return true
+            }
             total.add(r)
+            models.add(r)
+            hours.add(r)
             gateways.insert(r.gateway ?? "")
-            rows.update(
-                CanonicalJSON.encode(
-                    .array([
-                        .string(r.requestID), .int(UsageColumns.milliseconds(r.time)), .string(r.keyID),
-                        .string(r.model), .string(r.worker ?? ""), .int(r.promptTokens), .int(r.completionTokens),
-                        .int(r.status), .string(r.source),
-                    ])) + [0x0A])
+            digest.update(data: KeyHashingSecret.canonical(r) + [0x0A])
             return true
         }
-        let models = try UsageTotals(store: store, query: query, by: .model, hourly: false)
-        let hours = try UsageTotals(store: store, query: query, by: .provider, hourly: true)
+        guard unauthentic == 0 else { throw UnauthenticRows(count: unauthentic, first: firstUnauthentic) }
         var body: [String: JSONValue] = [
             "schema": .string(schema), "provider": .string(provider),
             "period": .object(["since": .string(since.rfc3339), "until": .string(until.rfc3339)]),
             "issued_at": .string(now.rfc3339), "signer": .string(key.publicKey.fingerprint),
+            "final": .bool(until <= now),
             "gateways": .array(gateways.sorted().map(JSONValue.string)),
             "totals": total.json,
             "models": .array(
@@ -110,7 +146,7 @@ public enum UsageStatement {
                     return .object(o)
                 }),
             "hours": .array(hours.lines.map(\.json)),
-            "rows_sha256": .string(rows.finish()),
+            "rows_sha256": .string(Data(digest.finalize()).hex),
         ]
         let signature = key.signature(for: Data(CanonicalJSON.encode(.object(body))))
         body["signature"] = .string(signature.base64EncodedString())
@@ -161,17 +197,13 @@ public enum UsageStatement {
             }
         }
         let period = body["period"]?.object
+        guard let provider = body["provider"]?.string, !provider.isEmpty, period?["since"]?.string != nil,
+            period?["until"]?.string != nil, totals?.object != nil
+        else { throw Refusal(code: "statement.malformed", message: "it lacks its provider, period or totals") }
         return Summary(
             provider: body["provider"]?.string ?? "", since: period?["since"]?.string ?? "",
             until: period?["until"]?.string ?? "", requests: count(totals, "requests"),
             promptTokens: count(totals, "prompt_tokens"), completionTokens: count(totals, "completion_tokens"),
             signer: body["signer"]?.string ?? "")
     }
-}
-
-/// SHA-256 over bytes given in parts.
-struct SHA256Stream {
-    private var bytes = [UInt8]()
-    mutating func update(_ part: [UInt8]) { bytes += part }
-    func finish() -> String { HashAlgorithm.sha256.hash(Data(bytes)).hex }
 }

@@ -33,15 +33,23 @@ public struct UsageScan: Sendable {
         }
     }
 
-    /// The counts of one JSON object; nil without them, or when they are not plain integers or
-    /// are named twice (an answer read two ways is not counted).
+    /// Largest count taken from an engine: far above any request's, and small enough that sums of
+    /// billions of rows stay within `Int`.
+    public static let maxCount = 1_000_000_000
+
+    /// The counts of one JSON object; nil without them, or when they are not plain integers in
+    /// 0…``maxCount`` or are named twice (an answer read two ways is not counted).
+    ///
+    /// Threat: a worker reporting counts built to overflow the gateway's arithmetic (negative, or
+    /// near `Int.max`): such counts are no counts, and the request is estimated instead.
     public static func usage(inJSON body: Data) -> Counts? {
         guard body.range(of: marker) != nil, let document = try? JSONMembers(body),
             !document.duplicates.contains("usage"), let usage = document.object("usage"), usage.duplicates.isEmpty
         else { return nil }
         func count(_ name: String) -> Int?? {
             guard let value = usage.members[name], value.kind != .null else { return .some(nil) }
-            return usage.integer(name).map { .some($0) }
+            guard let n = usage.integer(name), (0...maxCount).contains(n) else { return nil }
+            return .some(n)
         }
         guard let prompt = count("prompt_tokens"), let completion = count("completion_tokens"),
             let total = count("total_tokens"), prompt != nil || completion != nil || total != nil

@@ -131,16 +131,20 @@ struct UsageCommand: ParsableCommand {
         @Option(help: ArgumentHelp("A UTC month (2026-12) or day (2026-12-03).", valueName: "PERIOD")) var period:
             String
         @Option(help: ArgumentHelp("Write here instead of standard output.", valueName: "FILE")) var out: String?
+        @Option(
+            help: ArgumentHelp(
+                "The API key secret the ledger rows' MACs are checked under (default DIR/api-keys.secret).",
+                valueName: "FILE"))
+        var apiKeySecretFile: String?
+        @Flag(help: "Sign a period that has not ended yet (the statement says final: false).") var partial = false
         @OptionGroup var source: Source
 
-        /// The period's bounds: a whole UTC month or day.
+        /// The period's bounds: a whole UTC month (YYYY-MM) or day (YYYY-MM-DD).
         static func bounds(_ text: String) -> (Date, Date)? {
-            let parts = text.split(separator: "-").map { Int($0) }
-            guard parts.count == 2 || parts.count == 3, parts.allSatisfy({ $0 != nil }),
-                let start = Date.rfc3339(
-                    String(format: "%04d-%02d-%02dT00:00:00Z", parts[0]!, parts[1]!, parts.count == 3 ? parts[2]! : 1))
+            guard text.wholeMatch(of: /[0-9]{4}-[0-9]{2}(-[0-9]{2})?/) != nil,
+                let start = Date.rfc3339(text + (text.count == 7 ? "-01" : "") + "T00:00:00Z")
             else { return nil }
-            let period: QuotaPeriod = parts.count == 3 ? .day : .month
+            let period: QuotaPeriod = text.count == 10 ? .day : .month
             return period.start(of: start) == start ? (start, period.end(of: start)) : nil
         }
 
@@ -152,6 +156,16 @@ struct UsageCommand: ParsableCommand {
 
         func run() throws {
             let (since, until) = Self.bounds(period)!
+            guard partial || until <= Date() else {
+                throw failure(
+                    "the period \(period) has not ended (until \(until.rfc3339)): its rows are still coming; sign it after it ends, or give --partial"
+                )
+            }
+            let secretPath = apiKeySecretFile ?? source.dataDir + "/api-keys.secret"
+            let secret: KeyHashingSecret
+            do { secret = try KeyHashingSecret.read(URL(fileURLWithPath: secretPath)) } catch {
+                throw failure("\(error) (the ledger rows' MACs are checked under it)")
+            }
             let keyPath = source.dataDir + "/gateway.key"
             guard let text = try? String(contentsOfFile: keyPath, encoding: .utf8) else {
                 throw failure("\(keyPath): cannot read the gateway key that signs statements")
@@ -161,8 +175,11 @@ struct UsageCommand: ParsableCommand {
             let statement: Data
             do {
                 statement = try UsageStatement.make(
-                    store: try source.store(), provider: provider, since: since, until: until, key: key, at: Date())
-            } catch let error as ReportedFailure { throw error } catch { throw failure("\(error)") }
+                    store: try source.store(), provider: provider, since: since, until: until, key: key, at: Date(),
+                    secret: secret)
+            } catch let error as ReportedFailure { throw error } catch let error as UsageStatement.UnauthenticRows {
+                throw failure("\(error)", status: 1)
+            } catch { throw failure("\(error)") }
             if let out {
                 do { try statement.write(to: URL(fileURLWithPath: out)) } catch { throw failure("\(out): \(error)") }
                 print("\(out): statement for \(provider), \(since.rfc3339) to \(until.rfc3339)")

@@ -68,10 +68,14 @@ import Testing
         let report = try await Self.ccgate(["usage", "report", "--by", "provider", "--data-dir", data])
         #expect(report.status == 0 && report.stdout.contains("no requests"), "\(report.stdout)\(report.stderr)")
         let statement = dir.file("statement.json").path
+        let provider = "0:" + String(repeating: "ab", count: 32)
+        let open = try await Self.ccgate(
+            ["usage", "statement", "--provider", provider, "--period", "2999-01", "--data-dir", data])
+        #expect(open.status == 2 && open.stderr.contains("has not ended"), "\(open.stderr)")
         let signed = try await Self.ccgate(
             [
-                "usage", "statement", "--provider", "0:" + String(repeating: "ab", count: 32), "--period", "2026-12",
-                "--data-dir", data, "--out", statement,
+                "usage", "statement", "--provider", provider, "--period", "2026-11", "--data-dir", data, "--out",
+                statement,
             ])
         #expect(signed.status == 0, "\(signed.stderr)")
         let verified = try await Self.ccgate(["usage", "verify", statement, "--key", gateway.keyFile.path])

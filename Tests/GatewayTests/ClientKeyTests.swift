@@ -149,7 +149,7 @@ import TestSupport
         let dir = try TemporaryDirectory("keyring")
         let secretKey = SymmetricKey(size: .bits256)
         let ring = try ClientKeyring(
-            hashingKey: secretKey, configKeys: [], ledger: nil, revisionsFile: dir.file("revisions.json"))
+            secret: KeyHashingSecret(secretKey), configKeys: [], ledger: nil, revisionsFile: dir.file("revisions.json"))
         let secret = ClientKeyring.newSecret()
         let now = Date()
         var record = ClientKeyRecord(
@@ -166,7 +166,8 @@ import TestSupport
         #expect(ring.load([raised]) == [v1.id], "a row with limits changed outside the gateway was accepted")
         #expect(ring.key(id: v1.id)?.requestsPerMinute == 5)
 
-        let other = try ClientKeyring(hashingKey: SymmetricKey(size: .bits256), configKeys: [], ledger: nil)
+        let other = try ClientKeyring(
+            secret: KeyHashingSecret(SymmetricKey(size: .bits256)), configKeys: [], ledger: nil)
         let forged = try other.seal(record, after: nil)
         #expect(ring.load([forged]) == [forged.id], "a row sealed under another secret was accepted")
 
@@ -180,7 +181,7 @@ import TestSupport
 
         // After a restart (a new keyring on the same data directory) the put-back is still refused.
         let restarted = try ClientKeyring(
-            hashingKey: secretKey, configKeys: [], ledger: nil, revisionsFile: dir.file("revisions.json"))
+            secret: KeyHashingSecret(secretKey), configKeys: [], ledger: nil, revisionsFile: dir.file("revisions.json"))
         #expect(restarted.load([v1]) == [v1.id], "a restarted gateway took the row from before the revocation")
         #expect(throws: OpenAIError.self) { try restarted.authenticate("Bearer \(secret)") }
     }

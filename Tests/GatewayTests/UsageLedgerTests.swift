@@ -110,9 +110,12 @@ import TONStake
         #expect(rows.allSatisfy { $0.source == "engine" && $0.status == 200 && $0.worker != nil })
 
         // The first provider's statement verifies under the gateway key, with its totals; a changed number does not.
+        let secret = try KeyHashingSecret.read(gateway.dataDirectory.appendingPathComponent("api-keys.secret"))
+        #expect(rows.allSatisfy { secret.isGenuine($0) }, "a row the gateway wrote fails its MAC")
+        let (since, until) = (started.addingTimeInterval(-3600), Date().addingTimeInterval(3600))
         let statement = try UsageStatement.make(
-            store: store, provider: providers[0], since: started.addingTimeInterval(-3600),
-            until: Date().addingTimeInterval(3600), key: gateway.server.audit.key, at: Date())
+            store: store, provider: providers[0], since: since, until: until, key: gateway.server.audit.key,
+            at: Date(), secret: secret)
         let summary = try UsageStatement.verify(statement, key: gateway.server.gatewayKey)
         let expected = engines[0].reported.values
         #expect(summary.requests == expected.count)
@@ -127,6 +130,23 @@ import TONStake
         }
         #expect(throws: UsageStatement.Refusal.self) {
             try UsageStatement.verify(statement, key: Ed25519PrivateKey.generate().publicKey)
+        }
+
+        // Threat: a writer of the database moving another provider's tokens to this one, or
+        // raising a count: the changed row fails its MAC and nothing is signed.
+        let db = gateway.dataDirectory.appendingPathComponent("ccgate.db").path
+        let moved = try await ProcessRunner.run(
+            "/usr/bin/python3",
+            [
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('UPDATE usage_ledger SET provider=? WHERE request_id=(SELECT request_id FROM usage_ledger WHERE provider=? LIMIT 1)', (sys.argv[2], sys.argv[3])); c.commit()",
+                db, providers[0], providers[1],
+            ])
+        #expect(moved.status == 0, "\(moved.stderr)")
+        #expect(throws: UsageStatement.UnauthenticRows.self) {
+            try UsageStatement.make(
+                store: store, provider: providers[0], since: since, until: until, key: gateway.server.audit.key,
+                at: Date(), secret: secret)
         }
     }
 }

@@ -155,9 +155,14 @@ public actor KeyAdministration {
         AdminMessage.KeyList(keys: keyring.keys.map(view))
     }
 
+    /// The key as the store has it now (another gateway on a shared store may have changed it
+    /// since this one last read), checked as every row is.
     func existing(_ id: String) throws -> ClientKeyRecord {
         guard ClientKeyRecord.isValidID(id) else {
             throw AdminError(400, "admin.bad-request", "'\(id)' is not a key id (key_ and 16 hex digits)")
+        }
+        do { keyring.load(try trail.store.clientKeys()) } catch {
+            throw AdminError(500, "gateway.store", "the keys could not be read: \(error)")
         }
         guard let key = keyring.key(id: id) else { throw AdminError(404, "key.unknown", "there is no key \(id)") }
         return key
@@ -176,6 +181,8 @@ public actor KeyAdministration {
             try await trail.record([
                 .clientKey(AuditEvent(event: event, actor: actor, decision: decision, detail: detail), record)
             ])
+        } catch let conflict as ClientKeyConflict {
+            throw AdminError(409, "key.conflict", "\(conflict): it was changed meanwhile; look at it again and retry")
         } catch { throw AdminError(500, "gateway.store", "the key change could not be recorded: \(error)") }
         keyring.put(record)
         if let quota = record.quota { await ledger?.refreshQuotas([(record.id, quota.period)]) }

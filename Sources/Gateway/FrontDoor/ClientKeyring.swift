@@ -32,7 +32,7 @@ public struct ClientGrant: Sendable {
 /// Threat: a client guessing secrets by timing. The lookup is by the HMAC of the presented
 /// secret, so how long it takes says nothing about how close a guess is.
 public final class ClientKeyring: Sendable {
-    let hashingKey: SymmetricKey
+    let secret: KeyHashingSecret
     let clock: any AttestationClock
     let ledger: UsageLedger?
     private let configDigests: Set<Data>
@@ -65,10 +65,10 @@ public final class ClientKeyring: Sendable {
     }
 
     public init(
-        hashingKey: SymmetricKey, configKeys: [String], ledger: UsageLedger?, revisionsFile: URL? = nil,
+        secret: KeyHashingSecret, configKeys: [String], ledger: UsageLedger?, revisionsFile: URL? = nil,
         clock: any AttestationClock = SystemClock()
     ) throws {
-        self.hashingKey = hashingKey
+        self.secret = secret
         self.clock = clock
         self.ledger = ledger
         self.revisionsFile = revisionsFile
@@ -91,7 +91,7 @@ public final class ClientKeyring: Sendable {
 
     /// The keyed hash of a secret, as rows store it.
     public func hash(secret: String) -> String {
-        Data(HMAC<SHA256>.authenticationCode(for: Data(secret.utf8), using: hashingKey)).hex
+        Data(HMAC<SHA256>.authenticationCode(for: Data(secret.utf8), using: self.secret.secretHashes)).hex
     }
 
     /// A new secret: `sk-ccg-` and 32 random bytes in base64url.
@@ -112,7 +112,7 @@ public final class ClientKeyring: Sendable {
         var out = record
         out.revision = (previous?.revision ?? 0) + 1
         out.mac = nil
-        out.mac = Data(HMAC<SHA256>.authenticationCode(for: Data(try out.json().utf8), using: hashingKey)).hex
+        out.mac = Data(HMAC<SHA256>.authenticationCode(for: Data(try out.json().utf8), using: secret.keyRows)).hex
         return out
     }
 
@@ -122,7 +122,7 @@ public final class ClientKeyring: Sendable {
         var bare = record
         bare.mac = nil
         guard let text = try? bare.json() else { return false }
-        return HMAC<SHA256>.isValidAuthenticationCode(macBytes, authenticating: Data(text.utf8), using: hashingKey)
+        return HMAC<SHA256>.isValidAuthenticationCode(macBytes, authenticating: Data(text.utf8), using: secret.keyRows)
     }
 
     /// Replaces the named keys with `records`; returns the ids of rows refused (a MAC that does

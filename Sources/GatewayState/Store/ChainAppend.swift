@@ -13,6 +13,8 @@ protocol ChainTables {
     func insertEntry(_ entry: AuditEntry) throws
     /// Writes a named API key's row, replacing the one with its id.
     func upsertClientKey(_ key: ClientKeyRecord) throws
+    /// The revision of the stored row with `id` (nil: none; 0: one that does not read as a key).
+    func clientKeyRevision(id: String) throws -> Int?
 }
 
 extension ChainTables {
@@ -43,6 +45,13 @@ extension ChainTables {
                 event.policyVersion = version
             case .clientKey(let e, let record):
                 event = e
+                // Compare and swap: a change made from revision n lands only on revision n, so
+                // two changes of one key made at once (here or on another gateway) cannot both
+                // land, the second undoing the first.
+                let found = try clientKeyRevision(id: record.id) ?? 0
+                guard found == record.revision - 1 else {
+                    throw ClientKeyConflict(id: record.id, expected: record.revision - 1, found: found)
+                }
                 try upsertClientKey(record)
             case .checkpoint:
                 guard let key else { throw StoreError("a checkpoint needs the gateway key") }

@@ -55,11 +55,14 @@ public protocol GatewayStore: Sendable {
     /// The named API keys, revoked ones included, by id.
     func clientKeys() throws -> [ClientKeyRecord]
 
-    /// Adds requests to the usage ledger in one durable transaction, naming this gateway on each;
-    /// a request id already there is kept as first written.
+    /// Adds requests to the usage ledger in one durable transaction, naming this gateway on each
+    /// that names none; a request id already there is kept as first written.
     func recordUsage(_ records: [UsageRecord]) throws
     /// Ledger rows matching `query`, oldest first; `body` returns false to stop.
     func usage(_ query: UsageQuery, _ body: (UsageRecord) throws -> Bool) throws
+    /// The tokens (prompt and completion) of `keyID`'s rows at or after `since`, summed by the
+    /// database (a quota's count: one indexed aggregate, not the rows).
+    func usedTokens(keyID: String, since: Date) throws -> Int
 }
 
 extension GatewayStore {
@@ -84,7 +87,11 @@ public enum AuditDraft: Sendable {
 extension AuditDraft {
     /// A policy version that must follow a given one (``NewPolicy/after``).
     var isConditional: Bool {
-        if case .policy(_, let policy) = self { policy.after != nil } else { false }
+        switch self {
+        case .policy(_, let policy): policy.after != nil
+        case .clientKey: true
+        default: false
+        }
     }
 
     /// A policy version, or an eviction by an admin: what every gateway on a shared store follows.
@@ -209,8 +216,22 @@ public struct WorkerRecord: Sendable, Equatable, Codable {
     }
 }
 
+/// An append that depended on what another writer changed first: it wrote nothing, and the
+/// drafts batched with it are written again without it.
+public protocol AppendConflict: Error {}
+
+/// A named key changed by someone else since this change was made from it: nothing was written.
+public struct ClientKeyConflict: AppendConflict, CustomStringConvertible {
+    public let id: String
+    public let expected: Int
+    public let found: Int
+    public var description: String {
+        "key \(id) is at revision \(found) in the store, and this change was made from revision \(expected)"
+    }
+}
+
 /// A policy version recorded by someone else first: the append wrote nothing.
-public struct PolicyVersionConflict: Error, CustomStringConvertible {
+public struct PolicyVersionConflict: AppendConflict, CustomStringConvertible {
     public let expected: Int
     public let found: Int
     public var description: String {

@@ -80,6 +80,8 @@ public final class MemoryStore: GatewayStore {
         func insertEntry(_ entry: AuditEntry) throws { state.entries.append(entry) }
 
         func upsertClientKey(_ key: ClientKeyRecord) throws { state.clientKeys[key.id] = key }
+
+        func clientKeyRevision(id: String) throws -> Int? { state.clientKeys[id]?.revision }
     }
 
     public func head() throws -> ChainHead {
@@ -154,16 +156,20 @@ public final class MemoryStore: GatewayStore {
     }
 
     public func recordUsage(_ records: [UsageRecord]) throws {
-        state.withLock { s in
-            guard !s.failAppends else { return }
+        try state.withLock { s in
+            guard !s.failAppends else { throw StoreError("the store refuses writes") }
             var known = Set(s.usage.map(\.requestID))
             for var r in records where known.insert(r.requestID).inserted {
-                r.gateway = s.gateway ?? ""
+                r.gateway = r.gateway ?? s.gateway ?? ""
                 r.time = Date(timeIntervalSince1970: Double(UsageColumns.milliseconds(r.time)) / 1000)
                 s.usage.append(r)
             }
             s.usage.sort { ($0.time, $0.requestID) < ($1.time, $1.requestID) }
         }
+    }
+
+    public func usedTokens(keyID: String, since: Date) throws -> Int {
+        state.withLock { $0.usage }.filter { $0.keyID == keyID && $0.time >= since }.reduce(0) { $0 + $1.totalTokens }
     }
 
     public func usage(_ query: UsageQuery, _ body: (UsageRecord) throws -> Bool) throws {

@@ -481,9 +481,9 @@ extension PostgresStore {
 
     public func clientKeys() throws -> [ClientKeyRecord] {
         try reading {
-            try read("SELECT id, record FROM client_keys ORDER BY id").map { row in
-                let (id, record) = try row.decode((String, String).self)
-                return try UsageColumns.key(id: id, record: record)
+            try read("SELECT id, record FROM client_keys ORDER BY id").compactMap { row in
+                let (id, record) = try row.decode((String?, String?).self)
+                return UsageColumns.key(id: id, record: record)
             }
         }
     }
@@ -501,22 +501,48 @@ extension PostgresStore {
         guard !records.isEmpty else { return }
         try locked {
             let gateway = self.gateway ?? ""
-            try transaction { for r in records { try insertUsage(r, gateway: gateway) } }
+            // One statement per batch: a thousand rows cost one round trip, not a thousand, while
+            // the audit writer waits for this connection.
+            for start in stride(from: 0, to: records.count, by: 512) {
+                try insertUsage(records[start..<min(start + 512, records.count)], gateway: gateway)
+            }
         }
     }
 
-    /// One ledger row, under `gateway`'s name (a request id already there is kept).
-    private func insertUsage(_ r: UsageRecord, gateway: String) throws {
-        let ms = UsageColumns.milliseconds(r.time)
-        try run(
-            """
-            INSERT INTO usage_ledger(request_id, time_ms, gateway, key_id, model, worker, provider,
-              prompt_tokens, completion_tokens, ttft_ms, duration_ms, status, source)
-            VALUES(\(r.requestID), \(ms), \(gateway), \(r.keyID), \(r.model), \(r.worker), \(r.provider),
-              \(r.promptTokens), \(r.completionTokens), \(r.timeToFirstTokenMs), \(r.durationMs), \(r.status),
-              \(r.source))
-            ON CONFLICT(request_id) DO NOTHING
-            """)
+    /// Ledger rows in one INSERT, each under its own gateway's name or `gateway` (a request id
+    /// already there is kept).
+    private func insertUsage(_ rows: ArraySlice<UsageRecord>, gateway: String) throws {
+        var sql =
+            "INSERT INTO usage_ledger(request_id, time_ms, gateway, key_id, model, worker, provider, prompt_tokens, completion_tokens, ttft_ms, duration_ms, status, source, mac) VALUES "
+        var binds = PostgresBindings(capacity: rows.count * 14)
+        for (n, r) in rows.enumerated() {
+            let first = binds.count + 1
+            binds.append(r.requestID)
+            binds.append(UsageColumns.milliseconds(r.time))
+            binds.append(r.gateway ?? gateway)
+            binds.append(r.keyID)
+            binds.append(r.model)
+            binds.append(r.worker)
+            binds.append(r.provider)
+            binds.append(r.promptTokens)
+            binds.append(r.completionTokens)
+            binds.append(r.timeToFirstTokenMs)
+            binds.append(r.durationMs)
+            binds.append(r.status)
+            binds.append(r.source)
+            binds.append(r.mac ?? "")
+            sql += (n == 0 ? "" : ", ") + "(" + (first..<first + 14).map { "$\($0)" }.joined(separator: ", ") + ")"
+        }
+        try run(PostgresQuery(unsafeSQL: sql + " ON CONFLICT(request_id) DO NOTHING", binds: binds))
+    }
+
+    public func usedTokens(keyID: String, since: Date) throws -> Int {
+        let ms = UsageColumns.milliseconds(since)
+        return try reading {
+            try read(
+                "SELECT CAST(COALESCE(SUM(LEAST(GREATEST(prompt_tokens, 0), 1000000000) + LEAST(GREATEST(completion_tokens, 0), 1000000000)), 0) AS BIGINT) FROM usage_ledger WHERE key_id = \(keyID) AND time_ms >= \(ms)"
+            ).first?.decode(Int.self) ?? 0
+        }
     }
 
     public func usage(_ query: UsageQuery, _ body: (UsageRecord) throws -> Bool) throws {
@@ -535,8 +561,8 @@ extension PostgresStore {
         }
         for row in rows {
             let c = try row.decode(
-                (String, Int, String, String, String, String?, String?, Int, Int, Int?, Int, Int, String).self)
-            let texts: [Int32: String?] = [0: c.0, 2: c.2, 3: c.3, 4: c.4, 5: c.5, 6: c.6, 12: c.12]
+                (String, Int, String, String, String, String?, String?, Int, Int, Int?, Int, Int, String, String).self)
+            let texts: [Int32: String?] = [0: c.0, 2: c.2, 3: c.3, 4: c.4, 5: c.5, 6: c.6, 12: c.12, 13: c.13]
             let ints: [Int32: Int?] = [1: c.1, 7: c.7, 8: c.8, 9: c.9, 10: c.10, 11: c.11]
             guard try body(UsageColumns.record(text: { texts[$0] ?? nil }, int: { ints[$0] ?? nil })) else { return }
         }
@@ -606,10 +632,16 @@ extension PostgresStore {
                 // keys' history is in the copied chain.
                 for key in try withLedger ? source.clientKeys() : [] { try upsertClientKey(key) }
                 if withLedger {
+                    var batch = [UsageRecord]()
                     try source.usage(UsageQuery()) { r in
-                        try insertUsage(r, gateway: r.gateway ?? "")
+                        batch.append(r)
+                        if batch.count == 512 {
+                            try insertUsage(batch[...], gateway: "")
+                            batch.removeAll()
+                        }
                         return true
                     }
+                    if !batch.isEmpty { try insertUsage(batch[...], gateway: "") }
                 }
                 progress(head.count)
                 return head.count
@@ -619,6 +651,12 @@ extension PostgresStore {
 }
 
 extension PostgresStore: ChainTables {
+    func clientKeyRevision(id: String) throws -> Int? {
+        try run("SELECT record FROM client_keys WHERE id = \(id) FOR UPDATE").first.map { row in
+            (try? ClientKeyRecord.parse(row.decode(String.self)))?.revision ?? 0
+        }
+    }
+
     func upsertClientKey(_ key: ClientKeyRecord) throws {
         let (id, record) = (key.id, try key.json())
         try run(

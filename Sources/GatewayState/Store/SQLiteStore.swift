@@ -300,7 +300,7 @@ extension SQLiteStore {
         try locked {
             var out = [ClientKeyRecord]()
             try db.run("SELECT id, record FROM client_keys ORDER BY id") { row in
-                out.append(try UsageColumns.key(id: row.text(0), record: row.text(1)))
+                if let key = UsageColumns.key(id: row.text(0), record: row.text(1)) { out.append(key) }
                 return true
             }
             return out
@@ -326,17 +326,26 @@ extension SQLiteStore {
                     try db.run(
                         """
                         INSERT OR IGNORE INTO usage_ledger(request_id, time_ms, gateway, key_id, model, worker, provider,
-                          prompt_tokens, completion_tokens, ttft_ms, duration_ms, status, source)
-                        VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                          prompt_tokens, completion_tokens, ttft_ms, duration_ms, status, source, mac)
+                        VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """,
                         [
-                            .text(r.requestID), .int(UsageColumns.milliseconds(r.time)), gateway, .text(r.keyID),
+                            .text(r.requestID), .int(UsageColumns.milliseconds(r.time)),
+                            r.gateway.map(SQLiteValue.text) ?? gateway, .text(r.keyID),
                             .text(r.model), .optional(r.worker), .optional(r.provider), .int(r.promptTokens),
                             .int(r.completionTokens), .optional(r.timeToFirstTokenMs), .int(r.durationMs),
-                            .int(r.status), .text(r.source),
+                            .int(r.status), .text(r.source), .text(r.mac ?? ""),
                         ])
                 }
             }
+        }
+    }
+
+    public func usedTokens(keyID: String, since: Date) throws -> Int {
+        try locked {
+            try db.scalar(
+                "SELECT COALESCE(SUM(MIN(MAX(prompt_tokens, 0), 1000000000) + MIN(MAX(completion_tokens, 0), 1000000000)), 0) FROM usage_ledger WHERE key_id = ? AND time_ms >= ?",
+                [.text(keyID), .int(UsageColumns.milliseconds(since))]) ?? 0
         }
     }
 
@@ -372,6 +381,15 @@ extension SQLiteStore {
 }
 
 extension SQLiteStore: ChainTables {
+    func clientKeyRevision(id: String) throws -> Int? {
+        var found: Int?
+        try db.run("SELECT record FROM client_keys WHERE id = ?", [.text(id)]) { row in
+            found = (try? ClientKeyRecord.parse(row.text(0) ?? ""))?.revision ?? 0
+            return false
+        }
+        return found
+    }
+
     func upsertClientKey(_ key: ClientKeyRecord) throws {
         try db.run(
             "INSERT INTO client_keys(id, record) VALUES(?, ?) ON CONFLICT(id) DO UPDATE SET record=excluded.record",

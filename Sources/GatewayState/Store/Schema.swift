@@ -73,7 +73,7 @@ public enum Schema {
                 CREATE TABLE usage_ledger(request_id TEXT PRIMARY KEY, time_ms {INT} NOT NULL, gateway TEXT NOT NULL,
                   key_id TEXT NOT NULL, model TEXT NOT NULL, worker TEXT, provider TEXT, prompt_tokens {INT} NOT NULL,
                   completion_tokens {INT} NOT NULL, ttft_ms {INT}, duration_ms {INT} NOT NULL, status {INT} NOT NULL,
-                  source TEXT NOT NULL)
+                  source TEXT NOT NULL, mac TEXT NOT NULL)
                 """,
                 "CREATE INDEX usage_time ON usage_ledger(time_ms)",
                 "CREATE INDEX usage_key_time ON usage_ledger(key_id, time_ms)",
