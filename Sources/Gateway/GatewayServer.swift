@@ -161,25 +161,41 @@ public struct GatewayServer: Sendable {
         let ledger = UsageLedger(
             store: store, clock: configuration.clock, interval: configuration.usageFlushInterval, secret: secret,
             gateway: key.publicKey.fingerprint)
-        let keyring = try ClientKeyring(
-            secret: secret,
-            configKeys: configuration.apiKeys, ledger: ledger,
-            revisionsFile: data.appendingPathComponent("api-key-revisions.json"), clock: configuration.clock)
-        let rows = try store.clientKeys()
-        let refused = keyring.load(rows)
-        if !rows.isEmpty, refused.count == rows.count {
+        let keyring: ClientKeyring
+        do {
+            keyring = try loadKeys(configuration, store: store, secret: secret, ledger: ledger, logger: logger)
+        } catch {
             ledger.close()
-            throw GatewayStartError(
-                "none of the \(rows.count) API key rows in the store is authenticated by this gateway's key-hashing secret: gateways on one database need the same --api-key-secret-file"
-            )
-        }
-        for id in refused {
-            logger.error("API key row refused: its MAC does not verify", metadata: ["ccgate.key": "\(id)"])
+            throw error
         }
         await ledger.refreshQuotas(keyring.quotaKeys)
         return GatewayServer(
             configuration: configuration, store: store, audit: audit, policies: policies, adminToken: token,
             keyring: keyring, ledger: ledger, logger: logger)
+    }
+
+    /// The keyring: the configured keys, and the named keys of the store, which this gateway's
+    /// API key secret must authenticate (a store whose every row fails was written under another
+    /// secret: the gateway does not start).
+    static func loadKeys(
+        _ configuration: GatewayConfiguration, store: any GatewayStore, secret: KeyHashingSecret, ledger: UsageLedger,
+        logger: Logger
+    ) throws -> ClientKeyring {
+        let keyring = try ClientKeyring(
+            secret: secret, configKeys: configuration.apiKeys, ledger: ledger,
+            revisionsFile: configuration.dataDirectory.appendingPathComponent("api-key-revisions.json"),
+            clock: configuration.clock)
+        let rows = try store.clientKeys()
+        let refused = keyring.load(rows)
+        if !rows.isEmpty, refused.count == rows.count {
+            throw GatewayStartError(
+                "none of the \(rows.count) API key rows in the store is authenticated by this gateway's API key secret: gateways on one database need the same --api-key-secret-file"
+            )
+        }
+        for id in refused {
+            logger.error("API key row refused: its MAC does not verify", metadata: ["ccgate.key": "\(id)"])
+        }
+        return keyring
     }
 
     /// Records the configured policy as version 1 of an empty history.

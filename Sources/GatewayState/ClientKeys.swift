@@ -90,7 +90,8 @@ public struct ClientKeyRecord: Sendable, Equatable, Codable {
 
     /// Checks a key id's shape: `key_` and 16 lowercase hex digits.
     public static func isValidID(_ id: String) -> Bool {
-        id.count == 20 && id.hasPrefix("key_") && id.dropFirst(4).allSatisfy { $0.isHexDigit && !$0.isUppercase }
+        id.utf8.count == 20 && id.hasPrefix("key_")
+            && id.utf8.dropFirst(4).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
     }
 }
 

@@ -138,27 +138,36 @@ public struct UsageEventFilter: Sendable {
     /// Longest unfinished event held: a stream that never ends an event passes through as it is.
     static let holdLimit = 1 << 20
 
-    /// What of `chunk` goes to the client now.
+    /// What of `chunk` goes to the client now: every whole event but the usage one. Events end
+    /// with a blank line (LF LF or CR LF CR LF); each byte is looked at once, and what is held is
+    /// cut once per chunk.
     public mutating func pass(_ chunk: Data) -> Data {
+        let scanFrom = max(0, held.count - 3)
         held.append(chunk)
-        if held.count > Self.holdLimit, held.range(of: Data("\n\n".utf8)) == nil { return finish() }
-        guard held.range(of: UsageScan.marker) != nil else {
-            // No usage in what is held: everything up to the last event end goes.
-            guard let end = held.range(of: Data("\n\n".utf8), options: .backwards) else { return Data() }
-            defer { held = Data(held[end.upperBound...]) }
-            return Data(held[..<end.upperBound])
-        }
-        var out = Data()
-        while let end = held.range(of: Data("\n\n".utf8)) {
-            let event = Data(held[..<end.upperBound])
-            held = Data(held[end.upperBound...])
-            if let counts = Self.usageOnly(event) {
-                scan.take(counts)
+        let bytes = [UInt8](held)
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count)
+        var start = 0
+        var i = scanFrom
+        while i < bytes.count {
+            let end: Int?
+            if bytes[i] == 0x0A, i >= 1, bytes[i - 1] == 0x0A {
+                end = i + 1
+            } else if bytes[i] == 0x0A, i >= 3, bytes[i - 1] == 0x0D, bytes[i - 2] == 0x0A, bytes[i - 3] == 0x0D {
+                end = i + 1
             } else {
-                out.append(event)
+                end = nil
             }
+            if let end, end > start {
+                let event = bytes[start..<end]
+                if let counts = Self.usageOnly(event) { scan.take(counts) } else { out += event }
+                start = end
+            }
+            i += 1
         }
-        return out
+        held = Data(bytes[start...])
+        if held.count > Self.holdLimit { out += finish() }
+        return Data(out)
     }
 
     /// What is still held when the stream ends (an unfinished event goes as it is).
@@ -168,10 +177,10 @@ public struct UsageEventFilter: Sendable {
     }
 
     /// The counts of an event that carries usage and no choices; nil for any other event.
-    static func usageOnly(_ event: Data) -> UsageScan.Counts? {
-        guard event.range(of: UsageScan.marker) != nil else { return nil }
-        let lines = event.split(separator: 0x0A)
-        guard lines.count == 1, let line = lines.first, line.starts(with: Data("data: ".utf8)) else { return nil }
+    static func usageOnly(_ event: ArraySlice<UInt8>) -> UsageScan.Counts? {
+        guard Data(event).range(of: UsageScan.marker) != nil else { return nil }
+        let lines = event.split(whereSeparator: { $0 == 0x0A || $0 == 0x0D })
+        guard lines.count == 1, let line = lines.first, line.starts(with: Array("data: ".utf8)) else { return nil }
         let json = Data(line.dropFirst(6))
         guard let object = try? JSONMembers(json), let counts = UsageScan.usage(inJSON: json) else { return nil }
         switch object.members["choices"]?.kind {

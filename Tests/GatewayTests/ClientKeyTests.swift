@@ -122,6 +122,23 @@ import TestSupport
         #expect(try await Self.chat(gateway, key: rotating.secret, tag: "[rot-old-late]").status == 401)
         #expect(try await Self.chat(gateway, key: newSecret, tag: "[rot-new-late]").status == 200)
 
+        // A revocation and a rotation at once: whichever lands second is refused (key.conflict),
+        // and a revocation that was answered 200 is never undone.
+        for round in 0..<3 {
+            let raced = try await Self.create(gateway, ["name": "raced-\(round)"])
+            async let revoke = gateway.admin("/v1/admin/keys/\(raced.id)/revoke", method: "POST")
+            async let rotate = gateway.admin(
+                "/v1/admin/keys/\(raced.id)/rotate", method: "POST", json: ["grace_seconds": 0])
+            let (revoked, rotated) = try await (revoke, rotate)
+            #expect([200, 409].contains(revoked.status) && [200, 409].contains(rotated.status))
+            let shown = try await gateway.admin("/v1/admin/keys/\(raced.id)")
+            if revoked.status == 200 {
+                #expect(shown.body["status"] as? String == "revoked", "round \(round): a revocation was undone")
+                let newSecret = rotated.body["secret"] as? String ?? raced.secret
+                #expect(try await Self.chat(gateway, key: newSecret, tag: "[raced-\(round)]").status == 401)
+            }
+        }
+
         // Models and tiers the key does not allow.
         let narrow = try await Self.create(gateway, ["name": "narrow", "models": ["other-model"]])
         let forbidden = try await Self.chat(gateway, key: narrow.secret, tag: "[narrow]")
@@ -137,7 +154,7 @@ import TestSupport
 
         // Every change is an entry, and the chain still verifies.
         let events = try gateway.auditEvents().compactMap { $0["event"] as? String }
-        #expect(events.filter { $0 == "key-created" }.count == 6)
+        #expect(events.filter { $0 == "key-created" }.count == 9)
         #expect(events.contains("key-rotated") && events.contains("key-revoked"))
         _ = try await gateway.verifiedChain()
     }

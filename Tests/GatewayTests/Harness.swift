@@ -151,9 +151,11 @@ final class FakeEngine: Sendable {
     /// `reportsUsage`: answers carry `usage` (JSON answers always, streams when asked with
     /// `stream_options.include_usage`), with counts that depend on the request; each request's
     /// counts are kept by the first `[tag]` in its text (``reported``).
-    init(name: String, chunks: Int = 5, chunkDelay: Duration = .milliseconds(20), reportsUsage: Bool = false)
-        async throws
-    {
+    /// `usageText`: a `usage` object to report (verbatim) in place of the computed one.
+    init(
+        name: String, chunks: Int = 5, chunkDelay: Duration = .milliseconds(20), reportsUsage: Bool = false,
+        usageText: String? = nil
+    ) async throws {
         let router = Router()
         let counter = Counter()
         let sent = Counter()
@@ -172,8 +174,9 @@ final class FakeEngine: Sendable {
             let prompt = 7 + text.utf8.count / 9
             let completion = stream ? chunks : 2 + text.utf8.count % 4
             if reportsUsage { reported.counts.withLock { $0[tag] = (prompt, completion) } }
-            let usage =
-                #""usage":{"prompt_tokens":\#(prompt),"completion_tokens":\#(completion),"total_tokens":\#(prompt + completion)}"#
+            let computed =
+                #"{"prompt_tokens":\#(prompt),"completion_tokens":\#(completion),"total_tokens":\#(prompt + completion)}"#
+            let usage = #""usage":"# + (usageText ?? computed)
             let includeUsage = (object["stream_options"] as? [String: Any])?["include_usage"] as? Bool == true
             if includeUsage { askedForUsage.increment() }
             if stream {

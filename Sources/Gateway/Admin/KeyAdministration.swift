@@ -192,8 +192,14 @@ public actor KeyAdministration {
     static func apply(_ s: AdminMessage.KeySettings, to record: inout ClientKeyRecord, at now: Date) throws {
         func bad(_ message: String) -> AdminError { AdminError(400, "admin.bad-request", message) }
         guard let name = s.name?.trimmingCharacters(in: .whitespaces), (1...100).contains(name.count),
-            name.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F })
-        else { throw bad("name is required: 1 to 100 printable characters") }
+            name.unicodeScalars.allSatisfy({
+                ![.control, .format, .lineSeparator, .paragraphSeparator, .unassigned, .surrogate, .privateUse]
+                    .contains($0.properties.generalCategory)
+            })
+        else {
+            // Threat: a name that rewrites an operator's terminal (escape sequences, bidi overrides).
+            throw bad("name is required: 1 to 100 printable characters")
+        }
         record.name = name
         if let models = s.models {
             guard !models.isEmpty, models.count <= 100, models.allSatisfy({ (1...200).contains($0.count) }) else {

@@ -79,9 +79,16 @@ public final class ClientKeyring: Sendable {
             }
             state.withLock { $0.revisions = seen }
         }
+        // A file that cannot be written would quietly lose the protection: found out at start.
+        if let revisionsFile {
+            do { try JSONEncoder().encode(state.withLock { $0.revisions }).write(to: revisionsFile, options: .atomic) } catch {
+                throw StoreError("\(revisionsFile.path): cannot write the key revisions seen: \(error)")
+            }
+        }
     }
 
-    /// Writes the revisions seen, when they changed (atomically: a crash leaves the old file or the new).
+    /// Writes the revisions seen (atomically: a crash leaves the old file or the new). Called
+    /// under the state's lock, so that writes land in the order the revisions grew.
     private func saveRevisions(_ revisions: [String: Int]) {
         guard let revisionsFile, let data = try? JSONEncoder().encode(revisions) else { return }
         try? data.write(to: revisionsFile, options: .atomic)
@@ -130,7 +137,7 @@ public final class ClientKeyring: Sendable {
     @discardableResult
     public func load(_ records: [ClientKeyRecord]) -> [String] {
         var refused = [String]()
-        let (before, after) = state.withLock { s in
+        state.withLock { s in
             let before = s.revisions
             var byID = [String: ClientKeyRecord]()
             for record in records {
@@ -144,21 +151,19 @@ public final class ClientKeyring: Sendable {
             }
             s.byID = byID
             s.index()
-            return (before, s.revisions)
+            if before != s.revisions { saveRevisions(s.revisions) }
         }
-        if before != after { saveRevisions(after) }
         return refused
     }
 
     /// Puts one key's new row in force (this gateway's own change, already recorded).
     func put(_ record: ClientKeyRecord) {
-        let revisions = state.withLock { s in
+        state.withLock { s in
             s.byID[record.id] = record
-            s.revisions[record.id] = record.revision
+            s.revisions[record.id] = max(record.revision, s.revisions[record.id] ?? 0)
             s.index()
-            return s.revisions
+            saveRevisions(s.revisions)
         }
-        saveRevisions(revisions)
     }
 
     /// The named keys, by id.
@@ -220,7 +225,7 @@ public final class ClientKeyring: Sendable {
             if let wait = b.tokens?.waitUntilPositive(at: now) {
                 throw OpenAIError(
                     .tooManyRequests, "Rate limit reached: \(key.tokensPerMinute ?? 0) tokens per minute.",
-                    type: "requests", code: "rate_limit_exceeded", retryAfter: wait)
+                    type: "tokens", code: "rate_limit_exceeded", retryAfter: wait)
             }
             if let wait = b.requests?.take(1, at: now) {
                 throw OpenAIError(

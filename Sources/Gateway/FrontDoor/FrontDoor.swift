@@ -48,7 +48,7 @@ public struct FrontDoor: Sendable {
         router.get("/healthz") { _, _ in "ok\n" }
         if let readiness { router.get("/readyz") { _, _ in await readiness.response() } }
         let api = router.group("v1").add(middleware: APIKeyMiddleware(keyring: keyring))
-        api.get("models") { _, _ in try self.modelsResponse() }
+        api.get("models") { _, context in try self.modelsResponse(allowed: context.grant?.key?.models) }
         api.get("attestation") { request, _ in
             let full = request.uri.queryParameters.get("evidence") == "full"
             let worker: String? = request.uri.queryParameters.get("worker").map { String($0) }
@@ -70,9 +70,23 @@ public struct FrontDoor: Sendable {
         return router
     }
 
-    func modelsResponse() throws -> Response {
-        let data: [[String: Any]] = registry.models.map {
-            ["id": $0, "object": "model", "created": 0, "owned_by": "ccgate"]
+    /// The models admitted workers serve (those the key may use), each with the time the first
+    /// worker serving it now was admitted (`created`), and `owned_by` the providers of those
+    /// workers that proved one (else `ccgate`).
+    func modelsResponse(allowed: [String]?) throws -> Response {
+        var created = [String: Date]()
+        var owners = [String: Set<String>]()
+        for worker in registry.workers {
+            for model in worker.models where allowed?.contains(model) ?? true {
+                created[model] = min(created[model] ?? worker.admittedAt, worker.admittedAt)
+                if let provider = worker.record.provider { owners[model, default: []].insert(provider) }
+            }
+        }
+        let data: [[String: Any]] = created.keys.sorted().map { model in
+            [
+                "id": model, "object": "model", "created": Int(created[model]!.timeIntervalSince1970),
+                "owned_by": owners[model].map { $0.sorted().joined(separator: ",") } ?? "ccgate",
+            ]
         }
         let body = try JSONSerialization.data(withJSONObject: ["object": "list", "data": data], options: [.sortedKeys])
         var headers = HTTPFields()
@@ -88,7 +102,8 @@ public struct FrontDoor: Sendable {
         let requestSHA256 = HashAlgorithm.sha256.hash(body).hex
         let asked = try Self.minimumTier(request)
         guard let grant = context.grant else { throw OpenAIError.unauthorized }
-        let trace = RequestTrace(id: context.requestID, note: context.note, logger: context.logger)
+        let trace = RequestTrace(
+            id: context.requestID, ledgerID: context.ledgerID, note: context.note, logger: context.logger)
         if request.headers[Self.e2eHeader] != nil {
             return try await forwardSealed(
                 body, path: path, requestSHA256: requestSHA256, grant: grant, asked: asked, trace: trace)
@@ -115,16 +130,26 @@ public struct FrontDoor: Sendable {
                 code: "ledger_unavailable")
         }
         let (keyring, metrics) = (self.keyring, self.metrics)
-        // The ledger's own id: the client's `x-request-id` is only a label (two requests may carry the same).
         trace.note.metered()
         return UsageMeter(
-            requestID: UUID().uuidString.lowercased(), keyID: grant.keyID, model: model, requestBytes: requestBytes,
+            requestID: trace.ledgerID, keyID: grant.keyID, model: model, requestBytes: requestBytes,
             time: publisher.clock.now()
         ) { row in
             ledger.record(row)
             keyring.charge(keyID: row.keyID, tokens: row.totalTokens)
             metrics?.request(row)
             trace.access(row)
+        }
+    }
+
+    /// The body the engine gets: a stream is always asked for its counts; `strip` when the client
+    /// did not ask, so the event carrying them is taken back out.
+    static func askingForUsage(_ body: Data) throws -> (body: Data, strip: Bool) {
+        do {
+            if let withUsage = try StreamUsage.requestingUsage(body) { return (withUsage, true) }
+            return (body, false)
+        } catch {
+            throw OpenAIError(.badRequest, "\(error).", code: "invalid_stream_options", param: "stream_options")
         }
     }
 
@@ -135,16 +160,7 @@ public struct FrontDoor: Sendable {
         let logger = trace.logger
         let model = try servedModel(body, required: required)
         let minimumTier = Self.stronger(asked, try keyring.admit(grant, model: model))
-        // A stream is always asked for its counts; the event carrying them is taken back out
-        // when the client did not ask for it.
-        var engineBody = body
-        var stripUsage = false
-        do {
-            if let withUsage = try StreamUsage.requestingUsage(body) {
-                engineBody = withUsage
-                stripUsage = true
-            }
-        } catch { throw OpenAIError(.badRequest, "\(error).", param: "stream_options") }
+        let (engineBody, stripUsage) = try Self.askingForUsage(body)
         let meter = try meter(grant, model: model, requestBytes: body.count, trace: trace)
         var tried = Set<String>()
         var lastFailure = "no admitted worker serves this model"
@@ -186,6 +202,7 @@ public struct FrontDoor: Sendable {
                 logger.notice(
                     "worker answered a malformed response head",
                     metadata: ["ccgate.worker.id": "\(link.workerID)", "status": "\(status)"])
+                meter?.finish(status: 502, usage: nil, streamed: false)
                 throw OpenAIError(
                     .badGateway, "The worker serving this request answered with a malformed response.",
                     type: "server_error", code: "bad_worker_response")
@@ -225,6 +242,12 @@ public struct FrontDoor: Sendable {
         }
         guard object.duplicates.isDisjoint(with: ["model", "stream"]) else {
             throw OpenAIError(.badRequest, "'model' and 'stream' may each appear only once.", param: "model")
+        }
+        // Threat: a stream the gateway does not see as one (`"stream": 1` or `"true"`, which
+        // engines coerce), so that it is not asked for its counts: only a boolean is a stream flag.
+        guard [nil, .bool, .null].contains(object.members["stream"]?.kind) else {
+            throw OpenAIError(
+                .badRequest, "'stream' must be true or false.", code: "invalid_stream", param: "stream")
         }
         guard object.members[required] != nil else {
             throw OpenAIError(.badRequest, "'\(required)' is required.", param: required)
@@ -386,6 +409,9 @@ public struct FrontDoor: Sendable {
                     body.append(bytes)
                     guard body.count <= maxResponseSize else {
                         exchange.link.cancel(exchange.id)
+                        // The worker produced it: counted, though the client gets no answer.
+                        exchange.meter?.sent(body)
+                        exchange.meter?.finish(status: 502, usage: nil, streamed: false, estimate: true)
                         throw OpenAIError(
                             .badGateway, "The worker's response exceeds \(maxResponseSize) bytes.",
                             type: "server_error", code: "bad_worker_response")

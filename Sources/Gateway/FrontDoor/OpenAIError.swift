@@ -39,8 +39,13 @@ public struct OpenAIError: HTTPResponseError, Sendable {
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers = HTTPFields()
         headers[.contentType] = "application/json"
-        if let context = context as? FrontDoorContext { headers[FrontDoor.requestIDHeader] = context.requestID }
-        if let retryAfter { headers[.retryAfter] = String(max(1, Int(retryAfter.rounded(.up)))) }
+        if let context = context as? FrontDoorContext {
+            headers[FrontDoor.requestIDHeader] = context.requestID
+            headers[FrontDoor.ledgerIDHeader] = context.ledgerID
+        }
+        if let retryAfter, retryAfter.isFinite {
+            headers[.retryAfter] = String(Int(min(max(retryAfter.rounded(.up), 1), 31 * 86_400)))
+        }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: json)))
     }
 
@@ -102,6 +107,8 @@ public struct FrontDoorContext: RequestContext {
     public var grant: ClientGrant?
     /// The request's id (``FrontDoorAccess``).
     public var requestID = ""
+    /// The usage ledger's id for it: `requestID` when the gateway made that, else a new UUID.
+    public var ledgerID = ""
     /// What the access log line of this request needs from the handlers further in.
     public let note = AccessNote()
     public init(source: Source) {

@@ -11,11 +11,14 @@ import WorkerProtocol
 /// came, and what the engine counted.
 ///
 /// Threat: a provider (root on its worker host) reporting more tokens than were served, to be
-/// paid more. The counts come from the attested engine, and are held to what the bytes allow: a
-/// prompt cannot have more tokens than its request has bytes (plus a chat template's), nor an
-/// answer more than its response has bytes; counts beyond that are cut to the bound and the row
-/// is marked `capped`. A stream the engine sent no counts for (the client went away) is
-/// `estimated` from its bytes, so a client cannot use tokens unrecorded by leaving early.
+/// paid more. The counts come from the attested engine, and are held to sanity bounds the bytes
+/// give (not a proof of the count): a prompt has at most as many tokens as its request has bytes
+/// (plus a chat template's), a plain answer at most as many as its bytes, a stream at most 16 per
+/// event; counts beyond that are cut to the bound and the row is marked `capped`.
+///
+/// Threat: a client using tokens unrecorded by leaving before the counts arrive (they come last).
+/// Such a request is `estimated`, and the estimate is an upper bound (a prompt token per request
+/// byte, a completion token per event), so leaving early never costs less.
 final class UsageMeter: @unchecked Sendable {
     // Used by one request at a time: the handler, then its response body writer.
     let requestID: String
@@ -55,26 +58,29 @@ final class UsageMeter: @unchecked Sendable {
     }
 
     /// Records the request once: its status and the engine's counts (nil when it reported none).
-    func finish(status: Int, usage: UsageScan.Counts?, streamed: Bool) {
+    /// `estimate`: count what was sent when the engine reported nothing (by default for a 2xx
+    /// answer; also for one cut short after the worker produced it, as an oversized answer).
+    func finish(status: Int, usage: UsageScan.Counts?, streamed: Bool, estimate: Bool? = nil) {
         guard !done else { return }
         done = true
         var prompt = 0
         var completion = 0
         var source = "none"
+        let completionBound = streamed ? max(1, events) * 16 : responseBytes
         if let usage {
+            // Counts are 0…10^9 (UsageScan), so none of this overflows.
             prompt = usage.promptTokens ?? 0
             completion = usage.completionTokens ?? max(0, (usage.totalTokens ?? 0) - prompt)
             source = "engine"
             let promptBound = requestBytes + Self.templateAllowance
-            if prompt > promptBound || completion > responseBytes || prompt < 0 || completion < 0 {
-                prompt = min(max(prompt, 0), promptBound)
-                completion = min(max(completion, 0), responseBytes)
+            if prompt > promptBound || completion > completionBound {
+                prompt = min(prompt, promptBound)
+                completion = min(completion, completionBound)
                 source = "capped"
             }
-        } else if (200..<300).contains(status), responseBytes > 0 {
-            // Roughly four bytes a token of English text; a stream's events are a token each.
-            prompt = (requestBytes + 3) / 4
-            completion = streamed ? max(0, events - 1) : (responseBytes + 3) / 4
+        } else if estimate ?? (200..<300).contains(status), responseBytes > 0 {
+            prompt = requestBytes
+            completion = streamed ? max(0, events - 1) : responseBytes
             source = "estimated"
         }
         let elapsed = ContinuousClock.now - started
@@ -86,6 +92,9 @@ final class UsageMeter: @unchecked Sendable {
                 status: status, source: source))
     }
 
+    /// A meter dropped unfinished (a response body never written): the request still counts.
+    deinit { finish(status: 499, usage: nil, streamed: true, estimate: true) }
+
     static func milliseconds(_ d: Duration) -> Int {
         Int(d.components.seconds) * 1000 + Int(d.components.attoseconds / 1_000_000_000_000_000)
     }
@@ -96,6 +105,8 @@ final class UsageMeter: @unchecked Sendable {
 /// and the logger.
 struct RequestTrace: Sendable {
     let id: String
+    /// The usage ledger's id for it (``FrontDoorContext/ledgerID``).
+    let ledgerID: String
     let note: AccessNote
     let logger: Logger
 
@@ -103,7 +114,8 @@ struct RequestTrace: Sendable {
     /// long and how many tokens. Never the prompt or the answer.
     func access(_ row: UsageRecord) {
         var metadata: Logger.Metadata = [
-            "ccgate.request_id": "\(id)", "ccgate.key": "\(row.keyID)", "ccgate.model": "\(row.model)",
+            "ccgate.request_id": "\(id)", "ccgate.ledger_id": "\(row.requestID)", "ccgate.key": "\(row.keyID)",
+            "ccgate.model": "\(row.model)",
             "ccgate.status": "\(row.status)", "ccgate.duration_ms": "\(row.durationMs)",
             "ccgate.prompt_tokens": "\(row.promptTokens)", "ccgate.completion_tokens": "\(row.completionTokens)",
             "ccgate.usage_source": "\(row.source)",
@@ -140,11 +152,16 @@ struct FrontDoorAccess: RouterMiddleware {
     ) async throws -> Response {
         var context = context
         context.requestID = FrontDoor.requestID(request)
+        // The ledger's id is the gateway's own: a client's id is only a label (clients may reuse one).
+        context.ledgerID =
+            request.headers[FrontDoor.requestIDHeader] == context.requestID
+            ? UUID().uuidString.lowercased() : context.requestID
         let started = ContinuousClock.now
         let note = context.note
         do {
             var response = try await next(request, context)
             response.headers[FrontDoor.requestIDHeader] = context.requestID
+            response.headers[FrontDoor.ledgerIDHeader] = context.ledgerID
             if !note.isMetered { log(request, context, status: Int(response.status.code), code: nil, started) }
             return response
         } catch let error as OpenAIError {
@@ -170,6 +187,8 @@ struct FrontDoorAccess: RouterMiddleware {
 
 extension FrontDoor {
     static let requestIDHeader = HTTPField.Name("x-request-id")!
+    /// The usage ledger's id for the request (its row's `request_id`), on every answer.
+    static let ledgerIDHeader = HTTPField.Name("ccgate-request-id")!
 
     /// The request's id: the client's `x-request-id` when it is a short printable token (1–128
     /// characters of letters, digits and `-_.:`), else a new UUID.
