@@ -81,7 +81,8 @@ public final class ClientKeyring: Sendable {
         }
         // A file that cannot be written would quietly lose the protection: found out at start.
         if let revisionsFile {
-            do { try JSONEncoder().encode(state.withLock { $0.revisions }).write(to: revisionsFile, options: .atomic) } catch {
+            let seen = state.withLock { $0.revisions }
+            do { try JSONEncoder().encode(seen).write(to: revisionsFile, options: .atomic) } catch {
                 throw StoreError("\(revisionsFile.path): cannot write the key revisions seen: \(error)")
             }
         }
