@@ -157,12 +157,20 @@ let package = Package(
             name: "CommandLineSupport",
             dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
+        // `--log-format text|json` and `--log-level` for the long-running commands (not the engine).
+        .target(
+            name: "LogSupport",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         .executableTarget(
             name: "ccgate",
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog",
                 "GatewayState",
-                "CommandLineSupport",
+                "CommandLineSupport", "LogSupport",
                 "TONKit", "TONStake", "HTTPFetch",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -172,7 +180,7 @@ let package = Package(
         .executableTarget(
             name: "ccworker",
             dependencies: [
-                "AttestationCore", "WorkerAgent", "CommandLineSupport", "TONKit", "TONStake", "Sealing",
+                "AttestationCore", "WorkerAgent", "CommandLineSupport", "LogSupport", "TONKit", "TONStake", "Sealing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

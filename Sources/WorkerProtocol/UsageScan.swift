@@ -13,7 +13,9 @@ public struct UsageScan: Sendable {
 
     public init() {}
 
-    static let marker = Data(#""usage":{"#.utf8)
+    /// The member name as it appears in the text, whatever spacing follows (`"usage": {` from
+    /// Python's json, `"usage":{` from compact writers); the parse decides the rest.
+    static let marker = Data(#""usage""#.utf8)
 
     /// The three counts an engine reports; at least one is present.
     public struct Counts: Equatable, Sendable {

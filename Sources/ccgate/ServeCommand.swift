@@ -6,6 +6,7 @@ import Foundation
 import Gateway
 import GatewayState
 import Logging
+import LogSupport
 import Policy
 import TONKit
 import TONStake
@@ -77,6 +78,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Durable state: ccgate.db, gateway.key, admin.token.", valueName: "DIR")) var dataDir =
         "data"
     @OptionGroup(title: "Shared state (several gateways; in place of DIR/ccgate.db)") var db: DatabaseOptions
+    @OptionGroup(title: "Logs") var log: LogOptions
     @Option(help: ArgumentHelp("Address the admin API listens on.", valueName: "HOST")) var adminHost = "127.0.0.1"
     @Option(help: ArgumentHelp("Admin API port (0: any free port; -1: no admin API).", valueName: "N")) var adminPort =
         8445
@@ -157,6 +159,7 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        log.bootstrap()
         var keys = apiKeys
         if let apiKeyFile {
             guard let text = try? String(contentsOfFile: apiKeyFile, encoding: .utf8) else {
@@ -225,11 +228,12 @@ struct ServeCommand: AsyncParsableCommand {
             }
             configuration.toncenter.append(ToncenterEndpoint(base: base, apiKey: key, requestsPerSecond: toncenterRps))
         }
+        // Everything the gateway says from here on is a log event (`--log-format`).
+        let logger = Logger(label: "ccgate")
         if configuration.policy.stake.minimumNanotons != nil, configuration.toncenter.count < 2 {
-            FileHandle.standardError.write(
-                Data(
-                    "ccgate: warning: the policy requires a TON stake but fewer than two --toncenter endpoints are given: every worker will be refused (stake.unknown)\n"
-                        .utf8))
+            logger.warning(
+                "the policy requires a TON stake but fewer than two --toncenter endpoints are given: every worker will be refused (stake.unknown)"
+            )
         }
         configuration.checkpointInterval = .seconds(checkpointSeconds)
         configuration.timings = WorkerTimings(reattestInterval: .seconds(reattestSeconds))
@@ -272,20 +276,19 @@ struct ServeCommand: AsyncParsableCommand {
             }
             let active = server.policies.current
             if active.text != settings.policyText {
-                FileHandle.standardError.write(
-                    Data(
-                        "ccgate: policy version \(active.version) ('\(active.document.name)') from \(dataDir) is in force; --policy seeds only a new data directory (change policy with `ccgate policy apply`)\n"
-                            .utf8))
+                logger.notice(
+                    "policy version \(active.version) ('\(active.document.name)') from \(dataDir) is in force; --policy seeds only a new data directory (change policy with `ccgate policy apply`)"
+                )
             }
             let scheme = settings.tls == nil ? "http" : "https"
-            FileHandle.standardError.write(
-                Data("ccgate: gateway key \(server.gatewayKey.fingerprint) (\(dataDir)/gateway.pub)\n".utf8))
+            logger.notice(
+                "gateway key \(server.gatewayKey.fingerprint) (\(dataDir)/gateway.pub)",
+                metadata: ["ccgate.gateway_key": "\(server.gatewayKey.fingerprint)"])
             try await server.run { ports in
                 let admin = ports.admin > 0 ? ", admin API \(scheme)://\(settings.adminHost):\(ports.admin)" : ""
-                FileHandle.standardError.write(
-                    Data(
-                        "ccgate: API on \(scheme)://\(settings.host):\(ports.api), worker port \(settings.workerHost):\(ports.worker)\(admin), policy version \(active.version) '\(active.document.name)'\n"
-                            .utf8))
+                logger.notice(
+                    "API on \(scheme)://\(settings.host):\(ports.api), worker port \(settings.workerHost):\(ports.worker)\(admin), policy version \(active.version) '\(active.document.name)'"
+                )
                 if let portsFile {
                     try? Data("api=\(ports.api) worker=\(ports.worker) admin=\(ports.admin)\n".utf8).write(
                         to: URL(fileURLWithPath: portsFile), options: .atomic)

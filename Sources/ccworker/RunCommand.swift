@@ -3,6 +3,7 @@ import AttestationCore
 import CommandLineSupport
 import Foundation
 import Logging
+import LogSupport
 import Sealing
 import TONKit
 import TONStake
@@ -52,6 +53,7 @@ struct Run: AsyncParsableCommand {
             """)
 
     @OptionGroup var tdx: TDXOptions
+    @OptionGroup(title: "Logs") var log: LogOptions
 
     @Option(
         name: .customLong("gateway"),
@@ -197,8 +199,8 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var logger = Logger(label: "ccworker")
-        logger.logLevel = .info
+        log.bootstrap()
+        let logger = Logger(label: "ccworker")
         // Before the TPM is touched: a bad provider identity leaves no measurement behind.
         let provider = try provider()
         var engineClient = EngineClient(url: engineURL)!

@@ -11,6 +11,8 @@ final class GatewayProcess: @unchecked Sendable {
     let process = Process()
     let data: URL
     let ports: [String: Int]
+    /// Its standard output and error.
+    let log: URL
 
     /// Starts the gateway and waits until it listens (up to a minute on a loaded machine).
     init(data: URL, policy: URL, in dir: TemporaryDirectory, extra: [String] = []) throws {
@@ -23,7 +25,7 @@ final class GatewayProcess: @unchecked Sendable {
                 "--policy", policy.path, "--data-dir", data.path, "--ports-file", portsFile.path,
                 "--checkpoint-seconds", "1",
             ] + (SwtpmLocalCA.shared.map { ["--tpm-ek-root", $0.rootCertificate.path] } ?? []) + extra
-        let log = dir.file("gateway-\(UUID().uuidString).log")
+        log = dir.file("gateway-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
         process.standardOutput = handle
@@ -64,18 +66,28 @@ final class GatewayProcess: @unchecked Sendable {
     /// `ccworker run` against this gateway (pinned to its key) on swtpm, measuring `engine` and
     /// `model` and serving model `fake` from the engine at `enginePort` (one ccworker does not
     /// start); killed when the returned process is released by the caller's `defer`.
-    func startWorker(id: String, tpm: Swtpm, engine: URL, model: URL, enginePort: Int) throws -> Process {
+    func startWorker(
+        id: String, tpm: Swtpm, engine: URL, model: URL, enginePort: Int, log: URL? = nil, extra: [String] = []
+    ) throws -> Process {
         let worker = Process()
         worker.executableURL = URL(
             fileURLWithPath: EvidenceVerifyCLITests.binDirectory.appendingPathComponent("ccworker").path)
-        worker.arguments = [
-            "run", "--gateway", "127.0.0.1:\(ports["worker"]!)", "--gateway-key", keyFile.path, "--tpm", tpm.tcti,
-            "--engine", engine.path, "--model", model.path, "--tpm-ek-chain",
-            SwtpmLocalCA.shared?.issuerCertificate.path ?? "", "--model-name", "fake", "--engine-url",
-            "http://127.0.0.1:\(enginePort)", "--worker-id", id,
-        ]
-        worker.standardOutput = FileHandle.nullDevice
-        worker.standardError = FileHandle.nullDevice
+        worker.arguments =
+            [
+                "run", "--gateway", "127.0.0.1:\(ports["worker"]!)", "--gateway-key", keyFile.path, "--tpm", tpm.tcti,
+                "--engine", engine.path, "--model", model.path, "--tpm-ek-chain",
+                SwtpmLocalCA.shared?.issuerCertificate.path ?? "", "--model-name", "fake", "--engine-url",
+                "http://127.0.0.1:\(enginePort)", "--worker-id", id,
+            ] + extra
+        if let log {
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+            let handle = try FileHandle(forWritingTo: log)
+            worker.standardOutput = handle
+            worker.standardError = handle
+        } else {
+            worker.standardOutput = FileHandle.nullDevice
+            worker.standardError = FileHandle.nullDevice
+        }
         try worker.run()
         return worker
     }

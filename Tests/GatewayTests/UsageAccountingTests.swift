@@ -155,5 +155,9 @@ import WorkerProtocol
             turned.map { String(decoding: $0, as: UTF8.self) }
                 == #"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#)
         #expect(try StreamUsage.requestingUsage(Data(#"{"model":"m","stream":false}"#.utf8)) == nil)
+        // Python's json writes a space after the colon: still counted.
+        #expect(
+            UsageScan.usage(inJSON: Data(#"{"usage": {"prompt_tokens": 2, "completion_tokens": 1}}"#.utf8))?
+                .promptTokens == 2)
     }
 }
