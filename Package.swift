@@ -171,7 +171,7 @@ let package = Package(
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog",
                 "GatewayState",
                 "CommandLineSupport", "LogSupport",
-                "TONKit", "TONStake", "HTTPFetch",
+                "TONKit", "TONStake", "HTTPFetch", .product(name: "Yams", package: "Yams"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

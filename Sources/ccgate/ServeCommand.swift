@@ -79,6 +79,15 @@ struct ServeCommand: AsyncParsableCommand {
         "data"
     @OptionGroup(title: "Shared state (several gateways; in place of DIR/ccgate.db)") var db: DatabaseOptions
     @OptionGroup(title: "Logs") var log: LogOptions
+    @Option(
+        help: ArgumentHelp(
+            "A YAML file of settings: serve's long option names as keys (port: 8443, toncenter: [URL, URL], allow-plain-http: true). Flags given here override it.",
+            valueName: "FILE"))
+    var config: String?
+    @Flag(help: "Print the settings in force (file and flags together, defaults included) as YAML, and exit.")
+    var printConfig = false
+    @Flag(help: "/readyz also requires an admitted worker for every model the policy names.")
+    var readyRequiresWorkers = false
     @Option(help: ArgumentHelp("Address the admin API listens on.", valueName: "HOST")) var adminHost = "127.0.0.1"
     @Option(help: ArgumentHelp("Admin API port (0: any free port; -1: no admin API).", valueName: "N")) var adminPort =
         8445
@@ -159,6 +168,16 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let arguments = Array(CommandLine.arguments.drop { $0 != "serve" }.dropFirst())
+        let command = try merged(arguments: arguments)
+        if command.printConfig {
+            print(command.printedConfig, terminator: "")
+            return
+        }
+        try await command.serve()
+    }
+
+    func serve() async throws {
         log.bootstrap()
         var keys = apiKeys
         if let apiKeyFile {
@@ -181,6 +200,7 @@ struct ServeCommand: AsyncParsableCommand {
         configuration.workerPort = workerPort
         configuration.apiKeys = keys
         configuration.apiKeySecretFile = apiKeySecretFile.map { URL(fileURLWithPath: $0) }
+        configuration.readyRequiresWorkers = readyRequiresWorkers
         do {
             configuration.policy = try PolicyDocument.load(contentsOf: URL(fileURLWithPath: policy))
             configuration.policyText = try String(contentsOfFile: policy, encoding: .utf8)
