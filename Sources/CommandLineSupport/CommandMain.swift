@@ -61,3 +61,6 @@ extension ParsableCommand {
         }
     }
 }
+
+/// The release every executable reports with `--version`.
+public let projectVersion = "0.1.0"

@@ -16,6 +16,7 @@ struct CCGate: AsyncParsableCommand {
             not verifying, replay not matching, differences found by policy diff); 2 unreadable input, bad usage or an
             unreachable gateway.
             """,
+        version: projectVersion,
         subcommands: [
             ServeCommand.self, EvidenceCommand.self, PolicyCommand.self, CollateralCommand.self, WorkersCommand.self,
             AuditCommand.self,

@@ -51,7 +51,9 @@ extension ServeCommand {
             case .value(let v): out += "\(name): \(v.map(Self.yamlScalar) ?? "null")\n"
             case .flag(let on): out += "\(name): \(on)\n"
             case .list(let items):
-                out += items.isEmpty ? "\(name): []\n" : "\(name):\n" + items.map { "  - \(Self.yamlScalar($0))\n" }.joined()
+                out +=
+                    items.isEmpty
+                    ? "\(name): []\n" : "\(name):\n" + items.map { "  - \(Self.yamlScalar($0))\n" }.joined()
             }
         }
         return out
@@ -59,9 +61,12 @@ extension ServeCommand {
 
     /// A scalar quoted when YAML would read it as something else.
     static func yamlScalar(_ s: String) -> String {
-        let plain = s.allSatisfy { $0.isLetter || $0.isNumber || "-_./:@".contains($0) } && !s.isEmpty
+        let plain =
+            s.allSatisfy { $0.isLetter || $0.isNumber || "-_./:@".contains($0) } && !s.isEmpty
             && !["true", "false", "null", "yes", "no", "on", "off", "~"].contains(s.lowercased())
-        return plain ? s : "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        return plain
+            ? s
+            : "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }
 
     /// The command as the file and the command line give it together (flags win), or this one
@@ -72,10 +77,11 @@ extension ServeCommand {
             throw failure("--config \(config): cannot read")
         }
         let tokens = try Self.tokens(fromConfig: text, file: config, known: Dictionary(uniqueKeysWithValues: settings))
-        let given = Set(arguments.compactMap { a -> String? in
-            guard a.hasPrefix("--") else { return nil }
-            return String(a.dropFirst(2).prefix { $0 != "=" })
-        })
+        let given = Set(
+            arguments.compactMap { a -> String? in
+                guard a.hasPrefix("--") else { return nil }
+                return String(a.dropFirst(2).prefix { $0 != "=" })
+            })
         var fromFile = [String]()
         for (name, values) in tokens where !given.contains(name) { fromFile += values }
         var rest = [String]()

@@ -15,6 +15,7 @@ struct CCInfer: ParsableCommand {
 
             Exit status: 0 success, 1 engine failure (no device, bad model), 2 bad usage.
             """,
+        version: projectVersion,
         subcommands: [Serve.self, Generate.self, Bench.self, Devices.self, Version.self])
 
     static func main() { runWithProjectExitCodes() }
@@ -54,7 +55,7 @@ struct Version: ParsableCommand {
         abstract: "Print the shader compiler and kernels this binary embeds.")
 
     func run() {
-        print("ccinfer 0.1")
+        print("ccinfer \(projectVersion)")
         print("kernels: \(EmbeddedShadersInfo.kernels.joined(separator: " "))")
         print("shader flags: \(EmbeddedShadersInfo.flags)")
         print("shader compiler:")

@@ -10,6 +10,7 @@ struct CCWorker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ccworker",
         abstract: "The ccgate worker agent: measures the inference engine and model, and attests with the TPM.",
+        version: projectVersion,
         subcommands: [Run.self, Quote.self])
 
     static func main() async { await runAsyncWithProjectExitCodes() }
