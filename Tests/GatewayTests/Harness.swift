@@ -154,7 +154,7 @@ final class FakeEngine: Sendable {
     /// `usageText`: a `usage` object to report (verbatim) in place of the computed one.
     init(
         name: String, chunks: Int = 5, chunkDelay: Duration = .milliseconds(20), reportsUsage: Bool = false,
-        usageText: String? = nil
+        usageText: String? = nil, status: Int = 200
     ) async throws {
         let router = Router()
         let counter = Counter()
@@ -179,6 +179,15 @@ final class FakeEngine: Sendable {
             let usage = #""usage":"# + (usageText ?? computed)
             let includeUsage = (object["stream_options"] as? [String: Any])?["include_usage"] as? Bool == true
             if includeUsage { askedForUsage.increment() }
+            if status != 200 {
+                var headers = HTTPFields()
+                headers[.contentType] = "application/json"
+                return Response(
+                    status: HTTPResponse.Status(code: status), headers: headers,
+                    body: .init(
+                        byteBuffer: ByteBuffer(
+                            string: #"{"error":{"message":"busy","type":"server_error","code":null,"param":null}}"#)))
+            }
             if stream {
                 var headers = HTTPFields()
                 headers[.contentType] = "text/event-stream"

@@ -161,3 +161,38 @@ import WorkerProtocol
                 .promptTokens == 2)
     }
 }
+
+/// A worker's 429 or 503 before the first byte goes to another worker; with no other, the client
+/// gets it as it is.
+@Suite(.serialized) struct BusyWorkerTests {
+    @Test func aBusyWorkersAnswerIsRetriedOnAnother() async throws {
+        let engine = UsageAccountingTests.engine, model = UsageAccountingTests.model
+        let gateway = try await GatewayHarness(policy: GatewayHarness.policy(engine: engine, model: model))
+        let busy = try await FakeEngine(name: "busy", status: 429)
+        let fine = try await FakeEngine(name: "fine")
+        let first = try await TestWorker(
+            id: "a-busy", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: busy.port,
+            engine: engine, model: model)
+        defer {
+            Task {
+                await first.stop(); await busy.stop(); await fine.stop(); await gateway.stop()
+            }
+        }
+        guard case .success = await first.admitted() else { Issue.record("not admitted"); return }
+        // Alone, the busy worker's answer is the client's.
+        let alone = try await ClientKeyTests.chat(gateway, key: gateway.apiKey, tag: "[alone]")
+        #expect(alone.status == 429, "\(alone.body)")
+        let second = try await TestWorker(
+            id: "b-fine", gatewayPort: gateway.workerPort, gatewayKey: gateway.pin, enginePort: fine.port,
+            engine: engine, model: model)
+        defer { Task { await second.stop() } }
+        guard case .success = await second.admitted() else { Issue.record("not admitted"); return }
+        let before = busy.requestCount
+        for i in 0..<6 {
+            let answer = try await ClientKeyTests.chat(gateway, key: gateway.apiKey, tag: "[retry-\(i)]")
+            #expect(answer.status == 200, "\(answer.body)")
+            #expect(answer.headers["ccgate-worker"] == "b-fine")
+        }
+        #expect(busy.requestCount > before, "the busy worker was never tried first")
+    }
+}

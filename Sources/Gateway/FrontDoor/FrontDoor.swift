@@ -173,25 +173,14 @@ public struct FrontDoor: Sendable {
             }
             tried.insert(link.workerID)
             let id: UInt64
-            let stream: AsyncThrowingStream<ChannelPayload, any Error>
-            do {
-                (id, stream) = try link.startRequest(method: "POST", path: path, body: engineBody, requestID: trace.id)
-            } catch {
-                lastFailure = "\(error)"
+            let status: Int
+            let contentType: String
+            var iterator: AsyncThrowingStream<ChannelPayload, any Error>.AsyncIterator
+            switch await attempt(link, path: path, body: engineBody, requestID: trace.id, logger: logger) {
+            case .failed(let why):
+                lastFailure = why
                 continue
-            }
-            var iterator = stream.makeAsyncIterator()
-            let first: ChannelPayload?
-            do { first = try await iterator.next() } catch {
-                lastFailure = "worker \(link.workerID) failed before responding: \(error)"
-                logger.notice(
-                    "retrying on another worker",
-                    metadata: ["ccgate.worker.id": "\(link.workerID)", "error": "\(error)"])
-                continue
-            }
-            guard case .head(_, let status, let contentType)? = first else {
-                lastFailure = "worker \(link.workerID) ended the response before its head"
-                continue
+            case .head(let i, let s, let t, let rest): (id, status, contentType, iterator) = (i, s, t, rest)
             }
             // Threat: a worker (root on its host) answering with a status or content type no
             // HTTP response can carry, to crash the gateway for every client. Anything outside
@@ -206,6 +195,15 @@ public struct FrontDoor: Sendable {
                 throw OpenAIError(
                     .badGateway, "The worker serving this request answered with a malformed response.",
                     type: "server_error", code: "bad_worker_response")
+            }
+            // A worker that is busy (429) or unavailable (503) before any byte: another serves
+            // the request if one can; else its answer is the client's.
+            if [429, 503].contains(status),
+                registry.pick(model: model, excluding: tried, minimumTier: minimumTier) != nil
+            {
+                link.cancel(id)
+                lastFailure = "worker \(link.workerID) answered \(status)"
+                continue
             }
             guard let served = publisher.served(link) else {
                 link.cancel(id)
@@ -226,6 +224,34 @@ public struct FrontDoor: Sendable {
         throw OpenAIError(
             .serviceUnavailable, "No admitted worker could serve the request (\(lastFailure)).", type: "server_error",
             code: "no_worker_available")
+    }
+
+    /// A request started on one worker, up to its response head.
+    enum Attempt {
+        case head(
+            id: UInt64, status: Int, contentType: String, AsyncThrowingStream<ChannelPayload, any Error>.AsyncIterator)
+        /// Why this worker could not be used (another may be tried).
+        case failed(String)
+    }
+
+    func attempt(_ link: WorkerLink, path: String, body: Data, requestID: String, logger: Logger) async -> Attempt {
+        let id: UInt64
+        let stream: AsyncThrowingStream<ChannelPayload, any Error>
+        do { (id, stream) = try link.startRequest(method: "POST", path: path, body: body, requestID: requestID) } catch
+        {
+            return .failed("\(error)")
+        }
+        var iterator = stream.makeAsyncIterator()
+        let first: ChannelPayload?
+        do { first = try await iterator.next() } catch {
+            logger.notice(
+                "retrying on another worker", metadata: ["ccgate.worker.id": "\(link.workerID)", "error": "\(error)"])
+            return .failed("worker \(link.workerID) failed before responding: \(error)")
+        }
+        guard case .head(_, let status, let contentType)? = first else {
+            return .failed("worker \(link.workerID) ended the response before its head")
+        }
+        return .head(id: id, status: status, contentType: contentType, iterator)
     }
 
     /// The model a plain request names, checked to be served; its other required field present.
