@@ -157,12 +157,13 @@ let package = Package(
             name: "CommandLineSupport",
             dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
-        // `--log-format text|json` and `--log-level` for the long-running commands (not the engine).
+        // The long-running commands' logs (`--log-format`, `--log-level`) and config files
+        // (`--config`); not linked into the engine.
         .target(
-            name: "LogSupport",
+            name: "ServiceSupport",
             dependencies: [
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Logging", package: "swift-log"), .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict),
         .executableTarget(
@@ -170,7 +171,7 @@ let package = Package(
             dependencies: [
                 "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog",
                 "GatewayState",
-                "CommandLineSupport", "LogSupport",
+                "CommandLineSupport", "ServiceSupport",
                 "TONKit", "TONStake", "HTTPFetch", .product(name: "Yams", package: "Yams"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -180,7 +181,7 @@ let package = Package(
         .executableTarget(
             name: "ccworker",
             dependencies: [
-                "AttestationCore", "WorkerAgent", "CommandLineSupport", "LogSupport", "TONKit", "TONStake", "Sealing",
+                "AttestationCore", "WorkerAgent", "CommandLineSupport", "ServiceSupport", "TONKit", "TONStake", "Sealing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

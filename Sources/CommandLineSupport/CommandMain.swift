@@ -16,9 +16,9 @@ extension AsyncParsableCommand {
     /// The same as ``ParsableCommand/runWithProjectExitCodes()`` for a root whose subcommands may
     /// be async: an async subcommand runs on the Swift concurrency runtime, with no thread blocked
     /// waiting for it.
-    public static func runAsyncWithProjectExitCodes() async -> Never {
+    public static func runAsyncWithProjectExitCodes(arguments: [String]? = nil) async -> Never {
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(arguments)
             if var asyncCommand = command as? any AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {

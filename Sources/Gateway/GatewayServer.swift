@@ -330,7 +330,7 @@ public struct GatewayServer: Sendable {
         frontDoor.metrics = metrics
         frontDoor.readiness = Readiness(
             store: store, ledger: ledger, policies: policies, registry: registry, clock: configuration.clock,
-            requireWorkers: configuration.readyRequiresWorkers)
+            requireWorkers: configuration.readyRequiresWorkers, logger: logger)
         let metrics = self.metrics
         audit.observe { metrics.committed($0, in: $1) }
         let ports = PortRendezvous(admin: configuration.adminPort != nil, onReady)

@@ -162,15 +162,20 @@ public final class AuditTrail: Sendable {
             } catch let conflict as any AppendConflict {
                 // Only a policy checked against a version that is no longer the newest (or a key
                 // change made from an older revision) fails; the decisions batched with it are
-                // written again without it.
-                let stale = batch.filter { $0.0.contains(where: \.isConditional) }
+                // written again without it, and each conditional draft is tried again alone (two
+                // changes of one key batched together: the first lands, the second conflicts).
+                guard batch.count > 1 else {
+                    batch[0].1.resume(throwing: conflict)
+                    return
+                }
+                let conditional = batch.filter { $0.0.contains(where: \.isConditional) }
                 let rest = batch.filter { !$0.0.contains(where: \.isConditional) }
-                guard !stale.isEmpty else {
+                guard !conditional.isEmpty else {
                     for item in batch { item.1.resume(throwing: conflict) }
                     return
                 }
-                for item in stale { item.1.resume(throwing: conflict) }
                 if !rest.isEmpty { commit(rest) }
+                for item in conditional { commit([item]) }
             } catch {
                 for item in batch { item.1.resume(throwing: error) }
             }

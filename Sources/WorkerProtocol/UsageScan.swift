@@ -131,51 +131,53 @@ public enum StreamUsage {
 /// `stream_options.include_usage`). Events pass through as soon as they are whole; only the
 /// unfinished last one is held.
 public struct UsageEventFilter: Sendable {
-    private var held = Data()
+    /// The unfinished event so far.
+    private var held: [UInt8] = []
+    /// How much of `held` has been looked at for an event end.
+    private var scanned = 0
     /// The counts of the events taken out.
     public private(set) var scan = UsageScan()
 
     public init() {}
 
     /// Longest unfinished event held: a stream that never ends an event passes through as it is.
-    static let holdLimit = 1 << 20
+    static let holdLimit = 64 << 10
 
     /// What of `chunk` goes to the client now: every whole event but the usage one. Events end
-    /// with a blank line (LF LF or CR LF CR LF); each byte is looked at once, and what is held is
-    /// cut once per chunk.
+    /// with a blank line (LF LF, or CR LF CR LF); each byte is looked at once (a chunk's bytes are
+    /// appended, not the held ones copied), and what is held is cut once per chunk.
+    ///
+    /// Threat: a worker streaming text that never ends an event, in tiny frames, to make the
+    /// gateway copy what it holds again and again: at most 64 KiB is held, and each byte is
+    /// scanned once.
     public mutating func pass(_ chunk: Data) -> Data {
-        let scanFrom = max(0, held.count - 3)
-        held.append(chunk)
-        let bytes = [UInt8](held)
+        held.append(contentsOf: chunk)
         var out = [UInt8]()
-        out.reserveCapacity(bytes.count)
         var start = 0
-        var i = scanFrom
-        while i < bytes.count {
-            let end: Int?
-            if bytes[i] == 0x0A, i >= 1, bytes[i - 1] == 0x0A {
-                end = i + 1
-            } else if bytes[i] == 0x0A, i >= 3, bytes[i - 1] == 0x0D, bytes[i - 2] == 0x0A, bytes[i - 3] == 0x0D {
-                end = i + 1
-            } else {
-                end = nil
-            }
-            if let end, end > start {
-                let event = bytes[start..<end]
+        var i = max(scanned, 1)
+        while i < held.count {
+            if held[i] == 0x0A,
+                held[i - 1] == 0x0A || (i >= 3 && held[i - 1] == 0x0D && held[i - 2] == 0x0A && held[i - 3] == 0x0D)
+            {
+                let event = held[start...i]
                 if let counts = Self.usageOnly(event) { scan.take(counts) } else { out += event }
-                start = end
+                start = i + 1
             }
             i += 1
         }
-        held = Data(bytes[start...])
+        if start > 0 { held.removeFirst(start) }
+        scanned = held.count
         if held.count > Self.holdLimit { out += finish() }
         return Data(out)
     }
 
     /// What is still held when the stream ends (an unfinished event goes as it is).
     public mutating func finish() -> Data {
-        defer { held = Data() }
-        return held
+        defer {
+            held = []
+            scanned = 0
+        }
+        return Data(held)
     }
 
     /// The counts of an event that carries usage and no choices; nil for any other event.

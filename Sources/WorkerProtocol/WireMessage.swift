@@ -38,7 +38,8 @@ public enum WireMessage: Sendable, Equatable {
         /// recorded challenge cannot be replayed to this worker.
         public var workerNonce: Data
 
-        public static let currentVersion = 3
+        /// 4: requests carry the gateway's request id (`ChannelPayload.request`, `.sealedRequest`).
+        public static let currentVersion = 4
 
         enum CodingKeys: String, CodingKey { case protocolVersion, workerID, kemPublicKey, models, workerNonce }
 

@@ -6,7 +6,7 @@ import Foundation
 import Gateway
 import GatewayState
 import Logging
-import LogSupport
+import ServiceSupport
 import Policy
 import TONKit
 import TONStake

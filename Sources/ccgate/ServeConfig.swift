@@ -29,7 +29,7 @@ extension ServeCommand {
             ("worker-host", .value(workerHost)), ("worker-port", .value(String(workerPort))),
             ("api-key", .list(apiKeys.map { _ in "(redacted)" })), ("api-key-file", .value(apiKeyFile)),
             ("api-key-secret-file", .value(apiKeySecretFile)), ("policy", .value(policy)),
-            ("data-dir", .value(dataDir)), ("database", .value(db.database)),
+            ("data-dir", .value(dataDir)), ("database", .value(Self.redacted(db.database))),
             ("database-password-file", .value(db.databasePasswordFile)), ("log-format", .value(log.logFormat)),
             ("log-level", .value(log.logLevel)), ("admin-host", .value(adminHost)),
             ("admin-port", .value(String(adminPort))), ("admin-token-file", .value(adminTokenFile)),
@@ -37,7 +37,7 @@ extension ServeCommand {
             ("idle-timeout", .value(String(idleTimeout))), ("reattest-seconds", .value(String(reattestSeconds))),
             ("ports-file", .value(portsFile)), ("collateral-dir", .value(collateralDir)),
             ("pccs-url", .value(pccsURL)), ("root-crl-url", .value(rootCRLURL)), ("dcap-root", .list(dcapRoots)),
-            ("tpm-ek-root", .list(tpmEKRootFiles)), ("toncenter", .list(toncenter)),
+            ("tpm-ek-root", .list(tpmEKRootFiles)), ("toncenter", .list(toncenter.map { Self.redacted($0) ?? $0 })),
             ("toncenter-key-file", .list(toncenterKeyFiles)), ("toncenter-rps", .value(String(toncenterRps))),
             ("ready-requires-workers", .flag(readyRequiresWorkers)),
         ]
@@ -61,12 +61,17 @@ extension ServeCommand {
 
     /// A scalar quoted when YAML would read it as something else.
     static func yamlScalar(_ s: String) -> String {
-        let plain =
-            s.allSatisfy { $0.isLetter || $0.isNumber || "-_./:@".contains($0) } && !s.isEmpty
-            && !["true", "false", "null", "yes", "no", "on", "off", "~"].contains(s.lowercased())
-        return plain
-            ? s
-            : "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        // Numbers stay plain; everything else is a double-quoted string (`::`, `@x`, `-1`…).
+        if Int(s) != nil || (Double(s) != nil && s.allSatisfy { $0.isNumber || $0 == "." }) { return s }
+        return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+
+    /// A setting shown without what it may hide: a URL's password and query (an API key).
+    static func redacted(_ url: String?) -> String? {
+        guard let url, var parts = URLComponents(string: url) else { return url }
+        if parts.password != nil { parts.password = "(redacted)" }
+        if parts.query != nil, parts.scheme != "postgres", parts.scheme != "postgresql" { parts.query = "(redacted)" }
+        return parts.string ?? url
     }
 
     /// The command as the file and the command line give it together (flags win), or this one
@@ -82,8 +87,14 @@ extension ServeCommand {
                 guard a.hasPrefix("--") else { return nil }
                 return String(a.dropFirst(2).prefix { $0 != "=" })
             })
+        // Options that go by position together are overridden together: a URL given here never
+        // takes the file's key for another URL.
+        let pairs = [["toncenter", "toncenter-key-file"], ["tls-cert", "tls-key"]]
+        let overridden = pairs.reduce(into: given) { set, pair in
+            if !set.isDisjoint(with: pair) { set.formUnion(pair) }
+        }
         var fromFile = [String]()
-        for (name, values) in tokens where !given.contains(name) { fromFile += values }
+        for (name, values) in tokens where !overridden.contains(name) { fromFile += values }
         var rest = [String]()
         var skip = false
         for a in arguments {
@@ -125,7 +136,7 @@ extension ServeCommand {
                     guard let scalar = item.scalar?.string else {
                         throw failure("--config \(file): \(name) is a list of plain values")
                     }
-                    values += ["--\(name)", scalar]
+                    values.append("--\(name)=\(scalar)")
                 }
                 out.append((name, values))
             case .value:
@@ -133,7 +144,7 @@ extension ServeCommand {
                 guard let scalar = valueNode.scalar?.string else {
                     throw failure("--config \(file): \(name) is a single plain value")
                 }
-                out.append((name, ["--\(name)", scalar]))
+                out.append((name, ["--\(name)=\(scalar)"]))
             }
         }
         return out

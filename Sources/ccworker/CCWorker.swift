@@ -3,6 +3,7 @@ import AttestationCore
 import CommandLineSupport
 import EventLog
 import Foundation
+import ServiceSupport
 import WorkerAgent
 
 @main
@@ -13,7 +14,15 @@ struct CCWorker: AsyncParsableCommand {
         version: projectVersion,
         subcommands: [Run.self, Quote.self])
 
-    static func main() async { await runAsyncWithProjectExitCodes() }
+    /// `run --config FILE` is expanded into the options it stands for before anything is parsed.
+    static func main() async {
+        let arguments: [String]
+        do { arguments = try ConfigFile.expand(Array(CommandLine.arguments.dropFirst())) } catch {
+            FileHandle.standardError.write(Data("ccworker: \(error)\n".utf8))
+            Foundation.exit(2)
+        }
+        await runAsyncWithProjectExitCodes(arguments: arguments)
+    }
 }
 
 struct Quote: ParsableCommand {

@@ -3,7 +3,7 @@ import AttestationCore
 import CommandLineSupport
 import Foundation
 import Logging
-import LogSupport
+import ServiceSupport
 import Sealing
 import TONKit
 import TONStake
@@ -54,6 +54,11 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var tdx: TDXOptions
     @OptionGroup(title: "Logs") var log: LogOptions
+    @Option(
+        help: ArgumentHelp(
+            "A YAML file of settings: run's long option names as keys (gateway: [HOST:PORT, …], engine: PATH, engine-command: true). Flags given here override it.",
+            valueName: "FILE"))
+    var config: String?
 
     @Option(
         name: .customLong("gateway"),

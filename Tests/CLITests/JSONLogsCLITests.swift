@@ -55,9 +55,11 @@ import Testing
         let tpm = try await Swtpm.start()
         defer { tpm.stop() }
         let workerLog = dir.file("worker.log")
+        // The worker's log settings come from a config file (ccworker run --config).
+        try "log-format: json\nlog-level: info\n".write(to: dir.file("worker.yaml"), atomically: true, encoding: .utf8)
         let worker = try gateway.startWorker(
             id: "log-worker", tpm: tpm, engine: dir.file("engine"), model: dir.file("model.gguf"),
-            enginePort: echo.port, log: workerLog, extra: ["--log-format", "json"])
+            enginePort: echo.port, log: workerLog, extra: ["--config", dir.file("worker.yaml").path])
         defer { if worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
         let api = "http://127.0.0.1:\(gateway.ports["api"]!)"
         let admitted = await eventually(90) {

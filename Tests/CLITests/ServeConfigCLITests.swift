@@ -26,6 +26,8 @@ import Testing
         ready-requires-workers: true
         data-dir: /var/lib/ccgate
         api-key-file: /etc/ccgate/keys.txt
+        worker-host: "::"
+        admin-host: "@local"
         """.write(to: file, atomically: true, encoding: .utf8)
         let fromFile = try await Self.ccgate(["serve", "--config", file.path, "--print-config"])
         #expect(fromFile.status == 0, "\(fromFile.stderr)")
@@ -34,7 +36,8 @@ import Testing
             "--toncenter", "https://toncenter.example", "--toncenter", "https://ton.example.net", "--toncenter-rps",
             "5",
             "--checkpoint-seconds", "30", "--log-format", "json", "--ready-requires-workers", "--data-dir",
-            "/var/lib/ccgate", "--api-key-file", "/etc/ccgate/keys.txt", "--print-config",
+            "/var/lib/ccgate", "--api-key-file", "/etc/ccgate/keys.txt", "--worker-host", "::", "--admin-host=@local",
+            "--print-config",
         ])
         #expect(fromFlags.status == 0, "\(fromFlags.stderr)")
         #expect(fromFile.stdout == fromFlags.stdout)
@@ -45,12 +48,17 @@ import Testing
         let again = try await Self.ccgate(["serve", "--config", dir.file("printed.yaml").path, "--print-config"])
         #expect(again.stdout == fromFile.stdout, "\(again.stderr)")
 
+        // A value that starts with a dash is a value (no admin API).
+        try "admin-port: -1\n".write(to: dir.file("no-admin.yaml"), atomically: true, encoding: .utf8)
+        let noAdmin = try await Self.ccgate(["serve", "--config", dir.file("no-admin.yaml").path, "--print-config"])
+        #expect(noAdmin.stdout.contains("admin-port: -1\n"), "\(noAdmin.stderr)")
+
         // A flag replaces the file's value, a list wholly.
         let overridden = try await Self.ccgate([
             "serve", "--config", file.path, "--port", "7000", "--toncenter", "https://only.example", "--print-config",
         ])
         #expect(overridden.stdout.contains("port: 7000\n"))
-        #expect(overridden.stdout.contains("toncenter:\n  - https://only.example\ntoncenter-key-file"))
+        #expect(overridden.stdout.contains("toncenter:\n  - \"https://only.example\"\ntoncenter-key-file"))
 
         for (text, reason) in [
             ("bogus: 1\n", "unknown setting 'bogus'"), ("api-key: [sk-1]\n", "api-key-file"),
@@ -61,5 +69,23 @@ import Testing
             let refused = try await Self.ccgate(["serve", "--config", dir.file("bad.yaml").path, "--print-config"])
             #expect(refused.status == 2 && refused.stderr.contains(reason), "\(text): \(refused.stderr)")
         }
+
+        // ccworker run takes a config file the same way: its parser names what it does not know.
+        let ccworker = EvidenceVerifyCLITests.binDirectory.appendingPathComponent("ccworker").path
+        try Data("e".utf8).write(to: dir.file("engine"))
+        try Data("m".utf8).write(to: dir.file("model"))
+        try """
+        engine: \(dir.file("engine").path)
+        model: \(dir.file("model").path)
+        model-name: m
+        gateway: ["127.0.0.1:1"]
+        gateway-key: ["\(String(repeating: "ab", count: 32))"]
+        bogus-setting: 3
+        """.write(to: dir.file("worker.yaml"), atomically: true, encoding: .utf8)
+        let worker = try await ProcessRunner.run(ccworker, ["run", "--config", dir.file("worker.yaml").path])
+        #expect(worker.status != 0 && worker.stderr.contains("--bogus-setting"), "\(worker.stderr)")
+        try "model: [a, [b]]\n".write(to: dir.file("worker.yaml"), atomically: true, encoding: .utf8)
+        let nested = try await ProcessRunner.run(ccworker, ["run", "--config", dir.file("worker.yaml").path])
+        #expect(nested.status == 2 && nested.stderr.contains("list of plain values"), "\(nested.stderr)")
     }
 }

@@ -73,9 +73,12 @@ import Testing
         for _ in 0..<200 where !FileManager.default.fileExists(atPath: locked.path) {
             try await Task.sleep(for: .milliseconds(50))
         }
+        // A verdict is reused for a second: the next check is a fresh probe.
+        try await Task.sleep(for: .milliseconds(1100))
         let unwritable = try await gateway.request("/readyz", key: "")
         #expect(unwritable.status == 503, "\(unwritable.body)")
         #expect(unwritable.body.contains(#""status":"not ready""#))
+        #expect(unwritable.body.contains(#""store":"failing""#), "\(unwritable.body)")
         holder.waitUntilExit()
         var again = 0
         for _ in 0..<40 {

@@ -3,6 +3,7 @@ import AttestationCore
 import Foundation
 import GatewayState
 import HTTPTypes
+import Logging
 import Hummingbird
 import NIOCore
 import Synchronization
@@ -12,8 +13,11 @@ import Synchronization
 /// ledger must not be backlogged, and a policy must be in force; with `requireWorkers`, every
 /// model the policy names must have an admitted worker. `/healthz` stays liveness only.
 ///
-/// Probes do not pile up: while one write is still waiting (a database that hangs), the next
-/// check answers not ready at once instead of starting another.
+/// Threat: anyone who reaches the API port calling `/readyz` in a loop, to load the database with
+/// probe writes or to keep a probe always running so that the load balancer sees the gateway not
+/// ready. A verdict is reused for a second; callers during a probe wait for it, and no second
+/// probe starts while one runs. The answer names each check and whether it passed, never why
+/// (store errors go to the log only).
 public final class Readiness: Sendable {
     let store: any GatewayStore
     let ledger: UsageLedger?
@@ -22,11 +26,18 @@ public final class Readiness: Sendable {
     let clock: any AttestationClock
     let requireWorkers: Bool
     let deadline: Duration
-    private let probing = Mutex(false)
+    let logger: Logger
+    static let reuse: Duration = .seconds(1)
+
+    private struct State {
+        var probing = false
+        var store: (verdict: String, at: ContinuousClock.Instant)?
+    }
+    private let state = Mutex(State())
 
     init(
         store: any GatewayStore, ledger: UsageLedger?, policies: PolicyState, registry: WorkerRegistry,
-        clock: any AttestationClock, requireWorkers: Bool, deadline: Duration = .seconds(3)
+        clock: any AttestationClock, requireWorkers: Bool, logger: Logger, deadline: Duration = .seconds(3)
     ) {
         self.store = store
         self.ledger = ledger
@@ -34,17 +45,17 @@ public final class Readiness: Sendable {
         self.registry = registry
         self.clock = clock
         self.requireWorkers = requireWorkers
+        self.logger = logger
         self.deadline = deadline
     }
 
     /// Each check's verdict (`ok`, or why not) and whether all passed.
     func check() async -> (ready: Bool, checks: [String: String]) {
-        var checks = ["store": await probeStore()]
+        var checks = ["store": await storeVerdict()]
         checks["ledger"] =
             ledger.map { l in
                 l.isBacklogged ? "backlogged: \(l.backlog) rows wait (\(l.failure ?? "writing"))" : "ok"
             } ?? "ok"
-        checks["policy"] = "ok"
         if requireWorkers {
             let served = Set(registry.models)
             let named = Set(policies.current.document.models.flatMap(\.names))
@@ -54,38 +65,59 @@ public final class Readiness: Sendable {
         return (checks.values.allSatisfy { $0 == "ok" }, checks)
     }
 
-    func probeStore() async -> String {
-        let started = probing.withLock { busy in
-            defer { busy = true }
-            return !busy
+    /// The store's verdict: a recent one, the running probe's, or a new probe's.
+    func storeVerdict() async -> String {
+        let now = ContinuousClock.now
+        enum Step { case reuse(String), wait, probe }
+        let step: Step = state.withLock { s in
+            if let last = s.store, now - last.at < Self.reuse { return .reuse(last.verdict) }
+            if s.probing { return .wait }
+            s.probing = true
+            return .probe
         }
-        guard started else { return "a write probe is still waiting on the store" }
-        let (store, now) = (store, clock.now())
-        let result = Mutex<String?>(nil)
-        let thread = Thread {
-            let outcome: String
-            do {
-                try store.probeWrite(at: now)
-                outcome = "ok"
-            } catch { outcome = "not writable: \(error)" }
-            result.withLock { $0 = outcome }
-            self.probing.withLock { $0 = false }
+        switch step {
+        case .reuse(let verdict): return verdict
+        case .probe: startProbe()
+        case .wait: break
         }
-        thread.name = "ccgate-ready-probe"
-        thread.start()
-        let until = ContinuousClock.now + deadline
+        let until = now + deadline
         while ContinuousClock.now < until {
-            if let done = result.withLock({ $0 }) { return done }
+            if let done = state.withLock({ s in s.store.flatMap { $0.at >= now ? $0.verdict : nil } }) { return done }
             try? await Task.sleep(for: .milliseconds(5))
         }
         return "no write committed within \(deadline)"
     }
 
-    /// The answer: 200 when ready, 503 when not, with each check's verdict.
+    /// One probe write on a thread of its own (a hung database holds that thread, not the pool).
+    private func startProbe() {
+        let (store, time) = (store, clock.now())
+        let thread = Thread {
+            let verdict: String
+            do {
+                try store.probeWrite(at: time)
+                verdict = "ok"
+            } catch { verdict = "not writable: \(error)" }
+            self.state.withLock { s in
+                s.store = (verdict, ContinuousClock.now)
+                s.probing = false
+            }
+        }
+        thread.name = "ccgate-ready-probe"
+        thread.start()
+    }
+
+    /// The answer: 200 when ready, 503 when not, naming each check and whether it passed.
     func response() async -> Response {
         let (ready, checks) = await check()
+        if !ready {
+            logger.warning(
+                "not ready",
+                metadata: Logger.Metadata(
+                    uniqueKeysWithValues: checks.map { ("ccgate.ready.\($0.key)", "\($0.value)") }))
+        }
         let body: [String: JSONValue] = [
-            "status": .string(ready ? "ready" : "not ready"), "checks": .object(checks.mapValues(JSONValue.string)),
+            "status": .string(ready ? "ready" : "not ready"),
+            "checks": .object(checks.mapValues { .string($0 == "ok" ? "ok" : "failing") }),
         ]
         var headers = HTTPFields()
         headers[.contentType] = "application/json"

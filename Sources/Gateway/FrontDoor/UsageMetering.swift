@@ -167,7 +167,9 @@ struct FrontDoorAccess: RouterMiddleware {
         } catch let error as OpenAIError {
             metrics?.refused(status: Int(error.status.code), code: error.code ?? error.type)
             if !note.isMetered { log(request, context, status: Int(error.status.code), code: error.code, started) }
-            throw error
+            // Answered here, with this context: Hummingbird would build the answer from the
+            // context before this step, which has no ids.
+            return try error.response(from: request, context: context)
         }
     }
 

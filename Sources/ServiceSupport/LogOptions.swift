@@ -61,7 +61,8 @@ public struct JSONLogHandler: LogHandler {
             "time": Self.timestamp(Date()), "level": event.level.rawValue, "label": label,
             "source": event.source, "message": "\(event.message)",
         ]
-        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { _, new in new }) {
+        for (key, value) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { _, new in new })
+        where object[key] == nil {
             object[key] = Self.json(value)
         }
         guard
@@ -69,7 +70,8 @@ public struct JSONLogHandler: LogHandler {
                 withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
         else { return }
         line.append(0x0A)
-        Self.output.withLock { $0.write(line) }
+        // A closed or full standard error drops the line; it never stops the process.
+        Self.output.withLock { try? $0.write(contentsOf: line) }
     }
 
     static func json(_ value: Logger.Metadata.Value) -> Any {
