@@ -197,7 +197,8 @@ enum UsageColumns {
         // written by a gateway and must not overflow a sum.
         func count(_ i: Int32) -> Int { min(max(int(i) ?? 0, 0), 1_000_000_000) }
         var r = UsageRecord(
-            requestID: id, time: Date(timeIntervalSince1970: Double(ms) / 1000), keyID: key, model: model,
+            requestID: id, time: Date(timeIntervalSince1970: Double(min(max(ms, 0), 1 << 50)) / 1000), keyID: key,
+            model: model,
             worker: text(5), provider: text(6), promptTokens: count(7), completionTokens: count(8),
             timeToFirstTokenMs: int(9), durationMs: int(10) ?? 0, status: int(11) ?? 0, source: text(12) ?? "")
         r.gateway = text(2)

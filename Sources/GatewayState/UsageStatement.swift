@@ -136,7 +136,7 @@ public enum UsageStatement {
             "schema": .string(schema), "provider": .string(provider),
             "period": .object(["since": .string(since.rfc3339), "until": .string(until.rfc3339)]),
             "issued_at": .string(now.rfc3339), "signer": .string(key.publicKey.fingerprint),
-            "final": .bool(until <= now),
+            "final": .bool(until.addingTimeInterval(3600) <= now),
             "gateways": .array(gateways.sorted().map(JSONValue.string)),
             "totals": total.json,
             "models": .array(

@@ -156,9 +156,11 @@ struct UsageCommand: ParsableCommand {
 
         func run() throws {
             let (since, until) = Self.bounds(period)!
-            guard partial || until <= Date() else {
+            // A row is stamped with its request's start and written when the request ends (and
+            // later after a store outage): a period is final an hour after it ends.
+            guard partial || until.addingTimeInterval(3600) <= Date() else {
                 throw failure(
-                    "the period \(period) has not ended (until \(until.rfc3339)): its rows are still coming; sign it after it ends, or give --partial"
+                    "the period \(period) ended less than an hour ago or has not ended (until \(until.rfc3339)): its rows are still coming; sign it later, or give --partial"
                 )
             }
             let secretPath = apiKeySecretFile ?? source.dataDir + "/api-keys.secret"

@@ -19,10 +19,19 @@ import Testing
         #expect(verify.status == 0, "\(verify.stdout)\(verify.stderr)")
         #expect((verify.stdout + verify.stderr).isEmpty, "systemd-analyze warns: \(verify.stdout)\(verify.stderr)")
         for line in [
-            "DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "UMask=0077",
+            "User=\(name)", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "UMask=0077",
             "CapabilityBoundingSet=", "SystemCallFilter=@system-service", "StateDirectoryMode=0700",
         ] {
             #expect(text.contains("\n\(line)\n"), "\(name).service lacks \(line)")
         }
+    }
+
+    /// The users the units run as are made by systemd-sysusers from the shipped file.
+    @Test func theUsersAreDeclared() async throws {
+        let file = Self.units.appendingPathComponent("ccgate.sysusers")
+        let dryRun = try await ProcessRunner.run("systemd-sysusers", ["--dry-run", file.path])
+        #expect(dryRun.status == 0, "\(dryRun.stdout)\(dryRun.stderr)")
+        let text = try String(contentsOf: file, encoding: .utf8)
+        #expect(text.contains("u ccgate ") && text.contains("u ccworker ") && text.contains("m ccworker tss"))
     }
 }

@@ -122,6 +122,11 @@ import WorkerProtocol
         )
         #expect(inner.status == 400 && inner.body.contains("invalid_stream_options"), "\(inner.body)")
         #expect(fake.requestCount == 0, "an ambiguous request reached the engine")
+        // Error answers carry the request's ids too.
+        let refused = try await ClientKeyTests.chat(gateway, key: "not-a-key", tag: "[refused]")
+        #expect(refused.status == 401)
+        #expect(refused.headers["x-request-id"]?.count == 36, "\(refused.headers)")
+        #expect(refused.headers["ccgate-request-id"] == refused.headers["x-request-id"])
     }
 
     /// The filter passes every event but the usage one, byte for byte, whatever the chunking and

@@ -13,11 +13,30 @@ import Synchronization
 /// the audit trail as each batch commits (every decision is an entry, so none is missed or
 /// counted twice); admitted workers and the ledger backlog are read at each scrape.
 ///
-/// Label values are bounded: models are the served ones, reasons the stable reason codes, and
-/// HTTP statuses three digits; a client's text never becomes a label.
+/// Label values are bounded: reasons are the stable reason codes and HTTP statuses three digits;
+/// model names come from workers (a policy that binds no names lets a worker pick them), so at
+/// most ``modelLabelLimit`` distinct ones are labels and the rest count as `other`. A client's
+/// text never becomes a label.
 public final class GatewayMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
-    private let workerGauges = Mutex<[String: Gauge]>([:])
+    private let workerGauges = Mutex<[WorkerSeries: Gauge]>([:])
+    private let modelLabels = Mutex<Set<String>>([])
+    static let modelLabelLimit = 64
+
+    struct WorkerSeries: Hashable {
+        let model: String
+        let tier: String
+    }
+
+    /// The label a model name is counted under.
+    func label(model: String) -> String {
+        modelLabels.withLock { seen in
+            if seen.contains(model) { return model }
+            guard seen.count < Self.modelLabelLimit else { return "other" }
+            seen.insert(model)
+            return model
+        }
+    }
 
     static let latencyBuckets: [Duration] = [
         .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
@@ -96,7 +115,7 @@ public final class GatewayMetrics: Sendable {
 
     /// A request that ended (its usage row).
     func request(_ row: UsageRecord) {
-        let model = [("model", row.model)]
+        let model = [("model", label(model: row.model))]
         registry.makeCounter(descriptor: Self.requests, labels: model + [("status", String(row.status))]).increment()
         registry.makeDurationHistogram(descriptor: Self.requestDuration, labels: model, buckets: Self.latencyBuckets)
             .recordNanoseconds(Int64(row.durationMs) * 1_000_000)
@@ -145,23 +164,19 @@ public final class GatewayMetrics: Sendable {
 
     /// The text a scrape answers: gauges read now, then everything.
     func scrape(registry workers: WorkerRegistry, ledger: UsageLedger?) -> [UInt8] {
-        var counts = [String: Int]()
+        var counts = [WorkerSeries: Int]()
         for w in workers.workers {
             let tier = workers.tier(workerID: w.workerID)?.rawValue ?? "unknown"
-            for model in w.models { counts[model + "\u{0}" + tier, default: 0] += 1 }
+            for model in w.models { counts[WorkerSeries(model: label(model: model), tier: tier), default: 0] += 1 }
         }
         workerGauges.withLock { gauges in
-            for key in Set(gauges.keys).union(counts.keys) {
+            for series in Set(gauges.keys).union(counts.keys) {
                 let gauge =
-                    gauges[key]
-                    ?? {
-                        let parts = key.split(separator: "\u{0}", omittingEmptySubsequences: false).map(String.init)
-                        let g = registry.makeGauge(
-                            descriptor: Self.workersAdmitted, labels: [("model", parts[0]), ("tier", parts[1])])
-                        gauges[key] = g
-                        return g
-                    }()
-                gauge.set(Double(counts[key] ?? 0))
+                    gauges[series]
+                    ?? registry.makeGauge(
+                        descriptor: Self.workersAdmitted, labels: [("model", series.model), ("tier", series.tier)])
+                gauges[series] = gauge
+                gauge.set(Double(counts[series] ?? 0))
             }
         }
         if let ledger {

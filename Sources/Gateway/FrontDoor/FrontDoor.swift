@@ -164,7 +164,7 @@ public struct FrontDoor: Sendable {
         let meter = try meter(grant, model: model, requestBytes: body.count, trace: trace)
         var tried = Set<String>()
         var lastFailure = "no admitted worker serves this model"
-        for _ in 0..<maxAttempts {
+        for round in 0..<maxAttempts {
             guard let link = registry.pick(model: model, excluding: tried, minimumTier: minimumTier) else {
                 if tried.isEmpty, let minimumTier {
                     lastFailure = "no admitted worker serving this model meets the tier \(minimumTier.rawValue)"
@@ -198,7 +198,7 @@ public struct FrontDoor: Sendable {
             }
             // A worker that is busy (429) or unavailable (503) before any byte: another serves
             // the request if one can; else its answer is the client's.
-            if [429, 503].contains(status),
+            if [429, 503].contains(status), round < maxAttempts - 1,
                 registry.pick(model: model, excluding: tried, minimumTier: minimumTier) != nil
             {
                 link.cancel(id)
@@ -435,9 +435,8 @@ public struct FrontDoor: Sendable {
                     body.append(bytes)
                     guard body.count <= maxResponseSize else {
                         exchange.link.cancel(exchange.id)
-                        // The worker produced it: counted, though the client gets no answer.
-                        exchange.meter?.sent(body)
-                        exchange.meter?.finish(status: 502, usage: nil, streamed: false, estimate: true)
+                        // Recorded (the worker is named) but not billed: the client got no answer.
+                        exchange.meter?.finish(status: 502, usage: nil, streamed: false)
                         throw OpenAIError(
                             .badGateway, "The worker's response exceeds \(maxResponseSize) bytes.",
                             type: "server_error", code: "bad_worker_response")

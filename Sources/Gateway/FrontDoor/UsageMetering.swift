@@ -66,8 +66,9 @@ final class UsageMeter: @unchecked Sendable {
         var prompt = 0
         var completion = 0
         var source = "none"
-        let completionBound = streamed ? max(1, events) * 16 : responseBytes
-        if let usage {
+        let completionBound = streamed ? min(max(1, events) * 16, responseBytes) : responseBytes
+        // Counts in an error answer are not taken: a client is not billed for what it was refused.
+        if let usage, (200..<300).contains(status) {
             // Counts are 0…10^9 (UsageScan), so none of this overflows.
             prompt = usage.promptTokens ?? 0
             completion = usage.completionTokens ?? max(0, (usage.totalTokens ?? 0) - prompt)
