@@ -74,15 +74,9 @@ public struct ClientKeyRecord: Sendable, Equatable, Codable {
         secrets.contains { $0.hash == hash && ($0.validUntil.map { now < $0 } ?? true) }
     }
 
-    static let encoder: JSONEncoder = {
-        let e = JSONEncoder()
-        e.dateEncodingStrategy = .secondsSince1970
-        e.outputFormatting = .sortedKeys
-        return e
-    }()
-
-    /// The stored row: the same JSON in every store.
-    public func json() throws -> String { String(decoding: try Self.encoder.encode(self), as: UTF8.self) }
+    /// The stored row: the same JSON in every store (the worker rows' encoding: keys sorted,
+    /// dates in seconds).
+    public func json() throws -> String { String(decoding: try WorkerJSON.encoder.encode(self), as: UTF8.self) }
 
     public static func parse(_ text: String) throws -> ClientKeyRecord {
         try WorkerJSON.decoder.decode(ClientKeyRecord.self, from: Data(text.utf8))

@@ -71,7 +71,7 @@ import WorkerProtocol
     /// Threat: a client leaving a stream before its counts arrive, to use tokens unrecorded: the
     /// request is recorded, estimated from what was sent (at least one token per event).
     @Test func aClientLeavingMidStreamIsStillCounted() async throws {
-        let (gateway, fake, worker) = try await Self.gateway(chunks: 60, chunkDelay: .milliseconds(50))
+        let (gateway, fake, worker) = try await Self.gateway(chunks: 200, chunkDelay: .milliseconds(50))
         defer {
             Task {
                 await worker.stop(); await fake.stop(); await gateway.stop()
@@ -81,7 +81,7 @@ import WorkerProtocol
         _ = try await ProcessRunner.run(
             "curl",
             [
-                "-s", "-N", "--max-time", "1", "-X", "POST", gateway.baseURL + "/v1/chat/completions", "-H",
+                "-s", "-N", "--max-time", "3", "-X", "POST", gateway.baseURL + "/v1/chat/completions", "-H",
                 "Authorization: Bearer \(gateway.apiKey)", "-H", "Content-Type: application/json", "--data-binary",
                 body,
             ])

@@ -81,7 +81,7 @@ final class UsageMeter: @unchecked Sendable {
             }
         } else if estimate ?? (200..<300).contains(status), responseBytes > 0 {
             prompt = requestBytes
-            completion = streamed ? max(0, events - 1) : responseBytes
+            completion = streamed ? events : responseBytes
             source = "estimated"
         }
         let elapsed = ContinuousClock.now - started
