@@ -181,7 +181,8 @@ let package = Package(
         .executableTarget(
             name: "ccworker",
             dependencies: [
-                "AttestationCore", "WorkerAgent", "CommandLineSupport", "ServiceSupport", "TONKit", "TONStake", "Sealing",
+                "AttestationCore", "WorkerAgent", "CommandLineSupport", "ServiceSupport", "TONKit", "TONStake",
+                "Sealing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
