@@ -120,7 +120,11 @@ import Testing
             ).stdout
         }
         let workerLog = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-        #expect(answer.contains("from the sealed engine"), "\(answer)\n\(workerLog)")
+        let gatewayLog = (try? String(contentsOf: gateway.log, encoding: .utf8)) ?? ""
+        #expect(
+            answer.contains("from the sealed engine"),
+            "\(answer)\nworker:\n\(workerLog)\ngateway (last lines):\n\(gatewayLog.split(separator: "\n").suffix(40).joined(separator: "\n"))"
+        )
 
         let pid = try #require(Self.children(of: worker.processIdentifier).first, "no engine process\n\(workerLog)")
         let exe = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")
