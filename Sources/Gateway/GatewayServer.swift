@@ -157,7 +157,7 @@ public struct GatewayServer: Sendable {
             logger.warning("policy in force uses a lab setting", metadata: ["ccgate.policy.warning": "\(warning)"])
         }
         let policies = PolicyState(active)
-        let secret = KeyHashingSecret(try GatewayKeys.apiKeySecret(file: configuration.apiKeySecretFile, in: data))
+        let secret = try GatewayKeys.apiKeySecret(file: configuration.apiKeySecretFile, in: data)
         let ledger = UsageLedger(
             store: store, clock: configuration.clock, interval: configuration.usageFlushInterval, secret: secret,
             gateway: key.publicKey.fingerprint)
@@ -468,19 +468,14 @@ enum GatewayKeys {
 
     /// The secret API keys are hashed under: `file` when given, else `api-keys.secret` in the
     /// data directory (32 random bytes as hex, made on first start).
-    static func apiKeySecret(file: URL?, in data: URL) throws -> SymmetricKey {
+    static func apiKeySecret(file: URL?, in data: URL) throws -> KeyHashingSecret {
         let url = file ?? data.appendingPathComponent("api-keys.secret")
-        if let text = try? String(contentsOf: url, encoding: .utf8) {
-            let hex = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard hex.count == 64, let bytes = Data(hex: hex) else {
-                throw GatewayStartError("\(url.path): the API key secret must be 64 hex digits (32 bytes)")
-            }
-            return SymmetricKey(data: bytes)
+        guard file == nil, !FileManager.default.fileExists(atPath: url.path) else {
+            do { return try KeyHashingSecret.read(url) } catch { throw GatewayStartError("\(error)") }
         }
-        guard file == nil else { throw GatewayStartError("\(url.path): cannot read the API key secret") }
         let bytes = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }
         try writeSecret(bytes.hex + "\n", to: url)
-        return SymmetricKey(data: bytes)
+        return KeyHashingSecret(SymmetricKey(data: bytes))
     }
 
     /// The admin token (`admin.token`, 32 random bytes as hex, made on first start).

@@ -292,3 +292,15 @@ public enum ProtocolErrorCode: String, Sendable, CaseIterable {
         }
     }
 }
+
+/// A request id as the gateway passes it on (`x-request-id`): 1–128 ASCII letters, digits and
+/// `-_.:`, so that it travels in a header and a log line as it is.
+public enum RequestID {
+    public static func isValid(_ id: String) -> Bool {
+        (1...128).contains(id.utf8.count)
+            && id.utf8.allSatisfy { b in
+                (0x30...0x39).contains(b) || (0x41...0x5A).contains(b) || (0x61...0x7A).contains(b)
+                    || [0x2D, 0x5F, 0x2E, 0x3A].contains(b)
+            }
+    }
+}

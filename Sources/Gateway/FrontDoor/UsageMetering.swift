@@ -196,16 +196,7 @@ extension FrontDoor {
     /// The request's id: the client's `x-request-id` when it is a short printable token (1–128
     /// characters of letters, digits and `-_.:`), else a new UUID.
     static func requestID(_ request: Request) -> String {
-        if let given = request.headers[requestIDHeader], (1...128).contains(given.utf8.count),
-            given.utf8.allSatisfy({ isIDByte($0) })
-        {
-            return given
-        }
+        if let given = request.headers[requestIDHeader], RequestID.isValid(given) { return given }
         return UUID().uuidString.lowercased()
-    }
-
-    static func isIDByte(_ b: UInt8) -> Bool {
-        (0x30...0x39).contains(b) || (0x41...0x5A).contains(b) || (0x61...0x7A).contains(b)
-            || [0x2D, 0x5F, 0x2E, 0x3A].contains(b)
     }
 }

@@ -323,11 +323,7 @@ public final class GatewayClient: Sendable {
     /// body); none when the gateway sent none or one that is not a short token (1–128 letters,
     /// digits and `-_.:`), which could not travel in a header.
     func requestIDHeader(_ requestID: String, path: String, sealed: Bool) -> [(String, String)] {
-        guard (1...128).contains(requestID.utf8.count),
-            requestID.utf8.allSatisfy({ b in
-                (0x30...0x39).contains(b) || (0x41...0x5A).contains(b) || (0x61...0x7A).contains(b)
-                    || [0x2D, 0x5F, 0x2E, 0x3A].contains(b)
-            })
+        guard RequestID.isValid(requestID)
         else { return [] }
         logger.info(
             "request",
