@@ -54,7 +54,24 @@ final class UsageMeter: @unchecked Sendable {
     func sent(_ bytes: Data) {
         if firstByte == nil, !bytes.isEmpty { firstByte = ContinuousClock.now - started }
         responseBytes += bytes.count
-        events += bytes.count < 6 ? 0 : bytes.split(separator: 0x0A).count { $0.starts(with: Data("data: ".utf8)) }
+        events += Self.dataLines(bytes)
+    }
+
+    private static let eventMarker: [UInt8] = Array("data: ".utf8)
+
+    /// How many lines of `bytes` start with `data: ` (one pass, no copies: it runs on every chunk).
+    static func dataLines(_ bytes: Data) -> Int {
+        bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> Int in
+            let marker = eventMarker
+            var count = 0
+            var lineStart = 0
+            while lineStart + marker.count <= raw.count {
+                if raw[lineStart..<(lineStart + marker.count)].elementsEqual(marker) { count += 1 }
+                guard let newline = raw[lineStart...].firstIndex(of: 0x0A) else { break }
+                lineStart = newline + 1
+            }
+            return count
+        }
     }
 
     /// Records the request once: its status and the engine's counts (nil when it reported none).
