@@ -8,6 +8,13 @@ let nio: [Target.Dependency] = [
     .product(name: "NIOPosix", package: "swift-nio"),
 ]
 
+/// libxmlsec1's compile-time settings on Debian 12 (`pkg-config --cflags xmlsec1-openssl`).
+let xmlsecDefines: [(name: String, value: String?)] = [
+    ("__XMLSEC_FUNCTION__", "__func__"), ("XMLSEC_NO_SIZE_T", nil), ("XMLSEC_OPENSSL3_ENGINES", "1"),
+    ("XMLSEC_NO_GOST", "1"), ("XMLSEC_NO_GOST2012", "1"), ("XMLSEC_NO_CRYPTO_DYNAMIC_LOADING", "1"),
+    ("XMLSEC_CRYPTO_OPENSSL", "1"),
+]
+
 let package = Package(
     name: "ccgate",
     platforms: [.macOS(.v15)],
@@ -51,6 +58,16 @@ let package = Package(
         .systemLibrary(name: "CVulkan", pkgConfig: "vulkan", providers: [.apt(["libvulkan-dev"])]),
         .target(name: "CLinuxShims"),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        // XML-DSig for NVIDIA's reference integrity manifests: libxmlsec1 (Debian's libxmlsec1-dev)
+        // on libxml2 and OpenSSL, reached only through this C target. Its defines are what
+        // `pkg-config --cflags xmlsec1-openssl` says (they change xmlsec's struct layouts; SwiftPM
+        // refuses -D flags from pkg-config); a test holds them equal.
+        .target(
+            name: "CRIMSignature",
+            cSettings: xmlsecDefines.map { .define($0.name, to: $0.value) } + [
+                .unsafeFlags(["-I/usr/include/xmlsec1", "-I/usr/include/libxml2"])
+            ],
+            linkerSettings: ["xmlsec1-openssl", "xmlsec1", "xml2", "ssl", "crypto"].map { .linkedLibrary($0) }),
 
         // Verification core: no I/O.
         .target(
@@ -63,6 +80,10 @@ let package = Package(
                 "AttestationCore", "EventLog", "CTSS2", "COpenSSL", .product(name: "Crypto", package: "swift-crypto"),
             ], swiftSettings: strict),
         .target(name: "TDXVerifier", dependencies: ["AttestationCore", "EventLog", "COpenSSL"], swiftSettings: strict),
+        // NVIDIA GPU attestation: SPDM measurement reports, the device chain, signed reference manifests.
+        .target(
+            name: "NVGPUVerifier", dependencies: ["AttestationCore", "TDXVerifier", "COpenSSL", "CRIMSignature"],
+            swiftSettings: strict),
         .target(
             name: "Policy", dependencies: ["AttestationCore", "TONKit", .product(name: "Yams", package: "Yams")],
             swiftSettings: strict),
@@ -115,8 +136,8 @@ let package = Package(
         .target(
             name: "AdmissionCore",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Sealing", "WorkerProtocol", "AuditLog",
-                "GatewayState",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "NVGPUVerifier", "Policy", "Sealing", "WorkerProtocol",
+                "AuditLog", "GatewayState",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -169,8 +190,8 @@ let package = Package(
         .executableTarget(
             name: "ccgate",
             dependencies: [
-                "AttestationCore", "TPMVerifier", "TDXVerifier", "Policy", "Gateway", "AdmissionCore", "AuditLog",
-                "GatewayState",
+                "AttestationCore", "TPMVerifier", "TDXVerifier", "NVGPUVerifier", "Policy", "Gateway", "AdmissionCore",
+                "AuditLog", "GatewayState",
                 "CommandLineSupport", "ServiceSupport",
                 "TONKit", "TONStake", "HTTPFetch", .product(name: "Yams", package: "Yams"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -210,6 +231,10 @@ let package = Package(
         .executableTarget(
             name: "dcap-fuzz", dependencies: ["TDXVerifier", "AttestationCore"], path: "Fuzz/dcap-fuzz",
             swiftSettings: strict),
+        // libFuzzer target for NVIDIA GPU reports and reference manifests (`make fuzz`); a replayer otherwise.
+        .executableTarget(
+            name: "nvgpu-fuzz", dependencies: ["NVGPUVerifier", "AttestationCore"], path: "Fuzz/nvgpu-fuzz",
+            swiftSettings: strict),
         // libFuzzer target for the engine's HTTP and JSON parsers (`make fuzz`); a replayer otherwise.
         .executableTarget(
             name: "engine-fuzz", dependencies: ["Inference"], path: "Fuzz/engine-fuzz", swiftSettings: strict),
@@ -243,6 +268,9 @@ let package = Package(
                 "TDXVerifier", "EventLog", "TestSupport", .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
+        .testTarget(
+            name: "NVGPUVerifierTests", dependencies: ["NVGPUVerifier", "AttestationCore", "TestSupport"],
+            exclude: ["Vectors"], swiftSettings: strict),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SealingTests", dependencies: ["Sealing"], swiftSettings: strict),
         .testTarget(

@@ -9,14 +9,15 @@ import TDXVerifier
 
 struct EvidenceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "evidence", abstract: "Work with attestation evidence by hand.", subcommands: [Verify.self])
+        commandName: "evidence", abstract: "Work with attestation evidence by hand.",
+        subcommands: [Verify.self, EvidenceWrapCommand.self])
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Verify an evidence envelope and print the verdict.",
             discussion: """
-                ENVELOPE is a JSON evidence envelope (format tpm2-quote, tdx-quote or sgx-quote), or - for
-                standard input. Without --policy the built-in default applies (UpToDate TDX only, no debug TDs,
+                ENVELOPE is a JSON evidence envelope (format tpm2-quote, tdx-quote, sgx-quote or nvgpu-report), or -
+                for standard input. Without --policy the built-in default applies (UpToDate TDX only, no debug TDs,
                 no SHA-1 TPM quotes); with --policy the file's evidence rules and its measurement allowlists apply.
 
                 Examples:
@@ -24,6 +25,10 @@ struct EvidenceCommand: ParsableCommand {
                   ccgate evidence verify quote.json --at 2026-03-01T00:00:00Z --json
                   ccgate evidence verify quote.json --policy Policies/default.yaml
                   ccgate evidence verify tdx.json --root test-root.pem --collateral-dir ./collateral
+
+                An NVIDIA GPU report (nvgpu-report, made by `ccgate evidence wrap nvgpu`) is verified against \
+                NVIDIA's pinned device and manifest roots and the manifests it carries; --nonce is the nonce the \
+                report answers; --policy does not apply to it (a GPU report alone admits no worker).
 
                 TDX and SGX quotes are verified against Intel collateral: the envelope's own `collateral`, or, \
                 with --collateral-dir, items imported by `ccgate collateral import` (the verdict names which).

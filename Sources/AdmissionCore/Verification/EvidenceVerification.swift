@@ -1,5 +1,6 @@
 import AttestationCore
 import Foundation
+import NVGPUVerifier
 import Policy
 import TDXVerifier
 import TPMVerifier
@@ -73,6 +74,11 @@ public struct EvidenceVerification: Sendable {
 
     /// Verifies a parsed envelope, then judges the facts under the policy.
     public func verify(_ envelope: EvidenceEnvelope, expectedNonce: Data?, at time: Date) -> Verdict {
+        // A GPU's report proves the GPU, not the host it serves: it is checked by hand here, and
+        // never admits a worker on its own (admission's scope is `.all`).
+        if envelope.format == NVGPUReportVerifier.format, scope == .evidence {
+            return NVGPUReportVerifier().verify(envelope: envelope, expectedNonce: expectedNonce, at: time)
+        }
         guard policy.formats.contains(envelope.format) else {
             return .reject(
                 format: Self.printable(envelope.format),

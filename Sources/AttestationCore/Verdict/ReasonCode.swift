@@ -39,6 +39,20 @@ public struct ReasonCode: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let policyModelNameNotBound = ReasonCode(rawValue: "policy.model-name-not-bound")
     /// The worker could not recover the credential-activation secret (the AK is not in the EK's TPM).
     public static let tpmActivationFailed = ReasonCode(rawValue: "tpm.activation-failed")
+    /// A GPU's measurement report is not signed by the key of its device certificate.
+    public static let gpuSignatureInvalid = ReasonCode(rawValue: "gpu.signature-invalid")
+    /// The firmware identity a GPU's report carries differs from its device certificate's.
+    public static let gpuFWIDMismatch = ReasonCode(rawValue: "gpu.fwid-mismatch")
+    /// A GPU measurement differs from every golden value its reference manifest allows.
+    public static let gpuMeasurementMismatch = ReasonCode(rawValue: "gpu.measurement-mismatch")
+    /// No reference manifest for the GPU's driver or VBIOS was given or cached.
+    public static let rimMissing = ReasonCode(rawValue: "rim.missing")
+    /// A reference manifest is for another driver or VBIOS version than the report's.
+    public static let rimVersionMismatch = ReasonCode(rawValue: "rim.version-mismatch")
+    /// A reference manifest's XML signature does not verify under its signer.
+    public static let rimSignatureInvalid = ReasonCode(rawValue: "rim.signature-invalid")
+    /// A reference manifest's signer chain is not valid at the verification time.
+    public static let rimExpired = ReasonCode(rawValue: "rim.expired")
 
     /// Every code the verifiers may report.
     public static let all: [ReasonCode] = [
@@ -48,6 +62,8 @@ public struct ReasonCode: RawRepresentable, Hashable, Sendable, CustomStringConv
         .tcbNoMatchingLevel, .tcbStatusNotAllowed, .nonceMismatch, .pcrDigestMismatch,
         .eventLogReplayMismatch, .policyMeasurementNotAllowed, .policyDebugNotAllowed, .tpmAKUntrusted,
         .tpmEKChainInvalid, .tpmActivationFailed, .policyUnmeasuredEngine, .policyModelNameNotBound,
+        .gpuSignatureInvalid, .gpuFWIDMismatch, .gpuMeasurementMismatch, .rimMissing, .rimVersionMismatch,
+        .rimSignatureInvalid, .rimExpired,
     ]
 }
 

@@ -8,31 +8,31 @@ import Synchronization
 /// Only parsing and single signature checks are delegated to OpenSSL; which certificate must be
 /// signed by which, what is trusted and what time counts are decided by `PCKChain` and the
 /// verifier, so the verification order is ours and Intel's, not OpenSSL's store logic.
-final class Certificate: @unchecked Sendable {
+package final class Certificate: @unchecked Sendable {
     // An X509 object is not mutated after decoding; concurrent reads are safe.
     let x509: OpaquePointer
-    let der: [UInt8]
+    package let der: [UInt8]
     /// SHA-256 of the DER encoding, lowercase hex: how pinned roots are named.
-    let fingerprint: String
-    let publicKey: PublicKey
-    let notBefore: Date
-    let notAfter: Date
+    package let fingerprint: String
+    package let publicKey: PublicKey
+    package let notBefore: Date
+    package let notAfter: Date
     /// Intel's platform facts, when this is a PCK certificate (read once, at decoding).
     private(set) var sgxExtension: SGXExtension? = nil
 
     /// A certificate is under 2 KiB; Intel's are about 1.2 KiB.
     static let maxSize = 8192
 
-    enum DecodeError: Error, CustomStringConvertible {
+    package enum DecodeError: Error, CustomStringConvertible {
         case invalid(String)
-        var description: String {
+        package var description: String {
             switch self {
             case .invalid(let s): s
             }
         }
     }
 
-    init(der: [UInt8]) throws(DecodeError) {
+    package init(der: [UInt8]) throws(DecodeError) {
         guard der.count <= Self.maxSize else {
             throw .invalid("certificate of \(der.count) bytes exceeds \(Self.maxSize)")
         }
@@ -88,7 +88,7 @@ final class Certificate: @unchecked Sendable {
 
     /// Every certificate in PEM text, in order. Text too long or with more certificates than any
     /// Intel chain has is refused before any certificate is decoded.
-    static func chain(pemBytes: [UInt8]) throws(DecodeError) -> [Certificate] {
+    package static func chain(pemBytes: [UInt8]) throws(DecodeError) -> [Certificate] {
         guard pemBytes.count <= maxChainPEM else {
             throw .invalid("certificate chain larger than \(maxChainPEM) bytes")
         }
@@ -106,7 +106,7 @@ final class Certificate: @unchecked Sendable {
 
     var subjectName: OpaquePointer { X509_get_subject_name(x509) }
     var issuerName: OpaquePointer { X509_get_issuer_name(x509) }
-    var subject: String { nameText(subjectName) }
+    package var subject: String { nameText(subjectName) }
 
     private let verifiedBy = VerifiedKeys()
 
@@ -114,7 +114,7 @@ final class Certificate: @unchecked Sendable {
     func isSigned(by key: PublicKey) -> Bool { verifiedBy.check(key) { X509_verify(x509, key.pkey) == 1 } }
 
     /// The subject is the issuer named in `other`.
-    func isIssuer(of other: Certificate) -> Bool { X509_NAME_cmp(subjectName, other.issuerName) == 0 }
+    package func isIssuer(of other: Certificate) -> Bool { X509_NAME_cmp(subjectName, other.issuerName) == 0 }
 
     /// Basic constraints say CA (OpenSSL's 1; not its looser readings of v1 or Netscape certificates).
     var isCA: Bool { X509_check_ca(x509) == 1 }
@@ -131,12 +131,12 @@ final class Certificate: @unchecked Sendable {
         return String(decoding: UnsafeBufferPointer(start: bytes, count: length), as: UTF8.self)
     }
 
-    func isValid(at time: Date) -> Bool { notBefore <= time && time <= notAfter }
+    package func isValid(at time: Date) -> Bool { notBefore <= time && time <= notAfter }
 
     var serialNumber: UnsafePointer<ASN1_INTEGER>? { X509_get0_serialNumber(x509) }
 
     /// The DER contents of the extension with this dotted OID, if present.
-    func extensionValue(oid: String) -> [UInt8]? {
+    package func extensionValue(oid: String) -> [UInt8]? {
         let count = X509_get_ext_count(x509)
         guard count >= 0 else { return nil }
         for i in 0..<count {
@@ -199,7 +199,7 @@ final class RevocationList: @unchecked Sendable {
     /// The CRL's signature verifies under `key` (remembered once it has).
     func isSigned(by key: PublicKey) -> Bool { verifiedBy.check(key) { X509_CRL_verify(crl, key.pkey) == 1 } }
 
-    func isValid(at time: Date) -> Bool { thisUpdate <= time && time <= nextUpdate }
+    package func isValid(at time: Date) -> Bool { thisUpdate <= time && time <= nextUpdate }
 
     /// The certificate is one this CRL's issuer issued, and its serial number is listed.
     func revokes(_ cert: Certificate) -> Bool {

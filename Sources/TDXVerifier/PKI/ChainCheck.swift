@@ -7,17 +7,27 @@ import Foundation
 ///
 /// Threat: a forged PCK or collateral signer. Only a chain ending at a pinned key can make the
 /// verifier trust a platform's FMSPC, its TCB SVNs or Intel's TCB levels.
-struct ChainCheck {
+package struct ChainCheck {
     let pinnedFingerprints: Set<String>
+    /// What a reason's source starts with (`tdx.chain.pck`).
+    var sourcePrefix = "tdx.chain"
+    /// Longest chain accepted, root included.
+    var maxLength = Self.maxLength
+
+    package init(pinnedFingerprints: Set<String>, sourcePrefix: String = "tdx.chain", maxLength: Int = Self.maxLength) {
+        self.pinnedFingerprints = pinnedFingerprints
+        self.sourcePrefix = sourcePrefix
+        self.maxLength = maxLength
+    }
 
     /// Intel's chains have three certificates (or two for the TCB signer); more is hostile.
     static let maxLength = 5
 
-    func verify(_ chain: [Certificate], name: String, at time: Date) -> Reason? {
-        let source = "tdx.chain.\(name)"
-        guard let root = chain.last, chain.count >= 2, chain.count <= Self.maxLength else {
+    package func verify(_ chain: [Certificate], name: String, at time: Date) -> Reason? {
+        let source = "\(sourcePrefix).\(name)"
+        guard let root = chain.last, chain.count >= 2, chain.count <= maxLength else {
             return Reason(
-                .chainInvalid, source, "\(name) chain has \(chain.count) certificates (2 to \(Self.maxLength) expected)"
+                .chainInvalid, source, "\(name) chain has \(chain.count) certificates (2 to \(maxLength) expected)"
             )
         }
         guard pinnedFingerprints.contains(root.fingerprint) else {
