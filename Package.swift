@@ -281,7 +281,7 @@ let package = Package(
             name: "AdmissionCoreTests",
             dependencies: [
                 "AdmissionCore", "AuditLog", "GatewayState", "AttestationCore", "Policy", "Sealing", "WorkerProtocol",
-                "TestSupport",
+                "TestSupport", "NVGPUVerifier",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),

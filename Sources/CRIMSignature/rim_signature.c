@@ -29,7 +29,18 @@
 #include <xmlsec/keysmngr.h>
 #include <xmlsec/openssl/app.h>
 #include <xmlsec/openssl/crypto.h>
+#include <xmlsec/openssl/x509.h>
 #include <xmlsec/transforms.h>
+#include <xmlsec/version.h>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+// The restrictions below are written for 1.2's key-info handling (1.3.0–1.3.2 also read EC key
+// values from KeyInfo by default): another series must be reviewed before it is built against.
+#if XMLSEC_VERSION_MAJOR != 1 || XMLSEC_VERSION_MINOR != 2
+#error "CRIMSignature is written for libxmlsec1 1.2"
+#endif
 #include <xmlsec/xmldsig.h>
 #include <xmlsec/xmltree.h>
 
@@ -182,11 +193,22 @@ static int put_measurement(writer *w, xmlNodePtr resource, char *message, size_t
 /// The manifest's values: name, version, measurements. -1: not a manifest of the expected shape.
 static int put_values(writer *w, xmlNodePtr root, char *message, size_t cap) {
     if (put_attribute(w, root, "name", "name", message, cap) < 0) return -1;
+    const char *flags[] = {"corpus", "patch", "supplemental"};
+    for (int i = 0; i < 3; i++) {
+        xmlChar *value = xmlGetNoNsProp(root, (const xmlChar *)flags[i]);
+        int set = value && !xmlStrEqual(value, (const xmlChar *)"false");
+        if (value) xmlFree(value);
+        if (set) {
+            snprintf(message, cap, "a manifest that is a %s tag is not a reference for a whole firmware", flags[i]);
+            return -1;
+        }
+    }
     int metas = 0, payloads = 0;
     for (xmlNodePtr child = root->children; child; child = child->next) {
         if (is_element(child, "Meta", swid_ns)) {
             if (metas++ > 0) break;
             if (put_attribute(w, child, "version", "colloquialVersion", message, cap) < 0) return -1;
+            if (put_attribute(w, child, "product", "product", message, cap) < 0) return -1;
         } else if (is_element(child, "Payload", swid_ns)) {
             if (payloads++ > 0) break;
             for (xmlNodePtr resource = child->children; resource; resource = resource->next) {
@@ -205,8 +227,27 @@ static int put_values(writer *w, xmlNodePtr root, char *message, size_t cap) {
     return 0;
 }
 
-/// 0 valid, 1 invalid, 2 unverifiable; the text in `why`.
-static int check_signature(xmlSecKeysMngrPtr manager, xmlNodePtr signature, int64_t when, char *why, size_t cap) {
+/// The base64 DER of the certificate whose key verified the signature.
+static int signer_certificate(xmlSecDSigCtxPtr ctx, char *out, size_t cap) {
+    if (!ctx->signKey) return -1;
+    xmlSecKeyDataPtr data = xmlSecKeyGetData(ctx->signKey, xmlSecOpenSSLKeyDataX509Id);
+    X509 *cert = data ? xmlSecOpenSSLKeyDataX509GetKeyCert(data) : NULL;
+    if (!cert) return -1;
+    unsigned char *der = NULL;
+    int length = i2d_X509(cert, &der);
+    if (length <= 0) return -1;
+    int result = -1;
+    if ((size_t)(4 * ((length + 2) / 3) + 1) <= cap) {
+        EVP_EncodeBlock((unsigned char *)out, der, length);
+        result = 0;
+    }
+    OPENSSL_free(der);
+    return result;
+}
+
+/// 0 valid, 1 invalid, 2 unverifiable; the text in `why`, the signer's certificate in `signer`.
+static int check_signature(xmlSecKeysMngrPtr manager, xmlNodePtr signature, int64_t when, char *why, size_t cap,
+                           char *signer, size_t signer_cap) {
     xmlSecDSigCtxPtr ctx = xmlSecDSigCtxCreate(manager);
     if (!ctx) {
         fail(why, cap, "cannot create a signature context");
@@ -216,6 +257,13 @@ static int check_signature(xmlSecKeysMngrPtr manager, xmlNodePtr signature, int6
     ctx->keyInfoReadCtx.certsVerificationTime = (time_t)when;
     ctx->keyInfoReadCtx.maxRetrievalMethodLevel = 0;
     ctx->keyInfoReadCtx.maxEncryptedKeyLevel = 0;
+    // The key comes from an X.509 certificate only (no KeyValue, KeyName or retrieval), and the
+    // certificate it came from is reported, so the caller holds it to the chain it checks.
+    if (xmlSecPtrListAdd(&ctx->keyInfoReadCtx.enabledKeyData, (xmlSecPtr)xmlSecOpenSSLKeyDataX509Id) < 0) {
+        fail(why, cap, "cannot restrict the key to X.509 data");
+        xmlSecDSigCtxDestroy(ctx);
+        return 2;
+    }
     ctx->enabledReferenceUris = xmlSecTransformUriTypeEmpty;
     ctx->flags |= XMLSEC_DSIG_FLAGS_IGNORE_MANIFESTS;
     if (xmlSecDSigCtxEnableReferenceTransform(ctx, xmlSecTransformEnvelopedId) < 0 ||
@@ -235,6 +283,9 @@ static int check_signature(xmlSecKeysMngrPtr manager, xmlNodePtr signature, int6
         } else if (xmlSecPtrListGetSize(&ctx->signedInfoReferences) != 1) {
             fail(why, cap, "the signature has more than one reference");
             result = 1;
+        } else if (signer_certificate(ctx, signer, signer_cap) < 0) {
+            fail(why, cap, "the signing key did not come from a certificate");
+            result = 2;
         } else {
             fail(why, cap, "valid");
             result = 0;
@@ -289,7 +340,9 @@ int ccgate_rim_read(const uint8_t *xml, size_t xml_len, const uint8_t *root_pem,
         goto done;
     }
     char why[240];
-    int verdict = check_signature(manager, signature, when, why, sizeof why);
+    static __thread char signer[16384];
+    signer[0] = 0;
+    int verdict = check_signature(manager, signature, when, why, sizeof why, signer, sizeof signer);
     for (char *p = why; *p; p++) {
         if ((unsigned char)*p < 0x20) *p = ' ';
     }
@@ -297,6 +350,11 @@ int ccgate_rim_read(const uint8_t *xml, size_t xml_len, const uint8_t *root_pem,
     char line[300];
     snprintf(line, sizeof line, "signature\t%d\t%s\n", verdict, why);
     put(&w, line);
+    if (signer[0]) {
+        put(&w, "signer\t");
+        put(&w, signer);
+        put(&w, "\n");
+    }
     if (put_values(&w, root, message, message_cap) < 0 || put_certificates(&w, signature, message, message_cap) < 0)
         goto done;
     if (w.overflow) {

@@ -41,6 +41,33 @@ public struct NVGPUReportVerifier: Sendable {
             self.vbiosManifest = vbiosManifest
         }
 
+        /// One GPU of a composite envelope's `gpus` member: the same fields as an `nvgpu-report`
+        /// envelope (`report`, `cert_chain`, optional `rim_driver` and `rim_vbios`), and no others.
+        public static func from(row: [String: String], name: String) -> Result<Evidence, Reason> {
+            let malformed = { (why: String) in Reason(.evidenceMalformed, "envelope.gpus", "GPU \(name): \(why)") }
+            let known: Set<String> = ["report", "cert_chain", "rim_driver", "rim_vbios"]
+            if let unknown = row.keys.sorted().first(where: { !known.contains($0) }) {
+                return .failure(malformed("unknown field '\(unknown.prefix(32))'"))
+            }
+            func bytes(_ field: String) -> Result<[UInt8]?, Reason> {
+                guard let text = row[field] else { return .success(nil) }
+                guard text.utf8.allSatisfy({ $0 < 0x80 }),
+                    let data = Data(base64Encoded: text, options: [.ignoreUnknownCharacters])
+                else { return .failure(malformed("field '\(field)' is not base64")) }
+                return .success([UInt8](data))
+            }
+            guard let chain = row["cert_chain"] else { return .failure(malformed("missing field 'cert_chain'")) }
+            return bytes("report").flatMap { report in
+                guard let report else { return .failure(malformed("missing field 'report'")) }
+                return bytes("rim_driver").flatMap { driver in
+                    bytes("rim_vbios").map { vbios in
+                        Evidence(
+                            report: report, chainPEM: Array(chain.utf8), driverManifest: driver, vbiosManifest: vbios)
+                    }
+                }
+            }
+        }
+
         /// The fields of an `nvgpu-report` envelope.
         public static func from(_ envelope: EvidenceEnvelope) -> Result<Evidence, Reason> {
             envelope.base64("report").flatMap { report in
@@ -144,9 +171,28 @@ public struct NVGPUReportVerifier: Sendable {
         {
             chain.append(root)
         }
-        return ChainCheck(pinnedFingerprints: options.deviceRoots, sourcePrefix: "nvgpu.chain", maxLength: 6)
+        if let reason = ChainCheck(pinnedFingerprints: options.deviceRoots, sourcePrefix: "nvgpu.chain", maxLength: 6)
             .verify(chain, name: "device", at: time)
+        {
+            return reason
+        }
+        // Threat: another device under NVIDIA's device root (a switch, another chip) posing as a
+        // Hopper GPU: a Hopper chain has five certificates and an end-entity GH100 leaf.
+        guard chain.count == Self.chainLength, let leaf = chain.first, !leaf.isCA,
+            leaf.commonName?.hasPrefix(Self.chip) == true
+        else {
+            return Reason(
+                .chainInvalid, "nvgpu.chain.device",
+                "the chain is not a \(Self.chip) GPU's (\(chain.count) certificates, leaf '\(chain.first?.subject ?? "")')"
+            )
+        }
+        return nil
     }
+
+    /// The chip the verifier reads reports of (Hopper).
+    static let chip = "GH100"
+    /// NVIDIA's Hopper device chains: leaf (GSP FMC), GSP BROM, provisioner CA, GH100 identity CA, root.
+    static let chainLength = 5
 
     /// TCG DICE FWID extension of the leaf (`2.23.133.5.4.1`); NVIDIA's Hopper leaves carry the
     /// SHA-384 firmware digest as its last 48 bytes.
@@ -185,6 +231,12 @@ public struct NVGPUReportVerifier: Sendable {
                 return .failure(Reason(.evidenceMalformed, "nvgpu.rim", "\(kind) manifest: \(error.description)"))
             }
             if let reason = manifest.check(pinnedRoots: options.rimRoots, at: time) { return .failure(reason) }
+            guard manifest.name == Self.chip, manifest.product == Self.chip else {
+                return .failure(
+                    Reason(
+                        .rimVersionMismatch, "nvgpu.rim",
+                        "the \(kind) manifest is for \(manifest.name) (\(manifest.product)), not \(Self.chip)"))
+            }
             guard manifest.version.lowercased() == version.lowercased() else {
                 return .failure(
                     Reason(
@@ -229,7 +281,7 @@ public struct NVGPUReportVerifier: Sendable {
     ) -> [String: String] {
         var fields = [
             "gpu.arch": "hopper", "gpu.driver": driver, "gpu.vbios": vbios, "gpu.nonce": report.nonce.hexString,
-            "gpu.device.sha256": leaf.fingerprint, "gpu.rim.driver.sha256": manifests.driver.sha256,
+            "gpu.leaf.sha256": leaf.fingerprint, "gpu.rim.driver.sha256": manifests.driver.sha256,
             "gpu.rim.vbios.sha256": manifests.vbios.sha256,
         ]
         for (name, field) in [

@@ -12,12 +12,16 @@ import TDXVerifier
 public struct ReferenceManifest: Sendable {
     /// `SoftwareIdentity@name` (`GH100`).
     public let name: String
+    /// `Meta@product` (`GH100`).
+    public let product: String
     /// `Meta@colloquialVersion`: the driver version (`550.90.07`) or VBIOS version (`96.00.9F.00.01`).
     public let version: String
     /// Measurements by RIM index (0-based; SPDM block index − 1).
     public let measurements: [Int: Golden]
     /// The signer chain the manifest carries (leaf first).
     let chain: [Certificate]
+    /// The certificate whose key libxmlsec1 verified the signature with (valid signatures only).
+    let signer: [UInt8]?
     /// What libxmlsec1 said of the signature under the pinned root at the verification time.
     let signature: SignatureStatus
     /// SHA-256 of the manifest's bytes.
@@ -61,6 +65,8 @@ public struct ReferenceManifest: Sendable {
 
     private init(lines: [[String]], sha256: String) throws(SPDMReport.Malformed) {
         var name: String?
+        var product: String?
+        var signer: [UInt8]?
         var version: String?
         var signature: SignatureStatus?
         var certificates = [Certificate]()
@@ -71,6 +77,8 @@ public struct ReferenceManifest: Sendable {
                 signature =
                     fields[1] == "0" ? .valid : fields[1] == "1" ? .invalid(fields[2]) : .unverifiable(fields[2])
             case ("name", 2): name = fields[1]
+            case ("product", 2): product = fields[1]
+            case ("signer", 2): signer = Data(base64Encoded: fields[1]).map { [UInt8]($0) }
             case ("version", 2): version = fields[1]
             case ("cert", 2):
                 guard let der = Data(base64Encoded: fields[1]), let cert = try? Certificate(der: [UInt8](der)),
@@ -85,8 +93,12 @@ public struct ReferenceManifest: Sendable {
             default: throw .init("unexpected manifest line '\(fields.first ?? "")'")
             }
         }
-        guard let name, let version, let signature else { throw .init("a manifest without a name or version") }
+        guard let name, let product, let version, let signature else {
+            throw .init("a manifest without a name, product or version")
+        }
         self.name = name
+        self.product = product
+        self.signer = signer
         self.version = version
         self.signature = signature
         self.chain = certificates
@@ -170,7 +182,14 @@ public struct ReferenceManifest: Sendable {
                     + "\(stale.notAfter.rfc3339), not at \(time.rfc3339)")
         }
         switch signature {
-        case .valid: return nil
+        case .valid:
+            // Threat: a key libxmlsec1 took from somewhere else than the chain checked above.
+            guard let signer, signer == chain.first?.der else {
+                return Reason(
+                    .rimSignatureInvalid, source,
+                    "manifest \(version): the signing certificate is not the first of the chain checked")
+            }
+            return nil
         case .invalid(let why), .unverifiable(let why):
             return Reason(.rimSignatureInvalid, source, "manifest \(version): \(why)")
         }

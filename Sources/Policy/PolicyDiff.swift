@@ -61,6 +61,11 @@ extension PolicyDocument {
             "\(s.mrsigner) isvprodid=\(s.isvProdID) min_isvsvn=\(s.minISVSVN)"
         }
         set("evidence.sgx.signers", sgx.signers.map(signer), new.sgx.signers.map(signer))
+        scalar("evidence.gpu.required", gpu.required, new.gpu.required) { "\($0)" }
+        set("evidence.gpu.drivers", gpu.drivers, new.gpu.drivers)
+        set("evidence.gpu.vbios", gpu.vbios, new.gpu.vbios)
+        set("evidence.gpu.architectures", gpu.architectures, new.gpu.architectures)
+        set("evidence.gpu.manifests", gpu.manifests, new.gpu.manifests)
         scalar("measurements.allow_unmeasured_engine", allowUnmeasuredEngine, new.allowUnmeasuredEngine) { "\($0)" }
         scalar("measurements.require", requireMeasurements, new.requireMeasurements) { "\($0)" }
         artifacts("measurements.binaries", binaries, new.binaries, into: &out)

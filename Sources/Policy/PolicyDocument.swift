@@ -28,6 +28,7 @@ public struct PolicyDocument: Sendable, Equatable {
     public var tpm: TPMRules
     public var tdx: TDXRules
     public var sgx = SGXRules()
+    public var gpu = GPURules()
     public var binaries: [AllowedArtifact]
     public var models: [AllowedArtifact]
     /// Require at least one allowlisted binary and one allowlisted model among the measured files.
@@ -37,6 +38,23 @@ public struct PolicyDocument: Sendable, Equatable {
     public var allowUnmeasuredEngine = false
     public var workers = WorkerRules()
     public var stake = StakeRules()
+
+    /// NVIDIA GPUs bound into a TD's evidence (`evidence.gpu`, docs/POLICY.md).
+    public struct GPURules: Sendable, Equatable {
+        /// A TD worker must present at least one verified GPU.
+        public var required = false
+        /// Accepted driver versions (`550.90.07`); empty: any that NVIDIA's manifests cover.
+        public var drivers: [String] = []
+        /// Accepted VBIOS versions (`96.00.9f.00.01`, any case); empty: any.
+        public var vbios: [String] = []
+        /// Accepted architectures (`hopper`); empty: any the verifier reads.
+        public var architectures: [String] = []
+        /// SHA-256 of the reference manifests a GPU may be judged against (lowercase hex); empty:
+        /// any NVIDIA-signed manifest for the report's driver and VBIOS versions. The worker
+        /// supplies its manifests, and NVIDIA signs more than one for a version (test and
+        /// production ones): pinning them takes that choice from the worker.
+        public var manifests: [String] = []
+    }
 
     /// How long admissions last.
     public struct WorkerRules: Sendable, Equatable {
@@ -288,8 +306,9 @@ struct NodeReader {
         var doc = PolicyDocument.builtinDefault
         doc.name = name
         if let evidence = top["evidence"] {
-            let ev = mapping(evidence, "evidence", allowed: ["formats", "tpm", "tdx", "sgx"])
+            let ev = mapping(evidence, "evidence", allowed: ["formats", "tpm", "tdx", "sgx", "gpu"])
             if let sgxNode = ev["sgx"] { sgxRules(sgxNode, into: &doc.sgx) }
+            if let gpuNode = ev["gpu"] { gpuRules(gpuNode, into: &doc.gpu) }
             if let formats = strings(ev["formats"], "evidence.formats") {
                 for f in formats where EvidenceFormat(rawValue: f) == nil {
                     fail(ev["formats"], "evidence.formats: unknown format '\(f)'")
@@ -430,6 +449,22 @@ struct NodeReader {
         rules.graceSeconds = seconds(st["grace_seconds"], "stake.grace_seconds") ?? rules.graceSeconds
         rules.proofMaxAgeSeconds =
             seconds(st["proof_max_age_seconds"], "stake.proof_max_age_seconds") ?? rules.proofMaxAgeSeconds
+    }
+
+    mutating func gpuRules(_ node: Node, into rules: inout PolicyDocument.GPURules) {
+        let gpu = mapping(
+            node, "evidence.gpu", allowed: ["required", "drivers", "vbios", "architectures", "manifests"])
+        if let list = gpu["manifests"] {
+            rules.manifests = (list.sequence ?? []).compactMap { hex($0, "evidence.gpu.manifests[]", bytes: 32) }
+            if list.sequence == nil { fail(list, "evidence.gpu.manifests must be a list") }
+        }
+        rules.required = bool(gpu["required"], "evidence.gpu.required", default: false)
+        rules.drivers = strings(gpu["drivers"], "evidence.gpu.drivers") ?? []
+        rules.vbios = (strings(gpu["vbios"], "evidence.gpu.vbios") ?? []).map { $0.lowercased() }
+        rules.architectures = strings(gpu["architectures"], "evidence.gpu.architectures") ?? []
+        for arch in rules.architectures where arch != "hopper" {
+            fail(gpu["architectures"], "evidence.gpu.architectures: unknown architecture '\(arch)' (known: hopper)")
+        }
     }
 
     mutating func sgxRules(_ node: Node, into rules: inout PolicyDocument.SGXRules) {

@@ -69,6 +69,8 @@ extension PolicyDocument {
         if EvidenceFormat(rawValue: facts.format)?.isDCAP == true {
             reasons += judgeTCB(facts, at: time, source: source)
         }
+        // Every format: a worker whose evidence cannot carry GPUs has none to show.
+        reasons += judgeGPUs(facts.claims.fields, source: "\(source).gpu")
         if facts.format == EvidenceFormat.tpm2Quote.rawValue {
             reasons += judgeAK(facts.claims.fields, source: source)
         }
@@ -78,6 +80,46 @@ extension PolicyDocument {
             reasons.append(
                 Reason(
                     ReasonCode(rawValue: "stake.proof-missing"), "\(source).stake", "the policy requires a TON stake"))
+        }
+        return reasons
+    }
+
+    /// The GPUs a TD presented (`gpu.count`, `gpu.<i>.driver`, …, set only once each GPU's report
+    /// verified and was bound to the quote) against `evidence.gpu`.
+    ///
+    /// Threat: a TD serving prompts on a GPU that is not in confidential-computing mode, or not
+    /// there at all. Fails closed: facts without a GPU count meet no `required` rule.
+    public func judgeGPUs(_ fields: [String: String], source: String) -> [Reason] {
+        let count = fields["gpu.count"].flatMap { Int($0) } ?? 0
+        if gpu.required, count == 0 {
+            return [
+                Reason(
+                    .policyGPUNotAllowed, source,
+                    "the policy requires verified GPU evidence (evidence.gpu.required) and the TD presented none")
+            ]
+        }
+        var reasons = [Reason]()
+        for index in 0..<count {
+            for (name, accepted, fold) in [
+                ("driver", gpu.drivers, false), ("vbios", gpu.vbios, true), ("arch", gpu.architectures, false),
+            ] where !accepted.isEmpty {
+                let value = fields["gpu.\(index).\(name)"] ?? ""
+                guard !accepted.contains(fold ? value.lowercased() : value) else { continue }
+                reasons.append(
+                    Reason(
+                        .policyGPUNotAllowed, source,
+                        "GPU \(index): \(name) '\(value)' is not one the policy accepts (\(accepted.joined(separator: ", ")))"
+                    ))
+            }
+            for kind in ["driver", "vbios"] where !gpu.manifests.isEmpty {
+                let digest = fields["gpu.\(index).rim.\(kind).sha256"] ?? ""
+                guard !gpu.manifests.contains(digest) else { continue }
+                reasons.append(
+                    Reason(
+                        .policyGPUNotAllowed, source,
+                        "GPU \(index): the \(kind) manifest (SHA-256 \(digest)) is not one evidence.gpu.manifests pins")
+                )
+            }
         }
         return reasons
     }

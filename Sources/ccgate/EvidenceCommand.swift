@@ -28,7 +28,8 @@ struct EvidenceCommand: ParsableCommand {
 
                 An NVIDIA GPU report (nvgpu-report, made by `ccgate evidence wrap nvgpu`) is verified against \
                 NVIDIA's pinned device and manifest roots and the manifests it carries; --nonce is the nonce the \
-                report answers; --policy does not apply to it (a GPU report alone admits no worker).
+                report answers; with --policy it is refused (evidence.unsupported): a GPU report alone admits no worker, \
+                it is judged inside a TDX worker's evidence (`gpus`).
 
                 TDX and SGX quotes are verified against Intel collateral: the envelope's own `collateral`, or, \
                 with --collateral-dir, items imported by `ccgate collateral import` (the verdict names which).

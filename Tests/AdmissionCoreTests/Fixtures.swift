@@ -2,6 +2,7 @@ import AdmissionCore
 import AttestationCore
 import AuditLog
 import GatewayState
+import NVGPUVerifier
 import Crypto
 import Foundation
 import Policy
@@ -14,7 +15,7 @@ import WorkerProtocol
 /// hardware root, a fixed clock at its reference time, and an in-memory store. Shared with the
 /// session tasks; nothing in it changes after `init` but through its own locks.
 final class Core: @unchecked Sendable {
-    let world = DCAPWorld()
+    var world = DCAPWorld()
     let store = MemoryStore()
     let trail: AuditTrail
     let policies: PolicyState
@@ -25,13 +26,18 @@ final class Core: @unchecked Sendable {
 
     init(
         policy: String = Core.tdxPolicy, preparer: (any EvidencePreparing)? = nil, stake: (any StakeChecking)? = nil,
-        timings: WorkerTimings = .init(handshakeTimeout: .seconds(30), reattestInterval: .seconds(3600))
+        timings: WorkerTimings = .init(handshakeTimeout: .seconds(30), reattestInterval: .seconds(3600)),
+        time: Date = DCAPWorld.referenceTime, gpuOptions: NVGPUReportVerifier.Options = .init()
     ) throws {
-        let clock = FixedClock(DCAPWorld.referenceTime)
+        let clock = FixedClock(time)
+        // The collateral's window moves with the clock (the test PKI's certificates cover years).
+        world.collateralIssued = time - 10 * DCAPWorld.day
+        world.collateralNext = time + 20 * DCAPWorld.day
         trail = AuditTrail(store: store, key: .generate(), clock: clock)
         policies = PolicyState(ActivePolicy(version: 1, document: try PolicyDocument.parse(policy), text: policy))
         let coordinator = AdmissionCoordinator(
-            policies: policies, clock: clock, dcapRoots: [world.root.fingerprint], preparer: preparer, stake: stake)
+            policies: policies, clock: clock, dcapRoots: [world.root.fingerprint], preparer: preparer, stake: stake,
+            gpuOptions: gpuOptions)
         runner = WorkerSessionRunner(coordinator: coordinator, registry: registry, trail: trail, timings: timings)
     }
 

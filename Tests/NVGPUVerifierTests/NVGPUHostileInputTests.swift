@@ -66,6 +66,15 @@ import Testing
                 genuine.replacingOccurrences(of: "</ds:Signature>", with: "</ds:Signature>" + signatureText)
             ),
             ("cut", String(genuine.prefix(genuine.count / 2))),
+            (
+                "signature moved into Payload",
+                genuine.replacingOccurrences(of: signatureText, with: "").replacingOccurrences(
+                    of: "</ns0:Payload>", with: signatureText + "</ns0:Payload>")
+            ),
+            (
+                "a supplemental tag",
+                genuine.replacingOccurrences(of: #"supplemental="false""#, with: #"supplemental="true""#)
+            ),
             ("empty", ""),
         ]
         for (name, text) in cases {

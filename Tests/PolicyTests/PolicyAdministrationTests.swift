@@ -118,6 +118,31 @@ import TONKit
         #expect(a.changes(to: a).isEmpty)
     }
 
+    /// `evidence.gpu` parses, shows in a diff, refuses what it does not know, and judges GPU facts.
+    @Test func gpuRulesParseDiffAndJudge() throws {
+        let a = try PolicyDocument.parse(Self.text)
+        let gpuText = Self.text.replacingOccurrences(
+            of: "tdx: {accepted_tcb_statuses: [UpToDate]}}",
+            with: "tdx: {accepted_tcb_statuses: [UpToDate]}, gpu: {required: true, vbios: ['96.00.9F.00.01']}}")
+        let b = try PolicyDocument.parse(gpuText)
+        #expect(b.gpu.required && b.gpu.vbios == ["96.00.9f.00.01"])
+        #expect(
+            a.changes(to: b).map(\.description).sorted() == [
+                "+ evidence.gpu.vbios: 96.00.9f.00.01", "~ evidence.gpu.required: false → true",
+            ])
+        #expect(throws: PolicyLoadErrors.self) {
+            try PolicyDocument.parse(gpuText.replacingOccurrences(of: "required: true", with: "architectures: [volta]"))
+        }
+        #expect(throws: PolicyLoadErrors.self) {
+            try PolicyDocument.parse(gpuText.replacingOccurrences(of: "required: true", with: "requried: true"))
+        }
+        #expect(b.judgeGPUs(["gpu.count": "0"], source: "p").first?.code == .policyGPUNotAllowed)
+        #expect(b.judgeGPUs([:], source: "p").first?.code == .policyGPUNotAllowed)
+        #expect(b.judgeGPUs(["gpu.count": "1", "gpu.0.vbios": "96.00.9f.00.01"], source: "p").isEmpty)
+        #expect(b.judgeGPUs(["gpu.count": "1", "gpu.0.vbios": "96.00.5e.00.01"], source: "p").count == 1)
+        #expect(a.judgeGPUs([:], source: "p").isEmpty)
+    }
+
     @Test func judgementUsesStoredClaims() throws {
         let doc = try PolicyDocument.parse(Self.text)
         let claims = VerifiedClaims(

@@ -3,6 +3,7 @@ import AuditLog
 import GatewayState
 import Crypto
 import Foundation
+import NVGPUVerifier
 import Policy
 import Sealing
 import Synchronization
@@ -43,14 +44,17 @@ public struct AdmissionCoordinator: Sendable {
     public let activationSigner: ActivationSigner?
     /// The AKs this gateway has seen activated, so that a worker reconnecting is not asked again.
     public let activations = ActivationMemory()
+    /// The roots TDX workers' GPU evidence is anchored in (NVIDIA's unless configured).
+    public let gpuOptions: NVGPUReportVerifier.Options
 
     public init(
         policies: PolicyState, clock: any AttestationClock = SystemClock(),
         dcapRoots: Set<String> = PinnedRoots.production,
         collateralSource: (any CollateralSource)? = nil, preparer: (any EvidencePreparing)? = nil,
         stake: (any StakeChecking)? = nil, tpmIdentity: TPMIdentityTrust = TPMIdentityTrust(),
-        activationSigner: ActivationSigner? = nil
+        activationSigner: ActivationSigner? = nil, gpuOptions: NVGPUReportVerifier.Options = .init()
     ) {
+        self.gpuOptions = gpuOptions
         self.policies = policies
         self.clock = clock
         self.dcapRoots = dcapRoots
@@ -88,10 +92,11 @@ public struct AdmissionCoordinator: Sendable {
         let note = await preparer?.prepare(envelope: envelope, at: clock.now())
         let identity = tpmIdentity.with(
             activation.map { .live(akName: $0.akName, ekSHA256: $0.ekSHA256) } ?? .records(trustedKeys: []))
-        let verdict = EvidenceVerification(
+        var verification = EvidenceVerification(
             policy: active.document, scope: .all, dcapRoots: dcapRoots, collateralSource: collateralSource,
-            tpmIdentity: identity
-        ).verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
+            tpmIdentity: identity)
+        verification.gpuOptions = gpuOptions
+        let verdict = verification.verify(envelopeData: envelope, expectedNonce: binding, at: clock.now())
         var stored = envelope
         // The record states what this session proved: only evidence that verified (accepted, or
         // refused by policy and kept for replay) quoting with the activated AK carries it, dated

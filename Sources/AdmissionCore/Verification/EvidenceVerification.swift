@@ -4,6 +4,7 @@ import NVGPUVerifier
 import Policy
 import TDXVerifier
 import TPMVerifier
+import WorkerProtocol
 
 /// Turns evidence into a verdict for the gateway and the CLI alike: the verifier for the
 /// envelope's format establishes the facts, then the policy judges them
@@ -25,6 +26,8 @@ public struct EvidenceVerification: Sendable {
     public let collateralSource: (any CollateralSource)?
     /// Where TPM identities are anchored: the EK roots and how activation is known.
     public let tpmIdentity: TPMIdentityTrust
+    /// The roots GPU evidence is anchored in: NVIDIA's, unless configured (test PKIs).
+    public var gpuOptions = NVGPUReportVerifier.Options()
 
     public init(
         policy: PolicyDocument, scope: PolicyDocument.JudgeScope, dcapRoots: Set<String> = PinnedRoots.production,
@@ -95,7 +98,9 @@ public struct EvidenceVerification: Sendable {
                 allowSHA1: policy.tpm.allowSHA1, requireRestrictedAK: policy.tpm.requireRestrictedAK,
                 ekRoots: tpmIdentity.ekRoots, activation: tpmIdentity.activation)
             verdict = TPMQuoteVerifier(options: options).verify(envelope, expectedNonce: expectedNonce, at: time)
-        case .tdxQuote?, .sgxQuote?:
+        case .tdxQuote?:
+            verdict = verifyTD(envelope, expectedNonce: expectedNonce, at: time)
+        case .sgxQuote?:
             verdict = TDXQuoteVerifier(
                 options: Self.factFindingOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource
             )
@@ -111,6 +116,94 @@ public struct EvidenceVerification: Sendable {
         }
         guard let facts = AttestedFacts(verdict) else { return verdict }
         return verdict.adding(policyReasons: policy.judge(facts, at: time, scope: scope))
+    }
+}
+
+extension EvidenceVerification {
+    /// A TD quote, and the GPUs its envelope names (`gpus`): each GPU's report answers the nonce
+    /// derived from the binding REPORTDATA starts with, and REPORTDATA ends with the digest of
+    /// every GPU's report and chain (``GPUEvidenceBinding``). The GPUs' facts join the TD's
+    /// claims as `gpu.count` and `gpu.<i>.<fact>`.
+    ///
+    /// Threat: a genuine TD presenting GPU evidence it did not collect in this admission (another
+    /// machine's, or an old one): the TD's quote would have to commit to it, and the GPU would
+    /// have had to sign this admission's derived nonce.
+    func verifyTD(_ envelope: EvidenceEnvelope, expectedNonce: Data?, at time: Date) -> Verdict {
+        let format = EvidenceFormat.tdxQuote.rawValue
+        let gpus: [NVGPUReportVerifier.Evidence]
+        switch Self.gpuEvidence(envelope) {
+        case .failure(let reason): return .reject(format: format, reasons: [reason])
+        case .success(let list): gpus = list
+        }
+        let parts = gpus.map { (report: Data($0.report), chain: Data($0.chainPEM)) }
+        let tdVerdict = TDXQuoteVerifier(
+            options: Self.factFindingOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource
+        )
+        .verify(
+            envelope, expectedNonce: expectedNonce.map { GPUEvidenceBinding.reportData(binding: $0, gpus: parts) },
+            at: time)
+        guard tdVerdict.isAccepted, let claims = tdVerdict.claims else { return tdVerdict }
+        guard let reportData = claims.fields["report_data"].flatMap({ Data(hex: $0) }), reportData.count == 64 else {
+            return .reject(format: format, reasons: [Reason(.evidenceMalformed, "tdx.report_data", "no REPORTDATA")])
+        }
+        var fields = claims.fields
+        fields["gpu.count"] = "\(gpus.count)"
+        var passed = tdVerdict.passedChecks
+        if !gpus.isEmpty {
+            guard reportData.suffix(32) == GPUEvidenceBinding.digest(parts) else {
+                return .reject(
+                    format: format,
+                    reasons: [
+                        Reason(
+                            .gpuBindingMismatch, "gpu.binding",
+                            "the TD's REPORTDATA does not commit to the GPU evidence beside it")
+                    ], passed: passed)
+            }
+            passed.append("gpu.binding")
+        }
+        for (index, gpu) in gpus.enumerated() {
+            let nonce = GPUEvidenceBinding.nonce(binding: reportData.prefix(32), index: index)
+            let verdict = NVGPUReportVerifier(options: gpuOptions).verify(gpu, expectedNonce: nonce, at: time)
+            passed += verdict.passedChecks.map { "gpu.\(index): \($0)" }
+            guard verdict.isAccepted, let gpuClaims = verdict.claims else {
+                let reasons = verdict.reasons.map { Reason($0.code, "gpu.\(index).\($0.source)", $0.message) }
+                return .reject(format: format, reasons: reasons, passed: passed)
+            }
+            for (name, value) in gpuClaims.fields {
+                fields["gpu.\(index).\(name.hasPrefix("gpu.") ? String(name.dropFirst(4)) : name)"] = value
+            }
+        }
+        return .accept(
+            format: format,
+            claims: VerifiedClaims(pcrs: claims.pcrs, measuredFiles: claims.measuredFiles, fields: fields),
+            passed: passed, tcbStatus: tdVerdict.tcbStatus, advisoryIDs: tdVerdict.advisoryIDs
+        ).citing(collateral: tdVerdict.collateralSHA256)
+    }
+
+    /// The `gpus` member: GPUs named "0", "1", … in order, at most ``GPUEvidenceBinding/maxGPUs``.
+    static func gpuEvidence(_ envelope: EvidenceEnvelope) -> Result<[NVGPUReportVerifier.Evidence], Reason> {
+        let table: [String: [String: String]]?
+        switch envelope.stringTable("gpus") {
+        case .failure(let reason): return .failure(reason)
+        case .success(let value): table = value
+        }
+        guard let table else { return .success([]) }
+        guard table.count <= GPUEvidenceBinding.maxGPUs,
+            Set(table.keys) == Set((0..<table.count).map(String.init))
+        else {
+            return .failure(
+                Reason(
+                    .evidenceMalformed, "envelope.gpus",
+                    "'gpus' names its GPUs 0, 1, … (at most \(GPUEvidenceBinding.maxGPUs))"))
+        }
+        var list = [NVGPUReportVerifier.Evidence]()
+        for index in 0..<table.count {
+            switch NVGPUReportVerifier.Evidence.from(row: table[String(index)]!, name: String(index)) {
+            case .failure(let reason): return .failure(reason)
+            case .success(let evidence): list.append(evidence)
+            }
+        }
+        return .success(list)
     }
 }
 

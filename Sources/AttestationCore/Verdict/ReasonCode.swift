@@ -45,6 +45,10 @@ public struct ReasonCode: RawRepresentable, Hashable, Sendable, CustomStringConv
     public static let gpuFWIDMismatch = ReasonCode(rawValue: "gpu.fwid-mismatch")
     /// A GPU measurement differs from every golden value its reference manifest allows.
     public static let gpuMeasurementMismatch = ReasonCode(rawValue: "gpu.measurement-mismatch")
+    /// A TD's REPORTDATA does not commit to the GPU evidence presented beside its quote.
+    public static let gpuBindingMismatch = ReasonCode(rawValue: "gpu.binding-mismatch")
+    /// The policy requires GPU evidence and the worker presented none, or a GPU it does not accept.
+    public static let policyGPUNotAllowed = ReasonCode(rawValue: "policy.gpu-not-allowed")
     /// No reference manifest for the GPU's driver or VBIOS was given or cached.
     public static let rimMissing = ReasonCode(rawValue: "rim.missing")
     /// A reference manifest is for another driver or VBIOS version than the report's.
@@ -63,7 +67,7 @@ public struct ReasonCode: RawRepresentable, Hashable, Sendable, CustomStringConv
         .eventLogReplayMismatch, .policyMeasurementNotAllowed, .policyDebugNotAllowed, .tpmAKUntrusted,
         .tpmEKChainInvalid, .tpmActivationFailed, .policyUnmeasuredEngine, .policyModelNameNotBound,
         .gpuSignatureInvalid, .gpuFWIDMismatch, .gpuMeasurementMismatch, .rimMissing, .rimVersionMismatch,
-        .rimSignatureInvalid, .rimExpired,
+        .rimSignatureInvalid, .rimExpired, .gpuBindingMismatch, .policyGPUNotAllowed,
     ]
 }
 

@@ -117,10 +117,10 @@ package final class Certificate: @unchecked Sendable {
     package func isIssuer(of other: Certificate) -> Bool { X509_NAME_cmp(subjectName, other.issuerName) == 0 }
 
     /// Basic constraints say CA (OpenSSL's 1; not its looser readings of v1 or Netscape certificates).
-    var isCA: Bool { X509_check_ca(x509) == 1 }
+    package var isCA: Bool { X509_check_ca(x509) == 1 }
 
     /// The subject's commonName, when there is exactly one.
-    var commonName: String? {
+    package var commonName: String? {
         let name = subjectName
         let index = X509_NAME_get_index_by_NID(name, NID_commonName, -1)
         guard index >= 0, X509_NAME_get_index_by_NID(name, NID_commonName, index) < 0,
