@@ -139,9 +139,7 @@ extension EvidenceVerification {
         let tdVerdict = TDXQuoteVerifier(
             options: Self.factFindingOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource
         )
-        .verify(
-            envelope, expectedNonce: expectedNonce.map { GPUEvidenceBinding.reportData(binding: $0, gpus: parts) },
-            at: time)
+        .verify(envelope, expectedNonce: Self.expectedReportData(expectedNonce, gpus: parts), at: time)
         guard tdVerdict.isAccepted, let claims = tdVerdict.claims else { return tdVerdict }
         guard let reportData = claims.fields["report_data"].flatMap({ Data(hex: $0) }), reportData.count == 64 else {
             return .reject(format: format, reasons: [Reason(.evidenceMalformed, "tdx.report_data", "no REPORTDATA")])
@@ -178,6 +176,14 @@ extension EvidenceVerification {
             claims: VerifiedClaims(pcrs: claims.pcrs, measuredFiles: claims.measuredFiles, fields: fields),
             passed: passed, tcbStatus: tdVerdict.tcbStatus, advisoryIDs: tdVerdict.advisoryIDs
         ).citing(collateral: tdVerdict.collateralSHA256)
+    }
+
+    /// What REPORTDATA must be: the expected value as given for a TD without GPUs; with GPUs,
+    /// the binding (32 bytes, zero-padded; a longer value cannot leave room for the GPUs and so
+    /// stays as given, to be refused) followed by the GPUs' digest.
+    static func expectedReportData(_ nonce: Data?, gpus: [(report: Data, chain: Data)]) -> Data? {
+        guard let nonce, !gpus.isEmpty, nonce.count <= 32 else { return nonce }
+        return GPUEvidenceBinding.reportData(binding: nonce, gpus: gpus)
     }
 
     /// The `gpus` member: GPUs named "0", "1", … in order, at most ``GPUEvidenceBinding/maxGPUs``.
