@@ -157,7 +157,8 @@ public struct NVGPUReportVerifier: Sendable {
         return .accept(
             format: Self.format,
             claims: VerifiedClaims(
-                fields: claims(report, leaf: leaf, driver: driver, vbios: vbios, manifests: manifests)),
+                fields: claims(
+                    report, leaf: leaf, device: chain[1], driver: driver, vbios: vbios, manifests: manifests)),
             passed: passed)
     }
 
@@ -275,12 +276,15 @@ public struct NVGPUReportVerifier: Sendable {
         return nil
     }
 
+    /// The facts of an accepted report. `device`: the GSP BROM certificate, which names this one
+    /// GPU whatever its firmware (the leaf changes with the FMC firmware).
     func claims(
-        _ report: SPDMReport, leaf: Certificate, driver: String, vbios: String,
+        _ report: SPDMReport, leaf: Certificate, device: Certificate, driver: String, vbios: String,
         manifests: (driver: ReferenceManifest, vbios: ReferenceManifest)
     ) -> [String: String] {
         var fields = [
             "gpu.arch": "hopper", "gpu.driver": driver, "gpu.vbios": vbios, "gpu.nonce": report.nonce.hexString,
+            "gpu.device.sha256": device.fingerprint,
             "gpu.leaf.sha256": leaf.fingerprint, "gpu.rim.driver.sha256": manifests.driver.sha256,
             "gpu.rim.vbios.sha256": manifests.vbios.sha256,
         ]

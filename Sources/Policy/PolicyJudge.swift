@@ -87,15 +87,20 @@ extension PolicyDocument {
     /// The GPUs a TD presented (`gpu.count`, `gpu.<i>.driver`, …, set only once each GPU's report
     /// verified and was bound to the quote) against `evidence.gpu`.
     ///
-    /// Threat: a TD serving prompts on a GPU that is not in confidential-computing mode, or not
-    /// there at all. Fails closed: facts without a GPU count meet no `required` rule.
+    /// Threat: a TD serving prompts with no verified GPU, or with GPUs whose firmware or reference
+    /// manifests the operator does not accept. (CC mode is not a field of the signed report: a
+    /// GPU passes when its measurements match NVIDIA's golden values for its firmware.) Fails
+    /// closed: facts without a GPU count meet no rule, and naming drivers, VBIOS versions,
+    /// architectures or manifests requires a GPU as `required` does, so a worker cannot step
+    /// around the lists by showing none.
     public func judgeGPUs(_ fields: [String: String], source: String) -> [Reason] {
-        let count = fields["gpu.count"].flatMap { Int($0) } ?? 0
-        if gpu.required, count == 0 {
+        let count = min(max(0, fields["gpu.count"].flatMap { Int($0) } ?? 0), GPUEvidenceLimit.max)
+        let listed = !gpu.drivers.isEmpty || !gpu.vbios.isEmpty || !gpu.architectures.isEmpty || !gpu.manifests.isEmpty
+        if gpu.required || listed, count == 0 {
             return [
                 Reason(
                     .policyGPUNotAllowed, source,
-                    "the policy requires verified GPU evidence (evidence.gpu.required) and the TD presented none")
+                    "the policy requires verified GPU evidence (evidence.gpu) and the worker presented none")
             ]
         }
         var reasons = [Reason]()
@@ -217,4 +222,9 @@ extension PolicyDocument {
         }
         return reasons
     }
+}
+
+/// How many GPUs one worker's facts may name (``judgeGPUs``); the composite envelope's limit.
+enum GPUEvidenceLimit {
+    static let max = 8
 }

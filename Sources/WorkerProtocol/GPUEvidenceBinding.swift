@@ -22,22 +22,42 @@ public enum GPUEvidenceBinding {
         return HashAlgorithm.sha256.hash(input)
     }
 
+    /// One GPU's evidence as the envelope carries it (an absent manifest is empty).
+    public struct Piece: Sendable, Equatable {
+        public var report: Data
+        public var chain: Data
+        public var driverManifest: Data
+        public var vbiosManifest: Data
+
+        public init(report: Data, chain: Data, driverManifest: Data = Data(), vbiosManifest: Data = Data()) {
+            self.report = report
+            self.chain = chain
+            self.driverManifest = driverManifest
+            self.vbiosManifest = vbiosManifest
+        }
+    }
+
     /// What the second half of REPORTDATA holds: SHA-256("ccgate-gpu-evidence/v1" ‖ for each GPU
-    /// in index order: SHA-256(report) ‖ SHA-256(certificate chain text)).
-    public static func digest(_ gpus: [(report: Data, chain: Data)]) -> Data {
+    /// in index order: SHA-256(report) ‖ SHA-256(certificate chain text) ‖ SHA-256(driver
+    /// manifest) ‖ SHA-256(VBIOS manifest)), an absent manifest hashed as no bytes. The manifests
+    /// are committed to as well, so nobody between the TD and the gateway swaps one for another
+    /// NVIDIA-signed manifest of the same version.
+    public static func digest(_ gpus: [Piece]) -> Data {
         var input = Data("ccgate-gpu-evidence/v1".utf8)
         for gpu in gpus {
-            input += HashAlgorithm.sha256.hash(gpu.report)
-            input += HashAlgorithm.sha256.hash(gpu.chain)
+            for part in [gpu.report, gpu.chain, gpu.driverManifest, gpu.vbiosManifest] {
+                input += HashAlgorithm.sha256.hash(part)
+            }
         }
         return HashAlgorithm.sha256.hash(input)
     }
 
-    /// REPORTDATA for a binding and the GPUs' evidence: the binding, then the GPU digest (or zeros
-    /// when there are no GPUs, as for a TD without GPUs).
-    public static func reportData(binding: Data, gpus: [(report: Data, chain: Data)]) -> Data {
+    /// REPORTDATA for a binding (32 bytes; a shorter one zero-padded) and the GPUs' evidence: the
+    /// binding, then the GPU digest (or zeros when there are no GPUs, as for a TD without GPUs).
+    public static func reportData(binding: Data, gpus: [Piece]) -> Data {
+        precondition(binding.count <= 32, "a binding is at most 32 bytes")
         let second = gpus.isEmpty ? Data(count: 32) : digest(gpus)
-        return binding.prefix(32) + Data(count: max(0, 32 - binding.count)) + second
+        return binding + Data(count: 32 - binding.count) + second
     }
 
     /// Most GPUs one worker reports (an HGX board has eight).

@@ -15,8 +15,10 @@ import WorkerProtocol
 /// the production verifier's.
 struct StandInGPU {
     let options: NVGPUReportVerifier.Options
-    let chainPEM: String
-    let key: P384.Signing.PrivateKey
+    /// Two devices (GPUs), each its chain (leaf first, root last) and its leaf's key.
+    let chainPEMs: [String]
+    let keys: [P384.Signing.PrivateKey]
+    var chainPEM: String { chainPEMs[0] }
     /// The report the stand-in answers with (its nonce and signature replaced).
     var recorded: [UInt8]
     let driverManifest: [UInt8]
@@ -73,8 +75,12 @@ struct StandInGPU {
         try await certificate("device-root", "Test Device Identity CA", issuer: nil, ca: true)
         try await certificate("identity", "Test GH100 Identity", issuer: "device-root", ca: true)
         try await certificate("provisioner", "Test GH100 Provisioner ICA", issuer: "identity", ca: true)
-        try await certificate("brom", "GH100 A01 GSP BROM (test)", issuer: "provisioner", ca: true)
-        try await certificate("device", "GH100 A01 GSP FMC LF (test)", issuer: "brom", ca: false)
+        for device in 0..<2 {
+            try await certificate(
+                "brom\(device)", "GH100 A01 GSP BROM (test \(device))", issuer: "provisioner", ca: true)
+            try await certificate(
+                "device\(device)", "GH100 A01 GSP FMC LF (test \(device))", issuer: "brom\(device)", ca: false)
+        }
         try await certificate("rim-root", "Test CoRIM Root", issuer: nil, ca: true)
         try await certificate("rim", "Test RIM Signer", issuer: "rim-root", ca: false)
         var signed = [[UInt8]]()
@@ -101,8 +107,11 @@ struct StandInGPU {
         options.rimRootPEM = rimRoot
         return StandInGPU(
             options: options,
-            chainPEM: try ["device.pem", "brom.pem", "provisioner.pem", "identity.pem"].map(read).joined() + deviceRoot,
-            key: try P384.Signing.PrivateKey(pemRepresentation: try read("device.key")),
+            chainPEMs: try (0..<2).map { device in
+                try ["device\(device).pem", "brom\(device).pem", "provisioner.pem", "identity.pem"].map(read).joined()
+                    + deviceRoot
+            },
+            keys: try (0..<2).map { try P384.Signing.PrivateKey(pemRepresentation: try read("device\($0).key")) },
             recorded: try NVIDIAFiles.report2023(), driverManifest: signed[0], vbiosManifest: signed[1])
     }
 
@@ -110,24 +119,33 @@ struct StandInGPU {
         HashAlgorithm.sha256.hash(try #require(PEMBlock.first(in: pem, label: "CERTIFICATE"))).hex
     }
 
-    /// The recorded report answering `nonce`, signed by the stand-in's device key.
-    func report(nonce: Data) -> Data {
+    /// The recorded report answering `nonce`, signed by `device`'s key.
+    func report(nonce: Data, device: Int = 0) -> Data {
         var bytes = recorded
         bytes.replaceSubrange(4..<36, with: nonce)
         let signed = Array(bytes.dropLast(96))
-        return Data(signed) + (try! key.signature(for: Data(signed))).rawRepresentation
+        return Data(signed) + (try! keys[device].signature(for: Data(signed))).rawRepresentation
     }
 
-    /// The `gpus` rows of `count` GPUs answering the nonces derived from `binding`.
-    func rows(binding: Data, count: Int = 1) -> [(row: [String: String], report: Data, chain: Data)] {
+    /// The `gpus` rows of `count` GPUs answering the nonces derived from `binding`, GPU i being
+    /// `devices[i]` (by default device i).
+    func rows(binding: Data, count: Int = 1, devices: [Int]? = nil) -> [(
+        row: [String: String], piece: GPUEvidenceBinding.Piece
+    )] {
         (0..<count).map { index in
-            let report = self.report(nonce: GPUEvidenceBinding.nonce(binding: binding, index: index))
+            let device = devices?[index] ?? index
+            let report = self.report(nonce: GPUEvidenceBinding.nonce(binding: binding, index: index), device: device)
             let row = [
-                "report": report.base64EncodedString(), "cert_chain": chainPEM,
+                "report": report.base64EncodedString(), "cert_chain": chainPEMs[device],
                 "rim_driver": Data(driverManifest).base64EncodedString(),
                 "rim_vbios": Data(vbiosManifest).base64EncodedString(),
             ]
-            return (row, report, Data(chainPEM.utf8))
+            return (
+                row,
+                GPUEvidenceBinding.Piece(
+                    report: report, chain: Data(chainPEMs[device].utf8), driverManifest: Data(driverManifest),
+                    vbiosManifest: Data(vbiosManifest))
+            )
         }
     }
 
@@ -167,13 +185,13 @@ enum NVIDIAFiles {
     /// A TDX envelope bound to this admission, REPORTDATA committing to `bound` and the
     /// envelope carrying `carried` (both default to the same rows).
     func evidence(
-        _ core: Core, gpus: [(row: [String: String], report: Data, chain: Data)],
-        bound: [(report: Data, chain: Data)]? = nil
+        _ core: Core, gpus: [(row: [String: String], piece: GPUEvidenceBinding.Piece)],
+        bound: [GPUEvidenceBinding.Piece]? = nil
     ) throws -> WireMessage.EvidenceMessage {
         var world = core.world
         let binding = attestationBinding(nonce: nonce, workerPublicKeys: worker.kem.publicKeyBytes)
         world.reportData = [UInt8](
-            GPUEvidenceBinding.reportData(binding: binding, gpus: bound ?? gpus.map { ($0.report, $0.chain) }))
+            GPUEvidenceBinding.reportData(binding: binding, gpus: bound ?? gpus.map(\.piece)))
         var object = try #require(
             try JSONSerialization.jsonObject(with: world.envelope(collateral: world.collateral())) as? [String: Any])
         if !gpus.isEmpty {
@@ -195,6 +213,7 @@ enum NVIDIAFiles {
         #expect(fields["gpu.count"] == "2")
         #expect(fields["gpu.0.driver"] == "545.00" && fields["gpu.1.vbios"] == "96.00.5e.00.01")
         #expect(fields["gpu.1.nonce"] == GPUEvidenceBinding.nonce(binding: binding(), index: 1).hex)
+        #expect(fields["gpu.0.device.sha256"] != nil && fields["gpu.0.device.sha256"] != fields["gpu.1.device.sha256"])
         #expect(decision.verdict.passedChecks.contains("gpu.binding"))
     }
 
@@ -211,7 +230,7 @@ enum NVIDIAFiles {
         let fresh = gpu.rows(binding: binding())
         let unbound = await core.coordinator.admit(
             hello: hello, nonce: nonce,
-            evidence: try evidence(core, gpus: fresh, bound: stale.map { ($0.report, $0.chain) }))
+            evidence: try evidence(core, gpus: fresh, bound: stale.map(\.piece)))
         #expect(unbound.refusal?.code == ReasonCode.nonceMismatch.rawValue, "\(unbound.verdict.reasons)")
         #expect(unbound.verdict.reasons.first?.source == "tdx.nonce")
         // NVIDIA's own recorded report (genuine, its own nonce) under NVIDIA's roots.
@@ -221,7 +240,8 @@ enum NVIDIAFiles {
         let nvidia = try Core(policy: Self.gpuPolicy, time: Date())
         let row = ["report": real.base64EncodedString(), "cert_chain": String(decoding: chain, as: UTF8.self)]
         let genuine = await nvidia.coordinator.admit(
-            hello: hello, nonce: nonce, evidence: try evidence(nvidia, gpus: [(row, real, chain)]))
+            hello: hello, nonce: nonce,
+            evidence: try evidence(nvidia, gpus: [(row, GPUEvidenceBinding.Piece(report: real, chain: chain))]))
         #expect(genuine.refusal?.code == ReasonCode.nonceMismatch.rawValue, "\(genuine.verdict.reasons)")
     }
 
@@ -250,7 +270,7 @@ enum NVIDIAFiles {
         var report = try #require(Data(base64Encoded: rows[1].row["report"]!))
         report[120] ^= 1  // a byte of measurement 2's value
         rows[1].row["report"] = report.base64EncodedString()
-        rows[1].report = report
+        rows[1].piece.report = report
         let decision = await core.coordinator.admit(
             hello: hello, nonce: nonce, evidence: try evidence(core, gpus: rows))
         #expect(decision.refusal?.code == ReasonCode.gpuSignatureInvalid.rawValue, "\(decision.verdict.reasons)")
@@ -285,5 +305,35 @@ enum NVIDIAFiles {
         let verdict = NVGPUReportVerifier(options: gpu.options).verify(evidence, expectedNonce: nonce, at: Date())
         #expect(verdict.reason == .gpuFWIDMismatch, "\(verdict.reasons)")
         #expect(verdict.passedChecks.contains("nvgpu.signature"))
+    }
+
+    /// One GPU cannot stand for two: the same device under two indices is refused, even with a
+    /// report of its own for each (a GPU signs any nonce it is asked for).
+    @Test func oneDeviceShownTwiceIsRefused() async throws {
+        let gpu = try await StandInGPU.make()
+        let core = try core(gpu)
+        let twice = gpu.rows(binding: binding(), count: 2, devices: [0, 0])
+        let decision = await core.coordinator.admit(
+            hello: hello, nonce: nonce, evidence: try evidence(core, gpus: twice))
+        #expect(decision.refusal?.code == ReasonCode.gpuBindingMismatch.rawValue, "\(decision.verdict.reasons)")
+        #expect(decision.verdict.reasons.first?.source == "gpu.1.device")
+    }
+
+    /// A manifest swapped after the quote was made (for another NVIDIA-signed one) breaks the
+    /// commitment; naming drivers without `required` still needs a GPU.
+    @Test func manifestsAreCommittedToAndListsNeedAGPU() async throws {
+        let gpu = try await StandInGPU.make()
+        let core = try core(gpu)
+        var rows = gpu.rows(binding: binding())
+        let bound = rows.map(\.piece)
+        rows[0].row["rim_vbios"] = Data(try NVIDIAFiles.shared("1010_0200_882_96005E0001_PROD.swidtag"))
+            .base64EncodedString()
+        let swapped = await core.coordinator.admit(
+            hello: hello, nonce: nonce, evidence: try evidence(core, gpus: rows, bound: bound))
+        #expect(swapped.refusal?.code == ReasonCode.nonceMismatch.rawValue, "\(swapped.verdict.reasons)")
+        let listing = try self.core(gpu, policy: Core.tdxPolicy + "  gpu:\n    drivers: ['545.00']\n")
+        let none = await listing.coordinator.admit(
+            hello: hello, nonce: nonce, evidence: try evidence(listing, gpus: []))
+        #expect(none.refusal?.code == ReasonCode.policyGPUNotAllowed.rawValue, "\(none.verdict.reasons)")
     }
 }

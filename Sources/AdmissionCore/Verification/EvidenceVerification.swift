@@ -80,7 +80,8 @@ public struct EvidenceVerification: Sendable {
         // A GPU's report proves the GPU, not the host it serves: it is checked by hand here, and
         // never admits a worker on its own (admission's scope is `.all`).
         if envelope.format == NVGPUReportVerifier.format, scope == .evidence {
-            return NVGPUReportVerifier().verify(envelope: envelope, expectedNonce: expectedNonce, at: time)
+            return NVGPUReportVerifier(options: gpuOptions).verify(
+                envelope: envelope, expectedNonce: expectedNonce, at: time)
         }
         guard policy.formats.contains(envelope.format) else {
             return .reject(
@@ -135,7 +136,11 @@ extension EvidenceVerification {
         case .failure(let reason): return .reject(format: format, reasons: [reason])
         case .success(let list): gpus = list
         }
-        let parts = gpus.map { (report: Data($0.report), chain: Data($0.chainPEM)) }
+        let parts = gpus.map {
+            GPUEvidenceBinding.Piece(
+                report: Data($0.report), chain: Data($0.chainPEM), driverManifest: Data($0.driverManifest ?? []),
+                vbiosManifest: Data($0.vbiosManifest ?? []))
+        }
         let tdVerdict = TDXQuoteVerifier(
             options: Self.factFindingOptions(policy.tdx, roots: dcapRoots), collateralSource: collateralSource
         )
@@ -159,6 +164,7 @@ extension EvidenceVerification {
             }
             passed.append("gpu.binding")
         }
+        var devices = [String: Int]()
         for (index, gpu) in gpus.enumerated() {
             let nonce = GPUEvidenceBinding.nonce(binding: reportData.prefix(32), index: index)
             let verdict = NVGPUReportVerifier(options: gpuOptions).verify(gpu, expectedNonce: nonce, at: time)
@@ -166,6 +172,17 @@ extension EvidenceVerification {
             guard verdict.isAccepted, let gpuClaims = verdict.claims else {
                 let reasons = verdict.reasons.map { Reason($0.code, "gpu.\(index).\($0.source)", $0.message) }
                 return .reject(format: format, reasons: reasons, passed: passed)
+            }
+            // Threat: one GPU standing for several (a GPU signs whatever nonce it is asked for).
+            let device = gpuClaims.fields["gpu.device.sha256"] ?? ""
+            if let first = devices.updateValue(index, forKey: device) {
+                return .reject(
+                    format: format,
+                    reasons: [
+                        Reason(
+                            .gpuBindingMismatch, "gpu.\(index).device",
+                            "GPU \(index) is the same device as GPU \(first): one GPU cannot stand for two")
+                    ], passed: passed)
             }
             for (name, value) in gpuClaims.fields {
                 fields["gpu.\(index).\(name.hasPrefix("gpu.") ? String(name.dropFirst(4)) : name)"] = value
@@ -179,9 +196,10 @@ extension EvidenceVerification {
     }
 
     /// What REPORTDATA must be: the expected value as given for a TD without GPUs; with GPUs,
-    /// the binding (32 bytes, zero-padded; a longer value cannot leave room for the GPUs and so
-    /// stays as given, to be refused) followed by the GPUs' digest.
-    static func expectedReportData(_ nonce: Data?, gpus: [(report: Data, chain: Data)]) -> Data? {
+    /// the binding (32 bytes, zero-padded) followed by the GPUs' digest. A value longer than 32
+    /// bytes leaves no room for the GPUs: it stays as given, and the binding check that follows
+    /// the quote's refuses the GPUs.
+    static func expectedReportData(_ nonce: Data?, gpus: [GPUEvidenceBinding.Piece]) -> Data? {
         guard let nonce, !gpus.isEmpty, nonce.count <= 32 else { return nonce }
         return GPUEvidenceBinding.reportData(binding: nonce, gpus: gpus)
     }
