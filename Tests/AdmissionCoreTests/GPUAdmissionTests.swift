@@ -13,7 +13,7 @@ import WorkerProtocol
 /// and NVIDIA's test manifests signed again (xmlsec1) under a test RIM root; both roots made by
 /// openssl now. Everything else (parsing, chain, signature, nonce, manifests, measurements) is
 /// the production verifier's.
-struct StandInGPU {
+struct StandInGPU: Sendable {
     let options: NVGPUReportVerifier.Options
     /// Two devices (GPUs), each its chain (leaf first, root last) and its leaf's key.
     let chainPEMs: [String]
@@ -33,6 +33,10 @@ struct StandInGPU {
         + #"<ds:Transform Algorithm="http://www.w3.org/2006/12/xml-c14n11"/></ds:Transforms>"#
         + #"<ds:DigestMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#sha384"/><ds:DigestValue/>"#
         + #"</ds:Reference></ds:SignedInfo><ds:SignatureValue/><ds:KeyInfo><ds:X509Data/></ds:KeyInfo></ds:Signature>"#
+
+    /// One stand-in for the whole test run (making one launches twenty tools).
+    static let once = Task<StandInGPU, any Error> { try await make() }
+    static func shared() async throws -> StandInGPU { try await once.value }
 
     static func make() async throws -> StandInGPU {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("standin-gpu-\(UUID().uuidString)")
@@ -204,7 +208,7 @@ enum NVIDIAFiles {
     func binding() -> Data { attestationBinding(nonce: nonce, workerPublicKeys: worker.kem.publicKeyBytes) }
 
     @Test func aTDXWorkerWithBoundGPUsIsAdmittedWithTheirFacts() async throws {
-        let gpu = try await StandInGPU.make()
+        let gpu = try await StandInGPU.shared()
         let core = try core(gpu)
         let decision = await core.coordinator.admit(
             hello: hello, nonce: nonce, evidence: try evidence(core, gpus: gpu.rows(binding: binding(), count: 2)))
@@ -218,7 +222,7 @@ enum NVIDIAFiles {
     }
 
     @Test func gpuEvidenceBoundToAnotherAdmissionIsRefused() async throws {
-        let gpu = try await StandInGPU.make()
+        let gpu = try await StandInGPU.shared()
         let core = try core(gpu)
         // Reports answering another admission's nonces, committed to by this TD's quote.
         let stale = gpu.rows(binding: Data(repeating: 9, count: 32))
@@ -246,7 +250,7 @@ enum NVIDIAFiles {
     }
 
     @Test func aPolicyRequiringGPUsRefusesATDWithoutOneOrWithAnotherDriver() async throws {
-        let gpu = try await StandInGPU.make()
+        let gpu = try await StandInGPU.shared()
         let core = try core(gpu)
         let none = await core.coordinator.admit(hello: hello, nonce: nonce, evidence: try evidence(core, gpus: []))
         #expect(none.refusal?.code == ReasonCode.policyGPUNotAllowed.rawValue, "\(none.verdict.reasons)")
@@ -264,7 +268,7 @@ enum NVIDIAFiles {
 
     /// A GPU whose manifest was altered, or whose report is not its device key's, is refused.
     @Test func aBrokenGPUInTheEnvelopeRefusesTheWorker() async throws {
-        let gpu = try await StandInGPU.make()
+        let gpu = try await StandInGPU.shared()
         let core = try core(gpu)
         var rows = gpu.rows(binding: binding(), count: 2)
         var report = try #require(Data(base64Encoded: rows[1].row["report"]!))
@@ -279,7 +283,7 @@ enum NVIDIAFiles {
 
     /// Pinned manifests take the choice of manifest from the worker.
     @Test func pinnedManifestsAdmitThoseAndRefuseOthers() async throws {
-        let gpu = try await StandInGPU.make()
+        let gpu = try await StandInGPU.shared()
         let pins = [gpu.driverManifest, gpu.vbiosManifest].map { "'\(HashAlgorithm.sha256.hash($0).hex)'" }
         let pinned = try core(
             gpu, policy: Core.tdxPolicy + "  gpu:\n    manifests: [\(pins.joined(separator: ", "))]\n")
@@ -296,7 +300,7 @@ enum NVIDIAFiles {
     /// A report naming a firmware identity its device certificate does not carry (NVIDIA's 2025
     /// report, which names one, signed by the stand-in's leaf, which carries none) is refused.
     @Test func aReportWhoseFWIDIsNotItsLeafsIsRefused() async throws {
-        var gpu = try await StandInGPU.make()
+        var gpu = try await StandInGPU.shared()
         let text = String(decoding: try NVIDIAFiles.shared("hopperAttestationReport.txt"), as: UTF8.self)
         gpu.recorded = [UInt8](try #require(Data(hex: text.filter { !$0.isWhitespace })))
         let nonce = Data(repeating: 3, count: 32)
@@ -310,7 +314,7 @@ enum NVIDIAFiles {
     /// One GPU cannot stand for two: the same device under two indices is refused, even with a
     /// report of its own for each (a GPU signs any nonce it is asked for).
     @Test func oneDeviceShownTwiceIsRefused() async throws {
-        let gpu = try await StandInGPU.make()
+        let gpu = try await StandInGPU.shared()
         let core = try core(gpu)
         let twice = gpu.rows(binding: binding(), count: 2, devices: [0, 0])
         let decision = await core.coordinator.admit(
@@ -322,7 +326,7 @@ enum NVIDIAFiles {
     /// A manifest swapped after the quote was made (for another NVIDIA-signed one) breaks the
     /// commitment; naming drivers without `required` still needs a GPU.
     @Test func manifestsAreCommittedToAndListsNeedAGPU() async throws {
-        let gpu = try await StandInGPU.make()
+        let gpu = try await StandInGPU.shared()
         let core = try core(gpu)
         var rows = gpu.rows(binding: binding())
         let bound = rows.map(\.piece)
