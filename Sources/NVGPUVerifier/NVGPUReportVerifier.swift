@@ -167,7 +167,7 @@ public struct NVGPUReportVerifier: Sendable {
     func deviceChain(_ chain: [Certificate], at time: Date) -> Reason? {
         var chain = chain
         if let last = chain.last, !options.deviceRoots.contains(last.fingerprint),
-            let root = try? Certificate.chain(pemBytes: Array(NVIDIARoots.deviceIdentityCAPEM.utf8)).first,
+            let root = Self.pinnedDeviceRoot,
             options.deviceRoots.contains(root.fingerprint), root.isIssuer(of: last), !last.isIssuer(of: last)
         {
             chain.append(root)
@@ -189,6 +189,9 @@ public struct NVGPUReportVerifier: Sendable {
         }
         return nil
     }
+
+    /// NVIDIA's device root, decoded once (chains without their root are completed with it).
+    static let pinnedDeviceRoot = try? Certificate.chain(pemBytes: Array(NVIDIARoots.deviceIdentityCAPEM.utf8)).first
 
     /// The chip the verifier reads reports of (Hopper).
     static let chip = "GH100"
@@ -226,12 +229,12 @@ public struct NVGPUReportVerifier: Sendable {
                 return .failure(Reason(.rimMissing, "nvgpu.rim", "no reference manifest for \(kind) \(version)"))
             }
             let manifest: ReferenceManifest
-            do throws(SPDMReport.Malformed) {
-                manifest = try ReferenceManifest.read(bytes, rootPEM: options.rimRootPEM, at: time)
+            do throws(Reason) {
+                manifest = try ReferenceManifest.verified(bytes, at: time, options: options)
             } catch {
-                return .failure(Reason(.evidenceMalformed, "nvgpu.rim", "\(kind) manifest: \(error.description)"))
+                guard error.code == .evidenceMalformed else { return .failure(error) }
+                return .failure(Reason(error.code, error.source, "\(kind) manifest: \(error.message)"))
             }
-            if let reason = manifest.check(pinnedRoots: options.rimRoots, at: time) { return .failure(reason) }
             guard manifest.name == Self.chip, manifest.product == Self.chip else {
                 return .failure(
                     Reason(
